@@ -1,0 +1,7 @@
+"""Align-CR inference engine: SAR-guided cloud removal for georeferenced optical rasters.
+
+The engine is deliberately free of Qt imports so that it runs headless (CLI, batch, Dask workers) and in a
+separate process from QGIS; the plugin in ``aligncr_qgis`` only talks to it through ``python -m engine``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""``python -m engine`` / ``aligncr``: one sub-command per module in :mod:`engine.commands`.
+
+Each module in ``engine/commands/`` defines ``NAME`` (the sub-command), ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Discovering them here keeps this file free of edits when a
+sub-command is added. User errors (:class:`~engine.errors.EngineError`) print one line and exit 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import engine.commands
+from engine import __version__
+from engine.errors import Cancelled, EngineError
+
+
+def _command_modules() -> list:
+    mods = []
+    for info in sorted(pkgutil.iter_modules(engine.commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mods.append(importlib.import_module(f"engine.commands.{info.name}"))
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="Align-CR: remove clouds from optical rasters using Sentinel-1 SAR.",
+    )
+    parser.add_argument("--version", action="version", version=f"aligncr engine {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s: %(message)s",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
+    except EngineError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,60 @@
+"""Normalisation, land-cover mapping, cloud detector and registry basics."""
+
+import numpy as np
+import pytest
+import torch
+
+from engine import cloudmask, landcover, normalise
+from engine.errors import ModelError
+from engine.models import build_model, list_models
+
+
+def test_optical_normalisation_round_trip():
+    dn = np.array([[0, 5000, 10000, 12000]], dtype=np.uint16)
+    x = normalise.normalise_optical(dn)
+    np.testing.assert_allclose(x, [[0.0, 0.5, 1.0, 1.0]])
+    back = normalise.denormalise_optical(x, dtype=np.uint16)
+    np.testing.assert_array_equal(back, [[0, 5000, 10000, 10000]])
+    assert back.dtype == np.uint16
+
+
+def test_sar_normalisation_uses_paper_ranges():
+    sar = np.array([[[-25.0, -12.5, 0.0, 3.0]], [[-32.5, -16.25, 0.0, -40.0]]], dtype=np.float32)
+    out = normalise.normalise_sar(sar)
+    np.testing.assert_allclose(out[0, 0], [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(out[1, 0], [0.0, 0.5, 1.0, 0.0])
+
+
+def test_sar_unit_detection():
+    rng = np.random.default_rng(0)
+    linear = rng.gamma(1.0, 0.05, size=10000)
+    assert normalise.detect_sar_units(linear) == "linear"
+    assert normalise.detect_sar_units(normalise.linear_to_db(linear)) == "db"
+
+
+def test_optical_scale_detection():
+    assert normalise.detect_optical_scale(np.array([0.1, 0.3, 0.9], dtype=np.float32)) == 1.0
+    assert normalise.detect_optical_scale(np.array([1000, 3000], dtype=np.uint16)) == 10000.0
+
+
+def test_worldcover_mapping():
+    codes = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100, 0])
+    np.testing.assert_array_equal(landcover.worldcover_to_classes(codes), [0, 1, 1, 2, 3, 4, 6, 5, 5, 6, 6, 6])
+
+
+def test_cloud_detector_finds_a_bright_white_blob():
+    img = np.full((4, 64, 64), 0.05, dtype=np.float32)
+    img[3] = 0.3  # vegetation-like NIR
+    img[:, 16:48, 16:48] = 0.7  # bright, flat cloud
+    mask = cloudmask.detect_clouds(img)
+    assert mask[20:44, 20:44].all()
+    assert not mask[:8].any()
+
+
+def test_identity_model_and_unknown_name():
+    assert "identity" in [s.name for s in list_models()]
+    m = build_model("identity")
+    x = torch.rand(1, 4, 8, 8)
+    assert torch.equal(m(x, torch.rand(1, 2, 4, 4)), x)
+    with pytest.raises(ModelError):
+        build_model("no-such-model")
