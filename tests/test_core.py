@@ -58,3 +58,18 @@ def test_identity_model_and_unknown_name():
     assert torch.equal(m(x, torch.rand(1, 2, 4, 4)), x)
     with pytest.raises(ModelError):
         build_model("no-such-model")
+
+
+def test_cloud_mask_single_band_and_udm2():
+    from engine.masks import cloud_mask_from_bands
+
+    single = np.array([[0, 1], [255, 0]], dtype=np.uint8)
+    np.testing.assert_array_equal(cloud_mask_from_bands(single, nodata=255), [[False, True], [False, False]])
+    udm2 = np.zeros((8, 1, 4), dtype=np.uint8)
+    udm2[5, 0, 0] = 1  # cloud
+    udm2[2, 0, 1] = 1  # shadow
+    udm2[3, 0, 2] = 1  # light haze: surface still visible
+    udm2[4, 0, 3] = 1  # heavy haze
+    np.testing.assert_array_equal(cloud_mask_from_bands(udm2)[0], [True, True, False, True])
+    with pytest.raises(ValueError):
+        cloud_mask_from_bands(np.zeros((3, 2, 2)))
