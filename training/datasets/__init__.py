@@ -1,0 +1,124 @@
+"""Training datasets: readers for M3R-CR and SEN12MS-CR, and :class:`TrainView`, the augmented view the loop uses.
+
+Readers (:class:`M3RCR`, :class:`SEN12MSCR`) return whole samples. :class:`TrainView` concatenates readers,
+optionally repeats them to a fixed epoch length (a tiny real data set still gives many random crops per epoch),
+and applies :mod:`training.datasets.augment`. Its randomness is a pure function of (seed, epoch, index), not of
+worker processes or of how many batches ran before, so a resumed run draws exactly the crops an uninterrupted
+one would.
+
+Dataset specs in a recipe (``[[data.train]]`` / ``[[data.val]]`` tables) name a ``kind`` (``m3rcr`` or
+``sen12mscr``), a ``root`` (relative paths are resolved from the repository root) and the reader's options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from engine.errors import InputError
+from training.datasets.augment import AugmentConfig, add_synthetic_clouds, crop_sample, flip_rotate
+from training.datasets.base import Sample, nearest_resize, to_tensors
+from training.datasets.m3rcr import M3RCR
+from training.datasets.sen12mscr import SEN12MSCR
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+__all__ = ["M3RCR", "SEN12MSCR", "AugmentConfig", "TrainView", "build_reader", "resolve_path"]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Absolute paths stay; relative ones are taken from the repository root (recipes run from anywhere)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def build_reader(spec: dict[str, Any], cache: bool = True) -> M3RCR | SEN12MSCR:
+    """A dataset reader from one ``[[data.*]]`` table of a recipe."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if "root" not in spec:
+        raise InputError(f"dataset spec {spec} has no 'root'")
+    root = resolve_path(spec.pop("root"))
+    spec.setdefault("cache", cache)
+    try:
+        if kind == "m3rcr":
+            csv_file = spec.pop("csv", None)
+            if csv_file is None:
+                raise InputError("an m3rcr dataset needs 'csv' (the official list file)")
+            return M3RCR(root, csv_file, **spec)
+        if kind == "sen12mscr":
+            return SEN12MSCR(root, **spec)
+    except TypeError as exc:
+        raise InputError(f"bad option in {kind} dataset spec: {exc}") from None
+    raise InputError(f"unknown dataset kind '{kind}' (known: m3rcr, sen12mscr)")
+
+
+class TrainView(Dataset):
+    """Readers concatenated, repeated to ``length`` items, augmented deterministically per (seed, epoch, index)."""
+
+    def __init__(
+        self,
+        readers: list[M3RCR | SEN12MSCR],
+        augment: AugmentConfig,
+        seed: int = 0,
+        length: int | None = None,
+    ) -> None:
+        if not readers:
+            raise InputError("no datasets given")
+        self.readers = readers
+        self.index: list[tuple[int, int]] = [(r, i) for r, reader in enumerate(readers) for i in range(len(reader))]
+        self.augment = augment
+        self.seed = seed
+        self.length = length or len(self.index)
+        self.epoch = 0
+        self._bank: list[np.ndarray] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch's DataLoader iterator is created (workers receive a fresh copy then)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, i: int) -> Sample:
+        r, j = self.index[i % len(self.index)]
+        return self.readers[r].read(j)
+
+    def mask_bank(self) -> list[np.ndarray]:
+        """Real cloud masks covering 5–95 % of their image: the shapes synthetic clouds are drawn from."""
+        if self._bank is None:
+            bank = []
+            for k in range(len(self.index)):
+                m = self.read(k)["mask"][0]
+                if 0.05 <= float(m.mean()) <= 0.95:
+                    bank.append(m.astype(np.float32))
+            self._bank = bank
+        return self._bank
+
+    def _synthetic_mask(self, hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
+        bank = self.mask_bank()
+        if not bank:
+            return None
+        m = bank[int(rng.integers(0, len(bank)))]
+        if m.shape[0] < hw[0] or m.shape[1] < hw[1]:
+            return nearest_resize(m, hw)
+        y = int(rng.integers(0, m.shape[0] - hw[0] + 1))
+        x = int(rng.integers(0, m.shape[1] - hw[1] + 1))
+        return m[y : y + hw[0], x : x + hw[1]]
+
+    def __getitem__(self, i: int) -> Sample:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        sample = self.read(i)
+        aug = self.augment
+        if aug.crop:
+            sample = crop_sample(sample, aug.crop, rng if aug.random_crop else None)
+        if aug.synthetic_clouds > 0 and rng.random() < aug.synthetic_clouds:
+            mask = self._synthetic_mask(sample["optical"].shape[-2:], rng)
+            if mask is not None:
+                sample = add_synthetic_clouds(sample, mask, rng)
+        if aug.flips or aug.rot90:
+            sample = flip_rotate(sample, rng, aug.flips, aug.rot90)
+        return to_tensors(sample)

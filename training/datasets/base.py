@@ -1,0 +1,90 @@
+"""What every training dataset returns, and the small array helpers the readers share.
+
+A *sample* is a dict of numpy arrays while it is read and augmented, and of tensors once it leaves the dataset:
+
+* ``optical`` (4, H, W) float32 cloudy image in [0, 1]; ``target`` (4, H, W) float32 cloud-free image in [0, 1];
+* ``sar`` (2, h, w) float32 VV, VH in [0, 1] — either at its own resolution (M3R-CR: 90 px for 300 optical px)
+  or already upsampled to (H, W);
+* ``mask`` (1, H, W) float32, 1 = cloud (given with the data, else :func:`engine.cloudmask.detect_clouds`);
+* ``landcover`` (H, W) int64, classes 0…5 and 6 = unknown (:mod:`engine.landcover`); ``id`` a string.
+
+Scaling goes exclusively through :mod:`engine.normalise` so training sees exactly what inference will feed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+
+from engine.cloudmask import detect_clouds
+from engine.errors import InputError
+
+Sample = dict[str, Any]
+
+
+def read_raster(path: Path, bands: tuple[int, ...] | None = None) -> np.ndarray:
+    """(bands, H, W) array of a raster; ``bands`` are 0-based indices. Georeferencing is not needed here."""
+    if not path.is_file():
+        raise InputError(f"missing file {path}")
+    import warnings
+
+    with warnings.catch_warnings():
+        # SEN12MS-CR copies without a CRS are fine for training: every modality shares the pixel grid.
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            if bands is not None and max(bands) >= ds.count:
+                raise InputError(f"{path} has {ds.count} bands; asked for 0-based band {max(bands)}")
+            indexes = None if bands is None else [b + 1 for b in bands]
+            return ds.read(indexes)
+
+
+def fill_nan_with_mean(a: np.ndarray) -> np.ndarray:
+    """NaN → mean of the finite values of the whole image, as the official M3R-CR loader does (0 if none)."""
+    a = np.asarray(a, dtype=np.float32)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        a = a.copy()
+        finite = a[~bad]
+        a[bad] = float(finite.mean()) if finite.size else 0.0
+    return a
+
+
+def nearest_resize(a: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest resampling of the last two axes: output pixel i takes source pixel floor(i · h_in / h_out).
+
+    That is the rule of rasterio's / GDAL's nearest ``out_shape`` read and of ``torch.nn.functional.interpolate``
+    (mode "nearest"), so a SAR window upsampled here matches what the network's own upsampling does.
+    """
+    h_in, w_in = a.shape[-2:]
+    rows = (np.arange(out_hw[0]) * h_in) // out_hw[0]
+    cols = (np.arange(out_hw[1]) * w_in) // out_hw[1]
+    return a[..., rows[:, None], cols[None, :]]
+
+
+def mask_or_detect(mask: np.ndarray | None, optical01: np.ndarray) -> np.ndarray:
+    """(1, H, W) float32 cloud mask: the given one, else the documented detector on the cloudy image."""
+    if mask is None:
+        mask = detect_clouds(optical01)
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim == 3:
+        mask = mask[0]
+    if mask.shape != optical01.shape[-2:]:
+        raise InputError(f"cloud mask {mask.shape} does not match the optical image {optical01.shape[-2:]}")
+    return mask[None].astype(np.float32)
+
+
+def to_tensors(sample: Sample) -> Sample:
+    """numpy sample → tensors (float32, landcover int64); contiguous copies so flips/rotations are safe."""
+    out: Sample = {}
+    for key, value in sample.items():
+        if key == "id":
+            out[key] = value
+        elif key == "landcover":
+            out[key] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64))
+        else:
+            out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    return out

@@ -1,0 +1,130 @@
+"""Training losses of the papers this project reproduces, on (N, C, H, W) tensors in [0, 1].
+
+* :class:`MaskedCharbonnier` — Align-CR, eq. (8): ``mean((1 + w·M) ⊙ ((ŷ − y)² + ε²)^α)`` with w = 5,
+  ε = 1e-3 (ε² = 1e-6), α = 0.45. The paper writes the per-pixel map only; the reduction is a plain mean over
+  every element (batch, band, pixel), as BasicSR's Charbonnier losses and the official training code do. The
+  (N, 1, H, W) mask broadcasts over the bands.
+* :class:`CARL` — DSen2-CR's cloud-adaptive regularised loss (§3.3): ``mean|CSM⊙(P−T) + (1−CSM)⊙(P−I)| +
+  λ·mean|P−T|``, λ = 1. Clear pixels are pulled towards the *input* (they are already correct there), cloudy
+  ones towards the target, and the λ term keeps the whole image close to the target.
+* :class:`L1Loss` and :class:`L1SSIMLoss` — MMCANet's L_sum = L1 + (1 − mean SSIM) with an 11×11 Gaussian window
+  (σ = 1.5, the usual Wang et al. window; MMCANet gives the size only), C1 = 0.01², C2 = 0.03², computed per band
+  with "valid" filtering (no padding) so border statistics are not biased by zeros.
+
+All losses share the call signature ``loss(pred, batch)`` where ``batch`` holds "target", "optical" (the cloudy
+input) and "mask" tensors, so the training loop need not know which one it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import EngineError
+
+
+class MaskedCharbonnier(nn.Module):
+    """Align-CR's cloud-weighted Charbonnier loss (eq. 8)."""
+
+    def __init__(self, weight: float = 5.0, eps2: float = 1e-6, alpha: float = 0.45) -> None:
+        super().__init__()
+        self.weight, self.eps2, self.alpha = weight, eps2, alpha
+
+    def forward(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        target = batch["target"]
+        mask = batch["mask"].to(pred.dtype)
+        per_pixel = ((pred - target) ** 2 + self.eps2) ** self.alpha
+        return ((1.0 + self.weight * mask) * per_pixel).mean()
+
+
+class CARL(nn.Module):
+    """DSen2-CR's cloud-adaptive regularised loss; the mask is the cloud-and-shadow mask (CSM)."""
+
+    def __init__(self, lam: float = 1.0) -> None:
+        super().__init__()
+        self.lam = lam
+
+    def forward(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        target, cloudy = batch["target"], batch["optical"]
+        csm = batch["mask"].to(pred.dtype)
+        adaptive = (csm * (pred - target) + (1.0 - csm) * (pred - cloudy)).abs().mean()
+        return adaptive + self.lam * (pred - target).abs().mean()
+
+
+class L1Loss(nn.Module):
+    """Mean absolute error to the cloud-free target."""
+
+    def forward(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return (pred - batch["target"]).abs().mean()
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 2-D Gaussian kernel (size, size)."""
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_map(
+    x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5, c1: float = 0.01**2, c2: float = 0.03**2
+) -> torch.Tensor:
+    """Differentiable per-pixel SSIM of (N, C, H, W) tensors in [0, 1], each band separately ('valid' windows)."""
+    if x.shape[-1] < window or x.shape[-2] < window:
+        raise EngineError(f"SSIM needs images of at least {window}×{window} pixels, got {tuple(x.shape[-2:])}")
+    channels = x.shape[1]
+    kernel = gaussian_window(window, sigma, x.dtype).to(x.device).expand(channels, 1, window, window)
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=channels)
+
+    mu_x, mu_y = filt(x), filt(y)
+    sxx = filt(x * x) - mu_x**2
+    syy = filt(y * y) - mu_y**2
+    sxy = filt(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    return num / den
+
+
+class L1SSIMLoss(nn.Module):
+    """MMCANet's L_sum = L1 + (1 − mean SSIM)."""
+
+    def __init__(self, ssim_weight: float = 1.0, window: int = 11, sigma: float = 1.5) -> None:
+        super().__init__()
+        self.ssim_weight, self.window, self.sigma = ssim_weight, window, sigma
+
+    def forward(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        target = batch["target"]
+        l1 = (pred - target).abs().mean()
+        ssim = ssim_map(pred.float(), target.float(), self.window, self.sigma).mean()
+        return l1 + self.ssim_weight * (1.0 - ssim)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``[loss]`` section of a training recipe. ``kind``: charbonnier | carl | l1 | l1_ssim."""
+
+    kind: str = "charbonnier"
+    weight: float = 5.0  # Align-CR w
+    eps2: float = 1e-6  # Align-CR ε² (ε = 1e-3)
+    alpha: float = 0.45  # Align-CR α
+    lam: float = 1.0  # CARL λ
+    ssim_weight: float = 1.0  # MMCANet: plain sum
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    """The loss module a recipe names."""
+    if cfg.kind == "charbonnier":
+        return MaskedCharbonnier(cfg.weight, cfg.eps2, cfg.alpha)
+    if cfg.kind == "carl":
+        return CARL(cfg.lam)
+    if cfg.kind == "l1":
+        return L1Loss()
+    if cfg.kind == "l1_ssim":
+        return L1SSIMLoss(cfg.ssim_weight)
+    raise EngineError(f"unknown loss kind '{cfg.kind}' (known: charbonnier, carl, l1, l1_ssim)")
