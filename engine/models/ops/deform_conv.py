@@ -1,0 +1,230 @@
+"""Modulated deformable convolution (DCNv2) in pure torch, with torchvision's kernel as a drop-in fast path.
+
+Why pure torch: the engine must run where torchvision (or a compiled DCN extension) is absent — QGIS's bundled
+Python on a laptop — and give the same numbers as on a GPU machine that has it. The offset and mask layouts are
+exactly torchvision's ``deform_conv2d``, so :func:`deform_conv2d` dispatches to torchvision when it imports and
+nothing else changes (weights trained on one path run on the other).
+
+Layout (torchvision's): ``offset`` is (N, 2·G·kh·kw, Ho, Wo) holding, for deformable group ``g`` and kernel tap
+``k = i·kw + j``, ``dy`` at channel ``2(g·K + k)`` and ``dx`` at ``2(g·K + k) + 1``; ``mask`` is (N, G·kh·kw, Ho,
+Wo) with channel ``g·K + k``. Tap ``(i, j)`` of output pixel ``(ho, wo)`` samples the input at
+``y = ho·s − p + i·d + dy``, ``x = wo·s − p + j·d + dx`` by bilinear interpolation with zeros outside, exactly as
+torchvision (a sample beyond one pixel outside the image is 0; within one pixel, its inside corners count).
+
+Memory: instead of materialising the whole im2col column (C·K·Ho·Wo values), the pure path loops over the K
+kernel taps; each tap bilinearly samples the input once (``grid_sample``), applies the mask and is reduced by a
+1×1 (grouped) convolution into the output accumulator. Without autograd only one tap's samples exist at a time;
+with autograd the K sampled maps are kept for the backward pass, the same as an im2col implementation.
+
+Set ``ALIGNCR_PURE_DEFORM=1`` (or pass ``use_torchvision=False``) to force the pure path, e.g. to compare both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # torchvision is optional: present on GPU machines, absent in the QGIS/CPU environment.
+    from torchvision.ops import deform_conv2d as _tv_deform_conv2d
+except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "use the pure path"
+    _tv_deform_conv2d = None
+
+PURE_ENV_VAR = "ALIGNCR_PURE_DEFORM"
+
+
+def torchvision_available() -> bool:
+    """True when torchvision's compiled ``deform_conv2d`` can be used."""
+    return _tv_deform_conv2d is not None
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _use_torchvision(flag: bool | None) -> bool:
+    if _tv_deform_conv2d is None:
+        return False
+    if flag is not None:
+        return flag
+    return os.environ.get(PURE_ENV_VAR, "").strip().lower() not in {"1", "true", "yes", "on"}
+
+
+def deform_conv2d_pure(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pure-torch modulated deformable convolution; same signature and layout as torchvision's."""
+    n, c, h, w = x.shape
+    out_ch, c_per_group, kh, kw = weight.shape
+    if c % c_per_group:
+        raise ValueError(f"input channels {c} not divisible by weight's channels per group {c_per_group}")
+    groups = c // c_per_group
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    k_taps = kh * kw
+    if offset.shape[1] % (2 * k_taps):
+        raise ValueError(f"offset has {offset.shape[1]} channels, not a multiple of 2·{k_taps}")
+    dg = offset.shape[1] // (2 * k_taps)
+    if c % dg:
+        raise ValueError(f"input channels {c} not divisible by deformable groups {dg}")
+    if tuple(offset.shape[-2:]) != (ho, wo):
+        raise ValueError(f"offset spatial size {tuple(offset.shape[-2:])} != output size {(ho, wo)}")
+
+    off = offset.reshape(n, dg, k_taps, 2, ho, wo)
+    msk = mask.reshape(n, dg, k_taps, ho, wo) if mask is not None else None
+    # Input viewed per deformable group, so one grid_sample call serves every group (batch dim = n·dg).
+    xg = x.reshape(n * dg, c // dg, h, w)
+    base_y = (torch.arange(ho, device=x.device, dtype=x.dtype) * sh - ph).view(1, 1, ho, 1)
+    base_x = (torch.arange(wo, device=x.device, dtype=x.dtype) * sw - pw).view(1, 1, 1, wo)
+
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            k = i * kw + j
+            py = base_y + i * dh + off[:, :, k, 0]  # (n, dg, ho, wo) absolute row positions
+            px = base_x + j * dw + off[:, :, k, 1]
+            # align_corners=False mapping: pixel p -> (2p + 1)/size - 1 is exact for every size, including 1.
+            grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1).reshape(n * dg, ho, wo, 2)
+            sampled = F.grid_sample(xg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            sampled = sampled.reshape(n, dg, c // dg, ho, wo)
+            if msk is not None:
+                sampled = sampled * msk[:, :, k].unsqueeze(2)
+            tap = F.conv2d(sampled.reshape(n, c, ho, wo), weight[:, :, i : i + 1, j : j + 1], groups=groups)
+            out = tap if out is None else out + tap
+    if bias is not None:
+        out = out + bias.view(1, out_ch, 1, 1)
+    return out
+
+
+def deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: torch.Tensor | None = None,
+    use_torchvision: bool | None = None,
+) -> torch.Tensor:
+    """Modulated deformable conv; torchvision's kernel when available (unless forced off), else pure torch."""
+    if _use_torchvision(use_torchvision) and x.device.type != "meta":
+        return _tv_deform_conv2d(
+            x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask
+        )
+    return deform_conv2d_pure(x, offset, weight, bias, stride, padding, dilation, mask)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """A DCNv2 layer whose offsets and mask are given by the caller.
+
+    Parameters ``weight`` (out, in/groups, kh, kw) and ``bias`` are named as in ``nn.Conv2d`` so state dicts
+    map one-to-one onto BasicSR's / mmcv's modulated deformable convolutions.
+
+    ``track_offsets``: when True, every forward stores the mean absolute offset (pixels, detached float) in
+    :attr:`last_offset_abs_mean` — training logs it to see whether the alignment actually moves anything.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 1,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        deformable_groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError("in/out channels must be divisible by groups")
+        if in_channels % deformable_groups:
+            raise ValueError("in channels must be divisible by deformable_groups")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.deformable_groups = deformable_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.track_offsets = False
+        self.last_offset_abs_mean: float | None = None
+        self.use_torchvision: bool | None = None  # None: automatic (env var / availability)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same scheme as nn.Conv2d (and mmcv's DCN): uniform in ±1/sqrt(fan_in).
+        fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def offset_channels(self) -> int:
+        return 2 * self.deformable_groups * self.kernel_size[0] * self.kernel_size[1]
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.track_offsets and offset.device.type != "meta":
+            self.last_offset_abs_mean = float(offset.detach().abs().mean())
+        return deform_conv2d(
+            x,
+            offset,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            mask,
+            use_torchvision=self.use_torchvision,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"deformable_groups={self.deformable_groups}"
+        )
+
+
+class DCNv2Pack(ModulatedDeformConv2d):
+    """DCNv2 whose offsets and mask are predicted by a conv (``conv_offset``) from a separate feature.
+
+    As in EDVR/BasicSR: ``conv_offset(feat)`` gives 3·G·K channels split into thirds ``o1, o2, m``; the offset
+    is ``cat(o1, o2)`` read in torchvision's layout and the mask is ``sigmoid(m)``. This split is kept verbatim
+    (not "tidied" into an interleaved layout) so that weights trained with BasicSR's module import unchanged.
+    ``conv_offset`` starts at zero: the layer begins as a plain conv with mask 0.5, as in BasicSR.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
+                 deformable_groups: int = 1, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, deformable_groups)
+        k = self.kernel_size
+        self.conv_offset = nn.Conv2d(
+            in_channels, deformable_groups * 3 * k[0] * k[1], k, self.stride, self.padding, self.dilation, bias=True
+        )
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        o1, o2, m = torch.chunk(self.conv_offset(feat), 3, dim=1)
+        offset = torch.cat((o1, o2), dim=1)
+        return super().forward(x, offset, torch.sigmoid(m))
