@@ -1,0 +1,124 @@
+"""Linear gap-filling: exact on synthetic linear-in-time data, mask handling, dates from raster tags, registry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from engine.errors import InputError
+from engine.gapfill import interpolation_weight, linear_gapfill, parse_datetime, read_acquisition_date
+from engine.models import build_model, get_spec
+
+T0 = datetime(2021, 6, 1, 10, 30, tzinfo=UTC)
+
+
+def _linear_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """x(t) = a + b·t (t in days): an exactly linear time series per pixel."""
+    return rng.random((4, 9, 11)).astype(np.float64), rng.normal(0, 0.01, (4, 9, 11))
+
+
+def test_exact_on_linear_data_numpy() -> None:
+    rng = np.random.default_rng(0)
+    a, b = _linear_scene(rng)
+    t_prev, t, t_next = T0, T0 + timedelta(days=7, hours=5), T0 + timedelta(days=16)
+
+    def x(d: datetime) -> np.ndarray:
+        return a + b * (d - T0).total_seconds() / 86400
+
+    out = linear_gapfill(x(t_prev), x(t_next), t_prev, t, t_next)
+    np.testing.assert_allclose(out, x(t), rtol=0, atol=1e-12)
+    # the endpoints reproduce the inputs; the weight is the paper's (T_t − T_{t−1}) / (T_{t+1} − T_{t−1})
+    np.testing.assert_allclose(linear_gapfill(x(t_prev), x(t_next), t_prev, t_prev, t_next), x(t_prev))
+    assert interpolation_weight(t_prev, t, t_next) == pytest.approx((7 * 24 + 5) / (16 * 24))
+
+
+def test_exact_on_linear_data_torch_batched_dates() -> None:
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 4, 5, 6, dtype=torch.float64), torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    t_prev = torch.tensor([0.0, 100.0, -50.0], dtype=torch.float64)
+    t_next = t_prev + torch.tensor([10.0, 20.0, 40.0], dtype=torch.float64)
+    t = t_prev + torch.tensor([2.5, 15.0, 10.0], dtype=torch.float64)
+
+    def x(tt: torch.Tensor) -> torch.Tensor:
+        return a + b * tt.view(-1, 1, 1, 1)
+
+    out = linear_gapfill(x(t_prev), x(t_next), t_prev, t, t_next)
+    torch.testing.assert_close(out, x(t), rtol=0, atol=1e-12)
+
+
+def test_mask_fills_only_cloudy_pixels() -> None:
+    prev, nxt = np.zeros((4, 6, 6)), np.full((4, 6, 6), 2.0)
+    cloudy = np.full((4, 6, 6), 9.0)
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[2:4, 1:5] = True
+    out = linear_gapfill(prev, nxt, 0.0, 5.0, 10.0, cloudy=cloudy, mask=mask)
+    assert np.all(out[:, mask] == 1.0)
+    assert np.all(out[:, ~mask] == 9.0)
+    with pytest.raises(InputError):
+        linear_gapfill(prev, nxt, 0.0, 5.0, 10.0, mask=mask)
+    with pytest.raises(InputError):
+        linear_gapfill(prev, nxt, 10.0, 5.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2021:06:01 10:30:00", T0),
+        ("2021-06-01T10:30:00Z", T0),
+        ("2021-06-01T12:30:00+02:00", T0),
+        ("2021-06-01T10:30:00.000000", T0),
+        ("20210601", datetime(2021, 6, 1, tzinfo=UTC)),
+    ],
+)
+def test_parse_datetime(text: str, expected: datetime) -> None:
+    assert parse_datetime(text) == expected
+
+
+def _write(path: Path, tags: dict[str, str], ns: str | None = None) -> Path:
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:32631", "transform": from_origin(0, 40, 10, 10)}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.zeros((1, 4, 4), np.uint8))
+        if ns:
+            ds.update_tags(ns=ns, **tags)
+        else:
+            ds.update_tags(**tags)
+    return path
+
+
+def test_read_acquisition_date_from_tags(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.tif", {"TIFFTAG_DATETIME": "2021:06:01 10:30:00"})
+    b = _write(tmp_path / "b.tif", {"ACQUISITIONDATETIME": "2021-06-01T10:30:00Z"}, ns="IMAGERY")
+    c = _write(tmp_path / "c.tif", {"ACQUISITIONDATETIME": "2021-06-01T10:30:00Z"})
+    assert read_acquisition_date(a) == read_acquisition_date(b) == read_acquisition_date(c) == T0
+    none = _write(tmp_path / "none.tif", {"OTHER": "x"})
+    with pytest.raises(InputError, match="no acquisition date"):
+        read_acquisition_date(none)
+
+
+def test_registry_entry_runs_without_weights() -> None:
+    spec = get_spec("gapfill")
+    assert spec.needs_weights is False
+    assert spec.cls.temporal_inputs == ("prev", "next")
+    model = build_model("gapfill")
+    assert sum(p.numel() for p in model.parameters()) == 0
+    prev, nxt, cloudy = torch.zeros(1, 4, 7, 9), torch.ones(1, 4, 7, 9), torch.full((1, 4, 7, 9), 5.0)
+    mask = torch.zeros(1, 1, 7, 9)
+    mask[..., :3, :] = 1
+    kw = {"optical_prev": prev, "optical_next": nxt, "sar_prev": None, "sar_next": None}
+    out = model(cloudy, None, **kw, t_prev=T0, t=T0 + timedelta(days=3), t_next=T0 + timedelta(days=12),
+                cloud_mask=mask)
+    assert torch.allclose(out[..., :3, :], torch.full_like(out[..., :3, :], 0.25))
+    assert torch.equal(out[..., 3:, :], cloudy[..., 3:, :])
+    whole = model(cloudy, None, **kw, t_prev=0.0, t=1.0, t_next=4.0)
+    assert torch.allclose(whole, torch.full_like(whole, 0.25))
+    with pytest.raises(InputError, match="dates"):
+        model(cloudy, None, **kw)
+    with pytest.raises(InputError, match="optical_next"):
+        model(cloudy, None, optical_prev=prev, t_prev=0.0, t=1.0, t_next=4.0)
