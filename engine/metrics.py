@@ -159,8 +159,13 @@ def ndvi_of(bands: np.ndarray, red_index: int, nir_index: int) -> np.ndarray:
 
 
 def ndvi_classes(ndvi: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
-    """Class index 0…len(edges) of each NDVI value; left-closed bins (a value equal to an edge goes up)."""
-    return np.searchsorted(np.asarray(edges, dtype=np.float64), ndvi, side="right").astype(np.int64)
+    """Class index 0…len(edges) of each NDVI value; left-closed bins (a value equal to an edge goes up).
+
+    Edges are cast to the values' float type so a float32 NDVI of exactly −0.1 lands in the −0.1…0.1 class.
+    """
+    ndvi = np.asarray(ndvi)
+    dtype = ndvi.dtype if np.issubdtype(ndvi.dtype, np.floating) else np.float64
+    return np.searchsorted(np.asarray(edges, dtype=dtype), ndvi, side="right").astype(np.int64)
 
 
 def mean_iou(confusion: np.ndarray) -> tuple[float, list[float | None]]:
