@@ -1,0 +1,106 @@
+"""The settings of one engine run, as a dataclass shared by the CLI, the QGIS plugin, benchmarks and Dask jobs.
+
+Everything that decides the output lives here so that a run is reproducible from its :class:`RunConfig`
+(``dataclasses.asdict`` is what goes into the report's "run settings"). Validation of the values that do not
+need the files (tile geometry, band lists, enum options) happens in :meth:`RunConfig.validate`, before any
+raster is opened, so a typo fails in milliseconds with a one-line :class:`~engine.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InputError
+
+SAR_UNITS = ("auto", "db", "linear")
+OPTICAL_SCALES = ("auto", "dn", "reflectance")
+SAR_RESAMPLINGS = ("nearest", "bilinear")
+DEFAULT_BANDS = (1, 2, 3, 4)  # PlanetScope B, G, R, NIR
+DEFAULT_SAR_BANDS = (1, 2)  # VV, VH
+
+
+@dataclass
+class RunConfig:
+    """One cloud-removal run: inputs, output, model, tiling and unit handling.
+
+    ``bands`` / ``sar_bands`` are 1-based band indices into the optical / SAR files (Sentinel-2 B2, B3, B4, B8 in
+    a 13-band L1C file are ``(2, 3, 4, 8)``). ``model=None`` means the default model (bundled ``aligncr-lite``
+    weights when present, else ``identity``). ``chunk`` is the side, in pixels, of the processing chunk on the
+    global tile grid: it bounds memory and does not change the result.
+    """
+
+    optical: Path
+    sar: Path
+    out: Path
+    landcover: Path | None = None
+    mask: Path | None = None
+    reference: Path | None = None
+    model: str | None = None
+    weights: Path | None = None
+    device: str = "auto"
+    tile: int = 256
+    overlap: int = 32
+    batch: int = 4
+    cog: bool = False
+    bands: tuple[int, ...] = DEFAULT_BANDS
+    sar_bands: tuple[int, ...] = DEFAULT_SAR_BANDS
+    sar_units: str = "auto"
+    optical_scale: str = "auto"
+    sar_resampling: str = "nearest"
+    report: Path | None = None
+    chunk: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        self.bands = tuple(int(b) for b in self.bands)
+        self.sar_bands = tuple(int(b) for b in self.sar_bands)
+
+    def validate(self) -> None:
+        """Check the settings that need no file; raise :class:`InputError` with one line on the first problem."""
+        if self.tile < 16:
+            raise InputError(f"--tile must be at least 16 pixels, got {self.tile}")
+        if self.overlap < 0 or 2 * self.overlap >= self.tile:
+            raise InputError(f"--overlap must be in [0, tile/2) = [0, {self.tile // 2}), got {self.overlap}")
+        if self.batch < 1:
+            raise InputError(f"--batch must be at least 1, got {self.batch}")
+        if self.chunk < 1:
+            raise InputError(f"chunk must be at least 1 pixel, got {self.chunk}")
+        if len(self.bands) < 1 or any(b < 1 for b in self.bands) or len(set(self.bands)) != len(self.bands):
+            raise InputError(f"--bands must be distinct 1-based band indices, got {','.join(map(str, self.bands))}")
+        if len(self.sar_bands) != 2 or any(b < 1 for b in self.sar_bands) or len(set(self.sar_bands)) != 2:
+            raise InputError(
+                f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
+            )
+        for name, value, allowed in (
+            ("--sar-units", self.sar_units, SAR_UNITS),
+            ("--optical-scale", self.optical_scale, OPTICAL_SCALES),
+            ("--sar-resampling", self.sar_resampling, SAR_RESAMPLINGS),
+        ):
+            if value not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got '{value}'")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly settings (paths as strings) for reports and logs."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def parse_band_list(text: str) -> tuple[int, ...]:
+    """``"1,2,3,4"`` → ``(1, 2, 3, 4)``; raises :class:`InputError` on anything else."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"band list must be comma-separated integers like 1,2,3,4, got '{text}'") from None

@@ -1,0 +1,463 @@
+"""The engine's raster path: read → validate → align → normalise → tile → infer → blend → write (→ report).
+
+``run(config, progress)`` is the one implementation behind ``python -m engine run``, the demo, the QGIS plugin
+(through the CLI), benchmarks and Dask batch jobs. It streams: the scene is processed in chunks of the global tile
+grid (see :mod:`engine.tiling`), each chunk's inputs read as one window and its final area written as one window,
+so memory does not grow with the scene and the result equals a whole-scene blend bit for bit.
+
+Choices where the paper is silent (following the official M3R-CR loader where it has one):
+
+* Pixels without SAR (outside the SAR footprint, SAR nodata/NaN/inf) are left as the optical input and counted;
+  below 99.9 % coverage a warning gives the percentage. NaN SAR inside a tile fed to the network is replaced by the
+  scene's mean SAR value per polarisation (the official loader's "NaN → image mean").
+* Optical nodata pixels are fed as 0 and written back unchanged (so nodata stays nodata).
+* Predictions are clipped to [0, 1] (the training targets' range) before inverse scaling to the input units and
+  dtype. Extra optical bands beyond the model's are copied through unchanged.
+* Tiles with no valid optical pixel or no SAR at all skip the network: every pixel they touch is copied from the
+  input anyway, so the result is the same and empty scene margins cost nothing.
+* GDAL's block cache is capped (``GDAL_CACHEMAX``) so its size, not the scene's, bounds what GDAL keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from engine import normalise
+from engine.align import AlignedReader, Grid, bounds_overlap, sar_overlap_or_raise
+from engine.config import DEFAULT_SAR_BANDS, RunConfig
+from engine.device import describe_device, resolve_device
+from engine.errors import EngineError, InputError, ModelError
+from engine.masks import cloud_mask_from_bands
+from engine.progress import Progress
+from engine.raster import (
+    DEFAULT_OPTICAL_DESCRIPTIONS,
+    check_bands,
+    has_any_valid,
+    open_raster,
+    read_sample,
+    require_georeferenced,
+    valid_mask,
+)
+from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, reflect_pad
+from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
+
+log = logging.getLogger("engine")
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
+GDAL_CACHE_MB = 64
+FULL_COVERAGE = 0.999
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is about to do; given to ``on_start`` before the first tile (the ``start`` JSON event)."""
+
+    total_tiles: int
+    width: int
+    height: int
+    output: Path
+    model: str
+    device: str
+
+
+@dataclass
+class RunResult:
+    """Outcome of a successful run."""
+
+    output: Path
+    seconds: float
+    model: str
+    device: str
+    total_tiles: int
+    width: int
+    height: int
+    sar_coverage: float
+    sar_units: str
+    optical_scale: float
+    cloud_fraction: float | None = None
+    report_dir: Path | None = None
+    report: dict | None = None
+    model_card: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run network with the normalisation it expects."""
+
+    module: nn.Module
+    name: str
+    in_bands: int
+    norm: normalise.NormalisationConfig
+    card: dict | None = None
+
+
+def default_model_name() -> str:
+    """``aligncr-lite`` when its bundled weights are present, else the ``identity`` baseline."""
+    return "aligncr-lite" if BUNDLED_WEIGHTS.is_file() else "identity"
+
+
+def _norm_from_card(card_norm: dict | None) -> normalise.NormalisationConfig:
+    if not card_norm:
+        return normalise.NormalisationConfig()
+    known = {f.name for f in dataclasses.fields(normalise.NormalisationConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in card_norm.items() if k in known}
+    return normalise.NormalisationConfig(**values)
+
+
+def load_model(config: RunConfig, device: torch.device) -> LoadedModel:
+    """Build ``config.model`` from the registry or load ``config.weights`` (its model card wins on normalisation)."""
+    from engine.models import build_model, get_spec
+
+    weights = config.weights
+    name = config.model or default_model_name()
+    if weights is None and config.model in (None, "aligncr-lite") and name == "aligncr-lite":
+        weights = BUNDLED_WEIGHTS if BUNDLED_WEIGHTS.is_file() else None
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ModelError(f"weights file not found: {weights}")
+        try:
+            from engine.models import weights as weights_io
+        except ImportError:
+            raise ModelError("loading --weights needs engine.models.weights, which this install lacks") from None
+        module, card = weights_io.load(Path(weights), device=device)
+        card_dict = dataclasses.asdict(card) if dataclasses.is_dataclass(card) else dict(card)
+        arch = card_dict.get("arch")
+        if config.model is not None and arch is not None and config.model != arch:
+            raise ModelError(f"--model {config.model} does not match the weights file's model '{arch}'")
+        name = arch or name
+        norm = _norm_from_card(card_dict.get("normalisation"))
+    else:
+        spec = get_spec(name)
+        if spec.needs_weights:
+            raise ModelError(f"model '{name}' needs trained weights: pass --weights FILE.safetensors")
+        module = build_model(name)
+        card_dict = None
+        norm = normalise.NormalisationConfig()
+    cfg = getattr(module, "cfg", None)
+    in_bands = int(getattr(cfg, "in_bands", 4))
+    module.eval().to(device)
+    return LoadedModel(module=module, name=name, in_bands=in_bands, norm=norm, card=card_dict)
+
+
+@dataclass
+class _Inputs:
+    """Open datasets and what was decided about them before the tile loop."""
+
+    optical: rasterio.io.DatasetReader
+    sar: rasterio.io.DatasetReader
+    landcover: rasterio.io.DatasetReader | None
+    mask: rasterio.io.DatasetReader | None
+    grid: Grid
+    band_index: list[int]  # 0-based indices of the model bands in the optical file
+    optical_scale: float
+    sar_units: str
+    sar_fill: np.ndarray  # per-polarisation fill for NaN SAR, normalised
+    coverage: float
+    sar_reader: AlignedReader | None = None
+    mask_reader: AlignedReader | None = None
+
+
+def _open_inputs(config: RunConfig, stack: ExitStack, progress: Progress, warnings: list[str]) -> _Inputs:
+    opt = stack.enter_context(open_raster(config.optical, "optical"))
+    require_georeferenced(opt, "optical image")
+    if opt.count < 4:
+        raise InputError(
+            f"optical image must have at least 4 bands (B, G, R, NIR), this one has {opt.count}: {config.optical}"
+        )
+    check_bands(opt, "optical image", config.bands)
+    sar = stack.enter_context(open_raster(config.sar, "SAR"))
+    require_georeferenced(sar, "SAR image")
+    if config.sar_bands == DEFAULT_SAR_BANDS and sar.count != 2:
+        raise InputError(
+            f"SAR image must have exactly 2 bands (VV, VH), this one has {sar.count} "
+            f"(pick two with --sar-bands): {config.sar}"
+        )
+    check_bands(sar, "SAR image", config.sar_bands)
+    extra: dict[str, rasterio.io.DatasetReader | None] = {"landcover": None, "mask": None}
+    for role in ("landcover", "mask", "reference"):
+        path = getattr(config, role)
+        if path is None:
+            continue
+        ds = stack.enter_context(open_raster(path, role.replace("landcover", "land cover")))
+        require_georeferenced(ds, role)
+        if role in extra:
+            extra[role] = ds
+    grid = Grid.of(opt)
+    if not has_any_valid(opt, config.bands):
+        raise InputError(f"optical image has no valid pixel (everything is nodata): {config.optical}")
+    coverage = sar_overlap_or_raise(sar, grid, config.sar_bands, "SAR image")
+    if coverage < FULL_COVERAGE:
+        msg = f"SAR covers only {coverage * 100:.1f}% of the optical image; pixels without SAR are left as the input"
+        warnings.append(msg)
+        progress.warn(msg)
+    for role, ds in extra.items():
+        if ds is not None and not bounds_overlap(ds, grid):
+            raise InputError(f"{role} raster does not overlap the optical image: {ds.name}")
+    if extra["mask"] is not None and extra["mask"].count not in (1, 8):
+        raise InputError(
+            f"cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {extra['mask'].count}"
+        )
+
+    sar_sample = read_sample(sar, config.sar_bands).astype(np.float32)
+    sar_ok = valid_mask(sar_sample, sar.nodata)
+    values = sar_sample[:, sar_ok]
+    if config.sar_units == "auto":
+        sar_units = normalise.detect_sar_units(values)
+        if sar_units == "linear":
+            log.info("SAR values look like linear power; converting to dB (force with --sar-units db)")
+    else:
+        sar_units = config.sar_units
+    return _Inputs(
+        optical=opt,
+        sar=sar,
+        landcover=extra["landcover"],
+        mask=extra["mask"],
+        grid=grid,
+        band_index=[b - 1 for b in config.bands],
+        optical_scale=0.0,  # set once the model's normalisation is known
+        sar_units=sar_units,
+        sar_fill=np.zeros(2, dtype=np.float32),
+        coverage=coverage,
+    )
+
+
+def _sar_to_unit(data: np.ndarray, units: str, norm: normalise.NormalisationConfig) -> np.ndarray:
+    """(2, h, w) SAR in file units (NaN = none) → [0, 1] with the model's dB ranges; NaN preserved."""
+    db = normalise.linear_to_db(data) if units == "linear" else data
+    return normalise.normalise_sar(db, (tuple(norm.vv_range), tuple(norm.vh_range)))
+
+
+def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> float:
+    if config.optical_scale == "dn":
+        return float(norm.optical_scale)
+    if config.optical_scale == "reflectance":
+        return 1.0
+    sample = read_sample(inp.optical, config.bands)
+    ok = valid_mask(sample, inp.optical.nodata)
+    detected = normalise.detect_optical_scale(sample[:, ok])
+    if detected == 1.0:
+        log.info("optical values look like reflectance in [0, 1] (force with --optical-scale dn)")
+        return 1.0
+    return float(norm.optical_scale)
+
+
+def _sar_fill(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> np.ndarray:
+    sample = read_sample(inp.sar, config.sar_bands).astype(np.float32)
+    sample[:, ~valid_mask(sample, inp.sar.nodata)] = np.nan
+    unit = _sar_to_unit(sample, inp.sar_units, norm)
+    with np.errstate(all="ignore"):
+        fill = np.nanmean(unit.reshape(2, -1), axis=1)
+    return np.where(np.isfinite(fill), fill, 0.5).astype(np.float32)
+
+
+def _output_spec(config: RunConfig, inp: _Inputs) -> OutputSpec:
+    opt = inp.optical
+    dtype = np.result_type(*[np.dtype(d) for d in opt.dtypes]).name
+    descriptions: list[str | None] = []
+    for i in range(opt.count):
+        desc = opt.descriptions[i]
+        if not desc and i in inp.band_index and len(inp.band_index) == len(DEFAULT_OPTICAL_DESCRIPTIONS):
+            desc = DEFAULT_OPTICAL_DESCRIPTIONS[inp.band_index.index(i)]
+        descriptions.append(desc)
+    return OutputSpec(
+        crs=opt.crs,
+        transform=opt.transform,
+        width=opt.width,
+        height=opt.height,
+        count=opt.count,
+        dtype=dtype,
+        nodata=opt.nodata,
+        descriptions=tuple(descriptions),
+    )
+
+
+def _tile_slice(data: np.ndarray, tile: Tile, origin: tuple[int, int], size: int) -> np.ndarray:
+    """The ``size²`` tile of a chunk array whose pixel (0, 0) is image pixel ``origin``, reflect-padded."""
+    y, x = tile.y - origin[0], tile.x - origin[1]
+    part = data[..., y : y + size, x : x + size]
+    return reflect_pad(part, size - part.shape[-2], size - part.shape[-1])
+
+
+def _predict(model: nn.Module, optical: np.ndarray, sar: np.ndarray, device: torch.device) -> np.ndarray:
+    with torch.inference_mode():
+        o = torch.from_numpy(optical).to(device)
+        s = torch.from_numpy(sar).to(device)
+        out = model(o, s)
+        if out.shape != o.shape:
+            raise ModelError(f"model returned shape {tuple(out.shape)} for an input of shape {tuple(o.shape)}")
+        return out.float().clamp_(0.0, 1.0).cpu().numpy()
+
+
+def run(
+    config: RunConfig,
+    progress: Progress | None = None,
+    on_start: Callable[[RunPlan], None] | None = None,
+) -> RunResult:
+    """Run one cloud removal end to end; see the module docstring. Raises EngineError subclasses on bad input."""
+    config.validate()
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    warnings: list[str] = []
+    inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights]
+    check_output_path(config.out, [p for p in inputs if p is not None])
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), ExitStack() as stack:
+        inp = _open_inputs(config, stack, progress, warnings)
+        device = resolve_device(config.device)
+        model = load_model(config, device)
+        if model.in_bands != len(config.bands):
+            raise ModelError(
+                f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
+            )
+        inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
+        inp.sar_fill = _sar_fill(config, inp, model.norm)
+        spec = _output_spec(config, inp)
+        grid = TileGrid(spec.height, spec.width, config.tile, config.overlap)
+        plan = chunks(grid, config.chunk)
+        total = len(grid)
+        device_name = describe_device(device)
+        log.info(
+            "%s on %s: %d×%d px, %d tiles of %d px (overlap %d), SAR %s, optical ÷%g",
+            model.name, device_name, spec.width, spec.height, total, config.tile, config.overlap,
+            inp.sar_units, inp.optical_scale,
+        )  # fmt: skip
+        if on_start is not None:
+            on_start(RunPlan(total, spec.width, spec.height, Path(config.out), model.name, device_name))
+        progress.update(0.0, f"tile 0/{total}")
+        inp.sar_reader = stack.enter_context(AlignedReader(inp.sar, inp.grid, config.sar_bands, config.sar_resampling))
+        if inp.mask is not None:
+            mask_bands = tuple(range(1, inp.mask.count + 1))
+            inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
+        counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0}
+        with AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer:
+            blender = ChunkBlender(grid, len(config.bands))
+            done = 0
+            for chunk in plan:
+                progress.check_cancelled()
+                done = _process_chunk(chunk, config, inp, model, device, blender, writer, spec, counts, progress, done)
+            progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
+        seconds = time.perf_counter() - t0
+    valid = max(counts["valid"], 1)
+    result = RunResult(
+        output=Path(config.out),
+        seconds=seconds,
+        model=model.name,
+        device=device_name,
+        total_tiles=total,
+        width=spec.width,
+        height=spec.height,
+        sar_coverage=counts["sar"] / valid,
+        sar_units=inp.sar_units,
+        optical_scale=inp.optical_scale,
+        cloud_fraction=(counts["cloud"] / max(counts["mask_valid"], 1)) if inp.mask_reader is not None else None,
+        model_card=model.card,
+        warnings=warnings,
+    )
+    if config.report is not None:
+        result.report = _write_report(config, result, progress)
+        result.report_dir = Path(config.report)
+        result.seconds = time.perf_counter() - t0
+    log.info("wrote %s in %.1f s", config.out, result.seconds)
+    return result
+
+
+def _process_chunk(
+    chunk: Chunk,
+    config: RunConfig,
+    inp: _Inputs,
+    model: LoadedModel,
+    device: torch.device,
+    blender: ChunkBlender,
+    writer: AtomicGeoTIFFWriter,
+    spec: OutputSpec,
+    counts: dict[str, int],
+    progress: Progress,
+    done: int,
+) -> int:
+    """Read one chunk's inputs, run its tiles in batches, blend, write its final area. Returns tiles done."""
+    y0, x0 = chunk.acc_y, chunk.acc_x
+    win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
+    raw = inp.optical.read(window=win)
+    opt_ok = valid_mask(raw[inp.band_index], inp.optical.nodata)
+    x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
+    x[:, ~opt_ok] = 0.0
+    assert inp.sar_reader is not None
+    sar = _sar_to_unit(inp.sar_reader.read(win), inp.sar_units, model.norm)
+    sar_ok = np.isfinite(sar).all(axis=0)
+    for k in range(sar.shape[0]):
+        sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
+    blender.start(chunk)
+    t, total = config.tile, len(blender.grid)
+    tiles = list(chunk.tiles)
+    for i in range(0, len(tiles), config.batch):
+        batch = tiles[i : i + config.batch]
+        opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
+        run_idx = []
+        for j, tl in enumerate(batch):
+            ok_o = _tile_slice(opt_ok, tl, (y0, x0), t)
+            ok_s = _tile_slice(sar_ok, tl, (y0, x0), t)
+            if (ok_o & ok_s).any():
+                run_idx.append(j)
+        preds = list(opt_tiles)
+        if run_idx:
+            o = np.stack([opt_tiles[j] for j in run_idx])
+            s = np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx])
+            out = _predict(model.module, np.ascontiguousarray(o), np.ascontiguousarray(s), device)
+            for j, p in zip(run_idx, out):
+                preds[j] = p
+        for tl, p in zip(batch, preds):
+            blender.add(tl, p)
+        done += len(batch)
+        progress.update(done / total, f"tile {done}/{total}")
+        progress.check_cancelled()
+    oy, ox, blended = blender.finish()
+    h, w = blended.shape[1:]
+    if h == 0 or w == 0:
+        return done
+    out = raw[:, :h, :w].copy()
+    use = opt_ok[:h, :w] & sar_ok[:h, :w]
+    pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
+    for k, b in enumerate(inp.band_index):
+        out[b][use] = pred[k][use]
+    writer.write(out, Window(ox, oy, w, h))
+    counts["valid"] += int(opt_ok[:h, :w].sum())
+    counts["sar"] += int(use.sum())
+    if inp.mask_reader is not None and inp.mask is not None:
+        m = inp.mask_reader.read(Window(ox, oy, w, h))
+        m_ok = np.isfinite(m).all(axis=0) & opt_ok[:h, :w]
+        cloud = cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok
+        counts["cloud"] += int(cloud.sum())
+        counts["mask_valid"] += int(m_ok.sum())
+    return done
+
+
+def _write_report(config: RunConfig, result: RunResult, progress: Progress) -> dict:
+    try:
+        from engine.report import write_report
+    except ImportError:
+        raise EngineError("--report needs engine.report.write_report, which this install lacks") from None
+    return write_report(
+        optical=Path(config.optical),
+        prediction=Path(config.out),
+        out_dir=Path(config.report),
+        reference=config.reference,
+        landcover=config.landcover,
+        mask=config.mask,
+        bands=tuple(config.bands),
+        model_card=result.model_card,
+        run_settings=config.as_dict(),
+        progress=progress,
+    )

@@ -1,0 +1,240 @@
+"""The global tile grid, the blending window, and chunked accumulation that equals the whole-scene blend.
+
+Tiles: square, side ``tile``, origins every ``stride = tile - overlap`` pixels from (0, 0). The number of tiles
+per axis is the least that covers the image; tiles running past the right/bottom edge (and tiles larger than a
+small image) are filled by reflect padding (DSen2-CR / BasicSR test-time tiling pad the same way; reflection keeps
+texture statistics, zero padding would look like a black border to the network).
+
+Blending: each tile prediction is weighted by a separable window that is 1 in the tile's core and ramps down with
+a raised cosine (Hann half-window) over the ``overlap`` pixels of each side, to a positive ``floor`` at the very
+edge, and the mosaic is ``Σ w·pred / Σ w``. The cosine ramp makes adjacent tiles cross-fade with a continuous
+first derivative, so a model whose output depends on tile position (padding, global pooling, BatchNorm-free
+statistics) shows no step at tile borders; the floor keeps the normalisation well defined where only one tile
+covers a pixel, e.g. the image border.
+
+Chunking: memory must not grow with the scene, yet the result must be *identical* to blending the whole scene at
+once. Tiles are grouped into chunks of ``c × c`` tile origins (a chunk owns the tiles whose origin lies in it).
+A tile sticks out of its chunk by at most ``overlap`` pixels to the right and bottom, so a chunk's accumulator is
+its own area plus an ``overlap``-wide margin. The right margin is carried to the next chunk in the row, the bottom
+margin into an ``overlap × width`` carry for the next chunk row; a chunk's own area is final once its tiles and
+the carries have been added. Memory: one chunk accumulator plus two ``overlap``-row carries, independent of the
+height and only the carries (≈ 0.7 MB per 1000 px of width for 4 bands, 32 px overlap) grow with the width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its index in the grid and its pixel origin (row, col) in the image; it is ``tile`` px square."""
+
+    row: int
+    col: int
+    y: int
+    x: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The global tile grid over an image of ``height × width`` pixels."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= 2 * self.overlap < self.tile:
+            raise ValueError(f"overlap must be in [0, tile/2), got tile={self.tile} overlap={self.overlap}")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    def _count(self, size: int) -> int:
+        return max(1, math.ceil((size - self.overlap) / self.stride))
+
+    @property
+    def rows(self) -> int:
+        return self._count(self.height)
+
+    @property
+    def cols(self) -> int:
+        return self._count(self.width)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def tile_at(self, row: int, col: int) -> Tile:
+        return Tile(row=row, col=col, y=row * self.stride, x=col * self.stride)
+
+    def __iter__(self) -> Iterator[Tile]:
+        for r in range(self.rows):
+            for c in range(self.cols):
+                yield self.tile_at(r, c)
+
+
+def blend_window(tile: int, overlap: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """(tile, tile) float32 weights: 1 in the core, raised-cosine ramps to ``floor`` over ``overlap`` px per side."""
+    w = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        i = np.arange(overlap, dtype=np.float64)
+        ramp = floor + (1.0 - floor) * 0.5 * (1.0 - np.cos(np.pi * (i + 0.5) / overlap))
+        w[:overlap] = ramp
+        w[tile - overlap :] = ramp[::-1]
+    return np.outer(w, w).astype(np.float32)
+
+
+def reflect_pad(data: np.ndarray, pad_bottom: int, pad_right: int) -> np.ndarray:
+    """Pad (..., h, w) at the bottom/right by reflection (edge replication when a side is 1 px)."""
+    if pad_bottom == 0 and pad_right == 0:
+        return data
+    widths = [(0, 0)] * (data.ndim - 2)
+    out = data
+    if pad_bottom:
+        mode = "reflect" if out.shape[-2] > 1 else "edge"
+        out = np.pad(out, [*widths, (0, pad_bottom), (0, 0)], mode=mode)
+    if pad_right:
+        mode = "reflect" if out.shape[-1] > 1 else "edge"
+        out = np.pad(out, [*widths, (0, 0), (0, pad_right)], mode=mode)
+    return out
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A group of tiles and the image area whose blend it completes.
+
+    ``tiles`` are the tiles it owns; ``acc_y, acc_x`` / ``acc_h, acc_w`` are its accumulator (own area + the
+    overlap margins); ``out_y, out_x, out_h, out_w`` is the image area that is final after this chunk, clipped to
+    the image (the margins are final too on the last chunk row / column).
+    """
+
+    index: tuple[int, int]
+    tiles: tuple[Tile, ...]
+    acc_y: int
+    acc_x: int
+    acc_h: int
+    acc_w: int
+    own_h: int
+    own_w: int
+    last_row: bool
+    last_col: bool
+    out_y: int
+    out_x: int
+    out_h: int
+    out_w: int
+
+    @property
+    def read_window(self) -> tuple[int, int, int, int]:
+        """(y, x, h, w) of the input pixels this chunk's tiles need, clipped to the image (via out sizes)."""
+        return (self.acc_y, self.acc_x, self.acc_h, self.acc_w)
+
+
+def chunks(grid: TileGrid, chunk_px: int) -> list[Chunk]:
+    """Row-major chunks of about ``chunk_px`` pixels a side (a whole number of tile strides, at least one)."""
+    c = max(1, chunk_px // grid.stride)
+    n_rows = math.ceil(grid.rows / c)
+    n_cols = math.ceil(grid.cols / c)
+    out: list[Chunk] = []
+    s, o = grid.stride, grid.overlap
+    for ci in range(n_rows):
+        r0, r1 = ci * c, min((ci + 1) * c, grid.rows)
+        for cj in range(n_cols):
+            c0, c1 = cj * c, min((cj + 1) * c, grid.cols)
+            tiles = tuple(grid.tile_at(r, k) for r in range(r0, r1) for k in range(c0, c1))
+            last_row, last_col = ci == n_rows - 1, cj == n_cols - 1
+            own_h, own_w = (r1 - r0) * s, (c1 - c0) * s
+            y, x = r0 * s, c0 * s
+            out_h = min((own_h + o) if last_row else own_h, grid.height - y)
+            out_w = min((own_w + o) if last_col else own_w, grid.width - x)
+            out.append(
+                Chunk(
+                    index=(ci, cj),
+                    tiles=tiles,
+                    acc_y=y,
+                    acc_x=x,
+                    acc_h=own_h + o,
+                    acc_w=own_w + o,
+                    own_h=own_h,
+                    own_w=own_w,
+                    last_row=last_row,
+                    last_col=last_col,
+                    out_y=y,
+                    out_x=x,
+                    out_h=max(0, out_h),
+                    out_w=max(0, out_w),
+                )
+            )
+    return out
+
+
+class ChunkBlender:
+    """Accumulates weighted tile predictions chunk by chunk and hands out final, normalised image areas.
+
+    Use: for each chunk of :func:`chunks` (in order) call :meth:`start`, :meth:`add` for every tile it owns, then
+    :meth:`finish`, which returns ``(y, x, data)`` with ``data`` (bands, out_h, out_w) float32 — the exact
+    whole-scene blend for that area.
+    """
+
+    def __init__(self, grid: TileGrid, bands: int, floor: float = WINDOW_FLOOR) -> None:
+        self.grid = grid
+        self.bands = bands
+        self.window = blend_window(grid.tile, grid.overlap, floor)
+        o = grid.overlap
+        full_w = grid.cols * grid.stride + o
+        # Carries hold Σw·pred in channels [:bands] and Σw in channel [bands].
+        self._bottom_prev = np.zeros((bands + 1, o, full_w), dtype=np.float32)
+        self._bottom_next = np.zeros_like(self._bottom_prev)
+        self._right: np.ndarray | None = None
+        self._acc: np.ndarray | None = None
+        self._chunk: Chunk | None = None
+
+    def start(self, chunk: Chunk) -> None:
+        o = self.grid.overlap
+        acc = np.zeros((self.bands + 1, chunk.acc_h, chunk.acc_w), dtype=np.float32)
+        if o:
+            if chunk.index[0] > 0:
+                # The chunk row above spilled into our top rows. Take our own width only (the right margin's share
+                # reaches the next chunk through it), except on the last column, which has no right neighbour.
+                w = chunk.acc_w if chunk.last_col else chunk.own_w
+                acc[:, :o, :w] += self._bottom_prev[:, :, chunk.acc_x : chunk.acc_x + w]
+            if chunk.index[1] > 0 and self._right is not None:  # the chunk to the left spilled into our left cols
+                acc[:, : self._right.shape[1], :o] += self._right
+        self._acc = acc
+        self._chunk = chunk
+
+    def add(self, tile: Tile, prediction: np.ndarray) -> None:
+        """Add one (bands, tile, tile) prediction of a tile owned by the current chunk."""
+        assert self._acc is not None and self._chunk is not None
+        y = tile.y - self._chunk.acc_y
+        x = tile.x - self._chunk.acc_x
+        t = self.grid.tile
+        self._acc[: self.bands, y : y + t, x : x + t] += prediction * self.window
+        self._acc[self.bands, y : y + t, x : x + t] += self.window
+
+    def finish(self) -> tuple[int, int, np.ndarray]:
+        assert self._acc is not None and self._chunk is not None
+        ch, acc, o = self._chunk, self._acc, self.grid.overlap
+        if o:
+            # On the last chunk row the bottom margin is output too, so it travels right with the right margin
+            # instead of waiting for a next chunk row that does not exist.
+            self._right = acc[:, : ch.acc_h if ch.last_row else ch.own_h, ch.own_w :].copy()
+            self._bottom_next[:, :, ch.acc_x : ch.acc_x + ch.acc_w] += acc[:, ch.own_h :, :]
+            if ch.last_col:  # the chunk row is complete: its bottom spill becomes the next row's top carry
+                self._bottom_prev, self._bottom_next = self._bottom_next, self._bottom_prev
+                self._bottom_next[:] = 0.0
+                self._right = None
+        region = acc[:, : ch.out_h, : ch.out_w]
+        weight = region[self.bands]
+        data = region[: self.bands] / np.maximum(weight, np.float32(1e-12))
+        self._acc = None
+        self._chunk = None
+        return ch.out_y, ch.out_x, data
