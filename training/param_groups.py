@@ -1,0 +1,93 @@
+"""Optimizer parameter groups and deformable-offset monitoring, both found by module TYPE.
+
+Align-CR trains its alignment blocks with a 10× smaller learning rate (1e-5 vs 1e-4): deformable offsets are
+unstable early in training (EDVR, BasicSR's ``dcn_lr_mul``). Which modules are "alignment" is named in the recipe
+as classes (``"engine.models.aligncr_arch:PCDAlignment"``) and matched with ``isinstance`` over
+``model.modules()`` — never by guessing from parameter names, which silently break when a module is renamed.
+A listed class that matches nothing in the model is an error: the recipe and the network disagree.
+
+Offsets: every :class:`engine.models.ops.deform_conv.ModulatedDeformConv2d` records its last mean |offset| when
+``track_offsets`` is on. EDVR/BasicSR warn when it exceeds 50 px: the alignment is diverging.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+from engine.errors import ModelError
+
+
+def resolve_types(names: list[str]) -> tuple[type, ...]:
+    """``["pkg.module:Class", ...]`` → the classes (imported)."""
+    types = []
+    for name in names:
+        module_name, _, cls_name = name.partition(":")
+        if not cls_name:
+            raise ModelError(f"alignment module '{name}' must be written 'package.module:Class'")
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name)
+        except (ImportError, AttributeError):
+            raise ModelError(f"alignment module class '{name}' cannot be imported") from None
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ModelError(f"'{name}' is not an nn.Module class")
+        types.append(cls)
+    return tuple(types)
+
+
+def alignment_parameter_ids(model: nn.Module, types: tuple[type, ...]) -> set[int]:
+    """ids of the parameters inside any module of one of ``types`` (outermost matches; each parameter once)."""
+    ids: set[int] = set()
+    if not types:
+        return ids
+    found = {t: False for t in types}
+    for module in model.modules():
+        for t in types:
+            if isinstance(module, t):
+                found[t] = True
+                ids.update(id(p) for p in module.parameters())
+    missing = [t.__name__ for t, ok in found.items() if not ok]
+    if missing:
+        raise ModelError(f"the model has no module of type {missing} (recipe's optim.alignment_modules)")
+    return ids
+
+
+def build_param_groups(
+    model: nn.Module, lr: float, alignment_lr: float, alignment_types: tuple[type, ...] = ()
+) -> list[dict[str, Any]]:
+    """[{"name": "main", params, lr}, {"name": "alignment", params, lr}] (the second only when non-empty)."""
+    align_ids = alignment_parameter_ids(model, alignment_types)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    main = [p for p in trainable if id(p) not in align_ids]
+    align = [p for p in trainable if id(p) in align_ids]
+    if not trainable:
+        raise ModelError("the model has no trainable parameters")
+    groups: list[dict[str, Any]] = [{"name": "main", "params": main, "lr": lr}]
+    if align:
+        groups.append({"name": "alignment", "params": align, "lr": alignment_lr})
+    return groups
+
+
+def deformable_convs(model: nn.Module) -> dict[str, nn.Module]:
+    """Named deformable convolutions of a model (anything exposing ``last_offset_abs_mean``)."""
+    return {name: m for name, m in model.named_modules() if hasattr(m, "last_offset_abs_mean")}
+
+
+def enable_offset_tracking(model: nn.Module) -> int:
+    """Turn on offset recording in every deformable conv; returns how many there are."""
+    convs = deformable_convs(model)
+    for m in convs.values():
+        m.track_offsets = True
+    return len(convs)
+
+
+def offset_magnitudes(model: nn.Module) -> dict[str, float]:
+    """{module name: last mean |offset| in pixels} for deformable convs that have run a forward pass."""
+    out = {}
+    for name, m in deformable_convs(model).items():
+        value = m.last_offset_abs_mean
+        if value is not None:
+            out[name] = float(value)
+    return out

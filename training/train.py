@@ -1,0 +1,504 @@
+"""``python -m training.train --config CFG [--resume CKPT] [--max-steps N] [--device D] [--set sec.key=value ...]``.
+
+The training loop for every registered model. Models come only from :func:`engine.models.build_model`, weights
+files only from :func:`engine.models.weights.save` (with the validation metrics in the model card).
+
+What a run writes under ``run.out_dir``:
+
+* ``state_last.pt`` — the resumable training state (model, optimizer, scheduler, AMP scaler, step, best metric and
+  every RNG state), written atomically every ``ckpt_every_steps`` steps or ``ckpt_every_minutes`` minutes and at
+  the end. It is our own file, saved with ``torch.save`` and loaded with ``weights_only=True`` (plain tensors,
+  numbers and strings only; the numpy RNG state is stored as a tensor for that reason).
+* ``last.safetensors`` and ``best.safetensors`` (best validation PSNR) — weights + model card.
+* ``train_log.csv``, ``val_log.csv`` and TensorBoard events in ``tb/``; ``config.toml.json`` — the resolved recipe.
+
+Determinism and resume. Data order is ``DistributedSampler(shuffle, seed)`` with ``set_epoch`` (also with one
+process), augmentation randomness is a function of (seed, epoch, index) (:class:`training.datasets.TrainView`),
+and the LR schedule is a function of the step. A resumed run rebuilds the epoch's order and skips the batches
+already consumed, so N steps straight and N/2 + resume + N/2 give the same weights (tested).
+
+Multi-GPU: launch with ``torchrun --nproc_per_node K -m training.train ...``; the process group is initialised
+from the environment torchrun sets (``env://``), the model is wrapped in DistributedDataParallel and each rank
+reads its shard through DistributedSampler. ``batch_size`` is per process (the paper's 12 on 2 GPUs is 6 each).
+Only rank 0 validates, logs and writes files.
+
+Divergence guard: the mean |offset| of every deformable conv is logged; above ``offset_warn`` (EDVR's 50 px) a
+warning is printed, above ``offset_abort`` the run stops with :class:`TrainingDiverged` (after saving its state
+for inspection). A non-finite loss stops the run the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from engine.errors import EngineError
+from training.config import TrainConfig, load_config
+from training.datasets import AugmentConfig, TrainView, build_reader, resolve_path
+from training.losses import build_loss
+from training.param_groups import (
+    build_param_groups,
+    enable_offset_tracking,
+    offset_magnitudes,
+    resolve_types,
+)
+
+STATE_FILE = "state_last.pt"
+
+
+class TrainingDiverged(EngineError):
+    """The loss became non-finite or the deformable offsets exploded."""
+
+
+# --------------------------------------------------------------------------------------------- distribution
+def init_distributed(init_method: str | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group when torchrun (or the caller) asks for one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 or init_method is not None:
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if init_method is None:
+                dist.init_process_group(backend=backend)
+            else:
+                dist.init_process_group(
+                    backend=backend,
+                    init_method=init_method,
+                    rank=int(os.environ.get("RANK", "0")),
+                    world_size=world,
+                )
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device '{name}' asked for but CUDA is not available (use --device cpu)")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------------------------- data
+class SkipSampler(Sampler[int]):
+    """The first ``skip`` indices of a sampler dropped: resuming in the middle of an epoch."""
+
+    def __init__(self, base: Sampler[int], skip: int) -> None:
+        self.base, self.skip = base, skip
+
+    def __iter__(self) -> Iterator[int]:
+        for k, i in enumerate(self.base):
+            if k >= self.skip:
+                yield i
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)  # type: ignore[arg-type]
+
+
+def build_views(cfg: TrainConfig) -> tuple[TrainView, TrainView | None]:
+    d = cfg.data
+    if not d.train:
+        raise EngineError("the recipe lists no training data ([[data.train]])")
+    train = TrainView(
+        [build_reader(s, cache=d.cache) for s in d.train],
+        AugmentConfig(crop=d.crop, random_crop=True, flips=d.flips, rot90=d.rot90,
+                      synthetic_clouds=d.synthetic_clouds),
+        seed=cfg.run.seed,
+        length=d.samples_per_epoch or None,
+    )
+    val = None
+    if d.val:
+        val = TrainView(
+            [build_reader(s, cache=d.cache) for s in d.val],
+            AugmentConfig(crop=d.val_crop, random_crop=False, flips=False, rot90=False),
+            seed=cfg.run.seed,
+        )
+    return train, val
+
+
+# --------------------------------------------------------------------------------------------- state
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomic torch.save: a run killed while writing never leaves a truncated checkpoint behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise EngineError(f"checkpoint {p} not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not our checkpoint
+        raise EngineError(f"{p} is not a training checkpoint of this project ({type(exc).__name__})") from None
+
+
+def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    kinds = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+    if o.optimizer not in kinds:
+        raise EngineError(f"unknown optimizer '{o.optimizer}' (known: {', '.join(kinds)})")
+    return kinds[o.optimizer](groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+# --------------------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: nn.Module, view: TrainView, device: torch.device, batch_size: int = 1) -> dict[str, float]:
+    """Mean per-sample PSNR/SSIM/MAE/SAM (engine.metrics) of the model and of the cloudy input (identity)."""
+    from engine import metrics
+
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch in loader:
+        pred = model(batch["optical"].to(device), batch["sar"].to(device)).float().clamp(0, 1).cpu().numpy()
+        target = batch["target"].numpy()
+        cloudy = batch["optical"].numpy()
+        for k in range(pred.shape[0]):
+            for prefix, img in (("", pred[k]), ("identity_", cloudy[k])):
+                vals = {
+                    "psnr": metrics.psnr(img, target[k]),
+                    "ssim": metrics.ssim(img, target[k]),
+                    "mae": metrics.mae(img, target[k]),
+                    "sam": metrics.sam_degrees(img, target[k]),
+                }
+                for key, v in vals.items():
+                    sums[prefix + key] = sums.get(prefix + key, 0.0) + float(v)
+            n += 1
+    model.train(was_training)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------------- logging
+class CsvLog:
+    """Append-only CSV with a fixed header (a resumed run keeps appending to the same file)."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+        if not path.exists():
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerow(fields)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([row.get(k, "") for k in self.fields])
+
+
+def _card(cfg: TrainConfig, step: int, epoch: float, metrics: dict[str, float] | None, elapsed_s: float) -> dict:
+    card = dict(cfg.card)
+    notes = card.pop("notes", "")
+    training = {
+        "recipe": cfg.to_dict(),
+        "steps": step,
+        "epochs": round(epoch, 3),
+        "wall_time_s": round(elapsed_s, 1),
+    }
+    return {
+        "training_data": card.pop("training_data", ", ".join(str(s.get("root", "")) for s in cfg.data.train)),
+        "metrics": {"validation": metrics or {}},
+        "notes": (notes + "\n" if notes else "") + "training: " + json.dumps(training, default=str),
+        **card,
+    }
+
+
+def save_weights(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
+    from engine.models import weights
+
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    weights.save(model, tmp, card)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- the loop
+def train(
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    init_method: str | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) the recipe; returns a summary dict (steps, last loss, best validation metrics)."""
+    rank, world, local_rank = init_distributed(init_method)
+    is_main = rank == 0
+    run = cfg.run
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    device = pick_device(run.device, local_rank)
+    seed_everything(run.seed)
+
+    from engine.models import build_model
+
+    model = build_model(cfg.model.name, **cfg.model.overrides).to(device)
+    n_dcn = enable_offset_tracking(model)
+    groups = build_param_groups(model, cfg.optim.lr, cfg.optim.alignment_lr, resolve_types(cfg.optim.alignment_modules))
+    optimizer = build_optimizer(cfg, groups)
+    use_amp = run.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = build_loss(cfg.loss)
+
+    train_view, val_view = build_views(cfg)
+    d = cfg.data
+    sampler = DistributedSampler(train_view, num_replicas=world, rank=rank, shuffle=True, seed=run.seed,
+                                 drop_last=True)
+    steps_per_epoch = len(sampler) // d.batch_size
+    if steps_per_epoch < 1:
+        raise EngineError(
+            f"{len(train_view)} training samples over {world} process(es) make no batch of {d.batch_size}; "
+            "lower data.batch_size or raise data.samples_per_epoch"
+        )
+    total_steps = cfg.schedule.epochs * steps_per_epoch
+    if run.max_steps:
+        total_steps = min(total_steps, run.max_steps)
+    schedule = cfg.schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule.factor(s // steps_per_epoch))
+
+    step, best_psnr, elapsed_before = 0, -math.inf, 0.0
+    out_dir = resolve_path(run.out_dir)
+    if resume is not None:
+        state = load_state(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        best_psnr = float(state["best_psnr"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        _set_rng_state(state["rng"])
+
+    ddp_model: nn.Module = model
+    if dist.is_initialized():
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    tb = None
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        train_log = CsvLog(out_dir / "train_log.csv",
+                           ["step", "epoch", "lr", "loss", "offset_max", "sec_per_step", "time"])
+        val_log = CsvLog(out_dir / "val_log.csv",
+                         ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
+                          "identity_sam", "time"])
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:
+            warnings.warn("tensorboard is not installed: TensorBoard logs are off (CSV logs still written)",
+                          stacklevel=1)
+
+    t_start = time.monotonic()
+    last_ckpt_time = t_start
+    last_val: dict[str, float] = {}
+    last_loss = float("nan")
+    window_loss, window_n, window_t = 0.0, 0, time.monotonic()
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t_start
+
+    def checkpoint() -> None:
+        if not is_main:
+            return
+        save_state(out_dir / STATE_FILE, {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "best_psnr": best_psnr,
+            "elapsed_s": elapsed(),
+            "rng": _rng_state(),
+        })
+        save_weights(model, out_dir / "last.safetensors",
+                     _card(cfg, step, step / steps_per_epoch, last_val or None, elapsed()))
+
+    def run_validation() -> None:
+        nonlocal best_psnr, last_val
+        if not is_main or val_view is None:
+            return
+        last_val = validate(model, val_view, device, d.val_batch_size)
+        val_log.write({"step": step, **last_val, "time": round(elapsed(), 1)})
+        if tb is not None:
+            for k, v in last_val.items():
+                tb.add_scalar(f"val/{k}", v, step)
+        if last_val["psnr"] > best_psnr:
+            best_psnr = last_val["psnr"]
+            save_weights(model, out_dir / "best.safetensors",
+                         _card(cfg, step, step / steps_per_epoch, last_val, elapsed()))
+
+    progress = None
+    if is_main and run.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    model.train()
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            skip = (step % steps_per_epoch) * d.batch_size
+            train_view.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_view, batch_size=d.batch_size, sampler=SkipSampler(sampler, skip),
+                                num_workers=d.num_workers, drop_last=True, pin_memory=device.type == "cuda")
+            for batch in loader:
+                optical = batch["optical"].to(device, non_blocking=True)
+                sar = batch["sar"].to(device, non_blocking=True)
+                tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "id"}
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    pred = ddp_model(optical, sar)
+                loss = loss_fn(pred.float(), tensors)
+                if not torch.isfinite(loss):
+                    checkpoint()
+                    raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training diverged "
+                                           "(lower the learning rate or enable optim.grad_clip)")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.optim.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                last_loss = float(loss.detach())
+                window_loss += last_loss
+                window_n += 1
+
+                offsets = offset_magnitudes(model) if n_dcn else {}
+                offset_max = max(offsets.values()) if offsets else 0.0
+                if run.offset_abort and offset_max > run.offset_abort:
+                    checkpoint()
+                    worst = max(offsets, key=offsets.get)
+                    raise TrainingDiverged(
+                        f"mean |offset| of {worst} reached {offset_max:.1f} px (> {run.offset_abort}) at step {step}: "
+                        "the alignment diverged (lower optim.alignment_lr or enable optim.grad_clip)"
+                    )
+                if is_main and offset_max > run.offset_warn and step % run.log_every == 0:
+                    print(f"warning: mean |offset| {offset_max:.1f} px > {run.offset_warn} at step {step} "
+                          "(EDVR: training may be diverging)", file=sys.stderr)
+
+                if is_main and (step % run.log_every == 0 or step == total_steps):
+                    now = time.monotonic()
+                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                           "lr": optimizer.param_groups[0]["lr"], "loss": window_loss / window_n,
+                           "offset_max": offset_max, "sec_per_step": (now - window_t) / window_n,
+                           "time": round(elapsed(), 1)}
+                    train_log.write(row)
+                    if tb is not None:
+                        tb.add_scalar("train/loss", row["loss"], step)
+                        tb.add_scalar("train/lr", row["lr"], step)
+                        for name, v in offsets.items():
+                            tb.add_scalar(f"offsets/{name}", v, step)
+                    window_loss, window_n, window_t = 0.0, 0, now
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+
+                if run.val_every and step % run.val_every == 0:
+                    run_validation()
+                minutes = (time.monotonic() - last_ckpt_time) / 60.0
+                if (run.ckpt_every_steps and step % run.ckpt_every_steps == 0) or (
+                    run.ckpt_every_minutes and minutes >= run.ckpt_every_minutes
+                ):
+                    checkpoint()
+                    last_ckpt_time = time.monotonic()
+                if world > 1:
+                    dist.barrier()
+                if step >= total_steps:
+                    break
+        if val_view is not None and (not run.val_every or step % run.val_every):
+            run_validation()
+        checkpoint()
+    finally:
+        if progress is not None:
+            progress.close()
+        if tb is not None:
+            tb.close()
+    return {"steps": step, "last_loss": last_loss, "best_psnr": best_psnr, "validation": last_val,
+            "out_dir": str(out_dir), "steps_per_epoch": steps_per_epoch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="TOML recipe (training/configs/*.toml)")
+    parser.add_argument("--resume", help="state_last.pt of an earlier run to continue")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimisation steps in total")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides run.device)")
+    parser.add_argument("--out", help="output folder (overrides run.out_dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe value (TOML syntax), e.g. --set optim.lr=2e-4")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.max_steps is not None:
+        overrides.append(f"run.max_steps={args.max_steps}")
+    if args.device:
+        overrides.append(f'run.device="{args.device}"')
+    if args.out:
+        overrides.append(f'run.out_dir="{args.out}"')
+    try:
+        cfg = load_config(args.config, overrides)
+        summary = train(cfg, resume=args.resume)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    print(json.dumps({k: v for k, v in summary.items()}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
