@@ -1,0 +1,172 @@
+"""Building blocks shared by the networks (BasicSR's ``arch_util`` habit: small, reusable, no model logic).
+
+Choices written down:
+- :class:`WideActResBlock` follows the wide-activation block the official Align-CR code uses in its feature
+  extractors (1×1 expand ×6 → ReLU → 1×1 to 0.8·nf → 3×3 back to nf, weight-normalised, identity skip).
+  Weight norm is kept as a *parametrisation* (``torch.nn.utils.parametrizations.weight_norm``) rather than folded
+  into plain weights, because it changes training dynamics and the official models were trained with it; the
+  state-dict keys become ``…parametrizations.weight.original0/1`` (g / v), to which the official importer maps
+  ``weight_g`` / ``weight_v`` losslessly.
+- Space-to-depth uses :func:`torch.nn.functional.pixel_unshuffle`, whose channel order (c·r² + i·r + j) is the
+  official ``pixel_reshuffle``'s.
+- :func:`shifted_window_mask` computes the Swin attention mask for the actual feature size at run time (the
+  official code stores it as a buffer for one size, which breaks loading at any other size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from engine.models.ops.deform_conv import ModulatedDeformConv2d
+
+
+def make_layer(block: Callable[[], nn.Module], n: int) -> nn.Sequential:
+    """``n`` fresh blocks in a Sequential (indices become state-dict keys, as in BasicSR)."""
+    return nn.Sequential(*[block() for _ in range(n)])
+
+
+def _maybe_wn(conv: nn.Conv2d, use: bool) -> nn.Module:
+    return weight_norm(conv) if use else conv
+
+
+class WideActResBlock(nn.Module):
+    """Wide-activation residual block (WDSR-style) as in the official Align-CR feature extractors."""
+
+    def __init__(self, nf: int, expand: int = 6, linear: float = 0.8, use_weight_norm: bool = True) -> None:
+        super().__init__()
+        mid = int(nf * linear)
+        self.body = nn.Sequential(
+            _maybe_wn(nn.Conv2d(nf, nf * expand, 1), use_weight_norm),
+            nn.ReLU(inplace=True),
+            _maybe_wn(nn.Conv2d(nf * expand, mid, 1), use_weight_norm),
+            _maybe_wn(nn.Conv2d(mid, nf, 3, padding=1), use_weight_norm),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv3×3 → ReLU → conv3×3, scaled by ``res_scale`` and added to the input (EDSR / DSen2-CR)."""
+
+    def __init__(self, nf: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(nf, nf, 3, padding=1)
+        self.conv2 = nn.Conv2d(nf, nf, 3, padding=1)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x))) * self.res_scale
+
+
+def upsample_like(x: torch.Tensor, ref: torch.Tensor, mode: str = "nearest-exact") -> torch.Tensor:
+    """Resample ``x`` to ``ref``'s spatial size.
+
+    ``nearest-exact`` samples at pixel centres (src = floor((dst + ½)·in/out)), which is what GDAL/rasterio's
+    nearest resampling does — the official loader upsampled SAR with rasterio — whereas torch's legacy
+    ``nearest`` shifts the pattern by up to one source pixel.
+    """
+    if x.shape[-2:] == ref.shape[-2:]:
+        return x
+    return F.interpolate(x, size=tuple(ref.shape[-2:]), mode=mode)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom/right to a multiple of ``multiple``; reflect when possible, replicate for tiny inputs.
+
+    Reflection avoids the artificial edges zero padding would feed the attention and the pyramid; it needs the
+    pad to be smaller than the side, so tiles smaller than that fall back to edge replication.
+    """
+    h, w = x.shape[-2:]
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) → (B·nW, ws·ws, C); H and W must be multiples of ``ws``."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+
+
+def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B·nW, ws·ws, C) → (B, H, W, C)."""
+    c = windows.shape[-1]
+    b = windows.shape[0] // ((h // ws) * (w // ws))
+    x = windows.view(b, h // ws, w // ws, ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+def shifted_window_mask(h: int, w: int, ws: int, shift: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Swin's SW-MSA mask for an (h, w) map: (nW, ws², ws²) with 0 within a region and −100 across regions."""
+    img = torch.zeros(1, h, w, 1, device=device)
+    cnt = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            img[:, hs, wsl, :] = cnt
+            cnt += 1
+    win = window_partition(img, ws).squeeze(-1)  # nW, ws²
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """(ws², ws²) index into the (2ws−1)² relative-position bias table (Swin Transformer)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def per_pixel_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
+    """Apply a different k×k filter per pixel and channel (the SLFC dynamic filter).
+
+    ``kernels`` is (N, C·k², H, W) with channel ``c·k² + a·k + b`` weighting ``feat[c]`` at offset ``(a − k//2,
+    b − k//2)``, edges replicated — the official layout. Looping over the k² taps keeps memory at one
+    feature-sized temporary instead of the C·k²·H·W unfolded tensor.
+    """
+    n, c, h, w = feat.shape
+    r = k // 2
+    padded = F.pad(feat, (r, r, r, r), mode="replicate")
+    kern = kernels.view(n, c, k * k, h, w)
+    out = torch.zeros_like(feat)
+    for a in range(k):
+        for b in range(k):
+            out = out + kern[:, :, a * k + b] * padded[:, :, a : a + h, b : b + w]
+    return out
+
+
+def deform_convs(model: nn.Module) -> dict[str, ModulatedDeformConv2d]:
+    """Every deformable conv in ``model`` by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ModulatedDeformConv2d)}
+
+
+def set_offset_tracking(model: nn.Module, on: bool = True) -> None:
+    """Make every deformable conv record its last mean |offset| (see :func:`offset_magnitudes`)."""
+    for m in deform_convs(model).values():
+        m.track_offsets = on
+        if not on:
+            m.last_offset_abs_mean = None
+
+
+def offset_magnitudes(model: nn.Module) -> dict[str, float]:
+    """Last mean absolute offset (pixels) per deformable conv, for those that have run with tracking on."""
+    return {
+        name: m.last_offset_abs_mean for name, m in deform_convs(model).items() if m.last_offset_abs_mean is not None
+    }
+
+
+def lcm(*values: int) -> int:
+    out = 1
+    for v in values:
+        out = out * v // math.gcd(out, v)
+    return out
