@@ -21,12 +21,19 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.name.endswith("_arch"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
+from engine.models.weights import ModelCard, import_official, load, read_card, save  # noqa: E402
+
 __all__ = [
     "MODEL_REGISTRY",
+    "ModelCard",
     "ModelSpec",
     "build_model",
     "config_to_dict",
     "get_spec",
+    "import_official",
     "list_models",
+    "load",
+    "read_card",
     "register_model",
+    "save",
 ]
