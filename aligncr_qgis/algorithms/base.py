@@ -1,0 +1,89 @@
+"""What every Align-CR Processing algorithm shares: running the engine with a QgsProcessingFeedback.
+
+``processAlgorithm`` already runs in a background thread (or in ``qgis_process``), so the child process is waited
+for synchronously here; progress goes to ``feedback.setProgress``, engine warnings to ``pushWarning``, engine
+logging to the console text, and ``feedback.isCanceled()`` stops the child within one tile. Engine failures become
+a :class:`QgsProcessingException` carrying the engine's one-line message — never a Python traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from aligncr_qgis.engine_process import EngineOutcome, EngineProcess, EngineRunError
+from aligncr_qgis.layers import LayerError, layer_path
+from aligncr_qgis.paths import engine_root, icon_path, resolve_python
+
+
+class EngineAlgorithm(QgsProcessingAlgorithm):
+    """Base class; subclasses define parameters and build the engine arguments."""
+
+    def group(self) -> str:
+        return "Cloud removal"
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "cloudremoval"
+
+    def icon(self) -> QIcon:
+        return QIcon(icon_path())
+
+    def createInstance(self) -> EngineAlgorithm:  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def raster_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
+                    optional: bool = False) -> str | None:
+        layer: QgsRasterLayer | None = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            if optional:
+                return None
+            raise QgsProcessingException(f"{name}: no raster layer given")
+        try:
+            return layer_path(layer)
+        except LayerError as exc:
+            raise QgsProcessingException(f"{name}: {exc}") from None
+
+    def run_engine(self, args: list[str], feedback: QgsProcessingFeedback | None,
+                   progress_json: bool = True) -> EngineOutcome:
+        feedback = feedback or QgsProcessingFeedback()
+        root = engine_root()
+        if root is None:
+            raise QgsProcessingException("the engine package is missing next to the plugin; reinstall the plugin")
+        python = resolve_python(_saved_python())
+
+        def on_progress(fraction: float, message: str) -> None:
+            feedback.setProgress(100.0 * fraction)
+            if message:
+                feedback.setProgressText(message)
+
+        proc = EngineProcess(
+            python=python,
+            engine_root=str(root),
+            on_progress=on_progress,
+            on_warning=feedback.pushWarning,
+            on_log=feedback.pushConsoleInfo,
+            is_cancelled=feedback.isCanceled,
+        )
+        try:
+            return proc.run(args, progress_json=progress_json)
+        except EngineRunError as exc:
+            if exc.details:
+                feedback.pushDebugInfo(exc.details)
+            raise QgsProcessingException(str(exc)) from None
+
+
+def _saved_python() -> str:
+    """The interpreter saved by the dialog (QgsSettings is safe to read from the algorithm's thread)."""
+    from qgis.core import QgsSettings
+
+    from aligncr_qgis.settings import PREFIX
+
+    return str(QgsSettings().value(PREFIX + "python", "") or "")

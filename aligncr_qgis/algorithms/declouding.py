@@ -1,0 +1,174 @@
+"""``aligncr:declouding`` — the dialog's run as a Processing algorithm (model builder, batch, qgis_process).
+
+Every input of the toolbar dialog is a typed parameter; the optional EXTENT clips the inputs with GDAL virtual
+rasters exactly as the dialog does (the engine has no extent flag). The declouded layer gets the dialog's RGB
+style (B, G, R, NIR output → red = band 3, green = 2, blue = 1, 2–98 % cumulative cut) when QGIS loads it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from aligncr_qgis.algorithms.base import EngineAlgorithm
+from aligncr_qgis.engine_process import RunRequest
+from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
+from aligncr_qgis.layers import LayerError, is_metric_projected
+from aligncr_qgis.styling import style_rgb
+
+UNITS = ["auto", "db", "linear"]
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
+    def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802 - QGIS API
+        style_rgb(layer, 3, 2, 1)
+
+
+class DecloudingAlgorithm(EngineAlgorithm):
+    OPTICAL, SAR, LANDCOVER, MASK, REFERENCE = "OPTICAL", "SAR", "LANDCOVER", "MASK", "REFERENCE"
+    BANDS = ("BAND_B", "BAND_G", "BAND_R", "BAND_NIR")
+    SAR_BANDS = ("BAND_VV", "BAND_VH")
+    SAR_UNITS, MODEL, WEIGHTS, DEVICE = "SAR_UNITS", "MODEL", "WEIGHTS", "DEVICE"
+    TILE, OVERLAP, BATCH, COG, EXTENT = "TILE", "OVERLAP", "BATCH", "COG", "EXTENT"
+    OUTPUT, REPORT = "OUTPUT", "REPORT"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._styler = _RgbStyler()
+
+    def name(self) -> str:
+        return "declouding"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return "Cloud removal (Align-CR, SAR-guided)"
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return (
+            "Removes clouds from a high-resolution optical image (B, G, R, NIR; e.g. PlanetScope 3 m) using a "
+            "Sentinel-1 SAR image (VV, VH) of the same place. The SAR, land-cover and mask rasters are reprojected "
+            "onto the optical grid by the engine. The optical CRS must be projected in metres.\n"
+            "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
+            "the ALIGNCR_PYTHON environment variable)."
+        )
+
+    def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image (B, G, R, NIR)"))
+        for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
+            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.OPTICAL))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SAR, "Sentinel-1 SAR image (VV, VH)"))
+        for i, (name, label) in enumerate(zip(self.SAR_BANDS, ("VV", "VH"))):
+            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.SAR))
+        self.addParameter(QgsProcessingParameterEnum(self.SAR_UNITS, "SAR units", ["Auto-detect", "dB", "Linear"],
+                                                     defaultValue=0))
+        for name, label in ((self.LANDCOVER, "Land cover (ESA WorldCover codes)"),
+                            (self.MASK, "Cloud mask (binary or Planet UDM2)"),
+                            (self.REFERENCE, "Cloud-free reference (metrics in the report)")):
+            self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
+                                                       defaultValue="identity"))
+        self.addParameter(QgsProcessingParameterFile(self.WEIGHTS, "Weights (.safetensors; overrides the model)",
+                                                     extension="safetensors", optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent (default: whole image)",
+                                                       optional=True))
+        advanced = [
+            QgsProcessingParameterString(self.DEVICE, f"Device ({DEVICE_HELP})", defaultValue="auto"),
+            QgsProcessingParameterNumber(self.TILE, "Tile size (px)", QgsProcessingParameterNumber.Integer, 256,
+                                         minValue=32, maxValue=8192),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer, 32,
+                                         minValue=0, maxValue=2048),
+            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 4,
+                                         minValue=1, maxValue=512),
+            QgsProcessingParameterBoolean(self.COG, "Write a cloud-optimised GeoTIFF", defaultValue=False),
+        ]
+        for param in advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Declouded image"))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, "Report folder", optional=True,
+                                                                  createByDefault=False))
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        optical_layer = self.parameterAsRasterLayer(parameters, self.OPTICAL, context)
+        if optical_layer is not None and not is_metric_projected(optical_layer.crs()):
+            raise QgsProcessingException(
+                f"the optical CRS {optical_layer.crs().authid()} is not projected in metres; reproject it first "
+                "(e.g. with gdal:warpreproject to its UTM zone)"
+            )
+        paths: dict[str, str | None] = {
+            "optical": self.raster_path(parameters, self.OPTICAL, context),
+            "sar": self.raster_path(parameters, self.SAR, context),
+            "landcover": self.raster_path(parameters, self.LANDCOVER, context, optional=True),
+            "mask": self.raster_path(parameters, self.MASK, context, optional=True),
+            "reference": self.raster_path(parameters, self.REFERENCE, context, optional=True),
+        }
+        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        report = self.parameterAsString(parameters, self.REPORT, context) or None
+        temp_dir = None
+        if parameters.get(self.EXTENT) and optical_layer is not None:
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
+            temp_dir = tempfile.mkdtemp(prefix="aligncr_")
+            layers = {"optical": optical_layer, "sar": self.parameterAsRasterLayer(parameters, self.SAR, context),
+                      "landcover": self.parameterAsRasterLayer(parameters, self.LANDCOVER, context),
+                      "mask": self.parameterAsRasterLayer(parameters, self.MASK, context),
+                      "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context)}
+            try:
+                for key, path in list(paths.items()):
+                    if path:
+                        margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
+                        paths[key] = clip_to_extent(path, extent, optical_layer.crs(), layers[key].crs(), temp_dir,
+                                                    key, margin)
+            except LayerError as exc:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise QgsProcessingException(str(exc)) from None
+            feedback.pushInfo(f"clipped the inputs to {extent.toString(2)}")
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        req = RunRequest(
+            optical=str(paths["optical"]),
+            sar=str(paths["sar"]),
+            out=out,
+            landcover=paths["landcover"],
+            mask=paths["mask"],
+            reference=paths["reference"],
+            model=None if weights else (self.parameterAsString(parameters, self.MODEL, context) or "identity"),
+            weights=weights,
+            device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+            tile=self.parameterAsInt(parameters, self.TILE, context),
+            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+            batch=self.parameterAsInt(parameters, self.BATCH, context),
+            cog=self.parameterAsBool(parameters, self.COG, context),
+            bands=tuple(self.parameterAsInt(parameters, b, context) for b in self.BANDS),  # type: ignore[arg-type]
+            sar_bands=tuple(self.parameterAsInt(parameters, b, context) for b in self.SAR_BANDS),  # type: ignore
+            sar_units=UNITS[self.parameterAsEnum(parameters, self.SAR_UNITS, context)],
+            report=report,
+        )
+        try:
+            outcome = self.run_engine(req.to_args(), feedback)
+        finally:
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+        result = outcome.result
+        feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
+        if context.willLoadLayerOnCompletion(out):
+            context.layerToLoadOnCompletionDetails(out).setPostProcessor(self._styler)
+        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report}

@@ -1,0 +1,68 @@
+"""``aligncr:evaluate`` — metrics of a declouded image against a cloud-free reference, written as a report folder.
+
+Runs ``python -m engine evaluate``: MAE/PSNR/SSIM/SAM inside and outside the clouds (and per land-cover class when
+a land-cover raster is given), as the paper reports them. The cloudy input is needed to know where the clouds
+were when no mask is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from aligncr_qgis.algorithms.base import EngineAlgorithm
+
+
+class EvaluateAlgorithm(EngineAlgorithm):
+    OPTICAL, PREDICTION, REFERENCE = "OPTICAL", "PREDICTION", "REFERENCE"
+    LANDCOVER, MASK, OUTPUT, HTML = "LANDCOVER", "MASK", "OUTPUT", "HTML"
+
+    def name(self) -> str:
+        return "evaluate"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return "Evaluate cloud removal against a reference"
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return (
+            "Compares a declouded image with a cloud-free reference of the same date and writes a report folder "
+            "(metrics inside/outside clouds, per land-cover class, figures)."
+        )
+
+    def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, "Declouded image"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Cloud-free reference"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.LANDCOVER, "Land cover (ESA WorldCover)",
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.MASK, "Cloud mask", optional=True))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Report folder"))
+        self.addOutput(QgsProcessingOutputFile(self.HTML, "Report page"))
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        out = self.parameterAsString(parameters, self.OUTPUT, context)
+        args = [
+            "evaluate",
+            "--optical", str(self.raster_path(parameters, self.OPTICAL, context)),
+            "--prediction", str(self.raster_path(parameters, self.PREDICTION, context)),
+            "--reference", str(self.raster_path(parameters, self.REFERENCE, context)),
+            "--out", out,
+        ]
+        for flag, name in (("--landcover", self.LANDCOVER), ("--mask", self.MASK)):
+            path = self.raster_path(parameters, name, context, optional=True)
+            if path:
+                args += [flag, path]
+        outcome = self.run_engine(args, feedback, progress_json=False)
+        for line in outcome.stdout:
+            feedback.pushInfo(line)
+        html = next(iter(sorted(Path(out).glob("*.html"))), None) if Path(out).is_dir() else None
+        return {self.OUTPUT: out, self.HTML: str(html) if html else None}

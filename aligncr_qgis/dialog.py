@@ -1,0 +1,740 @@
+"""The toolbar dialog: pick layers and options, check them, run the engine in the background, load the results.
+
+Built in code rather than a ``.ui`` file so that every widget is a named attribute the tests can drive. The
+dialog holds no raster maths: it validates with :mod:`aligncr_qgis.layers`, clips to a processing extent with
+GDAL virtual rasters (:mod:`aligncr_qgis.extent_clip`), and hands a :class:`~aligncr_qgis.engine_process.RunRequest`
+to an :class:`~aligncr_qgis.task.EngineTask`. It is non-modal: QGIS stays usable while a run is in flight, and
+closing the dialog does not stop the task (the task manager still shows it and can cancel it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsMapLayerProxyModel,
+    QgsMessageLog,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+)
+from qgis.gui import (
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsMapToolExtent,
+    QgsMessageBar,
+    QgsRasterBandComboBox,
+)
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices, QIcon
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from aligncr_qgis import layers as L
+from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
+from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
+from aligncr_qgis.model_cards import ModelCardError, read_card
+from aligncr_qgis.paths import bundled_weights, engine_root, icon_path
+from aligncr_qgis.settings import PluginSettings
+from aligncr_qgis.styling import style_ndvi, style_rgb
+from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
+
+EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
+UNITS = [("auto", "Auto-detect"), ("db", "dB"), ("linear", "Linear power")]
+
+
+class AlignCRDialog(QDialog):
+    """Align-CR cloud removal dialog. ``iface`` may be a test stub; only its map canvas and message bar are used."""
+
+    runFinished = pyqtSignal(bool)  # noqa: N815 - Qt signal naming; emitted after results are loaded
+
+    def __init__(self, iface: Any = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.iface = iface
+        self.settings = PluginSettings.load()
+        self.task: EngineTask | None = None
+        self.env_task: EngineTask | None = None
+        self.drawn_extent: QgsRectangle | None = None  # in the canvas CRS
+        self.drawn_crs = QgsCoordinateReferenceSystem()
+        self.open_report_in_browser = True
+        self.result_layers: list[QgsRasterLayer] = []
+        self.last_check = L.CheckResult()
+        self.setWindowTitle("Align-CR — SAR-guided cloud removal")
+        if icon_path():
+            self.setWindowIcon(QIcon(icon_path()))
+        self._build()
+        self._load_settings()
+        self._connect()
+        self._on_optical_changed()
+        self._on_sar_changed()
+        self.validate()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        self.bar = QgsMessageBar(self)
+        self.bar.setSizePolicy(QSizePolicy.Minimum, QSizePolicy.Fixed)
+
+        def raster_combo(optional: bool) -> QgsMapLayerComboBox:
+            combo = QgsMapLayerComboBox(self)
+            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+            combo.setAllowEmptyLayer(optional)
+            if optional:
+                combo.setLayer(None)
+            return combo
+
+        # Inputs -----------------------------------------------------------
+        inputs = QGroupBox("Inputs", self)
+        form = QFormLayout(inputs)
+        self.optical_combo = raster_combo(False)
+        form.addRow("Cloudy optical (PlanetScope)", self.optical_combo)
+        band_row = QHBoxLayout()
+        self.optical_band_combos: dict[str, QgsRasterBandComboBox] = {}
+        for role in L.OPTICAL_ROLES:
+            band_row.addWidget(QLabel(role))
+            combo = QgsRasterBandComboBox(self)
+            self.optical_band_combos[role] = combo
+            band_row.addWidget(combo, 1)
+        form.addRow("Bands", band_row)
+        self.sar_combo = raster_combo(False)
+        form.addRow("Sentinel-1 SAR", self.sar_combo)
+        sar_row = QHBoxLayout()
+        self.sar_band_combos: dict[str, QgsRasterBandComboBox] = {}
+        for role in L.SAR_ROLES:
+            sar_row.addWidget(QLabel(role))
+            combo = QgsRasterBandComboBox(self)
+            self.sar_band_combos[role] = combo
+            sar_row.addWidget(combo, 1)
+        sar_row.addWidget(QLabel("Units"))
+        self.units_combo = QComboBox(self)
+        for key, label in UNITS:
+            self.units_combo.addItem(label, key)
+        sar_row.addWidget(self.units_combo)
+        form.addRow("Bands", sar_row)
+        self.landcover_combo = raster_combo(True)
+        form.addRow("Land cover (optional)", self.landcover_combo)
+        self.mask_combo = raster_combo(True)
+        form.addRow("Cloud mask (optional)", self.mask_combo)
+        self.reference_combo = raster_combo(True)
+        form.addRow("Cloud-free reference (optional)", self.reference_combo)
+        self.overlap_label = QLabel("", self)
+        form.addRow("SAR overlap", self.overlap_label)
+
+        # Model ------------------------------------------------------------
+        model_box = QGroupBox("Model", self)
+        mlay = QVBoxLayout(model_box)
+        self.model_combo = QComboBox(self)
+        mlay.addWidget(self.model_combo)
+        self.card_text = QPlainTextEdit(self)
+        self.card_text.setReadOnly(True)
+        self.card_text.setMaximumHeight(110)
+        mlay.addWidget(self.card_text)
+
+        # Processing -------------------------------------------------------
+        proc_box = QGroupBox("Processing", self)
+        pform = QFormLayout(proc_box)
+        self.device_combo = QComboBox(self)
+        pform.addRow("Device", self.device_combo)
+        tiles = QHBoxLayout()
+        self.tile_spin = _spin(64, 4096, 32, " px")
+        self.overlap_spin = _spin(0, 1024, 8, " px")
+        self.batch_spin = _spin(1, 256, 1, "")
+        for label, spin in (("Tile", self.tile_spin), ("Overlap", self.overlap_spin), ("Batch", self.batch_spin)):
+            tiles.addWidget(QLabel(label))
+            tiles.addWidget(spin, 1)
+        pform.addRow(tiles)
+        ext_row = QHBoxLayout()
+        self.extent_combo = QComboBox(self)
+        self.extent_combo.addItem("Whole optical layer", EXTENT_LAYER)
+        self.extent_combo.addItem("Map canvas extent", EXTENT_CANVAS)
+        self.extent_combo.addItem("Drawn rectangle", EXTENT_DRAWN)
+        self.draw_button = QPushButton("Draw…", self)
+        ext_row.addWidget(self.extent_combo, 1)
+        ext_row.addWidget(self.draw_button)
+        pform.addRow("Extent", ext_row)
+        env_row = QHBoxLayout()
+        self.python_widget = QgsFileWidget(self)
+        self.python_widget.setDialogTitle("Python interpreter with torch and rasterio")
+        self.env_button = QPushButton("Check environment", self)
+        env_row.addWidget(self.python_widget, 1)
+        env_row.addWidget(self.env_button)
+        pform.addRow("Python", env_row)
+
+        # Output -----------------------------------------------------------
+        out_box = QGroupBox("Output", self)
+        oform = QFormLayout(out_box)
+        self.output_widget = QgsFileWidget(self)
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.output_widget.setConfirmOverwrite(True)
+        oform.addRow("Declouded GeoTIFF", self.output_widget)
+        checks = QGridLayout()
+        self.add_to_map_check = QCheckBox("Add result to map", self)
+        self.ndvi_check = QCheckBox("Also compute NDVI", self)
+        self.report_check = QCheckBox("Write report", self)
+        self.cog_check = QCheckBox("Cloud-optimised GeoTIFF", self)
+        for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check)):
+            checks.addWidget(box, i // 2, i % 2)
+        oform.addRow(checks)
+
+        # Issues, progress, buttons ----------------------------------------
+        self.issues_label = QLabel("", self)
+        self.issues_label.setWordWrap(True)
+        self.issues_label.setTextFormat(Qt.RichText)
+        self.reproject_button = QPushButton("Reproject optical to UTM…", self)
+        self.reproject_button.setVisible(False)
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.status_label = QLabel("", self)
+        self.run_button = QPushButton("Run", self)
+        self.run_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setEnabled(False)
+        self.close_button = QPushButton("Close", self)
+
+        left = QVBoxLayout()
+        left.addWidget(inputs)
+        left.addWidget(out_box)
+        left.addStretch(1)
+        right = QVBoxLayout()
+        right.addWidget(model_box)
+        right.addWidget(proc_box)
+        right.addStretch(1)
+        columns = QHBoxLayout()
+        columns.addLayout(left, 3)
+        columns.addLayout(right, 2)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.status_label, 1)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.close_button)
+        root = QVBoxLayout(self)
+        root.addWidget(self.bar)
+        root.addLayout(columns)
+        issues_row = QHBoxLayout()
+        issues_row.addWidget(self.issues_label, 1)
+        issues_row.addWidget(self.reproject_button, 0, Qt.AlignTop)
+        root.addLayout(issues_row)
+        root.addWidget(self.progress)
+        root.addLayout(buttons)
+        self.resize(1100, 640)
+
+    def _connect(self) -> None:
+        self.optical_combo.layerChanged.connect(self._on_optical_changed)
+        self.sar_combo.layerChanged.connect(self._on_sar_changed)
+        for combo in (self.landcover_combo, self.mask_combo, self.reference_combo):
+            combo.layerChanged.connect(self.validate)
+        for combo in (*self.optical_band_combos.values(), *self.sar_band_combos.values()):
+            combo.bandChanged.connect(self.validate)
+        self.extent_combo.currentIndexChanged.connect(self._on_extent_mode)
+        self.draw_button.clicked.connect(self._draw_extent)
+        self.output_widget.fileChanged.connect(self.validate)
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.env_button.clicked.connect(self.check_environment)
+        self.reproject_button.clicked.connect(self.reproject_optical)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.close_button.clicked.connect(self.close)
+
+    # ------------------------------------------------------------------ settings
+    def _load_settings(self) -> None:
+        s = self.settings
+        self.python_widget.setFilePath(s.python)
+        self.tile_spin.setValue(s.tile)
+        self.overlap_spin.setValue(s.overlap)
+        self.batch_spin.setValue(s.batch)
+        self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
+        self.add_to_map_check.setChecked(s.add_to_map)
+        self.ndvi_check.setChecked(s.make_ndvi)
+        self.report_check.setChecked(s.write_report)
+        self.cog_check.setChecked(s.cog)
+        self._fill_devices()
+        self._fill_models()
+        self._on_extent_mode()
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.python = self.python_widget.filePath().strip()
+        s.tile, s.overlap, s.batch = self.tile_spin.value(), self.overlap_spin.value(), self.batch_spin.value()
+        s.sar_units = self.units_combo.currentData()
+        s.device = self.device_combo.currentData() or "auto"
+        kind, value = self.model_combo.currentData() or ("registry", "identity")
+        s.model = value if kind in ("registry", "weights") else s.model
+        s.add_to_map = self.add_to_map_check.isChecked()
+        s.make_ndvi = self.ndvi_check.isChecked()
+        s.write_report = self.report_check.isChecked()
+        s.cog = self.cog_check.isChecked()
+        if self.output_widget.filePath():
+            s.output_dir = os.path.dirname(self.output_widget.filePath())
+        s.save()
+
+    def _fill_devices(self) -> None:
+        current = self.device_combo.currentData() or self.settings.device
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        self.device_combo.addItem("Auto (GPU if available)", "auto")
+        self.device_combo.addItem("CPU", "cpu")
+        for dev in self.settings.cuda_devices():
+            free = f", {dev['free_mb']} MiB free" if dev.get("free_mb") is not None else ""
+            self.device_combo.addItem(f"CUDA:{dev['index']} — {dev['name']}{free}", f"cuda:{dev['index']}")
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(current)))
+        self.device_combo.blockSignals(False)
+
+    def _fill_models(self) -> None:
+        wanted = self.settings.model
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for path in bundled_weights():
+            self.model_combo.addItem(f"{path.stem} (bundled weights)", ("weights", str(path)))
+        registry = self.settings.models_cache or [
+            {"name": "identity", "description": "Baseline: returns the cloudy input. Run 'Check environment' to "
+             "list every model of the engine."}
+        ]
+        for entry in registry:
+            name = str(entry.get("name", ""))
+            if name:
+                self.model_combo.addItem(name, ("registry", name))
+        if wanted and wanted.endswith(".safetensors") and os.path.isfile(wanted):
+            if self.model_combo.findData(("weights", wanted)) < 0:
+                self.model_combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
+        self.model_combo.addItem("Browse for .safetensors weights…", ("browse", ""))
+        idx = next((i for i in range(self.model_combo.count()) if (self.model_combo.itemData(i) or ("", ""))[1]
+                    == wanted), 0)
+        self.model_combo.setCurrentIndex(idx)
+        self.model_combo.blockSignals(False)
+        self._on_model_changed()
+
+    # ------------------------------------------------------------------ reactions
+    def _on_optical_changed(self, *_: Any) -> None:
+        layer = self.optical_combo.currentLayer()
+        guess = L.guess_bands(L.band_descriptions(layer), L.OPTICAL_ROLES) if layer else {}
+        for role, combo in self.optical_band_combos.items():
+            combo.setLayer(layer)
+            if layer is not None:
+                combo.setBand(guess[role])
+        if layer is not None and not self.output_widget.filePath():
+            folder = self.settings.output_dir or (os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "")
+            if folder:
+                self.output_widget.setFilePath(os.path.join(folder, f"{layer.name()}_declouded.tif"))
+        self.validate()
+
+    def _on_sar_changed(self, *_: Any) -> None:
+        layer = self.sar_combo.currentLayer()
+        guess = L.guess_bands(L.band_descriptions(layer), L.SAR_ROLES) if layer else {}
+        for role, combo in self.sar_band_combos.items():
+            combo.setLayer(layer)
+            if layer is not None:
+                combo.setBand(guess[role])
+        self.validate()
+
+    def _on_extent_mode(self, *_: Any) -> None:
+        self.draw_button.setEnabled(self.extent_combo.currentData() == EXTENT_DRAWN)
+        self.validate()
+
+    def _on_model_changed(self, *_: Any) -> None:
+        kind, value = self.model_combo.currentData() or ("registry", "identity")
+        if kind == "browse":
+            path, _ = QFileDialog.getOpenFileName(self, "Model weights", self.settings.output_dir,
+                                                  "safetensors weights (*.safetensors)")
+            if not path:
+                self.model_combo.setCurrentIndex(0)
+                return
+            self.settings.model = path
+            self._fill_models()
+            return
+        if kind == "weights":
+            try:
+                self.card_text.setPlainText(read_card(value).to_text())
+            except ModelCardError as exc:
+                self.card_text.setPlainText(f"Cannot read the model card: {exc}")
+        else:
+            entry = next((m for m in self.settings.models_cache if m.get("name") == value), None)
+            desc = (entry or {}).get("description") or ("Baseline: returns the cloudy input unchanged (the paper's "
+                                                       "'Cloudy' row). Needs no weights." if value == "identity"
+                                                       else "")
+            self.card_text.setPlainText(f"{value} (engine model registry)\n{desc}")
+        self.validate()
+
+    def _draw_extent(self) -> None:
+        canvas = self.iface.mapCanvas() if self.iface is not None else None
+        if canvas is None:
+            return
+        self._previous_tool = canvas.mapTool()
+        self._extent_tool = QgsMapToolExtent(canvas)
+        self._extent_tool.extentChanged.connect(self._extent_drawn)
+        canvas.setMapTool(self._extent_tool)
+        self.hide()
+
+    def _extent_drawn(self, rect: QgsRectangle) -> None:
+        canvas = self.iface.mapCanvas()
+        self.set_drawn_extent(rect, canvas.mapSettings().destinationCrs())
+        if getattr(self, "_previous_tool", None) is not None:
+            canvas.setMapTool(self._previous_tool)
+        else:
+            canvas.unsetMapTool(self._extent_tool)
+        self.show()
+        self.raise_()
+
+    def set_drawn_extent(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
+        """Use ``rect`` (in ``crs``) as the processing extent (also the test hook for drawing)."""
+        self.drawn_extent, self.drawn_crs = QgsRectangle(rect), crs
+        self.extent_combo.setCurrentIndex(self.extent_combo.findData(EXTENT_DRAWN))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def processing_extent(self) -> QgsRectangle | None:
+        """The chosen extent in the optical layer's CRS, or None for the whole layer."""
+        layer = self.optical_combo.currentLayer()
+        mode = self.extent_combo.currentData()
+        if layer is None or mode == EXTENT_LAYER:
+            return None
+        if mode == EXTENT_CANVAS:
+            canvas = self.iface.mapCanvas() if self.iface is not None else None
+            if canvas is None:
+                return None
+            rect, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+        else:
+            if self.drawn_extent is None:
+                return QgsRectangle()  # empty: reported as an error until drawn
+            rect, crs = self.drawn_extent, self.drawn_crs
+        if crs.isValid() and crs != layer.crs():
+            rect = QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()).transformBoundingBox(rect)
+        return rect
+
+    def check_inputs(self) -> L.CheckInputs:
+        opt = self.optical_combo.currentLayer()
+        sar = self.sar_combo.currentLayer()
+        return L.CheckInputs(
+            optical=opt,
+            sar=sar,
+            optical_bands={r: c.currentBand() for r, c in self.optical_band_combos.items()} if opt else {},
+            sar_bands={r: c.currentBand() for r, c in self.sar_band_combos.items()} if sar else {},
+            landcover=self.landcover_combo.currentLayer(),
+            mask=self.mask_combo.currentLayer(),
+            reference=self.reference_combo.currentLayer(),
+            extent=self.processing_extent(),
+            output=self.output_widget.filePath(),
+        )
+
+    def validate(self, *_: Any) -> L.CheckResult:
+        res = L.check_inputs(self.check_inputs())
+        if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
+            res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
+        self.last_check = res
+        if res.sar_overlap_percent is None:
+            self.overlap_label.setText("—")
+        else:
+            self.overlap_label.setText(f"{res.sar_overlap_percent:.1f} % of the optical area")
+        lines = []
+        for issue in res.issues:
+            colour = "#b00020" if issue.level == "error" else "#9a6700"
+            lines.append(f"<span style='color:{colour}'>{'✖' if issue.level == 'error' else '⚠'} "
+                         f"{_html(issue.message)}</span>")
+        if res.ok:
+            lines.append("<span style='color:#1a7f37'>✔ Ready to run.</span>")
+        self.issues_label.setText("<br>".join(lines))
+        self.reproject_button.setVisible(res.geographic_crs)
+        running = self.task is not None
+        self.run_button.setEnabled(res.ok and not running)
+        return res
+
+    def issue_messages(self) -> list[str]:
+        return [i.message for i in self.last_check.issues]
+
+    # ------------------------------------------------------------------ environment
+    def engine_process(self, **callbacks: Any) -> EngineProcess:
+        root = engine_root()
+        if root is None:
+            raise EngineRunError("the engine package is missing next to the plugin; reinstall the plugin")
+        return EngineProcess(python=self.current_python(), engine_root=str(root), **callbacks)
+
+    def current_python(self) -> str:
+        self.settings.python = self.python_widget.filePath().strip()
+        return self.settings.interpreter
+
+    def check_environment(self) -> None:
+        """Run ``engine env --json`` and ``engine models --json`` in the background; refresh devices and models."""
+        if self.env_task is not None:
+            return
+        root = engine_root()
+        if root is None:
+            self._error("the engine package is missing next to the plugin; reinstall the plugin")
+            return
+        steps = [EngineStep("environment", ["env", "--json"], progress_json=False),
+                 EngineStep("models", ["models", "--json"], progress_json=False)]
+        self.env_task = EngineTask("Align-CR: check environment", self.current_python(), str(root), steps)
+        self.env_task.done.connect(self._environment_checked)
+        self.status_label.setText(f"Checking {self.current_python()} …")
+        self.env_button.setEnabled(False)
+        QgsApplication.taskManager().addTask(self.env_task)
+
+    def _environment_checked(self, ok: bool, job: JobResult) -> None:
+        self.env_task = None
+        self.env_button.setEnabled(True)
+        env = _parse_json(job.outcomes[0].stdout) if job.outcomes else None
+        if isinstance(env, dict):
+            self.settings.env_cache = env
+            self._fill_devices()
+        models = _parse_json(job.outcomes[1].stdout) if len(job.outcomes) > 1 else None
+        if isinstance(models, dict):
+            models = models.get("models")
+        if isinstance(models, list):
+            self.settings.models_cache = [m if isinstance(m, dict) else {"name": str(m)} for m in models]
+            self._fill_models()
+        self.save_settings()
+        if isinstance(env, dict):
+            text = _env_summary(env)
+            self.card_text.setPlainText(text)
+            if env.get("ok"):
+                self.bar.pushMessage("Align-CR", "The interpreter can run the engine.", Qgis.Success, 5)
+            else:
+                self._error(f"The interpreter cannot run the engine. Install: {env.get('install_command')}")
+            self.status_label.setText("")
+            QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.Info)
+        else:
+            self._error(job.error or "environment check failed")
+            self.status_label.setText("")
+
+    # ------------------------------------------------------------------ running
+    def build_request(self, temp_dir: str | None) -> RunRequest:
+        """The engine request for the current widgets; clips inputs into ``temp_dir`` when an extent is chosen."""
+        inp = self.check_inputs()
+        paths = {"optical": L.layer_path(inp.optical), "sar": L.layer_path(inp.sar)}
+        for key, layer in (("landcover", inp.landcover), ("mask", inp.mask), ("reference", inp.reference)):
+            if layer is not None:
+                paths[key] = L.layer_path(layer)
+        if inp.extent is not None and temp_dir is not None:
+            opt_crs = inp.optical.crs()
+            layers_by_key = {"optical": inp.optical, "sar": inp.sar, "landcover": inp.landcover, "mask": inp.mask,
+                             "reference": inp.reference}
+            for key in list(paths):
+                margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
+                paths[key] = clip_to_extent(paths[key], inp.extent, opt_crs, layers_by_key[key].crs(), temp_dir, key,
+                                            margin)
+        kind, value = self.model_combo.currentData() or ("registry", "identity")
+        out = inp.output
+        report = str(Path(out).with_suffix("")) + "_report" if self.report_check.isChecked() else None
+        return RunRequest(
+            optical=paths["optical"],
+            sar=paths["sar"],
+            out=out,
+            landcover=paths.get("landcover"),
+            mask=paths.get("mask"),
+            reference=paths.get("reference"),
+            model=value if kind == "registry" else None,
+            weights=value if kind == "weights" else None,
+            device=self.device_combo.currentData() or "auto",
+            tile=self.tile_spin.value(),
+            overlap=self.overlap_spin.value(),
+            batch=self.batch_spin.value(),
+            cog=self.cog_check.isChecked(),
+            bands=tuple(inp.optical_bands[r] for r in L.OPTICAL_ROLES),  # type: ignore[arg-type]
+            sar_bands=tuple(inp.sar_bands[r] for r in L.SAR_ROLES),  # type: ignore[arg-type]
+            sar_units=self.units_combo.currentData(),
+            report=report,
+        )
+
+    def run(self) -> EngineTask | None:
+        """Validate, build the request and start the background task (returned for tests)."""
+        if self.task is not None or not self.validate().ok:
+            return None
+        root = engine_root()
+        if root is None:
+            self._error("the engine package is missing next to the plugin; reinstall the plugin")
+            return None
+        self.save_settings()
+        temp_dir = tempfile.mkdtemp(prefix="aligncr_") if self.processing_extent() is not None else None
+        try:
+            req = self.build_request(temp_dir)
+        except (L.LayerError, RuntimeError) as exc:
+            self._error(str(exc))
+            return None
+        steps = [EngineStep("declouding", req.to_args(), weight=0.9)]
+        ndvi_path = None
+        if self.ndvi_check.isChecked():
+            ndvi_path = str(Path(req.out).with_suffix("")) + "_ndvi.tif"
+            steps.append(EngineStep("NDVI", ["ndvi", "--input", req.out, "--out", ndvi_path], weight=0.1,
+                                    progress_json=False))
+        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem}
+        self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
+                               temp_dirs=[temp_dir] if temp_dir else [], context=context)
+        self.task.progressMessage.connect(self._on_progress)
+        self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.Warning, 8))
+        self.task.done.connect(self._on_done)
+        self.progress.setValue(0)
+        self.status_label.setText("Starting the engine…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.Info)
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.status_label.setText("Cancelling…")
+            self.task.cancel()
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.setValue(int(round(100 * fraction)))
+        self.status_label.setText(message)
+
+    def _on_done(self, ok: bool, job: JobResult) -> None:
+        task, self.task = self.task, None
+        self.cancel_button.setEnabled(False)
+        self.validate()
+        if not ok:
+            self.progress.setValue(0)
+            if job.kind == "Cancelled":
+                self.status_label.setText("Cancelled; no output was written.")
+                self.bar.pushMessage("Align-CR", "Cancelled; no output was written.", Qgis.Info, 5)
+            else:
+                self.status_label.setText("Failed — see the message above and the Align-CR log.")
+                self._error(job.error)
+            self.runFinished.emit(False)
+            return
+        ctx = task.context if task is not None else {}
+        req: RunRequest = ctx["request"]
+        result = job.outcomes[0].result if job.outcomes else {}
+        out = str(result.get("output") or req.out)
+        secs = float(result.get("seconds", job.outcomes[0].seconds if job.outcomes else 0.0))
+        self.progress.setValue(100)
+        self.status_label.setText(f"Done in {secs:.1f} s ({result.get('model', '?')} on {result.get('device', '?')}).")
+        self.result_layers = []
+        if self.add_to_map_check.isChecked():
+            layer = QgsRasterLayer(out, f"{ctx['name']} (Align-CR)")
+            if layer.isValid():
+                # The engine writes B, G, R, NIR (the model's band order) whatever the input layout was.
+                style_rgb(layer, 3, 2, 1)
+                QgsProject.instance().addMapLayer(layer)
+                self.result_layers.append(layer)
+            else:
+                self._error(f"the result {out} could not be loaded as a layer")
+            if ctx.get("ndvi"):
+                ndvi = QgsRasterLayer(ctx["ndvi"], f"{ctx['name']} NDVI")
+                if ndvi.isValid():
+                    style_ndvi(ndvi)
+                    QgsProject.instance().addMapLayer(ndvi)
+                    self.result_layers.append(ndvi)
+        report = result.get("report") or req.report
+        if report and self.open_report_in_browser:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(_report_entry(report)))
+        msg = f"Declouded image written to {out} in {secs:.1f} s."
+        self.bar.pushMessage("Align-CR", msg, Qgis.Success, 8)
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.Success, 8)
+        QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.Success)
+        self.runFinished.emit(True)
+
+    # ------------------------------------------------------------------ reprojection offer
+    def reproject_optical(self) -> QgsRasterLayer | None:
+        """Warp the (geographic) optical layer to its UTM zone next to the output, add it and select it."""
+        from osgeo import gdal
+
+        layer = self.optical_combo.currentLayer()
+        if layer is None:
+            return None
+        centre = layer.extent().center()
+        wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+        if layer.crs() != wgs84:
+            centre = QgsCoordinateTransform(layer.crs(), wgs84, QgsProject.instance()).transform(centre)
+        zone = min(60, max(1, int((centre.x() + 180.0) // 6) + 1))
+        epsg = (32600 if centre.y() >= 0 else 32700) + zone
+        src = L.layer_path(layer)
+        folder = os.path.dirname(self.output_widget.filePath()) or os.path.dirname(src)
+        dst = os.path.join(folder, f"{Path(src).stem}_utm{zone}.tif")
+        self.status_label.setText(f"Reprojecting to EPSG:{epsg}…")
+        try:
+            gdal.UseExceptions()
+            ds = gdal.Warp(dst, src, dstSRS=f"EPSG:{epsg}", resampleAlg="bilinear",
+                           creationOptions=["COMPRESS=DEFLATE"])
+            ds = None  # noqa: F841 - close before QGIS opens it
+        except RuntimeError as exc:
+            self._error(f"reprojection failed: {exc}")
+            return None
+        new = QgsRasterLayer(dst, f"{layer.name()} (UTM {zone})")
+        QgsProject.instance().addMapLayer(new)
+        self.optical_combo.setLayer(new)
+        self.status_label.setText(f"Reprojected to EPSG:{epsg}: {dst}")
+        return new
+
+    # ------------------------------------------------------------------ helpers
+    def _error(self, message: str) -> None:
+        self.bar.pushMessage("Align-CR", message, Qgis.Critical, 0)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Critical)
+        if self.iface is not None and not self.isVisible():
+            self.iface.messageBar().pushMessage("Align-CR", message, Qgis.Critical, 0)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        self.save_settings()
+        super().closeEvent(event)
+
+
+def _spin(lo: int, hi: int, step: int, suffix: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(lo, hi)
+    spin.setSingleStep(step)
+    spin.setSuffix(suffix)
+    return spin
+
+
+def _is_file(layer: QgsRasterLayer) -> bool:
+    try:
+        L.layer_path(layer)
+        return True
+    except L.LayerError:
+        return False
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _parse_json(lines: list[str]) -> Any:
+    try:
+        return json.loads("\n".join(lines))
+    except json.JSONDecodeError:
+        return None
+
+
+def _env_summary(env: dict[str, Any]) -> str:
+    lines = [f"Python {env.get('python')} — {env.get('executable')}"]
+    for name, version in (env.get("packages") or {}).items():
+        lines.append(f"  {name}: {version or 'MISSING'}")
+    devices = env.get("cuda_devices") or []
+    lines.append("  GPUs: " + (", ".join(f"cuda:{d['index']} {d['name']}" for d in devices) or "none (CPU only)"))
+    if not env.get("ok"):
+        lines.append(f"Install: {env.get('install_command')}")
+    return "\n".join(lines)
+
+
+def _report_entry(report_dir: str) -> str:
+    folder = Path(report_dir)
+    for name in ("index.html", "report.html"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    htmls = sorted(folder.glob("*.html")) if folder.is_dir() else []
+    return str(htmls[0]) if htmls else str(folder)

@@ -1,0 +1,226 @@
+"""Map layers ↔ what the engine needs: a local file path, band numbers, and checks that catch mistakes early.
+
+The engine reads files, so a layer is usable only when GDAL serves it from disk. The checks here run before the
+Run button enables (and before the Processing algorithm spawns anything), because a wrong band count or a SAR
+scene over another city is much cheaper to explain here than after a torch import and a reprojection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsMapLayer,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsUnitTypes,
+)
+
+OPTICAL_ROLES = ("B", "G", "R", "NIR")
+SAR_ROLES = ("VV", "VH")
+
+# Band-description patterns, checked in order (NIR before R so "near infrared"/"red edge" do not read as red).
+_ROLE_PATTERNS: dict[str, list[str]] = {
+    "NIR": [r"\bnir\b", r"near[ _-]?infra", r"\bb8\b", r"\bnir\d*\b"],
+    "B": [r"\bblue\b", r"\bb\b", r"\bb2\b"],
+    "G": [r"\bgreen\b", r"\bg\b", r"\bb3\b"],
+    "R": [r"\bred\b(?![ _-]?edge)", r"\br\b", r"\bb4\b"],
+    "VV": [r"\bvv\b"],
+    "VH": [r"\bvh\b"],
+}
+
+
+class LayerError(ValueError):
+    """A layer cannot be handed to the engine; the message says why in one line."""
+
+
+def layer_path(layer: QgsMapLayer | None) -> str:
+    """The local file behind a GDAL raster layer (sub-dataset/open options are not supported by the engine)."""
+    if layer is None:
+        raise LayerError("no layer chosen")
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        raise LayerError(f"layer '{layer.name()}' is not a GDAL raster file (web and database rasters cannot be used)")
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = parts.get("path") or layer.source()
+    if not os.path.isfile(path):
+        raise LayerError(f"layer '{layer.name()}' is not a local file ({path})")
+    return path
+
+
+def band_descriptions(layer: QgsRasterLayer) -> list[str]:
+    """Display names of the layer's bands ("Band 1: Blue"), 1-based order."""
+    provider = layer.dataProvider()
+    return [provider.displayBandName(i) for i in range(1, layer.bandCount() + 1)]
+
+
+def guess_bands(descriptions: list[str], roles: tuple[str, ...]) -> dict[str, int]:
+    """Map roles (B/G/R/NIR or VV/VH) to 1-based band numbers from band descriptions; default: bands in order.
+
+    Only a complete, unambiguous match from descriptions is used; otherwise the natural order 1, 2, 3, … (the
+    PlanetScope 4-band and Sentinel-1 GRD layouts) is proposed and the user can correct it.
+    """
+    found: dict[str, int] = {}
+    for role in roles:
+        for pattern in _ROLE_PATTERNS[role]:
+            hits = [
+                i + 1
+                for i, desc in enumerate(descriptions)
+                if re.search(pattern, desc.split(":", 1)[-1].strip().lower()) and (i + 1) not in found.values()
+            ]
+            if len(hits) == 1:
+                found[role] = hits[0]
+                break
+    if len(found) == len(roles):
+        return found
+    return {role: min(i + 1, max(len(descriptions), 1)) for i, role in enumerate(roles)}
+
+
+@dataclass
+class Issue:
+    level: str  # "error" blocks the run, "warning" does not
+    message: str
+
+
+@dataclass
+class CheckInputs:
+    optical: QgsRasterLayer | None
+    sar: QgsRasterLayer | None
+    optical_bands: dict[str, int] = field(default_factory=dict)
+    sar_bands: dict[str, int] = field(default_factory=dict)
+    landcover: QgsRasterLayer | None = None
+    mask: QgsRasterLayer | None = None
+    reference: QgsRasterLayer | None = None
+    extent: QgsRectangle | None = None  # in the optical layer's CRS; None = whole layer
+    output: str = ""
+
+
+@dataclass
+class CheckResult:
+    issues: list[Issue] = field(default_factory=list)
+    sar_overlap_percent: float | None = None
+    geographic_crs: bool = False  # the optical layer needs reprojecting (the dialog offers it)
+
+    @property
+    def ok(self) -> bool:
+        return not any(i.level == "error" for i in self.issues)
+
+    def error(self, message: str) -> None:
+        self.issues.append(Issue("error", message))
+
+    def warning(self, message: str) -> None:
+        self.issues.append(Issue("warning", message))
+
+
+def overlap_percent(
+    target: QgsRasterLayer, other: QgsRasterLayer, project: QgsProject | None = None, area: QgsRectangle | None = None
+) -> float:
+    """Share (0–100 %) of ``area`` (default: the target layer's extent) covered by ``other``'s extent.
+
+    Extents are compared in the target's CRS through :class:`QgsCoordinateTransform` of the other extent's
+    bounding box, which is what the engine's reprojection onto the optical grid will cover.
+    """
+    project = project or QgsProject.instance()
+    base = QgsRectangle(area) if area is not None else target.extent()
+    other_extent = other.extent()
+    if other.crs() != target.crs():
+        xform = QgsCoordinateTransform(other.crs(), target.crs(), project)
+        other_extent = xform.transformBoundingBox(other_extent)
+    if base.isEmpty() or base.area() <= 0:
+        return 0.0
+    inter = base.intersect(other_extent)
+    if inter.isEmpty():
+        return 0.0
+    return 100.0 * inter.area() / base.area()
+
+
+def is_metric_projected(crs: QgsCoordinateReferenceSystem) -> bool:
+    return crs.isValid() and not crs.isGeographic() and crs.mapUnits() == QgsUnitTypes.DistanceMeters
+
+
+def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckResult:
+    """All pre-run checks; errors block the run, warnings are shown but allow it."""
+    res = CheckResult()
+    opt, sar = inp.optical, inp.sar
+    if opt is None:
+        res.error("Choose the cloudy optical layer.")
+    if sar is None:
+        res.error("Choose the Sentinel-1 SAR layer.")
+    for label, layer in (("Optical", opt), ("SAR", sar), ("Land cover", inp.landcover), ("Cloud mask", inp.mask),
+                         ("Reference", inp.reference)):
+        if layer is None:
+            continue
+        try:
+            layer_path(layer)
+        except LayerError as exc:
+            res.error(f"{label}: {exc}.")
+        if not layer.crs().isValid():
+            res.error(f"{label} layer '{layer.name()}' has no coordinate reference system.")
+    if opt is not None:
+        if opt.bandCount() < 4:
+            res.error(f"Optical layer has {opt.bandCount()} band(s); B, G, R and NIR are needed (4 bands).")
+        _check_mapping(res, "Optical", inp.optical_bands, OPTICAL_ROLES, opt.bandCount())
+        if opt.crs().isValid() and not is_metric_projected(opt.crs()):
+            res.geographic_crs = True
+            res.error(
+                f"Optical CRS {opt.crs().authid() or opt.crs().description()} is not projected in metres; "
+                "the engine works on a metric grid (3 m pixels). Reproject it (e.g. to its UTM zone)."
+            )
+    if sar is not None:
+        if sar.bandCount() < 2:
+            res.error(f"SAR layer has {sar.bandCount()} band(s); VV and VH are needed (2 bands).")
+        _check_mapping(res, "SAR", inp.sar_bands, SAR_ROLES, sar.bandCount())
+    if opt is not None and opt.crs().isValid():
+        area = None
+        if inp.extent is not None:
+            area = opt.extent().intersect(inp.extent)
+            if area.isEmpty():
+                res.error("The processing extent does not intersect the optical layer.")
+                area = None
+        for label, layer in (("SAR", sar), ("Land cover", inp.landcover), ("Cloud mask", inp.mask),
+                             ("Reference", inp.reference)):
+            if layer is None or not layer.crs().isValid():
+                continue
+            pct = overlap_percent(opt, layer, project, area)
+            if label == "SAR":
+                res.sar_overlap_percent = pct
+            if pct <= 0.0:
+                # Land cover only refines the report; a mask or reference that misses the scene is a mistake.
+                report = res.warning if label == "Land cover" else res.error
+                report(f"{label} layer does not overlap the optical layer (0 % overlap).")
+            elif pct < 99.5:
+                res.warning(f"{label} layer covers only {pct:.1f} % of the optical area; the rest is filled as nodata.")
+    out = inp.output.strip()
+    if not out:
+        res.error("Choose an output file.")
+    else:
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            res.error(f"Output folder {folder} does not exist.")
+        elif not os.access(folder, os.W_OK):
+            res.error(f"Output folder {folder} is not writable.")
+        if not out.lower().endswith((".tif", ".tiff")):
+            res.error("The output must be a GeoTIFF (.tif).")
+        for layer in (opt, sar):
+            try:
+                if layer is not None and os.path.abspath(layer_path(layer)) == os.path.abspath(out):
+                    res.error("The output would overwrite an input layer.")
+            except LayerError:
+                pass
+    return res
+
+
+def _check_mapping(res: CheckResult, label: str, mapping: dict[str, int], roles: tuple[str, ...], count: int) -> None:
+    if not mapping:
+        return
+    bands = [mapping.get(r, 0) for r in roles]
+    if any(b < 1 or b > count for b in bands):
+        res.error(f"{label} band mapping refers to a band the layer does not have (it has {count}).")
+    elif len(set(bands)) != len(bands):
+        pairs = ", ".join(f"{r}={b}" for r, b in zip(roles, bands))
+        res.error(f"{label} band mapping uses the same band twice ({pairs}).")

@@ -1,0 +1,109 @@
+"""Read a ``.safetensors`` model card without torch.
+
+The plugin runs inside QGIS, whose Python has no torch; the model card still has to show up in the dialog. A
+safetensors file starts with an 8-byte little-endian header length, then that many bytes of JSON; the writer's
+free-form string map lives under ``"__metadata__"`` (values are strings; the engine stores nested structures
+as JSON text, which is decoded here for display).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_KEY = "aligncr_card"  # engine.models.weights.CARD_KEY (not imported: that module needs torch)
+MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit; a bigger number means "not a safetensors file"
+
+
+class ModelCardError(ValueError):
+    """The file is not a readable safetensors file."""
+
+
+@dataclass
+class ModelCard:
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)  # __metadata__, JSON-looking values decoded
+    tensors: int = 0
+    parameters: int = 0
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The engine's model card (``aligncr_card``: arch, config, bands, training data, metrics …), or {}."""
+        value = self.metadata.get(CARD_KEY)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def title(self) -> str:
+        for source in (self.card, self.metadata):
+            for key in ("name", "arch", "model", "model_name"):
+                if source.get(key):
+                    return str(source[key])
+        return self.path.stem
+
+    def to_text(self) -> str:
+        """Human-readable card for the dialog's text box: the fields a user decides on first."""
+        lines = [f"{self.title}  ({self.path.name})", f"{self.tensors} tensors, {self.parameters:,} parameters"]
+        card = dict(self.card)
+        if not card:
+            lines.append("No Align-CR model card in this file; the engine will refuse it.")
+        for key in ("training_data", "metrics", "bands", "sar_bands", "sar_units", "created", "engine_version",
+                    "notes", "normalisation", "config"):
+            if card.get(key) not in (None, "", [], {}):
+                lines.append(f"{key}: {_fmt(card.pop(key))}")
+        for key in sorted(k for k in card if k not in ("arch", "name", "version")):
+            lines.append(f"{key}: {_fmt(card[key])}")
+        for key in sorted(k for k in self.metadata if k != CARD_KEY):
+            lines.append(f"{key}: {_fmt(self.metadata[key])}")
+        return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _decode(value: str) -> Any:
+    text = value.strip()
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def read_card(path: str | Path) -> ModelCard:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) != 8:
+                raise ModelCardError(f"{path.name}: too short to be a safetensors file")
+            (length,) = struct.unpack("<Q", raw_len)
+            if length <= 0 or length > MAX_HEADER_BYTES:
+                raise ModelCardError(f"{path.name}: not a safetensors file (header length {length})")
+            header = json.loads(fh.read(length).decode("utf-8"))
+    except OSError as exc:
+        raise ModelCardError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelCardError(f"{path.name}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ModelCardError(f"{path.name}: not a safetensors file (header is not an object)")
+    meta = header.pop("__metadata__", None) or {}
+    card = ModelCard(path=path, metadata={str(k): _decode(str(v)) for k, v in meta.items()})
+    for info in header.values():
+        if isinstance(info, dict) and "shape" in info:
+            card.tensors += 1
+            n = 1
+            for dim in info["shape"]:
+                n *= int(dim)
+            card.parameters += n
+    return card

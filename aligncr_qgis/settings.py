@@ -1,0 +1,80 @@
+"""Persistent plugin settings (QgsSettings, prefix ``aligncr/``), as one dataclass.
+
+Everything the user sets once — interpreter, device, tile size, model, output folder, check boxes — survives QGIS
+restarts. The last ``engine env --json`` / ``engine models --json`` answers are cached here too, so the dialog
+can offer CUDA devices and registry models immediately instead of starting a torch import every time it opens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from qgis.core import QgsSettings
+
+from aligncr_qgis.paths import resolve_python
+
+PREFIX = "aligncr/"
+
+
+@dataclass
+class PluginSettings:
+    python: str = ""  # empty = automatic (see paths.default_python)
+    model: str = "identity"  # registry name, or a .safetensors path
+    device: str = "auto"
+    tile: int = 256
+    overlap: int = 32
+    batch: int = 4
+    sar_units: str = "auto"
+    cog: bool = False
+    add_to_map: bool = True
+    make_ndvi: bool = False
+    write_report: bool = False
+    output_dir: str = ""
+    env_cache: dict[str, Any] = field(default_factory=dict)  # last `engine env --json`
+    models_cache: list[dict[str, Any]] = field(default_factory=list)  # last `engine models --json`
+
+    @property
+    def interpreter(self) -> str:
+        return resolve_python(self.python)
+
+    @classmethod
+    def load(cls) -> PluginSettings:
+        s = QgsSettings()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = PREFIX + f.name
+            if not s.contains(key):
+                continue
+            raw = s.value(key)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            values[f.name] = _coerce(raw, default)
+        return cls(**values)
+
+    def save(self) -> None:
+        s = QgsSettings()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict | list):
+                value = json.dumps(value)
+            s.setValue(PREFIX + f.name, value)
+
+    def cuda_devices(self) -> list[dict[str, Any]]:
+        return list(self.env_cache.get("cuda_devices") or [])
+
+
+def _coerce(raw: Any, default: Any) -> Any:
+    """QgsSettings hands back strings on some platforms; convert to the field's type, falling back to default."""
+    try:
+        if isinstance(default, bool):
+            return raw if isinstance(raw, bool) else str(raw).lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, dict | list):
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            return value if isinstance(value, type(default)) else default
+        return "" if raw is None else str(raw)
+    except (TypeError, ValueError):
+        return default

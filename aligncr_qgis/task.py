@@ -1,0 +1,105 @@
+"""The dialog's background job: a :class:`QgsTask` that runs one or more engine commands in sequence.
+
+QGIS runs ``run()`` in a worker thread, shows the task in its task manager (with its own cancel button) and calls
+``finished()`` back in the GUI thread — so layers are only ever added to the project from the GUI thread, and QGIS
+stays responsive while the child process works. Progress from the child is forwarded both to
+:meth:`QgsTask.setProgress` (task manager) and to Qt signals the dialog connects to (queued across threads).
+A typical job is ``run`` followed by ``ndvi`` on its output; each step gets a share of the progress bar.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from aligncr_qgis.engine_process import EngineCancelled, EngineOutcome, EngineProcess, EngineRunError
+
+LOG_TAG = "Align-CR"
+
+
+@dataclass
+class EngineStep:
+    label: str
+    args: list[str]
+    weight: float = 1.0
+    progress_json: bool = True
+
+
+@dataclass
+class JobResult:
+    outcomes: list[EngineOutcome] = field(default_factory=list)
+    error: str = ""
+    kind: str = ""
+    details: str = ""
+
+
+class EngineTask(QgsTask):
+    """Run ``steps`` with ``python -m engine`` in ``engine_root``; emits ``done(ok, JobResult)`` in the GUI thread."""
+
+    progressMessage = pyqtSignal(float, str)  # noqa: N815 - Qt signal naming
+    warningMessage = pyqtSignal(str)  # noqa: N815
+    done = pyqtSignal(bool, object)
+
+    def __init__(self, description: str, python: str, engine_root: str, steps: list[EngineStep],
+                 temp_dirs: list[str] | None = None, context: Any = None) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.python = python
+        self.engine_root = engine_root
+        self.steps = steps
+        self.temp_dirs = list(temp_dirs or [])
+        self.context = context  # whatever the caller needs back in done() (layer names, band mapping …)
+        self.job = JobResult()
+
+    def run(self) -> bool:
+        total = sum(s.weight for s in self.steps) or 1.0
+        start = 0.0
+        for step in self.steps:
+            share = step.weight / total
+
+            def on_progress(fraction: float, message: str, start: float = start, share: float = share,
+                            label: str = step.label) -> None:
+                overall = start + share * fraction
+                self.setProgress(100.0 * overall)
+                self.progressMessage.emit(overall, f"{label}: {message}" if message else label)
+
+            proc = EngineProcess(
+                python=self.python,
+                engine_root=self.engine_root,
+                on_progress=on_progress,
+                on_warning=self._warn,
+                on_log=lambda line: QgsMessageLog.logMessage(line, LOG_TAG, Qgis.Info),
+                is_cancelled=self.isCanceled,
+            )
+            try:
+                self.job.outcomes.append(proc.run(step.args, progress_json=step.progress_json))
+            except EngineCancelled as exc:
+                self.job.error, self.job.kind = str(exc), exc.kind
+                return False
+            except EngineRunError as exc:
+                self.job.error, self.job.kind, self.job.details = str(exc), exc.kind, exc.details
+                return False
+            except Exception as exc:  # noqa: BLE001 - a plugin bug must reach the log, not kill the worker silently
+                self.job.error, self.job.kind = f"internal error: {type(exc).__name__}: {exc}", "InternalError"
+                return False
+            start += share
+        return True
+
+    def _warn(self, message: str) -> None:
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+        self.warningMessage.emit(message)
+
+    def finished(self, result: bool) -> None:  # GUI thread
+        for folder in self.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        if not result and not self.job.error:
+            self.job.error, self.job.kind = "cancelled by the user; no output was written", "Cancelled"
+        if not result:
+            level = Qgis.Info if self.job.kind == "Cancelled" else Qgis.Critical
+            QgsMessageLog.logMessage(self.job.error, LOG_TAG, level)
+            if self.job.details:
+                QgsMessageLog.logMessage(self.job.details, LOG_TAG, Qgis.Info)
+        self.done.emit(bool(result), self.job)
