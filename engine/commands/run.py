@@ -1,0 +1,166 @@
+"""``python -m engine run``: remove clouds from one optical GeoTIFF using a Sentinel-1 GeoTIFF.
+
+A thin argument layer over :func:`engine.pipeline.run`. Progress goes to stderr as a tqdm bar, or, with
+``--progress-json``, to stdout as one JSON object per line (the QGIS plugin's protocol; stdout then carries
+nothing else, logs stay on stderr):
+
+``{"event":"start","total_tiles":N,"width":W,"height":H,"output":"..."}``,
+``{"event":"progress","fraction":0.42,"message":"tile 12/40"}``, ``{"event":"warning","message":"..."}``,
+``{"event":"result","output":"...","seconds":12.3,"model":"identity","device":"cpu","report":null}`` and, on a
+user error, ``{"event":"error","message":"...","kind":"InputError"}`` with exit code 2 (130 when cancelled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
+from engine.errors import Cancelled, EngineError
+from engine.progress import Progress
+
+NAME = "run"
+HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
+DESCRIPTION = (
+    "Reproject the SAR (and optional land cover / cloud mask) onto the optical grid, run the model tile by tile "
+    "with overlap blending, and write a georeferenced GeoTIFF on the optical grid."
+)
+
+
+def _bands(text: str) -> tuple[int, ...]:
+    try:
+        return parse_band_list(text)
+    except EngineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--optical", required=True, type=Path, help="cloudy optical GeoTIFF (≥ 4 bands)")
+    parser.add_argument("--sar", required=True, type=Path, help="Sentinel-1 GeoTIFF, 2 bands VV, VH (dB or linear)")
+    parser.add_argument("--landcover", type=Path, help="ESA WorldCover land-cover raster (for the report)")
+    parser.add_argument("--mask", type=Path, help="cloud mask: 1 band (1 = cloud) or Planet UDM2 (8 bands)")
+    parser.add_argument("--reference", type=Path, help="cloud-free reference image (for the report's metrics)")
+    parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF (written atomically)")
+    parser.add_argument("--model", help="registry model name (default: aligncr-lite if bundled weights, else identity)")
+    parser.add_argument("--weights", type=Path, help=".safetensors weights file with its model card")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
+    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, blended (default 32)")
+    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    parser.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF with overviews")
+    parser.add_argument("--bands", type=_bands, default=(1, 2, 3, 4), help="optical B,G,R,NIR band indices")
+    parser.add_argument("--sar-bands", type=_bands, default=(1, 2), help="SAR VV,VH band indices (default 1,2)")
+    parser.add_argument("--sar-units", choices=SAR_UNITS, default="auto", help="SAR units (default: detect)")
+    parser.add_argument(
+        "--optical-scale", choices=OPTICAL_SCALES, default="auto", help="optical units: DN ×10⁴ or reflectance"
+    )
+    parser.add_argument("--sar-resampling", choices=SAR_RESAMPLINGS, default="nearest", help="SAR upsampling")
+    parser.add_argument("--report", type=Path, help="also write a metrics/figures report into this folder")
+    parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        optical=args.optical,
+        sar=args.sar,
+        out=args.out,
+        landcover=args.landcover,
+        mask=args.mask,
+        reference=args.reference,
+        model=args.model,
+        weights=args.weights,
+        device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        cog=args.cog,
+        bands=args.bands,
+        sar_bands=args.sar_bands,
+        sar_units=args.sar_units,
+        optical_scale=args.optical_scale,
+        sar_resampling=args.sar_resampling,
+        report=args.report,
+    )
+
+
+def emit(event: dict[str, Any]) -> None:
+    """One JSON object per line on stdout, flushed so the reading process sees it at once."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _run_json(config: RunConfig) -> int:
+    from engine.pipeline import run as run_pipeline
+
+    progress = Progress(
+        callback=lambda f, m: emit({"event": "progress", "fraction": round(f, 4), "message": m}),
+        warn_callback=lambda m: emit({"event": "warning", "message": m}),
+    )
+    start = lambda plan: emit(  # noqa: E731
+        {
+            "event": "start",
+            "total_tiles": plan.total_tiles,
+            "width": plan.width,
+            "height": plan.height,
+            "output": str(plan.output),
+        }
+    )
+    try:
+        result = run_pipeline(config, progress, on_start=start)
+    except EngineError as exc:
+        emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
+        return 130 if isinstance(exc, Cancelled) else 2
+    except Exception as exc:  # a bug: still tell the plugin in one line, then keep the traceback on stderr
+        emit({"event": "error", "message": f"internal error: {exc}", "kind": type(exc).__name__})
+        raise
+    emit(
+        {
+            "event": "result",
+            "output": str(result.output),
+            "seconds": round(result.seconds, 3),
+            "model": result.model,
+            "device": result.device,
+            "report": str(result.report_dir) if result.report_dir else None,
+        }
+    )
+    return 0
+
+
+def _run_tqdm(config: RunConfig) -> int:
+    from tqdm import tqdm
+
+    from engine.pipeline import run as run_pipeline
+
+    bar = tqdm(total=1000, file=sys.stderr, unit="‰", leave=False, dynamic_ncols=True)
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_description_str(message, refresh=False)
+        bar.refresh()
+
+    def warn(message: str) -> None:
+        tqdm.write(f"WARNING: {message}", file=sys.stderr)
+
+    try:
+        result = run_pipeline(config, Progress(callback=update, warn_callback=warn))
+    finally:
+        bar.close()
+    print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}, "
+          f"{result.seconds:.1f} s)")  # fmt: skip
+    if result.report_dir:
+        print(f"report in {result.report_dir}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.progress_json:
+        try:
+            config = config_from_args(args)
+        except EngineError as exc:
+            emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
+            return 2
+        return _run_json(config)
+    return _run_tqdm(config_from_args(args))
