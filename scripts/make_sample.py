@@ -8,8 +8,8 @@ raster agree with each other the way real co-registered products do:
 * ``cloudfree.tif`` — 512×512, 3 m, EPSG:32632 (UTM 32N, Po valley), uint16 DN = reflectance × 10⁴, bands B, G, R,
   NIR, nodata 0. Crop parcels (green, ripening, bare), grassland, a forest, a meandering river, roads and an urban
   block with roofs, each with textbook surface reflectances (vegetation: red edge, NIR ≫ red; water: NIR ≈ 0).
-* ``cloudy.tif`` — the same scene under fractal cumulus (≈ 27 % cloud, ≈ 35 % with shadows, soft edges), a thin haze over everything and
-  the clouds' shadows cast south-east.
+* ``cloudy.tif`` — the same scene under fractal cumulus (≈ 27 % cloud, ≈ 33 % with shadows, soft edges), a thin
+  haze over everything and the clouds' shadows cast south-east.
 * ``cloud_mask.tif`` — uint8, 1 = cloud or cloud shadow (the pixels whose surface signal is lost; as Planet UDM2's
   cloud ∪ shadow), 0 = clear.
 * ``s1.tif`` — Sentinel-1-like sigma0 in dB, float32, bands VV, VH, ~10 m in EPSG:4326 (a different CRS on
