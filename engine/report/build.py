@@ -1,0 +1,245 @@
+"""``write_report``: layers + ``report.json`` + ``report.html`` for one declouded scene.
+
+Order of work: one streaming pass (:mod:`engine.report.accumulate`) writes the GeoTIFF layers and accumulates
+the numbers; decimated reads of the inputs and of the fresh layers make the quicklooks (:mod:`.plots`); the JSON
+is validated against ``schema.json`` before anything is written, then JSON and HTML are written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from engine import __version__
+from engine.errors import OutputError
+from engine.landcover import CLASS_NAMES, UNKNOWN
+from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
+from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
+from engine.progress import Progress
+from engine.report import plots
+from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
+from engine.report.html import render_html
+from engine.report.schema import SCHEMA_VERSION, validate_report
+from engine.report.sources import Sources, decimated_shape, open_sources
+
+QUICKLOOK_SIDE = 700
+
+
+def _jsonable(obj: Any) -> Any:
+    """Model cards and run settings may hold Paths, tuples, numpy scalars: make them plain JSON."""
+    return None if obj is None else json.loads(json.dumps(obj, default=str))
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def _scene_json(res: PassResult, src: Sources, mask_given: bool) -> dict[str, Any]:
+    s = res.stats
+    clear = s.valid - s.cloud
+    out: dict[str, Any] = {
+        "pixels": {"total": s.total, "valid": s.valid, "cloud": s.cloud, "clear": clear},
+        "cloud_mask": {
+            "source": "given" if mask_given else "detected",
+            "cloud_cover_percent": _pct(s.cloud, s.valid),
+        },
+        "landcover": None,
+        "change_magnitude": {
+            "mean": s.change_sum["all"] / s.valid if s.valid else None,
+            "inside_cloud": s.change_sum["cloud"] / s.cloud if s.cloud else None,
+            "outside_cloud": s.change_sum["clear"] / clear if clear else None,
+        },
+        "ndvi": {
+            "class_edges": list(NDVI_CLASS_EDGES),
+            "input": s.ndvi_summary("input"),
+            "output": s.ndvi_summary("output"),
+            "reference": s.ndvi_summary("reference"),
+        },
+    }
+    if src.landcover is not None:
+        known = int(s.class_pixels[:UNKNOWN].sum())
+        out["landcover"] = {
+            "classes": {
+                name: {"pixels": int(s.class_pixels[k]), "percent": _pct(int(s.class_pixels[k]), known)}
+                for k, name in enumerate(CLASS_NAMES)
+            },
+            "unknown_pixels": int(s.class_pixels[UNKNOWN]),
+        }
+    return out
+
+
+def _read_layer(path: Path, side: int) -> np.ma.MaskedArray:
+    with rasterio.open(path) as ds:
+        h, w = decimated_shape(ds.height, ds.width, side)
+        return ds.read(1, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
+
+
+def _make_plots(src: Sources, out_dir: Path, res: PassResult, report: dict[str, Any]) -> dict[str, bytes]:
+    figs: dict[str, bytes] = {}
+    rgb_idx = [2, 1, 0]  # R, G, B of (B, G, R, NIR)
+    looks = {"before (cloudy input)": src.optical, "after (declouded output)": src.prediction}
+    if src.reference is not None:
+        looks["reference (cloud-free)"] = src.reference
+    arrays = {k: s.read_decimated(QUICKLOOK_SIDE) for k, s in looks.items()}
+    basis = arrays[list(arrays)[-1]]  # reference if given, else the prediction
+    lims = plots.stretch_limits(basis[0][rgb_idx], basis[1])
+    figs["quicklooks"] = plots.quicklooks(
+        [(k, plots.apply_stretch(a[rgb_idx], v, lims)) for k, (a, v) in arrays.items()]
+    )
+    cloud = _read_layer(out_dir / res.layers["cloud_mask"], QUICKLOOK_SIDE)
+    change = _read_layer(out_dir / res.layers["change_magnitude"], QUICKLOOK_SIDE)
+    cm = report["scene"]["cloud_mask"]
+    figs["mask_and_change"] = plots.mask_and_change(cloud, change, cm["cloud_cover_percent"], cm["source"])
+    nd = [("NDVI before", "ndvi_input"), ("NDVI after", "ndvi_output"), ("NDVI reference", "ndvi_reference")]
+    figs["ndvi_maps"] = plots.ndvi_maps(
+        [(t, _read_layer(out_dir / res.layers[k], QUICKLOOK_SIDE)) for t, k in nd if k in res.layers]
+    )
+    h = res.stats.hist2d
+    if src.reference is not None:
+        figs["ndvi_scatter"] = plots.ndvi_scatter(
+            [
+                ("cloudy input", "reference NDVI", "cloudy input NDVI", h["reference_vs_input"]),
+                ("declouded output", "reference NDVI", "output NDVI", h["reference_vs_output"]),
+            ]
+        )
+        m = report["metrics"]
+        series = {}
+        for metric in ("mae", "sam"):
+            for label, key in (("cloudy input", "cloudy_input"), ("output", "output")):
+                series[f"{metric}|{label}"] = [m[key]["per_class"][c][metric] for c in CLASS_NAMES]
+        if src.landcover is not None:
+            pix = [m["output"]["per_class"][c]["pixels"] for c in CLASS_NAMES]
+            figs["per_class"] = plots.grouped_bars(
+                "per land-cover class (vs cloud-free reference)",
+                [f"{c}\n({n} px)" for c, n in zip(CLASS_NAMES, pix)], series, ["MAE", "SAM (°)"],
+            )
+        bins = [f"{b['range'][0]:g}–{b['range'][1]:g} %\n({b['tiles']} tiles)" for b in m["output"]["cloud_cover_bins"]]
+        series = {}
+        for metric in ("mae", "psnr", "sam", "ssim"):
+            for label, key in (("cloudy input", "cloudy_input"), ("output", "output")):
+                series[f"{metric}|{label}"] = [b[metric] for b in m[key]["cloud_cover_bins"]]
+        figs["cloud_cover_bins"] = plots.grouped_bars(
+            f"by cloud cover of {report['settings']['tile_size']} px tiles", bins, series,
+            ["MAE", "PSNR (dB)", "SAM (°)", "SSIM"],
+        )
+    else:
+        figs["ndvi_scatter"] = plots.ndvi_scatter(
+            [("output vs input", "cloudy input NDVI", "output NDVI", h["input_vs_output"])]
+        )
+        if src.landcover is not None:
+            lc = report["scene"]["landcover"]["classes"]
+            figs["per_class"] = plots.grouped_bars(
+                "land-cover share of valid pixels", CLASS_NAMES,
+                {"percent|pixels": [lc[c]["percent"] for c in CLASS_NAMES]}, ["% of classified pixels"],
+            )
+    return figs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc}") from exc
+
+
+def write_report(
+    optical: Path,
+    prediction: Path,
+    out_dir: Path,
+    *,
+    reference: Path | None = None,
+    landcover: Path | None = None,
+    mask: Path | None = None,
+    bands: tuple[int, int, int, int] = (1, 2, 3, 4),
+    model_card: dict | None = None,
+    run_settings: dict | None = None,
+    tile_size: int = 300,
+    progress: Progress | None = None,
+) -> dict:
+    """Write the report into ``out_dir`` (created if missing) and return the ``report.json`` dict.
+
+    ``bands`` are the 1-based indices of B, G, R, NIR in optical, prediction and reference (all on the optical
+    grid). Land cover (WorldCover codes) and mask (1 band, 1 = cloud, or Planet UDM2) may be on any grid; without a
+    mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`.
+    """
+    progress = progress or Progress()
+    if tile_size < 2 * SSIM_RADIUS + 1:
+        raise OutputError(f"tile size must be at least {2 * SSIM_RADIUS + 1} px, got {tile_size}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the report folder {out_dir}: {exc}") from exc
+    bands = tuple(int(b) for b in bands)  # type: ignore[assignment]
+    with ExitStack() as stack:
+        src = open_sources(
+            stack, optical=Path(optical), prediction=Path(prediction),
+            reference=Path(reference) if reference is not None else None,
+            landcover=Path(landcover) if landcover is not None else None,
+            mask=Path(mask) if mask is not None else None, bands=bands,
+        )
+        res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85))
+        g = src.grid
+        report: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "generator": {"name": "aligncr engine", "version": __version__},
+            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "inputs": {
+                "optical": str(optical),
+                "prediction": str(prediction),
+                "reference": str(reference) if reference is not None else None,
+                "landcover": str(landcover) if landcover is not None else None,
+                "mask": str(mask) if mask is not None else None,
+                "bands": list(bands),
+                "optical_scale": {
+                    "optical": src.optical.scale,
+                    "prediction": src.prediction.scale,
+                    "reference": src.reference.scale if src.reference is not None else None,
+                },
+            },
+            "grid": {
+                "width": g.width,
+                "height": g.height,
+                "crs": g.crs.to_string() if g.crs else None,
+                "transform": list(g.transform)[:6],
+            },
+            "settings": {
+                "tile_size": tile_size,
+                "data_range": 1.0,
+                "ssim": {"window": "gaussian", "sigma": SSIM_SIGMA, "size": 2 * SSIM_RADIUS + 1,
+                         "covariance": "population", "k1": 0.01, "k2": 0.03, "channel_axis": 0},
+                "psnr_cap_db": PSNR_CAP,
+                "ndvi_nodata": NDVI_NODATA,
+                "cloud_mask_nodata": MASK_NODATA,
+            },
+            "scene": _scene_json(res, src, mask is not None),
+            "metrics": None,
+            "layers": dict(res.layers),
+            "plots": [],
+            "html": "report.html",
+            "model_card": _jsonable(model_card),
+            "run_settings": _jsonable(run_settings),
+        }
+        if res.output_metrics is not None and res.cloudy_metrics is not None:
+            report["metrics"] = {"output": res.output_metrics.result(), "cloudy_input": res.cloudy_metrics.result()}
+        progress.update(0.88, "report: plots")
+        progress.check_cancelled()
+        figs = _make_plots(src, out_dir, res, report)
+    report["plots"] = list(figs)
+    validate_report(report)
+    text = json.dumps(report, indent=2, allow_nan=False)
+    _write_atomic(out_dir / "report.json", text + "\n")
+    _write_atomic(out_dir / "report.html", render_html(report, figs))
+    progress.update(1.0, "report written")
+    return report

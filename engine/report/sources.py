@@ -1,0 +1,151 @@
+"""Opening the report's inputs and reading them window by window on the optical grid.
+
+Optical, prediction and reference must share the optical grid (same size and transform): the prediction is the
+engine's output on that grid and the reference is the user's cloud-free acquisition of the same scene; resampling
+either would blur exactly the errors the metrics measure, so a mismatch is an :class:`~engine.errors.InputError`.
+Land cover and cloud mask may come on any grid/CRS (WorldCover is 10 m, the M3R-CR land cover 90×90 px): they are
+reprojected on the fly with a :class:`rasterio.vrt.WarpedVRT`, nearest neighbour (categorical data), which is what
+the official M3R-CR loader's nearest upsampling does for the aligned case. Pixels outside their coverage read as 0
+(WorldCover "no data" → unknown class; mask → clear).
+
+Optical units are detected per file on a decimated sample (:func:`engine.normalise.detect_optical_scale`), because
+a prediction may be written as float reflectance while the input is DN.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from engine.errors import InputError
+from engine.normalise import detect_optical_scale, normalise_optical
+
+SAMPLE_SIDE = 512
+
+
+def _open(stack: ExitStack, path: Path, role: str) -> rasterio.io.DatasetReader:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{role} raster not found: {path}")
+    try:
+        return stack.enter_context(rasterio.open(path))
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read the {role} raster {path}: {exc}") from exc
+
+
+def decimated_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """Output shape of a decimated read whose longer side is at most ``side`` (never upsampled)."""
+    f = max(height, width) / side
+    if f <= 1:
+        return height, width
+    return max(1, round(height / f)), max(1, round(width / f))
+
+
+@dataclass
+class OpticalSource:
+    """An optical raster on the optical grid, with its band order and detected scale."""
+
+    ds: rasterio.io.DatasetReader
+    bands: tuple[int, int, int, int]
+    scale: float
+    role: str
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(4, h, w) float32 in [0, 1] and the (h, w) validity mask (all four bands valid)."""
+        raw = self.ds.read(self.bands, window=window)
+        valid = (self.ds.read_masks(self.bands, window=window) > 0).all(axis=0)
+        return normalise_optical(raw, self.scale), valid
+
+    def read_decimated(self, side: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = decimated_shape(self.ds.height, self.ds.width, side)
+        raw = self.ds.read(self.bands, out_shape=(4, h, w), resampling=Resampling.nearest)
+        valid = (self.ds.read_masks(self.bands, out_shape=(4, h, w), resampling=Resampling.nearest) > 0).all(0)
+        return normalise_optical(raw, self.scale), valid
+
+
+def _optical(stack: ExitStack, path: Path, role: str, bands: tuple[int, int, int, int], grid=None) -> OpticalSource:
+    ds = _open(stack, path, role)
+    for b in bands:
+        if not 1 <= b <= ds.count:
+            raise InputError(f"the {role} raster {Path(path).name} has {ds.count} band(s); band {b} does not exist")
+    if grid is not None and (ds.width, ds.height) != (grid.width, grid.height):
+        raise InputError(
+            f"the {role} raster is {ds.width}×{ds.height} px but the optical input is {grid.width}×{grid.height}: "
+            "they must share the optical grid"
+        )
+    if grid is not None and not ds.transform.almost_equals(grid.transform, precision=1e-6 * abs(grid.transform.a)):
+        raise InputError(f"the {role} raster is not on the optical input's grid (different geotransform)")
+    h, w = decimated_shape(ds.height, ds.width, SAMPLE_SIDE)
+    sample = ds.read(bands, out_shape=(4, h, w), resampling=Resampling.nearest, masked=True)
+    values = sample.compressed() if np.ma.isMaskedArray(sample) else np.asarray(sample).ravel()
+    if values.size == 0:
+        values = np.asarray(sample.data).ravel()
+    return OpticalSource(ds=ds, bands=bands, scale=detect_optical_scale(values), role=role)
+
+
+def _on_grid(stack: ExitStack, path: Path, role: str, grid: rasterio.io.DatasetReader):
+    """The raster at ``path`` as seen on ``grid`` (nearest), or the raster itself when already on it."""
+    ds = _open(stack, path, role)
+    same = (ds.width, ds.height) == (grid.width, grid.height) and ds.transform.almost_equals(
+        grid.transform, precision=1e-6 * abs(grid.transform.a)
+    )
+    if same and (ds.crs == grid.crs or ds.crs is None or grid.crs is None):
+        return ds
+    if ds.crs is None or grid.crs is None:
+        raise InputError(
+            f"the {role} raster is on another grid than the optical input and one of them has no CRS, "
+            "so it cannot be reprojected"
+        )
+    return stack.enter_context(
+        WarpedVRT(
+            ds,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest,
+            nodata=0,
+        )
+    )
+
+
+@dataclass
+class Sources:
+    """Every input of a report, opened; close with the ExitStack that created it."""
+
+    optical: OpticalSource
+    prediction: OpticalSource
+    reference: OpticalSource | None
+    landcover: rasterio.io.DatasetReader | WarpedVRT | None
+    mask: rasterio.io.DatasetReader | WarpedVRT | None
+
+    @property
+    def grid(self) -> rasterio.io.DatasetReader:
+        return self.optical.ds
+
+
+def open_sources(
+    stack: ExitStack,
+    *,
+    optical: Path,
+    prediction: Path,
+    reference: Path | None,
+    landcover: Path | None,
+    mask: Path | None,
+    bands: tuple[int, int, int, int],
+) -> Sources:
+    opt = _optical(stack, optical, "optical", bands)
+    pred = _optical(stack, prediction, "prediction", bands, grid=opt.ds)
+    ref = _optical(stack, reference, "reference", bands, grid=opt.ds) if reference is not None else None
+    lc = _on_grid(stack, landcover, "land cover", opt.ds) if landcover is not None else None
+    mk = _on_grid(stack, mask, "cloud mask", opt.ds) if mask is not None else None
+    if mk is not None and mk.count not in (1, 8):
+        raise InputError(f"a cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {mk.count}")
+    return Sources(optical=opt, prediction=pred, reference=ref, landcover=lc, mask=mk)
