@@ -101,7 +101,7 @@ class L1SSIMLoss(nn.Module):
     def forward(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
         l1 = (pred - target).abs().mean()
-        ssim = ssim_map(pred.float(), target.float(), self.window, self.sigma).mean()
+        ssim = ssim_map(pred, target.to(pred.dtype), self.window, self.sigma).mean()
         return l1 + self.ssim_weight * (1.0 - ssim)
 
 

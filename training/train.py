@@ -256,9 +256,7 @@ def _card(cfg: TrainConfig, step: int, epoch: float, metrics: dict[str, float] |
 def save_weights(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
     from engine.models import weights
 
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    weights.save(model, tmp, card)
-    os.replace(tmp, path)
+    weights.save(model, path, card)  # atomic itself
 
 
 # --------------------------------------------------------------------------------------------- the loop
