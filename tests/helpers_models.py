@@ -1,0 +1,74 @@
+"""Small test-only models registered in the engine's registry (no weights), to observe the raster path.
+
+``test-brighten`` adds 0.1 (so "the network ran here" is visible), ``test-tile-mean`` outputs each tile's mean
+(an output that depends on the tile's position — the seam test's worst case), ``test-probe`` records what it was
+fed (to check normalisation). Use them inside :func:`registered_test_models` (a module fixture does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.models import MODEL_REGISTRY, register_model
+
+
+@dataclass(frozen=True)
+class ProbeModelConfig:
+    in_bands: int = 4
+    sar_bands: int = 2
+
+
+class Brighten(nn.Module):
+    def __init__(self, cfg: ProbeModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        return optical + 0.1
+
+
+class TileMean(nn.Module):
+    def __init__(self, cfg: ProbeModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        return optical.mean(dim=(2, 3), keepdim=True).expand_as(optical).clone()
+
+
+class Probe(nn.Module):
+    """Identity that keeps every batch it sees in ``Probe.seen`` (class attribute: the pipeline builds its own)."""
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __init__(self, cfg: ProbeModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        Probe.seen.append((optical.clone(), sar.clone()))
+        return optical.clone()
+
+
+TEST_MODELS = {"test-brighten": Brighten, "test-tile-mean": TileMean, "test-probe": Probe}
+
+
+@contextmanager
+def registered_test_models() -> Iterator[None]:
+    """Register the test models for the duration of the block, then remove them so other tests see the registry
+    exactly as shipped."""
+    added = []
+    for name, cls in TEST_MODELS.items():
+        if name not in MODEL_REGISTRY:
+            register_model(name, ProbeModelConfig(), f"test model {cls.__name__}", needs_weights=False)(cls)
+            added.append(name)
+    try:
+        yield
+    finally:
+        for name in added:
+            MODEL_REGISTRY.pop(name, None)
