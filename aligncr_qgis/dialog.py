@@ -484,8 +484,10 @@ class AlignCRDialog(QDialog):
         if root is None:
             self._error("the engine package is missing next to the plugin; reinstall the plugin")
             return
-        steps = [EngineStep("environment", ["env", "--json"], progress_json=False),
-                 EngineStep("models", ["models", "--json"], progress_json=False)]
+        # env through its own module: `python -m engine env` needs every command's imports (rasterio, torch) —
+        # exactly what this check is for. `models --json` is optional: it fails cleanly when torch is missing.
+        steps = [EngineStep("environment", ["--json"], progress_json=False, module="engine.commands.env"),
+                 EngineStep("models", ["models", "--json"], progress_json=False, optional=True)]
         self.env_task = EngineTask("Align-CR: check environment", self.current_python(), str(root), steps)
         self.env_task.done.connect(self._environment_checked)
         self.status_label.setText(f"Checking {self.current_python()} …")
@@ -577,8 +579,9 @@ class AlignCRDialog(QDialog):
         ndvi_path = None
         if self.ndvi_check.isChecked():
             ndvi_path = str(Path(req.out).with_suffix("")) + "_ndvi.tif"
-            steps.append(EngineStep("NDVI", ["ndvi", "--input", req.out, "--out", ndvi_path], weight=0.1,
-                                    progress_json=False))
+            bands = ",".join(str(b) for b in req.bands)
+            steps.append(EngineStep("NDVI", ["ndvi", "--input", req.out, "--out", ndvi_path, "--bands", bands],
+                                    weight=0.1, progress_json=False))
         context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem}
         self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
                                temp_dirs=[temp_dir] if temp_dir else [], context=context)
@@ -627,8 +630,9 @@ class AlignCRDialog(QDialog):
         if self.add_to_map_check.isChecked():
             layer = QgsRasterLayer(out, f"{ctx['name']} (Align-CR)")
             if layer.isValid():
-                # The engine writes B, G, R, NIR (the model's band order) whatever the input layout was.
-                style_rgb(layer, 3, 2, 1)
+                # The engine keeps the optical file's band layout, so the band mapping gives R, G, B directly.
+                blue, green, red, _nir = req.bands
+                style_rgb(layer, red, green, blue)
                 QgsProject.instance().addMapLayer(layer)
                 self.result_layers.append(layer)
             else:

@@ -131,8 +131,8 @@ class EngineProcess:
     is_cancelled: Callable[[], bool] = lambda: False
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def command(self, args: Sequence[str]) -> list[str]:
-        return [self.python, "-m", "engine", *[str(a) for a in args]]
+    def command(self, args: Sequence[str], module: str = "engine") -> list[str]:
+        return [self.python, "-m", module, *[str(a) for a in args]]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -145,12 +145,12 @@ class EngineProcess:
         env.update(self.extra_env)
         return env
 
-    def run(self, args: Sequence[str], *, progress_json: bool = True) -> EngineOutcome:
-        """Run ``python -m engine ARGS [--progress-json]`` to completion; raise on failure or cancel."""
+    def run(self, args: Sequence[str], *, progress_json: bool = True, module: str = "engine") -> EngineOutcome:
+        """Run ``python -m MODULE ARGS [--progress-json]`` to completion; raise on failure or cancel."""
         args = list(args)
         if progress_json:
             args.append("--progress-json")
-        cmd = self.command(args)
+        cmd = self.command(args, module)
         self.on_log("$ " + " ".join(shlex.quote(c) for c in cmd))
         popen_kw: dict[str, Any] = {}
         if os.name == "posix":
@@ -258,9 +258,9 @@ class EngineProcess:
         self.on_progress(1.0, "done")
         return outcome
 
-    def run_json(self, args: Sequence[str]) -> Any:
+    def run_json(self, args: Sequence[str], module: str = "engine") -> Any:
         """Run a command that prints one JSON document (``env --json``, ``models --json``) and parse it."""
-        outcome = self.run(args, progress_json=False)
+        outcome = self.run(args, progress_json=False, module=module)
         text = "\n".join(outcome.stdout).strip()
         try:
             return json.loads(text)
@@ -305,7 +305,22 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
-_MISSING_MODULE = re.compile(r"No module named '([^'.]+)")
+def install_hint(python: str) -> str:
+    """The exact command that gives ``python`` the engine's packages (a venv for a PEP 668 system Python)."""
+    in_venv = (Path(python).parent.parent / "pyvenv.cfg").is_file()  # a venv's python symlinks to /usr/bin
+    if os.name == "posix" and not in_venv and os.path.dirname(os.path.realpath(python)) in ("/usr/bin", "/bin"):
+        return (
+            "Debian's system Python refuses pip; create a virtual environment that still sees QGIS's packages: "
+            f"{shlex.quote(python)} -m venv --system-site-packages ~/aligncr-venv && ~/aligncr-venv/bin/python -m "
+            f"pip install {INSTALL_REQUIREMENTS} — then pick ~/aligncr-venv/bin/python in the Align-CR dialog"
+        )
+    return (
+        f"Install the engine's packages with: {shlex.quote(python)} -m pip install {INSTALL_REQUIREMENTS} — or pick "
+        "another interpreter in the Align-CR dialog"
+    )
+
+
+_MISSING_MODULE = re.compile(r"No module named '?([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _diagnose(python: str, engine_root: str | Path, rc: int, stderr: list[str]) -> EngineRunError:
@@ -322,9 +337,7 @@ def _diagnose(python: str, engine_root: str | Path, rc: int, stderr: list[str]) 
                     details=details,
                 )
             return EngineRunError(
-                f"the Python interpreter {python} cannot import '{module}'. Install the engine's packages with: "
-                f"{shlex.quote(python)} -m pip install {INSTALL_REQUIREMENTS} — or pick another interpreter in "
-                "the Align-CR settings",
+                f"the Python interpreter {python} cannot import '{module}'. {install_hint(python)}",
                 kind="EnvironmentError",
                 details=details,
             )

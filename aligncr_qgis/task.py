@@ -27,6 +27,8 @@ class EngineStep:
     args: list[str]
     weight: float = 1.0
     progress_json: bool = True
+    module: str = "engine"  # `python -m MODULE ARGS`
+    optional: bool = False  # a failure is logged and the job goes on (e.g. `models --json` on an older engine)
 
 
 @dataclass
@@ -75,11 +77,16 @@ class EngineTask(QgsTask):
                 is_cancelled=self.isCanceled,
             )
             try:
-                self.job.outcomes.append(proc.run(step.args, progress_json=step.progress_json))
+                self.job.outcomes.append(proc.run(step.args, progress_json=step.progress_json, module=step.module))
             except EngineCancelled as exc:
                 self.job.error, self.job.kind = str(exc), exc.kind
                 return False
             except EngineRunError as exc:
+                if step.optional:
+                    QgsMessageLog.logMessage(f"{step.label} skipped: {exc}", LOG_TAG, Qgis.Warning)
+                    self.job.outcomes.append(EngineOutcome())
+                    start += share
+                    continue
                 self.job.error, self.job.kind, self.job.details = str(exc), exc.kind, exc.details
                 return False
             except Exception as exc:  # noqa: BLE001 - a plugin bug must reach the log, not kill the worker silently

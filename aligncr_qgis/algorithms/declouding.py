@@ -2,7 +2,8 @@
 
 Every input of the toolbar dialog is a typed parameter; the optional EXTENT clips the inputs with GDAL virtual
 rasters exactly as the dialog does (the engine has no extent flag). The declouded layer gets the dialog's RGB
-style (B, G, R, NIR output → red = band 3, green = 2, blue = 1, 2–98 % cumulative cut) when QGIS loads it.
+style (the output keeps the optical band layout, so R/G/B come from the band parameters; 2–98 % cumulative
+cut) when QGIS loads it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,13 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 
 
 class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
+    """Applies the RGB style once QGIS has loaded the output (the output keeps the optical band layout)."""
+
+    bands: tuple[int, ...] = (1, 2, 3, 4)
+
     def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802 - QGIS API
-        style_rgb(layer, 3, 2, 1)
+        blue, green, red = self.bands[:3]
+        style_rgb(layer, red, green, blue)
 
 
 class DecloudingAlgorithm(EngineAlgorithm):
@@ -170,5 +176,6 @@ class DecloudingAlgorithm(EngineAlgorithm):
         result = outcome.result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
         if context.willLoadLayerOnCompletion(out):
+            self._styler.bands = req.bands
             context.layerToLoadOnCompletionDetails(out).setPostProcessor(self._styler)
         return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report}

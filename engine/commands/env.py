@@ -5,7 +5,8 @@ Python usually lacks torch and rasterio and the user needs to know *which* inter
 exact command that fixes it. Every probe is wrapped: a missing or broken package is reported, never raised, so the
 report itself always comes out. The CUDA devices listed here are what the plugin offers in its device picker.
 
-No Qt here (the engine never imports Qt), and nothing heavier than the imports being probed.
+No Qt here (the engine never imports Qt), and nothing heavier than the imports being probed. Run it as
+``python -m engine.commands.env --json`` when the interpreter may lack rasterio/torch (see :func:`main`).
 """
 
 from __future__ import annotations
@@ -165,3 +166,20 @@ def run(args: argparse.Namespace) -> int:
         print(format_text(rep))
     # Exit 0 even when packages are missing: the report *is* the answer, and the caller reads `ok`.
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.commands.env [--json]``: the same report without going through :mod:`engine.cli`.
+
+    ``engine.cli`` imports every sub-command module to build its parser, and some import rasterio or torch at
+    module level — so in exactly the interpreter this report is for (one lacking them), ``python -m engine env``
+    dies with an ImportError before it can explain anything. This entry point imports nothing but the standard
+    library; the QGIS plugin's "Check environment" uses it.
+    """
+    parser = argparse.ArgumentParser(prog="python -m engine.commands.env", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Helpers for the QGIS tests: tiny georeferenced rasters, a fake engine, and waiting on QgsTasks.
+
+The rasters are small (64×64 optical at 3 m, SAR at 10 m in a *different* CRS) so that the real engine with the
+``identity`` model finishes in about a second while still exercising reprojection of SAR onto the optical grid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PYTHON if VENV_PYTHON.is_file() else Path(sys.executable))
+
+UTM = "EPSG:32633"
+ORIGIN = (500_000.0, 5_000_000.0)  # upper-left corner in UTM 33N (15° E, ~45° N)
+
+
+def write_optical(path: Path, size: int = 64, *, crs: str = UTM, descriptions: bool = True, bands: int = 4,
+                  seed: int = 0) -> Path:
+    """A 4-band uint16 reflectance ×10⁴ raster (B, G, R, NIR) with band descriptions like Planet's."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(200, 4000, size=(bands, size, size), dtype=np.uint16)
+    if crs == UTM:
+        transform = from_origin(ORIGIN[0], ORIGIN[1], 3.0, 3.0)
+    else:  # geographic: ~3 m in degrees near 45° N
+        transform = from_origin(15.0, 45.15, 3.0e-5, 3.0e-5)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=bands, dtype="uint16",
+                       crs=CRS.from_string(crs), transform=transform) as dst:
+        dst.write(data)
+        if descriptions:
+            for i, name in enumerate(("blue", "green", "red", "nir")[:bands]):
+                dst.set_band_description(i + 1, name)
+    return path
+
+
+def write_sar(path: Path, optical_size: int = 64, *, crs: str = "EPSG:4326", shift_m: float = 0.0,
+              bands: int = 2) -> Path:
+    """A 2-band float32 dB raster (VV, VH) at ~10 m covering the optical footprint (plus margin), in ``crs``."""
+    extent_m = optical_size * 3.0
+    left, top = ORIGIN[0] + shift_m - 30.0, ORIGIN[1] + 30.0
+    right, bottom = ORIGIN[0] + shift_m + extent_m + 30.0, ORIGIN[1] - extent_m - 30.0
+    w, s, e, n = transform_bounds(UTM, crs, left, bottom, right, top)
+    width = height = int(round((extent_m + 60.0) / 10.0))
+    transform = from_origin(w, n, (e - w) / width, (n - s) / height)
+    rng = np.random.default_rng(1)
+    vv = rng.uniform(-20.0, -5.0, size=(height, width)).astype(np.float32)
+    vh = rng.uniform(-28.0, -12.0, size=(height, width)).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype="float32",
+                       crs=CRS.from_string(crs), transform=transform) as dst:
+        dst.write(np.stack([vv, vh][:bands]))
+        for i, name in enumerate(("VV", "VH")[:bands]):
+            dst.set_band_description(i + 1, name)
+    return path
+
+
+def make_scene(folder: Path, **kw: object) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_optical(folder / "optical.tif"), write_sar(folder / "sar.tif", **kw)  # type: ignore[arg-type]
+
+
+def fake_engine(folder: Path, *, tiles: int = 5, delay: float = 0.0, fail: str | None = None) -> Path:
+    """A stand-in ``engine`` package printing the --progress-json protocol (tests of the runner only).
+
+    It copies the optical input to ``--out`` through a temporary file, like the real atomic writer, so a cancel
+    can be checked to leave nothing behind. ``delay`` seconds between tiles make cancellation observable.
+    """
+    pkg = folder / "engine"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(textwrap.dedent(f"""
+        import json, os, shutil, sys, time
+        args = sys.argv[1:]
+        def opt(flag):
+            return args[args.index(flag) + 1] if flag in args else None
+        def emit(**ev):
+            print(json.dumps(ev), flush=True)
+        print("fake engine starting", file=sys.stderr, flush=True)
+        if {fail!r} == "error":
+            emit(event="error", message="optical and SAR do not overlap", kind="InputError")
+            sys.exit(2)
+        if {fail!r} == "crash":
+            print("Traceback (most recent call last):", file=sys.stderr)
+            print("ModuleNotFoundError: No module named 'torch'", file=sys.stderr)
+            sys.exit(1)
+        out = opt("--out")
+        emit(event="start", total_tiles={tiles}, width=64, height=64, output=out)
+        emit(event="warning", message="SAR covers 90 % of the optical image")
+        tmp = out + ".part.tmp.tif"
+        try:
+            shutil.copyfile(opt("--optical"), tmp)
+            for i in range({tiles}):
+                time.sleep({delay})
+                emit(event="progress", fraction=(i + 1) / {tiles}, message=f"tile {{i + 1}}/{tiles}")
+            os.replace(tmp, out)
+        except KeyboardInterrupt:
+            os.remove(tmp)
+            print("interrupted; no output was written", file=sys.stderr)
+            sys.exit(130)
+        emit(event="result", output=out, seconds=0.1, model="fake", device="cpu", report=None)
+    """))
+    return folder
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.02) -> bool:  # noqa: ANN001
+    """Spin the Qt event loop until ``predicate()`` is true (task signals are delivered through it)."""
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QCoreApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(step)
+    QCoreApplication.processEvents()
+    return bool(predicate())
+
+
+def qgis_env(plugin_path: Path, config_path: Path) -> dict[str, str]:
+    """Environment for ``qgis_process.bin`` with the unpacked plugin and an isolated profile."""
+    env = dict(os.environ)
+    env.update(
+        QT_QPA_PLATFORM="offscreen",
+        QGIS_PLUGINPATH=str(plugin_path),
+        QGIS_CUSTOM_CONFIG_PATH=str(config_path),
+        ALIGNCR_PYTHON=PYTHON,
+    )
+    return env
