@@ -78,12 +78,12 @@ def test_fractional_offset_is_bilinear():
 
 def test_gradcheck_float64():
     torch.manual_seed(3)
-    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(1, dtype=torch.float64, requires_grad=True)
     # Offsets away from integers so the bilinear kernel is differentiable at every sample.
-    off = (torch.rand(1, 2 * 9, 4, 5, dtype=torch.float64) * 0.6 + 0.2).requires_grad_(True)
-    mask = torch.rand(1, 9, 4, 5, dtype=torch.float64, requires_grad=True)
+    off = (torch.rand(1, 2 * 9, 3, 3, dtype=torch.float64) * 0.6 + 0.2).requires_grad_(True)
+    mask = torch.rand(1, 9, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda *a: dc.deform_conv2d_pure(*a[:3], a[3], 1, 1, 1, a[4]), (x, off, weight, bias, mask)
     )

@@ -121,7 +121,12 @@ def deform_conv2d(
     use_torchvision: bool | None = None,
 ) -> torch.Tensor:
     """Modulated deformable conv; torchvision's kernel when available (unless forced off), else pure torch."""
-    if _use_torchvision(use_torchvision) and x.device.type != "meta":
+    if x.device.type == "meta":
+        # Shape/cost stand-in for the meta device (parameter and FLOP counting): a plain conv has the output
+        # shape and exactly the multiply-adds of the K tap-wise 1×1 products, without grid_sample's slow meta
+        # decomposition (thousands of Python-level ops per call).
+        return F.conv2d(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), x.shape[1] // weight.shape[1])
+    if _use_torchvision(use_torchvision):
         return _tv_deform_conv2d(
             x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask
         )

@@ -1,0 +1,131 @@
+"""Align-CR network: shapes at odd sizes, paper counts, residual skip, alignment gradients, ablations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import ModelError
+from engine.models import build_model, counting
+from engine.models.aligncr_arch import AlignCR, PCDAlignment
+from engine.models.arch_util import offset_magnitudes, set_offset_tracking
+from engine.models.ops.deform_conv import ModulatedDeformConv2d
+
+
+@pytest.fixture(scope="module")
+def lite() -> AlignCR:
+    torch.manual_seed(0)
+    return build_model("aligncr-lite").eval()
+
+
+@pytest.fixture(scope="module")
+def paper_meta() -> AlignCR:
+    with torch.device("meta"):
+        return build_model("aligncr")
+
+
+def test_lite_odd_sizes_low_res_and_same_grid_sar(lite):
+    torch.manual_seed(1)
+    optical = torch.rand(1, 4, 97, 131)
+    with torch.no_grad():
+        low = lite(optical, torch.rand(1, 2, 29, 39))
+        same = lite(optical, torch.rand(1, 2, 97, 131))
+    assert low.shape == same.shape == optical.shape
+    assert torch.isfinite(low).all() and torch.isfinite(same).all()
+
+
+def test_tiny_and_non_square_inputs(lite):
+    with torch.no_grad():
+        assert lite(torch.rand(2, 4, 5, 7), torch.rand(2, 2, 2, 2)).shape == (2, 4, 5, 7)
+        assert lite(torch.rand(1, 4, 16, 48), torch.rand(1, 2, 5, 15)).shape == (1, 4, 16, 48)
+
+
+def test_sar_resolution_changes_output(lite):
+    # The SAR really is used: different SAR, different result.
+    torch.manual_seed(2)
+    optical = torch.rand(1, 4, 32, 32)
+    with torch.no_grad():
+        a = lite(optical, torch.zeros(1, 2, 10, 10))
+        b = lite(optical, torch.ones(1, 2, 10, 10))
+    assert not torch.allclose(a, b)
+
+
+def test_no_size_dependent_tensors_in_weights(lite):
+    keys = lite.state_dict().keys()
+    assert not [k for k in keys if "attn_mask" in k or "relative_position_index" in k]
+
+
+def test_bad_band_count_is_a_model_error(lite):
+    with pytest.raises(ModelError, match="optical input"):
+        lite(torch.rand(1, 3, 16, 16), torch.rand(1, 2, 16, 16))
+    with pytest.raises(ModelError, match="SAR input"):
+        lite(torch.rand(1, 4, 16, 16), torch.rand(1, 1, 16, 16))
+
+
+def test_paper_parameter_counts(paper_meta):
+    counts = counting.count_params(paper_meta)
+    assert counts.total == pytest.approx(45.5e6, rel=0.01)
+    assert counts.paper_convention == pytest.approx(43.53e6, rel=0.03)  # paper Tab. V
+
+
+def test_lite_is_small():
+    with torch.device("meta"):
+        model = build_model("aligncr-lite")
+    assert counting.count_params(model).total <= 3_000_000
+
+
+@pytest.mark.slow
+def test_paper_macs_at_160(paper_meta):
+    macs = counting.count_macs(paper_meta, 160, 160)
+    assert macs.paper_convention == pytest.approx(174.94e9, rel=0.10)  # paper Tab. V "GFLOPs"
+    assert macs.total > macs.paper_convention
+
+
+def test_long_skip_zero_last_conv_returns_input():
+    model = build_model("aligncr-lite", num_blocks=1).eval()
+    torch.nn.init.zeros_(model.UPNet[-1].weight)
+    torch.nn.init.zeros_(model.UPNet[-1].bias)
+    optical = torch.rand(1, 4, 23, 30)
+    with torch.no_grad():
+        out = model(optical, torch.rand(1, 2, 7, 9))
+    assert torch.equal(out, optical)
+
+
+def test_gradients_reach_every_offset_predictor():
+    torch.manual_seed(3)
+    model = build_model("aligncr-lite", num_blocks=1)
+    out = model(torch.rand(1, 4, 32, 32), torch.rand(1, 2, 10, 10))
+    out.square().mean().backward()
+    packs = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
+    assert len(packs) == 4  # 3 pyramid levels + cascade
+    for m in packs:
+        assert m.conv_offset.weight.grad is not None
+        assert m.conv_offset.weight.grad.abs().sum() > 0
+
+
+def test_alignment_found_by_type_and_offsets_tracked():
+    model = build_model("aligncr-lite", num_blocks=2)
+    aligns = [m for m in model.modules() if isinstance(m, PCDAlignment)]
+    assert len(aligns) == 2
+    assert {id(p) for p in model.alignment_parameters()} == {id(p) for a in aligns for p in a.parameters()}
+    set_offset_tracking(model, True)
+    with torch.no_grad():
+        model(torch.rand(1, 4, 32, 32), torch.rand(1, 2, 32, 32))
+    mags = offset_magnitudes(model)
+    assert len(mags) == 8 and all(v == 0.0 for v in mags.values())  # zero-initialised offset predictors
+
+
+def test_ablation_flags_change_the_parameter_set():
+    full = build_model("aligncr-lite")
+    no_align = build_model("aligncr-lite", use_align=False)
+    no_sar = build_model("aligncr-lite", use_sar=False)
+    n = counting.count_params
+    align_params = sum(p.numel() for p in full.alignment_parameters())
+    assert n(full).total - n(no_align).total == align_params
+    assert not list(no_align.alignment_modules())
+    assert "DF.0.fac_warp.0.0.weight" in no_align.state_dict()
+    names = list(no_sar.state_dict())
+    assert not [k for k in names if "SAR" in k or k.startswith(("SFAlign", "DF", "sar_fuse"))]
+    with torch.no_grad():
+        assert no_sar.eval()(torch.rand(1, 4, 20, 20), None).shape == (1, 4, 20, 20)
+        assert no_align.eval()(torch.rand(1, 4, 20, 20), torch.rand(1, 2, 6, 6)).shape == (1, 4, 20, 20)
