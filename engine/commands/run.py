@@ -134,20 +134,25 @@ def _run_tqdm(config: RunConfig) -> int:
 
     from engine.pipeline import run as run_pipeline
 
-    bar = tqdm(total=1000, file=sys.stderr, unit="‰", leave=False, dynamic_ncols=True)
+    bars: list[tqdm] = []  # created at the start event, so an input error prints its line without a bar
+
+    def start(plan: Any) -> None:
+        bars.append(tqdm(total=plan.total_tiles, file=sys.stderr, unit="tile", leave=False, dynamic_ncols=True))
 
     def update(fraction: float, message: str) -> None:
-        bar.n = int(fraction * 1000)
-        bar.set_description_str(message, refresh=False)
-        bar.refresh()
+        if bars:
+            bars[0].n = round(fraction * bars[0].total)
+            bars[0].set_description_str(message, refresh=False)
+            bars[0].refresh()
 
     def warn(message: str) -> None:
         tqdm.write(f"WARNING: {message}", file=sys.stderr)
 
     try:
-        result = run_pipeline(config, Progress(callback=update, warn_callback=warn))
+        result = run_pipeline(config, Progress(callback=update, warn_callback=warn), on_start=start)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}, "
           f"{result.seconds:.1f} s)")  # fmt: skip
     if result.report_dir:
