@@ -79,11 +79,13 @@ class DecloudingAlgorithm(EngineAlgorithm):
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image (B, G, R, NIR)"))
+        # Band parameters are flagged optional with a default: QGIS 3.22's band parameter rejects an omitted
+        # value instead of falling back to its default (so `qgis_process run … OPTICAL=… SAR=…` would fail).
         for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
-            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.OPTICAL))
+            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.OPTICAL, optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.SAR, "Sentinel-1 SAR image (VV, VH)"))
         for i, (name, label) in enumerate(zip(self.SAR_BANDS, ("VV", "VH"))):
-            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.SAR))
+            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.SAR, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.SAR_UNITS, "SAR units", ["Auto-detect", "dB", "Linear"],
                                                      defaultValue=0))
         for name, label in ((self.LANDCOVER, "Land cover (ESA WorldCover codes)"),
@@ -112,6 +114,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Declouded image"))
         self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, "Report folder", optional=True,
                                                                   createByDefault=False))
+
+    def _bands(self, parameters: dict[str, Any], names: tuple[str, ...], context: QgsProcessingContext) -> tuple:
+        """Band numbers, the natural order 1, 2, … where a band was left unset."""
+        return tuple(self.parameterAsInt(parameters, n, context) or i + 1 for i, n in enumerate(names))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -163,8 +169,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             cog=self.parameterAsBool(parameters, self.COG, context),
-            bands=tuple(self.parameterAsInt(parameters, b, context) for b in self.BANDS),  # type: ignore[arg-type]
-            sar_bands=tuple(self.parameterAsInt(parameters, b, context) for b in self.SAR_BANDS),  # type: ignore
+            bands=self._bands(parameters, self.BANDS, context),  # type: ignore[arg-type]
+            sar_bands=self._bands(parameters, self.SAR_BANDS, context),  # type: ignore[arg-type]
             sar_units=UNITS[self.parameterAsEnum(parameters, self.SAR_UNITS, context)],
             report=report,
         )

@@ -40,15 +40,17 @@ class NdviAlgorithm(EngineAlgorithm):
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Optical image"))
-        self.addParameter(QgsProcessingParameterBand(self.BAND_R, "Red band", 3, self.INPUT))
-        self.addParameter(QgsProcessingParameterBand(self.BAND_NIR, "Near-infrared band", 4, self.INPUT))
+        # optional + default: QGIS 3.22's band parameter rejects an omitted value instead of using the default
+        self.addParameter(QgsProcessingParameterBand(self.BAND_R, "Red band", 3, self.INPUT, optional=True))
+        self.addParameter(QgsProcessingParameterBand(self.BAND_NIR, "Near-infrared band", 4, self.INPUT,
+                                                     optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "NDVI"))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         src = self.raster_path(parameters, self.INPUT, context)
-        red = self.parameterAsInt(parameters, self.BAND_R, context)
-        nir = self.parameterAsInt(parameters, self.BAND_NIR, context)
+        red = self.parameterAsInt(parameters, self.BAND_R, context) or 3
+        nir = self.parameterAsInt(parameters, self.BAND_NIR, context) or 4
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         # The engine's --bands is B,G,R,NIR; only R and NIR enter NDVI, B and G are placeholders.
         self.run_engine(["ndvi", "--input", str(src), "--out", out, "--bands", f"1,1,{red},{nir}"], feedback,
