@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
 GDAL_CACHE_MB = 64
 FULL_COVERAGE = 0.999
+REPORT_START = 0.8
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,9 @@ def run(
     """Run one cloud removal end to end; see the module docstring. Raises EngineError subclasses on bad input."""
     config.validate()
     progress = progress or Progress()
+    outer = progress
+    if config.report is not None:  # the report streams the scene again: give it the last fifth of the bar
+        progress = outer.scaled(0.0, REPORT_START)
     t0 = time.perf_counter()
     warnings: list[str] = []
     inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights]
@@ -367,7 +371,7 @@ def run(
         warnings=warnings,
     )
     if config.report is not None:
-        result.report = _write_report(config, result, progress)
+        result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0))
         result.report_dir = Path(config.report)
         result.seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", config.out, result.seconds)

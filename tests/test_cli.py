@@ -112,3 +112,17 @@ def test_help(command, capsys):
         main([command, "--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_run_with_report(tmp_path, pair, capsys):
+    opt, sar = pair
+    report = tmp_path / "report"
+    code = main(["run", "--optical", str(opt), "--sar", str(sar), "--reference", str(opt), "--out",
+                 str(tmp_path / "o.tif"), "--tile", "64", "--overlap", "16", "--report", str(report),
+                 "--progress-json"])  # fmt: skip
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert events[-1]["event"] == "result" and events[-1]["report"] == str(report)
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert (report / "report.json").is_file()
