@@ -220,3 +220,38 @@ def test_import_official_refusals(tmp_path, small_model):
     wrong_arch = _official_checkpoint(tmp_path, small_model)
     with pytest.raises(ModelError, match="missing"):
         import_official(wrong_arch, tmp_path / "o.safetensors", arch="aligncr-lite")  # default D=3 ≠ checkpoint's 1
+
+
+def test_models_command_lists_counts_and_bundled_weights(tmp_path, saved, capsys):
+    from engine.cli import main
+    from engine.commands.models import collect
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "aligncr-lite.safetensors").write_bytes(saved.read_bytes())
+    (folder / "broken.safetensors").write_bytes(b"nope")
+    report = collect(folder)
+    by_name = {m["name"]: m for m in report["models"]}
+    assert by_name["aligncr"]["params_paper_convention"] == pytest.approx(43.53e6, rel=0.03)
+    assert by_name["aligncr-lite"]["bundled_weights"] == [str(folder / "aligncr-lite.safetensors")]
+    assert by_name["dsen2cr"]["bundled_weights"] == []
+    broken = [w for w in report["weights"] if w["file"].endswith("broken.safetensors")]
+    assert broken and "not a readable" in broken[0]["error"]
+    assert main(["models", "--weights-dir", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "aligncr-lite" in text and "bundled weights" in text and "UNUSABLE" in text
+
+
+def test_models_command_imports_official(tmp_path, small_model, capsys):
+    from engine.cli import main
+
+    src = _official_checkpoint(tmp_path, small_model)
+    # The CLI imports with the arch's default config: a D=1 checkpoint for default aligncr-lite (D=3) is refused.
+    assert main(["models", "--import-official", str(src), "--out", str(tmp_path / "o.safetensors"),
+                 "--arch", "aligncr-lite"]) == 2
+    assert "missing" in capsys.readouterr().err
+    full = build_model("aligncr-lite")
+    src = _official_checkpoint(tmp_path, full)
+    assert main(["models", "--import-official", str(src), "--out", str(tmp_path / "o.safetensors"),
+                 "--arch", "aligncr-lite"]) == 0
+    assert read_card(tmp_path / "o.safetensors").arch == "aligncr-lite"
