@@ -1,0 +1,187 @@
+"""Scene archive → per-patch statistics, the raw material of the acquisition-layout index (Cresson 2022, §4.2).
+
+Archive layout (one folder; every raster in one CRS)::
+
+    ARCHIVE/
+      optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype); nodata = the file's nodata value
+      optical/NAME_mask.tif   optional cloud-mask sidecar on the same grid: 1 band, non-zero = cloud, or a Planet
+                              UDM2 asset (8 bands; cloud ∪ shadow ∪ heavy haze, see engine.masks). Without one,
+                              the engine's documented cloud detector (engine.cloudmask) is run on the scene.
+      sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
+      dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
+                              ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
+                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.gapfill.read_acquisition_date)
+
+Patches are the cells of one grid over the archive: square, ``patch_size`` optical pixels wide, anchored on the
+first optical scene's pixel grid (sorted by name), so every optical and SAR scene is cut into the same ground
+footprints whatever its resolution. A scene contributes a patch for each cell lying entirely inside it. For each
+patch we keep the valid-pixel fraction (no band equal to nodata, nothing NaN) and, for optical patches, the cloud
+cover: the percentage of valid pixels that are cloudy — the paper's single value per patch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window, from_bounds
+
+from engine.cloudmask import detect_clouds
+from engine.errors import InputError
+from engine.gapfill import parse_datetime, read_acquisition_date
+from engine.masks import cloud_mask_from_bands
+from engine.normalise import detect_optical_scale
+
+MASK_SUFFIX = "_mask"
+RASTER_EXT = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Scene:
+    path: Path
+    kind: str  # "optical" or "sar"
+    when: datetime
+    mask: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The patch grid: cell (col, row) covers x ∈ [x0 + col·size, x0 + (col+1)·size), y downward from y0."""
+
+    crs: str
+    x0: float
+    y0: float
+    size: float  # ground size of one patch (CRS units)
+
+    def bounds(self, col: int, row: int) -> tuple[float, float, float, float]:
+        left = self.x0 + col * self.size
+        top = self.y0 - row * self.size
+        return left, top - self.size, left + self.size, top
+
+    def cells_inside(self, left: float, bottom: float, right: float, top: float) -> list[tuple[int, int]]:
+        eps = 1e-6 * self.size
+        c0 = math.ceil((left - self.x0) / self.size - eps)
+        c1 = math.floor((right - self.x0) / self.size + eps)
+        r0 = math.ceil((self.y0 - top) / self.size - eps)
+        r1 = math.floor((self.y0 - bottom) / self.size + eps)
+        return [(c, r) for r in range(r0, r1) for c in range(c0, c1)]
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    scene: Scene
+    col: int
+    row: int
+    valid: float  # fraction of valid pixels in [0, 1]
+    cloud: float  # cloud cover of the valid pixels in % (0 for SAR)
+
+
+def _rasters(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_EXT) if folder.is_dir() else []
+
+
+def _read_dates_csv(archive: Path) -> dict[str, datetime]:
+    path = archive / "dates.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"file", "datetime"} <= set(reader.fieldnames):
+            raise InputError(f"{path} must have the columns 'file,datetime'")
+        for row in reader:
+            out[Path(row["file"]).as_posix()] = parse_datetime(row["datetime"])
+    return out
+
+
+def scan_archive(archive: str | Path) -> list[Scene]:
+    """Every optical and SAR scene of the archive with its acquisition date and optional mask sidecar."""
+    root = Path(archive)
+    if not root.is_dir():
+        raise InputError(f"archive folder {root} does not exist")
+    dates = _read_dates_csv(root)
+    scenes = []
+    for kind in ("optical", "sar"):
+        for path in _rasters(root / kind):
+            if kind == "optical" and path.stem.endswith(MASK_SUFFIX):
+                continue
+            rel = path.relative_to(root).as_posix()
+            when = dates[rel] if rel in dates else read_acquisition_date(path)
+            mask = None
+            if kind == "optical":
+                cand = [path.with_name(path.stem + MASK_SUFFIX + ext) for ext in RASTER_EXT]
+                mask = next((c for c in cand if c.is_file()), None)
+            scenes.append(Scene(path=path, kind=kind, when=when, mask=mask))
+    if not any(s.kind == "optical" for s in scenes):
+        raise InputError(f"no optical scenes in {root / 'optical'} (expected optical/*.tif)")
+    return scenes
+
+
+def make_grid(scenes: list[Scene], patch_size: int) -> Grid:
+    """The patch grid of ``patch_size`` pixels of the first optical scene; all scenes must share its CRS."""
+    ref = next(s for s in scenes if s.kind == "optical")
+    with rasterio.open(ref.path) as ds:
+        if ds.crs is None:
+            raise InputError(f"{ref.path.name} has no CRS; the archive must be georeferenced")
+        crs, t = ds.crs, ds.transform
+    if abs(abs(t.a) - abs(t.e)) > 1e-9 * abs(t.a) or t.b or t.d:
+        raise InputError(f"{ref.path.name} must have square, north-up pixels to anchor the patch grid")
+    for s in scenes:
+        with rasterio.open(s.path) as ds:
+            if ds.crs != crs:
+                raise InputError(f"{s.path.name} is in {ds.crs}, not {crs}: reproject the archive to one CRS first")
+    return Grid(crs=crs.to_string(), x0=t.c, y0=t.f, size=patch_size * abs(t.a))
+
+
+def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    valid = np.ones(data.shape[1:], dtype=bool)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        valid &= np.all(data != nodata, axis=0)
+    return valid
+
+
+def _window(ds: rasterio.io.DatasetReader, bounds: tuple[float, float, float, float]) -> Window:
+    w = from_bounds(*bounds, transform=ds.transform)
+    return w.round_offsets().round_lengths()
+
+
+def _cloudy(scene: Scene, ds: rasterio.io.DatasetReader, data: np.ndarray, window: Window) -> np.ndarray:
+    if scene.mask is not None:
+        with rasterio.open(scene.mask) as ms:
+            if (ms.width, ms.height) != (ds.width, ds.height):
+                raise InputError(f"{scene.mask.name} is {ms.width}×{ms.height}, its scene {ds.width}×{ds.height}")
+            return cloud_mask_from_bands(ms.read(window=window), ms.nodata)
+    scale = detect_optical_scale(data)
+    return detect_clouds(np.clip(data[:4].astype(np.float32) / scale, 0.0, None))
+
+
+def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
+    """Valid fraction and cloud cover of every (scene, cell) patch lying fully inside its scene."""
+    out = []
+    for scene in scenes:
+        with rasterio.open(scene.path) as ds:
+            if scene.kind == "optical" and ds.count < 4:
+                raise InputError(f"{scene.path.name}: optical scenes need 4 bands (B, G, R, NIR), it has {ds.count}")
+            if scene.kind == "sar" and ds.count != 2:
+                raise InputError(f"{scene.path.name}: SAR scenes need 2 bands (VV, VH), it has {ds.count}")
+            for col, row in grid.cells_inside(*ds.bounds):
+                window = _window(ds, grid.bounds(col, row))
+                data = ds.read(window=window, boundless=True, fill_value=ds.nodata if ds.nodata is not None else 0)
+                valid = _valid_mask(data, ds.nodata)
+                n_valid = int(valid.sum())
+                cloud = 0.0
+                if scene.kind == "optical" and n_valid:
+                    cloud = 100.0 * float((_cloudy(scene, ds, data, window) & valid).sum()) / n_valid
+                out.append(PatchStats(scene, col, row, n_valid / valid.size, cloud))
+    return out
