@@ -317,7 +317,7 @@ class AlignCRDialog(QDialog):
         for entry in registry:
             name = str(entry.get("name", ""))
             if name:
-                self.model_combo.addItem(name, ("registry", name))
+                self.model_combo.addItem(_model_label(entry), ("registry", name))
         if wanted and wanted.endswith(".safetensors") and os.path.isfile(wanted):
             if self.model_combo.findData(("weights", wanted)) < 0:
                 self.model_combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
@@ -372,12 +372,19 @@ class AlignCRDialog(QDialog):
             except ModelCardError as exc:
                 self.card_text.setPlainText(f"Cannot read the model card: {exc}")
         else:
-            entry = next((m for m in self.settings.models_cache if m.get("name") == value), None)
-            desc = (entry or {}).get("description") or ("Baseline: returns the cloudy input unchanged (the paper's "
-                                                       "'Cloudy' row). Needs no weights." if value == "identity"
-                                                       else "")
-            self.card_text.setPlainText(f"{value} (engine model registry)\n{desc}")
+            entry = self._registry_entry(value) or {}
+            desc = entry.get("description") or ("Baseline: returns the cloudy input unchanged (the paper's "
+                                                "'Cloudy' row). Needs no weights." if value == "identity" else "")
+            lines = [f"{value} (engine model registry)", str(desc)]
+            if entry.get("params"):
+                lines.append(f"{int(entry['params']):,} parameters")
+            if entry.get("bundled_weights"):
+                lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
+            self.card_text.setPlainText("\n".join(lines))
         self.validate()
+
+    def _registry_entry(self, name: str) -> dict[str, Any] | None:
+        return next((m for m in self.settings.models_cache if m.get("name") == name), None)
 
     def _draw_extent(self) -> None:
         canvas = self.iface.mapCanvas() if self.iface is not None else None
@@ -442,6 +449,10 @@ class AlignCRDialog(QDialog):
 
     def validate(self, *_: Any) -> L.CheckResult:
         res = L.check_inputs(self.check_inputs())
+        kind, value = self.model_combo.currentData() or ("registry", "identity")
+        entry = self._registry_entry(value) if kind == "registry" else None
+        if entry and entry.get("needs_weights") and not entry.get("bundled_weights"):
+            res.error(f"Model '{value}' has no trained weights installed; browse for a .safetensors file.")
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
             res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
         self.last_check = res
@@ -703,6 +714,18 @@ def _spin(lo: int, hi: int, step: int, suffix: str) -> QSpinBox:
     spin.setSingleStep(step)
     spin.setSuffix(suffix)
     return spin
+
+
+def _model_label(entry: dict[str, Any]) -> str:
+    """``aligncr-lite — 2.2 M params, bundled weights`` for the model picker."""
+    parts = []
+    if entry.get("params"):
+        parts.append(f"{int(entry['params']) / 1e6:.1f} M params")
+    if entry.get("bundled_weights"):
+        parts.append("bundled weights")
+    elif entry.get("needs_weights"):
+        parts.append("no weights installed")
+    return f"{entry['name']} — {', '.join(parts)}" if parts else str(entry["name"])
 
 
 def _is_file(layer: QgsRasterLayer) -> bool:

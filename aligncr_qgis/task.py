@@ -109,4 +109,8 @@ class EngineTask(QgsTask):
             QgsMessageLog.logMessage(self.job.error, LOG_TAG, level)
             if self.job.details:
                 QgsMessageLog.logMessage(self.job.details, LOG_TAG, Qgis.Info)
-        self.done.emit(bool(result), self.job)
+        try:
+            self.done.emit(bool(result), self.job)
+        except Exception as exc:  # noqa: BLE001 - a failing receiver must end in the log, not a traceback dialog
+            QgsMessageLog.logMessage(f"Align-CR could not finish the run: {type(exc).__name__}: {exc}", LOG_TAG,
+                                     Qgis.Critical)

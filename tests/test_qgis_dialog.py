@@ -1,0 +1,216 @@
+"""The toolbar dialog in a real (offscreen) QGIS: layer pickers, band auto-fill, inline validation, a background
+run with the real engine (``identity``) that loads a styled layer, extent clipping, cancel, environment check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("qgis.core")
+
+import rasterio  # noqa: E402
+from qgis.core import QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings  # noqa: E402
+
+from aligncr_qgis import dialog as dialog_mod  # noqa: E402
+from aligncr_qgis.dialog import EXTENT_LAYER, AlignCRDialog  # noqa: E402
+from tests.qgis_helpers import PYTHON, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
+
+pytestmark = pytest.mark.qgis
+
+
+@pytest.fixture
+def project(qgis_iface, monkeypatch: pytest.MonkeyPatch):
+    """A clean project and clean ``aligncr/`` settings; the engine runs with the dev venv's Python."""
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    QgsSettings().remove("aligncr")
+    proj = QgsProject.instance()
+    proj.removeAllMapLayers()
+    yield proj
+    proj.removeAllMapLayers()  # release every raster before QGIS exits (segfault otherwise)
+    QgsSettings().remove("aligncr")
+
+
+def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid(), path
+    proj.addMapLayer(layer)
+    return layer
+
+
+@pytest.fixture
+def dlg(project, qgis_iface):
+    d = AlignCRDialog(qgis_iface)
+    d.open_report_in_browser = False
+    yield d
+    if d.task is not None:
+        d.cancel()
+        wait_for(lambda: d.task is None, 20)
+    d.close()
+    d.deleteLater()
+
+
+def choose(d: AlignCRDialog, optical: QgsRasterLayer, sar: QgsRasterLayer, out: Path) -> None:
+    d.optical_combo.setLayer(optical)
+    d.sar_combo.setLayer(sar)
+    d.output_widget.setFilePath(str(out))
+    d.validate()
+
+
+def test_band_mapping_autofills_from_descriptions(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    path = write_optical(tmp_path / "shuffled.tif")
+    with rasterio.open(path, "r+") as ds:  # NIR, R, G, B order, as some exports have
+        for i, name in enumerate(("nir", "red", "green", "blue")):
+            ds.set_band_description(i + 1, name)
+    opt = add(project, path, "shuffled")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    choose(dlg, opt, sar, tmp_path / "out.tif")
+    assert {r: c.currentBand() for r, c in dlg.optical_band_combos.items()} == {"B": 4, "G": 3, "R": 2, "NIR": 1}
+    assert {r: c.currentBand() for r, c in dlg.sar_band_combos.items()} == {"VV": 1, "VH": 2}
+
+
+def test_validation_messages_block_run(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    assert not dlg.run_button.isEnabled()
+    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")  # EPSG:4326 vs UTM: overlap via transform
+    choose(dlg, opt, sar, tmp_path / "out.tif")
+    assert dlg.last_check.ok and dlg.run_button.isEnabled(), dlg.issue_messages()
+    assert dlg.overlap_label.text().startswith("100.0 %")
+
+    far = add(project, write_sar(tmp_path / "far.tif", shift_m=50_000.0), "far")
+    dlg.sar_combo.setLayer(far)
+    assert not dlg.run_button.isEnabled()
+    assert any("does not overlap" in m for m in dlg.issue_messages())
+
+    half = add(project, write_sar(tmp_path / "half.tif", shift_m=130.0), "half")
+    dlg.sar_combo.setLayer(half)
+    assert dlg.run_button.isEnabled()  # partial overlap is a warning
+    assert any("covers only" in m for m in dlg.issue_messages())
+    assert 0.0 < dlg.last_check.sar_overlap_percent < 100.0
+
+    dlg.sar_combo.setLayer(sar)
+    dlg.optical_band_combos["NIR"].setBand(1)
+    assert any("same band twice" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
+    dlg.optical_band_combos["NIR"].setBand(4)
+
+    three = add(project, write_optical(tmp_path / "three.tif", bands=3), "three")
+    dlg.optical_combo.setLayer(three)
+    assert any("B, G, R and NIR are needed" in m for m in dlg.issue_messages())
+
+    dlg.optical_combo.setLayer(opt)
+    dlg.output_widget.setFilePath(str(tmp_path / "missing-dir" / "o.tif"))
+    assert any("does not exist" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
+
+
+def test_geographic_optical_gets_reprojection_offer(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    geo = add(project, write_optical(tmp_path / "geo.tif", crs="EPSG:4326"), "geo")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    choose(dlg, geo, sar, tmp_path / "out.tif")
+    assert any("not projected in metres" in m for m in dlg.issue_messages())
+    assert not dlg.run_button.isEnabled() and not dlg.reproject_button.isHidden()
+    new = dlg.reproject_optical()
+    assert new is not None and new.crs().authid() == "EPSG:32633"
+    assert dlg.optical_combo.currentLayer() == new
+    assert not any("not projected" in m for m in dlg.issue_messages()) and dlg.reproject_button.isHidden()
+
+
+def run_and_wait(d: AlignCRDialog, timeout: float = 90.0) -> list[bool]:
+    finished: list[bool] = []
+    d.runFinished.connect(finished.append)
+    assert d.run() is not None
+    assert not d.run_button.isEnabled() and d.cancel_button.isEnabled()
+    assert wait_for(lambda: bool(finished), timeout), "the task did not finish"
+    return finished
+
+
+@pytest.mark.slow
+def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    opt_path = write_optical(tmp_path / "opt.tif")
+    opt = add(project, opt_path, "optical")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    out = tmp_path / "declouded.tif"
+    choose(dlg, opt, sar, out)
+    dlg.model_combo.setCurrentIndex(dlg.model_combo.findData(("registry", "identity")))
+    dlg.ndvi_check.setChecked(True)
+    assert run_and_wait(dlg) == [True], dlg.status_label.text()
+    assert dlg.progress.value() == 100 and "Done" in dlg.status_label.text()
+    with rasterio.open(opt_path) as a, rasterio.open(out) as b:
+        assert (a.read() == b.read()).all() and a.transform == b.transform
+    names = [lyr.name() for lyr in project.mapLayers().values()]
+    assert "declouded (Align-CR)" in names and "declouded NDVI" in names
+    result = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded (Align-CR)")
+    renderer = result.renderer()
+    assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (3, 2, 1)
+    ce = renderer.redContrastEnhancement()
+    with rasterio.open(out) as b:
+        red = b.read(3)
+    assert red.min() < ce.minimumValue() < ce.maximumValue() < red.max()  # 2–98 % cut, not min/max
+    assert (tmp_path / "declouded_ndvi.tif").is_file()
+    assert QgsSettings().value("aligncr/make_ndvi") in (True, "true")  # settings persisted on run
+
+
+@pytest.mark.slow
+def test_run_on_drawn_extent_clips_inputs(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    out = tmp_path / "clip.tif"
+    choose(dlg, opt, sar, out)
+    dlg.add_to_map_check.setChecked(False)
+    full = opt.extent()
+    rect = QgsRectangle(full.xMinimum(), full.yMinimum(), full.xMinimum() + full.width() / 2, full.yMaximum())
+    dlg.set_drawn_extent(rect, opt.crs())
+    assert dlg.extent_combo.currentData() != EXTENT_LAYER and dlg.run_button.isEnabled()
+    assert run_and_wait(dlg) == [True]
+    with rasterio.open(out) as b:
+        assert (b.width, b.height) == (32, 64)
+        assert b.bounds.left == pytest.approx(full.xMinimum()) and b.bounds.top == pytest.approx(full.yMaximum())
+
+
+def test_cancel_stops_the_engine_and_writes_nothing(project, dlg: AlignCRDialog, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = fake_engine(tmp_path / "fake", tiles=100, delay=0.1)  # ~10 s if not cancelled
+    monkeypatch.setattr(dialog_mod, "engine_root", lambda: root)
+    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    out = tmp_path / "never.tif"
+    choose(dlg, opt, sar, out)
+    finished: list[bool] = []
+    dlg.runFinished.connect(finished.append)
+    task = dlg.run()
+    assert task is not None
+    assert wait_for(lambda: dlg.progress.value() >= 3, 30), "no progress arrived"
+    dlg.cancel_button.click()
+    assert wait_for(lambda: bool(finished), 15)
+    assert finished == [False] and "Cancelled" in dlg.status_label.text()
+    assert dlg.progress.value() == 0 and dlg.run_button.isEnabled() and not dlg.cancel_button.isEnabled()
+    assert not out.exists() and not list(tmp_path.glob("never.tif*"))
+    assert not any(lyr.name().startswith("never") for lyr in project.mapLayers().values())
+
+
+def test_engine_error_goes_to_message_bar_not_traceback(project, dlg: AlignCRDialog, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = fake_engine(tmp_path / "fake", fail="error")
+    monkeypatch.setattr(dialog_mod, "engine_root", lambda: root)
+    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    choose(dlg, opt, sar, tmp_path / "o.tif")
+    assert run_and_wait(dlg) == [False]
+    assert [item.text() for item in dlg.bar.items()] == ["optical and SAR do not overlap"]
+    assert "Failed" in dlg.status_label.text() and dlg.run_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_check_environment_fills_devices(project, dlg: AlignCRDialog) -> None:
+    dlg.check_environment()
+    assert wait_for(lambda: dlg.env_task is None, 60)
+    assert dlg.settings.env_cache.get("ok") is True
+    assert [dlg.device_combo.itemData(i) for i in range(2)] == ["auto", "cpu"]
+    assert dlg.device_combo.count() == 2 + len(dlg.settings.env_cache["cuda_devices"])
+    assert "torch" in dlg.card_text.toPlainText()
+    # `engine models --json` filled the model picker with the whole registry, sizes included.
+    registry = {dlg.model_combo.itemData(i)[1]: dlg.model_combo.itemText(i) for i in range(dlg.model_combo.count())
+                if dlg.model_combo.itemData(i)[0] == "registry"}
+    assert {"identity", "aligncr", "aligncr-lite"} <= set(registry) and "M params" in registry["aligncr"]
+    reopened = AlignCRDialog(None)  # the cache survives in QgsSettings
+    assert reopened.settings.env_cache["executable"] == PYTHON
+    reopened.deleteLater()
