@@ -34,19 +34,21 @@ def test_lite_odd_sizes_low_res_and_same_grid_sar(lite):
     assert torch.isfinite(low).all() and torch.isfinite(same).all()
 
 
-def test_tiny_and_non_square_inputs(lite):
+def test_tiny_and_non_square_inputs():
+    model = build_model("aligncr-lite", num_blocks=2, fe_blocks=1).eval()
     with torch.no_grad():
-        assert lite(torch.rand(2, 4, 5, 7), torch.rand(2, 2, 2, 2)).shape == (2, 4, 5, 7)
-        assert lite(torch.rand(1, 4, 16, 48), torch.rand(1, 2, 5, 15)).shape == (1, 4, 16, 48)
+        assert model(torch.rand(2, 4, 5, 7), torch.rand(2, 2, 2, 2)).shape == (2, 4, 5, 7)
+        assert model(torch.rand(1, 4, 16, 48), torch.rand(1, 2, 5, 15)).shape == (1, 4, 16, 48)
 
 
-def test_sar_resolution_changes_output(lite):
+def test_sar_changes_output():
     # The SAR really is used: different SAR, different result.
     torch.manual_seed(2)
-    optical = torch.rand(1, 4, 32, 32)
+    model = build_model("aligncr-lite", num_blocks=1, fe_blocks=1).eval()
+    optical = torch.rand(1, 4, 16, 16)
     with torch.no_grad():
-        a = lite(optical, torch.zeros(1, 2, 10, 10))
-        b = lite(optical, torch.ones(1, 2, 10, 10))
+        a = model(optical, torch.zeros(1, 2, 5, 5))
+        b = model(optical, torch.ones(1, 2, 5, 5))
     assert not torch.allclose(a, b)
 
 
@@ -82,7 +84,7 @@ def test_paper_macs_at_160(paper_meta):
 
 
 def test_long_skip_zero_last_conv_returns_input():
-    model = build_model("aligncr-lite", num_blocks=1).eval()
+    model = build_model("aligncr-lite", num_blocks=1, fe_blocks=1).eval()
     torch.nn.init.zeros_(model.UPNet[-1].weight)
     torch.nn.init.zeros_(model.UPNet[-1].bias)
     optical = torch.rand(1, 4, 23, 30)
@@ -93,8 +95,8 @@ def test_long_skip_zero_last_conv_returns_input():
 
 def test_gradients_reach_every_offset_predictor():
     torch.manual_seed(3)
-    model = build_model("aligncr-lite", num_blocks=1)
-    out = model(torch.rand(1, 4, 32, 32), torch.rand(1, 2, 10, 10))
+    model = build_model("aligncr-lite", num_blocks=1, fe_blocks=1)
+    out = model(torch.rand(1, 4, 16, 16), torch.rand(1, 2, 5, 5))
     out.square().mean().backward()
     packs = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
     assert len(packs) == 4  # 3 pyramid levels + cascade
@@ -104,21 +106,22 @@ def test_gradients_reach_every_offset_predictor():
 
 
 def test_alignment_found_by_type_and_offsets_tracked():
-    model = build_model("aligncr-lite", num_blocks=2)
+    model = build_model("aligncr-lite", num_blocks=2, fe_blocks=1)
     aligns = [m for m in model.modules() if isinstance(m, PCDAlignment)]
     assert len(aligns) == 2
     assert {id(p) for p in model.alignment_parameters()} == {id(p) for a in aligns for p in a.parameters()}
     set_offset_tracking(model, True)
     with torch.no_grad():
-        model(torch.rand(1, 4, 32, 32), torch.rand(1, 2, 32, 32))
+        model(torch.rand(1, 4, 16, 16), torch.rand(1, 2, 16, 16))
     mags = offset_magnitudes(model)
     assert len(mags) == 8 and all(v == 0.0 for v in mags.values())  # zero-initialised offset predictors
 
 
 def test_ablation_flags_change_the_parameter_set():
-    full = build_model("aligncr-lite")
-    no_align = build_model("aligncr-lite", use_align=False)
-    no_sar = build_model("aligncr-lite", use_sar=False)
+    small = {"num_blocks": 1, "fe_blocks": 1}
+    full = build_model("aligncr-lite", **small)
+    no_align = build_model("aligncr-lite", use_align=False, **small)
+    no_sar = build_model("aligncr-lite", use_sar=False, **small)
     n = counting.count_params
     align_params = sum(p.numel() for p in full.alignment_parameters())
     assert n(full).total - n(no_align).total == align_params
@@ -129,3 +132,30 @@ def test_ablation_flags_change_the_parameter_set():
     with torch.no_grad():
         assert no_sar.eval()(torch.rand(1, 4, 20, 20), None).shape == (1, 4, 20, 20)
         assert no_align.eval()(torch.rand(1, 4, 20, 20), torch.rand(1, 2, 6, 6)).shape == (1, 4, 20, 20)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_shifted_window_attention_does_not_wrap_around(dual, monkeypatch):
+    from engine.models.aligncr_arch import SwinTransformerBlock
+
+    torch.manual_seed(4)
+    layer = SwinTransformerBlock(8, num_heads=2, window_size=8, shift_size=4, mlp_ratio=2.0, dual=dual).eval()
+    x = torch.rand(1, 8, 16, 16)
+    s = torch.rand(1, 8, 16, 16) if dual else None
+    x2 = x.clone()
+    x2[:, :, 0, 0] += torch.randn(8) * 3  # after the cyclic shift, (0, 0) shares a window with (15, 15)
+
+    def corner_change() -> float:
+        with torch.no_grad():
+            return (layer(x, s)[0] - layer(x2, s)[0])[:, :, 15, 15].abs().max().item()
+
+    assert corner_change() < 1e-4  # -100 logits: softmax weight ~e^-100, i.e. no interaction
+    monkeypatch.setattr(layer, "_mask", lambda *a: torch.zeros(4, 64, 64))
+    assert corner_change() > 1e-3  # without the mask the wrap-around is real: the test can fail
+
+
+def test_bfloat16_forward():
+    model = build_model("aligncr-lite", num_blocks=2, fe_blocks=1).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 4, 20, 20, dtype=torch.bfloat16), torch.rand(1, 2, 6, 6, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 4, 20, 20)

@@ -30,7 +30,7 @@ Choices where the paper is silent (taken from the official code unless stated):
 - Arbitrary H × W (ours, not official): inputs are reflect-padded to a multiple of 2·lcm(window, 2^(L−1)) and
   the output cropped back; Swin masks and relative-position indices are computed at run time and never stored
   in the weights (the official code stores a 160²-specific ``attn_mask``, which breaks other sizes). A feature
-  map no larger than one window is not shifted (Swin's own rule).
+  map only one window high or wide is not shifted (Swin's own rule).
 - The whole alignment block — pyramids included — is one :class:`PCDAlignment` module because the official
   training gives exactly that unit (``SFAlign``) the lower learning rate (1e-5); select it by type or with
   :meth:`AlignCR.alignment_parameters`.
@@ -256,16 +256,10 @@ class WindowAttention(nn.Module):
             self.proj_SAR = nn.Linear(dim, dim)
             self.attn_fuse_1x1conv = nn.Conv2d(num_heads, num_heads, 1)
 
-    def _bias(self, ws: int) -> torch.Tensor:
-        if ws == self.window_size:
-            idx = self.relative_position_index
-        else:  # a map smaller than one window: index the same table with the smaller window's offsets
-            full = 2 * self.window_size - 1
-            coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
-            rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (self.window_size - 1)
-            idx = (rel[..., 0] * full + rel[..., 1]).to(self.relative_position_bias_table.device)
-        n = ws * ws
-        return self.relative_position_bias_table[idx.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+    def _bias(self) -> torch.Tensor:
+        n = self.window_size**2
+        table = self.relative_position_bias_table
+        return table[self.relative_position_index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def _logits(self, qkv_layer: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, c = x.shape
@@ -274,15 +268,15 @@ class WindowAttention(nn.Module):
         return (q * self.scale) @ k.transpose(-2, -1), v
 
     def forward(
-        self, x: torch.Tensor, x_sar: torch.Tensor | None, ws: int, mask: torch.Tensor | None
+        self, x: torch.Tensor, x_sar: torch.Tensor | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, n, c = x.shape
-        bias = self._bias(ws).unsqueeze(0)
+        bias = self._bias().unsqueeze(0).to(x.dtype)
         attn, v = self._logits(self.qkv, x)
         attn = attn + bias
         if mask is not None:
             nw = mask.shape[0]
-            mask5 = mask.unsqueeze(1).unsqueeze(0)
+            mask5 = mask.unsqueeze(1).unsqueeze(0).to(attn.dtype)
             attn = (attn.view(b // nw, nw, self.num_heads, n, n) + mask5).view(b, self.num_heads, n, n)
         out_sar = None
         if self.dual:
@@ -332,11 +326,16 @@ class SwinTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, x_sar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, c, h, w = x.shape
         ws, shift = self.window_size, self.shift_size
-        if min(h, w) <= ws:  # Swin: a map within one window is neither partitioned further nor shifted
-            ws, shift = min(h, w), 0
-        mask = self._mask(h, w, ws, shift, x.device) if shift > 0 and x.device.type != "meta" else None
-        if shift > 0 and x.device.type == "meta":
+        if h % ws or w % ws:
+            raise ValueError(f"feature map {h}×{w} is not a multiple of the window {ws} (the model pads inputs)")
+        if min(h, w) <= ws:  # Swin: a side covered by one window is not shifted
+            shift = 0
+        if shift == 0:
+            mask = None
+        elif x.device.type == "meta":
             mask = torch.zeros((h // ws) * (w // ws), ws * ws, ws * ws, device="meta")
+        else:
+            mask = self._mask(h, w, ws, shift, x.device)
 
         def to_windows(t: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
             t = norm(t.permute(0, 2, 3, 1))
@@ -353,7 +352,7 @@ class SwinTransformerBlock(nn.Module):
         xt = x.permute(0, 2, 3, 1)
         st = x_sar.permute(0, 2, 3, 1) if self.dual else None
         a, a_sar = self.attn(to_windows(x, self.norm1), to_windows(x_sar, self.norm1_SAR) if self.dual else None,
-                             ws, mask)
+                             mask)
         xt = xt + from_windows(a)
         xt = xt + self.mlp(self.norm2(xt))
         out_sar = None
