@@ -6,6 +6,10 @@ tile's core, exactly what they would give on the whole image. Nothing scene-size
 tile the arrays are (4, tile + 2·halo, tile + 2·halo); the rest is sums, a few histograms and the metric
 accumulators of :mod:`engine.metrics`.
 
+Quicklooks are filled in the same pass (:class:`Quicklooks`): each quicklook pixel takes the full-resolution pixel
+nearest to its centre (what a nearest decimated read returns), copied out of whichever tile contains it. A
+decimated read of the finished files would decompress every block once more, minutes on a 20k × 20k scene.
+
 Validity: a pixel counts when all four bands of the optical input and of the prediction are valid (source nodata
 / internal mask); metrics additionally need the reference to be valid there. Cloud cover is cloud pixels / valid
 pixels.
@@ -68,9 +72,12 @@ class SceneStats:
         self.ndvi_class_counts[name] = self.ndvi_class_counts.get(name, 0) + counts
 
     def add_hist(self, name: str, x: np.ndarray, y: np.ndarray) -> None:
+        """2-D histogram over [-1, 1]² (x along axis 0), as np.histogram2d but with one bincount (≈ 10× faster)."""
         ok = (x != NDVI_NODATA) & (y != NDVI_NODATA)
-        h, _, _ = np.histogram2d(x[ok], y[ok], bins=HIST_BINS, range=((-1, 1), (-1, 1)))
-        self.hist2d[name] = self.hist2d.get(name, 0) + h.astype(np.int64)
+        ix = np.clip(((x[ok] + 1.0) * (HIST_BINS / 2.0)).astype(np.int64), 0, HIST_BINS - 1)
+        iy = np.clip(((y[ok] + 1.0) * (HIST_BINS / 2.0)).astype(np.int64), 0, HIST_BINS - 1)
+        h = np.bincount(ix * HIST_BINS + iy, minlength=HIST_BINS * HIST_BINS).reshape(HIST_BINS, HIST_BINS)
+        self.hist2d[name] = self.hist2d.get(name, 0) + h
 
     def ndvi_summary(self, name: str) -> dict[str, Any] | None:
         n = self.ndvi_n.get(name, 0)
@@ -84,6 +91,37 @@ class SceneStats:
         }
 
 
+def quicklook_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """Shape whose longer side is at most ``side`` (never upsampled), aspect kept."""
+    f = max(height, width) / side
+    if f <= 1:
+        return height, width
+    return max(1, round(height / f)), max(1, round(width / f))
+
+
+class Quicklooks:
+    """Nearest-neighbour decimated copies of the scene's layers, filled tile by tile."""
+
+    def __init__(self, height: int, width: int, side: int):
+        self.shape = quicklook_shape(height, width, side)
+        qh, qw = self.shape
+        # source row/column sampled by each quicklook row/column: the pixel under the quicklook pixel's centre
+        self._rows = np.minimum(((np.arange(qh) + 0.5) * height / qh).astype(np.int64), height - 1)
+        self._cols = np.minimum(((np.arange(qw) + 0.5) * width / qw).astype(np.int64), width - 1)
+        self.layers: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, core: Window, data: np.ndarray, fill: float | int = 0) -> None:
+        """Copy the sampled pixels of ``data`` ((…, h, w) on window ``core``) into layer ``name``."""
+        if name not in self.layers:
+            self.layers[name] = np.full((*data.shape[:-2], *self.shape), fill, dtype=data.dtype)
+        r = (self._rows >= core.row_off) & (self._rows < core.row_off + core.height)
+        c = (self._cols >= core.col_off) & (self._cols < core.col_off + core.width)
+        if not r.any() or not c.any():
+            return
+        sub = data[..., self._rows[r] - core.row_off, :][..., self._cols[c] - core.col_off]
+        self.layers[name][..., np.flatnonzero(r)[:, None], np.flatnonzero(c)[None, :]] = sub
+
+
 @dataclass
 class PassResult:
     """Everything the JSON and the plots need from the streaming pass."""
@@ -92,6 +130,7 @@ class PassResult:
     output_metrics: MetricAccumulator | None
     cloudy_metrics: MetricAccumulator | None
     layers: dict[str, str]
+    quicklooks: Quicklooks
 
 
 def _tiles(width: int, height: int, size: int) -> list[tuple[Window, Window, tuple[int, int, int, int]]]:
@@ -106,9 +145,10 @@ def _tiles(width: int, height: int, size: int) -> list[tuple[Window, Window, tup
     return out
 
 
-def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress) -> PassResult:
+def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress, quicklook_side: int = 700) -> PassResult:
     """Stream the scene once: write the layers atomically into ``out_dir`` and return the accumulated numbers."""
     grid = src.grid
+    looks = Quicklooks(grid.height, grid.width, quicklook_side)
     has_ref = src.reference is not None
     layers = dict(LAYER_FILES)
     if not has_ref:
@@ -164,12 +204,21 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress) ->
             dst["change_magnitude"].write(np.where(vc, change, CHANGE_NODATA).astype(np.float32), 1, window=core)
             dst["cloud_mask"].write(np.where(vc, cc.astype(np.uint8), MASK_NODATA).astype(np.uint8), 1, window=core)
 
+            looks.add("optical", core, opt[(slice(None), *c)])
+            looks.add("optical_valid", core, v_opt[c])
+            looks.add("prediction", core, pred[(slice(None), *c)])
+            looks.add("prediction_valid", core, v_pred[c])
+            looks.add("cloud_mask", core, np.where(vc, cc.astype(np.uint8), MASK_NODATA).astype(np.uint8))
+            looks.add("change_magnitude", core, np.where(vc, change, np.nan).astype(np.float32), np.nan)
+
             n_in = ndvi(opt[2][c], opt[3][c], vc)
             n_out = ndvi(pred[2][c], pred[3][c], vc)
             dst["ndvi_input"].write(n_in, 1, window=core)
             dst["ndvi_output"].write(n_out, 1, window=core)
             stats.add_ndvi("input", n_in)
             stats.add_ndvi("output", n_out)
+            looks.add("ndvi_input", core, n_in, NDVI_NODATA)
+            looks.add("ndvi_output", core, n_out, NDVI_NODATA)
 
             if has_ref:
                 ref, v_ref = src.reference.read(read)
@@ -177,6 +226,9 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress) ->
                 n_ref = ndvi(ref[2][c], ref[3][c], v_all[c])
                 dst["ndvi_reference"].write(n_ref, 1, window=core)
                 stats.add_ndvi("reference", n_ref)
+                looks.add("ndvi_reference", core, n_ref, NDVI_NODATA)
+                looks.add("reference", core, ref[(slice(None), *c)])
+                looks.add("reference_valid", core, v_ref[c])
                 stats.add_hist("reference_vs_output", n_ref, n_out)
                 stats.add_hist("reference_vs_input", n_ref, n_in)
                 for acc, cand in ((out_acc, pred), (cloudy_acc, opt)):
@@ -184,7 +236,7 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress) ->
             else:
                 stats.add_hist("input_vs_output", n_in, n_out)
             progress.update((i + 1) / len(tiles), "report: metrics and layers")
-    return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers)
+    return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks)
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -1,8 +1,8 @@
 """``write_report``: layers + ``report.json`` + ``report.html`` for one declouded scene.
 
-Order of work: one streaming pass (:mod:`engine.report.accumulate`) writes the GeoTIFF layers and accumulates
-the numbers; decimated reads of the inputs and of the fresh layers make the quicklooks (:mod:`.plots`); the JSON
-is validated against ``schema.json`` before anything is written, then JSON and HTML are written atomically.
+Order of work: one streaming pass (:mod:`engine.report.accumulate`) writes the GeoTIFF layers, accumulates the
+numbers and fills nearest-decimated quicklooks; :mod:`.plots` draws them; the JSON is validated against
+``schema.json`` before it is written, then JSON and HTML are written atomically.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
 
 from engine import __version__
 from engine.errors import OutputError
@@ -28,7 +26,7 @@ from engine.report import plots
 from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
 from engine.report.html import render_html
 from engine.report.schema import SCHEMA_VERSION, validate_report
-from engine.report.sources import Sources, decimated_shape, open_sources
+from engine.report.sources import Sources, open_sources
 
 QUICKLOOK_SIDE = 700
 
@@ -76,32 +74,28 @@ def _scene_json(res: PassResult, src: Sources, mask_given: bool) -> dict[str, An
     return out
 
 
-def _read_layer(path: Path, side: int) -> np.ma.MaskedArray:
-    with rasterio.open(path) as ds:
-        h, w = decimated_shape(ds.height, ds.width, side)
-        return ds.read(1, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
+def _masked(arr: np.ndarray, nodata: float) -> np.ma.MaskedArray:
+    return np.ma.masked_invalid(np.ma.masked_equal(arr, nodata)) if np.isfinite(nodata) else np.ma.masked_invalid(arr)
 
 
-def _make_plots(src: Sources, out_dir: Path, res: PassResult, report: dict[str, Any]) -> dict[str, bytes]:
+def _make_plots(src: Sources, res: PassResult, report: dict[str, Any]) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
+    q = res.quicklooks.layers
     rgb_idx = [2, 1, 0]  # R, G, B of (B, G, R, NIR)
-    looks = {"before (cloudy input)": src.optical, "after (declouded output)": src.prediction}
+    looks = {"before (cloudy input)": "optical", "after (declouded output)": "prediction"}
     if src.reference is not None:
-        looks["reference (cloud-free)"] = src.reference
-    arrays = {k: s.read_decimated(QUICKLOOK_SIDE) for k, s in looks.items()}
-    basis = arrays[list(arrays)[-1]]  # reference if given, else the prediction
-    lims = plots.stretch_limits(basis[0][rgb_idx], basis[1])
+        looks["reference (cloud-free)"] = "reference"
+    basis = list(looks.values())[-1]  # reference if given, else the prediction
+    lims = plots.stretch_limits(q[basis][rgb_idx], q[f"{basis}_valid"])
     figs["quicklooks"] = plots.quicklooks(
-        [(k, plots.apply_stretch(a[rgb_idx], v, lims)) for k, (a, v) in arrays.items()]
+        [(title, plots.apply_stretch(q[k][rgb_idx], q[f"{k}_valid"], lims)) for title, k in looks.items()]
     )
-    cloud = _read_layer(out_dir / res.layers["cloud_mask"], QUICKLOOK_SIDE)
-    change = _read_layer(out_dir / res.layers["change_magnitude"], QUICKLOOK_SIDE)
+    cloud = np.ma.masked_equal(q["cloud_mask"], MASK_NODATA)
+    change = np.ma.masked_invalid(q["change_magnitude"])
     cm = report["scene"]["cloud_mask"]
     figs["mask_and_change"] = plots.mask_and_change(cloud, change, cm["cloud_cover_percent"], cm["source"])
     nd = [("NDVI before", "ndvi_input"), ("NDVI after", "ndvi_output"), ("NDVI reference", "ndvi_reference")]
-    figs["ndvi_maps"] = plots.ndvi_maps(
-        [(t, _read_layer(out_dir / res.layers[k], QUICKLOOK_SIDE)) for t, k in nd if k in res.layers]
-    )
+    figs["ndvi_maps"] = plots.ndvi_maps([(t, _masked(q[k], NDVI_NODATA)) for t, k in nd if k in q])
     h = res.stats.hist2d
     if src.reference is not None:
         figs["ndvi_scatter"] = plots.ndvi_scatter(
@@ -189,7 +183,7 @@ def write_report(
             landcover=Path(landcover) if landcover is not None else None,
             mask=Path(mask) if mask is not None else None, bands=bands,
         )
-        res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85))
+        res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE)
         g = src.grid
         report: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -235,7 +229,7 @@ def write_report(
             report["metrics"] = {"output": res.output_metrics.result(), "cloudy_input": res.cloudy_metrics.result()}
         progress.update(0.88, "report: plots")
         progress.check_cancelled()
-        figs = _make_plots(src, out_dir, res, report)
+        figs = _make_plots(src, res, report)
     report["plots"] = list(figs)
     validate_report(report)
     text = json.dumps(report, indent=2, allow_nan=False)

@@ -1,10 +1,11 @@
 """The report's figures as PNG bytes (matplotlib, Agg backend; imported lazily — matplotlib is the ``report`` extra).
 
-Quicklooks are 2–98 % stretched RGB (bands R, G, B) of decimated reads. One stretch — from the reference when
-there is one, else from the prediction — is applied to before, after and reference alike, so colours compare
-across panels; a stretch per panel would hide a colour shift the model introduced. NDVI maps use a fixed
-RdYlGn scale (−0.2…0.9) so before and after are comparable too. The NDVI scatter is the paper's Fig. 8 as a
-density-coloured 2-D histogram (log colour scale) accumulated over all valid pixels, with the 1:1 line.
+Quicklooks are 2–98 % stretched RGB (bands R, G, B) of nearest-decimated copies of the scene. One stretch —
+from the reference when there is one, else from the prediction — is applied to before, after and reference
+alike, so colours compare across panels; a stretch per panel would hide a colour shift the model introduced.
+NDVI maps use a fixed RdYlGn scale (−0.2…0.9) so before and after are comparable too. The NDVI scatter is the
+paper's Fig. 8 as a density-coloured 2-D histogram (log colour scale) accumulated over all valid pixels, with the
+1:1 line.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ reprojected on the fly with a :class:`rasterio.vrt.WarpedVRT`, nearest neighbour
 the official M3R-CR loader's nearest upsampling does for the aligned case. Pixels outside their coverage read as 0
 (WorldCover "no data" → unknown class; mask → clear).
 
-Optical units are detected per file on a decimated sample (:func:`engine.normalise.detect_optical_scale`), because
-a prediction may be written as float reflectance while the input is DN.
+Optical units are detected per file (:func:`engine.normalise.detect_optical_scale`), because a prediction may be
+written as float reflectance while the input is DN. The sample is a grid of :data:`SAMPLE_WINDOWS`² small windows
+spread over the scene rather than a decimated read of the whole file: without overviews a decimated read
+decompresses every block of the file, which on a 20k × 20k scene costs minutes; the windows touch a few blocks.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from rasterio.windows import Window
 from engine.errors import InputError
 from engine.normalise import detect_optical_scale, normalise_optical
 
-SAMPLE_SIDE = 512
+SAMPLE_WINDOWS = 6  # per side
+SAMPLE_WINDOW_PX = 64
 
 
 def _open(stack: ExitStack, path: Path, role: str) -> rasterio.io.DatasetReader:
@@ -38,14 +41,6 @@ def _open(stack: ExitStack, path: Path, role: str) -> rasterio.io.DatasetReader:
         return stack.enter_context(rasterio.open(path))
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot read the {role} raster {path}: {exc}") from exc
-
-
-def decimated_shape(height: int, width: int, side: int) -> tuple[int, int]:
-    """Output shape of a decimated read whose longer side is at most ``side`` (never upsampled)."""
-    f = max(height, width) / side
-    if f <= 1:
-        return height, width
-    return max(1, round(height / f)), max(1, round(width / f))
 
 
 @dataclass
@@ -63,11 +58,6 @@ class OpticalSource:
         valid = (self.ds.read_masks(self.bands, window=window) > 0).all(axis=0)
         return normalise_optical(raw, self.scale), valid
 
-    def read_decimated(self, side: int) -> tuple[np.ndarray, np.ndarray]:
-        h, w = decimated_shape(self.ds.height, self.ds.width, side)
-        raw = self.ds.read(self.bands, out_shape=(4, h, w), resampling=Resampling.nearest)
-        valid = (self.ds.read_masks(self.bands, out_shape=(4, h, w), resampling=Resampling.nearest) > 0).all(0)
-        return normalise_optical(raw, self.scale), valid
 
 
 def _optical(stack: ExitStack, path: Path, role: str, bands: tuple[int, int, int, int], grid=None) -> OpticalSource:
@@ -82,12 +72,24 @@ def _optical(stack: ExitStack, path: Path, role: str, bands: tuple[int, int, int
         )
     if grid is not None and not ds.transform.almost_equals(grid.transform, precision=1e-6 * abs(grid.transform.a)):
         raise InputError(f"the {role} raster is not on the optical input's grid (different geotransform)")
-    h, w = decimated_shape(ds.height, ds.width, SAMPLE_SIDE)
-    sample = ds.read(bands, out_shape=(4, h, w), resampling=Resampling.nearest, masked=True)
-    values = sample.compressed() if np.ma.isMaskedArray(sample) else np.asarray(sample).ravel()
-    if values.size == 0:
-        values = np.asarray(sample.data).ravel()
-    return OpticalSource(ds=ds, bands=bands, scale=detect_optical_scale(values), role=role)
+    return OpticalSource(ds=ds, bands=bands, scale=detect_optical_scale(_sample(ds, bands)), role=role)
+
+
+def _sample(ds: rasterio.io.DatasetReader, bands: tuple[int, ...]) -> np.ndarray:
+    """Valid values from a grid of small windows spread over the raster (all values if none is valid)."""
+    valid_parts, all_parts = [], []
+    size = SAMPLE_WINDOW_PX
+    ys = np.unique(np.linspace(0, max(0, ds.height - size), SAMPLE_WINDOWS).astype(int))
+    xs = np.unique(np.linspace(0, max(0, ds.width - size), SAMPLE_WINDOWS).astype(int))
+    for y in ys:
+        for x in xs:
+            win = Window(int(x), int(y), min(size, ds.width), min(size, ds.height))
+            data = ds.read(bands, window=win)
+            ok = (ds.read_masks(bands, window=win) > 0).all(axis=0)
+            valid_parts.append(data[:, ok].ravel())
+            all_parts.append(data.ravel())
+    values = np.concatenate(valid_parts)
+    return values if values.size else np.concatenate(all_parts)
 
 
 def _on_grid(stack: ExitStack, path: Path, role: str, grid: rasterio.io.DatasetReader):
