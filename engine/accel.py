@@ -1,0 +1,237 @@
+"""The inference runner: device placement, mixed precision, channels_last, optional torch.compile, OOM halving.
+
+Why a separate runner: the pipeline only knows "predict this batch of tiles"; how fast that happens depends on
+the device, and every speed trick here has a failure mode that must not turn into a failed run:
+
+* ``dtype``: ``auto`` is bf16 autocast on a CUDA GPU that supports it (Ampere and later: the network's convs and
+  attention run on tensor cores; bf16 has fp32's exponent range, so no loss scaling or overflow care is needed at
+  inference) and fp32 everywhere else. ``bf16`` on the CPU is allowed (oneDNN has AVX-512-BF16 kernels) but never
+  chosen automatically, because fp32 on the CPU is the reference the tests assert exactness against. ``fp16`` is
+  CUDA-only (CPU fp16 kernels are slower than fp32). fp32 runs the module exactly as the plain pipeline did: no
+  autocast context, same memory format, so results are bit-identical.
+* ``channels_last``: NHWC tensors let cuDNN pick tensor-core conv kernels without transposes. ``auto`` enables it
+  on CUDA only: on the CPU it changes oneDNN's kernel choice (not bit-identical) and measured no gain for
+  ``aligncr-lite`` (see benchmarks/README.md).
+* ``compile``: ``torch.compile`` with inductor's on-disk FX-graph cache (``TORCHINDUCTOR_CACHE_DIR``, default
+  ``~/.cache/aligncr/inductor``) so the minutes-long first compile is paid once per machine. Compilation happens
+  lazily at the first call; if it fails (no C++ compiler, an unsupported op, an old GPU) the runner logs one
+  warning and continues eagerly — a slower run, never a failed one. Partial last batches are padded to the batch
+  size with copies of their last tile so the compiled graph sees one shape (no recompiles); the padded outputs are
+  dropped, and batch items are independent (no BatchNorm statistics at inference), so results do not change.
+* CUDA out-of-memory: the batch is split in halves and retried (the cache emptied in between), down to one tile;
+  the smaller batch size is kept for the rest of the run and logged once. Out of memory with a single tile is a
+  :class:`~engine.errors.ModelError` telling the user to lower ``--tile``.
+* Threads: the CPU path uses every core (``torch.set_num_threads(os.cpu_count())``) unless ``threads`` is given
+  (Dask workers give each worker its share).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.errors import EngineError, ModelError
+
+log = logging.getLogger("engine")
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+CHANNELS_LAST = ("auto", "on", "off")
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "aligncr" / "inductor"
+
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class AccelError(EngineError):
+    """A speed option that this machine cannot honour (e.g. ``--dtype fp16`` without a GPU)."""
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """How to run the network; none of these change the result in fp32 (see the module docstring)."""
+
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: str = "auto"  # auto (CUDA only) | on | off
+    compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    compile_cache: Path | None = None  # inductor's on-disk cache; None = $TORCHINDUCTOR_CACHE_DIR or the default
+    threads: int | None = None  # CPU threads for torch; None = every core
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise AccelError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.channels_last not in CHANNELS_LAST:
+            raise AccelError(f"channels_last must be one of {', '.join(CHANNELS_LAST)}, got '{self.channels_last}'")
+        if self.threads is not None and self.threads < 1:
+            raise AccelError(f"--threads must be at least 1, got {self.threads}")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``--dtype name`` on ``device``; raises :class:`AccelError` when it cannot run there."""
+    if name not in DTYPES:
+        raise AccelError(f"--dtype must be one of {', '.join(DTYPES)}, got '{name}'")
+    cuda = device.type == "cuda"
+    if name == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if name == "fp16" and not cuda:
+        raise AccelError("--dtype fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise AccelError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --dtype fp16")
+    return _TORCH_DTYPES[name]
+
+
+def set_threads(threads: int | None) -> int:
+    """Give torch ``threads`` CPU threads (default: every core); returns the number set."""
+    n = threads or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a CUDA (or any torch) out-of-memory error, whichever class this torch version raises."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _compile_cache_dir(config: AccelConfig) -> Path:
+    if config.compile_cache is not None:
+        return Path(config.compile_cache)
+    env = os.environ.get(COMPILE_CACHE_ENV)
+    return Path(env) if env else DEFAULT_COMPILE_CACHE
+
+
+def _compile(module: nn.Module, config: AccelConfig) -> Callable[..., torch.Tensor] | None:
+    """``torch.compile(module)`` with the on-disk cache, or None (logged) when compile is unavailable here."""
+    if not hasattr(torch, "compile"):
+        log.warning("torch.compile is not available in torch %s; running eagerly", torch.__version__)
+        return None
+    cache = _compile_cache_dir(config)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault(COMPILE_CACHE_ENV, str(cache))
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        return torch.compile(module, mode=config.compile_mode, dynamic=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to set up compile means: run eagerly
+        log.warning("torch.compile unavailable (%s); running eagerly", exc)
+        return None
+
+
+class InferenceRunner:
+    """Runs a model on batches of tiles with the options of an :class:`AccelConfig`.
+
+    ``predict(optical, sar)`` takes (N, B, H, W) and (N, 2, h, w) float32 arrays (or CPU tensors, pinned ones
+    are copied asynchronously) and returns (N, B, H, W) float32 numpy predictions clipped to [0, 1].
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, config: AccelConfig | None = None) -> None:
+        self.config = config or AccelConfig()
+        self.config.validate()
+        self.device = device
+        self.dtype = resolve_dtype(self.config.dtype, device)
+        self.threads = set_threads(self.config.threads) if device.type == "cpu" else torch.get_num_threads()
+        cl = self.config.channels_last
+        self.channels_last = cl == "on" or (cl == "auto" and device.type == "cuda")
+        self.module = module.eval().to(device)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self._eager: Callable[..., torch.Tensor] = self.module
+        self._forward: Callable[..., torch.Tensor] = self.module
+        self.compiled = False
+        if self.config.compile:
+            compiled = _compile(self.module, self.config)
+            if compiled is not None:
+                self._forward = compiled
+                self.compiled = True
+        self.max_batch: int | None = None  # lowered by OOM halving; None = whatever the caller passes
+        self.oom_events = 0
+
+    def describe(self) -> dict[str, object]:
+        """What the runner decided, for logs and benchmark records."""
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "channels_last": self.channels_last,
+            "compiled": self.compiled,
+            "threads": self.threads,
+            "max_batch": self.max_batch,
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+        non_blocking = self.device.type == "cuda" and t.is_pinned()
+        t = t.to(self.device, non_blocking=non_blocking)
+        if self.channels_last and t.ndim == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _run(self, o: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        n = o.shape[0]
+        pad = (self.max_batch or n) - n if self.compiled else 0
+        if pad > 0:  # one shape for the compiled graph: repeat the last tile, drop its outputs below
+            o = torch.cat([o, o[-1:].expand(pad, *o.shape[1:])])
+            s = torch.cat([s, s[-1:].expand(pad, *s.shape[1:])])
+        with self._autocast():
+            try:
+                out = self._forward(o, s)
+            except Exception as exc:
+                if not self.compiled or is_oom(exc) or isinstance(exc, EngineError):
+                    raise
+                log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
+                self._forward, self.compiled = self._eager, False
+                out = self._forward(o[:n], s[:n])
+        out = out[:n]
+        if out.shape != o[:n].shape:
+            raise ModelError(f"model returned shape {tuple(out.shape)} for an input of shape {tuple(o[:n].shape)}")
+        return out.float().clamp_(0.0, 1.0)
+
+    def _pieces(self, n: int) -> Iterator[slice]:
+        step = min(n, self.max_batch or n)
+        for i in range(0, n, step):
+            yield slice(i, min(i + step, n))
+
+    def predict(self, optical: np.ndarray | torch.Tensor, sar: np.ndarray | torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            o_all, s_all = self._to_device(optical), self._to_device(sar)
+            if self.compiled and self.max_batch is None:
+                self.max_batch = o_all.shape[0]  # the first batch fixes the compiled shape
+            outs: list[np.ndarray] = []
+            pending = list(self._pieces(o_all.shape[0]))
+            while pending:
+                sl = pending.pop(0)
+                try:
+                    outs.append(self._run(o_all[sl], s_all[sl]).cpu().numpy())
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    size = sl.stop - sl.start
+                    if size <= 1:
+                        raise ModelError(
+                            f"out of GPU memory with a single {tuple(o_all.shape[-2:])} tile: use a smaller --tile"
+                        ) from None
+                    self._release_cached()
+                    half = size // 2
+                    self.max_batch = half
+                    self.oom_events += 1
+                    log.warning("out of GPU memory at batch %d; retrying with batch %d", size, half)
+                    pending[:0] = [slice(i, min(i + half, sl.stop)) for i in range(sl.start, sl.stop, half)]
+            return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def _release_cached(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,188 @@
+"""The inference runner: dtype choice, exact fp32, bf16 autocast on the CPU, channels_last, compile padding and
+fallback, CUDA-OOM halving (with an injected OOM, since there is no GPU in CI)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine import accel
+from engine.accel import AccelConfig, AccelError, InferenceRunner, resolve_dtype
+from engine.errors import ModelError
+from engine.models import build_model
+
+CPU = torch.device("cpu")
+
+
+class TinyNet(nn.Module):
+    """Optical + SAR → optical, with a conv (autocast-eligible) and a residual, like the real contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(6, 4, 3, padding=1)
+        self.seen: list[tuple[int, ...]] = []
+        self.conv_dtypes: list[torch.dtype] = []
+        self.conv.register_forward_hook(lambda m, i, o: self.conv_dtypes.append(o.dtype))
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(optical.shape))
+        return optical + 0.1 * self.conv(torch.cat([optical, sar], 1))
+
+
+class OomAbove(TinyNet):
+    """Raises the CUDA out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        if optical.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(optical, sar)
+
+
+def _batch(n: int = 5, size: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.uniform(0, 1, (n, 4, size, size)).astype(np.float32),
+        rng.uniform(0, 1, (n, 2, size, size)).astype(np.float32),
+    )
+
+
+def _reference(model: nn.Module, o: np.ndarray, s: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(o), torch.from_numpy(s)).float().clamp_(0, 1).numpy()
+
+
+def test_dtype_choice_on_cpu() -> None:
+    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_dtype("fp32", CPU) == torch.float32
+    assert resolve_dtype("bf16", CPU) == torch.bfloat16
+    with pytest.raises(AccelError, match="fp16 needs a CUDA GPU"):
+        resolve_dtype("fp16", CPU)
+    with pytest.raises(AccelError, match="--dtype must be one of"):
+        resolve_dtype("int8", CPU)
+    with pytest.raises(AccelError, match="--threads"):
+        AccelConfig(threads=0).validate()
+
+
+def test_fp32_is_bit_identical_to_the_plain_call() -> None:
+    model = build_model("aligncr-lite", num_blocks=1, fe_blocks=1).eval()
+    o, s = _batch(2, 32)
+    runner = InferenceRunner(model, CPU, AccelConfig(dtype="auto", threads=torch.get_num_threads()))
+    assert runner.dtype == torch.float32 and not runner.channels_last and not runner.compiled
+    np.testing.assert_array_equal(runner.predict(o, s), _reference(model, o, s))
+
+
+def test_bf16_autocast_on_cpu_runs_convs_in_bf16_and_returns_fp32() -> None:
+    model = TinyNet()
+    o, s = _batch(3)
+    runner = InferenceRunner(model, CPU, AccelConfig(dtype="bf16", threads=torch.get_num_threads()))
+    out = runner.predict(o, s)
+    assert model.conv_dtypes[-1] == torch.bfloat16
+    assert out.dtype == np.float32 and out.shape == o.shape
+    ref = _reference(model, o, s)
+    assert np.abs(out - ref).max() < 0.02  # bf16 has 8 mantissa bits
+    assert runner.describe()["dtype"] == "bfloat16"
+
+
+def test_channels_last_on_cpu_matches_fp32_closely() -> None:
+    model = TinyNet()
+    o, s = _batch(2)
+    runner = InferenceRunner(model, CPU, AccelConfig(channels_last="on", threads=torch.get_num_threads()))
+    assert runner.channels_last
+    assert runner.module.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(runner.predict(o, s), _reference(model, o, s), atol=1e-5)
+
+
+def test_cuda_oom_halves_the_batch_and_keeps_it(caplog: pytest.LogCaptureFixture) -> None:
+    model = OomAbove(limit=2)
+    o, s = _batch(5)
+    runner = InferenceRunner(model, CPU, AccelConfig(threads=torch.get_num_threads()))
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        out = runner.predict(o, s)
+    assert runner.max_batch == 2 and runner.oom_events == 1  # 5 → 2, 2, 1
+    assert "out of GPU memory at batch 5; retrying with batch 2" in caplog.text
+    # Same weights; oneDNN may pick another kernel for batch 2 than for 5, hence not bit-equal.
+    np.testing.assert_allclose(out, _reference(TinyNet(), o, s), atol=1e-6)
+    model.seen.clear()
+    runner.predict(*_batch(4, seed=1))  # later batches start at the reduced size: no new OOM
+    assert model.seen == [(2, 4, 24, 24), (2, 4, 24, 24)] and runner.oom_events == 1
+
+
+def test_oom_with_one_tile_is_a_clear_model_error() -> None:
+    runner = InferenceRunner(OomAbove(limit=0), CPU, AccelConfig(threads=torch.get_num_threads()))
+    with pytest.raises(ModelError, match="single .* tile: use a smaller --tile"):
+        runner.predict(*_batch(2))
+
+
+def test_non_oom_errors_propagate_unchanged() -> None:
+    class Broken(TinyNet):
+        def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+            raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        InferenceRunner(Broken(), CPU, AccelConfig(threads=torch.get_num_threads())).predict(*_batch(2))
+
+
+def test_compiled_path_pads_partial_batches_to_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def fake_compile(module: nn.Module, **kwargs: object):  # stands in for inductor (minutes on 2 cores)
+        def compiled(o: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            calls.append(tuple(o.shape))
+            return module(o, s)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = TinyNet()
+    runner = InferenceRunner(model, CPU, AccelConfig(compile=True, threads=torch.get_num_threads()))
+    assert runner.compiled
+    o, s = _batch(4)
+    ref = _reference(model, o, s)
+    np.testing.assert_array_equal(runner.predict(o, s), ref)
+    np.testing.assert_array_equal(runner.predict(o[:3], s[:3]), ref[:3])  # padded to 4, extra output dropped
+    assert calls == [(4, 4, 24, 24), (4, 4, 24, 24)]
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def failing_compile(module: nn.Module, **kwargs: object):
+        def compiled(o: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("inductor: C++ compiler not found")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    model = TinyNet()
+    runner = InferenceRunner(model, CPU, AccelConfig(compile=True, threads=torch.get_num_threads()))
+    o, s = _batch(3)
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        out = runner.predict(o, s)
+    assert not runner.compiled and "torch.compile failed" in caplog.text
+    np.testing.assert_array_equal(out, _reference(model, o, s))
+
+
+def test_compile_setup_failure_runs_eagerly(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    def broken(*args: object, **kwargs: object):
+        raise RuntimeError("Python 3.14 is not supported by torch.compile")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    runner = InferenceRunner(TinyNet(), CPU, AccelConfig(compile=True, compile_cache=tmp_path / "cache"))
+    assert not runner.compiled and (tmp_path / "cache").is_dir()
+
+
+def test_threads_default_to_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(accel.os, "cpu_count", lambda: 1)
+        assert accel.set_threads(None) == 1 and torch.get_num_threads() == 1
+        assert accel.set_threads(2) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
