@@ -295,3 +295,24 @@ def test_m3rcr_sample_identity_baseline(shared_data, tmp_path, capsys):
         "quicklooks", "mask_and_change", "ndvi_maps", "ndvi_scatter", "per_class", "cloud_cover_bins"
     }
     assert (out / "report.html").stat().st_size > 50_000
+
+
+def test_quicklooks_filled_by_tiles_equal_a_nearest_decimated_read():
+    from rasterio.windows import Window
+
+    from engine.report.accumulate import Quicklooks
+
+    h, w = 100, 130
+    data = np.arange(2 * h * w, dtype=np.float32).reshape(2, h, w)
+    looks = Quicklooks(h, w, side=40)
+    assert looks.shape == (31, 40)
+    for y in range(0, h, 32):
+        for x in range(0, w, 32):
+            win = Window(x, y, min(32, w - x), min(32, h - y))
+            looks.add("a", win, data[:, y : y + win.height, x : x + win.width])
+    rows = ((np.arange(31) + 0.5) * h / 31).astype(int)
+    cols = ((np.arange(40) + 0.5) * w / 40).astype(int)
+    np.testing.assert_array_equal(looks.layers["a"], data[:, rows][:, :, cols])
+    small = Quicklooks(20, 10, side=40)  # never upsampled
+    small.add("b", Window(0, 0, 10, 20), data[0, :20, :10])
+    np.testing.assert_array_equal(small.layers["b"], data[0, :20, :10])
