@@ -97,10 +97,17 @@ def linear_gapfill(
     ``prev``/``next``: (..., C, H, W) images at ``t_prev``/``t_next``. Dates: datetimes or seconds; for batches a
     (N,) array/tensor broadcasts over (N, C, H, W). ``cloudy`` + ``mask`` (True/1 = cloud, broadcastable to the
     images, e.g. (N, 1, H, W) or (H, W)): only masked pixels are filled, the others come from ``cloudy``.
-    ``t`` outside [t_prev, t_next] extrapolates linearly (no clipping), as the formula does.
+    ``t`` outside [t_prev, t_next] extrapolates linearly (no clipping), as the formula does. Integer inputs are
+    interpolated (and returned) in floating point; rounding back to the file's dtype is the caller's choice.
     """
     if prev.shape != next.shape:
         raise InputError(f"gap-filling needs two images of one shape, got {tuple(prev.shape)} and {tuple(next.shape)}")
+    # integer images (uint16 DN) would wrap around in ``next - prev``: interpolate in floating point
+    if isinstance(prev, torch.Tensor):
+        if not prev.is_floating_point():
+            prev, next = prev.float(), next.float()
+    elif np.asarray(prev).dtype.kind not in "f":
+        prev, next = np.asarray(prev, np.float64), np.asarray(next, np.float64)
     w = interpolation_weight(t_prev, t, t_next)
     if not isinstance(w, float):
         extra = prev.ndim - w.ndim

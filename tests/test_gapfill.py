@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -122,3 +123,75 @@ def test_registry_entry_runs_without_weights() -> None:
         model(cloudy, None, **kw)
     with pytest.raises(InputError, match="optical_next"):
         model(cloudy, None, optical_prev=prev, t_prev=0.0, t=1.0, t_next=4.0)
+
+
+def test_integer_images_do_not_wrap_around() -> None:
+    prev, nxt = np.full((1, 2, 2), 1000, np.uint16), np.full((1, 2, 2), 200, np.uint16)
+    out = linear_gapfill(prev, nxt, 0.0, 1.0, 4.0)
+    assert np.allclose(out, 800.0)
+    prev_t, nxt_t = torch.from_numpy(prev.astype(np.int32)), torch.from_numpy(nxt.astype(np.int32))
+    out_t = linear_gapfill(prev_t, nxt_t, 0.0, 1.0, 4.0)
+    assert torch.allclose(out_t, torch.full((1, 2, 2), 800.0))
+
+
+def _raster(path: Path, data: np.ndarray, when: datetime | None, nodata: float | None = 0) -> Path:
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": data.dtype.name, "crs": "EPSG:32631", "transform": from_origin(600_000, 5_000_000, 3, 3),
+               "nodata": nodata}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        if when is not None:
+            ds.update_tags(TIFFTAG_DATETIME=when.strftime("%Y:%m:%d %H:%M:%S"))
+    return path
+
+
+def test_cli_gapfill_on_rasters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """uint16 DN scenes, linear in time: the cloudy pixels get exactly the line, the clear ones stay, dates tagged."""
+    from engine.cli import main
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(1000, 3000, (4, 13, 17)).astype(np.float64)
+    b = rng.integers(-40, 40, (4, 13, 17)).astype(np.float64)  # DN per day
+    t_prev, t, t_next = T0, T0 + timedelta(days=5), T0 + timedelta(days=20)
+    prev = _raster(tmp_path / "prev.tif", a.astype(np.uint16), t_prev)
+    nxt = _raster(tmp_path / "next.tif", (a + 20 * b).astype(np.uint16), t_next)
+    cloudy_data = np.full((4, 13, 17), 9000, np.uint16)
+    cloudy = _raster(tmp_path / "cloudy.tif", cloudy_data, t)
+    m = np.zeros((1, 13, 17), np.uint8)
+    m[0, 3:9, 2:11] = 1
+    mask = _raster(tmp_path / "mask.tif", m, None, nodata=None)
+    out = tmp_path / "filled.tif"
+    assert main(["gapfill", "--cloudy", str(cloudy), "--prev", str(prev), "--next", str(nxt), "--mask", str(mask),
+                 "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["weight"] == pytest.approx(0.25) and summary["filled_pixels"] == 6 * 9
+    with rasterio.open(out) as ds:
+        got = ds.read()
+        assert ds.dtypes[0] == "uint16" and read_acquisition_date(out) == t
+    cloud = m[0].astype(bool)
+    np.testing.assert_array_equal(got[:, cloud], np.rint(a + 5 * b)[:, cloud].astype(np.uint16))
+    np.testing.assert_array_equal(got[:, ~cloud], cloudy_data[:, ~cloud])
+    # no mask: the whole image; dates given on the command line override the tags
+    out2 = tmp_path / "whole.tif"
+    assert main(["gapfill", "--cloudy", str(cloudy), "--prev", str(prev), "--next", str(nxt), "--out", str(out2),
+                 "--date", (T0 + timedelta(days=10)).isoformat()]) == 0
+    with rasterio.open(out2) as ds:
+        np.testing.assert_array_equal(ds.read(), np.rint(a + 10 * b).astype(np.uint16))
+
+
+def test_cli_gapfill_refuses_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    img = np.ones((4, 5, 5), np.uint16)
+    prev = _raster(tmp_path / "p.tif", img, T0)
+    undated = _raster(tmp_path / "n.tif", img, None)
+    three = _raster(tmp_path / "three.tif", img[:3], T0 + timedelta(days=9))
+    cloudy = _raster(tmp_path / "c.tif", img, T0 + timedelta(days=2))
+    base = ["gapfill", "--cloudy", str(cloudy), "--prev", str(prev), "--out", str(tmp_path / "o.tif")]
+    assert main([*base, "--next", str(undated)]) == 2
+    assert "no acquisition date" in capsys.readouterr().err
+    assert main([*base, "--next", str(three)]) == 2
+    assert "bands" in capsys.readouterr().err
+    assert main([*base, "--next", str(prev)]) == 2  # next not after prev
+    assert "strictly before" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()

@@ -15,8 +15,9 @@ Archive layout (one folder; every raster in one CRS)::
 Patches are the cells of one grid over the archive: square, ``patch_size`` optical pixels wide, anchored on the
 first optical scene's pixel grid (sorted by name), so every optical and SAR scene is cut into the same ground
 footprints whatever its resolution. A scene contributes a patch for each cell lying entirely inside it. For each
-patch we keep the valid-pixel fraction (no band equal to nodata, nothing NaN) and, for optical patches, the cloud
-cover: the percentage of valid pixels that are cloudy — the paper's single value per patch.
+patch we keep the valid-pixel fraction (engine.raster.valid_mask: finite, and not nodata in every band) and, for
+optical patches, the cloud cover: the percentage of valid pixels that are cloudy — the paper's single value per
+patch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from engine.errors import InputError
 from engine.gapfill import parse_datetime, read_acquisition_date
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import detect_optical_scale
+from engine.raster import valid_mask
 
 MASK_SUFFIX = "_mask"
 RASTER_EXT = (".tif", ".tiff")
@@ -142,15 +144,6 @@ def make_grid(scenes: list[Scene], patch_size: int) -> Grid:
     return Grid(crs=crs.to_string(), x0=t.c, y0=t.f, size=patch_size * abs(t.a))
 
 
-def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    valid = np.ones(data.shape[1:], dtype=bool)
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.all(np.isfinite(data), axis=0)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        valid &= np.all(data != nodata, axis=0)
-    return valid
-
-
 def _window(ds: rasterio.io.DatasetReader, bounds: tuple[float, float, float, float]) -> Window:
     w = from_bounds(*bounds, transform=ds.transform)
     return w.round_offsets().round_lengths()
@@ -178,7 +171,7 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
             for col, row in grid.cells_inside(*ds.bounds):
                 window = _window(ds, grid.bounds(col, row))
                 data = ds.read(window=window, boundless=True, fill_value=ds.nodata if ds.nodata is not None else 0)
-                valid = _valid_mask(data, ds.nodata)
+                valid = valid_mask(data, ds.nodata)
                 n_valid = int(valid.sum())
                 cloud = 0.0
                 if scene.kind == "optical" and n_valid:
