@@ -40,13 +40,14 @@ def _write(path: Path, data: np.ndarray, res: float, tags: dict | None = None, n
 def make_archive(root: Path, size: int, optical: dict, sar: dict, in_csv: set[str] = frozenset()) -> Path:
     """optical: name -> (date, cloud mask (size, size) or None for no sidecar, nodata mask or None); sar: name -> date.
 
-    Optical 5 m pixels of dark (clear-looking) reflectance 500; SAR 10 m (half the pixels), -12 dB.
+    Optical 5 m pixels of dark (clear-looking) reflectance: DN = 300 + days since May 1 (linear in time, so linear
+    gap-filling between two scenes reproduces a third exactly); SAR 10 m (half the pixels), -12 dB.
     """
     (root / "optical").mkdir(parents=True)
     (root / "sar").mkdir()
     rows = []
     for name, (when, cloud, nodata) in optical.items():
-        data = np.full((4, size, size), 500, np.uint16)
+        data = np.full((4, size, size), 300 + round((when - d(5, 1)).total_seconds() / 86400), np.uint16)
         if nodata is not None:
             data[:, nodata] = 0
         tags = None if name in in_csv else {"TIFFTAG_DATETIME": when.strftime("%Y:%m:%d %H:%M:%S")}
@@ -233,3 +234,39 @@ def test_grid_cells_inside() -> None:
     g = Grid(CRS, 0.0, 100.0, 10.0)
     assert g.cells_inside(0, 80, 30, 100) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
     assert g.cells_inside(5, 80, 30, 100) == [(1, 0), (2, 0), (1, 1), (2, 1)]
+
+
+def test_layout_dataset_feeds_temporal_models(archive: Path, tmp_path: Path) -> None:
+    """msop-cld samples read back as tensors: gap-filling D from C and F reproduces D (DN linear in time)."""
+    import torch
+
+    from engine.models import build_model
+    from training.layout.dataset import LayoutDataset
+
+    res = build(archive, tmp_path, MSOP_CLD, patch_size=10, split=SplitConfig(val=0.0, test=0.0))
+    ds = LayoutDataset(tmp_path / "train.csv", archive)
+    assert len(ds) == len(res.splits["train"]) == 3
+    s = ds[0]
+    assert {"optical", "sar", "target", "mask", "optical_prev", "sar_prev", "optical_next", "sar_next", "t",
+            "t_prev", "t_next", "landcover", "id"} <= set(s)
+    assert s["optical"].shape == s["target"].shape == s["optical_prev"].shape == (4, 10, 10)
+    assert s["sar"].shape == s["sar_next"].shape == (2, 10, 10)
+    vv, vh = (-12 + 25) / 25, (-12 + 32.5) / 32.5  # engine.normalise clip ranges
+    assert torch.allclose(s["sar"][0], torch.full((10, 10), vv))
+    assert torch.allclose(s["sar"][1], torch.full((10, 10), vh))
+    assert s["mask"].min() == 1.0  # D is 100 % cloud
+    assert s["t"] == d(6, 25).timestamp() and s["t_prev"] == d(6, 10).timestamp()
+
+    def dn(day: datetime) -> float:
+        return (300 + round((day - d(5, 1)).total_seconds() / 86400)) / 1e4
+
+    gap = build_model("gapfill")
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    temporal = {k: batch[k] for k in ("optical_prev", "sar_prev", "optical_next", "sar_next")}
+    out = gap(batch["optical"], batch["sar"], **temporal, t_prev=batch["t_prev"], t=batch["t"], t_next=batch["t_next"],
+              cloud_mask=batch["mask"])
+    assert torch.allclose(out, torch.full_like(out, dn(d(6, 25))), atol=1e-6)
+    assert torch.allclose(batch["target"], torch.full_like(out, dn(d(6, 27, 14))), atol=1e-6)
+    msop = build_model("msop-unet", widths=(8, 8, 8)).eval()
+    with torch.no_grad():
+        assert msop(batch["optical"], batch["sar"], **temporal).shape == (3, 4, 10, 10)
