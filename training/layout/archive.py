@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -149,12 +150,10 @@ def _window(ds: rasterio.io.DatasetReader, bounds: tuple[float, float, float, fl
     return w.round_offsets().round_lengths()
 
 
-def _cloudy(scene: Scene, ds: rasterio.io.DatasetReader, data: np.ndarray, window: Window) -> np.ndarray:
-    if scene.mask is not None:
-        with rasterio.open(scene.mask) as ms:
-            if (ms.width, ms.height) != (ds.width, ds.height):
-                raise InputError(f"{scene.mask.name} is {ms.width}×{ms.height}, its scene {ds.width}×{ds.height}")
-            return cloud_mask_from_bands(ms.read(window=window), ms.nodata)
+def _cloudy(mask_ds: rasterio.io.DatasetReader | None, data: np.ndarray, window: Window) -> np.ndarray:
+    """Cloud pixels of one patch: from the sidecar mask when there is one, else the engine's detector."""
+    if mask_ds is not None:
+        return cloud_mask_from_bands(mask_ds.read(window=window), mask_ds.nodata)
     scale = detect_optical_scale(data)
     return detect_clouds(np.clip(data[:4].astype(np.float32) / scale, 0.0, None))
 
@@ -163,11 +162,17 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
     """Valid fraction and cloud cover of every (scene, cell) patch lying fully inside its scene."""
     out = []
     for scene in scenes:
-        with rasterio.open(scene.path) as ds:
+        with ExitStack() as stack:
+            ds = stack.enter_context(rasterio.open(scene.path))
             if scene.kind == "optical" and ds.count < 4:
                 raise InputError(f"{scene.path.name}: optical scenes need 4 bands (B, G, R, NIR), it has {ds.count}")
             if scene.kind == "sar" and ds.count != 2:
                 raise InputError(f"{scene.path.name}: SAR scenes need 2 bands (VV, VH), it has {ds.count}")
+            mask_ds = stack.enter_context(rasterio.open(scene.mask)) if scene.mask is not None else None
+            if mask_ds is not None and (mask_ds.width, mask_ds.height) != (ds.width, ds.height):
+                raise InputError(
+                    f"{mask_ds.name} is {mask_ds.width}×{mask_ds.height}, its scene {ds.width}×{ds.height}"
+                )
             for col, row in grid.cells_inside(*ds.bounds):
                 window = _window(ds, grid.bounds(col, row))
                 data = ds.read(window=window, boundless=True, fill_value=ds.nodata if ds.nodata is not None else 0)
@@ -175,6 +180,6 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
                 n_valid = int(valid.sum())
                 cloud = 0.0
                 if scene.kind == "optical" and n_valid:
-                    cloud = 100.0 * float((_cloudy(scene, ds, data, window) & valid).sum()) / n_valid
+                    cloud = 100.0 * float((_cloudy(mask_ds, data, window) & valid).sum()) / n_valid
                 out.append(PatchStats(scene, col, row, n_valid / valid.size, cloud))
     return out
