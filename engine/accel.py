@@ -64,6 +64,7 @@ class AccelConfig:
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     compile_cache: Path | None = None  # inductor's on-disk cache; None = $TORCHINDUCTOR_CACHE_DIR or the default
     threads: int | None = None  # CPU threads for torch; None = every core
+    prefetch: bool = True  # pipeline: background reader/writer threads (engine.prefetch); False = the naive loop
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:

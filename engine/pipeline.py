@@ -16,6 +16,12 @@ Choices where the paper is silent (following the official M3R-CR loader where it
 * Tiles with no valid optical pixel or no SAR at all skip the network: every pixel they touch is copied from the
   input anyway, so the result is the same and empty scene margins cost nothing.
 * GDAL's block cache is capped (``GDAL_CACHEMAX``) so its size, not the scene's, bounds what GDAL keeps.
+
+Speed (``accel``, see :mod:`engine.accel` and :mod:`engine.prefetch`): the network runs through an
+:class:`~engine.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
+(the default), a reader thread reads, aligns, normalises and batches chunk *k+1* and a writer thread encodes
+chunk *k−1* while the network works on chunk *k*; both queues hold one or two chunks, so memory stays flat. In
+fp32 none of this changes a single output value.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +41,13 @@ from rasterio.windows import Window
 from torch import nn
 
 from engine import normalise
+from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedReader, Grid, bounds_overlap, sar_overlap_or_raise
 from engine.config import DEFAULT_SAR_BANDS, RunConfig
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
 from engine.masks import cloud_mask_from_bands
+from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress
 from engine.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
@@ -93,6 +101,7 @@ class RunResult:
     report: dict | None = None
     model_card: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    accel: dict | None = None  # what the inference runner decided (dtype, channels_last, compiled, ...)
 
 
 @dataclass
@@ -293,23 +302,82 @@ def _tile_slice(data: np.ndarray, tile: Tile, origin: tuple[int, int], size: int
     return reflect_pad(part, size - part.shape[-2], size - part.shape[-1])
 
 
-def _predict(model: nn.Module, optical: np.ndarray, sar: np.ndarray, device: torch.device) -> np.ndarray:
-    with torch.inference_mode():
-        o = torch.from_numpy(optical).to(device)
-        s = torch.from_numpy(sar).to(device)
-        out = model(o, s)
-        if out.shape != o.shape:
-            raise ModelError(f"model returned shape {tuple(out.shape)} for an input of shape {tuple(o.shape)}")
-        return out.float().clamp_(0.0, 1.0).cpu().numpy()
+@dataclass
+class _TileBatch:
+    """Up to ``config.batch`` tiles of a chunk, ready for the network (prepared in the reader thread)."""
+
+    tiles: list[Tile]
+    fallback: list[np.ndarray]  # each tile's normalised optical input: its "prediction" when the network skips it
+    run_idx: list[int]  # which tiles go through the network (they have valid optical and SAR pixels)
+    optical: np.ndarray | torch.Tensor | None  # (len(run_idx), B, t, t), pinned on CUDA
+    sar: np.ndarray | torch.Tensor | None
+
+
+@dataclass
+class _ChunkData:
+    """Everything read for one chunk: raw optical window, validity, tile batches, aligned mask of its output."""
+
+    chunk: Chunk
+    raw: np.ndarray
+    opt_ok: np.ndarray
+    sar_ok: np.ndarray
+    batches: list[_TileBatch]
+    mask: np.ndarray | None
+
+
+def _read_chunk(
+    chunk: Chunk, config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig, spec: OutputSpec,
+    device: torch.device,
+) -> _ChunkData:  # fmt: skip
+    """Read and prepare one chunk's inputs (runs in the reader thread when prefetching)."""
+    y0, x0 = chunk.acc_y, chunk.acc_x
+    win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
+    raw = inp.optical.read(window=win)
+    opt_ok = valid_mask(raw[inp.band_index], inp.optical.nodata)
+    x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
+    x[:, ~opt_ok] = 0.0
+    assert inp.sar_reader is not None
+    sar = _sar_to_unit(inp.sar_reader.read(win), inp.sar_units, norm)
+    sar_ok = np.isfinite(sar).all(axis=0)
+    for k in range(sar.shape[0]):
+        sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
+    t = config.tile
+    tiles = list(chunk.tiles)
+    batches: list[_TileBatch] = []
+    for i in range(0, len(tiles), config.batch):
+        batch = tiles[i : i + config.batch]
+        opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
+        run_idx = []
+        for j, tl in enumerate(batch):
+            ok_o = _tile_slice(opt_ok, tl, (y0, x0), t)
+            ok_s = _tile_slice(sar_ok, tl, (y0, x0), t)
+            if (ok_o & ok_s).any():
+                run_idx.append(j)
+        o = s = None
+        if run_idx:
+            o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
+            s = pinned(np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx]), device)
+        batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
+    mask = None
+    if inp.mask_reader is not None and chunk.out_h > 0 and chunk.out_w > 0:
+        mask = inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h))
+    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask)
 
 
 def run(
     config: RunConfig,
     progress: Progress | None = None,
     on_start: Callable[[RunPlan], None] | None = None,
+    accel: AccelConfig | None = None,
 ) -> RunResult:
-    """Run one cloud removal end to end; see the module docstring. Raises EngineError subclasses on bad input."""
+    """Run one cloud removal end to end; see the module docstring. Raises EngineError subclasses on bad input.
+
+    ``accel`` says how to run the network (dtype, compile, threads, prefetching); the default is fp32 on the CPU
+    and bf16 autocast on a CUDA GPU, with prefetching.
+    """
     config.validate()
+    accel = accel or AccelConfig()
+    accel.validate()
     progress = progress or Progress()
     outer = progress
     if config.report is not None:  # the report streams the scene again: give it the last fifth of the bar
@@ -322,6 +390,7 @@ def run(
         inp = _open_inputs(config, stack, progress, warnings)
         device = resolve_device(config.device)
         model = load_model(config, device)
+        runner = InferenceRunner(model.module, device, accel)
         if model.in_bands != len(config.bands):
             raise ModelError(
                 f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
@@ -334,9 +403,9 @@ def run(
         total = len(grid)
         device_name = describe_device(device)
         log.info(
-            "%s on %s: %d×%d px, %d tiles of %d px (overlap %d), SAR %s, optical ÷%g",
-            model.name, device_name, spec.width, spec.height, total, config.tile, config.overlap,
-            inp.sar_units, inp.optical_scale,
+            "%s on %s: %d×%d px, %d tiles of %d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
+            model.name, device_name, spec.width, spec.height, total, config.tile, config.overlap, config.batch,
+            inp.sar_units, inp.optical_scale, runner.describe(),
         )  # fmt: skip
         if on_start is not None:
             on_start(RunPlan(total, spec.width, spec.height, Path(config.out), model.name, device_name))
@@ -346,12 +415,21 @@ def run(
             mask_bands = tuple(range(1, inp.mask.count + 1))
             inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
         counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0}
-        with AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer:
+
+        def read(chunk: Chunk) -> _ChunkData:
+            return _read_chunk(chunk, config, inp, model.norm, spec, device)
+
+        with AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer, ExitStack() as io:
+            submit: Callable[[np.ndarray, Window], None] = writer.write
+            chunk_data: Iterable[_ChunkData] = map(read, plan)
+            if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writer
+                submit = io.enter_context(BackgroundWriter(writer.write, depth=2)).submit
+                chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
             blender = ChunkBlender(grid, len(config.bands))
             done = 0
-            for chunk in plan:
+            for data in chunk_data:
                 progress.check_cancelled()
-                done = _process_chunk(chunk, config, inp, model, device, blender, writer, spec, counts, progress, done)
+                done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done)
             progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
         seconds = time.perf_counter() - t0
     valid = max(counts["valid"], 1)
@@ -369,6 +447,7 @@ def run(
         cloud_fraction=(counts["cloud"] / max(counts["mask_valid"], 1)) if inp.mask_reader is not None else None,
         model_card=model.card,
         warnings=warnings,
+        accel=runner.describe(),
     )
     if config.report is not None:
         result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0))
@@ -379,68 +458,46 @@ def run(
 
 
 def _process_chunk(
-    chunk: Chunk,
+    data: _ChunkData,
     config: RunConfig,
     inp: _Inputs,
-    model: LoadedModel,
-    device: torch.device,
+    runner: InferenceRunner,
     blender: ChunkBlender,
-    writer: AtomicGeoTIFFWriter,
+    submit: Callable[[np.ndarray, Window], None],
     spec: OutputSpec,
     counts: dict[str, int],
     progress: Progress,
     done: int,
 ) -> int:
-    """Read one chunk's inputs, run its tiles in batches, blend, write its final area. Returns tiles done."""
-    y0, x0 = chunk.acc_y, chunk.acc_x
-    win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
-    raw = inp.optical.read(window=win)
-    opt_ok = valid_mask(raw[inp.band_index], inp.optical.nodata)
-    x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
-    x[:, ~opt_ok] = 0.0
-    assert inp.sar_reader is not None
-    sar = _sar_to_unit(inp.sar_reader.read(win), inp.sar_units, model.norm)
-    sar_ok = np.isfinite(sar).all(axis=0)
-    for k in range(sar.shape[0]):
-        sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
-    blender.start(chunk)
-    t, total = config.tile, len(blender.grid)
-    tiles = list(chunk.tiles)
-    for i in range(0, len(tiles), config.batch):
-        batch = tiles[i : i + config.batch]
-        opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
-        run_idx = []
-        for j, tl in enumerate(batch):
-            ok_o = _tile_slice(opt_ok, tl, (y0, x0), t)
-            ok_s = _tile_slice(sar_ok, tl, (y0, x0), t)
-            if (ok_o & ok_s).any():
-                run_idx.append(j)
-        preds = list(opt_tiles)
-        if run_idx:
-            o = np.stack([opt_tiles[j] for j in run_idx])
-            s = np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx])
-            out = _predict(model.module, np.ascontiguousarray(o), np.ascontiguousarray(s), device)
-            for j, p in zip(run_idx, out):
+    """Run one read chunk's tiles in batches, blend, hand its final area to the writer. Returns tiles done."""
+    blender.start(data.chunk)
+    total = len(blender.grid)
+    for batch in data.batches:
+        preds = list(batch.fallback)
+        if batch.run_idx:
+            out = runner.predict(batch.optical, batch.sar)
+            for j, p in zip(batch.run_idx, out):
                 preds[j] = p
-        for tl, p in zip(batch, preds):
+        for tl, p in zip(batch.tiles, preds):
             blender.add(tl, p)
-        done += len(batch)
+        done += len(batch.tiles)
         progress.update(done / total, f"tile {done}/{total}")
         progress.check_cancelled()
     oy, ox, blended = blender.finish()
     h, w = blended.shape[1:]
     if h == 0 or w == 0:
         return done
+    raw, opt_ok, sar_ok = data.raw, data.opt_ok, data.sar_ok
     out = raw[:, :h, :w].copy()
     use = opt_ok[:h, :w] & sar_ok[:h, :w]
     pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
     for k, b in enumerate(inp.band_index):
         out[b][use] = pred[k][use]
-    writer.write(out, Window(ox, oy, w, h))
+    submit(out, Window(ox, oy, w, h))
     counts["valid"] += int(opt_ok[:h, :w].sum())
     counts["sar"] += int(use.sum())
-    if inp.mask_reader is not None and inp.mask is not None:
-        m = inp.mask_reader.read(Window(ox, oy, w, h))
+    if data.mask is not None and inp.mask is not None:
+        m = data.mask
         m_ok = np.isfinite(m).all(axis=0) & opt_ok[:h, :w]
         cloud = cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok
         counts["cloud"] += int(cloud.sum())
