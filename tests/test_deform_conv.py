@@ -129,3 +129,14 @@ def test_pure_matches_torchvision(stride, padding, dilation, dg):
     fast = dc.deform_conv2d(x, off, weight, bias, stride, padding, dilation, mask, use_torchvision=True)
     pure = dc.deform_conv2d(x, off, weight, bias, stride, padding, dilation, mask, use_torchvision=False)
     torch.testing.assert_close(pure, fast, rtol=1e-4, atol=1e-4)
+
+
+def test_tap_chunking_gives_the_same_result(monkeypatch):
+    torch.manual_seed(6)
+    x = torch.randn(1, 4, 9, 9)
+    weight = torch.randn(4, 2, 3, 3)  # groups = 2
+    off = torch.randn(1, 2 * 2 * 9, 9, 9)
+    mask = torch.rand(1, 2 * 9, 9, 9)
+    whole = dc.deform_conv2d_pure(x, off, weight, None, 1, 1, 1, mask)
+    monkeypatch.setattr(dc, "_CHUNK_BYTES", 1)  # one tap at a time
+    torch.testing.assert_close(dc.deform_conv2d_pure(x, off, weight, None, 1, 1, 1, mask), whole)
