@@ -50,3 +50,12 @@ def test_bad_inputs_are_model_errors():
         model(torch.rand(1, 5, 8, 8), torch.rand(1, 2, 8, 8))
     with pytest.raises(ModelError):
         model(torch.rand(1, 4, 8, 8), None)
+
+
+def test_describe_counts_macs_by_arithmetic():
+    d = counting.describe("dsen2cr-lite", 32, 32)
+    f, b = 64, 4
+    params = (6 * 9 * f + f) + b * 2 * (f * f * 9 + f) + (f * 9 * 4 + 4)
+    macs = 32 * 32 * 9 * (6 * f + b * 2 * f * f + f * 4)  # conv multiply-adds, biases excluded
+    assert d["params_M"] == pytest.approx(params / 1e6)
+    assert d["gmacs"] == pytest.approx(macs / 1e9) and d["gmacs_paper"] == d["gmacs"]
