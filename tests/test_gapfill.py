@@ -195,3 +195,19 @@ def test_cli_gapfill_refuses_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFi
     assert main([*base, "--next", str(prev)]) == 2  # next not after prev
     assert "strictly before" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_engine_run_refuses_gapfill_with_one_line(tmp_path: Path) -> None:
+    """The raster pipeline feeds one date; a temporal model fails there with an InputError, writing nothing."""
+    from helpers_rasters import write_optical, write_sar
+
+    from engine.accel import AccelConfig
+    from engine.config import RunConfig
+    from engine.pipeline import run
+
+    optical = write_optical(tmp_path / "opt.tif", height=20, width=20)
+    s1 = write_sar(tmp_path / "s1.tif", like=optical)
+    cfg = RunConfig(optical=optical, sar=s1, out=tmp_path / "o.tif", model="gapfill", tile=32, overlap=8, device="cpu")
+    with pytest.raises(InputError, match="before and after"):
+        run(cfg, accel=AccelConfig(threads=1))
+    assert not cfg.out.exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import rasterio
 import torch
 
 from engine.errors import InputError
@@ -122,3 +125,29 @@ def test_short_overfit_lowers_l1(name: str) -> None:
     target = torch.rand(2, 4, 16, 16)
     first, last = _overfit(model, inputs, target)
     assert last < 0.7 * first
+
+
+def test_ssop_weights_drive_engine_run_and_msop_is_refused_cleanly(tmp_path: Path) -> None:
+    """ssop-unet runs through engine.pipeline from a weights file; msop-unet fails with a one-line InputError there
+    (the raster pipeline feeds one date only — the temporal inputs are not wired into the engine)."""
+    from helpers_rasters import write_optical, write_sar
+
+    from engine.accel import AccelConfig
+    from engine.config import RunConfig
+    from engine.models import weights as weights_io
+    from engine.pipeline import run
+
+    optical = write_optical(tmp_path / "opt.tif", height=40, width=50)
+    s1 = write_sar(tmp_path / "s1.tif", like=optical)
+    for name in ("ssop-unet", "msop-unet"):
+        path = weights_io.save(build_model(name, **TINY), tmp_path / f"{name}.safetensors")
+        cfg = RunConfig(optical=optical, sar=s1, out=tmp_path / f"{name}.tif", weights=path, tile=32, overlap=8,
+                        device="cpu")
+        if name == "ssop-unet":
+            run(cfg, accel=AccelConfig(threads=1))
+            with rasterio.open(cfg.out) as ds:
+                assert (ds.width, ds.height, ds.count) == (50, 40, 4)
+        else:
+            with pytest.raises(InputError, match="before and after"):
+                run(cfg, accel=AccelConfig(threads=1))
+            assert not cfg.out.exists()
