@@ -31,6 +31,9 @@ class ConfigError(EngineError):
 class ModelSection:
     name: str = "aligncr"
     overrides: dict[str, Any] = field(default_factory=dict)  # config fields of the registered model
+    # Zero the output conv so a long-skip (residual) network starts as the identity: a short run then only has
+    # to improve on the cloudy input instead of first unlearning a random residual. Off in the paper recipes.
+    zero_init_output: bool = False
 
 
 @dataclass(frozen=True)

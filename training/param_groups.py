@@ -70,6 +70,21 @@ def build_param_groups(
     return groups
 
 
+def zero_init_output(model: nn.Module, out_channels: int) -> nn.Module:
+    """Zero the weights and bias of the LAST ``nn.Conv2d`` producing ``out_channels`` (the output layer).
+
+    For networks that add their output to the cloudy input (Align-CR, DSen2-CR) this makes the untrained model
+    the identity; gradients still reach that layer (its input features are not zero), so it learns from step 1.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == out_channels]
+    if not convs:
+        raise ModelError(f"zero_init_output: the model has no Conv2d with {out_channels} output channels")
+    nn.init.zeros_(convs[-1].weight)
+    if convs[-1].bias is not None:
+        nn.init.zeros_(convs[-1].bias)
+    return convs[-1]
+
+
 def deformable_convs(model: nn.Module) -> dict[str, nn.Module]:
     """Named deformable convolutions of a model (anything exposing ``last_offset_abs_mean``)."""
     return {name: m for name, m in model.named_modules() if hasattr(m, "last_offset_abs_mean")}

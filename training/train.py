@@ -57,6 +57,7 @@ from training.param_groups import (
     enable_offset_tracking,
     offset_magnitudes,
     resolve_types,
+    zero_init_output,
 )
 
 STATE_FILE = "state_last.pt"
@@ -267,16 +268,27 @@ def train(
 ) -> dict[str, Any]:
     """Run (or continue) the recipe; returns a summary dict (steps, last loss, best validation metrics)."""
     rank, world, local_rank = init_distributed(init_method)
-    is_main = rank == 0
     run = cfg.run
+    threads_before = torch.get_num_threads()
     if run.threads:
         torch.set_num_threads(run.threads)
+    try:
+        return _train(cfg, resume, rank, world, local_rank)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int) -> dict[str, Any]:
+    is_main = rank == 0
+    run = cfg.run
     device = pick_device(run.device, local_rank)
     seed_everything(run.seed)
 
     from engine.models import build_model
 
     model = build_model(cfg.model.name, **cfg.model.overrides).to(device)
+    if cfg.model.zero_init_output:
+        zero_init_output(model, int(getattr(getattr(model, "cfg", None), "in_bands", 4)))
     n_dcn = enable_offset_tracking(model)
     groups = build_param_groups(model, cfg.optim.lr, cfg.optim.alignment_lr, resolve_types(cfg.optim.alignment_modules))
     optimizer = build_optimizer(cfg, groups)
@@ -465,7 +477,8 @@ def train(
         if tb is not None:
             tb.close()
     return {"steps": step, "last_loss": last_loss, "best_psnr": best_psnr, "validation": last_val,
-            "out_dir": str(out_dir), "steps_per_epoch": steps_per_epoch}
+            "out_dir": str(out_dir), "steps_per_epoch": steps_per_epoch, "world_size": world,
+            "ddp": isinstance(ddp_model, nn.parallel.DistributedDataParallel)}
 
 
 def main(argv: list[str] | None = None) -> int:
