@@ -159,3 +159,19 @@ def test_bfloat16_forward():
     with torch.no_grad():
         out = model(torch.rand(1, 4, 20, 20, dtype=torch.bfloat16), torch.rand(1, 2, 6, 6, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and out.shape == (1, 4, 20, 20)
+
+
+def test_channels_last_gives_the_same_result():
+    # engine.accel switches CUDA models to channels_last: views/reshapes must not assume NCHW strides.
+    torch.manual_seed(5)
+    model = build_model("aligncr-lite", num_blocks=2, fe_blocks=1).eval()
+    for m in model.modules():
+        if hasattr(m, "conv_offset"):
+            torch.nn.init.normal_(m.conv_offset.weight, std=0.01)
+    optical, sar = torch.rand(1, 4, 24, 24), torch.rand(1, 2, 8, 8)
+    with torch.no_grad():
+        ref = model(optical, sar)
+        model = model.to(memory_format=torch.channels_last)
+        cl = torch.channels_last
+        out = model(optical.to(memory_format=cl), sar.to(memory_format=cl))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
