@@ -122,3 +122,92 @@ def test_writer_abort_discards_queued_writes() -> None:
 def test_pinned_is_a_no_op_on_the_cpu() -> None:
     a = np.ones((2, 3), dtype=np.float32)
     assert pinned(a, torch.device("cpu")) is a
+
+
+# --- the pipeline with prefetching: same output as the plain loop, errors and cancels still clean ---------------
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory: pytest.TempPathFactory):
+    from helpers_rasters import write_mask, write_optical, write_sar
+
+    from engine.models import build_model
+    from engine.models import weights as weights_io
+
+    d = tmp_path_factory.mktemp("prefetch")
+    opt = write_optical(d / "opt.tif", height=70, width=90)
+    sar = write_sar(d / "s1.tif", like=opt)
+    mask = write_mask(d / "mask.tif", like=opt, cloud_fraction=0.4)
+    torch.manual_seed(0)
+    tiny = {"num_blocks": 1, "fe_blocks": 1, "num_feat": 16, "pyramid_channels": (16, 16), "growth": 8,
+            "rdb_layers": 2, "deformable_groups": 2, "num_heads": 2, "up_feat": 8}  # fmt: skip
+    weights = weights_io.save(build_model("aligncr-lite", **tiny), d / "tiny.safetensors")
+    return opt, sar, mask, weights
+
+
+def _run(scene, out, **accel_kw):
+    import rasterio
+
+    from engine.accel import AccelConfig
+    from engine.config import RunConfig
+    from engine.pipeline import run
+
+    opt, sar, mask, weights = scene
+    cfg = RunConfig(optical=opt, sar=sar, out=out, mask=mask, weights=weights, tile=32, overlap=8, batch=2, chunk=48)
+    result = run(cfg, accel=AccelConfig(threads=torch.get_num_threads(), **accel_kw))
+    with rasterio.open(out) as ds:
+        return result, ds.read()
+
+
+def test_pipeline_prefetch_equals_the_plain_loop_bit_for_bit(tiny_scene, tmp_path) -> None:
+    r_plain, plain = _run(tiny_scene, tmp_path / "plain.tif", prefetch=False)
+    r_fast, fast = _run(tiny_scene, tmp_path / "fast.tif", prefetch=True)
+    np.testing.assert_array_equal(fast, plain)
+    assert r_fast.cloud_fraction == r_plain.cloud_fraction and r_fast.sar_coverage == r_plain.sar_coverage
+    assert r_fast.accel["dtype"] == "float32"
+    assert not np.array_equal(plain, _read(tiny_scene[0]))  # the network did change the image
+
+
+def test_pipeline_bf16_on_cpu_is_close_to_fp32(tiny_scene, tmp_path) -> None:
+    _, fp32 = _run(tiny_scene, tmp_path / "fp32.tif")
+    result, bf16 = _run(tiny_scene, tmp_path / "bf16.tif", dtype="bf16")
+    assert result.accel["dtype"] == "bfloat16"
+    diff = np.abs(bf16.astype(np.int32) - fp32.astype(np.int32))
+    assert diff.max() <= 200  # DN (×10⁴ reflectance): bf16 rounding of a [0, 1] output is ≤ 2⁻⁸ ≈ 39 DN per op
+    assert diff.mean() < 20
+
+
+def test_pipeline_reader_error_leaves_no_output(tiny_scene, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import pipeline
+
+    real = pipeline._read_chunk
+    calls = []
+
+    def failing(chunk, *args):
+        calls.append(chunk.index)
+        if len(calls) == 2:
+            raise OSError("TIFFReadEncodedTile failed")
+        return real(chunk, *args)
+
+    monkeypatch.setattr(pipeline, "_read_chunk", failing)
+    with pytest.raises(OSError, match="TIFFReadEncodedTile"):
+        _run(tiny_scene, tmp_path / "out.tif")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_rejects_fp16_on_cpu_in_one_line(tiny_scene, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    from engine.cli import main
+
+    opt, sar, _, _ = tiny_scene
+    code = main(["run", "--optical", str(opt), "--sar", str(sar), "--out", str(tmp_path / "o.tif"),
+                 "--model", "identity", "--device", "cpu", "--dtype", "fp16"])  # fmt: skip
+    assert code == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def _read(path):
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read()

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.accel import DTYPES, AccelConfig
 from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
 from engine.errors import Cancelled, EngineError
 from engine.progress import Progress
@@ -60,6 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sar-resampling", choices=SAR_RESAMPLINGS, default="nearest", help="SAR upsampling")
     parser.add_argument("--report", type=Path, help="also write a metrics/figures report into this folder")
     parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
+    add_accel_arguments(parser)
+
+
+def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speed options (shared with ``batch``); none changes the output in fp32."""
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="compute precision (auto: bf16 on a CUDA GPU, fp32 on the CPU)"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (cached on disk)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the network (default: every core)")
+    parser.add_argument(
+        "--no-prefetch", dest="prefetch", action="store_false", help="no background reader/writer threads"
+    )
+
+
+def accel_from_args(args: argparse.Namespace) -> AccelConfig:
+    return AccelConfig(dtype=args.dtype, compile=args.compile, threads=args.threads, prefetch=args.prefetch)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -92,7 +110,7 @@ def emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _run_json(config: RunConfig) -> int:
+def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
     from engine.pipeline import run as run_pipeline
 
     progress = Progress(
@@ -109,7 +127,7 @@ def _run_json(config: RunConfig) -> int:
         }
     )
     try:
-        result = run_pipeline(config, progress, on_start=start)
+        result = run_pipeline(config, progress, on_start=start, accel=accel)
     except EngineError as exc:
         emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
         return 130 if isinstance(exc, Cancelled) else 2
@@ -129,7 +147,7 @@ def _run_json(config: RunConfig) -> int:
     return 0
 
 
-def _run_tqdm(config: RunConfig) -> int:
+def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     from tqdm import tqdm
 
     from engine.pipeline import run as run_pipeline
@@ -149,7 +167,7 @@ def _run_tqdm(config: RunConfig) -> int:
         tqdm.write(f"WARNING: {message}", file=sys.stderr)
 
     try:
-        result = run_pipeline(config, Progress(callback=update, warn_callback=warn), on_start=start)
+        result = run_pipeline(config, Progress(callback=update, warn_callback=warn), on_start=start, accel=accel)
     finally:
         for bar in bars:
             bar.close()
@@ -164,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
     if args.progress_json:
         try:
             config = config_from_args(args)
+            accel = accel_from_args(args)
+            accel.validate()
         except EngineError as exc:
             emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
             return 2
-        return _run_json(config)
-    return _run_tqdm(config_from_args(args))
+        return _run_json(config, accel)
+    return _run_tqdm(config_from_args(args), accel_from_args(args))
