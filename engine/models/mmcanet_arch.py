@@ -32,7 +32,7 @@ published), our choices, written down:
   of two softmax maps is renormalised row-wise, i.e. P_fuse = softmax(S_opt + S_sar): still an attention map.
 * Decoder skips at the two intermediate scales add the optical and SAR encoder features (U-Net/KBNet style); at
   full resolution the up-sampled ASPP path is concatenated with the fused low-level features (eq. 12) and reduced
-  by a 1×1 convolution. ASPP and the decoder use ReLU and no normalisation (restoration nets avoid BatchNorm).
+  by a 1×1 convolution. ASPP uses ReLU and no normalisation (restoration nets avoid BatchNorm).
 * The output is the cloudy input plus a predicted residual (KBNet, DSen2-CR, Align-CR all do so).
 * MPIR (§III-B, after MPRNet [29]): stage s of S works at 1/2^(S-1-s) of the input size (the first stage on "a
   low-resolution variant"); its optical input is the cloudy image at that size, concatenated for s > 0 with the
