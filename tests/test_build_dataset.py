@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from engine.errors import InputError
 from training.build_dataset import build, main
 from training.layout.archive import Grid, Scene, scan_archive
-from training.layout.query import MSOP_CLD, SSOP, AcquisitionLayout, Sample, SampleItem, load_layout
+from training.layout.query import MSOP, MSOP_CLD, SSOP, AcquisitionLayout, Sample, SampleItem, load_layout
 from training.layout.split import SplitConfig, assign_blocks, split_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +148,15 @@ def test_msop_cld_layout(archive: Path, tmp_path: Path) -> None:
     # B (100 % in (0,0)) has no clear SAR-paired image 10–18 days later (G has no SAR).
     assert got == {(0, 0): ("C", "D", "H", "F"), (1, 0): ("C", "D", "H", "F"), (0, 1): ("C", "D", "H", "F")}
     assert all(s.items["t-1"].sar.name == "S2" and s.items["t+1"].sar.name == "S5" for s in res.samples)
+
+
+def test_msop_layout(archive: Path, tmp_path: Path) -> None:
+    """Table 5: every reference needs SAR-paired images 10–18 days before and after; only D has both (C, F)."""
+    res = build(archive, tmp_path, MSOP, patch_size=10)
+    got = {(s.col, s.row): tuple(s.items[k].optical.name for k in ("t-1", "t", "target", "t+1")) for s in res.samples}
+    # A and B: nothing SAR-paired 10–18 days later (G, H have no SAR); C: nothing 10–18 days earlier;
+    # F: D is 13 days earlier, but no cloud-free target within ±10 days (H is 10 d 20 h before).
+    assert got == {(0, 0): ("C", "D", "H", "F"), (1, 0): ("C", "D", "H", "F"), (0, 1): ("C", "D", "H", "F")}
 
 
 def test_json_layout_and_bad_layouts(archive: Path, tmp_path: Path) -> None:
