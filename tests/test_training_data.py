@@ -133,7 +133,7 @@ def test_native_crop_equals_upsample_then_crop() -> None:
         c = crop_sample(sample, 160, np.random.default_rng(seed))
         (oy, ox, _), _ = crop_windows((300, 300), (90, 90), 160, np.random.default_rng(seed))
         model_side = torch.nn.functional.interpolate(torch.from_numpy(c["sar"])[None], size=(160, 160),
-                                                     mode="nearest")[0].numpy()
+                                                     mode="nearest-exact")[0].numpy()
         assert np.array_equal(model_side, up_full[:, oy : oy + 160, ox : ox + 160])
 
 
@@ -173,6 +173,18 @@ def test_trainview_is_deterministic_per_seed_epoch_index(tiny_sen12: Path) -> No
     view.set_epoch(1)
     assert not all(torch.equal(x, view[i]["optical"]) for i, x in enumerate(a))
     assert len(view) == 6 and view[5]["optical"].shape == (4, 16, 16)
+
+
+@pytest.mark.shared
+def test_upsampled_sar_matches_rasterio_nearest(shared_data: Path) -> None:
+    """The official loader's SAR: rasterio nearest read at out_shape (2, 300, 300)."""
+    from rasterio.enums import Resampling
+
+    path = next((shared_data / "m3rcr_sample" / "train" / "S1_fall").rglob("*.tif"))
+    with rasterio.open(path) as ds:
+        native = ds.read()
+        official = ds.read(out_shape=(2, 300, 300), resampling=Resampling.nearest)
+    assert np.array_equal(nearest_resize(native, (300, 300)), official, equal_nan=True)
 
 
 @pytest.mark.shared
