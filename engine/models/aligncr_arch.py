@@ -91,10 +91,10 @@ class AlignCRConfig:
     use_align: bool = True
 
     def validate(self) -> None:
-        if self.pyramid_channels[0] != self.num_feat:
-            raise ModelError(f"pyramid_channels[0] ({self.pyramid_channels[0]}) must equal num_feat ({self.num_feat})")
         if len(self.pyramid_channels) < 1:
             raise ModelError("pyramid_channels needs at least one level")
+        if self.pyramid_channels[0] != self.num_feat:
+            raise ModelError(f"pyramid_channels[0] ({self.pyramid_channels[0]}) must equal num_feat ({self.num_feat})")
         if self.num_feat % self.num_heads or self.num_feat % self.deformable_groups:
             raise ModelError("num_feat must be divisible by num_heads and deformable_groups")
         if self.window_size < 2:
@@ -108,6 +108,9 @@ class AlignCRConfig:
 
 
 PAPER = AlignCRConfig()
+# CPU-sized: every component of the paper network is kept (two streams, 3-level PCD with cascade, dual Swin with
+# the cross-modal gate and shifted windows, SLFC dynamic filters, global fusion); widths, depth, heads and
+# deformable groups are cut so a 256² tile runs in about a second on two cores (2.2 M parameters).
 LITE = AlignCRConfig(
     num_feat=32,
     num_blocks=3,
@@ -371,6 +374,12 @@ class RDBConv(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(cin, growth, 3, padding=1), nn.ReLU())
         self.conv_SAR = nn.Sequential(nn.Conv2d(cin, growth, 3, padding=1), nn.ReLU()) if dual else None
 
+    def forward(self, x: torch.Tensor, x_sar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = torch.cat((x, self.conv(x)), 1)
+        if self.conv_SAR is not None:
+            x_sar = torch.cat((x_sar, self.conv_SAR(x_sar)), 1)
+        return x, x_sar
+
 
 class RDB(nn.Module):
     """SGCI: dual-stream residual dense block, local feature fusion, then ONE Swin layer, + block input."""
@@ -388,9 +397,7 @@ class RDB(nn.Module):
     def forward(self, x: torch.Tensor, x_sar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, hs = x, x_sar
         for layer in self.convs:
-            h = torch.cat((h, layer.conv(h)), 1)
-            if self.dual:
-                hs = torch.cat((hs, layer.conv_SAR(hs)), 1)
+            h, hs = layer(h, hs)
         f, fs = self.SwinTransformerBlock(self.LFF(h), self.LFF_SAR(hs) if self.dual else None)
         return f + x, (fs + x_sar if self.dual else None)
 
