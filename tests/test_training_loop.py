@@ -176,6 +176,30 @@ def test_ddp_world_size_one_gloo(sen12: Path, tmp_path: Path, monkeypatch: pytes
             dist.destroy_process_group()
 
 
+def test_sigterm_stops_cleanly_with_a_checkpoint(sen12: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    import training.train as tt
+
+    calls = {"n": 0}
+    real = tt.offset_magnitudes
+
+    def offsets_then_sigterm(model: nn.Module) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 2
+        return real(model)
+
+    monkeypatch.setattr(tt, "offset_magnitudes", offsets_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    summary = train(_cfg(sen12, tmp_path, run={"max_steps": 50}))
+    assert summary["stopped_by_signal"] and summary["steps"] == 2
+    assert load_state(tmp_path / "state_last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) == before  # our handler is removed again
+
+
 def test_exploding_offsets_stop_the_run(sen12: Path, tmp_path: Path) -> None:
     cfg = _cfg(sen12, tmp_path, model={"name": "test-tiny", "overrides": {"offset_bias": 300.0}},
                run={"max_steps": 3, "offset_abort": 100.0})

@@ -22,6 +22,9 @@ from the environment torchrun sets (``env://``), the model is wrapped in Distrib
 reads its shard through DistributedSampler. ``batch_size`` is per process (the paper's 12 on 2 GPUs is 6 each).
 Only rank 0 validates, logs and writes files.
 
+Stopping: SIGTERM or Ctrl-C ends the run cleanly after the current step (validation + checkpoint), so
+``kill PID`` on a background run loses nothing; ``--resume`` continues it.
+
 Divergence guard: the mean |offset| of every deformable conv is logged; above ``offset_warn`` (EDVR's 50 px) a
 warning is printed, above ``offset_abort`` the run stops with :class:`TrainingDiverged` (after saving its state
 for inspection). A non-finite loss stops the run the same way.
@@ -35,7 +38,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -261,6 +266,28 @@ def save_weights(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- the loop
+class _StopFlag:
+    """SIGTERM/SIGINT → finish the current step, validate, checkpoint and return (a killed or pre-empted run
+    loses nothing). Installed only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"signal {signum}: stopping after this step (checkpoint first)", file=sys.stderr)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def train(
     cfg: TrainConfig,
     resume: str | Path | None = None,
@@ -393,9 +420,10 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
 
         progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
+    stop = _StopFlag()
     model.train()
     try:
-        while step < total_steps:
+        while step < total_steps and not stop.requested:
             epoch = step // steps_per_epoch
             skip = (step % steps_per_epoch) * d.batch_size
             train_view.set_epoch(epoch)
@@ -466,19 +494,20 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
                     last_ckpt_time = time.monotonic()
                 if world > 1:
                     dist.barrier()
-                if step >= total_steps:
+                if step >= total_steps or stop.requested:
                     break
         if val_view is not None and (not run.val_every or step % run.val_every):
             run_validation()
         checkpoint()
     finally:
+        stop.restore()
         if progress is not None:
             progress.close()
         if tb is not None:
             tb.close()
     return {"steps": step, "last_loss": last_loss, "best_psnr": best_psnr, "validation": last_val,
             "out_dir": str(out_dir), "steps_per_epoch": steps_per_epoch, "world_size": world,
-            "ddp": isinstance(ddp_model, nn.parallel.DistributedDataParallel)}
+            "ddp": isinstance(ddp_model, nn.parallel.DistributedDataParallel), "stopped_by_signal": stop.requested}
 
 
 def main(argv: list[str] | None = None) -> int:
