@@ -1,0 +1,275 @@
+"""Scale-out: decloud many scenes on a Dask distributed cluster, one scene per task, with retries and a summary.
+
+A manifest CSV lists the scenes (columns ``id, optical, sar, out`` and optionally ``landcover, mask, reference,
+model, weights``; relative paths are relative to the manifest's folder). Each scene is one task that calls
+:func:`engine.pipeline.run` on a worker; the client collects outcomes as they finish and rewrites the summary CSV
+(``id, status, output, seconds, error, attempts``) atomically after each one, so even an interrupted batch
+leaves an accurate record of what is done.
+
+Failure policy (why it is split this way):
+
+* A scene that fails with an :class:`~engine.errors.EngineError` (bad input, unwritable output, wrong weights)
+  fails the same way every time: it is recorded as ``failed`` with its one-line message at once, without
+  retries, and the other scenes go on.
+* Anything else — a worker process that dies (out of host memory, a segfault in a driver, a pre-empted node), a
+  lost connection, an unexpected exception — is retried up to ``retries`` more times as a new task. The
+  scheduler's own silent rescheduling after a worker death is turned off (``allowed-failures = 0``) for the
+  local cluster so that every attempt is counted in ``attempts``; on a remote scheduler its configuration rules.
+* Outputs are never half-written: the engine writes into a hidden temporary file beside the output and renames it
+  only when the scene is complete (:class:`engine.writer.AtomicGeoTIFFWriter`). A worker killed mid-scene can
+  leave such a temporary file behind; the next attempt of that scene removes it before starting.
+
+Workers: ``scheduler="local"`` starts a :class:`distributed.LocalCluster` of ``workers`` processes with one task
+thread each, and gives each worker's torch ``cpu_count // workers`` threads, so the cores are shared rather than
+oversubscribed. ``dask://HOST:PORT`` (or ``tcp://HOST:PORT``) connects to a running scheduler instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError, InputError
+
+log = logging.getLogger("engine")
+
+REQUIRED_COLUMNS = ("id", "optical", "sar", "out")
+OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights")
+PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights")
+SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts")
+
+
+class ManifestError(InputError):
+    """The manifest CSV is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One row of the manifest, paths resolved."""
+
+    id: str
+    optical: Path
+    sar: Path
+    out: Path
+    landcover: Path | None = None
+    mask: Path | None = None
+    reference: Path | None = None
+    model: str | None = None
+    weights: Path | None = None
+
+
+@dataclass
+class SceneOutcome:
+    """One row of the summary CSV."""
+
+    id: str
+    status: str  # ok | failed
+    output: str
+    seconds: float
+    error: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How to run a batch: where (scheduler, workers), how often to retry, and the per-scene run settings."""
+
+    scheduler: str = "local"  # local | dask://HOST:PORT | tcp://HOST:PORT
+    workers: int = 2
+    retries: int = 1
+    summary: Path | None = None  # default: <manifest stem>.summary.csv beside the manifest
+    run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields applied to every scene (tile, device, ...)
+    accel: dict[str, Any] = field(default_factory=dict)  # AccelConfig fields (dtype, compile, threads)
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.retries < 0:
+            raise InputError(f"--retries must be 0 or more, got {self.retries}")
+        scheme = self.scheduler.split("://", 1)[0] if "://" in self.scheduler else self.scheduler
+        if scheme not in ("local", "dask", "tcp", "tls"):
+            raise InputError(f"--scheduler must be local or dask://HOST:PORT, got '{self.scheduler}'")
+
+
+def read_manifest(path: Path) -> list[SceneJob]:
+    """Parse and check the manifest; raises :class:`ManifestError` naming the first problem (row numbers 1-based
+    counting the header as row 1, as a spreadsheet shows them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ManifestError(
+                f"manifest {path.name} lacks column(s) {', '.join(missing)} (needs id, optical, sar, out)"
+            )
+        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if unknown:
+            raise ManifestError(f"manifest {path.name} has unknown column(s) {', '.join(unknown)}")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    if not rows:
+        raise ManifestError(f"manifest {path.name} lists no scene")
+    jobs: list[SceneJob] = []
+    ids: set[str] = set()
+    outs: dict[Path, str] = {}
+    for n, row in enumerate(rows, start=2):
+        for c in REQUIRED_COLUMNS:
+            if not row.get(c):
+                raise ManifestError(f"manifest {path.name} row {n}: empty '{c}'")
+        if row["id"] in ids:
+            raise ManifestError(f"manifest {path.name} row {n}: duplicate id '{row['id']}'")
+        ids.add(row["id"])
+        values: dict[str, Any] = {"id": row["id"]}
+        for c in REQUIRED_COLUMNS[1:] + OPTIONAL_COLUMNS:
+            v = row.get(c) or None
+            if v is not None and c in PATH_COLUMNS:
+                p = Path(v).expanduser()
+                v = (p if p.is_absolute() else path.parent / p).resolve()
+            values[c] = v
+        job = SceneJob(**values)
+        if job.out in outs:
+            raise ManifestError(f"manifest {path.name} row {n}: output {job.out} is also scene '{outs[job.out]}''s")
+        outs[job.out] = job.id
+        jobs.append(job)
+    return jobs
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files a killed earlier attempt left beside ``out`` (the writer's naming scheme)."""
+    for p in out.parent.glob(f".{out.name}.*.tmp.tif*"):
+        p.unlink(missing_ok=True)
+
+
+def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[str, Any]) -> dict[str, Any]:
+    """Run one scene (on a worker). EngineErrors come back as a ``failed`` record; anything else is raised so the
+    client can retry it."""
+    from engine.accel import AccelConfig
+    from engine.config import RunConfig
+    from engine.pipeline import run
+
+    t0 = time.perf_counter()
+    record = {"id": job.id, "output": ""}
+    try:
+        _remove_stale_temporaries(job.out)
+        paths = {k: v for k, v in dataclasses.asdict(job).items() if k != "id" and v is not None}
+        config = RunConfig(**{**run_settings, **paths})
+        result = run(config, accel=AccelConfig(**accel_settings))
+    except EngineError as exc:
+        return {**record, "status": "failed", "seconds": time.perf_counter() - t0, "error": str(exc)}
+    return {**record, "status": "ok", "output": str(result.output), "seconds": result.seconds, "error": ""}
+
+
+def _scheduler_address(spec: str) -> str:
+    return "tcp://" + spec.split("://", 1)[1] if spec.startswith("dask://") else spec
+
+
+@contextmanager
+def open_client(config: BatchConfig) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``config.scheduler`` (a LocalCluster that is shut down afterwards for ``local``)."""
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise EngineError("batch needs dask and distributed: pip install 'aligncr[scale]'") from None
+    if config.scheduler == "local":
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(
+                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            try:
+                with Client(cluster) as client:
+                    yield client
+            finally:
+                cluster.close()
+        return
+    address = _scheduler_address(config.scheduler)
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
+        yield client
+
+
+def write_summary(path: Path, outcomes: list[SceneOutcome]) -> None:
+    """Write the summary CSV atomically (temporary file + rename), in manifest order."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        for o in outcomes:
+            row = dataclasses.asdict(o)
+            row["seconds"] = f"{o.seconds:.2f}"
+            w.writerow(row)
+    os.replace(tmp, path)
+
+
+def default_summary_path(manifest: Path) -> Path:
+    return Path(manifest).with_name(Path(manifest).stem + ".summary.csv")
+
+
+def run_batch(
+    jobs: list[SceneJob],
+    config: BatchConfig,
+    summary: Path,
+    client: Any | None = None,
+    on_outcome: Callable[[SceneOutcome, int, int], None] | None = None,
+) -> list[SceneOutcome]:
+    """Run every job on the cluster (``client`` if given, else one opened from ``config``); returns the outcomes
+    in manifest order and keeps ``summary`` up to date. ``on_outcome(outcome, finished, total)`` reports each."""
+    config.validate()
+    if client is None:
+        with open_client(config) as own:
+            return run_batch(jobs, config, summary, own, on_outcome)
+    from distributed import as_completed
+
+    run_settings = dict(config.run)
+    accel_settings = dict(config.accel)
+    if config.scheduler == "local" and accel_settings.get("threads") is None:
+        accel_settings["threads"] = max(1, (os.cpu_count() or 1) // config.workers)
+    outcomes: dict[str, SceneOutcome] = {}
+    attempts = {job.id: 0 for job in jobs}
+    by_key: dict[str, SceneJob] = {}
+
+    def submit(job: SceneJob) -> Any:
+        attempts[job.id] += 1
+        fut = client.submit(
+            run_scene, job, run_settings, accel_settings, key=f"scene-{job.id}-{attempts[job.id]}", pure=False
+        )
+        by_key[fut.key] = job
+        return fut
+
+    pending = as_completed([submit(job) for job in jobs])
+    for fut in pending:
+        job = by_key.pop(fut.key)
+        outcome: SceneOutcome | None = None
+        if fut.status == "finished":
+            rec = fut.result()
+            outcome = SceneOutcome(rec["id"], rec["status"], rec["output"], rec["seconds"], rec["error"])
+        else:
+            exc = fut.exception()
+            message = f"{type(exc).__name__}: {exc}".strip()
+            if attempts[job.id] <= config.retries:
+                log.warning("scene %s attempt %d failed (%s); retrying", job.id, attempts[job.id], message)
+                pending.add(submit(job))
+            else:
+                outcome = SceneOutcome(job.id, "failed", "", 0.0, message)
+        fut.release()
+        if outcome is not None:
+            outcome.attempts = attempts[job.id]
+            outcomes[job.id] = outcome
+            write_summary(summary, [outcomes[j.id] for j in jobs if j.id in outcomes])
+            if on_outcome is not None:
+                on_outcome(outcome, len(outcomes), len(jobs))
+    return [outcomes[j.id] for j in jobs]

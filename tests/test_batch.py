@@ -1,0 +1,190 @@
+"""``engine batch`` on Dask: manifest checks, a LocalCluster of 2 worker processes on 3 small scenes (one bad),
+a worker killed mid-scene (retried, no half-written output), the CLI against a running scheduler."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from helpers_rasters import write_optical, write_sar
+from torch import nn
+
+from engine.batch import BatchConfig, ManifestError, read_manifest, run_batch
+
+distributed = pytest.importorskip("distributed")
+
+DIE_ONCE = "test-die-once"
+
+
+@dataclass(frozen=True)
+class DieOnceConfig:
+    marker: str = ""
+    in_bands: int = 4
+
+
+class DieOnce(nn.Module):
+    """Kills its worker process the first time it runs (as an out-of-memory kill would), then adds 0.1."""
+
+    def __init__(self, cfg: DieOnceConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        marker = Path(self.cfg.marker)
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return optical + 0.1
+
+
+class RegisterDieOnce(distributed.WorkerPlugin):
+    """Registers the test model on every worker, including the ones the nanny restarts after a death."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def setup(self, worker: object) -> None:
+        from engine.models import MODEL_REGISTRY, register_model
+
+        if DIE_ONCE not in MODEL_REGISTRY:
+            register_model(DIE_ONCE, DieOnceConfig(marker=self.marker), "test", needs_weights=False)(DieOnce)
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _read_summary(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("scenes")
+    for i in range(3):
+        opt = write_optical(d / f"opt{i}.tif", height=48, width=56, seed=i)
+        write_sar(d / f"s1_{i}.tif", like=opt, seed=10 + i)
+    return d
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory):
+    marker = tmp_path_factory.mktemp("marker") / "died-once"
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        with distributed.Client(cluster) as c:
+            c.register_plugin(RegisterDieOnce(str(marker)))
+            yield c
+        cluster.close()
+
+
+# --- manifest ---------------------------------------------------------------------------------------------------
+
+
+def test_manifest_resolves_relative_paths_and_optional_columns(tmp_path: Path) -> None:
+    m = _write_manifest(tmp_path / "m.csv", [
+        {"id": "a", "optical": "in/o.tif", "sar": "/data/s.tif", "out": "out/a.tif", "model": "identity"},
+        {"id": "b", "optical": "o2.tif", "sar": "s2.tif", "out": "b.tif", "model": ""},
+    ])  # fmt: skip
+    a, b = read_manifest(m)
+    assert a.optical == (tmp_path / "in" / "o.tif").resolve() and a.sar == Path("/data/s.tif")
+    assert a.model == "identity" and b.model is None and b.weights is None and b.out == (tmp_path / "b.tif")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"id": "a", "optical": "o", "sar": "s"}], "lacks column"),
+        ([{"id": "a", "optical": "o", "sar": "s", "out": "x", "colour": "red"}], "unknown column"),
+        ([{"id": "a", "optical": "o", "sar": "s", "out": "x"}, {"id": "a", "optical": "o", "sar": "s", "out": "y"}],
+         "row 3: duplicate id"),
+        ([{"id": "a", "optical": "o", "sar": "s", "out": "x"}, {"id": "b", "optical": "o", "sar": "s", "out": "x"}],
+         "row 3: output"),
+        ([{"id": "a", "optical": "o", "sar": "", "out": "x"}], "row 2: empty 'sar'"),
+    ],
+)  # fmt: skip
+def test_bad_manifests_are_one_line_errors(tmp_path: Path, rows: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(_write_manifest(tmp_path / "m.csv", rows))
+
+
+def test_missing_and_empty_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "nope.csv")
+    (tmp_path / "e.csv").write_text("id,optical,sar,out\n")
+    with pytest.raises(ManifestError, match="no scene"):
+        read_manifest(tmp_path / "e.csv")
+
+
+def test_bad_batch_settings() -> None:
+    for cfg, msg in ((BatchConfig(workers=0), "--workers"), (BatchConfig(retries=-1), "--retries"),
+                     (BatchConfig(scheduler="yarn"), "--scheduler")):  # fmt: skip
+        with pytest.raises(Exception, match=msg):
+            cfg.validate()
+
+
+# --- on a cluster -----------------------------------------------------------------------------------------------
+
+
+def test_three_scenes_one_bad_two_ok(client, scenes: Path, tmp_path: Path) -> None:
+    rows = [
+        {"id": f"s{i}", "optical": str(scenes / f"opt{i}.tif"), "sar": str(scenes / f"s1_{i}.tif"),
+         "out": str(tmp_path / f"out{i}.tif"), "model": "identity"}
+        for i in range(3)
+    ]  # fmt: skip
+    rows[1]["sar"] = str(scenes / "missing.tif")  # the bad scene: its SAR does not exist
+    jobs = read_manifest(_write_manifest(tmp_path / "m.csv", rows))
+    config = BatchConfig(retries=2, run={"tile": 32, "overlap": 8, "device": "cpu"}, accel={"threads": 1})
+    seen = []
+    outcomes = run_batch(
+        jobs, config, tmp_path / "summary.csv", client=client, on_outcome=lambda o, k, n: seen.append(k)
+    )
+    assert [o.status for o in outcomes] == ["ok", "failed", "ok"] and sorted(seen) == [1, 2, 3]
+    summary = _read_summary(tmp_path / "summary.csv")
+    assert summary["s1"]["status"] == "failed" and "missing.tif" in summary["s1"]["error"]
+    assert summary["s1"]["attempts"] == "1"  # an input error is not retried
+    assert summary["s1"]["output"] == "" and not (tmp_path / "out1.tif").exists()
+    for i in (0, 2):
+        assert summary[f"s{i}"]["attempts"] == "1" and float(summary[f"s{i}"]["seconds"]) > 0
+        with rasterio.open(tmp_path / f"out{i}.tif") as out, rasterio.open(scenes / f"opt{i}.tif") as src:
+            np.testing.assert_array_equal(out.read(), src.read())  # identity model
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_worker_killed_mid_scene_is_retried_without_half_written_output(client, scenes: Path, tmp_path: Path) -> None:
+    rows = [{"id": "dies", "optical": str(scenes / "opt0.tif"), "sar": str(scenes / "s1_0.tif"),
+             "out": str(tmp_path / "dies.tif"), "model": DIE_ONCE}]  # fmt: skip
+    jobs = read_manifest(_write_manifest(tmp_path / "m.csv", rows))
+    config = BatchConfig(retries=1, run={"tile": 32, "overlap": 8, "device": "cpu"}, accel={"threads": 1})
+    (outcome,) = run_batch(jobs, config, tmp_path / "summary.csv", client=client)
+    assert outcome.status == "ok" and outcome.attempts == 2, outcome
+    assert (tmp_path / "dies.tif").exists() and not list(tmp_path.glob(".*tmp*"))  # the dead attempt's temp is gone
+
+
+def test_cli_against_a_running_scheduler(client, scenes: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine.cli import main
+
+    rows = [{"id": "one", "optical": str(scenes / "opt2.tif"), "sar": str(scenes / "s1_2.tif"), "out": "one.tif",
+             "model": "identity"}]  # fmt: skip
+    manifest = _write_manifest(tmp_path / "scenes.csv", rows)
+    address = client.scheduler.address.replace("tcp://", "dask://")
+    code = main(["batch", "--manifest", str(manifest), "--scheduler", address, "--tile", "32", "--overlap", "8",
+                 "--device", "cpu", "--threads", "1"])  # fmt: skip
+    assert code == 0
+    assert "1 of 1 scenes ok" in capsys.readouterr().out
+    assert _read_summary(tmp_path / "scenes.summary.csv")["one"]["status"] == "ok"
+    assert (tmp_path / "one.tif").exists()
