@@ -58,7 +58,7 @@ from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.model_cards import ModelCardError, read_card
-from aligncr_qgis.paths import bundled_weights, engine_root, icon_path
+from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_ndvi, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
@@ -182,6 +182,9 @@ class AlignCRDialog(QDialog):
         env_row.addWidget(self.python_widget, 1)
         env_row.addWidget(self.env_button)
         pform.addRow("Python", env_row)
+        self.env_label = QLabel("Not checked yet: press “Check environment”.", self)
+        self.env_label.setWordWrap(True)
+        pform.addRow(self.env_label)
 
         # Output -----------------------------------------------------------
         out_box = QGroupBox("Output", self)
@@ -219,6 +222,10 @@ class AlignCRDialog(QDialog):
         left = QVBoxLayout()
         left.addWidget(inputs)
         left.addWidget(out_box)
+        issues_row = QHBoxLayout()
+        issues_row.addWidget(self.issues_label, 1)
+        issues_row.addWidget(self.reproject_button, 0, Qt.AlignTop)
+        left.addLayout(issues_row)
         left.addStretch(1)
         right = QVBoxLayout()
         right.addWidget(model_box)
@@ -235,13 +242,9 @@ class AlignCRDialog(QDialog):
         root = QVBoxLayout(self)
         root.addWidget(self.bar)
         root.addLayout(columns)
-        issues_row = QHBoxLayout()
-        issues_row.addWidget(self.issues_label, 1)
-        issues_row.addWidget(self.reproject_button, 0, Qt.AlignTop)
-        root.addLayout(issues_row)
         root.addWidget(self.progress)
         root.addLayout(buttons)
-        self.resize(1100, 640)
+        self.resize(1060, 620)
 
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
@@ -264,6 +267,7 @@ class AlignCRDialog(QDialog):
     def _load_settings(self) -> None:
         s = self.settings
         self.python_widget.setFilePath(s.python)
+        self.python_widget.lineEdit().setPlaceholderText(f"automatic: {resolve_python('')}")
         self.tile_spin.setValue(s.tile)
         self.overlap_spin.setValue(s.overlap)
         self.batch_spin.setValue(s.batch)
@@ -275,6 +279,8 @@ class AlignCRDialog(QDialog):
         self._fill_devices()
         self._fill_models()
         self._on_extent_mode()
+        if self.settings.env_cache:
+            self._show_env(self.settings.env_cache)
 
     def save_settings(self) -> None:
         s = self.settings
@@ -382,6 +388,15 @@ class AlignCRDialog(QDialog):
                 lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
             self.card_text.setPlainText("\n".join(lines))
         self.validate()
+
+    def select_model(self, value: str) -> bool:
+        """Select a registry model by name or a weights file by path (QComboBox.findData cannot match tuples)."""
+        for i in range(self.model_combo.count()):
+            data = self.model_combo.itemData(i)
+            if data and data[0] in ("registry", "weights") and data[1] == value:
+                self.model_combo.setCurrentIndex(i)
+                return True
+        return False
 
     def _registry_entry(self, name: str) -> dict[str, Any] | None:
         return next((m for m in self.settings.models_cache if m.get("name") == name), None)
@@ -520,8 +535,7 @@ class AlignCRDialog(QDialog):
             self._fill_models()
         self.save_settings()
         if isinstance(env, dict):
-            text = _env_summary(env)
-            self.card_text.setPlainText(text)
+            self._show_env(env)
             if env.get("ok"):
                 self.bar.pushMessage("Align-CR", "The interpreter can run the engine.", Qgis.Success, 5)
             else:
@@ -697,6 +711,10 @@ class AlignCRDialog(QDialog):
         return new
 
     # ------------------------------------------------------------------ helpers
+    def _show_env(self, env: dict[str, Any]) -> None:
+        self.env_label.setText(_env_line(env))
+        self.env_label.setToolTip(_env_summary(env))
+
     def _error(self, message: str) -> None:
         self.bar.pushMessage("Align-CR", message, Qgis.Critical, 0)
         QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Critical)
@@ -756,6 +774,15 @@ def _env_summary(env: dict[str, Any]) -> str:
     if not env.get("ok"):
         lines.append(f"Install: {env.get('install_command')}")
     return "\n".join(lines)
+
+
+def _env_line(env: dict[str, Any]) -> str:
+    """One line for the dialog: interpreter, torch, GPUs, verdict (the full report is the tooltip and the log)."""
+    pkgs = env.get("packages") or {}
+    gpus = env.get("cuda_devices") or []
+    where = f"{len(gpus)} GPU(s): " + ", ".join(str(d.get("name")) for d in gpus) if gpus else "CPU only"
+    verdict = "✔ ready" if env.get("ok") else "✖ missing: " + ", ".join(sorted(env.get("errors") or {}))
+    return f"Python {env.get('python')} · torch {pkgs.get('torch') or '—'} · {where} · {verdict}"
 
 
 def _report_entry(report_dir: str) -> str:
