@@ -121,6 +121,22 @@ def test_refuses_missing_extra_and_misshapen_tensors(tmp_path, saved):
                                                                                        "pyramid_channels": [48, 64]}}))
 
 
+def test_giant_card_over_small_file_is_refused_before_allocating(tmp_path, saved):
+    # ~10^11 parameters if materialised; refused from the header (meta-device skeleton), instantly.
+    card = read_card(saved).to_dict()
+    card["config"] = {**card["config"], "num_feat": 65536, "pyramid_channels": [65536, 65536, 65536],
+                      "num_heads": 8, "deformable_groups": 8}
+    with pytest.raises(ModelError, match="wrong shape"):
+        load(_rewrite(saved, tmp_path / "g.safetensors", card=card))
+
+
+def test_float_parameters_stored_as_integers_are_refused(tmp_path, saved):
+    tensors = load_file(str(saved))
+    tensors["UPNet.2.weight"] = tensors["UPNet.2.weight"].to(torch.int32)
+    with pytest.raises(ModelError, match="non-float"):
+        load(_rewrite(saved, tmp_path / "i.safetensors", tensors=tensors))
+
+
 def test_save_needs_a_registry_name(tmp_path):
     model = torch.nn.Conv2d(1, 1, 1)
     with pytest.raises(ModelError, match="registry name"):

@@ -7,7 +7,9 @@ what it was trained on (bands, normalisation, SAR units) and to show the user wh
 
 Everything that can go wrong with a file (not safetensors, no/garbled card, unknown arch, config options the
 arch lacks, missing/unexpected tensors, wrong shapes) raises :class:`~engine.errors.ModelError` with one line
-naming the problem. Loading is strict: a file either reproduces the model exactly or is refused.
+naming the problem. Loading is strict: a file either reproduces the model exactly or is refused. The card is
+checked against the file's tensor index (names, shapes, dtypes) on a ``meta``-device skeleton BEFORE any memory
+is allocated, so a hostile card describing a gigantic network cannot exhaust memory.
 
 :func:`import_official` converts a checkpoint of the official Align-CR code (zhu-xlab/M3R-CR, a pickled
 ``{'network': state_dict, ...}``) into our format. It is the one place a pickle is read, only on the user's
@@ -190,25 +192,53 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return card
 
 
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
+def _compare(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], name: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
     if missing:
-        raise ModelError(f"{name}: {len(missing)} tensor(s) missing for this architecture: {few(missing)}")
+        raise ModelError(f"{name}: {len(missing)} tensor(s) missing for this architecture: {_few(missing)}")
     if extra:
-        raise ModelError(f"{name}: {len(extra)} unexpected tensor(s) for this architecture: {few(extra)}")
+        raise ModelError(f"{name}: {len(extra)} unexpected tensor(s) for this architecture: {_few(extra)}")
+    bad = [f"{k} {found[k]} != {v}" for k, v in expected.items() if found[k] != v]
+    if bad:
+        raise ModelError(f"{name}: {len(bad)} tensor(s) with the wrong shape: {_few(bad)}")
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    _compare(
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}, {k: tuple(v.shape) for k, v in state.items()}, name
+    )
+
+
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _check_header(path: Path, card: ModelCard) -> None:
+    """Compare the card's architecture (built on ``meta``: no memory) with the file's tensor names, shapes and
+    dtypes, reading the header only. A card describing a gigantic network over a small file is refused here,
+    before anything is allocated; floating parameters stored as integers are refused rather than cast."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        skeleton = _build(card)
+    expected = skeleton.state_dict()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            found = {k: tuple(int(d) for d in sl.get_shape()) for k, sl in slices.items()}
+            dtypes = {k: sl.get_dtype() for k, sl in slices.items()}
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path.name}: cannot read the tensor index ({exc})") from exc
+    _compare({k: tuple(v.shape) for k, v in expected.items()}, found, path.name)
     bad = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
+        f"{k} ({dtypes[k]})" for k, v in expected.items() if v.is_floating_point() and dtypes[k] not in _FLOAT_DTYPES
     ]
     if bad:
-        raise ModelError(f"{name}: {len(bad)} tensor(s) with the wrong shape: {few(bad)}")
+        raise ModelError(f"{path.name}: {len(bad)} floating-point tensor(s) stored as non-float: {_few(bad)}")
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
@@ -217,6 +247,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[n
 
     path = Path(path)
     card = read_card(path)
+    _check_header(path, card)
     model = _build(card)
     try:
         state = load_file(str(path), device="cpu")
