@@ -244,7 +244,7 @@ class AlignCRDialog(QDialog):
         root.addLayout(columns)
         root.addWidget(self.progress)
         root.addLayout(buttons)
-        self.resize(1060, 620)
+        self.resize(1060, 560)
 
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)

@@ -151,7 +151,7 @@ def inner() -> None:  # runs inside QGIS, with the real iface
         dlg.raise_()
         dlg.grab().save(str(out))
         screen = QGuiApplication.primaryScreen().grabWindow(0)
-        screen.save(str(out.with_name(out.stem + "_qgis.png")))
+        screen.save(str(work / "screen.png"))  # whole screen, for debugging (ALIGNCR_SHOT_KEEP=1 keeps it)
         say(f"saved {out}")
         dlg.close()
         QgsProject.instance().removeAllMapLayers()
