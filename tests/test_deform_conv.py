@@ -110,9 +110,14 @@ def test_validation_errors():
         dc.deform_conv2d_pure(x, torch.zeros(1, 18, 4, 4), torch.randn(2, 4, 3, 3), padding=1)
 
 
-def test_env_var_forces_pure_path(monkeypatch):
+def test_env_var_forces_pure_path_and_missing_torchvision_falls_back(monkeypatch):
     monkeypatch.setenv(dc.PURE_ENV_VAR, "1")
     assert dc._use_torchvision(None) is False
+    monkeypatch.setattr(dc, "_tv_deform_conv2d", None)
+    assert dc._use_torchvision(True) is False  # asked for, but absent: the pure path runs
+    x = torch.randn(1, 2, 4, 4)
+    out = dc.deform_conv2d(x, torch.zeros(1, 18, 4, 4), torch.randn(3, 2, 3, 3), padding=1, use_torchvision=True)
+    assert out.shape == (1, 3, 4, 4)
 
 
 @pytest.mark.skipif(not dc.torchvision_available(), reason="torchvision not importable: no fast path to compare")
