@@ -146,6 +146,63 @@ def test_processing_declouding_and_ndvi_in_process(processing_provider, tmp_path
         assert abs(got - (nir - r) / (nir + r)).max() < 1e-5
 
 
+@pytest.mark.slow
+def test_processing_evaluate_writes_report(processing_provider, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import processing
+
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    cloudy = write_optical(tmp_path / "cloudy.tif", seed=0)
+    reference = write_optical(tmp_path / "reference.tif", seed=1)
+    res = processing.run("aligncr:evaluate", {"OPTICAL": str(cloudy), "PREDICTION": str(cloudy),
+                                              "REFERENCE": str(reference), "OUTPUT": str(tmp_path / "report")})
+    assert Path(res["OUTPUT"]) == tmp_path / "report"
+    assert Path(res["HTML"]) == tmp_path / "report" / "report.html" and Path(res["HTML"]).is_file()
+    assert (tmp_path / "report" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_algorithms_chain_in_a_processing_model(processing_provider, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the model builder produces: declouding → NDVI, the NDVI input wired to the declouded output."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    model = QgsProcessingModelAlgorithm("declouded NDVI", "tests")
+    for name in ("optical", "sar"):
+        model.addModelParameter(QgsProcessingParameterRasterLayer(name, name), QgsProcessingModelParameter(name))
+    decloud = QgsProcessingModelChildAlgorithm("aligncr:declouding")
+    decloud.setChildId("decloud")
+    decloud.addParameterSources("OPTICAL", [QgsProcessingModelChildParameterSource.fromModelParameter("optical")])
+    decloud.addParameterSources("SAR", [QgsProcessingModelChildParameterSource.fromModelParameter("sar")])
+    decloud.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue("identity")])
+    ndvi = QgsProcessingModelChildAlgorithm("aligncr:ndvi")
+    ndvi.setChildId("ndvi")
+    ndvi.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("decloud", "OUTPUT")])
+    out = QgsProcessingModelOutput("ndvi_out")
+    out.setChildOutputName("OUTPUT")
+    ndvi.setModelOutputs({"ndvi_out": out})
+    model.addChildAlgorithm(decloud)
+    model.addChildAlgorithm(ndvi)
+    model.updateDestinationParameters()
+    assert model.dependsOnChildAlgorithms("ndvi") == {"decloud"}
+
+    opt, sar = make_scene(tmp_path)
+    target = tmp_path / "model_ndvi.tif"
+    res = processing.run(model, {"optical": str(opt), "sar": str(sar), "ndvi:ndvi_out": str(target)})
+    assert Path(res["ndvi:ndvi_out"]) == target
+    with rasterio.open(target) as ds:
+        assert ds.count == 1 and ds.dtypes[0] == "float32" and ds.width == 64
+
+
 def test_processing_reports_engine_error_in_one_line(processing_provider, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import processing

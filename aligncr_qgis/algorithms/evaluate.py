@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
+    QgsProcessingParameterBand,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterRasterLayer,
 )
@@ -24,6 +25,7 @@ from aligncr_qgis.algorithms.base import EngineAlgorithm
 class EvaluateAlgorithm(EngineAlgorithm):
     OPTICAL, PREDICTION, REFERENCE = "OPTICAL", "PREDICTION", "REFERENCE"
     LANDCOVER, MASK, OUTPUT, HTML = "LANDCOVER", "MASK", "OUTPUT", "HTML"
+    BANDS = ("BAND_B", "BAND_G", "BAND_R", "BAND_NIR")
 
     def name(self) -> str:
         return "evaluate"
@@ -39,6 +41,10 @@ class EvaluateAlgorithm(EngineAlgorithm):
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image"))
+        # optional + default: QGIS 3.22's band parameter rejects an omitted value instead of using the default
+        for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
+            self.addParameter(QgsProcessingParameterBand(name, f"{label} band (all three images)", i + 1,
+                                                         self.OPTICAL, optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, "Declouded image"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Cloud-free reference"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.LANDCOVER, "Land cover (ESA WorldCover)",
@@ -56,6 +62,8 @@ class EvaluateAlgorithm(EngineAlgorithm):
             "--prediction", str(self.raster_path(parameters, self.PREDICTION, context)),
             "--reference", str(self.raster_path(parameters, self.REFERENCE, context)),
             "--out", out,
+            "--bands", ",".join(str(self.parameterAsInt(parameters, b, context) or i + 1)
+                                for i, b in enumerate(self.BANDS)),
         ]
         for flag, name in (("--landcover", self.LANDCOVER), ("--mask", self.MASK)):
             path = self.raster_path(parameters, name, context, optional=True)
@@ -64,5 +72,7 @@ class EvaluateAlgorithm(EngineAlgorithm):
         outcome = self.run_engine(args, feedback, progress_json=False)
         for line in outcome.stdout:
             feedback.pushInfo(line)
-        html = next(iter(sorted(Path(out).glob("*.html"))), None) if Path(out).is_dir() else None
+        html = Path(out) / "report.html"
+        if not html.is_file():
+            html = next(iter(sorted(Path(out).glob("*.html"))), None) if Path(out).is_dir() else None
         return {self.OUTPUT: out, self.HTML: str(html) if html else None}
