@@ -201,6 +201,11 @@ class InferenceRunner:
             raise ModelError(f"model returned shape {tuple(out.shape)} for an input of shape {tuple(o[:n].shape)}")
         return out.float().clamp_(0.0, 1.0)
 
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        """One forward pass on tensors already on the device (no OOM handling, no copy back): for benchmarks."""
+        with torch.inference_mode():
+            return self._run(self._to_device(optical), self._to_device(sar))
+
     def _pieces(self, n: int) -> Iterator[slice]:
         step = min(n, self.max_batch or n)
         for i in range(0, n, step):
