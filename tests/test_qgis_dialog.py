@@ -214,3 +214,31 @@ def test_check_environment_fills_devices(project, dlg: AlignCRDialog) -> None:
     reopened = AlignCRDialog(None)  # the cache survives in QgsSettings
     assert reopened.settings.env_cache["executable"] == PYTHON
     reopened.deleteLater()
+
+
+def test_weights_file_shows_model_card_and_is_passed_as_weights(project, qgis_iface, tmp_path: Path) -> None:
+    from engine.models import build_model, save
+
+    weights = save(build_model("identity"), tmp_path / "my_model.safetensors",
+                   {"arch": "identity", "training_data": "unit-test scenes", "metrics": {"psnr": 12.5}})
+    QgsSettings().setValue("aligncr/model", str(weights))  # what "Browse…" stores
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.model_combo.currentData() == ("weights", str(weights))
+        card = d.card_text.toPlainText()
+        assert "identity" in card and "unit-test scenes" in card and "psnr=12.5" in card
+        opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
+        sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+        choose(d, opt, sar, tmp_path / "o.tif")
+        req = d.build_request(None)
+        assert req.weights == str(weights) and req.model is None
+        assert d.select_model("identity") and d.build_request(None).model == "identity"
+    finally:
+        d.deleteLater()
+
+
+def test_report_entry_prefers_report_html(tmp_path: Path) -> None:
+    (tmp_path / "a.html").write_text("x")
+    assert dialog_mod._report_entry(str(tmp_path)) == str(tmp_path / "a.html")
+    (tmp_path / "report.html").write_text("x")
+    assert dialog_mod._report_entry(str(tmp_path)) == str(tmp_path / "report.html")
