@@ -59,6 +59,7 @@ class AlignCRPlugin:
 
     def unload(self) -> None:
         if self.dialog is not None:
+            self.dialog.cancel()  # a run in flight: stop the child process rather than orphan it
             self.dialog.close()
             self.dialog.deleteLater()
             self.dialog = None
