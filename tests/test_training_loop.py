@@ -146,6 +146,9 @@ def test_resume_is_exact(sen12: Path, tmp_path: Path) -> None:
     assert state_mid["step"] == 3
     second = _cfg(sen12, tmp_path / "b", run={"max_steps": 6})
     train(second, resume=tmp_path / "b" / "state_last.pt")
+    with open(tmp_path / "a" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and all(float(r["offset_mean"]) > 0 for r in rows[1:])  # the DCN's offsets are logged
     a = load_state(tmp_path / "a" / "state_last.pt")
     b = load_state(tmp_path / "b" / "state_last.pt")
     assert a["step"] == b["step"] == 6

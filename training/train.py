@@ -363,7 +363,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
         train_log = CsvLog(out_dir / "train_log.csv",
-                           ["step", "epoch", "lr", "loss", "offset_max", "sec_per_step", "time"])
+                           ["step", "epoch", "lr", "loss", "offset_mean", "offset_max", "sec_per_step", "time"])
         val_log = CsvLog(out_dir / "val_log.csv",
                          ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
                           "identity_sam", "time"])
@@ -471,6 +471,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
                     now = time.monotonic()
                     row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                            "lr": optimizer.param_groups[0]["lr"], "loss": window_loss / window_n,
+                           "offset_mean": sum(offsets.values()) / len(offsets) if offsets else 0.0,
                            "offset_max": offset_max, "sec_per_step": (now - window_t) / window_n,
                            "time": round(elapsed(), 1)}
                     train_log.write(row)
