@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings  # noqa: E402
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings  # noqa: E402
 
 from aligncr_qgis import dialog as dialog_mod  # noqa: E402
 from aligncr_qgis.dialog import EXTENT_LAYER, AlignCRDialog  # noqa: E402
@@ -166,6 +166,32 @@ def test_run_on_drawn_extent_clips_inputs(project, dlg: AlignCRDialog, tmp_path:
         assert b.bounds.left == pytest.approx(full.xMinimum()) and b.bounds.top == pytest.approx(full.yMaximum())
 
 
+def test_canvas_extent_is_transformed_to_the_optical_crs(project, dlg: AlignCRDialog, qgis_iface,
+                                                         tmp_path: Path) -> None:
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    choose(dlg, opt, sar, tmp_path / "o.tif")
+    canvas = qgis_iface.mapCanvas()
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    canvas.setDestinationCrs(wgs84)
+    full = opt.extent()
+    quarter = QgsRectangle(full.xMinimum(), full.yMinimum(), full.center().x(), full.center().y())
+    canvas.setExtent(QgsCoordinateTransform(opt.crs(), wgs84, project).transformBoundingBox(quarter))
+    dlg.extent_combo.setCurrentIndex(dlg.extent_combo.findData(dialog_mod.EXTENT_CANVAS))
+    got = dlg.processing_extent()
+    assert got is not None and got.intersects(quarter)
+    assert got.center().x() == pytest.approx(quarter.center().x(), abs=10.0)  # metres, in UTM again
+    assert dlg.run_button.isEnabled()
+    far = QgsRectangle(quarter)
+    far.setXMinimum(full.xMaximum() + 1_000.0)
+    far.setXMaximum(full.xMaximum() + 2_000.0)
+    canvas.setExtent(QgsCoordinateTransform(opt.crs(), wgs84, project).transformBoundingBox(far))
+    dlg.validate()
+    assert any("does not intersect" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
+
+
 def test_cancel_stops_the_engine_and_writes_nothing(project, dlg: AlignCRDialog, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     root = fake_engine(tmp_path / "fake", tiles=100, delay=0.1)  # ~10 s if not cancelled
@@ -178,7 +204,9 @@ def test_cancel_stops_the_engine_and_writes_nothing(project, dlg: AlignCRDialog,
     dlg.runFinished.connect(finished.append)
     task = dlg.run()
     assert task is not None
+    assert task in QgsApplication.taskManager().tasks()  # visible (and cancellable) in QGIS's task manager
     assert wait_for(lambda: dlg.progress.value() >= 3, 30), "no progress arrived"
+    assert task.progress() >= 3
     dlg.cancel_button.click()
     assert wait_for(lambda: bool(finished), 15)
     assert finished == [False] and "Cancelled" in dlg.status_label.text()

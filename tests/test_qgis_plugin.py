@@ -109,7 +109,12 @@ def test_zip_plugin_loads_and_unloads(installed_plugin: RecordingIface, plugin_d
     assert provider is not None and provider.name() == "Align-CR"
     assert sorted(a.id() for a in provider.algorithms()) == ["aligncr:declouding", "aligncr:evaluate", "aligncr:ndvi"]
 
+    installed_plugin.toolbar_actions[0].trigger()  # the toolbar button opens the dialog
+    dialog = qgis.utils.plugins["aligncr_qgis"].dialog
+    assert dialog is not None and dialog.isVisible() and dialog.windowTitle().startswith("Align-CR")
+
     assert qgis.utils.unloadPlugin("aligncr_qgis")
+    assert not dialog.isVisible()
     assert installed_plugin.toolbar_actions == []
     assert "Cloud removal" not in installed_plugin.menu_titles()
     assert registry.providerById("aligncr") is None
