@@ -328,9 +328,12 @@ class AlignCRDialog(QDialog):
             if self.model_combo.findData(("weights", wanted)) < 0:
                 self.model_combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
         self.model_combo.addItem("Browse for .safetensors weights…", ("browse", ""))
-        idx = next((i for i in range(self.model_combo.count()) if (self.model_combo.itemData(i) or ("", ""))[1]
-                    == wanted), 0)
-        self.model_combo.setCurrentIndex(idx)
+        if not wanted:
+            # First use: trained weights when any are installed, else the baseline that needs none.
+            with_weights = [m["name"] for m in self.settings.models_cache if m.get("bundled_weights")]
+            wanted = str(bundled_weights()[0]) if bundled_weights() else (with_weights or ["identity"])[0]
+        if not self.select_model(wanted):
+            self.model_combo.setCurrentIndex(0)
         self.model_combo.blockSignals(False)
         self._on_model_changed()
 

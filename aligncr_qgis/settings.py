@@ -22,7 +22,7 @@ PREFIX = "aligncr/"
 @dataclass
 class PluginSettings:
     python: str = ""  # empty = automatic (see paths.default_python)
-    model: str = "identity"  # registry name, or a .safetensors path
+    model: str = ""  # registry name or .safetensors path; empty = bundled weights if any, else identity
     device: str = "auto"
     tile: int = 256
     overlap: int = 32
