@@ -124,3 +124,18 @@ def test_alignment_parameters_get_their_own_lr_by_type() -> None:
     with pytest.raises(ModelError, match="cannot be imported"):
         resolve_types(["engine.models:NoSuchClass"])
     assert math.isclose(groups[0]["lr"], 1e-4)
+
+
+def test_aligncr_alignment_blocks_get_1e5() -> None:
+    """The recipes' type string finds exactly the network's own alignment parameters."""
+    from engine.models import build_model
+
+    tiny = {"num_feat": 8, "num_blocks": 2, "rdb_layers": 2, "growth": 4, "fe_blocks": 1, "fe_expand": 2,
+            "pyramid_channels": (8, 8), "deformable_groups": 2, "num_heads": 2, "window_size": 4, "up_feat": 8}
+    net = build_model("aligncr-lite", **tiny)
+    recipe = load_config(CONFIGS / "aligncr_paper.toml")
+    groups = build_param_groups(net, recipe.optim.lr, recipe.optim.alignment_lr,
+                                resolve_types(recipe.optim.alignment_modules))
+    align = next(g for g in groups if g["name"] == "alignment")
+    assert align["lr"] == 1e-5 and next(g for g in groups if g["name"] == "main")["lr"] == 1e-4
+    assert {id(p) for p in align["params"]} == {id(p) for p in net.alignment_parameters()}
