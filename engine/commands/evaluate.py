@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.commands.ndvi import parse_bands
-from engine.progress import Progress
+from engine.commands.ndvi import parse_bands, terminal_progress
 
 NAME = "evaluate"
 HELP = "score a declouded raster against a cloud-free reference (MAE, PSNR, SSIM, SAM, NDVI) and write a report"
@@ -55,18 +54,19 @@ def _summary(report: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from engine.report import write_report
 
-    report = write_report(
-        args.optical,
-        args.prediction,
-        args.out,
-        reference=args.reference,
-        landcover=args.landcover,
-        mask=args.mask,
-        bands=args.bands,
-        run_settings={"command": "evaluate", "tile_size": args.tile_size, "bands": list(args.bands)},
-        tile_size=args.tile_size,
-        progress=Progress(),
-    )
+    with terminal_progress("evaluate") as progress:
+        report = write_report(
+            args.optical,
+            args.prediction,
+            args.out,
+            reference=args.reference,
+            landcover=args.landcover,
+            mask=args.mask,
+            bands=args.bands,
+            run_settings={"command": "evaluate", "tile_size": args.tile_size, "bands": list(args.bands)},
+            tile_size=args.tile_size,
+            progress=progress,
+        )
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.ndvi import NDVI_NODATA, write_ndvi
@@ -29,6 +31,24 @@ def parse_bands(text: str) -> tuple[int, int, int, int]:
     return bands  # type: ignore[return-value]
 
 
+@contextmanager
+def terminal_progress(desc: str) -> Iterator[Progress]:
+    """A :class:`Progress` drawing a tqdm bar on stderr when it is a terminal (silent under the QGIS plugin)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=desc, unit="‰", disable=None, file=sys.stderr, leave=False)
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(round(fraction * 1000))
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    try:
+        yield Progress(callback=update)
+    finally:
+        bar.close()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="optical raster with B, G, R, NIR bands")
     parser.add_argument("--out", required=True, type=Path, help="output NDVI GeoTIFF")
@@ -40,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _, _, red, nir = args.bands
-    out = write_ndvi(args.input, args.out, red_band=red, nir_band=nir, progress=Progress())
+    with terminal_progress("NDVI") as progress:
+        out = write_ndvi(args.input, args.out, red_band=red, nir_band=nir, progress=progress)
     if args.json:
         json.dump({"output": str(out), "red_band": red, "nir_band": nir, "nodata": NDVI_NODATA}, sys.stdout)
         sys.stdout.write("\n")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.errors import OutputError
+from engine.errors import EngineError, OutputError
 from engine.landcover import CLASS_NAMES, UNKNOWN
 from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
@@ -169,7 +169,7 @@ def write_report(
     """
     progress = progress or Progress()
     if tile_size < 2 * SSIM_RADIUS + 1:
-        raise OutputError(f"tile size must be at least {2 * SSIM_RADIUS + 1} px, got {tile_size}")
+        raise EngineError(f"tile size must be at least {2 * SSIM_RADIUS + 1} px, got {tile_size}")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
