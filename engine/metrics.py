@@ -34,6 +34,8 @@ Aggregations: per land-cover class MAE and SAM are pooled over the class's pixel
 official code does this per 300×300 patch). Cloud-cover bins (0–20, …, 80–100 %) follow the paper's Fig. 5:
 each :meth:`MetricAccumulator.update` call is one evaluation tile (the paper's patch, default 300 px); its
 cloud cover is cloud pixels / valid pixels, and the bin reports the mean over its tiles of the per-tile metrics.
+Tab. II's numbers are averages over 3,000 test patches scored on their centre 160×160 crop (official test loader);
+a scene scored here is scored whole, so compare with the paper's magnitudes, not its decimals.
 NDVI (Tab. IV): RMSE of NDVI over pixels where both NDVIs are defined, and mIoU of the five NDVI classes with the
 reference's classes as truth; the mean runs over classes present in either map (IoU undefined otherwise).
 """
