@@ -19,7 +19,7 @@ from qgis.core import QgsApplication  # noqa: E402
 from qgis.PyQt.QtWidgets import QMainWindow, QMenu  # noqa: E402
 
 from aligncr_qgis.package import build  # noqa: E402
-from tests.qgis_helpers import PYTHON, make_scene, qgis_env, write_optical, write_sar  # noqa: E402
+from tests.qgis_helpers import PYTHON, fake_engine, make_scene, qgis_env, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 
@@ -206,6 +206,36 @@ def test_algorithms_chain_in_a_processing_model(processing_provider, tmp_path: P
     assert Path(res["ndvi:ndvi_out"]) == target
     with rasterio.open(target) as ds:
         assert ds.count == 1 and ds.dtypes[0] == "float32" and ds.width == 64
+
+
+def test_processing_progress_and_cancel(processing_provider, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress reaches QgsProcessingFeedback; feedback.cancel() (the dialog's Cancel) stops the engine."""
+    import threading
+
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    from aligncr_qgis.algorithms import base
+
+    monkeypatch.setattr(base, "engine_root", lambda: fake_engine(tmp_path / "fake", tiles=100, delay=0.05))
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    opt, sar = make_scene(tmp_path)
+    feedback = QgsProcessingFeedback()
+    seen: list[float] = []
+
+    def on_progress(value: float) -> None:
+        seen.append(value)
+        if value >= 10 and not feedback.isCanceled():
+            threading.Timer(0.05, feedback.cancel).start()  # from another thread, as the GUI would
+
+    feedback.progressChanged.connect(on_progress)
+    out = tmp_path / "never.tif"
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run("aligncr:declouding", {"OPTICAL": str(opt), "SAR": str(sar), "OUTPUT": str(out)},
+                       feedback=feedback)
+    assert seen and 10 <= max(seen) < 60
+    assert not out.exists() and not list(tmp_path.glob("never.tif*"))
 
 
 def test_processing_reports_engine_error_in_one_line(processing_provider, tmp_path: Path,
