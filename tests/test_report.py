@@ -209,8 +209,9 @@ def test_html_is_self_contained_and_embeds_every_plot(full_report):
 
 def test_without_reference_or_mask(scene, tmp_path):
     p = scene.paths
-    report = write_report(p["optical"], p["prediction"], tmp_path, tile_size=40)
-    assert report["metrics"] is None and report["scene"]["landcover"] is None
+    report = write_report(p["optical"], p["prediction"], tmp_path, landcover=p["landcover"], tile_size=40)
+    assert report["metrics"] is None
+    assert report["scene"]["landcover"]["classes"]["forest"]["pixels"] > 0
     assert report["scene"]["cloud_mask"]["source"] == "detected"
     # The synthetic cloud is bright and flat: the detector must find most of it and little else.
     with rasterio.open(tmp_path / report["layers"]["cloud_mask"]) as ds:
@@ -221,7 +222,7 @@ def test_without_reference_or_mask(scene, tmp_path):
     change = report["scene"]["change_magnitude"]
     assert change["inside_cloud"] > 5 * change["outside_cloud"]
     validate_report(report)
-    assert {"quicklooks", "ndvi_maps", "ndvi_scatter", "mask_and_change"} <= set(report["plots"])
+    assert set(report["plots"]) == {"quicklooks", "ndvi_maps", "ndvi_scatter", "mask_and_change", "per_class"}
 
 
 def test_grid_mismatch_and_cancel(scene, tmp_path):
