@@ -75,6 +75,8 @@ class RunRequest:
     sar_bands: tuple[int, int] = (1, 2)  # VV, VH in the SAR file
     sar_units: str = "auto"
     report: str | None = None
+    optical_scale: str = "auto"  # auto | dn | reflectance
+    sar_resampling: str = "nearest"  # nearest | bilinear (the paper upsamples SAR nearest)
 
     def to_args(self) -> list[str]:
         args = ["run", "--optical", self.optical, "--sar", self.sar, "--out", self.out]
@@ -95,6 +97,10 @@ class RunRequest:
         args += ["--bands", ",".join(str(int(b)) for b in self.bands)]
         args += ["--sar-bands", ",".join(str(int(b)) for b in self.sar_bands)]
         args += ["--sar-units", self.sar_units or "auto"]
+        if self.optical_scale != "auto":
+            args += ["--optical-scale", self.optical_scale]
+        if self.sar_resampling != "nearest":
+            args += ["--sar-resampling", self.sar_resampling]
         if self.cog:
             args.append("--cog")
         return args

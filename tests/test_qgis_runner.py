@@ -37,6 +37,9 @@ def test_run_request_args_follow_the_cli_contract() -> None:
 
     ns = build_parser().parse_args([*args, "--progress-json"])
     assert ns.bands == (3, 2, 1, 4) and ns.tile == 128 and ns.cog and ns.progress_json
+    extra = RunRequest(optical="o", sar="s", out="x", optical_scale="reflectance", sar_resampling="bilinear")
+    ns = build_parser().parse_args(extra.to_args())
+    assert ns.optical_scale == "reflectance" and ns.sar_resampling == "bilinear"
 
 
 def test_runner_reports_progress_warnings_and_result(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from aligncr_qgis.layers import LayerError, is_metric_projected
 from aligncr_qgis.styling import style_rgb
 
 UNITS = ["auto", "db", "linear"]
+SCALES = ["auto", "dn", "reflectance"]
+RESAMPLINGS = ["nearest", "bilinear"]
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 
 
@@ -56,6 +58,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
     SAR_BANDS = ("BAND_VV", "BAND_VH")
     SAR_UNITS, MODEL, WEIGHTS, DEVICE = "SAR_UNITS", "MODEL", "WEIGHTS", "DEVICE"
     TILE, OVERLAP, BATCH, COG, EXTENT = "TILE", "OVERLAP", "BATCH", "COG", "EXTENT"
+    OPTICAL_SCALE, SAR_RESAMPLING = "OPTICAL_SCALE", "SAR_RESAMPLING"
     OUTPUT, REPORT = "OUTPUT", "REPORT"
 
     def __init__(self) -> None:
@@ -107,6 +110,11 @@ class DecloudingAlgorithm(EngineAlgorithm):
             QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 4,
                                          minValue=1, maxValue=512),
             QgsProcessingParameterBoolean(self.COG, "Write a cloud-optimised GeoTIFF", defaultValue=False),
+            QgsProcessingParameterEnum(self.OPTICAL_SCALE, "Optical units",
+                                       ["Auto-detect", "Digital numbers (reflectance × 10⁴)", "Reflectance 0–1"],
+                                       defaultValue=0),
+            QgsProcessingParameterEnum(self.SAR_RESAMPLING, "SAR upsampling", ["Nearest (as in the paper)", "Bilinear"],
+                                       defaultValue=0),
         ]
         for param in advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -173,6 +181,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             sar_bands=self._bands(parameters, self.SAR_BANDS, context),  # type: ignore[arg-type]
             sar_units=UNITS[self.parameterAsEnum(parameters, self.SAR_UNITS, context)],
             report=report,
+            optical_scale=SCALES[self.parameterAsEnum(parameters, self.OPTICAL_SCALE, context)],
+            sar_resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.SAR_RESAMPLING, context)],
         )
         try:
             outcome = self.run_engine(req.to_args(), feedback)
