@@ -25,6 +25,7 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsTask,
 )
 from qgis.gui import (
     QgsFileWidget,
@@ -71,6 +72,7 @@ class AlignCRDialog(QDialog):
     """Align-CR cloud removal dialog. ``iface`` may be a test stub; only its map canvas and message bar are used."""
 
     runFinished = pyqtSignal(bool)  # noqa: N815 - Qt signal naming; emitted after results are loaded
+    reprojected = pyqtSignal(object)  # the new optical layer (QgsRasterLayer)
 
     def __init__(self, iface: Any = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -78,6 +80,7 @@ class AlignCRDialog(QDialog):
         self.settings = PluginSettings.load()
         self.task: EngineTask | None = None
         self.env_task: EngineTask | None = None
+        self.reproject_task: QgsTask | None = None
         self.drawn_extent: QgsRectangle | None = None  # in the canvas CRS
         self.drawn_crs = QgsCoordinateReferenceSystem()
         self.open_report_in_browser = True
@@ -682,12 +685,14 @@ class AlignCRDialog(QDialog):
         self.runFinished.emit(True)
 
     # ------------------------------------------------------------------ reprojection offer
-    def reproject_optical(self) -> QgsRasterLayer | None:
-        """Warp the (geographic) optical layer to its UTM zone next to the output, add it and select it."""
-        from osgeo import gdal
+    def reproject_optical(self) -> QgsTask | None:
+        """Warp the (geographic) optical layer to its UTM zone next to the output, in the background.
 
+        A full PlanetScope scene takes a while to warp, so it is a QgsTask like the run; when it finishes the new
+        layer is added to the project and selected as the optical input (``reprojected`` is emitted).
+        """
         layer = self.optical_combo.currentLayer()
-        if layer is None:
+        if layer is None or self.reproject_task is not None:
             return None
         centre = layer.extent().center()
         wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -695,23 +700,52 @@ class AlignCRDialog(QDialog):
             centre = QgsCoordinateTransform(layer.crs(), wgs84, QgsProject.instance()).transform(centre)
         zone = min(60, max(1, int((centre.x() + 180.0) // 6) + 1))
         epsg = (32600 if centre.y() >= 0 else 32700) + zone
-        src = L.layer_path(layer)
-        folder = os.path.dirname(self.output_widget.filePath()) or os.path.dirname(src)
-        dst = os.path.join(folder, f"{Path(src).stem}_utm{zone}.tif")
-        self.status_label.setText(f"Reprojecting to EPSG:{epsg}…")
         try:
-            gdal.UseExceptions()
-            ds = gdal.Warp(dst, src, dstSRS=f"EPSG:{epsg}", resampleAlg="bilinear",
-                           creationOptions=["COMPRESS=DEFLATE"])
-            ds = None  # noqa: F841 - close before QGIS opens it
-        except RuntimeError as exc:
-            self._error(f"reprojection failed: {exc}")
+            src = L.layer_path(layer)
+        except L.LayerError as exc:
+            self._error(str(exc))
             return None
-        new = QgsRasterLayer(dst, f"{layer.name()} (UTM {zone})")
-        QgsProject.instance().addMapLayer(new)
-        self.optical_combo.setLayer(new)
-        self.status_label.setText(f"Reprojected to EPSG:{epsg}: {dst}")
-        return new
+        folder = os.path.dirname(self.output_widget.filePath()) or os.path.dirname(src)
+        if not os.path.isdir(folder):
+            folder = os.path.dirname(src)
+        dst = os.path.join(folder, f"{Path(src).stem}_utm{zone}.tif")
+        name = f"{layer.name()} (UTM {zone})"
+
+        def warp(task: QgsTask) -> str:
+            from osgeo import gdal
+
+            gdal.UseExceptions()
+
+            def progress(fraction: float, *_: Any) -> int:
+                task.setProgress(100.0 * fraction)
+                return 0 if task.isCanceled() else 1  # GDAL stops (and raises) on 0
+
+            ds = gdal.Warp(dst, src, dstSRS=f"EPSG:{epsg}", resampleAlg="bilinear",
+                           creationOptions=["COMPRESS=DEFLATE", "TILED=YES"], callback=progress)
+            ds = None  # noqa: F841 - flush and close before QGIS opens it
+            return dst
+
+        def finished(exception: Exception | None, result: str | None = None) -> None:
+            self.reproject_task = None
+            self.reproject_button.setEnabled(True)
+            if exception is not None or not result:
+                if os.path.exists(dst):
+                    os.remove(dst)
+                self.status_label.setText("")
+                self._error(f"reprojection to EPSG:{epsg} failed: {exception or 'cancelled'}")
+                return
+            new = QgsRasterLayer(result, name)
+            QgsProject.instance().addMapLayer(new)
+            self.optical_combo.setLayer(new)
+            self.status_label.setText(f"Reprojected to EPSG:{epsg}: {result}")
+            self.reprojected.emit(new)
+
+        self.reproject_task = QgsTask.fromFunction(f"Align-CR: reproject {layer.name()} to EPSG:{epsg}", warp,
+                                                   on_finished=finished)
+        self.reproject_button.setEnabled(False)
+        self.status_label.setText(f"Reprojecting to EPSG:{epsg}…")
+        QgsApplication.taskManager().addTask(self.reproject_task)
+        return self.reproject_task
 
     # ------------------------------------------------------------------ helpers
     def _show_env(self, env: dict[str, Any]) -> None:

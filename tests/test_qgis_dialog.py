@@ -108,8 +108,12 @@ def test_geographic_optical_gets_reprojection_offer(project, dlg: AlignCRDialog,
     choose(dlg, geo, sar, tmp_path / "out.tif")
     assert any("not projected in metres" in m for m in dlg.issue_messages())
     assert not dlg.run_button.isEnabled() and not dlg.reproject_button.isHidden()
-    new = dlg.reproject_optical()
-    assert new is not None and new.crs().authid() == "EPSG:32633"
+    got: list = []
+    dlg.reprojected.connect(got.append)
+    assert dlg.reproject_optical() is not None  # a background QgsTask
+    assert wait_for(lambda: bool(got), 60), dlg.status_label.text()
+    new = got[0]
+    assert new.crs().authid() == "EPSG:32633" and (tmp_path / "geo_utm33.tif").is_file()
     assert dlg.optical_combo.currentLayer() == new
     assert not any("not projected" in m for m in dlg.issue_messages()) and dlg.reproject_button.isHidden()
 
@@ -270,3 +274,22 @@ def test_report_entry_prefers_report_html(tmp_path: Path) -> None:
     assert dialog_mod._report_entry(str(tmp_path)) == str(tmp_path / "a.html")
     (tmp_path / "report.html").write_text("x")
     assert dialog_mod._report_entry(str(tmp_path)) == str(tmp_path / "report.html")
+
+
+def test_settings_persist_between_sessions(project, qgis_iface, tmp_path: Path) -> None:
+    first = AlignCRDialog(qgis_iface)
+    first.tile_spin.setValue(512)
+    first.overlap_spin.setValue(64)
+    first.units_combo.setCurrentIndex(first.units_combo.findData("linear"))
+    first.report_check.setChecked(True)
+    first.python_widget.setFilePath(PYTHON)
+    first.close()  # closing saves
+    first.deleteLater()
+    assert QgsSettings().value("aligncr/tile") in (512, "512")
+    second = AlignCRDialog(qgis_iface)
+    try:
+        assert (second.tile_spin.value(), second.overlap_spin.value()) == (512, 64)
+        assert second.units_combo.currentData() == "linear" and second.report_check.isChecked()
+        assert second.python_widget.filePath() == PYTHON
+    finally:
+        second.deleteLater()
