@@ -112,10 +112,13 @@ def _losses(out: Path) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(fh)]
 
 
+TINY_LITE = {"num_feat": 8, "num_blocks": 1, "rdb_layers": 2, "growth": 4, "fe_blocks": 1, "fe_expand": 2,
+             "pyramid_channels": [8, 8], "deformable_groups": 2, "num_heads": 2, "window_size": 4, "up_feat": 8}
+
+
 def test_overfit_aligncr_lite_lowers_the_loss(sen12: Path, tmp_path: Path) -> None:
     """30 steps of a tiny aligncr-lite config on the same 2 samples: the loss must fall clearly."""
-    tiny = {"num_feat": 8, "num_blocks": 1, "rdb_layers": 2, "growth": 4, "fe_blocks": 1, "fe_expand": 2,
-            "pyramid_channels": [8, 8], "deformable_groups": 2, "num_heads": 2, "window_size": 4, "up_feat": 8}
+    tiny = TINY_LITE
     cfg = _cfg(sen12, tmp_path,
                model={"name": "aligncr-lite", "overrides": tiny},
                data={"train": [{"kind": "sen12mscr", "root": str(sen12), "include": ["0", "1"]}],
@@ -201,6 +204,29 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(sen12: Path, tmp_path: Path,
     assert summary["stopped_by_signal"] and summary["steps"] == 2
     assert load_state(tmp_path / "state_last.pt")["step"] == 2
     assert signal.getsignal(signal.SIGTERM) == before  # our handler is removed again
+
+
+def _ddp_worker(rank: int, world: int, init: str, root: str, out: str) -> None:
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    cfg = _cfg(Path(root), Path(out), model={"name": "aligncr-lite", "overrides": TINY_LITE},
+               optim={"alignment_modules": ["engine.models.aligncr_arch:PCDAlignment"]},
+               run={"max_steps": 2}, data={"val": []})
+    summary = train(cfg, init_method=init)
+    assert summary["ddp"] and summary["world_size"] == world and summary["steps"] == 2
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_aligncr_lite(sen12: Path, tmp_path: Path) -> None:
+    """Two gloo processes on aligncr-lite: DDP must cope with the parameters Align-CR leaves unused."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_ddp_worker, args=(2, init, str(sen12), str(tmp_path / "run")), nprocs=2, join=True)
+    assert load_state(tmp_path / "run" / "state_last.pt")["step"] == 2
 
 
 def test_exploding_offsets_stop_the_run(sen12: Path, tmp_path: Path) -> None:

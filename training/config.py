@@ -93,6 +93,9 @@ class RunSection:
     offset_warn: float = 50.0  # EDVR: mean |offset| above 50 means training is diverging
     offset_abort: float = 200.0  # stop with an error above this (0 = never)
     progress: bool = True
+    # DDP: Align-CR's last AlignFuse block computes a SAR-stream update nothing downstream uses, so some
+    # parameters get no gradient; DDP must be told (found with torchrun on 2 processes).
+    find_unused_parameters: bool = True
 
 
 @dataclass(frozen=True)

@@ -355,7 +355,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
     ddp_model: nn.Module = model
     if dist.is_initialized():
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=run.find_unused_parameters,
         )
 
     tb = None
