@@ -186,3 +186,20 @@ def test_threads_default_to_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
         assert accel.set_threads(2) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_deformable_sampling_positions_stay_fp32_under_bf16_autocast() -> None:
+    """In bf16 a position near 150 px has a 1 px step: the DCN must sample at fp32 positions under autocast."""
+    from engine.models.ops.deform_conv import deform_conv2d, deform_conv2d_pure
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, 200, generator=g).bfloat16().float()  # values exactly representable in bf16
+    offset = torch.full((1, 18, 6, 200), 0.37)  # sub-pixel shifts everywhere
+    weight = (0.2 * torch.randn(4, 4, 3, 3, generator=g)).bfloat16().float()
+    ref = deform_conv2d_pure(x, offset, weight, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_conv2d(x.bfloat16(), offset.bfloat16(), weight, padding=1, use_torchvision=False)
+    naive = deform_conv2d_pure(x.bfloat16(), offset.bfloat16(), weight.bfloat16(), padding=1).float()
+    err, naive_err = (out.float() - ref).abs()[..., 128:].max(), (naive - ref).abs()[..., 128:].max()
+    assert out.dtype == torch.bfloat16
+    assert err < 0.05 < naive_err  # only the output's bf16 rounding remains

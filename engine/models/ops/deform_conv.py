@@ -35,6 +35,7 @@ except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) m
     _tv_deform_conv2d = None
 
 PURE_ENV_VAR = "ALIGNCR_PURE_DEFORM"
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _CHUNK_BYTES = 96 * 2**20
 
 
@@ -142,6 +143,16 @@ def deform_conv2d(
         return _tv_deform_conv2d(
             x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask
         )
+    if x.dtype in _LOW_PRECISION or offset.dtype in _LOW_PRECISION or torch.is_autocast_enabled(x.device.type):
+        # Sampling positions (pixel index + fractional offset) need fp32: in bf16 a position near 150 rounds to a
+        # whole pixel, which would undo the sub-pixel alignment. Same rule as torchvision's autocast registration
+        # of deform_conv2d: compute in fp32 (autocast off inside), return the input's dtype.
+        def f32(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.float()
+
+        with torch.autocast(x.device.type, enabled=False):
+            out = deform_conv2d_pure(f32(x), f32(offset), f32(weight), f32(bias), stride, padding, dilation, f32(mask))
+        return out.to(x.dtype)
     return deform_conv2d_pure(x, offset, weight, bias, stride, padding, dilation, mask)
 
 
