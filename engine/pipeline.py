@@ -65,7 +65,9 @@ log = logging.getLogger("engine")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
-GDAL_CACHE_MB = 64
+# In bytes: rasterio hands an integer straight to GDALSetCacheMax, so "64" would mean 64 *bytes* (not MB as in
+# the GDAL_CACHEMAX environment variable) and every decimated read would thrash the block cache.
+GDAL_CACHE_BYTES = 64 * 1024 * 1024
 FULL_COVERAGE = 0.999
 REPORT_START = 0.8
 
@@ -386,7 +388,7 @@ def run(
     warnings: list[str] = []
     inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights]
     check_output_path(config.out, [p for p in inputs if p is not None])
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), ExitStack() as stack:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp = _open_inputs(config, stack, progress, warnings)
         device = resolve_device(config.device)
         model = load_model(config, device)
