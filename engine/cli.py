@@ -20,12 +20,42 @@ from engine import __version__
 from engine.errors import Cancelled, EngineError
 
 
+class _Unavailable:
+    """Stands in for a sub-command whose dependencies do not import in this interpreter.
+
+    ``python -m engine env`` must work in a bare Python (the QGIS plugin uses it to diagnose the interpreter the
+    user picked), so one command failing to import must not take the others down; running it explains what to
+    install instead.
+    """
+
+    def __init__(self, name: str, missing: str) -> None:
+        self.NAME = name
+        self.missing = missing
+        self.HELP = f"(unavailable here: needs the '{missing}' package)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.set_defaults(_accepts_anything=True)
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise EngineError(
+            f"'{self.NAME}' needs the Python package '{self.missing}', which this interpreter ({sys.executable}) "
+            f"lacks: run ./scripts/setup.sh, or '{sys.executable} -m pip install torch==2.13.0 rasterio "
+            "scikit-image tqdm safetensors'"
+        )
+
+
 def _command_modules() -> list:
     mods = []
     for info in sorted(pkgutil.iter_modules(engine.commands.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
-        mods.append(importlib.import_module(f"engine.commands.{info.name}"))
+        try:
+            mods.append(importlib.import_module(f"engine.commands.{info.name}"))
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if not top or top == "engine":
+                raise
+            mods.append(_Unavailable(info.name, top))
     return mods
 
 
@@ -47,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_accepts_anything", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s: %(message)s",

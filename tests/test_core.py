@@ -73,3 +73,23 @@ def test_cloud_mask_single_band_and_udm2():
     np.testing.assert_array_equal(cloud_mask_from_bands(udm2)[0], [True, True, False, True])
     with pytest.raises(ValueError):
         cloud_mask_from_bands(np.zeros((3, 2, 2)))
+
+
+def test_cli_command_with_missing_dependency_explains_instead_of_crashing(monkeypatch, capsys):
+    import importlib
+
+    from engine import cli
+
+    real = importlib.import_module
+
+    def fake_import(name, *a, **k):
+        if name == "engine.commands.run":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(cli.importlib, "import_module", fake_import)
+    assert cli.main(["run", "--optical", "x.tif", "--sar", "y.tif"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the Python package 'torch'" in err
+    with pytest.raises(SystemExit):
+        cli.main(["models", "--no-such-flag"])
