@@ -55,6 +55,7 @@ def test_no_geographic_overlap(tmp_path, pair):
     _fails(tmp_path, InputError, "does not overlap", optical=pair[0], sar=far)
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_crs_missing(tmp_path, pair):
     no_crs = write_raster(tmp_path / "nocrs.tif", np.ones((4, 40, 40), dtype=np.uint16), crs=None)
     _fails(tmp_path, InputError, "no coordinate reference system", optical=no_crs, sar=pair[1])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from helpers_rasters import write_optical, write_sar
+from helpers_rasters import WGS84, footprint_transform, write_optical, write_sar
 
 from engine.cli import main
 
@@ -59,8 +59,6 @@ def test_progress_json_warning_and_error(tmp_path, pair, capsys):
     assert events == [{"event": "error", "message": f"SAR file not found: {tmp_path / 'missing.tif'}",
                        "kind": "InputError"}]  # fmt: skip
     # Partial SAR coverage → a warning event before the result.
-    from helpers_rasters import WGS84, footprint_transform
-
     transform, w, h = footprint_transform(opt, WGS84, 9e-5)
     half = write_sar(tmp_path / "half.tif", crs=WGS84, transform=transform, height=h, width=w // 2)
     assert main(["run", "--optical", str(opt), "--sar", str(half), "--out", str(tmp_path / "p.tif"), "--tile", "64",

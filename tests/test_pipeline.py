@@ -178,3 +178,22 @@ def test_cog_output_has_overviews(tmp_path):
         assert ds.overviews(1)
         assert ds.profile["blockxsize"] == 512
     assert not list(tmp_path.glob("*.tmp.tif"))
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_statistics_sample_spans_large_scenes(tmp_path, tiled):
+    """Above SAMPLE_SIZE² pixels the sample is a grid of windows spread over the whole scene (tiled or striped)."""
+    from engine.raster import SAMPLE_SIZE, read_sample
+
+    h, w = 1300, 1100
+    ids = np.arange(h * w, dtype=np.float32).reshape(1, h, w)
+    path = tmp_path / "big.tif"
+    extra = {"tiled": True, "blockxsize": 256, "blockysize": 256} if tiled else {}
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=1, dtype="float32", crs="EPSG:32632",
+                       transform=rasterio.Affine(3, 0, 0, 0, -3, 0), **extra) as ds:  # fmt: skip
+        ds.write(ids)
+    with rasterio.open(path) as ds:
+        sample = read_sample(ds, (1,))
+    assert sample.size <= SAMPLE_SIZE * SAMPLE_SIZE
+    rows, cols = np.unique(sample // w), np.unique(sample % w)
+    assert rows.min() < 100 and rows.max() > h - 100 and cols.min() < 100 and cols.max() > w - 100
