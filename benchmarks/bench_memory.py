@@ -88,8 +88,10 @@ def measure(folder: Path, tile: int) -> dict:
     )
     seconds = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    mib = 1024.0 * 1024.0
     return {"width": result.width, "tiles": result.total_tiles, "seconds": round(seconds, 1),
-            "peak_rss_mib": round(peak_mib, 1)}  # fmt: skip
+            "peak_rss_mib": round(peak_mib, 1), "input_mib": round((folder / "optical.tif").stat().st_size / mib, 1),
+            "output_mib": round((folder / "out.tif").stat().st_size / mib, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -123,7 +125,8 @@ def main() -> None:
             row["generate_seconds"] = round(gen, 1)
             rows.append(row)
             print(f"{size}²: {row['tiles']} tiles in {row['seconds']} s, peak RSS {row['peak_rss_mib']} MiB "
-                  f"(scene generated in {row['generate_seconds']} s)", flush=True)  # fmt: skip
+                  f"(scene generated in {row['generate_seconds']} s; optical {row['input_mib']} MiB, output "
+                  f"{row['output_mib']} MiB on disk)", flush=True)  # fmt: skip
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

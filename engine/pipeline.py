@@ -58,7 +58,7 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
-from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, reflect_pad
+from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
 log = logging.getLogger("engine")
@@ -294,6 +294,7 @@ def _output_spec(config: RunConfig, inp: _Inputs) -> OutputSpec:
         dtype=dtype,
         nodata=opt.nodata,
         descriptions=tuple(descriptions),
+        block_height=output_block_height(TileGrid(opt.height, opt.width, config.tile, config.overlap), config.chunk),
     )
 
 

@@ -138,9 +138,30 @@ class Chunk:
         return (self.acc_y, self.acc_x, self.acc_h, self.acc_w)
 
 
+def chunk_tiles(grid: TileGrid, chunk_px: int) -> int:
+    """Tiles per chunk side: ``chunk_px`` rounded down to whole tile strides, at least one."""
+    return max(1, chunk_px // grid.stride)
+
+
+def output_block_height(grid: TileGrid, chunk_px: int, largest: int = 512, smallest: int = 256) -> int:
+    """A GeoTIFF block height that divides the chunk-row height, so every written block is complete when written.
+
+    A chunk row ends at a multiple of ``c × stride`` (896 px for the defaults), which 512-row blocks straddle: the
+    straddling blocks are half-written, evicted from GDAL's bounded cache on wide scenes, re-read and appended
+    again when the next chunk row completes them — compressed GeoTIFFs cannot reuse the old space, so the file grew
+    by ~24 % on a 16384² scene. The largest multiple of 16 (a TIFF requirement) in [``smallest``, ``largest``]
+    dividing the chunk-row height avoids that (448 for the defaults); when there is none, ``largest`` is used.
+    """
+    rows = chunk_tiles(grid, chunk_px) * grid.stride
+    for h in range(largest, smallest - 1, -16):
+        if rows % h == 0:
+            return h
+    return largest
+
+
 def chunks(grid: TileGrid, chunk_px: int) -> list[Chunk]:
     """Row-major chunks of about ``chunk_px`` pixels a side (a whole number of tile strides, at least one)."""
-    c = max(1, chunk_px // grid.stride)
+    c = chunk_tiles(grid, chunk_px)
     n_rows = math.ceil(grid.rows / c)
     n_cols = math.ceil(grid.cols / c)
     out: list[Chunk] = []

@@ -5,7 +5,8 @@ system, so the final ``os.replace`` is an atomic rename) and renamed only when t
 error or a user cancel never leaves a half-written file under the requested name. The temporary name ends in
 ``.tmp.tif`` (git-ignored) and is removed on failure.
 
-Layout: 512×512 internal tiles, DEFLATE; predictor 2 (horizontal differencing) for integer data as asked for
+Layout: internal tiles 512 wide and 512 (or, to match the engine's chunk rows, slightly fewer, e.g. 448) rows
+high, DEFLATE; predictor 2 (horizontal differencing) for integer data as asked for
 PlanetScope DN, predictor 3 (floating-point) for float data, where GDAL/libtiff's predictor 2 gains little.
 ``cog=True`` writes the plain tiled GeoTIFF first, then lets GDAL's COG driver copy it with overviews
 (averaged) into a second temporary file, since a COG must be written in one ordered pass with its overviews first.
@@ -42,6 +43,7 @@ class OutputSpec:
     dtype: str
     nodata: float | None
     descriptions: tuple[str | None, ...]
+    block_height: int = BLOCK  # see engine.tiling.output_block_height: chosen so chunk rows fill whole blocks
 
 
 def check_output_path(out: Path, inputs: list[Path]) -> None:
@@ -71,9 +73,15 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
     probe.unlink(missing_ok=True)
 
 
-def _creation_options(dtype: str, width: int, height: int) -> dict:
+def _creation_options(dtype: str, block_height: int) -> dict:
     predictor = 3 if np.dtype(dtype).kind == "f" else 2
-    return {"tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate", "predictor": predictor}
+    return {
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": block_height,
+        "compress": "deflate",
+        "predictor": predictor,
+    }
 
 
 class AtomicGeoTIFFWriter:
@@ -107,7 +115,7 @@ class AtomicGeoTIFFWriter:
                 transform=s.transform,
                 nodata=s.nodata,
                 BIGTIFF="IF_SAFER",
-                **_creation_options(s.dtype, s.width, s.height),
+                **_creation_options(s.dtype, s.block_height),
             )
         except Exception as exc:
             self._cleanup()

@@ -113,3 +113,12 @@ def test_chunk_size_does_not_change_the_result(tmp_path):
         with rasterio.open(out) as ds:
             outs.append(ds.read())
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_output_block_height_divides_chunk_rows():
+    from engine.tiling import output_block_height
+
+    grid = TileGrid(5000, 5000, tile=256, overlap=32)  # stride 224, 4 tiles per 1024-px chunk: rows of 896
+    assert output_block_height(grid, 1024) == 448
+    assert output_block_height(TileGrid(5000, 5000, tile=512, overlap=0), 1024) == 512
+    assert output_block_height(TileGrid(5000, 5000, tile=250, overlap=32), 1024) == 512  # 872: no fit, fallback
