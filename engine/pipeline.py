@@ -393,6 +393,7 @@ def run(
         inp = _open_inputs(config, stack, progress, warnings)
         device = resolve_device(config.device)
         model = load_model(config, device)
+        stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(model.module, device, accel)
         if model.in_bands != len(config.bands):
             raise ModelError(

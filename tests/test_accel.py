@@ -203,3 +203,21 @@ def test_deformable_sampling_positions_stay_fp32_under_bf16_autocast() -> None:
     err, naive_err = (out.float() - ref).abs()[..., 128:].max(), (naive - ref).abs()[..., 128:].max()
     assert out.dtype == torch.bfloat16
     assert err < 0.05 < naive_err  # only the output's bf16 rounding remains
+
+
+def test_pipeline_restores_the_callers_torch_threads(tmp_path) -> None:
+    from helpers_rasters import write_optical, write_sar
+
+    from engine.config import RunConfig
+    from engine.pipeline import run
+
+    opt = write_optical(tmp_path / "o.tif", height=40, width=40)
+    sar = write_sar(tmp_path / "s.tif", like=opt)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        cfg = RunConfig(optical=opt, sar=sar, out=tmp_path / "out.tif", model="identity", tile=32, overlap=8)
+        result = run(cfg, accel=AccelConfig(threads=2))
+        assert result.accel["threads"] == 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
