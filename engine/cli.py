@@ -37,10 +37,11 @@ class _Unavailable:
         parser.set_defaults(_accepts_anything=True)
 
     def run(self, args: argparse.Namespace) -> int:
+        # "No module named 'x'" is the phrase the QGIS plugin's runner looks for to suggest the exact install.
         raise EngineError(
-            f"'{self.NAME}' needs the Python package '{self.missing}', which this interpreter ({sys.executable}) "
-            f"lacks: run ./scripts/setup.sh, or '{sys.executable} -m pip install torch==2.13.0 rasterio "
-            "scikit-image tqdm safetensors'"
+            f"'{self.NAME}' cannot run: No module named '{self.missing}' in this interpreter ({sys.executable}); "
+            f"run ./scripts/setup.sh, or '{sys.executable} -m pip install torch==2.13.0 rasterio scikit-image tqdm "
+            "safetensors'"
         )
 
 
