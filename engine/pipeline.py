@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
 # In bytes: rasterio hands an integer straight to GDALSetCacheMax, so "64" would mean 64 *bytes* (not MB as in
 # the GDAL_CACHEMAX environment variable) and every decimated read would thrash the block cache.
-GDAL_CACHE_BYTES = 64 * 1024 * 1024
+GDAL_CACHE_BYTES = 32 * 1024 * 1024
 FULL_COVERAGE = 0.999
 REPORT_START = 0.8
 
