@@ -24,7 +24,7 @@ def test_two_crs_end_to_end(tmp_path, pair, capsys):
     opt, sar = pair
     out = tmp_path / "declouded.tif"
     args = ["run", "--optical", str(opt), "--sar", str(sar), "--out", str(out), "--tile", "32", "--overlap", "8"]
-    assert main([*args, "--device", "cpu", "--sar-resampling", "bilinear"]) == 0
+    assert main([*args, "--model", "identity", "--device", "cpu", "--sar-resampling", "bilinear"]) == 0
     with rasterio.open(opt) as a, rasterio.open(out) as b:
         assert b.crs == a.crs and b.transform == a.transform and b.shape == a.shape
         np.testing.assert_array_equal(b.read(), a.read())
@@ -35,7 +35,7 @@ def test_progress_json_lines(tmp_path, pair, capsys):
     opt, sar = pair
     out = tmp_path / "o.tif"
     code = main(["run", "--optical", str(opt), "--sar", str(sar), "--out", str(out), "--tile", "32",
-                 "--overlap", "8", "--progress-json"])  # fmt: skip
+                 "--overlap", "8", "--model", "identity", "--progress-json"])  # fmt: skip
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     events = [json.loads(line) for line in lines]  # every stdout line is one JSON object

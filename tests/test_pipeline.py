@@ -28,7 +28,7 @@ def pair(tmp_path):
 
 
 def _cfg(opt, sar, out, **kw):
-    return RunConfig(optical=opt, sar=sar, out=out, **{"tile": 32, "overlap": 8, **kw})
+    return RunConfig(optical=opt, sar=sar, out=out, **{"tile": 32, "overlap": 8, "model": "identity", **kw})
 
 
 def test_round_trip_georeferencing_identity(tmp_path, pair):
@@ -45,6 +45,21 @@ def test_round_trip_georeferencing_identity(tmp_path, pair):
     assert result.sar_coverage == pytest.approx(1.0)
     assert result.total_tiles == len(list(range(0, 70 - 8, 24))) * len(list(range(0, 90 - 8, 24)))
     assert not list(tmp_path.glob("*.tmp.tif"))
+
+
+def test_default_model_is_the_bundled_aligncr_lite(tmp_path, pair, monkeypatch):
+    """No --model: the bundled aligncr-lite weights run (they change the image); without them, identity."""
+    import engine.pipeline as pipeline
+
+    opt, sar = pair
+    if pipeline.BUNDLED_WEIGHTS.is_file():
+        result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "lite.tif", tile=64, overlap=8))
+        assert result.model == "aligncr-lite"
+        with rasterio.open(opt) as a, rasterio.open(tmp_path / "lite.tif") as b:
+            assert not np.array_equal(a.read(), b.read())
+    monkeypatch.setattr(pipeline, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
+    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "id.tif", tile=64, overlap=8))
+    assert result.model == "identity"
 
 
 def test_default_band_descriptions_and_extra_band_passthrough(tmp_path):
@@ -96,7 +111,7 @@ def test_weights_file_card_normalisation_wins(tmp_path):
     opt = write_optical(tmp_path / "opt.tif", np.full((4, 32, 32), 2500, dtype=np.uint16))
     sar = write_sar(tmp_path / "s1.tif", like=opt)
     Probe.seen.clear()
-    result = run(_cfg(opt, sar, tmp_path / "out.tif", weights=path))
+    result = run(_cfg(opt, sar, tmp_path / "out.tif", model=None, weights=path))
     assert result.model == "test-probe" and result.model_card["normalisation"]["optical_scale"] == 5000.0
     np.testing.assert_allclose(Probe.seen[0][0].numpy(), 0.5, atol=1e-6)  # 2500 / 5000, not / 10000
 
@@ -207,7 +222,7 @@ def test_real_m3rcr_quartet(tmp_path, shared_data):
     sar = next((root / "S1_fall").rglob("*.tif"))
     lc = next((root / "landcover_fall").rglob("*.tif"))
     out = tmp_path / "out.tif"
-    result = run(RunConfig(optical=opt, sar=sar, landcover=lc, out=out, tile=128, overlap=16))
+    result = run(RunConfig(optical=opt, sar=sar, landcover=lc, out=out, tile=128, overlap=16, model="identity"))
     assert result.sar_units == "db" and result.sar_coverage > 0.95
     with rasterio.open(opt) as a, rasterio.open(out) as b:
         assert (b.crs, b.transform, b.shape, b.dtypes, b.nodata) == (a.crs, a.transform, a.shape, a.dtypes, a.nodata)
