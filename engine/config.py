@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,13 @@ OPTICAL_SCALES = ("auto", "dn", "reflectance")
 SAR_RESAMPLINGS = ("nearest", "bilinear")
 DEFAULT_BANDS = (1, 2, 3, 4)  # PlanetScope B, G, R, NIR
 DEFAULT_SAR_BANDS = (1, 2)  # VV, VH
+TEMPORAL_PATHS = ("optical_prev", "sar_prev", "optical_next", "sar_next")  # the extra dates' rasters
+DATE_FIELDS = ("date", "date_prev", "date_next")
+
+
+def flag(field_name: str) -> str:
+    """The ``engine run`` option of a :class:`RunConfig` field: ``optical_prev`` → ``--optical-prev``."""
+    return "--" + field_name.replace("_", "-")
 
 
 @dataclass
@@ -30,6 +38,12 @@ class RunConfig:
     a 13-band L1C file are ``(2, 3, 4, 8)``). ``model=None`` means the default model (bundled ``aligncr-lite``
     weights when present, else ``identity``). ``chunk`` is the side, in pixels, of the processing chunk on the
     global tile grid: it bounds memory and does not change the result.
+
+    Temporal models (those with a ``temporal_inputs`` attribute: ``msop-unet``, ``gapfill``) also take the images
+    acquired before (``optical_prev``, ``sar_prev``) and after (``optical_next``, ``sar_next``) the cloudy one;
+    they are aligned and normalised like ``optical`` / ``sar``. ``date`` / ``date_prev`` / ``date_next`` are the
+    acquisition times (datetimes or ISO 8601 strings) for models that need them (``gapfill``); when absent they are
+    read from the files' tags (:func:`engine.gapfill.read_acquisition_date`). Other models ignore all of these.
     """
 
     optical: Path
@@ -52,12 +66,25 @@ class RunConfig:
     sar_resampling: str = "nearest"
     report: Path | None = None
     chunk: int = 1024
+    optical_prev: Path | None = None
+    optical_next: Path | None = None
+    sar_prev: Path | None = None
+    sar_next: Path | None = None
+    date: datetime | None = None
+    date_prev: datetime | None = None
+    date_next: datetime | None = None
 
     def __post_init__(self) -> None:
-        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report"):
+        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", *TEMPORAL_PATHS):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
+        for name in DATE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, datetime):
+                from engine.gapfill import parse_datetime
+
+                setattr(self, name, parse_datetime(str(value)))
         self.bands = tuple(int(b) for b in self.bands)
         self.sar_bands = tuple(int(b) for b in self.sar_bands)
 
@@ -85,6 +112,10 @@ class RunConfig:
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got '{value}'")
 
+    def temporal_paths(self) -> dict[str, Path]:
+        """The extra dates' rasters that were given, by field name (``optical_prev`` …)."""
+        return {name: getattr(self, name) for name in TEMPORAL_PATHS if getattr(self, name) is not None}
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly settings (paths as strings) for reports and logs."""
         out: dict[str, Any] = {}
@@ -92,6 +123,8 @@ class RunConfig:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,24 @@ NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
 DESCRIPTION = (
     "Reproject the SAR (and optional land cover / cloud mask) onto the optical grid, run the model tile by tile "
-    "with overlap blending, and write a georeferenced GeoTIFF on the optical grid."
+    "with overlap blending, and write a georeferenced GeoTIFF on the optical grid. Temporal models (msop-unet, "
+    "gapfill) also take the images acquired before and after the cloudy one (--optical-prev, --sar-prev, "
+    "--optical-next, --sar-next) and, for gapfill, their acquisition times (from the files' tags unless given)."
 )
 
 
 def _bands(text: str) -> tuple[int, ...]:
     try:
         return parse_band_list(text)
+    except EngineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _date(text: str) -> datetime:
+    from engine.gapfill import parse_datetime
+
+    try:
+        return parse_datetime(text)
     except EngineError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -61,7 +73,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sar-resampling", choices=SAR_RESAMPLINGS, default="nearest", help="SAR upsampling")
     parser.add_argument("--report", type=Path, help="also write a metrics/figures report into this folder")
     parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
+    add_temporal_arguments(parser)
     add_accel_arguments(parser)
+
+
+def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
+    """The extra dates of temporal models (``msop-unet``: all four rasters; ``gapfill``: the optical ones + dates)."""
+    group = parser.add_argument_group(
+        "extra dates (temporal models: msop-unet, gapfill; ignored with a warning by the others)"
+    )
+    for flag, help_text in (
+        ("--optical-prev", "optical image acquired before the cloudy one (t-1)"),
+        ("--sar-prev", "SAR image acquired with --optical-prev (t-1; msop-unet)"),
+        ("--optical-next", "optical image acquired after the cloudy one (t+1)"),
+        ("--sar-next", "SAR image acquired with --optical-next (t+1; msop-unet)"),
+    ):
+        group.add_argument(flag, type=Path, metavar="FILE", help=help_text)
+    for flag, help_text in (
+        ("--date", "acquisition time of --optical, ISO 8601 (gapfill; default: the file's tags)"),
+        ("--date-prev", "acquisition time of --optical-prev (default: its tags)"),
+        ("--date-next", "acquisition time of --optical-next (default: its tags)"),
+    ):
+        group.add_argument(flag, type=_date, metavar="TIME", help=help_text)
 
 
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +134,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         optical_scale=args.optical_scale,
         sar_resampling=args.sar_resampling,
         report=args.report,
+        optical_prev=args.optical_prev,
+        optical_next=args.optical_next,
+        sar_prev=args.sar_prev,
+        sar_next=args.sar_next,
+        date=args.date,
+        date_prev=args.date_prev,
+        date_next=args.date_next,
     )
 
 
