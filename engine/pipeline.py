@@ -17,6 +17,11 @@ Choices where the paper is silent (following the official M3R-CR loader where it
   input anyway, so the result is the same and empty scene margins cost nothing.
 * GDAL's block cache is capped (``GDAL_CACHEMAX``) so its size, not the scene's, bounds what GDAL keeps.
 
+Temporal models (``msop-unet``, ``gapfill``; see :mod:`engine.temporal`) also get the images before and after the
+cloudy one, aligned, normalised and read per chunk window like the main inputs; a pixel that one of them does not
+cover is left as the input. A model whose config says ``fill_only_cloudy`` (``gapfill``) changes only the pixels
+``--mask`` marks as cloud when a mask is given (the others are copied from the input bit for bit).
+
 Speed (``accel``, see :mod:`engine.accel` and :mod:`engine.prefetch`): the network runs through an
 :class:`~engine.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
 (the default), a reader thread reads, aligns, normalises and batches chunk *k+1* and a writer thread encodes
@@ -58,6 +63,7 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
+from engine.temporal import TemporalAdapter, TemporalInputs, open_temporal
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
@@ -181,6 +187,7 @@ class _Inputs:
     coverage: float
     sar_reader: AlignedReader | None = None
     mask_reader: AlignedReader | None = None
+    temporal: TemporalInputs | None = None  # the extra dates of a temporal model
 
 
 def _open_inputs(config: RunConfig, stack: ExitStack, progress: Progress, warnings: list[str]) -> _Inputs:
@@ -313,7 +320,7 @@ class _TileBatch:
     fallback: list[np.ndarray]  # each tile's normalised optical input: its "prediction" when the network skips it
     run_idx: list[int]  # which tiles go through the network (they have valid optical and SAR pixels)
     optical: np.ndarray | torch.Tensor | None  # (len(run_idx), B, t, t), pinned on CUDA
-    sar: np.ndarray | torch.Tensor | None
+    sar: np.ndarray | torch.Tensor | None  # (len(run_idx), 2 [+ extra dates' channels], t, t)
 
 
 @dataclass
@@ -326,6 +333,7 @@ class _ChunkData:
     sar_ok: np.ndarray
     batches: list[_TileBatch]
     mask: np.ndarray | None
+    use_ok: np.ndarray | None = None  # where the model's output may be used (None: optical and SAR valid)
 
 
 def _read_chunk(
@@ -344,18 +352,19 @@ def _read_chunk(
     sar_ok = np.isfinite(sar).all(axis=0)
     for k in range(sar.shape[0]):
         sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
+    use_ok = None
+    if inp.temporal is not None:  # the extra dates go after the SAR channels (see engine.temporal)
+        extras, extra_ok = inp.temporal.read(win, x, inp.optical_scale, norm)
+        sar = TemporalAdapter.pack(sar, extras)
+        use_ok = opt_ok & extra_ok & (sar_ok if inp.temporal.uses_sar else True)
+    run_ok = use_ok if use_ok is not None else opt_ok & sar_ok
     t = config.tile
     tiles = list(chunk.tiles)
     batches: list[_TileBatch] = []
     for i in range(0, len(tiles), config.batch):
         batch = tiles[i : i + config.batch]
         opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
-        run_idx = []
-        for j, tl in enumerate(batch):
-            ok_o = _tile_slice(opt_ok, tl, (y0, x0), t)
-            ok_s = _tile_slice(sar_ok, tl, (y0, x0), t)
-            if (ok_o & ok_s).any():
-                run_idx.append(j)
+        run_idx = [j for j, tl in enumerate(batch) if _tile_slice(run_ok, tl, (y0, x0), t).any()]
         o = s = None
         if run_idx:
             o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
@@ -364,7 +373,7 @@ def _read_chunk(
     mask = None
     if inp.mask_reader is not None and chunk.out_h > 0 and chunk.out_w > 0:
         mask = inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h))
-    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask)
+    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok)
 
 
 def run(
@@ -387,18 +396,26 @@ def run(
         progress = outer.scaled(0.0, REPORT_START)
     t0 = time.perf_counter()
     warnings: list[str] = []
-    inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights]
+    inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights,
+              *config.temporal_paths().values()]  # fmt: skip
     check_output_path(config.out, [p for p in inputs if p is not None])
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp = _open_inputs(config, stack, progress, warnings)
         device = resolve_device(config.device)
         model = load_model(config, device)
-        stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
-        runner = InferenceRunner(model.module, device, accel)
         if model.in_bands != len(config.bands):
             raise ModelError(
                 f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
             )
+        inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress, warnings)
+        module = model.module
+        if inp.temporal is not None:
+            module = TemporalAdapter(
+                module, len(config.sar_bands), [e.key for e in inp.temporal.extras],
+                [e.channels for e in inp.temporal.extras], inp.temporal.dates,
+            )  # fmt: skip
+        stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
+        runner = InferenceRunner(module, device, accel)
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
         inp.sar_fill = _sar_fill(config, inp, model.norm)
         spec = _output_spec(config, inp)
@@ -418,6 +435,8 @@ def run(
         if inp.mask is not None:
             mask_bands = tuple(range(1, inp.mask.count + 1))
             inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
+        if inp.temporal is not None:
+            inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
         counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0}
 
         def read(chunk: Chunk) -> _ChunkData:
@@ -493,19 +512,23 @@ def _process_chunk(
         return done
     raw, opt_ok, sar_ok = data.raw, data.opt_ok, data.sar_ok
     out = raw[:, :h, :w].copy()
-    use = opt_ok[:h, :w] & sar_ok[:h, :w]
-    pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
-    for k, b in enumerate(inp.band_index):
-        out[b][use] = pred[k][use]
-    submit(out, Window(ox, oy, w, h))
-    counts["valid"] += int(opt_ok[:h, :w].sum())
-    counts["sar"] += int(use.sum())
+    with_sar = opt_ok[:h, :w] & sar_ok[:h, :w]
+    use = with_sar if data.use_ok is None else data.use_ok[:h, :w]
+    cloud = None
     if data.mask is not None and inp.mask is not None:
         m = data.mask
         m_ok = np.isfinite(m).all(axis=0) & opt_ok[:h, :w]
         cloud = cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok
         counts["cloud"] += int(cloud.sum())
         counts["mask_valid"] += int(m_ok.sum())
+    if cloud is not None and inp.temporal is not None and inp.temporal.fill_only_cloudy:
+        use = use & cloud
+    pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
+    for k, b in enumerate(inp.band_index):
+        out[b][use] = pred[k][use]
+    submit(out, Window(ox, oy, w, h))
+    counts["valid"] += int(opt_ok[:h, :w].sum())
+    counts["sar"] += int(with_sar.sum())
     return done
 
 

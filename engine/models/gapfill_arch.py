@@ -43,6 +43,7 @@ class GapfillConfig:
 class LinearGapfill(nn.Module):
     temporal_inputs = ("prev", "next")
     needs_dates = True
+    uses_sar = False  # the engine need not supply sar_prev / sar_next, and SAR gaps do not limit the fill
 
     def __init__(self, cfg: GapfillConfig) -> None:
         super().__init__()
