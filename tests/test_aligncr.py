@@ -175,3 +175,32 @@ def test_channels_last_gives_the_same_result():
         cl = torch.channels_last
         out = model(optical.to(memory_format=cl), sar.to(memory_format=cl))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_per_pixel_filter_matches_unfold_reference_and_gradients():
+    """The in-place tap loop equals the official unfold formulation (values and gradients)."""
+    import torch.nn.functional as F
+
+    from engine.models.arch_util import per_pixel_filter
+
+    torch.manual_seed(3)
+    k, (n, c, h, w) = 5, (2, 3, 6, 7)
+    feat = torch.randn(n, c, h, w, requires_grad=True)
+    kernels = torch.randn(n, c * k * k, h, w, requires_grad=True)
+    out = per_pixel_filter(feat, kernels, k)
+    cols = F.unfold(F.pad(feat, (2, 2, 2, 2), mode="replicate"), k).view(n, c, k * k, h, w)
+    ref = (cols * kernels.view(n, c, k * k, h, w)).sum(2)
+    torch.testing.assert_close(out, ref)
+    g_out = torch.autograd.grad(out.square().sum(), (feat, kernels))
+    g_ref = torch.autograd.grad(ref.square().sum(), (feat, kernels))
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # summation order differs
+
+
+def test_cross_modal_gate_einsum_equals_the_1x1_conv():
+    from engine.models.aligncr_arch import WindowAttention
+
+    torch.manual_seed(4)
+    attn = WindowAttention(32, 8, 4, dual=True)
+    diff = torch.randn(3, 4, 64, 64)
+    torch.testing.assert_close(attn._head_mix(diff), attn.attn_fuse_1x1conv(diff), atol=1e-5, rtol=1e-5)
