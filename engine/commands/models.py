@@ -1,6 +1,7 @@
 """``python -m engine models [--json]``: every registered model, its size, and the weights bundled for it.
 
-The QGIS plugin fills its model picker from ``--json``; a user choosing between ``aligncr`` and
+The QGIS plugin fills its model picker from ``--json`` (and shows its "Extra dates" group for the models whose
+``temporal_inputs`` is not empty); a user choosing between ``aligncr`` and
 ``aligncr-lite`` needs the parameter counts (a proxy for speed and memory) and whether trained weights ship with
 the install. Counting builds each model on the ``meta`` device (no memory, no arithmetic). Weight files in the
 weights folder are described from their model card only (header read, no tensors); a file that is not a valid
@@ -45,6 +46,11 @@ class ModelInfo:
     params_paper_convention: int | None
     bundled_weights: list[str] = field(default_factory=list)
     error: str | None = None
+    # temporal models (msop-unet, gapfill): the extra dates they take (``["prev", "next"]``), whether they need the
+    # acquisition times and the SAR images; the plugin shows its "Extra dates" group from these.
+    temporal_inputs: list[str] = field(default_factory=list)
+    needs_dates: bool = False
+    uses_sar: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +90,9 @@ def collect(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
     models = []
     for spec in list_models():
         info = ModelInfo(spec.name, spec.arch, spec.description, spec.needs_weights, None, None)
+        info.temporal_inputs = list(getattr(spec.cls, "temporal_inputs", None) or ())
+        info.needs_dates = bool(getattr(spec.cls, "needs_dates", False))
+        info.uses_sar = bool(getattr(spec.cls, "uses_sar", True))
         try:
             with torch.device("meta"):
                 model = spec.cls(spec.config)
