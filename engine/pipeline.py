@@ -63,7 +63,7 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
-from engine.temporal import TemporalAdapter, TemporalInputs, open_temporal
+from engine.temporal import TemporalAdapter, TemporalInputs, open_temporal, precheck
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
@@ -399,6 +399,7 @@ def run(
     inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights,
               *config.temporal_paths().values()]  # fmt: skip
     check_output_path(config.out, [p for p in inputs if p is not None])
+    precheck(config, default_model_name())
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp = _open_inputs(config, stack, progress, warnings)
         device = resolve_device(config.device)

@@ -52,7 +52,7 @@ FULL_COVERAGE = 0.999
 _ROLES = {"prev": "t-1", "next": "t+1"}
 
 
-def temporal_keys(module: nn.Module) -> list[str]:
+def temporal_keys(module: nn.Module | type) -> list[str]:
     """The extra-date inputs ``module`` needs, in forward-argument order (``[]`` for a non-temporal model)."""
     keys: list[str] = []
     uses_sar = bool(getattr(module, "uses_sar", True))
@@ -194,12 +194,7 @@ def open_temporal(
         if ignored:
             _warn(progress, warnings, f"model '{model_name}' is not temporal: {', '.join(ignored)} ignored")
         return None
-    missing = [k for k in keys if k not in given]
-    if missing:
-        raise InputError(
-            f"model '{model_name}' needs {_join([flag(k) for k in keys])} (the images before and after the cloudy "
-            f"one); missing {', '.join(flag(k) for k in missing)}"
-        )
+    require_extra_dates(keys, model_name, config)
     unused = [flag(k) for k in given if k not in keys]
     if not needs_dates:
         unused += [flag(d) for d in given_dates]
@@ -246,6 +241,37 @@ def open_temporal(
             extra.fill = sar_fill(ds, bands, extra.sar_units, norm)
         out.extras.append(extra)
     return out
+
+
+def require_extra_dates(keys: list[str], model_name: str, config: RunConfig) -> None:
+    """Raise the one-line :class:`InputError` naming the flags of the extra dates ``keys`` that ``config`` lacks."""
+    missing = [k for k in keys if getattr(config, k) is None]
+    if missing:
+        raise InputError(
+            f"model '{model_name}' needs {_join([flag(k) for k in keys])} (the images before and after the cloudy "
+            f"one); missing {', '.join(flag(k) for k in missing)}"
+        )
+
+
+def precheck(config: RunConfig, default_model: str) -> None:
+    """Fail in milliseconds, before any raster is opened, when the chosen temporal model lacks an extra date.
+
+    Only the model's class is looked at (registry name, or the weights file's card header); anything unclear here
+    (unknown name, unreadable weights) is left for the full checks to report in their usual order.
+    """
+    from engine.errors import EngineError
+    from engine.models import get_spec
+
+    try:
+        name = config.model or default_model
+        if config.weights is not None:
+            from engine.models.weights import read_card
+
+            name = read_card(config.weights).arch or name
+        cls = get_spec(name).cls
+    except (EngineError, OSError, ValueError):
+        return
+    require_extra_dates(temporal_keys(cls), name, config)
 
 
 def _join(items: list[str]) -> str:
