@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers_rasters import UTM32N, WGS84, footprint_transform, optical_transform, write_mask, write_optical, write_raster, write_sar
+from helpers_rasters import (
+    UTM32N,
+    WGS84,
+    footprint_transform,
+    optical_transform,
+    write_mask,
+    write_optical,
+    write_raster,
+    write_sar,
+)
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as warp_transform
 
 from engine import normalise
@@ -108,10 +118,9 @@ def test_gapfill_with_mask_changes_only_cloudy_pixels(tmp_path: Path, linear_sce
     out = tmp_path / "filled.tif"
     result = run(_gapfill_config(linear_scene, out, mask=mask))
     got = _read(out)
-    with rasterio.open(linear_scene["optical"]) as ds, rasterio.vrt.WarpedVRT(
-        rasterio.open(mask), crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height
-    ) as vrt:
-        cloud = vrt.read(1).astype(bool)
+    with rasterio.open(linear_scene["optical"]) as ds, rasterio.open(mask) as m:
+        with WarpedVRT(m, crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height) as vrt:
+            cloud = vrt.read(1).astype(bool)  # the mask on the optical grid, nearest (as the pipeline reads it)
     assert 0.25 < cloud.mean() < 0.55 and result.cloud_fraction == pytest.approx(cloud.mean(), abs=1e-6)
     np.testing.assert_array_equal(got[:, ~cloud], linear_scene["cloudy"][:, ~cloud])  # clear pixels: bit for bit
     assert np.abs(got[:, cloud].astype(float) - linear_scene["truth"][:, cloud]).max() <= 1.0
@@ -237,3 +246,14 @@ def test_msop_unet_cli_end_to_end_and_wiring(tmp_path: Path) -> None:
     assert np.abs(got - expected_dn).max() <= 1.0
     assert np.abs(got - swapped_dn).max() > 20  # the check above can tell the dates apart
     assert np.abs(got - _read(opts["t"])).max() > 20  # the network did something
+
+
+def test_models_json_lists_temporal_models(capsys) -> None:
+    import json
+
+    assert main(["models", "--json"]) == 0
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    assert models["msop-unet"]["temporal_inputs"] == ["prev", "next"] and models["msop-unet"]["uses_sar"]
+    assert models["gapfill"]["temporal_inputs"] == ["prev", "next"] and models["gapfill"]["needs_dates"]
+    assert not models["gapfill"]["uses_sar"] and not models["gapfill"]["needs_weights"]
+    assert models["aligncr-lite"]["temporal_inputs"] == [] and not models["identity"]["needs_dates"]
