@@ -3,8 +3,10 @@
 Built in code rather than a ``.ui`` file so that every widget is a named attribute the tests can drive. The
 dialog holds no raster maths: it validates with :mod:`aligncr_qgis.layers`, clips to a processing extent with
 GDAL virtual rasters (:mod:`aligncr_qgis.extent_clip`), and hands a :class:`~aligncr_qgis.engine_process.RunRequest`
-to an :class:`~aligncr_qgis.task.EngineTask`. It is non-modal: QGIS stays usable while a run is in flight, and
-closing the dialog does not stop the task (the task manager still shows it and can cancel it).
+to an :class:`~aligncr_qgis.task.EngineTask`. When the chosen model is temporal (``temporal_inputs`` in its
+``engine models --json`` entry: msop-unet, gapfill) an "Extra dates" group asks for the images before and after
+the cloudy one (and, for gapfill, optional acquisition times). It is non-modal: QGIS stays usable while a run is
+in flight, and closing the dialog does not stop the task (the task manager still shows it and can cancel it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ from qgis.PyQt.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -58,7 +62,7 @@ from qgis.PyQt.QtWidgets import (
 from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
-from aligncr_qgis.model_cards import ModelCardError, read_card
+from aligncr_qgis.model_cards import ModelCardError, TemporalInfo, read_card, temporal_info
 from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_ndvi, style_rgb
@@ -66,6 +70,19 @@ from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
 UNITS = [("auto", "Auto-detect"), ("db", "dB"), ("linear", "Linear power")]
+# The extra dates of temporal models: engine name (RunRequest field, ``--optical-prev`` …) → dialog label.
+EXTRA_LAYERS = {
+    "optical_prev": "Optical before (t−1)",
+    "sar_prev": "SAR before (t−1)",
+    "optical_next": "Optical after (t+1)",
+    "sar_next": "SAR after (t+1)",
+}
+EXTRA_DATES = {
+    "date": "Date of the cloudy image",
+    "date_prev": "Date before (t−1)",
+    "date_next": "Date after (t+1)",
+}
+DATE_HINT = "from the layer's metadata, or e.g. 2021-06-01T10:30:00Z"
 
 
 class AlignCRDialog(QDialog):
@@ -86,6 +103,8 @@ class AlignCRDialog(QDialog):
         self.open_report_in_browser = True
         self.result_layers: list[QgsRasterLayer] = []
         self.last_check = L.CheckResult()
+        self.temporal: TemporalInfo | None = None  # the chosen model's extra dates (None: not a temporal model)
+        self.temporal_model = ""
         self.setWindowTitle("Align-CR — SAR-guided cloud removal")
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
@@ -145,6 +164,26 @@ class AlignCRDialog(QDialog):
         form.addRow("Cloud-free reference (optional)", self.reference_combo)
         self.overlap_label = QLabel("", self)
         form.addRow("SAR overlap", self.overlap_label)
+
+        # Extra dates (temporal models only) ----------------------------------
+        self.temporal_box = QGroupBox("Extra dates", self)
+        tform = QFormLayout(self.temporal_box)
+        self.extra_combos: dict[str, QgsMapLayerComboBox] = {}
+        self.date_edits: dict[str, QLineEdit] = {}
+        self._extra_rows: dict[str, tuple[QLabel, QWidget]] = {}
+        for key, label in EXTRA_LAYERS.items():
+            combo = raster_combo(True)
+            self.extra_combos[key] = combo
+            self._extra_rows[key] = (QLabel(label, self), combo)
+            tform.addRow(*self._extra_rows[key])
+        for key, label in EXTRA_DATES.items():
+            edit = QLineEdit(self)
+            edit.setPlaceholderText(DATE_HINT)
+            self.date_edits[key] = edit
+            self._extra_rows[key] = (QLabel(label + " (optional)", self), edit)
+            tform.addRow(*self._extra_rows[key])
+        self.temporal_box.setVisible(False)
+        self.temporal_box.setEnabled(False)
 
         # Model ------------------------------------------------------------
         model_box = QGroupBox("Model", self)
@@ -224,6 +263,7 @@ class AlignCRDialog(QDialog):
 
         left = QVBoxLayout()
         left.addWidget(inputs)
+        left.addWidget(self.temporal_box)
         left.addWidget(out_box)
         issues_row = QHBoxLayout()
         issues_row.addWidget(self.issues_label, 1)
@@ -252,8 +292,10 @@ class AlignCRDialog(QDialog):
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
-        for combo in (self.landcover_combo, self.mask_combo, self.reference_combo):
+        for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, *self.extra_combos.values()):
             combo.layerChanged.connect(self.validate)
+        for edit in self.date_edits.values():
+            edit.textChanged.connect(self.validate)
         for combo in (*self.optical_band_combos.values(), *self.sar_band_combos.values()):
             combo.bandChanged.connect(self.validate)
         self.extent_combo.currentIndexChanged.connect(self._on_extent_mode)
@@ -378,11 +420,15 @@ class AlignCRDialog(QDialog):
             self.settings.model = path
             self._fill_models()
             return
+        arch = value
         if kind == "weights":
             try:
-                self.card_text.setPlainText(read_card(value).to_text())
+                card = read_card(value)
+                self.card_text.setPlainText(card.to_text())
+                arch = str(card.card.get("arch") or "")
             except ModelCardError as exc:
                 self.card_text.setPlainText(f"Cannot read the model card: {exc}")
+                arch = ""
         else:
             entry = self._registry_entry(value) or {}
             desc = entry.get("description") or ("Baseline: returns the cloudy input unchanged (the paper's "
@@ -393,7 +439,24 @@ class AlignCRDialog(QDialog):
             if entry.get("bundled_weights"):
                 lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
             self.card_text.setPlainText("\n".join(lines))
+        self._show_temporal(arch)
         self.validate()
+
+    def _show_temporal(self, arch: str) -> None:
+        """Show the "Extra dates" group, with the rows the model uses, only for a temporal model."""
+        self.temporal = temporal_info(self._registry_entry(arch), arch) if arch else None
+        self.temporal_model = arch if self.temporal is not None else ""
+        info = self.temporal
+        self.temporal_box.setVisible(info is not None)
+        self.temporal_box.setEnabled(info is not None)
+        if info is None:
+            return
+        self.temporal_box.setTitle(f"Extra dates for {arch} (images before and after the cloudy one)")
+        for key, (label, widget) in self._extra_rows.items():
+            shown = key in info.keys() if key in EXTRA_LAYERS else info.needs_dates
+            label.setVisible(shown)
+            widget.setVisible(shown)
+            widget.setEnabled(shown)
 
     def select_model(self, value: str) -> bool:
         """Select a registry model by name or a weights file by path (QComboBox.findData cannot match tuples)."""
@@ -476,6 +539,7 @@ class AlignCRDialog(QDialog):
             res.error(f"Model '{value}' has no trained weights installed; browse for a .safetensors file.")
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
             res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
+        self._check_extra_dates(res)
         self.last_check = res
         if res.sar_overlap_percent is None:
             self.overlap_label.setText("—")
@@ -493,6 +557,45 @@ class AlignCRDialog(QDialog):
         running = self.task is not None
         self.run_button.setEnabled(res.ok and not running)
         return res
+
+    def _check_extra_dates(self, res: L.CheckResult) -> None:
+        info = self.temporal
+        if info is None:
+            return
+        for key in info.keys():
+            label = EXTRA_LAYERS[key]
+            layer = self.extra_combos[key].currentLayer()
+            if layer is None:
+                res.error(f"Model '{self.temporal_model}' needs the {label} layer (Extra dates).")
+                continue
+            try:
+                L.layer_path(layer)
+            except L.LayerError as exc:
+                res.error(f"{label}: {exc}.")
+            if not layer.crs().isValid():
+                res.error(f"{label} layer '{layer.name()}' has no coordinate reference system.")
+        if info.needs_dates:
+            for key, label in EXTRA_DATES.items():
+                text = self.date_edits[key].text().strip()
+                if text and parse_date(text) is None:
+                    res.error(f"{label}: '{text}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+
+    def extra_dates(self) -> dict[str, str]:
+        """The extra rasters (paths) and typed dates the chosen temporal model uses, by RunRequest field."""
+        info = self.temporal
+        if info is None:
+            return {}
+        out: dict[str, str] = {}
+        for key in info.keys():
+            layer = self.extra_combos[key].currentLayer()
+            if layer is not None:
+                out[key] = L.layer_path(layer)
+        if info.needs_dates:
+            for key in EXTRA_DATES:
+                text = self.date_edits[key].text().strip()
+                if text:
+                    out[key] = text
+        return out
 
     def issue_messages(self) -> list[str]:
         return [i.message for i in self.last_check.issues]
@@ -560,10 +663,14 @@ class AlignCRDialog(QDialog):
         for key, layer in (("landcover", inp.landcover), ("mask", inp.mask), ("reference", inp.reference)):
             if layer is not None:
                 paths[key] = L.layer_path(layer)
+        extras = self.extra_dates()
+        for key in EXTRA_LAYERS:
+            if key in extras:
+                paths[key] = extras.pop(key)
         if inp.extent is not None and temp_dir is not None:
             opt_crs = inp.optical.crs()
             layers_by_key = {"optical": inp.optical, "sar": inp.sar, "landcover": inp.landcover, "mask": inp.mask,
-                             "reference": inp.reference}
+                             "reference": inp.reference, **{k: c.currentLayer() for k, c in self.extra_combos.items()}}
             for key in list(paths):
                 margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
                 paths[key] = clip_to_extent(paths[key], inp.extent, opt_crs, layers_by_key[key].crs(), temp_dir, key,
@@ -589,6 +696,8 @@ class AlignCRDialog(QDialog):
             sar_bands=tuple(inp.sar_bands[r] for r in L.SAR_ROLES),  # type: ignore[arg-type]
             sar_units=self.units_combo.currentData(),
             report=report,
+            **{key: paths.get(key) for key in EXTRA_LAYERS},
+            **extras,  # the typed dates
         )
 
     def run(self) -> EngineTask | None:
@@ -781,6 +890,17 @@ def _model_label(entry: dict[str, Any]) -> str:
     elif entry.get("needs_weights"):
         parts.append("no weights installed")
     return f"{entry['name']} — {', '.join(parts)}" if parts else str(entry["name"])
+
+
+def parse_date(text: str) -> datetime | None:
+    """An ISO 8601 date/time (``Z`` allowed) as the engine accepts it with ``--date``, or None."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _is_file(layer: QgsRasterLayer) -> bool:

@@ -77,6 +77,15 @@ class RunRequest:
     report: str | None = None
     optical_scale: str = "auto"  # auto | dn | reflectance
     sar_resampling: str = "nearest"  # nearest | bilinear (the paper upsamples SAR nearest)
+    # extra dates of temporal models (msop-unet: all four rasters; gapfill: the optical ones and the dates, ISO
+    # 8601 text; an empty date means "from the file's tags")
+    optical_prev: str | None = None
+    sar_prev: str | None = None
+    optical_next: str | None = None
+    sar_next: str | None = None
+    date: str | None = None
+    date_prev: str | None = None
+    date_next: str | None = None
 
     def to_args(self) -> list[str]:
         args = ["run", "--optical", self.optical, "--sar", self.sar, "--out", self.out]
@@ -87,6 +96,13 @@ class RunRequest:
             ("--model", self.model),
             ("--weights", self.weights),
             ("--report", self.report),
+            ("--optical-prev", self.optical_prev),
+            ("--sar-prev", self.sar_prev),
+            ("--optical-next", self.optical_next),
+            ("--sar-next", self.sar_next),
+            ("--date", self.date),
+            ("--date-prev", self.date_prev),
+            ("--date-next", self.date_next),
         ):
             if value:
                 args += [flag, str(value)]

@@ -1,9 +1,12 @@
-"""Read a ``.safetensors`` model card without torch.
+"""Read a ``.safetensors`` model card without torch; tell which models are temporal.
 
 The plugin runs inside QGIS, whose Python has no torch; the model card still has to show up in the dialog. A
 safetensors file starts with an 8-byte little-endian header length, then that many bytes of JSON; the writer's
 free-form string map lives under ``"__metadata__"`` (values are strings; the engine stores nested structures
 as JSON text, which is decoded here for display).
+
+:func:`temporal_info` reads the ``temporal_inputs`` / ``needs_dates`` / ``uses_sar`` fields of an ``engine models
+--json`` entry (the registry classes' attributes), which decide whether the dialog shows its "Extra dates" group.
 """
 
 from __future__ import annotations
@@ -58,6 +61,42 @@ class ModelCard:
         for key in sorted(k for k in self.metadata if k != CARD_KEY):
             lines.append(f"{key}: {_fmt(self.metadata[key])}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TemporalInfo:
+    """What a temporal model needs besides the cloudy image and its SAR."""
+
+    inputs: tuple[str, ...]  # ("prev", "next"): the images before and after the cloudy one
+    needs_dates: bool = False  # acquisition times (gapfill)
+    uses_sar: bool = True  # SAR at the extra dates too (msop-unet)
+
+    def keys(self) -> list[str]:
+        """The engine's names of the extra rasters: ``optical_prev``, ``sar_prev``, …"""
+        out = []
+        for suffix in self.inputs:
+            out.append(f"optical_{suffix}")
+            if self.uses_sar:
+                out.append(f"sar_{suffix}")
+        return out
+
+
+# Models cached by a plugin version whose `models --json` did not report temporal_inputs yet: until the next
+# "Check environment", these two registry models are still recognised.
+_KNOWN_TEMPORAL = {
+    "msop-unet": TemporalInfo(("prev", "next"), needs_dates=False, uses_sar=True),
+    "gapfill": TemporalInfo(("prev", "next"), needs_dates=True, uses_sar=False),
+}
+
+
+def temporal_info(entry: dict[str, Any] | None, name: str = "") -> TemporalInfo | None:
+    """The temporal needs of a registry model from its ``models --json`` entry; ``None`` when it is not temporal."""
+    if entry and "temporal_inputs" in entry:
+        inputs = tuple(str(i) for i in entry.get("temporal_inputs") or ())
+        if not inputs:
+            return None
+        return TemporalInfo(inputs, bool(entry.get("needs_dates", False)), bool(entry.get("uses_sar", True)))
+    return _KNOWN_TEMPORAL.get(name or str((entry or {}).get("name", "")))
 
 
 def _fmt(value: Any) -> str:

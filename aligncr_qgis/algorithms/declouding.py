@@ -4,6 +4,11 @@ Every input of the toolbar dialog is a typed parameter; the optional EXTENT clip
 rasters exactly as the dialog does (the engine has no extent flag). The declouded layer gets the dialog's RGB
 style (the output keeps the optical band layout, so R/G/B come from the band parameters; 2–98 % cumulative
 cut) when QGIS loads it.
+
+Temporal models (MODEL ``msop-unet`` or ``gapfill``) take the optional extra-date parameters: OPTICAL_PREV /
+SAR_PREV / OPTICAL_NEXT / SAR_NEXT (the engine's ``--optical-prev`` …) and DATE / DATE_PREV / DATE_NEXT (ISO 8601;
+empty = from the files' tags). The engine says in one line which one a model is missing, and warns when a model
+ignores them.
 """
 
 from __future__ import annotations
@@ -60,6 +65,18 @@ class DecloudingAlgorithm(EngineAlgorithm):
     TILE, OVERLAP, BATCH, COG, EXTENT = "TILE", "OVERLAP", "BATCH", "COG", "EXTENT"
     OPTICAL_SCALE, SAR_RESAMPLING = "OPTICAL_SCALE", "SAR_RESAMPLING"
     OUTPUT, REPORT = "OUTPUT", "REPORT"
+    # extra dates of temporal models: parameter name → (RunRequest field, label)
+    EXTRA_LAYERS = {
+        "OPTICAL_PREV": ("optical_prev", "Optical image before the cloudy one (t−1; temporal models)"),
+        "SAR_PREV": ("sar_prev", "SAR image before (t−1; msop-unet)"),
+        "OPTICAL_NEXT": ("optical_next", "Optical image after the cloudy one (t+1; temporal models)"),
+        "SAR_NEXT": ("sar_next", "SAR image after (t+1; msop-unet)"),
+    }
+    EXTRA_DATES = {
+        "DATE": ("date", "Acquisition time of the cloudy image (ISO 8601; gapfill; default: its metadata)"),
+        "DATE_PREV": ("date_prev", "Acquisition time before (t−1; default: its metadata)"),
+        "DATE_NEXT": ("date_next", "Acquisition time after (t+1; default: its metadata)"),
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,6 +93,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "Removes clouds from a high-resolution optical image (B, G, R, NIR; e.g. PlanetScope 3 m) using a "
             "Sentinel-1 SAR image (VV, VH) of the same place. The SAR, land-cover and mask rasters are reprojected "
             "onto the optical grid by the engine. The optical CRS must be projected in metres.\n"
+            "Temporal models (msop-unet, gapfill) also take the images acquired before (t−1) and after (t+1) the "
+            "cloudy one — msop-unet the optical and SAR pairs, gapfill the optical ones and their acquisition "
+            "times (read from the files' metadata unless given). With a cloud mask, gapfill fills only the cloudy "
+            "pixels.\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
             "the ALIGNCR_PYTHON environment variable)."
         )
@@ -97,6 +118,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
                                                        defaultValue="identity"))
+        for name, (_field, label) in self.EXTRA_LAYERS.items():
+            self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
+        for name, (_field, label) in self.EXTRA_DATES.items():
+            self.addParameter(QgsProcessingParameterString(name, label, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.WEIGHTS, "Weights (.safetensors; overrides the model)",
                                                      extension="safetensors", optional=True))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent (default: whole image)",
@@ -142,6 +167,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "mask": self.raster_path(parameters, self.MASK, context, optional=True),
             "reference": self.raster_path(parameters, self.REFERENCE, context, optional=True),
         }
+        for name, (field, _label) in self.EXTRA_LAYERS.items():
+            paths[field] = self.raster_path(parameters, name, context, optional=True)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         report = self.parameterAsString(parameters, self.REPORT, context) or None
         temp_dir = None
@@ -151,7 +178,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
             layers = {"optical": optical_layer, "sar": self.parameterAsRasterLayer(parameters, self.SAR, context),
                       "landcover": self.parameterAsRasterLayer(parameters, self.LANDCOVER, context),
                       "mask": self.parameterAsRasterLayer(parameters, self.MASK, context),
-                      "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context)}
+                      "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context),
+                      **{field: self.parameterAsRasterLayer(parameters, name, context)
+                         for name, (field, _label) in self.EXTRA_LAYERS.items()}}
             try:
                 for key, path in list(paths.items()):
                     if path:
@@ -183,6 +212,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
             report=report,
             optical_scale=SCALES[self.parameterAsEnum(parameters, self.OPTICAL_SCALE, context)],
             sar_resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.SAR_RESAMPLING, context)],
+            **{field: paths[field] for field, _label in self.EXTRA_LAYERS.values()},
+            **{field: self.parameterAsString(parameters, name, context).strip() or None
+               for name, (field, _label) in self.EXTRA_DATES.items()},
         )
         try:
             outcome = self.run_engine(req.to_args(), feedback)

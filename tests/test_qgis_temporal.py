@@ -1,0 +1,234 @@
+"""Temporal models in the QGIS plugin (real offscreen QGIS): the dialog's "Extra dates" group follows the model
+picker (from the registry's ``temporal_inputs`` as ``engine models --json`` reports it), its command line carries
+the extra-date flags, and gapfill runs end to end from the dialog and from the Processing algorithm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qgis.core")
+
+import rasterio  # noqa: E402
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402
+from rasterio.crs import CRS  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+
+from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
+from aligncr_qgis.model_cards import temporal_info  # noqa: E402
+from tests.qgis_helpers import ORIGIN, PYTHON, UTM, wait_for, write_optical, write_sar  # noqa: E402
+
+pytestmark = pytest.mark.qgis
+
+SIZE = 32
+DATES = ("2021-06-01T10:00:00Z", "2021-06-04T10:00:00Z", "2021-06-11T10:00:00Z")  # weight 0.3 on the next image
+
+
+@pytest.fixture(scope="module")
+def registry() -> list[dict]:
+    """What `engine models --json` reports (the dialog's model cache), from the engine itself."""
+    from engine.commands.models import collect
+
+    return collect()["models"]
+
+
+@pytest.fixture
+def project(qgis_iface, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    QgsSettings().remove("aligncr")
+    proj = QgsProject.instance()
+    proj.removeAllMapLayers()
+    yield proj
+    proj.removeAllMapLayers()
+    QgsSettings().remove("aligncr")
+
+
+@pytest.fixture
+def dlg(project, qgis_iface, registry):
+    d = AlignCRDialog(qgis_iface)
+    d.open_report_in_browser = False
+    d.settings.models_cache = registry
+    d._fill_models()
+    yield d
+    if d.task is not None:
+        d.cancel()
+        wait_for(lambda: d.task is None, 20)
+    d.close()
+    d.deleteLater()
+
+
+def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid(), path
+    proj.addMapLayer(layer)
+    return layer
+
+
+def write_dated(path: Path, value: int, when: str, *, res: float = 3.0) -> Path:
+    """A constant 4-band uint16 image over the optical footprint (at ``res`` m), tagged with its date."""
+    n = int(SIZE * 3.0 / res)
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=4, dtype="uint16", crs=CRS.from_string(UTM),
+                       transform=from_origin(ORIGIN[0], ORIGIN[1], res, res)) as ds:
+        ds.write(np.full((4, n, n), value, dtype=np.uint16))
+        ds.update_tags(ACQUISITIONDATETIME=when)
+    return path
+
+
+def write_half_mask(path: Path) -> Path:
+    """1 = cloud on the left half of the optical footprint."""
+    data = np.zeros((1, SIZE, SIZE), dtype=np.uint8)
+    data[:, :, : SIZE // 2] = 1
+    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint8",
+                       crs=CRS.from_string(UTM), transform=from_origin(ORIGIN[0], ORIGIN[1], 3.0, 3.0)) as ds:
+        ds.write(data)
+    return path
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "optical": write_optical(tmp_path / "cloudy.tif", size=SIZE),
+        "sar": write_sar(tmp_path / "sar.tif", optical_size=SIZE),
+        "prev": write_dated(tmp_path / "prev.tif", 1000, DATES[0], res=6.0),  # another resolution
+        "next": write_dated(tmp_path / "next.tif", 3000, "2030-01-01T00:00:00Z"),  # wrong tag: --date-next wins
+        "sar_prev": write_sar(tmp_path / "sar_prev.tif", optical_size=SIZE),
+        "sar_next": write_sar(tmp_path / "sar_next.tif", optical_size=SIZE),
+        "mask": write_half_mask(tmp_path / "mask.tif"),
+    }
+
+
+def shown(d: AlignCRDialog, key: str) -> bool:
+    return not d._extra_rows[key][1].isHidden()
+
+
+def test_extra_dates_group_follows_the_model(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    assert dlg.select_model("aligncr-lite")
+    assert dlg.temporal_box.isHidden() and dlg.temporal is None
+    assert dlg.select_model("msop-unet")
+    assert not dlg.temporal_box.isHidden() and dlg.temporal_box.isEnabled()
+    assert [k for k in dlg._extra_rows if shown(dlg, k)] == ["optical_prev", "sar_prev", "optical_next", "sar_next"]
+    assert dlg.select_model("gapfill")
+    assert not dlg.temporal_box.isHidden()
+    assert [k for k in dlg._extra_rows if shown(dlg, k)] == ["optical_prev", "optical_next", "date", "date_prev",
+                                                             "date_next"]  # fmt: skip
+    assert dlg.select_model("identity")
+    assert dlg.temporal_box.isHidden() and not dlg.temporal_box.isEnabled()
+
+    # a weights file is temporal when its card's arch is
+    from engine.models import build_model, save
+
+    weights = save(build_model("msop-unet", widths=(4, 4, 4, 4, 4, 4)), tmp_path / "msop.safetensors")
+    dlg.settings.model = str(weights)
+    dlg._fill_models()
+    assert dlg.model_combo.currentData() == ("weights", str(weights))
+    assert not dlg.temporal_box.isHidden() and dlg.temporal_model == "msop-unet"
+
+
+def test_model_cache_from_an_older_plugin_still_knows_the_temporal_models() -> None:
+    assert temporal_info({"name": "msop-unet"}, "msop-unet").keys() == ["optical_prev", "sar_prev", "optical_next",
+                                                                          "sar_next"]  # fmt: skip
+    assert temporal_info({"name": "gapfill"}, "gapfill").needs_dates
+    assert temporal_info({"name": "aligncr"}, "aligncr") is None
+    # the registry's answer wins over the built-in list
+    assert temporal_info({"name": "gapfill", "temporal_inputs": []}, "gapfill") is None
+
+
+def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene: dict, tmp_path: Path) -> None:
+    layers = {k: add(project, p, k) for k, p in scene.items()}
+    dlg.optical_combo.setLayer(layers["optical"])
+    dlg.sar_combo.setLayer(layers["sar"])
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+    assert dlg.select_model("msop-unet")
+    dlg.validate()
+    assert any("needs the Optical before (t−1) layer" in m for m in dlg.issue_messages())
+    assert any("needs the SAR after (t+1) layer" in m for m in dlg.issue_messages())
+    for key, name in (("optical_prev", "prev"), ("sar_prev", "sar_prev"), ("optical_next", "next"),
+                      ("sar_next", "sar_next")):  # fmt: skip
+        dlg.extra_combos[key].setLayer(layers[name])
+    assert not any("Extra dates" in m for m in dlg.issue_messages())
+    args = dlg.build_request(None).to_args()
+    pairs = dict(zip(args, args[1:]))
+    assert pairs["--model"] == "msop-unet"
+    assert (pairs["--optical-prev"], pairs["--sar-prev"]) == (str(scene["prev"]), str(scene["sar_prev"]))
+    assert (pairs["--optical-next"], pairs["--sar-next"]) == (str(scene["next"]), str(scene["sar_next"]))
+    assert "--date" not in args  # msop-unet takes no dates
+
+    assert dlg.select_model("gapfill")
+    dlg.date_edits["date_next"].setText("next tuesday")
+    assert any("'next tuesday' is not a date" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
+    dlg.date_edits["date_next"].setText(DATES[2])
+    args = dlg.build_request(None).to_args()
+    pairs = dict(zip(args, args[1:]))
+    assert pairs["--optical-prev"] == str(scene["prev"]) and pairs["--date-next"] == DATES[2]
+    assert "--sar-prev" not in args and "--sar-next" not in args and "--date" not in args
+
+    assert dlg.select_model("aligncr-lite")  # layers still chosen in the hidden group: not passed
+    args = dlg.build_request(None).to_args()
+    assert not any(a.startswith(("--optical-prev", "--sar-prev", "--optical-next", "--sar-next", "--date"))
+                   for a in args)  # fmt: skip
+
+
+def _expected_gapfill(cloudy: Path) -> np.ndarray:
+    with rasterio.open(cloudy) as ds:
+        expected = ds.read()
+    expected[:, :, : SIZE // 2] = 1600  # 1000 + (3000 − 1000) × 0.3 where the mask says cloud
+    return expected
+
+
+@pytest.mark.slow
+def test_dialog_runs_gapfill(project, dlg: AlignCRDialog, scene: dict, tmp_path: Path) -> None:
+    layers = {k: add(project, p, k) for k, p in scene.items()}
+    out = tmp_path / "filled.tif"
+    dlg.optical_combo.setLayer(layers["optical"])
+    dlg.sar_combo.setLayer(layers["sar"])
+    dlg.mask_combo.setLayer(layers["mask"])
+    dlg.output_widget.setFilePath(str(out))
+    assert dlg.select_model("gapfill")
+    dlg.extra_combos["optical_prev"].setLayer(layers["prev"])
+    dlg.extra_combos["optical_next"].setLayer(layers["next"])
+    dlg.date_edits["date"].setText(DATES[1])
+    dlg.date_edits["date_next"].setText(DATES[2])
+    dlg.tile_spin.setValue(64)
+    dlg.overlap_spin.setValue(8)
+    assert dlg.validate().ok, dlg.issue_messages()
+    finished: list[bool] = []
+    dlg.runFinished.connect(finished.append)
+    assert dlg.run() is not None
+    assert wait_for(lambda: bool(finished), 90) and finished == [True], dlg.status_label.text()
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(), _expected_gapfill(scene["optical"]))
+
+
+@pytest.fixture(scope="module")
+def processing_provider(qgis_processing: None):
+    from aligncr_qgis.provider import AlignCRProvider
+
+    provider = AlignCRProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    yield provider
+    QgsApplication.processingRegistry().removeProvider(provider)
+
+
+@pytest.mark.slow
+def test_processing_declouding_with_gapfill(processing_provider, scene: dict, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import processing
+
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    out = tmp_path / "filled.tif"
+    params = {"OPTICAL": str(scene["optical"]), "SAR": str(scene["sar"]), "MASK": str(scene["mask"]),
+              "MODEL": "gapfill", "OPTICAL_PREV": str(scene["prev"]), "OPTICAL_NEXT": str(scene["next"]),
+              "DATE": DATES[1], "DATE_NEXT": DATES[2], "TILE": 64, "OVERLAP": 8, "OUTPUT": str(out)}  # fmt: skip
+    res = processing.run("aligncr:declouding", params)
+    assert res["OUTPUT"] == str(out)
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(), _expected_gapfill(scene["optical"]))
+
+    from qgis.core import QgsProcessingException
+
+    missing = {k: v for k, v in params.items() if k != "OPTICAL_NEXT"} | {"OUTPUT": str(tmp_path / "x.tif")}
+    with pytest.raises(QgsProcessingException, match="missing --optical-next"):
+        processing.run("aligncr:declouding", missing)
+    assert not (tmp_path / "x.tif").exists()
