@@ -7,8 +7,9 @@ normalisation, tiling, blending and the atomic GeoTIFF writer all run as in prod
 :func:`engine.pipeline.run` decloudes it twice, each time in a fresh Python process (so peak RSS and peak GPU
 memory belong to that run alone):
 
-* ``fast``: the engine as shipped — ``--dtype`` (auto: bf16 on a CUDA GPU, fp32 on the CPU), ``--batch`` tiles
-  per forward, channels_last on CUDA, optional ``--compile``, background reader/writer threads.
+* ``fast``: the engine as shipped — ``--dtype`` (auto: bf16 on a CUDA GPU and on CPUs with native bf16, else
+  fp32), ``--batch`` tiles per forward on the GPU (one at a time on the CPU, see engine.accel), channels_last on
+  CUDA, optional ``--compile``, background reader/writer threads.
 * ``naive``: one tile per forward, fp32, no compile, no channels_last, no prefetching (I/O and compute in turn).
 
 Before the timed run each process decloudes a small 512² scene with the same settings (``--no-warmup`` to skip),

@@ -5,10 +5,12 @@ the device, and every speed trick here has a failure mode that must not turn int
 
 * ``dtype``: ``auto`` is bf16 autocast on a CUDA GPU that supports it (Ampere and later: the network's convs and
   attention run on tensor cores; bf16 has fp32's exponent range, so no loss scaling or overflow care is needed at
-  inference) and fp32 everywhere else. ``bf16`` on the CPU is allowed (oneDNN has AVX-512-BF16 kernels) but never
-  chosen automatically, because fp32 on the CPU is the reference the tests assert exactness against. ``fp16`` is
-  CUDA-only (CPU fp16 kernels are slower than fp32). fp32 runs the module exactly as the plain pipeline did: no
-  autocast context, same memory format, so results are bit-identical.
+  inference), bf16 on a CPU with native bf16 instructions (AVX-512-BF16 or AMX: oneDNN's bf16 convs there ran
+  ``aligncr-lite`` 1.6–1.8× faster than fp32, and the bundled weights' output on the real M3R-CR quartet moved by
+  MAE 1.5·10⁻⁴ reflectance, max 2.5·10⁻³ — see benchmarks/README.md), and fp32 everywhere else (emulated bf16 is
+  slower than fp32). ``fp32`` runs the module exactly as the plain pipeline did: no autocast context, same memory
+  format, so results are bit-identical; tests that assert exactness ask for it. ``fp16`` is CUDA-only (CPU fp16
+  kernels are slower than fp32).
 * ``channels_last``: NHWC tensors let cuDNN pick tensor-core conv kernels without transposes. ``auto`` enables it
   on CUDA only: on the CPU it changes oneDNN's kernel choice (not bit-identical) and measured no gain for
   ``aligncr-lite`` (see benchmarks/README.md).
@@ -23,6 +25,10 @@ the device, and every speed trick here has a failure mode that must not turn int
   :class:`~engine.errors.ModelError` telling the user to lower ``--tile``.
 * Threads: the CPU path uses every core (``torch.set_num_threads(os.cpu_count())``) unless ``threads`` is given
   (Dask workers give each worker its share).
+* CPU micro-batches: on the CPU a forward over several tiles is slower per tile than one tile at a time (the
+  feature maps of a batch overflow the caches: ``aligncr-lite`` 256² bf16 ran 0.24 Mpix/s at batch 1 and 0.14 at
+  batch 4), so the runner feeds the CPU ``cpu_microbatch`` tiles per forward (default 1) whatever ``--batch`` says;
+  ``--batch`` still sets how many tiles the pipeline reads and blends at once. Compiled graphs keep the full batch.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class AccelConfig:
     compile_cache: Path | None = None  # inductor's on-disk cache; None = $TORCHINDUCTOR_CACHE_DIR or the default
     threads: int | None = None  # CPU threads for torch; None = every core
     prefetch: bool = True  # pipeline: background reader/writer threads (engine.prefetch); False = the naive loop
+    cpu_microbatch: int = 1  # tiles per forward on the CPU (see the module docstring); 0 = the whole batch
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -73,6 +80,21 @@ class AccelConfig:
             raise AccelError(f"channels_last must be one of {', '.join(CHANNELS_LAST)}, got '{self.channels_last}'")
         if self.threads is not None and self.threads < 1:
             raise AccelError(f"--threads must be at least 1, got {self.threads}")
+        if self.cpu_microbatch < 0:
+            raise AccelError(f"cpu_microbatch must be 0 (whole batch) or more, got {self.cpu_microbatch}")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU runs bf16 in hardware (AVX-512-BF16 or AMX); False when unknown.
+
+    torch's own probes are private (``torch.cpu._is_avx512_bf16_supported``), so a torch without them simply
+    keeps fp32: a missed speed-up, never a slow emulated bf16 path.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(bool(getattr(torch.cpu, p)()) for p in probes if hasattr(torch.cpu, p))
+    except Exception:  # a probe that fails means "unknown"
+        return False
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -81,7 +103,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise AccelError(f"--dtype must be one of {', '.join(DTYPES)}, got '{name}'")
     cuda = device.type == "cuda"
     if name == "auto":
-        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+        if cuda:
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     if name == "fp16" and not cuda:
         raise AccelError("--dtype fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
@@ -208,6 +232,8 @@ class InferenceRunner:
 
     def _pieces(self, n: int) -> Iterator[slice]:
         step = min(n, self.max_batch or n)
+        if self.device.type == "cpu" and not self.compiled and self.config.cpu_microbatch:
+            step = min(step, self.config.cpu_microbatch)
         for i in range(0, n, step):
             yield slice(i, min(i + step, n))
 

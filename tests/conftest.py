@@ -21,3 +21,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (reference data lives beside the project, not in it)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _fp32_on_every_cpu(monkeypatch):
+    """In-process runs use fp32 on the CPU whatever the CI machine's instructions are.
+
+    ``--dtype auto`` picks bf16 on CPUs with native bf16 (engine.accel); many tests assert bit-exact results
+    against a plain fp32 call, and CI machines differ. The automatic choice itself is tested in test_accel.py.
+    """
+    import engine.accel
+
+    monkeypatch.setattr(engine.accel, "cpu_has_native_bf16", lambda: False)

@@ -60,8 +60,13 @@ def _reference(model: nn.Module, o: np.ndarray, s: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(o), torch.from_numpy(s)).float().clamp_(0, 1).numpy()
 
 
-def test_dtype_choice_on_cpu() -> None:
-    assert resolve_dtype("auto", CPU) == torch.float32
+def test_dtype_choice_on_cpu(monkeypatch) -> None:
+    import engine.accel as accel
+
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", CPU) == torch.float32  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", CPU) == torch.bfloat16  # AVX-512-BF16 / AMX
     assert resolve_dtype("fp32", CPU) == torch.float32
     assert resolve_dtype("bf16", CPU) == torch.bfloat16
     with pytest.raises(AccelError, match="fp16 needs a CUDA GPU"):
@@ -75,7 +80,8 @@ def test_dtype_choice_on_cpu() -> None:
 def test_fp32_is_bit_identical_to_the_plain_call() -> None:
     model = build_model("aligncr-lite", num_blocks=1, fe_blocks=1).eval()
     o, s = _batch(2, 32)
-    runner = InferenceRunner(model, CPU, AccelConfig(dtype="auto", threads=torch.get_num_threads()))
+    accel = AccelConfig(dtype="fp32", threads=torch.get_num_threads(), cpu_microbatch=0)  # one forward, as plain
+    runner = InferenceRunner(model, CPU, accel)
     assert runner.dtype == torch.float32 and not runner.channels_last and not runner.compiled
     np.testing.assert_array_equal(runner.predict(o, s), _reference(model, o, s))
 
@@ -104,7 +110,7 @@ def test_channels_last_on_cpu_matches_fp32_closely() -> None:
 def test_cuda_oom_halves_the_batch_and_keeps_it(caplog: pytest.LogCaptureFixture) -> None:
     model = OomAbove(limit=2)
     o, s = _batch(5)
-    runner = InferenceRunner(model, CPU, AccelConfig(threads=torch.get_num_threads()))
+    runner = InferenceRunner(model, CPU, AccelConfig(threads=torch.get_num_threads(), cpu_microbatch=0))
     with caplog.at_level(logging.WARNING, logger="engine"):
         out = runner.predict(o, s)
     assert runner.max_batch == 2 and runner.oom_events == 1  # 5 → 2, 2, 1
@@ -114,6 +120,19 @@ def test_cuda_oom_halves_the_batch_and_keeps_it(caplog: pytest.LogCaptureFixture
     model.seen.clear()
     runner.predict(*_batch(4, seed=1))  # later batches start at the reduced size: no new OOM
     assert model.seen == [(2, 4, 24, 24), (2, 4, 24, 24)] and runner.oom_events == 1
+
+
+def test_cpu_feeds_one_tile_per_forward_by_default() -> None:
+    model = OomAbove(limit=99)
+    o, s = _batch(3)
+    out = InferenceRunner(model, CPU, AccelConfig(threads=torch.get_num_threads())).predict(o, s)
+    assert model.seen == [(1, 4, 24, 24)] * 3 and out.shape == o.shape
+    np.testing.assert_allclose(out, _reference(TinyNet(), o, s), atol=1e-6)
+    model.seen.clear()
+    InferenceRunner(model, CPU, AccelConfig(threads=torch.get_num_threads(), cpu_microbatch=2)).predict(o, s)
+    assert model.seen == [(2, 4, 24, 24), (1, 4, 24, 24)]
+    with pytest.raises(AccelError, match="cpu_microbatch"):
+        AccelConfig(cpu_microbatch=-1).validate()
 
 
 def test_oom_with_one_tile_is_a_clear_model_error() -> None:

@@ -100,7 +100,10 @@ def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
     """The speed options (shared with ``batch``); none changes the output in fp32."""
     parser.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="compute precision (auto: bf16 on a CUDA GPU, fp32 on the CPU)"
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="compute precision (auto: bf16 on a CUDA GPU and on CPUs with native bf16, else fp32; fp32 is exact)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (cached on disk)")
     parser.add_argument("--threads", type=int, help="CPU threads for the network (default: every core)")
