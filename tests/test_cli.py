@@ -104,6 +104,23 @@ def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
         assert ds.crs.to_epsg() == 32632 and ds.shape == (512, 512) and ds.count == 4
 
 
+def test_demo_headline_compares_output_and_cloudy_input(tmp_path):
+    from engine.commands.demo import headline
+
+    def block(psnr, ssim):
+        return {"psnr": psnr, "ssim": ssim}
+
+    metrics = {"output": {"overall": block(25.8, 0.88), "inside_cloud": block(21.9, 0.72)},
+               "cloudy_input": {"overall": block(14.5, 0.81), "inside_cloud": block(9.7, 0.5)}}  # fmt: skip
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"metrics": metrics}))
+    assert headline(path) == ("vs the cloud-free reference: PSNR 25.80 dB (cloudy input 14.50 dB), SSIM 0.880 "
+                              "(0.810); under clouds PSNR 21.90 dB (9.70 dB)")  # fmt: skip
+    path.write_text(json.dumps({"metrics": {"output": {}}}))  # no reference: no headline, no crash
+    assert headline(path) is None
+    assert headline(tmp_path / "missing.json") is None
+
+
 @pytest.mark.parametrize("command", ["run", "info", "demo"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:

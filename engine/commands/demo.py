@@ -80,4 +80,27 @@ def run(args: argparse.Namespace) -> int:
         )
     code = _run_tqdm(config)
     print(f"demo output: {config.out.resolve()}")
+    if code == 0 and config.report is not None:
+        summary = headline(config.report / "report.json")
+        if summary:
+            print(summary)
     return code
+
+
+def headline(report_json: Path) -> str | None:
+    """One line a first-time user can read: the declouded image against the cloudy input, vs the reference."""
+    import json
+
+    try:
+        metrics = json.loads(report_json.read_text())["metrics"]
+        out, cloudy = metrics["output"]["overall"], metrics["cloudy_input"]["overall"]
+        inside, inside_in = metrics["output"]["inside_cloud"], metrics["cloudy_input"]["inside_cloud"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if out.get("psnr") is None or cloudy.get("psnr") is None:
+        return None
+    line = f"vs the cloud-free reference: PSNR {out['psnr']:.2f} dB (cloudy input {cloudy['psnr']:.2f} dB)"
+    line += f", SSIM {out['ssim']:.3f} ({cloudy['ssim']:.3f})"
+    if inside.get("psnr") is not None and inside_in.get("psnr") is not None:
+        line += f"; under clouds PSNR {inside['psnr']:.2f} dB ({inside_in['psnr']:.2f} dB)"
+    return line
