@@ -11,6 +11,8 @@ Archive layout: see :mod:`training.layout.archive`; layouts: :mod:`training.layo
     OUT/train.csv, OUT/val.csv, OUT/test.csv   one row per sample (cell, bounds, CRS, per-item scene paths/dates)
     OUT/patches.csv                            the index: every patch with its statistics
     OUT/layout.json                            the layout that was queried (after command-line overrides)
+    OUT/build.json                             the archive (absolute path), patch size and split settings: what
+                                               the training reader (``kind = "layout"``) needs to find the scenes
 
 Example::
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -30,7 +34,7 @@ from pathlib import Path
 from engine.errors import EngineError, OutputError
 from training.layout.archive import Grid, PatchStats, make_grid, patch_stats, scan_archive
 from training.layout.query import LAYOUTS, AcquisitionLayout, PatchIndex, Sample, load_layout
-from training.layout.split import SPLITS, SplitConfig, split_samples, write_csv
+from training.layout.split import BUILD_FILE, SPLITS, SplitConfig, split_samples, write_csv
 
 log = logging.getLogger("training.build_dataset")
 
@@ -72,6 +76,9 @@ def build(
             w.writerow([p.scene.path.relative_to(root).as_posix(), p.scene.kind, p.scene.when.isoformat(),
                         p.col, p.row, f"{p.valid:.4f}", f"{p.cloud:.3f}"])
     (out_dir / "layout.json").write_text(layout.to_json())
+    info = {"archive": str(root), "layout": layout.name, "patch_size": patch_size,
+            "split": dataclasses.asdict(split or SplitConfig()), "samples": {k: len(v) for k, v in splits.items()}}
+    (out_dir / BUILD_FILE).write_text(json.dumps(info, indent=2))
     return BuildResult(grid, patches, samples, splits)
 
 

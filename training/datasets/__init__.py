@@ -1,13 +1,17 @@
-"""Training datasets: readers for M3R-CR and SEN12MS-CR, and :class:`TrainView`, the augmented view the loop uses.
+"""Training datasets: readers for M3R-CR, SEN12MS-CR and build_dataset splits, and :class:`TrainView`, the
+augmented view the loop uses.
 
-Readers (:class:`M3RCR`, :class:`SEN12MSCR`) return whole samples. :class:`TrainView` concatenates readers,
-optionally repeats them to a fixed epoch length (a tiny real data set still gives many random crops per epoch),
-and applies :mod:`training.datasets.augment`. Its randomness is a pure function of (seed, epoch, index), not of
-worker processes or of how many batches ran before, so a resumed run draws exactly the crops an uninterrupted
-one would.
+Readers (:class:`M3RCR`, :class:`SEN12MSCR`, :class:`LayoutSplit`) return whole samples. :class:`TrainView`
+concatenates readers (of one kind of sample: the same keys), optionally repeats them to a fixed epoch length (a
+tiny real data set still gives many random crops per epoch), and applies :mod:`training.datasets.augment`. Its
+randomness is a pure function of (seed, epoch, index), not of worker processes or of how many batches ran before,
+so a resumed run draws exactly the crops an uninterrupted one would.
 
-Dataset specs in a recipe (``[[data.train]]`` / ``[[data.val]]`` tables) name a ``kind`` (``m3rcr`` or
-``sen12mscr``), a ``root`` (relative paths are resolved from the repository root) and the reader's options.
+Dataset specs in a recipe (``[[data.train]]`` / ``[[data.val]]`` tables) name a ``kind`` (``m3rcr``,
+``sen12mscr`` or ``layout``), a ``root`` (relative paths are resolved from the repository root) and the reader's
+options. ``layout`` reads a split written by ``python -m training.build_dataset`` (``root`` = its ``--out`` folder,
+``split`` = train | val | test, optional ``archive``, ``require``): multi-date samples for the temporal models
+(:mod:`training.datasets.layout`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from torch.utils.data import Dataset
 from engine.errors import InputError
 from training.datasets.augment import AugmentConfig, add_synthetic_clouds, crop_sample, flip_rotate
 from training.datasets.base import Sample, nearest_resize, to_tensors
+from training.datasets.layout import LayoutSplit
 from training.datasets.m3rcr import M3RCR
 from training.datasets.sen12mscr import SEN12MSCR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["M3RCR", "SEN12MSCR", "AugmentConfig", "TrainView", "build_reader", "resolve_path"]
+__all__ = ["M3RCR", "SEN12MSCR", "LayoutSplit", "AugmentConfig", "TrainView", "build_reader", "resolve_path"]
+
+Reader = M3RCR | SEN12MSCR | LayoutSplit
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -35,7 +42,7 @@ def resolve_path(path: str | Path) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-def build_reader(spec: dict[str, Any], cache: bool = True) -> M3RCR | SEN12MSCR:
+def build_reader(spec: dict[str, Any], cache: bool = True) -> Reader:
     """A dataset reader from one ``[[data.*]]`` table of a recipe."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
@@ -51,9 +58,15 @@ def build_reader(spec: dict[str, Any], cache: bool = True) -> M3RCR | SEN12MSCR:
             return M3RCR(root, csv_file, **spec)
         if kind == "sen12mscr":
             return SEN12MSCR(root, **spec)
+        if kind == "layout":
+            if spec.get("archive") is not None:
+                spec["archive"] = resolve_path(spec["archive"])
+            if "csv" in spec:
+                spec["csv_file"] = spec.pop("csv")
+            return LayoutSplit(root, **spec)
     except TypeError as exc:
         raise InputError(f"bad option in {kind} dataset spec: {exc}") from None
-    raise InputError(f"unknown dataset kind '{kind}' (known: m3rcr, sen12mscr)")
+    raise InputError(f"unknown dataset kind '{kind}' (known: m3rcr, sen12mscr, layout)")
 
 
 class TrainView(Dataset):
@@ -61,7 +74,7 @@ class TrainView(Dataset):
 
     def __init__(
         self,
-        readers: list[M3RCR | SEN12MSCR],
+        readers: list[Reader],
         augment: AugmentConfig,
         seed: int = 0,
         length: int | None = None,

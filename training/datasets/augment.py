@@ -1,4 +1,4 @@
-"""Crops, flips, 90° rotations and synthetic clouds applied identically to every modality of a sample.
+"""Crops, flips, 90° rotations and synthetic clouds applied identically to every modality (and date) of a sample.
 
 Resolution ratio (decision). M3R-CR pairs 300 optical pixels (3 m) with 90 SAR pixels (10 m): 10 optical px =
 3 SAR px. When SAR is kept at its own resolution, a crop is only taken where its boundaries fall on whole SAR
@@ -74,25 +74,39 @@ def crop_windows(
     return (ky * step_o, kx * step_o, crop), (ky * step_s, kx * step_s, ssize)
 
 
+# arrays on the optical grid and on the SAR grid; the temporal keys (other dates) are cropped when present
+OPTICAL_GRID_KEYS = ("optical", "target", "mask", "landcover", "optical_prev", "optical_next")
+SAR_GRID_KEYS = ("sar", "sar_prev", "sar_next")
+
+
 def crop_sample(sample: Sample, crop: int, rng: np.random.Generator | None) -> Sample:
-    """Crop every modality of a sample to the same ground window."""
+    """Crop every modality (and every date) of a sample to the same ground window."""
     opt_hw = sample["optical"].shape[-2:]
-    (oy, ox, os_), (sy, sx, ss) = crop_windows(opt_hw, sample["sar"].shape[-2:], crop, rng)
+    sar_hw = sample["sar"].shape[-2:]
+    for key in OPTICAL_GRID_KEYS + SAR_GRID_KEYS:
+        want = opt_hw if key in OPTICAL_GRID_KEYS else sar_hw
+        if key in sample and sample[key].shape[-2:] != want:
+            raise InputError(f"'{key}' is {sample[key].shape[-2:]} pixels where the sample's grid is {want}")
+    (oy, ox, os_), (sy, sx, ss) = crop_windows(opt_hw, sar_hw, crop, rng)
     out = dict(sample)
-    for key in ("optical", "target", "mask", "landcover"):
-        out[key] = sample[key][..., oy : oy + os_, ox : ox + os_]
-    out["sar"] = sample["sar"][..., sy : sy + ss, sx : sx + ss]
+    for key in OPTICAL_GRID_KEYS:
+        if key in sample:
+            out[key] = sample[key][..., oy : oy + os_, ox : ox + os_]
+    for key in SAR_GRID_KEYS:
+        if key in sample:
+            out[key] = sample[key][..., sy : sy + ss, sx : sx + ss]
     return out
 
 
 def flip_rotate(sample: Sample, rng: np.random.Generator, flips: bool = True, rot90: bool = True) -> Sample:
-    """Random horizontal/vertical flip and k·90° rotation, the same for every array (square crops for rot90)."""
+    """Random horizontal/vertical flip and k·90° rotation, the same for every image (every modality and date; square
+    crops for rot90). Scalars (``id``, acquisition times) are left alone."""
     hflip = flips and bool(rng.integers(0, 2))
     vflip = flips and bool(rng.integers(0, 2))
     k = int(rng.integers(0, 4)) if rot90 else 0
     out = dict(sample)
     for key, a in sample.items():
-        if key == "id":
+        if key == "id" or np.ndim(a) < 2:
             continue
         if hflip:
             a = np.flip(a, axis=-1)

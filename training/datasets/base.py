@@ -6,7 +6,10 @@ A *sample* is a dict of numpy arrays while it is read and augmented, and of tens
 * ``sar`` (2, h, w) float32 VV, VH in [0, 1] — either at its own resolution (M3R-CR: 90 px for 300 optical px)
   or already upsampled to (H, W);
 * ``mask`` (1, H, W) float32, 1 = cloud (given with the data, else :func:`engine.cloudmask.detect_clouds`);
-* ``landcover`` (H, W) int64, classes 0…5 and 6 = unknown (:mod:`engine.landcover`); ``id`` a string.
+* ``landcover`` (H, W) int64, classes 0…5 and 6 = unknown (:mod:`engine.landcover`); ``id`` a string;
+* multi-date samples (:mod:`training.datasets.layout`) add ``optical_prev``/``optical_next`` (4, H, W) and
+  ``sar_prev``/``sar_next`` (2, h, w) — the registry's temporal contract — and acquisition times ``t``,
+  ``t_prev``, ``t_next``, ``t_target`` (seconds since the epoch; 0-d arrays, Python floats after :func:`to_tensors`).
 
 Scaling goes exclusively through :mod:`engine.normalise` so training sees exactly what inference will feed.
 """
@@ -79,11 +82,13 @@ def mask_or_detect(mask: np.ndarray | None, optical01: np.ndarray) -> np.ndarray
 
 
 def to_tensors(sample: Sample) -> Sample:
-    """numpy sample → tensors (float32, landcover int64); contiguous copies so flips/rotations are safe."""
+    """numpy sample → tensors (float32, landcover int64, scalars as Python floats); contiguous copies."""
     out: Sample = {}
     for key, value in sample.items():
         if key == "id":
             out[key] = value
+        elif np.ndim(value) == 0:  # acquisition times (seconds since the epoch): float64 needs no float32 rounding
+            out[key] = float(value)
         elif key == "landcover":
             out[key] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64))
         else:

@@ -21,6 +21,7 @@ from training.layout.archive import Grid
 from training.layout.query import AcquisitionLayout, Sample
 
 SPLITS = ("train", "val", "test")
+BUILD_FILE = "build.json"  # what build_dataset records next to the CSVs (archive path, patch size, split settings)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,204 @@
+"""Samples of the splits written by ``python -m training.build_dataset`` (Cresson et al. 2022, §4), multi-date.
+
+``build_dataset`` writes ``OUT/{train,val,test}.csv``: one row per sample with the patch's grid cell and ground
+bounds (``col, row, left, bottom, right, top, crs``) and, for every item of the acquisition layout, the archive
+scene it comes from (``<item>_optical``, ``<item>_datetime``, ``<item>_cloud`` and, for items paired with SAR,
+``<item>_sar``, ``<item>_sar_datetime``; paths relative to the archive), plus ``OUT/build.json`` naming the archive.
+This reader cuts each item's window out of its scene and maps the layout items onto the keys of
+:mod:`training.datasets.base` and the registry's temporal contract:
+
+=========  =================================  =============================================================
+item       keys                               meaning (paper)
+=========  =================================  =============================================================
+``t``      ``optical``, ``sar``, ``mask``     the (S1_t, S2_t) pair: the cloudy image to restore, its SAR
+``target`` ``target``                         S2_t': the cloud-free image within ±10 days (±5 for msop-cld),
+                                              the reference of the loss and of the metrics (§3.1, Figs. 3–6)
+``t-1``    ``optical_prev``, ``sar_prev``     the (S1, S2) pair 10–18 days before (MSOP layouts)
+``t+1``    ``optical_next``, ``sar_next``     the pair 10–18 days after
+=========  =================================  =============================================================
+
+plus the acquisition times in seconds since the epoch ``t``, ``t_prev``, ``t_next``, ``t_target`` (0-d float64,
+Python floats once they leave the dataset — what ``gapfill`` takes). So one split feeds ``ssop-unet``
+(``model(optical, sar)``), ``msop-unet`` and ``gapfill`` (``model(optical, sar, **temporal)``) alike; the
+training loop passes the temporal keys to the models that declare ``temporal_inputs``.
+
+Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless
+the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR in dB unless detected linear
+(``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled nearest onto the optical patch
+grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is replicated as the official M3R-CR
+loader does), so every date's arrays are on one grid and crops/flips/rotations apply identically to all of them
+(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` sidecar, else the engine's
+detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import from_bounds
+from torch.utils.data import Dataset
+
+from engine.errors import InputError
+from engine.gapfill import parse_datetime
+from engine.landcover import UNKNOWN
+from engine.masks import cloud_mask_from_bands
+from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar
+from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
+from training.layout.archive import MASK_SUFFIX, RASTER_EXT
+from training.layout.split import BUILD_FILE
+from training.layout.split import SPLITS as SPLIT_NAMES
+
+# layout item → (optical key, SAR key or None, time key)
+ITEM_KEYS = {
+    "t": ("optical", "sar", "t"),
+    "t-1": ("optical_prev", "sar_prev", "t_prev"),
+    "t+1": ("optical_next", "sar_next", "t_next"),
+    "target": ("target", None, "t_target"),
+}
+TIME_KEYS = tuple(v[2] for v in ITEM_KEYS.values())
+
+
+def _window_read(path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None) -> np.ndarray:
+    """The ground window ``bounds`` of a raster (1-based ``bands``), resampled nearest to ``shape`` if given."""
+    if not path.is_file():
+        raise InputError(f"missing scene {path}")
+    with rasterio.open(path) as ds:
+        if max(bands) > ds.count:
+            raise InputError(f"{path.name} has {ds.count} bands; asked for band {max(bands)}")
+        win = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
+        out_shape = None if shape is None else (len(bands), *shape)
+        return ds.read(bands, window=win, out_shape=out_shape, resampling=Resampling.nearest, boundless=False)
+
+
+def read_build_info(root: Path) -> dict:
+    """``OUT/build.json`` written by ``build_dataset`` ({} for splits written before it existed)."""
+    path = root / BUILD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+
+
+class LayoutSplit(Dataset):
+    """One split of a ``build_dataset`` output folder, as numpy samples (``read``) or tensors (``[i]``).
+
+    ``root``: the ``--out`` folder of ``build_dataset``; ``split``: train | val | test, or ``csv``: a split file
+    (relative to ``root``). ``archive``: the scene archive the CSV paths are relative to (default: the one
+    ``build.json`` records; give it when the archive moved). ``bands``: 0-based optical band indices (B, G, R, NIR).
+    ``require``: layout items every row must have (e.g. ``["t-1", "t+1"]`` for ``msop-unet``), checked up front.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        archive: str | Path | None = None,
+        csv_file: str | Path | None = None,
+        bands: Iterable[int] = (0, 1, 2, 3),
+        require: Iterable[str] = (),
+        cache: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        if csv_file is None:
+            if split not in SPLIT_NAMES:
+                raise InputError(f"split must be one of {', '.join(SPLIT_NAMES)}, not '{split}'")
+            path = self.root / f"{split}.csv"
+        else:
+            path = Path(csv_file)
+            path = path if path.is_absolute() else self.root / path
+        if not path.is_file():
+            raise InputError(f"split file not found: {path} (write it with python -m training.build_dataset)")
+        if archive is None:
+            archive = read_build_info(path.parent).get("archive")
+            if archive is None:
+                raise InputError(f"{path.parent} has no {BUILD_FILE} naming the archive: give 'archive'")
+        self.archive = Path(archive)
+        if not self.archive.is_dir():
+            raise InputError(f"archive folder {self.archive} does not exist")
+        self.bands = [int(b) + 1 for b in bands]
+        if len(self.bands) != 4 or min(self.bands) < 1:
+            raise InputError(f"the models take 4 optical bands (B, G, R, NIR); got 0-based {list(bands)}")
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            self.rows = list(reader)
+        if "t_optical" not in fields or "target_optical" not in fields:
+            raise InputError(f"{path} is not a build_dataset split (needs items 't' and 'target'); columns: {fields}")
+        self.items = [k for k in ITEM_KEYS if f"{k}_optical" in fields]
+        missing = [k for k in require if k not in self.items]
+        if missing:
+            raise InputError(f"{path} has no layout item(s) {', '.join(missing)} (items: {', '.join(self.items)}); "
+                             "build the split with a multi-date layout (--layout msop)")
+        self.path = path
+        self._cache: dict[int, Sample] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample_id(self, index: int) -> str:
+        row = self.rows[index]
+        return f"{row['t_optical']}@{row['col']},{row['row']}"
+
+    def _optical(self, rel: str, bounds: tuple[float, ...]) -> tuple[np.ndarray, Path]:
+        path = self.archive / rel
+        raw = _window_read(path, bounds, self.bands, None)
+        return normalise_optical(fill_nan_with_mean(raw.astype(np.float32)), detect_optical_scale(raw)), path
+
+    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int]) -> np.ndarray:
+        sar = fill_nan_with_mean(_window_read(self.archive / rel, bounds, [1, 2], shape).astype(np.float32))
+        if detect_sar_units(sar) == "linear":
+            sar = linear_to_db(sar)
+        return normalise_sar(sar)
+
+    def _mask(self, scene: Path, bounds: tuple[float, ...], optical01: np.ndarray) -> np.ndarray:
+        for ext in RASTER_EXT:
+            side = scene.with_name(scene.stem + MASK_SUFFIX + ext)
+            if side.is_file():
+                with rasterio.open(side) as ms:
+                    count, nodata = ms.count, ms.nodata
+                m = _window_read(side, bounds, list(range(1, count + 1)), optical01.shape[-2:])
+                return mask_or_detect(cloud_mask_from_bands(m, nodata), optical01)
+        return mask_or_detect(None, optical01)
+
+    def read(self, index: int) -> Sample:
+        """The numpy sample ``index`` (keys: see the module docstring)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        row = self.rows[index]
+        try:
+            bounds = tuple(float(row[k]) for k in ("left", "bottom", "right", "top"))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{self.path}: row {index + 1} has no valid patch bounds") from None
+        sample: Sample = {"id": self.sample_id(index)}
+        shape: tuple[int, int] | None = None
+        for item in self.items:
+            opt_key, sar_key, time_key = ITEM_KEYS[item]
+            optical, scene = self._optical(row[f"{item}_optical"], bounds)
+            if shape is None:
+                shape = optical.shape[-2:]
+            elif optical.shape[-2:] != shape:
+                raise InputError(f"{scene.name}: the patch window is {optical.shape[-2:]} pixels, {shape} in "
+                                 f"'{row['t_optical']}': every optical scene must share one pixel grid")
+            sample[opt_key] = optical
+            sample[time_key] = np.float64(parse_datetime(row[f"{item}_datetime"]).timestamp())
+            if item == "t":
+                sample["mask"] = self._mask(scene, bounds, optical)
+            if sar_key is not None and row.get(f"{item}_sar"):
+                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:])
+        if "sar" not in sample:
+            raise InputError(f"{self.path}: item 't' has no SAR (the layout must pair 't' with SAR)")
+        sample["landcover"] = np.full(sample["optical"].shape[-2:], UNKNOWN, dtype=np.int64)
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
+
+    def __getitem__(self, index: int) -> Sample:
+        return to_tensors(self.read(index))
