@@ -5,7 +5,8 @@ dialog holds no raster maths: it validates with :mod:`aligncr_qgis.layers`, clip
 GDAL virtual rasters (:mod:`aligncr_qgis.extent_clip`), and hands a :class:`~aligncr_qgis.engine_process.RunRequest`
 to an :class:`~aligncr_qgis.task.EngineTask`. When the chosen model is temporal (``temporal_inputs`` in its
 ``engine models --json`` entry: msop-unet, gapfill) an "Extra dates" group asks for the images before and after
-the cloudy one (and, for gapfill, optional acquisition times). It is non-modal: QGIS stays usable while a run is
+the cloudy one (and, for gapfill, optional acquisition times); a model without SAR input (gapfill) disables the
+SAR row, which validation then skips and the command line omits. It is non-modal: QGIS stays usable while a run is
 in flight, and closing the dialog does not stop the task (the task manager still shows it and can cancel it).
 """
 
@@ -63,6 +64,7 @@ from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.model_cards import ModelCardError, TemporalInfo, read_card, temporal_info
+from aligncr_qgis.model_cards import uses_sar as model_uses_sar
 from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_ndvi, style_rgb
@@ -105,6 +107,7 @@ class AlignCRDialog(QDialog):
         self.last_check = L.CheckResult()
         self.temporal: TemporalInfo | None = None  # the chosen model's extra dates (None: not a temporal model)
         self.temporal_model = ""
+        self.uses_sar = True  # False when the chosen model takes no SAR (gapfill): the SAR layer is not used
         self.setWindowTitle("Align-CR — SAR-guided cloud removal")
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
@@ -142,7 +145,8 @@ class AlignCRDialog(QDialog):
             band_row.addWidget(combo, 1)
         form.addRow("Bands", band_row)
         self.sar_combo = raster_combo(False)
-        form.addRow("Sentinel-1 SAR", self.sar_combo)
+        self.sar_label = QLabel("Sentinel-1 SAR", self)
+        form.addRow(self.sar_label, self.sar_combo)
         sar_row = QHBoxLayout()
         self.sar_band_combos: dict[str, QgsRasterBandComboBox] = {}
         for role in L.SAR_ROLES:
@@ -440,6 +444,7 @@ class AlignCRDialog(QDialog):
                 lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
             self.card_text.setPlainText("\n".join(lines))
         self._show_temporal(arch)
+        self._show_sar(arch)
         self.validate()
 
     def _show_temporal(self, arch: str) -> None:
@@ -457,6 +462,13 @@ class AlignCRDialog(QDialog):
             label.setVisible(shown)
             widget.setVisible(shown)
             widget.setEnabled(shown)
+
+    def _show_sar(self, arch: str) -> None:
+        """A model without SAR input (gapfill) needs no SAR layer: its row is disabled and marked unused."""
+        self.uses_sar = model_uses_sar(self._registry_entry(arch), arch) if arch else True
+        self.sar_label.setText("Sentinel-1 SAR" if self.uses_sar else f"Sentinel-1 SAR (not used by {arch})")
+        for widget in (self.sar_combo, *self.sar_band_combos.values(), self.units_combo):
+            widget.setEnabled(self.uses_sar)
 
     def select_model(self, value: str) -> bool:
         """Select a registry model by name or a weights file by path (QComboBox.findData cannot match tuples)."""
@@ -518,7 +530,7 @@ class AlignCRDialog(QDialog):
 
     def check_inputs(self) -> L.CheckInputs:
         opt = self.optical_combo.currentLayer()
-        sar = self.sar_combo.currentLayer()
+        sar = self.sar_combo.currentLayer() if self.uses_sar else None
         return L.CheckInputs(
             optical=opt,
             sar=sar,
@@ -529,6 +541,7 @@ class AlignCRDialog(QDialog):
             reference=self.reference_combo.currentLayer(),
             extent=self.processing_extent(),
             output=self.output_widget.filePath(),
+            sar_required=self.uses_sar,
         )
 
     def validate(self, *_: Any) -> L.CheckResult:
@@ -541,7 +554,9 @@ class AlignCRDialog(QDialog):
             res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
         self._check_extra_dates(res)
         self.last_check = res
-        if res.sar_overlap_percent is None:
+        if not self.uses_sar:
+            self.overlap_label.setText("— (the model uses no SAR)")
+        elif res.sar_overlap_percent is None:
             self.overlap_label.setText("—")
         else:
             self.overlap_label.setText(f"{res.sar_overlap_percent:.1f} % of the optical area")
@@ -659,8 +674,9 @@ class AlignCRDialog(QDialog):
     def build_request(self, temp_dir: str | None) -> RunRequest:
         """The engine request for the current widgets; clips inputs into ``temp_dir`` when an extent is chosen."""
         inp = self.check_inputs()
-        paths = {"optical": L.layer_path(inp.optical), "sar": L.layer_path(inp.sar)}
-        for key, layer in (("landcover", inp.landcover), ("mask", inp.mask), ("reference", inp.reference)):
+        paths = {"optical": L.layer_path(inp.optical)}
+        for key, layer in (("sar", inp.sar), ("landcover", inp.landcover), ("mask", inp.mask),
+                           ("reference", inp.reference)):
             if layer is not None:
                 paths[key] = L.layer_path(layer)
         extras = self.extra_dates()
@@ -680,7 +696,7 @@ class AlignCRDialog(QDialog):
         report = str(Path(out).with_suffix("")) + "_report" if self.report_check.isChecked() else None
         return RunRequest(
             optical=paths["optical"],
-            sar=paths["sar"],
+            sar=paths.get("sar"),  # None for a model without SAR input
             out=out,
             landcover=paths.get("landcover"),
             mask=paths.get("mask"),
@@ -693,7 +709,7 @@ class AlignCRDialog(QDialog):
             batch=self.batch_spin.value(),
             cog=self.cog_check.isChecked(),
             bands=tuple(inp.optical_bands[r] for r in L.OPTICAL_ROLES),  # type: ignore[arg-type]
-            sar_bands=tuple(inp.sar_bands[r] for r in L.SAR_ROLES),  # type: ignore[arg-type]
+            sar_bands=tuple(inp.sar_bands.get(r, i + 1) for i, r in enumerate(L.SAR_ROLES)),  # type: ignore[arg-type]
             sar_units=self.units_combo.currentData(),
             report=report,
             **{key: paths.get(key) for key in EXTRA_LAYERS},

@@ -59,7 +59,7 @@ class RunRequest:
     """Everything ``python -m engine run`` accepts; paths are local files GDAL can open."""
 
     optical: str
-    sar: str
+    sar: str | None  # None: no --sar (only for a model without SAR input, e.g. gapfill)
     out: str
     landcover: str | None = None
     mask: str | None = None
@@ -88,7 +88,7 @@ class RunRequest:
     date_next: str | None = None
 
     def to_args(self) -> list[str]:
-        args = ["run", "--optical", self.optical, "--sar", self.sar, "--out", self.out]
+        args = ["run", "--optical", self.optical, *(["--sar", self.sar] if self.sar else []), "--out", self.out]
         for flag, value in (
             ("--landcover", self.landcover),
             ("--mask", self.mask),

@@ -98,6 +98,7 @@ class CheckInputs:
     reference: QgsRasterLayer | None = None
     extent: QgsRectangle | None = None  # in the optical layer's CRS; None = whole layer
     output: str = ""
+    sar_required: bool = True  # False for a model without SAR input (gapfill): no SAR is checked or needed
 
 
 @dataclass
@@ -149,7 +150,7 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
     opt, sar = inp.optical, inp.sar
     if opt is None:
         res.error("Choose the cloudy optical layer.")
-    if sar is None:
+    if sar is None and inp.sar_required:
         res.error("Choose the Sentinel-1 SAR layer.")
     for label, layer in (("Optical", opt), ("SAR", sar), ("Land cover", inp.landcover), ("Cloud mask", inp.mask),
                          ("Reference", inp.reference)):

@@ -6,7 +6,8 @@ free-form string map lives under ``"__metadata__"`` (values are strings; the eng
 as JSON text, which is decoded here for display).
 
 :func:`temporal_info` reads the ``temporal_inputs`` / ``needs_dates`` / ``uses_sar`` fields of an ``engine models
---json`` entry (the registry classes' attributes), which decide whether the dialog shows its "Extra dates" group.
+--json`` entry (the registry classes' attributes), which decide whether the dialog shows its "Extra dates" group;
+:func:`uses_sar` whether the SAR layer is needed at all (not for ``gapfill``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,14 @@ def temporal_info(entry: dict[str, Any] | None, name: str = "") -> TemporalInfo 
             return None
         return TemporalInfo(inputs, bool(entry.get("needs_dates", False)), bool(entry.get("uses_sar", True)))
     return _KNOWN_TEMPORAL.get(name or str((entry or {}).get("name", "")))
+
+
+def uses_sar(entry: dict[str, Any] | None, name: str = "") -> bool:
+    """Whether a registry model takes SAR (``uses_sar`` of its ``models --json`` entry; ``gapfill`` does not)."""
+    if entry and "uses_sar" in entry:
+        return bool(entry["uses_sar"])
+    known = _KNOWN_TEMPORAL.get(name or str((entry or {}).get("name", "")))
+    return known.uses_sar if known is not None else True
 
 
 def _fmt(value: Any) -> str:

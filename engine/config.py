@@ -9,7 +9,7 @@ raster is opened, so a typo fails in milliseconds with a one-line :class:`~engin
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,14 @@ class RunConfig:
     they are aligned and normalised like ``optical`` / ``sar``. ``date`` / ``date_prev`` / ``date_next`` are the
     acquisition times (datetimes or ISO 8601 strings) for models that need them (``gapfill``); when absent they are
     read from the files' tags (:func:`engine.gapfill.read_acquisition_date`). Other models ignore all of these.
+
+    ``sar`` may be ``None`` only for a model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``);
+    the pipeline says so in one line for any other model. ``out`` is keyword-only (it follows the optional ``sar``).
     """
 
     optical: Path
-    sar: Path
-    out: Path
+    sar: Path | None = None
+    out: Path = field(kw_only=True)
     landcover: Path | None = None
     mask: Path | None = None
     reference: Path | None = None

@@ -22,6 +22,11 @@ cloudy one, aligned, normalised and read per chunk window like the main inputs; 
 cover is left as the input. A model whose config says ``fill_only_cloudy`` (``gapfill``) changes only the pixels
 ``--mask`` marks as cloud when a mask is given (the others are copied from the input bit for bit).
 
+A model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``) runs without ``--sar``: no SAR is
+opened (a given one is ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is
+held back for lack of SAR, and the result says ``sar_used = False`` (also in the report's run settings). Any other
+model without ``--sar`` is a one-line :class:`~engine.errors.InputError` before anything is read or written.
+
 Speed (``accel``, see :mod:`engine.accel` and :mod:`engine.prefetch`): the network runs through an
 :class:`~engine.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
 (the default), a reader thread reads, aligns, normalises and batches chunk *k+1* and a writer thread encodes
@@ -63,7 +68,14 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
-from engine.temporal import TemporalAdapter, TemporalInputs, open_temporal, precheck
+from engine.temporal import (
+    PackedInputsAdapter,
+    TemporalInputs,
+    needs_of,
+    open_temporal,
+    precheck,
+    require_sar,
+)
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
@@ -110,6 +122,7 @@ class RunResult:
     model_card: dict | None = None
     warnings: list[str] = field(default_factory=list)
     accel: dict | None = None  # what the inference runner decided (dtype, channels_last, compiled, ...)
+    sar_used: bool = True  # False: the model takes no SAR (gapfill); sar_coverage is then 0 and sar_units "none"
 
 
 @dataclass
@@ -176,7 +189,7 @@ class _Inputs:
     """Open datasets and what was decided about them before the tile loop."""
 
     optical: rasterio.io.DatasetReader
-    sar: rasterio.io.DatasetReader
+    sar: rasterio.io.DatasetReader | None  # None: no SAR is used (a model without SAR input)
     landcover: rasterio.io.DatasetReader | None
     mask: rasterio.io.DatasetReader | None
     grid: Grid
@@ -190,7 +203,10 @@ class _Inputs:
     temporal: TemporalInputs | None = None  # the extra dates of a temporal model
 
 
-def _open_inputs(config: RunConfig, stack: ExitStack, progress: Progress, warnings: list[str]) -> _Inputs:
+def _open_inputs(
+    config: RunConfig, stack: ExitStack, progress: Progress, warnings: list[str], use_sar: bool = True
+) -> _Inputs:
+    """Open and check the inputs; the SAR only when ``use_sar`` (and given)."""
     opt = stack.enter_context(open_raster(config.optical, "optical"))
     require_georeferenced(opt, "optical image")
     if opt.count < 4:
@@ -198,14 +214,16 @@ def _open_inputs(config: RunConfig, stack: ExitStack, progress: Progress, warnin
             f"optical image must have at least 4 bands (B, G, R, NIR), this one has {opt.count}: {config.optical}"
         )
     check_bands(opt, "optical image", config.bands)
-    sar = stack.enter_context(open_raster(config.sar, "SAR"))
-    require_georeferenced(sar, "SAR image")
-    if config.sar_bands == DEFAULT_SAR_BANDS and sar.count != 2:
-        raise InputError(
-            f"SAR image must have exactly 2 bands (VV, VH), this one has {sar.count} "
-            f"(pick two with --sar-bands): {config.sar}"
-        )
-    check_bands(sar, "SAR image", config.sar_bands)
+    sar = None
+    if use_sar and config.sar is not None:
+        sar = stack.enter_context(open_raster(config.sar, "SAR"))
+        require_georeferenced(sar, "SAR image")
+        if config.sar_bands == DEFAULT_SAR_BANDS and sar.count != 2:
+            raise InputError(
+                f"SAR image must have exactly 2 bands (VV, VH), this one has {sar.count} "
+                f"(pick two with --sar-bands): {config.sar}"
+            )
+        check_bands(sar, "SAR image", config.sar_bands)
     extra: dict[str, rasterio.io.DatasetReader | None] = {"landcover": None, "mask": None}
     for role in ("landcover", "mask", "reference"):
         path = getattr(config, role)
@@ -218,11 +236,14 @@ def _open_inputs(config: RunConfig, stack: ExitStack, progress: Progress, warnin
     grid = Grid.of(opt)
     if not has_any_valid(opt, config.bands):
         raise InputError(f"optical image has no valid pixel (everything is nodata): {config.optical}")
-    coverage = sar_overlap_or_raise(sar, grid, config.sar_bands, "SAR image")
-    if coverage < FULL_COVERAGE:
-        msg = f"SAR covers only {coverage * 100:.1f}% of the optical image; pixels without SAR are left as the input"
-        warnings.append(msg)
-        progress.warn(msg)
+    coverage = 0.0
+    if sar is not None:
+        coverage = sar_overlap_or_raise(sar, grid, config.sar_bands, "SAR image")
+        if coverage < FULL_COVERAGE:
+            msg = (f"SAR covers only {coverage * 100:.1f}% of the optical image; pixels without SAR are left as the "
+                   "input")  # fmt: skip
+            warnings.append(msg)
+            progress.warn(msg)
     for role, ds in extra.items():
         if ds is not None and not bounds_overlap(ds, grid):
             raise InputError(f"{role} raster does not overlap the optical image: {ds.name}")
@@ -231,14 +252,13 @@ def _open_inputs(config: RunConfig, stack: ExitStack, progress: Progress, warnin
             f"cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {extra['mask'].count}"
         )
 
-    sar_sample = read_sample(sar, config.sar_bands).astype(np.float32)
-    sar_ok = valid_mask(sar_sample, sar.nodata)
-    values = sar_sample[:, sar_ok]
-    if config.sar_units == "auto":
-        sar_units = normalise.detect_sar_units(values)
+    sar_units = "none"
+    if sar is not None and config.sar_units == "auto":
+        sar_sample = read_sample(sar, config.sar_bands).astype(np.float32)
+        sar_units = normalise.detect_sar_units(sar_sample[:, valid_mask(sar_sample, sar.nodata)])
         if sar_units == "linear":
             log.info("SAR values look like linear power; converting to dB (force with --sar-units db)")
-    else:
+    elif sar is not None:
         sar_units = config.sar_units
     return _Inputs(
         optical=opt,
@@ -275,6 +295,8 @@ def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.Norma
 
 
 def _sar_fill(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> np.ndarray:
+    if inp.sar is None:
+        return np.zeros(0, dtype=np.float32)
     sample = read_sample(inp.sar, config.sar_bands).astype(np.float32)
     sample[:, ~valid_mask(sample, inp.sar.nodata)] = np.nan
     unit = _sar_to_unit(sample, inp.sar_units, norm)
@@ -320,7 +342,7 @@ class _TileBatch:
     fallback: list[np.ndarray]  # each tile's normalised optical input: its "prediction" when the network skips it
     run_idx: list[int]  # which tiles go through the network (they have valid optical and SAR pixels)
     optical: np.ndarray | torch.Tensor | None  # (len(run_idx), B, t, t), pinned on CUDA
-    sar: np.ndarray | torch.Tensor | None  # (len(run_idx), 2 [+ extra dates' channels], t, t)
+    sar: np.ndarray | torch.Tensor | None  # (len(run_idx), 2 or 0 without SAR [+ extra inputs' channels], t, t)
 
 
 @dataclass
@@ -347,15 +369,18 @@ def _read_chunk(
     opt_ok = valid_mask(raw[inp.band_index], inp.optical.nodata)
     x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
     x[:, ~opt_ok] = 0.0
-    assert inp.sar_reader is not None
-    sar = _sar_to_unit(inp.sar_reader.read(win), inp.sar_units, norm)
-    sar_ok = np.isfinite(sar).all(axis=0)
-    for k in range(sar.shape[0]):
-        sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
+    if inp.sar_reader is not None:
+        sar = _sar_to_unit(inp.sar_reader.read(win), inp.sar_units, norm)
+        sar_ok = np.isfinite(sar).all(axis=0)
+        for k in range(sar.shape[0]):
+            sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
+    else:  # a model without SAR input: no channel, and no pixel is held back for lack of SAR
+        sar = np.zeros((0, *raw.shape[1:]), dtype=np.float32)
+        sar_ok = np.ones(raw.shape[1:], dtype=bool)
     use_ok = None
     if inp.temporal is not None:  # the extra dates go after the SAR channels (see engine.temporal)
         extras, extra_ok = inp.temporal.read(win, x, inp.optical_scale, norm)
-        sar = TemporalAdapter.pack(sar, extras)
+        sar = PackedInputsAdapter.pack(sar, extras)
         use_ok = opt_ok & extra_ok & (sar_ok if inp.temporal.uses_sar else True)
     run_ok = use_ok if use_ok is not None else opt_ok & sar_ok
     t = config.tile
@@ -399,22 +424,25 @@ def run(
     inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights,
               *config.temporal_paths().values()]  # fmt: skip
     check_output_path(config.out, [p for p in inputs if p is not None])
-    precheck(config, default_model_name())
+    early = precheck(config, default_model_name())
+    if early is not None and not early.uses_sar and config.sar is not None:
+        _warn(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
-        inp = _open_inputs(config, stack, progress, warnings)
+        inp = _open_inputs(config, stack, progress, warnings, use_sar=early is None or early.uses_sar)
         device = resolve_device(config.device)
         model = load_model(config, device)
         if model.in_bands != len(config.bands):
             raise ModelError(
                 f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
             )
+        needs = needs_of(model.module, model.name)
+        require_sar(needs, config)
+        if not needs.uses_sar:
+            inp.sar = None  # (only reached when the class could not be told before loading)
+            inp.coverage = 0.0
+            log.info("model '%s' takes no SAR: none is used", model.name)
         inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress, warnings)
-        module = model.module
-        if inp.temporal is not None:
-            module = TemporalAdapter(
-                module, len(config.sar_bands), [e.key for e in inp.temporal.extras],
-                [e.channels for e in inp.temporal.extras], inp.temporal.dates,
-            )  # fmt: skip
+        module = _packed(model.module, inp, config)
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(module, device, accel)
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
@@ -432,7 +460,10 @@ def run(
         if on_start is not None:
             on_start(RunPlan(total, spec.width, spec.height, Path(config.out), model.name, device_name))
         progress.update(0.0, f"tile 0/{total}")
-        inp.sar_reader = stack.enter_context(AlignedReader(inp.sar, inp.grid, config.sar_bands, config.sar_resampling))
+        if inp.sar is not None:
+            inp.sar_reader = stack.enter_context(
+                AlignedReader(inp.sar, inp.grid, config.sar_bands, config.sar_resampling)
+            )
         if inp.mask is not None:
             mask_bands = tuple(range(1, inp.mask.count + 1))
             inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
@@ -465,13 +496,14 @@ def run(
         total_tiles=total,
         width=spec.width,
         height=spec.height,
-        sar_coverage=counts["sar"] / valid,
-        sar_units=inp.sar_units,
+        sar_coverage=counts["sar"] / valid if inp.sar is not None else 0.0,
+        sar_units=inp.sar_units if inp.sar is not None else "none",
         optical_scale=inp.optical_scale,
         cloud_fraction=(counts["cloud"] / max(counts["mask_valid"], 1)) if inp.mask_reader is not None else None,
         model_card=model.card,
         warnings=warnings,
         accel=runner.describe(),
+        sar_used=inp.sar is not None,
     )
     if config.report is not None:
         result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0))
@@ -479,6 +511,22 @@ def run(
         result.seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", config.out, result.seconds)
     return result
+
+
+def _packed(module: nn.Module, inp: _Inputs, config: RunConfig) -> nn.Module:
+    """The module the runner calls: ``module`` itself, or behind a :class:`PackedInputsAdapter` when it takes extra
+    inputs (dates) or no SAR."""
+    if inp.temporal is None and inp.sar is not None:
+        return module
+    extras = inp.temporal.extras if inp.temporal is not None else []
+    dates = inp.temporal.dates if inp.temporal is not None else {}
+    sar_channels = len(config.sar_bands) if inp.sar is not None else 0
+    return PackedInputsAdapter(module, sar_channels, [e.key for e in extras], [e.channels for e in extras], dates)
+
+
+def _warn(progress: Progress, warnings: list[str], message: str) -> None:
+    warnings.append(message)
+    progress.warn(message)
 
 
 def _process_chunk(
@@ -547,6 +595,6 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress) -> d
         mask=config.mask,
         bands=tuple(config.bands),
         model_card=result.model_card,
-        run_settings=config.as_dict(),
+        run_settings={**config.as_dict(), "sar_used": result.sar_used},
         progress=progress,
     )

@@ -2,8 +2,9 @@
 
 A model is *temporal* when its class has ``temporal_inputs`` (``("prev", "next")``): besides the cloudy optical
 image and its SAR at ``t`` it takes, as keyword tensors, ``optical_prev, sar_prev, optical_next, sar_next`` — the
-images acquired before and after. ``uses_sar = False`` (``gapfill``) means the SAR ones are not needed (and the
-main SAR does not limit which pixels are filled); ``needs_dates = True`` means the model also takes the
+images acquired before and after. ``uses_sar = False`` (``gapfill``) means the model takes no SAR at all:
+neither the extra dates' SAR nor the main ``--sar``, which is then optional (one that is given is ignored with a
+warning, never opened) and the model gets ``sar=None``. ``needs_dates = True`` means the model also takes the
 acquisition times ``t_prev, t, t_next`` (seconds since the epoch).
 
 Each extra raster is handled exactly like the main input of its kind:
@@ -18,10 +19,10 @@ Each extra raster is handled exactly like the main input of its kind:
 
 A pixel where any extra raster the model needs has no data is left as the input, as pixels without SAR are.
 
-The :class:`~engine.accel.InferenceRunner` calls ``module(optical, sar)``: :class:`TemporalAdapter` packs the
+The :class:`~engine.accel.InferenceRunner` calls ``module(optical, sar)``: :class:`PackedInputsAdapter` packs the
 extra dates after the SAR channels of its second argument (all inputs are on the optical grid by then), so the
 runner's batching, OOM halving, pinned copies and ``torch.compile`` apply to them unchanged, and unpacks them into
-the model's keyword arguments.
+the model's keyword arguments. Without SAR the packed argument holds the extra inputs alone.
 """
 
 from __future__ import annotations
@@ -253,12 +254,27 @@ def require_extra_dates(keys: list[str], model_name: str, config: RunConfig) -> 
         )
 
 
-def precheck(config: RunConfig, default_model: str) -> None:
-    """Fail in milliseconds, before any raster is opened, when the chosen temporal model lacks an extra date.
+@dataclass(frozen=True)
+class ModelNeeds:
+    """What a model takes besides the cloudy optical image, read off its class (and config) alone."""
 
-    Only the model's class is looked at (registry name, or the weights file's card header); anything unclear here
-    (unknown name, unreadable weights) is left for the full checks to report in their usual order.
-    """
+    name: str
+    temporal_keys: tuple[str, ...] = ()  # the extra-date rasters, by RunConfig field name
+    uses_sar: bool = True  # False (gapfill): no --sar needed, any given one is ignored
+
+
+def needs_of(module: nn.Module | type, name: str) -> ModelNeeds:
+    """The :class:`ModelNeeds` of a model class or built module."""
+    return ModelNeeds(
+        name=name,
+        temporal_keys=tuple(temporal_keys(module)),
+        uses_sar=bool(getattr(module, "uses_sar", True)),
+    )
+
+
+def model_needs(config: RunConfig, default_model: str) -> ModelNeeds | None:
+    """The needs of the model ``config`` asks for, from the registry name or the weights file's card header (no
+    tensor read); ``None`` when that cannot be told (unknown name, unreadable weights): the full checks report it."""
     from engine.errors import EngineError
     from engine.models import get_spec
 
@@ -270,8 +286,32 @@ def precheck(config: RunConfig, default_model: str) -> None:
             name = read_card(config.weights).arch or name
         cls = get_spec(name).cls
     except (EngineError, OSError, ValueError):
-        return
-    require_extra_dates(temporal_keys(cls), name, config)
+        return None
+    return needs_of(cls, name)
+
+
+def require_sar(needs: ModelNeeds, config: RunConfig) -> None:
+    """Raise the one-line :class:`InputError` when a model that takes SAR gets no ``--sar``."""
+    if needs.uses_sar and config.sar is None:
+        raise InputError(
+            f"model '{needs.name}' needs --sar (the Sentinel-1 VV/VH image); only models without SAR input "
+            "(gapfill) run without it"
+        )
+
+
+def precheck(config: RunConfig, default_model: str) -> ModelNeeds | None:
+    """Fail in milliseconds, before any raster is opened, when the chosen model lacks an extra date or its SAR.
+
+    Only the model's class is looked at (registry name, or the weights file's card header); anything unclear here
+    (unknown name, unreadable weights) is left for the full checks to report in their usual order. Returns what
+    was found out about the model (``None`` when nothing).
+    """
+    needs = model_needs(config, default_model)
+    if needs is None:
+        return None
+    require_extra_dates(list(needs.temporal_keys), needs.name, config)
+    require_sar(needs, config)
+    return needs
 
 
 def _join(items: list[str]) -> str:
@@ -283,10 +323,12 @@ def _warn(progress: Progress, warnings: list[str], message: str) -> None:
     progress.warn(message)
 
 
-class TemporalAdapter(nn.Module):
+class PackedInputsAdapter(nn.Module):
     """``forward(optical, packed)`` → ``module(optical, sar, **extras, **dates)`` for the inference runner.
 
-    ``packed`` is (N, sar_channels + Σ extra channels, H, W): the SAR, then each extra date in ``keys`` order.
+    ``packed`` is (N, sar_channels + Σ extra channels, H, W): the SAR, then each extra input in ``keys`` order (the
+    extra dates, the DEM). With ``sar_channels = 0`` (a model that takes no SAR, run without ``--sar``) the model
+    gets ``sar=None``.
     """
 
     def __init__(
@@ -301,9 +343,9 @@ class TemporalAdapter(nn.Module):
 
     def forward(self, optical: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         sar, *parts = torch.split(packed, self.sizes, dim=1)
-        return self.module(optical, sar, **dict(zip(self.keys, parts)), **self.dates)
+        return self.module(optical, sar if self.sizes[0] else None, **dict(zip(self.keys, parts)), **self.dates)
 
     @staticmethod
     def pack(sar: np.ndarray, extras: list[np.ndarray]) -> np.ndarray:
-        """One tile's (or chunk's) SAR and extra dates, concatenated on the channel axis."""
+        """One tile's (or chunk's) SAR and extra inputs, concatenated on the channel axis."""
         return np.concatenate([sar, *extras], axis=0) if extras else sar

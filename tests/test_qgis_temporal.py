@@ -182,7 +182,7 @@ def test_dialog_runs_gapfill(project, dlg: AlignCRDialog, scene: dict, tmp_path:
     layers = {k: add(project, p, k) for k, p in scene.items()}
     out = tmp_path / "filled.tif"
     dlg.optical_combo.setLayer(layers["optical"])
-    dlg.sar_combo.setLayer(layers["sar"])
+    dlg.sar_combo.setLayer(None)  # gapfill takes no SAR
     dlg.mask_combo.setLayer(layers["mask"])
     dlg.output_widget.setFilePath(str(out))
     assert dlg.select_model("gapfill")
@@ -218,7 +218,7 @@ def test_processing_declouding_with_gapfill(processing_provider, scene: dict, tm
 
     monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
     out = tmp_path / "filled.tif"
-    params = {"OPTICAL": str(scene["optical"]), "SAR": str(scene["sar"]), "MASK": str(scene["mask"]),
+    params = {"OPTICAL": str(scene["optical"]), "MASK": str(scene["mask"]),  # no SAR: gapfill takes none
               "MODEL": "gapfill", "OPTICAL_PREV": str(scene["prev"]), "OPTICAL_NEXT": str(scene["next"]),
               "DATE": DATES[1], "DATE_NEXT": DATES[2], "TILE": 64, "OVERLAP": 8, "OUTPUT": str(out)}  # fmt: skip
     res = processing.run("aligncr:declouding", params)
@@ -232,3 +232,41 @@ def test_processing_declouding_with_gapfill(processing_provider, scene: dict, tm
     with pytest.raises(QgsProcessingException, match="missing --optical-next"):
         processing.run("aligncr:declouding", missing)
     assert not (tmp_path / "x.tif").exists()
+    with pytest.raises(QgsProcessingException, match="model 'identity' needs --sar"):  # any SAR model without it
+        processing.run("aligncr:declouding", params | {"MODEL": "identity", "OUTPUT": str(tmp_path / "x.tif")})
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_sar_layer_follows_the_model(project, dlg: AlignCRDialog, scene: dict, tmp_path: Path) -> None:
+    """gapfill takes no SAR: the SAR row is disabled, validation skips it (even a SAR that misses the scene) and the
+    command line has no --sar; a SAR model without a SAR layer cannot run."""
+    from tests.qgis_helpers import write_sar as write_far_sar
+
+    layers = {k: add(project, scene[k], k) for k in ("optical", "prev", "next")}
+    dlg.optical_combo.setLayer(layers["optical"])
+    dlg.sar_combo.setLayer(None)
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+    assert dlg.select_model("aligncr-lite")
+    dlg.validate()
+    assert "Choose the Sentinel-1 SAR layer." in dlg.issue_messages() and not dlg.run_button.isEnabled()
+    assert dlg.sar_combo.isEnabled() and dlg.sar_label.text() == "Sentinel-1 SAR"
+
+    assert dlg.select_model("gapfill")
+    dlg.extra_combos["optical_prev"].setLayer(layers["prev"])
+    dlg.extra_combos["optical_next"].setLayer(layers["next"])
+    assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
+    assert not dlg.sar_combo.isEnabled() and not dlg.units_combo.isEnabled()
+    assert "not used by gapfill" in dlg.sar_label.text() and "uses no SAR" in dlg.overlap_label.text()
+    args = dlg.build_request(None).to_args()
+    assert "--sar" not in args and args[args.index("--model") + 1] == "gapfill"
+
+    far = add(project, write_far_sar(tmp_path / "far.tif", optical_size=SIZE, shift_m=50_000.0), "far")
+    dlg.sar_combo.setLayer(far)  # a SAR elsewhere: no matter for gapfill, an error for a SAR model
+    assert dlg.validate().ok and "--sar" not in dlg.build_request(None).to_args(), dlg.issue_messages()
+    assert dlg.select_model("aligncr-lite")
+    assert any("SAR layer does not overlap" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
+    sar = add(project, scene["sar"], "sar")
+    dlg.sar_combo.setLayer(sar)
+    assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
+    args = dlg.build_request(None).to_args()
+    assert args[args.index("--sar") + 1] == str(scene["sar"])

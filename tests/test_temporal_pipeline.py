@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import torch
 from helpers_rasters import (
+    ORIGIN,
     UTM32N,
     WGS84,
     footprint_transform,
@@ -104,7 +105,9 @@ def test_gapfill_exact_on_linear_data_across_crs(tmp_path: Path, linear_scene: d
     got = _read(out).astype(np.float64)
     # rounding the prev/next files and the output: at most 1 DN from the true x(T) — everywhere, SAR or not
     assert np.abs(got - linear_scene["truth"]).max() <= 1.0
-    assert result.model == "gapfill" and any("SAR covers only" in w for w in result.warnings)
+    # gapfill takes no SAR: the (partial) one given is ignored, not opened, so it cannot limit the fill
+    assert result.model == "gapfill" and result.warnings == ["model 'gapfill' takes no SAR: --sar ignored"]
+    assert not result.sar_used and result.sar_coverage == 0.0 and result.sar_units == "none"
     with rasterio.open(out) as o, rasterio.open(linear_scene["optical"]) as c:
         assert o.crs == c.crs and o.transform == c.transform and o.dtypes == c.dtypes
     # the file-level command (float64 maths on DN) agrees
@@ -257,3 +260,48 @@ def test_models_json_lists_temporal_models(capsys) -> None:
     assert models["gapfill"]["temporal_inputs"] == ["prev", "next"] and models["gapfill"]["needs_dates"]
     assert not models["gapfill"]["uses_sar"] and not models["gapfill"]["needs_weights"]
     assert models["aligncr-lite"]["temporal_inputs"] == [] and not models["identity"]["needs_dates"]
+
+
+# --- models without SAR input (gapfill): --sar is optional -------------------------------------------------------
+
+
+def test_cli_gapfill_without_sar_end_to_end(tmp_path: Path, linear_scene: dict, capsys) -> None:
+    import json
+
+    out = tmp_path / "filled.tif"
+    args = ["run", "--optical", str(linear_scene["optical"]), "--out", str(out), "--model", "gapfill",
+            "--device", "cpu", "--tile", "32", "--overlap", "8", "--optical-prev", str(linear_scene["prev"]),
+            "--optical-next", str(linear_scene["next"]), "--report", str(tmp_path / "report"),
+            "--progress-json"]  # fmt: skip
+    assert main(args) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not [e for e in events if e["event"] == "warning"]  # nothing about SAR coverage
+    (result,) = [e for e in events if e["event"] == "result"]
+    assert result["model"] == "gapfill" and result["sar_used"] is False
+    assert np.abs(_read(out).astype(float) - linear_scene["truth"]).max() <= 1.0
+    settings = json.loads((tmp_path / "report" / "report.json").read_text())["run_settings"]
+    assert settings["sar"] is None and settings["sar_used"] is False
+
+
+def test_gapfill_ignores_a_sar_that_does_not_overlap(tmp_path: Path, linear_scene: dict) -> None:
+    far = write_sar(tmp_path / "far.tif", np.full((2, 8, 8), -12.0, dtype=np.float32), crs=UTM32N,
+                    transform=optical_transform(3.0, (ORIGIN[0] + 400_000.0, ORIGIN[1])))  # fmt: skip
+    out = tmp_path / "filled.tif"
+    result = run(_gapfill_config({**linear_scene, "sar": far}, out))
+    assert result.warnings == ["model 'gapfill' takes no SAR: --sar ignored"] and not result.sar_used
+    assert np.abs(_read(out).astype(float) - linear_scene["truth"]).max() <= 1.0
+
+
+@pytest.mark.parametrize("model", ["aligncr-lite", "identity"])
+def test_sar_model_without_sar_is_one_line_exit_2(tmp_path: Path, linear_scene: dict, capsys, model: str) -> None:
+    out = tmp_path / "o.tif"
+    args = ["run", "--optical", str(linear_scene["optical"]), "--out", str(out), "--model", model, "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: model '{model}' needs --sar"), err
+    assert not out.exists() and not list(tmp_path.glob(".o.tif*"))
+    with pytest.raises(InputError, match="needs --sar"):  # a weights file's card tells the model too
+        run(RunConfig(optical=linear_scene["optical"], out=out, weights=_small_msop(tmp_path),
+                      optical_prev=linear_scene["prev"], optical_next=linear_scene["next"],
+                      sar_prev=linear_scene["sar"], sar_next=linear_scene["sar"]))  # fmt: skip
+    assert not out.exists()

@@ -8,7 +8,8 @@ cut) when QGIS loads it.
 Temporal models (MODEL ``msop-unet`` or ``gapfill``) take the optional extra-date parameters: OPTICAL_PREV /
 SAR_PREV / OPTICAL_NEXT / SAR_NEXT (the engine's ``--optical-prev`` …) and DATE / DATE_PREV / DATE_NEXT (ISO 8601;
 empty = from the files' tags). The engine says in one line which one a model is missing, and warns when a model
-ignores them.
+ignores them. SAR is optional: ``gapfill`` takes none, and the engine refuses any other model without it in one
+line.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "Temporal models (msop-unet, gapfill) also take the images acquired before (t−1) and after (t+1) the "
             "cloudy one — msop-unet the optical and SAR pairs, gapfill the optical ones and their acquisition "
             "times (read from the files' metadata unless given). With a cloud mask, gapfill fills only the cloudy "
-            "pixels.\n"
+            "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
             "the ALIGNCR_PYTHON environment variable)."
         )
@@ -107,7 +108,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
         # value instead of falling back to its default (so `qgis_process run … OPTICAL=… SAR=…` would fail).
         for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
             self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.OPTICAL, optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SAR, "Sentinel-1 SAR image (VV, VH)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SAR, "Sentinel-1 SAR image (VV, VH; not for gapfill)",
+                                                            optional=True))
         for i, (name, label) in enumerate(zip(self.SAR_BANDS, ("VV", "VH"))):
             self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.SAR, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.SAR_UNITS, "SAR units", ["Auto-detect", "dB", "Linear"],
@@ -162,7 +164,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             )
         paths: dict[str, str | None] = {
             "optical": self.raster_path(parameters, self.OPTICAL, context),
-            "sar": self.raster_path(parameters, self.SAR, context),
+            "sar": self.raster_path(parameters, self.SAR, context, optional=True),  # the engine says who needs it
             "landcover": self.raster_path(parameters, self.LANDCOVER, context, optional=True),
             "mask": self.raster_path(parameters, self.MASK, context, optional=True),
             "reference": self.raster_path(parameters, self.REFERENCE, context, optional=True),
@@ -194,7 +196,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         req = RunRequest(
             optical=str(paths["optical"]),
-            sar=str(paths["sar"]),
+            sar=paths["sar"],
             out=out,
             landcover=paths["landcover"],
             mask=paths["mask"],

@@ -6,7 +6,8 @@ nothing else, logs stay on stderr):
 
 ``{"event":"start","total_tiles":N,"width":W,"height":H,"output":"..."}``,
 ``{"event":"progress","fraction":0.42,"message":"tile 12/40"}``, ``{"event":"warning","message":"..."}``,
-``{"event":"result","output":"...","seconds":12.3,"model":"identity","device":"cpu","report":null}`` and, on a
+``{"event":"result","output":"...","seconds":12.3,"model":"identity","device":"cpu","report":null,"sar_used":true}``
+(``sar_used`` is false for a model that takes no SAR, e.g. gapfill, which runs without ``--sar``) and, on a
 user error, ``{"event":"error","message":"...","kind":"InputError"}`` with exit code 2 (130 when cancelled).
 """
 
@@ -30,7 +31,8 @@ DESCRIPTION = (
     "Reproject the SAR (and optional land cover / cloud mask) onto the optical grid, run the model tile by tile "
     "with overlap blending, and write a georeferenced GeoTIFF on the optical grid. Temporal models (msop-unet, "
     "gapfill) also take the images acquired before and after the cloudy one (--optical-prev, --sar-prev, "
-    "--optical-next, --sar-next) and, for gapfill, their acquisition times (from the files' tags unless given)."
+    "--optical-next, --sar-next) and, for gapfill, their acquisition times (from the files' tags unless given); "
+    "gapfill uses no SAR, so --sar is optional with it."
 )
 
 
@@ -52,7 +54,9 @@ def _date(text: str) -> datetime:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optical", required=True, type=Path, help="cloudy optical GeoTIFF (≥ 4 bands)")
-    parser.add_argument("--sar", required=True, type=Path, help="Sentinel-1 GeoTIFF, 2 bands VV, VH (dB or linear)")
+    parser.add_argument(
+        "--sar", type=Path, help="Sentinel-1 GeoTIFF, 2 bands VV, VH (dB or linear); required except for gapfill"
+    )
     parser.add_argument("--landcover", type=Path, help="ESA WorldCover land-cover raster (for the report)")
     parser.add_argument("--mask", type=Path, help="cloud mask: 1 band (1 = cloud) or Planet UDM2 (8 bands)")
     parser.add_argument("--reference", type=Path, help="cloud-free reference image (for the report's metrics)")
@@ -185,6 +189,7 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
             "model": result.model,
             "device": result.device,
             "report": str(result.report_dir) if result.report_dir else None,
+            "sar_used": result.sar_used,
         }
     )
     return 0
@@ -214,7 +219,8 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     finally:
         for bar in bars:
             bar.close()
-    print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}, "
+    no_sar = "" if result.sar_used else ", no SAR used"
+    print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}{no_sar}, "
           f"{result.seconds:.1f} s)")  # fmt: skip
     if result.report_dir:
         print(f"report in {result.report_dir}")
