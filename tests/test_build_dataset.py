@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from helpers_archive import CRS, X0, Y0, d, make_archive
 
 from engine.errors import InputError
 from training.build_dataset import build, main
@@ -20,54 +20,6 @@ from training.layout.query import MSOP, MSOP_CLD, SSOP, AcquisitionLayout, Sampl
 from training.layout.split import SplitConfig, assign_blocks, split_samples
 
 ROOT = Path(__file__).resolve().parents[1]
-X0, Y0 = 500_000.0, 4_800_000.0
-CRS = "EPSG:32631"
-
-
-def d(month: int, day: int, hour: int = 10) -> datetime:
-    return datetime(2021, month, day, hour, tzinfo=UTC)
-
-
-def _write(path: Path, data: np.ndarray, res: float, tags: dict | None = None, nodata: float | None = 0) -> None:
-    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
-               "dtype": data.dtype.name, "crs": CRS, "transform": from_origin(X0, Y0, res, res), "nodata": nodata}
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data)
-        if tags:
-            ds.update_tags(**tags)
-
-
-def make_archive(root: Path, size: int, optical: dict, sar: dict, in_csv: set[str] = frozenset()) -> Path:
-    """optical: name -> (date, cloud mask (size, size) or None for no sidecar, nodata mask or None); sar: name -> date.
-
-    Optical 5 m pixels of dark (clear-looking) reflectance: DN = 300 + days since May 1 (linear in time, so linear
-    gap-filling between two scenes reproduces a third exactly); SAR 10 m (half the pixels), -12 dB.
-    """
-    (root / "optical").mkdir(parents=True)
-    (root / "sar").mkdir()
-    rows = []
-    for name, (when, cloud, nodata) in optical.items():
-        data = np.full((4, size, size), 300 + round((when - d(5, 1)).total_seconds() / 86400), np.uint16)
-        if nodata is not None:
-            data[:, nodata] = 0
-        tags = None if name in in_csv else {"TIFFTAG_DATETIME": when.strftime("%Y:%m:%d %H:%M:%S")}
-        _write(root / "optical" / f"{name}.tif", data, 5.0, tags)
-        if cloud is not None:
-            _write(root / "optical" / f"{name}_mask.tif", cloud[None].astype(np.uint8), 5.0, nodata=None)
-        if name in in_csv:
-            rows.append((f"optical/{name}.tif", when.isoformat()))
-    for name, when in sar.items():
-        data = np.full((2, size // 2, size // 2), -12.0, np.float32)
-        tags = None if name in in_csv else {"ACQUISITIONDATETIME": when.isoformat()}
-        _write(root / "sar" / f"{name}.tif", data, 10.0, tags, nodata=None)
-        if name in in_csv:
-            rows.append((f"sar/{name}.tif", when.isoformat()))
-    if rows:
-        with (root / "dates.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["file", "datetime"])
-            w.writerows(rows)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,19 @@
 
 All losses share the call signature ``loss(pred, batch)`` where ``batch`` holds "target", "optical" (the cloudy
 input) and "mask" tensors, so the training loop need not know which one it runs.
+
+Multi-output models (deep supervision). :class:`StageLoss` wraps any of them for a model that returns several
+images (``forward(..., return_stages=True)``, e.g. the MMCANet MPIR variants, coarsest stage first):
+``Σ_s w_s · loss(pred_s, batch_s)``, where ``batch_s`` is the batch brought to stage ``s``'s size by average
+pooling over whole blocks (the same down-sampling the MPIR stages apply to their input) — "target", "optical" and
+"mask" (a cloud fraction then). A stage whose size does not divide the batch's is an error, not a resampling.
+``stage_weights`` (``[loss]``) gives one weight per output; empty = the final output only (single-output models).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +122,67 @@ class LossConfig:
     alpha: float = 0.45  # Align-CR α
     lam: float = 1.0  # CARL λ
     ssim_weight: float = 1.0  # MMCANet: plain sum
+    # one weight per output of a multi-output model (coarsest stage first); [] = supervise the final output only
+    stage_weights: list[float] = field(default_factory=list)
 
 
-def build_loss(cfg: LossConfig) -> nn.Module:
-    """The loss module a recipe names."""
+STAGE_KEYS = ("target", "optical", "mask")
+
+
+def batch_at(batch: Mapping[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """``target``/``optical``/``mask`` average-pooled over whole blocks to ``size`` (the batch itself if equal)."""
+    out = dict(batch)
+    h, w = batch["target"].shape[-2:]
+    if (h, w) == tuple(size):
+        return out
+    fy, fx = h // size[0], w // size[1]
+    if fy < 1 or fy != fx or fy * size[0] != h or fx * size[1] != w:
+        raise EngineError(
+            f"a stage output of {size[0]}×{size[1]} px is not the {h}×{w} px batch down-sampled by a whole factor: "
+            "use a crop that is a multiple of the model's stage factors (e.g. of 32 for mmcanet-mpir2)"
+        )
+    for key in STAGE_KEYS:
+        if key in batch and batch[key].dim() == 4 and tuple(batch[key].shape[-2:]) == (h, w):
+            out[key] = F.avg_pool2d(batch[key].float(), fy)
+    return out
+
+
+class StageLoss(nn.Module):
+    """Deep supervision: the wrapped loss on every output of a multi-output model, weighted (module docstring).
+
+    Called with a single tensor it is the wrapped loss (weights must then be ``[]`` or one value). ``last_terms``
+    holds the unweighted per-output values of the last call (for logging; NaN for an output weighted 0).
+    """
+
+    def __init__(self, base: nn.Module, weights: Sequence[float] = ()) -> None:
+        super().__init__()
+        self.base = base
+        self.weights = [float(w) for w in weights]
+        self.last_terms: list[float] = []
+
+    def forward(self, pred: torch.Tensor | Sequence[torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        preds = [pred] if isinstance(pred, torch.Tensor) else list(pred)
+        weights = self.weights or [0.0] * (len(preds) - 1) + [1.0]
+        if len(weights) != len(preds):
+            raise EngineError(f"loss.stage_weights has {len(weights)} weight(s) but the model returned "
+                              f"{len(preds)} output(s)")
+        total: torch.Tensor | None = None
+        terms = []
+        for p, w in zip(preds, weights):
+            if w == 0.0:
+                terms.append(float("nan"))
+                continue
+            term = self.base(p, batch_at(batch, tuple(p.shape[-2:])))
+            terms.append(float(term.detach()))
+            total = w * term if total is None else total + w * term
+        if total is None:
+            raise EngineError("loss.stage_weights are all zero: nothing is supervised")
+        self.last_terms = terms if len(preds) > 1 else []
+        return total
+
+
+def build_base_loss(cfg: LossConfig) -> nn.Module:
+    """The single-output loss a recipe names."""
     if cfg.kind == "charbonnier":
         return MaskedCharbonnier(cfg.weight, cfg.eps2, cfg.alpha)
     if cfg.kind == "carl":
@@ -128,3 +192,9 @@ def build_loss(cfg: LossConfig) -> nn.Module:
     if cfg.kind == "l1_ssim":
         return L1SSIMLoss(cfg.ssim_weight)
     raise EngineError(f"unknown loss kind '{cfg.kind}' (known: charbonnier, carl, l1, l1_ssim)")
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    """The loss module a recipe names: the single-output loss, wrapped for deep supervision if ``stage_weights``."""
+    base = build_base_loss(cfg)
+    return StageLoss(base, cfg.stage_weights) if cfg.stage_weights else base

@@ -22,6 +22,15 @@ from the environment torchrun sets (``env://``), the model is wrapped in Distrib
 reads its shard through DistributedSampler. ``batch_size`` is per process (the paper's 12 on 2 GPUs is 6 each).
 Only rank 0 validates, logs and writes files.
 
+Model inputs. Every model gets ``model(optical, sar)``. A *temporal* model (class attribute ``temporal_inputs``,
+e.g. ``("prev", "next")`` for ``msop-unet``; the registry's contract, as the engine reads it) also gets the batch
+entries ``optical_<x>`` and — unless ``uses_sar = False`` — ``sar_<x>`` for each ``x`` as keyword tensors, and the
+acquisition times ``t_prev, t, t_next`` when ``needs_dates``. Which keys, comes from the model's attributes, never
+its name; the data must provide them (``kind = "layout"`` splits of a multi-date layout do), else the run stops
+before the first step naming what is missing. A model whose ``forward`` takes ``return_stages`` (the MMCANet MPIR
+variants) is asked for every stage's output when ``loss.stage_weights`` is set, and each is supervised
+(:class:`training.losses.StageLoss`); validation always scores the final output.
+
 Stopping: SIGTERM or Ctrl-C ends the run cleanly after the current step (validation + checkpoint), so
 ``kill PID`` on a background run loses nothing; ``--resume`` continues it.
 
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import os
@@ -43,7 +53,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +66,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from engine.errors import EngineError
 from training.config import TrainConfig, load_config
 from training.datasets import AugmentConfig, TrainView, build_reader, resolve_path
-from training.losses import build_loss
+from training.losses import StageLoss, build_loss
 from training.param_groups import (
     build_param_groups,
     enable_offset_tracking,
@@ -197,6 +207,48 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opt
     return kinds[o.optimizer](groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
+# --------------------------------------------------------------------------------------------- model inputs
+def input_keys(model: nn.Module) -> list[str]:
+    """Batch keys a model takes as keyword arguments besides (optical, sar), from its contract attributes."""
+    keys: list[str] = []
+    uses_sar = bool(getattr(model, "uses_sar", True))
+    for suffix in getattr(model, "temporal_inputs", None) or ():
+        keys.append(f"optical_{suffix}")
+        if uses_sar:
+            keys.append(f"sar_{suffix}")
+    if getattr(model, "needs_dates", False):
+        keys += ["t_prev", "t", "t_next"]
+    return keys
+
+
+def check_inputs(model: nn.Module, model_name: str, sample_keys: set[str]) -> None:
+    """Stop before training when the data lacks inputs the model needs (one clear line, not a TypeError later)."""
+    missing = [k for k in input_keys(model) if k not in sample_keys]
+    if missing:
+        raise EngineError(
+            f"model '{model_name}' needs {', '.join(missing)}, which the training data does not provide: use a "
+            "'layout' dataset built with a multi-date layout (python -m training.build_dataset --layout msop)"
+        )
+
+
+def model_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword inputs of ``model`` taken from a (device) batch."""
+    return {k: batch[k] for k in input_keys(model)}
+
+
+def returns_stages(model: nn.Module) -> bool:
+    """Whether ``model.forward`` can return every stage's output (``return_stages=True``)."""
+    try:
+        return "return_stages" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors of a collated batch on ``device`` (ids stay on the host)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
 # --------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model: nn.Module, view: TrainView, device: torch.device, batch_size: int = 1) -> dict[str, float]:
@@ -209,7 +261,9 @@ def validate(model: nn.Module, view: TrainView, device: torch.device, batch_size
     n = 0
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0)
     for batch in loader:
-        pred = model(batch["optical"].to(device), batch["sar"].to(device)).float().clamp(0, 1).cpu().numpy()
+        tensors = to_device(batch, device)
+        pred = model(tensors["optical"], tensors["sar"], **model_kwargs(model, tensors))
+        pred = pred.float().clamp(0, 1).cpu().numpy()
         target = batch["target"].numpy()
         cloudy = batch["optical"].numpy()
         for k in range(pred.shape[0]):
@@ -322,8 +376,15 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
     use_amp = run.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = build_loss(cfg.loss)
+    want_stages = isinstance(loss_fn, StageLoss)
+    if want_stages and not returns_stages(model):
+        raise EngineError(f"loss.stage_weights is set but model '{cfg.model.name}' returns one output "
+                          "(deep supervision needs a multi-stage model, e.g. mmcanet-mpir2)")
 
     train_view, val_view = build_views(cfg)
+    check_inputs(model, cfg.model.name, set(train_view.read(0)))
+    if val_view is not None:
+        check_inputs(model, cfg.model.name, set(val_view.read(0)))
     d = cfg.data
     sampler = DistributedSampler(train_view, num_replicas=world, rank=rank, shuffle=True, seed=run.seed,
                                  drop_last=True)
@@ -364,7 +425,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
         train_log = CsvLog(out_dir / "train_log.csv",
-                           ["step", "epoch", "lr", "loss", "offset_mean", "offset_max", "sec_per_step", "time"])
+                           ["step", "epoch", "lr", "loss", "offset_mean", "offset_max", "sec_per_step", "time",
+                            "stage_losses"])
         val_log = CsvLog(out_dir / "val_log.csv",
                          ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
                           "identity_sam", "time"])
@@ -381,6 +443,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
     last_val: dict[str, float] = {}
     last_loss = float("nan")
     window_loss, window_n, window_t = 0.0, 0, time.monotonic()
+    window_stages: list[float] = []
+    last_stages: list[float] = []
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - t_start
@@ -432,12 +496,14 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
             loader = DataLoader(train_view, batch_size=d.batch_size, sampler=SkipSampler(sampler, skip),
                                 num_workers=d.num_workers, drop_last=True, pin_memory=device.type == "cuda")
             for batch in loader:
-                optical = batch["optical"].to(device, non_blocking=True)
-                sar = batch["sar"].to(device, non_blocking=True)
-                tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "id"}
+                tensors = to_device(batch, device)
+                kwargs = model_kwargs(model, tensors)
+                if want_stages:
+                    kwargs["return_stages"] = True
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    pred = ddp_model(optical, sar)
-                loss = loss_fn(pred.float(), tensors)
+                    pred = ddp_model(tensors["optical"], tensors["sar"], **kwargs)
+                pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
+                loss = loss_fn(pred, tensors)
                 if not torch.isfinite(loss):
                     checkpoint()
                     raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training diverged "
@@ -454,6 +520,10 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
                 last_loss = float(loss.detach())
                 window_loss += last_loss
                 window_n += 1
+                if want_stages:
+                    last_stages = list(loss_fn.last_terms)
+                    window_stages = ([a + b for a, b in zip(window_stages, last_stages)] if window_stages
+                                     else list(last_stages))
 
                 offsets = offset_magnitudes(model) if n_dcn else {}
                 offset_max = max(offsets.values()) if offsets else 0.0
@@ -474,14 +544,18 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
                            "lr": optimizer.param_groups[0]["lr"], "loss": window_loss / window_n,
                            "offset_mean": sum(offsets.values()) / len(offsets) if offsets else 0.0,
                            "offset_max": offset_max, "sec_per_step": (now - window_t) / window_n,
-                           "time": round(elapsed(), 1)}
+                           "time": round(elapsed(), 1),
+                           "stage_losses": ";".join(f"{v / window_n:.6g}" for v in window_stages)}
                     train_log.write(row)
                     if tb is not None:
                         tb.add_scalar("train/loss", row["loss"], step)
                         tb.add_scalar("train/lr", row["lr"], step)
+                        for i, v in enumerate(window_stages):
+                            tb.add_scalar(f"train/loss_stage{i}", v / window_n, step)
                         for name, v in offsets.items():
                             tb.add_scalar(f"offsets/{name}", v, step)
                     window_loss, window_n, window_t = 0.0, 0, now
+                    window_stages = []
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
@@ -507,7 +581,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
             progress.close()
         if tb is not None:
             tb.close()
-    return {"steps": step, "last_loss": last_loss, "best_psnr": best_psnr, "validation": last_val,
+    return {"steps": step, "last_loss": last_loss, "last_stage_losses": last_stages, "best_psnr": best_psnr,
+            "validation": last_val,
             "out_dir": str(out_dir), "steps_per_epoch": steps_per_epoch, "world_size": world,
             "ddp": isinstance(ddp_model, nn.parallel.DistributedDataParallel), "stopped_by_signal": stop.requested}
 

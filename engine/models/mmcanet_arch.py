@@ -42,7 +42,8 @@ published), our choices, written down:
   after its first convolution. *Skip connection* (MPIR3/4): they are instead added to the new stage's output
   features. ORSNet (MPIR2's third stage): MPRNet's original-resolution subnetwork, three ORBs of eight channel
   attention blocks (CAB, reduction 4) with residuals, on concat(optical input, SAR) at full resolution.
-  ``forward_stages`` returns every stage's output for deep supervision; ``forward`` the last one.
+  ``forward_stages`` (or ``forward(..., return_stages=True)``) returns every stage's output for deep supervision;
+  ``forward`` the last one.
 * Any H, W: reflect-padded to a multiple of 8 (× 2^(S-1) for MPIR) and cropped back; SAR coarser than the optical
   grid is up-sampled nearest (registry contract).
 """
@@ -459,5 +460,10 @@ class MMCANetMPIR(nn.Module):
             outputs.append(prev_img[..., :crop_h, :crop_w])
         return outputs
 
-    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(optical, sar)[-1]
+    def forward(
+        self, optical: torch.Tensor, sar: torch.Tensor, *, return_stages: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """The final (full-size) image; with ``return_stages=True`` every stage's image (:meth:`forward_stages`),
+        so a training loop wrapped in DistributedDataParallel can supervise each stage through ``forward``."""
+        stages = self.forward_stages(optical, sar)
+        return stages if return_stages else stages[-1]
