@@ -6,7 +6,8 @@ GDAL virtual rasters (:mod:`aligncr_qgis.extent_clip`), and hands a :class:`~ali
 to an :class:`~aligncr_qgis.task.EngineTask`. When the chosen model is temporal (``temporal_inputs`` in its
 ``engine models --json`` entry: msop-unet, gapfill) an "Extra dates" group asks for the images before and after
 the cloudy one (and, for gapfill, optional acquisition times); a model without SAR input (gapfill) disables the
-SAR row, which validation then skips and the command line omits. It is non-modal: QGIS stays usable while a run is
+SAR row, which validation then skips and the command line omits; a model built with a DEM input (``uses_dem``, or
+``dem`` in a weights file's card) shows a DEM picker. It is non-modal: QGIS stays usable while a run is
 in flight, and closing the dialog does not stop the task (the task manager still shows it and can cancel it).
 """
 
@@ -63,7 +64,8 @@ from qgis.PyQt.QtWidgets import (
 from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
-from aligncr_qgis.model_cards import ModelCardError, TemporalInfo, read_card, temporal_info
+from aligncr_qgis.model_cards import ModelCard, ModelCardError, TemporalInfo, read_card, temporal_info
+from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
 from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
@@ -108,6 +110,8 @@ class AlignCRDialog(QDialog):
         self.temporal: TemporalInfo | None = None  # the chosen model's extra dates (None: not a temporal model)
         self.temporal_model = ""
         self.uses_sar = True  # False when the chosen model takes no SAR (gapfill): the SAR layer is not used
+        self.uses_dem = False  # True when the chosen model was built with a DEM input: the DEM picker is shown
+        self.model_arch = ""
         self.setWindowTitle("Align-CR — SAR-guided cloud removal")
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
@@ -166,6 +170,13 @@ class AlignCRDialog(QDialog):
         form.addRow("Cloud mask (optional)", self.mask_combo)
         self.reference_combo = raster_combo(True)
         form.addRow("Cloud-free reference (optional)", self.reference_combo)
+        self.dem_combo = raster_combo(True)
+        self.dem_label = QLabel("DEM (elevation in metres)", self)
+        self.dem_label.setToolTip("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
+                                  "bilinearly onto the optical grid. Only models built with a DEM input use it.")
+        form.addRow(self.dem_label, self.dem_combo)
+        self.dem_label.setVisible(False)
+        self.dem_combo.setVisible(False)
         self.overlap_label = QLabel("", self)
         form.addRow("SAR overlap", self.overlap_label)
 
@@ -296,7 +307,8 @@ class AlignCRDialog(QDialog):
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
-        for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, *self.extra_combos.values()):
+        for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, self.dem_combo,
+                      *self.extra_combos.values()):
             combo.layerChanged.connect(self.validate)
         for edit in self.date_edits.values():
             edit.textChanged.connect(self.validate)
@@ -425,6 +437,7 @@ class AlignCRDialog(QDialog):
             self._fill_models()
             return
         arch = value
+        card: ModelCard | None = None
         if kind == "weights":
             try:
                 card = read_card(value)
@@ -443,8 +456,10 @@ class AlignCRDialog(QDialog):
             if entry.get("bundled_weights"):
                 lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
             self.card_text.setPlainText("\n".join(lines))
+        self.model_arch = arch
         self._show_temporal(arch)
         self._show_sar(arch)
+        self._show_dem(model_uses_dem(self._registry_entry(arch) if kind == "registry" else None, card))
         self.validate()
 
     def _show_temporal(self, arch: str) -> None:
@@ -469,6 +484,13 @@ class AlignCRDialog(QDialog):
         self.sar_label.setText("Sentinel-1 SAR" if self.uses_sar else f"Sentinel-1 SAR (not used by {arch})")
         for widget in (self.sar_combo, *self.sar_band_combos.values(), self.units_combo):
             widget.setEnabled(self.uses_sar)
+
+    def _show_dem(self, shown: bool) -> None:
+        """The DEM picker, only for a model built with a DEM input (Cresson U-Nets with ``dem=True``)."""
+        self.uses_dem = shown
+        for widget in (self.dem_label, self.dem_combo):
+            widget.setVisible(shown)
+            widget.setEnabled(shown)
 
     def select_model(self, value: str) -> bool:
         """Select a registry model by name or a weights file by path (QComboBox.findData cannot match tuples)."""
@@ -553,6 +575,7 @@ class AlignCRDialog(QDialog):
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
             res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
         self._check_extra_dates(res)
+        self._check_dem(res)
         self.last_check = res
         if not self.uses_sar:
             self.overlap_label.setText("— (the model uses no SAR)")
@@ -594,6 +617,32 @@ class AlignCRDialog(QDialog):
                 text = self.date_edits[key].text().strip()
                 if text and parse_date(text) is None:
                     res.error(f"{label}: '{text}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+
+    def _check_dem(self, res: L.CheckResult) -> None:
+        if not self.uses_dem:
+            return
+        layer = self.dem_combo.currentLayer()
+        if layer is None:
+            res.error(f"Model '{self.model_arch}' was built with a DEM input: choose the DEM layer (elevation in "
+                      "metres).")  # fmt: skip
+            return
+        try:
+            L.layer_path(layer)
+        except L.LayerError as exc:
+            res.error(f"DEM: {exc}.")
+        if not layer.crs().isValid():
+            res.error(f"DEM layer '{layer.name()}' has no coordinate reference system.")
+            return
+        if layer.bandCount() != 1:
+            res.error(f"DEM layer has {layer.bandCount()} bands; one band of elevation is needed.")
+        opt = self.optical_combo.currentLayer()
+        if opt is not None and opt.crs().isValid():
+            pct = L.overlap_percent(opt, layer)
+            if pct <= 0.0:
+                res.error("DEM layer does not overlap the optical layer (0 % overlap).")
+            elif pct < 99.5:
+                res.warning(f"DEM layer covers only {pct:.1f} % of the optical area; pixels without elevation are "
+                            "left as the input.")  # fmt: skip
 
     def extra_dates(self) -> dict[str, str]:
         """The extra rasters (paths) and typed dates the chosen temporal model uses, by RunRequest field."""
@@ -683,10 +732,13 @@ class AlignCRDialog(QDialog):
         for key in EXTRA_LAYERS:
             if key in extras:
                 paths[key] = extras.pop(key)
+        if self.uses_dem and self.dem_combo.currentLayer() is not None:
+            paths["dem"] = L.layer_path(self.dem_combo.currentLayer())
         if inp.extent is not None and temp_dir is not None:
             opt_crs = inp.optical.crs()
             layers_by_key = {"optical": inp.optical, "sar": inp.sar, "landcover": inp.landcover, "mask": inp.mask,
-                             "reference": inp.reference, **{k: c.currentLayer() for k, c in self.extra_combos.items()}}
+                             "reference": inp.reference, "dem": self.dem_combo.currentLayer(),
+                             **{k: c.currentLayer() for k, c in self.extra_combos.items()}}
             for key in list(paths):
                 margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
                 paths[key] = clip_to_extent(paths[key], inp.extent, opt_crs, layers_by_key[key].crs(), temp_dir, key,
@@ -714,6 +766,7 @@ class AlignCRDialog(QDialog):
             report=report,
             **{key: paths.get(key) for key in EXTRA_LAYERS},
             **extras,  # the typed dates
+            dem=paths.get("dem"),
         )
 
     def run(self) -> EngineTask | None:

@@ -86,6 +86,7 @@ class RunRequest:
     date: str | None = None
     date_prev: str | None = None
     date_next: str | None = None
+    dem: str | None = None  # elevation raster for models built with dem=True (Cresson U-Nets)
 
     def to_args(self) -> list[str]:
         args = ["run", "--optical", self.optical, *(["--sar", self.sar] if self.sar else []), "--out", self.out]
@@ -103,6 +104,7 @@ class RunRequest:
             ("--date", self.date),
             ("--date-prev", self.date_prev),
             ("--date-next", self.date_next),
+            ("--dem", self.dem),
         ):
             if value:
                 args += [flag, str(value)]

@@ -7,7 +7,8 @@ as JSON text, which is decoded here for display).
 
 :func:`temporal_info` reads the ``temporal_inputs`` / ``needs_dates`` / ``uses_sar`` fields of an ``engine models
 --json`` entry (the registry classes' attributes), which decide whether the dialog shows its "Extra dates" group;
-:func:`uses_sar` whether the SAR layer is needed at all (not for ``gapfill``).
+:func:`uses_sar` whether the SAR layer is needed at all (not for ``gapfill``); :func:`uses_dem` whether the model
+takes a DEM (``uses_dem`` there, or ``dem`` in a weights file's card config), which shows the DEM picker.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ def temporal_info(entry: dict[str, Any] | None, name: str = "") -> TemporalInfo 
             return None
         return TemporalInfo(inputs, bool(entry.get("needs_dates", False)), bool(entry.get("uses_sar", True)))
     return _KNOWN_TEMPORAL.get(name or str((entry or {}).get("name", "")))
+
+
+def uses_dem(entry: dict[str, Any] | None, card: ModelCard | None = None) -> bool:
+    """Whether the model takes a DEM (``dem=True`` in its config): from a weights file's card when one is given,
+    else from the ``uses_dem`` field of its ``models --json`` entry."""
+    if card is not None:
+        config = card.card.get("config")
+        return bool(isinstance(config, dict) and config.get("dem", False))
+    return bool((entry or {}).get("uses_dem", False))
 
 
 def uses_sar(entry: dict[str, Any] | None, name: str = "") -> bool:

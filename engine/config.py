@@ -47,6 +47,8 @@ class RunConfig:
 
     ``sar`` may be ``None`` only for a model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``);
     the pipeline says so in one line for any other model. ``out`` is keyword-only (it follows the optional ``sar``).
+    ``dem`` is a one-band elevation raster in metres (any CRS/resolution) for models built with ``dem=True`` (the
+    Cresson 2022 U-Nets; see :mod:`engine.dem`); other models ignore it with a warning.
     """
 
     optical: Path
@@ -76,9 +78,11 @@ class RunConfig:
     date: datetime | None = None
     date_prev: datetime | None = None
     date_next: datetime | None = None
+    dem: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", *TEMPORAL_PATHS):
+        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem",
+                     *TEMPORAL_PATHS):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))

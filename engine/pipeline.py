@@ -27,6 +27,10 @@ opened (a given one is ignored with a warning, so it cannot fail the run), the m
 held back for lack of SAR, and the result says ``sar_used = False`` (also in the report's run settings). Any other
 model without ``--sar`` is a one-line :class:`~engine.errors.InputError` before anything is read or written.
 
+A model built with ``dem=True`` (the Cresson U-Nets) takes ``--dem``: aligned bilinearly, scaled and read per chunk
+window as :mod:`engine.dem` describes, passed as the model's ``dem`` keyword; pixels without elevation are left as
+the input.
+
 Speed (``accel``, see :mod:`engine.accel` and :mod:`engine.prefetch`): the network runs through an
 :class:`~engine.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
 (the default), a reader thread reads, aligns, normalises and batches chunk *k+1* and a writer thread encodes
@@ -54,6 +58,7 @@ from engine import normalise
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedReader, Grid, bounds_overlap, sar_overlap_or_raise
 from engine.config import DEFAULT_SAR_BANDS, RunConfig
+from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
 from engine.masks import cloud_mask_from_bands
@@ -74,6 +79,7 @@ from engine.temporal import (
     needs_of,
     open_temporal,
     precheck,
+    require_dem,
     require_sar,
 )
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
@@ -201,6 +207,7 @@ class _Inputs:
     sar_reader: AlignedReader | None = None
     mask_reader: AlignedReader | None = None
     temporal: TemporalInputs | None = None  # the extra dates of a temporal model
+    dem: DemInput | None = None  # the elevation of a model built with dem=True
 
 
 def _open_inputs(
@@ -382,6 +389,10 @@ def _read_chunk(
         extras, extra_ok = inp.temporal.read(win, x, inp.optical_scale, norm)
         sar = PackedInputsAdapter.pack(sar, extras)
         use_ok = opt_ok & extra_ok & (sar_ok if inp.temporal.uses_sar else True)
+    if inp.dem is not None:  # then the DEM, one channel (see engine.dem)
+        dem, dem_ok = inp.dem.read(win)
+        sar = PackedInputsAdapter.pack(sar, [dem])
+        use_ok = (use_ok if use_ok is not None else opt_ok & sar_ok) & dem_ok
     run_ok = use_ok if use_ok is not None else opt_ok & sar_ok
     t = config.tile
     tiles = list(chunk.tiles)
@@ -421,7 +432,7 @@ def run(
         progress = outer.scaled(0.0, REPORT_START)
     t0 = time.perf_counter()
     warnings: list[str] = []
-    inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights,
+    inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights, config.dem,
               *config.temporal_paths().values()]  # fmt: skip
     check_output_path(config.out, [p for p in inputs if p is not None])
     early = precheck(config, default_model_name())
@@ -442,6 +453,12 @@ def run(
             inp.coverage = 0.0
             log.info("model '%s' takes no SAR: none is used", model.name)
         inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress, warnings)
+        require_dem(needs, config)
+        if needs.uses_dem:
+            assert config.dem is not None
+            inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
+        elif config.dem is not None:
+            _warn(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
         module = _packed(model.module, inp, config)
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(module, device, accel)
@@ -469,6 +486,8 @@ def run(
             inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
         if inp.temporal is not None:
             inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
+        if inp.dem is not None:
+            inp.dem.open_reader(stack, inp.grid)
         counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0}
 
         def read(chunk: Chunk) -> _ChunkData:
@@ -515,13 +534,16 @@ def run(
 
 def _packed(module: nn.Module, inp: _Inputs, config: RunConfig) -> nn.Module:
     """The module the runner calls: ``module`` itself, or behind a :class:`PackedInputsAdapter` when it takes extra
-    inputs (dates) or no SAR."""
-    if inp.temporal is None and inp.sar is not None:
+    inputs (dates, DEM) or no SAR. The order of the keys is the packing order of :func:`_read_chunk`."""
+    if inp.temporal is None and inp.dem is None and inp.sar is not None:
         return module
     extras = inp.temporal.extras if inp.temporal is not None else []
+    keys, channels = [e.key for e in extras], [e.channels for e in extras]
+    if inp.dem is not None:
+        keys, channels = [*keys, "dem"], [*channels, 1]
     dates = inp.temporal.dates if inp.temporal is not None else {}
     sar_channels = len(config.sar_bands) if inp.sar is not None else 0
-    return PackedInputsAdapter(module, sar_channels, [e.key for e in extras], [e.channels for e in extras], dates)
+    return PackedInputsAdapter(module, sar_channels, keys, channels, dates)
 
 
 def _warn(progress: Progress, warnings: list[str], message: str) -> None:

@@ -261,14 +261,18 @@ class ModelNeeds:
     name: str
     temporal_keys: tuple[str, ...] = ()  # the extra-date rasters, by RunConfig field name
     uses_sar: bool = True  # False (gapfill): no --sar needed, any given one is ignored
+    uses_dem: bool = False  # its config says dem=True (the Cresson U-Nets): --dem needed (see engine.dem)
 
 
-def needs_of(module: nn.Module | type, name: str) -> ModelNeeds:
-    """The :class:`ModelNeeds` of a model class or built module."""
+def needs_of(module: nn.Module | type, name: str, config: object | None = None) -> ModelNeeds:
+    """The :class:`ModelNeeds` of a built module, or of a model class and its ``config`` (dataclass or dict)."""
+    cfg = config if config is not None else getattr(module, "cfg", None)
+    dem = cfg.get("dem", False) if isinstance(cfg, dict) else getattr(cfg, "dem", False)
     return ModelNeeds(
         name=name,
         temporal_keys=tuple(temporal_keys(module)),
         uses_sar=bool(getattr(module, "uses_sar", True)),
+        uses_dem=bool(dem),
     )
 
 
@@ -280,14 +284,18 @@ def model_needs(config: RunConfig, default_model: str) -> ModelNeeds | None:
 
     try:
         name = config.model or default_model
+        model_config: object = get_spec(name).config if config.weights is None else None
         if config.weights is not None:
             from engine.models.weights import read_card
 
-            name = read_card(config.weights).arch or name
+            card = read_card(config.weights)
+            name = card.arch or name
+            card_config = card.config if isinstance(card.config, dict) else {}
+            model_config = {"dem": getattr(get_spec(name).config, "dem", False), **card_config}
         cls = get_spec(name).cls
     except (EngineError, OSError, ValueError):
         return None
-    return needs_of(cls, name)
+    return needs_of(cls, name, model_config)
 
 
 def require_sar(needs: ModelNeeds, config: RunConfig) -> None:
@@ -299,8 +307,17 @@ def require_sar(needs: ModelNeeds, config: RunConfig) -> None:
         )
 
 
+def require_dem(needs: ModelNeeds, config: RunConfig) -> None:
+    """Raise the one-line :class:`InputError` when a model built with ``dem=True`` gets no ``--dem``."""
+    if needs.uses_dem and config.dem is None:
+        raise InputError(
+            f"model '{needs.name}' was built with a DEM input (dem=True): pass --dem FILE (elevation in metres)"
+        )
+
+
 def precheck(config: RunConfig, default_model: str) -> ModelNeeds | None:
-    """Fail in milliseconds, before any raster is opened, when the chosen model lacks an extra date or its SAR.
+    """Fail in milliseconds, before any raster is opened, when the chosen model lacks an extra date, its SAR or
+    its DEM.
 
     Only the model's class is looked at (registry name, or the weights file's card header); anything unclear here
     (unknown name, unreadable weights) is left for the full checks to report in their usual order. Returns what
@@ -311,6 +328,7 @@ def precheck(config: RunConfig, default_model: str) -> ModelNeeds | None:
         return None
     require_extra_dates(list(needs.temporal_keys), needs.name, config)
     require_sar(needs, config)
+    require_dem(needs, config)
     return needs
 
 

@@ -1,6 +1,7 @@
 """Temporal models in the QGIS plugin (real offscreen QGIS): the dialog's "Extra dates" group follows the model
 picker (from the registry's ``temporal_inputs`` as ``engine models --json`` reports it), its command line carries
-the extra-date flags, and gapfill runs end to end from the dialog and from the Processing algorithm."""
+the extra-date flags, and gapfill runs end to end from the dialog and from the Processing algorithm (without SAR:
+the SAR row follows the model's uses_sar); the DEM picker follows the model's DEM input (uses_dem / card config)."""
 
 from __future__ import annotations
 
@@ -270,3 +271,62 @@ def test_sar_layer_follows_the_model(project, dlg: AlignCRDialog, scene: dict, t
     assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
     args = dlg.build_request(None).to_args()
     assert args[args.index("--sar") + 1] == str(scene["sar"])
+
+
+def write_dem(path: Path) -> Path:
+    """A one-band elevation raster (metres) in EPSG:4326 at ~20 m over the optical footprint."""
+    from rasterio.warp import transform_bounds
+
+    extent = SIZE * 3.0
+    w, s, e, n = transform_bounds(UTM, "EPSG:4326", ORIGIN[0] - 40.0, ORIGIN[1] - extent - 40.0,
+                                  ORIGIN[0] + extent + 40.0, ORIGIN[1] + 40.0)  # fmt: skip
+    n_px = 8
+    with rasterio.open(path, "w", driver="GTiff", width=n_px, height=n_px, count=1, dtype="float32",
+                       crs=CRS.from_string("EPSG:4326"), transform=from_origin(w, n, (e - w) / n_px, (n - s) / n_px),
+                       nodata=-9999.0) as ds:  # fmt: skip
+        ds.write(np.linspace(100.0, 900.0, n_px * n_px, dtype=np.float32).reshape(1, n_px, n_px))
+    return path
+
+
+def test_dem_picker_follows_the_model(project, dlg: AlignCRDialog, scene: dict, registry: list[dict],
+                                      tmp_path: Path) -> None:  # fmt: skip
+    """Shown only for a model built with a DEM input: a weights file whose card says dem=True, or a registry entry
+    whose `models --json` field uses_dem is true; then a DEM layer is required and passed as --dem."""
+    from engine.models import build_model, save
+
+    layers = {k: add(project, scene[k], k) for k in ("optical", "sar")}
+    dem = add(project, write_dem(tmp_path / "dem.tif"), "dem")
+    dlg.optical_combo.setLayer(layers["optical"])
+    dlg.sar_combo.setLayer(layers["sar"])
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+
+    def picker_shown() -> bool:
+        return not dlg.dem_combo.isHidden() and not dlg.dem_label.isHidden()
+
+    for name in ("aligncr-lite", "ssop-unet", "msop-unet", "gapfill"):  # registry defaults: no DEM branch
+        assert dlg.select_model(name)
+        assert not picker_shown() and not dlg.uses_dem, name
+    assert "--dem" not in dlg.build_request(None).to_args()
+
+    weights = save(build_model("ssop-unet", widths=(4, 4, 4, 4, 4, 4), dem=True, dem_width=4),
+                   tmp_path / "ssop-dem.safetensors")  # fmt: skip
+    dlg.settings.model = str(weights)
+    dlg._fill_models()
+    assert dlg.model_combo.currentData() == ("weights", str(weights)) and picker_shown()
+    dlg.dem_combo.setLayer(None)
+    assert any("was built with a DEM input: choose the DEM layer" in m for m in dlg.issue_messages())
+    assert not dlg.run_button.isEnabled()
+    dlg.dem_combo.setLayer(layers["optical"])  # 4 bands: not an elevation raster
+    assert any("one band of elevation" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
+    dlg.dem_combo.setLayer(dem)
+    assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
+    args = dlg.build_request(None).to_args()
+    assert args[args.index("--dem") + 1] == str(tmp_path / "dem.tif")
+    assert args[args.index("--weights") + 1] == str(weights)
+
+    assert dlg.select_model("aligncr-lite")  # the DEM stays chosen in the hidden picker but is not passed
+    assert not picker_shown() and "--dem" not in dlg.build_request(None).to_args()
+
+    dlg.settings.models_cache = [dict(m, uses_dem=True) if m["name"] == "ssop-unet" else m for m in registry]
+    dlg._fill_models()
+    assert dlg.select_model("ssop-unet") and picker_shown()

@@ -9,7 +9,8 @@ Temporal models (MODEL ``msop-unet`` or ``gapfill``) take the optional extra-dat
 SAR_PREV / OPTICAL_NEXT / SAR_NEXT (the engine's ``--optical-prev`` …) and DATE / DATE_PREV / DATE_NEXT (ISO 8601;
 empty = from the files' tags). The engine says in one line which one a model is missing, and warns when a model
 ignores them. SAR is optional: ``gapfill`` takes none, and the engine refuses any other model without it in one
-line.
+line. DEM is the elevation raster of U-Nets built with a DEM input (the engine's ``--dem``; ignored with a warning by
+the other models).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
     TILE, OVERLAP, BATCH, COG, EXTENT = "TILE", "OVERLAP", "BATCH", "COG", "EXTENT"
     OPTICAL_SCALE, SAR_RESAMPLING = "OPTICAL_SCALE", "SAR_RESAMPLING"
     OUTPUT, REPORT = "OUTPUT", "REPORT"
+    DEM = "DEM"
     # extra dates of temporal models: parameter name → (RunRequest field, label)
     EXTRA_LAYERS = {
         "OPTICAL_PREV": ("optical_prev", "Optical image before the cloudy one (t−1; temporal models)"),
@@ -98,6 +100,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "cloudy one — msop-unet the optical and SAR pairs, gapfill the optical ones and their acquisition "
             "times (read from the files' metadata unless given). With a cloud mask, gapfill fills only the cloudy "
             "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
+            "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
+            "elevation raster in metres, any CRS (reprojected bilinearly).\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
             "the ALIGNCR_PYTHON environment variable)."
         )
@@ -116,7 +120,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
                                                      defaultValue=0))
         for name, label in ((self.LANDCOVER, "Land cover (ESA WorldCover codes)"),
                             (self.MASK, "Cloud mask (binary or Planet UDM2)"),
-                            (self.REFERENCE, "Cloud-free reference (metrics in the report)")):
+                            (self.REFERENCE, "Cloud-free reference (metrics in the report)"),
+                            (self.DEM, "DEM, elevation in metres (models built with a DEM input)")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
                                                        defaultValue="identity"))
@@ -168,6 +173,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "landcover": self.raster_path(parameters, self.LANDCOVER, context, optional=True),
             "mask": self.raster_path(parameters, self.MASK, context, optional=True),
             "reference": self.raster_path(parameters, self.REFERENCE, context, optional=True),
+            "dem": self.raster_path(parameters, self.DEM, context, optional=True),
         }
         for name, (field, _label) in self.EXTRA_LAYERS.items():
             paths[field] = self.raster_path(parameters, name, context, optional=True)
@@ -181,6 +187,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
                       "landcover": self.parameterAsRasterLayer(parameters, self.LANDCOVER, context),
                       "mask": self.parameterAsRasterLayer(parameters, self.MASK, context),
                       "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context),
+                      "dem": self.parameterAsRasterLayer(parameters, self.DEM, context),
                       **{field: self.parameterAsRasterLayer(parameters, name, context)
                          for name, (field, _label) in self.EXTRA_LAYERS.items()}}
             try:
@@ -212,6 +219,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             sar_bands=self._bands(parameters, self.SAR_BANDS, context),  # type: ignore[arg-type]
             sar_units=UNITS[self.parameterAsEnum(parameters, self.SAR_UNITS, context)],
             report=report,
+            dem=paths["dem"],
             optical_scale=SCALES[self.parameterAsEnum(parameters, self.OPTICAL_SCALE, context)],
             sar_resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.SAR_RESAMPLING, context)],
             **{field: paths[field] for field, _label in self.EXTRA_LAYERS.values()},

@@ -1,7 +1,7 @@
 """``python -m engine models [--json]``: every registered model, its size, and the weights bundled for it.
 
 The QGIS plugin fills its model picker from ``--json`` (and shows its "Extra dates" group for the models whose
-``temporal_inputs`` is not empty); a user choosing between ``aligncr`` and
+``temporal_inputs`` is not empty, its DEM picker for those with ``uses_dem``); a user choosing between ``aligncr`` and
 ``aligncr-lite`` needs the parameter counts (a proxy for speed and memory) and whether trained weights ship with
 the install. Counting builds each model on the ``meta`` device (no memory, no arithmetic). Weight files in the
 weights folder are described from their model card only (header read, no tensors); a file that is not a valid
@@ -34,6 +34,7 @@ class WeightsInfo:
     created: str = ""
     size_mb: float = 0.0
     error: str | None = None
+    uses_dem: bool = False  # the card's config says dem=True: the run needs --dem
 
 
 @dataclass
@@ -51,6 +52,9 @@ class ModelInfo:
     temporal_inputs: list[str] = field(default_factory=list)
     needs_dates: bool = False
     uses_sar: bool = True
+    # the model's config says dem=True (a Cresson U-Net with the DEM branch): the run needs --dem; the plugin shows
+    # its DEM picker from this (and, for a weights file, from the card's config)
+    uses_dem: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +78,7 @@ def scan_weights(folder: Path) -> list[WeightsInfo]:
             info.arch, info.training_data, info.metrics, info.created = (
                 card.arch, card.training_data, card.metrics, card.created
             )
+            info.uses_dem = bool(isinstance(card.config, dict) and card.config.get("dem", False))
         except ModelError as exc:
             info.error = str(exc)
         out.append(info)
@@ -93,6 +98,7 @@ def collect(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
         info.temporal_inputs = list(getattr(spec.cls, "temporal_inputs", None) or ())
         info.needs_dates = bool(getattr(spec.cls, "needs_dates", False))
         info.uses_sar = bool(getattr(spec.cls, "uses_sar", True))
+        info.uses_dem = bool(getattr(spec.config, "dem", False))
         try:
             with torch.device("meta"):
                 model = spec.cls(spec.config)

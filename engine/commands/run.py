@@ -32,7 +32,7 @@ DESCRIPTION = (
     "with overlap blending, and write a georeferenced GeoTIFF on the optical grid. Temporal models (msop-unet, "
     "gapfill) also take the images acquired before and after the cloudy one (--optical-prev, --sar-prev, "
     "--optical-next, --sar-next) and, for gapfill, their acquisition times (from the files' tags unless given); "
-    "gapfill uses no SAR, so --sar is optional with it."
+    "gapfill uses no SAR, so --sar is optional with it. U-Nets built with a DEM input (dem=True) take --dem."
 )
 
 
@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landcover", type=Path, help="ESA WorldCover land-cover raster (for the report)")
     parser.add_argument("--mask", type=Path, help="cloud mask: 1 band (1 = cloud) or Planet UDM2 (8 bands)")
     parser.add_argument("--reference", type=Path, help="cloud-free reference image (for the report's metrics)")
+    parser.add_argument(
+        "--dem", type=Path, metavar="FILE",
+        help="elevation raster in metres, 1 band, any CRS (models built with dem=True: ssop-unet/msop-unet +DEM)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF (written atomically)")
     parser.add_argument("--model", help="registry model name (default: aligncr-lite if bundled weights, else identity)")
     parser.add_argument("--weights", type=Path, help=".safetensors weights file with its model card")
@@ -148,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         date=args.date,
         date_prev=args.date_prev,
         date_next=args.date_next,
+        dem=args.dem,
     )
 
 
