@@ -153,6 +153,29 @@ def test_msop_unet_trains_through_the_loop_and_loads_in_the_engine(msop_splits: 
                 torch.testing.assert_close(value, state[key], rtol=0, atol=0)
 
 
+def test_evaluate_scores_temporal_models_on_a_layout_split(msop_splits: Path, tmp_path: Path) -> None:
+    """training.evaluate on a build_dataset folder: msop-unet weights and the weightless gapfill get their dates."""
+    import json
+
+    from engine.models import build_model
+    from training.evaluate import main as evaluate_main
+
+    torch.manual_seed(0)
+    weights = model_weights.save(build_model("msop-unet", widths=(8, 8, 8)), tmp_path / "msop.safetensors",
+                                 {"training_data": "none (test)"})
+    n_test = len(_layout(msop_splits, "test"))
+    for name in (str(weights), "gapfill"):
+        out = tmp_path / "report.json"
+        assert evaluate_main(["--weights", name, "--data", str(msop_splits), "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["samples"] == n_test and set(report["results"]) == {"model", "identity"}
+        model_rows = report["results"]["model"]["per_sample"]
+        assert len(model_rows) == n_test and all(np.isfinite(r["psnr"]) for r in model_rows)
+    # gap-filling between clear t-1 / t+1 (eastern cells, never cloudy) is exact up to the target's own date
+    east = [r for r, row in zip(model_rows, _layout(msop_splits, "test").rows) if int(row["col"]) >= 2]
+    assert east and all(r["mae"] < 0.0011 for r in east)  # |DN(t) - DN(t')| <= 10 days = 10 DN = 0.001
+
+
 def test_a_temporal_model_on_single_date_data_stops_before_training(archive: Path, tmp_path: Path) -> None:
     ssop = tmp_path / "ssop"
     build(archive, ssop, SSOP, patch_size=PATCH, split=SPLIT)

@@ -11,6 +11,11 @@ paper's tables and the training validation average).
 
 ``--data`` is a dataset folder: SEN12MS-CR when it holds ``s2_cloudy/`` or ``data.csv`` (``--split`` train/val/test
 → GLF-CR's split 1/2/3), else M3R-CR with the list ``--csv`` or ``<root>/<split>.csv`` or the folder's only CSV.
+A folder written by ``python -m training.build_dataset`` (it has ``build.json``) is read as layout samples
+(:class:`training.datasets.LayoutSplit`, ``--split`` default test): temporal models get their extra dates, and
+``--weights gapfill`` scores the paper's linear gap-filling baseline (any registered model that needs no weights
+can be named instead of a file) — Cresson et al.'s comparison on an MSOP / MSOP_cld test split.
+
 ``--weights identity`` scores the baseline alone. Samples are scored whole unless ``--crop`` (centre crop; the
 official M3R-CR test takes the centre 160).
 """
@@ -26,19 +31,29 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from engine.errors import EngineError, InputError
-from training.datasets import M3RCR, SEN12MSCR, AugmentConfig, TrainView
+from training.datasets import M3RCR, SEN12MSCR, AugmentConfig, LayoutSplit, TrainView
+from training.inputs import check_inputs, model_kwargs, to_device
+from training.layout.split import BUILD_FILE
 
 SPLITS = {"train": 1, "val": 2, "test": 3}
 
 
 def open_dataset(data: str | Path, split: str | None = None, csv_file: str | None = None,
-                 ids: list[str] | None = None) -> M3RCR | SEN12MSCR:
+                 ids: list[str] | None = None) -> M3RCR | SEN12MSCR | LayoutSplit:
     """The reader for a dataset folder (see the module docstring for how the kind is recognised)."""
     root = Path(data)
     if not root.is_dir():
         raise InputError(f"dataset folder {root} not found")
+    if (root / BUILD_FILE).is_file():
+        ds = LayoutSplit(root, split or "test", csv_file=csv_file)
+        if ids:
+            ds.rows = [r for i, r in enumerate(ds.rows) if ds.sample_id(i) in set(ids)]
+            if not ds.rows:
+                raise InputError(f"none of the IDs {ids} is in {ds.path}")
+        return ds
     if (root / "s2_cloudy").is_dir() or (root / "data.csv").is_file():
         splits = None
         if split is not None:
@@ -62,11 +77,12 @@ def open_dataset(data: str | Path, split: str | None = None, csv_file: str | Non
 
 
 def load_model(weights: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, card dict) from a weights file, or the identity baseline for ``identity``."""
-    if weights == "identity":
-        from engine.models import build_model
+    """(model, card dict) from a weights file, or a registered model that needs none (``identity``, ``gapfill``)."""
+    from engine.models import MODEL_REGISTRY, build_model
 
-        return build_model("identity").to(device).eval(), {"arch": "identity"}
+    spec = MODEL_REGISTRY.get(weights)
+    if spec is not None and not spec.needs_weights:
+        return build_model(weights).to(device).eval(), {"arch": weights}
     from engine.models import weights as model_weights
 
     model, card = model_weights.load(weights, device)
@@ -80,15 +96,19 @@ def evaluate(models: dict[str, nn.Module], view: TrainView, device: torch.device
 
     accs = {name: MetricAccumulator() for name in models}
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+    if len(view):
+        keys = set(view.read(0))
+        for name, model in models.items():
+            check_inputs(model, name, keys)
     for i in range(len(view)):
         s = view[i]
-        optical = s["optical"][None].to(device)
-        sar = s["sar"][None].to(device)
+        batch = to_device(default_collate([s]), device)
         target = s["target"].numpy()
         cloud = s["mask"][0].numpy() > 0.5
         landcover = s["landcover"].numpy()
         for name, model in models.items():
-            pred = model(optical, sar)[0].float().clamp(0, 1).cpu().numpy()
+            pred = model(batch["optical"], batch["sar"], **model_kwargs(model, batch))
+            pred = pred[0].float().clamp(0, 1).cpu().numpy()
             tile = accs[name].update(pred, target, cloud=cloud, landcover=landcover)
             rows[name].append({"id": s["id"], **{k: tile.get(k) for k in (*METRIC_NAMES, "cloud_cover")}})
     out: dict[str, Any] = {}
@@ -104,8 +124,10 @@ def evaluate(models: dict[str, nn.Module], view: TrainView, device: torch.device
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", required=True, help="a .safetensors weights file, or 'identity'")
-    parser.add_argument("--data", required=True, help="dataset folder (SEN12MS-CR or M3R-CR layout)")
+    parser.add_argument("--weights", required=True,
+                        help="a .safetensors weights file, or a model that needs none: 'identity', 'gapfill'")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder (SEN12MS-CR, M3R-CR, or a training.build_dataset output folder)")
     parser.add_argument("--split", help="train | val | test (default: every sample; M3R-CR: test)")
     parser.add_argument("--csv", help="M3R-CR list file (default: <data>/<split>.csv)")
     parser.add_argument("--ids", nargs="+", help="only these sample IDs")

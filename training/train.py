@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import math
 import os
@@ -53,7 +52,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from engine.errors import EngineError
 from training.config import TrainConfig, load_config
 from training.datasets import AugmentConfig, TrainView, build_reader, resolve_path
+from training.inputs import check_inputs, model_kwargs, returns_stages, to_device
 from training.losses import StageLoss, build_loss
 from training.param_groups import (
     build_param_groups,
@@ -205,48 +205,6 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opt
     if o.optimizer not in kinds:
         raise EngineError(f"unknown optimizer '{o.optimizer}' (known: {', '.join(kinds)})")
     return kinds[o.optimizer](groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-
-
-# --------------------------------------------------------------------------------------------- model inputs
-def input_keys(model: nn.Module) -> list[str]:
-    """Batch keys a model takes as keyword arguments besides (optical, sar), from its contract attributes."""
-    keys: list[str] = []
-    uses_sar = bool(getattr(model, "uses_sar", True))
-    for suffix in getattr(model, "temporal_inputs", None) or ():
-        keys.append(f"optical_{suffix}")
-        if uses_sar:
-            keys.append(f"sar_{suffix}")
-    if getattr(model, "needs_dates", False):
-        keys += ["t_prev", "t", "t_next"]
-    return keys
-
-
-def check_inputs(model: nn.Module, model_name: str, sample_keys: set[str]) -> None:
-    """Stop before training when the data lacks inputs the model needs (one clear line, not a TypeError later)."""
-    missing = [k for k in input_keys(model) if k not in sample_keys]
-    if missing:
-        raise EngineError(
-            f"model '{model_name}' needs {', '.join(missing)}, which the training data does not provide: use a "
-            "'layout' dataset built with a multi-date layout (python -m training.build_dataset --layout msop)"
-        )
-
-
-def model_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword inputs of ``model`` taken from a (device) batch."""
-    return {k: batch[k] for k in input_keys(model)}
-
-
-def returns_stages(model: nn.Module) -> bool:
-    """Whether ``model.forward`` can return every stage's output (``return_stages=True``)."""
-    try:
-        return "return_stages" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors of a collated batch on ``device`` (ids stay on the host)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
 # --------------------------------------------------------------------------------------------- validation

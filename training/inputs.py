@@ -1,0 +1,60 @@
+"""What a model takes besides ``(optical, sar)``, read from its contract attributes — shared by training and evaluation.
+
+A *temporal* model (class attribute ``temporal_inputs``, e.g. ``("prev", "next")``: ``msop-unet``, ``gapfill``;
+the registry's contract, as :mod:`engine.temporal` reads it) takes the batch entries ``optical_<x>`` and — unless
+``uses_sar = False`` — ``sar_<x>`` for each ``x`` as keyword tensors, and the acquisition times ``t_prev, t,
+t_next`` when ``needs_dates``. The keys come from those attributes, never from the model's name. A model whose
+``forward`` takes ``return_stages`` can return every stage's output (deep supervision, :mod:`training.losses`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import EngineError
+
+
+def input_keys(model: nn.Module) -> list[str]:
+    """Batch keys a model takes as keyword arguments besides (optical, sar), from its contract attributes."""
+    keys: list[str] = []
+    uses_sar = bool(getattr(model, "uses_sar", True))
+    for suffix in getattr(model, "temporal_inputs", None) or ():
+        keys.append(f"optical_{suffix}")
+        if uses_sar:
+            keys.append(f"sar_{suffix}")
+    if getattr(model, "needs_dates", False):
+        keys += ["t_prev", "t", "t_next"]
+    return keys
+
+
+def check_inputs(model: nn.Module, model_name: str, sample_keys: set[str]) -> None:
+    """Stop before any step when the data lacks inputs the model needs (one clear line, not a TypeError later)."""
+    missing = [k for k in input_keys(model) if k not in sample_keys]
+    if missing:
+        raise EngineError(
+            f"model '{model_name}' needs {', '.join(missing)}, which the data does not provide: use a "
+            "'layout' dataset built with a multi-date layout (python -m training.build_dataset --layout msop)"
+        )
+
+
+def model_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword inputs of ``model`` taken from a (device) batch."""
+    return {k: batch[k] for k in input_keys(model)}
+
+
+def returns_stages(model: nn.Module) -> bool:
+    """Whether ``model.forward`` can return every stage's output (``return_stages=True``)."""
+    try:
+        return "return_stages" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors of a collated batch on ``device`` (ids stay on the host)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
