@@ -1,10 +1,13 @@
 """Scale-out: decloud many scenes on a Dask distributed cluster, one scene per task, with retries and a summary.
 
 A manifest CSV lists the scenes (columns ``id, optical, sar, out`` and optionally ``landcover, mask, reference,
-model, weights``; relative paths are relative to the manifest's folder). Each scene is one task that calls
-:func:`engine.pipeline.run` on a worker; the client collects outcomes as they finish and rewrites the summary CSV
-(``id, status, output, seconds, error, attempts``) atomically after each one, so even an interrupted batch
-leaves an accurate record of what is done.
+model, weights``, and the inputs of temporal and DEM models: ``optical_prev, sar_prev, optical_next, sar_next,
+date, date_prev, date_next, dem`` — the ``engine run`` flags of the same names; relative paths are relative to the
+manifest's folder, an empty cell means "not given", dates are ISO 8601 and checked when the manifest is read). The
+``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights).
+Each scene is one task that calls :func:`engine.pipeline.run` on a worker; the client collects outcomes as they
+finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts``) atomically after each one,
+so even an interrupted batch leaves an accurate record of what is done.
 
 Failure policy (why it is split this way):
 
@@ -34,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +45,11 @@ from engine.errors import EngineError, InputError
 
 log = logging.getLogger("engine")
 
-REQUIRED_COLUMNS = ("id", "optical", "sar", "out")
-OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights")
-PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights")
+REQUIRED_COLUMNS = ("id", "optical", "sar", "out")  # the sar cell may be empty for a model without SAR (gapfill)
+TEMPORAL_COLUMNS = ("optical_prev", "sar_prev", "optical_next", "sar_next")
+DATE_COLUMNS = ("date", "date_prev", "date_next")
+OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPORAL_COLUMNS, *DATE_COLUMNS, "dem")
+PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem")
 SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts")
 
 
@@ -57,13 +63,21 @@ class SceneJob:
 
     id: str
     optical: Path
-    sar: Path
+    sar: Path | None
     out: Path
     landcover: Path | None = None
     mask: Path | None = None
     reference: Path | None = None
     model: str | None = None
     weights: Path | None = None
+    optical_prev: Path | None = None
+    sar_prev: Path | None = None
+    optical_next: Path | None = None
+    sar_next: Path | None = None
+    date: datetime | None = None
+    date_prev: datetime | None = None
+    date_next: datetime | None = None
+    dem: Path | None = None
 
 
 @dataclass
@@ -124,8 +138,9 @@ def read_manifest(path: Path) -> list[SceneJob]:
     outs: dict[Path, str] = {}
     for n, row in enumerate(rows, start=2):
         for c in REQUIRED_COLUMNS:
-            if not row.get(c):
-                raise ManifestError(f"manifest {path.name} row {n}: empty '{c}'")
+            if not row.get(c) and not (c == "sar" and _takes_no_sar(row, path)):
+                hint = " (only a model without SAR input, e.g. gapfill, may leave it empty)" if c == "sar" else ""
+                raise ManifestError(f"manifest {path.name} row {n}: empty '{c}'{hint}")
         if row["id"] in ids:
             raise ManifestError(f"manifest {path.name} row {n}: duplicate id '{row['id']}'")
         ids.add(row["id"])
@@ -133,8 +148,9 @@ def read_manifest(path: Path) -> list[SceneJob]:
         for c in REQUIRED_COLUMNS[1:] + OPTIONAL_COLUMNS:
             v = row.get(c) or None
             if v is not None and c in PATH_COLUMNS:
-                p = Path(v).expanduser()
-                v = (p if p.is_absolute() else path.parent / p).resolve()
+                v = _resolve(v, path)
+            elif v is not None and c in DATE_COLUMNS:
+                v = _parse_date(v, f"manifest {path.name} row {n}: '{c}'")
             values[c] = v
         job = SceneJob(**values)
         if job.out in outs:
@@ -142,6 +158,32 @@ def read_manifest(path: Path) -> list[SceneJob]:
         outs[job.out] = job.id
         jobs.append(job)
     return jobs
+
+
+def _resolve(value: str, manifest: Path) -> Path:
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else manifest.parent / p).resolve()
+
+
+def _parse_date(value: str, where: str) -> datetime:
+    from engine.gapfill import parse_datetime
+
+    try:
+        return parse_datetime(value)
+    except EngineError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+
+
+def _takes_no_sar(row: dict[str, str], manifest: Path) -> bool:
+    """The row's model (``model`` and/or ``weights`` cell) is known to take no SAR (gapfill)."""
+    if not row.get("model") and not row.get("weights"):
+        return False
+    from engine.pipeline import default_model_name
+    from engine.temporal import model_needs
+
+    weights = _resolve(row["weights"], manifest) if row.get("weights") else None
+    needs = model_needs(row.get("model") or None, weights, default_model_name())
+    return needs is not None and not needs.uses_sar
 
 
 def _remove_stale_temporaries(out: Path) -> None:

@@ -276,19 +276,20 @@ def needs_of(module: nn.Module | type, name: str, config: object | None = None) 
     )
 
 
-def model_needs(config: RunConfig, default_model: str) -> ModelNeeds | None:
-    """The needs of the model ``config`` asks for, from the registry name or the weights file's card header (no
-    tensor read); ``None`` when that cannot be told (unknown name, unreadable weights): the full checks report it."""
+def model_needs(model: str | None, weights: Path | None, default_model: str) -> ModelNeeds | None:
+    """The needs of a model given as a registry name and/or a weights file (as ``--model`` / ``--weights``), from the
+    registry or the weights file's card header (no tensor read); ``None`` when that cannot be told (unknown name,
+    unreadable weights): the full checks report it."""
     from engine.errors import EngineError
     from engine.models import get_spec
 
     try:
-        name = config.model or default_model
-        model_config: object = get_spec(name).config if config.weights is None else None
-        if config.weights is not None:
+        name = model or default_model
+        model_config: object = get_spec(name).config if weights is None else None
+        if weights is not None:
             from engine.models.weights import read_card
 
-            card = read_card(config.weights)
+            card = read_card(weights)
             name = card.arch or name
             card_config = card.config if isinstance(card.config, dict) else {}
             model_config = {"dem": getattr(get_spec(name).config, "dem", False), **card_config}
@@ -323,7 +324,7 @@ def precheck(config: RunConfig, default_model: str) -> ModelNeeds | None:
     (unknown name, unreadable weights) is left for the full checks to report in their usual order. Returns what
     was found out about the model (``None`` when nothing).
     """
-    needs = model_needs(config, default_model)
+    needs = model_needs(config.model, config.weights, default_model)
     if needs is None:
         return None
     require_extra_dates(list(needs.temporal_keys), needs.name, config)

@@ -1,10 +1,12 @@
-"""``engine batch`` on Dask: manifest checks, a LocalCluster of 2 worker processes on 3 small scenes (one bad),
-a worker killed mid-scene (retried, no half-written output), the CLI against a running scheduler."""
+"""``engine batch`` on Dask: manifest checks (incl. the temporal/DEM columns), a LocalCluster of 2 worker processes
+on 3 small scenes (one bad), a gapfill scene with its dates from the manifest next to a normal one, a worker killed
+mid-scene (retried, no half-written output), the CLI against a running scheduler."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +124,38 @@ def test_bad_manifests_are_one_line_errors(tmp_path: Path, rows: list[dict[str, 
         read_manifest(_write_manifest(tmp_path / "m.csv", rows))
 
 
+def test_manifest_columns_of_temporal_and_dem_models(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    m = _write_manifest(tmp_path / "m.csv", [
+        {"id": "g", "optical": "o.tif", "sar": "", "out": "g.tif", "model": "gapfill", "optical_prev": "t0/p.tif",
+         "optical_next": "/data/n.tif", "date": "2021-06-04T10:00:00Z", "date_prev": "2021:06:01 10:00:00",
+         "date_next": "", "dem": "dem/srtm.tif"},
+        {"id": "m", "optical": "o.tif", "sar": "s.tif", "out": "m.tif", "model": "msop-unet", "sar_prev": "sp.tif",
+         "sar_next": "sn.tif"},
+    ])  # fmt: skip
+    g, msop = read_manifest(m)
+    assert g.sar is None and g.optical_prev == (tmp_path / "t0" / "p.tif").resolve()
+    assert g.optical_next == Path("/data/n.tif") and g.dem == (tmp_path / "dem" / "srtm.tif").resolve()
+    assert g.date == datetime(2021, 6, 4, 10, tzinfo=UTC) and g.date_prev == datetime(2021, 6, 1, 10, tzinfo=UTC)
+    assert g.date_next is None and g.sar_prev is None and g.sar_next is None
+    assert msop.sar_prev == (tmp_path / "sp.tif").resolve() and msop.optical_prev is None and msop.dem is None
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"model": "gapfill", "date": "next tuesday"}, "row 2: 'date': "),
+        ({"model": "identity"}, "row 2: empty 'sar' (only a model without SAR input, e.g. gapfill, may leave it"),
+        ({"model": ""}, "row 2: empty 'sar'"),
+    ],
+)
+def test_bad_new_manifest_cells(tmp_path: Path, row: dict[str, str], message: str) -> None:
+    rows = [{"id": "a", "optical": "o.tif", "sar": "", "out": "x.tif", **row}]
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        read_manifest(_write_manifest(tmp_path / "m.csv", rows))
+
+
 def test_missing_and_empty_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="not found"):
         read_manifest(tmp_path / "nope.csv")
@@ -163,6 +197,30 @@ def test_three_scenes_one_bad_two_ok(client, scenes: Path, tmp_path: Path) -> No
         with rasterio.open(tmp_path / f"out{i}.tif") as out, rasterio.open(scenes / f"opt{i}.tif") as src:
             np.testing.assert_array_equal(out.read(), src.read())  # identity model
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_gapfill_scene_with_dates_next_to_a_normal_scene(client, scenes: Path, tmp_path: Path) -> None:
+    """A gapfill row (no SAR, the extra dates and their times in the manifest, relative paths) and an ordinary row
+    in one batch: both succeed, and the gapfill output is the interpolation the manifest's dates ask for."""
+    shape = (4, 48, 56)
+    write_optical(tmp_path / "cloudy.tif", height=48, width=56, seed=3)
+    write_optical(tmp_path / "before.tif", np.full(shape, 1000, dtype=np.uint16))
+    write_optical(tmp_path / "after.tif", np.full(shape, 3000, dtype=np.uint16))
+    rows = [
+        {"id": "gap", "optical": "cloudy.tif", "sar": "", "out": "gap.tif", "model": "gapfill",
+         "optical_prev": "before.tif", "optical_next": "after.tif", "date": "2021-06-04T10:00:00Z",
+         "date_prev": "2021-06-01T10:00:00Z", "date_next": "2021-06-11T10:00:00Z"},  # weight 0.3 on "after"
+        {"id": "plain", "optical": str(scenes / "opt1.tif"), "sar": str(scenes / "s1_1.tif"), "out": "plain.tif",
+         "model": "identity"},
+    ]  # fmt: skip
+    jobs = read_manifest(_write_manifest(tmp_path / "m.csv", rows))
+    config = BatchConfig(retries=0, run={"tile": 32, "overlap": 8, "device": "cpu"}, accel={"threads": 1})
+    outcomes = run_batch(jobs, config, tmp_path / "summary.csv", client=client)
+    assert [o.status for o in outcomes] == ["ok", "ok"], outcomes
+    with rasterio.open(tmp_path / "gap.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), np.full(shape, 1600, dtype=np.uint16))
+    with rasterio.open(tmp_path / "plain.tif") as out, rasterio.open(scenes / "opt1.tif") as src:
+        np.testing.assert_array_equal(out.read(), src.read())
 
 
 def test_worker_killed_mid_scene_is_retried_without_half_written_output(client, scenes: Path, tmp_path: Path) -> None:

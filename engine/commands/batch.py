@@ -15,8 +15,10 @@ from engine.commands.run import accel_from_args, add_accel_arguments
 NAME = "batch"
 HELP = "decloud every scene of a manifest CSV, one scene per task on a Dask cluster"
 DESCRIPTION = (
-    "Manifest columns: id, optical, sar, out, and optionally landcover, mask, reference, model, weights (paths "
-    "relative to the manifest). Writes a summary CSV (id, status, output, seconds, error, attempts)."
+    "Manifest columns: id, optical, sar, out, and optionally landcover, mask, reference, model, weights, the "
+    "temporal models' optical_prev, sar_prev, optical_next, sar_next, date, date_prev, date_next, and dem (paths "
+    "relative to the manifest, empty cell = not given; sar may be empty for gapfill). Writes a summary CSV (id, "
+    "status, output, seconds, error, attempts)."
 )
 
 
