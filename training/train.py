@@ -241,13 +241,19 @@ def validate(model: nn.Module, view: TrainView, device: torch.device, batch_size
 
 # --------------------------------------------------------------------------------------------- logging
 class CsvLog:
-    """Append-only CSV with a fixed header (a resumed run keeps appending to the same file)."""
+    """Append-only CSV with a fixed header (a resumed run keeps appending to the same file, under its own header:
+    a log started before a column existed keeps its columns)."""
 
     def __init__(self, path: Path, fields: list[str]) -> None:
         self.path, self.fields = path, fields
-        if not path.exists():
-            with open(path, "w", newline="") as fh:
-                csv.writer(fh).writerow(fields)
+        if path.exists():
+            with open(path, newline="") as fh:
+                header = next(csv.reader(fh), None)
+            if header:
+                self.fields = header
+                return
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh).writerow(fields)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as fh:
