@@ -188,3 +188,24 @@ def write_mask(
             data[0] = 1 - cloud  # clear
             data[5] = cloud  # cloud
     return write_raster(path, data, crs=crs, transform=transform, nodata=None, dtype="uint8")
+
+
+def write_tiny_sen12(root: Path, n: int = 3, size: int = 32) -> Path:
+    """SEN12MS-CR-layout triplets (13-band S2, 2-band S1 in dB, masks): a smooth scene under a bright square cloud."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for k in range(n):
+        scene = np.stack([0.05 + 0.1 * np.sin(3 * xx + k + b) ** 2 + 0.05 * yy for b in range(13)])
+        cloudy, mask = scene.copy(), np.zeros((1, size, size), np.uint8)
+        y0, x0 = rng.integers(0, size // 2, 2)
+        cloudy[:, y0 : y0 + size // 2, x0 : x0 + size // 2] = 0.7
+        mask[:, y0 : y0 + size // 2, x0 : x0 + size // 2] = 1
+        sar = np.stack([-20 + 40 * scene[7], -25 + 40 * scene[3]]).astype(np.float32)
+        arrays = {"s2_cloudfree": (scene * 1e4).astype(np.uint16), "s2_cloudy": (cloudy * 1e4).astype(np.uint16),
+                  "s1": sar, "cloudmask": mask}
+        for sub, arr in arrays.items():
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            with rasterio.open(root / sub / f"{k}.tif", "w", driver="GTiff", width=size, height=size,
+                               count=arr.shape[0], dtype=arr.dtype) as ds:
+                ds.write(arr)
+    return root

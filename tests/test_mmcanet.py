@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from helpers_rasters import write_tiny_sen12
 
 from engine.models import build_model, get_spec, list_models
 from engine.models.mmcanet_arch import CrossModalAttention, KernelBasisAttention, MFFBlock
@@ -20,13 +21,7 @@ TINY_MPIR = TINY | {"orb_count": 1, "cabs_per_orb": 1}
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, small convs run ~10x faster than with 2 contending threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(name: str) -> torch.nn.Module:
     return build_model(name, **(TINY_MPIR if "mpir" in name else TINY))
@@ -142,27 +137,6 @@ def test_short_overfit_lowers_l1(name: str) -> None:
         optim.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
-
-
-def write_tiny_sen12(root: Path, n: int = 3, size: int = 32) -> Path:
-    """SEN12MS-CR-layout triplets (13-band S2, 2-band S1 in dB, masks): a smooth scene under a bright square cloud."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for k in range(n):
-        scene = np.stack([0.05 + 0.1 * np.sin(3 * xx + k + b) ** 2 + 0.05 * yy for b in range(13)])
-        cloudy, mask = scene.copy(), np.zeros((1, size, size), np.uint8)
-        y0, x0 = rng.integers(0, size // 2, 2)
-        cloudy[:, y0 : y0 + size // 2, x0 : x0 + size // 2] = 0.7
-        mask[:, y0 : y0 + size // 2, x0 : x0 + size // 2] = 1
-        sar = np.stack([-20 + 40 * scene[7], -25 + 40 * scene[3]]).astype(np.float32)
-        arrays = {"s2_cloudfree": (scene * 1e4).astype(np.uint16), "s2_cloudy": (cloudy * 1e4).astype(np.uint16),
-                  "s1": sar, "cloudmask": mask}
-        for sub, arr in arrays.items():
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            with rasterio.open(root / sub / f"{k}.tif", "w", driver="GTiff", width=size, height=size,
-                               count=arr.shape[0], dtype=arr.dtype) as ds:
-                ds.write(arr)
-    return root
 
 
 def train_tiny(name: str, overrides: dict, loss: dict, root: Path, out: Path) -> list[float]:

@@ -14,21 +14,10 @@ from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, 
 
 from aligncr_qgis import dialog as dialog_mod  # noqa: E402
 from aligncr_qgis.dialog import EXTENT_LAYER, AlignCRDialog  # noqa: E402
+from tests.qgis_fixtures import project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture
-def project(qgis_iface, monkeypatch: pytest.MonkeyPatch):
-    """A clean project and clean ``aligncr/`` settings; the engine runs with the dev venv's Python."""
-    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
-    QgsSettings().remove("aligncr")
-    proj = QgsProject.instance()
-    proj.removeAllMapLayers()
-    yield proj
-    proj.removeAllMapLayers()  # release every raster before QGIS exits (segfault otherwise)
-    QgsSettings().remove("aligncr")
 
 
 def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:

@@ -19,6 +19,7 @@ from qgis.core import QgsApplication  # noqa: E402
 from qgis.PyQt.QtWidgets import QMainWindow, QMenu  # noqa: E402
 
 from aligncr_qgis.package import build  # noqa: E402
+from tests.qgis_fixtures import processing_provider  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, fake_engine, make_scene, qgis_env, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
@@ -118,16 +119,6 @@ def test_zip_plugin_loads_and_unloads(installed_plugin: RecordingIface, plugin_d
     assert installed_plugin.toolbar_actions == []
     assert "Cloud removal" not in installed_plugin.menu_titles()
     assert registry.providerById("aligncr") is None
-
-
-@pytest.fixture(scope="module")
-def processing_provider(qgis_processing: None):
-    from aligncr_qgis.provider import AlignCRProvider
-
-    provider = AlignCRProvider()
-    QgsApplication.processingRegistry().addProvider(provider)
-    yield provider
-    QgsApplication.processingRegistry().removeProvider(provider)
 
 
 @pytest.mark.slow

@@ -13,12 +13,13 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402
+from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.model_cards import temporal_info  # noqa: E402
+from tests.qgis_fixtures import processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import ORIGIN, PYTHON, UTM, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
@@ -33,17 +34,6 @@ def registry() -> list[dict]:
     from engine.commands.models import collect
 
     return collect()["models"]
-
-
-@pytest.fixture
-def project(qgis_iface, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
-    QgsSettings().remove("aligncr")
-    proj = QgsProject.instance()
-    proj.removeAllMapLayers()
-    yield proj
-    proj.removeAllMapLayers()
-    QgsSettings().remove("aligncr")
 
 
 @pytest.fixture
@@ -200,16 +190,6 @@ def test_dialog_runs_gapfill(project, dlg: AlignCRDialog, scene: dict, tmp_path:
     assert wait_for(lambda: bool(finished), 90) and finished == [True], dlg.status_label.text()
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(), _expected_gapfill(scene["optical"]))
-
-
-@pytest.fixture(scope="module")
-def processing_provider(qgis_processing: None):
-    from aligncr_qgis.provider import AlignCRProvider
-
-    provider = AlignCRProvider()
-    QgsApplication.processingRegistry().addProvider(provider)
-    yield provider
-    QgsApplication.processingRegistry().removeProvider(provider)
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 import torch.nn.functional as F
+from helpers_rasters import write_tiny_sen12
 
 from engine.errors import EngineError
 from engine.models import build_model
@@ -22,12 +22,7 @@ TINY_MPIR = {"width": 8, "enc_blocks": (1, 1, 1), "dec_blocks": (1, 1), "kba_bas
              "cabs_per_orb": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("name", "n_stages"), [("mmcanet-mpir2", 3), ("mmcanet-mpir4", 2)])
@@ -91,31 +86,10 @@ def test_each_stage_weight_reaches_its_own_stage() -> None:
         assert got == expect, weights
 
 
-def _write_sen12(root: Path, n: int = 3, size: int = 64) -> Path:
-    """SEN12MS-CR-layout triplets: a smooth scene, a bright square cloud with its mask, SAR that sees the scene."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for k in range(n):
-        scene = np.stack([0.05 + 0.1 * np.sin(3 * xx + k + b) ** 2 + 0.05 * yy for b in range(13)])
-        cloudy, mask = scene.copy(), np.zeros((1, size, size), np.uint8)
-        y0, x0 = rng.integers(0, size // 2, 2)
-        cloudy[:, y0 : y0 + size // 2, x0 : x0 + size // 2] = 0.7
-        mask[:, y0 : y0 + size // 2, x0 : x0 + size // 2] = 1
-        sar = np.stack([-20 + 40 * scene[7], -25 + 40 * scene[3]]).astype(np.float32)
-        arrays = {"s2_cloudfree": (scene * 1e4).astype(np.uint16), "s2_cloudy": (cloudy * 1e4).astype(np.uint16),
-                  "s1": sar, "cloudmask": mask}
-        for sub, arr in arrays.items():
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            with rasterio.open(root / sub / f"{k}.tif", "w", driver="GTiff", width=size, height=size,
-                               count=arr.shape[0], dtype=arr.dtype) as ds:
-                ds.write(arr)
-    return root
-
-
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_mpir2_recipe_overfit_lowers_every_stage_loss(tmp_path: Path) -> None:
     """The shipped MPIR2 recipe (tiny widths, 64 px images, L1): 40 loop steps; each stage's own term falls."""
-    root = _write_sen12(tmp_path / "data")
+    root = write_tiny_sen12(tmp_path / "data", size=64)
     out = tmp_path / "run"
     train_spec = f'[{{kind = "sen12mscr", root = "{root}", include = ["0", "1"]}}]'
     val_spec = f'[{{kind = "sen12mscr", root = "{root}", include = ["2"]}}]'

@@ -1,0 +1,31 @@
+"""Fixtures shared by the real-QGIS test modules (import them by name; this module needs ``qgis.core``)."""
+
+from __future__ import annotations
+
+import pytest
+from qgis.core import QgsApplication, QgsProject, QgsSettings
+
+from tests.qgis_helpers import PYTHON
+
+
+@pytest.fixture
+def project(qgis_iface, monkeypatch: pytest.MonkeyPatch):
+    """A clean project and clean ``aligncr/`` settings; the engine runs with the dev venv's Python."""
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    QgsSettings().remove("aligncr")
+    proj = QgsProject.instance()
+    proj.removeAllMapLayers()
+    yield proj
+    proj.removeAllMapLayers()  # release every raster before QGIS exits (segfault otherwise)
+    QgsSettings().remove("aligncr")
+
+
+@pytest.fixture(scope="module")
+def processing_provider(qgis_processing: None):
+    """The plugin's Processing provider, registered for one test module."""
+    from aligncr_qgis.provider import AlignCRProvider
+
+    provider = AlignCRProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    yield provider
+    QgsApplication.processingRegistry().removeProvider(provider)
