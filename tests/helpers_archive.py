@@ -7,7 +7,11 @@ at 5 m, SAR at 10 m (half the pixels). Values are chosen so tests know the exact
   plus, with ``texture=True``, the same asymmetric spatial pattern ``(7x + 13y) mod 50`` on every scene (so a
   flip, rotation or crop applied to one date and not to another is visible), and, with ``bright_clouds=True``,
   + 5700 DN under each scene's cloud mask (bright, texture kept);
-* SAR -12 dB (VV and VH), or with ``texture=True`` -12 + 0.05·days + a spatial pattern on the SAR grid.
+* SAR -12 dB (VV and VH), or with ``texture=True`` -12 + 0.05·days + a spatial pattern on the SAR grid;
+* optionally ``dem.tif`` (:func:`write_dem`): a tilted plane of elevations (:func:`dem_elevation`, metres, different
+  slopes east and south) on its own 10 m grid, offset from the optical and SAR grids by a fraction of a pixel, so
+  bilinear resampling onto any optical pixel gives exactly :func:`dem_elevation` at that pixel's centre while
+  nearest resampling, a half-pixel shift, a flip or a transposition does not.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from rasterio.transform import from_origin
 X0, Y0 = 500_000.0, 4_800_000.0
 CRS = "EPSG:32631"
 CLOUD_DN = 5700  # added under a scene's cloud mask with bright_clouds=True
+DEM_BASE, DEM_EAST, DEM_SOUTH = 1200.0, 0.8, -0.3  # metres at (X0, Y0); metres per metre east / south
+DEM_RES, DEM_SHIFT = 10.0, (-7.5, 3.0)  # the DEM's pixel size and its origin's offset from (X0, Y0) minus a margin
+DEM_NODATA = -9999.0
 
 
 def d(month: int, day: int, hour: int = 10) -> datetime:
@@ -57,6 +64,29 @@ def sar_texture(size: int) -> np.ndarray:
     return ((3 * xx + 5 * yy) % 7) * 0.5
 
 
+def dem_elevation(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray | float:
+    """Elevation (m) of the archive's DEM plane at ground coordinates (x, y)."""
+    return DEM_BASE + DEM_EAST * (np.asarray(x) - X0) + DEM_SOUTH * (Y0 - np.asarray(y))
+
+
+def write_dem(path: Path, extent_m: float, nodata_east_of: float | None = None, bands: int = 1) -> Path:
+    """The plane of :func:`dem_elevation` on a 10 m grid covering [X0, X0 + extent] × [Y0 − extent, Y0] with a
+    two-pixel margin (so every optical pixel centre lies between DEM pixel centres), float32, nodata -9999;
+    ``nodata_east_of``: no elevation for DEM pixels whose centre is that many metres east of X0 or more."""
+    x0, y0 = X0 + DEM_SHIFT[0] - 2 * DEM_RES, Y0 + DEM_SHIFT[1] + 2 * DEM_RES
+    n = int(np.ceil((extent_m - DEM_SHIFT[0]) / DEM_RES)) + 4
+    cols, rows = np.meshgrid(np.arange(n), np.arange(n))
+    xc, yc = x0 + (cols + 0.5) * DEM_RES, y0 - (rows + 0.5) * DEM_RES
+    plane = dem_elevation(xc, yc).astype(np.float32)
+    if nodata_east_of is not None:
+        plane[xc - X0 >= nodata_east_of] = DEM_NODATA
+    profile = {"driver": "GTiff", "width": n, "height": n, "count": bands, "dtype": "float32", "crs": CRS,
+               "transform": from_origin(x0, y0, DEM_RES, DEM_RES), "nodata": DEM_NODATA}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.repeat(plane[None], bands, axis=0))
+    return path
+
+
 def make_archive(
     root: Path,
     size: int,
@@ -65,10 +95,12 @@ def make_archive(
     in_csv: set[str] = frozenset(),
     texture: bool = False,
     bright_clouds: bool = False,
+    dem: bool = False,
 ) -> Path:
     """optical: name -> (date, cloud mask (size, size) or None for no sidecar, nodata mask or None); sar: name -> date.
 
-    A scene named in ``in_csv`` is dated by ``dates.csv`` instead of its GeoTIFF tags.
+    A scene named in ``in_csv`` is dated by ``dates.csv`` instead of its GeoTIFF tags. ``dem``: also write
+    ``dem.tif`` (:func:`write_dem`) covering the whole archive.
     """
     (root / "optical").mkdir(parents=True)
     (root / "sar").mkdir()
@@ -95,6 +127,8 @@ def make_archive(
         write_raster(root / "sar" / f"{name}.tif", data, 10.0, tags, nodata=None)
         if name in in_csv:
             rows.append((f"sar/{name}.tif", when.isoformat()))
+    if dem:
+        write_dem(root / "dem.tif", size * 5.0)
     if rows:
         with (root / "dates.csv").open("w", newline="") as fh:
             w = csv.writer(fh)

@@ -12,7 +12,17 @@ Archive layout: see :mod:`training.layout.archive`; layouts: :mod:`training.layo
     OUT/patches.csv                            the index: every patch with its statistics
     OUT/layout.json                            the layout that was queried (after command-line overrides)
     OUT/build.json                             the archive (absolute path), patch size and split settings: what
-                                               the training reader (``kind = "layout"``) needs to find the scenes
+                                               the training reader (``kind = "layout"``) needs to find the scenes;
+                                               ``dem``: the archive's DEM (path relative to it, or null) and
+                                               ``dem_dropped``: samples left out for lack of elevation
+
+DEM (optional; the paper's SSOP/MSOP_unet+DEM, §2.1.3, §3.1.2): when the archive holds one elevation raster
+``dem.tif`` (see :mod:`training.layout.archive`), every split row also names it (column ``dem``) with the fraction
+of the patch it covers once warped bilinearly onto the patch's optical pixels (``dem_valid``). A sample whose patch
+the DEM covers less than the layout's ``min_valid`` (1.0 unless ``--min-valid``: the rule every optical and SAR
+patch already obeys) is left out, and ``build.json`` counts them; a DEM that covers no patch at all is an error.
+The reader (:class:`training.datasets.LayoutSplit`) then yields each sample's ``dem``; splits of an archive
+without a DEM are unchanged, and the models without a DEM input ignore the column.
 
 Example::
 
@@ -32,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError, OutputError
-from training.layout.archive import Grid, PatchStats, make_grid, patch_stats, scan_archive
+from training.layout.archive import Grid, PatchStats, dem_coverage, find_dem, make_grid, patch_stats, scan_archive
 from training.layout.query import LAYOUTS, AcquisitionLayout, PatchIndex, Sample, load_layout
-from training.layout.split import BUILD_FILE, SPLITS, SplitConfig, split_samples, write_csv
+from training.layout.split import BUILD_FILE, SPLITS, DemColumn, SplitConfig, split_samples, write_csv
 
 log = logging.getLogger("training.build_dataset")
 
@@ -45,6 +55,8 @@ class BuildResult:
     patches: list[PatchStats]
     samples: list[Sample]
     splits: dict[str, list[Sample]]
+    dem: DemColumn | None = None  # the archive's DEM and each sample cell's coverage
+    dem_dropped: int = 0  # samples left out because the DEM covers less than min_valid of their patch
 
 
 def build(
@@ -66,9 +78,20 @@ def build(
     patches = patch_stats(scenes, grid)
     index = PatchIndex(patches, min_sar_valid=layout.min_valid)
     samples = index.query(layout)
+    dem, dropped = None, 0
+    dem_path = find_dem(root)
+    if dem_path is not None:
+        cells = sorted({(s.col, s.row) for s in samples})
+        dem = DemColumn(dem_path.relative_to(root).as_posix(), dem_coverage(dem_path, grid, cells, patch_size))
+        kept = [s for s in samples if dem.coverage[(s.col, s.row)] >= layout.min_valid]
+        dropped = len(samples) - len(kept)
+        if dropped:
+            log.warning("%d of %d samples left out: %s covers less than %.0f%% of their patch", dropped,
+                        len(samples), dem.path, 100 * layout.min_valid)
+        samples = kept
     splits = split_samples(samples, split or SplitConfig())
     for name in SPLITS:
-        write_csv(out_dir / f"{name}.csv", splits[name], layout, grid, root)
+        write_csv(out_dir / f"{name}.csv", splits[name], layout, grid, root, dem)
     with (out_dir / "patches.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["scene", "kind", "datetime", "col", "row", "valid", "cloud"])
@@ -77,14 +100,15 @@ def build(
                         p.col, p.row, f"{p.valid:.4f}", f"{p.cloud:.3f}"])
     (out_dir / "layout.json").write_text(layout.to_json())
     info = {"archive": str(root), "layout": layout.name, "patch_size": patch_size,
-            "split": dataclasses.asdict(split or SplitConfig()), "samples": {k: len(v) for k, v in splits.items()}}
+            "split": dataclasses.asdict(split or SplitConfig()), "samples": {k: len(v) for k, v in splits.items()},
+            "dem": dem.path if dem is not None else None, "dem_dropped": dropped}
     (out_dir / BUILD_FILE).write_text(json.dumps(info, indent=2))
-    return BuildResult(grid, patches, samples, splits)
+    return BuildResult(grid, patches, samples, splits, dem, dropped)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.build_dataset", description=__doc__.split("\n\n")[0])
-    p.add_argument("--archive", required=True, help="archive folder (optical/, sar/, optional dates.csv)")
+    p.add_argument("--archive", required=True, help="archive folder (optical/, sar/, optional dates.csv, dem.tif)")
     p.add_argument("--out", required=True, help="output folder for train/val/test CSVs")
     p.add_argument("--layout", default="ssop", help=f"{', '.join(LAYOUTS)}, or a layout .json file (default ssop)")
     p.add_argument("--patch-size", type=int, default=256, help="patch side in optical pixels (default 256)")
@@ -120,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = ", ".join(f"{k} {len(v)}" for k, v in res.splits.items())
     log.info("%d patches indexed, %d samples match layout '%s': %s", len(res.patches), len(res.samples),
              layout.name, counts)
+    if res.dem is not None:
+        log.info("DEM: %s (each sample's 'dem' column)", res.dem.path)
     return 0
 
 

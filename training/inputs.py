@@ -4,7 +4,10 @@ A *temporal* model (class attribute ``temporal_inputs``, e.g. ``("prev", "next")
 the registry's contract, as :mod:`engine.temporal` reads it) takes the batch entries ``optical_<x>`` and — unless
 ``uses_sar = False`` — ``sar_<x>`` for each ``x`` as keyword tensors, and the acquisition times ``t_prev, t,
 t_next`` when ``needs_dates``. The keys come from those attributes, never from the model's name. A model whose
-``forward`` takes ``return_stages`` can return every stage's output (deep supervision, :mod:`training.losses`).
+config says ``dem=True`` (the Cresson U-Nets' optional DEM branch; read by :func:`engine.temporal.needs_of`, as the
+engine decides whether ``--dem`` is needed) also takes the batch's ``dem`` (N, 1, H, W), which only layout splits of
+an archive with a DEM provide. A model whose ``forward`` takes ``return_stages`` can return every stage's output
+(deep supervision, :mod:`training.losses`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError
+from engine.temporal import needs_of
+
+
+def uses_dem(model: nn.Module) -> bool:
+    """Whether the model was built with a DEM input (its config's ``dem`` flag, as the engine reads it)."""
+    return needs_of(model, type(model).__name__).uses_dem
 
 
 def input_keys(model: nn.Module) -> list[str]:
@@ -29,12 +38,20 @@ def input_keys(model: nn.Module) -> list[str]:
             keys.append(f"sar_{suffix}")
     if getattr(model, "needs_dates", False):
         keys += ["t_prev", "t", "t_next"]
+    if uses_dem(model):
+        keys.append("dem")
     return keys
 
 
 def check_inputs(model: nn.Module, model_name: str, sample_keys: set[str]) -> None:
     """Stop before any step when the data lacks inputs the model needs (one clear line, not a TypeError later)."""
     missing = [k for k in input_keys(model) if k not in sample_keys]
+    if "dem" in missing:
+        raise EngineError(
+            f"model '{model_name}' was built with a DEM input (dem=True) but the data has no DEM: put dem.tif "
+            "(elevation in metres) in the archive and rebuild the splits with python -m training.build_dataset, "
+            "or train without it (model.overrides.dem=false)"
+        )
     if missing:
         raise EngineError(
             f"model '{model_name}' needs {', '.join(missing)}, which the data does not provide: use a "

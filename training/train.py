@@ -27,9 +27,12 @@ e.g. ``("prev", "next")`` for ``msop-unet``; the registry's contract, as the eng
 entries ``optical_<x>`` and — unless ``uses_sar = False`` — ``sar_<x>`` for each ``x`` as keyword tensors, and the
 acquisition times ``t_prev, t, t_next`` when ``needs_dates``. Which keys, comes from the model's attributes, never
 its name; the data must provide them (``kind = "layout"`` splits of a multi-date layout do), else the run stops
-before the first step naming what is missing. A model whose ``forward`` takes ``return_stages`` (the MMCANet MPIR
-variants) is asked for every stage's output when ``loss.stage_weights`` is set, and each is supervised
-(:class:`training.losses.StageLoss`); validation always scores the final output.
+before the first step naming what is missing. A model built with a DEM input (config ``dem=True``, e.g.
+``ssop-unet`` in ``ssop_unet_dem.toml``) also gets the batch's ``dem``; only layout splits of an archive with a
+``dem.tif`` have it, and without it the run stops before the first step with one line saying so. A model whose
+``forward`` takes ``return_stages`` (the MMCANet MPIR variants) is asked for every stage's output when
+``loss.stage_weights`` is set, and each is supervised (:class:`training.losses.StageLoss`); validation always
+scores the final output.
 
 Stopping: SIGTERM or Ctrl-C ends the run cleanly after the current step (validation + checkpoint), so
 ``kill PID`` on a background run loses nothing; ``--resume`` continues it.

@@ -1,4 +1,5 @@
-"""Crops, flips, 90° rotations and synthetic clouds applied identically to every modality (and date) of a sample.
+"""Crops, flips, 90° rotations and synthetic clouds applied identically to every modality (and date) of a sample —
+the DEM (``dem``, on the optical grid) included.
 
 Resolution ratio (decision). M3R-CR pairs 300 optical pixels (3 m) with 90 SAR pixels (10 m): 10 optical px =
 3 SAR px. When SAR is kept at its own resolution, a crop is only taken where its boundaries fall on whole SAR
@@ -74,8 +75,9 @@ def crop_windows(
     return (ky * step_o, kx * step_o, crop), (ky * step_s, kx * step_s, ssize)
 
 
-# arrays on the optical grid and on the SAR grid; the temporal keys (other dates) are cropped when present
-OPTICAL_GRID_KEYS = ("optical", "target", "mask", "landcover", "optical_prev", "optical_next")
+# arrays on the optical grid and on the SAR grid; the temporal keys (other dates) and the DEM (layout readers warp it
+# onto the optical patch grid) are cropped when present
+OPTICAL_GRID_KEYS = ("optical", "target", "mask", "landcover", "optical_prev", "optical_next", "dem")
 SAR_GRID_KEYS = ("sar", "sar_prev", "sar_next")
 
 

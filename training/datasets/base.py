@@ -9,7 +9,9 @@ A *sample* is a dict of numpy arrays while it is read and augmented, and of tens
 * ``landcover`` (H, W) int64, classes 0…5 and 6 = unknown (:mod:`engine.landcover`); ``id`` a string;
 * multi-date samples (:mod:`training.datasets.layout`) add ``optical_prev``/``optical_next`` (4, H, W) and
   ``sar_prev``/``sar_next`` (2, h, w) — the registry's temporal contract — and acquisition times ``t``,
-  ``t_prev``, ``t_next``, ``t_target`` (seconds since the epoch; 0-d arrays, Python floats after :func:`to_tensors`).
+  ``t_prev``, ``t_next``, ``t_target`` (seconds since the epoch; 0-d arrays, Python floats after :func:`to_tensors`);
+* ``dem`` (1, H, W) float32, when the layout split has a DEM: elevation on the optical grid, metres ×
+  :data:`engine.dem.DEM_SCALE` (the optional input of the Cresson U-Nets built with ``dem=True``).
 
 Scaling goes exclusively through :mod:`engine.normalise` so training sees exactly what inference will feed.
 """

@@ -22,6 +22,15 @@ Python floats once they leave the dataset — what ``gapfill`` takes). So one sp
 (``model(optical, sar)``), ``msop-unet`` and ``gapfill`` (``model(optical, sar, **temporal)``) alike; the
 training loop passes the temporal keys to the models that declare ``temporal_inputs``.
 
+DEM: when the split names the archive's elevation model (column ``dem``, written by ``build_dataset`` for an
+archive with ``dem.tif``), every sample also has ``dem`` (1, H, W) float32: the DEM warped **bilinearly** onto the
+pixel grid of the ``t`` optical patch (:func:`training.layout.archive.read_dem_patch`, i.e. the
+:class:`engine.align.AlignedReader` ``engine run --dem`` uses) and scaled by :func:`engine.dem.normalise_dem`
+(metres × :data:`engine.dem.DEM_SCALE`), so training sees what inference feeds. Pixels without elevation (only
+in patches ``build_dataset`` kept below full coverage, i.e. with ``--min-valid`` < 1) take the patch's mean
+elevation. It is the ``dem`` keyword of the U-Nets built with ``dem=True``, and is cropped, flipped and rotated
+with the optical images (:mod:`training.datasets.augment`).
+
 Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless
 the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR in dB unless detected linear
 (``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled nearest onto the optical patch
@@ -44,13 +53,14 @@ from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 from torch.utils.data import Dataset
 
+from engine.dem import normalise_dem
 from engine.errors import InputError
 from engine.gapfill import parse_datetime
 from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar
 from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
-from training.layout.archive import MASK_SUFFIX, RASTER_EXT
+from training.layout.archive import MASK_SUFFIX, RASTER_EXT, check_dem, read_dem_patch
 from training.layout.split import BUILD_FILE
 from training.layout.split import SPLITS as SPLIT_NAMES
 
@@ -66,6 +76,13 @@ TIME_KEYS = tuple(v[2] for v in ITEM_KEYS.values())
 
 def _window_read(path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None) -> np.ndarray:
     """The ground window ``bounds`` of a raster (1-based ``bands``), resampled nearest to ``shape`` if given."""
+    return _window_read_grid(path, bounds, bands, shape)[0]
+
+
+def _window_read_grid(
+    path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None
+) -> tuple[np.ndarray, rasterio.Affine, rasterio.crs.CRS]:
+    """:func:`_window_read` and the pixel grid it read (transform of the window, CRS)."""
     if not path.is_file():
         raise InputError(f"missing scene {path}")
     with rasterio.open(path) as ds:
@@ -73,7 +90,8 @@ def _window_read(path: Path, bounds: tuple[float, ...], bands: list[int], shape:
             raise InputError(f"{path.name} has {ds.count} bands; asked for band {max(bands)}")
         win = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
         out_shape = None if shape is None else (len(bands), *shape)
-        return ds.read(bands, window=win, out_shape=out_shape, resampling=Resampling.nearest, boundless=False)
+        data = ds.read(bands, window=win, out_shape=out_shape, resampling=Resampling.nearest, boundless=False)
+        return data, ds.window_transform(win), ds.crs
 
 
 def read_build_info(root: Path) -> dict:
@@ -137,6 +155,7 @@ class LayoutSplit(Dataset):
         if missing:
             raise InputError(f"{path} has no layout item(s) {', '.join(missing)} (items: {', '.join(self.items)}); "
                              "build the split with a multi-date layout (--layout msop)")
+        self.has_dem = "dem" in fields
         self.path = path
         self._cache: dict[int, Sample] | None = {} if cache else None
 
@@ -147,10 +166,21 @@ class LayoutSplit(Dataset):
         row = self.rows[index]
         return f"{row['t_optical']}@{row['col']},{row['row']}"
 
-    def _optical(self, rel: str, bounds: tuple[float, ...]) -> tuple[np.ndarray, Path]:
+    def _optical(self, rel: str, bounds: tuple[float, ...]) -> tuple[np.ndarray, Path, tuple]:
         path = self.archive / rel
-        raw = _window_read(path, bounds, self.bands, None)
-        return normalise_optical(fill_nan_with_mean(raw.astype(np.float32)), detect_optical_scale(raw)), path
+        raw, transform, crs = _window_read_grid(path, bounds, self.bands, None)
+        optical = normalise_optical(fill_nan_with_mean(raw.astype(np.float32)), detect_optical_scale(raw))
+        return optical, path, (crs, transform)
+
+    def _dem(self, rel: str, pixel_grid: tuple, shape: tuple[int, int]) -> np.ndarray:
+        """(1, H, W) DEM on the optical patch's pixel grid, bilinear, scaled as engine.dem; gaps → patch mean."""
+        path = self.archive / rel
+        if not path.is_file():
+            raise InputError(f"missing DEM {path} (named by {self.path.name})")
+        with rasterio.open(path) as ds:
+            check_dem(ds, path.name)
+            metres = read_dem_patch(ds, *pixel_grid, shape)
+        return fill_nan_with_mean(normalise_dem(metres)[None])
 
     def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int]) -> np.ndarray:
         sar = fill_nan_with_mean(_window_read(self.archive / rel, bounds, [1, 2], shape).astype(np.float32))
@@ -181,7 +211,7 @@ class LayoutSplit(Dataset):
         shape: tuple[int, int] | None = None
         for item in self.items:
             opt_key, sar_key, time_key = ITEM_KEYS[item]
-            optical, scene = self._optical(row[f"{item}_optical"], bounds)
+            optical, scene, pixel_grid = self._optical(row[f"{item}_optical"], bounds)
             if shape is None:
                 shape = optical.shape[-2:]
             elif optical.shape[-2:] != shape:
@@ -191,6 +221,8 @@ class LayoutSplit(Dataset):
             sample[time_key] = np.float64(parse_datetime(row[f"{item}_datetime"]).timestamp())
             if item == "t":
                 sample["mask"] = self._mask(scene, bounds, optical)
+                if self.has_dem and row.get("dem"):
+                    sample["dem"] = self._dem(row["dem"], pixel_grid, optical.shape[-2:])
             if sar_key is not None and row.get(f"{item}_sar"):
                 sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:])
         if "sar" not in sample:

@@ -11,6 +11,11 @@ Archive layout (one folder; every raster in one CRS)::
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
                               (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.gapfill.read_acquisition_date)
+      dem.tif                 optional digital elevation model, ONE for the whole archive (``dem.tiff`` or a GDAL
+                              ``dem.vrt`` mosaic of tiles also work): 1 band, elevation in metres, georeferenced in
+                              any CRS and resolution (e.g. the paper's SRTM at 20 m next to 10 m Sentinel-2); its
+                              nodata value (and NaN) means "no elevation". Undated: every sample of a cell gets the
+                              same DEM window. Only the models built with ``dem=True`` (Cresson's U-Nets) read it.
 
 Patches are the cells of one grid over the archive: square, ``patch_size`` optical pixels wide, anchored on the
 first optical scene's pixel grid (sorted by name), so every optical and SAR scene is cut into the same ground
@@ -18,6 +23,10 @@ footprints whatever its resolution. A scene contributes a patch for each cell ly
 patch we keep the valid-pixel fraction (engine.raster.valid_mask: finite, and not nodata in every band) and, for
 optical patches, the cloud cover: the percentage of valid pixels that are cloudy — the paper's single value per
 patch.
+
+The DEM, when there is one, is the one raster not cut on the archive's own pixels: like ``engine run --dem`` it is
+warped **bilinearly** onto each patch's optical pixel grid (:class:`engine.align.AlignedReader`, any CRS), and a
+patch's *DEM coverage* is the fraction of those pixels that get an elevation (:func:`dem_coverage`).
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window, from_bounds
 
+from engine.align import AlignedReader
+from engine.align import Grid as PixelGrid
 from engine.cloudmask import detect_clouds
 from engine.errors import InputError
 from engine.gapfill import parse_datetime, read_acquisition_date
@@ -42,6 +53,7 @@ from engine.raster import valid_mask
 
 MASK_SUFFIX = "_mask"
 RASTER_EXT = (".tif", ".tiff")
+DEM_NAMES = ("dem.tif", "dem.tiff", "dem.vrt")  # the archive's optional elevation model (first one found)
 
 
 @dataclass(frozen=True)
@@ -182,4 +194,53 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
                 if scene.kind == "optical" and n_valid:
                     cloud = 100.0 * float((_cloudy(mask_ds, data, window) & valid).sum()) / n_valid
                 out.append(PatchStats(scene, col, row, n_valid / valid.size, cloud))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the DEM
+def find_dem(archive: str | Path) -> Path | None:
+    """The archive's DEM (``dem.tif``, ``dem.tiff`` or ``dem.vrt`` at its root), or ``None``."""
+    root = Path(archive)
+    found = [root / n for n in DEM_NAMES if (root / n).is_file()]
+    if len(found) > 1:
+        raise InputError(f"{root} has several DEMs ({', '.join(p.name for p in found)}): keep one")
+    return found[0] if found else None
+
+
+def check_dem(ds: rasterio.io.DatasetReader, name: str) -> None:
+    """One band, georeferenced: what the DEM input needs (engine.dem checks the same for ``--dem``)."""
+    if ds.count != 1:
+        raise InputError(f"{name} must have 1 band (elevation in metres), this one has {ds.count}")
+    if ds.crs is None:
+        raise InputError(f"{name} has no CRS: the DEM must be georeferenced")
+
+
+def read_dem_patch(
+    ds: rasterio.io.DatasetReader, crs: object, transform: rasterio.Affine, shape: tuple[int, int]
+) -> np.ndarray:
+    """(H, W) float32 elevation in metres of ``ds`` warped bilinearly onto the pixel grid (crs, transform, shape),
+    NaN where there is none — the alignment ``engine run --dem`` uses (:class:`engine.align.AlignedReader`)."""
+    grid = PixelGrid(crs=crs, transform=transform, width=int(shape[1]), height=int(shape[0]))
+    with AlignedReader(ds, grid, (1,), "bilinear") as reader:
+        return reader.read_all()[0]
+
+
+def dem_coverage(
+    dem: Path, grid: Grid, cells: list[tuple[int, int]], patch_size: int
+) -> dict[tuple[int, int], float]:
+    """Fraction of each cell's ``patch_size``² optical pixels that get an elevation from ``dem`` (bilinear warp)."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    crs = CRS.from_user_input(grid.crs)
+    px = grid.size / patch_size
+    out = {}
+    with rasterio.open(dem) as ds:
+        check_dem(ds, dem.name)
+        for col, row in cells:
+            left, _, _, top = grid.bounds(col, row)
+            data = read_dem_patch(ds, crs, from_origin(left, top, px, px), (patch_size, patch_size))
+            out[(col, row)] = float(np.isfinite(data).mean())
+    if cells and not any(out.values()):
+        raise InputError(f"{dem} gives no elevation on any patch of the archive (wrong extent or CRS?)")
     return out

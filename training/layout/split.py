@@ -73,20 +73,33 @@ def split_samples(samples: list[Sample], cfg: SplitConfig) -> dict[str, list[Sam
     return out
 
 
-def columns(layout: AcquisitionLayout) -> list[str]:
+@dataclass(frozen=True)
+class DemColumn:
+    """The archive's DEM as the split files record it: its path relative to the archive and each cell's coverage."""
+
+    path: str
+    coverage: dict[tuple[int, int], float]
+
+
+def columns(layout: AcquisitionLayout, dem: bool = False) -> list[str]:
     cols = ["col", "row", "left", "bottom", "right", "top", "crs"]
     for it in layout.items:
         cols += [f"{it.name}_optical", f"{it.name}_datetime", f"{it.name}_cloud"]
         if it.sar_max_gap_h is not None:
             cols += [f"{it.name}_sar", f"{it.name}_sar_datetime"]
+    if dem:
+        cols += ["dem", "dem_valid"]
     return cols
 
 
-def write_csv(path: Path, samples: list[Sample], layout: AcquisitionLayout, grid: Grid, root: Path) -> None:
-    """One row per sample: the cell, its ground bounds, and per item the scene paths (relative to the archive)."""
+def write_csv(
+    path: Path, samples: list[Sample], layout: AcquisitionLayout, grid: Grid, root: Path, dem: DemColumn | None = None
+) -> None:
+    """One row per sample: the cell, its ground bounds, and per item the scene paths (relative to the archive);
+    with a DEM, its path (relative to the archive) and the fraction of the patch it covers (``dem``, ``dem_valid``)."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(columns(layout))
+        w.writerow(columns(layout, dem is not None))
         for s in samples:
             row: list[object] = [s.col, s.row, *grid.bounds(s.col, s.row), grid.crs]
             for it in layout.items:
@@ -95,4 +108,6 @@ def write_csv(path: Path, samples: list[Sample], layout: AcquisitionLayout, grid
                 if it.sar_max_gap_h is not None:
                     assert si.sar is not None
                     row += [si.sar.path.relative_to(root).as_posix(), si.sar.when.isoformat()]
+            if dem is not None:
+                row += [dem.path, f"{dem.coverage[(s.col, s.row)]:.4f}"]
             w.writerow(row)
