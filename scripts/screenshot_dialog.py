@@ -5,9 +5,10 @@
 Outside QGIS (the driver) it builds the plugin zip, unpacks it into a temporary plugin folder, seeds an isolated
 QGIS profile that enables the plugin, and starts ``xvfb-run qgis --code THIS_FILE``. Inside QGIS (the same file,
 ``ALIGNCR_SCREENSHOT_INNER=1``) it loads the bundled synthetic sample scene (resources/sample, no real data),
-opens the dialog from the plugin, checks the environment, picks the layers, runs the bundled ``aligncr-lite`` weights, and grabs
-the dialog (and the whole screen, for the map with the result) once the run has finished. The packaged plugin, the
-QgsTask, the child engine process and the result styling are therefore all exercised for the picture.
+opens the dialog from the plugin, checks the environment, picks the layers, runs the bundled ``aligncr-lite``
+weights, and grabs the dialog (and the whole screen, for the map with the result) once the run has finished. The
+packaged plugin, the QgsTask, the child engine process and the result styling are therefore all exercised for the
+picture.
 """
 
 from __future__ import annotations
