@@ -317,3 +317,40 @@ def test_quicklooks_filled_by_tiles_equal_a_nearest_decimated_read():
     small = Quicklooks(20, 10, side=40)  # never upsampled
     small.add("b", Window(0, 0, 10, 20), data[0, :20, :10])
     np.testing.assert_array_equal(small.layers["b"], data[0, :20, :10])
+
+
+def test_block_cache_holds_one_row_of_tiles_during_the_pass(scene, tmp_path, monkeypatch):
+    """The streaming pass sets GDAL's block cache to the blocks one row of tiles touches (see engine.report.accumulate):
+    sized from the scene's width and the rasters' block shapes, not GDAL's default of 5 % of RAM; restored after."""
+    from contextlib import ExitStack
+
+    from engine.report import accumulate
+    from engine.report.sources import open_sources
+
+    # worst case of rows of blocks a window can touch: unaligned windows straddle one more block row
+    assert accumulate.rows_of_blocks(310, 512) == 1024  # 300 px tile + halo on 512² input blocks
+    assert accumulate.rows_of_blocks(300, 256) == 768  # a tile on the layers' 256² blocks
+    assert accumulate.rows_of_blocks(256, 256) == 512
+    assert accumulate.rows_of_blocks(1, 512) == 512
+    assert accumulate.rows_of_blocks(310, 1) == 310  # one row per strip
+
+    p = scene.paths
+    monkeypatch.setattr(accumulate, "CACHE_FLOOR_BYTES", 0)  # the test scene is far below the 64 MiB floor
+    with ExitStack() as stack:
+        src = open_sources(stack, optical=p["optical"], prediction=p["prediction"], reference=p["reference"],
+                           landcover=p["landcover"], mask=p["mask"], bands=(1, 2, 3, 4))  # fmt: skip
+        expected = accumulate.block_cache_bytes(src, 32, ["uint8"] + ["float32"] * 4)
+    # 4-band uint16 optical + reference, float32 prediction, 1-byte land cover (reprojected: counted twice) and mask
+    assert expected >= W * (2 * 8 + 16) * (32 + 2 * accumulate.HALO) + W * 17 * 32
+
+    def cachemax():
+        return rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None
+
+    seen: list[tuple[str, object]] = []
+    progress = Progress(callback=lambda fraction, message: seen.append((message, cachemax())))
+    write_report(p["optical"], p["prediction"], tmp_path, reference=p["reference"], landcover=p["landcover"],
+                 mask=p["mask"], tile_size=32, progress=progress)  # fmt: skip
+    during = {value for message, value in seen if message == "report: metrics and layers"}
+    assert during == {expected}
+    assert seen[-1] == ("report written", None)
+    assert cachemax() is None
