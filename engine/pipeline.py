@@ -462,6 +462,7 @@ def run(
         module = _packed(model.module, inp, config)
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(module, device, accel)
+        stack.callback(runner.close)
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
         inp.sar_fill = _sar_fill(config, inp, model.norm)
         spec = _output_spec(config, inp)

@@ -135,6 +135,44 @@ def test_cpu_feeds_one_tile_per_forward_by_default() -> None:
         AccelConfig(cpu_microbatch=-1).validate()
 
 
+def test_cpu_workers_run_tiles_concurrently_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import engine.accel as accel
+
+    class Recorder(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[str] = set()
+            self.grad_enabled: set[bool] = set()
+
+        def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+            self.threads.add(threading.current_thread().name)
+            self.grad_enabled.add(torch.is_grad_enabled())
+            return super().forward(optical, sar)
+
+    model = Recorder()
+    o, s = _batch(6)
+    before = torch.get_num_threads()
+    runner = InferenceRunner(model, CPU, AccelConfig(threads=2, cpu_workers=2))
+    try:
+        assert runner.describe()["cpu_workers"] == 2 and torch.get_num_threads() == 1  # 2 threads split in 2
+        out = runner.predict(o, s)
+    finally:
+        runner.close()
+        torch.set_num_threads(before)
+    assert all(name.startswith("aligncr-cpu") for name in model.threads) and model.grad_enabled == {False}
+    # same tiles in the same order; one tile per forward on one thread: float rounding may differ from a batch of 6
+    np.testing.assert_allclose(out, _reference(TinyNet(), o, s), atol=1e-6)
+    monkeypatch.setattr(accel, "MAX_AUTO_CPU_WORKERS", 4)
+    auto = InferenceRunner(TinyNet(), CPU, AccelConfig(threads=3))
+    auto.close()
+    torch.set_num_threads(before)
+    assert auto.cpu_workers == 3  # auto: one per thread, at most MAX_AUTO_CPU_WORKERS
+    with pytest.raises(AccelError, match="cpu_workers"):
+        AccelConfig(cpu_workers=-1).validate()
+
+
 def test_oom_with_one_tile_is_a_clear_model_error() -> None:
     runner = InferenceRunner(OomAbove(limit=0), CPU, AccelConfig(threads=torch.get_num_threads()))
     with pytest.raises(ModelError, match="single .* tile: use a smaller --tile"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import torch
 from helpers_models import Probe, registered_test_models
 from helpers_rasters import WGS84, footprint_transform, write_optical, write_sar
 
@@ -60,6 +61,24 @@ def test_default_model_is_the_bundled_aligncr_lite(tmp_path, pair, monkeypatch):
     monkeypatch.setattr(pipeline, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
     result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "id.tif", tile=64, overlap=8))
     assert result.model == "identity"
+
+
+def test_cpu_workers_give_the_same_output_and_restore_threads(tmp_path, pair):
+    """Concurrent CPU forwards (the default on multi-core CPUs) change nothing in the output."""
+    from engine.accel import AccelConfig
+
+    opt, sar = pair
+    before = torch.get_num_threads()
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.tif"
+        cfg = _cfg(opt, sar, out, model="aligncr-lite", tile=32, overlap=8, batch=4)
+        result = run(cfg, accel=AccelConfig(dtype="fp32", threads=2, cpu_workers=workers))
+        assert result.accel["cpu_workers"] == workers and torch.get_num_threads() == before
+        with rasterio.open(out) as ds:
+            outs.append(ds.read())
+    # 1 vs 2 intra-op threads may pick other oneDNN kernels: float rounding, at most 1 DN after scaling
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).max() <= 1
 
 
 def test_default_band_descriptions_and_extra_band_passthrough(tmp_path):
