@@ -57,7 +57,7 @@ from torch import nn
 from engine import normalise
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedReader, Grid, bounds_overlap, sar_overlap_or_raise
-from engine.config import DEFAULT_SAR_BANDS, RunConfig
+from engine.config import RunConfig
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
@@ -76,11 +76,15 @@ from engine.raster import (
 from engine.temporal import (
     PackedInputsAdapter,
     TemporalInputs,
+    check_sar_bands,
+    detect_sar_units,
     needs_of,
     open_temporal,
     precheck,
+    read_sar,
     require_dem,
     require_sar,
+    sar_fill,
 )
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
@@ -225,12 +229,7 @@ def _open_inputs(
     if use_sar and config.sar is not None:
         sar = stack.enter_context(open_raster(config.sar, "SAR"))
         require_georeferenced(sar, "SAR image")
-        if config.sar_bands == DEFAULT_SAR_BANDS and sar.count != 2:
-            raise InputError(
-                f"SAR image must have exactly 2 bands (VV, VH), this one has {sar.count} "
-                f"(pick two with --sar-bands): {config.sar}"
-            )
-        check_bands(sar, "SAR image", config.sar_bands)
+        check_sar_bands(sar, "SAR image", config, config.sar)
     extra: dict[str, rasterio.io.DatasetReader | None] = {"landcover": None, "mask": None}
     for role in ("landcover", "mask", "reference"):
         path = getattr(config, role)
@@ -259,14 +258,6 @@ def _open_inputs(
             f"cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {extra['mask'].count}"
         )
 
-    sar_units = "none"
-    if sar is not None and config.sar_units == "auto":
-        sar_sample = read_sample(sar, config.sar_bands).astype(np.float32)
-        sar_units = normalise.detect_sar_units(sar_sample[:, valid_mask(sar_sample, sar.nodata)])
-        if sar_units == "linear":
-            log.info("SAR values look like linear power; converting to dB (force with --sar-units db)")
-    elif sar is not None:
-        sar_units = config.sar_units
     return _Inputs(
         optical=opt,
         sar=sar,
@@ -275,16 +266,10 @@ def _open_inputs(
         grid=grid,
         band_index=[b - 1 for b in config.bands],
         optical_scale=0.0,  # set once the model's normalisation is known
-        sar_units=sar_units,
+        sar_units=detect_sar_units(sar, config) if sar is not None else "none",
         sar_fill=np.zeros(2, dtype=np.float32),
         coverage=coverage,
     )
-
-
-def _sar_to_unit(data: np.ndarray, units: str, norm: normalise.NormalisationConfig) -> np.ndarray:
-    """(2, h, w) SAR in file units (NaN = none) → [0, 1] with the model's dB ranges; NaN preserved."""
-    db = normalise.linear_to_db(data) if units == "linear" else data
-    return normalise.normalise_sar(db, (tuple(norm.vv_range), tuple(norm.vh_range)))
 
 
 def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> float:
@@ -304,12 +289,7 @@ def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.Norma
 def _sar_fill(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> np.ndarray:
     if inp.sar is None:
         return np.zeros(0, dtype=np.float32)
-    sample = read_sample(inp.sar, config.sar_bands).astype(np.float32)
-    sample[:, ~valid_mask(sample, inp.sar.nodata)] = np.nan
-    unit = _sar_to_unit(sample, inp.sar_units, norm)
-    with np.errstate(all="ignore"):
-        fill = np.nanmean(unit.reshape(2, -1), axis=1)
-    return np.where(np.isfinite(fill), fill, 0.5).astype(np.float32)
+    return sar_fill(inp.sar, config.sar_bands, inp.sar_units, norm)
 
 
 def _output_spec(config: RunConfig, inp: _Inputs) -> OutputSpec:
@@ -377,10 +357,7 @@ def _read_chunk(
     x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
     x[:, ~opt_ok] = 0.0
     if inp.sar_reader is not None:
-        sar = _sar_to_unit(inp.sar_reader.read(win), inp.sar_units, norm)
-        sar_ok = np.isfinite(sar).all(axis=0)
-        for k in range(sar.shape[0]):
-            sar[k][~np.isfinite(sar[k])] = inp.sar_fill[k]
+        sar, sar_ok = read_sar(inp.sar_reader, win, inp.sar_units, inp.sar_fill, norm)
     else:  # a model without SAR input: no channel, and no pixel is held back for lack of SAR
         sar = np.zeros((0, *raw.shape[1:]), dtype=np.float32)
         sar_ok = np.ones(raw.shape[1:], dtype=bool)

@@ -112,15 +112,11 @@ class TemporalInputs:
         ok = np.ones(optical.shape[1:], dtype=bool)
         for e in self.extras:
             assert e.reader is not None
-            data = e.reader.read(win)
             if e.is_sar:
-                unit = sar_to_unit(data, e.sar_units, norm)
-                good = np.isfinite(unit).all(axis=0)
                 assert e.fill is not None
-                for k in range(unit.shape[0]):
-                    unit[k][~np.isfinite(unit[k])] = e.fill[k]
+                unit, good = read_sar(e.reader, win, e.sar_units, e.fill, norm)
             else:
-                unit = normalise.normalise_optical(data, optical_scale)
+                unit = normalise.normalise_optical(e.reader.read(win), optical_scale)
                 good = np.isfinite(unit).all(axis=0)
                 unit = np.where(good[None], unit, optical).astype(np.float32)
             ok &= good
@@ -132,6 +128,26 @@ def sar_to_unit(data: np.ndarray, units: str, norm: normalise.NormalisationConfi
     """(2, h, w) SAR in file units (NaN = none) → [0, 1] with the model's dB ranges; NaN preserved."""
     db = normalise.linear_to_db(data) if units == "linear" else data
     return normalise.normalise_sar(db, (tuple(norm.vv_range), tuple(norm.vh_range)))
+
+
+def read_sar(
+    reader: AlignedReader, win: Window, units: str, fill: np.ndarray, norm: normalise.NormalisationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One window of SAR on the optical grid, normalised, gaps set to ``fill``; and where it has data."""
+    unit = sar_to_unit(reader.read(win), units, norm)
+    ok = np.isfinite(unit).all(axis=0)
+    for k in range(unit.shape[0]):
+        unit[k][~np.isfinite(unit[k])] = fill[k]
+    return unit, ok
+
+
+def check_sar_bands(ds: rasterio.io.DatasetReader, role: str, config: RunConfig, path: Path) -> None:
+    """A SAR raster has the ``--sar-bands`` it is read with (exactly VV, VH when they are the default)."""
+    if config.sar_bands == DEFAULT_SAR_BANDS and ds.count != 2:
+        raise InputError(
+            f"{role} must have exactly 2 bands (VV, VH), this one has {ds.count} (pick two with --sar-bands): {path}"
+        )
+    check_bands(ds, role, config.sar_bands)
 
 
 def detect_sar_units(ds: rasterio.io.DatasetReader, config: RunConfig) -> str:
@@ -224,14 +240,10 @@ def open_temporal(
         require_georeferenced(ds, role)
         if key.startswith("sar_"):
             bands = tuple(config.sar_bands)
-            if config.sar_bands == DEFAULT_SAR_BANDS and ds.count != 2:
-                raise InputError(
-                    f"{role} must have exactly 2 bands (VV, VH), this one has {ds.count} (pick two with --sar-bands): "
-                    f"{path}"
-                )
+            check_sar_bands(ds, role, config, path)
         else:
             bands = tuple(config.bands)
-        check_bands(ds, role, bands)
+            check_bands(ds, role, bands)
         coverage = sar_overlap_or_raise(ds, grid, bands, role)
         if coverage < FULL_COVERAGE:
             _warn(progress, warnings, f"{role} covers only {coverage * 100:.1f}% of the optical image; pixels "
