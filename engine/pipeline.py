@@ -342,7 +342,7 @@ class _ChunkData:
     sar_ok: np.ndarray
     batches: list[_TileBatch]
     mask: np.ndarray | None
-    use_ok: np.ndarray | None = None  # where the model's output may be used (None: optical and SAR valid)
+    use_ok: np.ndarray  # where the model's output may be used: optical, SAR and every extra input valid
 
 
 def _read_chunk(
@@ -361,23 +361,22 @@ def _read_chunk(
     else:  # a model without SAR input: no channel, and no pixel is held back for lack of SAR
         sar = np.zeros((0, *raw.shape[1:]), dtype=np.float32)
         sar_ok = np.ones(raw.shape[1:], dtype=bool)
-    use_ok = None
+    use_ok = opt_ok & sar_ok
     if inp.temporal is not None:  # the extra dates go after the SAR channels (see engine.temporal)
         extras, extra_ok = inp.temporal.read(win, x, inp.optical_scale, norm)
         sar = PackedInputsAdapter.pack(sar, extras)
-        use_ok = opt_ok & extra_ok & (sar_ok if inp.temporal.uses_sar else True)
+        use_ok &= extra_ok
     if inp.dem is not None:  # then the DEM, one channel (see engine.dem)
         dem, dem_ok = inp.dem.read(win)
         sar = PackedInputsAdapter.pack(sar, [dem])
-        use_ok = (use_ok if use_ok is not None else opt_ok & sar_ok) & dem_ok
-    run_ok = use_ok if use_ok is not None else opt_ok & sar_ok
+        use_ok &= dem_ok
     t = config.tile
     tiles = list(chunk.tiles)
     batches: list[_TileBatch] = []
     for i in range(0, len(tiles), config.batch):
         batch = tiles[i : i + config.batch]
         opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
-        run_idx = [j for j, tl in enumerate(batch) if _tile_slice(run_ok, tl, (y0, x0), t).any()]
+        run_idx = [j for j, tl in enumerate(batch) if _tile_slice(use_ok, tl, (y0, x0), t).any()]
         o = s = None
         if run_idx:
             o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
@@ -562,7 +561,7 @@ def _process_chunk(
     raw, opt_ok, sar_ok = data.raw, data.opt_ok, data.sar_ok
     out = raw[:, :h, :w].copy()
     with_sar = opt_ok[:h, :w] & sar_ok[:h, :w]
-    use = with_sar if data.use_ok is None else data.use_ok[:h, :w]
+    use = data.use_ok[:h, :w]
     cloud = None
     if data.mask is not None and inp.mask is not None:
         m = data.mask

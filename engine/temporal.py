@@ -93,7 +93,6 @@ class TemporalInputs:
 
     extras: list[ExtraInput] = field(default_factory=list)
     dates: dict[str, float] = field(default_factory=dict)  # t_prev, t, t_next in seconds (needs_dates models)
-    uses_sar: bool = True
     fill_only_cloudy: bool = False  # with --mask, only cloudy pixels take the model's output
 
     def open_readers(self, stack: ExitStack, grid: Grid, sar_resampling: str) -> None:
@@ -218,10 +217,7 @@ def open_temporal(
     if unused:
         _warn(progress, warnings, f"model '{model_name}' does not use {', '.join(unused)}: ignored")
     cfg = getattr(module, "cfg", None)
-    out = TemporalInputs(
-        uses_sar=bool(getattr(module, "uses_sar", True)),
-        fill_only_cloudy=bool(getattr(cfg, "fill_only_cloudy", False)),
-    )
+    out = TemporalInputs(fill_only_cloudy=bool(getattr(cfg, "fill_only_cloudy", False)))
     if needs_dates:
         t_prev = _date(config.date_prev, given["optical_prev"], "--date-prev")
         t = _date(config.date, config.optical, "--date")
