@@ -23,22 +23,14 @@ from engine.errors import EngineError
 from engine.temporal import needs_of
 
 
-def uses_dem(model: nn.Module) -> bool:
-    """Whether the model was built with a DEM input (its config's ``dem`` flag, as the engine reads it)."""
-    return needs_of(model, type(model).__name__).uses_dem
-
-
 def input_keys(model: nn.Module) -> list[str]:
-    """Batch keys a model takes as keyword arguments besides (optical, sar), from its contract attributes."""
-    keys: list[str] = []
-    uses_sar = bool(getattr(model, "uses_sar", True))
-    for suffix in getattr(model, "temporal_inputs", None) or ():
-        keys.append(f"optical_{suffix}")
-        if uses_sar:
-            keys.append(f"sar_{suffix}")
+    """Batch keys a model takes as keyword arguments besides (optical, sar), from its contract attributes (the extra
+    dates and DEM as :func:`engine.temporal.needs_of` reads them for the engine)."""
+    needs = needs_of(model, type(model).__name__)
+    keys = list(needs.temporal_keys)
     if getattr(model, "needs_dates", False):
         keys += ["t_prev", "t", "t_next"]
-    if uses_dem(model):
+    if needs.uses_dem:
         keys.append("dem")
     return keys
 
