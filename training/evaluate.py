@@ -49,11 +49,7 @@ def open_dataset(data: str | Path, split: str | None = None, csv_file: str | Non
         raise InputError(f"dataset folder {root} not found")
     if (root / BUILD_FILE).is_file():
         ds = LayoutSplit(root, split or "test", csv_file=csv_file)
-        if ids:
-            ds.rows = [r for i, r in enumerate(ds.rows) if ds.sample_id(i) in set(ids)]
-            if not ds.rows:
-                raise InputError(f"none of the IDs {ids} is in {ds.path}")
-        return ds
+        return _only_ids(ds, ids, ds.path)
     if (root / "s2_cloudy").is_dir() or (root / "data.csv").is_file():
         splits = None
         if split is not None:
@@ -67,11 +63,16 @@ def open_dataset(data: str | Path, split: str | None = None, csv_file: str | Non
         if len(candidates) != 1:
             raise InputError(f"{root}: cannot tell which CSV lists the {split} samples; pass --csv")
         csv_file = str(candidates[0])
-    ds = M3RCR(root, csv_file, split=split, sar_mode="native")
+    return _only_ids(M3RCR(root, csv_file, split=split, sar_mode="native"), ids, csv_file)
+
+
+def _only_ids(ds: M3RCR | LayoutSplit, ids: list[str] | None, source: object) -> M3RCR | LayoutSplit:
+    """``ds`` restricted to the samples ``ids`` names (all of them when ``ids`` is empty)."""
     if ids:
-        keep = [i for i in range(len(ds)) if ds.sample_id(i) in set(ids)]
+        wanted = set(ids)
+        keep = [i for i in range(len(ds)) if ds.sample_id(i) in wanted]
         if not keep:
-            raise InputError(f"none of the IDs {ids} is in {csv_file}")
+            raise InputError(f"none of the IDs {ids} is in {source}")
         ds.rows = [ds.rows[i] for i in keep]
     return ds
 
