@@ -606,12 +606,7 @@ class AlignCRDialog(QDialog):
             if layer is None:
                 res.error(f"Model '{self.temporal_model}' needs the {label} layer (Extra dates).")
                 continue
-            try:
-                L.layer_path(layer)
-            except L.LayerError as exc:
-                res.error(f"{label}: {exc}.")
-            if not layer.crs().isValid():
-                res.error(f"{label} layer '{layer.name()}' has no coordinate reference system.")
+            L.check_layer(res, label, layer)
         if info.needs_dates:
             for key, label in EXTRA_DATES.items():
                 text = self.date_edits[key].text().strip()
@@ -626,12 +621,7 @@ class AlignCRDialog(QDialog):
             res.error(f"Model '{self.model_arch}' was built with a DEM input: choose the DEM layer (elevation in "
                       "metres).")  # fmt: skip
             return
-        try:
-            L.layer_path(layer)
-        except L.LayerError as exc:
-            res.error(f"DEM: {exc}.")
-        if not layer.crs().isValid():
-            res.error(f"DEM layer '{layer.name()}' has no coordinate reference system.")
+        if not L.check_layer(res, "DEM", layer):
             return
         if layer.bandCount() != 1:
             res.error(f"DEM layer has {layer.bandCount()} bands; one band of elevation is needed.")

@@ -154,14 +154,8 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
         res.error("Choose the Sentinel-1 SAR layer.")
     for label, layer in (("Optical", opt), ("SAR", sar), ("Land cover", inp.landcover), ("Cloud mask", inp.mask),
                          ("Reference", inp.reference)):
-        if layer is None:
-            continue
-        try:
-            layer_path(layer)
-        except LayerError as exc:
-            res.error(f"{label}: {exc}.")
-        if not layer.crs().isValid():
-            res.error(f"{label} layer '{layer.name()}' has no coordinate reference system.")
+        if layer is not None:
+            check_layer(res, label, layer)
     if opt is not None:
         if opt.bandCount() < 4:
             res.error(f"Optical layer has {opt.bandCount()} band(s); B, G, R and NIR are needed (4 bands).")
@@ -214,6 +208,18 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
             except LayerError:
                 pass
     return res
+
+
+def check_layer(res: CheckResult, label: str, layer: QgsRasterLayer) -> bool:
+    """A chosen layer is a local file with a CRS (errors into ``res``); returns whether its CRS is valid."""
+    try:
+        layer_path(layer)
+    except LayerError as exc:
+        res.error(f"{label}: {exc}.")
+    if not layer.crs().isValid():
+        res.error(f"{label} layer '{layer.name()}' has no coordinate reference system.")
+        return False
+    return True
 
 
 def _check_mapping(res: CheckResult, label: str, mapping: dict[str, int], roles: tuple[str, ...], count: int) -> None:
