@@ -108,7 +108,6 @@ class AlignCRDialog(QDialog):
         self.result_layers: list[QgsRasterLayer] = []
         self.last_check = L.CheckResult()
         self.temporal: TemporalInfo | None = None  # the chosen model's extra dates (None: not a temporal model)
-        self.temporal_model = ""
         self.uses_sar = True  # False when the chosen model takes no SAR (gapfill): the SAR layer is not used
         self.uses_dem = False  # True when the chosen model was built with a DEM input: the DEM picker is shown
         self.model_arch = ""
@@ -462,10 +461,14 @@ class AlignCRDialog(QDialog):
         self._show_dem(model_uses_dem(self._registry_entry(arch) if kind == "registry" else None, card))
         self.validate()
 
+    @property
+    def temporal_model(self) -> str:
+        """The chosen model's name when it is temporal, else ``""``."""
+        return self.model_arch if self.temporal is not None else ""
+
     def _show_temporal(self, arch: str) -> None:
         """Show the "Extra dates" group, with the rows the model uses, only for a temporal model."""
         self.temporal = temporal_info(self._registry_entry(arch), arch) if arch else None
-        self.temporal_model = arch if self.temporal is not None else ""
         info = self.temporal
         self.temporal_box.setVisible(info is not None)
         self.temporal_box.setEnabled(info is not None)
