@@ -135,3 +135,16 @@ def make_archive(
             w.writerow(["file", "datetime"])
             w.writerows(rows)
     return root
+
+
+def crop_flip_rot(a: np.ndarray, y: int, x: int, size: int, k: int, flip: bool) -> np.ndarray:
+    """The ``size``² window at (y, x) of ``a`` (…, H, W), mirrored left-right if ``flip``, then rotated k·90°."""
+    w = a[..., y : y + size, x : x + size]
+    return np.rot90(w[..., ::-1] if flip else w, k, axes=(w.ndim - 2, w.ndim - 1))
+
+
+def augmentations_matching(raw: np.ndarray, out: np.ndarray, size: int) -> list[tuple[int, int, int, bool]]:
+    """Every (y, x, k, flip) for which ``crop_flip_rot(raw, …)`` equals ``out``: which augmentation was applied."""
+    h, w = raw.shape[-2:]
+    return [(y, x, k, f) for y in range(h - size + 1) for x in range(w - size + 1) for k in range(4)
+            for f in (False, True) if np.array_equal(crop_flip_rot(raw, y, x, size, k, f), out)]  # fmt: skip

@@ -22,7 +22,16 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers_archive import DEM_EAST, DEM_SOUTH, d, dem_elevation, make_archive, write_dem
+from helpers_archive import (
+    DEM_EAST,
+    DEM_SOUTH,
+    augmentations_matching,
+    crop_flip_rot,
+    d,
+    dem_elevation,
+    make_archive,
+    write_dem,
+)
 
 from engine.dem import DEM_SCALE, open_dem
 from engine.errors import EngineError, InputError
@@ -121,11 +130,6 @@ def test_layout_split_yields_the_dem_on_the_optical_patch_grid(archive: Path, sp
     np.testing.assert_allclose(dem, engine_dem, rtol=0, atol=1e-7)
 
 
-def _transform(a: np.ndarray, y: int, x: int, size: int, k: int, flip: bool) -> np.ndarray:
-    w = a[..., y : y + size, x : x + size]
-    return np.rot90(w[..., ::-1] if flip else w, k, axes=(w.ndim - 2, w.ndim - 1))
-
-
 def test_augmentation_keeps_the_dem_aligned(splits: Path) -> None:
     """Random crops, flips and rot90: the DEM is the same window and transform as the (textured) optical image."""
     reader = build_reader({"kind": "layout", "root": str(splits), "split": "train"})
@@ -137,13 +141,12 @@ def test_augmentation_keeps_the_dem_aligned(splits: Path) -> None:
         out = view[i]
         raw = reader.read(i % len(reader))
         opt = out["optical"].numpy()
-        matches = [(y, x, k, f) for y in range(PATCH - c + 1) for x in range(PATCH - c + 1) for k in range(4)
-                   for f in (False, True) if np.array_equal(_transform(raw["optical"], y, x, c, k, f), opt)]
+        matches = augmentations_matching(raw["optical"], opt, c)
         assert len(matches) == 1, matches
         y, x, k, flip = matches[0]
         seen.add((y, x, k, flip))
         assert out["dem"].dtype == torch.float32 and out["dem"].shape == (1, c, c)
-        np.testing.assert_array_equal(out["dem"].numpy(), _transform(raw["dem"], y, x, c, k, flip))
+        np.testing.assert_array_equal(out["dem"].numpy(), crop_flip_rot(raw["dem"], y, x, c, k, flip))
     assert len({(k, f) for *_, k, f in seen}) >= 4 and len({(y, x) for y, x, *_ in seen}) >= 4
 
 

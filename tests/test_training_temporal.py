@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_archive import d, make_archive, optical_dn
+from helpers_archive import augmentations_matching, crop_flip_rot, d, make_archive, optical_dn
 
 from engine.errors import EngineError, InputError
 from engine.models import weights as model_weights
@@ -82,11 +82,6 @@ def test_layout_reader_maps_items_to_the_temporal_contract(archive: Path, msop_s
         _layout(msop_splits, split="training")
 
 
-def _transform(a: np.ndarray, y: int, x: int, size: int, k: int, flip: bool) -> np.ndarray:
-    w = a[..., y : y + size, x : x + size]
-    return np.rot90(w[..., ::-1] if flip else w, k, axes=(w.ndim - 2, w.ndim - 1))
-
-
 def test_augmentation_is_identical_on_every_date(msop_splits: Path) -> None:
     """Random crop + flips + rot90 over many draws: each date's image is the same transform of its own patch."""
     reader = _layout(msop_splits)
@@ -100,18 +95,12 @@ def test_augmentation_is_identical_on_every_date(msop_splits: Path) -> None:
         opt = out["optical"].numpy()
         assert opt.shape == (4, c, c) and out["sar"].shape == (2, c, c)
         # which dihedral transform of which window of the raw patch is it? exactly one must match
-        matches = []
-        for y in range(PATCH - c + 1):
-            for x in range(PATCH - c + 1):
-                for k in range(4):
-                    for flip in (False, True):
-                        if np.array_equal(_transform(raw["optical"], y, x, c, k, flip), opt):
-                            matches.append((y, x, k, flip))
+        matches = augmentations_matching(raw["optical"], opt, c)
         assert len(matches) == 1, matches
         y, x, k, flip = matches[0]
         transforms_seen.add((k, flip))
         for key in ("optical_prev", "optical_next", "target", "sar", "sar_prev", "sar_next", "mask"):
-            np.testing.assert_array_equal(out[key].numpy(), _transform(raw[key], y, x, c, k, flip), err_msg=key)
+            np.testing.assert_array_equal(out[key].numpy(), crop_flip_rot(raw[key], y, x, c, k, flip), err_msg=key)
         assert out["t_prev"] == raw["t_prev"] and isinstance(out["t_next"], float)
     assert len(transforms_seen) >= 4  # the draws did flip and rotate
 
