@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from qgis.core import QgsApplication, QgsProject, QgsSettings
 
-from tests.qgis_helpers import PYTHON
+from tests.qgis_helpers import PYTHON, wait_for
 
 
 @pytest.fixture
@@ -29,3 +29,12 @@ def processing_provider(qgis_processing: None):
     QgsApplication.processingRegistry().addProvider(provider)
     yield provider
     QgsApplication.processingRegistry().removeProvider(provider)
+
+
+def close_dialog(dialog) -> None:  # noqa: ANN001 - an AlignCRDialog
+    """Teardown of a dialog fixture: cancel a running task (waiting for it), then close and delete the dialog."""
+    if dialog.task is not None:
+        dialog.cancel()
+        wait_for(lambda: dialog.task is None, 20)
+    dialog.close()
+    dialog.deleteLater()

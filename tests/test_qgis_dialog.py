@@ -14,7 +14,7 @@ from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, 
 
 from aligncr_qgis import dialog as dialog_mod  # noqa: E402
 from aligncr_qgis.dialog import EXTENT_LAYER, AlignCRDialog  # noqa: E402
-from tests.qgis_fixtures import project  # noqa: E402, F401 (fixtures)
+from tests.qgis_fixtures import close_dialog, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
@@ -32,11 +32,7 @@ def dlg(project, qgis_iface):
     d = AlignCRDialog(qgis_iface)
     d.open_report_in_browser = False
     yield d
-    if d.task is not None:
-        d.cancel()
-        wait_for(lambda: d.task is None, 20)
-    d.close()
-    d.deleteLater()
+    close_dialog(d)
 
 
 def choose(d: AlignCRDialog, optical: QgsRasterLayer, sar: QgsRasterLayer, out: Path) -> None:

@@ -19,7 +19,7 @@ from rasterio.transform import from_origin  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.model_cards import temporal_info  # noqa: E402
-from tests.qgis_fixtures import processing_provider, project  # noqa: E402, F401 (fixtures)
+from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import ORIGIN, PYTHON, UTM, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
@@ -43,11 +43,7 @@ def dlg(project, qgis_iface, registry):
     d.settings.models_cache = registry
     d._fill_models()
     yield d
-    if d.task is not None:
-        d.cancel()
-        wait_for(lambda: d.task is None, 20)
-    d.close()
-    d.deleteLater()
+    close_dialog(d)
 
 
 def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
