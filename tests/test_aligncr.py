@@ -197,10 +197,65 @@ def test_per_pixel_filter_matches_unfold_reference_and_gradients():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # summation order differs
 
 
-def test_cross_modal_gate_einsum_equals_the_1x1_conv():
+def test_cross_modal_gate_product_equals_the_1x1_conv():
     from engine.models.aligncr_arch import WindowAttention
 
     torch.manual_seed(4)
     attn = WindowAttention(32, 8, 4, dual=True)
     diff = torch.randn(3, 4, 64, 64)
     torch.testing.assert_close(attn._head_mix(diff), attn.attn_fuse_1x1conv(diff), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_equals_the_1x1_conv_forward_and_backward(bias):
+    from engine.models.arch_util import PointwiseConv2d
+
+    torch.manual_seed(5)
+    fast = PointwiseConv2d(12, 40, bias=bias)
+    conv = torch.nn.Conv2d(12, 40, 1, bias=bias)
+    conv.load_state_dict(fast.state_dict())  # same keys, same shapes
+    x = torch.randn(2, 12, 9, 13, requires_grad=True)
+    y_fast, y_conv = fast(x), conv(x)
+    torch.testing.assert_close(y_fast, y_conv, atol=1e-5, rtol=1e-5)
+    g_fast = torch.autograd.grad(y_fast.square().sum(), [x, *fast.parameters()])
+    g_conv = torch.autograd.grad(y_conv.square().sum(), [x, *conv.parameters()])
+    for a, b in zip(g_fast, g_conv, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # channels_last input: the conv path (a reshape would copy), same numbers
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(x_cl), conv(x_cl), atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", torch.bfloat16):
+        y_bf = fast(x.detach())
+    assert y_bf.dtype == torch.bfloat16
+    torch.testing.assert_close(y_bf.float(), y_conv.detach(), atol=0.1, rtol=0.02)
+
+
+def test_pointwise_conv_under_weight_norm_keeps_the_parametrised_keys():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from engine.models.arch_util import PointwiseConv2d, WideActResBlock
+
+    block = WideActResBlock(8, expand=4)
+    assert isinstance(block.body[0], PointwiseConv2d)
+    assert "body.0.parametrizations.weight.original0" in block.state_dict()
+    torch.manual_seed(6)
+    fast = weight_norm(PointwiseConv2d(8, 16))
+    conv = weight_norm(torch.nn.Conv2d(8, 16, 1))
+    conv.load_state_dict(fast.state_dict())
+    x = torch.randn(1, 8, 10, 10)
+    torch.testing.assert_close(fast(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_resize_bilinear_keeps_dtype_and_matches_fp32_interpolation():
+    import torch.nn.functional as F
+
+    from engine.models.arch_util import resize_bilinear
+
+    torch.manual_seed(7)
+    x = torch.randn(1, 3, 16, 20)
+    ref = F.interpolate(x, size=(32, 40), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resize_bilinear(x, (32, 40)), ref)
+    xb = x.bfloat16()
+    out = resize_bilinear(xb, torch.Size([32, 40]))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, F.interpolate(xb.float(), size=(32, 40), mode="bilinear").bfloat16())

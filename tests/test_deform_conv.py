@@ -145,3 +145,17 @@ def test_tap_chunking_gives_the_same_result(monkeypatch):
     whole = dc.deform_conv2d_pure(x, off, weight, None, 1, 1, 1, mask)
     monkeypatch.setattr(dc, "_CHUNK_BYTES", 1)  # one tap at a time
     torch.testing.assert_close(dc.deform_conv2d_pure(x, off, weight, None, 1, 1, 1, mask), whole)
+
+
+def test_inference_masks_in_place_with_the_same_result_and_training_still_has_gradients():
+    torch.manual_seed(8)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    weight = torch.randn(4, 4, 3, 3)
+    off = torch.randn(1, 2 * 2 * 9, 9, 9)
+    mask = torch.rand(1, 2 * 9, 9, 9, requires_grad=True)
+    trained = dc.deform_conv2d_pure(x, off, weight, None, 1, 1, 1, mask)
+    gx, gm = torch.autograd.grad(trained.sum(), (x, mask))
+    assert gx.abs().sum() > 0 and gm.abs().sum() > 0
+    with torch.inference_mode():
+        inferred = dc.deform_conv2d_pure(x, off, weight, None, 1, 1, 1, mask)
+    torch.testing.assert_close(inferred, trained.detach())

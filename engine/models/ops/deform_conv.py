@@ -112,7 +112,8 @@ def deform_conv2d_pure(
         cols = F.grid_sample(xg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         cols = cols.reshape(n, dg, c // dg, kk, ho * wo)
         if msk is not None:
-            cols = cols * msk[:, :, :, k0:k1]
+            # In place when no gradient is recorded (inference): one 10-20 MB temporary fewer per chunk.
+            cols = cols.mul_(msk[:, :, :, k0:k1]) if not torch.is_grad_enabled() else cols * msk[:, :, :, k0:k1]
         cols = cols.reshape(n, groups, c_per_group, kk, ho * wo)
         part = torch.einsum("gock,ngckp->ngop", w_g[..., k0:k1], cols)
         out = part if out is None else out + part
