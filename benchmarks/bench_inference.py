@@ -89,7 +89,8 @@ def _accel_settings(args: argparse.Namespace, mode: str) -> dict:
     if mode == "naive":
         return {"dtype": "fp32", "channels_last": "off", "compile": False, "threads": args.threads, "prefetch": False,
                 "cpu_workers": 1, "keep_freed_memory": False}
-    return {"dtype": args.dtype, "compile": args.compile, "threads": args.threads, "prefetch": True}
+    return {"dtype": args.dtype, "compile": args.compile, "threads": args.threads, "prefetch": True,
+            "keep_freed_memory": args.keep_freed_memory}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -159,6 +160,8 @@ def _child(args: argparse.Namespace, *extra: str) -> subprocess.CompletedProcess
         cmd.append("--compile")
     if not args.warmup:
         cmd.append("--no-warmup")
+    if not args.keep_freed_memory:
+        cmd.append("--no-keep-freed-memory")
     return subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
@@ -188,6 +191,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="fast path tiles per forward (naive: 1)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: every core)")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile")
+    parser.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                        help="fast path: let glibc unmap freed memory between tiles (ablation of engine.malloc)")
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive path")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="no 512² warm-up run")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")

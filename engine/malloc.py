@@ -1,13 +1,14 @@
 """Keep freed heap memory for reuse during CPU inference (glibc ``mallopt``), and give it back afterwards.
 
 Why: a forward pass of ``aligncr-lite`` on a 256² tile allocates and frees dozens of 1–30 MB temporaries (the
-SLFC filter taps, the deformable-conv columns, the window-attention logits). glibc serves those from fresh
-``mmap`` s and returns them on ``free`` (and trims the heap top above 128 KiB), so every forward touches tens of
-thousands of new pages: the kernel's page-fault and zeroing work was ≈ 18 % of a tile's CPU time (0.54 → 0.45 CPU
-s per 256² tile, bf16, one AMD EPYC core, measured with the ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` environment variables that mirror these calls). PyTorch's CPU tuning guide reaches
-the same end by preloading jemalloc or tcmalloc; an ``LD_PRELOAD`` cannot be set from inside QGIS or a running
-Python, ``mallopt`` can.
+SLFC filter taps, the deformable-conv columns, the window-attention logits). glibc serves blocks above its mmap
+threshold from fresh ``mmap`` s and returns them on ``free`` (and trims the heap top), so a forward touches tens
+of thousands of new pages that the kernel must fault in and zero. Measured (AMD EPYC, bf16, 2048² scene end to
+end, ``benchmarks/bench_inference.py --no-keep-freed-memory`` as the ablation): with one torch thread (``--threads
+1``, a Dask worker's setting) 0.119–0.128 vs 0.113–0.115 Mpix/s, ≈ 8 % more; with the default two single-threaded
+CPU workers no difference (0.218–0.222 vs 0.218–0.227; why the worker threads' arenas fault less was not
+investigated). PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or tcmalloc; an
+``LD_PRELOAD`` cannot be set from inside QGIS or a running Python, ``mallopt`` can.
 
 What: while at least one :func:`keep_freed_memory` block is open, blocks up to 32 MiB (glibc's ceiling for the
 mmap threshold on 64-bit) come from the heap and freed memory is not trimmed, so the next tile reuses the same

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared/data beside the project; ALIGNCR_SHARED_DATA points elsewhere (the GPU machine gets a copy of the working
+# tree only, so benchmarks/gpu_session.sh carries the small M3R-CR sample in an ignored folder and sets it).
+SHARED_DATA = Path(os.environ.get("ALIGNCR_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 # Two CPU cores in CI: keep torch from oversubscribing them when pytest-xdist is not used.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -19,7 +21,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def shared_data() -> Path:
     """``../shared/data``; tests using it are skipped (with the reason) when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is absent (reference data lives beside the project, not in it)")
+        pytest.skip(f"{SHARED_DATA} is absent (reference data lives beside the project, not in it)")
     return SHARED_DATA
 
 
