@@ -25,7 +25,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from engine.errors import InputError
+from engine.progress import Progress, record_warning
 from engine.raster import sample_shape
+
+FULL_COVERAGE = 0.999  # below this a partial overlap is worth a warning (≈ the decimated estimate's precision)
 
 RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear}
 
@@ -122,6 +125,26 @@ def coverage_fraction(src: rasterio.io.DatasetReader, grid: Grid, bands: tuple[i
     with AlignedReader(src, coarse, bands, "nearest") as reader:
         data = reader.read_all()
     return float(np.isfinite(data).all(axis=0).mean())
+
+
+def checked_coverage(
+    src: rasterio.io.DatasetReader,
+    grid: Grid,
+    bands: tuple[int, ...],
+    role: str,
+    progress: Progress,
+    warnings: list[str],
+    *,
+    label: str | None = None,
+    without: str = "it",
+) -> float:
+    """:func:`sar_overlap_or_raise`, plus one warning when ``src`` covers less than :data:`FULL_COVERAGE` of the
+    grid (``label`` names it there, default ``role``; pixels ``without`` it keep the input)."""
+    fraction = sar_overlap_or_raise(src, grid, bands, role)
+    if fraction < FULL_COVERAGE:
+        record_warning(progress, warnings, f"{label or role} covers only {fraction * 100:.1f}% of the optical image; "
+                       f"pixels without {without} are left as the input")  # fmt: skip
+    return fraction
 
 
 def sar_overlap_or_raise(src: rasterio.io.DatasetReader, grid: Grid, bands: tuple[int, ...], role: str) -> float:

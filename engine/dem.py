@@ -34,13 +34,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from engine.align import AlignedReader, Grid, sar_overlap_or_raise
+from engine.align import AlignedReader, Grid, checked_coverage
 from engine.errors import InputError
 from engine.progress import Progress
 from engine.raster import open_raster, read_sample, require_georeferenced, valid_mask
 
 DEM_SCALE = 1e-4  # elevation in metres → network input (CNES/decloud's DEM_SCALE_COEF)
-FULL_COVERAGE = 0.999
 ROLE = "DEM (--dem)"
 
 
@@ -76,12 +75,7 @@ def open_dem(path: Path, grid: Grid, stack: ExitStack, progress: Progress, warni
     require_georeferenced(ds, ROLE)
     if ds.count != 1:
         raise InputError(f"{ROLE} must have 1 band (elevation in metres), this one has {ds.count}: {path}")
-    coverage = sar_overlap_or_raise(ds, grid, (1,), ROLE)
-    if coverage < FULL_COVERAGE:
-        message = (f"{ROLE} covers only {coverage * 100:.1f}% of the optical image; pixels without elevation are "
-                   "left as the input")  # fmt: skip
-        warnings.append(message)
-        progress.warn(message)
+    coverage = checked_coverage(ds, grid, (1,), ROLE, progress, warnings, without="elevation")
     sample = read_sample(ds, (1,)).astype(np.float32)
     values = sample[:, valid_mask(sample, ds.nodata)]
     fill = float(normalise_dem(values).mean()) if values.size else 0.0

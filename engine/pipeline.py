@@ -56,14 +56,14 @@ from torch import nn
 
 from engine import normalise
 from engine.accel import AccelConfig, InferenceRunner
-from engine.align import AlignedReader, Grid, bounds_overlap, sar_overlap_or_raise
+from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.config import RunConfig
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
 from engine.masks import cloud_mask_from_bands
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
-from engine.progress import Progress
+from engine.progress import Progress, record_warning
 from engine.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
     check_bands,
@@ -96,7 +96,6 @@ BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
 # In bytes: rasterio hands an integer straight to GDALSetCacheMax, so "64" would mean 64 *bytes* (not MB as in
 # the GDAL_CACHEMAX environment variable) and every decimated read would thrash the block cache.
 GDAL_CACHE_BYTES = 32 * 1024 * 1024
-FULL_COVERAGE = 0.999
 REPORT_START = 0.8
 
 
@@ -244,12 +243,8 @@ def _open_inputs(
         raise InputError(f"optical image has no valid pixel (everything is nodata): {config.optical}")
     coverage = 0.0
     if sar is not None:
-        coverage = sar_overlap_or_raise(sar, grid, config.sar_bands, "SAR image")
-        if coverage < FULL_COVERAGE:
-            msg = (f"SAR covers only {coverage * 100:.1f}% of the optical image; pixels without SAR are left as the "
-                   "input")  # fmt: skip
-            warnings.append(msg)
-            progress.warn(msg)
+        coverage = checked_coverage(sar, grid, config.sar_bands, "SAR image", progress, warnings, label="SAR",
+                                    without="SAR")  # fmt: skip
     for role, ds in extra.items():
         if ds is not None and not bounds_overlap(ds, grid):
             raise InputError(f"{role} raster does not overlap the optical image: {ds.name}")
@@ -413,7 +408,7 @@ def run(
     check_output_path(config.out, [p for p in inputs if p is not None])
     early = precheck(config, default_model_name())
     if early is not None and not early.uses_sar and config.sar is not None:
-        _warn(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
+        record_warning(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp = _open_inputs(config, stack, progress, warnings, use_sar=early is None or early.uses_sar)
         device = resolve_device(config.device)
@@ -434,7 +429,7 @@ def run(
             assert config.dem is not None
             inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
         elif config.dem is not None:
-            _warn(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
+            record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
         module = _packed(model.module, inp, config)
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(module, device, accel)
@@ -521,11 +516,6 @@ def _packed(module: nn.Module, inp: _Inputs, config: RunConfig) -> nn.Module:
     dates = inp.temporal.dates if inp.temporal is not None else {}
     sar_channels = len(config.sar_bands) if inp.sar is not None else 0
     return PackedInputsAdapter(module, sar_channels, keys, channels, dates)
-
-
-def _warn(progress: Progress, warnings: list[str], message: str) -> None:
-    warnings.append(message)
-    progress.warn(message)
 
 
 def _process_chunk(

@@ -57,3 +57,9 @@ class Progress:
             parent.update(start + (stop - start) * fraction, message)
 
         return Progress(callback=cb, warn_callback=parent.warn, _cancel=self._cancel)
+
+
+def record_warning(progress: Progress, warnings: list[str], message: str) -> None:
+    """Report ``message`` now (``progress.warn``) and keep it for the run's result and report."""
+    warnings.append(message)
+    progress.warn(message)

@@ -40,16 +40,15 @@ from rasterio.windows import Window
 from torch import nn
 
 from engine import normalise
-from engine.align import AlignedReader, Grid, sar_overlap_or_raise
+from engine.align import AlignedReader, Grid, checked_coverage
 from engine.config import DATE_FIELDS, DEFAULT_SAR_BANDS, TEMPORAL_PATHS, RunConfig, flag
 from engine.errors import InputError
 from engine.gapfill import interpolation_weight, read_acquisition_date
-from engine.progress import Progress
+from engine.progress import Progress, record_warning
 from engine.raster import check_bands, open_raster, read_sample, require_georeferenced, valid_mask
 
 log = logging.getLogger("engine")
 
-FULL_COVERAGE = 0.999
 _ROLES = {"prev": "t-1", "next": "t+1"}
 
 
@@ -208,14 +207,14 @@ def open_temporal(
     if not keys:
         ignored = [flag(k) for k in given] + [flag(d) for d in given_dates]
         if ignored:
-            _warn(progress, warnings, f"model '{model_name}' is not temporal: {', '.join(ignored)} ignored")
+            record_warning(progress, warnings, f"model '{model_name}' is not temporal: {', '.join(ignored)} ignored")
         return None
     require_extra_dates(keys, model_name, config)
     unused = [flag(k) for k in given if k not in keys]
     if not needs_dates:
         unused += [flag(d) for d in given_dates]
     if unused:
-        _warn(progress, warnings, f"model '{model_name}' does not use {', '.join(unused)}: ignored")
+        record_warning(progress, warnings, f"model '{model_name}' does not use {', '.join(unused)}: ignored")
     cfg = getattr(module, "cfg", None)
     out = TemporalInputs(fill_only_cloudy=bool(getattr(cfg, "fill_only_cloudy", False)))
     if needs_dates:
@@ -224,7 +223,7 @@ def open_temporal(
         t_next = _date(config.date_next, given["optical_next"], "--date-next")
         weight = float(interpolation_weight(t_prev, t, t_next))  # raises unless t_prev < t_next
         if not 0.0 <= weight <= 1.0:
-            _warn(progress, warnings, f"the cloudy date {t.isoformat()} is outside [{t_prev.isoformat()}, "
+            record_warning(progress, warnings, f"the cloudy date {t.isoformat()} is outside [{t_prev.isoformat()}, "
                   f"{t_next.isoformat()}]: extrapolating (weight {weight:.3f} on the next image)")  # fmt: skip
         log.info("dates: t-1 %s, t %s, t+1 %s (weight %.4f on t+1)", t_prev.isoformat(), t.isoformat(),
                  t_next.isoformat(), weight)  # fmt: skip
@@ -240,10 +239,7 @@ def open_temporal(
         else:
             bands = tuple(config.bands)
             check_bands(ds, role, bands)
-        coverage = sar_overlap_or_raise(ds, grid, bands, role)
-        if coverage < FULL_COVERAGE:
-            _warn(progress, warnings, f"{role} covers only {coverage * 100:.1f}% of the optical image; pixels "
-                  "without it are left as the input")  # fmt: skip
+        checked_coverage(ds, grid, bands, role, progress, warnings)
         extra = ExtraInput(key=key, ds=ds, bands=bands)
         if extra.is_sar:
             extra.sar_units = detect_sar_units(ds, config)
@@ -343,11 +339,6 @@ def precheck(config: RunConfig, default_model: str) -> ModelNeeds | None:
 
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _warn(progress: Progress, warnings: list[str], message: str) -> None:
-    warnings.append(message)
-    progress.warn(message)
 
 
 class PackedInputsAdapter(nn.Module):
