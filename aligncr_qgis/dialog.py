@@ -609,7 +609,8 @@ class AlignCRDialog(QDialog):
             if layer is None:
                 res.error(f"Model '{self.temporal_model}' needs the {label} layer (Extra dates).")
                 continue
-            L.check_layer(res, label, layer)
+            if L.check_layer(res, label, layer):
+                self._check_overlap(res, label, layer, "it")
         if info.needs_dates:
             for key, label in EXTRA_DATES.items():
                 text = self.date_edits[key].text().strip()
@@ -628,14 +629,20 @@ class AlignCRDialog(QDialog):
             return
         if layer.bandCount() != 1:
             res.error(f"DEM layer has {layer.bandCount()} bands; one band of elevation is needed.")
+        self._check_overlap(res, "DEM", layer, "elevation")
+
+    def _check_overlap(self, res: L.CheckResult, label: str, layer: QgsRasterLayer, without: str) -> None:
+        """An extra raster (DEM, extra date) that misses the optical layer is an error, a partial one a warning —
+        the engine's own rule at run time, said before the run."""
         opt = self.optical_combo.currentLayer()
-        if opt is not None and opt.crs().isValid():
-            pct = L.overlap_percent(opt, layer)
-            if pct <= 0.0:
-                res.error("DEM layer does not overlap the optical layer (0 % overlap).")
-            elif pct < 99.5:
-                res.warning(f"DEM layer covers only {pct:.1f} % of the optical area; pixels without elevation are "
-                            "left as the input.")  # fmt: skip
+        if opt is None or not opt.crs().isValid():
+            return
+        pct = L.overlap_percent(opt, layer)
+        if pct <= 0.0:
+            res.error(f"{label} layer does not overlap the optical layer (0 % overlap).")
+        elif pct < 99.5:
+            res.warning(f"{label} layer covers only {pct:.1f} % of the optical area; pixels without {without} are "
+                        "left as the input.")  # fmt: skip
 
     def extra_dates(self) -> dict[str, str]:
         """The extra rasters (paths) and typed dates the chosen temporal model uses, by RunRequest field."""

@@ -53,11 +53,12 @@ def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
     return layer
 
 
-def write_dated(path: Path, value: int, when: str, *, res: float = 3.0) -> Path:
-    """A constant 4-band uint16 image over the optical footprint (at ``res`` m), tagged with its date."""
+def write_dated(path: Path, value: int, when: str, *, res: float = 3.0, shift: float = 0.0) -> Path:
+    """A constant 4-band uint16 image over the optical footprint (at ``res`` m, moved east by ``shift`` m), tagged
+    with its date."""
     n = int(SIZE * 3.0 / res)
     with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=4, dtype="uint16", crs=CRS.from_string(UTM),
-                       transform=from_origin(ORIGIN[0], ORIGIN[1], res, res)) as ds:
+                       transform=from_origin(ORIGIN[0] + shift, ORIGIN[1], res, res)) as ds:
         ds.write(np.full((4, n, n), value, dtype=np.uint16))
         ds.update_tags(ACQUISITIONDATETIME=when)
     return path
@@ -141,6 +142,18 @@ def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene
     assert (pairs["--optical-prev"], pairs["--sar-prev"]) == (str(scene["prev"]), str(scene["sar_prev"]))
     assert (pairs["--optical-next"], pairs["--sar-next"]) == (str(scene["next"]), str(scene["sar_next"]))
     assert "--date" not in args  # msop-unet takes no dates
+
+    # an extra date that misses the optical footprint is an error, one that covers part of it a warning
+    far = add(project, write_dated(tmp_path / "far.tif", 1000, DATES[0], shift=10 * SIZE * 3.0), "far")
+    dlg.extra_combos["optical_prev"].setLayer(far)
+    assert any("Optical before (t−1) layer does not overlap the optical layer" in m for m in dlg.issue_messages())
+    assert not dlg.run_button.isEnabled()
+    half = add(project, write_dated(tmp_path / "half.tif", 1000, DATES[0], shift=SIZE * 3.0 / 2), "half")
+    dlg.extra_combos["optical_prev"].setLayer(half)
+    levels = {i.message.split(";")[0]: i.level for i in dlg.last_check.issues}
+    assert levels.get("Optical before (t−1) layer covers only 50.0 % of the optical area") == "warning", levels
+    dlg.extra_combos["optical_prev"].setLayer(layers["prev"])
+    assert not any("Optical before" in m for m in dlg.issue_messages())
 
     assert dlg.select_model("gapfill")
     dlg.date_edits["date_next"].setText("next tuesday")
