@@ -37,6 +37,7 @@ DEFAULT_THRESHOLD = 128 * 2**10  # glibc's documented default for both
 
 _lock = threading.Lock()
 _depth = 0
+_applied = False  # whether the open blocks' settings took effect
 _libc: ctypes.CDLL | None | bool = False  # False: not looked up yet; None: not glibc
 
 
@@ -64,34 +65,32 @@ def _set(lib: ctypes.CDLL, param: int, value: int) -> bool:
     return bool(lib.mallopt(param, value))
 
 
-def supported() -> bool:
-    """True when the C library is glibc (mallopt and malloc_trim available)."""
-    return _glibc() is not None
-
-
 @contextlib.contextmanager
 def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """Within the block, keep freed memory for reuse; yields whether the setting is in effect. Re-entrant and
     thread-safe: the defaults come back when the outermost open block closes."""
-    global _depth
+    global _depth, _applied
     lib = _glibc() if enabled else None
     if lib is None:
         yield False
         return
     with _lock:
         if _depth == 0:
-            ok = _set(lib, M_MMAP_THRESHOLD, RUN_MMAP_THRESHOLD) and _set(lib, M_TRIM_THRESHOLD, RUN_TRIM_THRESHOLD)
-            if not ok:
+            _applied = _set(lib, M_MMAP_THRESHOLD, RUN_MMAP_THRESHOLD) and _set(
+                lib, M_TRIM_THRESHOLD, RUN_TRIM_THRESHOLD
+            )
+            if not _applied:
                 log.debug("mallopt refused the run settings; leaving malloc alone")
                 _set(lib, M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
                 _set(lib, M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
         _depth += 1
+        applied = _applied
     try:
-        yield True
+        yield applied
     finally:
         with _lock:
             _depth -= 1
-            if _depth == 0:
+            if _depth == 0 and _applied:
                 _set(lib, M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
                 _set(lib, M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
                 lib.malloc_trim(0)

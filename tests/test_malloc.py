@@ -88,3 +88,13 @@ def test_cpu_runner_keeps_freed_memory_until_closed(monkeypatch):
     assert off.describe()["keep_freed_memory"] is False
     off.close()
     assert fake.calls[-1] == ("trim", 0) and len(fake.calls) == 5
+
+
+def test_refused_settings_are_reported_and_not_undone_twice(monkeypatch):
+    fake = _FakeLibc()
+    fake.mallopt = lambda param, value: fake.calls.append(("mallopt", param, value)) or 0  # glibc said no
+    monkeypatch.setattr(malloc, "_libc", fake)
+    with malloc.keep_freed_memory() as active:
+        assert not active
+        n = len(fake.calls)
+    assert len(fake.calls) == n and ("trim", 0) not in fake.calls

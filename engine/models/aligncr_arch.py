@@ -271,8 +271,8 @@ class WindowAttention(nn.Module):
         """``attn_fuse_1x1conv(diff)`` as a batched product over the heads (same weights, same result).
 
         A 1×1 ``Conv2d`` over a (windows, heads, n, n) tensor is a tiny channel mix that oneDNN runs badly on the
-        CPU: as an einsum it cut a 256² ``aligncr-lite`` tile by ≈ 18 % of its CPU time, and as a ``baddbmm``
-        per window (no transposed copy of the logits) the mix is another 3× faster.
+        CPU: as an einsum it cut a 256² ``aligncr-lite`` tile by ≈ 18 % of its CPU time, and as a ``bmm`` per
+        window (no transposed copy of the logits) the mix is another 3× faster.
         """
         conv = self.attn_fuse_1x1conv
         b, h = diff.shape[:2]
