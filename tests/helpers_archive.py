@@ -148,3 +148,15 @@ def augmentations_matching(raw: np.ndarray, out: np.ndarray, size: int) -> list[
     h, w = raw.shape[-2:]
     return [(y, x, k, f) for y in range(h - size + 1) for x in range(w - size + 1) for k in range(4)
             for f in (False, True) if np.array_equal(crop_flip_rot(raw, y, x, size, k, f), out)]  # fmt: skip
+
+
+def augmented_draws(view, reader, size: int, n: int = 24):
+    """``n`` draws of a training view over 3 epochs: yields (augmented sample, raw sample, (y, x, k, flip)), where
+    exactly one window and dihedral transform of the raw optical patch must give the augmented one."""
+    for i in range(n):
+        view.set_epoch(i % 3)
+        out = view[i]
+        raw = reader.read(i % len(reader))
+        matches = augmentations_matching(raw["optical"], out["optical"].numpy(), size)
+        assert len(matches) == 1, matches
+        yield out, raw, matches[0]
