@@ -319,3 +319,44 @@ def test_dem_picker_follows_the_model(project, dlg: AlignCRDialog, scene: dict, 
     dlg.settings.models_cache = [dict(m, uses_dem=True) if m["name"] == "ssop-unet" else m for m in registry]
     dlg._fill_models()
     assert dlg.select_model("ssop-unet") and picker_shown()
+
+
+@pytest.mark.slow
+def test_processing_declouding_with_a_dem(processing_provider, scene: dict, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The DEM parameter reaches the network end to end: U-Net weights built with dem=True run through
+    `aligncr:declouding`, a different DEM gives a different output, and no DEM is the engine's one-line error."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from engine.models import build_model, save
+
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("ssop-unet", widths=(4, 4, 4, 4, 4, 4), dem=True, dem_width=4)
+    for p in model.parameters():  # random, large enough that the DEM branch moves the output by whole DN
+        p.data.normal_(0.0, 0.5)
+    weights = save(model, tmp_path / "ssop-dem.safetensors")
+    dem = write_dem(tmp_path / "dem.tif")
+    with rasterio.open(dem) as src:
+        profile, elevation = src.profile, src.read()
+    with rasterio.open(tmp_path / "dem_high.tif", "w", **profile) as dst:
+        dst.write(elevation + 2000.0)
+    params = {"OPTICAL": str(scene["optical"]), "SAR": str(scene["sar"]), "WEIGHTS": str(weights), "DEM": str(dem),
+              "TILE": 64, "OVERLAP": 8}  # fmt: skip
+    outs = []
+    for name, dem_path in (("low", dem), ("again", dem), ("high", tmp_path / "dem_high.tif")):
+        out = tmp_path / f"out_{name}.tif"
+        res = processing.run("aligncr:declouding", params | {"DEM": str(dem_path), "OUTPUT": str(out)})
+        assert res["OUTPUT"] == str(out)
+        with rasterio.open(out) as ds:
+            outs.append(ds.read().astype(np.int32))
+    assert outs[0].shape == (4, SIZE, SIZE)
+    np.testing.assert_array_equal(outs[0], outs[1])  # deterministic: the difference below is the DEM's
+    assert np.abs(outs[0] - outs[2]).max() > 0
+
+    with pytest.raises(QgsProcessingException, match="was built with a DEM input"):
+        processing.run("aligncr:declouding", {k: v for k, v in params.items() if k != "DEM"}
+                       | {"OUTPUT": str(tmp_path / "x.tif")})  # fmt: skip
+    assert not (tmp_path / "x.tif").exists()
