@@ -11,7 +11,8 @@
 # Prepare here, before the first call (both folders are git-ignored and travel with `carry`):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-#     -d .whl rasterio affine cligj click-plugins          # ≈ 38 MB; the image lacks rasterio (device README)
+#     -d .whl rasterio "affine<3" cligj click-plugins      # ≈ 38 MB; the image lacks rasterio (device README);
+#     affine<3 as pyproject pins it
 #   mkdir -p .shared-data && cp -r ../shared/data/m3rcr_sample .shared-data/   # 1.7 MB, for the real-data test
 # and call the device tool with carry [".whl", ".shared-data"].
 set -u
