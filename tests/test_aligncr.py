@@ -259,3 +259,20 @@ def test_resize_bilinear_keeps_dtype_and_matches_fp32_interpolation():
     out = resize_bilinear(xb, torch.Size([32, 40]))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, F.interpolate(xb.float(), size=(32, 40), mode="bilinear").bfloat16())
+
+
+@pytest.mark.parametrize(("dual", "batch"), [(True, 1), (True, 2), (False, 1)])
+def test_dense_block_in_place_at_inference_equals_the_concatenations(dual, batch):
+    from engine.models.aligncr_arch import RDB, AlignCRConfig
+
+    torch.manual_seed(9)
+    cfg = AlignCRConfig(num_feat=8, growth=4, rdb_layers=3, num_heads=2, window_size=4, mlp_ratio=1.0)
+    block = RDB(cfg, shift=2, dual=dual).eval()
+    x = torch.randn(batch, 8, 16, 16)
+    xs = torch.randn(batch, 8, 16, 16) if dual else None
+    trained = block(x, xs)  # grad enabled: the concatenating path
+    with torch.inference_mode():
+        inferred = block(x, xs)
+    torch.testing.assert_close(inferred[0], trained[0].detach(), rtol=0, atol=0)
+    if dual:
+        torch.testing.assert_close(inferred[1], trained[1].detach(), rtol=0, atol=0)
