@@ -129,6 +129,16 @@ def test_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("args", [["run", "--optical", "a.tif", "--out", "b.tif", "--date-prev", "tuesday"],
+                                  ["gapfill", "--cloudy", "a", "--prev", "b", "--next", "c", "--out", "d", "--date",
+                                   "tuesday"]])  # fmt: skip
+def test_a_bad_date_is_a_usage_error_with_the_engines_message(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "cannot read an acquisition date from 'tuesday'" in capsys.readouterr().err
+
+
 def test_run_with_report(tmp_path, pair, capsys):
     opt, sar = pair
     report = tmp_path / "report"

@@ -29,8 +29,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from engine.align import AlignedReader, Grid, bounds_overlap
+from engine.commands import datetime_arg
 from engine.errors import InputError
-from engine.gapfill import interpolation_weight, parse_datetime, read_acquisition_date
+from engine.gapfill import interpolation_weight, read_acquisition_date
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import denormalise_optical
 from engine.progress import Progress
@@ -43,13 +44,6 @@ HELP = "fill a cloudy image by linear interpolation in time between cloud-free i
 ROWS_PER_BLOCK = 512
 
 
-def _date_arg(text: str) -> datetime:
-    try:
-        return parse_datetime(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cloudy", required=True, type=Path, help="the cloudy optical image (defines the output grid)")
     parser.add_argument("--prev", required=True, type=Path, help="cloud-free image acquired before it")
@@ -57,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", type=Path, help="cloud mask of the cloudy image: fill only those pixels")
     parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF")
     for flag in ("--date-prev", "--date", "--date-next"):
-        parser.add_argument(flag, type=_date_arg, help="acquisition time (ISO 8601) overriding the file's tags")
+        parser.add_argument(flag, type=datetime_arg, help="acquisition time (ISO 8601) overriding the file's tags")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 

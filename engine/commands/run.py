@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from engine.accel import DTYPES, AccelConfig
+from engine.commands import datetime_arg
 from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
 from engine.errors import Cancelled, EngineError
 from engine.progress import Progress
@@ -39,15 +39,6 @@ DESCRIPTION = (
 def _bands(text: str) -> tuple[int, ...]:
     try:
         return parse_band_list(text)
-    except EngineError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _date(text: str) -> datetime:
-    from engine.gapfill import parse_datetime
-
-    try:
-        return parse_datetime(text)
     except EngineError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -102,7 +93,7 @@ def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
         ("--date-prev", "acquisition time of --optical-prev (default: its tags)"),
         ("--date-next", "acquisition time of --optical-next (default: its tags)"),
     ):
-        group.add_argument(flag, type=_date, metavar="TIME", help=help_text)
+        group.add_argument(flag, type=datetime_arg, metavar="TIME", help=help_text)
 
 
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
