@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.commands.run import accel_from_args, add_accel_arguments
+from engine.commands.run import accel_from_args, add_accel_arguments, add_tiling_arguments
 
 NAME = "batch"
 HELP = "decloud every scene of a manifest CSV, one scene per task on a Dask cluster"
@@ -30,11 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     parser.add_argument("--retries", type=int, default=1, help="extra attempts after a crash (default 1)")
     parser.add_argument("--summary", type=Path, help="summary CSV (default: MANIFEST.summary.csv beside it)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N on each worker")
-    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
-    parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
+    add_tiling_arguments(parser, where=" on each worker")
     add_accel_arguments(parser)
 
 

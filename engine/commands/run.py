@@ -14,6 +14,7 @@ user error, ``{"event":"error","message":"...","kind":"InputError"}`` with exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -58,11 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF (written atomically)")
     parser.add_argument("--model", help="registry model name (default: aligncr-lite if bundled weights, else identity)")
     parser.add_argument("--weights", type=Path, help=".safetensors weights file with its model card")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, blended (default 32)")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
-    parser.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF with overviews")
+    add_tiling_arguments(parser)
     parser.add_argument("--bands", type=_bands, default=(1, 2, 3, 4), help="optical B,G,R,NIR band indices")
     parser.add_argument("--sar-bands", type=_bands, default=(1, 2), help="SAR VV,VH band indices (default 1,2)")
     parser.add_argument("--sar-units", choices=SAR_UNITS, default="auto", help="SAR units (default: detect)")
@@ -94,6 +91,19 @@ def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
         ("--date-next", "acquisition time of --optical-next (default: its tags)"),
     ):
         group.add_argument(flag, type=datetime_arg, metavar="TIME", help=help_text)
+
+
+def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """Device, tile grid, batch and output format: shared by ``run`` and ``batch`` (defaults: :class:`RunConfig`)."""
+    default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    parser.add_argument("--device", default=default["device"], help=f"auto | cpu | cuda | cuda:N{where} (default auto)")
+    parser.add_argument("--tile", type=int, default=default["tile"],
+                        help=f"tile size in pixels (default {default['tile']})")  # fmt: skip
+    parser.add_argument("--overlap", type=int, default=default["overlap"],
+                        help=f"tile overlap in pixels, blended (default {default['overlap']})")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=default["batch"],
+                        help=f"tiles per forward pass (default {default['batch']})")  # fmt: skip
+    parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFF output with overviews")
 
 
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
