@@ -17,7 +17,7 @@ at 5 m, SAR at 10 m (half the pixels). Values are chosen so tests know the exact
 from __future__ import annotations
 
 import csv
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,17 @@ def make_archive(
             w.writerow(["file", "datetime"])
             w.writerows(rows)
     return root
+
+
+def alternating_archive(root: Path, size: int, dates: list[datetime], dem: bool = False) -> Path:
+    """A textured archive with one optical image per date — every other one cloudy over its west half (bright
+    clouds), the others clear — and a SAR image a day after each; ``dem``: with ARCHIVE/dem.tif."""
+    west = np.zeros((size, size), bool)
+    west[:, : size // 2] = True
+    clear = np.zeros((size, size), bool)
+    optical = {f"O{k}": (when, west if k % 2 else clear, None) for k, when in enumerate(dates)}
+    sar = {f"S{k}": when + timedelta(days=1) for k, when in enumerate(dates)}
+    return make_archive(root, size, optical, sar, texture=True, bright_clouds=True, dem=dem)
 
 
 def crop_flip_rot(a: np.ndarray, y: int, x: int, size: int, k: int, flip: bool) -> np.ndarray:

@@ -25,11 +25,11 @@ import torch
 from helpers_archive import (
     DEM_EAST,
     DEM_SOUTH,
+    alternating_archive,
     augmented_draws,
     crop_flip_rot,
     d,
     dem_elevation,
-    make_archive,
     write_dem,
 )
 
@@ -57,13 +57,7 @@ TINY = ["model.overrides.widths=[8, 8, 8]", "model.overrides.dem_width=8"]
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    west = np.zeros((N, N), bool)
-    west[:, : N // 2] = True
-    clear = np.zeros((N, N), bool)
-    optical = {f"O{k}": (when, west if k % 2 else clear, None) for k, when in enumerate(DATES)}
-    sar = {f"S{k}": when + timedelta(days=1) for k, when in enumerate(DATES)}
-    return make_archive(tmp_path_factory.mktemp("dem_archive"), N, optical, sar, texture=True, bright_clouds=True,
-                        dem=True)  # fmt: skip
+    return alternating_archive(tmp_path_factory.mktemp("dem_archive"), N, DATES, dem=True)
 
 
 @pytest.fixture(scope="module")

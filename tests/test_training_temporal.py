@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_archive import augmented_draws, crop_flip_rot, d, make_archive, optical_dn
+from helpers_archive import alternating_archive, augmented_draws, crop_flip_rot, d, optical_dn
 
 from engine.errors import EngineError, InputError
 from engine.models import weights as model_weights
@@ -35,12 +35,7 @@ TINY_MSOP = "model.overrides.widths=[8, 8, 8]"
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    west = np.zeros((N, N), bool)
-    west[:, : N // 2] = True
-    clear = np.zeros((N, N), bool)
-    optical = {f"O{k}": (when, west if k % 2 else clear, None) for k, when in enumerate(DATES)}
-    sar = {f"S{k}": when + timedelta(days=1) for k, when in enumerate(DATES)}
-    return make_archive(tmp_path_factory.mktemp("msop_archive"), N, optical, sar, texture=True, bright_clouds=True)
+    return alternating_archive(tmp_path_factory.mktemp("msop_archive"), N, DATES)
 
 
 @pytest.fixture(scope="module")
