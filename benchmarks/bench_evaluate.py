@@ -41,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness import add_child_arguments, generate_in_child
+
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = (500_000.0, 5_100_000.0)
 RES = 3.0
@@ -188,9 +190,7 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=300, help="evaluate --tile-size (default 300, the CLI's)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated scenes and reports")
-    parser.add_argument("--child", choices=["generate"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    add_child_arguments(parser, ["generate"])
     args = parser.parse_args()
     if args.child == "generate":
         generate(args.size, args.folder)
@@ -203,10 +203,7 @@ def main() -> None:
     try:
         for size in args.sizes:
             folder = work / str(size)
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--child", "generate", "--size", str(size), "--folder",
-                            str(folder)], check=True)  # fmt: skip
-            gen = time.perf_counter() - t0
+            gen = generate_in_child(__file__, size, folder)
             print(f"{size}²: scene generated in {gen:.1f} s; running engine evaluate …", file=sys.stderr, flush=True)
             row = measure(folder, args.tile_size)
             row["generate_seconds"] = round(gen, 1)

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import add_child_arguments, generate_in_child
+
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = (500_000.0, 5_100_000.0)
 RES = 3.0
@@ -196,9 +198,8 @@ def main() -> None:
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive path")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="no 512² warm-up run")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")
-    parser.add_argument("--child", choices=["generate", "measure"], help=argparse.SUPPRESS)
+    add_child_arguments(parser, ["generate", "measure"], size=False)  # --size is public here
     parser.add_argument("--mode", choices=["fast", "naive"], help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "generate":
         generate(args.size, args.folder)
@@ -210,10 +211,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aligncr-bench-inference-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--child", "generate", "--size", str(args.size), "--folder",
-                        str(work / "scene")], check=True)  # fmt: skip
-        subprocess.run([sys.executable, __file__, "--child", "generate", "--size", "512", "--folder",
-                        str(work / "warmup")], check=True)  # fmt: skip
+        generate_in_child(__file__, args.size, work / "scene")
+        generate_in_child(__file__, 512, work / "warmup")
         print(f"generated {args.size}² scene in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if args.weights is None:
             args.weights = _random_weights(args.model, work)

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import add_child_arguments, generate_in_child
+
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = (500_000.0, 5_100_000.0)
 RES = 3.0
@@ -99,9 +101,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir in /tmp)")
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--child", choices=["generate", "measure"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    add_child_arguments(parser, ["generate", "measure"])
     args = parser.parse_args()
     if args.child == "generate":
         generate(args.size, args.folder)
@@ -115,10 +115,7 @@ def main() -> None:
     try:
         for size in args.sizes:
             folder = work / str(size)
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--child", "generate", "--size", str(size), "--folder",
-                            str(folder)], check=True)  # fmt: skip
-            gen = time.perf_counter() - t0
+            gen = generate_in_child(__file__, size, folder)
             out = subprocess.run([sys.executable, __file__, "--child", "measure", "--folder", str(folder), "--tile",
                                   str(args.tile)], check=True, capture_output=True, text=True)  # fmt: skip
             row = json.loads(out.stdout.strip().splitlines()[-1])
