@@ -96,7 +96,8 @@ def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
 def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> None:
     """Device, tile grid, batch and output format: shared by ``run`` and ``batch`` (defaults: :class:`RunConfig`)."""
     default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    parser.add_argument("--device", default=default["device"], help=f"auto | cpu | cuda | cuda:N{where} (default auto)")
+    parser.add_argument("--device", default=default["device"],
+                        help=f"auto | cpu | cuda | cuda:N{where} (default {default['device']})")  # fmt: skip
     parser.add_argument("--tile", type=int, default=default["tile"],
                         help=f"tile size in pixels (default {default['tile']})")  # fmt: skip
     parser.add_argument("--overlap", type=int, default=default["overlap"],
