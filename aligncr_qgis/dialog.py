@@ -167,6 +167,19 @@ class AlignCRDialog(QDialog):
         form.addRow("Land cover (optional)", self.landcover_combo)
         self.mask_combo = raster_combo(True)
         form.addRow("Cloud mask (optional)", self.mask_combo)
+        keep_row = QHBoxLayout()
+        self.only_cloudy_check = QCheckBox("Replace only the masked cloud", self)
+        self.only_cloudy_check.setToolTip(
+            "Keep every pixel the cloud mask calls clear exactly as in the input; only the cloud takes the "
+            "model's output, blended into the input over the feather width beyond the mask's edge. Off: the "
+            "model's output everywhere, as in the paper."
+        )
+        self.feather_spin = _spin(0, 512, 1, " px")
+        self.feather_spin.setToolTip("Blend width beyond the mask's edge (0 = hard edge)")
+        keep_row.addWidget(self.only_cloudy_check, 1)
+        keep_row.addWidget(QLabel("Feather"))
+        keep_row.addWidget(self.feather_spin)
+        form.addRow("", keep_row)
         self.reference_combo = raster_combo(True)
         form.addRow("Cloud-free reference (optional)", self.reference_combo)
         self.dem_combo = raster_combo(True)
@@ -309,6 +322,8 @@ class AlignCRDialog(QDialog):
         for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, self.dem_combo,
                       *self.extra_combos.values()):
             combo.layerChanged.connect(self.validate)
+        self.mask_combo.layerChanged.connect(self._on_mask_changed)
+        self.only_cloudy_check.toggled.connect(self._on_mask_changed)
         for edit in self.date_edits.values():
             edit.textChanged.connect(self.validate)
         for combo in (*self.optical_band_combos.values(), *self.sar_band_combos.values()):
@@ -336,6 +351,9 @@ class AlignCRDialog(QDialog):
         self.ndvi_check.setChecked(s.make_ndvi)
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
+        self.only_cloudy_check.setChecked(s.only_cloudy)
+        self.feather_spin.setValue(s.cloud_feather)
+        self._on_mask_changed()
         self._fill_devices()
         self._fill_models()
         self._on_extent_mode()
@@ -354,6 +372,8 @@ class AlignCRDialog(QDialog):
         s.make_ndvi = self.ndvi_check.isChecked()
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
+        s.only_cloudy = self.only_cloudy_check.isChecked()
+        s.cloud_feather = self.feather_spin.value()
         if self.output_widget.filePath():
             s.output_dir = os.path.dirname(self.output_widget.filePath())
         s.save()
@@ -410,6 +430,12 @@ class AlignCRDialog(QDialog):
             if folder:
                 self.output_widget.setFilePath(os.path.join(folder, f"{layer.name()}_declouded.tif"))
         self.validate()
+
+    def _on_mask_changed(self, *_: Any) -> None:
+        """Only-cloudy needs a mask; the feather only means something when only-cloudy is on."""
+        has_mask = self.mask_combo.currentLayer() is not None
+        self.only_cloudy_check.setEnabled(has_mask)
+        self.feather_spin.setEnabled(has_mask and self.only_cloudy_check.isChecked())
 
     def _on_sar_changed(self, *_: Any) -> None:
         layer = self.sar_combo.currentLayer()
@@ -767,6 +793,8 @@ class AlignCRDialog(QDialog):
             **{key: paths.get(key) for key in EXTRA_LAYERS},
             **extras,  # the typed dates
             dem=paths.get("dem"),
+            only_cloudy=inp.mask is not None and self.only_cloudy_check.isChecked(),
+            cloud_feather=self.feather_spin.value(),
         )
 
     def run(self) -> EngineTask | None:

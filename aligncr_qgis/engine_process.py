@@ -87,6 +87,8 @@ class RunRequest:
     date_prev: str | None = None
     date_next: str | None = None
     dem: str | None = None  # elevation raster for models built with dem=True (Cresson U-Nets)
+    only_cloudy: bool = False  # with a mask: keep the clear pixels as the input (engine.composite)
+    cloud_feather: int | None = None  # blend width beyond the mask, px; None = the engine's default
 
     def to_args(self) -> list[str]:
         args = ["run", "--optical", self.optical, *(["--sar", self.sar] if self.sar else []), "--out", self.out]
@@ -121,6 +123,10 @@ class RunRequest:
             args += ["--sar-resampling", self.sar_resampling]
         if self.cog:
             args.append("--cog")
+        if self.only_cloudy:
+            args.append("--only-cloudy")
+            if self.cloud_feather is not None:
+                args += ["--cloud-feather", str(int(self.cloud_feather))]
         return args
 
 

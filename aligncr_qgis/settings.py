@@ -29,6 +29,8 @@ class PluginSettings:
     batch: int = 4
     sar_units: str = "auto"
     cog: bool = False
+    only_cloudy: bool = False  # with a cloud mask: replace only the cloud, keep the clear pixels
+    cloud_feather: int = 8
     add_to_map: bool = True
     make_ndvi: bool = False
     write_report: bool = False

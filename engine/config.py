@@ -23,6 +23,7 @@ DEFAULT_BANDS = (1, 2, 3, 4)  # PlanetScope B, G, R, NIR
 DEFAULT_SAR_BANDS = (1, 2)  # VV, VH
 TEMPORAL_PATHS = ("optical_prev", "sar_prev", "optical_next", "sar_next")  # the extra dates' rasters
 DATE_FIELDS = ("date", "date_prev", "date_next")
+MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
 
 
 def flag(field_name: str) -> str:
@@ -49,6 +50,10 @@ class RunConfig:
     the pipeline says so in one line for any other model. ``out`` is keyword-only (it follows the optional ``sar``).
     ``dem`` is a one-band elevation raster in metres (any CRS/resolution) for models built with ``dem=True`` (the
     Cresson 2022 U-Nets; see :mod:`engine.dem`); other models ignore it with a warning.
+
+    ``only_cloudy`` keeps every pixel that ``mask`` does not mark as cloud exactly as the input and puts the
+    model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.composite`); off,
+    the output is the model's everywhere, as in the paper.
     """
 
     optical: Path
@@ -79,6 +84,8 @@ class RunConfig:
     date_prev: datetime | None = None
     date_next: datetime | None = None
     dem: Path | None = None
+    only_cloudy: bool = False
+    cloud_feather: int = 8
 
     def __post_init__(self) -> None:
         for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem",
@@ -111,6 +118,10 @@ class RunConfig:
             raise InputError(
                 f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
             )
+        if self.only_cloudy and self.mask is None:
+            raise InputError("--only-cloudy needs --mask: a cloud mask (1 band, 1 = cloud, or Planet UDM2)")
+        if not 0 <= self.cloud_feather <= MAX_FEATHER:
+            raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {self.cloud_feather}")
         for name, value, allowed in (
             ("--sar-units", self.sar_units, SAR_UNITS),
             ("--optical-scale", self.optical_scale, OPTICAL_SCALES),

@@ -22,6 +22,10 @@ cloudy one, aligned, normalised and read per chunk window like the main inputs; 
 cover is left as the input. A model whose config says ``fill_only_cloudy`` (``gapfill``) changes only the pixels
 ``--mask`` marks as cloud when a mask is given (the others are copied from the input bit for bit).
 
+``--only-cloudy`` does the same for any model, with the cut feathered over ``--cloud-feather`` pixels
+(:mod:`engine.composite`): clear pixels beyond the feather are the input bit for bit, cloud pixels are the model's
+output, and the result does not depend on the chunking (the mask is read with a halo of the feather's width).
+
 A model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``) runs without ``--sar``: no SAR is
 opened (a given one is ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is
 held back for lack of SAR, and the result says ``sar_used = False`` (also in the report's run settings). Any other
@@ -57,6 +61,7 @@ from torch import nn
 from engine import normalise
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
+from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
@@ -338,6 +343,7 @@ class _ChunkData:
     batches: list[_TileBatch]
     mask: np.ndarray | None
     use_ok: np.ndarray  # where the model's output may be used: optical, SAR and every extra input valid
+    weight: np.ndarray | None = None  # only-cloudy runs: the model output's weight on the output window
 
 
 def _read_chunk(
@@ -377,10 +383,33 @@ def _read_chunk(
             o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
             s = pinned(np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx]), device)
         batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
-    mask = None
+    mask = weight = None
     if inp.mask_reader is not None and chunk.out_h > 0 and chunk.out_w > 0:
-        mask = inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h))
-    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok)
+        feather = _composite_feather(config, inp)
+        if feather is None:
+            mask = inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h))
+        else:  # read a halo around the output window so the feathering does not depend on the chunks
+            hx, hy, hw, hh = halo_window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h, feather, spec.width,
+                                         spec.height)  # fmt: skip
+            halo = inp.mask_reader.read(Window(hx, hy, hw, hh))
+            cloud = cloud_mask_from_bands(np.nan_to_num(halo, nan=0.0), inp.mask.nodata) & np.isfinite(halo).all(0)
+            iy, ix = chunk.out_y - hy, chunk.out_x - hx
+            inner = (slice(iy, iy + chunk.out_h), slice(ix, ix + chunk.out_w))
+            mask = halo[(slice(None), *inner)]
+            weight = cloud_weight(cloud, feather)[inner]
+    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok, weight)
+
+
+def _composite_feather(config: RunConfig, inp: _Inputs) -> int | None:
+    """Feather (px) when only the cloudy pixels take the model's output (--only-cloudy, or a ``fill_only_cloudy``
+    model such as gapfill: a hard cut), None when the model's output is used everywhere."""
+    if inp.mask is None:
+        return None
+    if config.only_cloudy:
+        return config.cloud_feather
+    if inp.temporal is not None and inp.temporal.fill_only_cloudy:
+        return 0
+    return None
 
 
 def run(
@@ -552,15 +581,15 @@ def _process_chunk(
     out = raw[:, :h, :w].copy()
     with_sar = opt_ok[:h, :w] & sar_ok[:h, :w]
     use = data.use_ok[:h, :w]
-    cloud = None
     if data.mask is not None and inp.mask is not None:
         m = data.mask
         m_ok = np.isfinite(m).all(axis=0) & opt_ok[:h, :w]
-        cloud = cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok
-        counts["cloud"] += int(cloud.sum())
+        counts["cloud"] += int((cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok).sum())
         counts["mask_valid"] += int(m_ok.sum())
-    if cloud is not None and inp.temporal is not None and inp.temporal.fill_only_cloudy:
-        use = use & cloud
+    if data.weight is not None:  # only the cloud (feathered) takes the model's output; the rest stays the input
+        use = use & (data.weight > 0)
+        original = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)  # unclipped
+        blended = mix(blended, original, data.weight)
     pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
     for k, b in enumerate(inp.band_index):
         out[b][use] = pred[k][use]

@@ -68,6 +68,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
     OPTICAL_SCALE, SAR_RESAMPLING = "OPTICAL_SCALE", "SAR_RESAMPLING"
     OUTPUT, REPORT = "OUTPUT", "REPORT"
     DEM = "DEM"
+    ONLY_CLOUDY, CLOUD_FEATHER = "ONLY_CLOUDY", "CLOUD_FEATHER"
     # extra dates of temporal models: parameter name → (RunRequest field, label)
     EXTRA_LAYERS = {
         "OPTICAL_PREV": ("optical_prev", "Optical image before the cloudy one (t−1; temporal models)"),
@@ -100,6 +101,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "cloudy one — msop-unet the optical and SAR pairs, gapfill the optical ones and their acquisition "
             "times (read from the files' metadata unless given). With a cloud mask, gapfill fills only the cloudy "
             "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
+            "'Replace only the masked cloud' (needs the cloud mask) keeps every clear pixel exactly as the input "
+            "and blends the model's output into it over the feather width beyond the mask (advanced).\n"
             "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
             "elevation raster in metres, any CRS (reprojected bilinearly).\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
@@ -123,6 +126,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
                             (self.REFERENCE, "Cloud-free reference (metrics in the report)"),
                             (self.DEM, "DEM, elevation in metres (models built with a DEM input)")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.ONLY_CLOUDY, "Replace only the masked cloud (keep clear pixels as the input; needs the cloud mask)",
+            defaultValue=False))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
                                                        defaultValue="identity"))
         for name, (_field, label) in self.EXTRA_LAYERS.items():
@@ -142,6 +148,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
             QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 4,
                                          minValue=1, maxValue=512),
             QgsProcessingParameterBoolean(self.COG, "Write a cloud-optimised GeoTIFF", defaultValue=False),
+            QgsProcessingParameterNumber(self.CLOUD_FEATHER, "Feather beyond the cloud mask (px; with 'Replace only "
+                                         "the masked cloud')", QgsProcessingParameterNumber.Integer, 8, minValue=0,
+                                         maxValue=512),
             QgsProcessingParameterEnum(self.OPTICAL_SCALE, "Optical units",
                                        ["Auto-detect", "Digital numbers (reflectance × 10⁴)", "Reflectance 0–1"],
                                        defaultValue=0),
@@ -167,6 +176,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
                 f"the optical CRS {optical_layer.crs().authid()} is not projected in metres; reproject it first "
                 "(e.g. with gdal:warpreproject to its UTM zone)"
             )
+        only_cloudy = self.parameterAsBool(parameters, self.ONLY_CLOUDY, context)
+        if only_cloudy and not parameters.get(self.MASK):
+            raise QgsProcessingException("'Replace only the masked cloud' needs a cloud mask layer")
         paths: dict[str, str | None] = {
             "optical": self.raster_path(parameters, self.OPTICAL, context),
             "sar": self.raster_path(parameters, self.SAR, context, optional=True),  # the engine says who needs it
@@ -222,6 +234,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             dem=paths["dem"],
             optical_scale=SCALES[self.parameterAsEnum(parameters, self.OPTICAL_SCALE, context)],
             sar_resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.SAR_RESAMPLING, context)],
+            only_cloudy=only_cloudy,
+            cloud_feather=self.parameterAsInt(parameters, self.CLOUD_FEATHER, context),
             **{field: paths[field] for field, _label in self.EXTRA_LAYERS.values()},
             **{field: self.parameterAsString(parameters, name, context).strip() or None
                for name, (field, _label) in self.EXTRA_DATES.items()},

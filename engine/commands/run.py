@@ -94,7 +94,8 @@ def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> None:
-    """Device, tile grid, batch and output format: shared by ``run`` and ``batch`` (defaults: :class:`RunConfig`)."""
+    """Device, tile grid, batch, output format and compositing: shared by ``run`` and ``batch`` (defaults:
+    :class:`RunConfig`)."""
     default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     parser.add_argument("--device", default=default["device"],
                         help=f"auto | cpu | cuda | cuda:N{where} (default {default['device']})")  # fmt: skip
@@ -105,6 +106,12 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> No
     parser.add_argument("--batch", type=int, default=default["batch"],
                         help=f"tiles per forward pass (default {default['batch']})")  # fmt: skip
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFF output with overviews")
+    parser.add_argument("--only-cloudy", action="store_true",
+                        help="replace only the pixels --mask marks as cloud; keep every clear pixel as the input "
+                             "(default: the model's output everywhere, as in the paper)")  # fmt: skip
+    parser.add_argument("--cloud-feather", type=int, metavar="PX", default=default["cloud_feather"],
+                        help="with --only-cloudy: blend model and input over this many pixels beyond the mask "
+                             f"(0 = hard edge; default {default['cloud_feather']})")  # fmt: skip
 
 
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +162,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         date_prev=args.date_prev,
         date_next=args.date_next,
         dem=args.dem,
+        only_cloudy=args.only_cloudy,
+        cloud_feather=args.cloud_feather,
     )
 
 
