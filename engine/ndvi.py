@@ -21,6 +21,8 @@ from rasterio.windows import Window
 from engine.errors import InputError
 from engine.metrics import ndvi_classes
 from engine.progress import Progress
+from engine.provenance import RasterMetadata, read_metadata
+from engine.provenance import apply as apply_metadata
 from engine.report.geotiff import atomic_geotiff, layer_profile
 
 NDVI_NODATA = -9999.0
@@ -106,6 +108,8 @@ def write_ndvi(
                 valid = (masks[0] > 0) & (masks[1] > 0)
                 dst.write(ndvi(red, nir, valid), 1, window=win)
                 progress.update((i + 1) / len(windows), "NDVI")
+            # the scene's own tags (acquisition time, and how a declouded input was made) describe the NDVI too
+            apply_metadata(dst, RasterMetadata(tags=read_metadata(src).tags))
             dst.update_tags(1, DESCRIPTION="NDVI = (NIR - Red) / (NIR + Red)", RED_BAND=red_band, NIR_BAND=nir_band)
             dst.set_band_description(1, "NDVI")
     return out_path

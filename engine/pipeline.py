@@ -69,6 +69,7 @@ from engine.errors import EngineError, InputError, ModelError
 from engine.masks import cloud_mask_from_bands
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning
+from engine.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
 from engine.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
     check_bands,
@@ -148,6 +149,7 @@ class LoadedModel:
     in_bands: int
     norm: normalise.NormalisationConfig
     card: dict | None = None
+    weights: Path | None = None  # the file the network was loaded from (None: a model without weights)
 
 
 def default_model_name() -> str:
@@ -195,7 +197,8 @@ def load_model(config: RunConfig, device: torch.device) -> LoadedModel:
     cfg = getattr(module, "cfg", None)
     in_bands = int(getattr(cfg, "in_bands", 4))
     module.eval().to(device)
-    return LoadedModel(module=module, name=name, in_bands=in_bands, norm=norm, card=card_dict)
+    return LoadedModel(module=module, name=name, in_bands=in_bands, norm=norm, card=card_dict,
+                       weights=Path(weights) if weights is not None else None)
 
 
 @dataclass
@@ -292,7 +295,27 @@ def _sar_fill(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConf
     return sar_fill(inp.sar, config.sar_bands, inp.sar_units, norm)
 
 
-def _output_spec(config: RunConfig, inp: _Inputs) -> OutputSpec:
+def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner,
+                     device_name: str) -> RasterMetadata:
+    """The input's metadata plus how this output was made (:mod:`engine.provenance`)."""
+    settings: dict[str, object] = {
+        "bands": list(config.bands), "sar_bands": list(config.sar_bands), "tile": config.tile,
+        "overlap": config.overlap, "sar_units": inp.sar_units, "sar_resampling": config.sar_resampling,
+        "optical_scale": inp.optical_scale, "dtype": runner.describe()["dtype"], "device": device_name,
+        "only_cloudy": config.only_cloudy,
+    }  # fmt: skip
+    if config.only_cloudy:
+        settings["cloud_feather"] = config.cloud_feather
+    inputs = {"optical": config.optical, "sar": config.sar if inp.sar is not None else None, "mask": config.mask,
+              "dem": config.dem if inp.dem is not None else None}  # fmt: skip
+    if inp.temporal is not None:
+        inputs.update(config.temporal_paths())
+    tags = processing_tags(model=model.name, only_masked_cloud=_composite_feather(config, inp) is not None,
+                           weights=model.weights, inputs=inputs, settings=settings)
+    return with_processing(read_metadata(inp.optical), tags)
+
+
+def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | None = None) -> OutputSpec:
     opt = inp.optical
     dtype = np.result_type(*[np.dtype(d) for d in opt.dtypes]).name
     descriptions: list[str | None] = []
@@ -311,6 +334,7 @@ def _output_spec(config: RunConfig, inp: _Inputs) -> OutputSpec:
         nodata=opt.nodata,
         descriptions=tuple(descriptions),
         block_height=output_block_height(TileGrid(opt.height, opt.width, config.tile, config.overlap), config.chunk),
+        metadata=metadata,
     )
 
 
@@ -465,11 +489,11 @@ def run(
         stack.callback(runner.close)
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
         inp.sar_fill = _sar_fill(config, inp, model.norm)
-        spec = _output_spec(config, inp)
+        device_name = describe_device(device)
+        spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name))
         grid = TileGrid(spec.height, spec.width, config.tile, config.overlap)
         plan = chunks(grid, config.chunk)
         total = len(grid)
-        device_name = describe_device(device)
         log.info(
             "%s on %s: %d×%d px, %d tiles of %d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
             model.name, device_name, spec.width, spec.height, total, config.tile, config.overlap, config.batch,

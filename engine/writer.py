@@ -27,6 +27,8 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from engine.errors import OutputError
+from engine.provenance import RasterMetadata, folded
+from engine.provenance import apply as apply_metadata
 
 BLOCK = 512
 
@@ -44,6 +46,7 @@ class OutputSpec:
     nodata: float | None
     descriptions: tuple[str | None, ...]
     block_height: int = BLOCK  # see engine.tiling.output_block_height: chosen so chunk rows fill whole blocks
+    metadata: RasterMetadata | None = None  # tags, band tags, scales/offsets, units (engine.provenance)
 
 
 def check_output_path(out: Path, inputs: list[Path]) -> None:
@@ -123,6 +126,8 @@ class AtomicGeoTIFFWriter:
         for i, desc in enumerate(s.descriptions, start=1):
             if desc:
                 self._ds.set_band_description(i, desc)
+        if s.metadata is not None:  # the COG copy keeps only the default domain: fold the others into it
+            apply_metadata(self._ds, folded(s.metadata) if self.cog else s.metadata)
         return self
 
     def write(self, data: np.ndarray, window: Window) -> None:
