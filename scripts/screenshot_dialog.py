@@ -123,6 +123,7 @@ def inner() -> None:  # runs inside QGIS, with the real iface
         dlg.sar_combo.setLayer(layers["s1"])
         dlg.landcover_combo.setLayer(layers["landcover"])
         dlg.mask_combo.setLayer(layers["cloud_mask"])
+        dlg.only_cloudy_check.setChecked(True)
         dlg.reference_combo.setLayer(layers["cloudfree"])
         dlg.output_widget.setFilePath(str(work / "cloudy_declouded.tif"))
         dlg.select_model("aligncr-lite")
