@@ -66,6 +66,7 @@ from engine.config import RunConfig
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
+from engine.gapfill import DATE_TAGS
 from engine.masks import cloud_mask_from_bands
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning
@@ -312,7 +313,13 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         inputs.update(config.temporal_paths())
     tags = processing_tags(model=model.name, only_masked_cloud=_composite_feather(config, inp) is not None,
                            weights=model.weights, inputs=inputs, settings=settings)
-    return with_processing(read_metadata(inp.optical), tags)
+    metadata = with_processing(read_metadata(inp.optical), tags)
+    if inp.temporal is not None and config.date is not None and not any(
+        t.get(k) for t in metadata.tags.values() for k in DATE_TAGS
+    ):
+        # a time given on the command line (the file had none): the output carries it, so it can be chained
+        metadata.tags.setdefault("IMAGERY", {})["ACQUISITIONDATETIME"] = config.date.isoformat()
+    return metadata
 
 
 def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | None = None) -> OutputSpec:
@@ -477,6 +484,9 @@ def run(
             inp.coverage = 0.0
             log.info("model '%s' takes no SAR: none is used", model.name)
         inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress, warnings)
+        if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
+            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
+                             warnings, without="a cloud-mask value")  # fmt: skip
         require_dem(needs, config)
         if needs.uses_dem:
             assert config.dem is not None

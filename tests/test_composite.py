@@ -118,6 +118,19 @@ def test_udm2_mask_in_another_crs(tmp_path):
     assert (diff[:, :, :25] == 1000).all() and (diff[:, :, 35:] == 0).all()  # left half cloud, right half clear
 
 
+def test_a_mask_covering_part_of_the_scene_is_a_warning(tmp_path, scene):
+    opt, sar, _mask = scene
+    half = np.ones((1, H, W // 2), np.uint8)  # on the optical grid's origin: the western half only, all cloud
+    mask = write_mask(tmp_path / "half.tif", half, like=opt)
+    out = tmp_path / "o.tif"
+    result = run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", tile=32, overlap=8,
+                           only_cloudy=True, cloud_feather=0))  # fmt: skip
+    assert any(w.startswith("cloud mask covers only 50.0%") for w in result.warnings), result.warnings
+    with rasterio.open(opt) as a, rasterio.open(out) as b:
+        diff = b.read().astype(np.int64) - a.read().astype(np.int64)
+    assert (diff[:, :, : W // 2] == 1000).all() and (diff[:, :, W // 2 :] == 0).all()
+
+
 def test_only_cloudy_needs_a_mask_and_a_sane_feather(tmp_path, scene):
     opt, sar, _mask = scene
     with pytest.raises(InputError, match="--only-cloudy needs --mask"):

@@ -162,6 +162,22 @@ def test_command_line_dates_override_tags(tmp_path: Path, linear_scene: dict) ->
     assert np.abs(_read(out2).astype(float) - linear_scene["truth"]).max() > 50
 
 
+def test_a_date_given_on_the_command_line_is_written_into_the_output(tmp_path: Path, linear_scene: dict) -> None:
+    from engine.gapfill import read_acquisition_date
+
+    with rasterio.open(linear_scene["optical"], "r+") as ds:
+        ds.update_tags(TIFFTAG_DATETIME="")  # the cloudy image has no date of its own
+    out = tmp_path / "filled.tif"
+    run(_gapfill_config(linear_scene, out, date=T.isoformat()))
+    assert read_acquisition_date(out) == T  # so the filled image can be the t−1 or t+1 of the next gap-fill
+    tagged = tmp_path / "tagged.tif"
+    _tag(linear_scene["optical"], T)
+    run(_gapfill_config(linear_scene, tagged, date=(T + timedelta(hours=1)).isoformat()))
+    with rasterio.open(tagged) as ds:  # the file's own date is kept as it was, not overwritten
+        assert "ACQUISITIONDATETIME" not in ds.tags(ns="IMAGERY")
+        assert ds.tags()["TIFFTAG_DATETIME"] == T.strftime("%Y:%m:%d %H:%M:%S")
+
+
 def test_gapfill_without_any_date_names_the_flag(tmp_path: Path, linear_scene: dict) -> None:
     with rasterio.open(linear_scene["prev"], "r+") as ds:
         ds.update_tags(TIFFTAG_DATETIME="")
