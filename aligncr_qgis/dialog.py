@@ -168,11 +168,12 @@ class AlignCRDialog(QDialog):
         self.mask_combo = raster_combo(True)
         form.addRow("Cloud mask (optional)", self.mask_combo)
         keep_row = QHBoxLayout()
-        self.only_cloudy_check = QCheckBox("Replace only the masked cloud", self)
+        self.only_cloudy_check = QCheckBox("Replace only the cloud, keep clear pixels", self)
         self.only_cloudy_check.setToolTip(
-            "Keep every pixel the cloud mask calls clear exactly as in the input; only the cloud takes the "
-            "model's output, blended into the input over the feather width beyond the mask's edge. Off: the "
-            "model's output everywhere, as in the paper."
+            "Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended into "
+            "the input over the feather width beyond the cloud's edge. The cloud is the cloud mask's when one is "
+            "chosen, else the clouds detected on the optical image (bright, flat pixels; a real mask is better). "
+            "Off: the model's output everywhere, as in the paper."
         )
         self.feather_spin = _spin(0, 512, 1, " px")
         self.feather_spin.setToolTip("Blend width beyond the mask's edge (0 = hard edge)")
@@ -432,10 +433,8 @@ class AlignCRDialog(QDialog):
         self.validate()
 
     def _on_mask_changed(self, *_: Any) -> None:
-        """Only-cloudy needs a mask; the feather only means something when only-cloudy is on."""
-        has_mask = self.mask_combo.currentLayer() is not None
-        self.only_cloudy_check.setEnabled(has_mask)
-        self.feather_spin.setEnabled(has_mask and self.only_cloudy_check.isChecked())
+        """The feather only means something when only-cloudy is on."""
+        self.feather_spin.setEnabled(self.only_cloudy_check.isChecked())
 
     def _on_sar_changed(self, *_: Any) -> None:
         layer = self.sar_combo.currentLayer()
@@ -793,7 +792,7 @@ class AlignCRDialog(QDialog):
             **{key: paths.get(key) for key in EXTRA_LAYERS},
             **extras,  # the typed dates
             dem=paths.get("dem"),
-            only_cloudy=inp.mask is not None and self.only_cloudy_check.isChecked(),
+            only_cloudy=self.only_cloudy_check.isChecked(),
             cloud_feather=self.feather_spin.value(),
         )
 

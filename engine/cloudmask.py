@@ -23,6 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 T_CL = 0.2
+SCORE_WINDOW = 7  # the box filter over the cloud score
+DETECTOR_HALO = SCORE_WINDOW // 2  # pixels of context a window needs to give the whole image's cloud flags
 T_CSI = 3.0 / 4.0
 T_WBI = 5.0 / 6.0
 
@@ -40,7 +42,7 @@ def cloud_score(optical: np.ndarray) -> np.ndarray:
     score = np.minimum(score, _rescale(b + g + r, 0.2, 0.8))
     score = np.minimum(score, _rescale(nir, 0.15, 0.5))
     score = np.minimum(score, 1.0 - _rescale(whiteness, 0.1, 0.3))
-    return ndimage.uniform_filter(score, size=7, mode="nearest")
+    return ndimage.uniform_filter(score, size=SCORE_WINDOW, mode="nearest")
 
 
 def detect_clouds(optical: np.ndarray, threshold: float = T_CL) -> np.ndarray:

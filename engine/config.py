@@ -52,8 +52,9 @@ class RunConfig:
     Cresson 2022 U-Nets; see :mod:`engine.dem`); other models ignore it with a warning.
 
     ``only_cloudy`` keeps every pixel that ``mask`` does not mark as cloud exactly as the input and puts the
-    model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.composite`); off,
-    the output is the model's everywhere, as in the paper.
+    model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.composite`);
+    without ``mask`` the cloud is detected on the optical image (:mod:`engine.cloudmask`). Off, the output is the
+    model's everywhere, as in the paper.
     """
 
     optical: Path
@@ -118,8 +119,9 @@ class RunConfig:
             raise InputError(
                 f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
             )
-        if self.only_cloudy and self.mask is None:
-            raise InputError("--only-cloudy needs --mask: a cloud mask (1 band, 1 = cloud, or Planet UDM2)")
+        if self.only_cloudy and self.mask is None and len(self.bands) != 4:
+            raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
+                             f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip
         if not 0 <= self.cloud_feather <= MAX_FEATHER:
             raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {self.cloud_feather}")
         for name, value, allowed in (

@@ -25,6 +25,8 @@ cover is left as the input. A model whose config says ``fill_only_cloudy`` (``ga
 ``--only-cloudy`` does the same for any model, with the cut feathered over ``--cloud-feather`` pixels
 (:mod:`engine.composite`): clear pixels beyond the feather are the input bit for bit, cloud pixels are the model's
 output, and the result does not depend on the chunking (the mask is read with a halo of the feather's width).
+Without ``--mask`` the cloud is detected on the optical image (:func:`engine.cloudmask.detect_clouds`, with a
+warning saying so).
 
 A model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``) runs without ``--sar``: no SAR is
 opened (a given one is ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is
@@ -61,6 +63,7 @@ from torch import nn
 from engine import normalise
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
+from engine.cloudmask import DETECTOR_HALO, detect_clouds
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
 from engine.dem import DemInput, open_dem
@@ -415,8 +418,10 @@ def _read_chunk(
             s = pinned(np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx]), device)
         batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
     mask = weight = None
+    feather = _composite_feather(config, inp)
+    if inp.mask_reader is None and feather is not None and chunk.out_h > 0 and chunk.out_w > 0:
+        weight = _detected_cloud_weight(chunk, inp, feather, spec)
     if inp.mask_reader is not None and chunk.out_h > 0 and chunk.out_w > 0:
-        feather = _composite_feather(config, inp)
         if feather is None:
             mask = inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h))
         else:  # read a halo around the output window so the feathering does not depend on the chunks
@@ -431,14 +436,27 @@ def _read_chunk(
     return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok, weight)
 
 
+def _detected_cloud_weight(chunk: Chunk, inp: _Inputs, feather: int, spec: OutputSpec) -> np.ndarray:
+    """--only-cloudy without --mask: the weight from clouds detected on the optical image (:mod:`engine.cloudmask`),
+    read with a halo wide enough for the feather and the detector's smoothing window, so chunks do not matter."""
+    hx, hy, hw, hh = halo_window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h, feather + DETECTOR_HALO,
+                                 spec.width, spec.height)  # fmt: skip
+    raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
+    ok = valid_mask(raw, inp.optical.nodata)
+    reflectance = raw.astype(np.float32) / np.float32(inp.optical_scale)
+    reflectance[:, ~ok] = 0.0
+    cloud = detect_clouds(reflectance) & ok
+    iy, ix = chunk.out_y - hy, chunk.out_x - hx
+    return cloud_weight(cloud, feather)[iy : iy + chunk.out_h, ix : ix + chunk.out_w]
+
+
 def _composite_feather(config: RunConfig, inp: _Inputs) -> int | None:
-    """Feather (px) when only the cloudy pixels take the model's output (--only-cloudy, or a ``fill_only_cloudy``
-    model such as gapfill: a hard cut), None when the model's output is used everywhere."""
-    if inp.mask is None:
-        return None
+    """Feather (px) when only the cloudy pixels take the model's output (--only-cloudy: the mask's cloud, or the
+    detected one without a mask; a ``fill_only_cloudy`` model such as gapfill with a mask: a hard cut), None when
+    the model's output is used everywhere."""
     if config.only_cloudy:
         return config.cloud_feather
-    if inp.temporal is not None and inp.temporal.fill_only_cloudy:
+    if inp.mask is not None and inp.temporal is not None and inp.temporal.fill_only_cloudy:
         return 0
     return None
 
@@ -487,6 +505,10 @@ def run(
         if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
             checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
                              warnings, without="a cloud-mask value")  # fmt: skip
+        elif config.only_cloudy:
+            record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
+                           "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
+                           "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
         require_dem(needs, config)
         if needs.uses_dem:
             assert config.dem is not None

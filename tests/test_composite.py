@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import rasterio
@@ -11,6 +9,7 @@ from helpers_models import registered_test_models
 from helpers_rasters import write_mask, write_optical, write_sar
 
 from engine.cli import main
+from engine.cloudmask import detect_clouds
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
 from engine.errors import InputError
@@ -131,16 +130,41 @@ def test_a_mask_covering_part_of_the_scene_is_a_warning(tmp_path, scene):
     assert (diff[:, :, : W // 2] == 1000).all() and (diff[:, :, W // 2 :] == 0).all()
 
 
-def test_only_cloudy_needs_a_mask_and_a_sane_feather(tmp_path, scene):
-    opt, sar, _mask = scene
-    with pytest.raises(InputError, match="--only-cloudy needs --mask"):
-        run(RunConfig(optical=opt, sar=sar, out=tmp_path / "o.tif", only_cloudy=True))
+def test_without_a_mask_the_detected_clouds_are_replaced(tmp_path):
+    """Bright, flat clouds over dark vegetation, no --mask: the detector's clouds (whole-image detection) take the
+    model's output, feathered; the rest is the input; chunks change nothing; a warning says a mask is better."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    ground = np.array([400, 700, 500, 3000], np.float32)[:, None, None] + 100 * np.sin(xx / 5.0)[None]
+    cloudy = np.where(_blobs()[None], np.float32(6000), ground).astype(np.uint16)
+    opt = write_optical(tmp_path / "opt.tif", cloudy)
+    sar = write_sar(tmp_path / "s1.tif", like=opt)
+    feather = 4
+    expected = cloud_weight(detect_clouds(cloudy.astype(np.float32) / 10_000), feather)
+    assert 0.1 < (expected == 1).mean() < 0.5
+    outs = []
+    for chunk in (40, 1024):
+        out = tmp_path / f"o{chunk}.tif"
+        result = run(RunConfig(optical=opt, sar=sar, out=out, model="test-brighten", tile=32, overlap=8, chunk=chunk,
+                               only_cloudy=True, cloud_feather=feather))  # fmt: skip
+        assert any(w.startswith("no --mask: --only-cloudy replaces the clouds detected") for w in result.warnings)
+        with rasterio.open(out) as ds:
+            outs.append(ds.read().astype(np.int64))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0] - cloudy, np.broadcast_to(1000 * expected, cloudy.shape), atol=1)
+
+
+def test_bad_only_cloudy_settings(tmp_path, scene):
+    opt, sar, mask = scene
     with pytest.raises(InputError, match="--cloud-feather"):
-        run(RunConfig(optical=opt, sar=sar, out=tmp_path / "o.tif", mask=_mask, only_cloudy=True, cloud_feather=-2))
+        run(RunConfig(optical=opt, sar=sar, out=tmp_path / "o.tif", mask=mask, only_cloudy=True, cloud_feather=-2))
+    five = write_optical(tmp_path / "five.tif", bands=5)
+    with pytest.raises(InputError, match="detects clouds on B, G, R, NIR; --bands lists 5"):
+        run(RunConfig(optical=five, sar=sar, out=tmp_path / "o.tif", model="identity", bands=(1, 2, 3, 4, 5),
+                      only_cloudy=True))  # fmt: skip
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_cli_flags_and_batch_precheck(tmp_path, scene, capsys):
+def test_cli_flags(tmp_path, scene):
     opt, sar, mask = scene
     out = tmp_path / "cli.tif"
     args = ["run", "--optical", str(opt), "--sar", str(sar), "--mask", str(mask), "--out", str(out),
@@ -148,13 +172,3 @@ def test_cli_flags_and_batch_precheck(tmp_path, scene, capsys):
     assert main(args) == 0
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(), _run(scene, tmp_path / "api.tif", only_cloudy=True, cloud_feather=6))
-    manifest = tmp_path / "scenes.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["id", "optical", "sar", "out", "mask"])
-        writer.writeheader()
-        writer.writerow({"id": "a", "optical": opt, "sar": sar, "out": tmp_path / "a.tif", "mask": mask})
-        writer.writerow({"id": "b", "optical": opt, "sar": sar, "out": tmp_path / "b.tif", "mask": ""})
-    capsys.readouterr()
-    assert main(["batch", "--manifest", str(manifest), "--only-cloudy"]) == 2
-    assert "mask column is empty for b" in capsys.readouterr().err
-    assert not (tmp_path / "a.tif").exists()

@@ -1,5 +1,5 @@
-"""'Replace only the masked cloud' in a real (offscreen) QGIS: the dialog's check box follows the mask picker and
-reaches the engine as --only-cloudy / --cloud-feather; the Processing parameter runs end to end with real weights."""
+"""'Replace only the cloud' in a real (offscreen) QGIS: the dialog's check box and feather reach the engine as
+--only-cloudy / --cloud-feather (with or without a mask); the Processing parameter runs end to end with real weights."""
 
 from __future__ import annotations
 
@@ -39,17 +39,15 @@ def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
     return layer
 
 
-def test_dialog_check_box_needs_a_mask_and_reaches_the_engine(project, qgis_iface, tmp_path: Path) -> None:
+def test_dialog_check_box_reaches_the_engine(project, qgis_iface, tmp_path: Path) -> None:
     opt_path, sar_path = make_scene(tmp_path)
     dlg = AlignCRDialog(qgis_iface)
     try:
         dlg.optical_combo.setLayer(add(project, opt_path, "optical"))
         dlg.sar_combo.setLayer(add(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
-        dlg.mask_combo.setLayer(None)
-        assert not dlg.only_cloudy_check.isEnabled() and not dlg.feather_spin.isEnabled()
         dlg.mask_combo.setLayer(add(project, write_mask(opt_path, tmp_path / "mask.tif"), "mask"))
-        assert dlg.only_cloudy_check.isEnabled() and not dlg.feather_spin.isEnabled()
+        assert not dlg.only_cloudy_check.isChecked() and not dlg.feather_spin.isEnabled()
         dlg.only_cloudy_check.setChecked(True)
         dlg.feather_spin.setValue(5)
         assert dlg.feather_spin.isEnabled()
@@ -59,8 +57,9 @@ def test_dialog_check_box_needs_a_mask_and_reaches_the_engine(project, qgis_ifac
         dlg.only_cloudy_check.setChecked(False)
         assert "--only-cloudy" not in dlg.build_request(None).to_args()
         dlg.only_cloudy_check.setChecked(True)
-        dlg.mask_combo.setLayer(None)  # checked but no mask: nothing is asked of the engine
-        assert "--only-cloudy" not in dlg.build_request(None).to_args()
+        dlg.mask_combo.setLayer(None)  # no mask: the engine detects the clouds itself
+        args = dlg.build_request(None).to_args()
+        assert "--only-cloudy" in args and "--mask" not in args
     finally:
         close_dialog(dlg)  # saves the settings
     again = AlignCRDialog(qgis_iface)
@@ -76,7 +75,6 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     """The bundled aligncr-lite weights through `aligncr:declouding`: with ONLY_CLOUDY and a hard edge the clear
     pixels are the input bit for bit and the cloud is what the model writes without the option."""
     import processing
-    from qgis.core import QgsProcessingException
 
     from engine.pipeline import BUNDLED_WEIGHTS
 
@@ -101,7 +99,8 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     np.testing.assert_array_equal(outs["cloudy"][cloud], outs["all"][cloud])
     assert (outs["all"][clear] != original[clear]).mean() > 0.5  # without the option the model changes them
 
-    with pytest.raises(QgsProcessingException, match="needs a cloud mask layer"):
-        processing.run("aligncr:declouding", {k: v for k, v in params.items() if k != "MASK"}
-                       | {"ONLY_CLOUDY": True, "OUTPUT": str(tmp_path / "x.tif")})  # fmt: skip
-    assert not (tmp_path / "x.tif").exists()
+    # no mask: the clouds are detected on the optical image; this random scene has none, so nothing changes
+    processing.run("aligncr:declouding", {k: v for k, v in params.items() if k != "MASK"}
+                   | {"ONLY_CLOUDY": True, "OUTPUT": str(tmp_path / "detected.tif")})  # fmt: skip
+    with rasterio.open(tmp_path / "detected.tif") as ds:
+        np.testing.assert_array_equal(ds.read().astype(np.int32), original)

@@ -101,8 +101,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "cloudy one — msop-unet the optical and SAR pairs, gapfill the optical ones and their acquisition "
             "times (read from the files' metadata unless given). With a cloud mask, gapfill fills only the cloudy "
             "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
-            "'Replace only the masked cloud' (needs the cloud mask) keeps every clear pixel exactly as the input "
-            "and blends the model's output into it over the feather width beyond the mask (advanced).\n"
+            "'Replace only the cloud' keeps every clear pixel exactly as the input and blends the model's output "
+            "into it over the feather width beyond the cloud (advanced); the cloud is the cloud mask's, or without "
+            "one the clouds detected on the optical image (bright, flat pixels; a real mask is better).\n"
             "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
             "elevation raster in metres, any CRS (reprojected bilinearly).\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
@@ -127,7 +128,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
                             (self.DEM, "DEM, elevation in metres (models built with a DEM input)")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
-            self.ONLY_CLOUDY, "Replace only the masked cloud (keep clear pixels as the input; needs the cloud mask)",
+            self.ONLY_CLOUDY, "Replace only the cloud, keep clear pixels as the input (mask cloud, else detected)",
             defaultValue=False))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
                                                        defaultValue="identity"))
@@ -148,8 +149,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 4,
                                          minValue=1, maxValue=512),
             QgsProcessingParameterBoolean(self.COG, "Write a cloud-optimised GeoTIFF", defaultValue=False),
-            QgsProcessingParameterNumber(self.CLOUD_FEATHER, "Feather beyond the cloud mask (px; with 'Replace only "
-                                         "the masked cloud')", QgsProcessingParameterNumber.Integer, 8, minValue=0,
+            QgsProcessingParameterNumber(self.CLOUD_FEATHER, "Feather beyond the cloud (px; with 'Replace only the "
+                                         "cloud')", QgsProcessingParameterNumber.Integer, 8, minValue=0,
                                          maxValue=512),
             QgsProcessingParameterEnum(self.OPTICAL_SCALE, "Optical units",
                                        ["Auto-detect", "Digital numbers (reflectance × 10⁴)", "Reflectance 0–1"],
@@ -177,8 +178,6 @@ class DecloudingAlgorithm(EngineAlgorithm):
                 "(e.g. with gdal:warpreproject to its UTM zone)"
             )
         only_cloudy = self.parameterAsBool(parameters, self.ONLY_CLOUDY, context)
-        if only_cloudy and not parameters.get(self.MASK):
-            raise QgsProcessingException("'Replace only the masked cloud' needs a cloud mask layer")
         paths: dict[str, str | None] = {
             "optical": self.raster_path(parameters, self.OPTICAL, context),
             "sar": self.raster_path(parameters, self.SAR, context, optional=True),  # the engine says who needs it

@@ -35,14 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.batch import BatchConfig, ManifestError, default_summary_path, read_manifest, run_batch
+    from engine.batch import BatchConfig, default_summary_path, read_manifest, run_batch
 
     jobs = read_manifest(args.manifest)
-    unmasked = [job.id for job in jobs if job.mask is None]
-    if args.only_cloudy and unmasked:  # fail before any scene starts, not once per scene on the workers
-        raise ManifestError(
-            f"--only-cloudy needs a mask for every scene; the manifest's mask column is empty for {', '.join(unmasked)}"
-        )
     accel = accel_from_args(args)
     accel.validate()
     config = BatchConfig(

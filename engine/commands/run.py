@@ -107,8 +107,9 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> No
                         help=f"tiles per forward pass (default {default['batch']})")  # fmt: skip
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFF output with overviews")
     parser.add_argument("--only-cloudy", action="store_true",
-                        help="replace only the pixels --mask marks as cloud; keep every clear pixel as the input "
-                             "(default: the model's output everywhere, as in the paper)")  # fmt: skip
+                        help="replace only the pixels --mask marks as cloud (without --mask: the clouds detected on "
+                             "the optical image); keep every clear pixel as the input (default: the model's output "
+                             "everywhere, as in the paper)")  # fmt: skip
     parser.add_argument("--cloud-feather", type=int, metavar="PX", default=default["cloud_feather"],
                         help="with --only-cloudy: blend model and input over this many pixels beyond the mask "
                              f"(0 = hard edge; default {default['cloud_feather']})")  # fmt: skip
