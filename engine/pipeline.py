@@ -142,6 +142,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     accel: dict | None = None  # what the inference runner decided (dtype, channels_last, compiled, ...)
     sar_used: bool = True  # False: the model takes no SAR (gapfill); sar_coverage is then 0 and sar_units "none"
+    network_tiles: int = 0  # tiles the network ran on (the others lacked valid inputs, or --only-cloudy's cloud)
 
 
 @dataclass
@@ -405,49 +406,57 @@ def _read_chunk(
         dem, dem_ok = inp.dem.read(win)
         sar = PackedInputsAdapter.pack(sar, [dem])
         use_ok &= dem_ok
+    mask, weight = _chunk_mask_and_weight(chunk, config, inp, win, spec)
+    needed = use_ok if weight is None else use_ok & (weight > 0)  # a tile whose output nobody keeps is not run
     t = config.tile
     tiles = list(chunk.tiles)
     batches: list[_TileBatch] = []
     for i in range(0, len(tiles), config.batch):
         batch = tiles[i : i + config.batch]
         opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
-        run_idx = [j for j, tl in enumerate(batch) if _tile_slice(use_ok, tl, (y0, x0), t).any()]
+        run_idx = [j for j, tl in enumerate(batch) if _tile_slice(needed, tl, (y0, x0), t).any()]
         o = s = None
         if run_idx:
             o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
             s = pinned(np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx]), device)
         batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
-    mask = weight = None
-    feather = _composite_feather(config, inp)
-    if inp.mask_reader is None and feather is not None and chunk.out_h > 0 and chunk.out_w > 0:
-        weight = _detected_cloud_weight(chunk, inp, feather, spec)
-    if inp.mask_reader is not None and chunk.out_h > 0 and chunk.out_w > 0:
-        if feather is None:
-            mask = inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h))
-        else:  # read a halo around the output window so the feathering does not depend on the chunks
-            hx, hy, hw, hh = halo_window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h, feather, spec.width,
-                                         spec.height)  # fmt: skip
-            halo = inp.mask_reader.read(Window(hx, hy, hw, hh))
-            cloud = cloud_mask_from_bands(np.nan_to_num(halo, nan=0.0), inp.mask.nodata) & np.isfinite(halo).all(0)
-            iy, ix = chunk.out_y - hy, chunk.out_x - hx
-            inner = (slice(iy, iy + chunk.out_h), slice(ix, ix + chunk.out_w))
-            mask = halo[(slice(None), *inner)]
-            weight = cloud_weight(cloud, feather)[inner]
+    if weight is not None:
+        weight = weight[: chunk.out_h, : chunk.out_w]  # the output window starts at the read window's origin
     return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok, weight)
 
 
-def _detected_cloud_weight(chunk: Chunk, inp: _Inputs, feather: int, spec: OutputSpec) -> np.ndarray:
-    """--only-cloudy without --mask: the weight from clouds detected on the optical image (:mod:`engine.cloudmask`),
-    read with a halo wide enough for the feather and the detector's smoothing window, so chunks do not matter."""
-    hx, hy, hw, hh = halo_window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h, feather + DETECTOR_HALO,
-                                 spec.width, spec.height)  # fmt: skip
-    raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
-    ok = valid_mask(raw, inp.optical.nodata)
-    reflectance = raw.astype(np.float32) / np.float32(inp.optical_scale)
-    reflectance[:, ~ok] = 0.0
-    cloud = detect_clouds(reflectance) & ok
-    iy, ix = chunk.out_y - hy, chunk.out_x - hx
-    return cloud_weight(cloud, feather)[iy : iy + chunk.out_h, ix : ix + chunk.out_w]
+def _chunk_mask_and_weight(
+    chunk: Chunk, config: RunConfig, inp: _Inputs, win: Window, spec: OutputSpec
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The cloud mask on the chunk's output window (for the cloud fraction) and, when only the cloud takes the
+    model's output, that output's weight on the whole read window ``win``: tiles that lie where it is 0 everywhere
+    skip the network (no pixel they touch keeps the model's output, so the result is the same). The mask (or the
+    optical image, for detected clouds) is read with a halo of the feather's width (plus the detector's smoothing
+    context) so the weights do not depend on the chunks."""
+    feather = _composite_feather(config, inp)
+    has_out = chunk.out_h > 0 and chunk.out_w > 0
+    if feather is None:
+        if inp.mask_reader is None or not has_out:
+            return None, None
+        return inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)), None
+    extra = 0 if inp.mask_reader is not None else DETECTOR_HALO
+    hx, hy, hw, hh = halo_window(int(win.col_off), int(win.row_off), int(win.width), int(win.height),
+                                 feather + extra, spec.width, spec.height)  # fmt: skip
+    iy, ix = int(win.row_off) - hy, int(win.col_off) - hx
+    inner = (slice(iy, iy + int(win.height)), slice(ix, ix + int(win.width)))
+    mask = None
+    if inp.mask_reader is not None:
+        halo = inp.mask_reader.read(Window(hx, hy, hw, hh))
+        cloud = cloud_mask_from_bands(np.nan_to_num(halo, nan=0.0), inp.mask.nodata) & np.isfinite(halo).all(0)
+        if has_out:
+            mask = halo[:, iy : iy + chunk.out_h, ix : ix + chunk.out_w]
+    else:  # --only-cloudy without --mask: the clouds engine.cloudmask detects on the optical image
+        raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
+        ok = valid_mask(raw, inp.optical.nodata)
+        reflectance = raw.astype(np.float32) / np.float32(inp.optical_scale)
+        reflectance[:, ~ok] = 0.0
+        cloud = detect_clouds(reflectance) & ok
+    return mask, cloud_weight(cloud, feather)[inner]
 
 
 def _composite_feather(config: RunConfig, inp: _Inputs) -> int | None:
@@ -545,7 +554,7 @@ def run(
             inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
         if inp.dem is not None:
             inp.dem.open_reader(stack, inp.grid)
-        counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0}
+        counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0}
 
         def read(chunk: Chunk) -> _ChunkData:
             return _read_chunk(chunk, config, inp, model.norm, spec, device)
@@ -570,6 +579,7 @@ def run(
         model=model.name,
         device=device_name,
         total_tiles=total,
+        network_tiles=counts["network"],
         width=spec.width,
         height=spec.height,
         sar_coverage=counts["sar"] / valid if inp.sar is not None else 0.0,
@@ -585,7 +595,8 @@ def run(
         result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0))
         result.report_dir = Path(config.report)
         result.seconds = time.perf_counter() - t0
-    log.info("wrote %s in %.1f s", config.out, result.seconds)
+    log.info("wrote %s in %.1f s (%d of %d tiles through the network)", config.out, result.seconds,
+             result.network_tiles, total)  # fmt: skip
     return result
 
 
@@ -621,6 +632,7 @@ def _process_chunk(
     for batch in data.batches:
         preds = list(batch.fallback)
         if batch.run_idx:
+            counts["network"] += len(batch.run_idx)
             out = runner.predict(batch.optical, batch.sar)
             for j, p in zip(batch.run_idx, out):
                 preds[j] = p

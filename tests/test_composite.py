@@ -92,6 +92,25 @@ def test_only_cloudy_keeps_clear_pixels_and_feathers_the_edge(tmp_path, scene):
     np.testing.assert_allclose(out - original, np.broadcast_to(1000 * w, out.shape), atol=1)
 
 
+def test_tiles_away_from_the_cloud_skip_the_network(tmp_path):
+    """Only tiles that touch the cloud or its feather run the network; the result is what the whole run gives."""
+    opt = write_optical(tmp_path / "opt.tif", height=H, width=W)
+    sar = write_sar(tmp_path / "s1.tif", like=opt)
+    corner = np.zeros((1, H, W), np.uint8)
+    corner[:, :6, :6] = 1  # a small cloud in the top-left corner
+    mask = write_mask(tmp_path / "corner.tif", corner, like=opt)
+    common = dict(optical=opt, sar=sar, mask=mask, model="test-brighten", tile=32, overlap=8)
+    every = run(RunConfig(out=tmp_path / "every.tif", **common))
+    only = run(RunConfig(out=tmp_path / "only.tif", only_cloudy=True, cloud_feather=4, **common))
+    assert every.network_tiles == every.total_tiles == 16
+    assert only.network_tiles == 1  # the feather (≤ 10 px) stays inside the first tile's 32 px
+    with rasterio.open(opt) as a, rasterio.open(tmp_path / "every.tif") as e, rasterio.open(tmp_path / "only.tif") as o:
+        original, everywhere, got = (ds.read().astype(np.int64) for ds in (a, e, o))
+    w = cloud_weight(corner[0].astype(bool), 4)
+    np.testing.assert_array_equal(got[:, w == 1], everywhere[:, w == 1])
+    np.testing.assert_array_equal(got[:, w == 0], original[:, w == 0])
+
+
 def test_hard_edge_and_chunking_do_not_change_the_result(tmp_path, scene):
     with rasterio.open(scene[0]) as ds:
         original = ds.read().astype(np.int64)
