@@ -50,6 +50,19 @@ def parse_datetime(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def dataset_acquisition_date(ds: object) -> tuple[datetime, str] | None:
+    """(date, tag name) from an open rasterio dataset's tags, or None when it has none (or an unreadable one)."""
+    domains = [ds.tags(ns="IMAGERY"), ds.tags()]  # type: ignore[attr-defined]
+    for tag in DATE_TAGS:
+        for tags in domains:
+            if tags.get(tag):
+                try:
+                    return parse_datetime(tags[tag]), tag
+                except InputError:
+                    return None
+    return None
+
+
 def read_acquisition_date(path: str | Path) -> datetime:
     """The acquisition date of a raster from its tags (see module docstring); ``InputError`` when it has none."""
     import rasterio

@@ -69,7 +69,7 @@ from engine.config import RunConfig
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
-from engine.gapfill import DATE_TAGS
+from engine.gapfill import DATE_TAGS, dataset_acquisition_date
 from engine.masks import cloud_mask_from_bands
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning
@@ -100,6 +100,7 @@ from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_bl
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
 log = logging.getLogger("engine")
+SAR_GAP_WARN_DAYS = 12.0  # one Sentinel-1 repeat cycle; M3R-CR's SAR is 2.2 days from the cloudy image on average
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
@@ -224,6 +225,7 @@ class _Inputs:
     mask_reader: AlignedReader | None = None
     temporal: TemporalInputs | None = None  # the extra dates of a temporal model
     dem: DemInput | None = None  # the elevation of a model built with dem=True
+    sar_gap_days: float | None = None  # days between the optical and SAR acquisitions, when both tags say
 
 
 def _open_inputs(
@@ -255,9 +257,11 @@ def _open_inputs(
     if not has_any_valid(opt, config.bands):
         raise InputError(f"optical image has no valid pixel (everything is nodata): {config.optical}")
     coverage = 0.0
+    sar_gap_days = None
     if sar is not None:
         coverage = checked_coverage(sar, grid, config.sar_bands, "SAR image", progress, warnings, label="SAR",
                                     without="SAR")  # fmt: skip
+        sar_gap_days = _sar_gap_days(opt, sar, progress, warnings)
     for role, ds in extra.items():
         if ds is not None and not bounds_overlap(ds, grid):
             raise InputError(f"{role} raster does not overlap the optical image: {ds.name}")
@@ -277,7 +281,23 @@ def _open_inputs(
         sar_units=detect_sar_units(sar, config) if sar is not None else "none",
         sar_fill=np.zeros(2, dtype=np.float32),
         coverage=coverage,
+        sar_gap_days=sar_gap_days,
     )
+
+
+def _sar_gap_days(opt: rasterio.io.DatasetReader, sar: rasterio.io.DatasetReader, progress: Progress,
+                  warnings: list[str]) -> float | None:  # fmt: skip
+    """Days between the optical and SAR acquisitions when both files' tags give them; a warning past
+    :data:`SAR_GAP_WARN_DAYS` (the network learned from pairs 2.2 days apart on average, M3R-CR §III)."""
+    found_opt, found_sar = dataset_acquisition_date(opt), dataset_acquisition_date(sar)
+    if found_opt is None or found_sar is None:
+        return None
+    days = abs((found_sar[0] - found_opt[0]).total_seconds()) / 86400
+    if days > SAR_GAP_WARN_DAYS:
+        record_warning(progress, warnings, f"the SAR was acquired {days:.0f} days from the optical image (tags "
+                       f"{found_sar[1]} / {found_opt[1]}); the model learned from pairs 2.2 days apart on average, "
+                       "so changes on the ground in between show in the result")  # fmt: skip
+    return round(days, 2)
 
 
 def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> float:
@@ -307,7 +327,7 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         "bands": list(config.bands), "sar_bands": list(config.sar_bands), "tile": config.tile,
         "overlap": config.overlap, "sar_units": inp.sar_units, "sar_resampling": config.sar_resampling,
         "optical_scale": inp.optical_scale, "dtype": runner.describe()["dtype"], "device": device_name,
-        "only_cloudy": config.only_cloudy,
+        "only_cloudy": config.only_cloudy, "sar_gap_days": inp.sar_gap_days,
     }  # fmt: skip
     if config.only_cloudy:
         settings["cloud_feather"] = config.cloud_feather

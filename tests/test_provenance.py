@@ -95,3 +95,26 @@ def test_weights_id_names_the_bytes(tmp_path):
     assert first.startswith("w.safetensors sha256:") and first == weights_id(a)
     a.write_bytes(b"x" * 2_999_999 + b"y")
     assert weights_id(a) != first
+
+
+@pytest.mark.parametrize(
+    ("sar_tags", "gap", "warned"),
+    [
+        ({"ns": "IMAGERY", "ACQUISITIONDATETIME": "2024-06-20T10:20:30Z"}, 19.0, True),
+        ({"TIFFTAG_DATETIME": "2024:06:03 10:20:30"}, 2.0, False),
+        ({}, None, False),  # the SAR has no date: nothing to compare
+    ],
+)
+def test_sar_acquired_far_from_the_optical_image_is_a_warning(tmp_path, scene, sar_tags, gap, warned):
+    opt, sar = scene
+    if sar_tags:
+        with rasterio.open(sar, "r+") as ds:
+            ds.update_tags(**sar_tags)
+    out = tmp_path / "out.tif"
+    result = run(RunConfig(optical=opt, sar=sar, out=out, model="identity", tile=32, overlap=8))
+    messages = [w for w in result.warnings if "days from the optical image" in w]
+    assert bool(messages) == warned
+    if warned:
+        assert messages[0].startswith("the SAR was acquired 19 days from the optical image (tags ACQUISITIONDATETIME")
+    with rasterio.open(out) as ds:
+        assert json.loads(ds.tags()["ALIGNCR_SETTINGS"])["sar_gap_days"] == gap
