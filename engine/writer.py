@@ -76,6 +76,17 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
     probe.unlink(missing_ok=True)
 
 
+def compression_threads() -> int:
+    """GDAL threads that compress the output's blocks (GTiff/COG ``NUM_THREADS``): up to 4 of this machine's cores.
+
+    Why: DEFLATE was the slowest step of the raster path — with the identity model on 2 cores, 1.85 of 4.2 s for a
+    4096² scene, the writer thread alone capping the run near 9 Mpix/s whatever the GPU does. Blocks compress
+    independently, so the file's pixels are the same; 2 threads there took a 4096² identity run from 5.6 to
+    6.5 Mpix/s. More than 4 gains little at the engine's block rate and would crowd the network's threads.
+    """
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def _creation_options(dtype: str, block_height: int) -> dict:
     predictor = 3 if np.dtype(dtype).kind == "f" else 2
     return {
@@ -84,6 +95,7 @@ def _creation_options(dtype: str, block_height: int) -> dict:
         "blockysize": block_height,
         "compress": "deflate",
         "predictor": predictor,
+        "num_threads": str(compression_threads()),
     }
 
 
@@ -153,6 +165,7 @@ class AtomicGeoTIFFWriter:
                     BLOCKSIZE=BLOCK,
                     OVERVIEWS="AUTO",
                     OVERVIEW_RESAMPLING="AVERAGE",
+                    NUM_THREADS=str(compression_threads()),
                     BIGTIFF="IF_SAFER",
                 )
                 self.tmp.unlink(missing_ok=True)
