@@ -166,7 +166,7 @@ def _resolve(value: str, manifest: Path) -> Path:
 
 
 def _parse_date(value: str, where: str) -> datetime:
-    from engine.gapfill import parse_datetime
+    from engine.dates import parse_datetime
 
     try:
         return parse_datetime(value)

@@ -44,7 +44,7 @@ class RunConfig:
     acquired before (``optical_prev``, ``sar_prev``) and after (``optical_next``, ``sar_next``) the cloudy one;
     they are aligned and normalised like ``optical`` / ``sar``. ``date`` / ``date_prev`` / ``date_next`` are the
     acquisition times (datetimes or ISO 8601 strings) for models that need them (``gapfill``); when absent they are
-    read from the files' tags (:func:`engine.gapfill.read_acquisition_date`). Other models ignore all of these.
+    read from the files' tags (:func:`engine.dates.read_acquisition_date`). Other models ignore all of these.
 
     ``sar`` may be ``None`` only for a model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``);
     the pipeline says so in one line for any other model. ``out`` is keyword-only (it follows the optional ``sar``).
@@ -97,7 +97,7 @@ class RunConfig:
         for name in DATE_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
-                from engine.gapfill import parse_datetime
+                from engine.dates import parse_datetime
 
                 setattr(self, name, parse_datetime(str(value)))
         self.bands = tuple(int(b) for b in self.bands)

@@ -8,77 +8,23 @@ with timestamps in seconds. It uses neither SAR nor the image at ``t``; a produc
 the clear pixels of the cloudy image, so when a cloud mask is given only the cloudy pixels are filled (the clear
 ones are copied from the image at ``t``). Without a mask the whole image is interpolated, as in the paper.
 
-Acquisition dates come from the raster's metadata: GDAL's ``ACQUISITIONDATETIME`` (IMAGERY domain, ISO 8601,
-what GDAL writes for many satellite products), then ``TIFFTAG_DATETIME`` ("YYYY:MM:DD HH:MM:SS", the TIFF
-standard tag), then a few common names (``ACQUISITION_DATE``, ``DATE_ACQUIRED``, ``acquired``). Times without a
-zone are taken as UTC, which is what satellite metadata means by them.
+Acquisition dates come from the raster's metadata (:mod:`engine.dates`, re-exported here).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
 import numpy as np
 import torch
 
+from engine.dates import DATE_TAGS, dataset_acquisition_date, parse_datetime, read_acquisition_date
 from engine.errors import InputError
 
-DATE_TAGS = ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "acquired")
-_DATE_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y%m%dT%H%M%S", "%Y%m%d", "%Y-%m-%d")
+__all__ = ["DATE_TAGS", "dataset_acquisition_date", "interpolation_weight", "linear_gapfill", "parse_datetime",
+           "read_acquisition_date"]
 
 ArrayLike = np.ndarray | torch.Tensor
-
-
-def parse_datetime(text: str) -> datetime:
-    """Parse a metadata date string (ISO 8601, TIFF ``YYYY:MM:DD HH:MM:SS``, compact forms) into an aware UTC time."""
-    s = text.strip()
-    if s.endswith("Z"):
-        s = s[:-1] + "+00:00"
-    dt: datetime | None = None
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        for fmt in _DATE_FORMATS:
-            try:
-                dt = datetime.strptime(s, fmt)
-                break
-            except ValueError:
-                continue
-    if dt is None:
-        raise InputError(f"cannot read an acquisition date from '{text}' (expected ISO 8601 or YYYY:MM:DD HH:MM:SS)")
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def dataset_acquisition_date(ds: object) -> tuple[datetime, str] | None:
-    """(date, tag name) from an open rasterio dataset's tags, or None when it has none (or an unreadable one)."""
-    domains = [ds.tags(ns="IMAGERY"), ds.tags()]  # type: ignore[attr-defined]
-    for tag in DATE_TAGS:
-        for tags in domains:
-            if tags.get(tag):
-                try:
-                    return parse_datetime(tags[tag]), tag
-                except InputError:
-                    return None
-    return None
-
-
-def read_acquisition_date(path: str | Path) -> datetime:
-    """The acquisition date of a raster from its tags (see module docstring); ``InputError`` when it has none."""
-    import rasterio
-
-    try:
-        with rasterio.open(path) as ds:
-            domains = [ds.tags(ns="IMAGERY"), ds.tags()]
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"cannot open {path}: {exc}") from None
-    for tag in DATE_TAGS:
-        for tags in domains:
-            if tags.get(tag):
-                return parse_datetime(tags[tag])
-    raise InputError(
-        f"{Path(path).name} has no acquisition date in its metadata ({', '.join(DATE_TAGS)}); give the date explicitly"
-    )
 
 
 def _seconds(t: datetime | float | ArrayLike) -> float | ArrayLike:

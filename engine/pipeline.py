@@ -66,10 +66,10 @@ from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.cloudmask import DETECTOR_HALO, detect_clouds
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
+from engine.dates import DATE_TAGS, dataset_acquisition_date
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
-from engine.gapfill import DATE_TAGS, dataset_acquisition_date
 from engine.masks import cloud_mask_from_bands
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning

@@ -101,7 +101,7 @@ def folded(meta: RasterMetadata) -> RasterMetadata:
     """``meta`` with the other domains' tags also in the default domain (where it lacks them).
 
     GDAL's COG driver (3.6) copies only the default domain, so a COG output would lose its IMAGERY acquisition
-    time; folded, the time survives where every reader (``gdalinfo``, :func:`engine.gapfill.read_acquisition_date`)
+    time; folded, the time survives where every reader (``gdalinfo``, :func:`engine.dates.read_acquisition_date`)
     still finds it.
     """
     default = dict(meta.tags.get("", {}))

@@ -85,6 +85,22 @@ def test_info_json(pair, capsys):
     assert facts["optical"]["nodata"] == 0
     assert facts["sar_overlap_percent"] == pytest.approx(100.0)
     assert facts["sar_units"] == "db" and facts["optical_scale"] == "dn"
+    assert facts["acquired"] == {"optical": None, "sar": None} and facts["sar_gap_days"] is None
+
+
+def test_info_gives_acquisition_times_and_their_gap(pair, capsys):
+    opt, sar = pair
+    with rasterio.open(opt, "r+") as ds:
+        ds.update_tags(ns="IMAGERY", ACQUISITIONDATETIME="2024-06-01T10:00:00Z")
+    with rasterio.open(sar, "r+") as ds:
+        ds.update_tags(TIFFTAG_DATETIME="2024:06:04 22:00:00")
+    assert main(["info", "--optical", str(opt), "--sar", str(sar), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["acquired"] == {"optical": "2024-06-01T10:00:00+00:00 (ACQUISITIONDATETIME)",
+                                 "sar": "2024-06-04T22:00:00+00:00 (TIFFTAG_DATETIME)"}
+    assert facts["sar_gap_days"] == 3.5
+    assert main(["info", "--optical", str(opt), "--sar", str(sar)]) == 0
+    assert "→ 3.5 days apart" in capsys.readouterr().out
 
 
 def test_info_text_reports_linear_sar(tmp_path, pair, capsys):

@@ -19,6 +19,7 @@ import numpy as np
 from engine import normalise
 from engine.align import Grid, bounds_overlap, coverage_fraction
 from engine.config import DEFAULT_SAR_BANDS, parse_band_list
+from engine.dates import dataset_acquisition_date
 from engine.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
 
 NAME = "info"
@@ -48,12 +49,18 @@ def inspect_pair(optical: Path, sar: Path, bands: tuple[int, ...], sar_bands: tu
         sar_units = normalise.detect_sar_units(sample[:, valid_mask(sample, s1.nodata)])
         osample = read_sample(opt, opt_bands)
         scale = normalise.detect_optical_scale(osample[:, valid_mask(osample, opt.nodata)])
+        dates = {role: dataset_acquisition_date(ds) for role, ds in (("optical", opt), ("sar", s1))}
+        gap = None
+        if dates["optical"] and dates["sar"]:
+            gap = round(abs((dates["sar"][0] - dates["optical"][0]).total_seconds()) / 86400, 2)
         return {
             "optical": describe(opt).as_dict(),
             "sar": describe(s1).as_dict(),
             "sar_overlap_percent": round(100.0 * overlap, 2),
             "sar_units": sar_units,
             "optical_scale": "reflectance" if scale == 1.0 else "dn",
+            "acquired": {role: (f"{d[0].isoformat()} ({d[1]})" if d else None) for role, d in dates.items()},
+            "sar_gap_days": gap,
         }
 
 
@@ -73,6 +80,10 @@ def _text(facts: dict[str, Any]) -> str:
         f"SAR overlap of the optical image: {facts['sar_overlap_percent']:.1f} %",
         f"detected SAR units: {facts['sar_units']}   detected optical scale: {facts['optical_scale']}",
     ]
+    acquired = facts["acquired"]
+    if acquired["optical"] or acquired["sar"]:
+        gap = "" if facts["sar_gap_days"] is None else f"   → {facts['sar_gap_days']:g} days apart"
+        lines.append(f"acquired: optical {acquired['optical'] or 'unknown'}, SAR {acquired['sar'] or 'unknown'}{gap}")
     return "\n".join(lines)
 
 

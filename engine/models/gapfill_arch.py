@@ -6,7 +6,7 @@ only used for its clear pixels when a cloud mask is given. The maths is :func:`e
 Contract (same as ``msop-unet``, plus dates): ``forward(optical, sar, *, optical_prev, sar_prev, optical_next,
 sar_next, t_prev, t, t_next, cloud_mask=None)``. SAR inputs are accepted and ignored so a caller can feed every
 temporal model the same way. Dates are seconds since the epoch (floats or (N,) tensors) or datetimes — read them
-with :func:`engine.gapfill.read_acquisition_date`. ``cloud_mask`` (N, 1, H, W), 1 = cloud: fill only those pixels
+with :func:`engine.dates.read_acquisition_date`. ``cloud_mask`` (N, 1, H, W), 1 = cloud: fill only those pixels
 (``cfg.fill_only_cloudy``); without it the whole image is interpolated.
 """
 

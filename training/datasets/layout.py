@@ -53,9 +53,9 @@ from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 from torch.utils.data import Dataset
 
+from engine.dates import parse_datetime
 from engine.dem import normalise_dem
 from engine.errors import InputError
-from engine.gapfill import parse_datetime
 from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar

@@ -10,7 +10,7 @@ Archive layout (one folder; every raster in one CRS)::
       sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
-                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.gapfill.read_acquisition_date)
+                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.dates.read_acquisition_date)
       dem.tif                 optional digital elevation model, ONE for the whole archive (``dem.tiff`` or a GDAL
                               ``dem.vrt`` mosaic of tiles also work): 1 band, elevation in metres, georeferenced in
                               any CRS and resolution (e.g. the paper's SRTM at 20 m next to 10 m Sentinel-2); its
@@ -45,8 +45,8 @@ from rasterio.windows import Window, from_bounds
 from engine.align import AlignedReader
 from engine.align import Grid as PixelGrid
 from engine.cloudmask import detect_clouds
+from engine.dates import parse_datetime, read_acquisition_date
 from engine.errors import InputError
-from engine.gapfill import parse_datetime, read_acquisition_date
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import detect_optical_scale
 from engine.raster import valid_mask
