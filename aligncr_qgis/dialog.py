@@ -69,7 +69,7 @@ from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
 from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
-from aligncr_qgis.styling import style_ndvi, style_rgb
+from aligncr_qgis.styling import style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
@@ -269,7 +269,11 @@ class AlignCRDialog(QDialog):
         self.ndvi_check = QCheckBox("Also compute NDVI", self)
         self.report_check = QCheckBox("Write report", self)
         self.cog_check = QCheckBox("Cloud-optimised GeoTIFF", self)
-        for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check)):
+        self.qa_check = QCheckBox("QA layer (what the model made)", self)
+        self.qa_check.setToolTip("Also write <output>_qa.tif: the percent of each pixel taken from the model's "
+                                 "output (0 = as acquired, 100 = reconstructed; 255 = no data)")
+        for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check,
+                                 self.qa_check)):
             checks.addWidget(box, i // 2, i % 2)
         oform.addRow(checks)
 
@@ -352,6 +356,7 @@ class AlignCRDialog(QDialog):
         self.ndvi_check.setChecked(s.make_ndvi)
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
+        self.qa_check.setChecked(s.write_qa)
         self.only_cloudy_check.setChecked(s.only_cloudy)
         self.feather_spin.setValue(s.cloud_feather)
         self._on_mask_changed()
@@ -373,6 +378,7 @@ class AlignCRDialog(QDialog):
         s.make_ndvi = self.ndvi_check.isChecked()
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
+        s.write_qa = self.qa_check.isChecked()
         s.only_cloudy = self.only_cloudy_check.isChecked()
         s.cloud_feather = self.feather_spin.value()
         if self.output_widget.filePath():
@@ -793,6 +799,7 @@ class AlignCRDialog(QDialog):
             **extras,  # the typed dates
             dem=paths.get("dem"),
             only_cloudy=self.only_cloudy_check.isChecked(),
+            qa=str(Path(out).with_suffix("")) + "_qa.tif" if self.qa_check.isChecked() else None,
             cloud_feather=self.feather_spin.value(),
         )
 
@@ -873,6 +880,12 @@ class AlignCRDialog(QDialog):
                 self.result_layers.append(layer)
             else:
                 self._error(f"the result {out} could not be loaded as a layer")
+            if req.qa:
+                qa = QgsRasterLayer(req.qa, f"{ctx['name']} QA (model share %)")
+                if qa.isValid():
+                    style_qa(qa)
+                    QgsProject.instance().addMapLayer(qa)
+                    self.result_layers.append(qa)
             if ctx.get("ndvi"):
                 ndvi = QgsRasterLayer(ctx["ndvi"], f"{ctx['name']} NDVI")
                 if ndvi.isValid():

@@ -89,6 +89,7 @@ class RunRequest:
     dem: str | None = None  # elevation raster for models built with dem=True (Cresson U-Nets)
     only_cloudy: bool = False  # with a mask: keep the clear pixels as the input (engine.composite)
     cloud_feather: int | None = None  # blend width beyond the mask, px; None = the engine's default
+    qa: str | None = None  # also write the QA raster (percent of each pixel from the model) here
 
     def to_args(self) -> list[str]:
         args = ["run", "--optical", self.optical, *(["--sar", self.sar] if self.sar else []), "--out", self.out]
@@ -107,6 +108,7 @@ class RunRequest:
             ("--date-prev", self.date_prev),
             ("--date-next", self.date_next),
             ("--dem", self.dem),
+            ("--qa", self.qa),
         ):
             if value:
                 args += [flag, str(value)]

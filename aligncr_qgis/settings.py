@@ -31,6 +31,7 @@ class PluginSettings:
     cog: bool = False
     only_cloudy: bool = False  # with a cloud mask: replace only the cloud, keep the clear pixels
     cloud_feather: int = 8
+    write_qa: bool = False  # the QA layer: percent of each pixel from the model
     add_to_map: bool = True
     make_ndvi: bool = False
     write_report: bool = False

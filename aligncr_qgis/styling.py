@@ -2,7 +2,9 @@
 
 Reflectance rasters look black with QGIS's default min/max stretch (a few bright cloud remnants or nodata
 outliers set the max), so the declouded layer gets the cumulative-cut 2–98 % stretch on its R, G and B bands. The
-NDVI layer gets a fixed −1…1 red-yellow-green ramp so two runs are visually comparable.
+NDVI layer gets a fixed −1…1 red-yellow-green ramp so two runs are visually comparable. The QA layer (percent of
+each pixel from the model) is transparent where the pixel is as acquired and a translucent amber→magenta where
+the model's output is blended in → reconstructed, so it can lie over the result and show what was made up.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
     QgsStyle,
 )
+from qgis.PyQt.QtGui import QColor
 
 CUT_LOWER, CUT_UPPER = 0.02, 0.98
 
@@ -51,5 +54,24 @@ def style_ndvi(layer: QgsRasterLayer) -> None:
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
     renderer.setClassificationMin(-1.0)
     renderer.setClassificationMax(1.0)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def style_qa(layer: QgsRasterLayer) -> None:
+    """Model share 0–100 %: transparent at 0 (as acquired), amber (blend) to magenta (reconstructed); the
+    no-data value (255, set in the file) is transparent as any raster's."""
+    fn = QgsColorRampShader(0.0, 100.0)
+    fn.setColorRampType(QgsColorRampShader.Interpolated)
+    fn.setColorRampItemList([
+        QgsColorRampShader.ColorRampItem(0.0, QColor(0, 0, 0, 0), "as acquired"),
+        QgsColorRampShader.ColorRampItem(1.0, QColor(255, 190, 0, 110), "blend"),
+        QgsColorRampShader.ColorRampItem(100.0, QColor(220, 0, 140, 170), "reconstructed"),
+    ])
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(fn)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(100.0)
     layer.setRenderer(renderer)
     layer.triggerRepaint()

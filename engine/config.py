@@ -54,7 +54,8 @@ class RunConfig:
     ``only_cloudy`` keeps every pixel that ``mask`` does not mark as cloud exactly as the input and puts the
     model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.composite`);
     without ``mask`` the cloud is detected on the optical image (:mod:`engine.cloudmask`). Off, the output is the
-    model's everywhere, as in the paper.
+    model's everywhere, as in the paper. ``qa`` also writes, on the output's grid, the percent of each pixel that
+    is the model's output (0 = as acquired, 100 = reconstructed; 255 = no optical data).
     """
 
     optical: Path
@@ -87,9 +88,10 @@ class RunConfig:
     dem: Path | None = None
     only_cloudy: bool = False
     cloud_feather: int = 8
+    qa: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem",
+        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem", "qa",
                      *TEMPORAL_PATHS):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -119,6 +121,8 @@ class RunConfig:
             raise InputError(
                 f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
             )
+        if self.qa is not None and Path(self.qa).resolve() == Path(self.out).resolve():
+            raise InputError(f"--qa must be another file than --out, got {self.qa} for both")
         if self.only_cloudy and self.mask is None and len(self.bands) != 4:
             raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                              f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip

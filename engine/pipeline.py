@@ -50,7 +50,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +100,7 @@ from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_bl
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
 log = logging.getLogger("engine")
+QA_NODATA = 255
 SAR_GAP_WARN_DAYS = 12.0  # one Sentinel-1 repeat cycle; M3R-CR's SAR is 2.2 days from the cloudy image on average
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -513,6 +514,8 @@ def run(
     inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights, config.dem,
               *config.temporal_paths().values()]  # fmt: skip
     check_output_path(config.out, [p for p in inputs if p is not None])
+    if config.qa is not None:
+        check_output_path(config.qa, [p for p in [*inputs, config.out] if p is not None])
     early = precheck(config, default_model_name())
     if early is not None and not early.uses_sar and config.sar is not None:
         record_warning(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
@@ -579,11 +582,18 @@ def run(
         def read(chunk: Chunk) -> _ChunkData:
             return _read_chunk(chunk, config, inp, model.norm, spec, device)
 
-        with AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer, ExitStack() as io:
-            submit: Callable[[np.ndarray, Window], None] = writer.write
+        qa_target = AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog) if config.qa else nullcontext()
+        with AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer, qa_target as qa_writer, ExitStack() as io:
+
+            def write(out: np.ndarray, share: np.ndarray | None, window: Window) -> None:
+                writer.write(out, window)
+                if qa_writer is not None and share is not None:
+                    qa_writer.write(share[None], window)
+
+            submit: Callable[[np.ndarray, np.ndarray | None, Window], None] = write
             chunk_data: Iterable[_ChunkData] = map(read, plan)
-            if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writer
-                submit = io.enter_context(BackgroundWriter(writer.write, depth=2)).submit
+            if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
+                submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
                 chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
             blender = ChunkBlender(grid, len(config.bands))
             done = 0
@@ -634,13 +644,28 @@ def _packed(module: nn.Module, inp: _Inputs, config: RunConfig) -> nn.Module:
     return PackedInputsAdapter(module, sar_channels, keys, channels, dates)
 
 
+def _qa_spec(spec: OutputSpec) -> OutputSpec:
+    """The QA raster beside the output: one uint8 band on the same grid, the percent of each pixel that is the
+    model's output — 0 the input as acquired (clear pixels kept by --only-cloudy, pixels without SAR or other
+    inputs), 100 the model's reconstruction, between them --cloud-feather's blend — and 255 where the optical
+    image has no data. It carries the output's metadata and provenance tags."""
+    meta = spec.metadata or RasterMetadata()
+    tags = {domain: dict(values) for domain, values in meta.tags.items()}
+    tags.setdefault("", {})["ALIGNCR_QA"] = (
+        "percent of each pixel taken from the model's output: 0 = the input as acquired, 100 = the model's "
+        f"reconstruction, between = feathered blend; {QA_NODATA} = no optical data"
+    )
+    return dataclasses.replace(spec, count=1, dtype="uint8", nodata=QA_NODATA, descriptions=("model share (%)",),
+                               metadata=RasterMetadata(tags=tags))  # fmt: skip
+
+
 def _process_chunk(
     data: _ChunkData,
     config: RunConfig,
     inp: _Inputs,
     runner: InferenceRunner,
     blender: ChunkBlender,
-    submit: Callable[[np.ndarray, Window], None],
+    submit: Callable[[np.ndarray, np.ndarray | None, Window], None],
     spec: OutputSpec,
     counts: dict[str, int],
     progress: Progress,
@@ -681,7 +706,15 @@ def _process_chunk(
     pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
     for k, b in enumerate(inp.band_index):
         out[b][use] = pred[k][use]
-    submit(out, Window(ox, oy, w, h))
+    share = None
+    if config.qa is not None:  # percent of each pixel that is the model's output (see _qa_spec)
+        share = np.zeros((h, w), dtype=np.uint8)
+        if data.weight is None:
+            share[use] = 100
+        else:
+            share[use] = np.clip(np.rint(100.0 * data.weight[use]), 1, 100).astype(np.uint8)
+        share[~opt_ok[:h, :w]] = QA_NODATA
+    submit(out, share, Window(ox, oy, w, h))
     counts["valid"] += int(opt_ok[:h, :w].sum())
     counts["sar"] += int(with_sar.sum())
     return done

@@ -14,6 +14,7 @@ import rasterio  # noqa: E402
 from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
+from aligncr_qgis.styling import style_qa  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, make_scene  # noqa: E402
 
@@ -56,6 +57,10 @@ def test_dialog_check_box_reaches_the_engine(project, qgis_iface, tmp_path: Path
         assert args[args.index("--mask") + 1] == str(tmp_path / "mask.tif")
         dlg.only_cloudy_check.setChecked(False)
         assert "--only-cloudy" not in dlg.build_request(None).to_args()
+        assert "--qa" not in args
+        dlg.qa_check.setChecked(True)
+        qa_args = dlg.build_request(None).to_args()
+        assert qa_args[qa_args.index("--qa") + 1] == str(tmp_path / "out_qa.tif")
         dlg.only_cloudy_check.setChecked(True)
         dlg.mask_combo.setLayer(None)  # no mask: the engine detects the clouds itself
         args = dlg.build_request(None).to_args()
@@ -65,6 +70,7 @@ def test_dialog_check_box_reaches_the_engine(project, qgis_iface, tmp_path: Path
     again = AlignCRDialog(qgis_iface)
     try:
         assert again.only_cloudy_check.isChecked() and again.feather_spin.value() == 5
+        assert again.qa_check.isChecked()
     finally:
         close_dialog(again)
 
@@ -86,7 +92,8 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     params = {"OPTICAL": str(opt), "SAR": str(sar), "MASK": str(mask), "WEIGHTS": str(BUNDLED_WEIGHTS),
               "TILE": 64, "OVERLAP": 8}  # fmt: skip
     outs = {}
-    for name, extra in (("all", {}), ("cloudy", {"ONLY_CLOUDY": True, "CLOUD_FEATHER": 0})):
+    qa = tmp_path / "qa.tif"
+    for name, extra in (("all", {}), ("cloudy", {"ONLY_CLOUDY": True, "CLOUD_FEATHER": 0, "QA": str(qa)})):
         out = tmp_path / f"{name}.tif"
         processing.run("aligncr:declouding", params | extra | {"OUTPUT": str(out)})
         with rasterio.open(out) as ds:
@@ -98,6 +105,13 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     np.testing.assert_array_equal(outs["cloudy"][clear], original[clear])
     np.testing.assert_array_equal(outs["cloudy"][cloud], outs["all"][cloud])
     assert (outs["all"][clear] != original[clear]).mean() > 0.5  # without the option the model changes them
+    with rasterio.open(qa) as ds:  # the QA layer says which pixels the model wrote
+        share = ds.read(1)
+    assert (share[:, :CLOUD_COLUMNS] == 100).all() and (share[:, CLOUD_COLUMNS:] == 0).all()
+    layer = QgsRasterLayer(str(qa), "qa")
+    style_qa(layer)
+    assert layer.renderer().type() == "singlebandpseudocolor"
+    assert layer.dataProvider().sourceNoDataValue(1) == 255
 
     # no mask: the clouds are detected on the optical image; this random scene has none, so nothing changes
     processing.run("aligncr:declouding", {k: v for k, v in params.items() if k != "MASK"}

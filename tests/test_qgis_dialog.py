@@ -121,12 +121,17 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     choose(dlg, opt, sar, out)
     assert dlg.select_model("identity")
     dlg.ndvi_check.setChecked(True)
+    dlg.qa_check.setChecked(True)
     assert run_and_wait(dlg) == [True], dlg.status_label.text()
     assert dlg.progress.value() == 100 and "Done" in dlg.status_label.text()
     with rasterio.open(opt_path) as a, rasterio.open(out) as b:
         assert (a.read() == b.read()).all() and a.transform == b.transform
     names = [lyr.name() for lyr in project.mapLayers().values()]
     assert "declouded (Align-CR)" in names and "declouded NDVI" in names
+    qa = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded QA (model share %)")
+    assert qa.renderer().type() == "singlebandpseudocolor"
+    with rasterio.open(tmp_path / "declouded_qa.tif") as ds:
+        assert (ds.read(1) == 100).all()  # identity everywhere: every pixel is the model's output
     result = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded (Align-CR)")
     renderer = result.renderer()
     assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (3, 2, 1)

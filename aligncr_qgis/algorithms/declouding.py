@@ -41,7 +41,7 @@ from aligncr_qgis.algorithms.base import EngineAlgorithm
 from aligncr_qgis.engine_process import RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.layers import LayerError, is_metric_projected
-from aligncr_qgis.styling import style_rgb
+from aligncr_qgis.styling import style_qa, style_rgb
 
 UNITS = ["auto", "db", "linear"]
 SCALES = ["auto", "dn", "reflectance"]
@@ -59,6 +59,13 @@ class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
         style_rgb(layer, red, green, blue)
 
 
+class _QaStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles the QA layer once loaded: transparent where as acquired, coloured where the model wrote."""
+
+    def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802 - QGIS API
+        style_qa(layer)
+
+
 class DecloudingAlgorithm(EngineAlgorithm):
     OPTICAL, SAR, LANDCOVER, MASK, REFERENCE = "OPTICAL", "SAR", "LANDCOVER", "MASK", "REFERENCE"
     BANDS = ("BAND_B", "BAND_G", "BAND_R", "BAND_NIR")
@@ -69,6 +76,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
     OUTPUT, REPORT = "OUTPUT", "REPORT"
     DEM = "DEM"
     ONLY_CLOUDY, CLOUD_FEATHER = "ONLY_CLOUDY", "CLOUD_FEATHER"
+    QA = "QA"
     # extra dates of temporal models: parameter name → (RunRequest field, label)
     EXTRA_LAYERS = {
         "OPTICAL_PREV": ("optical_prev", "Optical image before the cloudy one (t−1; temporal models)"),
@@ -85,6 +93,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
     def __init__(self) -> None:
         super().__init__()
         self._styler = _RgbStyler()
+        self._qa_styler = _QaStyler()
 
     def name(self) -> str:
         return "declouding"
@@ -162,6 +171,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Declouded image"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.QA, "QA layer: percent of each pixel from the model (0 = as acquired, 100 = reconstructed)",
+            optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, "Report folder", optional=True,
                                                                   createByDefault=False))
 
@@ -212,6 +224,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
                 raise QgsProcessingException(str(exc)) from None
             feedback.pushInfo(f"clipped the inputs to {extent.toString(2)}")
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        qa = self.parameterAsOutputLayer(parameters, self.QA, context) if parameters.get(self.QA) else None
         req = RunRequest(
             optical=str(paths["optical"]),
             sar=paths["sar"],
@@ -235,6 +248,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             sar_resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.SAR_RESAMPLING, context)],
             only_cloudy=only_cloudy,
             cloud_feather=self.parameterAsInt(parameters, self.CLOUD_FEATHER, context),
+            qa=qa,
             **{field: paths[field] for field, _label in self.EXTRA_LAYERS.values()},
             **{field: self.parameterAsString(parameters, name, context).strip() or None
                for name, (field, _label) in self.EXTRA_DATES.items()},
@@ -249,4 +263,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
         if context.willLoadLayerOnCompletion(out):
             self._styler.bands = req.bands
             context.layerToLoadOnCompletionDetails(out).setPostProcessor(self._styler)
-        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report}
+        if qa and context.willLoadLayerOnCompletion(qa):
+            context.layerToLoadOnCompletionDetails(qa).setPostProcessor(self._qa_styler)
+        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report,
+                self.QA: qa}

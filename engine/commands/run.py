@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sar-resampling", choices=SAR_RESAMPLINGS, default="nearest", help="SAR upsampling")
     parser.add_argument("--report", type=Path, help="also write a metrics/figures report into this folder")
+    parser.add_argument("--qa", type=Path, metavar="FILE",
+                        help="also write a QA GeoTIFF: percent of each pixel from the model (0 = as acquired, "
+                             "100 = reconstructed, 255 = no data)")  # fmt: skip
     parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
     add_temporal_arguments(parser)
     add_accel_arguments(parser)
@@ -164,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         date_next=args.date_next,
         dem=args.dem,
         only_cloudy=args.only_cloudy,
+        qa=args.qa,
         cloud_feather=args.cloud_feather,
     )
 
