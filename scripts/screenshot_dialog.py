@@ -129,6 +129,7 @@ def inner() -> None:  # runs inside QGIS, with the real iface
         dlg.select_model("aligncr-lite")
         dlg.ndvi_check.setChecked(True)
         dlg.report_check.setChecked(True)
+        dlg.qa_check.setChecked(True)
         dlg.validate()
         say("issues: " + " | ".join(dlg.issue_messages()))
 
