@@ -2,7 +2,8 @@
 
 A manifest CSV lists the scenes (columns ``id, optical, sar, out`` and optionally ``landcover, mask, reference,
 model, weights``, and the inputs of temporal and DEM models: ``optical_prev, sar_prev, optical_next, sar_next,
-date, date_prev, date_next, dem`` — the ``engine run`` flags of the same names; relative paths are relative to the
+date, date_prev, date_next, dem`` and ``qa`` (where to write the scene's QA raster) — the ``engine run`` flags of
+the same names; relative paths are relative to the
 manifest's folder, an empty cell means "not given", dates are ISO 8601 and checked when the manifest is read). The
 ``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights).
 Each scene is one task that calls :func:`engine.pipeline.run` on a worker; the client collects outcomes as they
@@ -48,8 +49,9 @@ log = logging.getLogger("engine")
 REQUIRED_COLUMNS = ("id", "optical", "sar", "out")  # the sar cell may be empty for a model without SAR (gapfill)
 TEMPORAL_COLUMNS = ("optical_prev", "sar_prev", "optical_next", "sar_next")
 DATE_COLUMNS = ("date", "date_prev", "date_next")
-OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPORAL_COLUMNS, *DATE_COLUMNS, "dem")
-PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem")
+OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPORAL_COLUMNS, *DATE_COLUMNS, "dem",
+                    "qa")  # fmt: skip
+PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem", "qa")
 SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts")
 
 
@@ -78,6 +80,7 @@ class SceneJob:
     date_prev: datetime | None = None
     date_next: datetime | None = None
     dem: Path | None = None
+    qa: Path | None = None  # the QA raster of the scene (engine run --qa)
 
 
 @dataclass
@@ -202,7 +205,9 @@ def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[
     t0 = time.perf_counter()
     record = {"id": job.id, "output": ""}
     try:
-        _remove_stale_temporaries(job.out)
+        for target in (job.out, job.qa):
+            if target is not None:
+                _remove_stale_temporaries(target)
         paths = {k: v for k, v in dataclasses.asdict(job).items() if k != "id" and v is not None}
         config = RunConfig(**{**run_settings, **paths})
         result = run(config, accel=AccelConfig(**accel_settings))

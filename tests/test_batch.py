@@ -107,6 +107,27 @@ def test_manifest_resolves_relative_paths_and_optional_columns(tmp_path: Path) -
     assert a.model == "identity" and b.model is None and b.weights is None and b.out == (tmp_path / "b.tif")
 
 
+def test_qa_column_writes_the_scene_qa_and_clears_a_killed_attempts_leftovers(scenes: Path, tmp_path: Path) -> None:
+    """The manifest's qa cell is the scene's ``--qa``; run_scene (what each worker calls) removes a stale
+    temporary QA file that a killed attempt left, like the output's."""
+    from engine.batch import run_scene
+
+    m = _write_manifest(tmp_path / "m.csv", [
+        {"id": "a", "optical": str(scenes / "opt0.tif"), "sar": str(scenes / "s1_0.tif"), "out": "a.tif",
+         "qa": "qa/a_qa.tif", "model": "identity"},
+    ])  # fmt: skip
+    (job,) = read_manifest(m)
+    assert job.qa == (tmp_path / "qa" / "a_qa.tif").resolve()
+    job.qa.parent.mkdir()
+    stale = job.qa.parent / f".{job.qa.name}.dead1234.tmp.tif"
+    stale.write_bytes(b"half")
+    record = run_scene(job, {"tile": 32, "overlap": 8, "device": "cpu"}, {})
+    assert record["status"] == "ok", record
+    with rasterio.open(job.qa) as ds:
+        assert (ds.read(1) == 100).all()
+    assert not stale.exists()
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
