@@ -895,7 +895,9 @@ class AlignCRDialog(QDialog):
         report = result.get("report") or req.report
         if report and self.open_report_in_browser:
             QDesktopServices.openUrl(QUrl.fromLocalFile(_report_entry(report)))
-        msg = f"Declouded image written to {out} in {secs:.1f} s."
+        made = result.get("model_percent")
+        made_text = f" The model's output is in {made:.1f} % of the pixels." if made is not None else ""
+        msg = f"Declouded image written to {out} in {secs:.1f} s.{made_text}"
         self.bar.pushMessage("Align-CR", msg, Qgis.Success, 8)
         if self.iface is not None:
             self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.Success, 8)

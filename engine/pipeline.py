@@ -145,6 +145,7 @@ class RunResult:
     accel: dict | None = None  # what the inference runner decided (dtype, channels_last, compiled, ...)
     sar_used: bool = True  # False: the model takes no SAR (gapfill); sar_coverage is then 0 and sar_units "none"
     network_tiles: int = 0  # tiles the network ran on (the others lacked valid inputs, or --only-cloudy's cloud)
+    model_fraction: float = 0.0  # share of the valid optical pixels whose output holds the model's (QA > 0)
 
 
 @dataclass
@@ -577,7 +578,7 @@ def run(
             inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
         if inp.dem is not None:
             inp.dem.open_reader(stack, inp.grid)
-        counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0}
+        counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0, "model_px": 0}
 
         def read(chunk: Chunk) -> _ChunkData:
             return _read_chunk(chunk, config, inp, model.norm, spec, device)
@@ -610,6 +611,7 @@ def run(
         device=device_name,
         total_tiles=total,
         network_tiles=counts["network"],
+        model_fraction=counts["model_px"] / valid,
         width=spec.width,
         height=spec.height,
         sar_coverage=counts["sar"] / valid if inp.sar is not None else 0.0,
@@ -715,6 +717,7 @@ def _process_chunk(
             share[use] = np.clip(np.rint(100.0 * data.weight[use]), 1, 100).astype(np.uint8)
         share[~opt_ok[:h, :w]] = QA_NODATA
     submit(out, share, Window(ox, oy, w, h))
+    counts["model_px"] += int(use.sum())
     counts["valid"] += int(opt_ok[:h, :w].sum())
     counts["sar"] += int(with_sar.sum())
     return done

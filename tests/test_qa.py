@@ -39,8 +39,10 @@ def test_qa_marks_model_pixels_kept_pixels_and_nodata(tmp_path):
     transform, w, h = footprint_transform(opt, WGS84, 9e-5)
     sar = write_sar(tmp_path / "half.tif", crs=WGS84, transform=transform, height=h, width=w // 2)
     out, qa = tmp_path / "out.tif", tmp_path / "qa.tif"
-    run(RunConfig(optical=opt, sar=sar, out=out, qa=qa, model="test-brighten", tile=32, overlap=8, chunk=32))
+    result = run(RunConfig(optical=opt, sar=sar, out=out, qa=qa, model="test-brighten", tile=32, overlap=8, chunk=32))
     share, ds = _read(qa)
+    assert result.model_fraction == pytest.approx((share == 100).sum() / (share != QA_NODATA).sum())
+    assert 0.35 < result.model_fraction < 0.65
     with rasterio.open(opt) as src:
         assert (ds["crs"], ds["transform"], ds["shape"]) == (src.crs, src.transform, src.shape)
     assert ds["dtypes"] == ("uint8",) and ds["nodata"] == QA_NODATA and ds["descriptions"] == ("model share (%)",)

@@ -124,6 +124,7 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     dlg.qa_check.setChecked(True)
     assert run_and_wait(dlg) == [True], dlg.status_label.text()
     assert dlg.progress.value() == 100 and "Done" in dlg.status_label.text()
+    assert any("model's output is in 100.0 % of the pixels" in item.text() for item in dlg.bar.items())
     with rasterio.open(opt_path) as a, rasterio.open(out) as b:
         assert (a.read() == b.read()).all() and a.transform == b.transform
     names = [lyr.name() for lyr in project.mapLayers().values()]

@@ -6,7 +6,8 @@ nothing else, logs stay on stderr):
 
 ``{"event":"start","total_tiles":N,"width":W,"height":H,"output":"..."}``,
 ``{"event":"progress","fraction":0.42,"message":"tile 12/40"}``, ``{"event":"warning","message":"..."}``,
-``{"event":"result","output":"...","seconds":12.3,"model":"identity","device":"cpu","report":null,"sar_used":true}``
+``{"event":"result","output":"...","seconds":12.3,"model":"identity","device":"cpu","report":null,"sar_used":true,
+"model_percent":100.0}`` (``model_percent``: share of the valid pixels that hold the model's output)
 (``sar_used`` is false for a model that takes no SAR, e.g. gapfill, which runs without ``--sar``) and, on a
 user error, ``{"event":"error","message":"...","kind":"InputError"}`` with exit code 2 (130 when cancelled).
 """
@@ -211,6 +212,7 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
             "device": result.device,
             "report": str(result.report_dir) if result.report_dir else None,
             "sar_used": result.sar_used,
+            "model_percent": round(100.0 * result.model_fraction, 2),
         }
     )
     return 0
@@ -241,8 +243,9 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
         for bar in bars:
             bar.close()
     no_sar = "" if result.sar_used else ", no SAR used"
+    share = f"the model's output in {100 * result.model_fraction:.1f} % of the pixels"
     print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}{no_sar}, "
-          f"{result.seconds:.1f} s)")  # fmt: skip
+          f"{result.seconds:.1f} s; {share})")  # fmt: skip
     if result.report_dir:
         print(f"report in {result.report_dir}")
     return 0
