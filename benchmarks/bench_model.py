@@ -47,7 +47,8 @@ def measure(args: argparse.Namespace, size: int, batch: int, dtype: str, gmacs: 
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(args.model)
-    cfg = AccelConfig(dtype=dtype, channels_last=args.channels_last, compile=args.compile, threads=args.threads)
+    cfg = AccelConfig(dtype=dtype, channels_last=args.channels_last, compile=args.compile, threads=args.threads,
+                      tf32=args.tf32)  # fmt: skip
     runner = InferenceRunner(model, device, cfg)
     optical = torch.rand(batch, model.cfg.in_bands, size, size, device=device)
     sar = torch.rand(batch, 2, size, size, device=device)
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--compile", action="store_true", help="torch.compile (first call compiles: raise --warmup)")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
+                        help="CUDA bf16/fp16: deformable convs in full fp32, not TF32 (ablation)")  # fmt: skip
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)

@@ -48,6 +48,8 @@ fi
 if stage model; then
     timeout 240 $PY benchmarks/bench_model.py --model aligncr --device cuda --sizes 160 304 --batches 1 16 \
         --dtypes fp32 bf16 fp16 >"$OUT/model.jsonl" 2>"$OUT/model.err"
+    timeout 60 $PY benchmarks/bench_model.py --model aligncr --device cuda --sizes 304 --batches 16 --dtypes bf16 \
+        --no-tf32 >>"$OUT/model.jsonl" 2>>"$OUT/model.err"   # the TF32 ablation (fp32 deformable convs)
     echo "model rc=$?" >>"$OUT/status.txt"
 fi
 if stage inference; then

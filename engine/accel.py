@@ -37,6 +37,12 @@ the device, and every speed trick here has a failure mode that must not turn int
   fits between the forwards. Tiles are independent, so the output is the same up to float rounding (other
   oneDNN kernels for 1 vs 2 threads: at most 1 DN; identical on that 2048² run); ``cpu_workers=1`` restores the
   single-forward path.
+* TF32 for the fp32 islands of a bf16/fp16 CUDA run: autocast leaves some work in fp32 — above all the deformable
+  convolutions (torchvision's kernel, and ours, compute in fp32 by design: sampling positions need it), whose
+  column GEMMs are 4 % of ``aligncr``'s FLOPs but would run at plain fp32 speed, several times below the tensor
+  cores. The runner sets ``torch.set_float32_matmul_precision("high")`` (TF32: 10-bit mantissa, finer than
+  bf16's 7) for such runs and restores the previous setting in :meth:`InferenceRunner.close`. ``--dtype fp32``
+  keeps full fp32 (the exact reference), and the CPU is untouched. (Not measured yet: no GPU so far.)
 * Freed memory: on the CPU the runner keeps glibc from unmapping and trimming the forward's 1–30 MB temporaries
   between tiles (:func:`engine.malloc.keep_freed_memory`, ``keep_freed_memory``): ≈ 8 % faster end to end with one
   thread, neutral with two workers. :meth:`InferenceRunner.close` restores glibc's defaults and trims.
@@ -88,6 +94,7 @@ class AccelConfig:
     cpu_microbatch: int = 1  # tiles per forward on the CPU (see the module docstring); 0 = the whole batch
     cpu_workers: int = 0  # CPU forwards run at once, threads split between them; 0 = auto (min(threads, 4))
     keep_freed_memory: bool = True  # CPU: glibc keeps freed blocks for the next tile (engine.malloc) until close()
+    tf32: bool = True  # CUDA bf16/fp16 runs: fp32 islands (deformable conv GEMMs) in TF32; False for the ablation
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -129,6 +136,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise AccelError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --dtype fp16")
     return _TORCH_DTYPES[name]
+
+
+def matmul_precision_for(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> str | None:
+    """The float32 matmul precision a run should use (see the module docstring), or None to leave it alone."""
+    return "high" if tf32 and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) else None
 
 
 def set_threads(threads: int | None) -> int:
@@ -207,6 +219,11 @@ class InferenceRunner:
             torch.set_num_threads(max(1, self.threads // self.cpu_workers))
             self._pool = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="aligncr-cpu")
         self.oom_events = 0
+        self._previous_matmul_precision: str | None = None
+        precision = matmul_precision_for(device, self.dtype, self.config.tf32)
+        if precision is not None and torch.get_float32_matmul_precision() != precision:
+            self._previous_matmul_precision = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(precision)
         self._malloc = contextlib.ExitStack()
         self.keeps_freed_memory = device.type == "cpu" and self._malloc.enter_context(
             keep_freed_memory(self.config.keep_freed_memory)
@@ -222,6 +239,7 @@ class InferenceRunner:
             "max_batch": self.max_batch,
             "cpu_workers": self.cpu_workers,
             "keep_freed_memory": self.keeps_freed_memory,
+            "fp32_matmul": torch.get_float32_matmul_precision(),
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -303,11 +321,14 @@ class InferenceRunner:
             return self._run(o, s).numpy()
 
     def close(self) -> None:
-        """Stop the CPU worker threads (if any) and give malloc its defaults back."""
+        """Stop the CPU worker threads (if any), give malloc its defaults and torch its matmul precision back."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._malloc.close()
+        if self._previous_matmul_precision is not None:
+            torch.set_float32_matmul_precision(self._previous_matmul_precision)
+            self._previous_matmul_precision = None
 
     def _release_cached(self) -> None:
         if self.device.type == "cuda":

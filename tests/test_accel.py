@@ -77,6 +77,20 @@ def test_dtype_choice_on_cpu(monkeypatch) -> None:
         AccelConfig(threads=0).validate()
 
 
+def test_tf32_only_for_low_precision_cuda_runs() -> None:
+    from engine.accel import matmul_precision_for
+
+    cuda = torch.device("cuda")
+    assert matmul_precision_for(cuda, torch.bfloat16) == "high" and matmul_precision_for(cuda, torch.float16) == "high"
+    assert matmul_precision_for(cuda, torch.float32) is None  # --dtype fp32 stays the exact reference
+    assert matmul_precision_for(CPU, torch.bfloat16) is None  # the CPU is untouched
+    assert matmul_precision_for(cuda, torch.bfloat16, tf32=False) is None  # the ablation
+    before = torch.get_float32_matmul_precision()
+    runner = InferenceRunner(nn.Identity(), CPU, AccelConfig(dtype="bf16"))
+    assert torch.get_float32_matmul_precision() == before and runner.describe()["fp32_matmul"] == before
+    runner.close()
+
+
 def test_fp32_is_bit_identical_to_the_plain_call() -> None:
     model = build_model("aligncr-lite", num_blocks=1, fe_blocks=1).eval()
     o, s = _batch(2, 32)

@@ -66,6 +66,17 @@ def test_bundled_model_on_cuda_matches_cpu_fp32_on_real_data(shared_data, tmp_pa
         assert mae < 1e-2
 
 
+def test_bf16_runner_uses_tf32_for_fp32_islands_and_restores_it():
+    before = torch.get_float32_matmul_precision()
+    runner = InferenceRunner(build_model("aligncr-lite"), CUDA, AccelConfig(dtype="bf16"))
+    assert torch.get_float32_matmul_precision() == "high" and runner.describe()["fp32_matmul"] == "high"
+    runner.close()
+    assert torch.get_float32_matmul_precision() == before
+    exact = InferenceRunner(build_model("aligncr-lite"), CUDA, AccelConfig(dtype="fp32"))
+    assert torch.get_float32_matmul_precision() == before  # fp32 stays exact
+    exact.close()
+
+
 def test_runner_batches_on_cuda_like_single_tiles():
     torch.manual_seed(1)
     model = build_model("aligncr-lite")
