@@ -12,6 +12,15 @@ from engine.models import build_model, list_models
 def test_optical_normalisation_round_trip():
     dn = np.array([[0, 5000, 10000, 12000]], dtype=np.uint16)
     x = normalise.normalise_optical(dn)
+    rng = np.random.default_rng(3)  # the in-place form gives exactly clip(x, 0, scale) / scale, NaN included
+    for raw, scale in ((rng.integers(0, 65535, (4, 40, 40)).astype(np.uint16), 10000.0),
+                       (rng.normal(0.3, 0.6, (4, 40, 40)).astype(np.float32), 1.0)):
+        raw = raw.astype(np.float32)
+        raw[0, 0, 0] = np.nan
+        before = raw.copy()
+        expected = np.clip(raw, 0.0, scale) / np.float32(scale)
+        np.testing.assert_array_equal(normalise.normalise_optical(raw, scale), expected)
+        np.testing.assert_array_equal(raw, before)  # the caller's array is not touched
     np.testing.assert_allclose(x, [[0.0, 0.5, 1.0, 1.0]])
     back = normalise.denormalise_optical(x, dtype=np.uint16)
     np.testing.assert_array_equal(back, [[0, 5000, 10000, 10000]])
