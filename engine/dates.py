@@ -38,17 +38,25 @@ def parse_datetime(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def dataset_acquisition_date(ds: Any) -> tuple[datetime, str] | None:
-    """(date, tag name) from an open rasterio dataset's tags, or None when it has none (or an unreadable one)."""
+def _date_tag(ds: Any) -> tuple[str, str] | None:
+    """(text, tag name) of the first acquisition-date tag an open rasterio dataset has, in :data:`DATE_TAGS` order."""
     domains = [ds.tags(ns="IMAGERY"), ds.tags()]
     for tag in DATE_TAGS:
         for tags in domains:
             if tags.get(tag):
-                try:
-                    return parse_datetime(tags[tag]), tag
-                except InputError:
-                    return None
+                return tags[tag], tag
     return None
+
+
+def dataset_acquisition_date(ds: Any) -> tuple[datetime, str] | None:
+    """(date, tag name) from an open rasterio dataset's tags, or None when it has none (or an unreadable one)."""
+    found = _date_tag(ds)
+    if found is None:
+        return None
+    try:
+        return parse_datetime(found[0]), found[1]
+    except InputError:
+        return None
 
 
 def read_acquisition_date(path: str | Path) -> datetime:
@@ -57,13 +65,11 @@ def read_acquisition_date(path: str | Path) -> datetime:
 
     try:
         with rasterio.open(path) as ds:
-            domains = [ds.tags(ns="IMAGERY"), ds.tags()]
+            found = _date_tag(ds)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot open {path}: {exc}") from None
-    for tag in DATE_TAGS:
-        for tags in domains:
-            if tags.get(tag):
-                return parse_datetime(tags[tag])
+    if found is not None:
+        return parse_datetime(found[0])
     raise InputError(
         f"{Path(path).name} has no acquisition date in its metadata ({', '.join(DATE_TAGS)}); give the date explicitly"
     )
