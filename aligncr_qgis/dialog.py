@@ -176,7 +176,7 @@ class AlignCRDialog(QDialog):
             "Off: the model's output everywhere, as in the paper."
         )
         self.feather_spin = _spin(0, 512, 1, " px")
-        self.feather_spin.setToolTip("Blend width beyond the mask's edge (0 = hard edge)")
+        self.feather_spin.setToolTip("Blend width beyond the cloud's edge (0 = hard edge)")
         keep_row.addWidget(self.only_cloudy_check, 1)
         keep_row.addWidget(QLabel("Feather"))
         keep_row.addWidget(self.feather_spin)
@@ -327,8 +327,7 @@ class AlignCRDialog(QDialog):
         for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, self.dem_combo,
                       *self.extra_combos.values()):
             combo.layerChanged.connect(self.validate)
-        self.mask_combo.layerChanged.connect(self._on_mask_changed)
-        self.only_cloudy_check.toggled.connect(self._on_mask_changed)
+        self.only_cloudy_check.toggled.connect(self._on_only_cloudy_toggled)
         for edit in self.date_edits.values():
             edit.textChanged.connect(self.validate)
         for combo in (*self.optical_band_combos.values(), *self.sar_band_combos.values()):
@@ -359,7 +358,7 @@ class AlignCRDialog(QDialog):
         self.qa_check.setChecked(s.write_qa)
         self.only_cloudy_check.setChecked(s.only_cloudy)
         self.feather_spin.setValue(s.cloud_feather)
-        self._on_mask_changed()
+        self._on_only_cloudy_toggled()
         self._fill_devices()
         self._fill_models()
         self._on_extent_mode()
@@ -438,7 +437,7 @@ class AlignCRDialog(QDialog):
                 self.output_widget.setFilePath(os.path.join(folder, f"{layer.name()}_declouded.tif"))
         self.validate()
 
-    def _on_mask_changed(self, *_: Any) -> None:
+    def _on_only_cloudy_toggled(self, *_: Any) -> None:
         """The feather only means something when only-cloudy is on."""
         self.feather_spin.setEnabled(self.only_cloudy_check.isChecked())
 
