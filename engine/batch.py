@@ -7,8 +7,9 @@ the same names; relative paths are relative to the
 manifest's folder, an empty cell means "not given", dates are ISO 8601 and checked when the manifest is read). The
 ``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights).
 Each scene is one task that calls :func:`engine.pipeline.run` on a worker; the client collects outcomes as they
-finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts``) atomically after each one,
-so even an interrupted batch leaves an accurate record of what is done.
+finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts, warnings, model_percent``)
+atomically after each one, so even an interrupted batch leaves an accurate record of what is done — and which
+scenes deserve a second look (a partial SAR cover, a SAR acquired far from the optical image).
 
 Failure policy (why it is split this way):
 
@@ -52,7 +53,7 @@ DATE_COLUMNS = ("date", "date_prev", "date_next")
 OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPORAL_COLUMNS, *DATE_COLUMNS, "dem",
                     "qa")  # fmt: skip
 PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem", "qa")
-SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts")
+SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts", "warnings", "model_percent")
 
 
 class ManifestError(InputError):
@@ -93,6 +94,8 @@ class SceneOutcome:
     seconds: float
     error: str = ""
     attempts: int = 0
+    warnings: str = ""  # the run's warnings (partial SAR cover, a far SAR date, ...) joined by " | "
+    model_percent: str = ""  # share of the valid pixels holding the model's output (empty when it failed)
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,8 @@ def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[
         result = run(config, accel=AccelConfig(**accel_settings))
     except EngineError as exc:
         return {**record, "status": "failed", "seconds": time.perf_counter() - t0, "error": str(exc)}
-    return {**record, "status": "ok", "output": str(result.output), "seconds": result.seconds, "error": ""}
+    return {**record, "status": "ok", "output": str(result.output), "seconds": result.seconds, "error": "",
+            "warnings": " | ".join(result.warnings), "model_percent": f"{100 * result.model_fraction:.2f}"}
 
 
 def _scheduler_address(spec: str) -> str:
@@ -303,7 +307,8 @@ def run_batch(
         outcome: SceneOutcome | None = None
         if fut.status == "finished":
             rec = fut.result()
-            outcome = SceneOutcome(rec["id"], rec["status"], rec["output"], rec["seconds"], rec["error"])
+            outcome = SceneOutcome(rec["id"], rec["status"], rec["output"], rec["seconds"], rec["error"],
+                                   warnings=rec.get("warnings", ""), model_percent=rec.get("model_percent", ""))
         else:
             exc = fut.exception()
             message = f"{type(exc).__name__}: {exc}".strip()

@@ -5,6 +5,7 @@ mid-scene (retried, no half-written output), the CLI against a running scheduler
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -122,10 +123,19 @@ def test_qa_column_writes_the_scene_qa_and_clears_a_killed_attempts_leftovers(sc
     stale = job.qa.parent / f".{job.qa.name}.dead1234.tmp.tif"
     stale.write_bytes(b"half")
     record = run_scene(job, {"tile": 32, "overlap": 8, "device": "cpu"}, {})
-    assert record["status"] == "ok", record
+    assert record["status"] == "ok" and record["model_percent"] == "100.00" and record["warnings"] == "", record
     with rasterio.open(job.qa) as ds:
         assert (ds.read(1) == 100).all()
     assert not stale.exists()
+    # a scene whose SAR covers half of it: the summary row says so, for a second look
+    from helpers_rasters import WGS84, footprint_transform
+
+    transform, w, h = footprint_transform(scenes / "opt0.tif", WGS84, 9e-5)
+    half = write_sar(tmp_path / "half.tif", crs=WGS84, transform=transform, height=h, width=w // 2)
+    record = run_scene(dataclasses.replace(job, sar=half, out=tmp_path / "b.tif", qa=None),
+                       {"tile": 32, "overlap": 8, "device": "cpu"}, {})  # fmt: skip
+    assert record["status"] == "ok" and "SAR covers only" in record["warnings"]
+    assert 30 < float(record["model_percent"]) < 70
 
 
 @pytest.mark.parametrize(
@@ -215,6 +225,7 @@ def test_three_scenes_one_bad_two_ok(client, scenes: Path, tmp_path: Path) -> No
     assert summary["s1"]["output"] == "" and not (tmp_path / "out1.tif").exists()
     for i in (0, 2):
         assert summary[f"s{i}"]["attempts"] == "1" and float(summary[f"s{i}"]["seconds"]) > 0
+        assert summary[f"s{i}"]["model_percent"] == "100.00" and summary[f"s{i}"]["warnings"] == ""
         with rasterio.open(tmp_path / f"out{i}.tif") as out, rasterio.open(scenes / f"opt{i}.tif") as src:
             np.testing.assert_array_equal(out.read(), src.read())  # identity model
     assert not list(tmp_path.glob(".*tmp*"))

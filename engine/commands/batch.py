@@ -16,9 +16,9 @@ NAME = "batch"
 HELP = "decloud every scene of a manifest CSV, one scene per task on a Dask cluster"
 DESCRIPTION = (
     "Manifest columns: id, optical, sar, out, and optionally landcover, mask, reference, model, weights, the "
-    "temporal models' optical_prev, sar_prev, optical_next, sar_next, date, date_prev, date_next, and dem (paths "
-    "relative to the manifest, empty cell = not given; sar may be empty for gapfill). Writes a summary CSV (id, "
-    "status, output, seconds, error, attempts)."
+    "temporal models' optical_prev, sar_prev, optical_next, sar_next, date, date_prev, date_next, dem, and qa "
+    "(the scene's QA raster) (paths relative to the manifest, empty cell = not given; sar may be empty for "
+    "gapfill). Writes a summary CSV (id, status, output, seconds, error, attempts, warnings, model_percent)."
 )
 
 
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     def report(outcome, finished: int, total: int) -> None:
         detail = f"{outcome.seconds:.1f} s" if outcome.status == "ok" else outcome.error
+        if outcome.warnings:
+            detail += f"; warning: {outcome.warnings}"
         print(f"[{finished}/{total}] {outcome.id}: {outcome.status} ({detail})", file=sys.stderr, flush=True)
 
     outcomes = run_batch(jobs, config, summary, on_outcome=report)

@@ -115,7 +115,7 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> No
                              "the optical image); keep every clear pixel as the input (default: the model's output "
                              "everywhere, as in the paper)")  # fmt: skip
     parser.add_argument("--cloud-feather", type=int, metavar="PX", default=default["cloud_feather"],
-                        help="with --only-cloudy: blend model and input over this many pixels beyond the mask "
+                        help="with --only-cloudy: blend model and input over this many pixels beyond the cloud "
                              f"(0 = hard edge; default {default['cloud_feather']})")  # fmt: skip
 
 
