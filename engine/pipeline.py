@@ -737,6 +737,8 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress) -> d
         mask=config.mask,
         bands=tuple(config.bands),
         model_card=result.model_card,
-        run_settings={**config.as_dict(), "sar_used": result.sar_used},
+        run_settings={**config.as_dict(), "sar_used": result.sar_used,
+                      "model_percent": round(100.0 * result.model_fraction, 2), "network_tiles": result.network_tiles,
+                      "total_tiles": result.total_tiles},
         progress=progress,
     )

@@ -297,6 +297,8 @@ def test_cli_gapfill_without_sar_end_to_end(tmp_path: Path, linear_scene: dict, 
     assert np.abs(_read(out).astype(float) - linear_scene["truth"]).max() <= 1.0
     settings = json.loads((tmp_path / "report" / "report.json").read_text())["run_settings"]
     assert settings["sar"] is None and settings["sar_used"] is False
+    assert settings["model_percent"] == result["model_percent"] == 100.0  # no mask: gapfill fills every pixel
+    assert settings["network_tiles"] == settings["total_tiles"] > 0
 
 
 def test_gapfill_ignores_a_sar_that_does_not_overlap(tmp_path: Path, linear_scene: dict) -> None:
