@@ -38,6 +38,11 @@ def parse_datetime(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def days_apart(first: datetime, second: datetime) -> float:
+    """Days between two acquisition times, whichever comes first."""
+    return abs((second - first).total_seconds()) / 86400
+
+
 def _date_tag(ds: Any) -> tuple[str, str] | None:
     """(text, tag name) of the first acquisition-date tag an open rasterio dataset has, in :data:`DATE_TAGS` order."""
     domains = [ds.tags(ns="IMAGERY"), ds.tags()]

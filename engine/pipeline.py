@@ -66,7 +66,7 @@ from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.cloudmask import DETECTOR_HALO, detect_clouds
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
-from engine.dates import DATE_TAGS, dataset_acquisition_date
+from engine.dates import DATE_TAGS, dataset_acquisition_date, days_apart
 from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
@@ -294,7 +294,7 @@ def _sar_gap_days(opt: rasterio.io.DatasetReader, sar: rasterio.io.DatasetReader
     found_opt, found_sar = dataset_acquisition_date(opt), dataset_acquisition_date(sar)
     if found_opt is None or found_sar is None:
         return None
-    days = abs((found_sar[0] - found_opt[0]).total_seconds()) / 86400
+    days = days_apart(found_opt[0], found_sar[0])
     if days > SAR_GAP_WARN_DAYS:
         record_warning(progress, warnings, f"the SAR was acquired {days:.0f} days from the optical image (tags "
                        f"{found_sar[1]} / {found_opt[1]}); the model learned from pairs 2.2 days apart on average, "
@@ -651,14 +651,11 @@ def _qa_spec(spec: OutputSpec) -> OutputSpec:
     model's output — 0 the input as acquired (clear pixels kept by --only-cloudy, pixels without SAR or other
     inputs), 100 the model's reconstruction, between them --cloud-feather's blend — and 255 where the optical
     image has no data. It carries the output's metadata and provenance tags."""
-    meta = spec.metadata or RasterMetadata()
-    tags = {domain: dict(values) for domain, values in meta.tags.items()}
-    tags.setdefault("", {})["ALIGNCR_QA"] = (
-        "percent of each pixel taken from the model's output: 0 = the input as acquired, 100 = the model's "
-        f"reconstruction, between = feathered blend; {QA_NODATA} = no optical data"
-    )
+    scene_tags = RasterMetadata(tags=(spec.metadata or RasterMetadata()).tags)  # not the optical bands' own tags
+    qa_tag = {"ALIGNCR_QA": "percent of each pixel taken from the model's output: 0 = the input as acquired, 100 = "
+                            f"the model's reconstruction, between = feathered blend; {QA_NODATA} = no optical data"}
     return dataclasses.replace(spec, count=1, dtype="uint8", nodata=QA_NODATA, descriptions=("model share (%)",),
-                               metadata=RasterMetadata(tags=tags))  # fmt: skip
+                               metadata=with_processing(scene_tags, qa_tag))  # fmt: skip
 
 
 def _process_chunk(

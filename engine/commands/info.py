@@ -19,7 +19,7 @@ import numpy as np
 from engine import normalise
 from engine.align import Grid, bounds_overlap, coverage_fraction
 from engine.config import DEFAULT_SAR_BANDS, parse_band_list
-from engine.dates import dataset_acquisition_date
+from engine.dates import dataset_acquisition_date, days_apart
 from engine.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
 
 NAME = "info"
@@ -52,7 +52,7 @@ def inspect_pair(optical: Path, sar: Path, bands: tuple[int, ...], sar_bands: tu
         dates = {role: dataset_acquisition_date(ds) for role, ds in (("optical", opt), ("sar", s1))}
         gap = None
         if dates["optical"] and dates["sar"]:
-            gap = round(abs((dates["sar"][0] - dates["optical"][0]).total_seconds()) / 86400, 2)
+            gap = round(days_apart(dates["optical"][0], dates["sar"][0]), 2)
         return {
             "optical": describe(opt).as_dict(),
             "sar": describe(s1).as_dict(),
