@@ -22,7 +22,7 @@ conv + 5 wide-activation weight-norm residual blocks (FE). Then D AlignFuse bloc
    information into the optical stream and the updated optical information back into the SAR stream.
 
 IR block: the D optical outputs are concatenated → 1×1 + 3×3 conv (global feature fusion) + the first FE conv's
-output → conv → pixel shuffle ×2 → conv to the optical bands → cropped → + the cloudy input (long skip).
+ReLU'd output (the official in-place ReLU) → conv → pixel shuffle ×2 → conv to the optical bands → cropped → + the cloudy input (long skip).
 
 Choices where the paper is silent (taken from the official code unless stated):
 - Module and parameter names mirror the official ones (``SFE_conv``, ``RDBs``, ``SFAlign``, ``DF``, …) so
@@ -537,8 +537,11 @@ class AlignCR(nn.Module):
         if optical.ndim != 4 or optical.shape[1] != cfg.in_bands:
             raise ModelError(f"optical input must be (N, {cfg.in_bands}, H, W), got {tuple(optical.shape)}")
         x_in, (h, w) = pad_to_multiple(optical, cfg.pad_multiple)
-        f1 = self.SFE_conv(F.pixel_unshuffle(x_in, SPACE_TO_DEPTH))
-        x = self.SFE_module(F.relu(f1))
+        # The official code applies an in-place ReLU to this shallow feature on its way into SFE_module, so the
+        # long skip below adds ReLU(SFE_conv(·)), not the raw conv output: that is the forward official
+        # checkpoints were trained with (checked against a transcription of the official code, tests/).
+        f1 = F.relu(self.SFE_conv(F.pixel_unshuffle(x_in, SPACE_TO_DEPTH)))
+        x = self.SFE_module(f1)
         x_sar = None
         if cfg.use_sar:
             if sar is None or sar.ndim != 4 or sar.shape[1] != cfg.sar_bands or sar.shape[0] != optical.shape[0]:
