@@ -34,6 +34,9 @@ class ModelSection:
     # Zero the output conv so a long-skip (residual) network starts as the identity: a short run then only has
     # to improve on the cloudy input instead of first unlearning a random residual. Off in the paper recipes.
     zero_init_output: bool = False
+    # ICNR-initialise the convs before pixel shuffles (training.param_groups.icnr_init): no 2-px checkerboard at
+    # the start of training. Off in the paper recipes (the official code uses PyTorch's default init).
+    icnr_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class DataSection:
     flips: bool = True
     rot90: bool = True
     synthetic_clouds: float = 0.0
+    cloud_model: str = "flat"  # synthetic clouds: "flat" (first bundled model) | "layers" (training.datasets.clouds)
     cache: bool = True  # keep decoded samples in memory (small data sets)
 
 
@@ -93,6 +97,9 @@ class RunSection:
     offset_warn: float = 50.0  # EDVR: mean |offset| above 50 means training is diverging
     offset_abort: float = 200.0  # stop with an error above this (0 = never)
     progress: bool = True
+    # which validation figure picks best.safetensors: "psnr" (whole image) or "margin" (inside-cloud PSNR margin
+    # over the best non-learned baseline, training.scoring) — the one that says whether the model is worth shipping
+    select: str = "psnr"
     # DDP: Align-CR's last AlignFuse block computes a SAR-stream update nothing downstream uses, so some
     # parameters get no gradient; DDP must be told (found with torchrun on 2 processes).
     find_unused_parameters: bool = True

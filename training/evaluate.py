@@ -18,6 +18,14 @@ can be named instead of a file) — Cresson et al.'s comparison on an MSOP / MSO
 
 ``--weights identity`` scores the baseline alone. Samples are scored whole unless ``--crop`` (centre crop; the
 official M3R-CR test takes the centre 160).
+
+``--baselines`` adds the non-learned baselines (:mod:`engine.baselines`: ``flat``, ``fill``) scored on the same
+pixels inside / outside the cloud, and the headline "margin over the best baseline inside the cloud"
+(:mod:`training.scoring`). ``--recipe FILE`` scores a whole report split instead of one folder: a TOML with
+``[[report.real]]`` (real cloudy/clear/SAR triplets) and ``[[report.synthetic]]`` (cloud-free pairs that get
+deterministic synthetic clouds, ``synthetic_draws`` per image) dataset tables, as in
+``training/configs/aligncr_lite_report.toml``; both kinds are reported separately, with the baselines, and
+``--figure PNG`` draws cloudy / baselines / model / reference quicklooks of the real samples.
 """
 
 from __future__ import annotations
@@ -123,12 +131,50 @@ def evaluate(models: dict[str, nn.Module], view: TrainView, device: torch.device
     return out
 
 
+REPORT_KINDS = ("real", "synthetic")
+
+
+def report_views(recipe: str | Path, crop: int = 0) -> dict[str, TrainView]:
+    """{"real": view, "synthetic": view} of a report recipe (see the module docstring)."""
+    import tomllib
+
+    from training.datasets import build_reader
+
+    raw = tomllib.loads(Path(recipe).read_text()).get("report")
+    if not isinstance(raw, dict):
+        raise InputError(f"{recipe} has no [report] table")
+    views = {}
+    for kind in REPORT_KINDS:
+        specs = raw.get(kind, [])
+        if not specs:
+            continue
+        readers = [build_reader({**spec, "synthetic": 1.0 if kind == "synthetic" else 0.0}) for spec in specs]
+        n = sum(len(r) for r in readers)
+        draws = int(raw.get("synthetic_draws", 1)) if kind == "synthetic" else 1
+        aug = AugmentConfig(crop=crop, random_crop=False, flips=False, rot90=False,
+                            cloud_model=str(raw.get("cloud_model", "layers")))
+        views[kind] = TrainView(readers, aug, seed=int(raw.get("seed", 0)), length=n * draws)
+    return views
+
+
+def score_with_baselines(model: nn.Module, view: TrainView, device: torch.device) -> dict[str, Any]:
+    """Rows and the summary (model, cloudy input, flat, fill; margin inside the cloud) of one view."""
+    from training import scoring
+
+    rows = scoring.model_rows(model, view, device)
+    return {"summary": scoring.summarise(rows), "per_sample": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", required=True,
                         help="a .safetensors weights file, or a model that needs none: 'identity', 'gapfill'")
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--data",
                         help="dataset folder (SEN12MS-CR, M3R-CR, or a training.build_dataset output folder)")
+    parser.add_argument("--recipe", help="a report split (TOML with [[report.real]] / [[report.synthetic]])")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also score the flat and fill baselines and the margin inside the cloud")
+    parser.add_argument("--figure", help="with --recipe: write quicklooks of the real samples to this PNG")
     parser.add_argument("--split", help="train | val | test (default: every sample; M3R-CR: test)")
     parser.add_argument("--csv", help="M3R-CR list file (default: <data>/<split>.csv)")
     parser.add_argument("--ids", nargs="+", help="only these sample IDs")
@@ -136,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--out", help="write the JSON here instead of stdout")
     args = parser.parse_args(argv)
+    if (args.data is None) == (args.recipe is None):
+        parser.error("give exactly one of --data and --recipe")
+    if args.recipe:
+        return _main_recipe(args)
     try:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -147,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         if card.get("arch") != "identity":
             models["identity"] = load_model("identity", device)[0]
         results = evaluate(models, view, device)
+        if args.baselines:
+            results["baselines"] = score_with_baselines(model, view, device)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -165,6 +217,40 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     return 0
+
+
+def _main_recipe(args: argparse.Namespace) -> int:
+    try:
+        device = torch.device(args.device)
+        model, card = load_model(args.weights, device)
+        views = report_views(args.recipe, args.crop)
+        results = {kind: score_with_baselines(model, view, device) for kind, view in views.items()}
+        if args.figure and "real" in views:
+            from training.figures import quicklooks
+
+            quicklooks(model, views["real"], device, Path(args.figure))
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {"weights": args.weights, "recipe": str(args.recipe),
+              "card": {k: card.get(k) for k in ("arch", "training_data", "version")},
+              "samples": {k: len(v) for k, v in views.items()}, "results": results}
+    text = json.dumps(report, indent=2, default=float)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    for kind, res in results.items():
+        print(f"{kind}: " + summary_line(res["summary"]), file=sys.stderr)
+    return 0
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line: inside-cloud PSNR of the model and the baselines, and the margin."""
+    f = summary.get
+    return (f"inside the cloud: model {f('model_psnr_in'):.2f} dB, flat {f('flat_psnr_in'):.2f}, "
+            f"fill {f('fill_psnr_in'):.2f}, cloudy input {f('identity_psnr_in'):.2f}; margin over the best baseline "
+            f"{f('margin_in'):+.2f} dB, model best on {100 * f('wins_in'):.0f} % of {f('scored_samples')} samples")
 
 
 if __name__ == "__main__":

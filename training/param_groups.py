@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
 from torch import nn
 
 from engine.errors import ModelError
@@ -106,3 +107,28 @@ def offset_magnitudes(model: nn.Module) -> dict[str, float]:
         if value is not None:
             out[name] = float(value)
     return out
+
+
+def icnr_init(model: nn.Module) -> int:
+    """ICNR initialisation (Aitken et al. 2017) of every conv that feeds an ``nn.PixelShuffle``; returns how many.
+
+    A sub-pixel convolution initialised at random gives each of the r² output phases its own filter, so the
+    untrained upsampler already draws an r-periodic checkerboard that training must then unlearn — the 2-pixel
+    row/column stripes of the first bundled model. ICNR gives the r² phases of each output channel the same
+    kernel: at initialisation the conv + shuffle is a nearest-neighbour upsampling of one ordinary conv.
+    """
+    count = 0
+    for seq in model.modules():
+        children = list(seq.children())
+        for prev, nxt in zip(children, children[1:]):
+            if isinstance(prev, nn.Conv2d) and isinstance(nxt, nn.PixelShuffle):
+                r2 = nxt.upscale_factor**2
+                w = prev.weight
+                base = torch.empty(w.shape[0] // r2, *w.shape[1:], dtype=w.dtype, device=w.device)
+                nn.init.kaiming_uniform_(base, a=5**0.5)  # nn.Conv2d's own default, for the shared kernel
+                with torch.no_grad():
+                    w.copy_(base.repeat_interleave(r2, dim=0))
+                    if prev.bias is not None:
+                        prev.bias.copy_(prev.bias.view(-1, r2)[:, :1].expand(-1, r2).reshape(-1))
+                count += 1
+    return count

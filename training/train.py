@@ -73,12 +73,15 @@ from training.losses import StageLoss, build_loss
 from training.param_groups import (
     build_param_groups,
     enable_offset_tracking,
+    icnr_init,
     offset_magnitudes,
     resolve_types,
     zero_init_output,
 )
 
 STATE_FILE = "state_last.pt"
+# run.select → the validation key whose highest value makes best.safetensors
+SELECT_KEYS = {"psnr": "psnr", "margin": "margin_in"}
 
 
 class TrainingDiverged(EngineError):
@@ -138,7 +141,7 @@ def build_views(cfg: TrainConfig) -> tuple[TrainView, TrainView | None]:
     train = TrainView(
         [build_reader(s, cache=d.cache) for s in d.train],
         AugmentConfig(crop=d.crop, random_crop=True, flips=d.flips, rot90=d.rot90,
-                      synthetic_clouds=d.synthetic_clouds),
+                      synthetic_clouds=d.synthetic_clouds, cloud_model=d.cloud_model),
         seed=cfg.run.seed,
         length=d.samples_per_epoch or None,
     )
@@ -146,7 +149,7 @@ def build_views(cfg: TrainConfig) -> tuple[TrainView, TrainView | None]:
     if d.val:
         val = TrainView(
             [build_reader(s, cache=d.cache) for s in d.val],
-            AugmentConfig(crop=d.val_crop, random_crop=False, flips=False, rot90=False),
+            AugmentConfig(crop=d.val_crop, random_crop=False, flips=False, rot90=False, cloud_model=d.cloud_model),
             seed=cfg.run.seed,
         )
     return train, val
@@ -212,34 +215,19 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opt
 
 # --------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
-def validate(model: nn.Module, view: TrainView, device: torch.device, batch_size: int = 1) -> dict[str, float]:
-    """Mean per-sample PSNR/SSIM/MAE/SAM (engine.metrics) of the model and of the cloudy input (identity)."""
-    from engine import metrics
+def validate(model: nn.Module, view: TrainView, device: torch.device, batch_size: int = 1,
+             cache: dict[str, Any] | None = None) -> dict[str, float]:
+    """Per-sample means of the model's, the cloudy input's (``identity_``) and the baselines' (``flat_``, ``fill_``)
+    PSNR/SSIM/MAE/SAM — overall and inside/outside the cloud — plus ``margin_in`` (:mod:`training.scoring`).
 
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0)
-    for batch in loader:
-        tensors = to_device(batch, device)
-        pred = model(tensors["optical"], tensors["sar"], **model_kwargs(model, tensors))
-        pred = pred.float().clamp(0, 1).cpu().numpy()
-        target = batch["target"].numpy()
-        cloudy = batch["optical"].numpy()
-        for k in range(pred.shape[0]):
-            for prefix, img in (("", pred[k]), ("identity_", cloudy[k])):
-                vals = {
-                    "psnr": metrics.psnr(img, target[k]),
-                    "ssim": metrics.ssim(img, target[k]),
-                    "mae": metrics.mae(img, target[k]),
-                    "sam": metrics.sam_degrees(img, target[k]),
-                }
-                for key, v in vals.items():
-                    sums[prefix + key] = sums.get(prefix + key, 0.0) + float(v)
-            n += 1
-    model.train(was_training)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    Keys without a prefix are the model's (``psnr``, ``psnr_in``…), as the logs always had them. ``cache`` keeps
+    the baselines of each validation sample between validations (the view is deterministic).
+    """
+    from training import scoring
+
+    rows = scoring.model_rows(model, view, device, batch_size, cache)
+    summary = scoring.summarise(rows)
+    return {(k[len("model_"):] if k.startswith("model_") else k): v for k, v in summary.items() if v is not None}
 
 
 # --------------------------------------------------------------------------------------------- logging
@@ -335,6 +323,10 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
     from engine.models import build_model
 
     model = build_model(cfg.model.name, **cfg.model.overrides).to(device)
+    if run.select not in SELECT_KEYS:
+        raise EngineError(f"run.select must be one of {sorted(SELECT_KEYS)}, got '{run.select}'")
+    if cfg.model.icnr_init:
+        icnr_init(model)
     if cfg.model.zero_init_output:
         zero_init_output(model, int(getattr(getattr(model, "cfg", None), "in_bands", 4)))
     n_dcn = enable_offset_tracking(model)
@@ -396,7 +388,9 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
                             "stage_losses"])
         val_log = CsvLog(out_dir / "val_log.csv",
                          ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
-                          "identity_sam", "time"])
+                          "identity_sam", "psnr_in", "psnr_out", "identity_psnr_in", "flat_psnr_in", "fill_psnr_in",
+                          "margin_in", "wins_in", "ssim_in", "fill_ssim_in", "flat_ssim_in", "sam_in", "fill_sam_in",
+                          "flat_sam_in", "time"])
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -432,17 +426,20 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
         save_weights(model, out_dir / "last.safetensors",
                      _card(cfg, step, step / steps_per_epoch, last_val or None, elapsed()))
 
+    val_cache: dict[str, Any] = {}
+
     def run_validation() -> None:
         nonlocal best_psnr, last_val
         if not is_main or val_view is None:
             return
-        last_val = validate(model, val_view, device, d.val_batch_size)
+        last_val = validate(model, val_view, device, d.val_batch_size, val_cache)
         val_log.write({"step": step, **last_val, "time": round(elapsed(), 1)})
         if tb is not None:
             for k, v in last_val.items():
                 tb.add_scalar(f"val/{k}", v, step)
-        if last_val["psnr"] > best_psnr:
-            best_psnr = last_val["psnr"]
+        score = last_val.get(SELECT_KEYS[run.select], -math.inf)
+        if score > best_psnr:
+            best_psnr = score
             save_weights(model, out_dir / "best.safetensors",
                          _card(cfg, step, step / steps_per_epoch, last_val, elapsed()))
 

@@ -22,7 +22,8 @@ conv + 5 wide-activation weight-norm residual blocks (FE). Then D AlignFuse bloc
    information into the optical stream and the updated optical information back into the SAR stream.
 
 IR block: the D optical outputs are concatenated → 1×1 + 3×3 conv (global feature fusion) + the first FE conv's
-ReLU'd output (the official in-place ReLU) → conv → pixel shuffle ×2 → conv to the optical bands → cropped → + the cloudy input (long skip).
+ReLU'd output (the official in-place ReLU) → conv → pixel shuffle ×2 → conv to the optical bands → cropped →
++ the cloudy input (long skip).
 
 Choices where the paper is silent (taken from the official code unless stated):
 - Module and parameter names mirror the official ones (``SFE_conv``, ``RDBs``, ``SFAlign``, ``DF``, …) so

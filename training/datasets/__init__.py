@@ -25,15 +25,19 @@ from torch.utils.data import Dataset
 from engine.errors import InputError
 from training.datasets.augment import AugmentConfig, add_synthetic_clouds, crop_sample, flip_rotate
 from training.datasets.base import Sample, nearest_resize, to_tensors
+from training.datasets.clouds import add_clouds
 from training.datasets.layout import LayoutSplit
 from training.datasets.m3rcr import M3RCR
 from training.datasets.sen12mscr import SEN12MSCR
+from training.datasets.sources import READERS as SOURCE_READERS
+from training.datasets.sources import AsClear
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["M3RCR", "SEN12MSCR", "LayoutSplit", "AugmentConfig", "TrainView", "build_reader", "resolve_path"]
 
-Reader = M3RCR | SEN12MSCR | LayoutSplit
+Reader = M3RCR | SEN12MSCR | LayoutSplit | AsClear
+KINDS = ("m3rcr", "sen12mscr", "layout", *SOURCE_READERS)
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -43,8 +47,26 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def build_reader(spec: dict[str, Any], cache: bool = True) -> Reader:
-    """A dataset reader from one ``[[data.*]]`` table of a recipe."""
+    """A dataset reader from one ``[[data.*]]`` table of a recipe.
+
+    Two options apply to every kind: ``as_clear = true`` serves the cloud-free images (with their SAR) as clear
+    pairs, and ``synthetic = p`` is the probability that a sample gets synthetic clouds (default: 1 for clear
+    pairs, which have no cloud of their own; else the recipe's ``data.synthetic_clouds``).
+    """
     spec = dict(spec)
+    as_clear = bool(spec.pop("as_clear", False))
+    synthetic = spec.pop("synthetic", None)
+    reader = _build_kind(spec, cache)
+    if as_clear:
+        reader = AsClear(reader)
+    if synthetic is None and getattr(reader, "kind", "real") == "clear":
+        synthetic = 1.0
+    if synthetic is not None:
+        reader.synthetic = float(synthetic)
+    return reader
+
+
+def _build_kind(spec: dict[str, Any], cache: bool) -> Reader:
     kind = spec.pop("kind", None)
     if "root" not in spec:
         raise InputError(f"dataset spec {spec} has no 'root'")
@@ -64,9 +86,11 @@ def build_reader(spec: dict[str, Any], cache: bool = True) -> Reader:
             if "csv" in spec:
                 spec["csv_file"] = spec.pop("csv")
             return LayoutSplit(root, **spec)
+        if kind in SOURCE_READERS:
+            return SOURCE_READERS[kind](root, **spec)
     except TypeError as exc:
         raise InputError(f"bad option in {kind} dataset spec: {exc}") from None
-    raise InputError(f"unknown dataset kind '{kind}' (known: m3rcr, sen12mscr, layout)")
+    raise InputError(f"unknown dataset kind '{kind}' (known: {', '.join(KINDS)})")
 
 
 class TrainView(Dataset):
@@ -122,16 +146,26 @@ class TrainView(Dataset):
         x = int(rng.integers(0, m.shape[1] - hw[1] + 1))
         return m[y : y + hw[0], x : x + hw[1]]
 
+    def synthetic_probability(self, i: int) -> float:
+        """Chance that item ``i`` gets synthetic clouds: its reader's own ``synthetic`` (clear pairs: 1), else the
+        view's ``synthetic_clouds``."""
+        reader = self.readers[self.index[i % len(self.index)][0]]
+        return float(getattr(reader, "synthetic", self.augment.synthetic_clouds))
+
     def __getitem__(self, i: int) -> Sample:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         sample = self.read(i)
         aug = self.augment
         if aug.crop:
             sample = crop_sample(sample, aug.crop, rng if aug.random_crop else None)
-        if aug.synthetic_clouds > 0 and rng.random() < aug.synthetic_clouds:
-            mask = self._synthetic_mask(sample["optical"].shape[-2:], rng)
-            if mask is not None:
-                sample = add_synthetic_clouds(sample, mask, rng)
+        p = self.synthetic_probability(i)
+        if p > 0 and rng.random() < p:
+            if aug.cloud_model == "layers":
+                sample = add_clouds(sample, rng, self.mask_bank())
+            else:
+                mask = self._synthetic_mask(sample["optical"].shape[-2:], rng)
+                if mask is not None:
+                    sample = add_synthetic_clouds(sample, mask, rng)
         if aug.flips or aug.rot90:
             sample = flip_rotate(sample, rng, aug.flips, aug.rot90)
         return to_tensors(sample)

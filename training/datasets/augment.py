@@ -38,6 +38,9 @@ class AugmentConfig:
     flips: bool = True
     rot90: bool = True
     synthetic_clouds: float = 0.0  # probability of adding synthetic clouds from a real mask to a sample
+    # "flat": the original bright flat layer shaped by a real mask (add_synthetic_clouds, the first bundled model's);
+    # "layers": training.datasets.clouds (thick / semi / haze, textured colour, shadows, real + generated shapes)
+    cloud_model: str = "flat"
 
 
 def sar_ratio(opt_hw: tuple[int, int], sar_hw: tuple[int, int]) -> Fraction:

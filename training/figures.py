@@ -1,0 +1,44 @@
+"""Model-card figures: quicklooks of a model's output beside the cloudy input, the baselines and the reference.
+
+One row per sample: cloudy / flat / fill / model / reference, all with ONE stretch taken from the reference's clear
+pixels (2–98 % per band) by :func:`engine.report.plots.quicklook_panels` — a stretch the cloud does not saturate,
+so a colour cast or the cloud's outline stays visible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def quicklooks(model: Any, view: Any, device: Any, path: Path, max_samples: int = 8) -> Path:
+    """Write the quicklook grid of the first ``max_samples`` samples of ``view`` to ``path`` (PNG)."""
+    import torch
+
+    from training import scoring
+    from training.inputs import model_kwargs, to_device
+
+    rows = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(min(len(view), max_samples)):
+            s = view[i]
+            batch = to_device({k: (v[None] if torch.is_tensor(v) else v) for k, v in s.items()}, device)
+            pred = model(batch["optical"], batch["sar"], **model_kwargs(model, batch))[0].float().clamp(0, 1)
+            optical, target = s["optical"].numpy(), s["target"].numpy()
+            cloud = s["mask"][0].numpy() > 0.5
+            base = scoring.baseline_images(optical, cloud)
+            images = {"cloudy": optical, "flat": base["flat"], "fill": base["fill"],
+                      "model": pred.cpu().numpy(), "reference": target}
+            rows.append((str(s["id"]), images, target, ~cloud))
+    return quicklook_grid(rows, path)
+
+
+def quicklook_grid(rows: list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Stack per-sample quicklook strips (each with its own reference stretch) into one PNG."""
+    from engine.report.plots import quicklook_panels
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return quicklook_panels(rows, path)
