@@ -354,3 +354,16 @@ def test_m3rcr_sample_baselines(shared_data, tmp_path, capsys):
     margin = m["baseline_margin"]
     assert margin["margin_db"] < 0 and not margin["beats_baselines"]  # the "prediction" is the cloudy input
     assert (out / "report.html").stat().st_size > 50_000
+
+
+def test_fill_in_blocks_within_a_tile_equals_one_solve_per_tile(scene, report, tmp_path, monkeypatch):
+    """A large --tile-size is filled in FILL_BLOCK blocks, each with the halo: same numbers for small clouds."""
+    from engine.report import accumulate, write_report
+
+    monkeypatch.setattr(accumulate, "FILL_BLOCK", 16)
+    p = scene.paths
+    rep = write_report(p["optical"], p["prediction"], tmp_path, reference=p["reference"], mask=p["mask"],
+                       tile_size=32, baselines=True)  # fmt: skip
+    blocked, single = rep["metrics"]["baselines"]["fill"], report[0]["metrics"]["baselines"]["fill"]
+    for part in ("overall", "inside_cloud", "outside_cloud"):
+        assert blocked[part] == pytest.approx(single[part], rel=1e-6)

@@ -58,6 +58,7 @@ MASK_NODATA = 255
 CHANGE_NODATA = -9999.0
 HIST_BINS = 200  # NDVI 2-D histograms over [-1, 1]²
 CACHE_FLOOR_BYTES = 64 * 1024 * 1024
+FILL_BLOCK = 512  # px per side of one fill solve (plus its halo)
 MEDIAN_SAMPLE_PX = 4_000_000  # clear pixels the flat baseline's medians are taken from, at most (about)
 CACHE_MARGIN = 1.1  # LRU slack: around the tile in progress, blocks of two rows of tiles are live at once
 LAYER_FILES = {
@@ -256,6 +257,26 @@ def clear_medians_pass(src: Sources, tile_size: int, progress: Progress) -> np.n
     return np.median(values, axis=1).astype(np.float32) if values.shape[1] else None
 
 
+def _fill_blocks(
+    opt: np.ndarray, cloud: np.ndarray, inner: tuple[slice, slice], medians: np.ndarray | None
+) -> np.ndarray:
+    """The fill baseline on the ``inner`` part of ``opt``, in blocks of at most :data:`FILL_BLOCK` px each solved
+    with :data:`engine.baselines.DEFAULT_HALO` px of the context around it, so that a large ``--tile-size`` does
+    not make one huge sparse solve (memory grows faster than the pixels it covers)."""
+    (y0, y1), (x0, x1) = (inner[0].start, inner[0].stop), (inner[1].start, inner[1].stop)
+    h, w = cloud.shape
+    out = np.empty((opt.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+    for by in range(y0, y1, FILL_BLOCK):
+        for bx in range(x0, x1, FILL_BLOCK):
+            ey, ex = min(by + FILL_BLOCK, y1), min(bx + FILL_BLOCK, x1)
+            cy0, cx0 = max(0, by - DEFAULT_HALO), max(0, bx - DEFAULT_HALO)
+            cy1, cx1 = min(h, ey + DEFAULT_HALO), min(w, ex + DEFAULT_HALO)
+            out[:, by - y0 : ey - y0, bx - x0 : ex - x0] = fill_window(
+                opt[:, cy0:cy1, cx0:cx1], cloud[cy0:cy1, cx0:cx1], (by - cy0, cy1 - ey, bx - cx0, cx1 - ex), medians
+            )
+    return out
+
+
 def _baseline_images(
     names: tuple[str, ...], opt: np.ndarray, v_opt: np.ndarray, cloud: np.ndarray,
     margins: tuple[int, int, int, int], medians: np.ndarray | None,
@@ -267,7 +288,7 @@ def _baseline_images(
         if name == "flat":
             images[name] = flat(opt[(slice(None), *inner)], cloud[inner], medians)
         elif name == "fill":
-            images[name] = fill_window(np.where(v_opt, opt, np.nan), cloud, margins, medians)
+            images[name] = _fill_blocks(np.where(v_opt, opt, np.nan), cloud, inner, medians)
         else:
             raise ValueError(f"unknown baseline '{name}'")
     return images

@@ -174,7 +174,6 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
             "beat — <em>flat</em> paints every pixel with the per-band median of the scene's clear pixels, "
             "<em>fill</em> keeps the clear pixels and fills each cloud by harmonic interpolation from its border. "
             "The margin column is output − the best baseline of that row.</p>",
-            _headline(m),
             _quality_table(m),
             "<h3>Per land-cover class</h3>",
             _class_table(m) if report["inputs"]["landcover"] else '<p class="note">no land cover given</p>',
