@@ -20,7 +20,8 @@ from engine.commands.ndvi import parse_bands, terminal_progress
 from engine.report.margin import margin_sentence
 
 NAME = "evaluate"
-HELP = "score a declouded raster against a cloud-free reference (MAE, PSNR, SSIM, SAM, NDVI) and write a report"
+HELP = ("score a declouded raster against a cloud-free reference (MAE, PSNR, SSIM, SAM, NDVI), beside the cloudy "
+        "input and the flat/fill baselines, and write a report")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
