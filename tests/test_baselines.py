@@ -367,3 +367,43 @@ def test_fill_in_blocks_within_a_tile_equals_one_solve_per_tile(scene, report, t
     blocked, single = rep["metrics"]["baselines"]["fill"], report[0]["metrics"]["baselines"]["fill"]
     for part in ("overall", "inside_cloud", "outside_cloud"):
         assert blocked[part] == pytest.approx(single[part], rel=1e-6)
+
+
+def test_baselines_use_the_detected_mask_when_none_is_given(scene, tmp_path):
+    from engine.report import write_report
+
+    p = scene.paths
+    rep = write_report(p["optical"], p["prediction"], tmp_path, reference=p["reference"], tile_size=32)
+    assert rep["scene"]["cloud_mask"]["source"] == "detected"
+    m = rep["metrics"]
+    # fill keeps exactly the pixels the evaluation calls clear: there it scores as the cloudy input, bit for bit
+    # (SSIM aside: its windows reach into the cloud)
+    fill_clear, cloudy_clear = m["baselines"]["fill"]["outside_cloud"], m["cloudy_input"]["outside_cloud"]
+    assert {k: fill_clear[k] for k in ("pixels", "mae", "psnr", "sam")} == {
+        k: cloudy_clear[k] for k in ("pixels", "mae", "psnr", "sam")
+    }
+    assert m["baselines"]["fill"]["inside_cloud"]["pixels"] == m["output"]["inside_cloud"]["pixels"] > 0
+
+
+def test_clear_medians_of_a_large_scene_come_from_a_regular_grid(scene, monkeypatch):
+    from contextlib import ExitStack
+
+    from engine.progress import Progress
+    from engine.report import accumulate
+    from engine.report.sources import open_sources
+
+    p = scene.paths
+    cloudy = scene.norm("optical")
+    clear = scene.valid & ~scene.cloud
+    with ExitStack() as stack:
+        src = open_sources(stack, optical=p["optical"], prediction=p["prediction"], reference=None, landcover=None,
+                           mask=p["mask"], bands=(1, 2, 3, 4))  # fmt: skip
+        every = accumulate.clear_medians_pass(src, 32, Progress())
+        monkeypatch.setattr(accumulate, "MEDIAN_SAMPLE_PX", 1000)  # 60 × 72 px → every 3rd row and column
+        sampled = accumulate.clear_medians_pass(src, 32, Progress())
+    np.testing.assert_allclose(every, np.median(cloudy[:, clear], axis=1), rtol=1e-6)
+    grid = clear.copy()
+    grid[np.arange(grid.shape[0]) % 3 != 0] = False
+    grid[:, np.arange(grid.shape[1]) % 3 != 0] = False
+    np.testing.assert_allclose(sampled, np.median(cloudy[:, grid], axis=1), rtol=1e-6)
+    assert not np.allclose(sampled, every, rtol=1e-6)
