@@ -22,9 +22,11 @@ clouds wider than the halo see a difference from a whole-scene solve (their far 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix, csc_matrix
+from scipy.sparse import coo_matrix, csc_matrix, csr_matrix
 from scipy.sparse.linalg import splu
 
 BASELINES = ("flat", "fill")
@@ -57,21 +59,24 @@ def flat(optical: np.ndarray, cloud: np.ndarray, medians: np.ndarray | None = No
     return out
 
 
-def _laplace_system(hole: np.ndarray, known: np.ndarray) -> tuple[object, np.ndarray, list[tuple]]:
-    """The factorised 4-neighbour Laplace operator on ``hole`` pixels, and where each right-hand side comes from.
+def _laplace_system(hole: np.ndarray, known: np.ndarray) -> tuple[Any, tuple[np.ndarray, np.ndarray], csr_matrix]:
+    """The factorised 4-neighbour Laplace operator on ``hole`` pixels, and the matrix that gathers its right-hand
+    sides from the ``known`` pixels (equations × known pixels in row-major order).
 
     A neighbour that is neither hole nor known (off the image, or not finite) is left out of the stencil (a
-    zero-flux boundary), so the system is well posed for every region that touches a known pixel. One sparse LU
-    serves all bands.
+    zero-flux boundary), so the system is well posed for every region that touches a known pixel. The operator is
+    symmetric positive definite, so SuperLU is told so (symmetric minimum-degree ordering: about half the fill-in
+    and time of its default column ordering on a large cloud). One factorisation serves all bands.
     """
     h, w = hole.shape
     idx = -np.ones((h, w), dtype=np.int64)
     ys, xs = np.nonzero(hole)
     n = ys.size
     idx[ys, xs] = np.arange(n)
-    rows, cols = [], []
+    known_idx = -np.ones((h, w), dtype=np.int64)
+    known_idx[known] = np.arange(int(known.sum()))
+    rows, cols, src_rows, src_cols = [], [], [], []
     diag = np.zeros(n)
-    sources = []  # (equation indices, neighbour rows, neighbour cols) of known neighbours
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         ny, nx = ys + dy, xs + dx
         inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
@@ -81,19 +86,36 @@ def _laplace_system(hole: np.ndarray, known: np.ndarray) -> tuple[object, np.nda
         diag += is_hole | is_known
         rows.append(np.nonzero(is_hole)[0])
         cols.append(idx[nyc[is_hole], nxc[is_hole]])
-        sources.append((np.nonzero(is_known)[0], nyc[is_known], nxc[is_known]))
+        src_rows.append(np.nonzero(is_known)[0])
+        src_cols.append(known_idx[nyc[is_known], nxc[is_known]])
     r = np.concatenate([np.arange(n), *rows])
     c = np.concatenate([np.arange(n), *cols])
     v = np.concatenate([diag, -np.ones(r.size - n)])
-    lu = splu(csc_matrix(coo_matrix((v, (r, c)), shape=(n, n))))
-    return lu, (ys, xs), sources
+    lu = splu(
+        csc_matrix(coo_matrix((v, (r, c)), shape=(n, n))),
+        permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True},
+    )
+    sr, sc = np.concatenate(src_rows), np.concatenate(src_cols)
+    gather = csr_matrix((np.ones(sr.size), (sr, sc)), shape=(n, int(known.sum())))
+    return lu, (ys, xs), gather
 
 
-def fill(optical: np.ndarray, cloud: np.ndarray, medians: np.ndarray | None = None) -> np.ndarray:
+def _regions_reaching(hole: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """The cloud regions (4-connected parts of ``hole``) that have a pixel in ``within``."""
+    labels, _ = ndimage.label(hole)
+    reached = np.unique(labels[within & hole])
+    return np.isin(labels, reached[reached > 0])
+
+
+def fill(
+    optical: np.ndarray, cloud: np.ndarray, medians: np.ndarray | None = None, *, within: np.ndarray | None = None
+) -> np.ndarray:
     """The fill baseline: clear pixels kept, every cloud region harmonically interpolated from its border.
 
     A cloud region with no clear pixel around it (a fully clouded window) gets the flat value (``medians``, else
-    the window's own clear medians; the input where there are none).
+    the window's own clear medians; the input where there are none). ``within`` ((H, W) bool) solves only the
+    regions that reach those pixels — each region's solution depends on that region alone, so the others would be
+    work thrown away (:func:`fill_window` passes the chunk); the rest keep the input.
     """
     optical = np.asarray(optical, dtype=np.float32)
     cloud = np.asarray(cloud, dtype=bool)
@@ -101,6 +123,8 @@ def fill(optical: np.ndarray, cloud: np.ndarray, medians: np.ndarray | None = No
     hole = cloud & finite
     known = finite & ~cloud
     out = optical.copy()
+    if within is not None:
+        hole = _regions_reaching(hole, np.asarray(within, dtype=bool))
     if not hole.any():
         return out
     labels, count = ndimage.label(hole)
@@ -115,12 +139,9 @@ def fill(optical: np.ndarray, cloud: np.ndarray, medians: np.ndarray | None = No
         hole &= ~isolated
     if not hole.any():
         return out
-    lu, (ys, xs), sources = _laplace_system(hole, known)
-    for b in range(optical.shape[0]):
-        rhs = np.zeros(ys.size)
-        for eq, sy, sx in sources:
-            np.add.at(rhs, eq, optical[b, sy, sx])
-        out[b, ys, xs] = lu.solve(rhs).astype(np.float32)
+    lu, (ys, xs), gather = _laplace_system(hole, known)
+    rhs = gather @ optical[:, known].T.astype(np.float64)  # (equations, bands)
+    out[:, ys, xs] = lu.solve(np.ascontiguousarray(rhs)).T.astype(np.float32)
     return out
 
 
@@ -137,8 +158,13 @@ def fill_window(
     optical_with_halo: np.ndarray, cloud_with_halo: np.ndarray, halo: tuple[int, int, int, int],
     medians: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``fill`` of a chunk read with a halo; returns the chunk alone. ``halo`` = (top, bottom, left, right) px."""
+    """``fill`` of a chunk read with a halo; returns the chunk alone. ``halo`` = (top, bottom, left, right) px.
+
+    Only the cloud regions that reach the chunk are solved (the halo's other clouds only cost time).
+    """
     top, bottom, left, right = halo
-    filled = fill(optical_with_halo, cloud_with_halo, medians)
-    h, w = filled.shape[-2:]
+    h, w = np.shape(cloud_with_halo)
+    chunk = np.zeros((h, w), dtype=bool)
+    chunk[top : h - bottom, left : w - right] = True
+    filled = fill(optical_with_halo, cloud_with_halo, medians, within=chunk)
     return filled[:, top : h - bottom, left : w - right]

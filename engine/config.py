@@ -77,6 +77,7 @@ class RunConfig:
     optical_scale: str = "auto"
     sar_resampling: str = "nearest"
     report: Path | None = None
+    baselines: bool = True  # the report also scores the non-learned baselines (engine.baselines) and the margin
     chunk: int = 1024
     optical_prev: Path | None = None
     optical_next: Path | None = None

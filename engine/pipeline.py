@@ -738,4 +738,5 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress) -> d
                       "model_percent": round(100.0 * result.model_fraction, 2), "network_tiles": result.network_tiles,
                       "total_tiles": result.total_tiles},
         progress=progress,
+        baselines=config.baselines,
     )

@@ -12,6 +12,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from engine.baselines import DEFAULT_HALO
 from engine.cli import main
 from engine.errors import Cancelled, InputError
 from engine.metrics import mae, psnr, sam_degrees, ssim
@@ -173,7 +174,7 @@ def test_json_validates_and_schema_catches_errors(full_report):
     report, out = full_report
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == report
-    assert on_disk["schema_version"] == "1.0"
+    assert on_disk["schema_version"] == "1.1"
     assert on_disk["model_card"]["path"] == "/x/y.safetensors" and on_disk["run_settings"]["tile"] == [1, 2]
     validate_report(on_disk)
     try:
@@ -339,9 +340,12 @@ def test_block_cache_holds_one_row_of_tiles_during_the_pass(scene, tmp_path, mon
     with ExitStack() as stack:
         src = open_sources(stack, optical=p["optical"], prediction=p["prediction"], reference=p["reference"],
                            landcover=p["landcover"], mask=p["mask"], bands=(1, 2, 3, 4))  # fmt: skip
-        expected = accumulate.block_cache_bytes(src, 32, ["uint8"] + ["float32"] * 4)
+        plain = accumulate.block_cache_bytes(src, 32, ["uint8"] + ["float32"] * 4)
+        # with the baselines (the default), optical and mask are read with the fill baseline's halo too
+        expected = accumulate.block_cache_bytes(src, 32, ["uint8"] + ["float32"] * 4, DEFAULT_HALO)
     # 4-band uint16 optical + reference, float32 prediction, 1-byte land cover (reprojected: counted twice) and mask
-    assert expected >= W * (2 * 8 + 16) * (32 + 2 * accumulate.HALO) + W * 17 * 32
+    assert plain >= W * (2 * 8 + 16) * (32 + 2 * accumulate.HALO) + W * 17 * 32
+    assert expected >= plain + W * (8 + 1) * 2 * DEFAULT_HALO
 
     def cachemax():
         return rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None

@@ -1,8 +1,8 @@
 """``aligncr:evaluate`` — metrics of a declouded image against a cloud-free reference, written as a report folder.
 
 Runs ``python -m engine evaluate``: MAE/PSNR/SSIM/SAM inside and outside the clouds (and per land-cover class when
-a land-cover raster is given), as the paper reports them. The cloudy input is needed to know where the clouds
-were when no mask is given.
+a land-cover raster is given), as the paper reports them, beside the engine's non-learned baselines (flat, fill).
+The cloudy input is needed to know where the clouds were when no mask is given, and to make the baselines.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class EvaluateAlgorithm(EngineAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return (
             "Compares a declouded image with a cloud-free reference of the same date and writes a report folder "
-            "(metrics inside/outside clouds, per land-cover class, figures)."
+            "(metrics inside/outside clouds, per land-cover class, figures), with the cloudy input and two "
+            "non-learned baselines (flat colour, interpolation from the cloud's border) scored beside it and the "
+            "output's margin over the best baseline inside the cloud."
         )
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API

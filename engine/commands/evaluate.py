@@ -2,7 +2,10 @@
 
 Writes the full report (layers, ``report.json``, ``report.html``) into ``--out`` via
 :func:`engine.report.write_report`; ``--json`` prints ``report.json`` on stdout (for the QGIS plugin and scripts),
-otherwise a short human summary with the cloudy input's numbers beside the output's.
+otherwise a short human summary with the cloudy input's and the baselines' numbers beside the output's and the
+headline: the output's margin over the best baseline inside the cloud (:mod:`engine.report.margin`). The baselines
+(:mod:`engine.baselines`: flat, fill) are on by default — they cost a first pass over the optical input and a
+sparse solve per cloudy tile — and ``--no-baselines`` skips them.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.commands.ndvi import parse_bands, terminal_progress
+from engine.report.margin import margin_sentence
 
 NAME = "evaluate"
-HELP = "score a declouded raster against a cloud-free reference (MAE, PSNR, SSIM, SAM, NDVI) and write a report"
+HELP = ("score a declouded raster against a cloud-free reference (MAE, PSNR, SSIM, SAM, NDVI), beside the cloudy "
+        "input and the flat/fill baselines, and write a report")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tile-size", type=int, default=300, help="tile size for streaming and cloud-cover bins")
     parser.add_argument("--json", action="store_true", help="print report.json on stdout")
+    parser.add_argument(
+        "--baselines", action=argparse.BooleanOptionalAction, default=True,
+        help="also score the non-learned baselines flat and fill on the same pixels, and the output's margin over "
+             "the best of them inside the cloud (default: on)",
+    )  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -38,16 +52,17 @@ def _summary(report: dict[str, Any]) -> str:
     cover = report["scene"]["cloud_mask"]["cloud_cover_percent"]
     lines = [f"cloud cover: {cover:.1f} % ({report['scene']['cloud_mask']['source']} mask)" if cover is not None
              else "cloud cover: n/a (no valid pixels)"]
-    lines.append(f"{'':16}{'cloudy input':>14}{'output':>12}")
+    columns = {"cloudy input": m["cloudy_input"]}
+    columns |= m["baselines"] or {}
+    columns["output"] = m["output"]
+    lines.append(f"{'':16}" + "".join(f"{name:>14}" for name in columns))
     for part in ("overall", "inside_cloud", "outside_cloud"):
         for key in ("mae", "psnr", "ssim", "sam"):
-            c, o = m["cloudy_input"][part][key], m["output"][part][key]
-            f = (lambda v: "–" if v is None else f"{v:.4f}")  # noqa: E731
-            lines.append(f"{part + ' ' + key:16}{f(c):>14}{f(o):>12}")
-    c, o = m["cloudy_input"]["ndvi"], m["output"]["ndvi"]
+            lines.append(f"{part + ' ' + key:16}" + "".join(f"{_fmt(b[part][key]):>14}" for b in columns.values()))
     for key in ("rmse", "miou"):
-        f = (lambda v: "–" if v is None else f"{v:.4f}")  # noqa: E731
-        lines.append(f"{'ndvi ' + key:16}{f(c[key]):>14}{f(o[key]):>12}")
+        lines.append(f"{'ndvi ' + key:16}" + "".join(f"{_fmt(b['ndvi'][key]):>14}" for b in columns.values()))
+    if m["baselines"] is not None:
+        lines.append(margin_sentence(m["baseline_margin"]))
     return "\n".join(lines)
 
 
@@ -63,9 +78,11 @@ def run(args: argparse.Namespace) -> int:
             landcover=args.landcover,
             mask=args.mask,
             bands=args.bands,
-            run_settings={"command": "evaluate", "tile_size": args.tile_size, "bands": list(args.bands)},
+            run_settings={"command": "evaluate", "tile_size": args.tile_size, "bands": list(args.bands),
+                          "baselines": args.baselines},
             tile_size=args.tile_size,
             progress=progress,
+            baselines=args.baselines,
         )
     if args.json:
         json.dump(report, sys.stdout, indent=2)

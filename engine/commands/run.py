@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sar-resampling", choices=SAR_RESAMPLINGS, default="nearest", help="SAR upsampling")
     parser.add_argument("--report", type=Path, help="also write a metrics/figures report into this folder")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="with --report and --reference: skip scoring the non-learned baselines (flat, fill) "
+                             "and the output's margin over them inside the cloud (default: scored)")  # fmt: skip
     parser.add_argument("--qa", type=Path, metavar="FILE",
                         help="also write a QA GeoTIFF: percent of each pixel from the model (0 = as acquired, "
                              "100 = reconstructed, 255 = no data)")  # fmt: skip
@@ -159,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         optical_scale=args.optical_scale,
         sar_resampling=args.sar_resampling,
         report=args.report,
+        baselines=args.baselines,
         optical_prev=args.optical_prev,
         optical_next=args.optical_next,
         sar_prev=args.sar_prev,
@@ -222,6 +226,7 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     from tqdm import tqdm
 
     from engine.pipeline import run as run_pipeline
+    from engine.report.margin import margin_sentence
 
     bars: list[tqdm] = []  # created at the start event, so an input error prints its line without a bar
 
@@ -248,6 +253,9 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
           f"{result.seconds:.1f} s; {share})")  # fmt: skip
     if result.report_dir:
         print(f"report in {result.report_dir}")
+        metrics = (result.report or {}).get("metrics")
+        if metrics is not None and metrics["baselines"] is not None:
+            print(margin_sentence(metrics["baseline_margin"]))
     return 0
 
 

@@ -20,7 +20,15 @@ memory grows with the scene's *width* (≈ 40 KB per column with 512² input blo
 
 Validity: a pixel counts when all four bands of the optical input and of the prediction are valid (source nodata
 / internal mask); metrics additionally need the reference to be valid there. Cloud cover is cloud pixels / valid
-pixels.
+pixels. The cloud mask is the given one, or the clouds detected on the optical input's valid pixels.
+
+Baselines (:mod:`engine.baselines`, when asked for and a reference is given): ``flat`` and ``fill`` of the cloudy
+input are made tile by tile from the same cloud mask and fed to their own :class:`MetricAccumulator` exactly like the
+output, so their numbers are on the same pixels. ``flat`` needs the scene's clear medians before the first tile:
+a first pass (:func:`clear_medians_pass`) reads the optical input (and mask) tile by tile and takes the median of
+its clear pixels — all of them up to :data:`MEDIAN_SAMPLE_PX` pixels, beyond that a regular grid of about that many
+(the median of millions of pixels does not move in the third decimal). ``fill`` is solved per tile on the optical
+input read with :data:`engine.baselines.DEFAULT_HALO` more pixels of context (exact for clouds narrower than that).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from engine.baselines import DEFAULT_HALO, fill_window, flat
 from engine.cloudmask import detect_clouds
 from engine.landcover import CLASS_NAMES, UNKNOWN, worldcover_to_classes
 from engine.masks import cloud_mask_from_bands
@@ -49,6 +58,8 @@ MASK_NODATA = 255
 CHANGE_NODATA = -9999.0
 HIST_BINS = 200  # NDVI 2-D histograms over [-1, 1]²
 CACHE_FLOOR_BYTES = 64 * 1024 * 1024
+FILL_BLOCK = 512  # px per side of one fill solve (plus its halo)
+MEDIAN_SAMPLE_PX = 4_000_000  # clear pixels the flat baseline's medians are taken from, at most (about)
 CACHE_MARGIN = 1.1  # LRU slack: around the tile in progress, blocks of two rows of tiles are live at once
 LAYER_FILES = {
     "cloud_mask": "cloud_mask.tif",
@@ -142,6 +153,8 @@ class PassResult:
     cloudy_metrics: MetricAccumulator | None
     layers: dict[str, str]
     quicklooks: Quicklooks
+    baseline_metrics: dict[str, MetricAccumulator] = field(default_factory=dict)
+    medians: np.ndarray | None = None  # the flat baseline's per-band values (B, G, R, NIR), when computed
 
 
 def rows_of_blocks(rows: int, block_height: int) -> int:
@@ -149,23 +162,26 @@ def rows_of_blocks(rows: int, block_height: int) -> int:
     return (-(-(rows - 1) // block_height) + 1) * block_height
 
 
-def block_cache_bytes(src: Sources, tile_size: int, layer_dtypes: list[str]) -> int:
+def block_cache_bytes(src: Sources, tile_size: int, layer_dtypes: list[str], context: int = 0) -> int:
     """GDAL block cache (bytes) that holds every block one row of tiles touches, inputs and layers (worst case).
 
     Per scene column: each input's bytes per pixel (all its bands, as pixel-interleaved blocks decode them all) ×
     the rows of its blocks a tile + halo read can span, a reprojected one (``WarpedVRT``) twice (its own blocks
     and its source's); each layer's bytes × the rows of 256 px blocks a tile can span. Times the width, a margin,
-    and at least :data:`CACHE_FLOOR_BYTES`.
+    and at least :data:`CACHE_FLOOR_BYTES`. ``context``: extra pixels per side the optical input and the mask are
+    read with (the fill baseline's halo).
     """
     read_rows = tile_size + 2 * HALO
     per_column = 0
-    inputs = [src.optical.ds, src.prediction.ds]
-    inputs += [src.reference.ds] if src.reference is not None else []
-    inputs += [ds for ds in (src.landcover, src.mask) if ds is not None]
-    for ds in inputs:
+    inputs = [(src.optical.ds, context), (src.prediction.ds, 0)]
+    inputs += [(src.reference.ds, 0)] if src.reference is not None else []
+    inputs += [(src.landcover, 0)] if src.landcover is not None else []
+    inputs += [(src.mask, context)] if src.mask is not None else []
+    for ds, extra in inputs:
         pixel_bytes = sum(np.dtype(dt).itemsize for dt in ds.dtypes)
         copies = 1 if isinstance(ds, rasterio.io.DatasetReader) else 2
-        per_column += copies * pixel_bytes * rows_of_blocks(read_rows, min(ds.block_shapes[0][0], ds.height))
+        block_rows = min(ds.block_shapes[0][0], ds.height)
+        per_column += copies * pixel_bytes * rows_of_blocks(read_rows + 2 * extra, block_rows)
     grid = src.grid
     layer_block = BLOCK if grid.width >= BLOCK and grid.height >= BLOCK else grid.height  # see layer_profile
     for dt in layer_dtypes:
@@ -185,11 +201,112 @@ def _tiles(width: int, height: int, size: int) -> list[tuple[Window, Window, tup
     return out
 
 
-def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress, quicklook_side: int = 700) -> PassResult:
-    """Stream the scene once: write the layers atomically into ``out_dir`` and return the accumulated numbers."""
+def _grown(window: Window, by: int, width: int, height: int) -> tuple[Window, tuple[int, int, int, int]]:
+    """``window`` grown by ``by`` px per side, clipped to the image, and ``window``'s margins inside it (t, b, l, r)."""
+    y0, x0 = max(0, window.row_off - by), max(0, window.col_off - by)
+    y1 = min(height, window.row_off + window.height + by)
+    x1 = min(width, window.col_off + window.width + by)
+    margins = (window.row_off - y0, y1 - window.row_off - window.height,
+               window.col_off - x0, x1 - window.col_off - window.width)  # fmt: skip
+    return Window(x0, y0, x1 - x0, y1 - y0), margins
+
+
+def _inner(margins: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[slice, slice]:
+    top, bottom, left, right = margins
+    return slice(top, shape[-2] - bottom), slice(left, shape[-1] - right)
+
+
+def read_optical_and_cloud(src: Sources, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The optical input on ``window`` ((4, h, w) in [0, 1]), its validity and the evaluation's cloud mask there:
+    the given mask, else the clouds detected on the valid optical pixels; never cloud where the optical is invalid."""
+    opt, v_opt = src.optical.read(window)
+    if src.mask is not None:
+        cloud = cloud_mask_from_bands(src.mask.read(window=window))
+    else:
+        cloud = detect_clouds(np.where(v_opt, opt, 0.0))
+    return opt, v_opt, cloud & v_opt
+
+
+def _sample_grid(shape: tuple[int, int], window: Window, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of ``window`` (relative to it) on the scene's regular ``stride`` grid."""
+    rows = np.arange(-window.row_off % stride, shape[0], stride)
+    cols = np.arange(-window.col_off % stride, shape[1], stride)
+    return rows, cols
+
+
+def clear_medians_pass(src: Sources, tile_size: int, progress: Progress) -> np.ndarray | None:
+    """Per-band median (4,) of the optical input's clear pixels over the whole scene, or None when none is clear.
+
+    A first pass over the same tiles (and so the same cloud mask) as :func:`run_pass`; every pixel when the scene
+    has at most :data:`MEDIAN_SAMPLE_PX`, else the pixels on a regular grid of about that many.
+    """
+    grid = src.grid
+    stride = max(1, math.ceil(math.sqrt(grid.width * grid.height / MEDIAN_SAMPLE_PX)))
+    tiles = _tiles(grid.width, grid.height, tile_size)
+    parts = []
+    for i, (core, read, halo) in enumerate(tiles):
+        progress.check_cancelled()
+        opt, v_opt, cloud = read_optical_and_cloud(src, read)
+        c = _inner(halo, cloud.shape)
+        rows, cols = _sample_grid((core.height, core.width), core, stride)
+        core_opt = opt[(slice(None), *c)][:, rows][:, :, cols]
+        clear = (v_opt[c] & ~cloud[c])[rows][:, cols]
+        parts.append(core_opt[:, clear])
+        progress.update((i + 1) / len(tiles), "report: clear medians for the flat baseline")
+    values = np.concatenate(parts, axis=1)
+    return np.median(values, axis=1).astype(np.float32) if values.shape[1] else None
+
+
+def _fill_blocks(
+    opt: np.ndarray, cloud: np.ndarray, inner: tuple[slice, slice], medians: np.ndarray | None
+) -> np.ndarray:
+    """The fill baseline on the ``inner`` part of ``opt``, in blocks of at most :data:`FILL_BLOCK` px each solved
+    with :data:`engine.baselines.DEFAULT_HALO` px of the context around it, so that a large ``--tile-size`` does
+    not make one huge sparse solve (memory grows faster than the pixels it covers)."""
+    (y0, y1), (x0, x1) = (inner[0].start, inner[0].stop), (inner[1].start, inner[1].stop)
+    h, w = cloud.shape
+    out = np.empty((opt.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+    for by in range(y0, y1, FILL_BLOCK):
+        for bx in range(x0, x1, FILL_BLOCK):
+            ey, ex = min(by + FILL_BLOCK, y1), min(bx + FILL_BLOCK, x1)
+            cy0, cx0 = max(0, by - DEFAULT_HALO), max(0, bx - DEFAULT_HALO)
+            cy1, cx1 = min(h, ey + DEFAULT_HALO), min(w, ex + DEFAULT_HALO)
+            out[:, by - y0 : ey - y0, bx - x0 : ex - x0] = fill_window(
+                opt[:, cy0:cy1, cx0:cx1], cloud[cy0:cy1, cx0:cx1], (by - cy0, cy1 - ey, bx - cx0, cx1 - ex), medians
+            )
+    return out
+
+
+def _baseline_images(
+    names: tuple[str, ...], opt: np.ndarray, v_opt: np.ndarray, cloud: np.ndarray,
+    margins: tuple[int, int, int, int], medians: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """The baselines of the cloudy input on the read window, from the input read with ``margins`` more context."""
+    inner = _inner(margins, cloud.shape)
+    images = {}
+    for name in names:
+        if name == "flat":
+            images[name] = flat(opt[(slice(None), *inner)], cloud[inner], medians)
+        elif name == "fill":
+            images[name] = _fill_blocks(np.where(v_opt, opt, np.nan), cloud, inner, medians)
+        else:
+            raise ValueError(f"unknown baseline '{name}'")
+    return images
+
+
+def run_pass(
+    src: Sources, out_dir: Path, tile_size: int, progress: Progress, quicklook_side: int = 700,
+    baselines: tuple[str, ...] = (),
+) -> PassResult:
+    """Stream the scene once: write the layers atomically into ``out_dir`` and return the accumulated numbers.
+
+    ``baselines`` (names from :data:`engine.baselines.BASELINES`) are scored beside the output when there is a
+    reference (without one there is nothing to score them against, and they are skipped).
+    """
     grid = src.grid
     looks = Quicklooks(grid.height, grid.width, quicklook_side)
     has_ref = src.reference is not None
+    baselines = tuple(baselines) if has_ref else ()
     layers = dict(LAYER_FILES)
     if not has_ref:
         layers.pop("ndvi_reference")
@@ -197,6 +314,12 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress, qu
     cfg = AccumulatorConfig(class_names=CLASS_NAMES)
     out_acc = MetricAccumulator(cfg) if has_ref else None
     cloudy_acc = MetricAccumulator(cfg) if has_ref else None
+    base_acc = {name: MetricAccumulator(cfg) for name in baselines}
+    context = DEFAULT_HALO if "fill" in baselines else 0  # the optical input and mask are read with it
+    medians = None
+    if baselines:
+        medians = clear_medians_pass(src, tile_size, progress.scaled(0.0, 0.1))
+        progress = progress.scaled(0.1, 1.0)
 
     def profile(dtype: str, nodata: float) -> dict[str, Any]:
         return layer_profile(
@@ -205,7 +328,7 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress, qu
 
     tiles = _tiles(grid.width, grid.height, tile_size)
     dtypes = {name: "uint8" if name == "cloud_mask" else "float32" for name in layers}
-    cache = block_cache_bytes(src, tile_size, list(dtypes.values()))
+    cache = block_cache_bytes(src, tile_size, list(dtypes.values()), context)
     # an int is bytes for rasterio (GDALSetCacheMax), restored on exit
     with rasterio.Env(GDAL_CACHEMAX=cache), ExitStack() as stack:
         dst = {
@@ -219,16 +342,14 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress, qu
         }
         for i, (core, read, halo) in enumerate(tiles):
             progress.check_cancelled()
-            top, bottom, left, right = halo
-            c = (slice(top, read.height - bottom), slice(left, read.width - right))
-            opt, v_opt = src.optical.read(read)
+            c = _inner(halo, (read.height, read.width))
+            outer, margins = _grown(read, context, grid.width, grid.height)
+            opt_o, v_opt_o, cloud_o = read_optical_and_cloud(src, outer)
+            inner = _inner(margins, cloud_o.shape)
+            opt, v_opt, cloud = opt_o[(slice(None), *inner)], v_opt_o[inner], cloud_o[inner]
             pred, v_pred = src.prediction.read(read)
             valid = v_opt & v_pred
-            if src.mask is not None:
-                cloud = cloud_mask_from_bands(src.mask.read(window=read))
-            else:
-                cloud = detect_clouds(np.where(valid, opt, 0.0))
-            cloud &= valid
+            cloud = cloud & valid
             lc = None
             if src.landcover is not None:
                 lc = worldcover_to_classes(src.landcover.read(1, window=read))
@@ -274,12 +395,18 @@ def run_pass(src: Sources, out_dir: Path, tile_size: int, progress: Progress, qu
                 looks.add("reference_valid", core, v_ref[c])
                 stats.add_hist("reference_vs_output", n_ref, n_out)
                 stats.add_hist("reference_vs_input", n_ref, n_in)
-                for acc, cand in ((out_acc, pred), (cloudy_acc, opt)):
+                candidates = [(out_acc, pred), (cloudy_acc, opt)]
+                images = _baseline_images(baselines, opt_o, v_opt_o, cloud_o, margins, medians)
+                for name, image in images.items():
+                    looks.add(f"baseline_{name}", core, image[(slice(None), *c)])
+                    candidates.append((base_acc[name], image))
+                for acc, cand in candidates:
                     acc.update(cand, ref, valid=v_all, cloud=cloud, landcover=lc, halo=halo)
             else:
                 stats.add_hist("input_vs_output", n_in, n_out)
             progress.update((i + 1) / len(tiles), "report: metrics and layers")
-    return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks)
+    return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks,
+                      baseline_metrics=base_acc, medians=medians)  # fmt: skip
 
 
 def finite_or_none(x: float | None) -> float | None:

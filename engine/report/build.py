@@ -1,8 +1,9 @@
 """``write_report``: layers + ``report.json`` + ``report.html`` for one declouded scene.
 
-Order of work: one streaming pass (:mod:`engine.report.accumulate`) writes the GeoTIFF layers, accumulates the
-numbers and fills nearest-decimated quicklooks; :mod:`.plots` draws them; the JSON is validated against
-``schema.json`` before it is written, then JSON and HTML are written atomically.
+Order of work: one streaming pass (:mod:`engine.report.accumulate`; with baselines, after a first pass for the
+flat baseline's clear medians) writes the GeoTIFF layers, accumulates the numbers — the output's, the cloudy
+input's and the baselines' — and fills nearest-decimated quicklooks; :mod:`.plots` draws them; the JSON is
+validated against ``schema.json`` before it is written, then JSON and HTML are written atomically.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
+from engine.baselines import BASELINES, DEFAULT_HALO
 from engine.errors import EngineError, OutputError
 from engine.landcover import CLASS_NAMES, UNKNOWN
 from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
 from engine.progress import Progress
 from engine.report import plots
-from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
+from engine.report.accumulate import MASK_NODATA, MEDIAN_SAMPLE_PX, PassResult, run_pass
 from engine.report.html import render_html
+from engine.report.margin import baseline_margin
 from engine.report.schema import SCHEMA_VERSION, validate_report
 from engine.report.sources import Sources, open_sources
 
@@ -78,18 +81,47 @@ def _masked(arr: np.ndarray, nodata: float) -> np.ma.MaskedArray:
     return np.ma.masked_invalid(np.ma.masked_equal(arr, nodata)) if np.isfinite(nodata) else np.ma.masked_invalid(arr)
 
 
+def _quicklooks(q: dict[str, np.ndarray], has_reference: bool, baselines: list[str]) -> bytes:
+    """Cloudy input, output, reference and baselines under one stretch from the reference's clear pixels (the
+    output's when there is no reference); no-data pixels transparent."""
+    panels = {"cloudy input": ("optical", "optical_valid"), "output (declouded)": ("prediction", "prediction_valid")}
+    if has_reference:
+        panels["reference (cloud-free)"] = ("reference", "reference_valid")
+    panels |= {f"baseline: {name}": (f"baseline_{name}", "optical_valid") for name in baselines}
+    images = {title: np.where(q[valid], q[key], np.nan) for title, (key, valid) in panels.items()}
+    basis = "reference" if has_reference else "prediction"
+    clear = (q["cloud_mask"] == 0) & q[f"{basis}_valid"]
+    return plots.quicklook_panels(images, q[basis], clear)
+
+
+def _baseline_settings(res: PassResult) -> dict[str, Any] | None:
+    if not res.baseline_metrics:
+        return None
+    return {
+        "names": list(res.baseline_metrics),
+        "flat_medians": None if res.medians is None else [float(v) for v in res.medians],
+        "flat_medians_from": "clear pixels of the cloudy input, first pass over the scene "
+                             f"(every pixel up to {MEDIAN_SAMPLE_PX}, else a regular grid of about that many)",
+        "fill_halo_px": DEFAULT_HALO,
+    }
+
+
+def _metrics_json(res: PassResult) -> dict[str, Any] | None:
+    if res.output_metrics is None or res.cloudy_metrics is None:
+        return None
+    metrics: dict[str, Any] = {
+        "output": res.output_metrics.result(),
+        "cloudy_input": res.cloudy_metrics.result(),
+        "baselines": {name: acc.result() for name, acc in res.baseline_metrics.items()} or None,
+    }
+    metrics["baseline_margin"] = baseline_margin(metrics)
+    return metrics
+
+
 def _make_plots(src: Sources, res: PassResult, report: dict[str, Any]) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
     q = res.quicklooks.layers
-    rgb_idx = [2, 1, 0]  # R, G, B of (B, G, R, NIR)
-    looks = {"before (cloudy input)": "optical", "after (declouded output)": "prediction"}
-    if src.reference is not None:
-        looks["reference (cloud-free)"] = "reference"
-    basis = list(looks.values())[-1]  # reference if given, else the prediction
-    lims = plots.stretch_limits(q[basis][rgb_idx], q[f"{basis}_valid"])
-    figs["quicklooks"] = plots.quicklooks(
-        [(title, plots.apply_stretch(q[k][rgb_idx], q[f"{k}_valid"], lims)) for title, k in looks.items()]
-    )
+    figs["quicklooks"] = _quicklooks(q, src.reference is not None, list(res.baseline_metrics))
     cloud = np.ma.masked_equal(q["cloud_mask"], MASK_NODATA)
     change = np.ma.masked_invalid(q["change_magnitude"])
     cm = report["scene"]["cloud_mask"]
@@ -160,12 +192,15 @@ def write_report(
     run_settings: dict | None = None,
     tile_size: int = 300,
     progress: Progress | None = None,
+    baselines: bool = True,
 ) -> dict:
     """Write the report into ``out_dir`` (created if missing) and return the ``report.json`` dict.
 
     ``bands`` are the 1-based indices of B, G, R, NIR in optical, prediction and reference (all on the optical
     grid). Land cover (WorldCover codes) and mask (1 band, 1 = cloud, or Planet UDM2) may be on any grid; without a
-    mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`.
+    mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`. ``baselines``:
+    with a reference, also score the non-learned baselines (:mod:`engine.baselines`) and the output's margin over
+    the best of them inside the cloud (:mod:`engine.report.margin`).
     """
     progress = progress or Progress()
     if tile_size < 2 * SSIM_RADIUS + 1:
@@ -183,7 +218,8 @@ def write_report(
             landcover=Path(landcover) if landcover is not None else None,
             mask=Path(mask) if mask is not None else None, bands=bands,
         )
-        res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE)
+        res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE,
+                       baselines=BASELINES if baselines else ())
         g = src.grid
         report: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -216,17 +252,16 @@ def write_report(
                 "psnr_cap_db": PSNR_CAP,
                 "ndvi_nodata": NDVI_NODATA,
                 "cloud_mask_nodata": MASK_NODATA,
+                "baselines": _baseline_settings(res),
             },
             "scene": _scene_json(res, src, mask is not None),
-            "metrics": None,
+            "metrics": _metrics_json(res),
             "layers": dict(res.layers),
             "plots": [],
             "html": "report.html",
             "model_card": _jsonable(model_card),
             "run_settings": _jsonable(run_settings),
         }
-        if res.output_metrics is not None and res.cloudy_metrics is not None:
-            report["metrics"] = {"output": res.output_metrics.result(), "cloudy_input": res.cloudy_metrics.result()}
         progress.update(0.88, "report: plots")
         progress.check_cancelled()
         figs = _make_plots(src, res, report)

@@ -2,7 +2,9 @@
 
 A single file can be mailed, attached to a ticket or opened from a QGIS message bar link and always shows the
 same thing. Every value comes from the report dict and is HTML-escaped; the metric tables put the cloudy input
-(the paper's "Cloudy" row) beside the output and show the gain, the direction of "better" being stated per metric.
+(the paper's "Cloudy" row) and the non-learned baselines (flat, fill) beside the output and show the gain over the
+cloudy input and the margin over the best baseline, the direction of "better" being stated per metric. The
+headline — the output's margin over the best baseline inside the cloud — opens the page.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from html import escape
 from typing import Any
 
 from engine.landcover import CLASS_NAMES
+from engine.report.margin import margin_sentence
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;
@@ -20,12 +23,12 @@ padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-.better{color:#1a7f37}.worse{color:#b42318}.note{color:#555;font-size:.9em}
+.better{color:#1a7f37}.worse{color:#b42318}.note{color:#555;font-size:.9em}.headline{font-size:1.15em}
 img{max-width:100%;display:block;margin:.6em 0}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.85em}
 """
 
 PLOT_TITLES = {
-    "quicklooks": "Quicklooks (2–98 % stretch, common to all panels)",
+    "quicklooks": "Quicklooks (one 2–98 % stretch for all panels, from the reference's clear pixels)",
     "mask_and_change": "Cloud mask and where the model changed the image",
     "ndvi_maps": "NDVI before / after",
     "ndvi_scatter": "NDVI scatter (density, log colour scale)",
@@ -65,21 +68,42 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _best(values: list[float | None], higher_better: bool) -> float | None:
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return max(known) if higher_better else min(known)
+
+
+def _row(label: str, name: str, hb: bool, fmt: str, cloudy: Any, bases: list[Any], output: Any) -> list[str]:
+    cells = [f"<td>{escape(label)}</td>", f"<td>{name} {'↑' if hb else '↓'}</td>", f"<td>{_fmt(cloudy, fmt)}</td>"]
+    cells += [f"<td>{_fmt(b, fmt)}</td>" for b in bases]
+    cells += [f"<td>{_fmt(output, fmt)}</td>", _gain(cloudy, output, hb, fmt)]
+    if bases:
+        cells.append(_gain(_best(bases, hb), output, hb, fmt))
+    return cells
+
+
 def _quality_table(m: dict[str, Any]) -> str:
+    bases = m.get("baselines") or {}
     rows = []
     for part, label in (("overall", "whole image"), ("inside_cloud", "inside clouds"), ("outside_cloud", "outside")):
         for key, (name, fmt, hb) in _METRICS.items():
-            c, o = m["cloudy_input"][part][key], m["output"][part][key]
-            rows.append(
-                [f"<td>{escape(label)}</td>", f"<td>{name} {'↑' if hb else '↓'}</td>",
-                 f"<td>{_fmt(c, fmt)}</td>", f"<td>{_fmt(o, fmt)}</td>", _gain(c, o, hb, fmt)]
-            )
-    nd_c, nd_o = m["cloudy_input"]["ndvi"], m["output"]["ndvi"]
-    rows.append(["<td>whole image</td>", "<td>NDVI RMSE ↓</td>", f"<td>{_fmt(nd_c['rmse'])}</td>",
-                 f"<td>{_fmt(nd_o['rmse'])}</td>", _gain(nd_c["rmse"], nd_o["rmse"], False, "{:.4f}")])
-    rows.append(["<td>whole image</td>", "<td>NDVI class mIoU ↑</td>", f"<td>{_fmt(nd_c['miou'])}</td>",
-                 f"<td>{_fmt(nd_o['miou'])}</td>", _gain(nd_c["miou"], nd_o["miou"], True, "{:.4f}")])
-    return _table(["region", "metric", "cloudy input", "output", "gain"], rows)
+            rows.append(_row(label, name, hb, fmt, m["cloudy_input"][part][key],
+                             [b[part][key] for b in bases.values()], m["output"][part][key]))  # fmt: skip
+    for key, name, hb in (("rmse", "NDVI RMSE", False), ("miou", "NDVI class mIoU", True)):
+        rows.append(_row("whole image", name, hb, "{:.4f}", m["cloudy_input"]["ndvi"][key],
+                         [b["ndvi"][key] for b in bases.values()], m["output"]["ndvi"][key]))  # fmt: skip
+    header = ["region", "metric", "cloudy input", *(f"baseline {n}" for n in bases), "output", "gain vs cloudy"]
+    if bases:
+        header.append("margin vs best baseline")
+    return _table(header, rows)
+
+
+def _headline(m: dict[str, Any]) -> str:
+    margin = m.get("baseline_margin")
+    cls = "" if margin is None else ("better" if margin["beats_baselines"] else "worse")
+    return f'<p class="headline {cls}"><strong>{escape(margin_sentence(margin))}</strong></p>'
 
 
 def _class_table(m: dict[str, Any]) -> str:
@@ -126,6 +150,7 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
         f'<p class="note">generated {escape(report["created_utc"])} by {escape(report["generator"]["name"])} '
         f'{escape(report["generator"]["version"])}; schema {escape(report["schema_version"])}</p>',
         "<h2>Summary</h2>",
+        _headline(report["metrics"]) if report["metrics"] is not None else "",
         _kv_table(
             {
                 "size (px)": f"{report['grid']['width']} × {report['grid']['height']}",
@@ -144,7 +169,11 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
             "<h2>Quality against the cloud-free reference</h2>",
             '<p class="note">Bands scaled to [0, 1] (data range 1). "Cloudy input" scores the unmodified input '
             "against the reference, as the paper's \"Cloudy\" row; the gain column is output − cloudy input, green "
-            "when it is an improvement.</p>",
+            "when it is an improvement. Beating the cloudy input proves little: the non-learned baselines, made "
+            "from the cloudy input and the same cloud mask and scored on the same pixels, are what a model must "
+            "beat — <em>flat</em> paints every pixel with the per-band median of the scene's clear pixels, "
+            "<em>fill</em> keeps the clear pixels and fills each cloud by harmonic interpolation from its border. "
+            "The margin column is output − the best baseline of that row.</p>",
             _quality_table(m),
             "<h3>Per land-cover class</h3>",
             _class_table(m) if report["inputs"]["landcover"] else '<p class="note">no land cover given</p>',

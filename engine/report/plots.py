@@ -1,8 +1,9 @@
 """The report's figures as PNG bytes (matplotlib, Agg backend; imported lazily — matplotlib is the ``report`` extra).
 
-Quicklooks are 2–98 % stretched RGB (bands R, G, B) of nearest-decimated copies of the scene. One stretch —
-from the reference when there is one, else from the prediction — is applied to before, after and reference
-alike, so colours compare across panels; a stretch per panel would hide a colour shift the model introduced.
+Quicklooks (:func:`quicklook_panels`) are RGB (bands R, G, B) panels of cloudy input, output, reference and the
+baselines under ONE 2–98 % stretch, taken from the reference's *clear* pixels only (:func:`shared_stretch`), so
+colours compare across panels (a stretch per panel would hide a colour shift the model introduced) and a bright
+cloud — in the input, or a cloud the reference happens to have — cannot squeeze the land into the dark end.
 NDVI maps use a fixed RdYlGn scale (−0.2…0.9) so before and after are comparable too. The NDVI scatter is the
 paper's Fig. 8 as a density-coloured 2-D histogram (log colour scale) accumulated over all valid pixels, with the
 1:1 line.
@@ -11,12 +12,15 @@ paper's Fig. 8 as a density-coloured 2-D histogram (log colour scale) accumulate
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 DPI = 110
+RGB = (2, 1, 0)  # R, G, B positions in the engine's B, G, R, NIR band order
 NDVI_VMIN, NDVI_VMAX = -0.2, 0.9
 
 
@@ -60,15 +64,58 @@ def apply_stretch(rgb: np.ndarray, valid: np.ndarray, lims: np.ndarray) -> np.nd
     return np.moveaxis(rgba, 0, -1)
 
 
+def shared_stretch(
+    reference: np.ndarray, clear_mask: np.ndarray, rgb: Sequence[int] = RGB, lo: float = 2, hi: float = 98
+) -> np.ndarray:
+    """(3, 2) per-band ``lo``/``hi`` percentiles of the reference's clear, finite pixels (all its finite pixels when
+    none is clear): the one stretch every quicklook panel is drawn with."""
+    ref_rgb = np.asarray(reference, dtype=np.float64)[list(rgb)]
+    finite = np.isfinite(ref_rgb).all(axis=0)
+    basis = finite & np.asarray(clear_mask, dtype=bool)
+    return stretch_limits(ref_rgb, basis if basis.any() else finite, lo, hi)
+
+
+def stretched_panels(
+    images: Mapping[str, np.ndarray], lims: np.ndarray, rgb: Sequence[int] = RGB
+) -> dict[str, np.ndarray]:
+    """Each (bands, H, W) image as (H, W, 4) RGBA under ``lims``; pixels with a non-finite RGB band transparent."""
+    out = {}
+    for title, image in images.items():
+        img = np.asarray(image, dtype=np.float64)[list(rgb)]
+        finite = np.isfinite(img).all(axis=0)
+        out[title] = apply_stretch(np.where(finite, img, 0.0), finite, lims)
+    return out
+
+
+def quicklook_panels(
+    images: Mapping[str, np.ndarray], reference: np.ndarray, clear_mask: np.ndarray, path: Path | str | None = None,
+    *, rgb: Sequence[int] = RGB,
+) -> bytes:
+    """PNG of ``images`` (title → (bands, H, W) reflectance, NaN = no data) side by side under one stretch.
+
+    The stretch is :func:`shared_stretch` of ``reference`` (the cloud-free image; without one, pass the output) over
+    ``clear_mask`` ((H, W), True = clear); ``rgb`` are the band positions of R, G, B (default B, G, R, NIR order).
+    Written to ``path`` too when given. Torch-free and scene-free: the model card figures use it on in-memory arrays.
+    """
+    lims = shared_stretch(reference, clear_mask, rgb)
+    png = quicklooks(list(stretched_panels(images, lims, rgb).items()))
+    if path is not None:
+        Path(path).write_bytes(png)
+    return png
+
+
 def quicklooks(panels: Sequence[tuple[str, np.ndarray]]) -> bytes:
-    """Side-by-side RGBA images with titles."""
+    """RGBA images with titles: one row up to three panels, else two rows."""
     plt = _plt()
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), squeeze=False)
-    for ax, (title, img) in zip(axes[0], panels):
+    ncols = n if n <= 3 else math.ceil(n / 2)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.4 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (title, img) in zip(axes.ravel(), panels):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(title)
-        ax.set_axis_off()
     fig.tight_layout()
     return _png(fig)
 

@@ -1,0 +1,54 @@
+"""The report's headline: the output's margin over the best non-learned baseline inside the cloud.
+
+Beating the cloudy input proves nothing (a flat colour already does, by 8–12 dB); what a model must show is that
+inside the cloud it is better than the best of :data:`engine.baselines.BASELINES` scored on the same pixels. The
+margin is the output's inside-cloud PSNR minus the best baseline's, in dB, signed: negative means the model does
+NOT beat the baselines. One place computes it (:func:`baseline_margin`, stored in ``report.json`` under
+``metrics.baseline_margin``) and one place words it (:func:`margin_sentence`, used by the CLI and the HTML page).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MARGIN_REGION = "inside_cloud"
+MARGIN_METRIC = "psnr"
+
+
+def baseline_margin(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The margin from a report's ``metrics`` (with ``baselines``); None when there is nothing to compare.
+
+    Nothing to compare: no baselines scored, or no inside-cloud PSNR (no cloud pixel with a valid reference).
+    """
+    output = metrics["output"][MARGIN_REGION][MARGIN_METRIC]
+    scored = {
+        name: block[MARGIN_REGION][MARGIN_METRIC]
+        for name, block in (metrics.get("baselines") or {}).items()
+        if block[MARGIN_REGION][MARGIN_METRIC] is not None
+    }
+    if output is None or not scored:
+        return None
+    best = max(scored, key=lambda name: scored[name])
+    margin = output - scored[best]
+    return {
+        "region": MARGIN_REGION,
+        "metric": MARGIN_METRIC,
+        "output_db": output,
+        "best_baseline": best,
+        "best_baseline_db": scored[best],
+        "margin_db": margin,
+        "beats_baselines": margin > 0,
+    }
+
+
+def margin_sentence(margin: dict[str, Any] | None) -> str:
+    """The margin in one plain line, e.g. "inside the cloud: output 24.10 dB, best baseline fill 25.30 dB →
+    margin −1.20 dB (the model does NOT beat the baselines)"."""
+    if margin is None:
+        return "inside the cloud: no margin over the baselines (none scored, or no cloud pixel to score them on)"
+    d = margin["margin_db"]
+    verdict = "the model beats the baselines" if margin["beats_baselines"] else "the model does NOT beat the baselines"
+    return (
+        f"inside the cloud: output {margin['output_db']:.2f} dB, best baseline {margin['best_baseline']} "
+        f"{margin['best_baseline_db']:.2f} dB → margin {'+' if d >= 0 else '−'}{abs(d):.2f} dB ({verdict})"
+    )
