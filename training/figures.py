@@ -1,7 +1,7 @@
 """Model-card figures: quicklooks of a model's output beside the cloudy input, the baselines and the reference.
 
 One row per sample: cloudy / flat / fill / model / reference, all with ONE stretch taken from the reference's clear
-pixels (2–98 % per band) by :func:`engine.report.plots.quicklook_panels` — a stretch the cloud does not saturate,
+pixels (2–98 % per band, :func:`engine.report.plots.shared_stretch`) — a stretch the cloud does not saturate,
 so a colour cast or the cloud's outline stays visible.
 """
 
@@ -37,8 +37,21 @@ def quicklooks(model: Any, view: Any, device: Any, path: Path, max_samples: int 
 
 
 def quicklook_grid(rows: list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]], path: Path) -> Path:
-    """Stack per-sample quicklook strips (each with its own reference stretch) into one PNG."""
-    from engine.report.plots import quicklook_panels
+    """One row per sample (id, {title: image}, reference, clear mask), each row under its reference's stretch."""
+    from engine.report.plots import _plt, shared_stretch, stretched_panels
 
+    plt = _plt()
+    ncols = max(len(images) for _, images, _, _ in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.6 * ncols, 2.7 * len(rows)), squeeze=False)
+    for r, (sid, images, reference, clear) in enumerate(rows):
+        panels = stretched_panels(images, shared_stretch(reference, np.ones_like(clear)))
+        for c, (title, rgba) in enumerate(panels.items()):
+            ax = axes[r][c]
+            ax.imshow(rgba, interpolation="nearest")
+            ax.set_title(f"{sid} — {title}" if c == 0 else title, fontsize=8)
+            ax.set_axis_off()
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return quicklook_panels(rows, path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
