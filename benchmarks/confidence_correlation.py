@@ -7,7 +7,8 @@ standard deviation of those outputs averaged over the bands (reflectance), the e
 between their mean (the output a ``--confidence`` run writes) and the cloud-free reference, averaged over the
 bands. Inside the cloud mask the two are ranked against each other (``scipy.stats.spearmanr``) per sample and
 pooled over all samples; ``--max-pixels`` subsamples each sample's cloud pixels (seeded) when given. The pooled
-mean error per spread quintile says the same in reflectance. Samples are read with the training readers as
+mean error per spread quintile says the same in reflectance, and ``mean_abs_error_without_tta`` is the plain
+output's (the identity transform alone) for comparison. Samples are read with the training readers as
 ``training/evaluate.py`` reads them (SEN12MS-CR, M3R-CR or a layout split), whole, no augmentation.
 
     python benchmarks/confidence_correlation.py --data /work/shared/data/sen12mscr_triplets --ids 4438 6553 746
@@ -38,23 +39,29 @@ from training.inputs import input_keys
 QUANTILES = 5
 
 
-def spread_and_error(model: torch.nn.Module, sample: dict[str, Any], n: int,
-                     device: torch.device) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-pixel (H, W) TTA spread and |TTA mean − reference| (both averaged over the bands) of one sample."""
+def spread_and_errors(model: torch.nn.Module, sample: dict[str, Any], n: int,
+                      device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-pixel (H, W) TTA spread, |TTA mean − reference| and |plain output − reference| (each averaged over the
+    bands) of one sample; the plain output is the first transform's (the identity)."""
+    outputs: list[np.ndarray] = []
 
     @torch.inference_mode()
     def run(optical: torch.Tensor, sar: torch.Tensor) -> np.ndarray:
-        return model(optical.to(device), sar.to(device)).float().clamp(0.0, 1.0).cpu().numpy()
+        outputs.append(model(optical.to(device), sar.to(device)).float().clamp(0.0, 1.0).cpu().numpy())
+        return outputs[-1]
 
     mean, spread = tta.predict(run, sample["optical"][None], sample["sar"][None], n)
-    error = np.abs(mean[0].astype(np.float64) - sample["target"].numpy()).mean(axis=0)
-    return spread[0].astype(np.float64), error
+    target = sample["target"].numpy().astype(np.float64)
+    error = np.abs(mean[0].astype(np.float64) - target).mean(axis=0)
+    plain = np.abs(outputs[0][0].astype(np.float64) - target).mean(axis=0)
+    return spread[0].astype(np.float64), error, plain
 
 
-def _correlation(spread: np.ndarray, error: np.ndarray) -> dict[str, Any]:
+def _correlation(spread: np.ndarray, error: np.ndarray, plain: np.ndarray) -> dict[str, Any]:
     rho, p = spearmanr(spread, error)
     return {"pixels": int(spread.size), "spearman_rho": float(rho), "p_value": float(p),
-            "mean_spread": float(spread.mean()), "mean_abs_error": float(error.mean())}  # fmt: skip
+            "mean_spread": float(spread.mean()), "mean_abs_error": float(error.mean()),
+            "mean_abs_error_without_tta": float(plain.mean())}  # fmt: skip
 
 
 def _by_quantile(spread: np.ndarray, error: np.ndarray) -> list[dict[str, float]]:
@@ -69,7 +76,7 @@ def measure(model: torch.nn.Module, view: TrainView, n: int, device: torch.devic
             seed: int) -> dict[str, Any]:  # fmt: skip
     """Per-sample and pooled correlation inside the cloud (samples without cloud are listed, not scored)."""
     rng = np.random.default_rng(seed)
-    rows, pooled_s, pooled_e = [], [], []
+    rows, pooled_s, pooled_e, pooled_p = [], [], [], []
     for i in range(len(view)):
         sample = view[i]
         cloud = sample["mask"][0].numpy() > 0.5
@@ -77,18 +84,19 @@ def measure(model: torch.nn.Module, view: TrainView, n: int, device: torch.devic
         if cloud.sum() < 2:
             rows.append({**row, "skipped": "no cloud"})
             continue
-        spread, error = spread_and_error(model, sample, n, device)
-        s, e = spread[cloud], error[cloud]
+        spread, error, plain = spread_and_errors(model, sample, n, device)
+        s, e, p = spread[cloud], error[cloud], plain[cloud]
         if max_pixels and s.size > max_pixels:
             keep = rng.choice(s.size, max_pixels, replace=False)
-            s, e = s[keep], e[keep]
-        rows.append({**row, **_correlation(s, e)})
+            s, e, p = s[keep], e[keep], p[keep]
+        rows.append({**row, **_correlation(s, e, p)})
         pooled_s.append(s)
         pooled_e.append(e)
+        pooled_p.append(p)
     if not pooled_s:
         raise EngineError("no sample has a cloud to score")
-    s, e = np.concatenate(pooled_s), np.concatenate(pooled_e)
-    return {"per_sample": rows, "pooled": {**_correlation(s, e), "error_by_spread_quintile": _by_quantile(s, e)}}
+    s, e, p = np.concatenate(pooled_s), np.concatenate(pooled_e), np.concatenate(pooled_p)
+    return {"per_sample": rows, "pooled": {**_correlation(s, e, p), "error_by_spread_quintile": _by_quantile(s, e)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
 from helpers_models import registered_test_models
-from helpers_rasters import WGS84, footprint_transform, write_mask, write_optical, write_sar
+from helpers_rasters import WGS84, footprint_transform, write_mask, write_optical, write_sar, write_tiny_sen12
 
 from engine import tta
 from engine.cli import main
@@ -229,3 +231,27 @@ def test_batch_confidence_column_writes_the_scene_confidence(tmp_path):
     record = run_scene(job, {"tile": 32, "overlap": 8, "device": "cpu"}, {})
     assert record["status"] == "ok", record
     assert _read(job.confidence)[0].max() > 0 and not stale.exists()
+
+
+def test_correlation_benchmark_reports_per_sample_and_pooled_spearman(tmp_path):
+    """benchmarks/confidence_correlation.py on tiny SEN12MS-CR triplets with test-ramp: every sample scored inside
+    its cloud, the spread the ramp's (known), a finite correlation per sample and pooled."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "confidence_correlation.py"
+    spec = importlib.util.spec_from_file_location("confidence_correlation", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = write_tiny_sen12(tmp_path / "sen12", n=2, size=32)
+    out = tmp_path / "conf.json"
+    assert bench.main(["--weights", "test-ramp", "--data", str(data), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tta"] == 4 and [r["id"] for r in report["per_sample"]] == ["0", "1"]
+    for row in report["per_sample"]:
+        cloud = _read(data / "cloudmask" / f"{row['id']}.tif")[0] > 0
+        rows = np.nonzero(cloud)[0]
+        assert row["pixels"] == cloud.sum() and -1 <= row["spearman_rho"] <= 1
+        assert row["mean_spread"] == pytest.approx(_ramp_spread(32)[rows].mean(), abs=1e-6)
+    assert report["pooled"]["pixels"] == sum(r["pixels"] for r in report["per_sample"])
+    assert len(report["pooled"]["error_by_spread_quintile"]) == 5
+    assert bench.main(["--weights", "test-ramp", "--data", str(data), "--max-pixels", "50", "--out", str(out)]) == 0
+    assert [r["pixels"] for r in json.loads(out.read_text())["per_sample"]] == [50, 50]
+    assert bench.main(["--weights", "test-ramp", "--data", str(data), "--tta", "1"]) == 2
