@@ -28,6 +28,11 @@ output, and the result does not depend on the chunking (the mask is read with a 
 Without ``--mask`` the cloud is detected on the optical image (:func:`engine.cloudmask.detect_clouds`, with a
 warning saying so).
 
+``--tta N`` runs the network on N flips/rotations of every tile (optical, SAR and packed extra inputs turned
+together; :mod:`engine.tta`) and blends their mean; ``--confidence`` blends their spread as one more channel with
+the same tile weights and writes it, times the model's share of each pixel, beside the output (the QA raster's
+sibling; see :func:`_confidence_spec`).
+
 A model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``) runs without ``--sar``: no SAR is
 opened (a given one is ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is
 held back for lack of SAR, and the result says ``sar_used = False`` (also in the report's run settings). Any other
