@@ -13,12 +13,14 @@ footprint maps pixel centres to pixel centres at every resolution). The model's 
 inverse transform before averaging. The order is :data:`D4`:
 
 * N = 4 (the default): identity, left-right flip, up-down flip, 180° rotation — the Klein four-group. Chosen over
-  identity + three 90° rotations because it is a subgroup (so every output is compared with its own mirror
-  images), it never transposes rows and columns (a non-square tile keeps its shape, so no square padding is needed
-  and the N passes batch as one shape), and it keeps each axis' sampling — rotations by 90° also swap the
-  along- and across-track directions of the side-looking SAR, the largest change to what the network sees.
+  identity + three 90° rotations (the other subgroup of order 4) because it never transposes rows and columns: a
+  tile of any shape keeps its shape in every pass (no square padding, one shape for a compiled network), and each
+  image axis keeps its own sampling — a 90° rotation also swaps the SAR's range and azimuth axes, whose speckle and
+  geometry differ, where a flip only reverses them.
 * N = 8: the whole group, the four transposing elements (transpose, the two 90° rotations, anti-transpose) added.
-  The pipeline's tiles are square, so their transposes have the same shape.
+  The pipeline's tiles are square (reflect-padded to ``tile``², :mod:`engine.tiling`), so their transposes have the
+  same shape; a non-square sample (the benchmark's) is transposed as it is — each pass is its own forward, and the
+  models pad internally to the multiple they need.
 * Other N (2..8) take the first N of that order; only 1, 2, 4 and 8 are subgroups.
 
 Spread (what the confidence raster holds): for each pixel and each of the model's bands, the population standard
@@ -102,9 +104,7 @@ def _contiguous(x: Array) -> Array:
 Predict = Callable[[Array, Array], np.ndarray]
 
 
-def predict(
-    run: Predict, optical: Array, sar: Array, n: int
-) -> tuple[np.ndarray, np.ndarray]:
+def predict(run: Predict, optical: Array, sar: Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, spread)`` of ``run`` over the first ``n`` D4 transforms of each tile.
 
     ``run(optical, sar)`` maps (K, B, H, W) and (K, C, h, w) to (K, B, H, W) outputs (an
