@@ -69,7 +69,7 @@ from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
 from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
-from aligncr_qgis.styling import style_ndvi, style_qa, style_rgb
+from aligncr_qgis.styling import style_confidence, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
@@ -272,8 +272,12 @@ class AlignCRDialog(QDialog):
         self.qa_check = QCheckBox("QA layer (what the model made)", self)
         self.qa_check.setToolTip("Also write <output>_qa.tif: the percent of each pixel taken from the model's "
                                  "output (0 = as acquired, 100 = reconstructed; 255 = no data)")
+        self.confidence_check = QCheckBox("Confidence layer (where the model guesses)", self)
+        self.confidence_check.setToolTip("Also write <output>_confidence.tif: how much the model's output changes "
+                                         "when the tile is flipped or turned (4 passes, so 4× slower; the result is "
+                                         "their mean). High = the model is guessing; 0 = as acquired")
         for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check,
-                                 self.qa_check)):
+                                 self.qa_check, self.confidence_check)):
             checks.addWidget(box, i // 2, i % 2)
         oform.addRow(checks)
 
@@ -356,6 +360,7 @@ class AlignCRDialog(QDialog):
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
         self.qa_check.setChecked(s.write_qa)
+        self.confidence_check.setChecked(s.write_confidence)
         self.only_cloudy_check.setChecked(s.only_cloudy)
         self.feather_spin.setValue(s.cloud_feather)
         self._on_only_cloudy_toggled()
@@ -378,6 +383,7 @@ class AlignCRDialog(QDialog):
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
         s.write_qa = self.qa_check.isChecked()
+        s.write_confidence = self.confidence_check.isChecked()
         s.only_cloudy = self.only_cloudy_check.isChecked()
         s.cloud_feather = self.feather_spin.value()
         if self.output_widget.filePath():
@@ -798,7 +804,8 @@ class AlignCRDialog(QDialog):
             **extras,  # the typed dates
             dem=paths.get("dem"),
             only_cloudy=self.only_cloudy_check.isChecked(),
-            qa=str(Path(out).with_suffix("")) + "_qa.tif" if self.qa_check.isChecked() else None,
+            qa=_beside(out, "_qa") if self.qa_check.isChecked() else None,
+            confidence=_beside(out, "_confidence") if self.confidence_check.isChecked() else None,
             cloud_feather=self.feather_spin.value(),
         )
 
@@ -885,6 +892,12 @@ class AlignCRDialog(QDialog):
                     style_qa(qa)
                     QgsProject.instance().addMapLayer(qa)
                     self.result_layers.append(qa)
+            if req.confidence:
+                conf = QgsRasterLayer(req.confidence, f"{ctx['name']} confidence (TTA spread)")
+                if conf.isValid():
+                    style_confidence(conf)
+                    QgsProject.instance().addMapLayer(conf)
+                    self.result_layers.append(conf)
             if ctx.get("ndvi"):
                 ndvi = QgsRasterLayer(ctx["ndvi"], f"{ctx['name']} NDVI")
                 if ndvi.isValid():
@@ -980,6 +993,11 @@ class AlignCRDialog(QDialog):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         self.save_settings()
         super().closeEvent(event)
+
+
+def _beside(out: str, suffix: str) -> str:
+    """``<output without its extension><suffix>.tif``: where the QA and confidence layers of an output go."""
+    return str(Path(out).with_suffix("")) + suffix + ".tif"
 
 
 def _spin(lo: int, hi: int, step: int, suffix: str) -> QSpinBox:

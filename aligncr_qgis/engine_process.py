@@ -90,6 +90,8 @@ class RunRequest:
     only_cloudy: bool = False  # with a mask: keep the clear pixels as the input (engine.composite)
     cloud_feather: int | None = None  # blend width beyond the mask, px; None = the engine's default
     qa: str | None = None  # also write the QA raster (percent of each pixel from the model) here
+    confidence: str | None = None  # also write the confidence raster (TTA spread of the model's output) here
+    tta: int | None = None  # test-time flips/rotations averaged; None = the engine's default (4 with confidence)
 
     def to_args(self) -> list[str]:
         args = ["run", "--optical", self.optical, *(["--sar", self.sar] if self.sar else []), "--out", self.out]
@@ -109,10 +111,12 @@ class RunRequest:
             ("--date-next", self.date_next),
             ("--dem", self.dem),
             ("--qa", self.qa),
+            ("--confidence", self.confidence),
         ):
             if value:
                 args += [flag, str(value)]
-        for flag, number in (("--tile", self.tile), ("--overlap", self.overlap), ("--batch", self.batch)):
+        for flag, number in (("--tile", self.tile), ("--overlap", self.overlap), ("--batch", self.batch),
+                             ("--tta", self.tta)):
             if number is not None:
                 args += [flag, str(int(number))]
         args += ["--device", self.device or "auto"]

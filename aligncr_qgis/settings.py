@@ -32,6 +32,7 @@ class PluginSettings:
     only_cloudy: bool = False  # with a cloud mask: replace only the cloud, keep the clear pixels
     cloud_feather: int = 8
     write_qa: bool = False  # the QA layer: percent of each pixel from the model
+    write_confidence: bool = False  # the confidence layer: spread of the model's output over test-time flips
     add_to_map: bool = True
     make_ndvi: bool = False
     write_report: bool = False

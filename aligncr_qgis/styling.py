@@ -4,7 +4,10 @@ Reflectance rasters look black with QGIS's default min/max stretch (a few bright
 outliers set the max), so the declouded layer gets the cumulative-cut 2–98 % stretch on its R, G and B bands. The
 NDVI layer gets a fixed −1…1 red-yellow-green ramp so two runs are visually comparable. The QA layer (percent of
 each pixel from the model) is transparent where the pixel is as acquired and a translucent amber→magenta where
-the model's output is blended in → reconstructed, so it can lie over the result and show what was made up.
+the model's output is blended in → reconstructed, so it can lie over the result and show what was made up. The
+confidence layer (the spread of the model's output over test-time flips/rotations, reflectance) is a Magma heat
+map stretched from 0 to its 98th percentile — a few extreme pixels would otherwise wash out the rest — and
+transparent at 0, where the pixel is as acquired, so it too can lie over the result.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 CUT_LOWER, CUT_UPPER = 0.02, 0.98
+CONFIDENCE_RAMP, CONFIDENCE_CLASSES = "Magma", 8
+MIN_SPREAD_MAX = 1e-4  # stretch floor (reflectance) for a layer that is all (or nearly all) 0
 
 
 def style_rgb(layer: QgsRasterLayer, red: int, green: int, blue: int) -> None:
@@ -73,5 +78,28 @@ def style_qa(layer: QgsRasterLayer) -> None:
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
     renderer.setClassificationMin(0.0)
     renderer.setClassificationMax(100.0)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def style_confidence(layer: QgsRasterLayer) -> None:
+    """TTA spread: transparent at 0 (as acquired), then the Magma ramp up to the 98th percentile of the layer (all
+    higher values take its last colour); the no-data value (-1, set in the file) is transparent as any raster's."""
+    _low, high = layer.dataProvider().cumulativeCut(1, 0.0, CUT_UPPER, layer.extent(), 250000)
+    high = max(float(high), MIN_SPREAD_MAX)
+    ramp = QgsStyle.defaultStyle().colorRamp(CONFIDENCE_RAMP)
+    items = [QgsColorRampShader.ColorRampItem(0.0, QColor(0, 0, 0, 0), "0 (as acquired)")]
+    for k in range(1, CONFIDENCE_CLASSES + 1):
+        value = high * k / CONFIDENCE_CLASSES
+        items.append(QgsColorRampShader.ColorRampItem(value, ramp.color(k / CONFIDENCE_CLASSES), f"{value:.4f}"))
+    fn = QgsColorRampShader(0.0, high)
+    fn.setColorRampType(QgsColorRampShader.Interpolated)
+    fn.setClip(False)  # above the 98th percentile: the last colour
+    fn.setColorRampItemList(items)
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(fn)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(high)
     layer.setRenderer(renderer)
     layer.triggerRepaint()

@@ -2,7 +2,8 @@
 
 A manifest CSV lists the scenes (columns ``id, optical, sar, out`` and optionally ``landcover, mask, reference,
 model, weights``, and the inputs of temporal and DEM models: ``optical_prev, sar_prev, optical_next, sar_next,
-date, date_prev, date_next, dem`` and ``qa`` (where to write the scene's QA raster) — the ``engine run`` flags of
+date, date_prev, date_next, dem``, ``qa`` and ``confidence`` (where to write the scene's QA and confidence
+rasters) — the ``engine run`` flags of
 the same names; relative paths are relative to the
 manifest's folder, an empty cell means "not given", dates are ISO 8601 and checked when the manifest is read). The
 ``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights).
@@ -51,8 +52,9 @@ REQUIRED_COLUMNS = ("id", "optical", "sar", "out")  # the sar cell may be empty 
 TEMPORAL_COLUMNS = ("optical_prev", "sar_prev", "optical_next", "sar_next")
 DATE_COLUMNS = ("date", "date_prev", "date_next")
 OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPORAL_COLUMNS, *DATE_COLUMNS, "dem",
-                    "qa")  # fmt: skip
-PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem", "qa")
+                    "qa", "confidence")  # fmt: skip
+PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem", "qa",
+                "confidence")  # fmt: skip
 SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts", "warnings", "model_percent")
 
 
@@ -82,6 +84,7 @@ class SceneJob:
     date_next: datetime | None = None
     dem: Path | None = None
     qa: Path | None = None  # the QA raster of the scene (engine run --qa)
+    confidence: Path | None = None  # the confidence raster of the scene (engine run --confidence)
 
 
 @dataclass
@@ -208,7 +211,7 @@ def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[
     t0 = time.perf_counter()
     record = {"id": job.id, "output": ""}
     try:
-        for target in (job.out, job.qa):
+        for target in (job.out, job.qa, job.confidence):
             if target is not None:
                 _remove_stale_temporaries(target)
         paths = {k: v for k, v in dataclasses.asdict(job).items() if k != "id" and v is not None}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
+from engine.tta import DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
 SAR_UNITS = ("auto", "db", "linear")
 OPTICAL_SCALES = ("auto", "dn", "reflectance")
@@ -56,6 +57,11 @@ class RunConfig:
     without ``mask`` the cloud is detected on the optical image (:mod:`engine.cloudmask`). Off, the output is the
     model's everywhere, as in the paper. ``qa`` also writes, on the output's grid, the percent of each pixel that
     is the model's output (0 = as acquired, 100 = reconstructed; 255 = no optical data).
+
+    ``tta`` runs the model on that many flips/rotations of each tile and outputs their mean (:mod:`engine.tta`;
+    ``None`` or 1 = off); ``confidence`` also writes, on the output's grid, their per-pixel spread in reflectance
+    (``-1`` = no optical data). ``confidence`` without ``tta`` means ``tta = 4``; the resolved number is what
+    :attr:`tta` holds after construction (and what reports record).
     """
 
     optical: Path
@@ -90,10 +96,12 @@ class RunConfig:
     only_cloudy: bool = False
     cloud_feather: int = 8
     qa: Path | None = None
+    confidence: Path | None = None
+    tta: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem", "qa",
-                     *TEMPORAL_PATHS):
+                     "confidence", *TEMPORAL_PATHS):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
@@ -105,6 +113,8 @@ class RunConfig:
                 setattr(self, name, parse_datetime(str(value)))
         self.bands = tuple(int(b) for b in self.bands)
         self.sar_bands = tuple(int(b) for b in self.sar_bands)
+        if self.tta is None:
+            self.tta = DEFAULT_CONFIDENCE_TTA if self.confidence is not None else 1
 
     def validate(self) -> None:
         """Check the settings that need no file; raise :class:`InputError` with one line on the first problem."""
@@ -124,6 +134,7 @@ class RunConfig:
             )
         if self.qa is not None and Path(self.qa).resolve() == Path(self.out).resolve():
             raise InputError(f"--qa must be another file than --out, got {self.qa} for both")
+        self._validate_tta()
         if self.only_cloudy and self.mask is None and len(self.bands) != 4:
             raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                              f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip
@@ -136,6 +147,18 @@ class RunConfig:
         ):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got '{value}'")
+
+    def _validate_tta(self) -> None:
+        if self.tta is None or not 1 <= self.tta <= MAX_TTA:
+            raise InputError(f"--tta must be 1 to {MAX_TTA} transforms (flips and 90° rotations), got {self.tta}")
+        if self.confidence is None:
+            return
+        if self.tta < 2:
+            raise InputError(f"--confidence needs --tta of 2 or more (the spread of one output is 0), got {self.tta}")
+        others = {"--out": self.out, "--qa": self.qa}
+        for name, path in others.items():
+            if path is not None and Path(self.confidence).resolve() == Path(path).resolve():
+                raise InputError(f"--confidence must be another file than {name}, got {self.confidence} for both")
 
     def temporal_paths(self) -> dict[str, Path]:
         """The extra dates' rasters that were given, by field name (``optical_prev`` …)."""

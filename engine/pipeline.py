@@ -28,6 +28,11 @@ output, and the result does not depend on the chunking (the mask is read with a 
 Without ``--mask`` the cloud is detected on the optical image (:func:`engine.cloudmask.detect_clouds`, with a
 warning saying so).
 
+``--tta N`` runs the network on N flips/rotations of every tile (optical, SAR and packed extra inputs turned
+together; :mod:`engine.tta`) and blends their mean; ``--confidence`` blends their spread as one more channel with
+the same tile weights and writes it, times the model's share of each pixel, beside the output (the QA raster's
+sibling; see :func:`_confidence_spec`).
+
 A model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``) runs without ``--sar``: no SAR is
 opened (a given one is ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is
 held back for lack of SAR, and the result says ``sar_used = False`` (also in the report's run settings). Any other
@@ -60,7 +65,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import normalise
+from engine import normalise, tta
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.cloudmask import DETECTOR_HALO, detect_clouds
@@ -97,6 +102,7 @@ from engine.temporal import (
     sar_fill,
 )
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
+from engine.tta import CONFIDENCE_NODATA
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
 
 log = logging.getLogger("engine")
@@ -333,6 +339,8 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
     }  # fmt: skip
     if config.only_cloudy:
         settings["cloud_feather"] = config.cloud_feather
+    if config.tta > 1:  # the output is the mean over that many flips/rotations (engine.tta)
+        settings["tta"] = config.tta
     inputs = {"optical": config.optical, "sar": config.sar if inp.sar is not None else None, "mask": config.mask,
               "dem": config.dem if inp.dem is not None else None}  # fmt: skip
     if inp.temporal is not None:
@@ -517,6 +525,8 @@ def run(
     check_output_path(config.out, [p for p in inputs if p is not None])
     if config.qa is not None:
         check_output_path(config.qa, [p for p in [*inputs, config.out] if p is not None])
+    if config.confidence is not None:
+        check_output_path(config.confidence, [p for p in [*inputs, config.out, config.qa] if p is not None])
     early = precheck(config, default_model_name())
     if early is not None and not early.uses_sar and config.sar is not None:
         record_warning(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
@@ -584,19 +594,28 @@ def run(
             return _read_chunk(chunk, config, inp, model.norm, spec, device)
 
         qa_target = AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog) if config.qa else nullcontext()
-        with AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer, qa_target as qa_writer, ExitStack() as io:
+        conf_target = (AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog)
+                       if config.confidence else nullcontext())  # fmt: skip
+        with (
+            AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer,
+            qa_target as qa_writer,
+            conf_target as conf_writer,
+            ExitStack() as io,
+        ):
 
-            def write(out: np.ndarray, share: np.ndarray | None, window: Window) -> None:
+            def write(out: np.ndarray, share: np.ndarray | None, spread: np.ndarray | None, window: Window) -> None:
                 writer.write(out, window)
                 if qa_writer is not None and share is not None:
                     qa_writer.write(share[None], window)
+                if conf_writer is not None and spread is not None:
+                    conf_writer.write(spread[None], window)
 
-            submit: Callable[[np.ndarray, np.ndarray | None, Window], None] = write
+            submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None] = write
             chunk_data: Iterable[_ChunkData] = map(read, plan)
             if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
                 submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
                 chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
-            blender = ChunkBlender(grid, len(config.bands))
+            blender = ChunkBlender(grid, len(config.bands) + (1 if config.confidence else 0))  # + the TTA spread
             done = 0
             for data in chunk_data:
                 progress.check_cancelled()
@@ -658,13 +677,29 @@ def _qa_spec(spec: OutputSpec) -> OutputSpec:
                                metadata=with_processing(scene_tags, qa_tag))  # fmt: skip
 
 
+def _confidence_spec(spec: OutputSpec, passes: int) -> OutputSpec:
+    """The confidence raster beside the output: one float32 band on the same grid, the spread of the model's output
+    over ``passes`` test-time flips/rotations (:mod:`engine.tta`: per-band standard deviation, mean over the bands,
+    in reflectance), blended over tile overlaps with the output's weights and scaled by the share of the pixel that
+    is the model's (so 0 where the input is kept: outside --only-cloudy's cloud, pixels without SAR), and
+    :data:`CONFIDENCE_NODATA` where the optical image has no data. High = the model is guessing there."""
+    scene_tags = RasterMetadata(tags=(spec.metadata or RasterMetadata()).tags)
+    tag = {"ALIGNCR_CONFIDENCE": f"spread of the model's output over {passes} test-time flips/rotations (per-band "
+                                 "standard deviation averaged over the bands, reflectance); 0 = the input as "
+                                 f"acquired; {CONFIDENCE_NODATA:g} = no optical data",
+           "ALIGNCR_TTA": str(passes)}  # fmt: skip
+    return dataclasses.replace(spec, count=1, dtype="float32", nodata=CONFIDENCE_NODATA,
+                               descriptions=("TTA spread (reflectance)",),
+                               metadata=with_processing(scene_tags, tag))  # fmt: skip
+
+
 def _process_chunk(
     data: _ChunkData,
     config: RunConfig,
     inp: _Inputs,
     runner: InferenceRunner,
     blender: ChunkBlender,
-    submit: Callable[[np.ndarray, np.ndarray | None, Window], None],
+    submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None],
     spec: OutputSpec,
     counts: dict[str, int],
     progress: Progress,
@@ -675,9 +710,11 @@ def _process_chunk(
     total = len(blender.grid)
     for batch in data.batches:
         preds = list(batch.fallback)
+        if config.confidence is not None:  # a tile the network skips is the input: no spread
+            preds = [np.concatenate([p, np.zeros_like(p[:1])]) for p in preds]
         if batch.run_idx:
             counts["network"] += len(batch.run_idx)
-            out = runner.predict(batch.optical, batch.sar)
+            out = _predict(runner, batch, config)
             for j, p in zip(batch.run_idx, out):
                 preds[j] = p
         for tl, p in zip(batch.tiles, preds):
@@ -689,6 +726,9 @@ def _process_chunk(
     h, w = blended.shape[1:]
     if h == 0 or w == 0:
         return done
+    spread = None
+    if config.confidence is not None:
+        spread, blended = blended[-1], blended[:-1]
     raw, opt_ok, sar_ok = data.raw, data.opt_ok, data.sar_ok
     out = raw[:, :h, :w].copy()
     with_sar = opt_ok[:h, :w] & sar_ok[:h, :w]
@@ -713,11 +753,26 @@ def _process_chunk(
         else:
             share[use] = np.clip(np.rint(100.0 * data.weight[use]), 1, 100).astype(np.uint8)
         share[~opt_ok[:h, :w]] = QA_NODATA
-    submit(out, share, Window(ox, oy, w, h))
+    conf = None
+    if spread is not None:  # the output's spread: the model's share of the pixel times the model's spread
+        conf = np.zeros((h, w), dtype=np.float32)
+        conf[use] = spread[use] if data.weight is None else data.weight[use] * spread[use]
+        conf[~opt_ok[:h, :w]] = CONFIDENCE_NODATA
+    submit(out, share, conf, Window(ox, oy, w, h))
     counts["model_px"] += int(use.sum())
     counts["valid"] += int(opt_ok[:h, :w].sum())
     counts["sar"] += int(with_sar.sum())
     return done
+
+
+def _predict(runner: InferenceRunner, batch: _TileBatch, config: RunConfig) -> np.ndarray:
+    """The network's outputs for a batch: plain, or the mean over ``config.tta`` flips/rotations with (when a
+    confidence raster is asked for) their spread as one more channel (:mod:`engine.tta`)."""
+    assert batch.optical is not None and batch.sar is not None
+    if config.tta == 1:
+        return runner.predict(batch.optical, batch.sar)
+    mean, spread = tta.predict(runner.predict, batch.optical, batch.sar, config.tta)
+    return np.concatenate([mean, spread[:, None]], axis=1) if config.confidence is not None else mean
 
 
 def _write_report(config: RunConfig, result: RunResult, progress: Progress) -> dict:

@@ -2,7 +2,9 @@
 
 ``test-brighten`` adds 0.1 (so "the network ran here" is visible), ``test-tile-mean`` outputs each tile's mean
 (an output that depends on the tile's position — the seam test's worst case), ``test-probe`` records what it was
-fed (to check normalisation). Use them inside :func:`registered_test_models` (a module fixture does).
+fed (to check normalisation), ``test-ramp`` adds a ramp down the tile's rows (not flip-equivariant: its output
+changes when the tile is flipped, so test-time augmentation sees a spread). Use them inside
+:func:`registered_test_models` (a module fixture does).
 """
 
 from __future__ import annotations
@@ -55,7 +57,19 @@ class Probe(nn.Module):
         return optical.clone()
 
 
-TEST_MODELS = {"test-brighten": Brighten, "test-tile-mean": TileMean, "test-probe": Probe}
+class Ramp(nn.Module):
+    """optical + 0.1 · row / height: a ramp tied to the tile's orientation, not to the image content."""
+
+    def __init__(self, cfg: ProbeModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(optical.shape[-2], dtype=optical.dtype, device=optical.device) / optical.shape[-2]
+        return optical + 0.1 * rows[:, None]
+
+
+TEST_MODELS = {"test-brighten": Brighten, "test-tile-mean": TileMean, "test-probe": Probe, "test-ramp": Ramp}
 
 
 @contextmanager

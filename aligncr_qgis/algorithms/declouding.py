@@ -41,7 +41,7 @@ from aligncr_qgis.algorithms.base import EngineAlgorithm
 from aligncr_qgis.engine_process import RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.layers import LayerError, is_metric_projected
-from aligncr_qgis.styling import style_qa, style_rgb
+from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 
 UNITS = ["auto", "db", "linear"]
 SCALES = ["auto", "dn", "reflectance"]
@@ -52,7 +52,9 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
     """Applies the RGB style once QGIS has loaded the output (the output keeps the optical band layout)."""
 
-    bands: tuple[int, ...] = (1, 2, 3, 4)
+    def __init__(self, bands: tuple[int, ...]) -> None:
+        super().__init__()
+        self.bands = bands
 
     def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802 - QGIS API
         blue, green, red = self.bands[:3]
@@ -66,6 +68,23 @@ class _QaStyler(QgsProcessingLayerPostProcessorInterface):
         style_qa(layer)
 
 
+class _ConfidenceStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles the confidence layer once loaded: a heat map of the TTA spread, transparent where as acquired."""
+
+    def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802 - QGIS API
+        style_confidence(layer)
+
+
+# QGIS runs processAlgorithm on a copy of the algorithm and deletes it before it loads the results, so stylers owned
+# by that copy were gone by then (the layers loaded unstyled): the post-processors live here, for the session.
+_QA_STYLER, _CONFIDENCE_STYLER = _QaStyler(), _ConfidenceStyler()
+_RGB_STYLERS: dict[tuple[int, ...], _RgbStyler] = {}
+
+
+def _rgb_styler(bands: tuple[int, ...]) -> _RgbStyler:
+    return _RGB_STYLERS.setdefault(tuple(bands), _RgbStyler(tuple(bands)))
+
+
 class DecloudingAlgorithm(EngineAlgorithm):
     OPTICAL, SAR, LANDCOVER, MASK, REFERENCE = "OPTICAL", "SAR", "LANDCOVER", "MASK", "REFERENCE"
     BANDS = ("BAND_B", "BAND_G", "BAND_R", "BAND_NIR")
@@ -77,6 +96,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
     DEM = "DEM"
     ONLY_CLOUDY, CLOUD_FEATHER = "ONLY_CLOUDY", "CLOUD_FEATHER"
     QA = "QA"
+    CONFIDENCE, TTA = "CONFIDENCE", "TTA"
     # extra dates of temporal models: parameter name → (RunRequest field, label)
     EXTRA_LAYERS = {
         "OPTICAL_PREV": ("optical_prev", "Optical image before the cloudy one (t−1; temporal models)"),
@@ -89,11 +109,6 @@ class DecloudingAlgorithm(EngineAlgorithm):
         "DATE_PREV": ("date_prev", "Acquisition time before (t−1; default: its metadata)"),
         "DATE_NEXT": ("date_next", "Acquisition time after (t+1; default: its metadata)"),
     }
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._styler = _RgbStyler()
-        self._qa_styler = _QaStyler()
 
     def name(self) -> str:
         return "declouding"
@@ -115,6 +130,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "one the clouds detected on the optical image (bright, flat pixels; a real mask is better).\n"
             "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
             "elevation raster in metres, any CRS (reprojected bilinearly).\n"
+            "The confidence layer is the spread of the model's output over test-time flips and 90° rotations of the "
+            "tiles (reflectance; high = the model is guessing, 0 = as acquired); asking for it runs the model 4 "
+            "times per tile (advanced: test-time augmentation passes) and writes their mean as the result.\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
             "the ALIGNCR_PYTHON environment variable)."
         )
@@ -166,6 +184,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
                                        defaultValue=0),
             QgsProcessingParameterEnum(self.SAR_RESAMPLING, "SAR upsampling", ["Nearest (as in the paper)", "Bilinear"],
                                        defaultValue=0),
+            QgsProcessingParameterNumber(self.TTA, "Test-time augmentation passes: the mean over flips/rotations "
+                                         "(0 = off, or 4 with a confidence layer; up to 8)",
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=8),
         ]
         for param in advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -174,6 +195,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.QA, "QA layer: percent of each pixel from the model (0 = as acquired, 100 = reconstructed)",
             optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.CONFIDENCE, "Confidence layer: spread of the model's output over test-time flips/rotations "
+            "(reflectance; high = guessing)", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, "Report folder", optional=True,
                                                                   createByDefault=False))
 
@@ -225,6 +249,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             feedback.pushInfo(f"clipped the inputs to {extent.toString(2)}")
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         qa = self.parameterAsOutputLayer(parameters, self.QA, context) if parameters.get(self.QA) else None
+        confidence = (self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context)
+                      if parameters.get(self.CONFIDENCE) else None)  # fmt: skip
         req = RunRequest(
             optical=str(paths["optical"]),
             sar=paths["sar"],
@@ -249,6 +275,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             only_cloudy=only_cloudy,
             cloud_feather=self.parameterAsInt(parameters, self.CLOUD_FEATHER, context),
             qa=qa,
+            confidence=confidence,
+            tta=self.parameterAsInt(parameters, self.TTA, context) or None,
             **{field: paths[field] for field, _label in self.EXTRA_LAYERS.values()},
             **{field: self.parameterAsString(parameters, name, context).strip() or None
                for name, (field, _label) in self.EXTRA_DATES.items()},
@@ -261,9 +289,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
         result = outcome.result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
         if context.willLoadLayerOnCompletion(out):
-            self._styler.bands = req.bands
-            context.layerToLoadOnCompletionDetails(out).setPostProcessor(self._styler)
+            context.layerToLoadOnCompletionDetails(out).setPostProcessor(_rgb_styler(req.bands))
         if qa and context.willLoadLayerOnCompletion(qa):
-            context.layerToLoadOnCompletionDetails(qa).setPostProcessor(self._qa_styler)
+            context.layerToLoadOnCompletionDetails(qa).setPostProcessor(_QA_STYLER)
+        if confidence and context.willLoadLayerOnCompletion(confidence):
+            context.layerToLoadOnCompletionDetails(confidence).setPostProcessor(_CONFIDENCE_STYLER)
         return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report,
-                self.QA: qa}
+                self.QA: qa, self.CONFIDENCE: confidence}

@@ -16,9 +16,10 @@ NAME = "batch"
 HELP = "decloud every scene of a manifest CSV, one scene per task on a Dask cluster"
 DESCRIPTION = (
     "Manifest columns: id, optical, sar, out, and optionally landcover, mask, reference, model, weights, the "
-    "temporal models' optical_prev, sar_prev, optical_next, sar_next, date, date_prev, date_next, dem, and qa "
-    "(the scene's QA raster) (paths relative to the manifest, empty cell = not given; sar may be empty for "
-    "gapfill). Writes a summary CSV (id, status, output, seconds, error, attempts, warnings, model_percent)."
+    "temporal models' optical_prev, sar_prev, optical_next, sar_next, date, date_prev, date_next, dem, qa "
+    "and confidence (the scene's QA and confidence rasters) (paths relative to the manifest, empty cell = not "
+    "given; sar may be empty for gapfill). Writes a summary CSV (id, status, output, seconds, error, attempts, "
+    "warnings, model_percent)."
 )
 
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         retries=args.retries,
         run={"device": args.device, "tile": args.tile, "overlap": args.overlap, "batch": args.batch, "cog": args.cog,
-             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather},
+             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather, "tta": args.tta},
         accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch},
     )
     config.validate()

@@ -26,6 +26,7 @@ from engine.commands import datetime_arg
 from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
 from engine.errors import Cancelled, EngineError
 from engine.progress import Progress
+from engine.tta import CONFIDENCE_NODATA, DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
 NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
@@ -75,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qa", type=Path, metavar="FILE",
                         help="also write a QA GeoTIFF: percent of each pixel from the model (0 = as acquired, "
                              "100 = reconstructed, 255 = no data)")  # fmt: skip
+    parser.add_argument("--confidence", type=Path, metavar="FILE",
+                        help="also write a confidence GeoTIFF: the spread (std, reflectance) of the model's output "
+                             "over --tta flips/rotations; high = guessing (0 = as acquired, "
+                             f"{CONFIDENCE_NODATA:g} = no data; implies --tta {DEFAULT_CONFIDENCE_TTA})")  # fmt: skip
     parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
     add_temporal_arguments(parser)
     add_accel_arguments(parser)
@@ -120,6 +125,10 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> No
     parser.add_argument("--cloud-feather", type=int, metavar="PX", default=default["cloud_feather"],
                         help="with --only-cloudy: blend model and input over this many pixels beyond the cloud "
                              f"(0 = hard edge; default {default['cloud_feather']})")  # fmt: skip
+    parser.add_argument("--tta", type=int, metavar="N",
+                        help=f"test-time augmentation: output the mean of the model over N (2-{MAX_TTA}) flips/90° "
+                             "rotations of each tile, N times slower (default 1 = off; "
+                             f"{DEFAULT_CONFIDENCE_TTA} with --confidence)")  # fmt: skip
 
 
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,6 +182,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dem=args.dem,
         only_cloudy=args.only_cloudy,
         qa=args.qa,
+        confidence=args.confidence,
+        tta=args.tta,
         cloud_feather=args.cloud_feather,
     )
 
