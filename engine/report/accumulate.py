@@ -41,6 +41,7 @@ from engine.masks import cloud_mask_from_bands
 from engine.metrics import SSIM_RADIUS, AccumulatorConfig, MetricAccumulator
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA, ndvi
 from engine.progress import Progress
+from engine.report import LAYER_FILES
 from engine.report.geotiff import BLOCK, atomic_geotiff, layer_profile
 from engine.report.sources import Sources
 
@@ -50,13 +51,6 @@ CHANGE_NODATA = -9999.0
 HIST_BINS = 200  # NDVI 2-D histograms over [-1, 1]²
 CACHE_FLOOR_BYTES = 64 * 1024 * 1024
 CACHE_MARGIN = 1.1  # LRU slack: around the tile in progress, blocks of two rows of tiles are live at once
-LAYER_FILES = {
-    "cloud_mask": "cloud_mask.tif",
-    "change_magnitude": "change_magnitude.tif",
-    "ndvi_input": "ndvi_input.tif",
-    "ndvi_output": "ndvi_output.tif",
-    "ndvi_reference": "ndvi_reference.tif",
-}
 
 
 @dataclass

@@ -22,6 +22,7 @@ from engine.landcover import CLASS_NAMES, UNKNOWN
 from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
 from engine.progress import Progress
+from engine.raster import input_read_errors
 from engine.report import plots
 from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
 from engine.report.html import render_html
@@ -160,12 +161,16 @@ def write_report(
     run_settings: dict | None = None,
     tile_size: int = 300,
     progress: Progress | None = None,
+    prediction_name: Path | None = None,
 ) -> dict:
     """Write the report into ``out_dir`` (created if missing) and return the ``report.json`` dict.
 
     ``bands`` are the 1-based indices of B, G, R, NIR in optical, prediction and reference (all on the optical
     grid). Land cover (WorldCover codes) and mask (1 band, 1 = cloud, or Planet UDM2) may be on any grid; without a
     mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`.
+    ``prediction_name`` is what ``report.json`` calls the prediction when it is read from another file (the
+    engine's verified temporary output, renamed only after the report). Unreadable inputs are one
+    :class:`~engine.errors.InputError` line.
     """
     progress = progress or Progress()
     if tile_size < 2 * SSIM_RADIUS + 1:
@@ -176,7 +181,7 @@ def write_report(
     except OSError as exc:
         raise OutputError(f"cannot create the report folder {out_dir}: {exc}") from exc
     bands = tuple(int(b) for b in bands)  # type: ignore[assignment]
-    with ExitStack() as stack:
+    with ExitStack() as stack, input_read_errors("an input of the report"):
         src = open_sources(
             stack, optical=Path(optical), prediction=Path(prediction),
             reference=Path(reference) if reference is not None else None,
@@ -191,7 +196,7 @@ def write_report(
             "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             "inputs": {
                 "optical": str(optical),
-                "prediction": str(prediction),
+                "prediction": str(prediction_name or prediction),
                 "reference": str(reference) if reference is not None else None,
                 "landcover": str(landcover) if landcover is not None else None,
                 "mask": str(mask) if mask is not None else None,
