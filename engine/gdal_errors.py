@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.errors import one_line
+
 log = logging.getLogger("engine")
 
 CE_FAILURE = 3  # CPLErr: CE_None 0, CE_Debug 1, CE_Warning 2, CE_Failure 3, CE_Fatal 4
@@ -129,9 +131,3 @@ def gdal_failure_check(on_failure: Callable[[str], Exception]) -> Iterator[None]
     if message is not None:
         reset()
         raise on_failure(message)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (GDAL's often carry a file name and several sentences)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

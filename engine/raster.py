@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from engine.errors import InputError
+from engine.errors import InputError, one_line
 
 SAMPLE_SIZE = 1024
 SAMPLE_GRID = 16
@@ -122,11 +122,6 @@ def input_read_errors(what: str = "an input raster") -> Iterator[None]:
         yield
     except (RasterioError, CPLE_BaseError) as exc:
         raise InputError(f"cannot read {what} (corrupt or truncated file?): {one_line(exc)}") from None
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (GDAL's often carry a file name and several sentences)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def block_layout_problem(ds: rasterio.io.DatasetReader, *, allow_sparse: bool = True) -> str | None:

@@ -50,7 +50,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from engine import gdal_errors
-from engine.errors import OutputError
+from engine.errors import OutputError, one_line
 from engine.provenance import RasterMetadata, folded
 from engine.provenance import apply as apply_metadata
 from engine.raster import block_layout_problem, corner_windows
@@ -319,7 +319,7 @@ def _reason(exc: BaseException | str) -> str:
         return "no space left on device"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return gdal_errors.one_line(exc)
+    return one_line(exc)
 
 
 def write_failure(path: Path, doing: str, exc: BaseException | str) -> OutputError:

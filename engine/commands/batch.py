@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             detail += f"; warning: {outcome.warnings}"
         print(f"[{finished}/{total}] {outcome.id}: {outcome.status} ({detail})", file=sys.stderr, flush=True)
 
-    outcomes = run_batch(jobs, config, summary, on_outcome=report)
+    outcomes = run_batch(jobs, config, summary, on_outcome=report, manifest=args.manifest)
     failed = [o for o in outcomes if o.status != "ok"]
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} scenes ok; summary in {summary}")
     return 1 if failed else 0

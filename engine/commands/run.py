@@ -24,7 +24,7 @@ from typing import Any
 from engine.accel import DTYPES, AccelConfig
 from engine.commands import datetime_arg
 from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
-from engine.errors import Cancelled, EngineError
+from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
 
 NAME = "run"
@@ -200,7 +200,12 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
     except EngineError as exc:
         emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
         return 130 if isinstance(exc, Cancelled) else 2
-    except Exception as exc:  # a bug: still tell the plugin in one line, then keep the traceback on stderr
+    except Exception as exc:
+        error = as_user_error(exc)  # out of memory, OS, GDAL: one line as well
+        if error is not None:
+            emit({"event": "error", "message": str(error), "kind": type(exc).__name__})
+            return 2
+        # a bug: still tell the plugin in one line, then keep the traceback on stderr
         emit({"event": "error", "message": f"internal error: {exc}", "kind": type(exc).__name__})
         raise
     emit(
