@@ -56,6 +56,10 @@ class RunConfig:
     without ``mask`` the cloud is detected on the optical image (:mod:`engine.cloudmask`). Off, the output is the
     model's everywhere, as in the paper. ``qa`` also writes, on the output's grid, the percent of each pixel that
     is the model's output (0 = as acquired, 100 = reconstructed; 255 = no optical data).
+
+    ``memory_budget`` (GB) bounds one tile's forward plus the pipeline's buffers (:mod:`engine.memory`): a tile
+    that does not fit is refused with the largest one that does; ``None`` takes 80 % of the available memory.
+    ``tile`` is the largest tile: on a scene smaller than it the tiles shrink to the scene (:mod:`engine.tiling`).
     """
 
     optical: Path
@@ -89,6 +93,7 @@ class RunConfig:
     only_cloudy: bool = False
     cloud_feather: int = 8
     qa: Path | None = None
+    memory_budget: float | None = None  # GB for one run's tiles and buffers; None = 80 % of what is available
 
     def __post_init__(self) -> None:
         for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem", "qa",
@@ -126,6 +131,8 @@ class RunConfig:
         if self.only_cloudy and self.mask is None and len(self.bands) != 4:
             raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                              f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip
+        if self.memory_budget is not None and not self.memory_budget > 0:
+            raise InputError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
         if not 0 <= self.cloud_feather <= MAX_FEATHER:
             raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {self.cloud_feather}")
         for name, value, allowed in (

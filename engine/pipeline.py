@@ -71,6 +71,7 @@ from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
 from engine.masks import cloud_mask_from_bands
+from engine.memory import plan_memory
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning
 from engine.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
@@ -626,9 +627,14 @@ def _decloud(
         elif config.dem is not None:
             record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
         module = _packed(model.module, inp, config)
+        memory, accel = plan_memory(model.name, TileGrid(inp.grid.height, inp.grid.width, config.tile,
+                                    config.overlap), config.chunk, device, accel, config.batch, config.memory_budget)
+        log.info("memory: %s", memory.describe())
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(module, device, accel)
         stack.callback(runner.close)
+        if device.type == "cuda" and memory.concurrent < config.batch:
+            runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time
         with input_read_errors("an input raster"):
             inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
             inp.sar_fill = _sar_fill(config, inp, model.norm)

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         retries=args.retries,
         run={"device": args.device, "tile": args.tile, "overlap": args.overlap, "batch": args.batch, "cog": args.cog,
-             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather},
+             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather,
+             "memory_budget": args.memory_budget},
         accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch},
     )
     config.validate()

@@ -109,6 +109,9 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> No
                         help=f"tile overlap in pixels, blended (default {default['overlap']})")  # fmt: skip
     parser.add_argument("--batch", type=int, default=default["batch"],
                         help=f"tiles per forward pass (default {default['batch']})")  # fmt: skip
+    parser.add_argument("--memory-budget", type=float, metavar="GB", default=default["memory_budget"],
+                        help="memory for the network's tiles and the buffers; a larger --tile is refused with the "
+                             "largest that fits (default: 80 %% of the available memory)")  # fmt: skip
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFF output with overviews")
     parser.add_argument("--only-cloudy", action="store_true",
                         help="replace only the pixels --mask marks as cloud (without --mask: the clouds detected on "
@@ -170,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         only_cloudy=args.only_cloudy,
         qa=args.qa,
         cloud_feather=args.cloud_feather,
+        memory_budget=args.memory_budget,
     )
 
 
