@@ -838,8 +838,8 @@ def nodata_substitute(nodata: float | None, dtype: str) -> float | int | None:
             return None
         return int(nodata) + 1 if nodata < info.max else int(nodata) - 1
     value = kind.type(nodata)
-    top = np.finfo(kind).max
-    return kind.type(np.nextafter(value, -np.inf if value == top else np.inf)).item()
+    towards = kind.type(-np.inf if value == np.finfo(kind).max else np.inf)  # same dtype: float32 steps, not float64
+    return np.nextafter(value, towards).item()
 
 
 def _write_report(config: RunConfig, result: RunResult, progress: Progress, prediction: Path | None) -> dict:
