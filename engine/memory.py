@@ -41,7 +41,11 @@ BYTES_PER_PIXEL = {  # peak bytes of one fp32 forward ÷ tile pixels, at 512² (
     "aligncr-lite": 2_876,
     "aligncr": 6_854,
     "mmcanet": 10_536,
-    "mmcanet-l": 10_473,
+    "mmcanet-l": 10_472,
+    "mmcanet-mpir2": 3_127,
+    "mmcanet-mpir4": 11_138,
+    "ssop-unet": 1_968,
+    "msop-unet": 3_856,
 }
 DEFAULT_BYTES_PER_PIXEL = max(BYTES_PER_PIXEL.values())  # a model not measured: the most demanding known
 PIPELINE_BYTES_PER_PIXEL = 3 * 96  # three chunks in flight × (raw + normalised + SAR + accumulator + masks)

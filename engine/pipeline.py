@@ -612,10 +612,13 @@ def _decloud(
             inp.sar = None  # (only reached when the class could not be told before loading)
             inp.coverage = 0.0
             log.info("model '%s' takes no SAR: none is used", model.name)
-        inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress, warnings)
+        with input_read_errors("an input raster"):
+            inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress,
+                                         warnings)  # fmt: skip
         if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
-            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
-                             warnings, without="a cloud-mask value")  # fmt: skip
+            with input_read_errors("the cloud mask"):
+                checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
+                                 warnings, without="a cloud-mask value")  # fmt: skip
         elif config.only_cloudy:
             record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
                            "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
@@ -623,7 +626,8 @@ def _decloud(
         require_dem(needs, config)
         if needs.uses_dem:
             assert config.dem is not None
-            inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
+            with input_read_errors("the DEM"):
+                inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
         elif config.dem is not None:
             record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
         module = _packed(model.module, inp, config)

@@ -1,9 +1,10 @@
 """The global tile grid, the blending window, and chunked accumulation that equals the whole-scene blend.
 
-Tiles: square, side ``tile``, origins every ``stride = tile - overlap`` pixels from (0, 0). The number of tiles
-per axis is the least that covers the image; tiles running past the right/bottom edge (and tiles larger than a
-small image) are filled by reflect padding (DSen2-CR / BasicSR test-time tiling pad the same way; reflection keeps
-texture statistics, zero padding would look like a black border to the network).
+Tiles: ``tile`` pixels a side, origins every ``stride = tile - overlap`` pixels from (0, 0); on an axis shorter
+than ``tile`` a tile is the scene's length on that axis, with no overlap (one tile row or column), so a tile never
+costs more than the scene (:class:`TileGrid`). The number of tiles per axis is the least that covers the image;
+tiles running past the right/bottom edge are filled by reflect padding (DSen2-CR / BasicSR test-time tiling pad
+the same way; reflection keeps texture statistics, zero padding would look like a black border to the network).
 
 Blending: each tile prediction is weighted by a separable window that is 1 in the tile's core and ramps down with
 a raised cosine (Hann half-window) over the ``overlap`` pixels of each side, to a positive ``floor`` at the very

@@ -293,12 +293,16 @@ class _Claim:
             if exc.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.EBADF):
                 raise
 
-    def release(self) -> None:
-        """Remove the file and drop the lock."""
-        self.path.unlink(missing_ok=True)
+    def close(self) -> None:
+        """Drop the lock (closing the descriptor)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def release(self) -> None:
+        """Remove the file and drop the lock."""
+        self.path.unlink(missing_ok=True)
+        self.close()
 
 
 class _GdalFailure(Exception):
@@ -399,6 +403,9 @@ class AtomicFile:
             kind = existing_kind(self.path)
             if kind is not None:  # appeared since the up-front check
                 raise OutputError(f"cannot finish the output {self.path}: it is now {kind}, not a regular file")
+            if fcntl is None:  # Windows cannot rename a file that is open: the claim's descriptor goes first
+                for claim in self._claims:
+                    claim.close()
             os.replace(self.finished, self.path)
         except OSError as err:
             self.discard()

@@ -23,11 +23,12 @@ from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
 from engine.progress import Progress
 from engine.raster import input_read_errors
-from engine.report import plots
+from engine.report import REPORT_FILES, plots
 from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
 from engine.report.html import render_html
 from engine.report.schema import SCHEMA_VERSION, validate_report
 from engine.report.sources import Sources, open_sources
+from engine.writer import check_output_dir
 
 QUICKLOOK_SIDE = 700
 
@@ -176,6 +177,8 @@ def write_report(
     if tile_size < 2 * SSIM_RADIUS + 1:
         raise EngineError(f"tile size must be at least {2 * SSIM_RADIUS + 1} px, got {tile_size}")
     out_dir = Path(out_dir)
+    inputs = [Path(p) for p in (optical, prediction, reference, landcover, mask) if p is not None]
+    check_output_dir(out_dir, inputs, files=REPORT_FILES, what="report")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
