@@ -149,6 +149,8 @@ def check_output_dir(folder: Path, inputs: list[Path], files: tuple[str, ...] = 
     if kind not in (None, "a folder"):
         raise OutputError(f"{what} folder path exists and is {kind}: {folder}")
     if kind == "a folder":
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{what} folder is not writable: {folder}")
         for name in files:
             check_output_path(folder / name, inputs, what=f"{what} file")
         return

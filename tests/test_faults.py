@@ -230,6 +230,17 @@ def test_verify_geotiff_reads_a_whole_file_and_refuses_a_truncated_one(tmp_path,
 # --- 2. outputs onto devices, FIFOs, sockets, folders ------------------------------------------------------------
 
 
+def _device(folder: Path) -> Path:
+    """A character device to write onto. As root, a private copy of /dev/null made with mknod: a regression (or
+    this test run on the old code) must not turn the system's /dev/null into a regular file, as the review saw.
+    Without root, /dev/null itself (which a non-root process cannot replace)."""
+    if os.geteuid() != 0:
+        return Path("/dev/null")
+    path = folder / "null.tif"
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return path
+
+
 def _fifo(path: Path) -> Path:
     os.mkfifo(path)
     return path
@@ -245,7 +256,7 @@ def _socket(path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["device", "fifo", "socket", "folder"])
 @pytest.mark.parametrize("flag", ["out", "qa"])
 def test_an_existing_non_regular_output_path_is_refused(tmp_path, scene, kind, flag):
-    target = {"device": lambda: Path("/dev/null"), "fifo": lambda: _fifo(tmp_path / "pipe.tif"),
+    target = {"device": lambda: _device(tmp_path), "fifo": lambda: _fifo(tmp_path / "pipe.tif"),
               "socket": lambda: _socket(tmp_path / "sock.tif"),
               "folder": lambda: (tmp_path / "dir.tif").mkdir() or tmp_path / "dir.tif"}[kind]()  # fmt: skip
     mode = target.stat().st_mode
@@ -379,7 +390,7 @@ def test_batch_rejects_self_overwrites_before_any_scene_runs(tmp_path, scene, ca
     elif case == "qa_is_other_out":
         rows[1]["qa"] = "a.tif"
     elif case == "out_is_a_device":
-        rows[0]["out"] = "/dev/null"
+        rows[0]["out"] = str(_device(tmp_path))
     elif case == "summary_is_manifest":
         summary = m
     write_optical(tmp_path / "b_in.tif", height=40, width=40)
@@ -511,8 +522,9 @@ def test_bad_manifests_are_one_line_errors(tmp_path, capsys, content, match):
 
 
 def test_debug_shows_the_traceback(tmp_path, scene):
+    fifo = _fifo(tmp_path / "pipe.tif")
     with pytest.raises(OutputError):
-        cli_main(["--debug", "run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", "/dev/null"])
+        cli_main(["--debug", "run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(fifo)])
 
 
 def test_out_of_memory_and_os_errors_are_one_line(tmp_path, scene, capsys, monkeypatch):
