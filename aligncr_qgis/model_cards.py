@@ -139,6 +139,9 @@ def _decode(value: str) -> Any:
 
 
 def read_card(path: str | Path) -> ModelCard:
+    """The model card of a ``.safetensors`` file; anything wrong with the file — unreadable, not safetensors, or
+    a header crafted to break the parser (a shape that is not a list of integers, metadata that is not a string map)
+    — is one :class:`ModelCardError` (issue 15: raw ValueError/AttributeError/TypeError escaped)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -151,17 +154,29 @@ def read_card(path: str | Path) -> ModelCard:
             header = json.loads(fh.read(length).decode("utf-8"))
     except OSError as exc:
         raise ModelCardError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ModelCardError(f"{path.name}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise ModelCardError(f"{path.name}: not a safetensors file (header is not an object)")
+    try:
+        return _card_from_header(path, header)
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        raise ModelCardError(f"{path.name}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
+
+
+def _card_from_header(path: Path, header: dict[str, Any]) -> ModelCard:
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise TypeError("__metadata__ is not an object")
     card = ModelCard(path=path, metadata={str(k): _decode(str(v)) for k, v in meta.items()})
     for info in header.values():
         if isinstance(info, dict) and "shape" in info:
+            shape = info["shape"]
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise ValueError(f"tensor shape {str(shape)[:40]} is not a list of non-negative integers")
             card.tensors += 1
             n = 1
-            for dim in info["shape"]:
-                n *= int(dim)
+            for dim in shape:
+                n *= dim
             card.parameters += n
     return card

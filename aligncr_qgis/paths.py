@@ -11,8 +11,10 @@ No QGIS import here: the packaging command and the tests use these helpers too.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,15 +66,47 @@ def _venv_python(folder: Path) -> Path | None:
     return None
 
 
+ENGINE_PROBE = (
+    "import importlib.util as u, sys; "
+    "sys.exit(0 if all(u.find_spec(m) for m in ('engine', 'torch', 'rasterio', 'numpy')) else 1)"
+)
+
+
+@functools.cache
+def runs_engine(python: str) -> bool:
+    """Whether ``python`` can import the engine (from :func:`engine_root`) and the packages it needs; looked up
+    without importing them (a fraction of a second), once per interpreter and QGIS session."""
+    root = engine_root()
+    env = {**os.environ, "PYTHONPATH": str(root) if root else ""}
+    try:
+        done = subprocess.run([python, "-c", ENGINE_PROBE], cwd=root, env=env, capture_output=True, timeout=30,
+                              check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def candidate_venvs() -> list[Path]:
+    """Folders whose ``.venv``/``venv`` the plugin may pick by itself: its own folder and the folder holding its
+    engine (the repository in the development layout) — never any other parent (issue 15: a ``venv`` found
+    anywhere above the plugin, e.g. in the user's home, was picked)."""
+    folders = [PLUGIN_DIR]
+    root = engine_root()
+    if root is not None and root not in folders:
+        folders.append(root)
+    return folders
+
+
 def default_python() -> str:
     """The interpreter used when the user has not picked one.
 
-    A venv next to the engine or in one of the plugin folder's parents (the developer's ``.venv``), else the
-    Python QGIS itself runs (whose ``sys.executable`` is the QGIS binary on Linux, hence the ``python3`` lookup).
+    A venv in :func:`candidate_venvs` whose Python runs the engine (:func:`runs_engine`), else the Python QGIS
+    itself runs (whose ``sys.executable`` is the QGIS binary on Linux, hence the ``python3`` lookup). A configured
+    interpreter (``$ALIGNCR_PYTHON``, the dialog's setting) is used as given: :func:`resolve_python`.
     """
-    for folder in [PLUGIN_DIR, *PLUGIN_DIR.parents]:
+    for folder in candidate_venvs():
         found = _venv_python(folder)
-        if found is not None:
+        if found is not None and runs_engine(str(found)):
             return str(found)
     exe = Path(sys.executable or "")
     if exe.name.lower().startswith("python") and exe.is_file():

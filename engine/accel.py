@@ -187,7 +187,8 @@ class InferenceRunner:
     """Runs a model on batches of tiles with the options of an :class:`AccelConfig`.
 
     ``predict(optical, sar)`` takes (N, B, H, W) and (N, 2, h, w) float32 arrays (or CPU tensors, pinned ones
-    are copied asynchronously) and returns (N, B, H, W) float32 numpy predictions clipped to [0, 1].
+    are copied asynchronously) and returns (N, B, H, W) float32 numpy predictions clipped to [0, 1], with any
+    non-finite value of the network's (NaN, ±inf) as NaN.
     """
 
     def __init__(self, module: nn.Module, device: torch.device, config: AccelConfig | None = None) -> None:
@@ -273,7 +274,9 @@ class InferenceRunner:
         out = out[:n]
         if out.shape != o[:n].shape:
             raise ModelError(f"model returned shape {tuple(out.shape)} for an input of shape {tuple(o[:n].shape)}")
-        return out.float().clamp_(0.0, 1.0)
+        out = out.float()
+        out.masked_fill_(~torch.isfinite(out), float("nan"))  # inf too: the clamp would hide it as 0 or 1
+        return out.clamp_(0.0, 1.0)  # NaN stays NaN: the pipeline names the tile that produced it
 
     def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
         """One forward pass on tensors already on the device (no OOM handling, no copy back): for benchmarks."""

@@ -23,7 +23,10 @@ Failure policy (why it is split this way):
   local cluster so that every attempt is counted in ``attempts``; on a remote scheduler its configuration rules.
 * Outputs are never half-written: the engine writes into a hidden temporary file beside the output and renames it
   only when the scene is complete (:class:`engine.writer.AtomicGeoTIFFWriter`). A worker killed mid-scene can
-  leave such a temporary file behind; the next attempt of that scene removes it before starting.
+  leave such a temporary file behind; the next attempt of that scene removes it before starting — only once its
+  owner process is gone, and matching the output's name literally (:func:`engine.writer.remove_stale_temporaries`).
+* Before any scene runs, :func:`check_batch_paths` rejects outputs that would overwrite the manifest, the summary,
+  another scene's output or any scene's input.
 
 Workers: ``scheduler="local"`` starts a :class:`distributed.LocalCluster` of ``workers`` processes with one task
 thread each, and gives each worker's torch ``cpu_count // workers`` threads, so the cores are shared rather than
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import os
 import time
@@ -126,20 +130,13 @@ def read_manifest(path: Path) -> list[SceneJob]:
     """Parse and check the manifest; raises :class:`ManifestError` naming the first problem (row numbers 1-based
     counting the header as row 1, as a spreadsheet shows them)."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ManifestError(
-                f"manifest {path.name} lacks column(s) {', '.join(missing)} (needs id, optical, sar, out)"
-            )
-        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-        if unknown:
-            raise ManifestError(f"manifest {path.name} has unknown column(s) {', '.join(unknown)}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    columns, rows = _read_rows(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ManifestError(f"manifest {path.name} lacks column(s) {', '.join(missing)} (needs id, optical, sar, out)")
+    unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise ManifestError(f"manifest {path.name} has unknown column(s) {', '.join(unknown)}")
     if not rows:
         raise ManifestError(f"manifest {path.name} lists no scene")
     jobs: list[SceneJob] = []
@@ -169,6 +166,81 @@ def read_manifest(path: Path) -> list[SceneJob]:
     return jobs
 
 
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows of a manifest, every problem one :class:`ManifestError` line (issue 15: a trailing
+    comma, a Latin-1 or a binary file gave tracebacks)."""
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path.name} is not UTF-8 text (byte {exc.start} is not UTF-8): save it as a "
+                            "UTF-8 CSV") from None  # fmt: skip
+    except OSError as exc:
+        raise ManifestError(f"cannot read the manifest {path}: {exc.strerror or exc}") from None
+    if "\x00" in text:
+        raise ManifestError(f"manifest {path.name} is a binary file, not a CSV")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {path.name} line {reader.line_num}: not a valid CSV ({exc})") from None
+    columns = [c.strip() for c in header]
+    if "" in columns:
+        raise ManifestError(f"manifest {path.name}: the header has an empty column name (a trailing comma?)")
+    out = []
+    for n, row in enumerate(rows, start=2):
+        if None in row:  # more cells than the header has columns
+            raise ManifestError(f"manifest {path.name} row {n} has {len(columns) + len(row[None])} cells but the "
+                                f"header has {len(columns)} columns (a trailing comma, or a comma in an unquoted "
+                                "path?)")  # fmt: skip
+        out.append({k.strip(): (v or "").strip() for k, v in row.items()})
+    return columns, out
+
+
+def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None = None) -> None:
+    """Reject, before any scene runs, a batch that would overwrite its own files (issue 15): an output (``out``,
+    ``qa``) that is the manifest, the summary, another scene's output or any scene's input, a summary that is the
+    manifest or an input, and an output that exists as a non-regular file (a device, FIFO, socket or folder)."""
+    from engine.writer import existing_kind
+
+    taken: dict[object, str] = {}  # path (resolved) or (device, inode) of an existing file → what it is
+
+    def keys(p: Path) -> list[object]:
+        found: list[object] = [Path(p).resolve()]
+        try:
+            st = os.stat(p)
+            found.append((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        return found
+
+    def claim(p: Path, what: str, where: str) -> None:
+        for key in keys(p):
+            if key in taken:
+                raise ManifestError(f"{where}: {p} would overwrite {taken[key]}")
+        for key in keys(p):
+            taken[key] = what
+
+    if manifest is not None:
+        claim(Path(manifest), "the manifest", "manifest")
+    for job in jobs:
+        for field_name, value in dataclasses.asdict(job).items():
+            if isinstance(value, Path) and field_name not in ("out", "qa"):
+                for key in keys(value):
+                    taken.setdefault(key, f"an input of scene '{job.id}' ({field_name})")
+    claim(Path(summary), "the summary", "--summary")
+    for job in jobs:
+        for target, name in ((job.out, "output"), (job.qa, "QA output")):
+            if target is None:
+                continue
+            kind = existing_kind(target)
+            if kind is not None:
+                raise ManifestError(f"scene '{job.id}': {name} {target} exists and is {kind}, not a regular file")
+            claim(target, f"the {name} of scene '{job.id}'", f"scene '{job.id}' {name}")
+
+
 def _resolve(value: str, manifest: Path) -> Path:
     p = Path(value).expanduser()
     return (p if p.is_absolute() else manifest.parent / p).resolve()
@@ -195,25 +267,20 @@ def _takes_no_sar(row: dict[str, str], manifest: Path) -> bool:
     return needs is not None and not needs.uses_sar
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files a killed earlier attempt left beside ``out`` (the writer's naming scheme)."""
-    for p in out.parent.glob(f".{out.name}.*.tmp.tif*"):
-        p.unlink(missing_ok=True)
-
-
 def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[str, Any]) -> dict[str, Any]:
     """Run one scene (on a worker). EngineErrors come back as a ``failed`` record; anything else is raised so the
     client can retry it."""
     from engine.accel import AccelConfig
     from engine.config import RunConfig
     from engine.pipeline import run
+    from engine.writer import remove_stale_temporaries
 
     t0 = time.perf_counter()
     record = {"id": job.id, "output": ""}
     try:
         for target in (job.out, job.qa, job.confidence):
             if target is not None:
-                _remove_stale_temporaries(target)
+                remove_stale_temporaries(target)  # only a dead attempt's: see engine.writer
         paths = {k: v for k, v in dataclasses.asdict(job).items() if k != "id" and v is not None}
         config = RunConfig(**{**run_settings, **paths})
         result = run(config, accel=AccelConfig(**accel_settings))
@@ -279,13 +346,16 @@ def run_batch(
     summary: Path,
     client: Any | None = None,
     on_outcome: Callable[[SceneOutcome, int, int], None] | None = None,
+    manifest: Path | None = None,
 ) -> list[SceneOutcome]:
     """Run every job on the cluster (``client`` if given, else one opened from ``config``); returns the outcomes
-    in manifest order and keeps ``summary`` up to date. ``on_outcome(outcome, finished, total)`` reports each."""
+    in manifest order and keeps ``summary`` up to date. ``on_outcome(outcome, finished, total)`` reports each.
+    Paths that would overwrite the batch's own files are rejected first (:func:`check_batch_paths`)."""
     config.validate()
+    check_batch_paths(jobs, summary, manifest)
     if client is None:
         with open_client(config) as own:
-            return run_batch(jobs, config, summary, own, on_outcome)
+            return run_batch(jobs, config, summary, own, on_outcome, manifest)
     from distributed import as_completed
 
     run_settings = dict(config.run)

@@ -2,8 +2,10 @@
 
 Each module in ``engine/commands/`` defines ``NAME`` (the sub-command), ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Discovering them here keeps this file free of edits when a
-sub-command is added. User errors (:class:`~engine.errors.EngineError`) print one line and exit 2; ``--debug``
-shows the traceback instead.
+sub-command is added. User errors (:class:`~engine.errors.EngineError`, and out-of-memory, OS and GDAL errors
+through :func:`~engine.errors.as_user_error`) print one line and exit 2; ``--debug`` shows the traceback instead.
+Exit codes: 0 success, 1 some batch scene failed, 2 an error (nothing written), 130 cancelled or Ctrl-C, 143
+SIGTERM (temporary files removed).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import argparse
 import importlib
 import logging
 import pkgutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import engine.commands
 from engine import __version__
-from engine.errors import Cancelled, EngineError
+from engine.errors import Cancelled, EngineError, Terminated, as_user_error
 
 
 class _Unavailable:
@@ -88,16 +92,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    previous = _stop_on_sigterm()
     try:
         return int(args._run(args) or 0)
     except Cancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
-    except EngineError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM); no output was written", file=sys.stderr)
+        return 143
+    except Exception as exc:
+        error = as_user_error(exc)
+        if error is None or args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> object | None:
+    """SIGTERM raises :class:`Terminated` in the main thread, so the ``with`` blocks unwind and remove every
+    temporary file (Python's default is to die on the spot, leaving them; issue 15). Returns the previous handler
+    (None when not in the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)

@@ -62,6 +62,9 @@ class RunConfig:
     ``None`` or 1 = off); ``confidence`` also writes, on the output's grid, their per-pixel spread in reflectance
     (``-1`` = no optical data). ``confidence`` without ``tta`` means ``tta = 4``; the resolved number is what
     :attr:`tta` holds after construction (and what reports record).
+    ``memory_budget`` (GB) bounds one tile's forward plus the pipeline's buffers (:mod:`engine.memory`): a tile
+    that does not fit is refused with the largest one that does; ``None`` takes 80 % of the available memory.
+    ``tile`` is the largest tile: on a scene smaller than it the tiles shrink to the scene (:mod:`engine.tiling`).
     """
 
     optical: Path
@@ -98,6 +101,7 @@ class RunConfig:
     qa: Path | None = None
     confidence: Path | None = None
     tta: int | None = None
+    memory_budget: float | None = None  # GB for one run's tiles and buffers; None = 80 % of what is available
 
     def __post_init__(self) -> None:
         for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem", "qa",
@@ -138,6 +142,8 @@ class RunConfig:
         if self.only_cloudy and self.mask is None and len(self.bands) != 4:
             raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                              f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip
+        if self.memory_budget is not None and not self.memory_budget > 0:
+            raise InputError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
         if not 0 <= self.cloud_feather <= MAX_FEATHER:
             raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {self.cloud_feather}")
         for name, value, allowed in (

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
 from engine.errors import InputError
@@ -23,7 +22,9 @@ from engine.metrics import ndvi_classes
 from engine.progress import Progress
 from engine.provenance import RasterMetadata, read_metadata
 from engine.provenance import apply as apply_metadata
+from engine.raster import input_read_errors, open_raster
 from engine.report.geotiff import atomic_geotiff, layer_profile
+from engine.writer import check_output_path
 
 NDVI_NODATA = -9999.0
 NDVI_CLASS_EDGES: tuple[float, ...] = (-0.1, 0.1, 0.4, 0.8)
@@ -85,13 +86,9 @@ def write_ndvi(
     """
     src_path, out_path = Path(src_path), Path(out_path)
     progress = progress or Progress()
-    if not src_path.is_file():
-        raise InputError(f"input raster not found: {src_path}")
-    try:
-        src = rasterio.open(src_path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"cannot read {src_path}: {exc}") from exc
-    with src:
+    check_output_path(out_path, [src_path])
+    src = open_raster(src_path, "input raster")
+    with src, input_read_errors("the input raster"):
         for b in (red_band, nir_band):
             if not 1 <= b <= src.count:
                 raise InputError(f"{src_path.name} has {src.count} band(s); band {b} does not exist")

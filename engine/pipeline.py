@@ -76,6 +76,7 @@ from engine.dem import DemInput, open_dem
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
 from engine.masks import cloud_mask_from_bands
+from engine.memory import plan_memory
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning
 from engine.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
@@ -83,6 +84,7 @@ from engine.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
     check_bands,
     has_any_valid,
+    input_read_errors,
     open_raster,
     read_sample,
     require_georeferenced,
@@ -103,7 +105,7 @@ from engine.temporal import (
 )
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.tta import CONFIDENCE_NODATA
-from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_path
+from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_dir, check_output_path
 
 log = logging.getLogger("engine")
 QA_NODATA = 255
@@ -348,6 +350,13 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
     tags = processing_tags(model=model.name, only_masked_cloud=_composite_feather(config, inp) is not None,
                            weights=model.weights, inputs=inputs, settings=settings)
     metadata = with_processing(read_metadata(inp.optical), tags)
+    nodata, dtype = inp.optical.nodata, _output_dtype(inp.optical)
+    substitute = nodata_substitute(nodata, dtype)
+    if substitute is not None:
+        note = f"the model's output equal to the nodata value {nodata:g} is written as {substitute:g}"
+        for b in inp.band_index:
+            if b < len(metadata.band_tags):
+                metadata.band_tags[b] = {**metadata.band_tags[b], "ALIGNCR_NODATA_SUBSTITUTE": note}
     if inp.temporal is not None and config.date is not None and not any(
         t.get(k) for t in metadata.tags.values() for k in DATE_TAGS
     ):
@@ -356,9 +365,14 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
     return metadata
 
 
+def _output_dtype(opt: rasterio.io.DatasetReader) -> str:
+    """The output's data type: one that holds every band of the optical input."""
+    return np.result_type(*[np.dtype(d) for d in opt.dtypes]).name
+
+
 def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | None = None) -> OutputSpec:
     opt = inp.optical
-    dtype = np.result_type(*[np.dtype(d) for d in opt.dtypes]).name
+    dtype = _output_dtype(opt)
     descriptions: list[str | None] = []
     for i in range(opt.count):
         desc = opt.descriptions[i]
@@ -379,11 +393,16 @@ def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | Non
     )
 
 
-def _tile_slice(data: np.ndarray, tile: Tile, origin: tuple[int, int], size: int) -> np.ndarray:
-    """The ``size²`` tile of a chunk array whose pixel (0, 0) is image pixel ``origin``, reflect-padded."""
+def _tile_grid(spec: OutputSpec, config: RunConfig) -> TileGrid:
+    """The run's tile grid: ``--tile`` tiles, shrunk to the scene on an axis shorter than that (engine.tiling)."""
+    return TileGrid(spec.height, spec.width, config.tile, config.overlap)
+
+
+def _tile_slice(data: np.ndarray, tile: Tile, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The ``size`` = (h, w) tile of a chunk array whose pixel (0, 0) is image pixel ``origin``, reflect-padded."""
     y, x = tile.y - origin[0], tile.x - origin[1]
-    part = data[..., y : y + size, x : x + size]
-    return reflect_pad(part, size - part.shape[-2], size - part.shape[-1])
+    part = data[..., y : y + size[0], x : x + size[1]]
+    return reflect_pad(part, size[0] - part.shape[-2], size[1] - part.shape[-1])
 
 
 @dataclass
@@ -415,7 +434,16 @@ def _read_chunk(
     chunk: Chunk, config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig, spec: OutputSpec,
     device: torch.device,
 ) -> _ChunkData:  # fmt: skip
-    """Read and prepare one chunk's inputs (runs in the reader thread when prefetching)."""
+    """Read and prepare one chunk's inputs (runs in the reader thread when prefetching); a read failure of any input
+    is one :class:`InputError` line."""
+    with input_read_errors("an input raster"):
+        return _read_chunk_inputs(chunk, config, inp, norm, spec, device)
+
+
+def _read_chunk_inputs(
+    chunk: Chunk, config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig, spec: OutputSpec,
+    device: torch.device,
+) -> _ChunkData:  # fmt: skip
     y0, x0 = chunk.acc_y, chunk.acc_x
     win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
     raw = inp.optical.read(window=win)
@@ -438,7 +466,8 @@ def _read_chunk(
         use_ok &= dem_ok
     mask, weight = _chunk_mask_and_weight(chunk, config, inp, win, spec)
     needed = use_ok if weight is None else use_ok & (weight > 0)  # a tile whose output nobody keeps is not run
-    t = config.tile
+    grid = _tile_grid(spec, config)
+    t = (grid.tile_h, grid.tile_w)
     tiles = list(chunk.tiles)
     batches: list[_TileBatch] = []
     for i in range(0, len(tiles), config.batch):
@@ -510,6 +539,10 @@ def run(
 
     ``accel`` says how to run the network (dtype, compile, threads, prefetching); the default is fp32 on the CPU
     and bf16 autocast on a CUDA GPU, with prefetching.
+
+    Every output path is checked before anything is read, and the outputs (``out``, ``qa``) are renamed into place
+    together at the very end — after the report, which reads the finished, verified temporary output — so a run
+    that fails anywhere, the report included, leaves none of them (and no temporary file).
     """
     config.validate()
     accel = accel or AccelConfig()
@@ -519,19 +552,65 @@ def run(
     if config.report is not None:  # the report streams the scene again: give it the last fifth of the bar
         progress = outer.scaled(0.0, REPORT_START)
     t0 = time.perf_counter()
-    warnings: list[str] = []
-    inputs = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights, config.dem,
-              *config.temporal_paths().values()]  # fmt: skip
-    check_output_path(config.out, [p for p in inputs if p is not None])
+    check_outputs(config)
+    writers: list[AtomicGeoTIFFWriter] = []
+    try:
+        result = _decloud(config, progress, on_start, accel, writers)
+        if config.report is not None:
+            result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0), writers[0].finished)
+            result.report_dir = Path(config.report)
+        for writer in writers:
+            writer.commit()
+    finally:
+        for writer in writers:
+            writer.discard()  # a no-op for a committed output
+    result.seconds = time.perf_counter() - t0
+    log.info("wrote %s in %.1f s (%d of %d tiles through the network)", config.out, result.seconds,
+             result.network_tiles, result.total_tiles)  # fmt: skip
+    return result
+
+
+def _input_paths(config: RunConfig) -> list[Path]:
+    paths = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights, config.dem,
+             *config.temporal_paths().values()]  # fmt: skip
+    return [Path(p) for p in paths if p is not None]
+
+
+def check_outputs(config: RunConfig) -> None:
+    """Every output path of a run, checked before any work (issue 15: a bad ``--report`` path failed only after
+    the run): a file name in an existing, writable folder, not an existing non-regular file (device, FIFO, socket,
+    folder), not one of the inputs; the report folder creatable and none of its files an input or a non-regular
+    file."""
+    inputs = _input_paths(config)
+    check_output_path(config.out, inputs)
     if config.qa is not None:
-        check_output_path(config.qa, [p for p in [*inputs, config.out] if p is not None])
+        check_output_path(config.qa, [*inputs, Path(config.out)], what="QA output (--qa)")
     if config.confidence is not None:
-        check_output_path(config.confidence, [p for p in [*inputs, config.out, config.qa] if p is not None])
+        check_output_path(config.confidence, [*inputs, Path(config.out), *([Path(config.qa)] if config.qa else [])],
+                          what="confidence output (--confidence)")
+    outputs = [Path(p) for p in (config.out, config.qa, config.confidence) if p is not None]
+    if config.report is not None:
+        from engine.report import REPORT_FILES
+
+        check_output_dir(config.report, [*inputs, *outputs], files=REPORT_FILES, what="report (--report)")
+
+
+def _decloud(
+    config: RunConfig,
+    progress: Progress,
+    on_start: Callable[[RunPlan], None] | None,
+    accel: AccelConfig,
+    writers: list[AtomicGeoTIFFWriter],
+) -> RunResult:
+    """Read, infer, blend and write the finished (uncommitted) outputs, appended to ``writers``."""
+    t0 = time.perf_counter()
+    warnings: list[str] = []
     early = precheck(config, default_model_name())
     if early is not None and not early.uses_sar and config.sar is not None:
         record_warning(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
-        inp = _open_inputs(config, stack, progress, warnings, use_sar=early is None or early.uses_sar)
+        with input_read_errors("an input raster"):
+            inp = _open_inputs(config, stack, progress, warnings, use_sar=early is None or early.uses_sar)
         device = resolve_device(config.device)
         model = load_model(config, device)
         if model.in_bands != len(config.bands):
@@ -544,10 +623,13 @@ def run(
             inp.sar = None  # (only reached when the class could not be told before loading)
             inp.coverage = 0.0
             log.info("model '%s' takes no SAR: none is used", model.name)
-        inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress, warnings)
+        with input_read_errors("an input raster"):
+            inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress,
+                                         warnings)  # fmt: skip
         if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
-            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
-                             warnings, without="a cloud-mask value")  # fmt: skip
+            with input_read_errors("the cloud mask"):
+                checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
+                                 warnings, without="a cloud-mask value")  # fmt: skip
         elif config.only_cloudy:
             record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
                            "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
@@ -555,23 +637,31 @@ def run(
         require_dem(needs, config)
         if needs.uses_dem:
             assert config.dem is not None
-            inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
+            with input_read_errors("the DEM"):
+                inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
         elif config.dem is not None:
             record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
         module = _packed(model.module, inp, config)
+        memory, accel = plan_memory(model.name, TileGrid(inp.grid.height, inp.grid.width, config.tile,
+                                    config.overlap), config.chunk, device, accel, config.batch, config.memory_budget)
+        log.info("memory: %s", memory.describe())
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
         runner = InferenceRunner(module, device, accel)
         stack.callback(runner.close)
-        inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
-        inp.sar_fill = _sar_fill(config, inp, model.norm)
+        if device.type == "cuda" and memory.concurrent < config.batch:
+            runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time
+        with input_read_errors("an input raster"):
+            inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
+            inp.sar_fill = _sar_fill(config, inp, model.norm)
         device_name = describe_device(device)
         spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name))
-        grid = TileGrid(spec.height, spec.width, config.tile, config.overlap)
+        grid = _tile_grid(spec, config)
         plan = chunks(grid, config.chunk)
         total = len(grid)
         log.info(
-            "%s on %s: %d×%d px, %d tiles of %d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
-            model.name, device_name, spec.width, spec.height, total, config.tile, config.overlap, config.batch,
+            "%s on %s: %d×%d px, %d tiles of %d×%d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
+            model.name, device_name, spec.width, spec.height, total, grid.tile_w, grid.tile_h, config.overlap,
+            config.batch,
             inp.sar_units, inp.optical_scale, runner.describe(),
         )  # fmt: skip
         if on_start is not None:
@@ -593,15 +683,15 @@ def run(
         def read(chunk: Chunk) -> _ChunkData:
             return _read_chunk(chunk, config, inp, model.norm, spec, device)
 
-        qa_target = AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog) if config.qa else nullcontext()
-        conf_target = (AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog)
-                       if config.confidence else nullcontext())  # fmt: skip
-        with (
-            AtomicGeoTIFFWriter(config.out, spec, cog=config.cog) as writer,
-            qa_target as qa_writer,
-            conf_target as conf_writer,
-            ExitStack() as io,
-        ):
+        writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True))
+        if config.qa is not None:
+            writers.append(AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog, defer=True))
+        qa_target = writers[-1] if config.qa is not None else nullcontext()
+        if config.confidence is not None:
+            writers.append(AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog,
+                                               defer=True))
+        conf_target = writers[-1] if config.confidence is not None else nullcontext()
+        with writers[0] as writer, qa_target as qa_writer, conf_target as conf_writer, ExitStack() as io:
 
             def write(out: np.ndarray, share: np.ndarray | None, spread: np.ndarray | None, window: Window) -> None:
                 writer.write(out, window)
@@ -642,12 +732,6 @@ def run(
         accel=runner.describe(),
         sar_used=inp.sar is not None,
     )
-    if config.report is not None:
-        result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0))
-        result.report_dir = Path(config.report)
-        result.seconds = time.perf_counter() - t0
-    log.info("wrote %s in %.1f s (%d of %d tiles through the network)", config.out, result.seconds,
-             result.network_tiles, total)  # fmt: skip
     return result
 
 
@@ -716,6 +800,7 @@ def _process_chunk(
             counts["network"] += len(batch.run_idx)
             out = _predict(runner, batch, config)
             for j, p in zip(batch.run_idx, out):
+                _require_finite(p, batch.tiles[j], blender.grid, runner)
                 preds[j] = p
         for tl, p in zip(batch.tiles, preds):
             blender.add(tl, p)
@@ -743,6 +828,9 @@ def _process_chunk(
         original = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)  # unclipped
         blended = mix(blended, original, data.weight)
     pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
+    substitute = nodata_substitute(spec.nodata, spec.dtype)
+    if substitute is not None:  # a valid pixel must not read as nodata (see nodata_substitute)
+        pred[pred == np.asarray(spec.nodata, dtype=spec.dtype)] = substitute
     for k, b in enumerate(inp.band_index):
         out[b][use] = pred[k][use]
     share = None
@@ -775,14 +863,52 @@ def _predict(runner: InferenceRunner, batch: _TileBatch, config: RunConfig) -> n
     return np.concatenate([mean, spread[:, None]], axis=1) if config.confidence is not None else mean
 
 
-def _write_report(config: RunConfig, result: RunResult, progress: Progress) -> dict:
+def _require_finite(pred: np.ndarray, tile: Tile, grid: TileGrid, runner: InferenceRunner) -> None:
+    """Stop the run at the first tile the network returns NaN or ±inf for (issue 15: weights full of NaN wrote
+    99.7 % of a scene as nodata, exit 0): broken weights, or an overflow of a reduced precision."""
+    if np.isfinite(pred).all():
+        return
+    bad = 100.0 * float((~np.isfinite(pred)).mean())
+    precision = runner.describe()["dtype"]
+    hint = "" if runner.dtype == torch.float32 else f" or an overflow in {precision} (try --dtype fp32)"
+    raise ModelError(
+        f"the network returned NaN or infinite values for tile row {tile.row}, column {tile.col} (pixels x "
+        f"{tile.x}–{tile.x + grid.tile_w - 1}, y {tile.y}–{tile.y + grid.tile_h - 1}; {bad:.1f} % of its values): "
+        f"broken weights{hint}; nothing was written"
+    )
+
+
+def nodata_substitute(nodata: float | None, dtype: str) -> float | int | None:
+    """The value written instead of ``nodata`` where the model's output equals it, or None when no valid output
+    can collide (no nodata, NaN nodata, or a value the dtype cannot hold).
+
+    Issue 15: with nodata 0, predictions clipped to 0 were written as 0 and read back as nodata. The substitute is
+    the next representable value towards the data (``nodata + 1`` for integers, ``nextafter`` for floats; from
+    the top of the range, one below); the output's bands say so in their ``ALIGNCR_NODATA_SUBSTITUTE`` tag.
+    """
+    if nodata is None or not np.isfinite(nodata):
+        return None
+    kind = np.dtype(dtype)
+    if kind.kind in "ui":
+        info = np.iinfo(kind)
+        if not info.min <= nodata <= info.max or nodata != int(nodata):
+            return None
+        return int(nodata) + 1 if nodata < info.max else int(nodata) - 1
+    value = kind.type(nodata)
+    towards = kind.type(-np.inf if value == np.finfo(kind).max else np.inf)  # same dtype: float32 steps, not float64
+    return np.nextafter(value, towards).item()
+
+
+def _write_report(config: RunConfig, result: RunResult, progress: Progress, prediction: Path | None) -> dict:
+    """The report on the finished output (``prediction``: its verified temporary file, not yet renamed)."""
     try:
         from engine.report import write_report
     except ImportError:
         raise EngineError("--report needs engine.report.write_report, which this install lacks") from None
     return write_report(
         optical=Path(config.optical),
-        prediction=Path(config.out),
+        prediction=Path(prediction or config.out),
+        prediction_name=Path(config.out),
         out_dir=Path(config.report),
         reference=config.reference,
         landcover=config.landcover,

@@ -11,18 +11,22 @@ raised, because a sample can miss a sparse valid area.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from engine.errors import InputError
+from engine.errors import InputError, one_line
 
 SAMPLE_SIZE = 1024
 SAMPLE_GRID = 16
@@ -80,16 +84,84 @@ def _json_number(value: float | None) -> float | str | None:
 
 
 def open_raster(path: Path, role: str) -> rasterio.io.DatasetReader:
-    """Open ``path`` for reading or raise :class:`InputError` saying which input (``role``) is the problem."""
+    """Open ``path`` for reading or raise :class:`InputError` saying which input (``role``) is the problem.
+
+    The file is read far enough to fail *now* rather than half-way through a run (issue 15: a truncated optical,
+    SAR or reference GeoTIFF gave a traceback, after the output had been written): a GeoTIFF's block layout is
+    checked against the file's length (:func:`block_layout_problem`, no pixel decoded) and its first and last
+    blocks are read."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{role} file not found: {path}")
     if path.is_dir():
         raise InputError(f"{role} path is a folder, not a raster file: {path}")
+    if not path.is_file():
+        raise InputError(f"{role} path is not a regular file (a device, FIFO or socket): {path}")
     try:
-        return rasterio.open(path)
-    except RasterioIOError:
+        ds = rasterio.open(path)
+    except (RasterioIOError, CPLE_BaseError):
         raise InputError(f"{role} file is not a readable raster: {path}") from None
+    try:
+        problem = block_layout_problem(ds)
+        if problem is None:
+            for window in corner_windows(ds):
+                ds.read(1, window=window)
+    except (RasterioError, CPLE_BaseError) as exc:
+        problem = f"a block cannot be read ({one_line(exc)})"
+    if problem is not None:
+        ds.close()
+        raise InputError(f"{role} file is damaged: {problem}: {path}")
+    return ds
+
+
+@contextmanager
+def input_read_errors(what: str = "an input raster") -> Iterator[None]:
+    """Turn GDAL read failures inside the block (a corrupt block, a file truncated after it was opened, an I/O
+    error on a network share) into one :class:`InputError` line; GDAL's message names the file."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise InputError(f"cannot read {what} (corrupt or truncated file?): {one_line(exc)}") from None
+
+
+def block_layout_problem(ds: rasterio.io.DatasetReader, *, allow_sparse: bool = True) -> str | None:
+    """What is wrong with a GeoTIFF's block layout — a block that ends past the end of the file (a truncated
+    file), or, with ``allow_sparse=False``, a block that was never written — or None when nothing is (also for
+    formats and files this cannot tell: not a GeoTIFF, not a plain file). Reads tags only, no pixel."""
+    if ds.driver not in ("GTiff", "COG"):
+        return None
+    try:
+        size = os.stat(ds.name).st_size
+    except (OSError, ValueError):
+        return None
+    bands = range(1, ds.count + 1) if ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") == "BAND" else (1,)
+    block_h, block_w = ds.block_shapes[0]
+    rows, cols = -(-ds.height // block_h), -(-ds.width // block_w)
+    for b in bands:
+        for y in range(rows):
+            for x in range(cols):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b)
+                length = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b)
+                if offset is None or length is None:
+                    return None  # this GDAL cannot tell
+                offset, length = int(offset), int(length)
+                if offset == 0 or length == 0:
+                    if allow_sparse:
+                        continue
+                    return f"block ({x}, {y}) of band {b} was never written"
+                if offset + length > size:
+                    return (f"block ({x}, {y}) of band {b} ends at byte {offset + length}, past the end of the file "
+                            f"({size} bytes): the file is truncated")  # fmt: skip
+    return None
+
+
+def corner_windows(ds: rasterio.io.DatasetReader) -> list[Window]:
+    """The first and the last block of a raster, as windows."""
+    block_h, block_w = ds.block_shapes[0]
+    first = Window(0, 0, min(block_w, ds.width), min(block_h, ds.height))
+    y0, x0 = (ds.height - 1) // block_h * block_h, (ds.width - 1) // block_w * block_w
+    last = Window(x0, y0, ds.width - x0, ds.height - y0)
+    return [first] if (x0, y0) == (0, 0) else [first, last]
 
 
 def describe(ds: rasterio.io.DatasetReader) -> RasterInfo:

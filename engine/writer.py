@@ -1,20 +1,43 @@
-"""Atomic, windowed GeoTIFF (and Cloud-Optimized GeoTIFF) writing.
+"""Atomic, windowed GeoTIFF (and Cloud-Optimized GeoTIFF) writing, and the checks on output paths.
 
 The output is written block by block into a hidden temporary file *in the destination folder* (same file
 system, so the final ``os.replace`` is an atomic rename) and renamed only when the run succeeded: a crash, an
-error or a user cancel never leaves a half-written file under the requested name. The temporary name ends in
-``.tmp.tif`` (git-ignored) and is removed on failure.
+error or a user cancel never leaves a half-written file under the requested name.
+
+What "succeeded" means for the file itself (issue 15: disk full while finishing the file gave exit 0 and a corrupt
+GeoTIFF): every GDAL write and the close that flushes GDAL's block cache are checked for GDAL failures
+(:mod:`engine.gdal_errors`: GDAL only *logs* a failed flush), the temporary file is ``fsync``-ed (delayed
+allocation can report a full disk only then) and verified — re-opened, its size, band count and data type
+compared, every block's offset and length checked against the file's length, its first and last blocks read —
+before the rename. Any failure is one :class:`~engine.errors.OutputError` line ("no space left on device" when the
+file system is full), the temporary file is removed and nothing appears under the requested name.
+
+Temporary files: ``.<name>.<pid>.<tag>.tmp.tif`` (``.cog.tmp.tif`` for the COG copy; git-ignored). The first one
+is created exclusively and, on POSIX, ``flock``-ed for as long as its writer lives; the COG copy and GDAL's own
+side files (``.aux.xml``, ``.ovr.tmp``) share its ``<pid>.<tag>``. :func:`remove_stale_temporaries` (run before a
+new writer starts on the same path, and by ``engine batch`` before each attempt) removes a group only when its
+owner is gone — the lock can be taken *and* the PID is not a live process here (Windows: the file can be deleted,
+which it cannot while GDAL has it open). Names are compared literally, never as glob patterns: ``scene[1].tif``'s
+cleanup must not touch ``scene1.tif``'s temporaries.
 
 Layout: internal tiles 512 wide and 512 (or, to match the engine's chunk rows, slightly fewer, e.g. 448) rows
-high, DEFLATE; predictor 2 (horizontal differencing) for integer data as asked for
-PlanetScope DN, predictor 3 (floating-point) for float data, where GDAL/libtiff's predictor 2 gains little.
-``cog=True`` writes the plain tiled GeoTIFF first, then lets GDAL's COG driver copy it with overviews
-(averaged) into a second temporary file, since a COG must be written in one ordered pass with its overviews first.
+high, DEFLATE; predictor 2 (horizontal differencing) for integer data as asked for PlanetScope DN, predictor 3
+(floating-point) for float data, where GDAL/libtiff's predictor 2 gains little. ``cog=True`` writes the plain tiled
+GeoTIFF first, then lets GDAL's COG driver copy it with overviews (averaged) into a second temporary file, since a
+COG must be written in one ordered pass with its overviews first.
+
+Output paths (:func:`check_output_path`, :func:`check_output_dir`) are checked before any work: an existing path
+that is not a regular file (a device such as ``/dev/null``, a FIFO, a socket, a folder) is refused — the rename
+would replace it (as root, ``--out /dev/null`` turned the device into a regular file).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +49,21 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from engine.errors import OutputError
+from engine import gdal_errors
+from engine.errors import OutputError, one_line
 from engine.provenance import RasterMetadata, folded
 from engine.provenance import apply as apply_metadata
+from engine.raster import block_layout_problem, corner_windows
+
+try:  # POSIX advisory locks mark a temporary file as owned by a live writer
+    import fcntl
+except ImportError:  # Windows: an open file cannot be deleted, which is the ownership test there
+    fcntl = None  # type: ignore[assignment]
 
 BLOCK = 512
+TMP_SUFFIX = ".tmp.tif"
+_GROUP = re.compile(r"(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\..*tmp.*", re.DOTALL)
+LOW_SPACE_BYTES = 16 * 2**20  # below this much free space a write failure is reported as a full disk
 
 
 @dataclass(frozen=True)
@@ -49,31 +82,85 @@ class OutputSpec:
     metadata: RasterMetadata | None = None  # tags, band tags, scales/offsets, units (engine.provenance)
 
 
-def check_output_path(out: Path, inputs: list[Path]) -> None:
-    """Fail early (before any work) if ``out`` cannot be created or would overwrite an input."""
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words (None for a regular file)."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def existing_kind(path: Path) -> str | None:
+    """None when ``path`` does not exist or is a regular file (following links), else what it is."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
+            return None  # reported by the folder checks below
+        raise OutputError(f"cannot inspect the output path {path}: {exc.strerror or exc}") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(out: Path, inputs: list[Path], what: str = "output") -> None:
+    """Fail early (before any work) if ``out`` cannot be created, is not a regular file, or would overwrite an
+    input (same path, or the same file through a link)."""
     out = Path(out)
-    if out.exists() and out.is_dir():
-        raise OutputError(f"output path is a folder, give a file name: {out}")
+    kind = existing_kind(out)
+    if kind == "a folder":
+        raise OutputError(f"{what} path is a folder, give a file name: {out}")
+    if kind is not None:
+        raise OutputError(f"{what} path exists and is {kind}, not a regular file; refusing to replace it: {out}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.exists():
-        raise OutputError(f"output folder does not exist: {parent}")
+        raise OutputError(f"{what} folder does not exist: {parent}")
     if not parent.is_dir():
-        raise OutputError(f"output folder is not a folder: {parent}")
-    resolved = out.resolve()
+        raise OutputError(f"{what} folder is not a folder: {parent}")
     for inp in inputs:
-        if inp is None:
-            continue
-        same = resolved == Path(inp).resolve()
-        if not same and out.exists() and Path(inp).exists():
-            same = os.path.samefile(out, inp)
-        if same:
-            raise OutputError(f"output would overwrite an input file: {out}")
-    probe = parent / f".{out.name}.{uuid.uuid4().hex[:8]}.probe.tmp.tif"
+        if inp is not None and _same_file(out, Path(inp)):
+            raise OutputError(f"{what} would overwrite an input file: {out}")
+    probe = parent / f".{out.name}.{uuid.uuid4().hex[:8]}.probe{TMP_SUFFIX}"
     try:
         probe.touch()
     except OSError as exc:
-        raise OutputError(f"output folder is not writable: {parent} ({exc.strerror})") from None
+        raise OutputError(f"{what} folder is not writable: {parent} ({exc.strerror})") from None
     probe.unlink(missing_ok=True)
+
+
+def check_output_dir(folder: Path, inputs: list[Path], files: tuple[str, ...] = (), what: str = "report") -> None:
+    """Fail early if the folder ``folder`` (created later, with its parents) cannot be made or written, if it
+    exists as something other than a folder, or if one of the ``files`` it will hold exists as a non-regular file
+    or is one of ``inputs``."""
+    folder = Path(folder)
+    kind = existing_kind(folder)
+    if kind is None and folder.exists():
+        raise OutputError(f"{what} folder path is a file, not a folder: {folder}")
+    if kind not in (None, "a folder"):
+        raise OutputError(f"{what} folder path exists and is {kind}: {folder}")
+    if kind == "a folder":
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{what} folder is not writable: {folder}")
+        for name in files:
+            check_output_path(folder / name, inputs, what=f"{what} file")
+        return
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{what} folder cannot be created: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} folder cannot be created: {ancestor} is not writable")
 
 
 def compression_threads() -> int:
@@ -99,86 +186,373 @@ def _creation_options(dtype: str, block_height: int) -> dict:
     }
 
 
-class AtomicGeoTIFFWriter:
+# ---------------------------------------------------------------------------------------------------------------
+# Temporary files: naming, ownership, stale cleanup
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (True when it cannot be told: never guess it dead)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid() or os.name != "posix":
+        return True  # on Windows os.kill would terminate the process: no probing there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # PermissionError: someone else's live process
+    return True
+
+
+def _locked_by_someone(path: Path) -> bool | None:
+    """True when a live process holds ``path``'s lock, False when it can be taken, None when it cannot be told."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None  # a file system without locks
+    finally:
+        os.close(fd)
+    return False
+
+
+def _owner_gone(owner: Path, pid: int) -> bool:
+    """Whether the writer that made ``owner`` (its main temporary file) is gone; see the module docstring."""
+    if not owner.exists():
+        return not _pid_alive(pid)  # side files only
+    locked = _locked_by_someone(owner)
+    if locked:
+        return False
+    if locked is None and fcntl is None:
+        return True  # Windows: deleting fails while the writer has the file open
+    return not _pid_alive(pid)  # a free lock (or a file system without locks) and no such process here
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files an earlier, dead writer of ``path`` left beside it (see the module docstring).
+
+    Only names ``.<name>.<pid>.<tag>.…tmp…`` of exactly this ``path`` are considered (compared as strings, not as a
+    pattern), and a group only when its owner is gone. Returns what was removed."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    prefix = f".{path.name}."
+    groups: dict[tuple[str, str], list[Path]] = {}
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return []
+    for name in names:
+        m = _GROUP.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+        if m is not None:
+            groups.setdefault((m["pid"], m["tag"]), []).append(folder / name)
+    removed: list[Path] = []
+    for (pid, tag), files in groups.items():
+        owner = folder / f"{prefix}{pid}.{tag}{TMP_SUFFIX}"
+        if not _owner_gone(owner, int(pid)):
+            continue
+        for f in sorted(files, key=lambda p: p != owner):  # the owner's file first: on Windows it fails if in use
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                break
+            except OSError:
+                continue
+            removed.append(f)
+    return removed
+
+
+class _Claim:
+    """A temporary file name reserved for this process: created exclusively and, on POSIX, locked until released."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass  # a file system without locks: the PID in the name is the owner's only mark
+
+    def fsync(self) -> None:
+        """Flush what GDAL wrote through the same name (the same file) to the disk."""
+        if self._fd is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.EBADF):
+                raise
+
+    def close(self) -> None:
+        """Drop the lock (closing the descriptor)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def release(self) -> None:
+        """Remove the file and drop the lock."""
+        self.path.unlink(missing_ok=True)
+        self.close()
+
+
+class _GdalFailure(Exception):
+    """A GDAL failure during a write step (its message only; the writer words the error)."""
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _reason(exc: BaseException | str) -> str:
+    if isinstance(exc, str):
+        return exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return one_line(exc)
+
+
+def write_failure(path: Path, doing: str, exc: BaseException | str) -> OutputError:
+    """The one-line error for a failed write step of ``path``; says "no space left on device" (with the free
+    space) when the file system is (nearly) full, whatever GDAL's own words were."""
+    reason = _reason(exc)
+    folder = Path(path).parent
+    free = _free_bytes(folder)
+    if free is not None and free < LOW_SPACE_BYTES:
+        if "no space left" not in reason.lower():
+            reason = f"no space left on device ({reason})"
+        reason += f"; {free / 2**20:.1f} MB free in {folder}"
+    return OutputError(f"cannot {doing} {path}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verification of a finished file
+
+
+def verify_geotiff(path: Path, *, width: int, height: int, count: int, dtype: str, label: Path | None = None) -> None:
+    """Re-open a finished GeoTIFF and check it is whole: size, bands and type as written, every block inside the
+    file, the first and last blocks readable. Raises :class:`OutputError` naming ``label`` (default ``path``)."""
+    what = f"the output {label or path} is damaged (verification of the finished file failed)"
+    with gdal_errors.gdal_failure_check(lambda message: OutputError(f"{what}: {message}")):
+        with rasterio.open(path) as ds:
+            if (ds.width, ds.height, ds.count) != (width, height, count) or ds.dtypes[0] != np.dtype(dtype).name:
+                raise OutputError(f"{what}: it reads as {ds.width}×{ds.height}×{ds.count} {ds.dtypes[0]}, "
+                                  f"expected {width}×{height}×{count} {dtype}")  # fmt: skip
+            problem = block_layout_problem(ds, allow_sparse=False)
+            if problem is not None:
+                raise OutputError(f"{what}: {problem}")
+            for window in corner_windows(ds):
+                ds.read(window=window)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The writers
+
+
+class AtomicFile:
+    """One output written through a claimed temporary file: finish (flush, fsync, verify), then commit (rename) or
+    discard. The base of :class:`AtomicGeoTIFFWriter`; :func:`engine.report.geotiff.atomic_geotiff` uses it too."""
+
+    def __init__(self, path: Path, kind: str = "") -> None:
+        self.path = Path(path)
+        self._tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.tmp = self.temporary(kind)
+        self.finished: Path | None = None
+        self._claims: list[_Claim] = []
+        self._side: list[Path] = []
+
+    def temporary(self, kind: str = "") -> Path:
+        """A temporary name of this writer's group: ``.<name>.<pid>.<tag>[.<kind>].tmp.tif``."""
+        return self.path.parent / f".{self.path.name}.{self._tag}{'.' + kind if kind else ''}{TMP_SUFFIX}"
+
+    def claim(self, path: Path) -> None:
+        """Create ``path`` exclusively and lock it (the group's first claim marks the group as owned)."""
+        try:
+            self._claims.append(_Claim(path))
+        except OSError as exc:
+            raise write_failure(self.path, "create a temporary file for", exc) from None
+        self._side += [Path(str(path) + ext) for ext in (".aux.xml", ".ovr.tmp", ".msk.ovr.tmp")]
+
+    def fsync(self, path: Path) -> None:
+        for c in self._claims:
+            if c.path == path:
+                try:
+                    c.fsync()
+                except OSError as exc:
+                    raise write_failure(self.path, "finish", exc) from None
+
+    def commit(self) -> None:
+        """Rename the verified file into place (once; a no-op after a failure or a previous commit)."""
+        if self.finished is None:
+            return
+        try:
+            kind = existing_kind(self.path)
+            if kind is not None:  # appeared since the up-front check
+                raise OutputError(f"cannot finish the output {self.path}: it is now {kind}, not a regular file")
+            if fcntl is None:  # Windows cannot rename a file that is open: the claim's descriptor goes first
+                for claim in self._claims:
+                    claim.close()
+            os.replace(self.finished, self.path)
+        except OSError as err:
+            self.discard()
+            raise write_failure(self.path, "finish", err) from None
+        except BaseException:
+            self.discard()
+            raise
+        self.finished = None
+        self._release()
+
+    def discard(self) -> None:
+        """Remove the temporary files (finished or not); the requested path is untouched."""
+        self.finished = None
+        self._release()
+
+    def _release(self) -> None:
+        for side in self._side:  # GDAL's side files first, while the lock still marks them as ours
+            side.unlink(missing_ok=True)
+        for claim in reversed(self._claims):
+            claim.release()
+        self._claims = []
+
+
+class AtomicGeoTIFFWriter(AtomicFile):
     """Context manager writing windows into a temporary GeoTIFF that becomes ``path`` only on a clean exit.
 
     ``with AtomicGeoTIFFWriter(path, spec, cog=False) as w: w.write(array, window)``. On an exception inside the
-    ``with`` block the temporary file is deleted and the exception propagates; ``path`` is untouched.
+    ``with`` block the temporary file is deleted and the exception propagates; ``path`` is untouched. A write,
+    flush, COG copy or verification failure is one :class:`OutputError` line (the temporary files removed).
+
+    ``defer=True`` finishes and verifies the file on a clean exit but renames it only at :meth:`commit` (until then
+    :attr:`finished` is the verified temporary file, readable, e.g. by the report); :meth:`discard` removes it.
+    The outputs of a run are committed together at its very end, so a later failure (the report) leaves none.
     """
 
-    def __init__(self, path: Path, spec: OutputSpec, cog: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, spec: OutputSpec, cog: bool = False, defer: bool = False) -> None:
+        super().__init__(path)
         self.spec = spec
         self.cog = cog
-        tag = uuid.uuid4().hex[:8]
-        self.tmp = self.path.parent / f".{self.path.name}.{tag}.tmp.tif"
-        self.tmp_cog = self.path.parent / f".{self.path.name}.{tag}.cog.tmp.tif"
+        self.defer = defer
+        self.tmp_cog = self.temporary("cog")
         self._ds: rasterio.io.DatasetWriter | None = None
 
     def __enter__(self) -> AtomicGeoTIFFWriter:
         s = self.spec
+        remove_stale_temporaries(self.path)
         try:
-            self._ds = rasterio.open(
-                self.tmp,
-                "w",
-                driver="GTiff",
-                width=s.width,
-                height=s.height,
-                count=s.count,
-                dtype=s.dtype,
-                crs=s.crs,
-                transform=s.transform,
-                nodata=s.nodata,
-                BIGTIFF="IF_SAFER",
-                **_creation_options(s.dtype, s.block_height),
-            )
-        except Exception as exc:
-            self._cleanup()
-            raise OutputError(f"cannot create the output file in {self.path.parent}: {exc}") from None
-        for i, desc in enumerate(s.descriptions, start=1):
-            if desc:
-                self._ds.set_band_description(i, desc)
-        if s.metadata is not None:  # the COG copy keeps only the default domain: fold the others into it
-            apply_metadata(self._ds, folded(s.metadata) if self.cog else s.metadata)
+            self.claim(self.tmp)
+            with gdal_errors.gdal_failure_check(_GdalFailure):
+                self._ds = rasterio.open(
+                    self.tmp,
+                    "w",
+                    driver="GTiff",
+                    width=s.width,
+                    height=s.height,
+                    count=s.count,
+                    dtype=s.dtype,
+                    crs=s.crs,
+                    transform=s.transform,
+                    nodata=s.nodata,
+                    BIGTIFF="IF_SAFER",
+                    **_creation_options(s.dtype, s.block_height),
+                )
+                for i, desc in enumerate(s.descriptions, start=1):
+                    if desc:
+                        self._ds.set_band_description(i, desc)
+                if s.metadata is not None:  # the COG copy keeps only the default domain: fold the others into it
+                    apply_metadata(self._ds, folded(s.metadata) if self.cog else s.metadata)
+        except (_GdalFailure, OSError) as exc:
+            self._abandon()
+            raise write_failure(self.path, "create the output file", exc if isinstance(exc, OSError)
+                                else str(exc)) from None  # fmt: skip
+        except BaseException:
+            self._abandon()
+            raise
         return self
 
     def write(self, data: np.ndarray, window: Window) -> None:
         assert self._ds is not None
-        self._ds.write(data.astype(self.spec.dtype, copy=False), window=window)
+        try:
+            with gdal_errors.gdal_failure_check(_GdalFailure):
+                self._ds.write(data.astype(self.spec.dtype, copy=False), window=window)
+        except _GdalFailure as exc:
+            raise write_failure(self.path, "write the output", str(exc)) from None
+        except OSError as exc:
+            raise write_failure(self.path, "write the output", exc) from None
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        if self._ds is not None:
-            self._ds.close()
-            self._ds = None
         if exc_type is not None:
-            self._cleanup()
+            self._abandon()
             return
         try:
-            final = self.tmp
-            if self.cog:
-                rasterio.shutil.copy(
-                    self.tmp,
-                    self.tmp_cog,
-                    driver="COG",
-                    COMPRESS="DEFLATE",
-                    PREDICTOR="YES",
-                    BLOCKSIZE=BLOCK,
-                    OVERVIEWS="AUTO",
-                    OVERVIEW_RESAMPLING="AVERAGE",
-                    NUM_THREADS=str(compression_threads()),
-                    BIGTIFF="IF_SAFER",
-                )
-                self.tmp.unlink(missing_ok=True)
-                final = self.tmp_cog
-            os.replace(final, self.path)
-        except OSError as err:
-            self._cleanup()
-            raise OutputError(f"cannot finish the output file {self.path}: {err}") from None
+            self._finish()
         except BaseException:
-            self._cleanup()
+            self._abandon()
             raise
+        if not self.defer:
+            self.commit()
 
-    def _cleanup(self) -> None:
-        for p in (self.tmp, self.tmp_cog):
-            p.unlink(missing_ok=True)
-            Path(str(p) + ".aux.xml").unlink(missing_ok=True)
+    def _finish(self) -> None:
+        """Close (flush), fsync, verify; with ``cog``, copy to the COG temporary file, fsync and verify that too."""
+        s = self.spec
+        ds, self._ds = self._ds, None
+        try:
+            with gdal_errors.gdal_failure_check(_GdalFailure):
+                if ds is not None:
+                    ds.close()
+        except _GdalFailure as exc:
+            raise write_failure(self.path, "finish the output", str(exc)) from None
+        except OSError as exc:
+            raise write_failure(self.path, "finish the output", exc) from None
+        self.fsync(self.tmp)
+        geometry = {"width": s.width, "height": s.height, "count": s.count, "dtype": s.dtype, "label": self.path}
+        verify_geotiff(self.tmp, **geometry)
+        final = self.tmp
+        if self.cog:
+            self.claim(self.tmp_cog)
+            try:
+                with gdal_errors.gdal_failure_check(_GdalFailure):
+                    rasterio.shutil.copy(
+                        self.tmp,
+                        self.tmp_cog,
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        PREDICTOR="YES",
+                        BLOCKSIZE=BLOCK,
+                        OVERVIEWS="AUTO",
+                        OVERVIEW_RESAMPLING="AVERAGE",
+                        NUM_THREADS=str(compression_threads()),
+                        BIGTIFF="IF_SAFER",
+                    )
+            except _GdalFailure as exc:
+                raise write_failure(self.path, "write the COG copy of", str(exc)) from None
+            except OSError as exc:
+                raise write_failure(self.path, "write the COG copy of", exc) from None
+            self.fsync(self.tmp_cog)
+            verify_geotiff(self.tmp_cog, **geometry)
+            final = self.tmp_cog
+        self.finished = final
+
+    def _abandon(self) -> None:
+        if self._ds is not None:
+            try:
+                self._ds.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+            self._ds = None
+        self.discard()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers_processes import dead_pid
 from helpers_rasters import write_optical, write_sar
 from torch import nn
 
@@ -120,7 +121,7 @@ def test_qa_column_writes_the_scene_qa_and_clears_a_killed_attempts_leftovers(sc
     (job,) = read_manifest(m)
     assert job.qa == (tmp_path / "qa" / "a_qa.tif").resolve()
     job.qa.parent.mkdir()
-    stale = job.qa.parent / f".{job.qa.name}.dead1234.tmp.tif"
+    stale = job.qa.parent / f".{job.qa.name}.{dead_pid()}.dead1234.tmp.tif"
     stale.write_bytes(b"half")
     record = run_scene(job, {"tile": 32, "overlap": 8, "device": "cpu"}, {})
     assert record["status"] == "ok" and record["model_percent"] == "100.00" and record["warnings"] == "", record

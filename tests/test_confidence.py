@@ -218,6 +218,7 @@ def test_confidence_cli_errors_and_cancel_leave_no_file(tmp_path):
 
 def test_batch_confidence_column_writes_the_scene_confidence(tmp_path):
     from engine.batch import read_manifest, run_scene
+    from helpers_processes import dead_pid
 
     opt = write_optical(tmp_path / "opt.tif", height=40, width=40)
     sar = write_sar(tmp_path / "s1.tif", like=opt)
@@ -226,7 +227,7 @@ def test_batch_confidence_column_writes_the_scene_confidence(tmp_path):
     (job,) = read_manifest(manifest)
     assert job.confidence == (tmp_path / "conf" / "a_conf.tif").resolve()
     job.confidence.parent.mkdir()
-    stale = job.confidence.parent / f".{job.confidence.name}.dead1234.tmp.tif"
+    stale = job.confidence.parent / f".{job.confidence.name}.{dead_pid()}.dead1234.tmp.tif"  # a dead owner
     stale.write_bytes(b"half")
     record = run_scene(job, {"tile": 32, "overlap": 8, "device": "cpu"}, {})
     assert record["status"] == "ok", record

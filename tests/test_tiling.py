@@ -53,17 +53,19 @@ def test_reflect_pad_mirrors_the_edge():
 
 @pytest.mark.parametrize(
     "h,w,tile,overlap,chunk_px",
-    [(100, 130, 32, 8, 40), (64, 64, 32, 8, 1), (250, 97, 48, 0, 50), (17, 300, 32, 15, 100), (33, 33, 64, 16, 64)],
+    [(100, 130, 32, 8, 40), (64, 64, 32, 8, 1), (250, 97, 48, 0, 50), (17, 300, 32, 15, 100), (33, 33, 64, 16, 64),
+     (1, 700, 256, 32, 300)],
 )
 def test_chunked_blend_equals_whole_scene_blend(h, w, tile, overlap, chunk_px):
     rng = np.random.default_rng(0)
     grid = TileGrid(h, w, tile, overlap)
-    preds = {(t.row, t.col): rng.random((2, tile, tile)).astype(np.float32) for t in grid}
-    win = blend_window(tile, overlap)
-    acc = np.zeros((3, grid.rows * grid.stride + tile, grid.cols * grid.stride + tile))
+    th, tw = grid.tile_h, grid.tile_w  # a tile never exceeds the scene: 17 × 32 on the 17-row strip
+    preds = {(t.row, t.col): rng.random((2, th, tw)).astype(np.float32) for t in grid}
+    win = grid.window()
+    acc = np.zeros((3, grid.rows * grid.stride_y + th, grid.cols * grid.stride_x + tw))
     for t in grid:
-        acc[:2, t.y : t.y + tile, t.x : t.x + tile] += preds[(t.row, t.col)] * win
-        acc[2, t.y : t.y + tile, t.x : t.x + tile] += win
+        acc[:2, t.y : t.y + th, t.x : t.x + tw] += preds[(t.row, t.col)] * win
+        acc[2, t.y : t.y + th, t.x : t.x + tw] += win
     expected = acc[:2, :h, :w] / acc[2, :h, :w]
 
     out = np.full((2, h, w), np.nan)

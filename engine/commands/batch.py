@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         retries=args.retries,
         run={"device": args.device, "tile": args.tile, "overlap": args.overlap, "batch": args.batch, "cog": args.cog,
-             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather, "tta": args.tta},
+             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather, "tta": args.tta,
+             "memory_budget": args.memory_budget},
         accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch},
     )
     config.validate()
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             detail += f"; warning: {outcome.warnings}"
         print(f"[{finished}/{total}] {outcome.id}: {outcome.status} ({detail})", file=sys.stderr, flush=True)
 
-    outcomes = run_batch(jobs, config, summary, on_outcome=report)
+    outcomes = run_batch(jobs, config, summary, on_outcome=report, manifest=args.manifest)
     failed = [o for o in outcomes if o.status != "ok"]
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} scenes ok; summary in {summary}")
     return 1 if failed else 0

@@ -24,7 +24,7 @@ from typing import Any
 from engine.accel import DTYPES, AccelConfig
 from engine.commands import datetime_arg
 from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
-from engine.errors import Cancelled, EngineError
+from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
 from engine.tta import CONFIDENCE_NODATA, DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
@@ -117,6 +117,9 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> No
                         help=f"tile overlap in pixels, blended (default {default['overlap']})")  # fmt: skip
     parser.add_argument("--batch", type=int, default=default["batch"],
                         help=f"tiles per forward pass (default {default['batch']})")  # fmt: skip
+    parser.add_argument("--memory-budget", type=float, metavar="GB", default=default["memory_budget"],
+                        help="memory for the network's tiles and the buffers; a larger --tile is refused with the "
+                             "largest that fits (default: 80 %% of the available memory)")  # fmt: skip
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFF output with overviews")
     parser.add_argument("--only-cloudy", action="store_true",
                         help="replace only the pixels --mask marks as cloud (without --mask: the clouds detected on "
@@ -185,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         confidence=args.confidence,
         tta=args.tta,
         cloud_feather=args.cloud_feather,
+        memory_budget=args.memory_budget,
     )
 
 
@@ -215,7 +219,12 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
     except EngineError as exc:
         emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
         return 130 if isinstance(exc, Cancelled) else 2
-    except Exception as exc:  # a bug: still tell the plugin in one line, then keep the traceback on stderr
+    except Exception as exc:
+        error = as_user_error(exc)  # out of memory, OS, GDAL: one line as well
+        if error is not None:
+            emit({"event": "error", "message": str(error), "kind": type(exc).__name__})
+            return 2
+        # a bug: still tell the plugin in one line, then keep the traceback on stderr
         emit({"event": "error", "message": f"internal error: {exc}", "kind": type(exc).__name__})
         raise
     emit(

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["LAYER_FILES", "REPORT_FILES", "write_report"]
+
+LAYER_FILES = {
+    "cloud_mask": "cloud_mask.tif",
+    "change_magnitude": "change_magnitude.tif",
+    "ndvi_input": "ndvi_input.tif",
+    "ndvi_output": "ndvi_output.tif",
+    "ndvi_reference": "ndvi_reference.tif",
+}
+REPORT_FILES = ("report.json", "report.html", *LAYER_FILES.values())  # what a report folder receives
 
 
 def __getattr__(name: str) -> Any:

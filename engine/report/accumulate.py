@@ -50,6 +50,7 @@ from engine.masks import cloud_mask_from_bands
 from engine.metrics import SSIM_RADIUS, AccumulatorConfig, MetricAccumulator
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA, ndvi
 from engine.progress import Progress
+from engine.report import LAYER_FILES
 from engine.report.geotiff import BLOCK, atomic_geotiff, layer_profile
 from engine.report.sources import Sources
 
@@ -61,13 +62,6 @@ CACHE_FLOOR_BYTES = 64 * 1024 * 1024
 FILL_BLOCK = 512  # px per side of one fill solve (plus its halo)
 MEDIAN_SAMPLE_PX = 4_000_000  # clear pixels the flat baseline's medians are taken from, at most (about)
 CACHE_MARGIN = 1.1  # LRU slack: around the tile in progress, blocks of two rows of tiles are live at once
-LAYER_FILES = {
-    "cloud_mask": "cloud_mask.tif",
-    "change_magnitude": "change_magnitude.tif",
-    "ndvi_input": "ndvi_input.tif",
-    "ndvi_output": "ndvi_output.tif",
-    "ndvi_reference": "ndvi_reference.tif",
-}
 
 
 @dataclass

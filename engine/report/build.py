@@ -24,12 +24,14 @@ from engine.landcover import CLASS_NAMES, UNKNOWN
 from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
 from engine.progress import Progress
-from engine.report import plots
+from engine.raster import input_read_errors
+from engine.report import REPORT_FILES, plots
 from engine.report.accumulate import MASK_NODATA, MEDIAN_SAMPLE_PX, PassResult, run_pass
 from engine.report.html import render_html
 from engine.report.margin import baseline_margin
 from engine.report.schema import SCHEMA_VERSION, validate_report
 from engine.report.sources import Sources, open_sources
+from engine.writer import check_output_dir
 
 QUICKLOOK_SIDE = 700
 
@@ -193,6 +195,7 @@ def write_report(
     tile_size: int = 300,
     progress: Progress | None = None,
     baselines: bool = True,
+    prediction_name: Path | None = None,
 ) -> dict:
     """Write the report into ``out_dir`` (created if missing) and return the ``report.json`` dict.
 
@@ -201,17 +204,23 @@ def write_report(
     mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`. ``baselines``:
     with a reference, also score the non-learned baselines (:mod:`engine.baselines`) and the output's margin over
     the best of them inside the cloud (:mod:`engine.report.margin`).
+    mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`.
+    ``prediction_name`` is what ``report.json`` calls the prediction when it is read from another file (the
+    engine's verified temporary output, renamed only after the report). Unreadable inputs are one
+    :class:`~engine.errors.InputError` line.
     """
     progress = progress or Progress()
     if tile_size < 2 * SSIM_RADIUS + 1:
         raise EngineError(f"tile size must be at least {2 * SSIM_RADIUS + 1} px, got {tile_size}")
     out_dir = Path(out_dir)
+    inputs = [Path(p) for p in (optical, prediction, reference, landcover, mask) if p is not None]
+    check_output_dir(out_dir, inputs, files=REPORT_FILES, what="report")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the report folder {out_dir}: {exc}") from exc
     bands = tuple(int(b) for b in bands)  # type: ignore[assignment]
-    with ExitStack() as stack:
+    with ExitStack() as stack, input_read_errors("an input of the report"):
         src = open_sources(
             stack, optical=Path(optical), prediction=Path(prediction),
             reference=Path(reference) if reference is not None else None,
@@ -227,7 +236,7 @@ def write_report(
             "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             "inputs": {
                 "optical": str(optical),
-                "prediction": str(prediction),
+                "prediction": str(prediction_name or prediction),
                 "reference": str(reference) if reference is not None else None,
                 "landcover": str(landcover) if landcover is not None else None,
                 "mask": str(mask) if mask is not None else None,

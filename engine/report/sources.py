@@ -28,19 +28,15 @@ from rasterio.windows import Window
 
 from engine.errors import InputError
 from engine.normalise import detect_optical_scale, normalise_optical
+from engine.raster import open_raster
 
 SAMPLE_WINDOWS = 6  # per side
 SAMPLE_WINDOW_PX = 64
 
 
 def _open(stack: ExitStack, path: Path, role: str) -> rasterio.io.DatasetReader:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{role} raster not found: {path}")
-    try:
-        return stack.enter_context(rasterio.open(path))
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"cannot read the {role} raster {path}: {exc}") from exc
+    """Open an input of the report, checked by :func:`engine.raster.open_raster` (a truncated file fails here)."""
+    return stack.enter_context(open_raster(Path(path), role))
 
 
 @dataclass
