@@ -217,8 +217,9 @@ def test_confidence_cli_errors_and_cancel_leave_no_file(tmp_path):
 
 
 def test_batch_confidence_column_writes_the_scene_confidence(tmp_path):
-    from engine.batch import read_manifest, run_scene
     from helpers_processes import dead_pid
+
+    from engine.batch import read_manifest, run_scene
 
     opt = write_optical(tmp_path / "opt.tif", height=40, width=40)
     sar = write_sar(tmp_path / "s1.tif", like=opt)

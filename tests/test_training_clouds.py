@@ -125,3 +125,42 @@ def test_bundled_splits_are_scene_disjoint_and_overlap_is_refused(shared_data, t
                    'sen12mscr_triplets"\ninclude = ["5349"]\n')
     with pytest.raises(InputError, match="share scene"):
         manifest(train, bad)
+
+
+@pytest.mark.shared
+def test_evaluate_recipe_scores_both_kinds_with_baselines_and_writes_the_card(shared_data, tmp_path):
+    import json
+
+    import torch
+
+    from engine.models import build_model, read_card
+    from engine.models import weights as model_weights
+    from training.evaluate import main
+
+    torch.manual_seed(0)
+    w = model_weights.save(build_model("aligncr-lite", num_blocks=1, fe_blocks=1), tmp_path / "w.safetensors",
+                           {"arch": "aligncr-lite", "config": {"num_blocks": 1, "fe_blocks": 1}})
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""[report]
+seed = 1
+synthetic_draws = 2
+[[report.real]]
+kind = "sen12mscr"
+root = "{shared_data / 'sen12mscr_triplets'}"
+include = ["6553"]
+[[report.synthetic]]
+kind = "bigearthnet"
+root = "{shared_data / 'bigearthnet_mm_example'}"
+include = ["87_48"]
+""")
+    out, card_out = tmp_path / "r.json", tmp_path / "carded.safetensors"
+    assert main(["--weights", str(w), "--recipe", str(recipe), "--out", str(out), "--card-out", str(card_out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["samples"] == {"real": 1, "synthetic": 2}
+    for kind in ("real", "synthetic"):
+        summary = report["results"][kind]["summary"]
+        assert {"model_psnr_in", "flat_psnr_in", "fill_psnr_in", "margin_in"} <= set(summary)
+    a, b = report["results"]["synthetic"]["per_sample"]
+    assert a["cover"] != b["cover"]  # two different cloud draws of the same image
+    card = read_card(card_out)
+    assert card.metrics["report_real"]["margin_in"] == pytest.approx(report["results"]["real"]["summary"]["margin_in"])

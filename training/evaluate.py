@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", action="store_true",
                         help="also score the flat and fill baselines and the margin inside the cloud")
     parser.add_argument("--figure", help="with --recipe: write quicklooks of the real samples to this PNG")
+    parser.add_argument("--card-out", help="with --recipe: write the weights again here with the report split's "
+                        "summaries (and --splits' counts) in the model card's metrics")
+    parser.add_argument("--splits", help="with --card-out: the split manifest (python -m training.splits) to record")
     parser.add_argument("--split", help="train | val | test (default: every sample; M3R-CR: test)")
     parser.add_argument("--csv", help="M3R-CR list file (default: <data>/<split>.csv)")
     parser.add_argument("--ids", nargs="+", help="only these sample IDs")
@@ -240,9 +243,30 @@ def _main_recipe(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text + "\n")
     else:
         print(text)
+    if args.card_out:
+        write_card(model, card, results, args.recipe, args.splits, Path(args.card_out))
     for kind, res in results.items():
         print(f"{kind}: " + summary_line(res["summary"]), file=sys.stderr)
     return 0
+
+
+def write_card(model: nn.Module, card: dict[str, Any], results: dict[str, Any], recipe: str,
+               splits: str | None, out: Path) -> Path:
+    """The weights again, their card's metrics gaining ``report_<kind>`` summaries (and the split manifest's counts
+    and licences): what ``engine models`` and the plugin show is the figure measured on the report split."""
+    from engine.models import weights
+
+    card = dict(card)
+    metrics = dict(card.get("metrics") or {})
+    for kind, res in results.items():
+        metrics[f"report_{kind}"] = {k: v for k, v in res["summary"].items() if v is not None}
+    metrics["report_recipe"] = str(recipe)
+    if splits:
+        manifest = json.loads(Path(splits).read_text())
+        metrics["splits"] = {"counts": manifest["counts"], "licences": sorted({
+            f"{r['source']}: {r['licence']}" for r in manifest["samples"]})}
+    card["metrics"] = metrics
+    return weights.save(model, out, card)
 
 
 def summary_line(summary: dict[str, Any]) -> str:
