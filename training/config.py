@@ -100,6 +100,9 @@ class RunSection:
     # which validation figure picks best.safetensors: "psnr" (whole image) or "margin" (inside-cloud PSNR margin
     # over the best non-learned baseline, training.scoring) — the one that says whether the model is worth shipping
     select: str = "psnr"
+    # also keep the weights of every validation as val_step<N>.safetensors (a choice under a second criterion,
+    # e.g. the stripe check, can then be made afterwards on the same select split)
+    keep_validated: bool = False
     # DDP: Align-CR's last AlignFuse block computes a SAR-stream update nothing downstream uses, so some
     # parameters get no gradient; DDP must be told (found with torchrun on 2 processes).
     find_unused_parameters: bool = True

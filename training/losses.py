@@ -124,6 +124,8 @@ class LossConfig:
     ssim_weight: float = 1.0  # MMCANet: plain sum
     # one weight per output of a multi-output model (coarsest stage first); [] = supervise the final output only
     stage_weights: list[float] = field(default_factory=list)
+    # > 0 adds StripePenalty (ours, not the paper's): the output's pixel-locked 2-px pattern must match the target's
+    stripe_weight: float = 0.0
 
 
 STAGE_KEYS = ("target", "optical", "mask")
@@ -181,6 +183,35 @@ class StageLoss(nn.Module):
         return total
 
 
+def line_pattern(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """(N, C) mean over the image of each odd line minus the mean of its two neighbours along ``axis`` (-2 rows,
+    -1 columns): the pixel-locked 2-px pattern :mod:`engine.stripes` measures (0 on any smooth image)."""
+    x = x.movedim(axis, -1)
+    n = (x.shape[-1] - 1) // 2 * 2
+    mid, before, after = x[..., 1:n:2], x[..., 0 : n - 1 : 2], x[..., 2 : n + 1 : 2]
+    return (mid - 0.5 * (before + after)).mean(dim=(-2, -1))
+
+
+class StripePenalty(nn.Module):
+    """``base + w · Σ_axes mean|pattern(ŷ) − pattern(y)|`` — ours, not the paper's.
+
+    A network with a ×2 pixel-shuffle output computes the four output phases with four filters; ICNR starts them
+    equal, but training drifts them apart and the first retrained ``aligncr-lite`` drew 9–12 DN column stripes over
+    thick clouds (engine.stripes). The pattern term is the signed image-mean of the odd-line second difference —
+    real detail averages out of it, a pattern locked to the pixel grid does not — so matching the target's (≈ 0 on
+    real images) removes the stripes without asking the network to blur detail. L1 on it: its values are ~1e-3.
+    """
+
+    def __init__(self, base: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.base, self.weight = base, weight
+
+    def forward(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        target = batch["target"]
+        term = sum((line_pattern(pred, a) - line_pattern(target, a)).abs().mean() for a in (-2, -1))
+        return self.base(pred, batch) + self.weight * term
+
+
 def build_base_loss(cfg: LossConfig) -> nn.Module:
     """The single-output loss a recipe names."""
     if cfg.kind == "charbonnier":
@@ -197,4 +228,6 @@ def build_base_loss(cfg: LossConfig) -> nn.Module:
 def build_loss(cfg: LossConfig) -> nn.Module:
     """The loss module a recipe names: the single-output loss, wrapped for deep supervision if ``stage_weights``."""
     base = build_base_loss(cfg)
+    if cfg.stripe_weight > 0:
+        base = StripePenalty(base, cfg.stripe_weight)
     return StageLoss(base, cfg.stage_weights) if cfg.stage_weights else base

@@ -437,6 +437,9 @@ def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, l
         if tb is not None:
             for k, v in last_val.items():
                 tb.add_scalar(f"val/{k}", v, step)
+        if run.keep_validated:
+            save_weights(model, out_dir / f"val_step{step}.safetensors",
+                         _card(cfg, step, step / steps_per_epoch, last_val, elapsed()))
         score = last_val.get(SELECT_KEYS[run.select], -math.inf)
         if score > best_psnr:
             best_psnr = score
