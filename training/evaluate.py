@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card-out", help="with --recipe: write the weights again here with the report split's "
                         "summaries (and --splits' counts) in the model card's metrics")
     parser.add_argument("--splits", help="with --card-out: the split manifest (python -m training.splits) to record")
+    parser.add_argument("--markdown", help="with --recipe: write the tables (summary and per sample) as Markdown here")
     parser.add_argument("--split", help="train | val | test (default: every sample; M3R-CR: test)")
     parser.add_argument("--csv", help="M3R-CR list file (default: <data>/<split>.csv)")
     parser.add_argument("--ids", nargs="+", help="only these sample IDs")
@@ -243,6 +244,8 @@ def _main_recipe(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text + "\n")
     else:
         print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_tables(results))
     if args.card_out:
         write_card(model, card, results, args.recipe, args.splits, Path(args.card_out))
     for kind, res in results.items():
@@ -267,6 +270,34 @@ def write_card(model: nn.Module, card: dict[str, Any], results: dict[str, Any], 
             f"{r['source']}: {r['licence']}" for r in manifest["samples"]})}
     card["metrics"] = metrics
     return weights.save(model, out, card)
+
+
+TABLE_METHODS = (("identity", "cloudy input"), ("flat", "flat"), ("fill", "fill"), ("model", "**model**"))
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """Per kind: a summary table (inside cloud PSNR/SSIM/SAM/MAE, outside and whole PSNR; per-sample means over the
+    scored samples) and a per-sample inside-cloud PSNR table — the figures the weights README quotes."""
+    f = (lambda v, d=2: "–" if v is None else f"{v:.{d}f}")  # noqa: E731
+    out = []
+    for kind, res in results.items():
+        s = res["summary"]
+        out += [f"**{kind}** ({s['scored_samples']} scored samples; margin over the best baseline inside the cloud "
+                f"**{f(s['margin_in'])} dB**, model best on {100 * s['wins_in']:.0f} % of them)", "",
+                "| method | PSNR in (dB) | SSIM in | SAM in (°) | MAE in | PSNR out | PSNR whole |",
+                "|---|---|---|---|---|---|---|"]
+        for key, name in TABLE_METHODS:
+            v = {m: s.get(f"{key}_{m}") for m in ("psnr_in", "ssim_in", "sam_in", "mae_in", "psnr_out", "psnr")}
+            out.append(f"| {name} | {f(v['psnr_in'])} | {f(v['ssim_in'], 3)} | {f(v['sam_in'])} | "
+                       f"{f(v['mae_in'], 4)} | {f(v['psnr_out'])} | {f(v['psnr'])} |")
+        out += ["", "| sample | cloud % | " + " | ".join(n for _, n in TABLE_METHODS) + " |",
+                "|---|---|" + "---|" * len(TABLE_METHODS)]
+        for r in res["per_sample"]:
+            if r["scored"]:
+                cells = " | ".join(f(r.get(f"{k}_psnr_in")) for k, _ in TABLE_METHODS)
+                out.append(f"| {r['id']} | {100 * r['cover']:.0f} | {cells} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def summary_line(summary: dict[str, Any]) -> str:
