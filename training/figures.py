@@ -23,7 +23,7 @@ def quicklooks(model: Any, view: Any, device: Any, path: Path, max_samples: int 
     rows = []
     model.eval()
     with torch.no_grad():
-        for i in range(min(len(view), max_samples)):
+        for i in shareable_items(view)[:max_samples]:
             s = view[i]
             batch = to_device({k: (v[None] if torch.is_tensor(v) else v) for k, v in s.items()}, device)
             pred = model(batch["optical"], batch["sar"], **model_kwargs(model, batch))[0].float().clamp(0, 1)
@@ -34,6 +34,19 @@ def quicklooks(model: Any, view: Any, device: Any, path: Path, max_samples: int 
                       "model": pred.cpu().numpy(), "reference": target}
             rows.append((str(s["id"]), images, target, ~cloud))
     return quicklook_grid(rows, path)
+
+
+def shareable_items(view: Any) -> list[int]:
+    """Indices of the view's samples whose licence lets a figure of them be published with the project: M3R-CR's
+    PlanetScope imagery is academic-only, never redistributed (scores of it are fine, pictures are not)."""
+    from training.datasets.m3rcr import M3RCR
+
+    out = []
+    for i in range(len(view)):
+        reader = view.readers[view.index[i % len(view.index)][0]]
+        if not isinstance(getattr(reader, "reader", reader), M3RCR):
+            out.append(i)
+    return out
 
 
 def quicklook_grid(rows: list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]], path: Path) -> Path:
