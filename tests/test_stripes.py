@@ -114,3 +114,22 @@ def test_stripe_penalty_charges_the_pattern_not_the_detail():
     p = striped.clone().requires_grad_(True)
     penalised(p, batch).backward()
     assert (p.grad[..., 1::2].mean() > p.grad[..., 0::2].mean()).item()
+
+
+def test_choose_takes_the_best_margin_without_stripes(tmp_path):
+    from engine.models import weights
+    from training.choose import choose
+    from training.param_groups import zero_init_output
+
+    torch.manual_seed(3)
+    striped = build_model("aligncr-lite")  # default init: a 2-px pattern on any input
+    clean = build_model("aligncr-lite")
+    icnr_init(clean)
+    zero_init_output(clean, 4)  # the identity: no pattern of its own
+    card = {"arch": "aligncr-lite"}
+    weights.save(striped, tmp_path / "val_step200.safetensors", card)
+    weights.save(clean, tmp_path / "val_step100.safetensors", card)
+    weights.save(clean, tmp_path / "val_step50.safetensors", card)
+    (tmp_path / "val_log.csv").write_text("step,psnr,margin_in\n50,20,3.0\n100,20,0.5\n200,21,1.0\n")
+    path, margin, excess = choose(tmp_path, 100, [])  # step 50 is before --from-step
+    assert path.name == "val_step100.safetensors" and margin == 0.5 and excess < STRIPE_LIMIT
