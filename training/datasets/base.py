@@ -96,3 +96,32 @@ def to_tensors(sample: Sample) -> Sample:
         else:
             out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     return out
+
+
+class CachedReader:
+    """The list / cache / tensor plumbing every whole-sample reader shares: ``items`` is a list of (id, anything),
+    ``_load(id, anything)`` reads one sample; with ``cache`` decoded samples stay in memory (small data sets)."""
+
+    items: list[tuple[str, Any]]
+    _cache: dict[int, Sample] | None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index][0]
+
+    def _load(self, sid: str, item: Any) -> Sample:
+        raise NotImplementedError
+
+    def read(self, index: int) -> Sample:
+        """The numpy sample ``index`` (see the module docstring)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        sample = self._load(*self.items[index])
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
+
+    def __getitem__(self, index: int) -> Sample:
+        return to_tensors(self.read(index))

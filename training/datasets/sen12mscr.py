@@ -24,12 +24,12 @@ from engine.errors import InputError
 from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import normalise_optical, normalise_sar
-from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, read_raster, to_tensors
+from training.datasets.base import CachedReader, Sample, fill_nan_with_mean, mask_or_detect, read_raster
 
 DEFAULT_BANDS = (1, 2, 3, 7)
 
 
-class SEN12MSCR(Dataset):
+class SEN12MSCR(CachedReader, Dataset):
     """SEN12MS-CR triplets as tensors (augmentation is applied by :class:`training.datasets.TrainView`)."""
 
     def __init__(
@@ -85,17 +85,8 @@ class SEN12MSCR(Dataset):
             items.append((path.stem, paths))
         return items
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def sample_id(self, index: int) -> str:
-        return self.items[index][0]
-
-    def read(self, index: int) -> Sample:
-        """The numpy sample ``index`` (see :mod:`training.datasets.base`)."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        sid, paths = self.items[index]
+    def _load(self, sid: str, paths: dict[str, Path]) -> Sample:
+        """One triplet (see :mod:`training.datasets.base`)."""
         optical = normalise_optical(fill_nan_with_mean(read_raster(paths["cloudy"], self.bands)))
         target = normalise_optical(fill_nan_with_mean(read_raster(paths["free"], self.bands)))
         sar = normalise_sar(fill_nan_with_mean(read_raster(paths["s1"])))
@@ -104,7 +95,7 @@ class SEN12MSCR(Dataset):
         given = None
         if self.use_given_masks and paths["mask"].is_file():
             given = cloud_mask_from_bands(read_raster(paths["mask"]))
-        sample: Sample = {
+        return {
             "optical": optical,
             "target": target,
             "sar": sar,
@@ -112,9 +103,3 @@ class SEN12MSCR(Dataset):
             "landcover": np.full(optical.shape[-2:], UNKNOWN, dtype=np.int64),
             "id": sid,
         }
-        if self._cache is not None:
-            self._cache[index] = sample
-        return sample
-
-    def __getitem__(self, index: int) -> Sample:
-        return to_tensors(self.read(index))

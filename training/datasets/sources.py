@@ -33,7 +33,14 @@ from torch.utils.data import Dataset
 from engine.errors import InputError
 from engine.landcover import UNKNOWN
 from engine.normalise import normalise_optical, normalise_sar
-from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, read_raster, to_tensors
+from training.datasets.base import (
+    CachedReader,
+    Sample,
+    fill_nan_with_mean,
+    mask_or_detect,
+    read_raster,
+    to_tensors,
+)
 
 L1C_BGRN = (1, 2, 3, 7)  # B2, B3, B4, B8 among the 13 L1C bands
 L1C_CIRRUS = 10  # B10
@@ -76,8 +83,8 @@ def _warp_onto(src_path: Path, ref_path: Path) -> np.ndarray:
     return out
 
 
-class _Reader(Dataset):
-    """Shared list / cache / tensor plumbing; subclasses list ``items`` and implement ``_load``."""
+class _Reader(CachedReader, Dataset):
+    """Include/exclude selection over :class:`CachedReader`; subclasses implement ``_list`` and ``_load``."""
 
     kind = "clear"  # "clear" (synthetic clouds make the cloudy image) or "real"
 
@@ -96,26 +103,6 @@ class _Reader(Dataset):
 
     def _list(self) -> list[tuple[str, object]]:
         raise NotImplementedError
-
-    def _load(self, sid: str, item: object) -> Sample:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def sample_id(self, index: int) -> str:
-        return self.items[index][0]
-
-    def read(self, index: int) -> Sample:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        sample = self._load(*self.items[index])
-        if self._cache is not None:
-            self._cache[index] = sample
-        return sample
-
-    def __getitem__(self, index: int) -> Sample:
-        return to_tensors(self.read(index))
 
 
 class BigEarthNet(_Reader):
