@@ -90,6 +90,7 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
+from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
 from engine.temporal import (
     PackedInputsAdapter,
     TemporalInputs,
@@ -555,10 +556,16 @@ def run(
     check_outputs(config)
     writers: list[AtomicGeoTIFFWriter] = []
     try:
-        result = _decloud(config, progress, on_start, accel, writers)
-        if config.report is not None:
-            result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0), writers[0].finished)
-            result.report_dir = Path(config.report)
+        with Materialised() as store:  # the VRTs the products resolve to live until the report is written
+            with input_read_errors("an input raster"):
+                config, _, source_warnings = resolve_run_inputs(config, store)
+            for message in source_warnings:
+                progress.warn(message)
+            result = _decloud(config, progress, on_start, accel, writers)
+            result.warnings[:0] = source_warnings
+            if config.report is not None:
+                result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0), writers[0].finished)
+                result.report_dir = Path(config.report)
         for writer in writers:
             writer.commit()
     finally:
@@ -571,9 +578,9 @@ def run(
 
 
 def _input_paths(config: RunConfig) -> list[Path]:
-    paths = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights, config.dem,
-             *config.temporal_paths().values()]  # fmt: skip
-    return [Path(p) for p in paths if p is not None]
+    paths = [config.optical, config.sar, config.sar_vv, config.sar_vh, config.landcover, config.mask,
+             config.reference, config.weights, config.dem, *config.temporal_paths().values()]  # fmt: skip
+    return [Path(p) for p in paths if p is not None and not is_gdal_name(p)]
 
 
 def check_outputs(config: RunConfig) -> None:
@@ -906,7 +913,7 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress, pred
     except ImportError:
         raise EngineError("--report needs engine.report.write_report, which this install lacks") from None
     return write_report(
-        optical=Path(config.optical),
+        optical=config.optical if isinstance(config.optical, str) else Path(config.optical),
         prediction=Path(prediction or config.out),
         prediction_name=Path(config.out),
         out_dir=Path(config.report),
