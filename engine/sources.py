@@ -39,7 +39,7 @@ OPTICAL_ROLES = ("blue", "green", "red", "nir")
 SAR_ROLES = ("VV", "VH")
 SAR_UNITS_KNOWN = ("db", "linear", "amplitude")
 # A dataset name GDAL opens but that is no plain file: a virtual file system, or DRIVER:… (a subdataset).
-_DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:(?![\\/])")
+_DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")  # two letters at least: C:\\ is a Windows drive
 # HyP3 RTC product names: …_RTC30_G_gpuned_… — radiometry (g γ⁰, s σ⁰), then scale (p power, a amplitude, d dB).
 _HYP3 = re.compile(r"_RTC\d+_[A-Z]_([gs])([pad])")
 _HYP3_SCALES = {"p": "linear", "a": "amplitude", "d": "db"}
