@@ -59,7 +59,7 @@ class ResolvedSource:
     of each role, in ``roles`` order, and ``members`` which dataset each role comes from (an index into
     ``datasets``): a stacked SAR GeoTIFF is one dataset, bands (1, 2); split polarisations are two, bands (1, 1).
     ``units`` is decided (``db``/``linear``/``amplitude`` for SAR, ``dn`` for optical) or None (detected later),
-    ``offset`` is added to optical DN (Sentinel-2 L2A processing baseline ≥ 04.00), ``gcps`` says the datasets are in
+    ``offsets`` are added to optical DN (Sentinel-2 processing baseline ≥ 04.00), ``gcps`` says the datasets are in
     radar geometry and must be warped from their ground control points. ``mask`` is the cloud mask found with the
     product (UDM2, SCL) for ``--mask auto``.
     """
@@ -74,7 +74,9 @@ class ResolvedSource:
     members: tuple[int, ...] = ()
     units: str | None = None
     calibration: str | None = None
-    offset: float = 0.0
+    offsets: tuple[float, ...] = ()  # added to each role band's DN (Sentinel-2 BOA_ADD_OFFSET), () = none
+    nodata: float | None = None  # the source's nodata when the driver does not declare it (Sentinel-2: 0)
+    tags: tuple[tuple[str, str], ...] = ()  # written on the VRT (an acquisition date the product's metadata holds)
     gcps: bool = False
     mask: ResolvedSource | None = None
     lut: tuple[tuple[int, int], ...] = ()  # a categorical mask's value → cloud (1) / clear (0) / nodata (255)
@@ -84,7 +86,7 @@ class ResolvedSource:
     @property
     def passthrough(self) -> bool:
         """True when the reader can open the one dataset as it is (no VRT needed)."""
-        return len(self.datasets) == 1 and not self.gcps and self.offset == 0.0 and not self.lut
+        return len(self.datasets) == 1 and not self.gcps and not self.offsets and not self.lut and not self.tags
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly, for ``engine info`` and the plugin."""
@@ -92,7 +94,7 @@ class ResolvedSource:
             "given": self.given, "kind": self.kind, "driver": self.driver, "datasets": list(self.datasets),
             "bands": {r: f"{self.datasets[self.member(i)]} band {b}" for i, (r, b) in enumerate(zip(self.roles,
                                                                                                     self.bands))},
-            "units": self.units, "calibration": self.calibration, "offset": self.offset or None,
+            "units": self.units, "calibration": self.calibration, "offsets": list(self.offsets) or None,
             "mask": self.mask.as_dict() if self.mask is not None else None, "notes": list(self.notes),
         }  # fmt: skip
 
@@ -486,30 +488,35 @@ def _stack_vrt(members: list[str], grid: TargetGrid) -> str:
     return _vrt(grid.crs.to_wkt(), grid.transform, grid.width, grid.height, bands)
 
 
-def _vrt(wkt: str, transform: Any, width: int, height: int, bands: list[str]) -> str:
+def _vrt(wkt: str, transform: Any, width: int, height: int, bands: list[str],
+         tags: tuple[tuple[str, str], ...] = ()) -> str:  # fmt: skip
     gt = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    items = "".join(f'<MDI key="{escape(k)}">{escape(v)}</MDI>' for k, v in tags)
+    metadata = f'<Metadata domain="IMAGERY">{items}</Metadata>' if tags else ""
     return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(wkt)}</SRS>'
-            f"<GeoTransform>{gt}</GeoTransform>{''.join(bands)}</VRTDataset>")  # fmt: skip
+            f"<GeoTransform>{gt}</GeoTransform>{metadata}{''.join(bands)}</VRTDataset>")  # fmt: skip
 
 
 def _band_vrt(source: ResolvedSource) -> str:
-    """The role bands of a one-dataset source, in role order, as Float32 with ``offset`` added (nodata → NaN)."""
+    """The role bands of a one-dataset source, in role order, as Float32 with ``offsets`` added (nodata → NaN)."""
     name = source.datasets[0]
     with _open(name, source.role) as ds:
         crs, transform, width, height, nodata = ds.crs, ds.transform, ds.width, ds.height, ds.nodata
         dtypes = ds.dtypes
+    nodata = source.nodata if nodata is None else nodata
     nodata_xml = f"<NODATA>{nodata!r}</NODATA>" if nodata is not None else ""
+    offsets = source.offsets or (0.0,) * len(source.bands)
     bands = []
-    for k, band in enumerate(source.bands, start=1):
+    for k, (band, offset) in enumerate(zip(source.bands, offsets), start=1):
         bands.append(
             f'<VRTRasterBand dataType="Float32" band="{k}"><NoDataValue>nan</NoDataValue>'
             f"<Description>{escape(source.roles[k - 1])}</Description>"
             f'<ComplexSource><SourceFilename relativeToVRT="0">{escape(name)}</SourceFilename>'
             f"<SourceBand>{band}</SourceBand><SourceProperties DataType=\"{dtypes[band - 1].capitalize()}\"/>"
-            f"<ScaleOffset>{source.offset!r}</ScaleOffset><ScaleRatio>1</ScaleRatio>{nodata_xml}"
+            f"<ScaleOffset>{float(offset)!r}</ScaleOffset><ScaleRatio>1</ScaleRatio>{nodata_xml}"
             "</ComplexSource></VRTRasterBand>"
         )
-    return _vrt(crs.to_wkt() if crs else "", transform, width, height, bands)
+    return _vrt(crs.to_wkt() if crs else "", transform, width, height, bands, source.tags)
 
 
 def _lut_vrt(source: ResolvedSource) -> str:
