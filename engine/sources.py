@@ -78,6 +78,7 @@ class ResolvedSource:
     nodata: float | None = None  # the source's nodata when the driver does not declare it (Sentinel-2: 0)
     tags: tuple[tuple[str, str], ...] = ()  # written on the VRT (an acquisition date the product's metadata holds)
     gcps: bool = False
+    luts: tuple[str, ...] = ()  # per dataset: the Sentinel-1 calibration annotation σ⁰ is computed with
     mask: ResolvedSource | None = None
     lut: tuple[tuple[int, int], ...] = ()  # a categorical mask's value → cloud (1) / clear (0) / nodata (255)
     notes: tuple[str, ...] = ()
@@ -455,7 +456,7 @@ def materialise(
     if grid is None:
         raise InputError(f"{source.role} ({source.kind}) can only be read onto the optical grid: {source.given}")
     warped = [_warp_member(source, i, store, grid, resampling) for i in range(len(source.roles))]
-    return store.write(source.role, _stack_vrt(warped, grid))
+    return store.write(source.role, _stack_vrt(warped, grid, source.tags))
 
 
 def _warp_member(source: ResolvedSource, i: int, store: Materialised, grid: TargetGrid, resampling: str) -> str:
@@ -463,6 +464,10 @@ def _warp_member(source: ResolvedSource, i: int, store: Materialised, grid: Targ
     from engine.align import RESAMPLING
 
     name = source.datasets[source.member(i)]
+    if source.luts:  # Sentinel-1 GRD: DN → σ⁰ first, in radar geometry
+        from engine.sources_s1 import calibrated_vrt
+
+        name = calibrated_vrt(name, source.luts[source.member(i)], store)
     with _open(name, f"{source.role} ({source.roles[i]})") as ds:
         if ds.crs is None and not ds.gcps[0]:
             raise InputError(f"{source.role} ({source.roles[i]}) has no CRS, geotransform or GCPs: {name}")
@@ -475,7 +480,7 @@ def _warp_member(source: ResolvedSource, i: int, store: Materialised, grid: Targ
     return f"{out}\t{source.bands[i]}"
 
 
-def _stack_vrt(members: list[str], grid: TargetGrid) -> str:
+def _stack_vrt(members: list[str], grid: TargetGrid, tags: tuple[tuple[str, str], ...] = ()) -> str:
     """A VRT stacking one band of each (already on ``grid``) VRT, in order."""
     bands = []
     for k, member in enumerate(members, start=1):
@@ -485,7 +490,7 @@ def _stack_vrt(members: list[str], grid: TargetGrid) -> str:
             f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(name)}</SourceFilename>'
             f"<SourceBand>{band}</SourceBand></SimpleSource></VRTRasterBand>"
         )
-    return _vrt(grid.crs.to_wkt(), grid.transform, grid.width, grid.height, bands)
+    return _vrt(grid.crs.to_wkt(), grid.transform, grid.width, grid.height, bands, tags)
 
 
 def _vrt(wkt: str, transform: Any, width: int, height: int, bands: list[str],
