@@ -90,13 +90,16 @@ class ResolvedSource:
         return len(self.datasets) == 1 and not self.gcps and not self.offsets and not self.lut and not self.tags
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly, for ``engine info`` and the plugin."""
+        """JSON-friendly, for ``engine info`` and the plugin: ``bands`` maps each role to its band, prefixed by
+        the dataset's number when there are several (``"2:1"``: band 1 of the second dataset)."""
+        many = len(self.datasets) > 1
+        bands = {r: (f"{self.member(i) + 1}:{b}" if many else str(b)) for i, (r, b) in enumerate(zip(self.roles,
+                                                                                                  self.bands))}
         return {
             "given": self.given, "kind": self.kind, "driver": self.driver, "datasets": list(self.datasets),
-            "bands": {r: f"{self.datasets[self.member(i)]} band {b}" for i, (r, b) in enumerate(zip(self.roles,
-                                                                                                    self.bands))},
-            "units": self.units, "calibration": self.calibration, "offsets": list(self.offsets) or None,
-            "mask": self.mask.as_dict() if self.mask is not None else None, "notes": list(self.notes),
+            "bands": bands, "units": self.units, "calibration": self.calibration,
+            "offsets": list(self.offsets) or None, "mask": self.mask.as_dict() if self.mask is not None else None,
+            "notes": list(self.notes),
         }  # fmt: skip
 
     def member(self, i: int) -> int:
@@ -118,11 +121,10 @@ def as_source(value: str | os.PathLike[str]) -> Path | str:
 
 
 def _open(name: str, role: str) -> rasterio.io.DatasetReader:
-    """Open a GDAL dataset name; one-line :class:`InputError` naming the role when GDAL cannot."""
-    try:
-        return rasterio.open(name)
-    except (RasterioError, CPLE_BaseError) as exc:
-        raise InputError(f"{role} is not a readable GDAL dataset ({one_line(exc)}): {name}") from None
+    """Open a GDAL dataset name with :func:`engine.raster.open_raster`'s checks and one-line errors."""
+    from engine.raster import open_raster
+
+    return open_raster(name, role)
 
 
 def _exists_or_raise(given: str, role: str) -> None:

@@ -15,9 +15,10 @@ import re
 import warnings
 
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-from engine.errors import InputError
+from engine.errors import InputError, one_line
 from engine.sources import OPTICAL_ROLES, ResolvedSource, SafeProduct, _open
 
 S2_BANDS = ("B2", "B3", "B4", "B8")  # blue, green, red, NIR = OPTICAL_ROLES
@@ -42,7 +43,7 @@ def resolve_s2(product: SafeProduct) -> ResolvedSource:
     if not ten:
         raise InputError(f"Sentinel-2 product has no 10 m bands GDAL can read (missing JP2 files, or no JPEG2000 "
                          f"driver in this GDAL): {product.given}")  # fmt: skip
-    notes = [f"10 m subdataset {ten[0]}"]
+    notes = []
     if len(ten) > 1:
         notes.append(f"{len(ten)} UTM zones in the product: the first is read ({ten[0].rsplit(':', 1)[-1]})")
     with _open(ten[0], "optical (Sentinel-2 10 m)") as ds:
@@ -79,7 +80,10 @@ def _quiet_open(name: str, given: str) -> rasterio.io.DatasetReader:
     """Open the product's root (no bands, only subdatasets) without rasterio's not-georeferenced warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _open(name, f"Sentinel-2 product {given}")
+        try:
+            return rasterio.open(name)
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise InputError(f"Sentinel-2 product is not readable by GDAL ({one_line(exc)}): {given}") from None
 
 
 def _offset(band_tags: dict[str, str], product_tags: dict[str, str]) -> float:

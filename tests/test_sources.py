@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -12,6 +13,7 @@ from helpers_models import Probe, registered_test_models
 from helpers_rasters import UTM32N, WGS84, footprint_transform, write_mask, write_optical, write_raster, write_sar
 
 from engine.align import AlignedReader, Grid
+from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
 from engine.pipeline import run
@@ -213,3 +215,15 @@ def test_mask_auto_without_a_mask_warns_and_detects(tmp_path, scene):
     result = run(_cfg(opt, tmp_path / "o.tif", sar=sar, mask="auto", model="identity"))
     assert any("comes with no cloud mask" in w for w in result.warnings)
     assert result.cloud_fraction is None
+
+
+def test_info_on_split_amplitude_files(tmp_path, scene, capsys):
+    opt, *_ = scene
+    amplitude = _rtc(tmp_path, scene, "amp_{pol}.tif", lambda db: np.sqrt(10 ** (db / 10)).astype(np.float32))
+    assert main(["info", "--optical", str(opt), "--sar-vv", str(amplitude[0]), "--sar-vh", str(amplitude[1]),
+                 "--json"]) == 0  # fmt: skip
+    facts = json.loads(capsys.readouterr().out)
+    sar = facts["sources"]["sar"]
+    assert sar["kind"] == "split VV/VH" and sar["bands"] == {"VV": "1:1", "VH": "2:1"}
+    assert facts["sar_units"] == "amplitude" and sar["notes"] == ["units amplitude from the value range"]
+    assert facts["sar_overlap_percent"] == pytest.approx(100.0)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
 from helpers_models import registered_test_models
 from helpers_sentinel import S1_INCIDENCE, s1_dn, s1_sigma_lut, write_s1_safe, write_s2_safe
 
+from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
 from engine.pipeline import run
@@ -96,3 +99,22 @@ def test_s1_given_as_optical_and_s2_as_sar_are_refused(tmp_path):
         resolve_optical(s1)
     with pytest.raises(InputError, match="SAR input is a S2 product, not Sentinel-1"):
         resolve_sar(s2)
+
+
+def test_info_says_what_each_product_resolved_to(tmp_path, capsys):
+    s2 = write_s2_safe(tmp_path, zipped=True, size=40)
+    s1 = write_s1_safe(tmp_path, zipped=True, lines=LINES, samples=SAMPLES)
+    assert main(["info", "--optical", str(s2), "--sar", str(s1), "--mask", "auto", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    optical, sar, mask = (facts["sources"][k] for k in ("optical", "sar", "mask"))
+    assert optical["kind"] == "Sentinel-2 L2A SAFE" and optical["bands"] == {"blue": "3", "green": "2", "red": "1",
+                                                                               "nir": "4"}  # fmt: skip
+    assert optical["offsets"] == [-1000.0] * 4 and optical["datasets"][0].startswith("SENTINEL2_L2A:/vsizip//")
+    assert sar["kind"] == "Sentinel-1 GRD SAFE" and sar["units"] == "linear" and "DN² / A²" in sar["calibration"]
+    assert mask["kind"] == "Sentinel-2 SCL" and ":20m:" in mask["datasets"][0]
+    assert facts["sar_units"] == "linear" and facts["sar_overlap_percent"] == pytest.approx(100.0)
+    assert facts["sar_gap_days"] == pytest.approx(0.19, abs=0.01)  # S1 05:45, S2 10:16 the same day
+    assert any("without terrain correction" in w for w in facts["warnings"])
+    assert main(["info", "--optical", str(s2), "--sar", str(s1)]) == 0
+    text = capsys.readouterr().out
+    assert "resolved    Sentinel-1 GRD SAFE" in text and "CLOUD MASK: none" in text
