@@ -227,3 +227,19 @@ def test_info_on_split_amplitude_files(tmp_path, scene, capsys):
     assert sar["kind"] == "split VV/VH" and sar["bands"] == {"VV": "1:1", "VH": "2:1"}
     assert facts["sar_units"] == "amplitude" and sar["notes"] == ["units amplitude from the value range"]
     assert facts["sar_overlap_percent"] == pytest.approx(100.0)
+
+
+def test_batch_manifest_takes_split_polarisations_gdal_names_and_mask_auto(tmp_path, scene):
+    from engine.batch import read_manifest, run_scene
+
+    opt, _, vv, vh = scene
+    manifest = tmp_path / "m.csv"
+    zipped = f"/vsizip/{tmp_path / 'opt.zip'}/opt.tif"
+    with zipfile.ZipFile(tmp_path / "opt.zip", "w") as zf:
+        zf.write(opt, "opt.tif")
+    manifest.write_text(f"id,optical,sar,sar_vv,sar_vh,mask,out,model\na,{zipped},,vv.tif,vh.tif,auto,a.tif,identity\n")
+    (job,) = read_manifest(manifest)
+    assert job.optical == zipped and job.mask == "auto" and job.sar is None
+    assert job.sar_vv == vv.resolve() and job.sar_vh == vh.resolve()
+    record = run_scene(job, {"tile": 32, "overlap": 8}, {})
+    assert record["status"] == "ok" and "comes with no cloud mask" in record["warnings"]
