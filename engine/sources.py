@@ -10,8 +10,9 @@ open — the input itself when it already is what they expect, else a VRT in GDA
 stack of the per-polarisation files warped onto the optical grid, a band selection with an offset, a class → cloud
 lookup). VRTs are lazy, so everything stays windowed.
 
-Torch-free (the QGIS plugin imports it for its checks); rasterio only, because rasterio may carry its own GDAL
-and ``/vsimem`` files exist only inside the GDAL that wrote them.
+Torch- and Qt-free (``engine info`` and the pipeline use it; the plugin passes product and GDAL names through to
+the engine); rasterio only, because rasterio may carry its own GDAL and ``/vsimem`` files exist only inside the
+GDAL that wrote them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from engine.errors import InputError, one_line
 
 OPTICAL_ROLES = ("blue", "green", "red", "nir")
 SAR_ROLES = ("VV", "VH")
-SAR_UNITS_KNOWN = ("db", "linear", "amplitude")
 # A dataset name GDAL opens but that is no plain file: a virtual file system, or DRIVER:… (a subdataset).
 _DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")  # two letters at least: C:\\ is a Windows drive
 # HyP3 RTC product names: …_RTC30_G_gpuned_… — radiometry (g γ⁰, s σ⁰), then scale (p power, a amplitude, d dB).

@@ -118,3 +118,18 @@ def test_info_says_what_each_product_resolved_to(tmp_path, capsys):
     assert main(["info", "--optical", str(s2), "--sar", str(s1)]) == 0
     text = capsys.readouterr().out
     assert "resolved    Sentinel-1 GRD SAFE" in text and "CLOUD MASK: none" in text
+
+
+def test_cli_run_on_the_products_and_a_refused_one(tmp_path, capsys):
+    s2 = write_s2_safe(tmp_path, zipped=True, size=40)
+    s1 = write_s1_safe(tmp_path, zipped=True, lines=LINES, samples=SAMPLES)
+    common = ["--mask", "auto", "--model", "identity", "--tile", "32", "--overlap", "8"]
+    assert main(["run", "--optical", str(s2), "--sar", str(s1), "--out", str(tmp_path / "o.tif"), *common]) == 0
+    assert (tmp_path / "o.tif").is_file()
+    (tmp_path / "slc").mkdir()
+    slc = write_s1_safe(tmp_path / "slc", kind="SLC_", lines=20, samples=20)
+    capsys.readouterr()
+    assert main(["run", "--optical", str(s2), "--sar", str(slc), "--out", str(tmp_path / "x.tif"), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Sentinel-1 product is an SLC") and "\n" not in err
+    assert not (tmp_path / "x.tif").exists()
