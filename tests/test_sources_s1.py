@@ -77,6 +77,8 @@ def test_run_on_s2_and_s1_zips_with_mask_auto(tmp_path):
     assert any(f"incidence {low:.1f}–{high:.1f}°" in w and "RTC" in w for w in result.warnings)
     with rasterio.open(out) as ds:
         assert (ds.width, ds.height, ds.count, ds.res) == (40, 40, 4, (10.0, 10.0))
+        inputs = json.loads(ds.tags()["ALIGNCR_INPUTS"])  # named as given, not as the VRTs they resolved to
+    assert inputs == {"optical": s2.name, "sar": s1.name, "mask": "auto"}
 
 
 @pytest.mark.parametrize("kind,what", [("SLC_", "an SLC"), ("OCN_", "an OCN")])
