@@ -1032,9 +1032,9 @@ def parse_date(text: str) -> datetime | None:
 
 
 def _is_file(layer: QgsRasterLayer) -> bool:
+    """The layer is a local file (not only a GDAL dataset name such as /vsizip/…, which has no folder to offer)."""
     try:
-        L.layer_path(layer)
-        return True
+        return os.path.isfile(L.layer_path(layer))
     except L.LayerError:
         return False
 

@@ -1,8 +1,9 @@
-"""Map layers ↔ what the engine needs: a local file path, band numbers, and checks that catch mistakes early.
+"""Map layers ↔ what the engine needs: a GDAL dataset name, band numbers, and checks that catch mistakes early.
 
-The engine reads files, so a layer is usable only when GDAL serves it from disk. The checks here run before the
-Run button enables (and before the Processing algorithm spawns anything), because a wrong band count or a SAR
-scene over another city is much cheaper to explain here than after a torch import and a reprojection.
+The engine reads GDAL datasets, so a layer is usable when GDAL serves it (a file, a file in a zip, a subdataset).
+The checks here run before the Run button enables (and before the Processing algorithm spawns anything), because a
+wrong band count or a SAR scene over another city is much cheaper to explain here than after a torch import and a
+reprojection.
 """
 
 from __future__ import annotations
@@ -40,17 +41,35 @@ class LayerError(ValueError):
     """A layer cannot be handed to the engine; the message says why in one line."""
 
 
+# A GDAL dataset name that is no plain file (the engine's engine.sources.is_gdal_name; the plugin does not import it).
+_GDAL_NAME = re.compile(r"^(/vsi|[A-Za-z][A-Za-z0-9_]+:)")
+
+
 def layer_path(layer: QgsMapLayer | None) -> str:
-    """The local file behind a GDAL raster layer (sub-dataset/open options are not supported by the engine)."""
+    """What the engine opens for a GDAL raster layer: its local file, or — for a layer GDAL reads from elsewhere
+    (``/vsizip/…`` inside an archive, a ``SENTINEL2_L2A:…`` or ``NETCDF:…`` subdataset) — its GDAL dataset name,
+    which the engine takes wherever it takes a file. Layers of other providers (WMS, XYZ tiles, WCS, databases) are
+    no GDAL dataset: a one-line error says to save them as a GeoTIFF first."""
     if layer is None:
         raise LayerError("no layer chosen")
-    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
-        raise LayerError(f"layer '{layer.name()}' is not a GDAL raster file (web and database rasters cannot be used)")
+    if not isinstance(layer, QgsRasterLayer):
+        raise LayerError(f"layer '{layer.name()}' is not a raster layer")
+    if layer.providerType() != "gdal":
+        raise LayerError(f"layer '{layer.name()}' is a {layer.providerType().upper()} layer, which the engine cannot "
+                         "read: save it as a GeoTIFF first (Export → Save As…) and pick the saved layer")  # fmt: skip
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
-    path = parts.get("path") or layer.source()
-    if not os.path.isfile(path):
-        raise LayerError(f"layer '{layer.name()}' is not a local file ({path})")
-    return path
+    if parts.get("openOptions"):
+        raise LayerError(f"layer '{layer.name()}' is opened with GDAL open options, which the engine does not pass "
+                         "on: save it as a GeoTIFF first")  # fmt: skip
+    source = layer.source().split("|")[0]  # QGIS appends |layername=… / |option:… to GDAL sources
+    path = parts.get("path") or source
+    if parts.get("vsiPrefix"):
+        return f"{parts['vsiPrefix']}{path}{parts.get('vsiSuffix') or ''}"
+    if os.path.isfile(path):
+        return path
+    if _GDAL_NAME.match(source):
+        return source
+    raise LayerError(f"layer '{layer.name()}' is not a local file ({path})")
 
 
 def band_descriptions(layer: QgsRasterLayer) -> list[str]:

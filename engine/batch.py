@@ -6,7 +6,9 @@ date, date_prev, date_next, dem``, ``qa`` and ``confidence`` (where to write the
 rasters) — the ``engine run`` flags of
 the same names; relative paths are relative to the
 manifest's folder, an empty cell means "not given", dates are ISO 8601 and checked when the manifest is read). The
-``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights).
+``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights), or
+whose ``sar_vv`` and ``sar_vh`` cells give the polarisations as two files. Input cells may hold any product or GDAL
+dataset name ``engine run`` takes (:mod:`engine.sources`: a SAFE, a zip, ``/vsizip/…``), and ``mask`` may be ``auto``.
 Each scene is one task that calls :func:`engine.pipeline.run` on a worker; the client collects outcomes as they
 finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts, warnings, model_percent``)
 atomically after each one, so even an interrupted batch leaves an accurate record of what is done — and which
@@ -56,9 +58,9 @@ REQUIRED_COLUMNS = ("id", "optical", "sar", "out")  # the sar cell may be empty 
 TEMPORAL_COLUMNS = ("optical_prev", "sar_prev", "optical_next", "sar_next")
 DATE_COLUMNS = ("date", "date_prev", "date_next")
 OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPORAL_COLUMNS, *DATE_COLUMNS, "dem",
-                    "qa", "confidence")  # fmt: skip
+                    "qa", "confidence", "sar_vv", "sar_vh")  # fmt: skip
 PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem", "qa",
-                "confidence")  # fmt: skip
+                "confidence", "sar_vv", "sar_vh")  # fmt: skip
 SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts", "warnings", "model_percent")
 
 
@@ -89,6 +91,8 @@ class SceneJob:
     dem: Path | None = None
     qa: Path | None = None  # the QA raster of the scene (engine run --qa)
     confidence: Path | None = None  # the confidence raster of the scene (engine run --confidence)
+    sar_vv: Path | str | None = None  # split polarisations instead of ``sar`` (engine.sources)
+    sar_vh: Path | str | None = None
 
 
 @dataclass
@@ -144,7 +148,8 @@ def read_manifest(path: Path) -> list[SceneJob]:
     outs: dict[Path, str] = {}
     for n, row in enumerate(rows, start=2):
         for c in REQUIRED_COLUMNS:
-            if not row.get(c) and not (c == "sar" and _takes_no_sar(row, path)):
+            split = c == "sar" and bool(row.get("sar_vv") or row.get("sar_vh"))  # VV and VH as two files
+            if not row.get(c) and not split and not (c == "sar" and _takes_no_sar(row, path)):
                 hint = " (only a model without SAR input, e.g. gapfill, may leave it empty)" if c == "sar" else ""
                 raise ManifestError(f"manifest {path.name} row {n}: empty '{c}'{hint}")
         if row["id"] in ids:
@@ -241,7 +246,12 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
             claim(target, f"the {name} of scene '{job.id}'", f"scene '{job.id}' {name}")
 
 
-def _resolve(value: str, manifest: Path) -> Path:
+def _resolve(value: str, manifest: Path) -> Path | str:
+    """A path relative to the manifest's folder, absolute; GDAL dataset names and ``--mask auto`` as they are."""
+    from engine.sources import is_gdal_name
+
+    if is_gdal_name(value) or value == "auto":
+        return value
     p = Path(value).expanduser()
     return (p if p.is_absolute() else manifest.parent / p).resolve()
 

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
+from engine.sources import as_source
 from engine.tta import DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
-SAR_UNITS = ("auto", "db", "linear")
+SAR_UNITS = ("auto", "db", "linear", "amplitude")
 OPTICAL_SCALES = ("auto", "dn", "reflectance")
 SAR_RESAMPLINGS = ("nearest", "bilinear")
 DEFAULT_BANDS = (1, 2, 3, 4)  # PlanetScope B, G, R, NIR
 DEFAULT_SAR_BANDS = (1, 2)  # VV, VH
 TEMPORAL_PATHS = ("optical_prev", "sar_prev", "optical_next", "sar_next")  # the extra dates' rasters
 DATE_FIELDS = ("date", "date_prev", "date_next")
+INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "reference", "dem", *TEMPORAL_PATHS)
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
 
 
@@ -67,12 +69,12 @@ class RunConfig:
     ``tile`` is the largest tile: on a scene smaller than it the tiles shrink to the scene (:mod:`engine.tiling`).
     """
 
-    optical: Path
-    sar: Path | None = None
+    optical: Path | str
+    sar: Path | str | None = None
     out: Path = field(kw_only=True)
-    landcover: Path | None = None
-    mask: Path | None = None
-    reference: Path | None = None
+    landcover: Path | str | None = None
+    mask: Path | str | None = None  # a file, a GDAL name, or "auto" (the mask that comes with the optical product)
+    reference: Path | str | None = None
     model: str | None = None
     weights: Path | None = None
     device: str = "auto"
@@ -102,13 +104,18 @@ class RunConfig:
     confidence: Path | None = None
     tta: int | None = None
     memory_budget: float | None = None  # GB for one run's tiles and buffers; None = 80 % of what is available
+    sar_vv: Path | str | None = None  # split polarisations: one file each instead of ``sar`` (engine.sources)
+    sar_vh: Path | str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("optical", "sar", "out", "landcover", "mask", "reference", "weights", "report", "dem", "qa",
-                     "confidence", *TEMPORAL_PATHS):
+        for name in ("out", "weights", "report", "qa", "confidence"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
+        for name in INPUT_FIELDS:  # GDAL names (/vsizip//abs/…, DRIVER:…) stay strings: Path would fold them
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, as_source(value))
         for name in DATE_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
@@ -136,6 +143,11 @@ class RunConfig:
             raise InputError(
                 f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
             )
+        if self.sar is not None and (self.sar_vv is not None or self.sar_vh is not None):
+            raise InputError("give the SAR either as --sar or as --sar-vv and --sar-vh, not both")
+        if (self.sar_vv is None) != (self.sar_vh is None):
+            raise InputError(f"split polarisations need both --sar-vv and --sar-vh; "
+                             f"{'--sar-vh' if self.sar_vh is None else '--sar-vv'} is missing")  # fmt: skip
         if self.qa is not None and Path(self.qa).resolve() == Path(self.out).resolve():
             raise InputError(f"--qa must be another file than --out, got {self.qa} for both")
         self._validate_tta()

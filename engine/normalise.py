@@ -68,6 +68,17 @@ def linear_to_db(x: np.ndarray, floor: float = 1e-10) -> np.ndarray:
     return (10.0 * np.log10(np.maximum(x, floor))).astype(np.float32)
 
 
+def sar_to_db(x: np.ndarray, units: str) -> np.ndarray:
+    """SAR in file ``units`` → dB: ``linear`` power through :func:`linear_to_db`, ``amplitude`` squared first
+    (RTC products are also sold as amplitude, √power), ``db`` as it is."""
+    if units == "linear":
+        return linear_to_db(x)
+    if units == "amplitude":
+        x = np.asarray(x, dtype=np.float32)
+        return linear_to_db(x * x)
+    return np.asarray(x, dtype=np.float32)
+
+
 def detect_sar_units(values: np.ndarray) -> str:
     """Return ``"linear"`` or ``"db"`` from a sample of finite, valid SAR values.
 

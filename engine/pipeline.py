@@ -90,6 +90,7 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
+from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
 from engine.temporal import (
     PackedInputsAdapter,
     TemporalInputs,
@@ -331,8 +332,9 @@ def _sar_fill(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConf
 
 
 def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner,
-                     device_name: str) -> RasterMetadata:
-    """The input's metadata plus how this output was made (:mod:`engine.provenance`)."""
+                     device_name: str, given: RunConfig) -> RasterMetadata:
+    """The input's metadata plus how this output was made (:mod:`engine.provenance`); the inputs are named as the
+    user gave them (``given``: a SAFE, a zip, two polarisation files), not as the VRTs they resolved to."""
     settings: dict[str, object] = {
         "bands": list(config.bands), "sar_bands": list(config.sar_bands), "tile": config.tile,
         "overlap": config.overlap, "sar_units": inp.sar_units, "sar_resampling": config.sar_resampling,
@@ -343,8 +345,10 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         settings["cloud_feather"] = config.cloud_feather
     if config.tta > 1:  # the output is the mean over that many flips/rotations (engine.tta)
         settings["tta"] = config.tta
-    inputs = {"optical": config.optical, "sar": config.sar if inp.sar is not None else None, "mask": config.mask,
-              "dem": config.dem if inp.dem is not None else None}  # fmt: skip
+    sar_used = inp.sar is not None
+    inputs = {"optical": given.optical, "sar": given.sar if sar_used else None,
+              "sar_vv": given.sar_vv if sar_used else None, "sar_vh": given.sar_vh if sar_used else None,
+              "mask": given.mask, "dem": config.dem if inp.dem is not None else None}  # fmt: skip
     if inp.temporal is not None:
         inputs.update(config.temporal_paths())
     tags = processing_tags(model=model.name, only_masked_cloud=_composite_feather(config, inp) is not None,
@@ -555,10 +559,17 @@ def run(
     check_outputs(config)
     writers: list[AtomicGeoTIFFWriter] = []
     try:
-        result = _decloud(config, progress, on_start, accel, writers)
-        if config.report is not None:
-            result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0), writers[0].finished)
-            result.report_dir = Path(config.report)
+        with Materialised() as store:  # the VRTs the products resolve to live until the report is written
+            given = config
+            with input_read_errors("an input raster"):
+                config, _, source_warnings = resolve_run_inputs(config, store)
+            for message in source_warnings:
+                progress.warn(message)
+            result = _decloud(config, progress, on_start, accel, writers, given)
+            result.warnings[:0] = source_warnings
+            if config.report is not None:
+                result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0), writers[0].finished)
+                result.report_dir = Path(config.report)
         for writer in writers:
             writer.commit()
     finally:
@@ -571,9 +582,9 @@ def run(
 
 
 def _input_paths(config: RunConfig) -> list[Path]:
-    paths = [config.optical, config.sar, config.landcover, config.mask, config.reference, config.weights, config.dem,
-             *config.temporal_paths().values()]  # fmt: skip
-    return [Path(p) for p in paths if p is not None]
+    paths = [config.optical, config.sar, config.sar_vv, config.sar_vh, config.landcover, config.mask,
+             config.reference, config.weights, config.dem, *config.temporal_paths().values()]  # fmt: skip
+    return [Path(p) for p in paths if p is not None and not is_gdal_name(p)]
 
 
 def check_outputs(config: RunConfig) -> None:
@@ -601,8 +612,10 @@ def _decloud(
     on_start: Callable[[RunPlan], None] | None,
     accel: AccelConfig,
     writers: list[AtomicGeoTIFFWriter],
+    given: RunConfig | None = None,
 ) -> RunResult:
-    """Read, infer, blend and write the finished (uncommitted) outputs, appended to ``writers``."""
+    """Read, infer, blend and write the finished (uncommitted) outputs, appended to ``writers``. ``config`` names
+    what the readers open (:func:`engine.sources.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
     t0 = time.perf_counter()
     warnings: list[str] = []
     early = precheck(config, default_model_name())
@@ -654,7 +667,7 @@ def _decloud(
             inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
             inp.sar_fill = _sar_fill(config, inp, model.norm)
         device_name = describe_device(device)
-        spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name))
+        spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given or config))
         grid = _tile_grid(spec, config)
         plan = chunks(grid, config.chunk)
         total = len(grid)
@@ -906,7 +919,7 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress, pred
     except ImportError:
         raise EngineError("--report needs engine.report.write_report, which this install lacks") from None
     return write_report(
-        optical=Path(config.optical),
+        optical=config.optical if isinstance(config.optical, str) else Path(config.optical),
         prediction=Path(prediction or config.out),
         prediction_name=Path(config.out),
         out_dir=Path(config.report),

@@ -27,6 +27,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from engine.errors import InputError, one_line
+from engine.sources import is_gdal_name
 
 SAMPLE_SIZE = 1024
 SAMPLE_GRID = 16
@@ -83,24 +84,26 @@ def _json_number(value: float | None) -> float | str | None:
     return value
 
 
-def open_raster(path: Path, role: str) -> rasterio.io.DatasetReader:
+def open_raster(path: Path | str, role: str) -> rasterio.io.DatasetReader:
     """Open ``path`` for reading or raise :class:`InputError` saying which input (``role``) is the problem.
 
     The file is read far enough to fail *now* rather than half-way through a run (issue 15: a truncated optical,
     SAR or reference GeoTIFF gave a traceback, after the output had been written): a GeoTIFF's block layout is
     checked against the file's length (:func:`block_layout_problem`, no pixel decoded) and its first and last
     blocks are read."""
-    path = Path(path)
-    if not path.exists():
+    if is_gdal_name(path):  # /vsizip/…, DRIVER:… subdatasets, in-memory VRTs: GDAL says whether it opens
+        path = os.fspath(path)
+    elif not (path := Path(path)).exists():
         raise InputError(f"{role} file not found: {path}")
-    if path.is_dir():
+    elif path.is_dir():
         raise InputError(f"{role} path is a folder, not a raster file: {path}")
-    if not path.is_file():
+    elif not path.is_file():
         raise InputError(f"{role} path is not a regular file (a device, FIFO or socket): {path}")
     try:
         ds = rasterio.open(path)
     except (RasterioIOError, CPLE_BaseError):
-        raise InputError(f"{role} file is not a readable raster: {path}") from None
+        what = "GDAL dataset" if isinstance(path, str) else "file"
+        raise InputError(f"{role} {what} is not a readable raster: {path}") from None
     try:
         problem = block_layout_problem(ds)
         if problem is None:

@@ -124,7 +124,7 @@ class TemporalInputs:
 
 def sar_to_unit(data: np.ndarray, units: str, norm: normalise.NormalisationConfig) -> np.ndarray:
     """(2, h, w) SAR in file units (NaN = none) → [0, 1] with the model's dB ranges; NaN preserved."""
-    db = normalise.linear_to_db(data) if units == "linear" else data
+    db = normalise.sar_to_db(data, units)
     return normalise.normalise_sar(db, (tuple(norm.vv_range), tuple(norm.vh_range)))
 
 

@@ -1,14 +1,17 @@
 """``python -m engine info --optical F --sar F [--json]``: what the engine sees in a pair of inputs, before a run.
 
-Prints each raster's CRS, resolution, size, bands (with descriptions), dtypes and nodata, the fraction of the
-optical image the SAR covers once reprojected, and the detected SAR units (dB or linear power) and optical
-scale (DN × 10⁴ or reflectance) — the same detections ``run`` makes, so a surprise shows up here first.
+First what each input resolved to (:mod:`engine.sources`: a Sentinel-2 SAFE's 10 m subdataset and offset, a
+Sentinel-1 GRD's calibration, split VV/VH files, the mask ``--mask auto`` finds, the units and why), then each
+raster the reader opens: CRS, resolution, size, bands (with descriptions), dtypes and nodata, the fraction of the
+optical image the SAR covers once reprojected, and the SAR units (dB, linear power or amplitude) and optical scale
+(DN × 10⁴ or reflectance) — the same resolution and detections ``run`` makes, so a surprise shows up here first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,23 +21,32 @@ import numpy as np
 
 from engine import normalise
 from engine.align import Grid, bounds_overlap, coverage_fraction
-from engine.config import DEFAULT_SAR_BANDS, parse_band_list
+from engine.config import DEFAULT_BANDS, DEFAULT_SAR_BANDS, SAR_UNITS, RunConfig, parse_band_list
 from engine.dates import dataset_acquisition_date, days_apart
+from engine.errors import InputError
 from engine.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
+from engine.sources import Materialised, as_source, resolve_run_inputs
 
 NAME = "info"
 HELP = "describe an optical + SAR pair: CRS, resolution, bands, nodata, overlap, detected units"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optical", required=True, type=Path, help="optical GeoTIFF")
-    parser.add_argument("--sar", required=True, type=Path, help="Sentinel-1 GeoTIFF")
-    parser.add_argument("--bands", default="1,2,3,4", help="optical B,G,R,NIR band indices (default 1,2,3,4)")
+    parser.add_argument("--optical", required=True, type=as_source,
+                        help="optical raster, Sentinel-2 .SAFE/.zip or GDAL dataset name")  # fmt: skip
+    parser.add_argument("--sar", type=as_source, help="Sentinel-1 raster, RTC product or GRD .SAFE/.zip")
+    parser.add_argument("--sar-vv", type=as_source, metavar="FILE", help="split polarisations: the VV raster")
+    parser.add_argument("--sar-vh", type=as_source, metavar="FILE", help="split polarisations: the VH raster")
+    parser.add_argument("--mask", type=as_source, help="cloud mask, or 'auto' (the product's own)")
+    parser.add_argument("--bands", help="optical B,G,R,NIR band indices (default: by band description, else 1,2,3,4)")
     parser.add_argument("--sar-bands", default="1,2", help="SAR VV,VH band indices (default 1,2)")
+    parser.add_argument("--sar-units", choices=SAR_UNITS, default="auto", help="SAR units (default: detect)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def inspect_pair(optical: Path, sar: Path, bands: tuple[int, ...], sar_bands: tuple[int, ...]) -> dict[str, Any]:
+def inspect_pair(
+    optical: Path | str, sar: Path | str, bands: tuple[int, ...], sar_bands: tuple[int, ...]
+) -> dict[str, Any]:
     """The facts ``info`` prints, as a JSON-friendly dict (also used by the plugin's layer checks)."""
     with ExitStack() as stack:
         opt = stack.enter_context(open_raster(optical, "optical"))
@@ -64,13 +76,44 @@ def inspect_pair(optical: Path, sar: Path, bands: tuple[int, ...], sar_bands: tu
         }
 
 
+def inspect_inputs(config: RunConfig) -> dict[str, Any]:
+    """:func:`inspect_pair` on what ``config``'s inputs resolve to (:func:`engine.sources.resolve_run_inputs`), plus
+    the resolved sources and their warnings."""
+    if config.sar is None and config.sar_vv is None:
+        raise InputError("info needs the SAR: --sar, or --sar-vv and --sar-vh")
+    with Materialised() as store:
+        resolved, sources, warnings = resolve_run_inputs(config, store)
+        facts = inspect_pair(resolved.optical, resolved.sar, resolved.bands, resolved.sar_bands)
+    if resolved.sar_units != "auto":
+        facts["sar_units"] = resolved.sar_units
+    facts["sources"] = {role: source.as_dict() for role, source in sources.items()}
+    facts["warnings"] = warnings
+    return facts
+
+
+def _source_lines(role: str, source: dict[str, Any]) -> list[str]:
+    lines = [f"{role.upper()} given: {source['given']}", f"  resolved    {source['kind']} ({source['driver']})"]
+    lines += [f"  dataset {k:<3} {name}" for k, name in enumerate(source["datasets"], start=1)]
+    lines.append("  bands       " + ", ".join(f"{name}={band}" for name, band in source["bands"].items()))
+    for key in ("units", "calibration", "offsets"):
+        if source[key]:
+            lines.append(f"  {key:<11} {source[key]}")
+    lines += [f"  note        {note}" for note in source["notes"]]
+    return lines
+
+
 def _text(facts: dict[str, Any]) -> str:
     lines = []
+    for role, source in facts.get("sources", {}).items():
+        lines += _source_lines(role, source)
+    if "sources" in facts and "mask" not in facts["sources"]:
+        lines.append("CLOUD MASK: none")
+    lines += [f"WARNING: {w}" for w in facts.get("warnings", [])]
     for role in ("optical", "sar"):
         r = facts[role]
         descs = ", ".join(f"{i}:{d or '-'}" for i, d in enumerate(r["descriptions"], start=1))
         lines += [
-            f"{role.upper()}: {r['path']}",
+            f"{role.upper()} read as: {r['path']}",
             f"  CRS         {r['crs']}",
             f"  resolution  {r['resolution'][0]:.6g} × {r['resolution'][1]:.6g}",
             f"  size        {r['width']} × {r['height']} px, {r['bands']} band(s) [{descs}]",
@@ -88,7 +131,12 @@ def _text(facts: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    facts = inspect_pair(args.optical, args.sar, parse_band_list(args.bands), parse_band_list(args.sar_bands))
+    bands = parse_band_list(args.bands) if args.bands else DEFAULT_BANDS
+    config = RunConfig(optical=args.optical, sar=args.sar, sar_vv=args.sar_vv, sar_vh=args.sar_vh, mask=args.mask,
+                       bands=bands, sar_bands=parse_band_list(args.sar_bands), sar_units=args.sar_units,
+                       out=Path(os.devnull))  # fmt: skip
+    config.validate()
+    facts = inspect_inputs(config)
     if args.json:
         json.dump(facts, sys.stdout)
         sys.stdout.write("\n")

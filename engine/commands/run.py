@@ -26,6 +26,7 @@ from engine.commands import datetime_arg
 from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
+from engine.sources import as_source
 from engine.tta import CONFIDENCE_NODATA, DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
 NAME = "run"
@@ -47,15 +48,22 @@ def _bands(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optical", required=True, type=Path, help="cloudy optical GeoTIFF (≥ 4 bands)")
+    parser.add_argument("--optical", required=True, type=as_source,
+                        help="cloudy optical raster (≥ 4 bands), a Sentinel-2 L1C/L2A .SAFE folder or .zip, or any "
+                             "GDAL dataset name (/vsizip/…, a .vrt, a subdataset)")  # fmt: skip
+    parser.add_argument("--sar", type=as_source,
+                        help="Sentinel-1: a 2-band VV, VH raster (dB, linear power or amplitude), an RTC product or a "
+                             "GRD .SAFE folder or .zip; required except for gapfill")  # fmt: skip
+    parser.add_argument("--sar-vv", type=as_source, metavar="FILE",
+                        help="split polarisations: the VV raster (with --sar-vh, instead of --sar)")  # fmt: skip
+    parser.add_argument("--sar-vh", type=as_source, metavar="FILE", help="split polarisations: the VH raster")
+    parser.add_argument("--landcover", type=as_source, help="ESA WorldCover land-cover raster (for the report)")
+    parser.add_argument("--mask", type=as_source,
+                        help="cloud mask: 1 band (1 = cloud), Planet UDM2 (8 bands), or 'auto': the mask that "
+                             "comes with the optical product (UDM2 beside a PlanetScope file, L2A SCL)")  # fmt: skip
+    parser.add_argument("--reference", type=as_source, help="cloud-free reference image (for the report's metrics)")
     parser.add_argument(
-        "--sar", type=Path, help="Sentinel-1 GeoTIFF, 2 bands VV, VH (dB or linear); required except for gapfill"
-    )
-    parser.add_argument("--landcover", type=Path, help="ESA WorldCover land-cover raster (for the report)")
-    parser.add_argument("--mask", type=Path, help="cloud mask: 1 band (1 = cloud) or Planet UDM2 (8 bands)")
-    parser.add_argument("--reference", type=Path, help="cloud-free reference image (for the report's metrics)")
-    parser.add_argument(
-        "--dem", type=Path, metavar="FILE",
+        "--dem", type=as_source, metavar="FILE",
         help="elevation raster in metres, 1 band, any CRS (models built with dem=True: ssop-unet/msop-unet +DEM)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF (written atomically)")
@@ -157,6 +165,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         optical=args.optical,
         sar=args.sar,
+        sar_vv=args.sar_vv,
+        sar_vh=args.sar_vh,
         out=args.out,
         landcover=args.landcover,
         mask=args.mask,
