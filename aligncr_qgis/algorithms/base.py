@@ -15,6 +15,8 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtGui import QIcon
@@ -38,6 +40,15 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self) -> EngineAlgorithm:  # noqa: N802 - QGIS API
         return type(self)()
+
+    def defaults_help(self) -> str:
+        """The help's list of every parameter's default, read from the parameter definitions themselves (so the
+        help cannot drift from them); parameters without a default say whether they are optional."""
+        lines = []
+        for param in self.parameterDefinitions():
+            optional = bool(param.flags() & QgsProcessingParameterDefinition.FlagOptional)
+            lines.append(f"{param.name()}: {_default_text(param, optional)}")
+        return "\n\nDefaults:\n" + "\n".join(lines) if lines else ""
 
     def raster_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
                     optional: bool = False) -> str | None:
@@ -78,6 +89,19 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
             if exc.details:
                 feedback.pushDebugInfo(exc.details)
             raise QgsProcessingException(str(exc)) from None
+
+
+def _default_text(param: QgsProcessingParameterDefinition, optional: bool) -> str:
+    """``256``, ``Auto-detect`` (an enum's option, not its index), ``yes``/``no``; else optional/required."""
+    value = param.defaultValue()
+    if value is None or value == "":
+        return "none (optional)" if optional else "none (required)"
+    if isinstance(param, QgsProcessingParameterEnum) and not param.usesStaticStrings():
+        options = param.options()
+        return options[int(value)] if str(value).isdigit() and int(value) < len(options) else str(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _saved_python() -> str:

@@ -41,6 +41,8 @@ from aligncr_qgis.algorithms.base import EngineAlgorithm
 from aligncr_qgis.engine_process import RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.layers import LayerError, is_metric_projected
+from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
+from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 
 UNITS = ["auto", "db", "linear"]
@@ -134,8 +136,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "tiles (reflectance; high = the model is guessing, 0 = as acquired); asking for it runs the model 4 "
             "times per tile (advanced: test-time augmentation passes) and writes their mean as the result.\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
-            "the ALIGNCR_PYTHON environment variable)."
-        )
+            "the ALIGNCR_PYTHON environment variable).\n"
+            "MODEL 'default' is the engine's own default model: the bundled aligncr-lite weights when installed, "
+            "else the identity baseline (returns the input). A weights file (WEIGHTS) overrides MODEL."
+        ) + self.defaults_help()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image (B, G, R, NIR)"))
@@ -157,8 +161,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             self.ONLY_CLOUDY, "Replace only the cloud, keep clear pixels as the input (mask cloud, else detected)",
             defaultValue=False))
-        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
-                                                       defaultValue="identity"))
+        self.addParameter(self._model_parameter())
         for name, (_field, label) in self.EXTRA_LAYERS.items():
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
         for name, (_field, label) in self.EXTRA_DATES.items():
@@ -200,6 +203,20 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "(reflectance; high = guessing)", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, "Report folder", optional=True,
                                                                   createByDefault=False))
+
+    def _model_parameter(self) -> QgsProcessingParameterEnum:
+        """MODEL: ``default`` (the engine's own choice, as the dialog's first pick) or any registered model, by name
+        (static strings, so ``MODEL=identity`` reads the same in qgis_process, scripts and saved models)."""
+        entries = registry_models(PluginSettings.load().models_cache)
+        label = f"Model (default: the engine's default, now {engine_default(entries)})"
+        return QgsProcessingParameterEnum(self.MODEL, label, [DEFAULT] + [str(e["name"]) for e in entries],
+                                          defaultValue=DEFAULT, usesStaticStrings=True)
+
+    def _model_name(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                    weights: str | None) -> str | None:
+        """The engine's ``--model``: none with a weights file (its card names the model) or for ``default``."""
+        name = self.parameterAsEnumString(parameters, self.MODEL, context)
+        return None if weights or name in ("", DEFAULT) else name
 
     def _bands(self, parameters: dict[str, Any], names: tuple[str, ...], context: QgsProcessingContext) -> tuple:
         """Band numbers, the natural order 1, 2, … where a band was left unset."""
@@ -258,7 +275,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             landcover=paths["landcover"],
             mask=paths["mask"],
             reference=paths["reference"],
-            model=None if weights else (self.parameterAsString(parameters, self.MODEL, context) or "identity"),
+            model=self._model_name(parameters, context, weights),
             weights=weights,
             device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
             tile=self.parameterAsInt(parameters, self.TILE, context),

@@ -39,7 +39,7 @@ class EvaluateAlgorithm(EngineAlgorithm):
             "(metrics inside/outside clouds, per land-cover class, figures), with the cloudy input and two "
             "non-learned baselines (flat colour, interpolation from the cloud's border) scored beside it and the "
             "output's margin over the best baseline inside the cloud."
-        )
+        ) + self.defaults_help()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image"))

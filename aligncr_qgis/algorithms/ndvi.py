@@ -36,7 +36,8 @@ class NdviAlgorithm(EngineAlgorithm):
         return "NDVI (Align-CR engine)"
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
-        return "NDVI = (NIR − R) / (NIR + R) of an optical raster, e.g. a declouded image. Nodata is −9999."
+        return ("NDVI = (NIR − R) / (NIR + R) of an optical raster, e.g. a declouded image. Nodata is −9999."
+                + self.defaults_help())
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Optical image"))
