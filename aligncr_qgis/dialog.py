@@ -52,11 +52,11 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
     QSpinBox,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -67,7 +67,15 @@ from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.model_cards import ModelCard, ModelCardError, TemporalInfo, read_card, temporal_info
 from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
-from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
+from aligncr_qgis.model_list import (
+    NO_WEIGHTS,
+    bundled_by_model,
+    engine_default,
+    entry_html,
+    has_weights,
+    registry_models,
+)
+from aligncr_qgis.paths import engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
@@ -111,6 +119,7 @@ class AlignCRDialog(QDialog):
         self.uses_sar = True  # False when the chosen model takes no SAR (gapfill): the SAR layer is not used
         self.uses_dem = False  # True when the chosen model was built with a DEM input: the DEM picker is shown
         self.model_arch = ""
+        self.model_entries: dict[str, dict[str, Any]] = {}  # registry name → its models --json-shaped entry
         self.setWindowTitle("Align-CR — SAR-guided cloud removal")
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
@@ -218,9 +227,8 @@ class AlignCRDialog(QDialog):
         mlay = QVBoxLayout(model_box)
         self.model_combo = QComboBox(self)
         mlay.addWidget(self.model_combo)
-        self.card_text = QPlainTextEdit(self)
-        self.card_text.setReadOnly(True)
-        self.card_text.setMaximumHeight(110)
+        self.card_text = QTextBrowser(self)
+        self.card_text.setMaximumHeight(150)
         mlay.addWidget(self.card_text)
 
         # Processing -------------------------------------------------------
@@ -403,31 +411,47 @@ class AlignCRDialog(QDialog):
         self.device_combo.blockSignals(False)
 
     def _fill_models(self) -> None:
-        wanted = self.settings.model
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for path in bundled_weights():
-            self.model_combo.addItem(f"{path.stem} (bundled weights)", ("weights", str(path)))
-        registry = self.settings.models_cache or [
-            {"name": "identity", "description": "Baseline: returns the cloudy input. Run 'Check environment' to "
-             "list every model of the engine."}
-        ]
-        for entry in registry:
-            name = str(entry.get("name", ""))
-            if name:
-                self.model_combo.addItem(_model_label(entry), ("registry", name))
-        if wanted and wanted.endswith(".safetensors") and os.path.isfile(wanted):
-            if self.model_combo.findData(("weights", wanted)) < 0:
-                self.model_combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
-        self.model_combo.addItem("Browse for .safetensors weights…", ("browse", ""))
-        if not wanted:
-            # First use: trained weights when any are installed, else the baseline that needs none.
-            with_weights = [m["name"] for m in self.settings.models_cache if m.get("bundled_weights")]
-            wanted = str(bundled_weights()[0]) if bundled_weights() else (with_weights or ["identity"])[0]
-        if not self.select_model(wanted):
-            self.model_combo.setCurrentIndex(0)
-        self.model_combo.blockSignals(False)
+        """One entry per model (registry names read without torch, details from the last *Check environment*),
+        those without weights disabled with the reason; a chosen weights file; *Browse…*."""
+        entries = registry_models(self.settings.models_cache)
+        self.model_entries = {str(e["name"]): e for e in entries}
+        wanted = self._wanted_model(entries)
+        combo = self.model_combo
+        combo.blockSignals(True)
+        combo.clear()
+        for entry in entries:
+            combo.addItem(_model_label(entry), ("registry", str(entry["name"])))
+            if not has_weights(entry):
+                combo.model().item(combo.count() - 1).setEnabled(False)
+                combo.setItemData(combo.count() - 1, NO_WEIGHTS, Qt.ItemDataRole.ToolTipRole)
+        if wanted.endswith(".safetensors") and os.path.isfile(wanted):
+            combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
+        combo.addItem("Browse for .safetensors weights…", ("browse", ""))
+        if not (self._selectable(wanted) and self.select_model(wanted)):
+            if not self.select_model(engine_default(entries)):
+                combo.setCurrentIndex(0)
+        combo.blockSignals(False)
         self._on_model_changed()
+
+    def _wanted_model(self, entries: list[dict[str, Any]]) -> str:
+        """The saved choice; a bundled weights file saved by an older version is its model; nothing saved is the
+        engine's default (the bundled weights, else identity)."""
+        wanted = self.settings.model
+        for name, files in bundled_by_model().items():
+            if wanted in files:
+                return name
+        return wanted or engine_default(entries)
+
+    def _bundled_file(self, name: str) -> str | None:
+        """The bundled weights of a registry model that needs weights (the engine itself only finds
+        aligncr-lite's), passed as ``--weights``; None for a model without weights."""
+        entry = self.model_entries.get(name) or {}
+        files = entry.get("bundled_weights") if entry.get("needs_weights", True) else None
+        return str(files[0]) if files else None
+
+    def _selectable(self, value: str) -> bool:
+        entry = self.model_entries.get(value)
+        return entry is None or has_weights(entry)
 
     # ------------------------------------------------------------------ reactions
     def _on_optical_changed(self, *_: Any) -> None:
@@ -476,21 +500,13 @@ class AlignCRDialog(QDialog):
         if kind == "weights":
             try:
                 card = read_card(value)
-                self.card_text.setPlainText(card.to_text())
+                self.card_text.setHtml(card.summary_html())
                 arch = str(card.card.get("arch") or "")
             except ModelCardError as exc:
                 self.card_text.setPlainText(f"Cannot read the model card: {exc}")
                 arch = ""
         else:
-            entry = self._registry_entry(value) or {}
-            desc = entry.get("description") or ("Baseline: returns the cloudy input unchanged (the paper's "
-                                                "'Cloudy' row). Needs no weights." if value == "identity" else "")
-            lines = [f"{value} (engine model registry)", str(desc)]
-            if entry.get("params"):
-                lines.append(f"{int(entry['params']):,} parameters")
-            if entry.get("bundled_weights"):
-                lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
-            self.card_text.setPlainText("\n".join(lines))
+            self.card_text.setHtml(entry_html(self._registry_entry(value) or {"name": value}))
         self.model_arch = arch
         self._show_temporal(arch)
         self._show_sar(arch)
@@ -541,7 +557,7 @@ class AlignCRDialog(QDialog):
         return False
 
     def _registry_entry(self, name: str) -> dict[str, Any] | None:
-        return next((m for m in self.settings.models_cache if m.get("name") == name), None)
+        return self.model_entries.get(name)
 
     def _draw_extent(self) -> None:
         canvas = self.iface.mapCanvas() if self.iface is not None else None
@@ -790,7 +806,7 @@ class AlignCRDialog(QDialog):
             mask=paths.get("mask"),
             reference=paths.get("reference"),
             model=value if kind == "registry" else None,
-            weights=value if kind == "weights" else None,
+            weights=value if kind == "weights" else self._bundled_file(value),
             device=self.device_combo.currentData() or "auto",
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),

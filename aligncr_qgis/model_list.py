@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from aligncr_qgis.model_cards import ModelCardError, read_card
 from aligncr_qgis.paths import bundled_weights, engine_root
 
+NO_WEIGHTS = "No trained weights installed for this model: browse for a .safetensors file."
 DEFAULT = "default"
 """Processing's MODEL value for "the engine's own default" (no ``--model``: the bundled weights, else identity)."""
 
@@ -112,3 +114,23 @@ def engine_default(entries: list[dict[str, Any]]) -> str:
     ``aligncr-lite`` weights when installed, else ``identity``."""
     lite = next((e for e in entries if e.get("name") == "aligncr-lite"), None)
     return "aligncr-lite" if lite is not None and lite.get("bundled_weights") else "identity"
+
+
+def entry_html(entry: dict[str, Any]) -> str:
+    """The dialog's card box for a registry model: name, size, description, why it cannot run, and the summary of
+    each bundled weights file's card."""
+    head = f"<b>{escape(str(entry.get('name', '')))}</b> — engine model"
+    if entry.get("params"):
+        head += f", {int(entry['params']) / 1e6:.2f} M parameters"
+    parts = [head]
+    if entry.get("description"):
+        parts.append(escape(str(entry["description"])))
+    if not has_weights(entry):
+        parts.append(f"<span style='color:#b00020'>{NO_WEIGHTS}</span>")
+    text = "<br>".join(parts)
+    for path in entry.get("bundled_weights") or []:
+        try:
+            text += "<hr>" + read_card(path).summary_html()
+        except ModelCardError as exc:
+            text += f"<br>{escape(str(exc))}"
+    return text

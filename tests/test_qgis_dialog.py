@@ -234,6 +234,8 @@ def test_check_environment_fills_devices(project, dlg: AlignCRDialog) -> None:
     registry = {dlg.model_combo.itemData(i)[1]: dlg.model_combo.itemText(i) for i in range(dlg.model_combo.count())
                 if dlg.model_combo.itemData(i)[0] == "registry"}
     assert {"identity", "aligncr", "aligncr-lite"} <= set(registry) and "M params" in registry["aligncr"]
+    names = [d[1] for d in map(dlg.model_combo.itemData, range(dlg.model_combo.count())) if d[0] != "browse"]
+    assert sorted(names) == sorted(registry)  # one entry per model (issue 16: the bundled one came three times)
     reopened = AlignCRDialog(None)  # the cache survives in QgsSettings
     assert reopened.settings.env_cache["executable"] == PYTHON
     reopened.deleteLater()
@@ -249,7 +251,7 @@ def test_weights_file_shows_model_card_and_is_passed_as_weights(project, qgis_if
     try:
         assert d.model_combo.currentData() == ("weights", str(weights))
         card = d.card_text.toPlainText()
-        assert "identity" in card and "unit-test scenes" in card and "psnr=12.5" in card
+        assert "identity" in card and "unit-test scenes" in card and "PSNR\n12.5" in card
         opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
         sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
         choose(d, opt, sar, tmp_path / "o.tif")
@@ -284,3 +286,37 @@ def test_settings_persist_between_sessions(project, qgis_iface, tmp_path: Path) 
         assert second.python_widget.filePath() == PYTHON
     finally:
         second.deleteLater()
+
+
+def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface) -> None:
+    """Issue 16: after *Check environment* with the bundled file saved as the choice, the bundled model was listed
+    three times and models without weights were selectable; the card box showed the raw card JSON."""
+    from aligncr_qgis.model_list import NO_WEIGHTS
+    from engine.commands.models import collect
+    from engine.models import MODEL_REGISTRY
+    from engine.pipeline import BUNDLED_WEIGHTS
+
+    if not BUNDLED_WEIGHTS.is_file():
+        pytest.skip("no bundled weights")
+    QgsSettings().setValue("aligncr/model", str(BUNDLED_WEIGHTS))  # what an older version saved
+    d = AlignCRDialog(qgis_iface)
+    try:
+        d.settings.models_cache = collect()["models"]  # what *Check environment* caches
+        d._fill_models()
+        combo = d.model_combo
+        items = [(combo.itemData(i), combo.model().item(i)) for i in range(combo.count())]
+        names = [data[1] for data, _item in items if data[0] == "registry"]
+        assert sorted(names) == sorted(MODEL_REGISTRY) and [data[0] for data, _ in items[len(names):]] == ["browse"]
+        assert sum("aligncr-lite" in combo.itemText(i) for i in range(combo.count())) == 1
+        for (_kind, name), item in items[:-1]:
+            spec = MODEL_REGISTRY[name]
+            runnable = not spec.needs_weights or name == "aligncr-lite"
+            assert item.isEnabled() == runnable, name
+            assert (item.toolTip() == NO_WEIGHTS) == (not runnable), name
+        assert combo.currentData() == ("registry", "aligncr-lite")
+        card = d.card_text.toPlainText()
+        assert "Trained on: SEN12MS-CR" in card and "cloudy input" in card and "PSNR" in card
+        assert "{" not in card and "recipe" not in card  # a summary, not the raw card
+        assert d._bundled_file("aligncr-lite") == str(BUNDLED_WEIGHTS)
+    finally:
+        d.deleteLater()

@@ -154,9 +154,9 @@ def test_model_card_read_without_torch(tmp_path: Path) -> None:
     card_json = json.dumps({"arch": "aligncr-lite", "training_data": "M3R-CR train", "metrics": {"psnr": 27.1}})
     card = read_card(_safetensors(tmp_path / "m.safetensors", {"aligncr_card": card_json, "format": "pt"}))
     assert card.title == "aligncr-lite" and card.tensors == 1 and card.parameters == 6
-    text = card.to_text()
-    assert "M3R-CR train" in text and "psnr=27.1" in text
-    assert "No Align-CR model card" in read_card(_safetensors(tmp_path / "n.safetensors", None)).to_text()
+    text = card.summary_html()
+    assert "<b>Trained on:</b> M3R-CR train" in text and "<td>PSNR</td><td>27.1</td>" in text
+    assert "No Align-CR model card" in read_card(_safetensors(tmp_path / "n.safetensors", None)).summary_html()
     (tmp_path / "bad.safetensors").write_bytes(b"PK\x03\x04 not safetensors at all")
     with pytest.raises(ModelCardError):
         read_card(tmp_path / "bad.safetensors")
