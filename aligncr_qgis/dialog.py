@@ -228,7 +228,7 @@ class AlignCRDialog(QDialog):
         self.model_combo = QComboBox(self)
         mlay.addWidget(self.model_combo)
         self.card_text = QTextBrowser(self)
-        self.card_text.setMaximumHeight(150)
+        self.card_text.setMaximumHeight(210)
         mlay.addWidget(self.card_text)
 
         # Processing -------------------------------------------------------

@@ -49,23 +49,21 @@ class ModelCard:
                     return str(source[key])
         return self.path.stem
 
-    def summary_html(self) -> str:
+    def summary_html(self, title: bool = True) -> str:
         """The dialog's card box: name, file size, parameters, what it was trained on, the validation table — what
-        a user decides on; not the raw card (issue 16: the box showed the JSON, training recipe included)."""
+        a user decides on; not the raw card (issue 16: the box showed the JSON, training recipe included).
+        ``title=False`` leaves out the model's name (shown under its registry entry)."""
         size = self.path.stat().st_size / 1e6 if self.path.is_file() else 0.0
-        parts = [f"<b>{escape(self.title)}</b> — {escape(self.path.name)}, {size:.1f} MB, "
-                 f"{self.parameters / 1e6:.2f} M parameters"]
+        head = f"<b>{escape(self.title)}</b> — " if title else "<b>Weights:</b> "
+        parts = [f"{head}{escape(self.path.name)}, {size:.1f} MB, {self.parameters / 1e6:.2f} M parameters"]
         card = self.card
         if not card:
             parts.append("No Align-CR model card in this file; the engine will refuse it.")
-        for key, label in (("training_data", "Trained on"), ("created", "Created")):
-            if card.get(key):
-                parts.append(f"<b>{label}:</b> {escape(str(card[key]))}")
         notes = str(card.get("notes") or "").strip().splitlines()
-        if notes:
-            parts.append(f"<b>Notes:</b> {escape(notes[0])}")
-        table = metrics_table(card.get("metrics"))
-        return "<br>".join(parts) + table
+        extra = [f"<b>{label}:</b> {escape(str(value))}" for label, value in (
+            ("Trained on", card.get("training_data")), ("Notes", notes[0] if notes else ""),
+            ("Created", card.get("created"))) if value]  # fmt: skip
+        return "<br>".join(parts) + metrics_table(card.get("metrics")) + "<br>".join(extra)
 
 
 BASELINES = {"identity": "cloudy input"}  # metric prefix in a card → column title

@@ -130,7 +130,7 @@ def entry_html(entry: dict[str, Any]) -> str:
     text = "<br>".join(parts)
     for path in entry.get("bundled_weights") or []:
         try:
-            text += "<hr>" + read_card(path).summary_html()
+            text += "<br>" + read_card(path).summary_html(title=False)
         except ModelCardError as exc:
             text += f"<br>{escape(str(exc))}"
     return text
