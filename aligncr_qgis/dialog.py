@@ -133,11 +133,11 @@ class AlignCRDialog(QDialog):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         self.bar = QgsMessageBar(self)
-        self.bar.setSizePolicy(QSizePolicy.Minimum, QSizePolicy.Fixed)
+        self.bar.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Fixed)
 
         def raster_combo(optional: bool) -> QgsMapLayerComboBox:
             combo = QgsMapLayerComboBox(self)
-            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+            combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
             combo.setAllowEmptyLayer(optional)
             if optional:
                 combo.setLayer(None)
@@ -268,7 +268,7 @@ class AlignCRDialog(QDialog):
         out_box = QGroupBox("Output", self)
         oform = QFormLayout(out_box)
         self.output_widget = QgsFileWidget(self)
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output_widget.setConfirmOverwrite(True)
         oform.addRow("Declouded GeoTIFF", self.output_widget)
@@ -292,7 +292,7 @@ class AlignCRDialog(QDialog):
         # Issues, progress, buttons ----------------------------------------
         self.issues_label = QLabel("", self)
         self.issues_label.setWordWrap(True)
-        self.issues_label.setTextFormat(Qt.RichText)
+        self.issues_label.setTextFormat(Qt.TextFormat.RichText)
         self.reproject_button = QPushButton("Reproject optical to UTM…", self)
         self.reproject_button.setVisible(False)
         self.progress = QProgressBar(self)
@@ -311,7 +311,7 @@ class AlignCRDialog(QDialog):
         left.addWidget(out_box)
         issues_row = QHBoxLayout()
         issues_row.addWidget(self.issues_label, 1)
-        issues_row.addWidget(self.reproject_button, 0, Qt.AlignTop)
+        issues_row.addWidget(self.reproject_button, 0, Qt.AlignmentFlag.AlignTop)
         left.addLayout(issues_row)
         left.addStretch(1)
         right = QVBoxLayout()
@@ -548,7 +548,10 @@ class AlignCRDialog(QDialog):
             widget.setEnabled(shown)
 
     def select_model(self, value: str) -> bool:
-        """Select a registry model by name or a weights file by path (QComboBox.findData cannot match tuples)."""
+        """Select a registry model by name or a weights file by path — a bundled file is its model's entry
+        (QComboBox.findData cannot match tuples)."""
+        value = next((name for name, e in self.model_entries.items() if value in (e.get("bundled_weights") or ())),
+                     value)
         for i in range(self.model_combo.count()):
             data = self.model_combo.itemData(i)
             if data and data[0] in ("registry", "weights") and data[1] == value:
@@ -762,11 +765,11 @@ class AlignCRDialog(QDialog):
         if isinstance(env, dict):
             self._show_env(env)
             if env.get("ok"):
-                self.bar.pushMessage("Align-CR", "The interpreter can run the engine.", Qgis.Success, 5)
+                self.bar.pushMessage("Align-CR", "The interpreter can run the engine.", Qgis.MessageLevel.Success, 5)
             else:
                 self._error(f"The interpreter cannot run the engine. Install: {env.get('install_command')}")
             self.status_label.setText("")
-            QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.Info)
+            QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.MessageLevel.Info)
         else:
             self._error(job.error or "environment check failed")
             self.status_label.setText("")
@@ -851,13 +854,13 @@ class AlignCRDialog(QDialog):
         self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
                                temp_dirs=[temp_dir] if temp_dir else [], context=context)
         self.task.progressMessage.connect(self._on_progress)
-        self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.Warning, 8))
+        self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.MessageLevel.Warning, 8))
         self.task.done.connect(self._on_done)
         self.progress.setValue(0)
         self.status_label.setText("Starting the engine…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.MessageLevel.Info)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
@@ -878,7 +881,7 @@ class AlignCRDialog(QDialog):
             self.progress.setValue(0)
             if job.kind == "Cancelled":
                 self.status_label.setText("Cancelled; no output was written.")
-                self.bar.pushMessage("Align-CR", "Cancelled; no output was written.", Qgis.Info, 5)
+                self.bar.pushMessage("Align-CR", "Cancelled; no output was written.", Qgis.MessageLevel.Info, 5)
             else:
                 self.status_label.setText("Failed — see the message above and the Align-CR log.")
                 self._error(job.error)
@@ -926,10 +929,10 @@ class AlignCRDialog(QDialog):
         made = result.get("model_percent")
         made_text = f" The model's output is in {made:.1f} % of the pixels." if made is not None else ""
         msg = f"Declouded image written to {out} in {secs:.1f} s.{made_text}"
-        self.bar.pushMessage("Align-CR", msg, Qgis.Success, 8)
+        self.bar.pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
         if self.iface is not None:
-            self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.Success, 8)
-        QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.Success)
+            self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
+        QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.MessageLevel.Success)
         self.runFinished.emit(True)
 
     # ------------------------------------------------------------------ reprojection offer
@@ -1001,10 +1004,10 @@ class AlignCRDialog(QDialog):
         self.env_label.setToolTip(_env_summary(env))
 
     def _error(self, message: str) -> None:
-        self.bar.pushMessage("Align-CR", message, Qgis.Critical, 0)
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Critical)
+        self.bar.pushMessage("Align-CR", message, Qgis.MessageLevel.Critical, 0)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Critical)
         if self.iface is not None and not self.isVisible():
-            self.iface.messageBar().pushMessage("Align-CR", message, Qgis.Critical, 0)
+            self.iface.messageBar().pushMessage("Align-CR", message, Qgis.MessageLevel.Critical, 0)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         self.save_settings()

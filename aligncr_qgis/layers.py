@@ -141,7 +141,7 @@ def overlap_percent(
 
 
 def is_metric_projected(crs: QgsCoordinateReferenceSystem) -> bool:
-    return crs.isValid() and not crs.isGeographic() and crs.mapUnits() == QgsUnitTypes.DistanceMeters
+    return crs.isValid() and not crs.isGeographic() and crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters
 
 
 def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckResult:

@@ -34,15 +34,15 @@ def style_rgb(layer: QgsRasterLayer, red: int, green: int, blue: int) -> None:
     renderer = QgsMultiBandColorRenderer(layer.dataProvider(), red, green, blue)
     layer.setRenderer(renderer)
     origin = QgsRasterMinMaxOrigin()
-    origin.setLimits(QgsRasterMinMaxOrigin.CumulativeCut)
+    origin.setLimits(QgsRasterMinMaxOrigin.Limits.CumulativeCut)
     origin.setCumulativeCutLower(CUT_LOWER)
     origin.setCumulativeCutUpper(CUT_UPPER)
-    origin.setExtent(QgsRasterMinMaxOrigin.WholeRaster)
-    origin.setStatAccuracy(QgsRasterMinMaxOrigin.Estimated)
+    origin.setExtent(QgsRasterMinMaxOrigin.Extent.WholeRaster)
+    origin.setStatAccuracy(QgsRasterMinMaxOrigin.StatAccuracy.Estimated)
     renderer.setMinMaxOrigin(origin)
     layer.setContrastEnhancement(
-        QgsContrastEnhancement.StretchToMinimumMaximum,
-        QgsRasterMinMaxOrigin.CumulativeCut,
+        QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum,
+        QgsRasterMinMaxOrigin.Limits.CumulativeCut,
         layer.extent(),
         250000,
     )
@@ -52,7 +52,7 @@ def style_rgb(layer: QgsRasterLayer, red: int, green: int, blue: int) -> None:
 def style_ndvi(layer: QgsRasterLayer) -> None:
     """Single-band pseudocolour, RdYlGn from −1 to 1."""
     ramp = QgsStyle.defaultStyle().colorRamp("RdYlGn")
-    fn = QgsColorRampShader(-1.0, 1.0, ramp, QgsColorRampShader.Interpolated)
+    fn = QgsColorRampShader(-1.0, 1.0, ramp, QgsColorRampShader.Type.Interpolated)
     fn.classifyColorRamp(11, 1, layer.extent(), layer.dataProvider())
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(fn)
@@ -67,7 +67,7 @@ def style_qa(layer: QgsRasterLayer) -> None:
     """Model share 0–100 %: transparent at 0 (as acquired), amber (blend) to magenta (reconstructed); the
     no-data value (255, set in the file) is transparent as any raster's."""
     fn = QgsColorRampShader(0.0, 100.0)
-    fn.setColorRampType(QgsColorRampShader.Interpolated)
+    fn.setColorRampType(QgsColorRampShader.Type.Interpolated)
     fn.setColorRampItemList([
         QgsColorRampShader.ColorRampItem(0.0, QColor(0, 0, 0, 0), "as acquired"),
         QgsColorRampShader.ColorRampItem(1.0, QColor(255, 190, 0, 110), "blend"),
@@ -93,7 +93,7 @@ def style_confidence(layer: QgsRasterLayer) -> None:
         value = high * k / CONFIDENCE_CLASSES
         items.append(QgsColorRampShader.ColorRampItem(value, ramp.color(k / CONFIDENCE_CLASSES), f"{value:.4f}"))
     fn = QgsColorRampShader(0.0, high)
-    fn.setColorRampType(QgsColorRampShader.Interpolated)
+    fn.setColorRampType(QgsColorRampShader.Type.Interpolated)
     fn.setClip(False)  # above the 98th percentile: the last colour
     fn.setColorRampItemList(items)
     shader = QgsRasterShader()

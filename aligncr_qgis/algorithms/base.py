@@ -46,7 +46,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         help cannot drift from them); parameters without a default say whether they are optional."""
         lines = []
         for param in self.parameterDefinitions():
-            optional = bool(param.flags() & QgsProcessingParameterDefinition.FlagOptional)
+            optional = bool(param.flags() & QgsProcessingParameterDefinition.Flag.FlagOptional)
             lines.append(f"{param.name()}: {_default_text(param, optional)}")
         return "\n\nDefaults:\n" + "\n".join(lines) if lines else ""
 

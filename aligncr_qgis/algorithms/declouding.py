@@ -172,15 +172,15 @@ class DecloudingAlgorithm(EngineAlgorithm):
                                                        optional=True))
         advanced = [
             QgsProcessingParameterString(self.DEVICE, f"Device ({DEVICE_HELP})", defaultValue="auto"),
-            QgsProcessingParameterNumber(self.TILE, "Tile size (px)", QgsProcessingParameterNumber.Integer, 256,
+            QgsProcessingParameterNumber(self.TILE, "Tile size (px)", QgsProcessingParameterNumber.Type.Integer, 256,
                                          minValue=32, maxValue=8192),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer, 32,
-                                         minValue=0, maxValue=2048),
-            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 4,
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Type.Integer,
+                                         32, minValue=0, maxValue=2048),
+            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Type.Integer, 4,
                                          minValue=1, maxValue=512),
             QgsProcessingParameterBoolean(self.COG, "Write a cloud-optimised GeoTIFF", defaultValue=False),
             QgsProcessingParameterNumber(self.CLOUD_FEATHER, "Feather beyond the cloud (px; with 'Replace only the "
-                                         "cloud')", QgsProcessingParameterNumber.Integer, 8, minValue=0,
+                                         "cloud')", QgsProcessingParameterNumber.Type.Integer, 8, minValue=0,
                                          maxValue=512),
             QgsProcessingParameterEnum(self.OPTICAL_SCALE, "Optical units",
                                        ["Auto-detect", "Digital numbers (reflectance × 10⁴)", "Reflectance 0–1"],
@@ -189,10 +189,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
                                        defaultValue=0),
             QgsProcessingParameterNumber(self.TTA, "Test-time augmentation passes: the mean over flips/rotations "
                                          "(0 = off, or 4 with a confidence layer; up to 8)",
-                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=8),
+                                         QgsProcessingParameterNumber.Type.Integer, 0, minValue=0, maxValue=8),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Declouded image"))
         self.addParameter(QgsProcessingParameterRasterDestination(
