@@ -120,11 +120,13 @@ class AlignCRDialog(QDialog):
         self.uses_dem = False  # True when the chosen model was built with a DEM input: the DEM picker is shown
         self.model_arch = ""
         self.model_entries: dict[str, dict[str, Any]] = {}  # registry name → its models --json-shaped entry
+        self.auto_output = ""  # the output path the dialog proposed; it follows the optical until the user edits it
         self.setWindowTitle("Align-CR — SAR-guided cloud removal")
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
         self._build()
         self._load_settings()
+        self.pick_default_layers()
         self._connect()
         self._on_optical_changed()
         self._on_sar_changed()
@@ -461,11 +463,35 @@ class AlignCRDialog(QDialog):
             combo.setLayer(layer)
             if layer is not None:
                 combo.setBand(guess[role])
-        if layer is not None and not self.output_widget.filePath():
-            folder = self.settings.output_dir or (os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "")
-            if folder:
-                self.output_widget.setFilePath(os.path.join(folder, f"{layer.name()}_declouded.tif"))
+        current = self.output_widget.filePath()
+        if layer is not None and (not current or current == self.auto_output):  # the user has not edited it
+            self.auto_output = os.path.join(self._output_folder(layer), f"{layer.name()}_declouded.tif")
+            self.output_widget.setFilePath(self.auto_output)
         self.validate()
+
+    def _output_folder(self, layer: QgsRasterLayer) -> str:
+        """The first writable of: the folder last written to, the optical's folder, the project's, the home one."""
+        candidates = [self.settings.output_dir, os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "",
+                      QgsProject.instance().homePath(), os.path.expanduser("~")]
+        return next((c for c in candidates if c and writable(c)), os.path.expanduser("~"))
+
+    def pick_default_layers(self) -> None:
+        """Optical: the active layer when it has ≥ 4 bands, else the first layer that has; SAR: a 2-band layer
+        (issue 16: the 2-band S1 was picked as the optical). A choice that already fits is kept."""
+        layers = [self.optical_combo.layer(i) for i in range(self.optical_combo.count())]
+        rasters = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer)]
+        current = self.optical_combo.currentLayer()
+        if current is None or current.bandCount() < 4:
+            active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+            fits = [active] if isinstance(active, QgsRasterLayer) and active.bandCount() >= 4 else []
+            chosen = next(iter(fits + [lyr for lyr in rasters if lyr.bandCount() >= 4]), None)
+            if chosen is not None:
+                self.optical_combo.setLayer(chosen)
+        sar = self.sar_combo.currentLayer()
+        if sar is None or sar.bandCount() != 2:
+            chosen = next((lyr for lyr in rasters if lyr.bandCount() == 2), None)
+            if chosen is not None:
+                self.sar_combo.setLayer(chosen)
 
     def _on_only_cloudy_toggled(self, *_: Any) -> None:
         """The feather only means something when only-cloudy is on."""
@@ -1048,6 +1074,11 @@ def parse_date(text: str) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def writable(folder: str) -> bool:
+    """Whether the dialog may propose an output in ``folder``."""
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
 
 
 def _is_file(layer: QgsRasterLayer) -> bool:

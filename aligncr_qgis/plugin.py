@@ -84,6 +84,8 @@ class AlignCRPlugin:
 
         if self.dialog is None:
             self.dialog = AlignCRDialog(self.iface, self.iface.mainWindow())
+        else:
+            self.dialog.pick_default_layers()  # layers added since it was last open
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.activateWindow()

@@ -320,3 +320,40 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
         assert d._bundled_file("aligncr-lite") == str(BUNDLED_WEIGHTS)
     finally:
         d.deleteLater()
+
+
+def test_default_layers_and_output_that_follows(project, qgis_iface, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: the 2-band S1 was picked as the optical. Optical = the active layer with ≥ 4 bands, else the first
+    with ≥ 4; SAR = a 2-band layer; the output follows the optical until edited, in a writable folder."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    sar = add(project, write_sar(tmp_path / "s1.tif"), "a_sentinel1")  # sorts first in the pickers
+    opt_b = add(project, write_optical(tmp_path / "b" / "b.tif"), "b_planet")
+    opt_c = add(project, write_optical(tmp_path / "c" / "c.tif"), "c_planet")
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.optical_combo.currentLayer() == opt_b and d.sar_combo.currentLayer() == sar
+        assert d.output_widget.filePath() == str(tmp_path / "b" / "b_planet_declouded.tif")
+        d.optical_combo.setLayer(opt_c)  # not edited by the user: follows
+        assert d.output_widget.filePath() == str(tmp_path / "c" / "c_planet_declouded.tif")
+        d.output_widget.setFilePath(str(tmp_path / "mine.tif"))
+        d.optical_combo.setLayer(opt_b)  # edited: stays
+        assert d.output_widget.filePath() == str(tmp_path / "mine.tif")
+    finally:
+        d.deleteLater()
+    qgis_iface.setActiveLayer(opt_c)
+    monkeypatch.setattr(dialog_mod, "writable", lambda folder: folder != str(tmp_path / "c") and Path(folder).is_dir())
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.optical_combo.currentLayer() == opt_c and d.sar_combo.currentLayer() == sar
+        assert Path(d.output_widget.filePath()).parent != tmp_path / "c"  # project or home folder instead
+        assert Path(d.output_widget.filePath()).name == "c_planet_declouded.tif"
+    finally:
+        d.deleteLater()
+    qgis_iface.setActiveLayer(sar)  # an active layer with < 4 bands is not an optical
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.optical_combo.currentLayer() == opt_b
+    finally:
+        d.deleteLater()
