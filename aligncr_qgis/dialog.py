@@ -77,7 +77,7 @@ from aligncr_qgis.model_list import (
 )
 from aligncr_qgis.paths import engine_root, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
-from aligncr_qgis.styling import style_confidence, style_ndvi, style_qa, style_rgb
+from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
@@ -286,8 +286,11 @@ class AlignCRDialog(QDialog):
         self.confidence_check.setToolTip("Also write <output>_confidence.tif: how much the model's output changes "
                                          "when the tile is flipped or turned (4 passes, so 4× slower; the result is "
                                          "their mean). High = the model is guessing; 0 = as acquired")
+        self.style_inputs_check = QCheckBox("Style the inputs like the result", self)
+        self.style_inputs_check.setToolTip("Draw the cloudy optical (and the reference) with the result's bands and "
+                                           "its very stretch, so before and after compare fairly")
         for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check,
-                                 self.qa_check, self.confidence_check)):
+                                 self.qa_check, self.confidence_check, self.style_inputs_check)):
             checks.addWidget(box, i // 2, i % 2)
         oform.addRow(checks)
 
@@ -366,6 +369,7 @@ class AlignCRDialog(QDialog):
         self.batch_spin.setValue(s.batch)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
+        self.style_inputs_check.setChecked(s.style_inputs)
         self.ndvi_check.setChecked(s.make_ndvi)
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
@@ -389,6 +393,7 @@ class AlignCRDialog(QDialog):
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         s.model = value if kind in ("registry", "weights") else s.model
         s.add_to_map = self.add_to_map_check.isChecked()
+        s.style_inputs = self.style_inputs_check.isChecked()
         s.make_ndvi = self.ndvi_check.isChecked()
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
@@ -876,7 +881,9 @@ class AlignCRDialog(QDialog):
             bands = ",".join(str(b) for b in req.bands)
             steps.append(EngineStep("NDVI", ["ndvi", "--input", req.out, "--out", ndvi_path, "--bands", bands],
                                     weight=0.1, progress_json=False))
-        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem}
+        inputs = [c.currentLayer() for c in (self.optical_combo, self.reference_combo) if c.currentLayer()]
+        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem, "inputs": [i.id() for i in inputs],
+                   "scene": self.optical_combo.currentLayer().name() if inputs else Path(req.out).stem}
         self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
                                temp_dirs=[temp_dir] if temp_dir else [], context=context)
         self.task.progressMessage.connect(self._on_progress)
@@ -922,33 +929,7 @@ class AlignCRDialog(QDialog):
         self.status_label.setText(f"Done in {secs:.1f} s ({result.get('model', '?')} on {result.get('device', '?')}).")
         self.result_layers = []
         if self.add_to_map_check.isChecked():
-            layer = QgsRasterLayer(out, f"{ctx['name']} (Align-CR)")
-            if layer.isValid():
-                # The engine keeps the optical file's band layout, so the band mapping gives R, G, B directly.
-                blue, green, red, _nir = req.bands
-                style_rgb(layer, red, green, blue)
-                QgsProject.instance().addMapLayer(layer)
-                self.result_layers.append(layer)
-            else:
-                self._error(f"the result {out} could not be loaded as a layer")
-            if req.qa:
-                qa = QgsRasterLayer(req.qa, f"{ctx['name']} QA (model share %)")
-                if qa.isValid():
-                    style_qa(qa)
-                    QgsProject.instance().addMapLayer(qa)
-                    self.result_layers.append(qa)
-            if req.confidence:
-                conf = QgsRasterLayer(req.confidence, f"{ctx['name']} confidence (TTA spread)")
-                if conf.isValid():
-                    style_confidence(conf)
-                    QgsProject.instance().addMapLayer(conf)
-                    self.result_layers.append(conf)
-            if ctx.get("ndvi"):
-                ndvi = QgsRasterLayer(ctx["ndvi"], f"{ctx['name']} NDVI")
-                if ndvi.isValid():
-                    style_ndvi(ndvi)
-                    QgsProject.instance().addMapLayer(ndvi)
-                    self.result_layers.append(ndvi)
+            self._add_results(ctx, out, str(result.get("model") or "Align-CR"))
         report = result.get("report") or req.report
         if report and self.open_report_in_browser:
             QDesktopServices.openUrl(QUrl.fromLocalFile(_report_entry(report)))
@@ -960,6 +941,34 @@ class AlignCRDialog(QDialog):
             self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
         QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.MessageLevel.Success)
         self.runFinished.emit(True)
+
+    def _add_results(self, ctx: dict[str, Any], out: str, model: str) -> None:
+        """One layer group per run, named after the scene and the run, on top of the layer tree: the RGB result
+        first and shown, NDVI / QA / confidence below it and hidden; the inputs styled like the result (option)."""
+        req: RunRequest = ctx["request"]
+        blue, green, red, _nir = req.bands  # the engine keeps the optical band layout: R, G, B come from the mapping
+        layers = [(out, "declouded", lambda lyr: style_rgb(lyr, red, green, blue))]
+        layers += [(path, name, styler) for path, name, styler in (
+            (ctx.get("ndvi"), "NDVI", style_ndvi), (req.qa, "QA (model share %)", style_qa),
+            (req.confidence, "confidence (TTA spread)", style_confidence)) if path]  # fmt: skip
+        project = QgsProject.instance()
+        group = project.layerTreeRoot().insertGroup(0, f"{ctx['scene']} — {model} {datetime.now():%H:%M:%S}")
+        rgb = None
+        for path, name, styler in layers:
+            layer = QgsRasterLayer(path, name)
+            if not layer.isValid():
+                self._error(f"the result {path} could not be loaded as a layer")
+                continue
+            styler(layer)
+            project.addMapLayer(layer, False)
+            group.addLayer(layer).setItemVisibilityChecked(not self.result_layers)  # only the first is shown
+            self.result_layers.append(layer)
+            rgb = rgb or (layer if path == out else None)
+        if self.style_inputs_check.isChecked() and rgb is not None:
+            for layer_id in ctx.get("inputs", []):
+                layer = project.mapLayer(layer_id)
+                if isinstance(layer, QgsRasterLayer) and layer.bandCount() >= max(red, green, blue):
+                    style_like(layer, rgb, red, green, blue)
 
     # ------------------------------------------------------------------ reprojection offer
     def reproject_optical(self) -> QgsTask | None:

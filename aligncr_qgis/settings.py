@@ -34,6 +34,7 @@ class PluginSettings:
     write_qa: bool = False  # the QA layer: percent of each pixel from the model
     write_confidence: bool = False  # the confidence layer: spread of the model's output over test-time flips
     add_to_map: bool = True
+    style_inputs: bool = True  # draw the inputs with the result's bands and stretch (a fair comparison)
     make_ndvi: bool = False
     write_report: bool = False
     output_dir: str = ""

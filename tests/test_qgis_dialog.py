@@ -128,12 +128,12 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     with rasterio.open(opt_path) as a, rasterio.open(out) as b:
         assert (a.read() == b.read()).all() and a.transform == b.transform
     names = [lyr.name() for lyr in project.mapLayers().values()]
-    assert "declouded (Align-CR)" in names and "declouded NDVI" in names
-    qa = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded QA (model share %)")
+    assert "declouded" in names and "NDVI" in names
+    qa = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "QA (model share %)")
     assert qa.renderer().type() == "singlebandpseudocolor"
     with rasterio.open(tmp_path / "declouded_qa.tif") as ds:
         assert (ds.read(1) == 100).all()  # identity everywhere: every pixel is the model's output
-    result = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded (Align-CR)")
+    result = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded")
     renderer = result.renderer()
     assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (3, 2, 1)
     ce = renderer.redContrastEnhancement()
@@ -142,6 +142,22 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     assert red.min() < ce.minimumValue() < ce.maximumValue() < red.max()  # 2–98 % cut, not min/max
     assert (tmp_path / "declouded_ndvi.tif").is_file()
     assert QgsSettings().value("aligncr/make_ndvi") in (True, "true")  # settings persisted on run
+    # Issue 16: one group per run named after the scene and run, on top; the RGB result first and the only one
+    # shown; the input drawn with the result's bands and very stretch; the NDVI ramp over the data's 2–98 %.
+    group = project.layerTreeRoot().children()[0]
+    assert group.name().startswith("optical — identity ")
+    assert [n.name() for n in group.children()] == ["declouded", "NDVI", "QA (model share %)"]
+    assert [n.itemVisibilityChecked() for n in group.children()] == [True, False, False]
+    theirs = opt.renderer()
+    assert (theirs.redBand(), theirs.greenBand(), theirs.blueBand()) == (3, 2, 1)
+    for band in ("red", "green", "blue"):
+        mine, other = (getattr(r, f"{band}ContrastEnhancement")() for r in (renderer, theirs))
+        assert (other.minimumValue(), other.maximumValue()) == (mine.minimumValue(), mine.maximumValue())
+    ndvi = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "NDVI").renderer()
+    with rasterio.open(tmp_path / "declouded_ndvi.tif") as ds:
+        values = ds.read(1)[ds.read_masks(1) > 0]
+    assert values.min() < ndvi.classificationMin() < ndvi.classificationMax() < values.max()
+    assert (ndvi.classificationMin(), ndvi.classificationMax()) != (-1.0, 1.0)
 
 
 @pytest.mark.slow
