@@ -75,7 +75,7 @@ from aligncr_qgis.model_list import (
     has_weights,
     registry_models,
 )
-from aligncr_qgis.paths import engine_root, icon_path, resolve_python
+from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
@@ -121,7 +121,7 @@ class AlignCRDialog(QDialog):
         self.model_arch = ""
         self.model_entries: dict[str, dict[str, Any]] = {}  # registry name → its models --json-shaped entry
         self.auto_output = ""  # the output path the dialog proposed; it follows the optical until the user edits it
-        self.setWindowTitle("Align-CR — SAR-guided cloud removal")
+        self.setWindowTitle(self.tr("Align-CR — SAR-guided cloud removal"))
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
         self._build()
@@ -146,78 +146,95 @@ class AlignCRDialog(QDialog):
             return combo
 
         # Inputs -----------------------------------------------------------
-        inputs = QGroupBox("Inputs", self)
+        inputs = QGroupBox(self.tr("Inputs"), self)
         form = QFormLayout(inputs)
         self.optical_combo = raster_combo(False)
-        form.addRow("Cloudy optical (PlanetScope)", self.optical_combo)
+        self.optical_combo.setToolTip(self.tr("The cloudy optical image: 4 bands or more (B, G, R, NIR), a CRS "
+                                              "projected in metres"))
+        form.addRow(self.tr("Cloudy optical (PlanetScope)"), self.optical_combo)
         band_row = QHBoxLayout()
         self.optical_band_combos: dict[str, QgsRasterBandComboBox] = {}
         for role in L.OPTICAL_ROLES:
             band_row.addWidget(QLabel(role))
             combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(self.tr("The optical band holding {0} (guessed from the band names)").format(role))
             self.optical_band_combos[role] = combo
             band_row.addWidget(combo, 1)
-        form.addRow("Bands", band_row)
+        form.addRow(self.tr("Bands"), band_row)
         self.sar_combo = raster_combo(False)
-        self.sar_label = QLabel("Sentinel-1 SAR", self)
+        self.sar_combo.setToolTip(self.tr("Sentinel-1 GRD image of the same place (VV and VH), any CRS: the engine "
+                                          "reprojects it onto the optical grid"))
+        self.sar_label = QLabel(self.tr("Sentinel-1 SAR"), self)
         form.addRow(self.sar_label, self.sar_combo)
         sar_row = QHBoxLayout()
         self.sar_band_combos: dict[str, QgsRasterBandComboBox] = {}
         for role in L.SAR_ROLES:
             sar_row.addWidget(QLabel(role))
             combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(self.tr("The SAR band holding {0}").format(role))
             self.sar_band_combos[role] = combo
             sar_row.addWidget(combo, 1)
-        sar_row.addWidget(QLabel("Units"))
+        sar_row.addWidget(QLabel(self.tr("Units")))
         self.units_combo = QComboBox(self)
+        self.units_combo.setToolTip(self.tr("Whether the SAR values are backscatter in dB or linear power; "
+                                            "auto-detect reads the value range"))
         for key, label in UNITS:
             self.units_combo.addItem(label, key)
         sar_row.addWidget(self.units_combo)
-        form.addRow("Bands", sar_row)
+        form.addRow(self.tr("Bands"), sar_row)
         self.landcover_combo = raster_combo(True)
-        form.addRow("Land cover (optional)", self.landcover_combo)
+        self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
+        form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
         self.mask_combo = raster_combo(True)
-        form.addRow("Cloud mask (optional)", self.mask_combo)
+        self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
+                                           "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
+        form.addRow(self.tr("Cloud mask (optional)"), self.mask_combo)
         keep_row = QHBoxLayout()
-        self.only_cloudy_check = QCheckBox("Replace only the cloud, keep clear pixels", self)
+        self.only_cloudy_check = QCheckBox(self.tr("Replace only the cloud, keep clear pixels"), self)
         self.only_cloudy_check.setToolTip(
-            "Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended into "
+            self.tr("Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended "
+            "into "
             "the input over the feather width beyond the cloud's edge. The cloud is the cloud mask's when one is "
             "chosen, else the clouds detected on the optical image (bright, flat pixels; a real mask is better). "
-            "Off: the model's output everywhere, as in the paper."
+            "Off: the model's output everywhere, as in the paper.")
         )
         self.feather_spin = _spin(0, 512, 1, " px")
-        self.feather_spin.setToolTip("Blend width beyond the cloud's edge (0 = hard edge)")
+        self.feather_spin.setToolTip(self.tr("Blend width beyond the cloud's edge (0 = hard edge)"))
         keep_row.addWidget(self.only_cloudy_check, 1)
-        keep_row.addWidget(QLabel("Feather"))
+        keep_row.addWidget(QLabel(self.tr("Feather")))
         keep_row.addWidget(self.feather_spin)
         form.addRow("", keep_row)
         self.reference_combo = raster_combo(True)
-        form.addRow("Cloud-free reference (optional)", self.reference_combo)
+        self.reference_combo.setToolTip(self.tr("A cloud-free acquisition of the same place (optional): the report "
+                                                "scores the result against it"))
+        form.addRow(self.tr("Cloud-free reference (optional)"), self.reference_combo)
         self.dem_combo = raster_combo(True)
-        self.dem_label = QLabel("DEM (elevation in metres)", self)
-        self.dem_label.setToolTip("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
-                                  "bilinearly onto the optical grid. Only models built with a DEM input use it.")
+        self.dem_combo.setToolTip(self.tr("Elevation in metres, for models built with a DEM input"))
+        self.dem_label = QLabel(self.tr("DEM (elevation in metres)"), self)
+        self.dem_label.setToolTip(self.tr("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
+                                  "bilinearly onto the optical grid. Only models built with a DEM input use it."))
         form.addRow(self.dem_label, self.dem_combo)
         self.dem_label.setVisible(False)
         self.dem_combo.setVisible(False)
         self.overlap_label = QLabel("", self)
-        form.addRow("SAR overlap", self.overlap_label)
+        form.addRow(self.tr("SAR overlap"), self.overlap_label)
 
         # Extra dates (temporal models only) ----------------------------------
-        self.temporal_box = QGroupBox("Extra dates", self)
+        self.temporal_box = QGroupBox(self.tr("Extra dates"), self)
         tform = QFormLayout(self.temporal_box)
         self.extra_combos: dict[str, QgsMapLayerComboBox] = {}
         self.date_edits: dict[str, QLineEdit] = {}
         self._extra_rows: dict[str, tuple[QLabel, QWidget]] = {}
         for key, label in EXTRA_LAYERS.items():
             combo = raster_combo(True)
+            combo.setToolTip(self.tr("{0}: for temporal models").format(label))
             self.extra_combos[key] = combo
             self._extra_rows[key] = (QLabel(label, self), combo)
             tform.addRow(*self._extra_rows[key])
         for key, label in EXTRA_DATES.items():
             edit = QLineEdit(self)
             edit.setPlaceholderText(DATE_HINT)
+            edit.setToolTip(self.tr("ISO 8601 acquisition time; empty = read from the layer's metadata"))
             self.date_edits[key] = edit
             self._extra_rows[key] = (QLabel(label + " (optional)", self), edit)
             tform.addRow(*self._extra_rows[key])
@@ -225,70 +242,92 @@ class AlignCRDialog(QDialog):
         self.temporal_box.setEnabled(False)
 
         # Model ------------------------------------------------------------
-        model_box = QGroupBox("Model", self)
+        model_box = QGroupBox(self.tr("Model"), self)
         mlay = QVBoxLayout(model_box)
         self.model_combo = QComboBox(self)
+        self.model_combo.setToolTip(self.tr("The network that fills the cloud; greyed-out models have no trained "
+                                            "weights installed"))
         mlay.addWidget(self.model_combo)
         self.card_text = QTextBrowser(self)
         self.card_text.setMaximumHeight(210)
         mlay.addWidget(self.card_text)
 
         # Processing -------------------------------------------------------
-        proc_box = QGroupBox("Processing", self)
+        proc_box = QGroupBox(self.tr("Processing"), self)
         pform = QFormLayout(proc_box)
         self.device_combo = QComboBox(self)
-        pform.addRow("Device", self.device_combo)
+        self.device_combo.setToolTip(self.tr("Where the model runs: the first GPU when there is one, else the CPU; "
+                                             "'Check environment' lists the GPUs"))
+        pform.addRow(self.tr("Device"), self.device_combo)
         tiles = QHBoxLayout()
         self.tile_spin = _spin(64, 4096, 32, " px")
         self.overlap_spin = _spin(0, 1024, 8, " px")
         self.batch_spin = _spin(1, 256, 1, "")
+        self.tile_spin.setToolTip(self.tr("Side of the square tiles the image is cut into; larger = faster, more "
+                                          "memory"))
+        self.overlap_spin.setToolTip(self.tr("Pixels two neighbouring tiles share, blended so no seams show"))
+        self.batch_spin.setToolTip(self.tr("Tiles per forward pass; lower it when the GPU runs out of memory"))
         for label, spin in (("Tile", self.tile_spin), ("Overlap", self.overlap_spin), ("Batch", self.batch_spin)):
             tiles.addWidget(QLabel(label))
             tiles.addWidget(spin, 1)
         pform.addRow(tiles)
         ext_row = QHBoxLayout()
         self.extent_combo = QComboBox(self)
-        self.extent_combo.addItem("Whole optical layer", EXTENT_LAYER)
-        self.extent_combo.addItem("Map canvas extent", EXTENT_CANVAS)
-        self.extent_combo.addItem("Drawn rectangle", EXTENT_DRAWN)
-        self.draw_button = QPushButton("Draw…", self)
+        self.extent_combo.setToolTip(self.tr("The part of the optical image to process"))
+        self.extent_combo.addItem(self.tr("Whole optical layer"), EXTENT_LAYER)
+        self.extent_combo.addItem(self.tr("Map canvas extent"), EXTENT_CANVAS)
+        self.extent_combo.addItem(self.tr("Drawn rectangle"), EXTENT_DRAWN)
+        self.draw_button = QPushButton(self.tr("Draw…"), self)
+        self.draw_button.setToolTip(self.tr("Draw the processing rectangle on the map"))
         ext_row.addWidget(self.extent_combo, 1)
         ext_row.addWidget(self.draw_button)
-        pform.addRow("Extent", ext_row)
+        pform.addRow(self.tr("Extent"), ext_row)
         env_row = QHBoxLayout()
         self.python_widget = QgsFileWidget(self)
-        self.python_widget.setDialogTitle("Python interpreter with torch and rasterio")
-        self.env_button = QPushButton("Check environment", self)
+        self.python_widget.setDialogTitle(self.tr("Python interpreter with torch and rasterio"))
+        self.env_button = QPushButton(self.tr("Check environment"), self)
+        self.env_button.setToolTip(self.tr("Check that the Python interpreter can run the engine; lists its GPUs "
+                                           "and models"))
+        self.python_widget.setToolTip(self.tr("Python interpreter with torch and rasterio that runs the engine; "
+                                              "empty = found automatically"))
         env_row.addWidget(self.python_widget, 1)
         env_row.addWidget(self.env_button)
-        pform.addRow("Python", env_row)
-        self.env_label = QLabel("Not checked yet: press “Check environment”.", self)
+        pform.addRow(self.tr("Python"), env_row)
+        self.env_label = QLabel(self.tr("Not checked yet: press “Check environment”."), self)
         self.env_label.setWordWrap(True)
         pform.addRow(self.env_label)
 
         # Output -----------------------------------------------------------
-        out_box = QGroupBox("Output", self)
+        out_box = QGroupBox(self.tr("Output"), self)
         oform = QFormLayout(out_box)
         self.output_widget = QgsFileWidget(self)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output_widget.setConfirmOverwrite(True)
-        oform.addRow("Declouded GeoTIFF", self.output_widget)
+        self.output_widget.setToolTip(self.tr("The declouded GeoTIFF; it follows the optical layer until you edit it"))
+        oform.addRow(self.tr("Declouded GeoTIFF"), self.output_widget)
         checks = QGridLayout()
-        self.add_to_map_check = QCheckBox("Add result to map", self)
-        self.ndvi_check = QCheckBox("Also compute NDVI", self)
-        self.report_check = QCheckBox("Write report", self)
-        self.cog_check = QCheckBox("Cloud-optimised GeoTIFF", self)
-        self.qa_check = QCheckBox("QA layer (what the model made)", self)
-        self.qa_check.setToolTip("Also write <output>_qa.tif: the percent of each pixel taken from the model's "
-                                 "output (0 = as acquired, 100 = reconstructed; 255 = no data)")
-        self.confidence_check = QCheckBox("Confidence layer (where the model guesses)", self)
-        self.confidence_check.setToolTip("Also write <output>_confidence.tif: how much the model's output changes "
+        self.add_to_map_check = QCheckBox(self.tr("Add result to map"), self)
+        self.ndvi_check = QCheckBox(self.tr("Also compute NDVI"), self)
+        self.report_check = QCheckBox(self.tr("Write report"), self)
+        self.cog_check = QCheckBox(self.tr("Cloud-optimised GeoTIFF"), self)
+        self.add_to_map_check.setToolTip(self.tr("Load the results into a layer group when the run ends"))
+        self.ndvi_check.setToolTip(self.tr("Also write <output>_ndvi.tif from the result's red and NIR bands"))
+        self.report_check.setToolTip(self.tr("Write an HTML report beside the output (metrics against the "
+                                             "reference when one is chosen) and open it"))
+        self.cog_check.setToolTip(self.tr("Write a cloud-optimised GeoTIFF (tiled, with overviews) for the web"))
+        self.qa_check = QCheckBox(self.tr("QA layer (what the model made)"), self)
+        self.qa_check.setToolTip(self.tr("Also write <output>_qa.tif: the percent of each pixel taken from the model's "
+                                 "output (0 = as acquired, 100 = reconstructed; 255 = no data)"))
+        self.confidence_check = QCheckBox(self.tr("Confidence layer (where the model guesses)"), self)
+        self.confidence_check.setToolTip(self.tr("Also write <output>_confidence.tif: how much the model's output "
+                                         "changes "
                                          "when the tile is flipped or turned (4 passes, so 4× slower; the result is "
-                                         "their mean). High = the model is guessing; 0 = as acquired")
-        self.style_inputs_check = QCheckBox("Style the inputs like the result", self)
-        self.style_inputs_check.setToolTip("Draw the cloudy optical (and the reference) with the result's bands and "
-                                           "its very stretch, so before and after compare fairly")
+                                         "their mean). High = the model is guessing; 0 = as acquired"))
+        self.style_inputs_check = QCheckBox(self.tr("Style the inputs like the result"), self)
+        self.style_inputs_check.setToolTip(self.tr("Draw the cloudy optical (and the reference) with the result's "
+                                                   "bands and "
+                                           "its very stretch, so before and after compare fairly"))
         for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check,
                                  self.qa_check, self.confidence_check, self.style_inputs_check)):
             checks.addWidget(box, i // 2, i % 2)
@@ -298,17 +337,23 @@ class AlignCRDialog(QDialog):
         self.issues_label = QLabel("", self)
         self.issues_label.setWordWrap(True)
         self.issues_label.setTextFormat(Qt.TextFormat.RichText)
-        self.reproject_button = QPushButton("Reproject optical to UTM…", self)
+        self.reproject_button = QPushButton(self.tr("Reproject optical to UTM…"), self)
         self.reproject_button.setVisible(False)
+        self.reproject_button.setToolTip(self.tr("Warp the optical layer to its UTM zone and use the copy"))
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.status_label = QLabel("", self)
-        self.run_button = QPushButton("Run", self)
+        self.run_button = QPushButton(self.tr("Run"), self)
         self.run_button.setDefault(True)
-        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button = QPushButton(self.tr("Cancel"), self)
         self.cancel_button.setEnabled(False)
-        self.close_button = QPushButton("Close", self)
+        self.close_button = QPushButton(self.tr("Close"), self)
+        self.help_button = QPushButton(self.tr("Help"), self)
+        self.run_button.setToolTip(self.tr("Start the run in the background"))
+        self.cancel_button.setToolTip(self.tr("Stop the run; nothing is written"))
+        self.close_button.setToolTip(self.tr("Close the dialog; a run goes on in the background"))
+        self.help_button.setToolTip(self.tr("Open the plugin's documentation in the browser"))
 
         left = QVBoxLayout()
         left.addWidget(inputs)
@@ -327,6 +372,7 @@ class AlignCRDialog(QDialog):
         columns.addLayout(left, 3)
         columns.addLayout(right, 2)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.help_button)
         buttons.addWidget(self.status_label, 1)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -358,12 +404,13 @@ class AlignCRDialog(QDialog):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button.clicked.connect(self.close)
+        self.help_button.clicked.connect(lambda: QDesktopServices.openUrl(QUrl(help_url())))
 
     # ------------------------------------------------------------------ settings
     def _load_settings(self) -> None:
         s = self.settings
         self.python_widget.setFilePath(s.python)
-        self.python_widget.lineEdit().setPlaceholderText(f"automatic: {resolve_python('')}")
+        self.python_widget.lineEdit().setPlaceholderText(self.tr("automatic: {0}").format(resolve_python('')))
         self.tile_spin.setValue(s.tile)
         self.overlap_spin.setValue(s.overlap)
         self.batch_spin.setValue(s.batch)
@@ -409,11 +456,12 @@ class AlignCRDialog(QDialog):
         current = self.device_combo.currentData() or self.settings.device
         self.device_combo.blockSignals(True)
         self.device_combo.clear()
-        self.device_combo.addItem("Auto (GPU if available)", "auto")
-        self.device_combo.addItem("CPU", "cpu")
+        self.device_combo.addItem(self.tr("Auto (GPU if available)"), "auto")
+        self.device_combo.addItem(self.tr("CPU"), "cpu")
         for dev in self.settings.cuda_devices():
             free = f", {dev['free_mb']} MiB free" if dev.get("free_mb") is not None else ""
-            self.device_combo.addItem(f"CUDA:{dev['index']} — {dev['name']}{free}", f"cuda:{dev['index']}")
+            label = self.tr("CUDA:{0} — {1}{2}").format(dev["index"], dev["name"], free)
+            self.device_combo.addItem(label, f"cuda:{dev['index']}")
         self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(current)))
         self.device_combo.blockSignals(False)
 
@@ -432,8 +480,8 @@ class AlignCRDialog(QDialog):
                 combo.model().item(combo.count() - 1).setEnabled(False)
                 combo.setItemData(combo.count() - 1, NO_WEIGHTS, Qt.ItemDataRole.ToolTipRole)
         if wanted.endswith(".safetensors") and os.path.isfile(wanted):
-            combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
-        combo.addItem("Browse for .safetensors weights…", ("browse", ""))
+            combo.addItem(self.tr("{0} (file)").format(Path(wanted).stem), ("weights", wanted))
+        combo.addItem(self.tr("Browse for .safetensors weights…"), ("browse", ""))
         if not (self._selectable(wanted) and self.select_model(wanted)):
             if not self.select_model(engine_default(entries)):
                 combo.setCurrentIndex(0)
@@ -534,7 +582,7 @@ class AlignCRDialog(QDialog):
                 self.card_text.setHtml(card.summary_html())
                 arch = str(card.card.get("arch") or "")
             except ModelCardError as exc:
-                self.card_text.setPlainText(f"Cannot read the model card: {exc}")
+                self.card_text.setPlainText(self.tr("Cannot read the model card: {0}").format(exc))
                 arch = ""
         else:
             self.card_text.setHtml(entry_html(self._registry_entry(value) or {"name": value}))
@@ -557,7 +605,7 @@ class AlignCRDialog(QDialog):
         self.temporal_box.setEnabled(info is not None)
         if info is None:
             return
-        self.temporal_box.setTitle(f"Extra dates for {arch} (images before and after the cloudy one)")
+        self.temporal_box.setTitle(self.tr("Extra dates for {0} (images before and after the cloudy one)").format(arch))
         for key, (label, widget) in self._extra_rows.items():
             shown = key in info.keys() if key in EXTRA_LAYERS else info.needs_dates
             label.setVisible(shown)
@@ -667,11 +715,11 @@ class AlignCRDialog(QDialog):
         self._check_dem(res)
         self.last_check = res
         if not self.uses_sar:
-            self.overlap_label.setText("— (the model uses no SAR)")
+            self.overlap_label.setText(self.tr("— (the model uses no SAR)"))
         elif res.sar_overlap_percent is None:
             self.overlap_label.setText("—")
         else:
-            self.overlap_label.setText(f"{res.sar_overlap_percent:.1f} % of the optical area")
+            self.overlap_label.setText(self.tr("{0:.1f} % of the optical area").format(res.sar_overlap_percent))
         lines = []
         for issue in res.issues:
             colour = "#b00020" if issue.level == "error" else "#9a6700"
@@ -767,7 +815,7 @@ class AlignCRDialog(QDialog):
             return
         root = engine_root()
         if root is None:
-            self._error("the engine package is missing next to the plugin; reinstall the plugin")
+            self._error(self.tr("the engine package is missing next to the plugin; reinstall the plugin"))
             return
         # env through its own module: `python -m engine env` needs every command's imports (rasterio, torch) —
         # exactly what this check is for. `models --json` is optional: it fails cleanly when torch is missing.
@@ -775,7 +823,7 @@ class AlignCRDialog(QDialog):
                  EngineStep("models", ["models", "--json"], progress_json=False, optional=True)]
         self.env_task = EngineTask("Align-CR: check environment", self.current_python(), str(root), steps)
         self.env_task.done.connect(self._environment_checked)
-        self.status_label.setText(f"Checking {self.current_python()} …")
+        self.status_label.setText(self.tr("Checking {0} …").format(self.current_python()))
         self.env_button.setEnabled(False)
         QgsApplication.taskManager().addTask(self.env_task)
 
@@ -796,9 +844,11 @@ class AlignCRDialog(QDialog):
         if isinstance(env, dict):
             self._show_env(env)
             if env.get("ok"):
-                self.bar.pushMessage("Align-CR", "The interpreter can run the engine.", Qgis.MessageLevel.Success, 5)
+                self.bar.pushMessage("Align-CR", self.tr("The interpreter can run the engine."),
+                                     Qgis.MessageLevel.Success, 5)
             else:
-                self._error(f"The interpreter cannot run the engine. Install: {env.get('install_command')}")
+                self._error(self.tr("The interpreter cannot run the engine. Install: {0}").format(
+                    env.get("install_command")))
             self.status_label.setText("")
             QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.MessageLevel.Info)
         else:
@@ -865,7 +915,7 @@ class AlignCRDialog(QDialog):
             return None
         root = engine_root()
         if root is None:
-            self._error("the engine package is missing next to the plugin; reinstall the plugin")
+            self._error(self.tr("the engine package is missing next to the plugin; reinstall the plugin"))
             return None
         self.save_settings()
         temp_dir = tempfile.mkdtemp(prefix="aligncr_") if self.processing_extent() is not None else None
@@ -890,7 +940,7 @@ class AlignCRDialog(QDialog):
         self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.MessageLevel.Warning, 8))
         self.task.done.connect(self._on_done)
         self.progress.setValue(0)
-        self.status_label.setText("Starting the engine…")
+        self.status_label.setText(self.tr("Starting the engine…"))
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.MessageLevel.Info)
@@ -899,7 +949,7 @@ class AlignCRDialog(QDialog):
 
     def cancel(self) -> None:
         if self.task is not None:
-            self.status_label.setText("Cancelling…")
+            self.status_label.setText(self.tr("Cancelling…"))
             self.task.cancel()
 
     def _on_progress(self, fraction: float, message: str) -> None:
@@ -913,10 +963,11 @@ class AlignCRDialog(QDialog):
         if not ok:
             self.progress.setValue(0)
             if job.kind == "Cancelled":
-                self.status_label.setText("Cancelled; no output was written.")
-                self.bar.pushMessage("Align-CR", "Cancelled; no output was written.", Qgis.MessageLevel.Info, 5)
+                self.status_label.setText(self.tr("Cancelled; no output was written."))
+                self.bar.pushMessage("Align-CR", self.tr("Cancelled; no output was written."),
+                                     Qgis.MessageLevel.Info, 5)
             else:
-                self.status_label.setText("Failed — see the message above and the Align-CR log.")
+                self.status_label.setText(self.tr("Failed — see the message above and the Align-CR log."))
                 self._error(job.error)
             self.runFinished.emit(False)
             return
@@ -926,7 +977,8 @@ class AlignCRDialog(QDialog):
         out = str(result.get("output") or req.out)
         secs = float(result.get("seconds", job.outcomes[0].seconds if job.outcomes else 0.0))
         self.progress.setValue(100)
-        self.status_label.setText(f"Done in {secs:.1f} s ({result.get('model', '?')} on {result.get('device', '?')}).")
+        self.status_label.setText(self.tr("Done in {0:.1f} s ({1} on {2}).").format(
+            secs, result.get("model", "?"), result.get("device", "?")))
         self.result_layers = []
         if self.add_to_map_check.isChecked():
             self._add_results(ctx, out, str(result.get("model") or "Align-CR"))
@@ -957,7 +1009,7 @@ class AlignCRDialog(QDialog):
         for path, name, styler in layers:
             layer = QgsRasterLayer(path, name)
             if not layer.isValid():
-                self._error(f"the result {path} could not be loaded as a layer")
+                self._error(self.tr("the result {0} could not be loaded as a layer").format(path))
                 continue
             styler(layer)
             project.addMapLayer(layer, False)
@@ -1018,18 +1070,18 @@ class AlignCRDialog(QDialog):
                 if os.path.exists(dst):
                     os.remove(dst)
                 self.status_label.setText("")
-                self._error(f"reprojection to EPSG:{epsg} failed: {exception or 'cancelled'}")
+                self._error(self.tr("reprojection to EPSG:{0} failed: {1}").format(epsg, exception or 'cancelled'))
                 return
             new = QgsRasterLayer(result, name)
             QgsProject.instance().addMapLayer(new)
             self.optical_combo.setLayer(new)
-            self.status_label.setText(f"Reprojected to EPSG:{epsg}: {result}")
+            self.status_label.setText(self.tr("Reprojected to EPSG:{0}: {1}").format(epsg, result))
             self.reprojected.emit(new)
 
         self.reproject_task = QgsTask.fromFunction(f"Align-CR: reproject {layer.name()} to EPSG:{epsg}", warp,
                                                    on_finished=finished)
         self.reproject_button.setEnabled(False)
-        self.status_label.setText(f"Reprojecting to EPSG:{epsg}…")
+        self.status_label.setText(self.tr("Reprojecting to EPSG:{0}…").format(epsg))
         QgsApplication.taskManager().addTask(self.reproject_task)
         return self.reproject_task
 

@@ -373,3 +373,31 @@ def test_default_layers_and_output_that_follows(project, qgis_iface, tmp_path: P
         assert d.optical_combo.currentLayer() == opt_b
     finally:
         d.deleteLater()
+
+
+def test_every_control_has_a_tooltip_and_help_points_at_the_readme(project, dlg: AlignCRDialog) -> None:
+    """Issue 16: 20 of 23 main controls had no tooltip; a Help button and Processing's helpUrl() open the README's
+    plugin section (the homepage from metadata.txt)."""
+    from qgis.gui import QgsFileWidget
+    from qgis.PyQt.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QSpinBox
+
+    from aligncr_qgis.algorithms.declouding import DecloudingAlgorithm
+    from aligncr_qgis.paths import help_url
+
+    kinds = (QComboBox, QSpinBox, QAbstractButton, QLineEdit, QgsFileWidget)
+    found = {}
+    for name, value in vars(dlg).items():
+        for i, widget in enumerate(value.values() if isinstance(value, dict) else [value]):
+            if isinstance(widget, kinds):
+                found[f"{name}[{i}]" if isinstance(value, dict) else name] = widget
+    assert len(found) >= 30 and {"device_combo", "tile_spin", "python_widget", "report_check"} <= set(found)
+    assert [name for name, widget in found.items() if not widget.toolTip().strip()] == []
+    opened = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(dialog_mod.QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
+    try:
+        dlg.help_button.click()
+    finally:
+        monkey.undo()
+    assert opened == [help_url()] == ["https://github.com/aligncr/aligncr-qgis#qgis-plugin"]
+    assert DecloudingAlgorithm().helpUrl() == help_url()

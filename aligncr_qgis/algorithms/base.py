@@ -23,7 +23,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from aligncr_qgis.engine_process import EngineOutcome, EngineProcess, EngineRunError
 from aligncr_qgis.layers import LayerError, layer_path
-from aligncr_qgis.paths import engine_root, icon_path, resolve_python
+from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
 
 
 class EngineAlgorithm(QgsProcessingAlgorithm):
@@ -37,6 +37,9 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self) -> QIcon:
         return QIcon(icon_path())
+
+    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
+        return help_url()
 
     def createInstance(self) -> EngineAlgorithm:  # noqa: N802 - QGIS API
         return type(self)()
