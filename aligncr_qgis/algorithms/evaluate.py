@@ -35,7 +35,8 @@ class EvaluateAlgorithm(EngineAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return (
-            "Compares a declouded image with a cloud-free reference of the same date and writes a report folder "
+            "Compares a declouded image with the reference — a cloud-free acquisition of the same place — and writes "
+            "a report folder "
             "(metrics inside/outside clouds, per land-cover class, figures), with the cloudy input and two "
             "non-learned baselines (flat colour, interpolation from the cloud's border) scored beside it and the "
             "output's margin over the best baseline inside the cloud."
