@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INSTALL_REQUIREMENTS = "torch 'numpy<2' rasterio scikit-image safetensors tqdm"
+from aligncr_qgis.installer import REQUIREMENTS
+
+INSTALL_REQUIREMENTS = " ".join(shlex.quote(r) for r in REQUIREMENTS)
 GRACE_SECONDS = 2.0
 POLL_SECONDS = 0.1
 

@@ -29,6 +29,7 @@ class EngineStep:
     progress_json: bool = True
     module: str = "engine"  # `python -m MODULE ARGS`
     optional: bool = False  # a failure is logged and the job goes on (e.g. `models --json` on an older engine)
+    python: str = ""  # the interpreter of this step; empty = the task's (Install engine… mixes two)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class EngineTask(QgsTask):
                 self.progressMessage.emit(overall, f"{label}: {message}" if message else label)
 
             proc = EngineProcess(
-                python=self.python,
+                python=step.python or self.python,
                 engine_root=self.engine_root,
                 on_progress=on_progress,
                 on_warning=self._warn,
