@@ -64,6 +64,8 @@ from qgis.PyQt.QtWidgets import (
 from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
+from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
+from aligncr_qgis.installer import InstallPlan
 from aligncr_qgis.model_cards import ModelCard, ModelCardError, TemporalInfo, read_card, temporal_info
 from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
@@ -109,6 +111,7 @@ class AlignCRDialog(QDialog):
         self.settings = PluginSettings.load()
         self.task: EngineTask | None = None
         self.env_task: EngineTask | None = None
+        self.install_task: EngineTask | None = None
         self.reproject_task: QgsTask | None = None
         self.drawn_extent: QgsRectangle | None = None  # in the canvas CRS
         self.drawn_crs = QgsCoordinateReferenceSystem()
@@ -290,8 +293,13 @@ class AlignCRDialog(QDialog):
                                            "and models"))
         self.python_widget.setToolTip(self.tr("Python interpreter with torch and rasterio that runs the engine; "
                                               "empty = found automatically"))
+        self.install_button = QPushButton(self.tr("Install engine…"), self)
+        self.install_button.setToolTip(self.tr("Create a Python environment with the engine's packages in the "
+                                               "plugin's data folder (from PyPI, or offline from a wheel folder) and "
+                                               "use it"))
         env_row.addWidget(self.python_widget, 1)
         env_row.addWidget(self.env_button)
+        env_row.addWidget(self.install_button)
         pform.addRow(self.tr("Python"), env_row)
         self.env_label = QLabel(self.tr("Not checked yet: press “Check environment”."), self)
         self.env_label.setWordWrap(True)
@@ -386,6 +394,7 @@ class AlignCRDialog(QDialog):
 
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
+        QgsProject.instance().layersAdded.connect(self._on_layers_added)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
         for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, self.dem_combo,
                       *self.extra_combos.values()):
@@ -400,6 +409,7 @@ class AlignCRDialog(QDialog):
         self.output_widget.fileChanged.connect(self.validate)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.env_button.clicked.connect(self.check_environment)
+        self.install_button.clicked.connect(lambda: self.install_engine())
         self.reproject_button.clicked.connect(self.reproject_optical)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -527,6 +537,15 @@ class AlignCRDialog(QDialog):
         candidates = [self.settings.output_dir, os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "",
                       QgsProject.instance().homePath(), os.path.expanduser("~")]
         return next((c for c in candidates if c and writable(c)), os.path.expanduser("~"))
+
+    def _on_layers_added(self, *_: Any) -> None:
+        """A picker that was empty selects the first added layer without emitting ``layerChanged``, so the band
+        mapping stayed empty; pick the defaults again and follow whatever the pickers now show."""
+        self.pick_default_layers()
+        if self.optical_band_combos[L.OPTICAL_ROLES[0]].layer() != self.optical_combo.currentLayer():
+            self._on_optical_changed()
+        if self.sar_band_combos[L.SAR_ROLES[0]].layer() != self.sar_combo.currentLayer():
+            self._on_sar_changed()
 
     def pick_default_layers(self) -> None:
         """Optical: the active layer when it has ≥ 4 bands, else the first layer that has; SAR: a 2-band layer
@@ -827,6 +846,43 @@ class AlignCRDialog(QDialog):
         self.env_button.setEnabled(False)
         QgsApplication.taskManager().addTask(self.env_task)
 
+    def install_engine(self, plan: InstallPlan | None = None) -> EngineTask | None:
+        """*Install engine…*: ask where from (unless ``plan`` is given, as tests do), then create the venv and
+        pip-install into it in the background; on success the *Python* field points at it and the environment
+        is checked. Returns the task."""
+        root = engine_root()
+        if self.install_task is not None or root is None:
+            return None
+        plan = plan or ask_install_plan(self, engine_venv_dir())
+        if plan is None:
+            return None
+        steps = [EngineStep(label, args, weight=1.0 if module == "venv" else 9.0, progress_json=False,
+                            module=module, python=python) for label, python, module, args in plan.steps()]
+        self.install_task = EngineTask(self.tr("Align-CR: install engine"), plan.base_python, str(root), steps,
+                                       context={"plan": plan})
+        self.install_task.progressMessage.connect(self._on_progress)
+        self.install_task.done.connect(self._engine_installed)
+        self.install_button.setEnabled(False)
+        self.status_label.setText(self.tr("Installing the engine into {0} (pip's output: Align-CR log) …").format(
+            plan.venv))
+        QgsApplication.taskManager().addTask(self.install_task)
+        return self.install_task
+
+    def _engine_installed(self, ok: bool, job: JobResult) -> None:
+        task, self.install_task = self.install_task, None
+        self.install_button.setEnabled(True)
+        self.status_label.setText("")
+        if not ok:
+            self._error(self.tr("Installing the engine failed: {0} (pip's output is in the Align-CR log)").format(
+                job.error))
+            return
+        plan: InstallPlan = task.context["plan"] if task is not None else None
+        self.python_widget.setFilePath(str(plan.python))
+        self.save_settings()
+        self.bar.pushMessage("Align-CR", self.tr("Engine installed in {0}.").format(plan.venv),
+                             Qgis.MessageLevel.Success, 8)
+        self.check_environment()
+
     def _environment_checked(self, ok: bool, job: JobResult) -> None:
         self.env_task = None
         self.env_button.setEnabled(True)
@@ -847,8 +903,9 @@ class AlignCRDialog(QDialog):
                 self.bar.pushMessage("Align-CR", self.tr("The interpreter can run the engine."),
                                      Qgis.MessageLevel.Success, 5)
             else:
-                self._error(self.tr("The interpreter cannot run the engine. Install: {0}").format(
-                    env.get("install_command")))
+                self._error(self.tr("The interpreter cannot run the engine: press Install engine…, or pick "
+                                    "another Python (the manual command is in the Align-CR log)."))
+                QgsMessageLog.logMessage(str(env.get("install_command")), LOG_TAG, Qgis.MessageLevel.Info)
             self.status_label.setText("")
             QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.MessageLevel.Info)
         else:

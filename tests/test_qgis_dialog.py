@@ -401,3 +401,37 @@ def test_every_control_has_a_tooltip_and_help_points_at_the_readme(project, dlg:
         monkey.undo()
     assert opened == [help_url()] == ["https://github.com/aligncr/aligncr-qgis#qgis-plugin"]
     assert DecloudingAlgorithm().helpUrl() == help_url()
+
+
+def test_layers_added_while_the_dialog_is_open_fill_the_band_mapping(project, dlg: AlignCRDialog,
+                                                                     tmp_path: Path) -> None:
+    """An empty picker selects the first added layer without emitting layerChanged: the band mapping stayed empty
+    and validation said the mapping refers to a band the layer does not have."""
+    assert dlg.optical_combo.currentLayer() is None
+    sar = QgsRasterLayer(str(write_sar(tmp_path / "sar.tif")), "sar")
+    opt = QgsRasterLayer(str(write_optical(tmp_path / "opt.tif")), "optical")
+    project.addMapLayers([sar, opt])
+    assert dlg.optical_combo.currentLayer() == opt and dlg.sar_combo.currentLayer() == sar
+    assert [c.currentBand() for c in dlg.optical_band_combos.values()] == [1, 2, 3, 4]
+    assert [c.currentBand() for c in dlg.sar_band_combos.values()] == [1, 2]
+    assert not any("band mapping" in m for m in dlg.issue_messages())
+
+
+def test_install_dialog_defaults(project, tmp_path: Path) -> None:
+    """*Install engine…* asks with QGIS's Python, no wheel folder (PyPI), CUDA only when a GPU answers, and QGIS's
+    packages visible; the venv goes to the plugin's data folder in the profile."""
+    from qgis.core import QgsApplication
+
+    from aligncr_qgis.install_dialog import InstallDialog, engine_venv_dir
+    from aligncr_qgis.installer import has_nvidia_gpu, qgis_python
+
+    assert engine_venv_dir() == Path(QgsApplication.qgisSettingsDirPath()) / "aligncr" / "venv"
+    dialog = InstallDialog(tmp_path / "venv")
+    try:
+        plan = dialog.plan()
+        assert plan.base_python == qgis_python() and plan.venv == tmp_path / "venv" and plan.wheel_dir == ""
+        assert plan.cuda == has_nvidia_gpu() and plan.system_site_packages
+        dialog.wheels_widget.setFilePath(str(tmp_path))
+        assert "--no-index" in dialog.plan().pip_args()
+    finally:
+        dialog.deleteLater()

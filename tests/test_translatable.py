@@ -37,7 +37,7 @@ def untranslated(source: str, name: str = "<src>") -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("module", ["dialog.py", "plugin.py"])
+@pytest.mark.parametrize("module", ["dialog.py", "plugin.py", "install_dialog.py"])
 def test_gui_strings_go_through_tr(module: str) -> None:
     found = untranslated((PLUGIN / module).read_text(encoding="utf-8"), module)
     assert not found, "\n".join(found)
