@@ -297,10 +297,10 @@ class AlignCRDialog(QDialog):
         self.install_button.setToolTip(self.tr("Create a Python environment with the engine's packages in the "
                                                "plugin's data folder (from PyPI, or offline from a wheel folder) and "
                                                "use it"))
-        env_row.addWidget(self.python_widget, 1)
+        pform.addRow(self.tr("Python"), self.python_widget)
         env_row.addWidget(self.env_button)
         env_row.addWidget(self.install_button)
-        pform.addRow(self.tr("Python"), env_row)
+        pform.addRow(env_row)
         self.env_label = QLabel(self.tr("Not checked yet: press “Check environment”."), self)
         self.env_label.setWordWrap(True)
         pform.addRow(self.env_label)
