@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsRasterLayer,
 )
+from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from aligncr_qgis.engine_process import EngineOutcome, EngineProcess, EngineRunError
@@ -26,11 +27,16 @@ from aligncr_qgis.layers import LayerError, layer_path
 from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
 
 
+def tr(text: str) -> str:
+    """``text`` in the user's language when a translation is installed (Processing algorithms are no QObjects)."""
+    return QCoreApplication.translate("AlignCR", text)
+
+
 class EngineAlgorithm(QgsProcessingAlgorithm):
     """Base class; subclasses define parameters and build the engine arguments."""
 
     def group(self) -> str:
-        return "Cloud removal"
+        return tr("Cloud removal")
 
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return "cloudremoval"
@@ -59,7 +65,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             if optional:
                 return None
-            raise QgsProcessingException(f"{name}: no raster layer given")
+            raise QgsProcessingException(tr("{0}: no raster layer given").format(name))
         try:
             return layer_path(layer)
         except LayerError as exc:
@@ -70,7 +76,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         feedback = feedback or QgsProcessingFeedback()
         root = engine_root()
         if root is None:
-            raise QgsProcessingException("the engine package is missing next to the plugin; reinstall the plugin")
+            raise QgsProcessingException(tr("the engine package is missing next to the plugin; reinstall the plugin"))
         python = resolve_python(_saved_python())
 
         def on_progress(fraction: float, message: str) -> None:
