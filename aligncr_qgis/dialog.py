@@ -727,9 +727,10 @@ class AlignCRDialog(QDialog):
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         entry = self._registry_entry(value) if kind == "registry" else None
         if entry and entry.get("needs_weights") and not entry.get("bundled_weights"):
-            res.error(f"Model '{value}' has no trained weights installed; browse for a .safetensors file.")
+            res.error(self.tr("Model '{0}' has no trained weights installed; browse for a .safetensors file.")
+                      .format(value))
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
-            res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
+            res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
         self._check_extra_dates(res)
         self._check_dem(res)
         self.last_check = res
@@ -760,7 +761,7 @@ class AlignCRDialog(QDialog):
             label = EXTRA_LAYERS[key]
             layer = self.extra_combos[key].currentLayer()
             if layer is None:
-                res.error(f"Model '{self.temporal_model}' needs the {label} layer (Extra dates).")
+                res.error(self.tr("Model '{0}' needs the {1} layer (Extra dates).").format(self.temporal_model, label))
                 continue
             if L.check_layer(res, label, layer):
                 self._check_overlap(res, label, layer, "it")
@@ -768,20 +769,21 @@ class AlignCRDialog(QDialog):
             for key, label in EXTRA_DATES.items():
                 text = self.date_edits[key].text().strip()
                 if text and parse_date(text) is None:
-                    res.error(f"{label}: '{text}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+                    res.error(self.tr("{0}: '{1}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+                              .format(label, text))
 
     def _check_dem(self, res: L.CheckResult) -> None:
         if not self.uses_dem:
             return
         layer = self.dem_combo.currentLayer()
         if layer is None:
-            res.error(f"Model '{self.model_arch}' was built with a DEM input: choose the DEM layer (elevation in "
-                      "metres).")  # fmt: skip
+            res.error(self.tr("Model '{0}' was built with a DEM input: choose the DEM layer (elevation in metres).")
+                      .format(self.model_arch))
             return
         if not L.check_layer(res, "DEM", layer):
             return
         if layer.bandCount() != 1:
-            res.error(f"DEM layer has {layer.bandCount()} bands; one band of elevation is needed.")
+            res.error(self.tr("DEM layer has {0} bands; one band of elevation is needed.").format(layer.bandCount()))
         self._check_overlap(res, "DEM", layer, "elevation")
 
     def _check_overlap(self, res: L.CheckResult, label: str, layer: QgsRasterLayer, without: str) -> None:
@@ -792,10 +794,10 @@ class AlignCRDialog(QDialog):
             return
         pct = L.overlap_percent(opt, layer)
         if pct <= 0.0:
-            res.error(f"{label} layer does not overlap the optical layer (0 % overlap).")
+            res.error(self.tr("{0} layer does not overlap the optical layer (0 % overlap).").format(label))
         elif pct < 99.5:
-            res.warning(f"{label} layer covers only {pct:.1f} % of the optical area; pixels without {without} are "
-                        "left as the input.")  # fmt: skip
+            res.warning(self.tr("{0} layer covers only {1:.1f} % of the optical area; pixels without {2} are left "
+                                "as the input.").format(label, pct, without))
 
     def extra_dates(self) -> dict[str, str]:
         """The extra rasters (paths) and typed dates the chosen temporal model uses, by RunRequest field."""

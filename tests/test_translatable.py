@@ -16,6 +16,7 @@ TEXT_ARG = {  # call → index of its user-visible text argument
     "QGroupBox": 0, "QLabel": 0, "QCheckBox": 0, "QPushButton": 0, "QMenu": 0, "addRow": 0, "addItem": 0,
     "setToolTip": 0, "setText": 0, "setTitle": 0, "setDialogTitle": 0, "setPlaceholderText": 0,
     "setWindowTitle": 0, "setPlainText": 0, "_error": 0, "pushMessage": 1, "addPluginToRasterMenu": 0,
+    "error": 0, "warning": 0, "LayerError": 0,  # validation messages (CheckResult), shown in the dialog
 }
 
 
@@ -47,7 +48,7 @@ def untranslated(source: str, name: str = "<src>") -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("module", ["dialog.py", "plugin.py", "install_dialog.py", "provider.py",
+@pytest.mark.parametrize("module", ["dialog.py", "plugin.py", "install_dialog.py", "provider.py", "layers.py",
                                     "algorithms/base.py", "algorithms/declouding.py", "algorithms/evaluate.py",
                                     "algorithms/ndvi.py"])
 def test_gui_strings_go_through_tr(module: str) -> None:
