@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligncr_qgis.model_list import DEFAULT, engine_default, has_weights, registry_models, scan_registry
-from engine.models import MODEL_REGISTRY
 from engine.pipeline import default_model_name
+from tests.helpers_models import engine_models
 
 
 def test_scan_matches_the_engine_registry() -> None:
     """Names, descriptions and needs_weights read with ast are the ones the engine registers when imported."""
     found = {m.name: m for m in scan_registry()}
-    assert sorted(found) == sorted(MODEL_REGISTRY)
-    for name, spec in MODEL_REGISTRY.items():
+    assert sorted(found) == sorted(engine_models())
+    for name, spec in engine_models().items():
         assert found[name].description == spec.description and found[name].needs_weights == spec.needs_weights
 
 
@@ -24,7 +24,7 @@ def test_one_entry_per_model_cache_first() -> None:
              {"name": "aligncr", "params": 45_500_000, "needs_weights": True}]
     entries = registry_models(cache)
     names = [e["name"] for e in entries]
-    assert names[:2] == ["identity", "aligncr"] and len(names) == len(set(names)) == len(MODEL_REGISTRY)
+    assert names[:2] == ["identity", "aligncr"] and len(names) == len(set(names)) == len(engine_models())
     by_name = {e["name"]: e for e in entries}
     assert by_name["aligncr"]["params"] == 45_500_000 and not has_weights(by_name["aligncr"])
     assert has_weights(by_name["identity"]) and has_weights(by_name["gapfill"])

@@ -309,23 +309,24 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
     three times and models without weights were selectable; the card box showed the raw card JSON."""
     from aligncr_qgis.model_list import NO_WEIGHTS
     from engine.commands.models import collect
-    from engine.models import MODEL_REGISTRY
     from engine.pipeline import BUNDLED_WEIGHTS
+    from tests.helpers_models import engine_models
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip("no bundled weights")
     QgsSettings().setValue("aligncr/model", str(BUNDLED_WEIGHTS))  # what an older version saved
     d = AlignCRDialog(qgis_iface)
     try:
-        d.settings.models_cache = collect()["models"]  # what *Check environment* caches
+        ours = engine_models()
+        d.settings.models_cache = [m for m in collect()["models"] if m["name"] in ours]  # *Check environment*'s
         d._fill_models()
         combo = d.model_combo
         items = [(combo.itemData(i), combo.model().item(i)) for i in range(combo.count())]
         names = [data[1] for data, _item in items if data[0] == "registry"]
-        assert sorted(names) == sorted(MODEL_REGISTRY) and [data[0] for data, _ in items[len(names):]] == ["browse"]
+        assert sorted(names) == sorted(ours) and [data[0] for data, _ in items[len(names):]] == ["browse"]
         assert sum("aligncr-lite" in combo.itemText(i) for i in range(combo.count())) == 1
         for (_kind, name), item in items[:-1]:
-            spec = MODEL_REGISTRY[name]
+            spec = ours[name]
             runnable = not spec.needs_weights or name == "aligncr-lite"
             assert item.isEnabled() == runnable, name
             assert (item.toolTip() == NO_WEIGHTS) == (not runnable), name

@@ -257,12 +257,12 @@ def test_qgis_process_headless_declouding(plugin_dir: Path, tmp_path: Path) -> N
 def test_declouding_model_parameter_defaults_to_the_engine_default(processing_provider) -> None:
     """MODEL is an enum of the registered names (read without torch) whose default is the engine's own default
     (issue 16: it was a free-text field defaulting to ``identity``); the help lists every parameter's default."""
-    from engine.models import MODEL_REGISTRY
+    from tests.helpers_models import engine_models
 
     alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
     model = alg.parameterDefinition("MODEL")
     assert model.usesStaticStrings() and model.defaultValue() == "default"
-    assert model.options()[0] == "default" and sorted(model.options()[1:]) == sorted(MODEL_REGISTRY)
+    assert model.options()[0] == "default" and sorted(model.options()[1:]) == sorted(engine_models())
     assert "aligncr-lite" in model.description()  # the bundled weights are installed in this checkout
     assert alg.parameterDefinition("WEIGHTS") is not None
     helptext = alg.shortHelpString()
