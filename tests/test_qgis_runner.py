@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from aligncr_qgis.engine_process import EngineCancelled, EngineProcess, EngineRunError, RunRequest
+from aligncr_qgis.engine_process import (
+    INSTALL_REQUIREMENTS,
+    EngineCancelled,
+    EngineProcess,
+    EngineRunError,
+    RunRequest,
+)
 from aligncr_qgis.model_cards import ModelCardError, read_card
 from aligncr_qgis.package import build
 from tests.qgis_helpers import PYTHON, ROOT, fake_engine, make_scene
@@ -72,7 +78,8 @@ def test_runner_explains_missing_torch_with_pip_command(tmp_path: Path) -> None:
     with pytest.raises(EngineRunError) as exc:
         EngineProcess(PYTHON, root).run(["run", "--out", str(tmp_path / "x.tif")])
     msg = str(exc.value)
-    assert "cannot import 'torch'" in msg and f"{PYTHON} -m pip install torch" in msg
+    assert "cannot import 'torch'" in msg and f"{PYTHON} -m pip install {INSTALL_REQUIREMENTS}" in msg
+    assert "'torch>=2.1'" in INSTALL_REQUIREMENTS and "'numpy<2'" in INSTALL_REQUIREMENTS  # pyproject's, quoted
     assert "Traceback" not in msg and "Traceback" in exc.value.details
 
 
@@ -138,7 +145,7 @@ def test_missing_rasterio_in_run_is_explained(tmp_path: Path) -> None:
     with pytest.raises(EngineRunError) as exc:
         EngineProcess("/usr/bin/python3", ROOT).run(RunRequest(str(opt), str(sar), str(tmp_path / "o.tif")).to_args())
     msg = str(exc.value)
-    assert "cannot import" in msg and "pip install torch" in msg and "venv" in msg
+    assert "cannot import" in msg and f"pip install {INSTALL_REQUIREMENTS}" in msg and "venv" in msg
 
 
 def _safetensors(path: Path, metadata: dict[str, str] | None) -> Path:
