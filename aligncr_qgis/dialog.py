@@ -52,11 +52,11 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
     QSpinBox,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -64,12 +64,22 @@ from qgis.PyQt.QtWidgets import (
 from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
+from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
+from aligncr_qgis.installer import InstallPlan
 from aligncr_qgis.model_cards import ModelCard, ModelCardError, TemporalInfo, read_card, temporal_info
 from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
-from aligncr_qgis.paths import bundled_weights, engine_root, icon_path, resolve_python
+from aligncr_qgis.model_list import (
+    NO_WEIGHTS,
+    bundled_by_model,
+    engine_default,
+    entry_html,
+    has_weights,
+    registry_models,
+)
+from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
 from aligncr_qgis.settings import PluginSettings
-from aligncr_qgis.styling import style_confidence, style_ndvi, style_qa, style_rgb
+from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
@@ -101,6 +111,7 @@ class AlignCRDialog(QDialog):
         self.settings = PluginSettings.load()
         self.task: EngineTask | None = None
         self.env_task: EngineTask | None = None
+        self.install_task: EngineTask | None = None
         self.reproject_task: QgsTask | None = None
         self.drawn_extent: QgsRectangle | None = None  # in the canvas CRS
         self.drawn_crs = QgsCoordinateReferenceSystem()
@@ -111,11 +122,14 @@ class AlignCRDialog(QDialog):
         self.uses_sar = True  # False when the chosen model takes no SAR (gapfill): the SAR layer is not used
         self.uses_dem = False  # True when the chosen model was built with a DEM input: the DEM picker is shown
         self.model_arch = ""
-        self.setWindowTitle("Align-CR — SAR-guided cloud removal")
+        self.model_entries: dict[str, dict[str, Any]] = {}  # registry name → its models --json-shaped entry
+        self.auto_output = ""  # the output path the dialog proposed; it follows the optical until the user edits it
+        self.setWindowTitle(self.tr("Align-CR — SAR-guided cloud removal"))
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
         self._build()
         self._load_settings()
+        self.pick_default_layers()
         self._connect()
         self._on_optical_changed()
         self._on_sar_changed()
@@ -124,89 +138,106 @@ class AlignCRDialog(QDialog):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         self.bar = QgsMessageBar(self)
-        self.bar.setSizePolicy(QSizePolicy.Minimum, QSizePolicy.Fixed)
+        self.bar.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Fixed)
 
         def raster_combo(optional: bool) -> QgsMapLayerComboBox:
             combo = QgsMapLayerComboBox(self)
-            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+            combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
             combo.setAllowEmptyLayer(optional)
             if optional:
                 combo.setLayer(None)
             return combo
 
         # Inputs -----------------------------------------------------------
-        inputs = QGroupBox("Inputs", self)
+        inputs = QGroupBox(self.tr("Inputs"), self)
         form = QFormLayout(inputs)
         self.optical_combo = raster_combo(False)
-        form.addRow("Cloudy optical (PlanetScope)", self.optical_combo)
+        self.optical_combo.setToolTip(self.tr("The cloudy optical image: 4 bands or more (B, G, R, NIR), a CRS "
+                                              "projected in metres"))
+        form.addRow(self.tr("Cloudy optical (PlanetScope)"), self.optical_combo)
         band_row = QHBoxLayout()
         self.optical_band_combos: dict[str, QgsRasterBandComboBox] = {}
         for role in L.OPTICAL_ROLES:
             band_row.addWidget(QLabel(role))
             combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(self.tr("The optical band holding {0} (guessed from the band names)").format(role))
             self.optical_band_combos[role] = combo
             band_row.addWidget(combo, 1)
-        form.addRow("Bands", band_row)
+        form.addRow(self.tr("Bands"), band_row)
         self.sar_combo = raster_combo(False)
-        self.sar_label = QLabel("Sentinel-1 SAR", self)
+        self.sar_combo.setToolTip(self.tr("Sentinel-1 GRD image of the same place (VV and VH), any CRS: the engine "
+                                          "reprojects it onto the optical grid"))
+        self.sar_label = QLabel(self.tr("Sentinel-1 SAR"), self)
         form.addRow(self.sar_label, self.sar_combo)
         sar_row = QHBoxLayout()
         self.sar_band_combos: dict[str, QgsRasterBandComboBox] = {}
         for role in L.SAR_ROLES:
             sar_row.addWidget(QLabel(role))
             combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(self.tr("The SAR band holding {0}").format(role))
             self.sar_band_combos[role] = combo
             sar_row.addWidget(combo, 1)
-        sar_row.addWidget(QLabel("Units"))
+        sar_row.addWidget(QLabel(self.tr("Units")))
         self.units_combo = QComboBox(self)
+        self.units_combo.setToolTip(self.tr("Whether the SAR values are backscatter in dB or linear power; "
+                                            "auto-detect reads the value range"))
         for key, label in UNITS:
             self.units_combo.addItem(label, key)
         sar_row.addWidget(self.units_combo)
-        form.addRow("Bands", sar_row)
+        form.addRow(self.tr("Bands"), sar_row)
         self.landcover_combo = raster_combo(True)
-        form.addRow("Land cover (optional)", self.landcover_combo)
+        self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
+        form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
         self.mask_combo = raster_combo(True)
-        form.addRow("Cloud mask (optional)", self.mask_combo)
+        self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
+                                           "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
+        form.addRow(self.tr("Cloud mask (optional)"), self.mask_combo)
         keep_row = QHBoxLayout()
-        self.only_cloudy_check = QCheckBox("Replace only the cloud, keep clear pixels", self)
+        self.only_cloudy_check = QCheckBox(self.tr("Replace only the cloud, keep clear pixels"), self)
         self.only_cloudy_check.setToolTip(
-            "Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended into "
+            self.tr("Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended "
+            "into "
             "the input over the feather width beyond the cloud's edge. The cloud is the cloud mask's when one is "
             "chosen, else the clouds detected on the optical image (bright, flat pixels; a real mask is better). "
-            "Off: the model's output everywhere, as in the paper."
+            "Off: the model's output everywhere, as in the paper.")
         )
         self.feather_spin = _spin(0, 512, 1, " px")
-        self.feather_spin.setToolTip("Blend width beyond the cloud's edge (0 = hard edge)")
+        self.feather_spin.setToolTip(self.tr("Blend width beyond the cloud's edge (0 = hard edge)"))
         keep_row.addWidget(self.only_cloudy_check, 1)
-        keep_row.addWidget(QLabel("Feather"))
+        keep_row.addWidget(QLabel(self.tr("Feather")))
         keep_row.addWidget(self.feather_spin)
         form.addRow("", keep_row)
         self.reference_combo = raster_combo(True)
-        form.addRow("Cloud-free reference (optional)", self.reference_combo)
+        self.reference_combo.setToolTip(self.tr("A cloud-free acquisition of the same place (optional): the report "
+                                                "scores the result against it"))
+        form.addRow(self.tr("Cloud-free reference (optional)"), self.reference_combo)
         self.dem_combo = raster_combo(True)
-        self.dem_label = QLabel("DEM (elevation in metres)", self)
-        self.dem_label.setToolTip("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
-                                  "bilinearly onto the optical grid. Only models built with a DEM input use it.")
+        self.dem_combo.setToolTip(self.tr("Elevation in metres, for models built with a DEM input"))
+        self.dem_label = QLabel(self.tr("DEM (elevation in metres)"), self)
+        self.dem_label.setToolTip(self.tr("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
+                                  "bilinearly onto the optical grid. Only models built with a DEM input use it."))
         form.addRow(self.dem_label, self.dem_combo)
         self.dem_label.setVisible(False)
         self.dem_combo.setVisible(False)
         self.overlap_label = QLabel("", self)
-        form.addRow("SAR overlap", self.overlap_label)
+        form.addRow(self.tr("SAR overlap"), self.overlap_label)
 
         # Extra dates (temporal models only) ----------------------------------
-        self.temporal_box = QGroupBox("Extra dates", self)
+        self.temporal_box = QGroupBox(self.tr("Extra dates"), self)
         tform = QFormLayout(self.temporal_box)
         self.extra_combos: dict[str, QgsMapLayerComboBox] = {}
         self.date_edits: dict[str, QLineEdit] = {}
         self._extra_rows: dict[str, tuple[QLabel, QWidget]] = {}
         for key, label in EXTRA_LAYERS.items():
             combo = raster_combo(True)
+            combo.setToolTip(self.tr("{0}: for temporal models").format(label))
             self.extra_combos[key] = combo
             self._extra_rows[key] = (QLabel(label, self), combo)
             tform.addRow(*self._extra_rows[key])
         for key, label in EXTRA_DATES.items():
             edit = QLineEdit(self)
             edit.setPlaceholderText(DATE_HINT)
+            edit.setToolTip(self.tr("ISO 8601 acquisition time; empty = read from the layer's metadata"))
             self.date_edits[key] = edit
             self._extra_rows[key] = (QLabel(label + " (optional)", self), edit)
             tform.addRow(*self._extra_rows[key])
@@ -214,88 +245,123 @@ class AlignCRDialog(QDialog):
         self.temporal_box.setEnabled(False)
 
         # Model ------------------------------------------------------------
-        model_box = QGroupBox("Model", self)
+        model_box = QGroupBox(self.tr("Model"), self)
         mlay = QVBoxLayout(model_box)
         self.model_combo = QComboBox(self)
+        self.model_combo.setToolTip(self.tr("The network that fills the cloud; greyed-out models have no trained "
+                                            "weights installed"))
         mlay.addWidget(self.model_combo)
-        self.card_text = QPlainTextEdit(self)
-        self.card_text.setReadOnly(True)
-        self.card_text.setMaximumHeight(110)
+        self.card_text = QTextBrowser(self)
+        self.card_text.setMaximumHeight(210)
         mlay.addWidget(self.card_text)
 
         # Processing -------------------------------------------------------
-        proc_box = QGroupBox("Processing", self)
+        proc_box = QGroupBox(self.tr("Processing"), self)
         pform = QFormLayout(proc_box)
         self.device_combo = QComboBox(self)
-        pform.addRow("Device", self.device_combo)
+        self.device_combo.setToolTip(self.tr("Where the model runs: the first GPU when there is one, else the CPU; "
+                                             "'Check environment' lists the GPUs"))
+        pform.addRow(self.tr("Device"), self.device_combo)
         tiles = QHBoxLayout()
         self.tile_spin = _spin(64, 4096, 32, " px")
         self.overlap_spin = _spin(0, 1024, 8, " px")
         self.batch_spin = _spin(1, 256, 1, "")
+        self.tile_spin.setToolTip(self.tr("Side of the square tiles the image is cut into; larger = faster, more "
+                                          "memory"))
+        self.overlap_spin.setToolTip(self.tr("Pixels two neighbouring tiles share, blended so no seams show"))
+        self.batch_spin.setToolTip(self.tr("Tiles per forward pass; lower it when the GPU runs out of memory"))
         for label, spin in (("Tile", self.tile_spin), ("Overlap", self.overlap_spin), ("Batch", self.batch_spin)):
             tiles.addWidget(QLabel(label))
             tiles.addWidget(spin, 1)
         pform.addRow(tiles)
         ext_row = QHBoxLayout()
         self.extent_combo = QComboBox(self)
-        self.extent_combo.addItem("Whole optical layer", EXTENT_LAYER)
-        self.extent_combo.addItem("Map canvas extent", EXTENT_CANVAS)
-        self.extent_combo.addItem("Drawn rectangle", EXTENT_DRAWN)
-        self.draw_button = QPushButton("Draw…", self)
+        self.extent_combo.setToolTip(self.tr("The part of the optical image to process"))
+        self.extent_combo.addItem(self.tr("Whole optical layer"), EXTENT_LAYER)
+        self.extent_combo.addItem(self.tr("Map canvas extent"), EXTENT_CANVAS)
+        self.extent_combo.addItem(self.tr("Drawn rectangle"), EXTENT_DRAWN)
+        self.draw_button = QPushButton(self.tr("Draw…"), self)
+        self.draw_button.setToolTip(self.tr("Draw the processing rectangle on the map"))
         ext_row.addWidget(self.extent_combo, 1)
         ext_row.addWidget(self.draw_button)
-        pform.addRow("Extent", ext_row)
+        pform.addRow(self.tr("Extent"), ext_row)
         env_row = QHBoxLayout()
         self.python_widget = QgsFileWidget(self)
-        self.python_widget.setDialogTitle("Python interpreter with torch and rasterio")
-        self.env_button = QPushButton("Check environment", self)
-        env_row.addWidget(self.python_widget, 1)
+        self.python_widget.setDialogTitle(self.tr("Python interpreter with torch and rasterio"))
+        self.env_button = QPushButton(self.tr("Check environment"), self)
+        self.env_button.setToolTip(self.tr("Check that the Python interpreter can run the engine; lists its GPUs "
+                                           "and models"))
+        self.python_widget.setToolTip(self.tr("Python interpreter with torch and rasterio that runs the engine; "
+                                              "empty = found automatically"))
+        self.install_button = QPushButton(self.tr("Install engine…"), self)
+        self.install_button.setToolTip(self.tr("Create a Python environment with the engine's packages in the "
+                                               "plugin's data folder (from PyPI, or offline from a wheel folder) and "
+                                               "use it"))
+        pform.addRow(self.tr("Python"), self.python_widget)
         env_row.addWidget(self.env_button)
-        pform.addRow("Python", env_row)
-        self.env_label = QLabel("Not checked yet: press “Check environment”.", self)
+        env_row.addWidget(self.install_button)
+        pform.addRow(env_row)
+        self.env_label = QLabel(self.tr("Not checked yet: press “Check environment”."), self)
         self.env_label.setWordWrap(True)
         pform.addRow(self.env_label)
 
         # Output -----------------------------------------------------------
-        out_box = QGroupBox("Output", self)
+        out_box = QGroupBox(self.tr("Output"), self)
         oform = QFormLayout(out_box)
         self.output_widget = QgsFileWidget(self)
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output_widget.setConfirmOverwrite(True)
-        oform.addRow("Declouded GeoTIFF", self.output_widget)
+        self.output_widget.setToolTip(self.tr("The declouded GeoTIFF; it follows the optical layer until you edit it"))
+        oform.addRow(self.tr("Declouded GeoTIFF"), self.output_widget)
         checks = QGridLayout()
-        self.add_to_map_check = QCheckBox("Add result to map", self)
-        self.ndvi_check = QCheckBox("Also compute NDVI", self)
-        self.report_check = QCheckBox("Write report", self)
-        self.cog_check = QCheckBox("Cloud-optimised GeoTIFF", self)
-        self.qa_check = QCheckBox("QA layer (what the model made)", self)
-        self.qa_check.setToolTip("Also write <output>_qa.tif: the percent of each pixel taken from the model's "
-                                 "output (0 = as acquired, 100 = reconstructed; 255 = no data)")
-        self.confidence_check = QCheckBox("Confidence layer (where the model guesses)", self)
-        self.confidence_check.setToolTip("Also write <output>_confidence.tif: how much the model's output changes "
+        self.add_to_map_check = QCheckBox(self.tr("Add result to map"), self)
+        self.ndvi_check = QCheckBox(self.tr("Also compute NDVI"), self)
+        self.report_check = QCheckBox(self.tr("Write report"), self)
+        self.cog_check = QCheckBox(self.tr("Cloud-optimised GeoTIFF"), self)
+        self.add_to_map_check.setToolTip(self.tr("Load the results into a layer group when the run ends"))
+        self.ndvi_check.setToolTip(self.tr("Also write <output>_ndvi.tif from the result's red and NIR bands"))
+        self.report_check.setToolTip(self.tr("Write an HTML report beside the output (metrics against the "
+                                             "reference when one is chosen) and open it"))
+        self.cog_check.setToolTip(self.tr("Write a cloud-optimised GeoTIFF (tiled, with overviews) for the web"))
+        self.qa_check = QCheckBox(self.tr("QA layer (what the model made)"), self)
+        self.qa_check.setToolTip(self.tr("Also write <output>_qa.tif: the percent of each pixel taken from the model's "
+                                 "output (0 = as acquired, 100 = reconstructed; 255 = no data)"))
+        self.confidence_check = QCheckBox(self.tr("Confidence layer (where the model guesses)"), self)
+        self.confidence_check.setToolTip(self.tr("Also write <output>_confidence.tif: how much the model's output "
+                                         "changes "
                                          "when the tile is flipped or turned (4 passes, so 4× slower; the result is "
-                                         "their mean). High = the model is guessing; 0 = as acquired")
+                                         "their mean). High = the model is guessing; 0 = as acquired"))
+        self.style_inputs_check = QCheckBox(self.tr("Style the inputs like the result"), self)
+        self.style_inputs_check.setToolTip(self.tr("Draw the cloudy optical (and the reference) with the result's "
+                                                   "bands and "
+                                           "its very stretch, so before and after compare fairly"))
         for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check,
-                                 self.qa_check, self.confidence_check)):
+                                 self.qa_check, self.confidence_check, self.style_inputs_check)):
             checks.addWidget(box, i // 2, i % 2)
         oform.addRow(checks)
 
         # Issues, progress, buttons ----------------------------------------
         self.issues_label = QLabel("", self)
         self.issues_label.setWordWrap(True)
-        self.issues_label.setTextFormat(Qt.RichText)
-        self.reproject_button = QPushButton("Reproject optical to UTM…", self)
+        self.issues_label.setTextFormat(Qt.TextFormat.RichText)
+        self.reproject_button = QPushButton(self.tr("Reproject optical to UTM…"), self)
         self.reproject_button.setVisible(False)
+        self.reproject_button.setToolTip(self.tr("Warp the optical layer to its UTM zone and use the copy"))
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.status_label = QLabel("", self)
-        self.run_button = QPushButton("Run", self)
+        self.run_button = QPushButton(self.tr("Run"), self)
         self.run_button.setDefault(True)
-        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button = QPushButton(self.tr("Cancel"), self)
         self.cancel_button.setEnabled(False)
-        self.close_button = QPushButton("Close", self)
+        self.close_button = QPushButton(self.tr("Close"), self)
+        self.help_button = QPushButton(self.tr("Help"), self)
+        self.run_button.setToolTip(self.tr("Start the run in the background"))
+        self.cancel_button.setToolTip(self.tr("Stop the run; nothing is written"))
+        self.close_button.setToolTip(self.tr("Close the dialog; a run goes on in the background"))
+        self.help_button.setToolTip(self.tr("Open the plugin's documentation in the browser"))
 
         left = QVBoxLayout()
         left.addWidget(inputs)
@@ -303,7 +369,7 @@ class AlignCRDialog(QDialog):
         left.addWidget(out_box)
         issues_row = QHBoxLayout()
         issues_row.addWidget(self.issues_label, 1)
-        issues_row.addWidget(self.reproject_button, 0, Qt.AlignTop)
+        issues_row.addWidget(self.reproject_button, 0, Qt.AlignmentFlag.AlignTop)
         left.addLayout(issues_row)
         left.addStretch(1)
         right = QVBoxLayout()
@@ -314,6 +380,7 @@ class AlignCRDialog(QDialog):
         columns.addLayout(left, 3)
         columns.addLayout(right, 2)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.help_button)
         buttons.addWidget(self.status_label, 1)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -327,6 +394,7 @@ class AlignCRDialog(QDialog):
 
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
+        QgsProject.instance().layersAdded.connect(self._on_layers_added)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
         for combo in (self.landcover_combo, self.mask_combo, self.reference_combo, self.dem_combo,
                       *self.extra_combos.values()):
@@ -341,21 +409,24 @@ class AlignCRDialog(QDialog):
         self.output_widget.fileChanged.connect(self.validate)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.env_button.clicked.connect(self.check_environment)
+        self.install_button.clicked.connect(lambda: self.install_engine())
         self.reproject_button.clicked.connect(self.reproject_optical)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button.clicked.connect(self.close)
+        self.help_button.clicked.connect(lambda: QDesktopServices.openUrl(QUrl(help_url())))
 
     # ------------------------------------------------------------------ settings
     def _load_settings(self) -> None:
         s = self.settings
         self.python_widget.setFilePath(s.python)
-        self.python_widget.lineEdit().setPlaceholderText(f"automatic: {resolve_python('')}")
+        self.python_widget.lineEdit().setPlaceholderText(self.tr("automatic: {0}").format(resolve_python('')))
         self.tile_spin.setValue(s.tile)
         self.overlap_spin.setValue(s.overlap)
         self.batch_spin.setValue(s.batch)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
+        self.style_inputs_check.setChecked(s.style_inputs)
         self.ndvi_check.setChecked(s.make_ndvi)
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
@@ -379,6 +450,7 @@ class AlignCRDialog(QDialog):
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         s.model = value if kind in ("registry", "weights") else s.model
         s.add_to_map = self.add_to_map_check.isChecked()
+        s.style_inputs = self.style_inputs_check.isChecked()
         s.make_ndvi = self.ndvi_check.isChecked()
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
@@ -394,40 +466,57 @@ class AlignCRDialog(QDialog):
         current = self.device_combo.currentData() or self.settings.device
         self.device_combo.blockSignals(True)
         self.device_combo.clear()
-        self.device_combo.addItem("Auto (GPU if available)", "auto")
-        self.device_combo.addItem("CPU", "cpu")
+        self.device_combo.addItem(self.tr("Auto (GPU if available)"), "auto")
+        self.device_combo.addItem(self.tr("CPU"), "cpu")
         for dev in self.settings.cuda_devices():
             free = f", {dev['free_mb']} MiB free" if dev.get("free_mb") is not None else ""
-            self.device_combo.addItem(f"CUDA:{dev['index']} — {dev['name']}{free}", f"cuda:{dev['index']}")
+            label = self.tr("CUDA:{0} — {1}{2}").format(dev["index"], dev["name"], free)
+            self.device_combo.addItem(label, f"cuda:{dev['index']}")
         self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(current)))
         self.device_combo.blockSignals(False)
 
     def _fill_models(self) -> None:
-        wanted = self.settings.model
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for path in bundled_weights():
-            self.model_combo.addItem(f"{path.stem} (bundled weights)", ("weights", str(path)))
-        registry = self.settings.models_cache or [
-            {"name": "identity", "description": "Baseline: returns the cloudy input. Run 'Check environment' to "
-             "list every model of the engine."}
-        ]
-        for entry in registry:
-            name = str(entry.get("name", ""))
-            if name:
-                self.model_combo.addItem(_model_label(entry), ("registry", name))
-        if wanted and wanted.endswith(".safetensors") and os.path.isfile(wanted):
-            if self.model_combo.findData(("weights", wanted)) < 0:
-                self.model_combo.addItem(f"{Path(wanted).stem} (file)", ("weights", wanted))
-        self.model_combo.addItem("Browse for .safetensors weights…", ("browse", ""))
-        if not wanted:
-            # First use: trained weights when any are installed, else the baseline that needs none.
-            with_weights = [m["name"] for m in self.settings.models_cache if m.get("bundled_weights")]
-            wanted = str(bundled_weights()[0]) if bundled_weights() else (with_weights or ["identity"])[0]
-        if not self.select_model(wanted):
-            self.model_combo.setCurrentIndex(0)
-        self.model_combo.blockSignals(False)
+        """One entry per model (registry names read without torch, details from the last *Check environment*),
+        those without weights disabled with the reason; a chosen weights file; *Browse…*."""
+        entries = registry_models(self.settings.models_cache)
+        self.model_entries = {str(e["name"]): e for e in entries}
+        wanted = self._wanted_model(entries)
+        combo = self.model_combo
+        combo.blockSignals(True)
+        combo.clear()
+        for entry in entries:
+            combo.addItem(_model_label(entry), ("registry", str(entry["name"])))
+            if not has_weights(entry):
+                combo.model().item(combo.count() - 1).setEnabled(False)
+                combo.setItemData(combo.count() - 1, NO_WEIGHTS, Qt.ItemDataRole.ToolTipRole)
+        if wanted.endswith(".safetensors") and os.path.isfile(wanted):
+            combo.addItem(self.tr("{0} (file)").format(Path(wanted).stem), ("weights", wanted))
+        combo.addItem(self.tr("Browse for .safetensors weights…"), ("browse", ""))
+        if not (self._selectable(wanted) and self.select_model(wanted)):
+            if not self.select_model(engine_default(entries)):
+                combo.setCurrentIndex(0)
+        combo.blockSignals(False)
         self._on_model_changed()
+
+    def _wanted_model(self, entries: list[dict[str, Any]]) -> str:
+        """The saved choice; a bundled weights file saved by an older version is its model; nothing saved is the
+        engine's default (the bundled weights, else identity)."""
+        wanted = self.settings.model
+        for name, files in bundled_by_model().items():
+            if wanted in files:
+                return name
+        return wanted or engine_default(entries)
+
+    def _bundled_file(self, name: str) -> str | None:
+        """The bundled weights of a registry model that needs weights (the engine itself only finds
+        aligncr-lite's), passed as ``--weights``; None for a model without weights."""
+        entry = self.model_entries.get(name) or {}
+        files = entry.get("bundled_weights") if entry.get("needs_weights", True) else None
+        return str(files[0]) if files else None
+
+    def _selectable(self, value: str) -> bool:
+        entry = self.model_entries.get(value)
+        return entry is None or has_weights(entry)
 
     # ------------------------------------------------------------------ reactions
     def _on_optical_changed(self, *_: Any) -> None:
@@ -437,11 +526,44 @@ class AlignCRDialog(QDialog):
             combo.setLayer(layer)
             if layer is not None:
                 combo.setBand(guess[role])
-        if layer is not None and not self.output_widget.filePath():
-            folder = self.settings.output_dir or (os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "")
-            if folder:
-                self.output_widget.setFilePath(os.path.join(folder, f"{layer.name()}_declouded.tif"))
+        current = self.output_widget.filePath()
+        if layer is not None and (not current or current == self.auto_output):  # the user has not edited it
+            self.auto_output = os.path.join(self._output_folder(layer), f"{layer.name()}_declouded.tif")
+            self.output_widget.setFilePath(self.auto_output)
         self.validate()
+
+    def _output_folder(self, layer: QgsRasterLayer) -> str:
+        """The first writable of: the folder last written to, the optical's folder, the project's, the home one."""
+        candidates = [self.settings.output_dir, os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "",
+                      QgsProject.instance().homePath(), os.path.expanduser("~")]
+        return next((c for c in candidates if c and writable(c)), os.path.expanduser("~"))
+
+    def _on_layers_added(self, *_: Any) -> None:
+        """A picker that was empty selects the first added layer without emitting ``layerChanged``, so the band
+        mapping stayed empty; pick the defaults again and follow whatever the pickers now show."""
+        self.pick_default_layers()
+        if self.optical_band_combos[L.OPTICAL_ROLES[0]].layer() != self.optical_combo.currentLayer():
+            self._on_optical_changed()
+        if self.sar_band_combos[L.SAR_ROLES[0]].layer() != self.sar_combo.currentLayer():
+            self._on_sar_changed()
+
+    def pick_default_layers(self) -> None:
+        """Optical: the active layer when it has ≥ 4 bands, else the first layer that has; SAR: a 2-band layer
+        (issue 16: the 2-band S1 was picked as the optical). A choice that already fits is kept."""
+        layers = [self.optical_combo.layer(i) for i in range(self.optical_combo.count())]
+        rasters = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer)]
+        current = self.optical_combo.currentLayer()
+        if current is None or current.bandCount() < 4:
+            active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+            fits = [active] if isinstance(active, QgsRasterLayer) and active.bandCount() >= 4 else []
+            chosen = next(iter(fits + [lyr for lyr in rasters if lyr.bandCount() >= 4]), None)
+            if chosen is not None:
+                self.optical_combo.setLayer(chosen)
+        sar = self.sar_combo.currentLayer()
+        if sar is None or sar.bandCount() != 2:
+            chosen = next((lyr for lyr in rasters if lyr.bandCount() == 2), None)
+            if chosen is not None:
+                self.sar_combo.setLayer(chosen)
 
     def _on_only_cloudy_toggled(self, *_: Any) -> None:
         """The feather only means something when only-cloudy is on."""
@@ -476,21 +598,13 @@ class AlignCRDialog(QDialog):
         if kind == "weights":
             try:
                 card = read_card(value)
-                self.card_text.setPlainText(card.to_text())
+                self.card_text.setHtml(card.summary_html())
                 arch = str(card.card.get("arch") or "")
             except ModelCardError as exc:
-                self.card_text.setPlainText(f"Cannot read the model card: {exc}")
+                self.card_text.setPlainText(self.tr("Cannot read the model card: {0}").format(exc))
                 arch = ""
         else:
-            entry = self._registry_entry(value) or {}
-            desc = entry.get("description") or ("Baseline: returns the cloudy input unchanged (the paper's "
-                                                "'Cloudy' row). Needs no weights." if value == "identity" else "")
-            lines = [f"{value} (engine model registry)", str(desc)]
-            if entry.get("params"):
-                lines.append(f"{int(entry['params']):,} parameters")
-            if entry.get("bundled_weights"):
-                lines.append("bundled weights: " + ", ".join(map(str, entry["bundled_weights"])))
-            self.card_text.setPlainText("\n".join(lines))
+            self.card_text.setHtml(entry_html(self._registry_entry(value) or {"name": value}))
         self.model_arch = arch
         self._show_temporal(arch)
         self._show_sar(arch)
@@ -510,7 +624,7 @@ class AlignCRDialog(QDialog):
         self.temporal_box.setEnabled(info is not None)
         if info is None:
             return
-        self.temporal_box.setTitle(f"Extra dates for {arch} (images before and after the cloudy one)")
+        self.temporal_box.setTitle(self.tr("Extra dates for {0} (images before and after the cloudy one)").format(arch))
         for key, (label, widget) in self._extra_rows.items():
             shown = key in info.keys() if key in EXTRA_LAYERS else info.needs_dates
             label.setVisible(shown)
@@ -532,7 +646,10 @@ class AlignCRDialog(QDialog):
             widget.setEnabled(shown)
 
     def select_model(self, value: str) -> bool:
-        """Select a registry model by name or a weights file by path (QComboBox.findData cannot match tuples)."""
+        """Select a registry model by name or a weights file by path — a bundled file is its model's entry
+        (QComboBox.findData cannot match tuples)."""
+        value = next((name for name, e in self.model_entries.items() if value in (e.get("bundled_weights") or ())),
+                     value)
         for i in range(self.model_combo.count()):
             data = self.model_combo.itemData(i)
             if data and data[0] in ("registry", "weights") and data[1] == value:
@@ -541,7 +658,7 @@ class AlignCRDialog(QDialog):
         return False
 
     def _registry_entry(self, name: str) -> dict[str, Any] | None:
-        return next((m for m in self.settings.models_cache if m.get("name") == name), None)
+        return self.model_entries.get(name)
 
     def _draw_extent(self) -> None:
         canvas = self.iface.mapCanvas() if self.iface is not None else None
@@ -610,18 +727,19 @@ class AlignCRDialog(QDialog):
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         entry = self._registry_entry(value) if kind == "registry" else None
         if entry and entry.get("needs_weights") and not entry.get("bundled_weights"):
-            res.error(f"Model '{value}' has no trained weights installed; browse for a .safetensors file.")
+            res.error(self.tr("Model '{0}' has no trained weights installed; browse for a .safetensors file.")
+                      .format(value))
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
-            res.error("Draw the processing rectangle on the map (Draw…), or choose another extent.")
+            res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
         self._check_extra_dates(res)
         self._check_dem(res)
         self.last_check = res
         if not self.uses_sar:
-            self.overlap_label.setText("— (the model uses no SAR)")
+            self.overlap_label.setText(self.tr("— (the model uses no SAR)"))
         elif res.sar_overlap_percent is None:
             self.overlap_label.setText("—")
         else:
-            self.overlap_label.setText(f"{res.sar_overlap_percent:.1f} % of the optical area")
+            self.overlap_label.setText(self.tr("{0:.1f} % of the optical area").format(res.sar_overlap_percent))
         lines = []
         for issue in res.issues:
             colour = "#b00020" if issue.level == "error" else "#9a6700"
@@ -643,7 +761,7 @@ class AlignCRDialog(QDialog):
             label = EXTRA_LAYERS[key]
             layer = self.extra_combos[key].currentLayer()
             if layer is None:
-                res.error(f"Model '{self.temporal_model}' needs the {label} layer (Extra dates).")
+                res.error(self.tr("Model '{0}' needs the {1} layer (Extra dates).").format(self.temporal_model, label))
                 continue
             if L.check_layer(res, label, layer):
                 self._check_overlap(res, label, layer, "it")
@@ -651,20 +769,21 @@ class AlignCRDialog(QDialog):
             for key, label in EXTRA_DATES.items():
                 text = self.date_edits[key].text().strip()
                 if text and parse_date(text) is None:
-                    res.error(f"{label}: '{text}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+                    res.error(self.tr("{0}: '{1}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+                              .format(label, text))
 
     def _check_dem(self, res: L.CheckResult) -> None:
         if not self.uses_dem:
             return
         layer = self.dem_combo.currentLayer()
         if layer is None:
-            res.error(f"Model '{self.model_arch}' was built with a DEM input: choose the DEM layer (elevation in "
-                      "metres).")  # fmt: skip
+            res.error(self.tr("Model '{0}' was built with a DEM input: choose the DEM layer (elevation in metres).")
+                      .format(self.model_arch))
             return
         if not L.check_layer(res, "DEM", layer):
             return
         if layer.bandCount() != 1:
-            res.error(f"DEM layer has {layer.bandCount()} bands; one band of elevation is needed.")
+            res.error(self.tr("DEM layer has {0} bands; one band of elevation is needed.").format(layer.bandCount()))
         self._check_overlap(res, "DEM", layer, "elevation")
 
     def _check_overlap(self, res: L.CheckResult, label: str, layer: QgsRasterLayer, without: str) -> None:
@@ -675,10 +794,10 @@ class AlignCRDialog(QDialog):
             return
         pct = L.overlap_percent(opt, layer)
         if pct <= 0.0:
-            res.error(f"{label} layer does not overlap the optical layer (0 % overlap).")
+            res.error(self.tr("{0} layer does not overlap the optical layer (0 % overlap).").format(label))
         elif pct < 99.5:
-            res.warning(f"{label} layer covers only {pct:.1f} % of the optical area; pixels without {without} are "
-                        "left as the input.")  # fmt: skip
+            res.warning(self.tr("{0} layer covers only {1:.1f} % of the optical area; pixels without {2} are left "
+                                "as the input.").format(label, pct, without))
 
     def extra_dates(self) -> dict[str, str]:
         """The extra rasters (paths) and typed dates the chosen temporal model uses, by RunRequest field."""
@@ -717,7 +836,7 @@ class AlignCRDialog(QDialog):
             return
         root = engine_root()
         if root is None:
-            self._error("the engine package is missing next to the plugin; reinstall the plugin")
+            self._error(self.tr("the engine package is missing next to the plugin; reinstall the plugin"))
             return
         # env through its own module: `python -m engine env` needs every command's imports (rasterio, torch) —
         # exactly what this check is for. `models --json` is optional: it fails cleanly when torch is missing.
@@ -725,9 +844,46 @@ class AlignCRDialog(QDialog):
                  EngineStep("models", ["models", "--json"], progress_json=False, optional=True)]
         self.env_task = EngineTask("Align-CR: check environment", self.current_python(), str(root), steps)
         self.env_task.done.connect(self._environment_checked)
-        self.status_label.setText(f"Checking {self.current_python()} …")
+        self.status_label.setText(self.tr("Checking {0} …").format(self.current_python()))
         self.env_button.setEnabled(False)
         QgsApplication.taskManager().addTask(self.env_task)
+
+    def install_engine(self, plan: InstallPlan | None = None) -> EngineTask | None:
+        """*Install engine…*: ask where from (unless ``plan`` is given, as tests do), then create the venv and
+        pip-install into it in the background; on success the *Python* field points at it and the environment
+        is checked. Returns the task."""
+        root = engine_root()
+        if self.install_task is not None or root is None:
+            return None
+        plan = plan or ask_install_plan(self, engine_venv_dir())
+        if plan is None:
+            return None
+        steps = [EngineStep(label, args, weight=1.0 if module == "venv" else 9.0, progress_json=False,
+                            module=module, python=python) for label, python, module, args in plan.steps()]
+        self.install_task = EngineTask(self.tr("Align-CR: install engine"), plan.base_python, str(root), steps,
+                                       context={"plan": plan})
+        self.install_task.progressMessage.connect(self._on_progress)
+        self.install_task.done.connect(self._engine_installed)
+        self.install_button.setEnabled(False)
+        self.status_label.setText(self.tr("Installing the engine into {0} (pip's output: Align-CR log) …").format(
+            plan.venv))
+        QgsApplication.taskManager().addTask(self.install_task)
+        return self.install_task
+
+    def _engine_installed(self, ok: bool, job: JobResult) -> None:
+        task, self.install_task = self.install_task, None
+        self.install_button.setEnabled(True)
+        self.status_label.setText("")
+        if not ok:
+            self._error(self.tr("Installing the engine failed: {0} (pip's output is in the Align-CR log)").format(
+                job.error))
+            return
+        plan: InstallPlan = task.context["plan"] if task is not None else None
+        self.python_widget.setFilePath(str(plan.python))
+        self.save_settings()
+        self.bar.pushMessage("Align-CR", self.tr("Engine installed in {0}.").format(plan.venv),
+                             Qgis.MessageLevel.Success, 8)
+        self.check_environment()
 
     def _environment_checked(self, ok: bool, job: JobResult) -> None:
         self.env_task = None
@@ -746,11 +902,14 @@ class AlignCRDialog(QDialog):
         if isinstance(env, dict):
             self._show_env(env)
             if env.get("ok"):
-                self.bar.pushMessage("Align-CR", "The interpreter can run the engine.", Qgis.Success, 5)
+                self.bar.pushMessage("Align-CR", self.tr("The interpreter can run the engine."),
+                                     Qgis.MessageLevel.Success, 5)
             else:
-                self._error(f"The interpreter cannot run the engine. Install: {env.get('install_command')}")
+                self._error(self.tr("The interpreter cannot run the engine: press Install engine…, or pick "
+                                    "another Python (the manual command is in the Align-CR log)."))
+                QgsMessageLog.logMessage(str(env.get("install_command")), LOG_TAG, Qgis.MessageLevel.Info)
             self.status_label.setText("")
-            QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.Info)
+            QgsMessageLog.logMessage(json.dumps(env, indent=1), LOG_TAG, Qgis.MessageLevel.Info)
         else:
             self._error(job.error or "environment check failed")
             self.status_label.setText("")
@@ -790,7 +949,7 @@ class AlignCRDialog(QDialog):
             mask=paths.get("mask"),
             reference=paths.get("reference"),
             model=value if kind == "registry" else None,
-            weights=value if kind == "weights" else None,
+            weights=value if kind == "weights" else self._bundled_file(value),
             device=self.device_combo.currentData() or "auto",
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
@@ -815,7 +974,7 @@ class AlignCRDialog(QDialog):
             return None
         root = engine_root()
         if root is None:
-            self._error("the engine package is missing next to the plugin; reinstall the plugin")
+            self._error(self.tr("the engine package is missing next to the plugin; reinstall the plugin"))
             return None
         self.save_settings()
         temp_dir = tempfile.mkdtemp(prefix="aligncr_") if self.processing_extent() is not None else None
@@ -831,23 +990,25 @@ class AlignCRDialog(QDialog):
             bands = ",".join(str(b) for b in req.bands)
             steps.append(EngineStep("NDVI", ["ndvi", "--input", req.out, "--out", ndvi_path, "--bands", bands],
                                     weight=0.1, progress_json=False))
-        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem}
+        inputs = [c.currentLayer() for c in (self.optical_combo, self.reference_combo) if c.currentLayer()]
+        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem, "inputs": [i.id() for i in inputs],
+                   "scene": self.optical_combo.currentLayer().name() if inputs else Path(req.out).stem}
         self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
                                temp_dirs=[temp_dir] if temp_dir else [], context=context)
         self.task.progressMessage.connect(self._on_progress)
-        self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.Warning, 8))
+        self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.MessageLevel.Warning, 8))
         self.task.done.connect(self._on_done)
         self.progress.setValue(0)
-        self.status_label.setText("Starting the engine…")
+        self.status_label.setText(self.tr("Starting the engine…"))
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.MessageLevel.Info)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
     def cancel(self) -> None:
         if self.task is not None:
-            self.status_label.setText("Cancelling…")
+            self.status_label.setText(self.tr("Cancelling…"))
             self.task.cancel()
 
     def _on_progress(self, fraction: float, message: str) -> None:
@@ -861,10 +1022,11 @@ class AlignCRDialog(QDialog):
         if not ok:
             self.progress.setValue(0)
             if job.kind == "Cancelled":
-                self.status_label.setText("Cancelled; no output was written.")
-                self.bar.pushMessage("Align-CR", "Cancelled; no output was written.", Qgis.Info, 5)
+                self.status_label.setText(self.tr("Cancelled; no output was written."))
+                self.bar.pushMessage("Align-CR", self.tr("Cancelled; no output was written."),
+                                     Qgis.MessageLevel.Info, 5)
             else:
-                self.status_label.setText("Failed — see the message above and the Align-CR log.")
+                self.status_label.setText(self.tr("Failed — see the message above and the Align-CR log."))
                 self._error(job.error)
             self.runFinished.emit(False)
             return
@@ -874,47 +1036,50 @@ class AlignCRDialog(QDialog):
         out = str(result.get("output") or req.out)
         secs = float(result.get("seconds", job.outcomes[0].seconds if job.outcomes else 0.0))
         self.progress.setValue(100)
-        self.status_label.setText(f"Done in {secs:.1f} s ({result.get('model', '?')} on {result.get('device', '?')}).")
+        self.status_label.setText(self.tr("Done in {0:.1f} s ({1} on {2}).").format(
+            secs, result.get("model", "?"), result.get("device", "?")))
         self.result_layers = []
         if self.add_to_map_check.isChecked():
-            layer = QgsRasterLayer(out, f"{ctx['name']} (Align-CR)")
-            if layer.isValid():
-                # The engine keeps the optical file's band layout, so the band mapping gives R, G, B directly.
-                blue, green, red, _nir = req.bands
-                style_rgb(layer, red, green, blue)
-                QgsProject.instance().addMapLayer(layer)
-                self.result_layers.append(layer)
-            else:
-                self._error(f"the result {out} could not be loaded as a layer")
-            if req.qa:
-                qa = QgsRasterLayer(req.qa, f"{ctx['name']} QA (model share %)")
-                if qa.isValid():
-                    style_qa(qa)
-                    QgsProject.instance().addMapLayer(qa)
-                    self.result_layers.append(qa)
-            if req.confidence:
-                conf = QgsRasterLayer(req.confidence, f"{ctx['name']} confidence (TTA spread)")
-                if conf.isValid():
-                    style_confidence(conf)
-                    QgsProject.instance().addMapLayer(conf)
-                    self.result_layers.append(conf)
-            if ctx.get("ndvi"):
-                ndvi = QgsRasterLayer(ctx["ndvi"], f"{ctx['name']} NDVI")
-                if ndvi.isValid():
-                    style_ndvi(ndvi)
-                    QgsProject.instance().addMapLayer(ndvi)
-                    self.result_layers.append(ndvi)
+            self._add_results(ctx, out, str(result.get("model") or "Align-CR"))
         report = result.get("report") or req.report
         if report and self.open_report_in_browser:
             QDesktopServices.openUrl(QUrl.fromLocalFile(_report_entry(report)))
         made = result.get("model_percent")
         made_text = f" The model's output is in {made:.1f} % of the pixels." if made is not None else ""
         msg = f"Declouded image written to {out} in {secs:.1f} s.{made_text}"
-        self.bar.pushMessage("Align-CR", msg, Qgis.Success, 8)
+        self.bar.pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
         if self.iface is not None:
-            self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.Success, 8)
-        QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.Success)
+            self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
+        QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.MessageLevel.Success)
         self.runFinished.emit(True)
+
+    def _add_results(self, ctx: dict[str, Any], out: str, model: str) -> None:
+        """One layer group per run, named after the scene and the run, on top of the layer tree: the RGB result
+        first and shown, NDVI / QA / confidence below it and hidden; the inputs styled like the result (option)."""
+        req: RunRequest = ctx["request"]
+        blue, green, red, _nir = req.bands  # the engine keeps the optical band layout: R, G, B come from the mapping
+        layers = [(out, "declouded", lambda lyr: style_rgb(lyr, red, green, blue))]
+        layers += [(path, name, styler) for path, name, styler in (
+            (ctx.get("ndvi"), "NDVI", style_ndvi), (req.qa, "QA (model share %)", style_qa),
+            (req.confidence, "confidence (TTA spread)", style_confidence)) if path]  # fmt: skip
+        project = QgsProject.instance()
+        group = project.layerTreeRoot().insertGroup(0, f"{ctx['scene']} — {model} {datetime.now():%H:%M:%S}")
+        rgb = None
+        for path, name, styler in layers:
+            layer = QgsRasterLayer(path, name)
+            if not layer.isValid():
+                self._error(self.tr("the result {0} could not be loaded as a layer").format(path))
+                continue
+            styler(layer)
+            project.addMapLayer(layer, False)
+            group.addLayer(layer).setItemVisibilityChecked(not self.result_layers)  # only the first is shown
+            self.result_layers.append(layer)
+            rgb = rgb or (layer if path == out else None)
+        if self.style_inputs_check.isChecked() and rgb is not None:
+            for layer_id in ctx.get("inputs", []):
+                layer = project.mapLayer(layer_id)
+                if isinstance(layer, QgsRasterLayer) and layer.bandCount() >= max(red, green, blue):
+                    style_like(layer, rgb, red, green, blue)
 
     # ------------------------------------------------------------------ reprojection offer
     def reproject_optical(self) -> QgsTask | None:
@@ -964,18 +1129,18 @@ class AlignCRDialog(QDialog):
                 if os.path.exists(dst):
                     os.remove(dst)
                 self.status_label.setText("")
-                self._error(f"reprojection to EPSG:{epsg} failed: {exception or 'cancelled'}")
+                self._error(self.tr("reprojection to EPSG:{0} failed: {1}").format(epsg, exception or 'cancelled'))
                 return
             new = QgsRasterLayer(result, name)
             QgsProject.instance().addMapLayer(new)
             self.optical_combo.setLayer(new)
-            self.status_label.setText(f"Reprojected to EPSG:{epsg}: {result}")
+            self.status_label.setText(self.tr("Reprojected to EPSG:{0}: {1}").format(epsg, result))
             self.reprojected.emit(new)
 
         self.reproject_task = QgsTask.fromFunction(f"Align-CR: reproject {layer.name()} to EPSG:{epsg}", warp,
                                                    on_finished=finished)
         self.reproject_button.setEnabled(False)
-        self.status_label.setText(f"Reprojecting to EPSG:{epsg}…")
+        self.status_label.setText(self.tr("Reprojecting to EPSG:{0}…").format(epsg))
         QgsApplication.taskManager().addTask(self.reproject_task)
         return self.reproject_task
 
@@ -985,10 +1150,10 @@ class AlignCRDialog(QDialog):
         self.env_label.setToolTip(_env_summary(env))
 
     def _error(self, message: str) -> None:
-        self.bar.pushMessage("Align-CR", message, Qgis.Critical, 0)
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Critical)
+        self.bar.pushMessage("Align-CR", message, Qgis.MessageLevel.Critical, 0)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Critical)
         if self.iface is not None and not self.isVisible():
-            self.iface.messageBar().pushMessage("Align-CR", message, Qgis.Critical, 0)
+            self.iface.messageBar().pushMessage("Align-CR", message, Qgis.MessageLevel.Critical, 0)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         self.save_settings()
@@ -1029,6 +1194,11 @@ def parse_date(text: str) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def writable(folder: str) -> bool:
+    """Whether the dialog may propose an output in ``folder``."""
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
 
 
 def _is_file(layer: QgsRasterLayer) -> bool:

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INSTALL_REQUIREMENTS = "torch 'numpy<2' rasterio scikit-image safetensors tqdm"
+from aligncr_qgis.installer import REQUIREMENTS
+
+INSTALL_REQUIREMENTS = " ".join(shlex.quote(r) for r in REQUIREMENTS)
 GRACE_SECONDS = 2.0
 POLL_SECONDS = 0.1
 
@@ -229,6 +231,31 @@ class EngineProcess:
         for t in readers:
             t.start()
 
+        try:
+            outcome, error, stderr_tail, cancelled = self._read(proc, lines, progress_json)
+            try:
+                rc = proc.wait(timeout=GRACE_SECONDS * 2)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                rc = proc.wait()
+        finally:
+            _release(proc, readers)
+        outcome.seconds = time.monotonic() - started
+        if cancelled:
+            raise EngineCancelled()
+        if error is not None:
+            raise EngineRunError(str(error.get("message", "engine error")), kind=str(error.get("kind", "EngineError")))
+        if rc != 0:
+            raise _diagnose(self.python, self.engine_root, rc, list(stderr_tail))
+        if progress_json and not outcome.result:
+            raise EngineRunError("the engine finished without reporting a result", details="\n".join(stderr_tail))
+        self.on_progress(1.0, "done")
+        return outcome
+
+    def _read(self, proc: subprocess.Popen, lines: queue.Queue, progress_json: bool
+              ) -> tuple[EngineOutcome, dict[str, Any] | None, deque[str], bool]:
+        """Dispatch the child's lines until both pipes close, interrupting (then killing) it on cancel; returns the
+        outcome, the engine's error event, the tail of stderr and whether the user cancelled."""
         outcome = EngineOutcome()
         error: dict[str, Any] | None = None
         stderr_tail: deque[str] = deque(maxlen=40)
@@ -277,22 +304,7 @@ class EngineProcess:
                 error = event
             else:
                 self.on_log(line)
-        try:
-            rc = proc.wait(timeout=GRACE_SECONDS * 2)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            rc = proc.wait()
-        outcome.seconds = time.monotonic() - started
-        if cancelled:
-            raise EngineCancelled()
-        if error is not None:
-            raise EngineRunError(str(error.get("message", "engine error")), kind=str(error.get("kind", "EngineError")))
-        if rc != 0:
-            raise _diagnose(self.python, self.engine_root, rc, list(stderr_tail))
-        if progress_json and not outcome.result:
-            raise EngineRunError("the engine finished without reporting a result", details="\n".join(stderr_tail))
-        self.on_progress(1.0, "done")
-        return outcome
+        return outcome, error, stderr_tail, cancelled
 
     def run_json(self, args: Sequence[str], module: str = "engine") -> Any:
         """Run a command that prints one JSON document (``env --json``, ``models --json``) and parse it."""
@@ -327,6 +339,19 @@ def _interrupt(proc: subprocess.Popen) -> None:
             proc.send_signal(getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM))
     except (ProcessLookupError, PermissionError, OSError):
         pass
+
+
+def _release(proc: subprocess.Popen, readers: list[threading.Thread]) -> None:
+    """Stop a child the loop left running (a callback raised), let the readers drain, close both pipes: a pipe left
+    to the garbage collector is a ``ResourceWarning: unclosed file`` in QGIS's log on every run (issue 16)."""
+    if proc.poll() is None:
+        _kill(proc)
+        proc.wait()
+    for reader in readers:
+        reader.join(timeout=GRACE_SECONDS)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _kill(proc: subprocess.Popen) -> None:

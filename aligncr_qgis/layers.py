@@ -22,6 +22,7 @@ from qgis.core import (
     QgsRectangle,
     QgsUnitTypes,
 )
+from qgis.PyQt.QtCore import QCoreApplication
 
 OPTICAL_ROLES = ("B", "G", "R", "NIR")
 SAR_ROLES = ("VV", "VH")
@@ -35,6 +36,11 @@ _ROLE_PATTERNS: dict[str, list[str]] = {
     "VV": [r"\bvv\b"],
     "VH": [r"\bvh\b"],
 }
+
+
+def tr(text: str) -> str:
+    """``text`` in the user's language when a translation is installed (validation messages reach the dialog)."""
+    return QCoreApplication.translate("AlignCR", text)
 
 
 class LayerError(ValueError):
@@ -51,16 +57,17 @@ def layer_path(layer: QgsMapLayer | None) -> str:
     which the engine takes wherever it takes a file. Layers of other providers (WMS, XYZ tiles, WCS, databases) are
     no GDAL dataset: a one-line error says to save them as a GeoTIFF first."""
     if layer is None:
-        raise LayerError("no layer chosen")
+        raise LayerError(tr("no layer chosen"))
     if not isinstance(layer, QgsRasterLayer):
-        raise LayerError(f"layer '{layer.name()}' is not a raster layer")
+        raise LayerError(tr("layer '{0}' is not a raster layer").format(layer.name()))
     if layer.providerType() != "gdal":
-        raise LayerError(f"layer '{layer.name()}' is a {layer.providerType().upper()} layer, which the engine cannot "
-                         "read: save it as a GeoTIFF first (Export → Save As…) and pick the saved layer")  # fmt: skip
+        raise LayerError(tr("layer '{0}' is a {1} layer, which the engine cannot read: save it as a GeoTIFF first "
+                            "(Export → Save As…) and pick the saved layer").format(layer.name(),
+                                                                                 layer.providerType().upper()))
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     if parts.get("openOptions"):
-        raise LayerError(f"layer '{layer.name()}' is opened with GDAL open options, which the engine does not pass "
-                         "on: save it as a GeoTIFF first")  # fmt: skip
+        raise LayerError(tr("layer '{0}' is opened with GDAL open options, which the engine does not pass on: save it "
+                            "as a GeoTIFF first").format(layer.name()))
     source = layer.source().split("|")[0]  # QGIS appends |layername=… / |option:… to GDAL sources
     path = parts.get("path") or source
     if parts.get("vsiPrefix"):
@@ -69,7 +76,7 @@ def layer_path(layer: QgsMapLayer | None) -> str:
         return path
     if _GDAL_NAME.match(source):
         return source
-    raise LayerError(f"layer '{layer.name()}' is not a local file ({path})")
+    raise LayerError(tr("layer '{0}' is not a local file ({1})").format(layer.name(), path))
 
 
 def band_descriptions(layer: QgsRasterLayer) -> list[str]:
@@ -160,7 +167,7 @@ def overlap_percent(
 
 
 def is_metric_projected(crs: QgsCoordinateReferenceSystem) -> bool:
-    return crs.isValid() and not crs.isGeographic() and crs.mapUnits() == QgsUnitTypes.DistanceMeters
+    return crs.isValid() and not crs.isGeographic() and crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters
 
 
 def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckResult:
@@ -168,33 +175,34 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
     res = CheckResult()
     opt, sar = inp.optical, inp.sar
     if opt is None:
-        res.error("Choose the cloudy optical layer.")
+        res.error(tr("Choose the cloudy optical layer."))
     if sar is None and inp.sar_required:
-        res.error("Choose the Sentinel-1 SAR layer.")
+        res.error(tr("Choose the Sentinel-1 SAR layer."))
     for label, layer in (("Optical", opt), ("SAR", sar), ("Land cover", inp.landcover), ("Cloud mask", inp.mask),
                          ("Reference", inp.reference)):
         if layer is not None:
             check_layer(res, label, layer)
     if opt is not None:
         if opt.bandCount() < 4:
-            res.error(f"Optical layer has {opt.bandCount()} band(s); B, G, R and NIR are needed (4 bands).")
+            res.error(tr("Optical layer has {0} band(s); B, G, R and NIR are needed (4 bands).")
+                      .format(opt.bandCount()))
         _check_mapping(res, "Optical", inp.optical_bands, OPTICAL_ROLES, opt.bandCount())
         if opt.crs().isValid() and not is_metric_projected(opt.crs()):
             res.geographic_crs = True
             res.error(
-                f"Optical CRS {opt.crs().authid() or opt.crs().description()} is not projected in metres; "
-                "the engine works on a metric grid (3 m pixels). Reproject it (e.g. to its UTM zone)."
+                tr("Optical CRS {0} is not projected in metres; the engine works on a metric grid (3 m pixels). "
+                   "Reproject it (e.g. to its UTM zone).").format(opt.crs().authid() or opt.crs().description())
             )
     if sar is not None:
         if sar.bandCount() < 2:
-            res.error(f"SAR layer has {sar.bandCount()} band(s); VV and VH are needed (2 bands).")
+            res.error(tr("SAR layer has {0} band(s); VV and VH are needed (2 bands).").format(sar.bandCount()))
         _check_mapping(res, "SAR", inp.sar_bands, SAR_ROLES, sar.bandCount())
     if opt is not None and opt.crs().isValid():
         area = None
         if inp.extent is not None:
             area = opt.extent().intersect(inp.extent)
             if area.isEmpty():
-                res.error("The processing extent does not intersect the optical layer.")
+                res.error(tr("The processing extent does not intersect the optical layer."))
                 area = None
         for label, layer in (("SAR", sar), ("Land cover", inp.landcover), ("Cloud mask", inp.mask),
                              ("Reference", inp.reference)):
@@ -208,22 +216,23 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
                 report = res.warning if label == "Land cover" else res.error
                 report(f"{label} layer does not overlap the optical layer (0 % overlap).")
             elif pct < 99.5:
-                res.warning(f"{label} layer covers only {pct:.1f} % of the optical area; the rest is filled as nodata.")
+                res.warning(tr("{0} layer covers only {1:.1f} % of the optical area; the rest is filled as nodata.")
+                            .format(label, pct))
     out = inp.output.strip()
     if not out:
-        res.error("Choose an output file.")
+        res.error(tr("Choose an output file."))
     else:
         folder = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(folder):
-            res.error(f"Output folder {folder} does not exist.")
+            res.error(tr("Output folder {0} does not exist.").format(folder))
         elif not os.access(folder, os.W_OK):
-            res.error(f"Output folder {folder} is not writable.")
+            res.error(tr("Output folder {0} is not writable.").format(folder))
         if not out.lower().endswith((".tif", ".tiff")):
-            res.error("The output must be a GeoTIFF (.tif).")
+            res.error(tr("The output must be a GeoTIFF (.tif)."))
         for layer in (opt, sar):
             try:
                 if layer is not None and os.path.abspath(layer_path(layer)) == os.path.abspath(out):
-                    res.error("The output would overwrite an input layer.")
+                    res.error(tr("The output would overwrite an input layer."))
             except LayerError:
                 pass
     return res
@@ -236,7 +245,7 @@ def check_layer(res: CheckResult, label: str, layer: QgsRasterLayer) -> bool:
     except LayerError as exc:
         res.error(f"{label}: {exc}.")
     if not layer.crs().isValid():
-        res.error(f"{label} layer '{layer.name()}' has no coordinate reference system.")
+        res.error(tr("{0} layer '{1}' has no coordinate reference system.").format(label, layer.name()))
         return False
     return True
 
@@ -246,7 +255,7 @@ def _check_mapping(res: CheckResult, label: str, mapping: dict[str, int], roles:
         return
     bands = [mapping.get(r, 0) for r in roles]
     if any(b < 1 or b > count for b in bands):
-        res.error(f"{label} band mapping refers to a band the layer does not have (it has {count}).")
+        res.error(tr("{0} band mapping refers to a band the layer does not have (it has {1}).").format(label, count))
     elif len(set(bands)) != len(bands):
         pairs = ", ".join(f"{r}={b}" for r, b in zip(roles, bands))
-        res.error(f"{label} band mapping uses the same band twice ({pairs}).")
+        res.error(tr("{0} band mapping uses the same band twice ({1}).").format(label, pairs))

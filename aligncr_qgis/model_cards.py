@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +49,54 @@ class ModelCard:
                     return str(source[key])
         return self.path.stem
 
-    def to_text(self) -> str:
-        """Human-readable card for the dialog's text box: the fields a user decides on first."""
-        lines = [f"{self.title}  ({self.path.name})", f"{self.tensors} tensors, {self.parameters:,} parameters"]
-        card = dict(self.card)
+    def summary_html(self, title: bool = True) -> str:
+        """The dialog's card box: name, file size, parameters, what it was trained on, the validation table — what
+        a user decides on; not the raw card (issue 16: the box showed the JSON, training recipe included).
+        ``title=False`` leaves out the model's name (shown under its registry entry)."""
+        size = self.path.stat().st_size / 1e6 if self.path.is_file() else 0.0
+        head = f"<b>{escape(self.title)}</b> — " if title else "<b>Weights:</b> "
+        parts = [f"{head}{escape(self.path.name)}, {size:.1f} MB, {self.parameters / 1e6:.2f} M parameters"]
+        card = self.card
         if not card:
-            lines.append("No Align-CR model card in this file; the engine will refuse it.")
-        for key in ("training_data", "metrics", "bands", "sar_bands", "sar_units", "created", "engine_version",
-                    "notes", "normalisation", "config"):
-            if card.get(key) not in (None, "", [], {}):
-                lines.append(f"{key}: {_fmt(card.pop(key))}")
-        for key in sorted(k for k in card if k not in ("arch", "name", "version")):
-            lines.append(f"{key}: {_fmt(card[key])}")
-        for key in sorted(k for k in self.metadata if k != CARD_KEY):
-            lines.append(f"{key}: {_fmt(self.metadata[key])}")
-        return "\n".join(lines)
+            parts.append("No Align-CR model card in this file; the engine will refuse it.")
+        notes = str(card.get("notes") or "").strip().splitlines()
+        extra = [f"<b>{label}:</b> {escape(str(value))}" for label, value in (
+            ("Trained on", card.get("training_data")), ("Notes", notes[0] if notes else ""),
+            ("Created", card.get("created"))) if value]  # fmt: skip
+        return "<br>".join(parts) + metrics_table(card.get("metrics")) + "<br>".join(extra)
+
+
+BASELINES = {"identity": "cloudy input"}  # metric prefix in a card → column title
+METRIC_ORDER = ("psnr", "ssim", "mae", "rmse", "sam")
+
+
+def metrics_table(metrics: Any) -> str:
+    """An HTML table per split of a card's ``metrics`` (``{"validation": {"psnr": …, "identity_psnr": …}}`` or
+    flat): one row per metric, the model's column first, then one per baseline prefix (``identity_`` = the
+    cloudy input); "" when there are none."""
+    if not isinstance(metrics, dict) or not metrics:
+        return ""
+    splits = metrics if all(isinstance(v, dict) for v in metrics.values()) else {"": metrics}
+    out = []
+    for split, values in splits.items():
+        columns: dict[str, dict[str, Any]] = {"model": {}}
+        for key, value in values.items():
+            prefix, _, base = str(key).partition("_")
+            if base and base in values:
+                columns.setdefault(BASELINES.get(prefix, prefix), {})[base] = value
+            else:
+                columns["model"][str(key)] = value
+        rows = sorted(columns["model"], key=lambda m: (METRIC_ORDER.index(m) if m in METRIC_ORDER else 99, m))
+        head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+        body = "".join(
+            f"<tr><td>{escape(m.upper())}</td>" + "".join(f"<td>{escape(_fmt(col.get(m, '')))}</td>" for col in
+                                                          columns.values()) + "</tr>"
+            for m in rows
+        )
+        title = f"<b>{escape(split.capitalize())}</b>" if split else "<b>Metrics</b>"
+        out.append(f"<p>{title}</p><table border='0' cellspacing='0' cellpadding='2'><tr><th></th>{head}</tr>"
+                   f"{body}</table>")
+    return "".join(out)
 
 
 @dataclass(frozen=True)

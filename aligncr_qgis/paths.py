@@ -11,6 +11,7 @@ No QGIS import here: the packaging command and the tests use these helpers too.
 
 from __future__ import annotations
 
+import configparser
 import functools
 import os
 import shutil
@@ -56,6 +57,18 @@ def bundled_weights() -> list[Path]:
         for path in sorted(folder.glob("*.safetensors")):
             seen.setdefault(path.name, path)
     return [seen[k] for k in sorted(seen)]
+
+
+def help_url(section: str = "qgis-plugin") -> str:
+    """The README section on the project's home page (``homepage`` in metadata.txt, the one place it is written):
+    the dialog's *Help* button and Processing's ``helpUrl()``."""
+    parser = configparser.ConfigParser(interpolation=None)
+    for root in _roots():
+        if (root / "metadata.txt").is_file():
+            parser.read(root / "metadata.txt", encoding="utf-8")
+            break
+    home = parser.get("general", "homepage", fallback="").strip()
+    return f"{home}#{section}" if home else ""
 
 
 def _venv_python(folder: Path) -> Path | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMenu
 
@@ -17,7 +18,12 @@ from aligncr_qgis.paths import icon_path
 from aligncr_qgis.provider import AlignCRProvider
 
 MENU_TITLE = "Cloud removal"
-ACTION_TEXT = "Align-CR"
+ACTION_TEXT = "Align-CR"  # the plugin's name: not translated
+
+
+def tr(text: str) -> str:
+    """``text`` in the user's language when a translation is installed (this class is no QObject to own ``tr``)."""
+    return QCoreApplication.translate("AlignCRPlugin", text)
 
 
 class AlignCRPlugin:
@@ -37,18 +43,18 @@ class AlignCRPlugin:
         self.initProcessing()
         self.action = QAction(QIcon(icon_path()), ACTION_TEXT, self.iface.mainWindow())
         self.action.setObjectName("aligncr_action")
-        self.action.setToolTip("Align-CR: remove clouds from an optical image using Sentinel-1 SAR")
+        self.action.setToolTip(tr("Align-CR: remove clouds from an optical image using Sentinel-1 SAR"))
         self.action.triggered.connect(self.show_dialog)
         self.iface.addToolBarIcon(self.action)
         raster_menu = self._raster_menu()
         if raster_menu is not None:
-            self.menu = QMenu(MENU_TITLE, raster_menu)
+            self.menu = QMenu(tr(MENU_TITLE), raster_menu)
             self.menu.setObjectName("aligncr_menu")
             self.menu.setIcon(QIcon(icon_path()))
             self.menu.addAction(self.action)
             raster_menu.addMenu(self.menu)
         else:  # test stubs without a raster menu
-            self.iface.addPluginToRasterMenu(MENU_TITLE, self.action)
+            self.iface.addPluginToRasterMenu(tr(MENU_TITLE), self.action)
 
     def _raster_menu(self) -> QMenu | None:
         try:
@@ -72,7 +78,7 @@ class AlignCRPlugin:
                 self.menu.deleteLater()
                 self.menu = None
             else:
-                self.iface.removePluginRasterMenu(MENU_TITLE, self.action)
+                self.iface.removePluginRasterMenu(tr(MENU_TITLE), self.action)
             self.action.deleteLater()
             self.action = None
         if self.provider is not None:
@@ -84,6 +90,8 @@ class AlignCRPlugin:
 
         if self.dialog is None:
             self.dialog = AlignCRDialog(self.iface, self.iface.mainWindow())
+        else:
+            self.dialog.pick_default_layers()  # layers added since it was last open
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.activateWindow()

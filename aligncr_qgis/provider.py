@@ -9,6 +9,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from aligncr_qgis.algorithms.base import tr
 from aligncr_qgis.paths import icon_path
 
 
@@ -20,7 +21,7 @@ class AlignCRProvider(QgsProcessingProvider):
         return "Align-CR"
 
     def longName(self) -> str:  # noqa: N802 - QGIS API
-        return "Align-CR cloud removal (SAR-guided)"
+        return tr("Align-CR cloud removal (SAR-guided)")
 
     def icon(self) -> QIcon:
         return QIcon(icon_path())

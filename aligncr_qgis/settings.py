@@ -34,6 +34,7 @@ class PluginSettings:
     write_qa: bool = False  # the QA layer: percent of each pixel from the model
     write_confidence: bool = False  # the confidence layer: spread of the model's output over test-time flips
     add_to_map: bool = True
+    style_inputs: bool = True  # draw the inputs with the result's bands and stretch (a fair comparison)
     make_ndvi: bool = False
     write_report: bool = False
     output_dir: str = ""
@@ -61,7 +62,7 @@ class PluginSettings:
         s = QgsSettings()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, dict | list):
+            if isinstance(value, (dict, list)):
                 value = json.dumps(value)
             s.setValue(PREFIX + f.name, value)
 
@@ -76,7 +77,7 @@ def _coerce(raw: Any, default: Any) -> Any:
             return raw if isinstance(raw, bool) else str(raw).lower() in ("true", "1", "yes")
         if isinstance(default, int):
             return int(raw)
-        if isinstance(default, dict | list):
+        if isinstance(default, (dict, list)):
             value = json.loads(raw) if isinstance(raw, str) else raw
             return value if isinstance(value, type(default)) else default
         return "" if raw is None else str(raw)

@@ -2,7 +2,9 @@
 
 Reflectance rasters look black with QGIS's default min/max stretch (a few bright cloud remnants or nodata
 outliers set the max), so the declouded layer gets the cumulative-cut 2–98 % stretch on its R, G and B bands. The
-NDVI layer gets a fixed −1…1 red-yellow-green ramp so two runs are visually comparable. The QA layer (percent of
+NDVI layer gets a red-yellow-green ramp over its own 2–98 % range (a fixed −1…1 left most scenes in two yellowish
+shades). The inputs can be drawn with the result's band mapping and its very min/max numbers
+(:func:`style_like`), so the before/after comparison is fair. The QA layer (percent of
 each pixel from the model) is transparent where the pixel is as acquired and a translucent amber→magenta where
 the model's output is blended in → reconstructed, so it can lie over the result and show what was made up. The
 confidence layer (the spread of the model's output over test-time flips/rotations, reflectance) is a Magma heat
@@ -34,15 +36,15 @@ def style_rgb(layer: QgsRasterLayer, red: int, green: int, blue: int) -> None:
     renderer = QgsMultiBandColorRenderer(layer.dataProvider(), red, green, blue)
     layer.setRenderer(renderer)
     origin = QgsRasterMinMaxOrigin()
-    origin.setLimits(QgsRasterMinMaxOrigin.CumulativeCut)
+    origin.setLimits(QgsRasterMinMaxOrigin.Limits.CumulativeCut)
     origin.setCumulativeCutLower(CUT_LOWER)
     origin.setCumulativeCutUpper(CUT_UPPER)
-    origin.setExtent(QgsRasterMinMaxOrigin.WholeRaster)
-    origin.setStatAccuracy(QgsRasterMinMaxOrigin.Estimated)
+    origin.setExtent(QgsRasterMinMaxOrigin.Extent.WholeRaster)
+    origin.setStatAccuracy(QgsRasterMinMaxOrigin.StatAccuracy.Estimated)
     renderer.setMinMaxOrigin(origin)
     layer.setContrastEnhancement(
-        QgsContrastEnhancement.StretchToMinimumMaximum,
-        QgsRasterMinMaxOrigin.CumulativeCut,
+        QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum,
+        QgsRasterMinMaxOrigin.Limits.CumulativeCut,
         layer.extent(),
         250000,
     )
@@ -50,15 +52,38 @@ def style_rgb(layer: QgsRasterLayer, red: int, green: int, blue: int) -> None:
 
 
 def style_ndvi(layer: QgsRasterLayer) -> None:
-    """Single-band pseudocolour, RdYlGn from −1 to 1."""
+    """Single-band pseudocolour, RdYlGn over the layer's 2–98 % cumulative cut (−1…1 when the layer is flat)."""
+    low, high = layer.dataProvider().cumulativeCut(1, CUT_LOWER, CUT_UPPER, layer.extent(), 250000)
+    low, high = (float(low), float(high)) if high > low else (-1.0, 1.0)
     ramp = QgsStyle.defaultStyle().colorRamp("RdYlGn")
-    fn = QgsColorRampShader(-1.0, 1.0, ramp, QgsColorRampShader.Interpolated)
+    fn = QgsColorRampShader(low, high, ramp, QgsColorRampShader.Type.Interpolated)
     fn.classifyColorRamp(11, 1, layer.extent(), layer.dataProvider())
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(fn)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
-    renderer.setClassificationMin(-1.0)
-    renderer.setClassificationMax(1.0)
+    renderer.setClassificationMin(low)
+    renderer.setClassificationMax(high)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def style_like(layer: QgsRasterLayer, result: QgsRasterLayer, red: int, green: int, blue: int) -> None:
+    """Draw an input (the cloudy optical, the reference) with the result's band mapping and the result's stretch —
+    the same min/max numbers, not the input's own cut, which clouds would push up — so both compare fairly."""
+    source = result.renderer()
+    if not isinstance(source, QgsMultiBandColorRenderer):
+        return
+    renderer = QgsMultiBandColorRenderer(layer.dataProvider(), red, green, blue)
+    for band, theirs, setter in ((red, source.redContrastEnhancement(), renderer.setRedContrastEnhancement),
+                                 (green, source.greenContrastEnhancement(), renderer.setGreenContrastEnhancement),
+                                 (blue, source.blueContrastEnhancement(), renderer.setBlueContrastEnhancement)):
+        if theirs is None:
+            continue
+        ce = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
+        ce.setMinimumValue(theirs.minimumValue())
+        ce.setMaximumValue(theirs.maximumValue())
+        setter(ce)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
 
@@ -67,7 +92,7 @@ def style_qa(layer: QgsRasterLayer) -> None:
     """Model share 0–100 %: transparent at 0 (as acquired), amber (blend) to magenta (reconstructed); the
     no-data value (255, set in the file) is transparent as any raster's."""
     fn = QgsColorRampShader(0.0, 100.0)
-    fn.setColorRampType(QgsColorRampShader.Interpolated)
+    fn.setColorRampType(QgsColorRampShader.Type.Interpolated)
     fn.setColorRampItemList([
         QgsColorRampShader.ColorRampItem(0.0, QColor(0, 0, 0, 0), "as acquired"),
         QgsColorRampShader.ColorRampItem(1.0, QColor(255, 190, 0, 110), "blend"),
@@ -93,7 +118,7 @@ def style_confidence(layer: QgsRasterLayer) -> None:
         value = high * k / CONFIDENCE_CLASSES
         items.append(QgsColorRampShader.ColorRampItem(value, ramp.color(k / CONFIDENCE_CLASSES), f"{value:.4f}"))
     fn = QgsColorRampShader(0.0, high)
-    fn.setColorRampType(QgsColorRampShader.Interpolated)
+    fn.setColorRampType(QgsColorRampShader.Type.Interpolated)
     fn.setClip(False)  # above the 98th percentile: the last colour
     fn.setColorRampItemList(items)
     shader = QgsRasterShader()

@@ -29,6 +29,7 @@ class EngineStep:
     progress_json: bool = True
     module: str = "engine"  # `python -m MODULE ARGS`
     optional: bool = False  # a failure is logged and the job goes on (e.g. `models --json` on an older engine)
+    python: str = ""  # the interpreter of this step; empty = the task's (Install engine… mixes two)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class EngineTask(QgsTask):
 
     def __init__(self, description: str, python: str, engine_root: str, steps: list[EngineStep],
                  temp_dirs: list[str] | None = None, context: Any = None) -> None:
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.python = python
         self.engine_root = engine_root
         self.steps = steps
@@ -69,11 +70,11 @@ class EngineTask(QgsTask):
                 self.progressMessage.emit(overall, f"{label}: {message}" if message else label)
 
             proc = EngineProcess(
-                python=self.python,
+                python=step.python or self.python,
                 engine_root=self.engine_root,
                 on_progress=on_progress,
                 on_warning=self._warn,
-                on_log=lambda line: QgsMessageLog.logMessage(line, LOG_TAG, Qgis.Info),
+                on_log=lambda line: QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info),
                 is_cancelled=self.isCanceled,
             )
             try:
@@ -83,7 +84,7 @@ class EngineTask(QgsTask):
                 return False
             except EngineRunError as exc:
                 if step.optional:
-                    QgsMessageLog.logMessage(f"{step.label} skipped: {exc}", LOG_TAG, Qgis.Warning)
+                    QgsMessageLog.logMessage(f"{step.label} skipped: {exc}", LOG_TAG, Qgis.MessageLevel.Warning)
                     self.job.outcomes.append(EngineOutcome())
                     start += share
                     continue
@@ -96,7 +97,7 @@ class EngineTask(QgsTask):
         return True
 
     def _warn(self, message: str) -> None:
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
         self.warningMessage.emit(message)
 
     def finished(self, result: bool) -> None:  # GUI thread
@@ -105,12 +106,12 @@ class EngineTask(QgsTask):
         if not result and not self.job.error:
             self.job.error, self.job.kind = "cancelled by the user; no output was written", "Cancelled"
         if not result:
-            level = Qgis.Info if self.job.kind == "Cancelled" else Qgis.Critical
+            level = Qgis.MessageLevel.Info if self.job.kind == "Cancelled" else Qgis.MessageLevel.Critical
             QgsMessageLog.logMessage(self.job.error, LOG_TAG, level)
             if self.job.details:
-                QgsMessageLog.logMessage(self.job.details, LOG_TAG, Qgis.Info)
+                QgsMessageLog.logMessage(self.job.details, LOG_TAG, Qgis.MessageLevel.Info)
         try:
             self.done.emit(bool(result), self.job)
         except Exception as exc:  # noqa: BLE001 - a failing receiver must end in the log, not a traceback dialog
             QgsMessageLog.logMessage(f"Align-CR could not finish the run: {type(exc).__name__}: {exc}", LOG_TAG,
-                                     Qgis.Critical)
+                                     Qgis.MessageLevel.Critical)

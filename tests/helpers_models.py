@@ -86,3 +86,9 @@ def registered_test_models() -> Iterator[None]:
     finally:
         for name in added:
             MODEL_REGISTRY.pop(name, None)
+
+
+def engine_models() -> dict:
+    """The registry's models defined by the engine itself (engine/models/*_arch.py), without those tests register
+    at run time (``test-tiny`` of the training tests stays registered for the session)."""
+    return {name: spec for name, spec in MODEL_REGISTRY.items() if spec.cls.__module__.startswith("engine.models.")}

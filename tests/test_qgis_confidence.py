@@ -20,7 +20,7 @@ from tests.qgis_fixtures import close_dialog, processing_provider, project  # no
 from tests.qgis_helpers import make_scene, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.qgis
-NAME = "declouded confidence (TTA spread)"
+NAME = "confidence (TTA spread)"
 
 
 def _bundled() -> Path:

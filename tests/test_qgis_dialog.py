@@ -128,12 +128,12 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     with rasterio.open(opt_path) as a, rasterio.open(out) as b:
         assert (a.read() == b.read()).all() and a.transform == b.transform
     names = [lyr.name() for lyr in project.mapLayers().values()]
-    assert "declouded (Align-CR)" in names and "declouded NDVI" in names
-    qa = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded QA (model share %)")
+    assert "declouded" in names and "NDVI" in names
+    qa = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "QA (model share %)")
     assert qa.renderer().type() == "singlebandpseudocolor"
     with rasterio.open(tmp_path / "declouded_qa.tif") as ds:
         assert (ds.read(1) == 100).all()  # identity everywhere: every pixel is the model's output
-    result = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded (Align-CR)")
+    result = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "declouded")
     renderer = result.renderer()
     assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (3, 2, 1)
     ce = renderer.redContrastEnhancement()
@@ -142,6 +142,22 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     assert red.min() < ce.minimumValue() < ce.maximumValue() < red.max()  # 2–98 % cut, not min/max
     assert (tmp_path / "declouded_ndvi.tif").is_file()
     assert QgsSettings().value("aligncr/make_ndvi") in (True, "true")  # settings persisted on run
+    # Issue 16: one group per run named after the scene and run, on top; the RGB result first and the only one
+    # shown; the input drawn with the result's bands and very stretch; the NDVI ramp over the data's 2–98 %.
+    group = project.layerTreeRoot().children()[0]
+    assert group.name().startswith("optical — identity ")
+    assert [n.name() for n in group.children()] == ["declouded", "NDVI", "QA (model share %)"]
+    assert [n.itemVisibilityChecked() for n in group.children()] == [True, False, False]
+    theirs = opt.renderer()
+    assert (theirs.redBand(), theirs.greenBand(), theirs.blueBand()) == (3, 2, 1)
+    for band in ("red", "green", "blue"):
+        mine, other = (getattr(r, f"{band}ContrastEnhancement")() for r in (renderer, theirs))
+        assert (other.minimumValue(), other.maximumValue()) == (mine.minimumValue(), mine.maximumValue())
+    ndvi = next(lyr for lyr in project.mapLayers().values() if lyr.name() == "NDVI").renderer()
+    with rasterio.open(tmp_path / "declouded_ndvi.tif") as ds:
+        values = ds.read(1)[ds.read_masks(1) > 0]
+    assert values.min() < ndvi.classificationMin() < ndvi.classificationMax() < values.max()
+    assert (ndvi.classificationMin(), ndvi.classificationMax()) != (-1.0, 1.0)
 
 
 @pytest.mark.slow
@@ -234,6 +250,8 @@ def test_check_environment_fills_devices(project, dlg: AlignCRDialog) -> None:
     registry = {dlg.model_combo.itemData(i)[1]: dlg.model_combo.itemText(i) for i in range(dlg.model_combo.count())
                 if dlg.model_combo.itemData(i)[0] == "registry"}
     assert {"identity", "aligncr", "aligncr-lite"} <= set(registry) and "M params" in registry["aligncr"]
+    names = [d[1] for d in map(dlg.model_combo.itemData, range(dlg.model_combo.count())) if d[0] != "browse"]
+    assert sorted(names) == sorted(registry)  # one entry per model (issue 16: the bundled one came three times)
     reopened = AlignCRDialog(None)  # the cache survives in QgsSettings
     assert reopened.settings.env_cache["executable"] == PYTHON
     reopened.deleteLater()
@@ -249,7 +267,7 @@ def test_weights_file_shows_model_card_and_is_passed_as_weights(project, qgis_if
     try:
         assert d.model_combo.currentData() == ("weights", str(weights))
         card = d.card_text.toPlainText()
-        assert "identity" in card and "unit-test scenes" in card and "psnr=12.5" in card
+        assert "identity" in card and "unit-test scenes" in card and "PSNR\n12.5" in card
         opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
         sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
         choose(d, opt, sar, tmp_path / "o.tif")
@@ -284,3 +302,137 @@ def test_settings_persist_between_sessions(project, qgis_iface, tmp_path: Path) 
         assert second.python_widget.filePath() == PYTHON
     finally:
         second.deleteLater()
+
+
+def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface) -> None:
+    """Issue 16: after *Check environment* with the bundled file saved as the choice, the bundled model was listed
+    three times and models without weights were selectable; the card box showed the raw card JSON."""
+    from aligncr_qgis.model_list import NO_WEIGHTS
+    from engine.commands.models import collect
+    from engine.pipeline import BUNDLED_WEIGHTS
+    from tests.helpers_models import engine_models
+
+    if not BUNDLED_WEIGHTS.is_file():
+        pytest.skip("no bundled weights")
+    QgsSettings().setValue("aligncr/model", str(BUNDLED_WEIGHTS))  # what an older version saved
+    d = AlignCRDialog(qgis_iface)
+    try:
+        ours = engine_models()
+        d.settings.models_cache = [m for m in collect()["models"] if m["name"] in ours]  # *Check environment*'s
+        d._fill_models()
+        combo = d.model_combo
+        items = [(combo.itemData(i), combo.model().item(i)) for i in range(combo.count())]
+        names = [data[1] for data, _item in items if data[0] == "registry"]
+        assert sorted(names) == sorted(ours) and [data[0] for data, _ in items[len(names):]] == ["browse"]
+        assert sum("aligncr-lite" in combo.itemText(i) for i in range(combo.count())) == 1
+        for (_kind, name), item in items[:-1]:
+            spec = ours[name]
+            runnable = not spec.needs_weights or name == "aligncr-lite"
+            assert item.isEnabled() == runnable, name
+            assert (item.toolTip() == NO_WEIGHTS) == (not runnable), name
+        assert combo.currentData() == ("registry", "aligncr-lite")
+        card = d.card_text.toPlainText()
+        assert "Trained on: SEN12MS-CR" in card and "cloudy input" in card and "PSNR" in card
+        assert "{" not in card and "recipe" not in card  # a summary, not the raw card
+        assert d._bundled_file("aligncr-lite") == str(BUNDLED_WEIGHTS)
+    finally:
+        d.deleteLater()
+
+
+def test_default_layers_and_output_that_follows(project, qgis_iface, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: the 2-band S1 was picked as the optical. Optical = the active layer with ≥ 4 bands, else the first
+    with ≥ 4; SAR = a 2-band layer; the output follows the optical until edited, in a writable folder."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    sar = add(project, write_sar(tmp_path / "s1.tif"), "a_sentinel1")  # sorts first in the pickers
+    opt_b = add(project, write_optical(tmp_path / "b" / "b.tif"), "b_planet")
+    opt_c = add(project, write_optical(tmp_path / "c" / "c.tif"), "c_planet")
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.optical_combo.currentLayer() == opt_b and d.sar_combo.currentLayer() == sar
+        assert d.output_widget.filePath() == str(tmp_path / "b" / "b_planet_declouded.tif")
+        d.optical_combo.setLayer(opt_c)  # not edited by the user: follows
+        assert d.output_widget.filePath() == str(tmp_path / "c" / "c_planet_declouded.tif")
+        d.output_widget.setFilePath(str(tmp_path / "mine.tif"))
+        d.optical_combo.setLayer(opt_b)  # edited: stays
+        assert d.output_widget.filePath() == str(tmp_path / "mine.tif")
+    finally:
+        d.deleteLater()
+    qgis_iface.setActiveLayer(opt_c)
+    monkeypatch.setattr(dialog_mod, "writable", lambda folder: folder != str(tmp_path / "c") and Path(folder).is_dir())
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.optical_combo.currentLayer() == opt_c and d.sar_combo.currentLayer() == sar
+        assert Path(d.output_widget.filePath()).parent != tmp_path / "c"  # project or home folder instead
+        assert Path(d.output_widget.filePath()).name == "c_planet_declouded.tif"
+    finally:
+        d.deleteLater()
+    qgis_iface.setActiveLayer(sar)  # an active layer with < 4 bands is not an optical
+    d = AlignCRDialog(qgis_iface)
+    try:
+        assert d.optical_combo.currentLayer() == opt_b
+    finally:
+        d.deleteLater()
+
+
+def test_every_control_has_a_tooltip_and_help_points_at_the_readme(project, dlg: AlignCRDialog) -> None:
+    """Issue 16: 20 of 23 main controls had no tooltip; a Help button and Processing's helpUrl() open the README's
+    plugin section (the homepage from metadata.txt)."""
+    from qgis.gui import QgsFileWidget
+    from qgis.PyQt.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QSpinBox
+
+    from aligncr_qgis.algorithms.declouding import DecloudingAlgorithm
+    from aligncr_qgis.paths import help_url
+
+    kinds = (QComboBox, QSpinBox, QAbstractButton, QLineEdit, QgsFileWidget)
+    found = {}
+    for name, value in vars(dlg).items():
+        for i, widget in enumerate(value.values() if isinstance(value, dict) else [value]):
+            if isinstance(widget, kinds):
+                found[f"{name}[{i}]" if isinstance(value, dict) else name] = widget
+    assert len(found) >= 30 and {"device_combo", "tile_spin", "python_widget", "report_check"} <= set(found)
+    assert [name for name, widget in found.items() if not widget.toolTip().strip()] == []
+    opened = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(dialog_mod.QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
+    try:
+        dlg.help_button.click()
+    finally:
+        monkey.undo()
+    assert opened == [help_url()] == ["https://github.com/aligncr/aligncr-qgis#qgis-plugin"]
+    assert DecloudingAlgorithm().helpUrl() == help_url()
+
+
+def test_layers_added_while_the_dialog_is_open_fill_the_band_mapping(project, dlg: AlignCRDialog,
+                                                                     tmp_path: Path) -> None:
+    """An empty picker selects the first added layer without emitting layerChanged: the band mapping stayed empty
+    and validation said the mapping refers to a band the layer does not have."""
+    assert dlg.optical_combo.currentLayer() is None
+    sar = QgsRasterLayer(str(write_sar(tmp_path / "sar.tif")), "sar")
+    opt = QgsRasterLayer(str(write_optical(tmp_path / "opt.tif")), "optical")
+    project.addMapLayers([sar, opt])
+    assert dlg.optical_combo.currentLayer() == opt and dlg.sar_combo.currentLayer() == sar
+    assert [c.currentBand() for c in dlg.optical_band_combos.values()] == [1, 2, 3, 4]
+    assert [c.currentBand() for c in dlg.sar_band_combos.values()] == [1, 2]
+    assert not any("band mapping" in m for m in dlg.issue_messages())
+
+
+def test_install_dialog_defaults(project, tmp_path: Path) -> None:
+    """*Install engine…* asks with QGIS's Python, no wheel folder (PyPI), CUDA only when a GPU answers, and QGIS's
+    packages visible; the venv goes to the plugin's data folder in the profile."""
+    from qgis.core import QgsApplication
+
+    from aligncr_qgis.install_dialog import InstallDialog, engine_venv_dir
+    from aligncr_qgis.installer import has_nvidia_gpu, qgis_python
+
+    assert engine_venv_dir() == Path(QgsApplication.qgisSettingsDirPath()) / "aligncr" / "venv"
+    dialog = InstallDialog(tmp_path / "venv")
+    try:
+        plan = dialog.plan()
+        assert plan.base_python == qgis_python() and plan.venv == tmp_path / "venv" and plan.wheel_dir == ""
+        assert plan.cuda == has_nvidia_gpu() and plan.system_site_packages
+        dialog.wheels_widget.setFilePath(str(tmp_path))
+        assert "--no-index" in dialog.plan().pip_args()
+    finally:
+        dialog.deleteLater()

@@ -252,3 +252,42 @@ def test_qgis_process_headless_declouding(plugin_dir: Path, tmp_path: Path) -> N
     with rasterio.open(opt) as a, rasterio.open(out) as b:
         assert b.crs == a.crs and b.transform == a.transform and b.count == 4
         assert (a.read() == b.read()).all()
+
+
+def test_declouding_model_parameter_defaults_to_the_engine_default(processing_provider) -> None:
+    """MODEL is an enum of the registered names (read without torch) whose default is the engine's own default
+    (issue 16: it was a free-text field defaulting to ``identity``); the help lists every parameter's default."""
+    from tests.helpers_models import engine_models
+
+    alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
+    model = alg.parameterDefinition("MODEL")
+    assert model.usesStaticStrings() and model.defaultValue() == "default"
+    assert model.options()[0] == "default" and sorted(model.options()[1:]) == sorted(engine_models())
+    assert "aligncr-lite" in model.description()  # the bundled weights are installed in this checkout
+    assert alg.parameterDefinition("WEIGHTS") is not None
+    helptext = alg.shortHelpString()
+    for name, default in (("MODEL", "default"), ("TILE", "256"), ("DEVICE", "auto"), ("SAR_UNITS", "Auto-detect"),
+                          ("ONLY_CLOUDY", "no"), ("WEIGHTS", "none (optional)")):
+        assert f"\n{name}: {default}\n" in helptext
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process.bin not installed")
+def test_qgis_process_without_model_runs_the_bundled_model(plugin_dir: Path, tmp_path: Path) -> None:
+    """Issue 16's "done when": `qgis_process.bin run aligncr:declouding -- OPTICAL=… SAR=… OUTPUT=…` without MODEL
+    runs the bundled aligncr-lite weights — it used to return the input bit for bit (identity) and report success."""
+    env = qgis_env(plugin_dir, tmp_path / "profile")
+    enable = subprocess.run([QGIS_PROCESS, "plugins", "enable", "aligncr_qgis"], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert enable.returncode == 0, enable.stderr[-2000:]
+    opt, sar = make_scene(tmp_path / "scene")
+    out = tmp_path / "default_model.tif"
+    res = subprocess.run(
+        [QGIS_PROCESS, "run", "aligncr:declouding", "--", f"OPTICAL={opt}", f"SAR={sar}", "TILE=64", "OVERLAP=8",
+         "DEVICE=cpu", f"OUTPUT={out}"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    assert "aligncr-lite on cpu" in res.stdout
+    with rasterio.open(opt) as a, rasterio.open(out) as b:
+        assert b.count == 4 and not (a.read() == b.read()).all()  # not the identity's copy of the input

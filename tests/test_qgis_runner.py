@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from aligncr_qgis.engine_process import EngineCancelled, EngineProcess, EngineRunError, RunRequest
+from aligncr_qgis.engine_process import (
+    INSTALL_REQUIREMENTS,
+    EngineCancelled,
+    EngineProcess,
+    EngineRunError,
+    RunRequest,
+)
 from aligncr_qgis.model_cards import ModelCardError, read_card
 from aligncr_qgis.package import build
 from tests.qgis_helpers import PYTHON, ROOT, fake_engine, make_scene
@@ -72,7 +78,8 @@ def test_runner_explains_missing_torch_with_pip_command(tmp_path: Path) -> None:
     with pytest.raises(EngineRunError) as exc:
         EngineProcess(PYTHON, root).run(["run", "--out", str(tmp_path / "x.tif")])
     msg = str(exc.value)
-    assert "cannot import 'torch'" in msg and f"{PYTHON} -m pip install torch" in msg
+    assert "cannot import 'torch'" in msg and f"{PYTHON} -m pip install {INSTALL_REQUIREMENTS}" in msg
+    assert "'torch>=2.1'" in INSTALL_REQUIREMENTS and "'numpy<2'" in INSTALL_REQUIREMENTS  # pyproject's, quoted
     assert "Traceback" not in msg and "Traceback" in exc.value.details
 
 
@@ -138,7 +145,7 @@ def test_missing_rasterio_in_run_is_explained(tmp_path: Path) -> None:
     with pytest.raises(EngineRunError) as exc:
         EngineProcess("/usr/bin/python3", ROOT).run(RunRequest(str(opt), str(sar), str(tmp_path / "o.tif")).to_args())
     msg = str(exc.value)
-    assert "cannot import" in msg and "pip install torch" in msg and "venv" in msg
+    assert "cannot import" in msg and f"pip install {INSTALL_REQUIREMENTS}" in msg and "venv" in msg
 
 
 def _safetensors(path: Path, metadata: dict[str, str] | None) -> Path:
@@ -154,9 +161,9 @@ def test_model_card_read_without_torch(tmp_path: Path) -> None:
     card_json = json.dumps({"arch": "aligncr-lite", "training_data": "M3R-CR train", "metrics": {"psnr": 27.1}})
     card = read_card(_safetensors(tmp_path / "m.safetensors", {"aligncr_card": card_json, "format": "pt"}))
     assert card.title == "aligncr-lite" and card.tensors == 1 and card.parameters == 6
-    text = card.to_text()
-    assert "M3R-CR train" in text and "psnr=27.1" in text
-    assert "No Align-CR model card" in read_card(_safetensors(tmp_path / "n.safetensors", None)).to_text()
+    text = card.summary_html()
+    assert "<b>Trained on:</b> M3R-CR train" in text and "<td>PSNR</td><td>27.1</td>" in text
+    assert "No Align-CR model card" in read_card(_safetensors(tmp_path / "n.safetensors", None)).summary_html()
     (tmp_path / "bad.safetensors").write_bytes(b"PK\x03\x04 not safetensors at all")
     with pytest.raises(ModelCardError):
         read_card(tmp_path / "bad.safetensors")

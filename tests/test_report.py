@@ -358,3 +358,34 @@ def test_block_cache_holds_one_row_of_tiles_during_the_pass(scene, tmp_path, mon
     assert during == {expected}
     assert seen[-1] == ("report written", None)
     assert cachemax() is None
+
+
+def test_tables_and_charts_skip_empty_classes_and_bins(scene, tmp_path, monkeypatch):
+    """Issue 16: absent land-cover classes and cloud-cover bins without tiles made rows of dashes and empty bar slots;
+    key–value tables opened with a blank header row; the reference is named as the cloud-free acquisition."""
+    from engine.landcover import CLASS_NAMES
+    from engine.report import plots
+
+    charts = {}
+    real = plots.grouped_bars
+    monkeypatch.setattr(plots, "grouped_bars", lambda title, cats, series, ylabels: (
+        charts.__setitem__(title, (list(cats), series)), real(title, cats, series, ylabels))[1])
+    p = scene.paths
+    report = write_report(p["optical"], p["prediction"], tmp_path, reference=p["reference"],
+                          landcover=p["landcover"], mask=p["mask"], tile_size=16)
+    m = report["metrics"]
+    present = [c for c in CLASS_NAMES if m["output"]["per_class"][c]["pixels"]]
+    bins = [b for b in m["output"]["cloud_cover_bins"] if b["tiles"]]
+    assert 0 < len(present) < len(CLASS_NAMES)  # the scene has empty classes, or the test proves nothing
+    assert 0 < len(bins) < len(m["output"]["cloud_cover_bins"])
+    cats, series = charts["per land-cover class (vs cloud-free reference)"]
+    assert [c.split("\n")[0] for c in cats] == present and all(len(v) == len(present) for v in series.values())
+    cats, series = next(v for k, v in charts.items() if k.startswith("by cloud cover"))
+    assert len(cats) == len(bins) and all(len(v) == len(bins) for v in series.values())
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    per_class = text.split("<h3>Per land-cover class</h3>")[1].split("</table>")[0]
+    assert [c for c in CLASS_NAMES if f"<td>{c}</td>" in per_class] == present
+    by_cover = text.split("<h3>By cloud cover")[1].split("</table>")[0]
+    assert by_cover.count("<tr>") == 1 + len(bins)  # the header and one row per bin with tiles
+    assert "<tr><th></th><th></th></tr>" not in text
+    assert "the cloud-free acquisition of the same place" in text

@@ -15,20 +15,28 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsRasterLayer,
 )
+from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from aligncr_qgis.engine_process import EngineOutcome, EngineProcess, EngineRunError
 from aligncr_qgis.layers import LayerError, layer_path
-from aligncr_qgis.paths import engine_root, icon_path, resolve_python
+from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
+
+
+def tr(text: str) -> str:
+    """``text`` in the user's language when a translation is installed (Processing algorithms are no QObjects)."""
+    return QCoreApplication.translate("AlignCR", text)
 
 
 class EngineAlgorithm(QgsProcessingAlgorithm):
     """Base class; subclasses define parameters and build the engine arguments."""
 
     def group(self) -> str:
-        return "Cloud removal"
+        return tr("Cloud removal")
 
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return "cloudremoval"
@@ -36,8 +44,20 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return QIcon(icon_path())
 
+    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
+        return help_url()
+
     def createInstance(self) -> EngineAlgorithm:  # noqa: N802 - QGIS API
         return type(self)()
+
+    def defaults_help(self) -> str:
+        """The help's list of every parameter's default, read from the parameter definitions themselves (so the
+        help cannot drift from them); parameters without a default say whether they are optional."""
+        lines = []
+        for param in self.parameterDefinitions():
+            optional = bool(param.flags() & QgsProcessingParameterDefinition.Flag.FlagOptional)
+            lines.append(f"{param.name()}: {_default_text(param, optional)}")
+        return "\n\nDefaults:\n" + "\n".join(lines) if lines else ""
 
     def raster_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
                     optional: bool = False) -> str | None:
@@ -45,7 +65,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             if optional:
                 return None
-            raise QgsProcessingException(f"{name}: no raster layer given")
+            raise QgsProcessingException(tr("{0}: no raster layer given").format(name))
         try:
             return layer_path(layer)
         except LayerError as exc:
@@ -56,7 +76,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         feedback = feedback or QgsProcessingFeedback()
         root = engine_root()
         if root is None:
-            raise QgsProcessingException("the engine package is missing next to the plugin; reinstall the plugin")
+            raise QgsProcessingException(tr("the engine package is missing next to the plugin; reinstall the plugin"))
         python = resolve_python(_saved_python())
 
         def on_progress(fraction: float, message: str) -> None:
@@ -78,6 +98,19 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
             if exc.details:
                 feedback.pushDebugInfo(exc.details)
             raise QgsProcessingException(str(exc)) from None
+
+
+def _default_text(param: QgsProcessingParameterDefinition, optional: bool) -> str:
+    """``256``, ``Auto-detect`` (an enum's option, not its index), ``yes``/``no``; else optional/required."""
+    value = param.defaultValue()
+    if value is None or value == "":
+        return "none (optional)" if optional else "none (required)"
+    if isinstance(param, QgsProcessingParameterEnum) and not param.usesStaticStrings():
+        options = param.options()
+        return options[int(value)] if str(value).isdigit() and int(value) < len(options) else str(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _saved_python() -> str:

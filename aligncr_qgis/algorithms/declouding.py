@@ -37,10 +37,12 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from aligncr_qgis.algorithms.base import EngineAlgorithm
+from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
 from aligncr_qgis.engine_process import RunRequest
 from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
 from aligncr_qgis.layers import LayerError, is_metric_projected
+from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
+from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 
 UNITS = ["auto", "db", "linear"]
@@ -114,11 +116,11 @@ class DecloudingAlgorithm(EngineAlgorithm):
         return "declouding"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
-        return "Cloud removal (Align-CR, SAR-guided)"
+        return tr("Cloud removal (Align-CR, SAR-guided)")
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return (
-            "Removes clouds from a high-resolution optical image (B, G, R, NIR; e.g. PlanetScope 3 m) using a "
+            tr("Removes clouds from a high-resolution optical image (B, G, R, NIR; e.g. PlanetScope 3 m) using a "
             "Sentinel-1 SAR image (VV, VH) of the same place. The SAR, land-cover and mask rasters are reprojected "
             "onto the optical grid by the engine. The optical CRS must be projected in metres.\n"
             "Temporal models (msop-unet, gapfill) also take the images acquired before (t−1) and after (t+1) the "
@@ -134,72 +136,95 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "tiles (reflectance; high = the model is guessing, 0 = as acquired); asking for it runs the model 4 "
             "times per tile (advanced: test-time augmentation passes) and writes their mean as the result.\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
-            "the ALIGNCR_PYTHON environment variable)."
-        )
+            "the ALIGNCR_PYTHON environment variable).\n"
+            "MODEL 'default' is the engine's own default model: the bundled aligncr-lite weights when installed, "
+            "else the identity baseline (returns the input). A weights file (WEIGHTS) overrides MODEL.")
+        ) + self.defaults_help()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image (B, G, R, NIR)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, tr("Cloudy optical image (B, G, R, NIR)")))
         # Band parameters are flagged optional with a default: QGIS 3.22's band parameter rejects an omitted
         # value instead of falling back to its default (so `qgis_process run … OPTICAL=… SAR=…` would fail).
         for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
-            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.OPTICAL, optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SAR, "Sentinel-1 SAR image (VV, VH; not for gapfill)",
+            self.addParameter(QgsProcessingParameterBand(name, tr("{0} band").format(label), i + 1, self.OPTICAL,
+                                                         optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SAR,
+                                                            tr("Sentinel-1 SAR image (VV, VH; not for gapfill)"),
                                                             optional=True))
         for i, (name, label) in enumerate(zip(self.SAR_BANDS, ("VV", "VH"))):
-            self.addParameter(QgsProcessingParameterBand(name, f"{label} band", i + 1, self.SAR, optional=True))
-        self.addParameter(QgsProcessingParameterEnum(self.SAR_UNITS, "SAR units", ["Auto-detect", "dB", "Linear"],
+            self.addParameter(QgsProcessingParameterBand(name, tr("{0} band").format(label), i + 1, self.SAR,
+                                                         optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.SAR_UNITS, tr("SAR units"),
+                                                     [tr("Auto-detect"), tr("dB"), tr("Linear")],
                                                      defaultValue=0))
         for name, label in ((self.LANDCOVER, "Land cover (ESA WorldCover codes)"),
                             (self.MASK, "Cloud mask (binary or Planet UDM2)"),
                             (self.REFERENCE, "Cloud-free reference (metrics in the report)"),
                             (self.DEM, "DEM, elevation in metres (models built with a DEM input)")):
-            self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
+            self.addParameter(QgsProcessingParameterRasterLayer(name, tr(label), optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
-            self.ONLY_CLOUDY, "Replace only the cloud, keep clear pixels as the input (mask cloud, else detected)",
+            self.ONLY_CLOUDY, tr("Replace only the cloud, keep clear pixels as the input (mask cloud, else detected)"),
             defaultValue=False))
-        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (engine registry name)",
-                                                       defaultValue="identity"))
+        self.addParameter(self._model_parameter())
         for name, (_field, label) in self.EXTRA_LAYERS.items():
-            self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
+            self.addParameter(QgsProcessingParameterRasterLayer(name, tr(label), optional=True))
         for name, (_field, label) in self.EXTRA_DATES.items():
-            self.addParameter(QgsProcessingParameterString(name, label, optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.WEIGHTS, "Weights (.safetensors; overrides the model)",
+            self.addParameter(QgsProcessingParameterString(name, tr(label), optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.WEIGHTS, tr("Weights (.safetensors; overrides the model)"),
                                                      extension="safetensors", optional=True))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent (default: whole image)",
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Processing extent (default: whole image)"),
                                                        optional=True))
         advanced = [
-            QgsProcessingParameterString(self.DEVICE, f"Device ({DEVICE_HELP})", defaultValue="auto"),
-            QgsProcessingParameterNumber(self.TILE, "Tile size (px)", QgsProcessingParameterNumber.Integer, 256,
+            QgsProcessingParameterString(self.DEVICE, tr("Device ({0})").format(DEVICE_HELP), defaultValue="auto"),
+            QgsProcessingParameterNumber(self.TILE, tr("Tile size (px)"), QgsProcessingParameterNumber.Type.Integer,
+                                         256,
                                          minValue=32, maxValue=8192),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer, 32,
-                                         minValue=0, maxValue=2048),
-            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 4,
+            QgsProcessingParameterNumber(self.OVERLAP, tr("Tile overlap (px)"),
+                                         QgsProcessingParameterNumber.Type.Integer,
+                                         32, minValue=0, maxValue=2048),
+            QgsProcessingParameterNumber(self.BATCH, tr("Batch size"), QgsProcessingParameterNumber.Type.Integer, 4,
                                          minValue=1, maxValue=512),
-            QgsProcessingParameterBoolean(self.COG, "Write a cloud-optimised GeoTIFF", defaultValue=False),
-            QgsProcessingParameterNumber(self.CLOUD_FEATHER, "Feather beyond the cloud (px; with 'Replace only the "
-                                         "cloud')", QgsProcessingParameterNumber.Integer, 8, minValue=0,
+            QgsProcessingParameterBoolean(self.COG, tr("Write a cloud-optimised GeoTIFF"), defaultValue=False),
+            QgsProcessingParameterNumber(self.CLOUD_FEATHER, tr("Feather beyond the cloud (px; with 'Replace only the "
+                                         "cloud')"), QgsProcessingParameterNumber.Type.Integer, 8, minValue=0,
                                          maxValue=512),
-            QgsProcessingParameterEnum(self.OPTICAL_SCALE, "Optical units",
-                                       ["Auto-detect", "Digital numbers (reflectance × 10⁴)", "Reflectance 0–1"],
+            QgsProcessingParameterEnum(self.OPTICAL_SCALE, tr("Optical units"),
+                                       [tr("Auto-detect"), tr("Digital numbers (reflectance × 10⁴)"),
+                                        tr("Reflectance 0–1")],
                                        defaultValue=0),
-            QgsProcessingParameterEnum(self.SAR_RESAMPLING, "SAR upsampling", ["Nearest (as in the paper)", "Bilinear"],
+            QgsProcessingParameterEnum(self.SAR_RESAMPLING, tr("SAR upsampling"),
+                                       [tr("Nearest (as in the paper)"), tr("Bilinear")],
                                        defaultValue=0),
-            QgsProcessingParameterNumber(self.TTA, "Test-time augmentation passes: the mean over flips/rotations "
-                                         "(0 = off, or 4 with a confidence layer; up to 8)",
-                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=8),
+            QgsProcessingParameterNumber(self.TTA, tr("Test-time augmentation passes: the mean over flips/rotations "
+                                         "(0 = off, or 4 with a confidence layer; up to 8)"),
+                                         QgsProcessingParameterNumber.Type.Integer, 0, minValue=0, maxValue=8),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(param)
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Declouded image"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Declouded image")))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.QA, "QA layer: percent of each pixel from the model (0 = as acquired, 100 = reconstructed)",
+            self.QA, tr("QA layer: percent of each pixel from the model (0 = as acquired, 100 = reconstructed)"),
             optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.CONFIDENCE, "Confidence layer: spread of the model's output over test-time flips/rotations "
-            "(reflectance; high = guessing)", optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, "Report folder", optional=True,
+            self.CONFIDENCE, tr("Confidence layer: spread of the model's output over test-time flips/rotations "
+            "(reflectance; high = guessing)"), optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, tr("Report folder"), optional=True,
                                                                   createByDefault=False))
+
+    def _model_parameter(self) -> QgsProcessingParameterEnum:
+        """MODEL: ``default`` (the engine's own choice, as the dialog's first pick) or any registered model, by name
+        (static strings, so ``MODEL=identity`` reads the same in qgis_process, scripts and saved models)."""
+        entries = registry_models(PluginSettings.load().models_cache)
+        label = tr("Model (default: the engine's default, now {0})").format(engine_default(entries))
+        return QgsProcessingParameterEnum(self.MODEL, label, [DEFAULT] + [str(e["name"]) for e in entries],
+                                          defaultValue=DEFAULT, usesStaticStrings=True)
+
+    def _model_name(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                    weights: str | None) -> str | None:
+        """The engine's ``--model``: none with a weights file (its card names the model) or for ``default``."""
+        name = self.parameterAsEnumString(parameters, self.MODEL, context)
+        return None if weights or name in ("", DEFAULT) else name
 
     def _bands(self, parameters: dict[str, Any], names: tuple[str, ...], context: QgsProcessingContext) -> tuple:
         """Band numbers, the natural order 1, 2, … where a band was left unset."""
@@ -210,8 +235,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
         optical_layer = self.parameterAsRasterLayer(parameters, self.OPTICAL, context)
         if optical_layer is not None and not is_metric_projected(optical_layer.crs()):
             raise QgsProcessingException(
-                f"the optical CRS {optical_layer.crs().authid()} is not projected in metres; reproject it first "
-                "(e.g. with gdal:warpreproject to its UTM zone)"
+                tr("the optical CRS {0} is not projected in metres; reproject it first (e.g. with "
+                   "gdal:warpreproject to its UTM zone)").format(optical_layer.crs().authid())
             )
         only_cloudy = self.parameterAsBool(parameters, self.ONLY_CLOUDY, context)
         paths: dict[str, str | None] = {
@@ -258,7 +283,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             landcover=paths["landcover"],
             mask=paths["mask"],
             reference=paths["reference"],
-            model=None if weights else (self.parameterAsString(parameters, self.MODEL, context) or "identity"),
+            model=self._model_name(parameters, context, weights),
             weights=weights,
             device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
             tile=self.parameterAsInt(parameters, self.TILE, context),

@@ -19,7 +19,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from aligncr_qgis.algorithms.base import EngineAlgorithm
+from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
 
 
 class EvaluateAlgorithm(EngineAlgorithm):
@@ -31,28 +31,29 @@ class EvaluateAlgorithm(EngineAlgorithm):
         return "evaluate"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
-        return "Evaluate cloud removal against a reference"
+        return tr("Evaluate cloud removal against a reference")
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return (
-            "Compares a declouded image with a cloud-free reference of the same date and writes a report folder "
+            tr("Compares a declouded image with the reference — a cloud-free acquisition of the same place — and "
+            "writes a report folder "
             "(metrics inside/outside clouds, per land-cover class, figures), with the cloudy input and two "
             "non-learned baselines (flat colour, interpolation from the cloud's border) scored beside it and the "
-            "output's margin over the best baseline inside the cloud."
-        )
+            "output's margin over the best baseline inside the cloud.")
+        ) + self.defaults_help()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, "Cloudy optical image"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, tr("Cloudy optical image")))
         # optional + default: QGIS 3.22's band parameter rejects an omitted value instead of using the default
         for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
-            self.addParameter(QgsProcessingParameterBand(name, f"{label} band (all three images)", i + 1,
+            self.addParameter(QgsProcessingParameterBand(name, tr("{0} band (all three images)").format(label), i + 1,
                                                          self.OPTICAL, optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, "Declouded image"))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Cloud-free reference"))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.LANDCOVER, "Land cover (ESA WorldCover)",
+        self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, tr("Declouded image")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, tr("Cloud-free reference")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.LANDCOVER, tr("Land cover (ESA WorldCover)"),
                                                             optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.MASK, "Cloud mask", optional=True))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Report folder"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.MASK, tr("Cloud mask"), optional=True))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, tr("Report folder")))
         self.addOutput(QgsProcessingOutputFile(self.HTML, "Report page"))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802

@@ -13,7 +13,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from aligncr_qgis.algorithms.base import EngineAlgorithm
+from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
 from aligncr_qgis.styling import style_ndvi
 
 
@@ -33,18 +33,19 @@ class NdviAlgorithm(EngineAlgorithm):
         return "ndvi"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
-        return "NDVI (Align-CR engine)"
+        return tr("NDVI (Align-CR engine)")
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
-        return "NDVI = (NIR − R) / (NIR + R) of an optical raster, e.g. a declouded image. Nodata is −9999."
+        return (tr("NDVI = (NIR − R) / (NIR + R) of an optical raster, e.g. a declouded image. Nodata is −9999.")
+                + self.defaults_help())
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Optical image"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Optical image")))
         # optional + default: QGIS 3.22's band parameter rejects an omitted value instead of using the default
-        self.addParameter(QgsProcessingParameterBand(self.BAND_R, "Red band", 3, self.INPUT, optional=True))
-        self.addParameter(QgsProcessingParameterBand(self.BAND_NIR, "Near-infrared band", 4, self.INPUT,
+        self.addParameter(QgsProcessingParameterBand(self.BAND_R, tr("Red band"), 3, self.INPUT, optional=True))
+        self.addParameter(QgsProcessingParameterBand(self.BAND_NIR, tr("Near-infrared band"), 4, self.INPUT,
                                                      optional=True))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "NDVI"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("NDVI")))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def collect() -> EnvReport:
             rep.install_command = (
                 f"{shlex.quote(sys.executable)} -m venv --system-site-packages ~/aligncr-venv && "
                 f"~/aligncr-venv/bin/python -m pip install {reqs}   "
-                "(then pick ~/aligncr-venv/bin/python in the plugin settings)"
+                "(then pick ~/aligncr-venv/bin/python in the Align-CR dialog's Python field, or press its "
+                "Install engine…)"
             )
         else:
             rep.install_command = f"{shlex.quote(sys.executable)} -m pip install {reqs}"

@@ -139,21 +139,26 @@ def _make_plots(src: Sources, res: PassResult, report: dict[str, Any]) -> dict[s
             ]
         )
         m = report["metrics"]
+        # empty classes and bins have no bars to draw: they are left out, not drawn as blank slots (issue 16)
+        classes = [c for c in CLASS_NAMES if m["output"]["per_class"][c]["pixels"]]
         series = {}
         for metric in ("mae", "sam"):
             for label, key in (("cloudy input", "cloudy_input"), ("output", "output")):
-                series[f"{metric}|{label}"] = [m[key]["per_class"][c][metric] for c in CLASS_NAMES]
-        if src.landcover is not None:
-            pix = [m["output"]["per_class"][c]["pixels"] for c in CLASS_NAMES]
+                series[f"{metric}|{label}"] = [m[key]["per_class"][c][metric] for c in classes]
+        if src.landcover is not None and classes:
+            pix = [m["output"]["per_class"][c]["pixels"] for c in classes]
             figs["per_class"] = plots.grouped_bars(
                 "per land-cover class (vs cloud-free reference)",
-                [f"{c}\n({n} px)" for c, n in zip(CLASS_NAMES, pix)], series, ["MAE", "SAM (°)"],
+                [f"{c}\n({n} px)" for c, n in zip(classes, pix)], series, ["MAE", "SAM (°)"],
             )
-        bins = [f"{b['range'][0]:g}–{b['range'][1]:g} %\n({b['tiles']} tiles)" for b in m["output"]["cloud_cover_bins"]]
+        used = [i for i, b in enumerate(m["output"]["cloud_cover_bins"]) if b["tiles"]]
+        out_bins = m["output"]["cloud_cover_bins"]
+        bins = [f"{out_bins[i]['range'][0]:g}–{out_bins[i]['range'][1]:g} %\n({out_bins[i]['tiles']} tiles)"
+                for i in used]
         series = {}
         for metric in ("mae", "psnr", "sam", "ssim"):
             for label, key in (("cloudy input", "cloudy_input"), ("output", "output")):
-                series[f"{metric}|{label}"] = [b[metric] for b in m[key]["cloud_cover_bins"]]
+                series[f"{metric}|{label}"] = [m[key]["cloud_cover_bins"][i][metric] for i in used]
         figs["cloud_cover_bins"] = plots.grouped_bars(
             f"by cloud cover of {report['settings']['tile_size']} px tiles", bins, series,
             ["MAE", "PSNR (dB)", "SAM (°)", "SSIM"],
@@ -164,10 +169,12 @@ def _make_plots(src: Sources, res: PassResult, report: dict[str, Any]) -> dict[s
         )
         if src.landcover is not None:
             lc = report["scene"]["landcover"]["classes"]
-            figs["per_class"] = plots.grouped_bars(
-                "land-cover share of valid pixels", CLASS_NAMES,
-                {"percent|pixels": [lc[c]["percent"] for c in CLASS_NAMES]}, ["% of classified pixels"],
-            )
+            present = [c for c in CLASS_NAMES if lc[c]["pixels"]]
+            if present:
+                figs["per_class"] = plots.grouped_bars(
+                    "land-cover share of valid pixels", present,
+                    {"percent|pixels": [lc[c]["percent"] for c in present]}, ["% of classified pixels"],
+                )
     return figs
 
 

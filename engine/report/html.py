@@ -63,9 +63,10 @@ def _gain(cloudy: float | None, output: float | None, higher_better: bool, fmt: 
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A table; a header of blank cells is left out (issue 16: key–value tables opened with an empty grey row)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table><tr>{head}</tr>{body}</table>" if any(h.strip() for h in header) else f"<table>{body}</table>"
 
 
 def _best(values: list[float | None], higher_better: bool) -> float | None:
@@ -110,6 +111,8 @@ def _class_table(m: dict[str, Any]) -> str:
     rows = []
     for name in CLASS_NAMES:
         c, o = m["cloudy_input"]["per_class"][name], m["output"]["per_class"][name]
+        if not o["pixels"]:
+            continue  # a class absent from the scene: no row of dashes
         rows.append([f"<td>{name}</td>", f"<td>{o['pixels']}</td>",
                      f"<td>{_fmt(c['mae'], '{:.4f}')}</td>", f"<td>{_fmt(o['mae'], '{:.4f}')}</td>",
                      f"<td>{_fmt(c['sam'], '{:.2f}')}</td>", f"<td>{_fmt(o['sam'], '{:.2f}')}</td>"])
@@ -119,6 +122,8 @@ def _class_table(m: dict[str, Any]) -> str:
 def _bins_table(m: dict[str, Any]) -> str:
     rows = []
     for bc, bo in zip(m["cloudy_input"]["cloud_cover_bins"], m["output"]["cloud_cover_bins"]):
+        if not bo["tiles"]:
+            continue  # no tile with that cloud cover
         lo, hi = bo["range"]
         cells = [f"<td>{lo:g}–{hi:g} %</td>", f"<td>{bo['tiles']}</td>"]
         for key, (_, fmt, _) in _METRICS.items():
@@ -167,7 +172,9 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     if m is not None:
         parts += [
             "<h2>Quality against the cloud-free reference</h2>",
-            '<p class="note">Bands scaled to [0, 1] (data range 1). "Cloudy input" scores the unmodified input '
+            '<p class="note">The reference is the cloud-free acquisition of the same place (another date: what '
+            "changed on the ground in between counts against every column alike). "
+            'Bands scaled to [0, 1] (data range 1). "Cloudy input" scores the unmodified input '
             "against the reference, as the paper's \"Cloudy\" row; the gain column is output − cloudy input, green "
             "when it is an improvement. Beating the cloudy input proves little: the non-learned baselines, made "
             "from the cloudy input and the same cloud mask and scored on the same pixels, are what a model must "
@@ -187,9 +194,10 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
         lc = scene["landcover"]
         rows = [
             [f"<td>{escape(k)}</td>", f"<td>{v['pixels']}</td>", f"<td>{_fmt(v['percent'], '{:.1f}')}</td>"]
-            for k, v in lc["classes"].items()
+            for k, v in lc["classes"].items() if v["pixels"]
         ]
-        rows.append(["<td>unknown</td>", f"<td>{lc['unknown_pixels']}</td>", "<td>–</td>"])
+        if lc["unknown_pixels"]:
+            rows.append(["<td>unknown</td>", f"<td>{lc['unknown_pixels']}</td>", "<td>–</td>"])
         parts += ["<h3>Land cover (valid pixels)</h3>", _table(["class", "pixels", "%"], rows)]
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():

@@ -1,0 +1,57 @@
+"""*Install engine…* end to end in a real QGIS (issue 16): from a local wheel folder, QGIS's Python makes a venv in a
+temporary folder, pip installs the engine's packages into it offline, the *Python* field is set, the automatic
+environment check passes and the dialog declouds a scene with it — no terminal.
+
+Needs a folder of wheels for this machine (``ALIGNCR_WHEELS``), e.g. made once with
+``python -m pip download -d WHEELS 'torch==2.13.0+cpu' 'numpy<2' rasterio affine scikit-image tqdm safetensors``;
+skipped without it (CI has no wheel folder; a real install takes about a minute and 1 GB)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("qgis.core")
+
+from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402
+
+from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
+from aligncr_qgis.installer import InstallPlan, qgis_python  # noqa: E402
+from tests.qgis_fixtures import close_dialog, project  # noqa: E402, F401 (fixtures)
+from tests.qgis_helpers import make_scene, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.qgis, pytest.mark.slow]
+WHEELS = os.environ.get("ALIGNCR_WHEELS", "")
+
+
+@pytest.mark.skipif(not os.path.isdir(WHEELS), reason="set ALIGNCR_WHEELS to a folder of wheels for this machine")
+def test_install_engine_offline_then_decloud(project: QgsProject, qgis_iface, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALIGNCR_PYTHON")  # the field, set by the install, must decide
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    dlg = AlignCRDialog(qgis_iface)
+    dlg.open_report_in_browser = False
+    try:
+        plan = InstallPlan(base_python=qgis_python(), venv=tmp_path / "venv", wheel_dir=WHEELS)
+        assert dlg.install_engine(plan) is not None
+        assert wait_for(lambda: dlg.install_task is None, 900), "the install did not finish"
+        assert dlg.python_widget.filePath() == str(tmp_path / "venv" / "bin" / "python"), dlg.status_label.text()
+        assert wait_for(lambda: dlg.env_task is None, 300)  # the environment check that follows the install
+        assert dlg.settings.env_cache.get("ok") is True, dlg.settings.env_cache
+        assert dlg.current_python() == str(tmp_path / "venv" / "bin" / "python")
+        opt, sar = make_scene(tmp_path / "scene")
+        optical, s1 = QgsRasterLayer(str(opt), "optical"), QgsRasterLayer(str(sar), "sar")
+        project.addMapLayers([optical, s1])
+        dlg.optical_combo.setLayer(optical)
+        dlg.sar_combo.setLayer(s1)
+        dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+        assert dlg.select_model("identity")
+        finished: list[bool] = []
+        dlg.runFinished.connect(finished.append)
+        assert dlg.run() is not None, dlg.issue_messages()
+        assert wait_for(lambda: bool(finished), 300) and finished == [True], dlg.status_label.text()
+        assert (tmp_path / "out.tif").is_file()
+    finally:
+        close_dialog(dlg)
