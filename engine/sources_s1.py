@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 import uuid
 import warnings
-import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
+import defusedxml.ElementTree as DefusedET
 import numpy as np
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
@@ -90,7 +90,7 @@ def _polarisations(product: SafeProduct) -> list[Polarisation]:
         if not re.match(r"^annotation/[^/]+\.xml$", member):
             continue
         stem = member.split("/")[1].removesuffix(".xml")
-        root = ET.fromstring(_read(product, member))
+        root = DefusedET.fromstring(_read(product, member))
         incidence = [float(e.text) for e in root.iter("incidenceAngle") if e.text]
         calibration = f"annotation/calibration/calibration-{stem}.xml"
         measurement = f"measurement/{stem}.tiff"
@@ -130,7 +130,7 @@ def read_vsi(name: str) -> bytes:
 
 def sigma_lut(xml: bytes) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """(lines, pixels per vector, A per vector) of a calibration annotation's ``sigmaNought`` vectors."""
-    root = ET.fromstring(xml)
+    root = DefusedET.fromstring(xml)
     lines, pixels, values = [], [], []
     for vector in root.iter("calibrationVector"):
         lines.append(float(vector.findtext("line") or "nan"))
