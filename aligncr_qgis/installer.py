@@ -27,6 +27,7 @@ REQUIREMENTS = [
     "scikit-image>=0.21",
     "tqdm>=4.60",
     "safetensors>=0.4",
+    "defusedxml>=0.7",
 ]
 """What the engine needs (pyproject.toml's ``dependencies``; tests/test_installer.py checks they agree)."""
 

@@ -66,8 +66,22 @@ class ModelCard:
         return "<br>".join(parts) + metrics_table(card.get("metrics")) + "<br>".join(extra)
 
 
-BASELINES = {"identity": "cloudy input"}  # metric prefix in a card → column title
+BASELINES = {"identity": "cloudy input", "flat": "flat", "fill": "fill"}  # metric prefix in a card → column title
 METRIC_ORDER = ("psnr", "ssim", "mae", "rmse", "sam")
+# rows worth a user's glance when a split scores inside/outside the cloud (training.scoring): the rest stay in the card
+SHOWN_ROWS = ("psnr_in", "ssim_in", "sam_in", "margin_in", "psnr_out", "psnr")
+
+
+def _numeric_splits(metrics: dict) -> dict[str, dict[str, Any]]:
+    """The card's metric splits that hold numbers, keys without the ``model_`` prefix training.scoring writes."""
+    def numbers(d: dict) -> dict[str, Any]:
+        return {str(k).removeprefix("model_"): v for k, v in d.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    splits = {k: numbers(v) for k, v in metrics.items() if isinstance(v, dict) and numbers(v)}
+    if not splits and numbers(metrics):
+        splits = {"": numbers(metrics)}
+    return splits
 
 
 def metrics_table(metrics: Any) -> str:
@@ -76,9 +90,11 @@ def metrics_table(metrics: Any) -> str:
     cloudy input); "" when there are none."""
     if not isinstance(metrics, dict) or not metrics:
         return ""
-    splits = metrics if all(isinstance(v, dict) for v in metrics.values()) else {"": metrics}
     out = []
-    for split, values in splits.items():
+    for split, values in _numeric_splits(metrics).items():
+        if "psnr_in" in values:
+            values = {k: v for k, v in values.items() if any(k in (r, f"{p}_{r}") for r in SHOWN_ROWS
+                                                              for p in BASELINES)}
         columns: dict[str, dict[str, Any]] = {"model": {}}
         for key, value in values.items():
             prefix, _, base = str(key).partition("_")
@@ -93,7 +109,7 @@ def metrics_table(metrics: Any) -> str:
                                                           columns.values()) + "</tr>"
             for m in rows
         )
-        title = f"<b>{escape(split.capitalize())}</b>" if split else "<b>Metrics</b>"
+        title = f"<b>{escape(split.replace('_', ' ').capitalize())}</b>" if split else "<b>Metrics</b>"
         out.append(f"<p>{title}</p><table border='0' cellspacing='0' cellpadding='2'><tr><th></th>{head}</tr>"
                    f"{body}</table>")
     return "".join(out)
