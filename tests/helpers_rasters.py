@@ -209,3 +209,12 @@ def write_tiny_sen12(root: Path, n: int = 3, size: int = 32) -> Path:
                                count=arr.shape[0], dtype=arr.dtype) as ds:
                 ds.write(arr)
     return root
+
+
+def read_band_and_facts(path: Path) -> tuple[np.ndarray, dict]:
+    """Band 1 of a raster and the facts the side-output tests check (read while it is open)."""
+    with rasterio.open(path) as ds:
+        facts = {"crs": ds.crs, "transform": ds.transform, "shape": ds.shape, "dtypes": ds.dtypes,
+                 "nodata": ds.nodata, "descriptions": ds.descriptions, "tags": ds.tags(),
+                 "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")}  # fmt: skip
+        return ds.read(1), facts

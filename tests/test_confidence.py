@@ -11,7 +11,15 @@ import pytest
 import rasterio
 import torch
 from helpers_models import registered_test_models
-from helpers_rasters import WGS84, footprint_transform, write_mask, write_optical, write_sar, write_tiny_sen12
+from helpers_rasters import (
+    WGS84,
+    footprint_transform,
+    read_band_and_facts,
+    write_mask,
+    write_optical,
+    write_sar,
+    write_tiny_sen12,
+)
 
 from engine import tta
 from engine.cli import main
@@ -30,13 +38,7 @@ def _models():
         yield
 
 
-def _read(path):
-    """Band 1 and the dataset's facts (read while it is open)."""
-    with rasterio.open(path) as ds:
-        facts = {"crs": ds.crs, "transform": ds.transform, "shape": ds.shape, "dtypes": ds.dtypes,
-                 "nodata": ds.nodata, "descriptions": ds.descriptions, "tags": ds.tags(),
-                 "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")}  # fmt: skip
-        return ds.read(1), facts
+_read = read_band_and_facts
 
 
 def _ramp_spread(size: int) -> np.ndarray:

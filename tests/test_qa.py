@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from helpers_models import registered_test_models
-from helpers_rasters import WGS84, footprint_transform, write_mask, write_optical, write_sar
+from helpers_rasters import WGS84, footprint_transform, read_band_and_facts, write_mask, write_optical, write_sar
 
 from engine.cli import main
 from engine.composite import cloud_weight
@@ -22,13 +22,7 @@ def _models():
         yield
 
 
-def _read(path):
-    """Band 1 and the dataset's facts (read while it is open)."""
-    with rasterio.open(path) as ds:
-        facts = {"crs": ds.crs, "transform": ds.transform, "shape": ds.shape, "dtypes": ds.dtypes,
-                 "nodata": ds.nodata, "descriptions": ds.descriptions, "tags": ds.tags(),
-                 "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")}
-        return ds.read(1), facts
+_read = read_band_and_facts
 
 
 def test_qa_marks_model_pixels_kept_pixels_and_nodata(tmp_path):
