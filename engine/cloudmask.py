@@ -60,9 +60,3 @@ def detect_shadows(optical: np.ndarray, cloud: np.ndarray | None = None) -> np.n
     t1 = csi[valid].min() + T_CSI * (csi[valid].mean() - csi[valid].min())
     t2 = b[valid].min() + T_WBI * (b[valid].mean() - b[valid].min())
     return (csi < t1) & (b < t2) & valid
-
-
-def detect_cloud_and_shadow(optical: np.ndarray) -> np.ndarray:
-    """Cloud ∪ shadow mask, the "CSM" of DSen2-CR's CARL loss."""
-    cloud = detect_clouds(optical)
-    return cloud | detect_shadows(optical, cloud)

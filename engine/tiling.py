@@ -177,11 +177,6 @@ class Chunk:
     out_h: int
     out_w: int
 
-    @property
-    def read_window(self) -> tuple[int, int, int, int]:
-        """(y, x, h, w) of the input pixels this chunk's tiles need, clipped to the image (via out sizes)."""
-        return (self.acc_y, self.acc_x, self.acc_h, self.acc_w)
-
 
 def chunk_tiles(grid: TileGrid, chunk_px: int) -> tuple[int, int]:
     """Tiles per chunk side (rows, cols): ``chunk_px`` rounded down to whole tile strides, at least one."""

@@ -78,18 +78,6 @@ class WideActResBlock(nn.Module):
         return x + self.body(x)
 
 
-class ResidualBlockNoBN(nn.Module):
-    """conv3×3 → ReLU → conv3×3, scaled by ``res_scale`` and added to the input (EDSR / DSen2-CR)."""
-
-    def __init__(self, nf: int, res_scale: float = 1.0) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(nf, nf, 3, padding=1)
-        self.conv2 = nn.Conv2d(nf, nf, 3, padding=1)
-        self.res_scale = res_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x))) * self.res_scale
-
 
 def upsample_like(x: torch.Tensor, ref: torch.Tensor, mode: str = "nearest-exact") -> torch.Tensor:
     """Resample ``x`` to ``ref``'s spatial size.

@@ -401,7 +401,3 @@ def run_pass(
             progress.update((i + 1) / len(tiles), "report: metrics and layers")
     return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks,
                       baseline_metrics=base_acc, medians=medians)  # fmt: skip
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

@@ -208,10 +208,6 @@ class ModulatedDeformConv2d(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    @property
-    def offset_channels(self) -> int:
-        return 2 * self.deformable_groups * self.kernel_size[0] * self.kernel_size[1]
-
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.track_offsets and offset.device.type != "meta":
             self.last_offset_abs_mean = float(offset.detach().abs().mean())
