@@ -70,6 +70,8 @@ BASELINES = {"identity": "cloudy input", "flat": "flat", "fill": "fill"}  # metr
 METRIC_ORDER = ("psnr", "ssim", "mae", "rmse", "sam")
 # rows worth a user's glance when a split scores inside/outside the cloud (training.scoring): the rest stay in the card
 SHOWN_ROWS = ("psnr_in", "ssim_in", "sam_in", "margin_in", "psnr_out", "psnr")
+ROW_LABELS = {"psnr_in": "PSNR in cloud", "ssim_in": "SSIM in cloud", "sam_in": "SAM in cloud",
+              "margin_in": "Margin over best baseline (dB)", "psnr_out": "PSNR outside cloud"}
 
 
 def _numeric_splits(metrics: dict) -> dict[str, dict[str, Any]]:
@@ -105,8 +107,8 @@ def metrics_table(metrics: Any) -> str:
         rows = sorted(columns["model"], key=lambda m: (METRIC_ORDER.index(m) if m in METRIC_ORDER else 99, m))
         head = "".join(f"<th>{escape(c)}</th>" for c in columns)
         body = "".join(
-            f"<tr><td>{escape(m.upper())}</td>" + "".join(f"<td>{escape(_fmt(col.get(m, '')))}</td>" for col in
-                                                          columns.values()) + "</tr>"
+            f"<tr><td>{escape(ROW_LABELS.get(m, m.upper()))}</td>"
+            + "".join(f"<td>{escape(_fmt(col.get(m, '')))}</td>" for col in columns.values()) + "</tr>"
             for m in rows
         )
         title = f"<b>{escape(split.replace('_', ' ').capitalize())}</b>" if split else "<b>Metrics</b>"

@@ -333,7 +333,8 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
         assert combo.currentData() == ("registry", "aligncr-lite")
         card = d.card_text.toPlainText()
         assert "Trained on:" in card and "SEN12MS-CR" in card and "cloudy input" in card and "PSNR" in card
-        assert "flat" in card and "fill" in card and "MARGIN_IN" in card  # the baselines a user compares against
+        # the baselines a user compares against
+        assert "flat" in card and "fill" in card and "Margin over best baseline" in card
         assert "{" not in card and "recipe" not in card  # a summary, not the raw card
         assert d._bundled_file("aligncr-lite") == str(BUNDLED_WEIGHTS)
     finally:
