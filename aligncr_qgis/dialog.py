@@ -988,7 +988,7 @@ class AlignCRDialog(QDialog):
         if self.ndvi_check.isChecked():
             ndvi_path = str(Path(req.out).with_suffix("")) + "_ndvi.tif"
             bands = ",".join(str(b) for b in req.bands)
-            steps.append(EngineStep("NDVI", ["ndvi", "--input", req.out, "--out", ndvi_path, "--bands", bands],
+            steps.append(EngineStep("NDVI", ["ndvi", "--optical", req.out, "--out", ndvi_path, "--bands", bands],
                                     weight=0.1, progress_json=False))
         inputs = [c.currentLayer() for c in (self.optical_combo, self.reference_combo) if c.currentLayer()]
         context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem, "inputs": [i.id() for i in inputs],

@@ -122,7 +122,7 @@ def measure(folder: Path, tile_size: int) -> dict:
     cmd = [sys.executable, "-m", "engine", "evaluate"]
     for name in FILES:
         cmd += [f"--{name}", str(folder / f"{name}.tif")]
-    cmd += ["--out", str(out), "--tile-size", str(tile_size)]
+    cmd += ["--out", str(out), "--tile", str(tile_size)]
     samples: list[tuple[float, float]] = []  # (seconds since start, VmRSS MiB)
     hwm = [0.0]
     load0 = os.getloadavg()[0]

@@ -167,3 +167,23 @@ def test_run_with_report(tmp_path, pair, capsys):
     fractions = [e["fraction"] for e in events if e["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert (report / "report.json").is_file()
+
+
+def test_renamed_options_still_work_with_a_notice(tmp_path, capsys):
+    """--optical / --tile are the names everywhere; the old --input (ndvi) and --tile-size (evaluate) still parse,
+    with a deprecation notice, and the two names of one option cannot both be given."""
+    import argparse
+
+    import pytest
+
+    from engine.commands import add_renamed_argument
+
+    parser = argparse.ArgumentParser()
+    add_renamed_argument(parser, "--tile", "--tile-size", type=int, default=300, dest="tile_size")
+    assert parser.parse_args([]).tile_size == 300
+    assert parser.parse_args(["--tile", "64"]).tile_size == 64
+    capsys.readouterr()
+    assert parser.parse_args(["--tile-size", "32"]).tile_size == 32
+    assert "--tile-size is deprecated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tile", "1", "--tile-size", "2"])

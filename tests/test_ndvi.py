@@ -96,7 +96,7 @@ def test_ndvi_cli(tmp_path, capsys):
     # bands stored as NIR, R, G, B
     _write(src, data[::-1].copy())
     out = tmp_path / "n.tif"
-    assert main(["ndvi", "--input", str(src), "--out", str(out), "--bands", "4,3,2,1", "--json"]) == 0
+    assert main(["ndvi", "--optical", str(src), "--out", str(out), "--bands", "4,3,2,1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["red_band"] == 2 and summary["nir_band"] == 1
     with rasterio.open(out) as ds:

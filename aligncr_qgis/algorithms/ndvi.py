@@ -54,7 +54,7 @@ class NdviAlgorithm(EngineAlgorithm):
         nir = self.parameterAsInt(parameters, self.BAND_NIR, context) or 4
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         # The engine's --bands is B,G,R,NIR; only R and NIR enter NDVI, B and G are placeholders.
-        self.run_engine(["ndvi", "--input", str(src), "--out", out, "--bands", f"1,1,{red},{nir}"], feedback,
+        self.run_engine(["ndvi", "--optical", str(src), "--out", out, "--bands", f"1,1,{red},{nir}"], feedback,
                         progress_json=False)
         if context.willLoadLayerOnCompletion(out):
             context.layerToLoadOnCompletionDetails(out).setPostProcessor(self._styler)

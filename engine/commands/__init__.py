@@ -15,3 +15,24 @@ def datetime_arg(text: str) -> datetime:
         return parse_datetime(text)
     except EngineError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_renamed_argument(parser: argparse.ArgumentParser, new: str, old: str, **kwargs) -> None:
+    """``new`` as the option's name, ``old`` still accepted for one release with a deprecation notice on stderr.
+
+    Why: the CLI names one thing one way everywhere (``--optical`` for the optical image, ``--tile`` for the tile
+    size), but scripts written against the old names must keep working while their authors move.
+    """
+    import sys
+
+    class _Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 - argparse's signature
+            print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    dest = kwargs.pop("dest", new.lstrip("-").replace("-", "_"))
+    required = kwargs.pop("required", False)
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(new, dest=dest, **kwargs)
+    group.add_argument(old, dest=dest, action=_Deprecated, help=argparse.SUPPRESS,
+                       **{k: v for k, v in kwargs.items() if k in ("type", "metavar")})

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.commands import add_renamed_argument
 from engine.commands.ndvi import parse_bands, terminal_progress
 from engine.report.margin import margin_sentence
 
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bands", type=parse_bands, default=(1, 2, 3, 4), help="1-based band indices of B,G,R,NIR (default 1,2,3,4)"
     )
-    parser.add_argument("--tile-size", type=int, default=300, help="tile size for streaming and cloud-cover bins")
+    add_renamed_argument(parser, "--tile", "--tile-size", type=int, default=300, dest="tile_size",
+                         help="tile size for streaming and cloud-cover bins")
     parser.add_argument("--json", action="store_true", help="print report.json on stdout")
     parser.add_argument(
         "--baselines", action=argparse.BooleanOptionalAction, default=True,

@@ -1,4 +1,4 @@
-"""``python -m engine ndvi --input F --out F [--bands 1,2,3,4]``: NDVI GeoTIFF of a 4-band optical raster.
+"""``python -m engine ndvi --optical F --out F [--bands 1,2,3,4]``: NDVI GeoTIFF of a 4-band optical raster.
 
 The QGIS plugin's ``aligncr:ndvi`` Processing algorithm runs this. ``--bands`` lists the 1-based positions of
 B, G, R, NIR in the input (the same flag as ``run`` and ``evaluate``), so red and NIR are its 3rd and 4th entries.
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.commands import add_renamed_argument
 from engine.ndvi import NDVI_NODATA, write_ndvi
 from engine.progress import Progress
 
@@ -50,7 +51,8 @@ def terminal_progress(desc: str) -> Iterator[Progress]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, type=Path, help="optical raster with B, G, R, NIR bands")
+    add_renamed_argument(parser, "--optical", "--input", required=True, type=Path, dest="input",
+                         help="optical raster with B, G, R, NIR bands")
     parser.add_argument("--out", required=True, type=Path, help="output NDVI GeoTIFF")
     parser.add_argument(
         "--bands", type=parse_bands, default=(1, 2, 3, 4), help="1-based band indices of B,G,R,NIR (default 1,2,3,4)"
