@@ -18,6 +18,7 @@ Scaling goes exclusively through :mod:`engine.normalise` so training sees exactl
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def to_tensors(sample: Sample) -> Sample:
     return out
 
 
-class CachedReader:
+class CachedReader(ABC):
     """The list / cache / tensor plumbing every whole-sample reader shares: ``items`` is a list of (id, anything),
     ``_load(id, anything)`` reads one sample; with ``cache`` decoded samples stay in memory (small data sets)."""
 
@@ -111,8 +112,9 @@ class CachedReader:
     def sample_id(self, index: int) -> str:
         return self.items[index][0]
 
+    @abstractmethod
     def _load(self, sid: str, item: Any) -> Sample:
-        raise NotImplementedError
+        """The numpy sample of one item (each reader's own format)."""
 
     def read(self, index: int) -> Sample:
         """The numpy sample ``index`` (see the module docstring)."""

@@ -23,6 +23,7 @@ The L1C products are used where a source has both (SEN12MS-CR and M3R-CR are top
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,9 @@ class _Reader(CachedReader, Dataset):
             raise InputError(f"no samples selected under {self.root}")
         self._cache: dict[int, Sample] | None = {} if cache else None
 
+    @abstractmethod
     def _list(self) -> list[tuple[str, object]]:
-        raise NotImplementedError
+        """(id, what ``_load`` needs) of every sample under ``root``."""
 
 
 class BigEarthNet(_Reader):
