@@ -626,112 +626,33 @@ def _decloud(
             inp = _open_inputs(config, stack, progress, warnings, use_sar=early is None or early.uses_sar)
         device = resolve_device(config.device)
         model = load_model(config, device)
-        if model.in_bands != len(config.bands):
-            raise ModelError(
-                f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
-            )
-        needs = needs_of(model.module, model.name)
-        require_sar(needs, config)
-        if not needs.uses_sar:
-            inp.sar = None  # (only reached when the class could not be told before loading)
-            inp.coverage = 0.0
-            log.info("model '%s' takes no SAR: none is used", model.name)
-        with input_read_errors("an input raster"):
-            inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress,
-                                         warnings)  # fmt: skip
-        if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
-            with input_read_errors("the cloud mask"):
-                checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
-                                 warnings, without="a cloud-mask value")  # fmt: skip
-        elif config.only_cloudy:
-            record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
-                           "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
-                           "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
-        require_dem(needs, config)
-        if needs.uses_dem:
-            assert config.dem is not None
-            with input_read_errors("the DEM"):
-                inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
-        elif config.dem is not None:
-            record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
-        module = _packed(model.module, inp, config)
-        memory, accel = plan_memory(model.name, TileGrid(inp.grid.height, inp.grid.width, config.tile,
-                                    config.overlap), config.chunk, device, accel, config.batch, config.memory_budget)
-        log.info("memory: %s", memory.describe())
-        stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
-        runner = InferenceRunner(module, device, accel)
-        stack.callback(runner.close)
-        if device.type == "cuda" and memory.concurrent < config.batch:
-            runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time
+        _open_model_inputs(config, inp, model, stack, progress, warnings)
+        runner, accel = _start_runner(config, inp, model, device, accel, stack)
         with input_read_errors("an input raster"):
             inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
             inp.sar_fill = _sar_fill(config, inp, model.norm)
         device_name = describe_device(device)
         spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given or config))
         grid = _tile_grid(spec, config)
-        plan = chunks(grid, config.chunk)
-        total = len(grid)
         log.info(
             "%s on %s: %d×%d px, %d tiles of %d×%d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
-            model.name, device_name, spec.width, spec.height, total, grid.tile_w, grid.tile_h, config.overlap,
+            model.name, device_name, spec.width, spec.height, len(grid), grid.tile_w, grid.tile_h, config.overlap,
             config.batch,
             inp.sar_units, inp.optical_scale, runner.describe(),
         )  # fmt: skip
         if on_start is not None:
-            on_start(RunPlan(total, spec.width, spec.height, Path(config.out), model.name, device_name))
-        progress.update(0.0, f"tile 0/{total}")
-        if inp.sar is not None:
-            inp.sar_reader = stack.enter_context(
-                AlignedReader(inp.sar, inp.grid, config.sar_bands, config.sar_resampling)
-            )
-        if inp.mask is not None:
-            mask_bands = tuple(range(1, inp.mask.count + 1))
-            inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
-        if inp.temporal is not None:
-            inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
-        if inp.dem is not None:
-            inp.dem.open_reader(stack, inp.grid)
-        counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0, "model_px": 0}
-
-        def read(chunk: Chunk) -> _ChunkData:
-            return _read_chunk(chunk, config, inp, model.norm, spec, device)
-
-        writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True))
-        if config.qa is not None:
-            writers.append(AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog, defer=True))
-        qa_target = writers[-1] if config.qa is not None else nullcontext()
-        if config.confidence is not None:
-            writers.append(AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog,
-                                               defer=True))
-        conf_target = writers[-1] if config.confidence is not None else nullcontext()
-        with writers[0] as writer, qa_target as qa_writer, conf_target as conf_writer, ExitStack() as io:
-
-            def write(out: np.ndarray, share: np.ndarray | None, spread: np.ndarray | None, window: Window) -> None:
-                writer.write(out, window)
-                if qa_writer is not None and share is not None:
-                    qa_writer.write(share[None], window)
-                if conf_writer is not None and spread is not None:
-                    conf_writer.write(spread[None], window)
-
-            submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None] = write
-            chunk_data: Iterable[_ChunkData] = map(read, plan)
-            if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
-                submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
-                chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
-            blender = ChunkBlender(grid, len(config.bands) + (1 if config.confidence else 0))  # + the TTA spread
-            done = 0
-            for data in chunk_data:
-                progress.check_cancelled()
-                done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done)
-            progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
+            on_start(RunPlan(len(grid), spec.width, spec.height, Path(config.out), model.name, device_name))
+        progress.update(0.0, f"tile 0/{len(grid)}")
+        _open_aligned_readers(config, inp, stack)
+        counts = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
         seconds = time.perf_counter() - t0
     valid = max(counts["valid"], 1)
-    result = RunResult(
+    return RunResult(
         output=Path(config.out),
         seconds=seconds,
         model=model.name,
         device=device_name,
-        total_tiles=total,
+        total_tiles=len(grid),
         network_tiles=counts["network"],
         model_fraction=counts["model_px"] / valid,
         width=spec.width,
@@ -745,7 +666,113 @@ def _decloud(
         accel=runner.describe(),
         sar_used=inp.sar is not None,
     )
-    return result
+
+
+def _open_model_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel, stack: ExitStack, progress: Progress,
+                       warnings: list[str]) -> None:
+    """Check the inputs against what the loaded model takes, and open the ones it declares (dates, DEM); warn
+    about given inputs it ignores and about --only-cloudy without a mask."""
+    if model.in_bands != len(config.bands):
+        raise ModelError(
+            f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
+        )
+    needs = needs_of(model.module, model.name)
+    require_sar(needs, config)
+    if not needs.uses_sar:
+        inp.sar = None  # (only reached when the class could not be told before loading)
+        inp.coverage = 0.0
+        log.info("model '%s' takes no SAR: none is used", model.name)
+    with input_read_errors("an input raster"):
+        inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress,
+                                     warnings)  # fmt: skip
+    if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
+        with input_read_errors("the cloud mask"):
+            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
+                             warnings, without="a cloud-mask value")  # fmt: skip
+    elif config.only_cloudy:
+        record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
+                       "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
+                       "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
+    require_dem(needs, config)
+    if needs.uses_dem:
+        assert config.dem is not None
+        with input_read_errors("the DEM"):
+            inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
+    elif config.dem is not None:
+        record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
+
+
+def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
+                  stack: ExitStack) -> tuple[InferenceRunner, AccelConfig]:
+    """The inference runner for this run, its concurrency fitted to the memory budget (:mod:`engine.memory`);
+    closed (and torch's thread count restored) with ``stack``."""
+    module = _packed(model.module, inp, config)
+    memory, accel = plan_memory(model.name, TileGrid(inp.grid.height, inp.grid.width, config.tile,
+                                config.overlap), config.chunk, device, accel, config.batch, config.memory_budget)
+    log.info("memory: %s", memory.describe())
+    stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
+    runner = InferenceRunner(module, device, accel)
+    stack.callback(runner.close)
+    if device.type == "cuda" and memory.concurrent < config.batch:
+        runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time
+    return runner, accel
+
+
+def _open_aligned_readers(config: RunConfig, inp: _Inputs, stack: ExitStack) -> None:
+    """Window readers that bring SAR, mask, other dates and DEM onto the optical grid, closed with ``stack``."""
+    if inp.sar is not None:
+        inp.sar_reader = stack.enter_context(
+            AlignedReader(inp.sar, inp.grid, config.sar_bands, config.sar_resampling)
+        )
+    if inp.mask is not None:
+        mask_bands = tuple(range(1, inp.mask.count + 1))
+        inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
+    if inp.temporal is not None:
+        inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
+    if inp.dem is not None:
+        inp.dem.open_reader(stack, inp.grid)
+
+
+def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
+            grid: TileGrid, device: torch.device, accel: AccelConfig, writers: list[AtomicGeoTIFFWriter],
+            progress: Progress) -> dict[str, int]:
+    """Chunks read → tiles inferred and blended → written into the output (and QA / confidence) writers, which are
+    appended to ``writers`` finished but not renamed into place. Returns the pixel and tile counts."""
+    counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0, "model_px": 0}
+    plan = chunks(grid, config.chunk)
+
+    def read(chunk: Chunk) -> _ChunkData:
+        return _read_chunk(chunk, config, inp, model.norm, spec, device)
+
+    writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True))
+    if config.qa is not None:
+        writers.append(AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog, defer=True))
+    qa_target = writers[-1] if config.qa is not None else nullcontext()
+    if config.confidence is not None:
+        writers.append(AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog,
+                                           defer=True))
+    conf_target = writers[-1] if config.confidence is not None else nullcontext()
+    with writers[0] as writer, qa_target as qa_writer, conf_target as conf_writer, ExitStack() as io:
+
+        def write(out: np.ndarray, share: np.ndarray | None, spread: np.ndarray | None, window: Window) -> None:
+            writer.write(out, window)
+            if qa_writer is not None and share is not None:
+                qa_writer.write(share[None], window)
+            if conf_writer is not None and spread is not None:
+                conf_writer.write(spread[None], window)
+
+        submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None] = write
+        chunk_data: Iterable[_ChunkData] = map(read, plan)
+        if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
+            submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
+            chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
+        blender = ChunkBlender(grid, len(config.bands) + (1 if config.confidence else 0))  # + the TTA spread
+        done = 0
+        for data in chunk_data:
+            progress.check_cancelled()
+            done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done)
+        progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
+    return counts
 
 
 def _packed(module: nn.Module, inp: _Inputs, config: RunConfig) -> nn.Module:
