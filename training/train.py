@@ -315,243 +315,292 @@ def train(
 
 
 def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int) -> dict[str, Any]:
-    is_main = rank == 0
-    run = cfg.run
-    device = pick_device(run.device, local_rank)
-    seed_everything(run.seed)
+    return _Trainer(cfg, resume, rank, world, local_rank).run()
 
-    from engine.models import build_model
 
-    model = build_model(cfg.model.name, **cfg.model.overrides).to(device)
-    if run.select not in SELECT_KEYS:
-        raise EngineError(f"run.select must be one of {sorted(SELECT_KEYS)}, got '{run.select}'")
-    if cfg.model.icnr_init:
-        icnr_init(model)
-    if cfg.model.zero_init_output:
-        zero_init_output(model, int(getattr(getattr(model, "cfg", None), "in_bands", 4)))
-    n_dcn = enable_offset_tracking(model)
-    groups = build_param_groups(model, cfg.optim.lr, cfg.optim.alignment_lr, resolve_types(cfg.optim.alignment_modules))
-    optimizer = build_optimizer(cfg, groups)
-    use_amp = run.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = build_loss(cfg.loss)
-    want_stages = isinstance(loss_fn, StageLoss)
-    if want_stages and not returns_stages(model):
-        raise EngineError(f"loss.stage_weights is set but model '{cfg.model.name}' returns one output "
-                          "(deep supervision needs a multi-stage model, e.g. mmcanet-mpir2)")
+VAL_LOG_FIELDS = ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
+                  "identity_sam", "psnr_in", "psnr_out", "identity_psnr_in", "flat_psnr_in", "fill_psnr_in",
+                  "margin_in", "wins_in", "ssim_in", "fill_ssim_in", "flat_ssim_in", "sam_in", "fill_sam_in",
+                  "flat_sam_in", "time"]
+TRAIN_LOG_FIELDS = ["step", "epoch", "lr", "loss", "offset_mean", "offset_max", "sec_per_step", "time", "stage_losses"]
 
-    train_view, val_view = build_views(cfg)
-    check_inputs(model, cfg.model.name, set(train_view.read(0)))
-    if val_view is not None:
-        check_inputs(model, cfg.model.name, set(val_view.read(0)))
-    d = cfg.data
-    sampler = DistributedSampler(train_view, num_replicas=world, rank=rank, shuffle=True, seed=run.seed,
-                                 drop_last=True)
-    steps_per_epoch = len(sampler) // d.batch_size
-    if steps_per_epoch < 1:
-        raise EngineError(
-            f"{len(train_view)} training samples over {world} process(es) make no batch of {d.batch_size}; "
-            "lower data.batch_size or raise data.samples_per_epoch"
-        )
-    total_steps = cfg.schedule.epochs * steps_per_epoch
-    if run.max_steps:
-        total_steps = min(total_steps, run.max_steps)
-    schedule = cfg.schedule
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule.factor(s // steps_per_epoch))
 
-    step, best_psnr, elapsed_before = 0, -math.inf, 0.0
-    out_dir = resolve_path(run.out_dir)
-    if resume is not None:
+class _Trainer:
+    """One run of a recipe: set up (model, optimiser, data, resumed state, logs), then step / log / validate /
+    checkpoint until the schedule ends or a signal asks to stop. Each part is a method; the state they share
+    (step, best selection score, logging window) lives on the instance."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int) -> None:
+        self.cfg, self.run_cfg, self.world = cfg, cfg.run, world
+        self.is_main = rank == 0
+        self.device = pick_device(cfg.run.device, local_rank)
+        seed_everything(cfg.run.seed)
+        self._build_model()
+        self._build_data(rank)
+        self.step, self.best_psnr, self.elapsed_before = 0, -math.inf, 0.0
+        self.out_dir = resolve_path(cfg.run.out_dir)
+        if resume is not None:
+            self._resume(resume)
+        self.ddp_model: nn.Module = self.model
+        if dist.is_initialized():
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.run.find_unused_parameters,
+            )
+        self.tb = self._open_logs() if self.is_main else None
+        self.t_start = self.last_ckpt_time = time.monotonic()
+        self.last_val: dict[str, float] = {}
+        self.last_loss = float("nan")
+        self.window_loss, self.window_n, self.window_t = 0.0, 0, time.monotonic()
+        self.window_stages: list[float] = []
+        self.last_stages: list[float] = []
+        self.val_cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def _build_model(self) -> None:
+        cfg, run = self.cfg, self.cfg.run
+        from engine.models import build_model
+
+        model = build_model(cfg.model.name, **cfg.model.overrides).to(self.device)
+        if run.select not in SELECT_KEYS:
+            raise EngineError(f"run.select must be one of {sorted(SELECT_KEYS)}, got '{run.select}'")
+        if cfg.model.icnr_init:
+            icnr_init(model)
+        if cfg.model.zero_init_output:
+            zero_init_output(model, int(getattr(getattr(model, "cfg", None), "in_bands", 4)))
+        self.n_dcn = enable_offset_tracking(model)
+        groups = build_param_groups(model, cfg.optim.lr, cfg.optim.alignment_lr,
+                                    resolve_types(cfg.optim.alignment_modules))
+        self.optimizer = build_optimizer(cfg, groups)
+        self.use_amp = run.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.loss_fn = build_loss(cfg.loss)
+        self.want_stages = isinstance(self.loss_fn, StageLoss)
+        if self.want_stages and not returns_stages(model):
+            raise EngineError(f"loss.stage_weights is set but model '{cfg.model.name}' returns one output "
+                              "(deep supervision needs a multi-stage model, e.g. mmcanet-mpir2)")
+        self.model = model
+
+    def _build_data(self, rank: int) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        self.train_view, self.val_view = build_views(cfg)
+        check_inputs(self.model, cfg.model.name, set(self.train_view.read(0)))
+        if self.val_view is not None:
+            check_inputs(self.model, cfg.model.name, set(self.val_view.read(0)))
+        self.sampler = DistributedSampler(self.train_view, num_replicas=self.world, rank=rank, shuffle=True,
+                                          seed=cfg.run.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // d.batch_size
+        if self.steps_per_epoch < 1:
+            raise EngineError(
+                f"{len(self.train_view)} training samples over {self.world} process(es) make no batch of "
+                f"{d.batch_size}; lower data.batch_size or raise data.samples_per_epoch"
+            )
+        self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        if cfg.run.max_steps:
+            self.total_steps = min(self.total_steps, cfg.run.max_steps)
+        schedule, per_epoch = cfg.schedule, self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: schedule.factor(s // per_epoch))
+
+    def _resume(self, resume: str | Path) -> None:
         state = load_state(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        best_psnr = float(state["best_psnr"])
-        elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.best_psnr = float(state["best_psnr"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         _set_rng_state(state["rng"])
 
-    ddp_model: nn.Module = model
-    if dist.is_initialized():
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=run.find_unused_parameters,
-        )
-
-    tb = None
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
-        train_log = CsvLog(out_dir / "train_log.csv",
-                           ["step", "epoch", "lr", "loss", "offset_mean", "offset_max", "sec_per_step", "time",
-                            "stage_losses"])
-        val_log = CsvLog(out_dir / "val_log.csv",
-                         ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
-                          "identity_sam", "psnr_in", "psnr_out", "identity_psnr_in", "flat_psnr_in", "fill_psnr_in",
-                          "margin_in", "wins_in", "ssim_in", "fill_ssim_in", "flat_ssim_in", "sam_in", "fill_sam_in",
-                          "flat_sam_in", "time"])
+    def _open_logs(self) -> Any:
+        """CSV logs (and TensorBoard when installed; returned) in the run folder, with the recipe beside them."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2, default=str))
+        self.train_log = CsvLog(self.out_dir / "train_log.csv", TRAIN_LOG_FIELDS)
+        self.val_log = CsvLog(self.out_dir / "val_log.csv", VAL_LOG_FIELDS)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(out_dir / "tb"))
+            return SummaryWriter(str(self.out_dir / "tb"))
         except ImportError:
             warnings.warn("tensorboard is not installed: TensorBoard logs are off (CSV logs still written)",
                           stacklevel=1)
+            return None
 
-    t_start = time.monotonic()
-    last_ckpt_time = t_start
-    last_val: dict[str, float] = {}
-    last_loss = float("nan")
-    window_loss, window_n, window_t = 0.0, 0, time.monotonic()
-    window_stages: list[float] = []
-    last_stages: list[float] = []
+    # ------------------------------------------------------------------------------------------- saving
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t_start
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t_start
+    def _card(self, metrics: dict[str, float] | None) -> dict:
+        return _card(self.cfg, self.step, self.step / self.steps_per_epoch, metrics, self.elapsed())
 
-    def checkpoint() -> None:
-        if not is_main:
+    def checkpoint(self) -> None:
+        if not self.is_main:
             return
-        save_state(out_dir / STATE_FILE, {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "best_psnr": best_psnr,
-            "elapsed_s": elapsed(),
+        save_state(self.out_dir / STATE_FILE, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "elapsed_s": self.elapsed(),
             "rng": _rng_state(),
         })
-        save_weights(model, out_dir / "last.safetensors",
-                     _card(cfg, step, step / steps_per_epoch, last_val or None, elapsed()))
+        save_weights(self.model, self.out_dir / "last.safetensors", self._card(self.last_val or None))
 
-    val_cache: dict[str, Any] = {}
-
-    def run_validation() -> None:
-        nonlocal best_psnr, last_val
-        if not is_main or val_view is None:
+    def run_validation(self) -> None:
+        """Score the select split; keep the weights when ``run.keep_validated`` and as best when they beat it."""
+        run = self.run_cfg
+        if not self.is_main or self.val_view is None:
             return
-        last_val = validate(model, val_view, device, d.val_batch_size, val_cache)
-        val_log.write({"step": step, **last_val, "time": round(elapsed(), 1)})
-        if tb is not None:
-            for k, v in last_val.items():
-                tb.add_scalar(f"val/{k}", v, step)
+        self.last_val = validate(self.model, self.val_view, self.device, self.cfg.data.val_batch_size,
+                                 self.val_cache)
+        self.val_log.write({"step": self.step, **self.last_val, "time": round(self.elapsed(), 1)})
+        if self.tb is not None:
+            for k, v in self.last_val.items():
+                self.tb.add_scalar(f"val/{k}", v, self.step)
         if run.keep_validated:
-            save_weights(model, out_dir / f"val_step{step}.safetensors",
-                         _card(cfg, step, step / steps_per_epoch, last_val, elapsed()))
-        score = last_val.get(SELECT_KEYS[run.select], -math.inf)
-        if score > best_psnr:
-            best_psnr = score
-            save_weights(model, out_dir / "best.safetensors",
-                         _card(cfg, step, step / steps_per_epoch, last_val, elapsed()))
+            save_weights(self.model, self.out_dir / f"val_step{self.step}.safetensors", self._card(self.last_val))
+        score = self.last_val.get(SELECT_KEYS[run.select], -math.inf)
+        if score > self.best_psnr:
+            self.best_psnr = score
+            save_weights(self.model, self.out_dir / "best.safetensors", self._card(self.last_val))
 
-    progress = None
-    if is_main and run.progress:
-        from tqdm import tqdm
+    # ------------------------------------------------------------------------------------------- one step
+    def train_step(self, batch: dict[str, Any]) -> None:
+        """Forward, loss (a non-finite one stops the run with a checkpoint), backward, optimiser and LR step."""
+        tensors = to_device(batch, self.device)
+        kwargs = model_kwargs(self.model, tensors)
+        if self.want_stages:
+            kwargs["return_stages"] = True
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            pred = self.ddp_model(tensors["optical"], tensors["sar"], **kwargs)
+        pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
+        loss = self.loss_fn(pred, tensors)
+        if not torch.isfinite(loss):
+            self.checkpoint()
+            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}: training diverged "
+                                   "(lower the learning rate or enable optim.grad_clip)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.last_loss = float(loss.detach())
+        self.window_loss += self.last_loss
+        self.window_n += 1
+        if self.want_stages:
+            self.last_stages = list(self.loss_fn.last_terms)
+            self.window_stages = ([a + b for a, b in zip(self.window_stages, self.last_stages)] if self.window_stages
+                                  else list(self.last_stages))
 
-        progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    def check_offsets(self) -> dict[str, float]:
+        """Mean |offset| per deformable conv; stop (with a checkpoint) above ``run.offset_abort``, warn above
+        ``run.offset_warn`` (EDVR's divergence sign)."""
+        run = self.run_cfg
+        offsets = offset_magnitudes(self.model) if self.n_dcn else {}
+        offset_max = max(offsets.values()) if offsets else 0.0
+        if run.offset_abort and offset_max > run.offset_abort:
+            self.checkpoint()
+            worst = max(offsets, key=offsets.get)
+            raise TrainingDiverged(
+                f"mean |offset| of {worst} reached {offset_max:.1f} px (> {run.offset_abort}) at step {self.step}: "
+                "the alignment diverged (lower optim.alignment_lr or enable optim.grad_clip)"
+            )
+        if self.is_main and offset_max > run.offset_warn and self.step % run.log_every == 0:
+            print(f"warning: mean |offset| {offset_max:.1f} px > {run.offset_warn} at step {self.step} "
+                  "(EDVR: training may be diverging)", file=sys.stderr)
+        return offsets
 
-    stop = _StopFlag()
-    model.train()
-    try:
-        while step < total_steps and not stop.requested:
-            epoch = step // steps_per_epoch
-            skip = (step % steps_per_epoch) * d.batch_size
-            train_view.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            loader = DataLoader(train_view, batch_size=d.batch_size, sampler=SkipSampler(sampler, skip),
-                                num_workers=d.num_workers, drop_last=True, pin_memory=device.type == "cuda")
-            for batch in loader:
-                tensors = to_device(batch, device)
-                kwargs = model_kwargs(model, tensors)
-                if want_stages:
-                    kwargs["return_stages"] = True
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    pred = ddp_model(tensors["optical"], tensors["sar"], **kwargs)
-                pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
-                loss = loss_fn(pred, tensors)
-                if not torch.isfinite(loss):
-                    checkpoint()
-                    raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training diverged "
-                                           "(lower the learning rate or enable optim.grad_clip)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.optim.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                last_loss = float(loss.detach())
-                window_loss += last_loss
-                window_n += 1
-                if want_stages:
-                    last_stages = list(loss_fn.last_terms)
-                    window_stages = ([a + b for a, b in zip(window_stages, last_stages)] if window_stages
-                                     else list(last_stages))
+    def log_window(self, offsets: dict[str, float]) -> None:
+        """Every ``run.log_every`` steps (and at the end): the window's mean loss, LR, offsets and speed."""
+        step, n = self.step, self.window_n
+        if not self.is_main or not (step % self.run_cfg.log_every == 0 or step == self.total_steps):
+            return
+        now = time.monotonic()
+        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+               "lr": self.optimizer.param_groups[0]["lr"], "loss": self.window_loss / n,
+               "offset_mean": sum(offsets.values()) / len(offsets) if offsets else 0.0,
+               "offset_max": max(offsets.values()) if offsets else 0.0, "sec_per_step": (now - self.window_t) / n,
+               "time": round(self.elapsed(), 1),
+               "stage_losses": ";".join(f"{v / n:.6g}" for v in self.window_stages)}
+        self.train_log.write(row)
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", row["loss"], step)
+            self.tb.add_scalar("train/lr", row["lr"], step)
+            for i, v in enumerate(self.window_stages):
+                self.tb.add_scalar(f"train/loss_stage{i}", v / n, step)
+            for name, v in offsets.items():
+                self.tb.add_scalar(f"offsets/{name}", v, step)
+        self.window_loss, self.window_n, self.window_t = 0.0, 0, now
+        self.window_stages = []
 
-                offsets = offset_magnitudes(model) if n_dcn else {}
-                offset_max = max(offsets.values()) if offsets else 0.0
-                if run.offset_abort and offset_max > run.offset_abort:
-                    checkpoint()
-                    worst = max(offsets, key=offsets.get)
-                    raise TrainingDiverged(
-                        f"mean |offset| of {worst} reached {offset_max:.1f} px (> {run.offset_abort}) at step {step}: "
-                        "the alignment diverged (lower optim.alignment_lr or enable optim.grad_clip)"
-                    )
-                if is_main and offset_max > run.offset_warn and step % run.log_every == 0:
-                    print(f"warning: mean |offset| {offset_max:.1f} px > {run.offset_warn} at step {step} "
-                          "(EDVR: training may be diverging)", file=sys.stderr)
+    def after_step(self) -> None:
+        """Validation every ``run.val_every`` steps; a checkpoint every ``ckpt_every_steps`` or minutes."""
+        run = self.run_cfg
+        if run.val_every and self.step % run.val_every == 0:
+            self.run_validation()
+        minutes = (time.monotonic() - self.last_ckpt_time) / 60.0
+        if (run.ckpt_every_steps and self.step % run.ckpt_every_steps == 0) or (
+            run.ckpt_every_minutes and minutes >= run.ckpt_every_minutes
+        ):
+            self.checkpoint()
+            self.last_ckpt_time = time.monotonic()
+        if self.world > 1:
+            dist.barrier()
 
-                if is_main and (step % run.log_every == 0 or step == total_steps):
-                    now = time.monotonic()
-                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                           "lr": optimizer.param_groups[0]["lr"], "loss": window_loss / window_n,
-                           "offset_mean": sum(offsets.values()) / len(offsets) if offsets else 0.0,
-                           "offset_max": offset_max, "sec_per_step": (now - window_t) / window_n,
-                           "time": round(elapsed(), 1),
-                           "stage_losses": ";".join(f"{v / window_n:.6g}" for v in window_stages)}
-                    train_log.write(row)
-                    if tb is not None:
-                        tb.add_scalar("train/loss", row["loss"], step)
-                        tb.add_scalar("train/lr", row["lr"], step)
-                        for i, v in enumerate(window_stages):
-                            tb.add_scalar(f"train/loss_stage{i}", v / window_n, step)
-                        for name, v in offsets.items():
-                            tb.add_scalar(f"offsets/{name}", v, step)
-                    window_loss, window_n, window_t = 0.0, 0, now
-                    window_stages = []
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+    # ------------------------------------------------------------------------------------------- the loop
+    def _epoch_loader(self) -> DataLoader:
+        """This epoch's batches from the current step on (a resumed run skips what it already did)."""
+        d = self.cfg.data
+        epoch = self.step // self.steps_per_epoch
+        skip = (self.step % self.steps_per_epoch) * d.batch_size
+        self.train_view.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        return DataLoader(self.train_view, batch_size=d.batch_size, sampler=SkipSampler(self.sampler, skip),
+                          num_workers=d.num_workers, drop_last=True, pin_memory=self.device.type == "cuda")
 
-                if run.val_every and step % run.val_every == 0:
-                    run_validation()
-                minutes = (time.monotonic() - last_ckpt_time) / 60.0
-                if (run.ckpt_every_steps and step % run.ckpt_every_steps == 0) or (
-                    run.ckpt_every_minutes and minutes >= run.ckpt_every_minutes
-                ):
-                    checkpoint()
-                    last_ckpt_time = time.monotonic()
-                if world > 1:
-                    dist.barrier()
-                if step >= total_steps or stop.requested:
-                    break
-        if val_view is not None and (not run.val_every or step % run.val_every):
-            run_validation()
-        checkpoint()
-    finally:
-        stop.restore()
-        if progress is not None:
-            progress.close()
-        if tb is not None:
-            tb.close()
-    return {"steps": step, "last_loss": last_loss, "last_stage_losses": last_stages, "best_psnr": best_psnr,
-            "validation": last_val,
-            "out_dir": str(out_dir), "steps_per_epoch": steps_per_epoch, "world_size": world,
-            "ddp": isinstance(ddp_model, nn.parallel.DistributedDataParallel), "stopped_by_signal": stop.requested}
+    def run(self) -> dict[str, Any]:
+        run = self.run_cfg
+        progress = None
+        if self.is_main and run.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        stop = _StopFlag()
+        self.model.train()
+        try:
+            while self.step < self.total_steps and not stop.requested:
+                for batch in self._epoch_loader():
+                    self.train_step(batch)
+                    self.log_window(self.check_offsets())
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{self.last_loss:.4f}",
+                                             lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+                    self.after_step()
+                    if self.step >= self.total_steps or stop.requested:
+                        break
+            if self.val_view is not None and (not run.val_every or self.step % run.val_every):
+                self.run_validation()
+            self.checkpoint()
+        finally:
+            stop.restore()
+            if progress is not None:
+                progress.close()
+            if self.tb is not None:
+                self.tb.close()
+        return {"steps": self.step, "last_loss": self.last_loss, "last_stage_losses": self.last_stages,
+                "best_psnr": self.best_psnr, "validation": self.last_val, "out_dir": str(self.out_dir),
+                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world,
+                "ddp": isinstance(self.ddp_model, nn.parallel.DistributedDataParallel),
+                "stopped_by_signal": stop.requested}
 
 
 def main(argv: list[str] | None = None) -> int:
