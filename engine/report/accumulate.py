@@ -334,70 +334,99 @@ def run_pass(
             )
             for name, fname in layers.items()
         }
+        tile_pass = _TilePass(src, dst, looks, stats, out_acc, cloudy_acc, base_acc, baselines, medians, context)
         for i, (core, read, halo) in enumerate(tiles):
             progress.check_cancelled()
-            c = _inner(halo, (read.height, read.width))
-            outer, margins = _grown(read, context, grid.width, grid.height)
-            opt_o, v_opt_o, cloud_o = read_optical_and_cloud(src, outer)
-            inner = _inner(margins, cloud_o.shape)
-            opt, v_opt, cloud = opt_o[(slice(None), *inner)], v_opt_o[inner], cloud_o[inner]
-            pred, v_pred = src.prediction.read(read)
-            valid = v_opt & v_pred
-            cloud = cloud & valid
-            lc = None
-            if src.landcover is not None:
-                lc = worldcover_to_classes(src.landcover.read(1, window=read))
-
-            vc, cc = valid[c], cloud[c]
-            stats.total += vc.size
-            stats.valid += int(vc.sum())
-            stats.cloud += int(cc.sum())
-            if lc is not None:
-                stats.class_pixels += np.bincount(lc[c][vc], minlength=UNKNOWN + 1)[: UNKNOWN + 1]
-
-            change = np.abs(pred[(slice(None), *c)] - opt[(slice(None), *c)]).mean(axis=0)
-            stats.change_sum["all"] += float(change[vc].sum())
-            stats.change_sum["cloud"] += float(change[cc].sum())
-            stats.change_sum["clear"] += float(change[vc & ~cc].sum())
-            dst["change_magnitude"].write(np.where(vc, change, CHANGE_NODATA).astype(np.float32), 1, window=core)
-            dst["cloud_mask"].write(np.where(vc, cc.astype(np.uint8), MASK_NODATA).astype(np.uint8), 1, window=core)
-
-            looks.add("optical", core, opt[(slice(None), *c)])
-            looks.add("optical_valid", core, v_opt[c])
-            looks.add("prediction", core, pred[(slice(None), *c)])
-            looks.add("prediction_valid", core, v_pred[c])
-            looks.add("cloud_mask", core, np.where(vc, cc.astype(np.uint8), MASK_NODATA).astype(np.uint8))
-            looks.add("change_magnitude", core, np.where(vc, change, np.nan).astype(np.float32), np.nan)
-
-            n_in = ndvi(opt[2][c], opt[3][c], vc)
-            n_out = ndvi(pred[2][c], pred[3][c], vc)
-            dst["ndvi_input"].write(n_in, 1, window=core)
-            dst["ndvi_output"].write(n_out, 1, window=core)
-            stats.add_ndvi("input", n_in)
-            stats.add_ndvi("output", n_out)
-            looks.add("ndvi_input", core, n_in, NDVI_NODATA)
-            looks.add("ndvi_output", core, n_out, NDVI_NODATA)
-
-            if has_ref:
-                ref, v_ref = src.reference.read(read)
-                v_all = valid & v_ref
-                n_ref = ndvi(ref[2][c], ref[3][c], v_all[c])
-                dst["ndvi_reference"].write(n_ref, 1, window=core)
-                stats.add_ndvi("reference", n_ref)
-                looks.add("ndvi_reference", core, n_ref, NDVI_NODATA)
-                looks.add("reference", core, ref[(slice(None), *c)])
-                looks.add("reference_valid", core, v_ref[c])
-                stats.add_hist("reference_vs_output", n_ref, n_out)
-                stats.add_hist("reference_vs_input", n_ref, n_in)
-                candidates = [(out_acc, pred), (cloudy_acc, opt)]
-                images = _baseline_images(baselines, opt_o, v_opt_o, cloud_o, margins, medians)
-                for name, image in images.items():
-                    looks.add(f"baseline_{name}", core, image[(slice(None), *c)])
-                    candidates.append((base_acc[name], image))
-                for acc, cand in candidates:
-                    acc.update(cand, ref, valid=v_all, cloud=cloud, landcover=lc, halo=halo)
-            else:
-                stats.add_hist("input_vs_output", n_in, n_out)
+            tile_pass.tile(core, read, halo)
             progress.update((i + 1) / len(tiles), "report: metrics and layers")
     return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks,
                       baseline_metrics=base_acc, medians=medians)  # fmt: skip
+
+
+@dataclass
+class _TilePass:
+    """What one tile of :func:`run_pass` updates: the layer files, quicklooks, scene stats and the accumulators of
+    the output, the cloudy input and the baselines. Each method is one step of a tile."""
+
+    src: Sources
+    dst: dict[str, Any]
+    looks: Quicklooks
+    stats: SceneStats
+    out_acc: MetricAccumulator | None
+    cloudy_acc: MetricAccumulator | None
+    base_acc: dict[str, MetricAccumulator]
+    baselines: tuple[str, ...]
+    medians: np.ndarray | None
+    context: int
+
+    def tile(self, core: Window, read: Window, halo: tuple[int, int, int, int]) -> None:
+        grid = self.src.grid
+        c = _inner(halo, (read.height, read.width))
+        outer, margins = _grown(read, self.context, grid.width, grid.height)
+        opt_o, v_opt_o, cloud_o = read_optical_and_cloud(self.src, outer)
+        inner = _inner(margins, cloud_o.shape)
+        opt, v_opt, cloud = opt_o[(slice(None), *inner)], v_opt_o[inner], cloud_o[inner]
+        pred, v_pred = self.src.prediction.read(read)
+        valid = v_opt & v_pred
+        cloud = cloud & valid
+        lc = None
+        if self.src.landcover is not None:
+            lc = worldcover_to_classes(self.src.landcover.read(1, window=read))
+        self._count(valid[c], cloud[c], None if lc is None else lc[c])
+        self._change_and_mask(core, c, opt, v_opt, pred, v_pred, valid[c], cloud[c])
+        n_in, n_out = self._ndvi(core, c, opt, pred, valid[c])
+        if self.src.reference is None:
+            self.stats.add_hist("input_vs_output", n_in, n_out)
+            return
+        ref, v_ref = self.src.reference.read(read)
+        v_all = valid & v_ref
+        n_ref = ndvi(ref[2][c], ref[3][c], v_all[c])
+        self.dst["ndvi_reference"].write(n_ref, 1, window=core)
+        self.stats.add_ndvi("reference", n_ref)
+        self.looks.add("ndvi_reference", core, n_ref, NDVI_NODATA)
+        self.looks.add("reference", core, ref[(slice(None), *c)])
+        self.looks.add("reference_valid", core, v_ref[c])
+        self.stats.add_hist("reference_vs_output", n_ref, n_out)
+        self.stats.add_hist("reference_vs_input", n_ref, n_in)
+        candidates = [(self.out_acc, pred), (self.cloudy_acc, opt)]
+        images = _baseline_images(self.baselines, opt_o, v_opt_o, cloud_o, margins, self.medians)
+        for name, image in images.items():
+            self.looks.add(f"baseline_{name}", core, image[(slice(None), *c)])
+            candidates.append((self.base_acc[name], image))
+        for acc, cand in candidates:
+            acc.update(cand, ref, valid=v_all, cloud=cloud, landcover=lc, halo=halo)
+
+    def _count(self, vc: np.ndarray, cc: np.ndarray, lc: np.ndarray | None) -> None:
+        stats = self.stats
+        stats.total += vc.size
+        stats.valid += int(vc.sum())
+        stats.cloud += int(cc.sum())
+        if lc is not None:
+            stats.class_pixels += np.bincount(lc[vc], minlength=UNKNOWN + 1)[: UNKNOWN + 1]
+
+    def _change_and_mask(self, core: Window, c: tuple, opt: np.ndarray, v_opt: np.ndarray, pred: np.ndarray,
+                         v_pred: np.ndarray, vc: np.ndarray, cc: np.ndarray) -> None:
+        change = np.abs(pred[(slice(None), *c)] - opt[(slice(None), *c)]).mean(axis=0)
+        self.stats.change_sum["all"] += float(change[vc].sum())
+        self.stats.change_sum["cloud"] += float(change[cc].sum())
+        self.stats.change_sum["clear"] += float(change[vc & ~cc].sum())
+        mask = np.where(vc, cc.astype(np.uint8), MASK_NODATA).astype(np.uint8)
+        self.dst["change_magnitude"].write(np.where(vc, change, CHANGE_NODATA).astype(np.float32), 1, window=core)
+        self.dst["cloud_mask"].write(mask, 1, window=core)
+        looks = self.looks
+        looks.add("optical", core, opt[(slice(None), *c)])
+        looks.add("optical_valid", core, v_opt[c])
+        looks.add("prediction", core, pred[(slice(None), *c)])
+        looks.add("prediction_valid", core, v_pred[c])
+        looks.add("cloud_mask", core, mask)
+        looks.add("change_magnitude", core, np.where(vc, change, np.nan).astype(np.float32), np.nan)
+
+    def _ndvi(self, core: Window, c: tuple, opt: np.ndarray, pred: np.ndarray,
+              vc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n_in = ndvi(opt[2][c], opt[3][c], vc)
+        n_out = ndvi(pred[2][c], pred[3][c], vc)
+        for name, values in (("input", n_in), ("output", n_out)):
+            self.dst[f"ndvi_{name}"].write(values, 1, window=core)
+            self.stats.add_ndvi(name, values)
+            self.looks.add(f"ndvi_{name}", core, values, NDVI_NODATA)
+        return n_in, n_out
