@@ -188,6 +188,50 @@ def _write_atomic(path: Path, text: str) -> None:
         raise OutputError(f"cannot write {path}: {exc}") from exc
 
 
+def _report_json(src: Any, res: PassResult, tile_size: int, bands: tuple[int, ...], model_card: dict | None,
+                 run_settings: dict | None, mask_given: bool, **paths: Path | None) -> dict[str, Any]:
+    """``report.json`` (before the plots): inputs as named, grid, settings, scene facts and the metrics."""
+    g = src.grid
+    name = {k: (str(v) if v is not None else None) for k, v in paths.items()}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": {"name": "aligncr engine", "version": __version__},
+        "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "inputs": {
+            **name,
+            "bands": list(bands),
+            "optical_scale": {
+                "optical": src.optical.scale,
+                "prediction": src.prediction.scale,
+                "reference": src.reference.scale if src.reference is not None else None,
+            },
+        },
+        "grid": {
+            "width": g.width,
+            "height": g.height,
+            "crs": g.crs.to_string() if g.crs else None,
+            "transform": list(g.transform)[:6],
+        },
+        "settings": {
+            "tile_size": tile_size,
+            "data_range": 1.0,
+            "ssim": {"window": "gaussian", "sigma": SSIM_SIGMA, "size": 2 * SSIM_RADIUS + 1,
+                     "covariance": "population", "k1": 0.01, "k2": 0.03, "channel_axis": 0},
+            "psnr_cap_db": PSNR_CAP,
+            "ndvi_nodata": NDVI_NODATA,
+            "cloud_mask_nodata": MASK_NODATA,
+            "baselines": _baseline_settings(res),
+        },
+        "scene": _scene_json(res, src, mask_given),
+        "metrics": _metrics_json(res),
+        "layers": dict(res.layers),
+        "plots": [],
+        "html": "report.html",
+        "model_card": _jsonable(model_card),
+        "run_settings": _jsonable(run_settings),
+    }
+
+
 def write_report(
     optical: Path,
     prediction: Path,
@@ -236,48 +280,9 @@ def write_report(
         )
         res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE,
                        baselines=BASELINES if baselines else ())
-        g = src.grid
-        report: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "generator": {"name": "aligncr engine", "version": __version__},
-            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-            "inputs": {
-                "optical": str(optical),
-                "prediction": str(prediction_name or prediction),
-                "reference": str(reference) if reference is not None else None,
-                "landcover": str(landcover) if landcover is not None else None,
-                "mask": str(mask) if mask is not None else None,
-                "bands": list(bands),
-                "optical_scale": {
-                    "optical": src.optical.scale,
-                    "prediction": src.prediction.scale,
-                    "reference": src.reference.scale if src.reference is not None else None,
-                },
-            },
-            "grid": {
-                "width": g.width,
-                "height": g.height,
-                "crs": g.crs.to_string() if g.crs else None,
-                "transform": list(g.transform)[:6],
-            },
-            "settings": {
-                "tile_size": tile_size,
-                "data_range": 1.0,
-                "ssim": {"window": "gaussian", "sigma": SSIM_SIGMA, "size": 2 * SSIM_RADIUS + 1,
-                         "covariance": "population", "k1": 0.01, "k2": 0.03, "channel_axis": 0},
-                "psnr_cap_db": PSNR_CAP,
-                "ndvi_nodata": NDVI_NODATA,
-                "cloud_mask_nodata": MASK_NODATA,
-                "baselines": _baseline_settings(res),
-            },
-            "scene": _scene_json(res, src, mask is not None),
-            "metrics": _metrics_json(res),
-            "layers": dict(res.layers),
-            "plots": [],
-            "html": "report.html",
-            "model_card": _jsonable(model_card),
-            "run_settings": _jsonable(run_settings),
-        }
+        report = _report_json(src, res, tile_size, bands, model_card, run_settings, mask is not None,
+                              optical=optical, prediction=prediction_name or prediction, reference=reference,
+                              landcover=landcover, mask=mask)
         progress.update(0.88, "report: plots")
         progress.check_cancelled()
         figs = _make_plots(src, res, report)
