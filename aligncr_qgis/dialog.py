@@ -139,19 +139,56 @@ class AlignCRDialog(QDialog):
     def _build(self) -> None:
         self.bar = QgsMessageBar(self)
         self.bar.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Fixed)
+        inputs = self._build_inputs()
+        self._build_temporal()
+        model_box = self._build_model_box()
+        proc_box = self._build_processing()
+        out_box = self._build_output()
+        self._build_controls()
 
-        def raster_combo(optional: bool) -> QgsMapLayerComboBox:
-            combo = QgsMapLayerComboBox(self)
-            combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
-            combo.setAllowEmptyLayer(optional)
-            if optional:
-                combo.setLayer(None)
-            return combo
+        left = QVBoxLayout()
+        left.addWidget(inputs)
+        left.addWidget(self.temporal_box)
+        left.addWidget(out_box)
+        issues_row = QHBoxLayout()
+        issues_row.addWidget(self.issues_label, 1)
+        issues_row.addWidget(self.reproject_button, 0, Qt.AlignmentFlag.AlignTop)
+        left.addLayout(issues_row)
+        left.addStretch(1)
+        right = QVBoxLayout()
+        right.addWidget(model_box)
+        right.addWidget(proc_box)
+        right.addStretch(1)
+        columns = QHBoxLayout()
+        columns.addLayout(left, 3)
+        columns.addLayout(right, 2)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.help_button)
+        buttons.addWidget(self.status_label, 1)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.close_button)
+        root = QVBoxLayout(self)
+        root.addWidget(self.bar)
+        root.addLayout(columns)
+        root.addWidget(self.progress)
+        root.addLayout(buttons)
+        self.resize(1060, 560)
 
-        # Inputs -----------------------------------------------------------
+    def _raster_combo(self, optional: bool) -> QgsMapLayerComboBox:
+        """A raster-layer picker; an optional one starts empty."""
+        combo = QgsMapLayerComboBox(self)
+        combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        combo.setAllowEmptyLayer(optional)
+        if optional:
+            combo.setLayer(None)
+        return combo
+
+    def _build_inputs(self) -> QGroupBox:
+        """The Inputs group: optical and SAR layers with their band mapping, land cover, mask, reference."""
         inputs = QGroupBox(self.tr("Inputs"), self)
         form = QFormLayout(inputs)
-        self.optical_combo = raster_combo(False)
+        self.optical_combo = self._raster_combo(False)
         self.optical_combo.setToolTip(self.tr("The cloudy optical image: 4 bands or more (B, G, R, NIR), a CRS "
                                               "projected in metres"))
         form.addRow(self.tr("Cloudy optical (PlanetScope)"), self.optical_combo)
@@ -164,7 +201,7 @@ class AlignCRDialog(QDialog):
             self.optical_band_combos[role] = combo
             band_row.addWidget(combo, 1)
         form.addRow(self.tr("Bands"), band_row)
-        self.sar_combo = raster_combo(False)
+        self.sar_combo = self._raster_combo(False)
         self.sar_combo.setToolTip(self.tr("Sentinel-1 GRD image of the same place (VV and VH), any CRS: the engine "
                                           "reprojects it onto the optical grid"))
         self.sar_label = QLabel(self.tr("Sentinel-1 SAR"), self)
@@ -185,10 +222,10 @@ class AlignCRDialog(QDialog):
             self.units_combo.addItem(label, key)
         sar_row.addWidget(self.units_combo)
         form.addRow(self.tr("Bands"), sar_row)
-        self.landcover_combo = raster_combo(True)
+        self.landcover_combo = self._raster_combo(True)
         self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
         form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
-        self.mask_combo = raster_combo(True)
+        self.mask_combo = self._raster_combo(True)
         self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
                                            "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
         form.addRow(self.tr("Cloud mask (optional)"), self.mask_combo)
@@ -207,11 +244,11 @@ class AlignCRDialog(QDialog):
         keep_row.addWidget(QLabel(self.tr("Feather")))
         keep_row.addWidget(self.feather_spin)
         form.addRow("", keep_row)
-        self.reference_combo = raster_combo(True)
+        self.reference_combo = self._raster_combo(True)
         self.reference_combo.setToolTip(self.tr("A cloud-free acquisition of the same place (optional): the report "
                                                 "scores the result against it"))
         form.addRow(self.tr("Cloud-free reference (optional)"), self.reference_combo)
-        self.dem_combo = raster_combo(True)
+        self.dem_combo = self._raster_combo(True)
         self.dem_combo.setToolTip(self.tr("Elevation in metres, for models built with a DEM input"))
         self.dem_label = QLabel(self.tr("DEM (elevation in metres)"), self)
         self.dem_label.setToolTip(self.tr("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
@@ -221,15 +258,17 @@ class AlignCRDialog(QDialog):
         self.dem_combo.setVisible(False)
         self.overlap_label = QLabel("", self)
         form.addRow(self.tr("SAR overlap"), self.overlap_label)
+        return inputs
 
-        # Extra dates (temporal models only) ----------------------------------
+    def _build_temporal(self) -> None:
+        """The Extra dates group (temporal models only; hidden until one is chosen)."""
         self.temporal_box = QGroupBox(self.tr("Extra dates"), self)
         tform = QFormLayout(self.temporal_box)
         self.extra_combos: dict[str, QgsMapLayerComboBox] = {}
         self.date_edits: dict[str, QLineEdit] = {}
         self._extra_rows: dict[str, tuple[QLabel, QWidget]] = {}
         for key, label in EXTRA_LAYERS.items():
-            combo = raster_combo(True)
+            combo = self._raster_combo(True)
             combo.setToolTip(self.tr("{0}: for temporal models").format(label))
             self.extra_combos[key] = combo
             self._extra_rows[key] = (QLabel(label, self), combo)
@@ -244,7 +283,8 @@ class AlignCRDialog(QDialog):
         self.temporal_box.setVisible(False)
         self.temporal_box.setEnabled(False)
 
-        # Model ------------------------------------------------------------
+    def _build_model_box(self) -> QGroupBox:
+        """The Model group: the model list and its card summary."""
         model_box = QGroupBox(self.tr("Model"), self)
         mlay = QVBoxLayout(model_box)
         self.model_combo = QComboBox(self)
@@ -254,8 +294,10 @@ class AlignCRDialog(QDialog):
         self.card_text = QTextBrowser(self)
         self.card_text.setMaximumHeight(210)
         mlay.addWidget(self.card_text)
+        return model_box
 
-        # Processing -------------------------------------------------------
+    def _build_processing(self) -> QGroupBox:
+        """The Processing group: device, tiling, extent, Python interpreter and its environment."""
         proc_box = QGroupBox(self.tr("Processing"), self)
         pform = QFormLayout(proc_box)
         self.device_combo = QComboBox(self)
@@ -304,8 +346,10 @@ class AlignCRDialog(QDialog):
         self.env_label = QLabel(self.tr("Not checked yet: press “Check environment”."), self)
         self.env_label.setWordWrap(True)
         pform.addRow(self.env_label)
+        return proc_box
 
-        # Output -----------------------------------------------------------
+    def _build_output(self) -> QGroupBox:
+        """The Output group: the output path and the optional products."""
         out_box = QGroupBox(self.tr("Output"), self)
         oform = QFormLayout(out_box)
         self.output_widget = QgsFileWidget(self)
@@ -340,8 +384,10 @@ class AlignCRDialog(QDialog):
                                  self.qa_check, self.confidence_check, self.style_inputs_check)):
             checks.addWidget(box, i // 2, i % 2)
         oform.addRow(checks)
+        return out_box
 
-        # Issues, progress, buttons ----------------------------------------
+    def _build_controls(self) -> None:
+        """Issues line, progress bar and the dialog's buttons."""
         self.issues_label = QLabel("", self)
         self.issues_label.setWordWrap(True)
         self.issues_label.setTextFormat(Qt.TextFormat.RichText)
@@ -362,35 +408,6 @@ class AlignCRDialog(QDialog):
         self.cancel_button.setToolTip(self.tr("Stop the run; nothing is written"))
         self.close_button.setToolTip(self.tr("Close the dialog; a run goes on in the background"))
         self.help_button.setToolTip(self.tr("Open the plugin's documentation in the browser"))
-
-        left = QVBoxLayout()
-        left.addWidget(inputs)
-        left.addWidget(self.temporal_box)
-        left.addWidget(out_box)
-        issues_row = QHBoxLayout()
-        issues_row.addWidget(self.issues_label, 1)
-        issues_row.addWidget(self.reproject_button, 0, Qt.AlignmentFlag.AlignTop)
-        left.addLayout(issues_row)
-        left.addStretch(1)
-        right = QVBoxLayout()
-        right.addWidget(model_box)
-        right.addWidget(proc_box)
-        right.addStretch(1)
-        columns = QHBoxLayout()
-        columns.addLayout(left, 3)
-        columns.addLayout(right, 2)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.help_button)
-        buttons.addWidget(self.status_label, 1)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.close_button)
-        root = QVBoxLayout(self)
-        root.addWidget(self.bar)
-        root.addLayout(columns)
-        root.addWidget(self.progress)
-        root.addLayout(buttons)
-        self.resize(1060, 560)
 
     def _connect(self) -> None:
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
