@@ -238,7 +238,30 @@ class DecloudingAlgorithm(EngineAlgorithm):
                 tr("the optical CRS {0} is not projected in metres; reproject it first (e.g. with "
                    "gdal:warpreproject to its UTM zone)").format(optical_layer.crs().authid())
             )
-        only_cloudy = self.parameterAsBool(parameters, self.ONLY_CLOUDY, context)
+        paths = self._input_paths(parameters, context)
+        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        report = self.parameterAsString(parameters, self.REPORT, context) or None
+        temp_dir = self._clip_inputs(parameters, context, optical_layer, paths, feedback)
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        qa = self.parameterAsOutputLayer(parameters, self.QA, context) if parameters.get(self.QA) else None
+        confidence = (self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context)
+                      if parameters.get(self.CONFIDENCE) else None)  # fmt: skip
+        req = self._request(parameters, context, paths, out, report, weights, qa, confidence)
+        try:
+            outcome = self.run_engine(req.to_args(), feedback)
+        finally:
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+        result = outcome.result
+        feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
+        for layer, styler in ((out, _rgb_styler(req.bands)), (qa, _QA_STYLER), (confidence, _CONFIDENCE_STYLER)):
+            if layer and context.willLoadLayerOnCompletion(layer):
+                context.layerToLoadOnCompletionDetails(layer).setPostProcessor(styler)
+        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report,
+                self.QA: qa, self.CONFIDENCE: confidence}
+
+    def _input_paths(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, str | None]:
+        """Each input's file (GDAL name), None where an optional one is not given."""
         paths: dict[str, str | None] = {
             "optical": self.raster_path(parameters, self.OPTICAL, context),
             "sar": self.raster_path(parameters, self.SAR, context, optional=True),  # the engine says who needs it
@@ -249,34 +272,40 @@ class DecloudingAlgorithm(EngineAlgorithm):
         }
         for name, (field, _label) in self.EXTRA_LAYERS.items():
             paths[field] = self.raster_path(parameters, name, context, optional=True)
-        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        report = self.parameterAsString(parameters, self.REPORT, context) or None
-        temp_dir = None
-        if parameters.get(self.EXTENT) and optical_layer is not None:
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
-            temp_dir = tempfile.mkdtemp(prefix="aligncr_")
-            layers = {"optical": optical_layer, "sar": self.parameterAsRasterLayer(parameters, self.SAR, context),
-                      "landcover": self.parameterAsRasterLayer(parameters, self.LANDCOVER, context),
-                      "mask": self.parameterAsRasterLayer(parameters, self.MASK, context),
-                      "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context),
-                      "dem": self.parameterAsRasterLayer(parameters, self.DEM, context),
-                      **{field: self.parameterAsRasterLayer(parameters, name, context)
-                         for name, (field, _label) in self.EXTRA_LAYERS.items()}}
-            try:
-                for key, path in list(paths.items()):
-                    if path:
-                        margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
-                        paths[key] = clip_to_extent(path, extent, optical_layer.crs(), layers[key].crs(), temp_dir,
-                                                    key, margin)
-            except LayerError as exc:
-                shutil.rmtree(temp_dir, ignore_errors=True)
-                raise QgsProcessingException(str(exc)) from None
-            feedback.pushInfo(f"clipped the inputs to {extent.toString(2)}")
-        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
-        qa = self.parameterAsOutputLayer(parameters, self.QA, context) if parameters.get(self.QA) else None
-        confidence = (self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context)
-                      if parameters.get(self.CONFIDENCE) else None)  # fmt: skip
-        req = RunRequest(
+        return paths
+
+    def _clip_inputs(self, parameters: dict[str, Any], context: QgsProcessingContext, optical_layer: Any,
+                     paths: dict[str, str | None], feedback: QgsProcessingFeedback) -> str | None:
+        """With an EXTENT, ``paths`` rewritten to virtual clips in a temporary folder (returned, for removal)."""
+        if not (parameters.get(self.EXTENT) and optical_layer is not None):
+            return None
+        extent = self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
+        temp_dir = tempfile.mkdtemp(prefix="aligncr_")
+        layers = {"optical": optical_layer, "sar": self.parameterAsRasterLayer(parameters, self.SAR, context),
+                  "landcover": self.parameterAsRasterLayer(parameters, self.LANDCOVER, context),
+                  "mask": self.parameterAsRasterLayer(parameters, self.MASK, context),
+                  "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context),
+                  "dem": self.parameterAsRasterLayer(parameters, self.DEM, context),
+                  **{field: self.parameterAsRasterLayer(parameters, name, context)
+                     for name, (field, _label) in self.EXTRA_LAYERS.items()}}
+        try:
+            for key, path in list(paths.items()):
+                if path:
+                    margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
+                    paths[key] = clip_to_extent(path, extent, optical_layer.crs(), layers[key].crs(), temp_dir,
+                                                key, margin)
+        except LayerError as exc:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo(f"clipped the inputs to {extent.toString(2)}")
+        return temp_dir
+
+    def _request(self, parameters: dict[str, Any], context: QgsProcessingContext, paths: dict[str, str | None],
+                 out: str, report: str | None, weights: str | None, qa: str | None,
+                 confidence: str | None) -> RunRequest:
+        """The engine run the parameters describe."""
+        only_cloudy = self.parameterAsBool(parameters, self.ONLY_CLOUDY, context)
+        return RunRequest(
             optical=str(paths["optical"]),
             sar=paths["sar"],
             out=out,
@@ -306,18 +335,3 @@ class DecloudingAlgorithm(EngineAlgorithm):
             **{field: self.parameterAsString(parameters, name, context).strip() or None
                for name, (field, _label) in self.EXTRA_DATES.items()},
         )
-        try:
-            outcome = self.run_engine(req.to_args(), feedback)
-        finally:
-            if temp_dir:
-                shutil.rmtree(temp_dir, ignore_errors=True)
-        result = outcome.result
-        feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
-        if context.willLoadLayerOnCompletion(out):
-            context.layerToLoadOnCompletionDetails(out).setPostProcessor(_rgb_styler(req.bands))
-        if qa and context.willLoadLayerOnCompletion(qa):
-            context.layerToLoadOnCompletionDetails(qa).setPostProcessor(_QA_STYLER)
-        if confidence and context.willLoadLayerOnCompletion(confidence):
-            context.layerToLoadOnCompletionDetails(confidence).setPostProcessor(_CONFIDENCE_STYLER)
-        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report,
-                self.QA: qa, self.CONFIDENCE: confidence}
