@@ -10,20 +10,14 @@ import torch
 
 from engine.models import build_model
 from engine.stripes import STRIPE_LIMIT, even_odd_difference
+from training.choose import ramp
 from training.param_groups import icnr_init
 
 BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "weights" / "aligncr-lite.safetensors"
 
 
-def _ramp(h: int = 128, w: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    optical = torch.stack([0.05 + 0.05 * x, 0.07 + 0.05 * y, 0.06 + 0.04 * x, 0.3 + 0.1 * y])[None]
-    sar = (0.45 + 0.1 * torch.stack([x, y]))[None]
-    return optical, sar
-
-
 def test_measure_zero_on_ramps_and_finds_a_pixel_locked_pattern():
-    optical, _ = _ramp()
+    optical, _ = ramp()
     assert max(even_odd_difference(optical[0].numpy())) < 1e-6
     striped = optical[0].numpy().copy()
     striped[:, 1::2, :] += 0.001  # odd rows 10 DN brighter
@@ -55,7 +49,7 @@ def test_icnr_gives_the_four_shuffle_phases_one_filter():
 
 def test_default_init_draws_stripes_that_icnr_removes():
     """The root cause, shown: the same random model with and without ICNR on a smooth input."""
-    optical, sar = _ramp()
+    optical, sar = ramp()
     torch.manual_seed(3)
     model = build_model("aligncr-lite").eval()
     with torch.no_grad():
@@ -77,7 +71,7 @@ def bundled():
 
 
 def test_bundled_model_draws_no_stripes_on_a_smooth_input(bundled):
-    optical, sar = _ramp()
+    optical, sar = ramp()
     with torch.no_grad():
         out = bundled(optical, sar)[0].numpy()
     assert max(even_odd_difference(out)) < STRIPE_LIMIT
