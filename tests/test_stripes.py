@@ -127,3 +127,15 @@ def test_choose_takes_the_best_margin_without_stripes(tmp_path):
     (tmp_path / "val_log.csv").write_text("step,psnr,margin_in\n50,20,3.0\n100,20,0.5\n200,21,1.0\n")
     path, margin, excess = choose(tmp_path, 100, [])  # step 50 is before --from-step
     assert path.name == "val_step100.safetensors" and margin == 0.5 and excess < STRIPE_LIMIT
+
+
+def test_loss_pattern_and_engine_measure_agree():
+    """The torch pattern the loss penalises is the numpy one engine.stripes measures (|mean|, worst band)."""
+    from training.losses import line_pattern
+
+    torch.manual_seed(1)
+    x = torch.rand(1, 4, 50, 61)
+    x[:, :, 1::2, :] += torch.tensor([0.001, 0.002, 0.0, 0.003]).view(1, 4, 1, 1)
+    rows, cols = even_odd_difference(x[0].numpy())
+    assert line_pattern(x, -2).abs().max().item() == pytest.approx(rows, rel=1e-4)
+    assert line_pattern(x, -1).abs().max().item() == pytest.approx(cols, rel=1e-4)
