@@ -24,8 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+import defusedxml.ElementTree as DefusedET
 import numpy as np
 import rasterio
 import rasterio.shutil
@@ -42,6 +44,9 @@ SAR_ROLES = ("VV", "VH")
 _DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")  # two letters at least: C:\\ is a Windows drive
 # HyP3 RTC product names: …_RTC30_G_gpuned_… — radiometry (g γ⁰, s σ⁰), then scale (p power, a amplitude, d dB).
 _HYP3 = re.compile(r"_RTC\d+_[A-Z]_([gs])([pad])")
+# GDAL transformer from radar geometry (GCPs) to the map: a thin-plate spline passes through every GCP of a
+# Sentinel-1 geolocation grid, where a global polynomial leaves residuals of a pixel or more across a 250 km scene.
+GCP_METHOD = "GCP_TPS"
 _HYP3_SCALES = {"p": "linear", "a": "amplitude", "d": "db"}
 _UNIT_WORDS = {"db": "db", "decibel": "db", "decibels": "db", "amplitude": "amplitude", "power": "linear",
                "linear": "linear", "intensity": "linear"}  # fmt: skip
@@ -474,12 +479,46 @@ def _warp_member(source: ResolvedSource, i: int, store: Materialised, grid: Targ
         if ds.crs is None and not ds.gcps[0]:
             raise InputError(f"{source.role} ({source.roles[i]}) has no CRS, geotransform or GCPs: {name}")
         src_nodata = ds.nodata if ds.nodata is not None else (0.0 if source.gcps else None)
+        if source.gcps:
+            out = store.write(f"{source.roles[i]}-warped", _gcp_warped(ds, grid, RESAMPLING[resampling], src_nodata))
+            return f"{out}\t{source.bands[i]}"
+        out = store.new_name(f"{source.roles[i]}-warped")
         with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                        resampling=RESAMPLING[resampling], src_nodata=src_nodata, nodata=np.nan,
                        dtype="float32") as vrt:  # fmt: skip
-            out = store.new_name(f"{source.roles[i]}-warped")
             rasterio.shutil.copy(vrt, out, driver="VRT")
     return f"{out}\t{source.bands[i]}"
+
+
+def _gcp_warped(ds: Any, grid: TargetGrid, resampling: Any, src_nodata: float | None) -> str:
+    """A radar-geometry dataset warped onto ``grid`` through its GCPs (:data:`GCP_METHOD`), as VRT XML.
+
+    rasterio's ``WarpedVRT`` ignores a GCP source's transformer once it is given a destination grid (every pixel
+    then reads the same source pixel: rasterio/rasterio#1891), but builds it right for a destination it chooses.
+    So GDAL serialises that warp — its GCP transformer, source, nodata and resampling — and only the destination
+    is rewritten to the optical grid: size, geotransform and the transformer's own destination geotransforms."""
+    with WarpedVRT(ds, crs=grid.crs, resampling=resampling, src_nodata=src_nodata, nodata=np.nan, dtype="float32",
+                   SRC_METHOD=GCP_METHOD) as vrt, MemoryFile(ext=".vrt") as auto:  # fmt: skip
+        rasterio.shutil.copy(vrt, auto.name, driver="VRT")
+        root = DefusedET.fromstring(auto.read())
+    gt, inverse = grid.transform.to_gdal(), (~grid.transform).to_gdal()
+    root.set("rasterXSize", str(grid.width))
+    root.set("rasterYSize", str(grid.height))
+    _set_texts(root, {"GeoTransform": gt, ".//DstGeoTransform": gt, ".//DstInvGeoTransform": inverse,
+                      "BlockXSize": (min(grid.width, 512),), "BlockYSize": (min(grid.height, 512),)})  # fmt: skip
+    source = root.find(".//SourceDataset")
+    source.set("relativeToVRT", "0")
+    source.text = ds.name
+    return ElementTree.tostring(root, encoding="unicode")
+
+
+def _set_texts(root: Any, values: dict[str, tuple[float, ...]]) -> None:
+    """Set each element found by path to its comma-separated numbers."""
+    for path, numbers in values.items():
+        element = root.find(path)
+        if element is None:
+            raise InputError(f"GDAL's warped VRT has no {path} (unexpected GDAL version?)")
+        element.text = ",".join(repr(float(v)) if isinstance(v, float) else str(v) for v in numbers)
 
 
 def _stack_vrt(members: list[str], grid: TargetGrid, tags: tuple[tuple[str, str], ...] = ()) -> str:

@@ -133,6 +133,43 @@ def s1_sigma_lut(samples: int) -> tuple[np.ndarray, np.ndarray]:
     return pixels, 400.0 + 200.0 * pixels / (samples - 1)
 
 
+def s1_noise_range(samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, η) of the noise range vectors: thermal noise power in DN², 900 → 2,100 across range (above the
+    darkest VH pixels' DN², so noise-subtracted σ⁰ goes negative there, as it does over calm water)."""
+    pixels = np.array([0, samples // 2, samples - 1])
+    return pixels, 900.0 + 1200.0 * pixels / (samples - 1)
+
+
+S1_NOISE_AZIMUTH = (1.0, 1.25)  # the azimuth noise gain at the first and last line (both swath blocks)
+
+
+def s1_noise_xml(lines: int, samples: int, ipf: str = "3", blocks: tuple[tuple[float, float], ...] = ()) -> str:
+    """A noise annotation: range vectors (:func:`s1_noise_range`) at lines 0, lines/2, lines-1 and, for ``ipf="3"``
+    (IPF ≥ 2.9 layout), two swath blocks splitting the samples in half with the azimuth gains ``blocks`` (default
+    :data:`S1_NOISE_AZIMUTH` in both), linear along lines; ``ipf="2"`` is the older ``noiseVector`` layout."""
+    pixels, eta = s1_noise_range(samples)
+    vec, lut = ("noiseRangeVector", "noiseRangeLut") if ipf == "3" else ("noiseVector", "noiseLut")
+    vectors = "".join(
+        f"<{vec}><azimuthTime>2024-05-01T05:45:{12 + k:02d}.000000</azimuthTime><line>{line}</line>"
+        f'<pixel count="{len(pixels)}">{" ".join(map(str, pixels))}</pixel>'
+        f'<{lut} count="{len(pixels)}">{" ".join(f"{v:.6e}" for v in eta)}</{lut}></{vec}>'
+        for k, line in enumerate((0, lines // 2, lines - 1))
+    )
+    body = f'<{vec}List count="3">{vectors}</{vec}List>'
+    if ipf == "3":
+        gains = blocks or (S1_NOISE_AZIMUTH, S1_NOISE_AZIMUTH)
+        half = samples // 2
+        spans = ((0, half - 1), (half, samples - 1))
+        body += f'<noiseAzimuthVectorList count="{len(gains)}">' + "".join(
+            f"<noiseAzimuthVector><swath>IW{k + 1}</swath><firstAzimuthLine>0</firstAzimuthLine>"
+            f"<firstRangeSample>{first}</firstRangeSample><lastAzimuthLine>{lines - 1}</lastAzimuthLine>"
+            f'<lastRangeSample>{last}</lastRangeSample><line count="2">0 {lines - 1}</line>'
+            f'<noiseAzimuthLut count="2">{g[0]:.6e} {g[1]:.6e}</noiseAzimuthLut></noiseAzimuthVector>'
+            for k, ((first, last), g) in enumerate(zip(spans, gains))
+        ) + "</noiseAzimuthVectorList>"
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<noise>{body}</noise>'
+
+
 def _s1_gcps(lines: int, samples: int) -> list[tuple[int, int, float, float, float]]:
     """(line, pixel, lat, lon, incidence) on a coarse grid, as the annotation's geolocation grid."""
     out = []
@@ -147,11 +184,12 @@ def _s1_gcps(lines: int, samples: int) -> list[tuple[int, int, float, float, flo
 
 def write_s1_safe(
     folder: Path, *, kind: str = "GRDH", pols: tuple[str, ...] = ("VV", "VH"), lines: int = 30, samples: int = 36,
-    zipped: bool = False,
+    zipped: bool = False, noise: str | None = "3",
 ) -> Path:  # fmt: skip
     """A Sentinel-1 IW product (``kind`` GRDH, SLC_, OCN_) of ``lines`` × ``samples`` in ``folder``: manifest.safe,
     per polarisation an annotation (header, image size, geolocation grid with incidence angles), a calibration
-    (σ⁰/β⁰/γ/dn LUT vectors, :func:`s1_sigma_lut`) and a measurement GeoTIFF of DN with the same GCPs."""
+    (σ⁰/β⁰/γ/dn LUT vectors, :func:`s1_sigma_lut`), a noise annotation in the IPF ``noise`` layout
+    (:func:`s1_noise_xml`; None = none, as the oldest products) and a measurement GeoTIFF of DN with the same GCPs."""
     from rasterio.control import GroundControlPoint
 
     name = S1_NAME.format(kind=kind)
@@ -197,6 +235,8 @@ def write_s1_safe(
             "<absoluteCalibrationConstant>1.0</absoluteCalibrationConstant></calibrationInformation>"
             f'<calibrationVectorList count="3">{vectors}</calibrationVectorList></calibration>'
         )
+        if noise is not None:
+            (safe / "annotation" / "calibration" / f"noise-{stem}.xml").write_text(s1_noise_xml(lines, samples, noise))
         (safe / "measurement").mkdir(exist_ok=True)
         with rasterio.open(safe / "measurement" / f"{stem}.tiff", "w", driver="GTiff", width=samples, height=lines,
                            count=1, dtype="uint16") as ds:  # fmt: skip
