@@ -79,3 +79,18 @@ def test_the_old_progress_flag_still_works_with_a_deprecation_notice(capsys):
     assert "--progress-json is deprecated" in capsys.readouterr().err
     assert build_parser().parse_args(["run", "--optical", "o", "--out", "x", "--json"]).progress_json
     assert not build_parser().parse_args(["run", "--optical", "o", "--out", "x"]).progress_json
+
+
+@pytest.mark.parametrize(("new", "old"), [
+    (["gapfill", "--optical", "a", "--optical-prev", "b", "--optical-next", "c", "--out", "d"],
+     ["gapfill", "--cloudy", "a", "--prev", "b", "--next", "c", "--out", "d"]),
+    (["ndvi", "--optical", "a", "--out", "d"], ["ndvi", "--input", "a", "--out", "d"]),
+])  # fmt: skip
+def test_one_name_for_the_optical_image_everywhere_old_names_deprecated(new, old, capsys):
+    """Issue 18, item 5: the optical image is --optical in every command (run's --optical-prev/-next for the extra
+    dates); the old names parse to the same values with a notice on stderr."""
+    parser = build_parser()
+    assert vars(parser.parse_args(new)) == vars(parser.parse_args(old))
+    renamed = [a for a in old if a.startswith("--") and a not in new]
+    err = capsys.readouterr().err
+    assert err.count("is deprecated") == len(renamed) and all(f"{a} is deprecated" in err for a in renamed)
