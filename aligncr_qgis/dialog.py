@@ -77,7 +77,7 @@ from aligncr_qgis.model_list import (
     registry_models,
 )
 from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
-from aligncr_qgis.run_options import OPTIONS, RunCommand, choice_items
+from aligncr_qgis.run_options import OPTIONS, InputError, RunCommand, check_options, choice_items
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
@@ -423,6 +423,8 @@ class AlignCRDialog(QDialog):
         self.extent_combo.currentIndexChanged.connect(self._on_extent_mode)
         self.draw_button.clicked.connect(self._draw_extent)
         self.output_widget.fileChanged.connect(self.validate)
+        for spin in (self.tile_spin, self.overlap_spin, self.batch_spin, self.feather_spin):
+            spin.valueChanged.connect(self.validate)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.env_button.clicked.connect(self.check_environment)
         self.install_button.clicked.connect(lambda: self.install_engine())
@@ -749,6 +751,7 @@ class AlignCRDialog(QDialog):
             res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
         self._check_extra_dates(res)
         self._check_dem(res)
+        self._check_options(res)
         self.last_check = res
         if not self.uses_sar:
             self.overlap_label.setText(self.tr("— (the model uses no SAR)"))
@@ -768,6 +771,15 @@ class AlignCRDialog(QDialog):
         running = self.task is not None
         self.run_button.setEnabled(res.ok and not running)
         return res
+
+    def _check_options(self, res: L.CheckResult) -> None:
+        """The engine's own rules on the option values (tile, overlap, batch, feather …), in its words."""
+        try:
+            check_options({"tile": self.tile_spin.value(), "overlap": self.overlap_spin.value(),
+                           "batch": self.batch_spin.value(), "only_cloudy": self.only_cloudy_check.isChecked(),
+                           "cloud_feather": self.feather_spin.value()})
+        except InputError as exc:
+            res.error(str(exc))
 
     def _check_extra_dates(self, res: L.CheckResult) -> None:
         info = self.temporal

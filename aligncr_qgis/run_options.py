@@ -24,10 +24,12 @@ def _engine_importable() -> None:
 
 _engine_importable()
 
-from engine.config import OPTIONS, Option, run_arguments  # noqa: E402 - needs the path above
+from engine.config import OPTIONS, Option, check_options, run_arguments  # noqa: E402 - needs the path above
+from engine.errors import InputError  # noqa: E402
 from engine.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["OPTIONS", "Option", "RunCommand", "choice_items", "metric_crs_problem", "run_arguments"]
+__all__ = ["OPTIONS", "InputError", "Option", "RunCommand", "check_options", "choice_items", "metric_crs_problem",
+           "run_arguments"]
 
 
 class RunCommand:

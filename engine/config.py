@@ -317,51 +317,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check the settings that need no file; raise :class:`InputError` with one line on the first problem."""
-        if self.tile < 16:
-            raise InputError(f"--tile must be at least 16 pixels, got {self.tile}")
-        if self.overlap < 0 or 2 * self.overlap >= self.tile:
-            raise InputError(f"--overlap must be in [0, tile/2) = [0, {self.tile // 2}), got {self.overlap}")
-        if self.batch < 1:
-            raise InputError(f"--batch must be at least 1, got {self.batch}")
-        if self.chunk < 1:
-            raise InputError(f"chunk must be at least 1 pixel, got {self.chunk}")
-        if len(self.bands) < 1 or any(b < 1 for b in self.bands) or len(set(self.bands)) != len(self.bands):
-            raise InputError(f"--bands must be distinct 1-based band indices, got {','.join(map(str, self.bands))}")
-        if len(self.sar_bands) != 2 or any(b < 1 for b in self.sar_bands) or len(set(self.sar_bands)) != 2:
-            raise InputError(
-                f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
-            )
-        if self.sar is not None and (self.sar_vv is not None or self.sar_vh is not None):
-            raise InputError("give the SAR either as --sar or as --sar-vv and --sar-vh, not both")
-        if (self.sar_vv is None) != (self.sar_vh is None):
-            raise InputError(f"split polarisations need both --sar-vv and --sar-vh; "
-                             f"{'--sar-vh' if self.sar_vh is None else '--sar-vv'} is missing")  # fmt: skip
-        if self.qa is not None and Path(self.qa).resolve() == Path(self.out).resolve():
-            raise InputError(f"--qa must be another file than --out, got {self.qa} for both")
-        self._validate_tta()
-        if self.only_cloudy and self.mask is None and len(self.bands) != 4:
-            raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
-                             f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip
-        if self.memory_budget is not None and not self.memory_budget > 0:
-            raise InputError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
-        if not 0 <= self.cloud_feather <= MAX_FEATHER:
-            raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {self.cloud_feather}")
-        for row in OPTIONS.values():
-            value = getattr(self, row.name)
-            if row.choices and value not in row.choices:
-                raise InputError(f"{row.flag} must be one of {', '.join(row.choices)}, got '{value}'")
-
-    def _validate_tta(self) -> None:
-        if self.tta is None or not 1 <= self.tta <= MAX_TTA:
-            raise InputError(f"--tta must be 1 to {MAX_TTA} transforms (flips and 90° rotations), got {self.tta}")
-        if self.confidence is None:
-            return
-        if self.tta < 2:
-            raise InputError(f"--confidence needs --tta of 2 or more (the spread of one output is 0), got {self.tta}")
-        others = {"--out": self.out, "--qa": self.qa}
-        for name, path in others.items():
-            if path is not None and Path(self.confidence).resolve() == Path(path).resolve():
-                raise InputError(f"--confidence must be another file than {name}, got {self.confidence} for both")
+        check_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def temporal_paths(self) -> dict[str, Path]:
         """The extra dates' rasters that were given, by field name (``optical_prev`` …)."""
@@ -380,6 +336,66 @@ class RunConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """The rules on option values that need no file (an option left out has its default); raise
+    :class:`InputError` with one line on the first problem. Standard library only, so the plugin's dialog checks
+    its values with the engine's rules and words before a run (:meth:`RunConfig.validate` runs the same)."""
+    v = {**{name: row.default for name, row in OPTIONS.items()}, "chunk": 1, **values}
+    if v["tile"] < 16:
+        raise InputError(f"--tile must be at least 16 pixels, got {v['tile']}")
+    if v["overlap"] < 0 or 2 * v["overlap"] >= v["tile"]:
+        raise InputError(f"--overlap must be in [0, tile/2) = [0, {v['tile'] // 2}), got {v['overlap']}")
+    if v["batch"] < 1:
+        raise InputError(f"--batch must be at least 1, got {v['batch']}")
+    if v["chunk"] < 1:
+        raise InputError(f"chunk must be at least 1 pixel, got {v['chunk']}")
+    _check_bands(tuple(v["bands"]), tuple(v["sar_bands"]))
+    _check_sar_inputs(v)
+    if v["qa"] is not None and Path(v["qa"]).resolve() == Path(v["out"]).resolve():
+        raise InputError(f"--qa must be another file than --out, got {v['qa']} for both")
+    _check_tta(v)
+    if v["only_cloudy"] and v["mask"] is None and len(v["bands"]) != 4:
+        raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
+                         f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
+    if v["memory_budget"] is not None and not v["memory_budget"] > 0:
+        raise InputError(f"--memory-budget must be a positive number of GB, got {v['memory_budget']}")
+    if not 0 <= v["cloud_feather"] <= MAX_FEATHER:
+        raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {v['cloud_feather']}")
+    for row in OPTIONS.values():
+        if row.choices and v[row.name] not in row.choices:
+            raise InputError(f"{row.flag} must be one of {', '.join(row.choices)}, got '{v[row.name]}'")
+
+
+def _check_bands(bands: tuple[int, ...], sar_bands: tuple[int, ...]) -> None:
+    if len(bands) < 1 or any(b < 1 for b in bands) or len(set(bands)) != len(bands):
+        raise InputError(f"--bands must be distinct 1-based band indices, got {','.join(map(str, bands))}")
+    if len(sar_bands) != 2 or any(b < 1 for b in sar_bands) or len(set(sar_bands)) != 2:
+        raise InputError(f"--sar-bands must be two distinct 1-based indices (VV,VH), got "
+                         f"{','.join(map(str, sar_bands))}")  # fmt: skip
+
+
+def _check_sar_inputs(v: Mapping[str, Any]) -> None:
+    if v["sar"] is not None and (v["sar_vv"] is not None or v["sar_vh"] is not None):
+        raise InputError("give the SAR either as --sar or as --sar-vv and --sar-vh, not both")
+    if (v["sar_vv"] is None) != (v["sar_vh"] is None):
+        raise InputError(f"split polarisations need both --sar-vv and --sar-vh; "
+                         f"{'--sar-vh' if v['sar_vh'] is None else '--sar-vv'} is missing")  # fmt: skip
+
+
+def _check_tta(v: Mapping[str, Any]) -> None:
+    """``tta`` None is what RunConfig resolves it to: 1, or 4 with a confidence layer."""
+    tta = v["tta"] if v["tta"] is not None else (DEFAULT_CONFIDENCE_TTA if v["confidence"] is not None else 1)
+    if not 1 <= tta <= MAX_TTA:
+        raise InputError(f"--tta must be 1 to {MAX_TTA} transforms (flips and 90° rotations), got {tta}")
+    if v["confidence"] is None:
+        return
+    if tta < 2:
+        raise InputError(f"--confidence needs --tta of 2 or more (the spread of one output is 0), got {tta}")
+    for name, path in (("--out", v["out"]), ("--qa", v["qa"])):
+        if path is not None and Path(v["confidence"]).resolve() == Path(path).resolve():
+            raise InputError(f"--confidence must be another file than {name}, got {v['confidence']} for both")
 
 
 def _table() -> dict[str, Option]:

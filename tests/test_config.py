@@ -94,3 +94,19 @@ def test_one_name_for_the_optical_image_everywhere_old_names_deprecated(new, old
     renamed = [a for a in old if a.startswith("--") and a not in new]
     err = capsys.readouterr().err
     assert err.count("is deprecated") == len(renamed) and all(f"{a} is deprecated" in err for a in renamed)
+
+
+def test_check_options_is_runconfig_s_validation_on_plain_values():
+    """The dialog checks its values with engine.config.check_options; RunConfig.validate is the same rules."""
+    from engine.config import check_options
+    from engine.errors import InputError
+
+    check_options({"tile": 64, "overlap": 31})
+    for values, message in (({"tile": 64, "overlap": 32}, r"--overlap must be in \[0, tile/2\)"),
+                            ({"sar_units": "kelvin"}, "--sar-units must be one of auto, db, linear, amplitude"),
+                            ({"confidence": "c.tif", "tta": 1}, "--confidence needs --tta of 2"),
+                            ({"sar_vv": "vv.tif"}, "--sar-vh is missing")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            check_options(values)
+        with pytest.raises(InputError, match=message):
+            RunConfig(optical="o.tif", out="x.tif", **values).validate()

@@ -64,6 +64,20 @@ def test_dialog_offers_the_table_s_values_and_ranges(dlg: AlignCRDialog) -> None
         assert (spin.minimum(), spin.maximum()) == (OPTIONS[name].minimum, OPTIONS[name].maximum), name
 
 
+def test_dialog_checks_option_values_with_the_engine_s_rules(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    dlg.optical_combo.setLayer(add(project, write_optical(tmp_path / "opt.tif"), "optical"))
+    dlg.sar_combo.setLayer(add(project, write_sar(tmp_path / "sar.tif"), "sar"))
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+    dlg.tile_spin.setValue(64)
+    dlg.overlap_spin.setValue(16)
+    assert dlg.run_button.isEnabled(), dlg.issue_messages()
+    dlg.overlap_spin.setValue(32)  # the engine refuses an overlap of half a tile or more
+    assert "--overlap must be in [0, tile/2) = [0, 32), got 32" in dlg.issue_messages()
+    assert not dlg.run_button.isEnabled()
+    dlg.tile_spin.setValue(128)
+    assert dlg.run_button.isEnabled(), dlg.issue_messages()
+
+
 def test_dialog_extent_goes_as_bounds_not_as_clipped_copies(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
     opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
     sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
