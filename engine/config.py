@@ -74,8 +74,9 @@ class Option:
     required: bool = False
 
     def text(self, value: Any) -> str:
-        """``value`` as it goes on the command line: ``3,2,1,4`` for bands, the number, the path, the text."""
-        if self.kind in ("bands", "bounds"):
+        """``value`` as it goes on the command line: ``3,2,1,4`` for bands, the number, the path, the text
+        (a :class:`Bounds` writes itself as ``xmin,ymin,xmax,ymax[,CRS]``)."""
+        if self.kind == "bands":
             return ",".join(str(v) for v in value) if not isinstance(value, str) else value
         if self.kind == "int":
             return str(int(value))

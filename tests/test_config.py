@@ -63,6 +63,9 @@ def test_run_arguments_round_trip_through_the_engine_parser():
     parsed = config_from_args(build_parser().parse_args(args))
     assert parsed.as_dict() == RunConfig(**values).as_dict()
     assert parsed.bounds == Bounds(1.0, 2.0, 3.0, 4.0, "EPSG:4326")
+    # a RunConfig's own (converted) values make the same command line again
+    again = config_from_args(build_parser().parse_args(run_arguments({n: getattr(parsed, n) for n in OPTIONS})))
+    assert again.as_dict() == parsed.as_dict()
 
 
 def test_run_arguments_leave_defaults_to_the_engine_and_refuse_unknown_names():
