@@ -107,3 +107,25 @@ def test_metric_crs_rule_takes_either_library_s_facts():
     assert metric_crs_problem("EPSG:32632", geographic=False, units="meters") is None
     assert "not projected in metres" in metric_crs_problem("EPSG:4326", geographic=True, units="degrees")
     assert "EPSG:2263 is not projected" in metric_crs_problem("EPSG:2263", geographic=False, units="US survey foot")
+
+
+def test_bounds_on_a_sentinel2_product_with_its_own_mask(tmp_path):
+    """A product's optical (a VRT of its JP2 bands, in memory) is windowed like a file; its SCL mask, on the
+    product's full grid, is aligned onto the window; the window's pixels are the whole run's."""
+    from helpers_sentinel import write_s2_safe
+
+    from engine.sources import Materialised, materialise, resolve_optical
+
+    product = write_s2_safe(tmp_path, zipped=True, size=32)
+    with Materialised() as store, rasterio.open(materialise(resolve_optical(product), store)) as ds:
+        sar = write_sar(tmp_path / "s1.tif", like=ds.name)
+        left, top = ds.transform.c, ds.transform.f
+    common = {"optical": product, "sar": sar, "mask": "auto", "only_cloudy": True, "cloud_feather": 0, "tile": 16,
+              "overlap": 4, "model": "identity", "device": "cpu"}
+    whole = run(RunConfig(out=tmp_path / "whole.tif", **common))
+    part = run(RunConfig(out=tmp_path / "part.tif", bounds=f"{left + 80},{top - 250},{left + 250},{top - 40}",
+                         **common))  # fmt: skip
+    with rasterio.open(whole.output) as a, rasterio.open(part.output) as b:
+        assert (b.res, b.width, b.height) == ((10.0, 10.0), 17, 21)
+        assert (b.transform.c, b.transform.f) == (left + 80, top - 40)
+        np.testing.assert_array_equal(b.read(), a.read(window=((4, 25), (8, 25))))
