@@ -1,21 +1,21 @@
 """The toolbar dialog: pick layers and options, check them, run the engine in the background, load the results.
 
 Built in code rather than a ``.ui`` file so that every widget is a named attribute the tests can drive. The
-dialog holds no raster maths: it validates with :mod:`aligncr_qgis.layers`, clips to a processing extent with
-GDAL virtual rasters (:mod:`aligncr_qgis.extent_clip`), and hands a :class:`~aligncr_qgis.engine_process.RunRequest`
-to an :class:`~aligncr_qgis.task.EngineTask`. When the chosen model is temporal (``temporal_inputs`` in its
-``engine models --json`` entry: msop-unet, gapfill) an "Extra dates" group asks for the images before and after
-the cloudy one (and, for gapfill, optional acquisition times); a model without SAR input (gapfill) disables the
-SAR row, which validation then skips and the command line omits; a model built with a DEM input (``uses_dem``, or
-``dem`` in a weights file's card) shows a DEM picker. It is non-modal: QGIS stays usable while a run is
-in flight, and closing the dialog does not stop the task (the task manager still shows it and can cancel it).
+dialog holds no raster maths: it validates with :mod:`aligncr_qgis.layers`, takes its allowed values and ranges
+from the engine's options table (:mod:`aligncr_qgis.run_options`), passes a processing extent as the engine's
+``--bounds`` and hands a :class:`~aligncr_qgis.run_options.RunCommand` to an :class:`~aligncr_qgis.task.EngineTask`.
+When the chosen model is temporal (``temporal_inputs`` in its ``engine models --json`` entry: msop-unet, gapfill)
+an "Extra dates" group asks for the images before and after the cloudy one (and, for gapfill, optional acquisition
+times); a model without SAR input (gapfill) disables the SAR row, which validation then skips and the command line
+omits; a model built with a DEM input (``uses_dem``, or ``dem`` in a weights file's card) shows a DEM picker. It is
+non-modal: QGIS stays usable while a run is in flight, and closing the dialog does not stop the task (the task
+manager still shows it and can cancel it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from aligncr_qgis import layers as L
-from aligncr_qgis.engine_process import EngineProcess, EngineRunError, RunRequest
-from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
+from aligncr_qgis.engine_process import EngineProcess, EngineRunError
 from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
 from aligncr_qgis.installer import InstallPlan
 from aligncr_qgis.model_cards import ModelCard, ModelCardError, TemporalInfo, read_card, temporal_info
@@ -78,13 +77,13 @@ from aligncr_qgis.model_list import (
     registry_models,
 )
 from aligncr_qgis.paths import engine_root, help_url, icon_path, resolve_python
+from aligncr_qgis.run_options import OPTIONS, InputError, RunCommand, check_options, choice_items
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
-UNITS = [("auto", "Auto-detect"), ("db", "dB"), ("linear", "Linear power")]
-# The extra dates of temporal models: engine name (RunRequest field, ``--optical-prev`` …) → dialog label.
+# The extra dates of temporal models: engine option (``optical_prev`` → ``--optical-prev`` …) → dialog label.
 EXTRA_LAYERS = {
     "optical_prev": "Optical before (t−1)",
     "sar_prev": "SAR before (t−1)",
@@ -218,8 +217,8 @@ class AlignCRDialog(QDialog):
         self.units_combo = QComboBox(self)
         self.units_combo.setToolTip(self.tr("Whether the SAR values are backscatter in dB or linear power; "
                                             "auto-detect reads the value range"))
-        for key, label in UNITS:
-            self.units_combo.addItem(label, key)
+        for key, label in choice_items("sar_units"):
+            self.units_combo.addItem(self.tr(label), key)
         sar_row.addWidget(self.units_combo)
         form.addRow(self.tr("Bands"), sar_row)
         self.landcover_combo = self._raster_combo(True)
@@ -238,7 +237,7 @@ class AlignCRDialog(QDialog):
             "chosen, else the clouds detected on the optical image (bright, flat pixels; a real mask is better). "
             "Off: the model's output everywhere, as in the paper.")
         )
-        self.feather_spin = _spin(0, 512, 1, " px")
+        self.feather_spin = _spin("cloud_feather", 1, " px")
         self.feather_spin.setToolTip(self.tr("Blend width beyond the cloud's edge (0 = hard edge)"))
         keep_row.addWidget(self.only_cloudy_check, 1)
         keep_row.addWidget(QLabel(self.tr("Feather")))
@@ -305,9 +304,9 @@ class AlignCRDialog(QDialog):
                                              "'Check environment' lists the GPUs"))
         pform.addRow(self.tr("Device"), self.device_combo)
         tiles = QHBoxLayout()
-        self.tile_spin = _spin(64, 4096, 32, " px")
-        self.overlap_spin = _spin(0, 1024, 8, " px")
-        self.batch_spin = _spin(1, 256, 1, "")
+        self.tile_spin = _spin("tile", 32, " px")
+        self.overlap_spin = _spin("overlap", 8, " px")
+        self.batch_spin = _spin("batch", 1, "")
         self.tile_spin.setToolTip(self.tr("Side of the square tiles the image is cut into; larger = faster, more "
                                           "memory"))
         self.overlap_spin.setToolTip(self.tr("Pixels two neighbouring tiles share, blended so no seams show"))
@@ -424,6 +423,8 @@ class AlignCRDialog(QDialog):
         self.extent_combo.currentIndexChanged.connect(self._on_extent_mode)
         self.draw_button.clicked.connect(self._draw_extent)
         self.output_widget.fileChanged.connect(self.validate)
+        for spin in (self.tile_spin, self.overlap_spin, self.batch_spin, self.feather_spin):
+            spin.valueChanged.connect(self.validate)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.env_button.clicked.connect(self.check_environment)
         self.install_button.clicked.connect(lambda: self.install_engine())
@@ -750,6 +751,7 @@ class AlignCRDialog(QDialog):
             res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
         self._check_extra_dates(res)
         self._check_dem(res)
+        self._check_options(res)
         self.last_check = res
         if not self.uses_sar:
             self.overlap_label.setText(self.tr("— (the model uses no SAR)"))
@@ -769,6 +771,15 @@ class AlignCRDialog(QDialog):
         running = self.task is not None
         self.run_button.setEnabled(res.ok and not running)
         return res
+
+    def _check_options(self, res: L.CheckResult) -> None:
+        """The engine's own rules on the option values (tile, overlap, batch, feather …), in its words."""
+        try:
+            check_options({"tile": self.tile_spin.value(), "overlap": self.overlap_spin.value(),
+                           "batch": self.batch_spin.value(), "only_cloudy": self.only_cloudy_check.isChecked(),
+                           "cloud_feather": self.feather_spin.value()})
+        except InputError as exc:
+            res.error(str(exc))
 
     def _check_extra_dates(self, res: L.CheckResult) -> None:
         info = self.temporal
@@ -817,7 +828,7 @@ class AlignCRDialog(QDialog):
                                 "as the input.").format(label, pct, without))
 
     def extra_dates(self) -> dict[str, str]:
-        """The extra rasters (paths) and typed dates the chosen temporal model uses, by RunRequest field."""
+        """The extra rasters (paths) and typed dates the chosen temporal model uses, by run option name."""
         info = self.temporal
         if info is None:
             return {}
@@ -932,39 +943,24 @@ class AlignCRDialog(QDialog):
             self.status_label.setText("")
 
     # ------------------------------------------------------------------ running
-    def build_request(self, temp_dir: str | None) -> RunRequest:
-        """The engine request for the current widgets; clips inputs into ``temp_dir`` when an extent is chosen."""
+    def build_request(self) -> RunCommand:
+        """The engine run the current widgets describe; a processing extent goes as ``--bounds`` (the engine takes
+        that window of the optical image, snapped to its pixels, and aligns every other input onto it)."""
         inp = self.check_inputs()
         paths = {"optical": L.layer_path(inp.optical)}
         for key, layer in (("sar", inp.sar), ("landcover", inp.landcover), ("mask", inp.mask),
                            ("reference", inp.reference)):
             if layer is not None:
                 paths[key] = L.layer_path(layer)
-        extras = self.extra_dates()
-        for key in EXTRA_LAYERS:
-            if key in extras:
-                paths[key] = extras.pop(key)
+        extras = self.extra_dates()  # the extra rasters (paths) and typed dates of a temporal model
         if self.uses_dem and self.dem_combo.currentLayer() is not None:
             paths["dem"] = L.layer_path(self.dem_combo.currentLayer())
-        if inp.extent is not None and temp_dir is not None:
-            opt_crs = inp.optical.crs()
-            layers_by_key = {"optical": inp.optical, "sar": inp.sar, "landcover": inp.landcover, "mask": inp.mask,
-                             "reference": inp.reference, "dem": self.dem_combo.currentLayer(),
-                             **{k: c.currentLayer() for k, c in self.extra_combos.items()}}
-            for key in list(paths):
-                margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
-                paths[key] = clip_to_extent(paths[key], inp.extent, opt_crs, layers_by_key[key].crs(), temp_dir, key,
-                                            margin)
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         out = inp.output
-        report = str(Path(out).with_suffix("")) + "_report" if self.report_check.isChecked() else None
-        return RunRequest(
-            optical=paths["optical"],
-            sar=paths.get("sar"),  # None for a model without SAR input
+        return RunCommand(
+            **paths,
+            **extras,
             out=out,
-            landcover=paths.get("landcover"),
-            mask=paths.get("mask"),
-            reference=paths.get("reference"),
             model=value if kind == "registry" else None,
             weights=value if kind == "weights" else self._bundled_file(value),
             device=self.device_combo.currentData() or "auto",
@@ -972,17 +968,15 @@ class AlignCRDialog(QDialog):
             overlap=self.overlap_spin.value(),
             batch=self.batch_spin.value(),
             cog=self.cog_check.isChecked(),
-            bands=tuple(inp.optical_bands[r] for r in L.OPTICAL_ROLES),  # type: ignore[arg-type]
-            sar_bands=tuple(inp.sar_bands.get(r, i + 1) for i, r in enumerate(L.SAR_ROLES)),  # type: ignore[arg-type]
+            bands=tuple(inp.optical_bands[r] for r in L.OPTICAL_ROLES),
+            sar_bands=tuple(inp.sar_bands.get(r, i + 1) for i, r in enumerate(L.SAR_ROLES)),
             sar_units=self.units_combo.currentData(),
-            report=report,
-            **{key: paths.get(key) for key in EXTRA_LAYERS},
-            **extras,  # the typed dates
-            dem=paths.get("dem"),
+            report=str(Path(out).with_suffix("")) + "_report" if self.report_check.isChecked() else None,
             only_cloudy=self.only_cloudy_check.isChecked(),
+            cloud_feather=self.feather_spin.value() if self.only_cloudy_check.isChecked() else None,
             qa=_beside(out, "_qa") if self.qa_check.isChecked() else None,
             confidence=_beside(out, "_confidence") if self.confidence_check.isChecked() else None,
-            cloud_feather=self.feather_spin.value(),
+            bounds=L.bounds_argument(inp.extent) if inp.extent is not None else None,
         )
 
     def run(self) -> EngineTask | None:
@@ -994,9 +988,8 @@ class AlignCRDialog(QDialog):
             self._error(self.tr("the engine package is missing next to the plugin; reinstall the plugin"))
             return None
         self.save_settings()
-        temp_dir = tempfile.mkdtemp(prefix="aligncr_") if self.processing_extent() is not None else None
         try:
-            req = self.build_request(temp_dir)
+            req = self.build_request()
         except (L.LayerError, RuntimeError) as exc:
             self._error(str(exc))
             return None
@@ -1011,7 +1004,7 @@ class AlignCRDialog(QDialog):
         context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem, "inputs": [i.id() for i in inputs],
                    "scene": self.optical_combo.currentLayer().name() if inputs else Path(req.out).stem}
         self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
-                               temp_dirs=[temp_dir] if temp_dir else [], context=context)
+                               context=context)
         self.task.progressMessage.connect(self._on_progress)
         self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.MessageLevel.Warning, 8))
         self.task.done.connect(self._on_done)
@@ -1048,7 +1041,7 @@ class AlignCRDialog(QDialog):
             self.runFinished.emit(False)
             return
         ctx = task.context if task is not None else {}
-        req: RunRequest = ctx["request"]
+        req: RunCommand = ctx["request"]
         result = job.outcomes[0].result if job.outcomes else {}
         out = str(result.get("output") or req.out)
         secs = float(result.get("seconds", job.outcomes[0].seconds if job.outcomes else 0.0))
@@ -1073,7 +1066,7 @@ class AlignCRDialog(QDialog):
     def _add_results(self, ctx: dict[str, Any], out: str, model: str) -> None:
         """One layer group per run, named after the scene and the run, on top of the layer tree: the RGB result
         first and shown, NDVI / QA / confidence below it and hidden; the inputs styled like the result (option)."""
-        req: RunRequest = ctx["request"]
+        req: RunCommand = ctx["request"]
         blue, green, red, _nir = req.bands  # the engine keeps the optical band layout: R, G, B come from the mapping
         layers = [(out, "declouded", lambda lyr: style_rgb(lyr, red, green, blue))]
         layers += [(path, name, styler) for path, name, styler in (
@@ -1182,9 +1175,11 @@ def _beside(out: str, suffix: str) -> str:
     return str(Path(out).with_suffix("")) + suffix + ".tif"
 
 
-def _spin(lo: int, hi: int, step: int, suffix: str) -> QSpinBox:
+def _spin(option: str, step: int, suffix: str) -> QSpinBox:
+    """A spin box over the range the options table allows for ``option``."""
+    row = OPTIONS[option]
     spin = QSpinBox()
-    spin.setRange(lo, hi)
+    spin.setRange(int(row.minimum), int(row.maximum))
     spin.setSingleStep(step)
     spin.setSuffix(suffix)
     return spin

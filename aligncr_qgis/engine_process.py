@@ -5,7 +5,7 @@ hard cancel must be possible (a thread cannot be killed, a process can). This mo
 QgsTask (dialog), the Processing algorithms and the tests all share it and it blocks the calling thread — call it
 from a background thread (QgsTask.run / processAlgorithm), never from the GUI thread.
 
-Protocol (``run --progress-json``): stdout carries only JSON objects, one per line — ``start``, ``progress``
+Protocol (``run --json``): stdout carries only JSON objects, one per line — ``start``, ``progress``
 (``fraction`` in [0, 1]), ``warning``, ``result`` and, on a user error, ``error`` with exit code 2. stderr is
 free-form logging, forwarded to the log and kept (last lines) to explain a crash that produced no ``error`` event,
 e.g. torch missing from the chosen interpreter.
@@ -57,94 +57,12 @@ class EngineCancelled(EngineRunError):
 
 
 @dataclass
-class RunRequest:
-    """Everything ``python -m engine run`` accepts; paths are local files GDAL can open."""
-
-    optical: str
-    sar: str | None  # None: no --sar (only for a model without SAR input, e.g. gapfill)
-    out: str
-    landcover: str | None = None
-    mask: str | None = None
-    reference: str | None = None
-    model: str | None = None
-    weights: str | None = None
-    device: str = "auto"
-    tile: int | None = None
-    overlap: int | None = None
-    batch: int | None = None
-    cog: bool = False
-    bands: tuple[int, int, int, int] = (1, 2, 3, 4)  # B, G, R, NIR in the optical file
-    sar_bands: tuple[int, int] = (1, 2)  # VV, VH in the SAR file
-    sar_units: str = "auto"
-    report: str | None = None
-    optical_scale: str = "auto"  # auto | dn | reflectance
-    sar_resampling: str = "nearest"  # nearest | bilinear (the paper upsamples SAR nearest)
-    # extra dates of temporal models (msop-unet: all four rasters; gapfill: the optical ones and the dates, ISO
-    # 8601 text; an empty date means "from the file's tags")
-    optical_prev: str | None = None
-    sar_prev: str | None = None
-    optical_next: str | None = None
-    sar_next: str | None = None
-    date: str | None = None
-    date_prev: str | None = None
-    date_next: str | None = None
-    dem: str | None = None  # elevation raster for models built with dem=True (Cresson U-Nets)
-    only_cloudy: bool = False  # with a mask: keep the clear pixels as the input (engine.composite)
-    cloud_feather: int | None = None  # blend width beyond the mask, px; None = the engine's default
-    qa: str | None = None  # also write the QA raster (percent of each pixel from the model) here
-    confidence: str | None = None  # also write the confidence raster (TTA spread of the model's output) here
-    tta: int | None = None  # test-time flips/rotations averaged; None = the engine's default (4 with confidence)
-
-    def to_args(self) -> list[str]:
-        args = ["run", "--optical", self.optical, *(["--sar", self.sar] if self.sar else []), "--out", self.out]
-        for flag, value in (
-            ("--landcover", self.landcover),
-            ("--mask", self.mask),
-            ("--reference", self.reference),
-            ("--model", self.model),
-            ("--weights", self.weights),
-            ("--report", self.report),
-            ("--optical-prev", self.optical_prev),
-            ("--sar-prev", self.sar_prev),
-            ("--optical-next", self.optical_next),
-            ("--sar-next", self.sar_next),
-            ("--date", self.date),
-            ("--date-prev", self.date_prev),
-            ("--date-next", self.date_next),
-            ("--dem", self.dem),
-            ("--qa", self.qa),
-            ("--confidence", self.confidence),
-        ):
-            if value:
-                args += [flag, str(value)]
-        for flag, number in (("--tile", self.tile), ("--overlap", self.overlap), ("--batch", self.batch),
-                             ("--tta", self.tta)):
-            if number is not None:
-                args += [flag, str(int(number))]
-        args += ["--device", self.device or "auto"]
-        args += ["--bands", ",".join(str(int(b)) for b in self.bands)]
-        args += ["--sar-bands", ",".join(str(int(b)) for b in self.sar_bands)]
-        args += ["--sar-units", self.sar_units or "auto"]
-        if self.optical_scale != "auto":
-            args += ["--optical-scale", self.optical_scale]
-        if self.sar_resampling != "nearest":
-            args += ["--sar-resampling", self.sar_resampling]
-        if self.cog:
-            args.append("--cog")
-        if self.only_cloudy:
-            args.append("--only-cloudy")
-            if self.cloud_feather is not None:
-                args += ["--cloud-feather", str(int(self.cloud_feather))]
-        return args
-
-
-@dataclass
 class EngineOutcome:
     """What a finished child said: the ``result`` event (when it sent one), warnings and plain stdout."""
 
     result: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    stdout: list[str] = field(default_factory=list)  # non-JSON stdout lines (commands without --progress-json)
+    stdout: list[str] = field(default_factory=list)  # non-JSON stdout lines (commands run without --json)
     seconds: float = 0.0
     start: dict[str, Any] = field(default_factory=dict)
 
@@ -184,10 +102,11 @@ class EngineProcess:
         return env
 
     def run(self, args: Sequence[str], *, progress_json: bool = True, module: str = "engine") -> EngineOutcome:
-        """Run ``python -m MODULE ARGS [--progress-json]`` to completion; raise on failure or cancel."""
+        """Run ``python -m MODULE ARGS [--json]`` to completion; raise on failure or cancel. ``progress_json``:
+        the command streams the JSON-lines events (``run --json``) rather than printing text."""
         args = list(args)
         if progress_json:
-            args.append("--progress-json")
+            args.append("--json")
         cmd = self.command(args, module)
         self.on_log("$ " + " ".join(shlex.quote(c) for c in cmd))
         popen_kw: dict[str, Any] = {}

@@ -24,6 +24,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
+from aligncr_qgis.run_options import metric_crs_problem
+
 OPTICAL_ROLES = ("B", "G", "R", "NIR")
 SAR_ROLES = ("VV", "VH")
 
@@ -166,8 +168,19 @@ def overlap_percent(
     return 100.0 * inter.area() / base.area()
 
 
-def is_metric_projected(crs: QgsCoordinateReferenceSystem) -> bool:
-    return crs.isValid() and not crs.isGeographic() and crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters
+def bounds_argument(extent: QgsRectangle) -> str:
+    """The engine's ``--bounds`` for an extent in the optical layer's CRS (the engine snaps it outwards to the
+    optical pixels and aligns every other input onto that window)."""
+    return ",".join(repr(v) for v in (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()))
+
+
+def metric_problem(crs: QgsCoordinateReferenceSystem) -> str | None:
+    """The engine's one-line refusal of a CRS that is not projected in metres (:mod:`engine.metric_grid`, the
+    rule the engine applies to the optical raster), asked with QGIS's facts about ``crs``; None when it is fine."""
+    if not crs.isValid():
+        return None
+    return metric_crs_problem(crs.authid() or crs.description(), geographic=crs.isGeographic(),
+                              units=QgsUnitTypes.encodeUnit(crs.mapUnits()))  # fmt: skip
 
 
 def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckResult:
@@ -187,12 +200,10 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
             res.error(tr("Optical layer has {0} band(s); B, G, R and NIR are needed (4 bands).")
                       .format(opt.bandCount()))
         _check_mapping(res, "Optical", inp.optical_bands, OPTICAL_ROLES, opt.bandCount())
-        if opt.crs().isValid() and not is_metric_projected(opt.crs()):
+        problem = metric_problem(opt.crs())
+        if problem is not None:
             res.geographic_crs = True
-            res.error(
-                tr("Optical CRS {0} is not projected in metres; the engine works on a metric grid (3 m pixels). "
-                   "Reproject it (e.g. to its UTM zone).").format(opt.crs().authid() or opt.crs().description())
-            )
+            res.error(problem[:1].upper() + problem[1:] + ".")
     if sar is not None:
         if sar.bandCount() < 2:
             res.error(tr("SAR layer has {0} band(s); VV and VH are needed (2 bands).").format(sar.bandCount()))

@@ -3,6 +3,7 @@
 Everything the user sets once — interpreter, device, tile size, model, output folder, check boxes — survives QGIS
 restarts. The last ``engine env --json`` / ``engine models --json`` answers are cached here too, so the dialog
 can offer CUDA devices and registry models immediately instead of starting a torch import every time it opens.
+The run options' defaults are the engine's options table's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from qgis.core import QgsSettings
 
 from aligncr_qgis.paths import resolve_python
+from aligncr_qgis.run_options import OPTIONS
 
 PREFIX = "aligncr/"
 
@@ -23,14 +25,14 @@ PREFIX = "aligncr/"
 class PluginSettings:
     python: str = ""  # empty = automatic (see paths.default_python)
     model: str = ""  # registry name or .safetensors path; empty = bundled weights if any, else identity
-    device: str = "auto"
-    tile: int = 256
-    overlap: int = 32
-    batch: int = 4
-    sar_units: str = "auto"
-    cog: bool = False
-    only_cloudy: bool = False  # with a cloud mask: replace only the cloud, keep the clear pixels
-    cloud_feather: int = 8
+    device: str = OPTIONS["device"].default
+    tile: int = OPTIONS["tile"].default
+    overlap: int = OPTIONS["overlap"].default
+    batch: int = OPTIONS["batch"].default
+    sar_units: str = OPTIONS["sar_units"].default
+    cog: bool = OPTIONS["cog"].default
+    only_cloudy: bool = OPTIONS["only_cloudy"].default  # replace only the cloud, keep the clear pixels
+    cloud_feather: int = OPTIONS["cloud_feather"].default
     write_qa: bool = False  # the QA layer: percent of each pixel from the model
     write_confidence: bool = False  # the confidence layer: spread of the model's output over test-time flips
     add_to_map: bool = True

@@ -9,7 +9,6 @@ A typical job is ``run`` followed by ``ndvi`` on its output; each step gets a sh
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +47,11 @@ class EngineTask(QgsTask):
     done = pyqtSignal(bool, object)
 
     def __init__(self, description: str, python: str, engine_root: str, steps: list[EngineStep],
-                 temp_dirs: list[str] | None = None, context: Any = None) -> None:
+                 context: Any = None) -> None:
         super().__init__(description, QgsTask.Flag.CanCancel)
         self.python = python
         self.engine_root = engine_root
         self.steps = steps
-        self.temp_dirs = list(temp_dirs or [])
         self.context = context  # whatever the caller needs back in done() (layer names, band mapping …)
         self.job = JobResult()
 
@@ -101,8 +99,6 @@ class EngineTask(QgsTask):
         self.warningMessage.emit(message)
 
     def finished(self, result: bool) -> None:  # GUI thread
-        for folder in self.temp_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
         if not result and not self.job.error:
             self.job.error, self.job.kind = "cancelled by the user; no output was written", "Cancelled"
         if not result:

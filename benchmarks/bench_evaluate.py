@@ -187,7 +187,7 @@ def measure(folder: Path, tile_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192], help="scene sides (default 2048 8192)")
-    parser.add_argument("--tile-size", type=int, default=300, help="evaluate --tile-size (default 300, the CLI's)")
+    parser.add_argument("--tile-size", type=int, default=300, help="evaluate --tile (default 300, the CLI's)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated scenes and reports")
     add_child_arguments(parser, ["generate"])

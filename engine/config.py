@@ -1,22 +1,33 @@
-"""The settings of one engine run, as a dataclass shared by the CLI, the QGIS plugin, benchmarks and Dask jobs.
+"""The settings of one engine run: the options table, and the dataclass shared by the CLI, the QGIS plugin,
+benchmarks and Dask jobs.
 
-Everything that decides the output lives here so that a run is reproducible from its :class:`RunConfig`
-(``dataclasses.asdict`` is what goes into the report's "run settings"). Validation of the values that do not
-need the files (tile geometry, band lists, enum options) happens in :meth:`RunConfig.validate`, before any
-raster is opened, so a typo fails in milliseconds with a one-line :class:`~engine.errors.InputError`.
+Every run option is declared once, as a field of :class:`RunConfig` made with :func:`option`: its name, type
+(``kind``), default, allowed values, help, CLI flag, short label, group and which models use it. :data:`OPTIONS`
+is that table read back from the fields, and every front end is generated from it or reads it: the ``engine run``
+parser (:mod:`engine.commands.run`), the plugin's command line (:func:`run_arguments`), the Processing parameters
+(``aligncr_qgis/algorithms/declouding.py``) and the dialog's allowed values and ranges (``aligncr_qgis/dialog.py``).
+A new option is one field here plus its use in the engine.
+
+Why one module for both: everything that decides the output lives here so that a run is reproducible from its
+:class:`RunConfig` (``dataclasses.asdict`` is what goes into the report's "run settings"). Validation of the values
+that do not need the files (tile geometry, band lists, enum options) happens in :meth:`RunConfig.validate`, before
+any raster is opened, so a typo fails in milliseconds with a one-line :class:`~engine.errors.InputError`.
+
+The QGIS plugin imports this module in QGIS's own Python (3.9 on Windows/macOS, often without numpy's friends):
+it imports only the standard library and :mod:`engine.errors` at module level (``tests/test_config.py`` checks that
+no torch, numpy or rasterio comes with it), and is written for Python 3.9.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
-from engine.sources import as_source
-from engine.tta import DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
 SAR_UNITS = ("auto", "db", "linear", "amplitude")
 OPTICAL_SCALES = ("auto", "dn", "reflectance")
@@ -27,6 +38,58 @@ TEMPORAL_PATHS = ("optical_prev", "sar_prev", "optical_next", "sar_next")  # the
 DATE_FIELDS = ("date", "date_prev", "date_next")
 INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "reference", "dem", *TEMPORAL_PATHS)
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
+MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.tta averages over
+DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
+CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
+
+# What an option's value is; each front end maps a kind to its widget, parameter or argparse type.
+KINDS = ("source", "path", "text", "int", "float", "bool", "choice", "bands", "time", "bounds")
+# Groups, in the order ``engine run --help`` shows them; ``tiling`` is also what ``engine batch`` applies to
+# every scene.
+GROUPS = ("inputs", "model", "output", "tiling", "units", "extra dates")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One run option as every front end sees it: one row of :data:`OPTIONS`.
+
+    ``default`` is the :class:`RunConfig` field's; ``flag`` the ``engine run`` option (``--no-…`` for a boolean
+    that is on by default); ``label`` the dialog's / Processing's short name; ``models`` says which models use it
+    (``all``, ``temporal``, ``gapfill``, ``dem`` …: the others ignore it, with a warning where it matters);
+    ``minimum`` / ``maximum`` bound numbers in every front end; ``choice_labels`` name ``choices`` for people."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    label: str = ""
+    flag: str = ""
+    group: str = "inputs"
+    models: str = "all"
+    choices: tuple[str, ...] = ()
+    choice_labels: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    metavar: str | None = None
+    required: bool = False
+
+    def text(self, value: Any) -> str:
+        """``value`` as it goes on the command line: ``3,2,1,4`` for bands, the number, the path, the text
+        (a :class:`Bounds` writes itself as ``xmin,ymin,xmax,ymax[,CRS]``)."""
+        if self.kind == "bands":
+            return ",".join(str(v) for v in value) if not isinstance(value, str) else value
+        if self.kind == "int":
+            return str(int(value))
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return str(value)
+
+
+def option(default: Any, help: str, *, kind: str, **row: Any) -> Any:
+    """A :class:`RunConfig` field that is also a row of the options table (``row``: :class:`Option`'s fields)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown option kind {kind!r}")
+    return field(default=default, metadata={"option": dict(row, kind=kind, help=help)})
 
 
 def flag(field_name: str) -> str:
@@ -34,14 +97,47 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """``--bounds``: the window to process, in ``crs`` (None: the optical image's CRS); the engine snaps it
+    outwards to the optical pixel grid (:mod:`engine.bounds`)."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    crs: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Bounds:
+        """``"xmin,ymin,xmax,ymax[,CRS]"`` (CRS: anything GDAL reads, e.g. ``EPSG:4326``) or one-line InputError."""
+        parts = [p.strip() for p in str(text).split(",")]
+        try:
+            numbers = [float(p) for p in parts[:4]]
+        except ValueError:
+            numbers = []
+        if len(numbers) != 4 or any(n != n or n in (float("inf"), float("-inf")) for n in numbers):
+            raise InputError(f"--bounds must be xmin,ymin,xmax,ymax[,CRS] with four numbers, got '{text}'")
+        crs = ",".join(parts[4:]) or None
+        bounds = cls(*numbers, crs=crs)
+        if not (bounds.xmin < bounds.xmax and bounds.ymin < bounds.ymax):
+            raise InputError(f"--bounds must have xmin < xmax and ymin < ymax, got '{text}'")
+        return bounds
+
+    def __str__(self) -> str:
+        numbers = ",".join(repr(float(v)) for v in (self.xmin, self.ymin, self.xmax, self.ymax))
+        return f"{numbers},{self.crs}" if self.crs else numbers
+
+
 @dataclass
 class RunConfig:
-    """One cloud-removal run: inputs, output, model, tiling and unit handling.
+    """One cloud-removal run: inputs, output, model, tiling and unit handling. Each field with an :func:`option`
+    is a row of the options table (see the module docstring); its help says what it does.
 
     ``bands`` / ``sar_bands`` are 1-based band indices into the optical / SAR files (Sentinel-2 B2, B3, B4, B8 in
     a 13-band L1C file are ``(2, 3, 4, 8)``). ``model=None`` means the default model (bundled ``aligncr-lite``
     weights when present, else ``identity``). ``chunk`` is the side, in pixels, of the processing chunk on the
-    global tile grid: it bounds memory and does not change the result.
+    global tile grid: it bounds memory and does not change the result (not a CLI option).
 
     Temporal models (those with a ``temporal_inputs`` attribute: ``msop-unet``, ``gapfill``) also take the images
     acquired before (``optical_prev``, ``sar_prev``) and after (``optical_next``, ``sar_next``) the cloudy one;
@@ -50,9 +146,9 @@ class RunConfig:
     read from the files' tags (:func:`engine.dates.read_acquisition_date`). Other models ignore all of these.
 
     ``sar`` may be ``None`` only for a model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``);
-    the pipeline says so in one line for any other model. ``out`` is keyword-only (it follows the optional ``sar``).
-    ``dem`` is a one-band elevation raster in metres (any CRS/resolution) for models built with ``dem=True`` (the
-    Cresson 2022 U-Nets; see :mod:`engine.dem`); other models ignore it with a warning.
+    the pipeline says so in one line for any other model. ``out`` is required (give it by keyword: it follows the
+    optional ``sar``). ``dem`` is a one-band elevation raster in metres (any CRS/resolution) for models built with
+    ``dem=True`` (the Cresson 2022 U-Nets; see :mod:`engine.dem`); other models ignore it with a warning.
 
     ``only_cloudy`` keeps every pixel that ``mask`` does not mark as cloud exactly as the input and puts the
     model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.composite`);
@@ -67,51 +163,148 @@ class RunConfig:
     ``memory_budget`` (GB) bounds one tile's forward plus the pipeline's buffers (:mod:`engine.memory`): a tile
     that does not fit is refused with the largest one that does; ``None`` takes 80 % of the available memory.
     ``tile`` is the largest tile: on a scene smaller than it the tiles shrink to the scene (:mod:`engine.tiling`).
+    ``bounds`` processes only that window of the optical image (any CRS, snapped to the optical grid); the output
+    is that window, georeferenced.
     """
 
-    optical: Path | str
-    sar: Path | str | None = None
-    out: Path = field(kw_only=True)
-    landcover: Path | str | None = None
-    mask: Path | str | None = None  # a file, a GDAL name, or "auto" (the mask that comes with the optical product)
-    reference: Path | str | None = None
-    model: str | None = None
-    weights: Path | None = None
-    device: str = "auto"
-    tile: int = 256
-    overlap: int = 32
-    batch: int = 4
-    cog: bool = False
-    bands: tuple[int, ...] = DEFAULT_BANDS
-    sar_bands: tuple[int, ...] = DEFAULT_SAR_BANDS
-    sar_units: str = "auto"
-    optical_scale: str = "auto"
-    sar_resampling: str = "nearest"
-    report: Path | None = None
-    baselines: bool = True  # the report also scores the non-learned baselines (engine.baselines) and the margin
+    optical: Path | str = option(
+        None, "cloudy optical raster (≥ 4 bands), a Sentinel-2 L1C/L2A .SAFE folder or .zip, or any GDAL dataset "
+        "name (/vsizip/…, a .vrt, a subdataset)", kind="source", label="Cloudy optical image (B, G, R, NIR)",
+        required=True)
+    sar: Path | str | None = option(
+        None, "Sentinel-1: a 2-band VV, VH raster (dB, linear power or amplitude), an RTC product or a GRD .SAFE "
+        "folder or .zip; required except for gapfill", kind="source", models="sar",
+        label="Sentinel-1 SAR image (VV, VH; not for gapfill)")
+    out: Path = option(None, "output GeoTIFF (written atomically)", kind="path", label="Declouded image",
+                       group="output", required=True)
+    landcover: Path | str | None = option(None, "ESA WorldCover land-cover raster (for the report)", kind="source",
+                                          label="Land cover (ESA WorldCover codes)")
+    mask: Path | str | None = option(
+        None, "cloud mask: 1 band (1 = cloud), Planet UDM2 (8 bands), or 'auto': the mask that comes with the "
+        "optical product (UDM2 beside a PlanetScope file, L2A SCL)", kind="source",
+        label="Cloud mask (binary or Planet UDM2)")  # a file, a GDAL name, or "auto"
+    reference: Path | str | None = option(None, "cloud-free reference image (for the report's metrics)",
+                                          kind="source", label="Cloud-free reference (metrics in the report)")
+    model: str | None = option(None, "registry model name (default: aligncr-lite if bundled weights, else identity)",
+                               kind="text", label="Model", group="model")
+    weights: Path | None = option(None, ".safetensors weights file with its model card", kind="path",
+                                  label="Weights (.safetensors; overrides the model)", group="model")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (default {default})", kind="text",
+                         label="Device (auto, cpu, cuda or cuda:N)", group="tiling")
+    tile: int = option(256, "tile size in pixels (default {default})", kind="int", label="Tile size (px)",
+                       group="tiling", minimum=16, maximum=8192)
+    overlap: int = option(32, "tile overlap in pixels, blended (default {default})", kind="int",
+                          label="Tile overlap (px)", group="tiling", minimum=0, maximum=2048)
+    batch: int = option(4, "tiles per forward pass (default {default})", kind="int", label="Batch size",
+                        group="tiling", minimum=1, maximum=512)
+    cog: bool = option(False, "write Cloud-Optimized GeoTIFF output with overviews", kind="bool",
+                       label="Write a cloud-optimised GeoTIFF", group="tiling")
+    bands: tuple[int, ...] = option(DEFAULT_BANDS, "optical B,G,R,NIR band indices", kind="bands", label="Bands",
+                                    group="units")
+    sar_bands: tuple[int, ...] = option(DEFAULT_SAR_BANDS, "SAR VV,VH band indices (default 1,2)", kind="bands",
+                                        label="SAR bands", group="units", models="sar")
+    sar_units: str = option("auto", "SAR units (default: detect)", kind="choice", choices=SAR_UNITS,
+                            choice_labels=("Auto-detect", "dB", "Linear power", "Amplitude"), label="SAR units",
+                            group="units", models="sar")
+    optical_scale: str = option("auto", "optical units: DN ×10⁴ or reflectance", kind="choice",
+                                choices=OPTICAL_SCALES, label="Optical units", group="units",
+                                choice_labels=("Auto-detect", "Digital numbers (reflectance × 10⁴)",
+                                               "Reflectance 0–1"))  # fmt: skip
+    sar_resampling: str = option("nearest", "SAR upsampling", kind="choice", choices=SAR_RESAMPLINGS,
+                                 choice_labels=("Nearest (as in the paper)", "Bilinear"), label="SAR upsampling",
+                                 group="units", models="sar")
+    report: Path | None = option(None, "also write a metrics/figures report into this folder", kind="path",
+                                 label="Report folder", group="output")
+    baselines: bool = option(
+        True, "with --report and --reference: skip scoring the non-learned baselines (flat, fill) and the output's "
+        "margin over them inside the cloud (default: scored)", kind="bool", flag="--no-baselines", group="output",
+        label="Score the non-learned baselines in the report")
     chunk: int = 1024
-    optical_prev: Path | None = None
-    optical_next: Path | None = None
-    sar_prev: Path | None = None
-    sar_next: Path | None = None
-    date: datetime | None = None
-    date_prev: datetime | None = None
-    date_next: datetime | None = None
-    dem: Path | None = None
-    only_cloudy: bool = False
-    cloud_feather: int = 8
-    qa: Path | None = None
-    confidence: Path | None = None
-    tta: int | None = None
-    memory_budget: float | None = None  # GB for one run's tiles and buffers; None = 80 % of what is available
-    sar_vv: Path | str | None = None  # split polarisations: one file each instead of ``sar`` (engine.sources)
-    sar_vh: Path | str | None = None
+    optical_prev: Path | None = option(None, "optical image acquired before the cloudy one (t-1)", kind="source",
+                                       label="Optical image before the cloudy one (t−1; temporal models)",
+                                       group="extra dates", models="temporal", metavar="FILE")
+    optical_next: Path | None = option(None, "optical image acquired after the cloudy one (t+1)", kind="source",
+                                       label="Optical image after the cloudy one (t+1; temporal models)",
+                                       group="extra dates", models="temporal", metavar="FILE")
+    sar_prev: Path | None = option(None, "SAR image acquired with --optical-prev (t-1; msop-unet)", kind="source",
+                                   label="SAR image before (t−1; msop-unet)", group="extra dates",
+                                   models="msop-unet", metavar="FILE")
+    sar_next: Path | None = option(None, "SAR image acquired with --optical-next (t+1; msop-unet)", kind="source",
+                                   label="SAR image after (t+1; msop-unet)", group="extra dates",
+                                   models="msop-unet", metavar="FILE")
+    date: datetime | None = option(
+        None, "acquisition time of --optical, ISO 8601 (gapfill; default: the file's tags)", kind="time",
+        label="Acquisition time of the cloudy image (ISO 8601; gapfill; default: its metadata)",
+        group="extra dates", models="gapfill", metavar="TIME")
+    date_prev: datetime | None = option(None, "acquisition time of --optical-prev (default: its tags)", kind="time",
+                                        label="Acquisition time before (t−1; default: its metadata)",
+                                        group="extra dates", models="gapfill", metavar="TIME")
+    date_next: datetime | None = option(None, "acquisition time of --optical-next (default: its tags)", kind="time",
+                                        label="Acquisition time after (t+1; default: its metadata)",
+                                        group="extra dates", models="gapfill", metavar="TIME")
+    dem: Path | None = option(
+        None, "elevation raster in metres, 1 band, any CRS (models built with dem=True: ssop-unet/msop-unet +DEM)",
+        kind="source", label="DEM, elevation in metres (models built with a DEM input)", models="dem",
+        metavar="FILE")
+    only_cloudy: bool = option(
+        False, "replace only the pixels --mask marks as cloud (without --mask: the clouds detected on the optical "
+        "image); keep every clear pixel as the input (default: the model's output everywhere, as in the paper)",
+        kind="bool", label="Replace only the cloud, keep clear pixels as the input (mask cloud, else detected)",
+        group="tiling")
+    cloud_feather: int = option(
+        8, "with --only-cloudy: blend model and input over this many pixels beyond the cloud (0 = hard edge; "
+        "default {default})", kind="int", label="Feather beyond the cloud (px; with 'Replace only the cloud')",
+        group="tiling", minimum=0, maximum=MAX_FEATHER, metavar="PX")
+    qa: Path | None = option(
+        None, "also write a QA GeoTIFF: percent of each pixel from the model (0 = as acquired, 100 = reconstructed, "
+        "255 = no data)", kind="path", group="output", metavar="FILE",
+        label="QA layer: percent of each pixel from the model (0 = as acquired, 100 = reconstructed)")
+    confidence: Path | None = option(
+        None, "also write a confidence GeoTIFF: the spread (std, reflectance) of the model's output over --tta "
+        f"flips/rotations; high = guessing (0 = as acquired, {CONFIDENCE_NODATA:g} = no data; implies --tta "
+        f"{DEFAULT_CONFIDENCE_TTA})", kind="path", group="output", metavar="FILE",
+        label="Confidence layer: spread of the model's output over test-time flips/rotations (reflectance; high = "
+        "guessing)")
+    tta: int | None = option(
+        None, f"test-time augmentation: output the mean of the model over N (2-{MAX_TTA}) flips/90° rotations of "
+        f"each tile, N times slower (default 1 = off; {DEFAULT_CONFIDENCE_TTA} with --confidence)", kind="int",
+        group="tiling", minimum=1, maximum=MAX_TTA, metavar="N",
+        label="Test-time augmentation passes: the mean over flips/rotations (0 = off, or 4 with a confidence "
+        "layer; up to 8)")
+    memory_budget: float | None = option(
+        None, "memory for the network's tiles and the buffers; a larger --tile is refused with the largest that "
+        "fits (default: 80 % of the available memory)", kind="float", group="tiling", metavar="GB",
+        label="Memory budget (GB)")
+    sar_vv: Path | str | None = option(None, "split polarisations: the VV raster (with --sar-vh, instead of --sar)",
+                                       kind="source", metavar="FILE", label="SAR VV raster", models="sar")
+    sar_vh: Path | str | None = option(None, "split polarisations: the VH raster", kind="source", metavar="FILE",
+                                       label="SAR VH raster", models="sar")
+    bounds: Bounds | None = option(
+        None, "process only this window of the optical image: xmin,ymin,xmax,ymax in the optical CRS, or in CRS "
+        "when given (e.g. EPSG:4326); snapped outwards to the optical pixels, the output is that window",
+        kind="bounds", metavar="XMIN,YMIN,XMAX,YMAX[,CRS]", label="Processing extent (default: whole image)")
 
     def __post_init__(self) -> None:
+        missing = [name for name in ("optical", "out") if getattr(self, name) is None]
+        if missing:
+            raise TypeError(f"RunConfig needs {' and '.join(missing)}")
         for name in ("out", "weights", "report", "qa", "confidence"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
+        self._convert_inputs()
+        self.bands = tuple(int(b) for b in self.bands)
+        self.sar_bands = tuple(int(b) for b in self.sar_bands)
+        if self.tta is None:
+            self.tta = DEFAULT_CONFIDENCE_TTA if self.confidence is not None else 1
+        if self.bounds is not None and not isinstance(self.bounds, Bounds):
+            self.bounds = Bounds.parse(self.bounds)
+
+    def _convert_inputs(self) -> None:
+        """Input names to :func:`~engine.sources.as_source` values and dates to datetimes (imported here, not at
+        the top: the plugin imports this module without the engine's packages)."""
+        from engine.sources import as_source
+
         for name in INPUT_FIELDS:  # GDAL names (/vsizip//abs/…, DRIVER:…) stay strings: Path would fold them
             value = getattr(self, name)
             if value is not None:
@@ -122,61 +315,10 @@ class RunConfig:
                 from engine.dates import parse_datetime
 
                 setattr(self, name, parse_datetime(str(value)))
-        self.bands = tuple(int(b) for b in self.bands)
-        self.sar_bands = tuple(int(b) for b in self.sar_bands)
-        if self.tta is None:
-            self.tta = DEFAULT_CONFIDENCE_TTA if self.confidence is not None else 1
 
     def validate(self) -> None:
         """Check the settings that need no file; raise :class:`InputError` with one line on the first problem."""
-        if self.tile < 16:
-            raise InputError(f"--tile must be at least 16 pixels, got {self.tile}")
-        if self.overlap < 0 or 2 * self.overlap >= self.tile:
-            raise InputError(f"--overlap must be in [0, tile/2) = [0, {self.tile // 2}), got {self.overlap}")
-        if self.batch < 1:
-            raise InputError(f"--batch must be at least 1, got {self.batch}")
-        if self.chunk < 1:
-            raise InputError(f"chunk must be at least 1 pixel, got {self.chunk}")
-        if len(self.bands) < 1 or any(b < 1 for b in self.bands) or len(set(self.bands)) != len(self.bands):
-            raise InputError(f"--bands must be distinct 1-based band indices, got {','.join(map(str, self.bands))}")
-        if len(self.sar_bands) != 2 or any(b < 1 for b in self.sar_bands) or len(set(self.sar_bands)) != 2:
-            raise InputError(
-                f"--sar-bands must be two distinct 1-based indices (VV,VH), got {','.join(map(str, self.sar_bands))}"
-            )
-        if self.sar is not None and (self.sar_vv is not None or self.sar_vh is not None):
-            raise InputError("give the SAR either as --sar or as --sar-vv and --sar-vh, not both")
-        if (self.sar_vv is None) != (self.sar_vh is None):
-            raise InputError(f"split polarisations need both --sar-vv and --sar-vh; "
-                             f"{'--sar-vh' if self.sar_vh is None else '--sar-vv'} is missing")  # fmt: skip
-        if self.qa is not None and Path(self.qa).resolve() == Path(self.out).resolve():
-            raise InputError(f"--qa must be another file than --out, got {self.qa} for both")
-        self._validate_tta()
-        if self.only_cloudy and self.mask is None and len(self.bands) != 4:
-            raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
-                             f"{len(self.bands)} bands: give a cloud mask with --mask")  # fmt: skip
-        if self.memory_budget is not None and not self.memory_budget > 0:
-            raise InputError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
-        if not 0 <= self.cloud_feather <= MAX_FEATHER:
-            raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {self.cloud_feather}")
-        for name, value, allowed in (
-            ("--sar-units", self.sar_units, SAR_UNITS),
-            ("--optical-scale", self.optical_scale, OPTICAL_SCALES),
-            ("--sar-resampling", self.sar_resampling, SAR_RESAMPLINGS),
-        ):
-            if value not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}, got '{value}'")
-
-    def _validate_tta(self) -> None:
-        if self.tta is None or not 1 <= self.tta <= MAX_TTA:
-            raise InputError(f"--tta must be 1 to {MAX_TTA} transforms (flips and 90° rotations), got {self.tta}")
-        if self.confidence is None:
-            return
-        if self.tta < 2:
-            raise InputError(f"--confidence needs --tta of 2 or more (the spread of one output is 0), got {self.tta}")
-        others = {"--out": self.out, "--qa": self.qa}
-        for name, path in others.items():
-            if path is not None and Path(self.confidence).resolve() == Path(path).resolve():
-                raise InputError(f"--confidence must be another file than {name}, got {self.confidence} for both")
+        check_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def temporal_paths(self) -> dict[str, Path]:
         """The extra dates' rasters that were given, by field name (``optical_prev`` …)."""
@@ -187,7 +329,7 @@ class RunConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, Path):
+            if isinstance(value, (Path, Bounds)):
                 value = str(value)
             elif isinstance(value, datetime):
                 value = value.isoformat()
@@ -195,6 +337,107 @@ class RunConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """The rules on option values that need no file (an option left out has its default); raise
+    :class:`InputError` with one line on the first problem. Standard library only, so the plugin's dialog checks
+    its values with the engine's rules and words before a run (:meth:`RunConfig.validate` runs the same)."""
+    v = {**{name: row.default for name, row in OPTIONS.items()}, "chunk": 1, **values}
+    if v["tile"] < 16:
+        raise InputError(f"--tile must be at least 16 pixels, got {v['tile']}")
+    if v["overlap"] < 0 or 2 * v["overlap"] >= v["tile"]:
+        raise InputError(f"--overlap must be in [0, tile/2) = [0, {v['tile'] // 2}), got {v['overlap']}")
+    if v["batch"] < 1:
+        raise InputError(f"--batch must be at least 1, got {v['batch']}")
+    if v["chunk"] < 1:
+        raise InputError(f"chunk must be at least 1 pixel, got {v['chunk']}")
+    _check_bands(tuple(v["bands"]), tuple(v["sar_bands"]))
+    _check_sar_inputs(v)
+    if v["qa"] is not None and Path(v["qa"]).resolve() == Path(v["out"]).resolve():
+        raise InputError(f"--qa must be another file than --out, got {v['qa']} for both")
+    _check_tta(v)
+    if v["only_cloudy"] and v["mask"] is None and len(v["bands"]) != 4:
+        raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
+                         f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
+    if v["memory_budget"] is not None and not v["memory_budget"] > 0:
+        raise InputError(f"--memory-budget must be a positive number of GB, got {v['memory_budget']}")
+    if not 0 <= v["cloud_feather"] <= MAX_FEATHER:
+        raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {v['cloud_feather']}")
+    for row in OPTIONS.values():
+        if row.choices and v[row.name] not in row.choices:
+            raise InputError(f"{row.flag} must be one of {', '.join(row.choices)}, got '{v[row.name]}'")
+
+
+def _check_bands(bands: tuple[int, ...], sar_bands: tuple[int, ...]) -> None:
+    if len(bands) < 1 or any(b < 1 for b in bands) or len(set(bands)) != len(bands):
+        raise InputError(f"--bands must be distinct 1-based band indices, got {','.join(map(str, bands))}")
+    if len(sar_bands) != 2 or any(b < 1 for b in sar_bands) or len(set(sar_bands)) != 2:
+        raise InputError(f"--sar-bands must be two distinct 1-based indices (VV,VH), got "
+                         f"{','.join(map(str, sar_bands))}")  # fmt: skip
+
+
+def _check_sar_inputs(v: Mapping[str, Any]) -> None:
+    if v["sar"] is not None and (v["sar_vv"] is not None or v["sar_vh"] is not None):
+        raise InputError("give the SAR either as --sar or as --sar-vv and --sar-vh, not both")
+    if (v["sar_vv"] is None) != (v["sar_vh"] is None):
+        raise InputError(f"split polarisations need both --sar-vv and --sar-vh; "
+                         f"{'--sar-vh' if v['sar_vh'] is None else '--sar-vv'} is missing")  # fmt: skip
+
+
+def _check_tta(v: Mapping[str, Any]) -> None:
+    """``tta`` None is what RunConfig resolves it to: 1, or 4 with a confidence layer."""
+    tta = v["tta"] if v["tta"] is not None else (DEFAULT_CONFIDENCE_TTA if v["confidence"] is not None else 1)
+    if not 1 <= tta <= MAX_TTA:
+        raise InputError(f"--tta must be 1 to {MAX_TTA} transforms (flips and 90° rotations), got {tta}")
+    if v["confidence"] is None:
+        return
+    if tta < 2:
+        raise InputError(f"--confidence needs --tta of 2 or more (the spread of one output is 0), got {tta}")
+    for name, path in (("--out", v["out"]), ("--qa", v["qa"])):
+        if path is not None and Path(v["confidence"]).resolve() == Path(path).resolve():
+            raise InputError(f"--confidence must be another file than {name}, got {v['confidence']} for both")
+
+
+def _table() -> dict[str, Option]:
+    """The options table, read from :class:`RunConfig`'s fields (in their order)."""
+    rows = {}
+    for f in dataclasses.fields(RunConfig):
+        row = f.metadata.get("option")
+        if row is not None:
+            rows[f.name] = Option(name=f.name, default=f.default, **{"flag": flag(f.name), **row})
+    return rows
+
+
+OPTIONS: dict[str, Option] = _table()
+
+
+def run_arguments(values: Mapping[str, Any]) -> list[str]:
+    """The ``engine run`` command line for ``values`` (option name → value, as typed: text, numbers, tuples).
+
+    Options follow the table's order; one left out, None, empty or equal to its default is not passed (the
+    engine's default applies); a boolean is its flag alone. Why here: the plugin (dialog and Processing) builds
+    its command line from the same table the engine parses it with, so the two cannot drift."""
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"not a run option: {', '.join(unknown)}")
+    args = ["run"]
+    for name, row in OPTIONS.items():
+        value = values.get(name)
+        if value is None or value == "" or _same(value, row.default):
+            continue
+        if row.kind == "bool":
+            if bool(value) != bool(row.default):
+                args.append(row.flag)
+            continue
+        args += [row.flag, row.text(value)]
+    return args
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, (tuple, list)) and isinstance(default, tuple):
+        return tuple(int(v) for v in value) == default
+    return type(value) is type(default) and value == default
 
 
 def parse_band_list(text: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Progress and cancellation, shared by the CLI (tqdm), ``--progress-json`` and the QGIS plugin (QgsFeedback).
+"""Progress and cancellation, shared by the CLI (tqdm), ``run --json`` and the QGIS plugin (QgsFeedback).
 
 Long-running engine functions take a :class:`Progress` and call :meth:`Progress.update` with a fraction in
 [0, 1]. Cancellation is cooperative: :meth:`Progress.check_cancelled` raises :class:`~engine.errors.Cancelled`

@@ -582,11 +582,35 @@ def _lut_vrt(source: ResolvedSource) -> str:
 # ------------------------------------------------------------------------------------------------------- a run
 
 
-def resolve_run_inputs(config: Any, store: Materialised) -> tuple[Any, dict[str, ResolvedSource], list[str]]:
+def optical_window(opt_name: str, config: Any, store: Materialised) -> dict[str, Any]:
+    """The engine's rules on the optical grid: its CRS projected in metres (:mod:`engine.metric_grid`) and, with
+    ``--bounds``, the optical image (and the reference, which shares its grid) read through a VRT of the window
+    (:mod:`engine.bounds`); returns the config changes (none without ``--bounds``)."""
+    from engine.bounds import bounds_window, window_vrt
+    from engine.config import Bounds
+    from engine.metric_grid import require_metric_crs
+
+    with _open(opt_name, "optical") as ds:
+        require_metric_crs(ds.crs)
+        if config.bounds is None:
+            return {}
+        window = bounds_window(ds, config.bounds)
+        crs, box = ds.crs, rasterio.windows.bounds(window, ds.transform)
+    changes = {"optical": store.write("optical_window", window_vrt(opt_name, window))}
+    if config.reference is not None:
+        ref_name = os.fspath(config.reference)
+        with _open(ref_name, "reference") as ref:
+            ref_window = bounds_window(ref, Bounds(*box, crs=None if ref.crs == crs else crs.to_wkt()))
+        changes["reference"] = as_source(store.write("reference_window", window_vrt(ref_name, ref_window)))
+    return changes
+
+
+def resolve_run_inputs(config: Any, store: Materialised, grid_rules: bool = True,
+                       ) -> tuple[Any, dict[str, ResolvedSource], list[str]]:  # fmt: skip
     """A :class:`~engine.config.RunConfig` whose optical, SAR and mask name what the readers open (the inputs
     themselves, or VRTs in ``store``), with the band lists and SAR units the resolution decided; the resolved
     sources by role; and the warnings to record (a split VV/VH pair far apart in time, ``--mask auto`` with no
-    mask in the product)."""
+    mask in the product). ``grid_rules`` applies :func:`optical_window` (a run; ``engine info`` only describes)."""
     from engine.config import DEFAULT_BANDS
 
     warnings: list[str] = []
@@ -597,8 +621,10 @@ def resolve_run_inputs(config: Any, store: Materialised) -> tuple[Any, dict[str,
                          f"{config.optical}")  # fmt: skip
     resolved = {"optical": optical}
     opt_name = materialise(optical, store)
+    changes: dict[str, Any] = optical_window(opt_name, config, store) if grid_rules else {}
+    opt_name = changes.get("optical", opt_name)
     bands = optical.bands if optical.passthrough else tuple(range(1, len(optical.bands) + 1))
-    changes: dict[str, Any] = {"optical": as_source(opt_name), "bands": bands}
+    changes.update(optical=as_source(opt_name), bands=bands)
     warnings += optical.warnings
     if config.sar is not None or config.sar_vv is not None:
         sar = resolve_sar(config.sar, vv=config.sar_vv, vh=config.sar_vh, bands=tuple(config.sar_bands),

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+# declared with the options they bound (--tta, --confidence); re-exported for the modules that use them here
+from engine.config import CONFIDENCE_NODATA, DEFAULT_CONFIDENCE_TTA, MAX_TTA  # noqa: F401
+
 if TYPE_CHECKING:
     import torch
 
-MAX_TTA = 8  # the order of D4 (engine.config checks --tta against it: this module needs no torch)
-DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
-CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 Array: TypeAlias = "np.ndarray | torch.Tensor"  # tensor methods are called on anything not numpy: no torch import
 
 

@@ -52,18 +52,18 @@ def test_dialog_check_box_reaches_the_engine(project, qgis_iface, tmp_path: Path
         dlg.only_cloudy_check.setChecked(True)
         dlg.feather_spin.setValue(5)
         assert dlg.feather_spin.isEnabled()
-        args = dlg.build_request(None).to_args()
+        args = dlg.build_request().to_args()
         assert args[args.index("--only-cloudy") + 1 :][:2] == ["--cloud-feather", "5"]
         assert args[args.index("--mask") + 1] == str(tmp_path / "mask.tif")
         dlg.only_cloudy_check.setChecked(False)
-        assert "--only-cloudy" not in dlg.build_request(None).to_args()
+        assert "--only-cloudy" not in dlg.build_request().to_args()
         assert "--qa" not in args
         dlg.qa_check.setChecked(True)
-        qa_args = dlg.build_request(None).to_args()
+        qa_args = dlg.build_request().to_args()
         assert qa_args[qa_args.index("--qa") + 1] == str(tmp_path / "out_qa.tif")
         dlg.only_cloudy_check.setChecked(True)
         dlg.mask_combo.setLayer(None)  # no mask: the engine detects the clouds itself
-        args = dlg.build_request(None).to_args()
+        args = dlg.build_request().to_args()
         assert "--only-cloudy" in args and "--mask" not in args
     finally:
         close_dialog(dlg)  # saves the settings

@@ -58,9 +58,9 @@ def test_dialog_check_box_reaches_the_engine_and_persists(project, qgis_iface, t
         dlg.sar_combo.setLayer(add(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
         assert not dlg.confidence_check.isChecked()
-        assert "--confidence" not in dlg.build_request(None).to_args()
+        assert "--confidence" not in dlg.build_request().to_args()
         dlg.confidence_check.setChecked(True)
-        args = dlg.build_request(None).to_args()
+        args = dlg.build_request().to_args()
         assert args[args.index("--confidence") + 1] == str(tmp_path / "out_confidence.tif")
         assert "--tta" not in args  # the engine's default for a confidence layer (4)
     finally:

@@ -271,9 +271,9 @@ def test_weights_file_shows_model_card_and_is_passed_as_weights(project, qgis_if
         opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
         sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
         choose(d, opt, sar, tmp_path / "o.tif")
-        req = d.build_request(None)
+        req = d.build_request()
         assert req.weights == str(weights) and req.model is None
-        assert d.select_model("identity") and d.build_request(None).model == "identity"
+        assert d.select_model("identity") and d.build_request().model == "identity"
     finally:
         d.deleteLater()
 

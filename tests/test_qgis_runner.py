@@ -21,15 +21,15 @@ from aligncr_qgis.engine_process import (
     EngineCancelled,
     EngineProcess,
     EngineRunError,
-    RunRequest,
 )
 from aligncr_qgis.model_cards import ModelCardError, read_card
 from aligncr_qgis.package import build
+from aligncr_qgis.run_options import RunCommand
 from tests.qgis_helpers import PYTHON, ROOT, fake_engine, make_scene
 
 
 def test_run_request_args_follow_the_cli_contract() -> None:
-    req = RunRequest(optical="o.tif", sar="s.tif", out="x.tif", mask="m.tif", model="identity", tile=128,
+    req = RunCommand(optical="o.tif", sar="s.tif", out="x.tif", mask="m.tif", model="identity", tile=128,
                      overlap=16, batch=2, cog=True, bands=(3, 2, 1, 4), sar_bands=(2, 1), sar_units="db",
                      report="rep")
     args = req.to_args()
@@ -43,7 +43,7 @@ def test_run_request_args_follow_the_cli_contract() -> None:
 
     ns = build_parser().parse_args([*args, "--progress-json"])
     assert ns.bands == (3, 2, 1, 4) and ns.tile == 128 and ns.cog and ns.progress_json
-    extra = RunRequest(optical="o", sar="s", out="x", optical_scale="reflectance", sar_resampling="bilinear")
+    extra = RunCommand(optical="o", sar="s", out="x", optical_scale="reflectance", sar_resampling="bilinear")
     ns = build_parser().parse_args(extra.to_args())
     assert ns.optical_scale == "reflectance" and ns.sar_resampling == "bilinear"
 
@@ -57,7 +57,7 @@ def test_runner_reports_progress_warnings_and_result(tmp_path: Path) -> None:
     proc = EngineProcess(PYTHON, root, on_progress=lambda f, m: seen.append((f, m)), on_warning=warnings.append,
                          on_log=logs.append)
     out = tmp_path / "out.tif"
-    outcome = proc.run(RunRequest(optical=str(opt), sar=str(sar), out=str(out)).to_args())
+    outcome = proc.run(RunCommand(optical=str(opt), sar=str(sar), out=str(out)).to_args())
     assert outcome.result["model"] == "fake" and outcome.start["total_tiles"] == 4
     assert [m for _, m in seen if m.startswith("tile")] == [f"tile {i}/4" for i in range(1, 5)]
     assert seen[-1] == (1.0, "done")
@@ -106,7 +106,7 @@ def test_cancel_stops_child_within_a_tile_and_leaves_nothing(tmp_path: Path) -> 
     proc = EngineProcess(PYTHON, root, on_progress=on_progress, is_cancelled=cancel.is_set)
     t0 = time.monotonic()
     with pytest.raises(EngineCancelled):
-        proc.run(RunRequest(optical=str(opt), sar=str(sar), out=str(out)).to_args())
+        proc.run(RunCommand(optical=str(opt), sar=str(sar), out=str(out)).to_args())
     assert time.monotonic() - t0 < 5.0
     assert max(fractions) < 0.2
     assert not out.exists() and not list(tmp_path.glob("out.tif*"))  # SIGINT let the child remove its temp file
@@ -118,7 +118,7 @@ def test_runner_with_real_engine_identity(tmp_path: Path) -> None:
     out = tmp_path / "declouded.tif"
     fractions: list[float] = []
     proc = EngineProcess(PYTHON, ROOT, on_progress=lambda f, _m: fractions.append(f))
-    outcome = proc.run(RunRequest(optical=str(opt), sar=str(sar), out=str(out), model="identity").to_args())
+    outcome = proc.run(RunCommand(optical=str(opt), sar=str(sar), out=str(out), model="identity").to_args())
     assert outcome.result["model"] == "identity" and Path(outcome.result["output"]) == out
     assert fractions[-1] == 1.0
     with rasterio.open(opt) as a, rasterio.open(out) as b:
@@ -143,7 +143,8 @@ def test_engine_env_names_missing_packages_and_install_command() -> None:
 def test_missing_rasterio_in_run_is_explained(tmp_path: Path) -> None:
     opt, sar = make_scene(tmp_path)
     with pytest.raises(EngineRunError) as exc:
-        EngineProcess("/usr/bin/python3", ROOT).run(RunRequest(str(opt), str(sar), str(tmp_path / "o.tif")).to_args())
+        run = RunCommand(optical=str(opt), sar=str(sar), out=str(tmp_path / "o.tif"))
+        EngineProcess("/usr/bin/python3", ROOT).run(run.to_args())
     msg = str(exc.value)
     assert "cannot import" in msg and f"pip install {INSTALL_REQUIREMENTS}" in msg and "venv" in msg
 

@@ -136,7 +136,7 @@ def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene
                       ("sar_next", "sar_next")):  # fmt: skip
         dlg.extra_combos[key].setLayer(layers[name])
     assert not any("Extra dates" in m for m in dlg.issue_messages())
-    args = dlg.build_request(None).to_args()
+    args = dlg.build_request().to_args()
     pairs = dict(zip(args, args[1:]))
     assert pairs["--model"] == "msop-unet"
     assert (pairs["--optical-prev"], pairs["--sar-prev"]) == (str(scene["prev"]), str(scene["sar_prev"]))
@@ -159,13 +159,13 @@ def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene
     dlg.date_edits["date_next"].setText("next tuesday")
     assert any("'next tuesday' is not a date" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
     dlg.date_edits["date_next"].setText(DATES[2])
-    args = dlg.build_request(None).to_args()
+    args = dlg.build_request().to_args()
     pairs = dict(zip(args, args[1:]))
     assert pairs["--optical-prev"] == str(scene["prev"]) and pairs["--date-next"] == DATES[2]
     assert "--sar-prev" not in args and "--sar-next" not in args and "--date" not in args
 
     assert dlg.select_model("aligncr-lite")  # layers still chosen in the hidden group: not passed
-    args = dlg.build_request(None).to_args()
+    args = dlg.build_request().to_args()
     assert not any(a.startswith(("--optical-prev", "--sar-prev", "--optical-next", "--sar-next", "--date"))
                    for a in args)  # fmt: skip
 
@@ -247,18 +247,18 @@ def test_sar_layer_follows_the_model(project, dlg: AlignCRDialog, scene: dict, t
     assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
     assert not dlg.sar_combo.isEnabled() and not dlg.units_combo.isEnabled()
     assert "not used by gapfill" in dlg.sar_label.text() and "uses no SAR" in dlg.overlap_label.text()
-    args = dlg.build_request(None).to_args()
+    args = dlg.build_request().to_args()
     assert "--sar" not in args and args[args.index("--model") + 1] == "gapfill"
 
     far = add(project, write_far_sar(tmp_path / "far.tif", optical_size=SIZE, shift_m=50_000.0), "far")
     dlg.sar_combo.setLayer(far)  # a SAR elsewhere: no matter for gapfill, an error for a SAR model
-    assert dlg.validate().ok and "--sar" not in dlg.build_request(None).to_args(), dlg.issue_messages()
+    assert dlg.validate().ok and "--sar" not in dlg.build_request().to_args(), dlg.issue_messages()
     assert dlg.select_model("aligncr-lite")
     assert any("SAR layer does not overlap" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
     sar = add(project, scene["sar"], "sar")
     dlg.sar_combo.setLayer(sar)
     assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
-    args = dlg.build_request(None).to_args()
+    args = dlg.build_request().to_args()
     assert args[args.index("--sar") + 1] == str(scene["sar"])
 
 
@@ -295,7 +295,7 @@ def test_dem_picker_follows_the_model(project, dlg: AlignCRDialog, scene: dict, 
     for name in ("aligncr-lite", "ssop-unet", "msop-unet", "gapfill"):  # registry defaults: no DEM branch
         assert dlg.select_model(name)
         assert not picker_shown() and not dlg.uses_dem, name
-    assert "--dem" not in dlg.build_request(None).to_args()
+    assert "--dem" not in dlg.build_request().to_args()
 
     weights = save(build_model("ssop-unet", widths=(4, 4, 4, 4, 4, 4), dem=True, dem_width=4),
                    tmp_path / "ssop-dem.safetensors")  # fmt: skip
@@ -309,12 +309,12 @@ def test_dem_picker_follows_the_model(project, dlg: AlignCRDialog, scene: dict, 
     assert any("one band of elevation" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
     dlg.dem_combo.setLayer(dem)
     assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
-    args = dlg.build_request(None).to_args()
+    args = dlg.build_request().to_args()
     assert args[args.index("--dem") + 1] == str(tmp_path / "dem.tif")
     assert args[args.index("--weights") + 1] == str(weights)
 
     assert dlg.select_model("aligncr-lite")  # the DEM stays chosen in the hidden picker but is not passed
-    assert not picker_shown() and "--dem" not in dlg.build_request(None).to_args()
+    assert not picker_shown() and "--dem" not in dlg.build_request().to_args()
 
     dlg.settings.models_cache = [dict(m, uses_dem=True) if m["name"] == "ssop-unet" else m for m in registry]
     dlg._fill_models()

@@ -1,9 +1,11 @@
 """``aligncr:declouding`` — the dialog's run as a Processing algorithm (model builder, batch, qgis_process).
 
-Every input of the toolbar dialog is a typed parameter; the optional EXTENT clips the inputs with GDAL virtual
-rasters exactly as the dialog does (the engine has no extent flag). The declouded layer gets the dialog's RGB
-style (the output keeps the optical band layout, so R/G/B come from the band parameters; 2–98 % cumulative
-cut) when QGIS loads it.
+Every input of the toolbar dialog is a typed parameter. The run options' parameters are generated from the
+engine's options table (:mod:`aligncr_qgis.run_options`: name = the option's in capitals, label, type, default,
+range and allowed values from its row), and the values go back through the same table to the engine's command
+line. The optional EXTENT goes to the engine as ``--bounds``, as the dialog's does. The declouded layer gets the
+dialog's RGB style (the output keeps the optical band layout, so R/G/B come from the band parameters; 2–98 %
+cumulative cut) when QGIS loads it.
 
 Temporal models (MODEL ``msop-unet`` or ``gapfill``) take the optional extra-date parameters: OPTICAL_PREV /
 SAR_PREV / OPTICAL_NEXT / SAR_NEXT (the engine's ``--optical-prev`` …) and DATE / DATE_PREV / DATE_NEXT (ISO 8601;
@@ -15,8 +17,6 @@ the other models).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from typing import Any
 
 from qgis.core import (
@@ -38,17 +38,16 @@ from qgis.core import (
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
-from aligncr_qgis.engine_process import RunRequest
-from aligncr_qgis.extent_clip import MARGIN_PIXELS, clip_to_extent
-from aligncr_qgis.layers import LayerError, is_metric_projected
+from aligncr_qgis.layers import bounds_argument, metric_problem
 from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
+from aligncr_qgis.run_options import OPTIONS, Option, RunCommand
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 
-UNITS = ["auto", "db", "linear"]
-SCALES = ["auto", "dn", "reflectance"]
-RESAMPLINGS = ["nearest", "bilinear"]
-DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+# The run options shown as parameters (named as the option, in capitals), in the toolbox's order.
+INPUTS = ("optical", "sar", "landcover", "mask", "reference", "dem", "only_cloudy")
+EXTRA_DATES = ("optical_prev", "sar_prev", "optical_next", "sar_next", "date", "date_prev", "date_next")
+ADVANCED = ("device", "tile", "overlap", "batch", "cog", "cloud_feather", "optical_scale", "sar_resampling", "tta")
 
 
 class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
@@ -88,29 +87,10 @@ def _rgb_styler(bands: tuple[int, ...]) -> _RgbStyler:
 
 
 class DecloudingAlgorithm(EngineAlgorithm):
-    OPTICAL, SAR, LANDCOVER, MASK, REFERENCE = "OPTICAL", "SAR", "LANDCOVER", "MASK", "REFERENCE"
+    OPTICAL, SAR, MODEL, WEIGHTS, EXTENT = "OPTICAL", "SAR", "MODEL", "WEIGHTS", "EXTENT"
     BANDS = ("BAND_B", "BAND_G", "BAND_R", "BAND_NIR")
     SAR_BANDS = ("BAND_VV", "BAND_VH")
-    SAR_UNITS, MODEL, WEIGHTS, DEVICE = "SAR_UNITS", "MODEL", "WEIGHTS", "DEVICE"
-    TILE, OVERLAP, BATCH, COG, EXTENT = "TILE", "OVERLAP", "BATCH", "COG", "EXTENT"
-    OPTICAL_SCALE, SAR_RESAMPLING = "OPTICAL_SCALE", "SAR_RESAMPLING"
-    OUTPUT, REPORT = "OUTPUT", "REPORT"
-    DEM = "DEM"
-    ONLY_CLOUDY, CLOUD_FEATHER = "ONLY_CLOUDY", "CLOUD_FEATHER"
-    QA = "QA"
-    CONFIDENCE, TTA = "CONFIDENCE", "TTA"
-    # extra dates of temporal models: parameter name → (RunRequest field, label)
-    EXTRA_LAYERS = {
-        "OPTICAL_PREV": ("optical_prev", "Optical image before the cloudy one (t−1; temporal models)"),
-        "SAR_PREV": ("sar_prev", "SAR image before (t−1; msop-unet)"),
-        "OPTICAL_NEXT": ("optical_next", "Optical image after the cloudy one (t+1; temporal models)"),
-        "SAR_NEXT": ("sar_next", "SAR image after (t+1; msop-unet)"),
-    }
-    EXTRA_DATES = {
-        "DATE": ("date", "Acquisition time of the cloudy image (ISO 8601; gapfill; default: its metadata)"),
-        "DATE_PREV": ("date_prev", "Acquisition time before (t−1; default: its metadata)"),
-        "DATE_NEXT": ("date_next", "Acquisition time after (t+1; default: its metadata)"),
-    }
+    OUTPUT, REPORT, QA, CONFIDENCE = "OUTPUT", "REPORT", "QA", "CONFIDENCE"
 
     def name(self) -> str:
         return "declouding"
@@ -142,75 +122,34 @@ class DecloudingAlgorithm(EngineAlgorithm):
         ) + self.defaults_help()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterRasterLayer(self.OPTICAL, tr("Cloudy optical image (B, G, R, NIR)")))
+        self.addParameter(_parameter(OPTIONS["optical"]))
         # Band parameters are flagged optional with a default: QGIS 3.22's band parameter rejects an omitted
         # value instead of falling back to its default (so `qgis_process run … OPTICAL=… SAR=…` would fail).
         for i, (name, label) in enumerate(zip(self.BANDS, ("Blue", "Green", "Red", "Near infrared"))):
             self.addParameter(QgsProcessingParameterBand(name, tr("{0} band").format(label), i + 1, self.OPTICAL,
                                                          optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SAR,
-                                                            tr("Sentinel-1 SAR image (VV, VH; not for gapfill)"),
-                                                            optional=True))
+        self.addParameter(_parameter(OPTIONS["sar"]))
         for i, (name, label) in enumerate(zip(self.SAR_BANDS, ("VV", "VH"))):
             self.addParameter(QgsProcessingParameterBand(name, tr("{0} band").format(label), i + 1, self.SAR,
                                                          optional=True))
-        self.addParameter(QgsProcessingParameterEnum(self.SAR_UNITS, tr("SAR units"),
-                                                     [tr("Auto-detect"), tr("dB"), tr("Linear")],
-                                                     defaultValue=0))
-        for name, label in ((self.LANDCOVER, "Land cover (ESA WorldCover codes)"),
-                            (self.MASK, "Cloud mask (binary or Planet UDM2)"),
-                            (self.REFERENCE, "Cloud-free reference (metrics in the report)"),
-                            (self.DEM, "DEM, elevation in metres (models built with a DEM input)")):
-            self.addParameter(QgsProcessingParameterRasterLayer(name, tr(label), optional=True))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.ONLY_CLOUDY, tr("Replace only the cloud, keep clear pixels as the input (mask cloud, else detected)"),
-            defaultValue=False))
+        for name in ("sar_units", *INPUTS[2:]):
+            self.addParameter(_parameter(OPTIONS[name]))
         self.addParameter(self._model_parameter())
-        for name, (_field, label) in self.EXTRA_LAYERS.items():
-            self.addParameter(QgsProcessingParameterRasterLayer(name, tr(label), optional=True))
-        for name, (_field, label) in self.EXTRA_DATES.items():
-            self.addParameter(QgsProcessingParameterString(name, tr(label), optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.WEIGHTS, tr("Weights (.safetensors; overrides the model)"),
+        for name in EXTRA_DATES:
+            self.addParameter(_parameter(OPTIONS[name]))
+        self.addParameter(QgsProcessingParameterFile(self.WEIGHTS, tr(OPTIONS["weights"].label),
                                                      extension="safetensors", optional=True))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr("Processing extent (default: whole image)"),
-                                                       optional=True))
-        advanced = [
-            QgsProcessingParameterString(self.DEVICE, tr("Device ({0})").format(DEVICE_HELP), defaultValue="auto"),
-            QgsProcessingParameterNumber(self.TILE, tr("Tile size (px)"), QgsProcessingParameterNumber.Type.Integer,
-                                         256,
-                                         minValue=32, maxValue=8192),
-            QgsProcessingParameterNumber(self.OVERLAP, tr("Tile overlap (px)"),
-                                         QgsProcessingParameterNumber.Type.Integer,
-                                         32, minValue=0, maxValue=2048),
-            QgsProcessingParameterNumber(self.BATCH, tr("Batch size"), QgsProcessingParameterNumber.Type.Integer, 4,
-                                         minValue=1, maxValue=512),
-            QgsProcessingParameterBoolean(self.COG, tr("Write a cloud-optimised GeoTIFF"), defaultValue=False),
-            QgsProcessingParameterNumber(self.CLOUD_FEATHER, tr("Feather beyond the cloud (px; with 'Replace only the "
-                                         "cloud')"), QgsProcessingParameterNumber.Type.Integer, 8, minValue=0,
-                                         maxValue=512),
-            QgsProcessingParameterEnum(self.OPTICAL_SCALE, tr("Optical units"),
-                                       [tr("Auto-detect"), tr("Digital numbers (reflectance × 10⁴)"),
-                                        tr("Reflectance 0–1")],
-                                       defaultValue=0),
-            QgsProcessingParameterEnum(self.SAR_RESAMPLING, tr("SAR upsampling"),
-                                       [tr("Nearest (as in the paper)"), tr("Bilinear")],
-                                       defaultValue=0),
-            QgsProcessingParameterNumber(self.TTA, tr("Test-time augmentation passes: the mean over flips/rotations "
-                                         "(0 = off, or 4 with a confidence layer; up to 8)"),
-                                         QgsProcessingParameterNumber.Type.Integer, 0, minValue=0, maxValue=8),
-        ]
-        for param in advanced:
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, tr(OPTIONS["bounds"].label), optional=True))
+        for name in ADVANCED:
+            param = _parameter(OPTIONS[name])
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(param)
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Declouded image")))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.QA, tr("QA layer: percent of each pixel from the model (0 = as acquired, 100 = reconstructed)"),
-            optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.CONFIDENCE, tr("Confidence layer: spread of the model's output over test-time flips/rotations "
-            "(reflectance; high = guessing)"), optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, tr("Report folder"), optional=True,
-                                                                  createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr(OPTIONS["out"].label)))
+        for name, row in ((self.QA, OPTIONS["qa"]), (self.CONFIDENCE, OPTIONS["confidence"])):
+            self.addParameter(QgsProcessingParameterRasterDestination(name, tr(row.label), optional=True,
+                                                                      createByDefault=False))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.REPORT, tr(OPTIONS["report"].label),
+                                                                  optional=True, createByDefault=False))
 
     def _model_parameter(self) -> QgsProcessingParameterEnum:
         """MODEL: ``default`` (the engine's own choice, as the dialog's first pick) or any registered model, by name
@@ -233,105 +172,72 @@ class DecloudingAlgorithm(EngineAlgorithm):
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         optical_layer = self.parameterAsRasterLayer(parameters, self.OPTICAL, context)
-        if optical_layer is not None and not is_metric_projected(optical_layer.crs()):
-            raise QgsProcessingException(
-                tr("the optical CRS {0} is not projected in metres; reproject it first (e.g. with "
-                   "gdal:warpreproject to its UTM zone)").format(optical_layer.crs().authid())
-            )
-        paths = self._input_paths(parameters, context)
+        problem = metric_problem(optical_layer.crs()) if optical_layer is not None else None
+        if problem is not None:  # the engine's rule and words, before a child process is started
+            raise QgsProcessingException(problem)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        report = self.parameterAsString(parameters, self.REPORT, context) or None
-        temp_dir = self._clip_inputs(parameters, context, optical_layer, paths, feedback)
-        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         qa = self.parameterAsOutputLayer(parameters, self.QA, context) if parameters.get(self.QA) else None
         confidence = (self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context)
                       if parameters.get(self.CONFIDENCE) else None)  # fmt: skip
-        req = self._request(parameters, context, paths, out, report, weights, qa, confidence)
-        try:
-            outcome = self.run_engine(req.to_args(), feedback)
-        finally:
-            if temp_dir:
-                shutil.rmtree(temp_dir, ignore_errors=True)
-        result = outcome.result
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        extent = (self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
+                  if parameters.get(self.EXTENT) and optical_layer is not None else None)  # fmt: skip
+        req = RunCommand(
+            **self._option_values(parameters, context),
+            out=out, qa=qa, confidence=confidence, weights=weights,
+            report=self.parameterAsString(parameters, self.REPORT, context) or None,
+            model=self._model_name(parameters, context, weights),
+            bands=self._bands(parameters, self.BANDS, context),
+            sar_bands=self._bands(parameters, self.SAR_BANDS, context),
+            bounds=bounds_argument(extent) if extent is not None else None,
+        )  # fmt: skip
+        if extent is not None:
+            feedback.pushInfo(f"processing extent {extent.toString(2)}")
+        result = self.run_engine(req.to_args(), feedback).result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
         for layer, styler in ((out, _rgb_styler(req.bands)), (qa, _QA_STYLER), (confidence, _CONFIDENCE_STYLER)):
             if layer and context.willLoadLayerOnCompletion(layer):
                 context.layerToLoadOnCompletionDetails(layer).setPostProcessor(styler)
-        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or report,
+        return {self.OUTPUT: result.get("output") or out, self.REPORT: result.get("report") or req.report,
                 self.QA: qa, self.CONFIDENCE: confidence}
 
-    def _input_paths(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, str | None]:
-        """Each input's file (GDAL name), None where an optional one is not given."""
-        paths: dict[str, str | None] = {
-            "optical": self.raster_path(parameters, self.OPTICAL, context),
-            "sar": self.raster_path(parameters, self.SAR, context, optional=True),  # the engine says who needs it
-            "landcover": self.raster_path(parameters, self.LANDCOVER, context, optional=True),
-            "mask": self.raster_path(parameters, self.MASK, context, optional=True),
-            "reference": self.raster_path(parameters, self.REFERENCE, context, optional=True),
-            "dem": self.raster_path(parameters, self.DEM, context, optional=True),
-        }
-        for name, (field, _label) in self.EXTRA_LAYERS.items():
-            paths[field] = self.raster_path(parameters, name, context, optional=True)
-        return paths
+    def _option_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """The table-generated parameters' values, by option name; the feather only with ONLY_CLOUDY."""
+        values = {name: self._value(OPTIONS[name], parameters, context)
+                  for name in (*INPUTS, "sar_units", *EXTRA_DATES, *ADVANCED)}  # fmt: skip
+        if not values["only_cloudy"]:
+            values["cloud_feather"] = None
+        return values
 
-    def _clip_inputs(self, parameters: dict[str, Any], context: QgsProcessingContext, optical_layer: Any,
-                     paths: dict[str, str | None], feedback: QgsProcessingFeedback) -> str | None:
-        """With an EXTENT, ``paths`` rewritten to virtual clips in a temporary folder (returned, for removal)."""
-        if not (parameters.get(self.EXTENT) and optical_layer is not None):
-            return None
-        extent = self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
-        temp_dir = tempfile.mkdtemp(prefix="aligncr_")
-        layers = {"optical": optical_layer, "sar": self.parameterAsRasterLayer(parameters, self.SAR, context),
-                  "landcover": self.parameterAsRasterLayer(parameters, self.LANDCOVER, context),
-                  "mask": self.parameterAsRasterLayer(parameters, self.MASK, context),
-                  "reference": self.parameterAsRasterLayer(parameters, self.REFERENCE, context),
-                  "dem": self.parameterAsRasterLayer(parameters, self.DEM, context),
-                  **{field: self.parameterAsRasterLayer(parameters, name, context)
-                     for name, (field, _label) in self.EXTRA_LAYERS.items()}}
-        try:
-            for key, path in list(paths.items()):
-                if path:
-                    margin = 0 if key in ("optical", "reference") else MARGIN_PIXELS
-                    paths[key] = clip_to_extent(path, extent, optical_layer.crs(), layers[key].crs(), temp_dir,
-                                                key, margin)
-        except LayerError as exc:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo(f"clipped the inputs to {extent.toString(2)}")
-        return temp_dir
+    def _value(self, row: Option, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
+        """One option's value as the engine's command line takes it; None = not given (the engine's default)."""
+        name = row.name.upper()
+        if row.kind == "source":
+            return self.raster_path(parameters, name, context, optional=not row.required)
+        if row.kind == "int":
+            number = self.parameterAsInt(parameters, name, context)
+            return None if row.default is None and number == 0 else number
+        if row.kind == "bool":
+            return self.parameterAsBool(parameters, name, context)
+        if row.kind == "choice":
+            return row.choices[self.parameterAsEnum(parameters, name, context)]
+        return self.parameterAsString(parameters, name, context).strip() or None
 
-    def _request(self, parameters: dict[str, Any], context: QgsProcessingContext, paths: dict[str, str | None],
-                 out: str, report: str | None, weights: str | None, qa: str | None,
-                 confidence: str | None) -> RunRequest:
-        """The engine run the parameters describe."""
-        only_cloudy = self.parameterAsBool(parameters, self.ONLY_CLOUDY, context)
-        return RunRequest(
-            optical=str(paths["optical"]),
-            sar=paths["sar"],
-            out=out,
-            landcover=paths["landcover"],
-            mask=paths["mask"],
-            reference=paths["reference"],
-            model=self._model_name(parameters, context, weights),
-            weights=weights,
-            device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
-            tile=self.parameterAsInt(parameters, self.TILE, context),
-            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
-            batch=self.parameterAsInt(parameters, self.BATCH, context),
-            cog=self.parameterAsBool(parameters, self.COG, context),
-            bands=self._bands(parameters, self.BANDS, context),  # type: ignore[arg-type]
-            sar_bands=self._bands(parameters, self.SAR_BANDS, context),  # type: ignore[arg-type]
-            sar_units=UNITS[self.parameterAsEnum(parameters, self.SAR_UNITS, context)],
-            report=report,
-            dem=paths["dem"],
-            optical_scale=SCALES[self.parameterAsEnum(parameters, self.OPTICAL_SCALE, context)],
-            sar_resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.SAR_RESAMPLING, context)],
-            only_cloudy=only_cloudy,
-            cloud_feather=self.parameterAsInt(parameters, self.CLOUD_FEATHER, context),
-            qa=qa,
-            confidence=confidence,
-            tta=self.parameterAsInt(parameters, self.TTA, context) or None,
-            **{field: paths[field] for field, _label in self.EXTRA_LAYERS.values()},
-            **{field: self.parameterAsString(parameters, name, context).strip() or None
-               for name, (field, _label) in self.EXTRA_DATES.items()},
-        )
+
+def _parameter(row: Option) -> QgsProcessingParameterDefinition:
+    """The Processing parameter of an options-table row: named as the option in capitals, labelled, typed and
+    bounded by the row. A number whose engine default is "none" (TTA) takes 0 for it."""
+    name, label, optional = row.name.upper(), tr(row.label), row.default is None and not row.required
+    if row.kind == "source":
+        return QgsProcessingParameterRasterLayer(name, label, optional=optional)
+    if row.kind == "bool":
+        return QgsProcessingParameterBoolean(name, label, defaultValue=row.default)
+    if row.kind == "choice":
+        return QgsProcessingParameterEnum(name, label, [tr(c) for c in row.choice_labels],
+                                          defaultValue=row.choices.index(row.default))
+    if row.kind == "int":
+        unset = row.default is None
+        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Integer,
+                                            0 if unset else row.default, minValue=0 if unset else row.minimum,
+                                            maxValue=row.maximum)  # fmt: skip
+    return QgsProcessingParameterString(name, label, defaultValue=row.default, optional=optional)

@@ -25,14 +25,16 @@ def add_renamed_argument(parser: argparse.ArgumentParser, new: str, old: str, **
     """
     import sys
 
+    flag_only = kwargs.get("action") == "store_true"  # an on/off flag (--progress-json): the old name takes no value
+
     class _Deprecated(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 - argparse's signature
             print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
-            setattr(namespace, self.dest, values)
+            setattr(namespace, self.dest, True if flag_only else values)
 
     dest = kwargs.pop("dest", new.lstrip("-").replace("-", "_"))
     required = kwargs.pop("required", False)
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument(new, dest=dest, **kwargs)
-    group.add_argument(old, dest=dest, action=_Deprecated, help=argparse.SUPPRESS,
-                       **{k: v for k, v in kwargs.items() if k in ("type", "metavar")})
+    old_kwargs = {"nargs": 0} if flag_only else {k: v for k, v in kwargs.items() if k in ("type", "metavar")}
+    group.add_argument(old, dest=dest, action=_Deprecated, help=argparse.SUPPRESS, **old_kwargs)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.commands.run import accel_from_args, add_accel_arguments, add_tiling_arguments
+from engine.commands.run import accel_from_args, add_accel_arguments, add_tiling_arguments, tiling_options
 
 NAME = "batch"
 HELP = "decloud every scene of a manifest CSV, one scene per task on a Dask cluster"
@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         workers=args.workers,
         retries=args.retries,
-        run={"device": args.device, "tile": args.tile, "overlap": args.overlap, "batch": args.batch, "cog": args.cog,
-             "only_cloudy": args.only_cloudy, "cloud_feather": args.cloud_feather, "tta": args.tta,
-             "memory_budget": args.memory_budget},
+        run={row.name: getattr(args, row.name) for row in tiling_options()},
         accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch},
     )
     config.validate()

@@ -1,4 +1,5 @@
-"""``python -m engine gapfill --cloudy T.tif --prev A.tif --next B.tif [--mask M.tif] --out F.tif``.
+"""``python -m engine gapfill --optical T.tif --optical-prev A.tif --optical-next B.tif [--mask M.tif] --out F.tif``
+(the names ``engine run`` uses; ``--cloudy``/``--prev``/``--next`` still work for one release, deprecated).
 
 Linear temporal gap-filling (Cresson et al. 2022, §3.3; maths in :mod:`engine.gapfill`) of a cloudy image from
 two cloud-free images acquired before and after it, on raster files. It needs no SAR and no weights: it is the
@@ -29,7 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from engine.align import AlignedReader, Grid, bounds_overlap
-from engine.commands import datetime_arg
+from engine.commands import add_renamed_argument, datetime_arg
 from engine.errors import InputError
 from engine.gapfill import interpolation_weight, read_acquisition_date
 from engine.masks import cloud_mask_from_bands
@@ -45,9 +46,11 @@ ROWS_PER_BLOCK = 512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cloudy", required=True, type=Path, help="the cloudy optical image (defines the output grid)")
-    parser.add_argument("--prev", required=True, type=Path, help="cloud-free image acquired before it")
-    parser.add_argument("--next", required=True, type=Path, help="cloud-free image acquired after it")
+    for new, old, help_text in (("--optical", "--cloudy", "the cloudy optical image (defines the output grid)"),
+                                ("--optical-prev", "--prev", "cloud-free image acquired before it"),
+                                ("--optical-next", "--next", "cloud-free image acquired after it")):  # fmt: skip
+        add_renamed_argument(parser, new, old, required=True, type=Path, dest=old.lstrip("-"), metavar="FILE",
+                             help=help_text)
     parser.add_argument("--mask", type=Path, help="cloud mask of the cloudy image: fill only those pixels")
     parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF")
     for flag in ("--date-prev", "--date", "--date-next"):

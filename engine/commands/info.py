@@ -82,7 +82,7 @@ def inspect_inputs(config: RunConfig) -> dict[str, Any]:
     if config.sar is None and config.sar_vv is None:
         raise InputError("info needs the SAR: --sar, or --sar-vv and --sar-vh")
     with Materialised() as store:
-        resolved, sources, warnings = resolve_run_inputs(config, store)
+        resolved, sources, warnings = resolve_run_inputs(config, store, grid_rules=False)
         facts = inspect_pair(resolved.optical, resolved.sar, resolved.bands, resolved.sar_bands)
     if resolved.sar_units != "auto":
         facts["sar_units"] = resolved.sar_units

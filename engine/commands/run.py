@@ -1,8 +1,9 @@
 """``python -m engine run``: remove clouds from one optical GeoTIFF using a Sentinel-1 GeoTIFF.
 
-A thin argument layer over :func:`engine.pipeline.run`. Progress goes to stderr as a tqdm bar, or, with
-``--progress-json``, to stdout as one JSON object per line (the QGIS plugin's protocol; stdout then carries
-nothing else, logs stay on stderr):
+A thin argument layer over :func:`engine.pipeline.run`, generated from the options table
+(:data:`engine.config.OPTIONS`: one argparse option per row). Progress goes to stderr as a tqdm bar, or, with
+``--json`` (``--progress-json``: its deprecated old name), to stdout as one JSON object per line (the QGIS
+plugin's protocol; stdout then carries nothing else, logs stay on stderr):
 
 ``{"event":"start","total_tiles":N,"width":W,"height":H,"output":"..."}``,
 ``{"event":"progress","fraction":0.42,"message":"tile 12/40"}``, ``{"event":"warning","message":"..."}``,
@@ -15,19 +16,17 @@ user error, ``{"event":"error","message":"...","kind":"InputError"}`` with exit 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from engine.accel import DTYPES, AccelConfig
-from engine.commands import datetime_arg
-from engine.config import OPTICAL_SCALES, SAR_RESAMPLINGS, SAR_UNITS, RunConfig, parse_band_list
+from engine.commands import add_renamed_argument, datetime_arg
+from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, parse_band_list
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
 from engine.sources import as_source
-from engine.tta import CONFIDENCE_NODATA, DEFAULT_CONFIDENCE_TTA, MAX_TTA
 
 NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
@@ -47,99 +46,60 @@ def _bands(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bounds(text: str) -> Bounds:
+    try:
+        return Bounds.parse(text)
+    except EngineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# How each kind of option is parsed (engine.config.KINDS); bool, choice and text need no type.
+_TYPES: dict[str, Any] = {"source": as_source, "path": Path, "int": int, "float": float, "bands": _bands,
+                          "time": datetime_arg, "bounds": _bounds}  # fmt: skip
+_GROUP_TITLES = {
+    "extra dates": "extra dates (temporal models: msop-unet, gapfill; ignored with a warning by the others)",
+}
+
+
+def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, row: Option, where: str = "") -> None:
+    """``row`` of the options table as an argparse option: its flag, type, default, choices and help."""
+    kwargs: dict[str, Any] = {"dest": row.name,
+                              "help": row.help.format(default=row.default, where=where).replace("%", "%%")}
+    if row.kind == "bool":
+        kwargs["action"] = "store_false" if row.default else "store_true"
+    else:
+        kwargs.update(default=row.default, required=row.required)
+        if row.kind in _TYPES:
+            kwargs["type"] = _TYPES[row.kind]
+        if row.choices:
+            kwargs["choices"] = row.choices
+        if row.metavar:
+            kwargs["metavar"] = row.metavar
+    parser.add_argument(row.flag, **kwargs)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optical", required=True, type=as_source,
-                        help="cloudy optical raster (≥ 4 bands), a Sentinel-2 L1C/L2A .SAFE folder or .zip, or any "
-                             "GDAL dataset name (/vsizip/…, a .vrt, a subdataset)")  # fmt: skip
-    parser.add_argument("--sar", type=as_source,
-                        help="Sentinel-1: a 2-band VV, VH raster (dB, linear power or amplitude), an RTC product or a "
-                             "GRD .SAFE folder or .zip; required except for gapfill")  # fmt: skip
-    parser.add_argument("--sar-vv", type=as_source, metavar="FILE",
-                        help="split polarisations: the VV raster (with --sar-vh, instead of --sar)")  # fmt: skip
-    parser.add_argument("--sar-vh", type=as_source, metavar="FILE", help="split polarisations: the VH raster")
-    parser.add_argument("--landcover", type=as_source, help="ESA WorldCover land-cover raster (for the report)")
-    parser.add_argument("--mask", type=as_source,
-                        help="cloud mask: 1 band (1 = cloud), Planet UDM2 (8 bands), or 'auto': the mask that "
-                             "comes with the optical product (UDM2 beside a PlanetScope file, L2A SCL)")  # fmt: skip
-    parser.add_argument("--reference", type=as_source, help="cloud-free reference image (for the report's metrics)")
-    parser.add_argument(
-        "--dem", type=as_source, metavar="FILE",
-        help="elevation raster in metres, 1 band, any CRS (models built with dem=True: ssop-unet/msop-unet +DEM)",
-    )  # fmt: skip
-    parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF (written atomically)")
-    parser.add_argument("--model", help="registry model name (default: aligncr-lite if bundled weights, else identity)")
-    parser.add_argument("--weights", type=Path, help=".safetensors weights file with its model card")
-    add_tiling_arguments(parser)
-    parser.add_argument("--bands", type=_bands, default=(1, 2, 3, 4), help="optical B,G,R,NIR band indices")
-    parser.add_argument("--sar-bands", type=_bands, default=(1, 2), help="SAR VV,VH band indices (default 1,2)")
-    parser.add_argument("--sar-units", choices=SAR_UNITS, default="auto", help="SAR units (default: detect)")
-    parser.add_argument(
-        "--optical-scale", choices=OPTICAL_SCALES, default="auto", help="optical units: DN ×10⁴ or reflectance"
-    )
-    parser.add_argument("--sar-resampling", choices=SAR_RESAMPLINGS, default="nearest", help="SAR upsampling")
-    parser.add_argument("--report", type=Path, help="also write a metrics/figures report into this folder")
-    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
-                        help="with --report and --reference: skip scoring the non-learned baselines (flat, fill) "
-                             "and the output's margin over them inside the cloud (default: scored)")  # fmt: skip
-    parser.add_argument("--qa", type=Path, metavar="FILE",
-                        help="also write a QA GeoTIFF: percent of each pixel from the model (0 = as acquired, "
-                             "100 = reconstructed, 255 = no data)")  # fmt: skip
-    parser.add_argument("--confidence", type=Path, metavar="FILE",
-                        help="also write a confidence GeoTIFF: the spread (std, reflectance) of the model's output "
-                             "over --tta flips/rotations; high = guessing (0 = as acquired, "
-                             f"{CONFIDENCE_NODATA:g} = no data; implies --tta {DEFAULT_CONFIDENCE_TTA})")  # fmt: skip
-    parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
-    add_temporal_arguments(parser)
+    """Every option of :data:`engine.config.OPTIONS`, by group, then the output mode and the speed options."""
+    for group in GROUPS:
+        target = parser.add_argument_group(_GROUP_TITLES[group]) if group in _GROUP_TITLES else parser
+        for row in OPTIONS.values():
+            if row.group == group:
+                add_option(target, row)
+    add_renamed_argument(parser, "--json", "--progress-json", action="store_true", dest="progress_json",
+                         help="machine-readable JSON-lines progress on stdout")  # fmt: skip
     add_accel_arguments(parser)
 
 
-def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
-    """The extra dates of temporal models (``msop-unet``: all four rasters; ``gapfill``: the optical ones + dates)."""
-    group = parser.add_argument_group(
-        "extra dates (temporal models: msop-unet, gapfill; ignored with a warning by the others)"
-    )
-    for flag, help_text in (
-        ("--optical-prev", "optical image acquired before the cloudy one (t-1)"),
-        ("--sar-prev", "SAR image acquired with --optical-prev (t-1; msop-unet)"),
-        ("--optical-next", "optical image acquired after the cloudy one (t+1)"),
-        ("--sar-next", "SAR image acquired with --optical-next (t+1; msop-unet)"),
-    ):
-        group.add_argument(flag, type=Path, metavar="FILE", help=help_text)
-    for flag, help_text in (
-        ("--date", "acquisition time of --optical, ISO 8601 (gapfill; default: the file's tags)"),
-        ("--date-prev", "acquisition time of --optical-prev (default: its tags)"),
-        ("--date-next", "acquisition time of --optical-next (default: its tags)"),
-    ):
-        group.add_argument(flag, type=datetime_arg, metavar="TIME", help=help_text)
-
-
 def add_tiling_arguments(parser: argparse.ArgumentParser, where: str = "") -> None:
-    """Device, tile grid, batch, output format and compositing: shared by ``run`` and ``batch`` (defaults:
-    :class:`RunConfig`)."""
-    default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    parser.add_argument("--device", default=default["device"],
-                        help=f"auto | cpu | cuda | cuda:N{where} (default {default['device']})")  # fmt: skip
-    parser.add_argument("--tile", type=int, default=default["tile"],
-                        help=f"tile size in pixels (default {default['tile']})")  # fmt: skip
-    parser.add_argument("--overlap", type=int, default=default["overlap"],
-                        help=f"tile overlap in pixels, blended (default {default['overlap']})")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=default["batch"],
-                        help=f"tiles per forward pass (default {default['batch']})")  # fmt: skip
-    parser.add_argument("--memory-budget", type=float, metavar="GB", default=default["memory_budget"],
-                        help="memory for the network's tiles and the buffers; a larger --tile is refused with the "
-                             "largest that fits (default: 80 %% of the available memory)")  # fmt: skip
-    parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFF output with overviews")
-    parser.add_argument("--only-cloudy", action="store_true",
-                        help="replace only the pixels --mask marks as cloud (without --mask: the clouds detected on "
-                             "the optical image); keep every clear pixel as the input (default: the model's output "
-                             "everywhere, as in the paper)")  # fmt: skip
-    parser.add_argument("--cloud-feather", type=int, metavar="PX", default=default["cloud_feather"],
-                        help="with --only-cloudy: blend model and input over this many pixels beyond the cloud "
-                             f"(0 = hard edge; default {default['cloud_feather']})")  # fmt: skip
-    parser.add_argument("--tta", type=int, metavar="N",
-                        help=f"test-time augmentation: output the mean of the model over N (2-{MAX_TTA}) flips/90° "
-                             "rotations of each tile, N times slower (default 1 = off; "
-                             f"{DEFAULT_CONFIDENCE_TTA} with --confidence)")  # fmt: skip
+    """Device, tile grid, batch, output format and compositing (the ``tiling`` rows of the options table): shared
+    by ``run`` and ``batch``, whose ``where`` ends the device's help."""
+    for row in tiling_options():
+        add_option(parser, row, where)
+
+
+def tiling_options() -> list[Option]:
+    """The options ``engine batch`` applies to every scene of its manifest."""
+    return [row for row in OPTIONS.values() if row.group == "tiling"]
 
 
 def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,44 +122,7 @@ def accel_from_args(args: argparse.Namespace) -> AccelConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return RunConfig(
-        optical=args.optical,
-        sar=args.sar,
-        sar_vv=args.sar_vv,
-        sar_vh=args.sar_vh,
-        out=args.out,
-        landcover=args.landcover,
-        mask=args.mask,
-        reference=args.reference,
-        model=args.model,
-        weights=args.weights,
-        device=args.device,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        cog=args.cog,
-        bands=args.bands,
-        sar_bands=args.sar_bands,
-        sar_units=args.sar_units,
-        optical_scale=args.optical_scale,
-        sar_resampling=args.sar_resampling,
-        report=args.report,
-        baselines=args.baselines,
-        optical_prev=args.optical_prev,
-        optical_next=args.optical_next,
-        sar_prev=args.sar_prev,
-        sar_next=args.sar_next,
-        date=args.date,
-        date_prev=args.date_prev,
-        date_next=args.date_next,
-        dem=args.dem,
-        only_cloudy=args.only_cloudy,
-        qa=args.qa,
-        confidence=args.confidence,
-        tta=args.tta,
-        cloud_feather=args.cloud_feather,
-        memory_budget=args.memory_budget,
-    )
+    return RunConfig(**{name: getattr(args, name) for name in OPTIONS})
 
 
 def emit(event: dict[str, Any]) -> None:
