@@ -90,15 +90,15 @@ def collect(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
 
     from engine.models import list_models
     from engine.models.counting import count_params
+    from engine.models.roles import inputs_of
 
     weights = scan_weights(weights_dir)
     models = []
     for spec in list_models():
         info = ModelInfo(spec.name, spec.arch, spec.description, spec.needs_weights, None, None)
-        info.temporal_inputs = list(getattr(spec.cls, "temporal_inputs", None) or ())
-        info.needs_dates = bool(getattr(spec.cls, "needs_dates", False))
-        info.uses_sar = bool(getattr(spec.cls, "uses_sar", True))
-        info.uses_dem = bool(getattr(spec.config, "dem", False))
+        declared = inputs_of(spec.cls, spec.name, spec.config)  # the roles the pipeline opens for it
+        info.temporal_inputs = list(declared.extra_dates)
+        info.needs_dates, info.uses_sar, info.uses_dem = declared.needs_dates, declared.uses_sar, declared.uses_dem
         try:
             with torch.device("meta"):
                 model = spec.cls(spec.config)
