@@ -148,6 +148,9 @@ class RunResult:
     sar_used: bool = True  # False: the model takes no SAR (gapfill); sar_coverage is then 0 and sar_units "none"
     network_tiles: int = 0  # tiles the network ran on (the others lacked valid inputs, or --only-cloudy's cloud)
     model_fraction: float = 0.0  # share of the valid optical pixels whose output holds the model's (QA > 0)
+    model_pixels: int = 0  # pixels whose output holds the model's (QA > 0)
+    valid_pixels: int = 0  # pixels with valid optical data
+    cloud_pixels: int | None = None  # valid pixels the cloud mask marks as cloud (None without --mask)
 
 
 @dataclass
@@ -248,7 +251,7 @@ def _open(config: RunConfig, early: ModelInputs | None, stack: ExitStack, progre
             _open_declared(config, inp, early, stack, progress, warnings)
     device = resolve_device(config.device)
     model = load_model(config, device)
-    if model.in_bands != len(config.bands):
+    if model.in_bands != len(config.bands) and not getattr(model.module, "any_bands", False):
         raise ModelError(
             f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
         )
@@ -635,6 +638,9 @@ def _decloud(
         total_tiles=len(grid),
         network_tiles=counts["network"],
         model_fraction=counts["model_px"] / valid,
+        model_pixels=counts["model_px"],
+        valid_pixels=counts["valid"],
+        cloud_pixels=counts["cloud"] if inp.mask_reader is not None else None,
         width=spec.width,
         height=spec.height,
         sar_coverage=counts["sar"] / valid if inp.sar is not None else 0.0,
