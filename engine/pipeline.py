@@ -629,6 +629,13 @@ def _decloud(
         _open_aligned_readers(config, inp, stack)
         counts = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
         seconds = time.perf_counter() - t0
+    return _result(config, inp, model, runner, spec, grid, device_name, counts, seconds, warnings)
+
+
+def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
+            grid: TileGrid, device_name: str, counts: dict[str, int], seconds: float,
+            warnings: list[str]) -> RunResult:  # fmt: skip
+    """What the streamed run did, from its pixel and tile counts."""
     valid = max(counts["valid"], 1)
     return RunResult(
         output=Path(config.out),
