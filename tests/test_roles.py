@@ -103,3 +103,19 @@ def test_a_new_role_combination_runs_through_the_one_path(tmp_path: Path, dem_on
         got = dst.read().astype(np.float64)
     expected = np.clip(np.rint((np.clip(cloudy / 10000 * 0.5 + 0.1, 0, 1)) * 10000), 0, 65535)
     np.testing.assert_allclose(got, expected, atol=1)
+
+
+def test_models_json_reports_the_roles(capsys) -> None:
+    import json
+
+    from engine.cli import main
+
+    assert main(["models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    for name in ("aligncr-lite", "msop-unet", "gapfill"):
+        spec = get_spec(name)
+        declared = inputs_of(spec.cls, name, spec.config)
+        assert listed[name]["roles"] == list(declared.roles)
+        assert listed[name]["uses_sar"] == declared.uses_sar and listed[name]["temporal_inputs"] == list(
+            declared.extra_dates
+        )
