@@ -9,6 +9,10 @@ grid (the official loader reads S1 with ``out_shape`` and nearest); bilinear is 
 
 Pixels the SAR does not cover come back as NaN (the VRT's nodata); NaN/±inf already in the SAR file and its own
 nodata value are treated the same way, so "no SAR here" is one condition downstream.
+
+:class:`AlignedInput` is what every input a model declares becomes (SAR, other dates, DEM; :mod:`engine.inputs`):
+an opened, checked file with its reader onto the optical grid and a ``read`` that gives one window in the network's
+units.
 """
 
 from __future__ import annotations
