@@ -1,9 +1,8 @@
 """Read a ``.safetensors`` model card without torch; tell which models are temporal.
 
-The plugin runs inside QGIS, whose Python has no torch; the model card still has to show up in the dialog. A
-safetensors file starts with an 8-byte little-endian header length, then that many bytes of JSON; the writer's
-free-form string map lives under ``"__metadata__"`` (values are strings; the engine stores nested structures
-as JSON text, which is decoded here for display).
+The plugin runs inside QGIS, whose Python has no torch; the model card still has to show up in the dialog. The
+header is read by the engine's own torch-free reader (:mod:`engine.safetensors_header`); the writer's free-form
+string map (``"__metadata__"``: the engine stores nested structures as JSON text) is decoded here for display.
 
 :func:`temporal_info` reads the ``temporal_inputs`` / ``needs_dates`` / ``uses_sar`` fields of an ``engine models
 --json`` entry (the registry classes' attributes), which decide whether the dialog shows its "Extra dates" group;
@@ -14,14 +13,14 @@ takes a DEM (``uses_dem`` there, or ``dem`` in a weights file's card config), wh
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from aligncr_qgis.paths import engine_module
+
 CARD_KEY = "aligncr_card"  # engine.models.weights.CARD_KEY (not imported: that module needs torch)
-MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit; a bigger number means "not a safetensors file"
 
 
 class ModelCardError(ValueError):
@@ -191,44 +190,12 @@ def _decode(value: str) -> Any:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The model card of a ``.safetensors`` file; anything wrong with the file — unreadable, not safetensors, or
-    a header crafted to break the parser (a shape that is not a list of integers, metadata that is not a string map)
-    — is one :class:`ModelCardError` (issue 15: raw ValueError/AttributeError/TypeError escaped)."""
-    path = Path(path)
+    """The model card of a ``.safetensors`` file, read by the engine's torch-free header reader
+    (:mod:`engine.safetensors_header`); anything wrong with the file is one :class:`ModelCardError`."""
+    reader = engine_module("safetensors_header")
     try:
-        with path.open("rb") as fh:
-            raw_len = fh.read(8)
-            if len(raw_len) != 8:
-                raise ModelCardError(f"{path.name}: too short to be a safetensors file")
-            (length,) = struct.unpack("<Q", raw_len)
-            if length <= 0 or length > MAX_HEADER_BYTES:
-                raise ModelCardError(f"{path.name}: not a safetensors file (header length {length})")
-            header = json.loads(fh.read(length).decode("utf-8"))
-    except OSError as exc:
-        raise ModelCardError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise ModelCardError(f"{path.name}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise ModelCardError(f"{path.name}: not a safetensors file (header is not an object)")
-    try:
-        return _card_from_header(path, header)
-    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise ModelCardError(f"{path.name}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
-
-
-def _card_from_header(path: Path, header: dict[str, Any]) -> ModelCard:
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise TypeError("__metadata__ is not an object")
-    card = ModelCard(path=path, metadata={str(k): _decode(str(v)) for k, v in meta.items()})
-    for info in header.values():
-        if isinstance(info, dict) and "shape" in info:
-            shape = info["shape"]
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise ValueError(f"tensor shape {str(shape)[:40]} is not a list of non-negative integers")
-            card.tensors += 1
-            n = 1
-            for dim in shape:
-                n *= dim
-            card.parameters += n
-    return card
+        header = reader.read_header(path)
+    except reader.HeaderError as exc:
+        raise ModelCardError(str(exc)) from None
+    metadata = {k: _decode(v) for k, v in header.metadata.items()}
+    return ModelCard(path=Path(path), metadata=metadata, tensors=len(header.tensors), parameters=header.parameters)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import configparser
 import functools
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -36,6 +38,18 @@ def engine_root() -> Path | None:
         if (root / "engine" / "__main__.py").is_file():
             return root
     return None
+
+
+def engine_module(name: str) -> ModuleType:
+    """The engine's torch-free module ``engine.<name>`` imported into this (QGIS's) Python from :func:`engine_root`,
+    so the plugin reads what the engine defines (the safetensors header reader) instead of keeping its own copy.
+    Only standard-library modules of the engine are imported this way; everything else runs in the child process."""
+    root = engine_root()
+    if root is None:
+        raise ImportError("the engine package was not found next to the plugin; reinstall the plugin")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    return importlib.import_module(f"engine.{name}")
 
 
 def resource_dirs(kind: str) -> list[Path]:

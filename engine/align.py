@@ -9,11 +9,17 @@ grid (the official loader reads S1 with ``out_shape`` and nearest); bilinear is 
 
 Pixels the SAR does not cover come back as NaN (the VRT's nodata); NaN/±inf already in the SAR file and its own
 nodata value are treated the same way, so "no SAR here" is one condition downstream.
+
+:class:`AlignedInput` is what every input a model declares becomes (SAR, other dates, DEM; :mod:`engine.inputs`):
+an opened, checked file with its reader onto the optical grid and a ``read`` that gives one window in the network's
+units.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -25,8 +31,12 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from engine.errors import InputError
+from engine.normalise import NormalisationConfig
 from engine.progress import Progress, record_warning
 from engine.raster import sample_shape
+
+if TYPE_CHECKING:
+    from engine.models.roles import Role
 
 FULL_COVERAGE = 0.999  # below this a partial overlap is worth a warning (≈ the decimated estimate's precision)
 
@@ -103,6 +113,53 @@ class AlignedReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class WindowContext:
+    """What reading one window of a model input may need besides its own file: the cloudy optical image's window
+    (normalised; an extra optical image takes it where it has no data), its scale and the model's normalisation."""
+
+    optical: np.ndarray
+    optical_scale: float
+    norm: NormalisationConfig
+
+
+@dataclass
+class AlignedInput:
+    """One declared input of a model (a :class:`~engine.models.roles.Role`), opened and checked, read onto the
+    optical grid one window at a time.
+
+    The one path every model input takes: a kind's subclass (:data:`engine.inputs.KINDS`) opens and checks the file
+    (``open``), fixes what depends on the model's normalisation (:meth:`prepare`), and turns a window of the aligned
+    file into the network's units with gaps filled (:meth:`read`); this base aligns it (:meth:`open_reader`).
+    """
+
+    role: Role
+    ds: rasterio.io.DatasetReader
+    bands: tuple[int, ...]
+    resampling: str
+    coverage: float
+    reader: AlignedReader | None = None
+
+    @property
+    def name(self) -> str:
+        return self.role.name
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+    def open_reader(self, stack: ExitStack, grid: Grid) -> None:
+        """The window reader onto ``grid``, closed with ``stack``."""
+        self.reader = stack.enter_context(AlignedReader(self.ds, grid, self.bands, self.resampling))
+
+    def prepare(self, norm: NormalisationConfig) -> None:
+        """Decide what depends on the model's normalisation (a fill value); nothing by default."""
+
+    def read(self, win: Window, context: WindowContext | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(channels, h, w) float32 in the network's units with gaps filled, and where the file has data."""
+        raise NotImplementedError
 
 
 def bounds_overlap(src: rasterio.io.DatasetReader, grid: Grid) -> bool:

@@ -269,12 +269,12 @@ def _takes_no_sar(row: dict[str, str], manifest: Path) -> bool:
     """The row's model (``model`` and/or ``weights`` cell) is known to take no SAR (gapfill)."""
     if not row.get("model") and not row.get("weights"):
         return False
+    from engine.models.roles import model_inputs
     from engine.pipeline import default_model_name
-    from engine.temporal import model_needs
 
     weights = _resolve(row["weights"], manifest) if row.get("weights") else None
-    needs = model_needs(row.get("model") or None, weights, default_model_name())
-    return needs is not None and not needs.uses_sar
+    declared = model_inputs(row.get("model") or None, weights, default_model_name())
+    return declared is not None and not declared.uses_sar
 
 
 def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A documented cloud / cloud-shadow detector for 4-band (B, G, R, NIR) reflectance in [0, 1].
+"""A documented cloud detector for 4-band (B, G, R, NIR) reflectance in [0, 1].
 
 Used when the user gives no cloud mask (metrics "inside clouds", the mask-weighted training losses). DSen2-CR
 (§3.4) builds its masks with the Sentinel-2 cloud score of Schmitt et al. (2019) and the cloud-shadow index of
@@ -11,8 +11,7 @@ B/G/R/NIR terms:
   ``1 - rescale(W, 0.1, 0.3)`` with Fmask's whiteness ``W = mean(|band - mean(B,G,R)|) / mean(B,G,R)`` — clouds
   are bright *and* spectrally flat, bright soil or roofs are not flat.
 * the score is smoothed with a 7×7 box filter (Schmitt averages too) and thresholded at T_CL = 0.2 (DSen2-CR).
-* shadows (Zhai): CSI = NIR (SWIR1 unavailable); shadow where CSI < T1 and B < T2 with
-  T1 = min + 3/4 (mean - min) of CSI and T2 = min + 5/6 (mean - min) of B, excluding cloud pixels.
+* no shadows: Zhai's cloud-shadow index needs SWIR1, and nothing in the engine used a NIR stand-in for it.
 
 It is deliberately conservative; a real Planet UDM2 or Fmask mask should be preferred when the user has one.
 """
@@ -25,8 +24,6 @@ from scipy import ndimage
 T_CL = 0.2
 SCORE_WINDOW = 7  # the box filter over the cloud score
 DETECTOR_HALO = SCORE_WINDOW // 2  # pixels of context a window needs to give the whole image's cloud flags
-T_CSI = 3.0 / 4.0
-T_WBI = 5.0 / 6.0
 
 
 def _rescale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -48,15 +45,3 @@ def cloud_score(optical: np.ndarray) -> np.ndarray:
 def detect_clouds(optical: np.ndarray, threshold: float = T_CL) -> np.ndarray:
     """Boolean cloud mask (True = cloud) for (4, H, W) reflectance in [0, 1]."""
     return cloud_score(optical) > threshold
-
-
-def detect_shadows(optical: np.ndarray, cloud: np.ndarray | None = None) -> np.ndarray:
-    """Boolean cloud-shadow mask after Zhai et al. (2018) with NIR standing in for the CSI."""
-    b = np.asarray(optical[0], dtype=np.float32)
-    csi = np.asarray(optical[3], dtype=np.float32)
-    valid = np.ones_like(b, dtype=bool) if cloud is None else ~cloud
-    if not valid.any():
-        return np.zeros_like(valid)
-    t1 = csi[valid].min() + T_CSI * (csi[valid].mean() - csi[valid].min())
-    t2 = b[valid].min() + T_WBI * (b[valid].mean() - b[valid].min())
-    return (csi < t1) & (b < t2) & valid

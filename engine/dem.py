@@ -29,18 +29,21 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
-from engine.align import AlignedReader, Grid, checked_coverage
+from engine.align import AlignedInput, Grid, WindowContext, checked_coverage
 from engine.errors import InputError
 from engine.progress import Progress
 from engine.raster import open_raster, read_sample, require_georeferenced, valid_mask
 
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.models.roles import Role
+
 DEM_SCALE = 1e-4  # elevation in metres → network input (CNES/decloud's DEM_SCALE_COEF)
-ROLE = "DEM (--dem)"
 
 
 def normalise_dem(metres: np.ndarray) -> np.ndarray:
@@ -49,18 +52,26 @@ def normalise_dem(metres: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class DemInput:
-    """The opened DEM, its fill value for missing pixels (normalised) and, once the run starts, its reader."""
+class DemInput(AlignedInput):
+    """The DEM role: one band of elevation, aligned bilinearly, with the scene's mean (normalised) as its fill."""
 
-    ds: rasterio.io.DatasetReader
-    fill: float
-    coverage: float
-    reader: AlignedReader | None = None
+    fill: float = 0.0
 
-    def open_reader(self, stack: ExitStack, grid: Grid) -> None:
-        self.reader = stack.enter_context(AlignedReader(self.ds, grid, (1,), "bilinear"))
+    @classmethod
+    def open(cls, role: Role, path: Path, config: RunConfig | None, grid: Grid, optical: object, stack: ExitStack,
+             progress: Progress, warnings: list[str]) -> DemInput:  # fmt: skip
+        """Open and check the DEM raster (one band, georeferenced, overlapping the optical image)."""
+        ds = stack.enter_context(open_raster(path, role.label))
+        require_georeferenced(ds, role.label)
+        if ds.count != 1:
+            raise InputError(f"{role.label} must have 1 band (elevation in metres), this one has {ds.count}: {path}")
+        coverage = checked_coverage(ds, grid, (1,), role.label, progress, warnings, without=role.without)
+        sample = read_sample(ds, (1,)).astype(np.float32)
+        values = sample[:, valid_mask(sample, ds.nodata)]
+        fill = float(normalise_dem(values).mean()) if values.size else 0.0
+        return cls(role=role, ds=ds, bands=(1,), resampling="bilinear", coverage=coverage, fill=fill)
 
-    def read(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, win: Window, context: WindowContext | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(1, h, w) normalised elevation of one window, gaps filled; and where the DEM has data."""
         assert self.reader is not None
         unit = normalise_dem(self.reader.read(win))
@@ -70,13 +81,7 @@ class DemInput:
 
 
 def open_dem(path: Path, grid: Grid, stack: ExitStack, progress: Progress, warnings: list[str]) -> DemInput:
-    """Open and check the DEM raster (one band, georeferenced, overlapping the optical image)."""
-    ds = stack.enter_context(open_raster(path, ROLE))
-    require_georeferenced(ds, ROLE)
-    if ds.count != 1:
-        raise InputError(f"{ROLE} must have 1 band (elevation in metres), this one has {ds.count}: {path}")
-    coverage = checked_coverage(ds, grid, (1,), ROLE, progress, warnings, without="elevation")
-    sample = read_sample(ds, (1,)).astype(np.float32)
-    values = sample[:, valid_mask(sample, ds.nodata)]
-    fill = float(normalise_dem(values).mean()) if values.size else 0.0
-    return DemInput(ds=ds, fill=fill, coverage=coverage)
+    """The DEM at ``path`` opened and checked as the pipeline does for a model's ``dem`` role."""
+    from engine.models.roles import ROLES
+
+    return DemInput.open(ROLES["dem"], path, None, grid, None, stack, progress, warnings)

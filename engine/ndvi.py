@@ -21,10 +21,8 @@ from engine.errors import InputError
 from engine.metrics import ndvi_classes
 from engine.progress import Progress
 from engine.provenance import RasterMetadata, read_metadata
-from engine.provenance import apply as apply_metadata
 from engine.raster import input_read_errors, open_raster
-from engine.report.geotiff import atomic_geotiff, layer_profile
-from engine.writer import check_output_path
+from engine.writer import AtomicGeoTIFFWriter, check_output_path, layer_spec
 
 NDVI_NODATA = -9999.0
 NDVI_CLASS_EDGES: tuple[float, ...] = (-0.1, 0.1, 0.4, 0.8)
@@ -92,21 +90,18 @@ def write_ndvi(
         for b in (red_band, nir_band):
             if not 1 <= b <= src.count:
                 raise InputError(f"{src_path.name} has {src.count} band(s); band {b} does not exist")
-        profile = layer_profile(
-            width=src.width, height=src.height, crs=src.crs, transform=src.transform, dtype="float32",
-            nodata=NDVI_NODATA,
-        )
+        # the scene's own tags (acquisition time, and how a declouded input was made) describe the NDVI too
+        band = {"DESCRIPTION": "NDVI = (NIR - Red) / (NIR + Red)", "RED_BAND": str(red_band), "NIR_BAND": str(nir_band)}
+        spec = layer_spec(width=src.width, height=src.height, crs=src.crs, transform=src.transform, dtype="float32",
+                          nodata=NDVI_NODATA, descriptions=("NDVI",),
+                          metadata=RasterMetadata(tags=read_metadata(src).tags, band_tags=[band]))  # fmt: skip
         windows = _windows(src.width, src.height)
-        with atomic_geotiff(out_path, profile) as dst:
+        with AtomicGeoTIFFWriter(out_path, spec) as dst:
             for i, win in enumerate(windows):
                 progress.check_cancelled()
                 red, nir = src.read((red_band, nir_band), window=win)
                 masks = src.read_masks((red_band, nir_band), window=win)
                 valid = (masks[0] > 0) & (masks[1] > 0)
-                dst.write(ndvi(red, nir, valid), 1, window=win)
+                dst.write(ndvi(red, nir, valid)[None], win)
                 progress.update((i + 1) / len(windows), "NDVI")
-            # the scene's own tags (acquisition time, and how a declouded input was made) describe the NDVI too
-            apply_metadata(dst, RasterMetadata(tags=read_metadata(src).tags))
-            dst.update_tags(1, DESCRIPTION="NDVI = (NIR - Red) / (NIR + Red)", RED_BAND=red_band, NIR_BAND=nir_band)
-            dst.set_band_description(1, "NDVI")
     return out_path

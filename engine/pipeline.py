@@ -17,10 +17,12 @@ Choices where the paper is silent (following the official M3R-CR loader where it
   input anyway, so the result is the same and empty scene margins cost nothing.
 * GDAL's block cache is capped (``GDAL_CACHEMAX``) so its size, not the scene's, bounds what GDAL keeps.
 
-Temporal models (``msop-unet``, ``gapfill``; see :mod:`engine.temporal`) also get the images before and after the
-cloudy one, aligned, normalised and read per chunk window like the main inputs; a pixel that one of them does not
-cover is left as the input. A model whose config says ``fill_only_cloudy`` (``gapfill``) changes only the pixels
-``--mask`` marks as cloud when a mask is given (the others are copied from the input bit for bit).
+The model's inputs besides the cloudy optical image are the roles it declares (:mod:`engine.models.roles`: the
+SAR, the images before and after for temporal models such as ``msop-unet`` and ``gapfill``, a DEM): exactly those
+are opened, checked, aligned onto the optical grid, normalised and read per chunk window, all through one path
+(:mod:`engine.inputs`); a pixel that one of them does not cover is left as the input. A model whose config says
+``fill_only_cloudy`` (``gapfill``) changes only the pixels ``--mask`` marks as cloud when a mask is given (the
+others are copied from the input bit for bit).
 
 ``--only-cloudy`` does the same for any model, with the cut feathered over ``--cloud-feather`` pixels
 (:mod:`engine.composite`): clear pixels beyond the feather are the input bit for bit, cloud pixels are the model's
@@ -33,14 +35,16 @@ together; :mod:`engine.tta`) and blends their mean; ``--confidence`` blends thei
 the same tile weights and writes it, times the model's share of each pixel, beside the output (the QA raster's
 sibling; see :func:`_confidence_spec`).
 
-A model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``) runs without ``--sar``: no SAR is
-opened (a given one is ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is
-held back for lack of SAR, and the result says ``sar_used = False`` (also in the report's run settings). Any other
-model without ``--sar`` is a one-line :class:`~engine.errors.InputError` before anything is read or written.
+A model that takes no SAR (no ``sar`` role: ``gapfill``) runs without ``--sar``: no SAR is opened (a given one is
+ignored with a warning, so it cannot fail the run), the model gets ``sar=None``, no pixel is held back for lack of
+SAR, and the result says ``sar_used = False`` (also in the report's run settings). A model missing a declared input
+is a one-line :class:`~engine.errors.InputError` before anything is read or written; given inputs it does not
+declare are ignored with a warning. The DEM of a model built with ``dem=True`` is aligned bilinearly and scaled as
+:mod:`engine.dem` describes.
 
-A model built with ``dem=True`` (the Cresson U-Nets) takes ``--dem``: aligned bilinearly, scaled and read per chunk
-window as :mod:`engine.dem` describes, passed as the model's ``dem`` keyword; pixels without elevation are left as
-the input.
+The run reads as its data path: :func:`_open` (inputs, model, declared roles) → :func:`_plan` (scales, fills,
+output spec, tile grid) → :func:`_stream` (chunks read, inferred, blended, written) → the :class:`RunResult`; then
+:func:`run` writes the report and renames the outputs into place together.
 
 Speed (``accel``, see :mod:`engine.accel` and :mod:`engine.prefetch`): the network runs through an
 :class:`~engine.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
@@ -67,16 +71,17 @@ from torch import nn
 
 from engine import normalise, tta
 from engine.accel import AccelConfig, InferenceRunner
-from engine.align import AlignedReader, Grid, bounds_overlap, checked_coverage
+from engine.align import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
 from engine.cloudmask import DETECTOR_HALO, detect_clouds
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
-from engine.dates import DATE_TAGS, dataset_acquisition_date, days_apart
-from engine.dem import DemInput, open_dem
+from engine.dates import DATE_TAGS
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
+from engine.inputs import open_roles, packed_module, read_window
 from engine.masks import cloud_mask_from_bands
 from engine.memory import plan_memory
+from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, precheck, require_roles
 from engine.prefetch import BackgroundWriter, Prefetcher, pinned
 from engine.progress import Progress, record_warning
 from engine.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
@@ -90,27 +95,15 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
+from engine.sar import SarInput
 from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
-from engine.temporal import (
-    PackedInputsAdapter,
-    TemporalInputs,
-    check_sar_bands,
-    detect_sar_units,
-    needs_of,
-    open_temporal,
-    precheck,
-    read_sar,
-    require_dem,
-    require_sar,
-    sar_fill,
-)
+from engine.temporal import acquisition_dates
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
 from engine.tta import CONFIDENCE_NODATA
 from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_dir, check_output_path
 
 log = logging.getLogger("engine")
 QA_NODATA = 255
-SAR_GAP_WARN_DAYS = 12.0  # one Sentinel-1 repeat cycle; M3R-CR's SAR is 2.2 days from the cloudy image on average
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
@@ -155,6 +148,9 @@ class RunResult:
     sar_used: bool = True  # False: the model takes no SAR (gapfill); sar_coverage is then 0 and sar_units "none"
     network_tiles: int = 0  # tiles the network ran on (the others lacked valid inputs, or --only-cloudy's cloud)
     model_fraction: float = 0.0  # share of the valid optical pixels whose output holds the model's (QA > 0)
+    model_pixels: int = 0  # pixels whose output holds the model's (QA > 0)
+    valid_pixels: int = 0  # pixels with valid optical data
+    cloud_pixels: int | None = None  # valid pixels the cloud mask marks as cloud (None without --mask)
 
 
 @dataclass
@@ -223,26 +219,54 @@ class _Inputs:
     """Open datasets and what was decided about them before the tile loop."""
 
     optical: rasterio.io.DatasetReader
-    sar: rasterio.io.DatasetReader | None  # None: no SAR is used (a model without SAR input)
     landcover: rasterio.io.DatasetReader | None
     mask: rasterio.io.DatasetReader | None
     grid: Grid
     band_index: list[int]  # 0-based indices of the model bands in the optical file
-    optical_scale: float
-    sar_units: str
-    sar_fill: np.ndarray  # per-polarisation fill for NaN SAR, normalised
-    coverage: float
-    sar_reader: AlignedReader | None = None
+    optical_scale: float = 0.0  # set once the model's normalisation is known
+    declared: ModelInputs | None = None  # what the model takes (engine.models.roles); None until known
+    roles: list[AlignedInput] = field(default_factory=list)  # its inputs, opened, in declared (packing) order
+    dates: dict[str, float] = field(default_factory=dict)  # t_prev, t, t_next of a needs_dates model
     mask_reader: AlignedReader | None = None
-    temporal: TemporalInputs | None = None  # the extra dates of a temporal model
-    dem: DemInput | None = None  # the elevation of a model built with dem=True
-    sar_gap_days: float | None = None  # days between the optical and SAR acquisitions, when both tags say
+
+    @property
+    def sar(self) -> SarInput | None:
+        """The main SAR (role ``sar``), None when the model takes none."""
+        found = [r for r in self.roles if r.name == "sar"]
+        return found[0] if found and isinstance(found[0], SarInput) else None
+
+    @property
+    def sar_units(self) -> str:
+        return self.sar.units if self.sar is not None else "none"
 
 
-def _open_inputs(
-    config: RunConfig, stack: ExitStack, progress: Progress, warnings: list[str], use_sar: bool = True
-) -> _Inputs:
-    """Open and check the inputs; the SAR only when ``use_sar`` (and given)."""
+def _open(config: RunConfig, early: ModelInputs | None, stack: ExitStack, progress: Progress,
+          warnings: list[str]) -> tuple[_Inputs, LoadedModel, torch.device]:  # fmt: skip
+    """Open and check the optical image and the run's other rasters, load the model and open exactly the inputs it
+    declares (those ``early`` — read off its class before loading — already named are opened before the model is
+    loaded, so a bad file fails before the weights are read)."""
+    with input_read_errors("an input raster"):
+        inp = _open_scene(config, stack)
+        if early is not None:
+            _open_declared(config, inp, early, stack, progress, warnings)
+    device = resolve_device(config.device)
+    model = load_model(config, device)
+    if model.in_bands != len(config.bands) and not getattr(model.module, "any_bands", False):
+        raise ModelError(
+            f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
+        )
+    declared = inputs_of(model.module, model.name)
+    if declared != inp.declared:  # only when the class could not be told before loading
+        require_roles(declared, config)
+        with input_read_errors("an input raster"):
+            _open_declared(config, inp, declared, stack, progress, warnings)
+    _check_mask(config, inp, progress, warnings)
+    return inp, model, device
+
+
+def _open_scene(config: RunConfig, stack: ExitStack) -> _Inputs:
+    """Open and check the optical image (it defines the grid) and the run's own rasters: land cover, cloud mask,
+    reference."""
     opt = stack.enter_context(open_raster(config.optical, "optical"))
     require_georeferenced(opt, "optical image")
     if opt.count < 4:
@@ -250,11 +274,6 @@ def _open_inputs(
             f"optical image must have at least 4 bands (B, G, R, NIR), this one has {opt.count}: {config.optical}"
         )
     check_bands(opt, "optical image", config.bands)
-    sar = None
-    if use_sar and config.sar is not None:
-        sar = stack.enter_context(open_raster(config.sar, "SAR"))
-        require_georeferenced(sar, "SAR image")
-        check_sar_bands(sar, "SAR image", config, config.sar)
     extra: dict[str, rasterio.io.DatasetReader | None] = {"landcover": None, "mask": None}
     for role in ("landcover", "mask", "reference"):
         path = getattr(config, role)
@@ -267,12 +286,6 @@ def _open_inputs(
     grid = Grid.of(opt)
     if not has_any_valid(opt, config.bands):
         raise InputError(f"optical image has no valid pixel (everything is nodata): {config.optical}")
-    coverage = 0.0
-    sar_gap_days = None
-    if sar is not None:
-        coverage = checked_coverage(sar, grid, config.sar_bands, "SAR image", progress, warnings, label="SAR",
-                                    without="SAR")  # fmt: skip
-        sar_gap_days = _sar_gap_days(opt, sar, progress, warnings)
     for role, ds in extra.items():
         if ds is not None and not bounds_overlap(ds, grid):
             raise InputError(f"{role} raster does not overlap the optical image: {ds.name}")
@@ -280,35 +293,40 @@ def _open_inputs(
         raise InputError(
             f"cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {extra['mask'].count}"
         )
-
-    return _Inputs(
-        optical=opt,
-        sar=sar,
-        landcover=extra["landcover"],
-        mask=extra["mask"],
-        grid=grid,
-        band_index=[b - 1 for b in config.bands],
-        optical_scale=0.0,  # set once the model's normalisation is known
-        sar_units=detect_sar_units(sar, config) if sar is not None else "none",
-        sar_fill=np.zeros(2, dtype=np.float32),
-        coverage=coverage,
-        sar_gap_days=sar_gap_days,
-    )
+    return _Inputs(optical=opt, landcover=extra["landcover"], mask=extra["mask"], grid=grid,
+                   band_index=[b - 1 for b in config.bands])  # fmt: skip
 
 
-def _sar_gap_days(opt: rasterio.io.DatasetReader, sar: rasterio.io.DatasetReader, progress: Progress,
-                  warnings: list[str]) -> float | None:  # fmt: skip
-    """Days between the optical and SAR acquisitions when both files' tags give them; a warning past
-    :data:`SAR_GAP_WARN_DAYS` (the network learned from pairs 2.2 days apart on average, M3R-CR §III)."""
-    found_opt, found_sar = dataset_acquisition_date(opt), dataset_acquisition_date(sar)
-    if found_opt is None or found_sar is None:
-        return None
-    days = days_apart(found_opt[0], found_sar[0])
-    if days > SAR_GAP_WARN_DAYS:
-        record_warning(progress, warnings, f"the SAR was acquired {days:.0f} days from the optical image (tags "
-                       f"{found_sar[1]} / {found_opt[1]}); the model learned from pairs 2.2 days apart on average, "
-                       "so changes on the ground in between show in the result")  # fmt: skip
-    return round(days, 2)
+def _open_declared(config: RunConfig, inp: _Inputs, declared: ModelInputs, stack: ExitStack, progress: Progress,
+                   warnings: list[str]) -> None:  # fmt: skip
+    """Open the inputs ``declared`` names that are not open yet (engine.inputs: one path for every role), resolve
+    the acquisition times it needs, and warn about the given inputs it does not take (never opened)."""
+    ignored = ignored_inputs(declared, config) if inp.declared is None else []
+    first = 1 if ignored and not declared.uses_sar and config.sar is not None else 0  # the SAR's, said up front
+    for message in ignored[:first]:
+        record_warning(progress, warnings, message)
+    if declared.needs_dates and not inp.dates:
+        inp.dates = acquisition_dates(config, progress, warnings)
+    opened = {i.name: i for i in inp.roles}
+    todo = tuple(r for r in declared.roles if r not in opened)
+    opened.update({i.name: i for i in open_roles(todo, config, inp.grid, inp.optical, stack, progress, warnings)})
+    inp.roles = [opened[r] for r in declared.roles]
+    for message in ignored[first:]:
+        record_warning(progress, warnings, message)
+    inp.declared = declared
+
+
+def _check_mask(config: RunConfig, inp: _Inputs, progress: Progress, warnings: list[str]) -> None:
+    """When the mask decides what changes, its coverage (a warning below 99.9 %); --only-cloudy without a mask
+    says it falls back to detected clouds."""
+    if inp.mask is not None and _composite_feather(config, inp) is not None:
+        with input_read_errors("the cloud mask"):
+            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
+                             warnings, without="a cloud-mask value")  # fmt: skip
+    elif config.only_cloudy:
+        record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
+                       "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
+                       "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
 
 
 def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> float:
@@ -325,12 +343,6 @@ def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.Norma
     return float(norm.optical_scale)
 
 
-def _sar_fill(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> np.ndarray:
-    if inp.sar is None:
-        return np.zeros(0, dtype=np.float32)
-    return sar_fill(inp.sar, config.sar_bands, inp.sar_units, norm)
-
-
 def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner,
                      device_name: str, given: RunConfig) -> RasterMetadata:
     """The input's metadata plus how this output was made (:mod:`engine.provenance`); the inputs are named as the
@@ -339,7 +351,7 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         "bands": list(config.bands), "sar_bands": list(config.sar_bands), "tile": config.tile,
         "overlap": config.overlap, "sar_units": inp.sar_units, "sar_resampling": config.sar_resampling,
         "optical_scale": inp.optical_scale, "dtype": runner.describe()["dtype"], "device": device_name,
-        "only_cloudy": config.only_cloudy, "sar_gap_days": inp.sar_gap_days,
+        "only_cloudy": config.only_cloudy, "sar_gap_days": inp.sar.gap_days if inp.sar is not None else None,
     }  # fmt: skip
     if config.only_cloudy:
         settings["cloud_feather"] = config.cloud_feather
@@ -348,9 +360,8 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
     sar_used = inp.sar is not None
     inputs = {"optical": given.optical, "sar": given.sar if sar_used else None,
               "sar_vv": given.sar_vv if sar_used else None, "sar_vh": given.sar_vh if sar_used else None,
-              "mask": given.mask, "dem": config.dem if inp.dem is not None else None}  # fmt: skip
-    if inp.temporal is not None:
-        inputs.update(config.temporal_paths())
+              "mask": given.mask}  # fmt: skip
+    inputs.update({item.name: getattr(config, item.name) for item in inp.roles if item.name != "sar"})
     tags = processing_tags(model=model.name, only_masked_cloud=_composite_feather(config, inp) is not None,
                            weights=model.weights, inputs=inputs, settings=settings)
     metadata = with_processing(read_metadata(inp.optical), tags)
@@ -361,7 +372,8 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         for b in inp.band_index:
             if b < len(metadata.band_tags):
                 metadata.band_tags[b] = {**metadata.band_tags[b], "ALIGNCR_NODATA_SUBSTITUTE": note}
-    if inp.temporal is not None and config.date is not None and not any(
+    temporal = inp.declared is not None and bool(inp.declared.temporal_keys)
+    if temporal and config.date is not None and not any(
         t.get(k) for t in metadata.tags.values() for k in DATE_TAGS
     ):
         # a time given on the command line (the file had none): the output carries it, so it can be chained
@@ -454,20 +466,9 @@ def _read_chunk_inputs(
     opt_ok = valid_mask(raw[inp.band_index], inp.optical.nodata)
     x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
     x[:, ~opt_ok] = 0.0
-    if inp.sar_reader is not None:
-        sar, sar_ok = read_sar(inp.sar_reader, win, inp.sar_units, inp.sar_fill, norm)
-    else:  # a model without SAR input: no channel, and no pixel is held back for lack of SAR
-        sar = np.zeros((0, *raw.shape[1:]), dtype=np.float32)
-        sar_ok = np.ones(raw.shape[1:], dtype=bool)
-    use_ok = opt_ok & sar_ok
-    if inp.temporal is not None:  # the extra dates go after the SAR channels (see engine.temporal)
-        extras, extra_ok = inp.temporal.read(win, x, inp.optical_scale, norm)
-        sar = PackedInputsAdapter.pack(sar, extras)
-        use_ok &= extra_ok
-    if inp.dem is not None:  # then the DEM, one channel (see engine.dem)
-        dem, dem_ok = inp.dem.read(win)
-        sar = PackedInputsAdapter.pack(sar, [dem])
-        use_ok &= dem_ok
+    # the model's inputs, packed in declared order after the optical (engine.inputs)
+    packed, inputs_ok, sar_ok = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
+    use_ok = opt_ok & inputs_ok
     mask, weight = _chunk_mask_and_weight(chunk, config, inp, win, spec)
     needed = use_ok if weight is None else use_ok & (weight > 0)  # a tile whose output nobody keeps is not run
     grid = _tile_grid(spec, config)
@@ -481,7 +482,7 @@ def _read_chunk_inputs(
         o = s = None
         if run_idx:
             o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
-            s = pinned(np.stack([_tile_slice(sar, batch[j], (y0, x0), t) for j in run_idx]), device)
+            s = pinned(np.stack([_tile_slice(packed, batch[j], (y0, x0), t) for j in run_idx]), device)
         batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
     if weight is not None:
         weight = weight[: chunk.out_h, : chunk.out_w]  # the output window starts at the read window's origin
@@ -528,7 +529,8 @@ def _composite_feather(config: RunConfig, inp: _Inputs) -> int | None:
     the model's output is used everywhere."""
     if config.only_cloudy:
         return config.cloud_feather
-    if inp.mask is not None and inp.temporal is not None and inp.temporal.fill_only_cloudy:
+    declared = inp.declared
+    if inp.mask is not None and declared is not None and declared.temporal_keys and declared.fill_only_cloudy:
         return 0
     return None
 
@@ -614,38 +616,26 @@ def _decloud(
     writers: list[AtomicGeoTIFFWriter],
     given: RunConfig | None = None,
 ) -> RunResult:
-    """Read, infer, blend and write the finished (uncommitted) outputs, appended to ``writers``. ``config`` names
-    what the readers open (:func:`engine.sources.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
+    """The data path: open → plan → stream chunks → result. The finished (uncommitted) outputs are appended to
+    ``writers``. ``config`` names what the readers open (:func:`engine.sources.resolve_run_inputs`), ``given`` what
+    the user gave (provenance)."""
     t0 = time.perf_counter()
     warnings: list[str] = []
     early = precheck(config, default_model_name())
-    if early is not None and not early.uses_sar and config.sar is not None:
-        record_warning(progress, warnings, f"model '{early.name}' takes no SAR: --sar ignored")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
-        with input_read_errors("an input raster"):
-            inp = _open_inputs(config, stack, progress, warnings, use_sar=early is None or early.uses_sar)
-        device = resolve_device(config.device)
-        model = load_model(config, device)
-        _open_model_inputs(config, inp, model, stack, progress, warnings)
+        inp, model, device = _open(config, early, stack, progress, warnings)
         runner, accel = _start_runner(config, inp, model, device, accel, stack)
-        with input_read_errors("an input raster"):
-            inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
-            inp.sar_fill = _sar_fill(config, inp, model.norm)
-        device_name = describe_device(device)
-        spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given or config))
-        grid = _tile_grid(spec, config)
-        log.info(
-            "%s on %s: %d×%d px, %d tiles of %d×%d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
-            model.name, device_name, spec.width, spec.height, len(grid), grid.tile_w, grid.tile_h, config.overlap,
-            config.batch,
-            inp.sar_units, inp.optical_scale, runner.describe(),
-        )  # fmt: skip
-        if on_start is not None:
-            on_start(RunPlan(len(grid), spec.width, spec.height, Path(config.out), model.name, device_name))
-        progress.update(0.0, f"tile 0/{len(grid)}")
+        spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress)
         _open_aligned_readers(config, inp, stack)
         counts = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
         seconds = time.perf_counter() - t0
+    return _result(config, inp, model, runner, spec, grid, device_name, counts, seconds, warnings)
+
+
+def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
+            grid: TileGrid, device_name: str, counts: dict[str, int], seconds: float,
+            warnings: list[str]) -> RunResult:  # fmt: skip
+    """What the streamed run did, from its pixel and tile counts."""
     valid = max(counts["valid"], 1)
     return RunResult(
         output=Path(config.out),
@@ -655,10 +645,13 @@ def _decloud(
         total_tiles=len(grid),
         network_tiles=counts["network"],
         model_fraction=counts["model_px"] / valid,
+        model_pixels=counts["model_px"],
+        valid_pixels=counts["valid"],
+        cloud_pixels=counts["cloud"] if inp.mask_reader is not None else None,
         width=spec.width,
         height=spec.height,
         sar_coverage=counts["sar"] / valid if inp.sar is not None else 0.0,
-        sar_units=inp.sar_units if inp.sar is not None else "none",
+        sar_units=inp.sar_units,
         optical_scale=inp.optical_scale,
         cloud_fraction=(counts["cloud"] / max(counts["mask_valid"], 1)) if inp.mask_reader is not None else None,
         model_card=model.card,
@@ -668,45 +661,36 @@ def _decloud(
     )
 
 
-def _open_model_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel, stack: ExitStack, progress: Progress,
-                       warnings: list[str]) -> None:
-    """Check the inputs against what the loaded model takes, and open the ones it declares (dates, DEM); warn
-    about given inputs it ignores and about --only-cloudy without a mask."""
-    if model.in_bands != len(config.bands):
-        raise ModelError(
-            f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
-        )
-    needs = needs_of(model.module, model.name)
-    require_sar(needs, config)
-    if not needs.uses_sar:
-        inp.sar = None  # (only reached when the class could not be told before loading)
-        inp.coverage = 0.0
-        log.info("model '%s' takes no SAR: none is used", model.name)
+def _plan(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, device: torch.device,
+          given: RunConfig, on_start: Callable[[RunPlan], None] | None,
+          progress: Progress) -> tuple[OutputSpec, TileGrid, str]:  # fmt: skip
+    """Decide what depends on the model's normalisation (optical scale, the inputs' fills), the output's spec and
+    metadata and the tile grid; announce the plan (``on_start``). Returns the spec, grid and device name."""
     with input_read_errors("an input raster"):
-        inp.temporal = open_temporal(config, model.module, model.name, inp.grid, model.norm, stack, progress,
-                                     warnings)  # fmt: skip
-    if inp.mask is not None and _composite_feather(config, inp) is not None:  # the mask decides what changes
-        with input_read_errors("the cloud mask"):
-            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
-                             warnings, without="a cloud-mask value")  # fmt: skip
-    elif config.only_cloudy:
-        record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
-                       "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
-                       "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
-    require_dem(needs, config)
-    if needs.uses_dem:
-        assert config.dem is not None
-        with input_read_errors("the DEM"):
-            inp.dem = open_dem(config.dem, inp.grid, stack, progress, warnings)
-    elif config.dem is not None:
-        record_warning(progress, warnings, f"model '{model.name}' takes no DEM: --dem ignored")
+        inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
+        for item in inp.roles:
+            item.prepare(model.norm)
+    device_name = describe_device(device)
+    spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given))
+    grid = _tile_grid(spec, config)
+    log.info(
+        "%s on %s: %d×%d px, %d tiles of %d×%d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
+        model.name, device_name, spec.width, spec.height, len(grid), grid.tile_w, grid.tile_h, config.overlap,
+        config.batch,
+        inp.sar_units, inp.optical_scale, runner.describe(),
+    )  # fmt: skip
+    if on_start is not None:
+        on_start(RunPlan(len(grid), spec.width, spec.height, Path(config.out), model.name, device_name))
+    progress.update(0.0, f"tile 0/{len(grid)}")
+    return spec, grid, device_name
 
 
 def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
                   stack: ExitStack) -> tuple[InferenceRunner, AccelConfig]:
     """The inference runner for this run, its concurrency fitted to the memory budget (:mod:`engine.memory`);
     closed (and torch's thread count restored) with ``stack``."""
-    module = _packed(model.module, inp, config)
+    assert inp.declared is not None
+    module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
     memory, accel = plan_memory(model.name, TileGrid(inp.grid.height, inp.grid.width, config.tile,
                                 config.overlap), config.chunk, device, accel, config.batch, config.memory_budget)
     log.info("memory: %s", memory.describe())
@@ -719,18 +703,12 @@ def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: t
 
 
 def _open_aligned_readers(config: RunConfig, inp: _Inputs, stack: ExitStack) -> None:
-    """Window readers that bring SAR, mask, other dates and DEM onto the optical grid, closed with ``stack``."""
-    if inp.sar is not None:
-        inp.sar_reader = stack.enter_context(
-            AlignedReader(inp.sar, inp.grid, config.sar_bands, config.sar_resampling)
-        )
+    """Window readers that bring the model's inputs and the mask onto the optical grid, closed with ``stack``."""
+    for item in inp.roles:
+        item.open_reader(stack, inp.grid)
     if inp.mask is not None:
         mask_bands = tuple(range(1, inp.mask.count + 1))
         inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
-    if inp.temporal is not None:
-        inp.temporal.open_readers(stack, inp.grid, config.sar_resampling)
-    if inp.dem is not None:
-        inp.dem.open_reader(stack, inp.grid)
 
 
 def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
@@ -773,20 +751,6 @@ def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
             done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done)
         progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
     return counts
-
-
-def _packed(module: nn.Module, inp: _Inputs, config: RunConfig) -> nn.Module:
-    """The module the runner calls: ``module`` itself, or behind a :class:`PackedInputsAdapter` when it takes extra
-    inputs (dates, DEM) or no SAR. The order of the keys is the packing order of :func:`_read_chunk`."""
-    if inp.temporal is None and inp.dem is None and inp.sar is not None:
-        return module
-    extras = inp.temporal.extras if inp.temporal is not None else []
-    keys, channels = [e.key for e in extras], [e.channels for e in extras]
-    if inp.dem is not None:
-        keys, channels = [*keys, "dem"], [*channels, 1]
-    dates = inp.temporal.dates if inp.temporal is not None else {}
-    sar_channels = len(config.sar_bands) if inp.sar is not None else 0
-    return PackedInputsAdapter(module, sar_channels, keys, channels, dates)
 
 
 def _qa_spec(spec: OutputSpec) -> OutputSpec:

@@ -41,6 +41,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -61,6 +62,7 @@ except ImportError:  # Windows: an open file cannot be deleted, which is the own
     fcntl = None  # type: ignore[assignment]
 
 BLOCK = 512
+LAYER_BLOCK = 256  # auxiliary layers (layer_spec)
 TMP_SUFFIX = ".tmp.tif"
 _GROUP = re.compile(r"(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\..*tmp.*", re.DOTALL)
 LOW_SPACE_BYTES = 16 * 2**20  # below this much free space a write failure is reported as a full disk
@@ -80,6 +82,22 @@ class OutputSpec:
     descriptions: tuple[str | None, ...]
     block_height: int = BLOCK  # see engine.tiling.output_block_height: chosen so chunk rows fill whole blocks
     metadata: RasterMetadata | None = None  # tags, band tags, scales/offsets, units (engine.provenance)
+    creation: dict[str, Any] | None = None  # GTiff creation options; None: the engine output's (_creation_options)
+
+
+def layer_spec(*, width: int, height: int, crs: CRS, transform: Affine, dtype: str, count: int = 1,
+               nodata: float | None = None, descriptions: tuple[str | None, ...] = (),
+               metadata: RasterMetadata | None = None) -> OutputSpec:  # fmt: skip
+    """The spec of an auxiliary layer (the report's layers, ``engine ndvi``): 256² tiles when both sides allow it
+    (else strips), DEFLATE, the floating-point predictor for float data — small files that QGIS opens fast. They
+    are written by the same :class:`AtomicGeoTIFFWriter` as the engine's output, only the layout differs."""
+    creation: dict[str, Any] = {"compress": "deflate"}
+    if width >= LAYER_BLOCK and height >= LAYER_BLOCK:
+        creation.update(tiled=True, blockxsize=LAYER_BLOCK, blockysize=LAYER_BLOCK)
+    if dtype.startswith("float"):
+        creation["predictor"] = 3
+    return OutputSpec(crs=crs, transform=transform, width=width, height=height, count=count, dtype=dtype,
+                      nodata=nodata, descriptions=descriptions, metadata=metadata, creation=creation)  # fmt: skip
 
 
 def _kind(mode: int) -> str | None:
@@ -367,7 +385,7 @@ def verify_geotiff(path: Path, *, width: int, height: int, count: int, dtype: st
 
 class AtomicFile:
     """One output written through a claimed temporary file: finish (flush, fsync, verify), then commit (rename) or
-    discard. The base of :class:`AtomicGeoTIFFWriter`; :func:`engine.report.geotiff.atomic_geotiff` uses it too."""
+    discard. The base of :class:`AtomicGeoTIFFWriter`."""
 
     def __init__(self, path: Path, kind: str = "") -> None:
         self.path = Path(path)
@@ -453,6 +471,8 @@ class AtomicGeoTIFFWriter(AtomicFile):
 
     def __enter__(self) -> AtomicGeoTIFFWriter:
         s = self.spec
+        if not self.path.parent.is_dir():
+            raise OutputError(f"output folder does not exist: {self.path.parent}")
         remove_stale_temporaries(self.path)
         try:
             self.claim(self.tmp)
@@ -469,7 +489,7 @@ class AtomicGeoTIFFWriter(AtomicFile):
                     transform=s.transform,
                     nodata=s.nodata,
                     BIGTIFF="IF_SAFER",
-                    **_creation_options(s.dtype, s.block_height),
+                    **(s.creation if s.creation is not None else _creation_options(s.dtype, s.block_height)),
                 )
                 for i, desc in enumerate(s.descriptions, start=1):
                     if desc:
@@ -486,6 +506,7 @@ class AtomicGeoTIFFWriter(AtomicFile):
         return self
 
     def write(self, data: np.ndarray, window: Window) -> None:
+        """Write (count, h, w) ``data`` (cast to the spec's dtype) into ``window``."""
         assert self._ds is not None
         try:
             with gdal_errors.gdal_failure_check(_GdalFailure):

@@ -211,3 +211,32 @@ def test_engine_run_refuses_gapfill_with_one_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="before and after"):
         run(cfg, accel=AccelConfig(threads=1))
     assert not cfg.out.exists()
+
+
+def test_gapfill_command_is_an_alias_of_run_model_gapfill(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One data path: ``engine gapfill`` (new and old option names) writes what ``engine run --model gapfill`` writes,
+    through the pipeline (its provenance tags), and says it is deprecated."""
+    from engine.cli import main
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(1000, 3000, (4, 13, 17)).astype(np.uint16)
+    prev = _raster(tmp_path / "prev.tif", a, T0)
+    nxt = _raster(tmp_path / "next.tif", (a + 400).astype(np.uint16), T0 + timedelta(days=4))
+    cloudy = _raster(tmp_path / "cloudy.tif", np.full((4, 13, 17), 9000, np.uint16), T0 + timedelta(days=1))
+    outs = {name: tmp_path / f"{name}.tif" for name in ("alias", "old_names", "run")}
+    assert main(["gapfill", "--optical", str(cloudy), "--optical-prev", str(prev), "--optical-next", str(nxt),
+                 "--out", str(outs["alias"])]) == 0  # fmt: skip
+    assert "'engine gapfill' is deprecated" in capsys.readouterr().err
+    assert main(["gapfill", "--cloudy", str(cloudy), "--prev", str(prev), "--next", str(nxt),
+                 "--out", str(outs["old_names"])]) == 0  # fmt: skip
+    assert "--cloudy is deprecated" in capsys.readouterr().err
+    assert main(["run", "--model", "gapfill", "--optical", str(cloudy), "--optical-prev", str(prev),
+                 "--optical-next", str(nxt), "--out", str(outs["run"]), "--device", "cpu"]) == 0  # fmt: skip
+    arrays = {}
+    for name, path in outs.items():
+        with rasterio.open(path) as ds:
+            arrays[name] = ds.read()
+            assert ds.tags()["ALIGNCR_MODEL"] == "gapfill"
+    np.testing.assert_array_equal(arrays["alias"], arrays["run"])
+    np.testing.assert_array_equal(arrays["old_names"], arrays["run"])
+    np.testing.assert_array_equal(arrays["run"], (a + 100).astype(np.uint16))  # a quarter of the way to next

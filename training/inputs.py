@@ -1,13 +1,13 @@
 """What a model takes besides ``(optical, sar)``, read from its contract attributes — shared by training and evaluation.
 
 A *temporal* model (class attribute ``temporal_inputs``, e.g. ``("prev", "next")``: ``msop-unet``, ``gapfill``;
-the registry's contract, as :mod:`engine.temporal` reads it) takes the batch entries ``optical_<x>`` and — unless
-``uses_sar = False`` — ``sar_<x>`` for each ``x`` as keyword tensors, and the acquisition times ``t_prev, t,
-t_next`` when ``needs_dates``. The keys come from those attributes, never from the model's name. A model whose
-config says ``dem=True`` (the Cresson U-Nets' optional DEM branch; read by :func:`engine.temporal.needs_of`, as the
-engine decides whether ``--dem`` is needed) also takes the batch's ``dem`` (N, 1, H, W), which only layout splits of
-an archive with a DEM provide. A model whose ``forward`` takes ``return_stages`` can return every stage's output
-(deep supervision, :mod:`training.losses`).
+the registry's contract, read into roles by :func:`engine.models.roles.inputs_of` as for the engine) takes the batch
+entries ``optical_<x>`` and — unless ``uses_sar = False`` — ``sar_<x>`` for each ``x`` as keyword tensors, and the
+acquisition times ``t_prev, t, t_next`` when ``needs_dates``. The keys come from those attributes, never from the
+model's name. A model whose config says ``dem=True`` (the Cresson U-Nets' optional DEM branch, the ``dem`` role that
+makes the engine ask for ``--dem``) also takes the batch's ``dem`` (N, 1, H, W), which only layout splits of an
+archive with a DEM provide. A model whose ``forward`` takes ``return_stages`` can return every stage's output (deep
+supervision, :mod:`training.losses`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError
-from engine.temporal import needs_of
+from engine.models.roles import inputs_of
 
 
 def input_keys(model: nn.Module) -> list[str]:
     """Batch keys a model takes as keyword arguments besides (optical, sar), from its contract attributes (the extra
-    dates and DEM as :func:`engine.temporal.needs_of` reads them for the engine)."""
-    needs = needs_of(model, type(model).__name__)
-    keys = list(needs.temporal_keys)
-    if getattr(model, "needs_dates", False):
+    dates and DEM as :func:`engine.models.roles.inputs_of` reads them for the engine)."""
+    declared = inputs_of(model, type(model).__name__)
+    keys = list(declared.temporal_keys)
+    if declared.needs_dates:
         keys += ["t_prev", "t", "t_next"]
-    if needs.uses_dem:
+    if declared.uses_dem:
         keys.append("dem")
     return keys
 

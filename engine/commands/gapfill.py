@@ -1,20 +1,20 @@
-"""``python -m engine gapfill --optical T.tif --optical-prev A.tif --optical-next B.tif [--mask M.tif] --out F.tif``
-(the names ``engine run`` uses; ``--cloudy``/``--prev``/``--next`` still work for one release, deprecated).
+"""``python -m engine gapfill`` — deprecated: an alias of ``engine run --model gapfill`` for one release.
 
-Linear temporal gap-filling (Cresson et al. 2022, §3.3; maths in :mod:`engine.gapfill`) of a cloudy image from
-two cloud-free images acquired before and after it, on raster files. It needs no SAR and no weights: it is the
-deterministic baseline the paper compares its networks with, and a usable product when clear dates bracket the
-cloudy one closely.
+Linear temporal gap-filling (Cresson et al. 2022, §3.3; maths in :mod:`engine.gapfill`) of a cloudy image from two
+cloud-free images acquired before and after it. It used to be a second raster path beside the pipeline; it is now
+the registry's ``gapfill`` model run by :func:`engine.pipeline.run` — one data path: the same alignment, nodata,
+provenance tags, atomic output and progress as every run. The command stays for scripts written against it, says it
+is deprecated on stderr, and maps its options onto ``run``'s:
 
-* The output is on the cloudy image's grid, with its bands, dtype and nodata; ``--prev``/``--next`` (same band
-  count) and ``--mask`` are warped onto that grid (nearest) when they are on another one.
-* With ``--mask`` (1 band, non-zero = cloud, or a Planet UDM2 asset) only the cloudy pixels are replaced; without
-  it, the whole image is interpolated, as in the paper. A pixel that ``--prev`` or ``--next`` does not cover keeps
-  the cloudy value (counted in the summary).
-* Dates come from each file's tags (ACQUISITIONDATETIME / TIFFTAG_DATETIME, :func:`read_acquisition_date`) unless
-  given with ``--date-prev/--date/--date-next``. The output is tagged with the cloudy image's date.
+* ``--optical`` (was ``--cloudy``), ``--optical-prev`` (was ``--prev``), ``--optical-next`` (was ``--next``),
+  ``--mask``, ``--out``, ``--date-prev/--date/--date-next`` as in ``run``; every band of the cloudy image is filled
+  (``--bands`` = all of them), and ``--prev``/``--next`` must have as many bands;
+* ``--json`` prints the summary it always printed (dates, the weight on the next image, filled and unfillable pixel
+  counts).
 
-The registry's ``gapfill`` model is the same maths behind the temporal model contract.
+What the pipeline does differently from the old path: the filled values are clipped to the optical range the
+engine normalises to (reflectance [0, 1], DN up to the model's scale, 10 000), and the cloudy image needs the four
+bands every run needs.
 """
 
 from __future__ import annotations
@@ -22,35 +22,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-from rasterio.windows import Window
-
-from engine.align import AlignedReader, Grid, bounds_overlap
 from engine.commands import add_renamed_argument, datetime_arg
+from engine.config import RunConfig
 from engine.errors import InputError
-from engine.gapfill import interpolation_weight, read_acquisition_date
-from engine.masks import cloud_mask_from_bands
-from engine.normalise import denormalise_optical
+from engine.gapfill import interpolation_weight
 from engine.progress import Progress
-from engine.raster import open_raster, require_georeferenced
-from engine.report.geotiff import atomic_geotiff, layer_profile
-from engine.writer import check_output_path
+from engine.raster import open_raster
 
 NAME = "gapfill"
-HELP = "fill a cloudy image by linear interpolation in time between cloud-free images before and after it"
-ROWS_PER_BLOCK = 512
+HELP = "deprecated: engine run --model gapfill (linear interpolation in time between images before and after)"
+DEPRECATION = ("warning: 'engine gapfill' is deprecated and will be removed in the next release; use 'engine run "
+               "--model gapfill --optical … --optical-prev … --optical-next …'")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for new, old, help_text in (("--optical", "--cloudy", "the cloudy optical image (defines the output grid)"),
-                                ("--optical-prev", "--prev", "cloud-free image acquired before it"),
-                                ("--optical-next", "--next", "cloud-free image acquired after it")):  # fmt: skip
-        add_renamed_argument(parser, new, old, required=True, type=Path, dest=old.lstrip("-"), metavar="FILE",
-                             help=help_text)
+    add_renamed_argument(parser, "--optical", "--cloudy", required=True, type=Path, dest="cloudy",
+                         help="the cloudy optical image (defines the output grid)")  # fmt: skip
+    add_renamed_argument(parser, "--optical-prev", "--prev", required=True, type=Path, dest="prev",
+                         help="cloud-free image acquired before it")  # fmt: skip
+    add_renamed_argument(parser, "--optical-next", "--next", required=True, type=Path, dest="next",
+                         help="cloud-free image acquired after it")  # fmt: skip
     parser.add_argument("--mask", type=Path, help="cloud mask of the cloudy image: fill only those pixels")
     parser.add_argument("--out", required=True, type=Path, help="output GeoTIFF")
     for flag in ("--date-prev", "--date", "--date-next"):
@@ -58,8 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
-def _date(given: datetime | None, path: Path) -> datetime:
-    return given if given is not None else read_acquisition_date(path)
+def _band_count(cloudy: Path, prev: Path, next_: Path) -> int:
+    """The cloudy image's band count, which the images before and after must share (all bands are filled)."""
+    with open_raster(cloudy, "cloudy image") as ds:
+        count = ds.count
+    for role, path in (("previous image", prev), ("next image", next_)):
+        with open_raster(path, role) as src:
+            if src.count != count:
+                raise InputError(f"{role} has {src.count} bands, the cloudy image {count}: {path}")
+    return count
 
 
 def gapfill_rasters(
@@ -71,58 +72,27 @@ def gapfill_rasters(
     dates: tuple[datetime | None, datetime | None, datetime | None] = (None, None, None),
     progress: Progress | None = None,
 ) -> dict:
-    """Write the gap-filled image; returns a summary (dates, weight, filled and unfillable pixel counts)."""
-    progress = progress or Progress()
-    check_output_path(out, [cloudy, prev, next_, mask])
-    t_prev, t, t_next = _date(dates[0], prev), _date(dates[1], cloudy), _date(dates[2], next_)
-    weight = float(interpolation_weight(t_prev, t, t_next))
-    with ExitStack() as stack:
-        ds = stack.enter_context(open_raster(cloudy, "cloudy image"))
-        require_georeferenced(ds, "cloudy image")
-        grid = Grid.of(ds)
-        bands = tuple(range(1, ds.count + 1))
-        readers = []
-        for role, path in (("previous image", prev), ("next image", next_)):
-            src = stack.enter_context(open_raster(path, role))
-            require_georeferenced(src, role)
-            if src.count != ds.count:
-                raise InputError(f"{role} has {src.count} bands, the cloudy image {ds.count}: {path}")
-            if not bounds_overlap(src, grid):
-                raise InputError(f"{role} does not overlap the cloudy image: {path}")
-            readers.append(stack.enter_context(AlignedReader(src, grid, bands)))
-        mask_reader = None
-        if mask is not None:
-            msrc = stack.enter_context(open_raster(mask, "cloud mask"))
-            require_georeferenced(msrc, "cloud mask")
-            mask_reader = stack.enter_context(AlignedReader(msrc, grid, tuple(range(1, msrc.count + 1))))
-        profile = layer_profile(width=ds.width, height=ds.height, crs=ds.crs, transform=ds.transform,
-                                dtype=ds.dtypes[0], count=ds.count, nodata=ds.nodata)
-        filled = unfillable = 0
-        with atomic_geotiff(out, profile) as dst:
-            for row in range(0, ds.height, ROWS_PER_BLOCK):
-                progress.check_cancelled()
-                win = Window(0, row, ds.width, min(ROWS_PER_BLOCK, ds.height - row))
-                cur = ds.read(window=win).astype(np.float64)
-                a, b = (r.read(win).astype(np.float64) for r in readers)
-                estimate = a + (b - a) * weight
-                if mask_reader is None:
-                    todo = np.ones(cur.shape[1:], dtype=bool)
-                else:
-                    todo = cloud_mask_from_bands(np.nan_to_num(mask_reader.read(win), nan=0.0))
-                ok = np.isfinite(estimate).all(axis=0)
-                fill = todo & ok
-                filled += int(fill.sum())
-                unfillable += int((todo & ~ok).sum())
-                result = np.where(fill[None], estimate, cur)
-                dst.write(denormalise_optical(result, scale=1.0, dtype=ds.dtypes[0]), window=win)
-                progress.update((row + win.height) / ds.height, "gap-filling")
-            dst.update_tags(TIFFTAG_DATETIME=t.strftime("%Y:%m:%d %H:%M:%S"), ACQUISITIONDATETIME=t.isoformat(),
-                            GAPFILL_PREV=t_prev.isoformat(), GAPFILL_NEXT=t_next.isoformat())
+    """``engine run --model gapfill`` on these files; returns the summary (dates, weight, filled and unfillable
+    pixel counts)."""
+    from engine.pipeline import run
+    from engine.temporal import acquisition_dates
+
+    bands = tuple(range(1, _band_count(cloudy, prev, next_) + 1))
+    config = RunConfig(optical=cloudy, out=out, model="gapfill", device="cpu", bands=bands, mask=mask,
+                       optical_prev=prev, optical_next=next_, date_prev=dates[0], date=dates[1],
+                       date_next=dates[2])  # fmt: skip
+    config.validate()
+    when = acquisition_dates(config, Progress(), [])
+    t_prev, t, t_next = (datetime.fromtimestamp(when[k], UTC) for k in ("t_prev", "t", "t_next"))
+    result = run(config, progress)
+    todo = result.cloud_pixels if result.cloud_pixels is not None else result.valid_pixels
     return {"output": str(out), "t_prev": t_prev.isoformat(), "t": t.isoformat(), "t_next": t_next.isoformat(),
-            "weight": weight, "filled_pixels": filled, "unfillable_pixels": unfillable}
+            "weight": float(interpolation_weight(t_prev, t, t_next)), "filled_pixels": result.model_pixels,
+            "unfillable_pixels": todo - result.model_pixels}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    print(DEPRECATION, file=sys.stderr)
     summary = gapfill_rasters(args.cloudy, args.prev, args.next, args.out, args.mask,
                               (args.date_prev, args.date, args.date_next))
     if args.json:

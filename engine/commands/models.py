@@ -55,6 +55,9 @@ class ModelInfo:
     # the model's config says dem=True (a Cresson U-Net with the DEM branch): the run needs --dem; the plugin shows
     # its DEM picker from this (and, for a weights file, from the card's config)
     uses_dem: bool = False
+    # every input the model takes besides the cloudy optical image, as the pipeline opens them (engine.models.roles):
+    # "sar", "optical_prev", "sar_prev", "optical_next", "sar_next", "dem" — each also a `run` option of that name
+    roles: list[str] = field(default_factory=list)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,15 +93,16 @@ def collect(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
 
     from engine.models import list_models
     from engine.models.counting import count_params
+    from engine.models.roles import inputs_of
 
     weights = scan_weights(weights_dir)
     models = []
     for spec in list_models():
         info = ModelInfo(spec.name, spec.arch, spec.description, spec.needs_weights, None, None)
-        info.temporal_inputs = list(getattr(spec.cls, "temporal_inputs", None) or ())
-        info.needs_dates = bool(getattr(spec.cls, "needs_dates", False))
-        info.uses_sar = bool(getattr(spec.cls, "uses_sar", True))
-        info.uses_dem = bool(getattr(spec.config, "dem", False))
+        declared = inputs_of(spec.cls, spec.name, spec.config)  # the roles the pipeline opens for it
+        info.temporal_inputs = list(declared.extra_dates)
+        info.needs_dates, info.uses_sar, info.uses_dem = declared.needs_dates, declared.uses_sar, declared.uses_dem
+        info.roles = list(declared.roles)
         try:
             with torch.device("meta"):
                 model = spec.cls(spec.config)

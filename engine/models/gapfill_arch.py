@@ -44,6 +44,7 @@ class LinearGapfill(nn.Module):
     temporal_inputs = ("prev", "next")
     needs_dates = True
     uses_sar = False  # the engine need not supply sar_prev / sar_next, and SAR gaps do not limit the fill
+    any_bands = True  # per-band arithmetic: it takes whatever --bands lists (cfg.in_bands is only the default)
 
     def __init__(self, cfg: GapfillConfig) -> None:
         super().__init__()

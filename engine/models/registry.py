@@ -9,6 +9,8 @@ Model contract (all registered models):
 ``forward(optical, sar) -> optical_hat`` with ``optical`` (N, B, H, W) float in [0, 1] (B = ``cfg.in_bands``,
 default 4: B, G, R, NIR) and ``sar`` (N, 2, h, w) float in [0, 1] (VV, VH); ``h, w`` may be smaller than
 ``H, W`` (the model upsamples nearest) or equal. Output has the optical input's shape, in the same scaling.
+Inputs beyond these (no SAR, extra dates, a DEM) are declared by the class and config and read into roles by
+:func:`engine.models.roles.inputs_of`; the pipeline opens exactly those.
 """
 
 from __future__ import annotations

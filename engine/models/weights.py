@@ -35,6 +35,7 @@ from engine import __version__ as ENGINE_VERSION
 from engine.errors import ModelError
 from engine.models.registry import config_to_dict, get_spec
 from engine.normalise import NormalisationConfig
+from engine.safetensors_header import HeaderError, SafetensorsHeader, read_header
 
 CARD_KEY = "aligncr_card"
 CARD_FORMAT = "1"
@@ -162,23 +163,20 @@ def save(model: nn.Module, path: str | os.PathLike, card: ModelCard | dict | Non
     return path
 
 
-def _read_header(path: Path) -> dict[str, str]:
+def _read_header(path: Path) -> SafetensorsHeader:
+    """The file's header through the one (torch-free) reader the plugin uses too."""
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad header
-        raise ModelError(f"{path.name} is not a readable .safetensors weights file ({exc})") from exc
+        return read_header(path)
+    except HeaderError as exc:
+        raise ModelError(f"{path.name} is not a readable .safetensors weights file ({exc})") from None
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
     """The model card of a weights file, reading only its header (no tensors)."""
     path = Path(path)
-    meta = _read_header(path)
-    raw = meta.get(CARD_KEY)
+    raw = _read_header(path).metadata.get(CARD_KEY)
     if raw is None:
         raise ModelError(f"{path.name} has no model card (metadata key '{CARD_KEY}'); not an Align-CR weights file")
     try:
@@ -221,18 +219,12 @@ def _check_header(path: Path, card: ModelCard) -> None:
     """Compare the card's architecture (built on ``meta``: no memory) with the file's tensor names, shapes and
     dtypes, reading the header only. A card describing a gigantic network over a small file is refused here,
     before anything is allocated; floating parameters stored as integers are refused rather than cast."""
-    from safetensors import safe_open
-
     with torch.device("meta"):
         skeleton = _build(card)
     expected = skeleton.state_dict()
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            slices = {k: f.get_slice(k) for k in f.keys()}
-            found = {k: tuple(int(d) for d in sl.get_shape()) for k, sl in slices.items()}
-            dtypes = {k: sl.get_dtype() for k, sl in slices.items()}
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path.name}: cannot read the tensor index ({exc})") from exc
+    index = _read_header(path).tensors
+    found = {k: info.shape for k, info in index.items()}
+    dtypes = {k: info.dtype for k, info in index.items()}
     _compare({k: tuple(v.shape) for k, v in expected.items()}, found, path.name)
     bad = [
         f"{k} ({dtypes[k]})" for k, v in expected.items() if v.is_floating_point() and dtypes[k] not in _FLOAT_DTYPES

@@ -51,8 +51,8 @@ from engine.metrics import SSIM_RADIUS, AccumulatorConfig, MetricAccumulator
 from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA, ndvi
 from engine.progress import Progress
 from engine.report import LAYER_FILES
-from engine.report.geotiff import BLOCK, atomic_geotiff, layer_profile
 from engine.report.sources import Sources
+from engine.writer import LAYER_BLOCK, AtomicGeoTIFFWriter, OutputSpec, layer_spec
 
 HALO = SSIM_RADIUS  # ≥ 3, the cloud detector's smoothing radius, too
 MASK_NODATA = 255
@@ -177,7 +177,7 @@ def block_cache_bytes(src: Sources, tile_size: int, layer_dtypes: list[str], con
         block_rows = min(ds.block_shapes[0][0], ds.height)
         per_column += copies * pixel_bytes * rows_of_blocks(read_rows + 2 * extra, block_rows)
     grid = src.grid
-    layer_block = BLOCK if grid.width >= BLOCK and grid.height >= BLOCK else grid.height  # see layer_profile
+    layer_block = LAYER_BLOCK if min(grid.width, grid.height) >= LAYER_BLOCK else grid.height  # see layer_spec
     for dt in layer_dtypes:
         per_column += np.dtype(dt).itemsize * rows_of_blocks(tile_size, layer_block)
     return max(CACHE_FLOOR_BYTES, int(CACHE_MARGIN * grid.width * per_column))
@@ -315,8 +315,8 @@ def run_pass(
         medians = clear_medians_pass(src, tile_size, progress.scaled(0.0, 0.1))
         progress = progress.scaled(0.1, 1.0)
 
-    def profile(dtype: str, nodata: float) -> dict[str, Any]:
-        return layer_profile(
+    def spec(dtype: str, nodata: float) -> OutputSpec:
+        return layer_spec(
             width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform, dtype=dtype, nodata=nodata
         )
 
@@ -327,9 +327,8 @@ def run_pass(
     with rasterio.Env(GDAL_CACHEMAX=cache), ExitStack() as stack:
         dst = {
             name: stack.enter_context(
-                atomic_geotiff(
-                    out_dir / fname,
-                    profile(dtypes[name], MASK_NODATA if name == "cloud_mask" else NDVI_NODATA),
+                AtomicGeoTIFFWriter(
+                    out_dir / fname, spec(dtypes[name], MASK_NODATA if name == "cloud_mask" else NDVI_NODATA)
                 )
             )
             for name, fname in layers.items()
@@ -349,7 +348,7 @@ class _TilePass:
     the output, the cloudy input and the baselines. Each method is one step of a tile."""
 
     src: Sources
-    dst: dict[str, Any]
+    dst: dict[str, AtomicGeoTIFFWriter]
     looks: Quicklooks
     stats: SceneStats
     out_acc: MetricAccumulator | None
@@ -381,7 +380,7 @@ class _TilePass:
         ref, v_ref = self.src.reference.read(read)
         v_all = valid & v_ref
         n_ref = ndvi(ref[2][c], ref[3][c], v_all[c])
-        self.dst["ndvi_reference"].write(n_ref, 1, window=core)
+        self.dst["ndvi_reference"].write(n_ref[None], core)
         self.stats.add_ndvi("reference", n_ref)
         self.looks.add("ndvi_reference", core, n_ref, NDVI_NODATA)
         self.looks.add("reference", core, ref[(slice(None), *c)])
@@ -411,8 +410,8 @@ class _TilePass:
         self.stats.change_sum["cloud"] += float(change[cc].sum())
         self.stats.change_sum["clear"] += float(change[vc & ~cc].sum())
         mask = np.where(vc, cc.astype(np.uint8), MASK_NODATA).astype(np.uint8)
-        self.dst["change_magnitude"].write(np.where(vc, change, CHANGE_NODATA).astype(np.float32), 1, window=core)
-        self.dst["cloud_mask"].write(mask, 1, window=core)
+        self.dst["change_magnitude"].write(np.where(vc, change, CHANGE_NODATA).astype(np.float32)[None], core)
+        self.dst["cloud_mask"].write(mask[None], core)
         looks = self.looks
         looks.add("optical", core, opt[(slice(None), *c)])
         looks.add("optical_valid", core, v_opt[c])
@@ -426,7 +425,7 @@ class _TilePass:
         n_in = ndvi(opt[2][c], opt[3][c], vc)
         n_out = ndvi(pred[2][c], pred[3][c], vc)
         for name, values in (("input", n_in), ("output", n_out)):
-            self.dst[f"ndvi_{name}"].write(values, 1, window=core)
+            self.dst[f"ndvi_{name}"].write(values[None], core)
             self.stats.add_ndvi(name, values)
             self.looks.add(f"ndvi_{name}", core, values, NDVI_NODATA)
         return n_in, n_out
