@@ -17,6 +17,7 @@ units.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -126,7 +127,7 @@ class WindowContext:
 
 
 @dataclass
-class AlignedInput:
+class AlignedInput(ABC):
     """One declared input of a model (a :class:`~engine.models.roles.Role`), opened and checked, read onto the
     optical grid one window at a time.
 
@@ -156,10 +157,11 @@ class AlignedInput:
 
     def prepare(self, norm: NormalisationConfig) -> None:
         """Decide what depends on the model's normalisation (a fill value); nothing by default."""
+        return None
 
+    @abstractmethod
     def read(self, win: Window, context: WindowContext | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(channels, h, w) float32 in the network's units with gaps filled, and where the file has data."""
-        raise NotImplementedError
 
 
 def bounds_overlap(src: rasterio.io.DatasetReader, grid: Grid) -> bool:
