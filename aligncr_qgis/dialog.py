@@ -64,6 +64,7 @@ from qgis.PyQt.QtWidgets import (
 from aligncr_qgis import layers as L
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError
 from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
+from aligncr_qgis.install_progress import InstallProgressDialog
 from aligncr_qgis.installer import InstallPlan
 from aligncr_qgis.model_cards import ModelCard, ModelCardError, TemporalInfo, read_card, temporal_info
 from aligncr_qgis.model_cards import uses_dem as model_uses_dem
@@ -111,6 +112,7 @@ class AlignCRDialog(QDialog):
         self.task: EngineTask | None = None
         self.env_task: EngineTask | None = None
         self.install_task: EngineTask | None = None
+        self.install_progress: InstallProgressDialog | None = None  # the install's window (kept after it ends)
         self.reproject_task: QgsTask | None = None
         self.drawn_extent: QgsRectangle | None = None  # in the canvas CRS
         self.drawn_crs = QgsCoordinateReferenceSystem()
@@ -893,8 +895,9 @@ class AlignCRDialog(QDialog):
         self.install_task.progressMessage.connect(self._on_progress)
         self.install_task.done.connect(self._engine_installed)
         self.install_button.setEnabled(False)
-        self.status_label.setText(self.tr("Installing the engine into {0} (pip's output: Align-CR log) …").format(
-            plan.venv))
+        self.status_label.setText(self.tr("Installing the engine into {0} …").format(plan.venv))
+        self.install_progress = InstallProgressDialog(self.install_task, str(plan.venv), self)
+        self.install_progress.show()
         QgsApplication.taskManager().addTask(self.install_task)
         return self.install_task
 

@@ -44,6 +44,7 @@ class EngineTask(QgsTask):
 
     progressMessage = pyqtSignal(float, str)  # noqa: N815 - Qt signal naming
     warningMessage = pyqtSignal(str)  # noqa: N815
+    logLine = pyqtSignal(str)  # noqa: N815 - every line the child prints (stderr, and stdout without --json)
     done = pyqtSignal(bool, object)
 
     def __init__(self, description: str, python: str, engine_root: str, steps: list[EngineStep],
@@ -72,7 +73,7 @@ class EngineTask(QgsTask):
                 engine_root=self.engine_root,
                 on_progress=on_progress,
                 on_warning=self._warn,
-                on_log=lambda line: QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info),
+                on_log=self._log,
                 is_cancelled=self.isCanceled,
             )
             try:
@@ -93,6 +94,10 @@ class EngineTask(QgsTask):
                 return False
             start += share
         return True
+
+    def _log(self, line: str) -> None:
+        QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info)
+        self.logLine.emit(line)
 
     def _warn(self, message: str) -> None:
         QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)

@@ -55,3 +55,30 @@ def test_install_engine_offline_then_decloud(project: QgsProject, qgis_iface, tm
         assert (tmp_path / "out.tif").is_file()
     finally:
         close_dialog(dlg)
+
+
+def test_install_progress_window_shows_pip_output_and_the_failure(project: QgsProject, qgis_iface,
+                                                                  tmp_path: Path) -> None:
+    """No wheel folder needed: an empty one makes pip fail offline after the venv is made. The progress window
+    follows the task (steps, bar), shows both commands and pip's own refusal as they print, and ends with the
+    failure; the Python field is not switched to the half-made environment."""
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    dlg = AlignCRDialog(qgis_iface)
+    before = dlg.python_widget.filePath()
+    try:
+        plan = InstallPlan(base_python=qgis_python(), venv=tmp_path / "venv", wheel_dir=str(empty))
+        assert dlg.install_engine(plan) is not None
+        window = dlg.install_progress
+        assert window is not None and window.isVisible() and window.cancel_button.isEnabled()
+        assert wait_for(lambda: dlg.install_task is None, 300), "the install did not end"
+        log = window.log.toPlainText()
+        assert "-m venv" in log and "-m pip install" in log and "--no-index" in log, log
+        assert "No matching distribution" in log or "Could not find a version" in log, log
+        assert window.step_label.text().startswith("Failed:"), window.step_label.text()
+        assert not window.cancel_button.isEnabled()
+        assert dlg.python_widget.filePath() == before
+    finally:
+        if dlg.install_progress is not None:
+            dlg.install_progress.close()
+        close_dialog(dlg)
