@@ -1,6 +1,6 @@
 """Scene archive → per-patch statistics, the raw material of the acquisition-layout index (Cresson 2022, §4.2).
 
-Archive layout (one folder; every raster in one CRS)::
+Archive layout (one folder; every raster in one CRS — or, for ``make_grid(..., reproject=True)``, any CRS)::
 
     ARCHIVE/
       optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype); nodata = the file's nodata value
@@ -17,9 +17,13 @@ Archive layout (one folder; every raster in one CRS)::
                               nodata value (and NaN) means "no elevation". Undated: every sample of a cell gets the
                               same DEM window. Only the models built with ``dem=True`` (Cresson's U-Nets) read it.
 
-Patches are the cells of one grid over the archive: square, ``patch_size`` optical pixels wide, anchored on the
-first optical scene's pixel grid (sorted by name), so every optical and SAR scene is cut into the same ground
-footprints whatever its resolution. A scene contributes a patch for each cell lying entirely inside it. For each
+Patches are the cells of one grid over the archive: ``patch_size`` × ``patch_size`` optical pixels (square on the
+ground in a projected CRS; in degrees, e.g. EPSG:4326, the pixels and so the cells may be taller than wide), anchored
+on the first optical scene's pixel grid (sorted by name), so every optical and SAR scene is cut into the same ground
+footprints whatever its resolution. A scene in another CRS than that first optical scene is refused by default
+(``build_dataset``: reproject the archive first); ``engine finetune`` asks for ``reproject=True`` instead, and such a
+scene is then read through a GDAL warped view onto the grid's CRS (:func:`open_scene`, nearest neighbour, no copy
+on disk). A scene contributes a patch for each cell lying entirely inside it. For each
 patch we keep the valid-pixel fraction (engine.raster.valid_mask: finite, and not nodata in every band) and, for
 optical patches, the cloud cover: the percentage of valid pixels that are cloudy — the paper's single value per
 patch.
@@ -33,13 +37,17 @@ from __future__ import annotations
 
 import csv
 import math
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 
 from engine.align import AlignedReader
@@ -70,24 +78,30 @@ class Scene:
 
 @dataclass(frozen=True)
 class Grid:
-    """The patch grid: cell (col, row) covers x ∈ [x0 + col·size, x0 + (col+1)·size), y downward from y0."""
+    """The patch grid: cell (col, row) covers x ∈ [x0 + col·size, x0 + (col+1)·size), y downward from y0 in steps
+    of ``size_y`` (0 = ``size``: square cells; taller or shorter in a geographic CRS, whose pixels are not square)."""
 
     crs: str
     x0: float
     y0: float
-    size: float  # ground size of one patch (CRS units)
+    size: float  # ground width of one patch (CRS units)
+    size_y: float = 0.0  # ground height of one patch (CRS units); 0 = same as size
+
+    @property
+    def height(self) -> float:
+        return self.size_y or self.size
 
     def bounds(self, col: int, row: int) -> tuple[float, float, float, float]:
         left = self.x0 + col * self.size
-        top = self.y0 - row * self.size
-        return left, top - self.size, left + self.size, top
+        top = self.y0 - row * self.height
+        return left, top - self.height, left + self.size, top
 
     def cells_inside(self, left: float, bottom: float, right: float, top: float) -> list[tuple[int, int]]:
         eps = 1e-6 * self.size
         c0 = math.ceil((left - self.x0) / self.size - eps)
         c1 = math.floor((right - self.x0) / self.size + eps)
-        r0 = math.ceil((self.y0 - top) / self.size - eps)
-        r1 = math.floor((self.y0 - bottom) / self.size + eps)
+        r0 = math.ceil((self.y0 - top) / self.height - eps)
+        r1 = math.floor((self.y0 - bottom) / self.height + eps)
         return [(c, r) for r in range(r0, r1) for c in range(c0, c1)]
 
 
@@ -141,20 +155,51 @@ def scan_archive(archive: str | Path) -> list[Scene]:
     return scenes
 
 
-def make_grid(scenes: list[Scene], patch_size: int) -> Grid:
-    """The patch grid of ``patch_size`` pixels of the first optical scene; all scenes must share its CRS."""
+def make_grid(scenes: list[Scene], patch_size: int, reproject: bool = False) -> Grid:
+    """The patch grid of ``patch_size`` pixels of the first optical scene; all scenes must share its CRS unless
+    ``reproject`` (then the others are read through :func:`open_scene`; :func:`foreign_scenes` names them)."""
     ref = next(s for s in scenes if s.kind == "optical")
     with rasterio.open(ref.path) as ds:
         if ds.crs is None:
             raise InputError(f"{ref.path.name} has no CRS; the archive must be georeferenced")
         crs, t = ds.crs, ds.transform
-    if abs(abs(t.a) - abs(t.e)) > 1e-9 * abs(t.a) or t.b or t.d:
+    square = abs(abs(t.a) - abs(t.e)) <= 1e-9 * abs(t.a)
+    if t.b or t.d or not (square or crs.is_geographic):
         raise InputError(f"{ref.path.name} must have square, north-up pixels to anchor the patch grid")
     for s in scenes:
         with rasterio.open(s.path) as ds:
-            if ds.crs != crs:
+            if ds.crs is None:
+                raise InputError(f"{s.path.name} has no CRS; the archive must be georeferenced")
+            if ds.crs != crs and not reproject:
                 raise InputError(f"{s.path.name} is in {ds.crs}, not {crs}: reproject the archive to one CRS first")
-    return Grid(crs=crs.to_string(), x0=t.c, y0=t.f, size=patch_size * abs(t.a))
+    size_y = 0.0 if square else patch_size * abs(t.e)
+    return Grid(crs=crs.to_string(), x0=t.c, y0=t.f, size=patch_size * abs(t.a), size_y=size_y)
+
+
+def foreign_scenes(scenes: list[Scene], grid: Grid) -> list[Scene]:
+    """The scenes not in the grid's CRS (read reprojected by :func:`open_scene`)."""
+    crs = CRS.from_user_input(grid.crs)
+    out = []
+    for s in scenes:
+        with rasterio.open(s.path) as ds:
+            if ds.crs != crs:
+                out.append(s)
+    return out
+
+
+@contextmanager
+def open_scene(path: Path, crs: str | None = None) -> Iterator[rasterio.io.DatasetReader | WarpedVRT]:
+    """``path`` opened for windowed reads in ``crs``: the file itself when it is in that CRS (or none is given),
+    else a nearest-neighbour GDAL warped view (lazy: only the windows read are warped). Outside the scene's own
+    footprint the view is nodata (NaN for float rasters), so those pixels never count as valid."""
+    with rasterio.open(path) as ds:
+        if crs is None or ds.crs == CRS.from_user_input(crs):
+            yield ds
+            return
+        float_data = np.dtype(ds.dtypes[0]).kind == "f"
+        nodata = ds.nodata if ds.nodata is not None else (np.nan if float_data else 0)
+        with WarpedVRT(ds, crs=crs, resampling=Resampling.nearest, nodata=nodata) as vrt:
+            yield vrt
 
 
 def _window(ds: rasterio.io.DatasetReader, bounds: tuple[float, float, float, float]) -> Window:
@@ -175,12 +220,12 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
     out = []
     for scene in scenes:
         with ExitStack() as stack:
-            ds = stack.enter_context(rasterio.open(scene.path))
+            ds = stack.enter_context(open_scene(scene.path, grid.crs))
             if scene.kind == "optical" and ds.count < 4:
                 raise InputError(f"{scene.path.name}: optical scenes need 4 bands (B, G, R, NIR), it has {ds.count}")
             if scene.kind == "sar" and ds.count != 2:
                 raise InputError(f"{scene.path.name}: SAR scenes need 2 bands (VV, VH), it has {ds.count}")
-            mask_ds = stack.enter_context(rasterio.open(scene.mask)) if scene.mask is not None else None
+            mask_ds = stack.enter_context(open_scene(scene.mask, grid.crs)) if scene.mask is not None else None
             if mask_ds is not None and (mask_ds.width, mask_ds.height) != (ds.width, ds.height):
                 raise InputError(
                     f"{mask_ds.name} is {mask_ds.width}×{mask_ds.height}, its scene {ds.width}×{ds.height}"
@@ -233,13 +278,13 @@ def dem_coverage(
     from rasterio.transform import from_origin
 
     crs = CRS.from_user_input(grid.crs)
-    px = grid.size / patch_size
+    px, py = grid.size / patch_size, grid.height / patch_size
     out = {}
     with rasterio.open(dem) as ds:
         check_dem(ds, dem.name)
         for col, row in cells:
             left, _, _, top = grid.bounds(col, row)
-            data = read_dem_patch(ds, crs, from_origin(left, top, px, px), (patch_size, patch_size))
+            data = read_dem_patch(ds, crs, from_origin(left, top, px, py), (patch_size, patch_size))
             out[(col, row)] = float(np.isfinite(data).mean())
     if cells and not any(out.values()):
         raise InputError(f"{dem} gives no elevation on any patch of the archive (wrong extent or CRS?)")
