@@ -232,7 +232,11 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
                 )
             for col, row in grid.cells_inside(*ds.bounds):
                 window = _window(ds, grid.bounds(col, row))
-                data = ds.read(window=window, boundless=True, fill_value=ds.nodata if ds.nodata is not None else 0)
+                if isinstance(ds, WarpedVRT):  # no boundless reads there; the cell lies inside its bounds anyway
+                    data = ds.read(window=window)
+                else:
+                    data = ds.read(window=window, boundless=True,
+                                   fill_value=ds.nodata if ds.nodata is not None else 0)
                 valid = valid_mask(data, ds.nodata)
                 n_valid = int(valid.sum())
                 cloud = 0.0
