@@ -1,0 +1,188 @@
+"""``engine finetune`` (issue 14): archive → samples → a short fine-tune that improves the held-out block →
+weights ``engine run --weights`` loads; cancel keeps the best weights; bad inputs stop before any training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from engine.errors import EngineError, OutputError
+from engine.models.weights import read_card
+from engine.progress import Progress
+from tests.helpers_finetune import disk, ssl4eo_archive, synthetic_archive
+from training.datasets import LayoutSplit
+from training.finetune.config import FinetuneConfig
+from training.finetune.run import finetune
+from training.finetune.samples import build_samples, index_archive, write_splits
+from training.layout.split import block_of
+
+ROOT = Path(__file__).resolve().parents[1]
+# a tiny, fast run: 16-px patches of a 64-px archive, batch 2, a high LR so 30 steps show a gain
+FAST = dict(patch_size=16, block_cells=2, batch_size=2, steps=30, minutes=0, val_every=10, lr=1e-3,
+            alignment_lr=1e-4, threads=1, patience=0)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_archive(tmp_path_factory.mktemp("finetune") / "area")
+
+
+def config(archive: Path, out: Path, **kw) -> FinetuneConfig:
+    return FinetuneConfig(archive=archive, out=out, **(FAST | kw))
+
+
+def test_index_pairs_and_spatial_holdout(archive: Path, tmp_path: Path) -> None:
+    cfg = config(archive, tmp_path / "w.safetensors")
+    idx = index_archive(cfg, Progress())
+    assert idx.grid.crs == "EPSG:32631"
+    assert len(idx.notices) == 1 and "4 scene(s) not in EPSG:32631" in idx.notices[0]  # S1 in EPSG:4326
+    samples = build_samples(idx, cfg)
+    n = samples.summary["samples"]
+    assert min(n["real"]["train"], n["real"]["val"], n["synthetic"]["train"], n["synthetic"]["val"]) > 0
+    val_blocks = {tuple(b) for b in samples.summary["held_out_blocks"]}
+    for kind in ("real", "synthetic"):
+        for split in ("train", "val"):
+            for s in samples.splits[kind][split]:
+                assert (block_of(s.col, s.row, 2) in val_blocks) == (split == "val")
+    for s in samples.splits["real"]["train"]:  # a cloudy t, a clear target of another date, S1 within 3 days
+        t, target = s.items["t"], s.items["target"]
+        assert t.cloud >= 2.0 and target.cloud <= 1.0 and t.optical != target.optical
+        assert abs((t.sar.when - t.optical.when).total_seconds()) <= 3 * 86400
+    for s in samples.splits["synthetic"]["train"]:
+        assert s.items["t"].optical == s.items["target"].optical and s.items["t"].cloud <= 1.0
+    work = tmp_path / "work"
+    work.mkdir()
+    paths = write_splits(work, idx, samples, cfg)
+    sample = LayoutSplit(work, csv_file=paths["real"]["val"], archive=archive).read(0)
+    assert sample["optical"].shape == (4, 16, 16) and sample["sar"].shape == (2, 16, 16)
+    assert np.isfinite(sample["sar"]).all() and sample["sar"].std() > 0  # the reprojected S1 window is real data
+    assert sample["mask"].any()
+
+
+def test_short_finetune_improves_holdout_and_loads_in_engine_run(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my_area.safetensors"
+    result = finetune(config(archive, out))
+    assert result.steps == 30 and result.best_step > 0 and out.is_file()
+    syn = result.table["holdout_synthetic"]
+    assert syn["model_psnr_in"] > syn["before_psnr_in"]  # the held-out inside-cloud PSNR went up
+    assert {"flat_psnr_in", "fill_psnr_in", "identity_psnr_in", "model_psnr_out"} <= set(syn)
+    card = read_card(out)
+    assert card.arch == "aligncr-lite" and set(card.metrics) == {"holdout_real", "holdout_synthetic"}
+    assert "EPSG:32631" in card.training_data and "real and" in card.training_data
+    info = json.loads(card.notes.split("finetune: ", 1)[1])
+    assert info["base"]["file"] == "aligncr-lite.safetensors" and info["stop_reason"] == "budget"
+    assert info["archive"]["samples"] == result.summary["samples"]
+    log = [ln for ln in (out.parent / "my_area.safetensors.finetune" / "val_log.csv").read_text().splitlines()]
+    assert len(log) == 4  # header + 3 validations (steps 10, 20, 30): resumable state beside them
+    assert (out.parent / "my_area.safetensors.finetune" / "state_last.pt").is_file()
+    scene = sorted((archive / "optical").glob("S2_*0606.tif"))[0]
+    run = subprocess.run([sys.executable, "-m", "engine", "run", "--optical", str(scene), "--sar",
+                          str(archive / "sar" / "S1_20210607.tif"), "--weights", str(out), "--out",
+                          str(tmp_path / "declouded.tif"), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with rasterio.open(tmp_path / "declouded.tif") as ds:
+        assert ds.crs == "EPSG:32631" and ds.count == 4
+
+
+def test_cancel_keeps_the_best_weights_so_far(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.safetensors"
+    progress = Progress()
+    # cancel as soon as a validation has written better weights than the base's
+    progress.callback = lambda f, m: progress.cancel() if out.is_file() and m.startswith("step") else None
+    result = finetune(config(archive, out, steps=300), progress)
+    assert result.cancelled and 0 < result.best_step == result.steps < 300
+    card = read_card(out)
+    assert json.loads(card.notes.split("finetune: ", 1)[1])["stop_reason"] == "requested"
+
+
+def test_sigint_from_the_plugin_keeps_the_best_weights_and_says_so(archive: Path, tmp_path: Path) -> None:
+    """What the plugin's cancel does: SIGINT to the child; the best weights stay, the result event says so."""
+    out = tmp_path / "s.safetensors"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "finetune", "--archive", str(archive), "--out", str(out), "--patch-size",
+         "16", "--batch", "2", "--steps", "500", "--minutes", "0", "--val-every", "5", "--threads", "1",
+         "--lr", "1e-3", "--patience", "0", "--progress-json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events, sent = [], False
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if not sent and out.is_file():  # a validation beat the base model: cancel now
+            proc.send_signal(signal.SIGINT)
+            sent = True
+    assert proc.wait(timeout=120) == 130
+    result = events[-1]
+    assert result["event"] == "result" and result["cancelled"] and 0 < result["best_step"] <= result["steps"] < 500
+    assert f"are kept in {out}" in result["message"] and out.is_file()
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists() and not out.with_name(out.name + ".finetune").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_clear", "no clear acquisition"),
+    ("no_s1_in_limit", "no Sentinel-1 scene within 3 days"),
+    ("one_scene", "one optical scene only"),
+])
+def test_bad_archives_fail_before_training(tmp_path: Path, case: str, message: str) -> None:
+    cloud = disk(64, 30, 30, 40)
+    clouds = {"no_clear": {0: cloud, 5: cloud}, "one_scene": {0: None}}.get(case)
+    sar_days = (20, 30) if case == "no_s1_in_limit" else None
+    root = synthetic_archive(tmp_path / "a", clouds=clouds, sar_days=sar_days)
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(EngineError, match=message):
+        finetune(config(root, out))
+    assert _nothing_written(out)
+
+
+def test_unwritable_output_fails_before_training(archive: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores permissions: a read-only file system then
+        folder = Path("/proc")
+    out = folder / "o.safetensors"
+    with pytest.raises(OutputError, match="cannot write into"):
+        finetune(config(archive, out))
+    assert _nothing_written(out)
+    with pytest.raises(OutputError, match="does not exist"):
+        finetune(config(archive, tmp_path / "missing" / "o.safetensors"))
+    with pytest.raises(OutputError, match=".safetensors"):
+        finetune(config(archive, tmp_path / "o.tif"))
+
+
+def test_cli_one_line_error(tmp_path: Path) -> None:
+    root = synthetic_archive(tmp_path / "a", clouds={0: None})
+    proc = subprocess.run([sys.executable, "-m", "engine", "finetune", "--archive", str(root), "--out",
+                           str(tmp_path / "o.safetensors"), "--steps", "5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "one optical scene only" in proc.stderr
+
+
+def test_real_ssl4eo_archive(tmp_path: Path) -> None:
+    """The real SSL4EO-S12 scenes (L1C 2020-06-04 clear, 08-23 real clouds; S1 06-07, 09-03; EPSG:4326, S1 on
+    another grid): indexed into real and synthetic pairs with a held-out block, and a 3-step fine-tune runs."""
+    root = ssl4eo_archive(tmp_path / "ssl4eo")
+    if root is None:
+        pytest.skip("../shared/data/ssl4eo_s12_sample is absent")
+    cfg = FinetuneConfig(archive=root, out=tmp_path / "p.safetensors", patch_size=64, pair_days=90, sar_days=12,
+                         steps=3, minutes=0, val_every=3, threads=1)
+    samples = build_samples(index_archive(cfg, Progress()), cfg)
+    n = samples.summary["samples"]
+    assert samples.summary["crs"] == "EPSG:4326" and 9 < samples.summary["pixel_m"] < 11
+    assert n["real"]["val"] > 0 and n["real"]["train"] > 0 and n["synthetic"]["val"] > 0
+    assert all(s.items["t"].optical.name == "S2_20200823" for s in samples.splits["real"]["train"])
+    result = finetune(replace(cfg))
+    assert result.steps == 3 and read_card(cfg.out).arch == "aligncr-lite"
+    assert result.table["holdout_real"]["scored_samples"] > 0
