@@ -186,3 +186,23 @@ def test_real_ssl4eo_archive(tmp_path: Path) -> None:
     result = finetune(replace(cfg))
     assert result.steps == 3 and read_card(cfg.out).arch == "aligncr-lite"
     assert result.table["holdout_real"]["scored_samples"] > 0
+
+
+def test_installed_plugin_can_run_finetune(tmp_path: Path) -> None:
+    """The plugin zip carries ``training`` beside ``engine``; from the unzipped plugin alone (no repository on the
+    path) ``engine finetune`` imports its whole chain and reaches its checks."""
+    import zipfile
+
+    from aligncr_qgis.installer import REQUIREMENTS
+    from aligncr_qgis.package import build
+
+    assert any(r.startswith("rtree") for r in REQUIREMENTS)  # the archive index's R-tree
+    with zipfile.ZipFile(build(tmp_path / "plugin.zip")) as zf:
+        assert "aligncr_qgis/training/finetune/run.py" in zf.namelist()
+        zf.extractall(tmp_path / "unzipped")
+    plugin = tmp_path / "unzipped" / "aligncr_qgis"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(plugin)}
+    proc = subprocess.run([sys.executable, "-m", "engine", "finetune", "--archive", str(tmp_path / "none"), "--out",
+                           str(tmp_path / "o.safetensors"), "--steps", "1"],
+                          cwd=plugin, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "archive folder" in proc.stderr and "does not exist" in proc.stderr
