@@ -16,6 +16,7 @@ from pathlib import Path
 from aligncr_qgis.model_cards import ModelCardError, read_card
 
 DEFAULT_BASE = "aligncr-lite"
+NOTES_KEY = "finetune: "  # training.finetune.run.NOTES_KEY (not imported: training needs torch)
 
 
 @dataclass
@@ -51,9 +52,9 @@ def finetune_info(path: str | Path) -> dict:
         notes = str(read_card(path).card.get("notes") or "")
     except (ModelCardError, OSError):
         return {}
-    _, found, text = notes.partition("finetune: ")
+    _, found, text = notes.partition(NOTES_KEY)
     try:
-        return json.loads(text) if found else {}
+        return json.loads(text.splitlines()[0]) if found and text else {}
     except json.JSONDecodeError:
         return {}
 

@@ -84,6 +84,7 @@ def test_short_finetune_improves_holdout_and_loads_in_engine_run(archive: Path, 
     log = [ln for ln in (out.parent / "my_area.safetensors.finetune" / "val_log.csv").read_text().splitlines()]
     assert len(log) == 4  # header + 3 validations (steps 10, 20, 30): resumable state beside them
     assert (out.parent / "my_area.safetensors.finetune" / "state_last.pt").is_file()
+    assert (out.parent / "my_area.safetensors.finetune" / "holdout.png").stat().st_size > 1000
     scene = sorted((archive / "optical").glob("S2_*0606.tif"))[0]
     run = subprocess.run([sys.executable, "-m", "engine", "run", "--optical", str(scene), "--sar",
                           str(archive / "sar" / "S1_20210607.tif"), "--weights", str(out), "--out",

@@ -36,6 +36,7 @@ from training.finetune.scores import (
 )
 from training.losses import LossConfig
 
+NOTES_KEY = "finetune: "  # the card's notes line holding the run's record (aligncr_qgis.finetune_request reads it)
 MARKER = "archive.json"  # written by write_splits: a work folder holding it is ours to clear
 PROGRESS = (0.05, 0.1, 0.97)  # fractions: archive indexed, base model scored, training done
 ALIGNMENT_MODULES = ["engine.models.aligncr_arch:PCDAlignment"]  # the bundled recipe's 10:1 LR split
@@ -159,8 +160,18 @@ def card_for(base_card: Any, base: Path, summary: dict, table: dict, run: dict[s
         "bands": base_card.bands, "sar_bands": base_card.sar_bands, "normalisation": base_card.normalisation,
         "sar_units": base_card.sar_units, "training_data": training_data, "metrics": table,
         "notes": f"Fine-tuned from {base.name} ({base_card.arch}) with 'engine finetune'; held-out tables: model = "
-                 "after, before = the base model.\nfinetune: " + json.dumps(finetune, default=str),
+                 f"after, before = the base model.\n{NOTES_KEY}" + json.dumps(finetune, default=str),
     }
+
+
+def card_record(weights: Path) -> dict[str, Any]:
+    """The run's record in a fine-tuned weights file's card (base, archive summary, settings, steps)."""
+    from engine.models.weights import read_card
+
+    _, found, text = read_card(weights).notes.partition(NOTES_KEY)
+    if not found:
+        raise ModelError(f"{weights} was not written by 'engine finetune' (its card has no fine-tuning record)")
+    return json.loads(text.splitlines()[0])
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -221,6 +232,15 @@ class _Run:
         card = card_for(self.base_card, self.base, self.samples.summary, self.table, run, self.cfg)
         weights.save(model, self.cfg.out, card)
 
+    def figure(self) -> None:
+        """``WORK/holdout.png`` (:mod:`training.finetune.figure`) when matplotlib is installed."""
+        from training.finetune.figure import holdout_figure
+
+        try:
+            holdout_figure(self.cfg.out, self.work / "holdout.png", self.base)
+        except ImportError as exc:
+            self.progress.warn(f"no held-out figure: {exc.name} is not installed (pip install matplotlib)")
+
     def train(self) -> dict[str, Any]:
         from training.train import STATE_FILE, TrainHooks, train
 
@@ -242,6 +262,7 @@ class _Run:
             self.progress.warn("no checkpoint beat the base model on the held-out block: the output holds the base "
                                "weights unchanged")
         self.write(final, self.stop_reason)
+        self.figure()
         return FinetuneResult(self.cfg.out, self.steps, self.best_step, self.stop_reason, self.table,
                               self.samples.summary, time.monotonic() - self.t0)
 
