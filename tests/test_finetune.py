@@ -85,6 +85,10 @@ def test_short_finetune_improves_holdout_and_loads_in_engine_run(archive: Path, 
     assert len(log) == 4  # header + 3 validations (steps 10, 20, 30): resumable state beside them
     assert (out.parent / "my_area.safetensors.finetune" / "state_last.pt").is_file()
     assert (out.parent / "my_area.safetensors.finetune" / "holdout.png").stat().st_size > 1000
+    listed = subprocess.run([sys.executable, "-m", "engine", "models", "--json", "--weights-dir", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    entry = next(w for w in json.loads(listed.stdout)["weights"] if w["file"] == str(out))
+    assert entry["arch"] == "aligncr-lite" and "holdout_real" in entry["metrics"]  # `engine models` shows it
     scene = sorted((archive / "optical").glob("S2_*0606.tif"))[0]
     run = subprocess.run([sys.executable, "-m", "engine", "run", "--optical", str(scene), "--sar",
                           str(archive / "sar" / "S1_20210607.tif"), "--weights", str(out), "--out",

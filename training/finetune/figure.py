@@ -2,7 +2,7 @@
 held-out sample (real pairs first), each row under one stretch from its reference (:mod:`training.figures`).
 
 ``engine finetune`` writes it as ``OUT.finetune/holdout.png`` when matplotlib is installed (the ``report`` extra);
-``python -m training.finetune.figure WEIGHTS PNG`` redraws it from a fine-tuned weights file alone: its card names
+``python -m training.finetune.figure WEIGHTS PNG [ROWS_PER_KIND]`` redraws it from a fine-tuned weights file alone: its card names
 the base model, the archive and the work folder's split files, so the same held-out samples (and the same
 synthetic clouds) are drawn.
 """
@@ -60,4 +60,4 @@ def holdout_figure(weights: Path, png: Path, base: Path | None = None, max_per_k
 
 
 if __name__ == "__main__":
-    print(holdout_figure(Path(sys.argv[1]), Path(sys.argv[2])))
+    print(holdout_figure(Path(sys.argv[1]), Path(sys.argv[2]), max_per_kind=int(sys.argv[3]) if sys.argv[3:] else 4))
