@@ -54,29 +54,31 @@ def disk(size: int, cy: float, cx: float, r: float) -> np.ndarray:
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def write_sar(path: Path, refl: np.ndarray, when: datetime, crs: str) -> Path:
+def write_sar(path: Path, refl: np.ndarray, when: datetime, crs: str, tags: bool = True) -> Path:
     """VV, VH (dB) that follow the vegetation (NIR) of ``refl`` at 20 m, written in ``crs`` (reprojected)."""
     size = refl.shape[1] // 2
     nir = refl[3, ::2, ::2]
     vv = (-16.0 + 18.0 * nir).astype(np.float32)
     sar = np.stack([vv, vv - 6.5])
     src_t = from_origin(X0, Y0, 2 * RES, 2 * RES)
+    date_tag = {"ACQUISITIONDATETIME": when.isoformat()} if tags else None
     if crs == UTM:
-        return _write(path, sar, UTM, src_t, tags={"ACQUISITIONDATETIME": when.isoformat()})
+        return _write(path, sar, UTM, src_t, tags=date_tag)
     bounds = (X0, Y0 - size * 2 * RES, X0 + size * 2 * RES, Y0)
     t, w, h = calculate_default_transform(UTM, crs, size, size, *bounds)
     out = np.full((2, h, w), np.nan, np.float32)
     for b in range(2):
         reproject(sar[b], out[b], src_transform=src_t, src_crs=UTM, dst_transform=t, dst_crs=crs,
                   resampling=Resampling.bilinear, dst_nodata=np.nan)
-    return _write(path, out, crs, t, nodata=float("nan"), tags={"ACQUISITIONDATETIME": when.isoformat()})
+    return _write(path, out, crs, t, nodata=float("nan"), tags=date_tag)
 
 
 def synthetic_archive(root: Path, size: int = 64, clouds: dict[int, np.ndarray | None] | None = None,
-                      sar_days: tuple[int, ...] | None = None, sar_crs: str = OTHER) -> Path:
+                      sar_days: tuple[int, ...] | None = None, sar_crs: str = OTHER, tags: bool = True) -> Path:
     """Optical scenes (4 bands, DN = reflectance × 10⁴, UTM 10 m) on days 0, 5, 10, 15 — days 5 and 15 cloudy
     (bright, semi-opaque clouds + ``_mask`` sidecars) unless ``clouds`` (day → mask or None) says otherwise — and a
-    Sentinel-1 scene a day after each (``sar_days``), in ``sar_crs``."""
+    Sentinel-1 scene a day after each (``sar_days``), in ``sar_crs``. ``tags=False``: no date tags (the dates are
+    then only in the file names, ``S2_YYYYMMDD.tif``)."""
     if clouds is None:
         clouds = {0: None, 5: disk(size, 20, 18, 15), 10: None, 15: disk(size, 44, 42, 13)}
     (root / "optical").mkdir(parents=True)
@@ -88,12 +90,12 @@ def synthetic_archive(root: Path, size: int = 64, clouds: dict[int, np.ndarray |
         if mask is not None:
             refl = np.where(mask, 0.15 * refl + 0.85 * np.array([0.55, 0.55, 0.56, 0.6])[:, None, None], refl)
         dn = np.round(refl * 10_000).astype(np.uint16)
-        tags = {"TIFFTAG_DATETIME": day(d).strftime("%Y:%m:%d %H:%M:%S")}
-        _write(root / "optical" / f"S2_{day(d):%Y%m%d}.tif", dn, UTM, t, nodata=0, tags=tags)
+        date_tag = {"TIFFTAG_DATETIME": day(d).strftime("%Y:%m:%d %H:%M:%S")} if tags else None
+        _write(root / "optical" / f"S2_{day(d):%Y%m%d}.tif", dn, UTM, t, nodata=0, tags=date_tag)
         if mask is not None:
             _write(root / "optical" / f"S2_{day(d):%Y%m%d}_mask.tif", mask[None].astype(np.uint8), UTM, t)
     for d in sar_days if sar_days is not None else [d + 1 for d in clouds]:
-        write_sar(root / "sar" / f"S1_{day(d):%Y%m%d}.tif", base, day(d), sar_crs)
+        write_sar(root / "sar" / f"S1_{day(d):%Y%m%d}.tif", base, day(d), sar_crs, tags)
     return root
 
 

@@ -130,6 +130,29 @@ def test_sigint_from_the_plugin_keeps_the_best_weights_and_says_so(archive: Path
     assert f"are kept in {out}" in result["message"] and out.is_file()
 
 
+def test_resume_continues_the_checkpoint(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.safetensors"
+    first = finetune(config(archive, out, steps=10))
+    assert first.steps == 10
+    again = finetune(config(archive, out, steps=20, resume=True))
+    assert again.steps == 20  # 10 more, not 20 from scratch
+    steps = [ln.split(",")[0] for ln in (tmp_path / "r.safetensors.finetune" / "val_log.csv").read_text().splitlines()]
+    assert steps == ["step", "10", "20"]
+
+
+def test_dates_from_file_names(tmp_path: Path) -> None:
+    """Without date tags or dates.csv, finetune dates the scenes from their names; build_dataset still refuses."""
+    from training.layout.archive import scan_archive
+
+    root = synthetic_archive(tmp_path / "a", tags=False)
+    with pytest.raises(EngineError, match="no acquisition date"):
+        scan_archive(root)
+    cfg = config(root, tmp_path / "n.safetensors")
+    samples = build_samples(index_archive(cfg, Progress()), cfg)
+    t = samples.splits["real"]["train"][0].items["t"]
+    assert t.optical.when.isoformat() == "2021-06-06T00:00:00+00:00" and t.sar.name == "S1_20210607"
+
+
 def _nothing_written(out: Path) -> bool:
     return not out.exists() and not out.with_name(out.name + ".finetune").exists()
 

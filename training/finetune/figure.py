@@ -2,9 +2,9 @@
 held-out sample (real pairs first), each row under one stretch from its reference (:mod:`training.figures`).
 
 ``engine finetune`` writes it as ``OUT.finetune/holdout.png`` when matplotlib is installed (the ``report`` extra);
-``python -m training.finetune.figure WEIGHTS PNG [ROWS_PER_KIND]`` redraws it from a fine-tuned weights file alone: its card names
-the base model, the archive and the work folder's split files, so the same held-out samples (and the same
-synthetic clouds) are drawn.
+``python -m training.finetune.figure WEIGHTS PNG [ROWS_PER_KIND]`` redraws it from a fine-tuned weights file alone:
+its card names the base model, the archive and the work folder's split files, so the same held-out samples (and the
+same synthetic clouds) are drawn.
 """
 
 from __future__ import annotations

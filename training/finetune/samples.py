@@ -62,7 +62,7 @@ def index_archive(cfg: FinetuneConfig, progress: Progress) -> ArchiveIndex:
     """Scan and index the archive; every problem that would make fine-tuning pointless is raised here, before
     any training."""
     root = Path(cfg.archive).resolve()
-    scenes = scan_archive(root)
+    scenes = scan_archive(root, names_as_dates=True)
     optical = [s for s in scenes if s.kind == "optical"]
     if len(optical) < 2:
         raise InputError(f"{root} has one optical scene only ({optical[0].path.name}): fine-tuning needs several "

@@ -10,7 +10,8 @@ Archive layout (one folder; every raster in one CRS — or, for ``make_grid(...,
       sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
-                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.dates.read_acquisition_date)
+                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.dates.read_acquisition_date), or,
+                              for ``engine finetune``, from a date in its file name (20200823[T054639])
       dem.tif                 optional digital elevation model, ONE for the whole archive (``dem.tiff`` or a GDAL
                               ``dem.vrt`` mosaic of tiles also work): 1 band, elevation in metres, georeferenced in
                               any CRS and resolution (e.g. the paper's SRTM at 20 m next to 10 m Sentinel-2); its
@@ -37,10 +38,11 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +134,36 @@ def _read_dates_csv(archive: Path) -> dict[str, datetime]:
     return out
 
 
-def scan_archive(archive: str | Path) -> list[Scene]:
-    """Every optical and SAR scene of the archive with its acquisition date and optional mask sidecar."""
+NAME_DATE = re.compile(r"(?<!\d)(\d{8})(?:T(\d{6}))?(?!\d)")  # 20200823 or 20200823T054639 inside a file name
+
+
+def date_from_name(path: Path) -> datetime | None:
+    """The acquisition date written in a file name the way Sentinel and Planet products are named
+    (``…_20200823T054639_…``, ``20210601_101010_…``, ``S2_20210606.tif``): the first 8-digit date (with its
+    ``THHMMSS`` time when there is one), read as UTC; None when the name has no valid date."""
+    for m in NAME_DATE.finditer(path.stem):
+        try:
+            return datetime.strptime(m.group(1) + (m.group(2) or "000000"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def _scene_date(path: Path, names_as_dates: bool) -> datetime:
+    try:
+        return read_acquisition_date(path)
+    except InputError:
+        when = date_from_name(path) if names_as_dates else None
+        if when is None:
+            raise
+        return when
+
+
+def scan_archive(archive: str | Path, names_as_dates: bool = False) -> list[Scene]:
+    """Every optical and SAR scene of the archive with its acquisition date and optional mask sidecar.
+
+    Dates come from ``dates.csv``, else the GeoTIFF tags, else — with ``names_as_dates`` (``engine finetune``) —
+    the file name (:func:`date_from_name`)."""
     root = Path(archive)
     if not root.is_dir():
         raise InputError(f"archive folder {root} does not exist")
@@ -144,7 +174,7 @@ def scan_archive(archive: str | Path) -> list[Scene]:
             if kind == "optical" and path.stem.endswith(MASK_SUFFIX):
                 continue
             rel = path.relative_to(root).as_posix()
-            when = dates[rel] if rel in dates else read_acquisition_date(path)
+            when = dates[rel] if rel in dates else _scene_date(path, names_as_dates)
             mask = None
             if kind == "optical":
                 cand = [path.with_name(path.stem + MASK_SUFFIX + ext) for ext in RASTER_EXT]
