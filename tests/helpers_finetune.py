@@ -74,11 +74,13 @@ def write_sar(path: Path, refl: np.ndarray, when: datetime, crs: str, tags: bool
 
 
 def synthetic_archive(root: Path, size: int = 64, clouds: dict[int, np.ndarray | None] | None = None,
-                      sar_days: tuple[int, ...] | None = None, sar_crs: str = OTHER, tags: bool = True) -> Path:
+                      sar_days: tuple[int, ...] | None = None, sar_crs: str = OTHER, tags: bool = True,
+                      scl: bool = False) -> Path:
     """Optical scenes (4 bands, DN = reflectance × 10⁴, UTM 10 m) on days 0, 5, 10, 15 — days 5 and 15 cloudy
     (bright, semi-opaque clouds + ``_mask`` sidecars) unless ``clouds`` (day → mask or None) says otherwise — and a
     Sentinel-1 scene a day after each (``sar_days``), in ``sar_crs``. ``tags=False``: no date tags (the dates are
-    then only in the file names, ``S2_YYYYMMDD.tif``)."""
+    then only in the file names, ``S2_YYYYMMDD.tif``). ``scl=True``: the cloudy scenes' masks are Sentinel-2 SCL
+    sidecars at 20 m (``_scl.tif``: 4 = vegetation, 9 = cloud high probability) instead of 10 m ``_mask`` files."""
     if clouds is None:
         clouds = {0: None, 5: disk(size, 20, 18, 15), 10: None, 15: disk(size, 44, 42, 13)}
     (root / "optical").mkdir(parents=True)
@@ -92,7 +94,11 @@ def synthetic_archive(root: Path, size: int = 64, clouds: dict[int, np.ndarray |
         dn = np.round(refl * 10_000).astype(np.uint16)
         date_tag = {"TIFFTAG_DATETIME": day(d).strftime("%Y:%m:%d %H:%M:%S")} if tags else None
         _write(root / "optical" / f"S2_{day(d):%Y%m%d}.tif", dn, UTM, t, nodata=0, tags=date_tag)
-        if mask is not None:
+        if mask is not None and scl:
+            classes = np.where(mask[::2, ::2], 9, 4).astype(np.uint8)[None]
+            t20 = from_origin(X0, Y0, 2 * RES, 2 * RES)
+            _write(root / "optical" / f"S2_{day(d):%Y%m%d}_scl.tif", classes, UTM, t20)
+        elif mask is not None:
             _write(root / "optical" / f"S2_{day(d):%Y%m%d}_mask.tif", mask[None].astype(np.uint8), UTM, t)
     for d in sar_days if sar_days is not None else [d + 1 for d in clouds]:
         write_sar(root / "sar" / f"S1_{day(d):%Y%m%d}.tif", base, day(d), sar_crs, tags)

@@ -153,6 +153,32 @@ def test_dates_from_file_names(tmp_path: Path) -> None:
     assert t.optical.when.isoformat() == "2021-06-06T00:00:00+00:00" and t.sar.name == "S1_20210607"
 
 
+def test_sentinel2_scl_sidecar_is_the_cloud_mask(tmp_path: Path) -> None:
+    """A 20 m SCL sidecar (NAME_scl.tif) gives the cloud cover of the index and the mask of the samples."""
+    root = synthetic_archive(tmp_path / "a", scl=True)
+    cfg = config(root, tmp_path / "s.safetensors")
+    idx = index_archive(cfg, Progress())
+    assert [s.mask.name for s in idx.scenes if s.mask is not None] == ["S2_20210606_scl.tif", "S2_20210616_scl.tif"]
+    assert {s.name for s in idx.scenes if s.kind == "optical"} == {"S2_20210601", "S2_20210606", "S2_20210611",
+                                                                   "S2_20210616"}
+    scl_mask = np.repeat(np.repeat(disk(64, 20, 18, 15)[::2, ::2], 2, 0), 2, 1)  # 20 m classes, nearest at 10 m
+    for p in idx.patches:
+        if p.scene.name == "S2_20210606":
+            want = 100.0 * scl_mask[16 * p.row:16 * p.row + 16, 16 * p.col:16 * p.col + 16].mean()
+            assert p.cloud == pytest.approx(want)
+    samples = build_samples(idx, cfg)
+    work = tmp_path / "w"
+    work.mkdir()
+    paths = write_splits(work, idx, samples, cfg)
+    reader = LayoutSplit(work, csv_file=paths["real"]["train"], archive=root)
+    for i in range(len(reader)):
+        row, sample = reader.rows[i], reader.read(i)
+        col, r = int(row["col"]), int(row["row"])
+        disk_mask = disk(64, 20, 18, 15) if "0606" in row["t_optical"] else disk(64, 44, 42, 13)
+        scl_mask = np.repeat(np.repeat(disk_mask[::2, ::2], 2, 0), 2, 1)  # the 20 m classes, nearest at 10 m
+        assert np.array_equal(sample["mask"][0] > 0, scl_mask[16 * r:16 * r + 16, 16 * col:16 * col + 16])
+
+
 def _nothing_written(out: Path) -> bool:
     return not out.exists() and not out.with_name(out.name + ".finetune").exists()
 

@@ -36,8 +36,8 @@ the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR in dB
 (``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled nearest onto the optical patch
 grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is replicated as the official M3R-CR
 loader does), so every date's arrays are on one grid and crops/flips/rotations apply identically to all of them
-(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` sidecar, else the engine's
-detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
+(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` (or ``_scl``) sidecar, else the
+engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar
 from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
-from training.layout.archive import MASK_SUFFIX, RASTER_EXT, check_dem, open_scene, read_dem_patch
+from training.layout.archive import check_dem, is_scl, open_scene, read_dem_patch, scl_cloud, sidecar
 from training.layout.split import BUILD_FILE
 from training.layout.split import SPLITS as SPLIT_NAMES
 
@@ -192,14 +192,13 @@ class LayoutSplit(Dataset):
         return normalise_sar(sar)
 
     def _mask(self, scene: Path, bounds: tuple[float, ...], optical01: np.ndarray, crs: str | None) -> np.ndarray:
-        for ext in RASTER_EXT:
-            side = scene.with_name(scene.stem + MASK_SUFFIX + ext)
-            if side.is_file():
-                with rasterio.open(side) as ms:
-                    count, nodata = ms.count, ms.nodata
-                m = _window_read(side, bounds, list(range(1, count + 1)), optical01.shape[-2:], crs)
-                return mask_or_detect(cloud_mask_from_bands(m, nodata), optical01)
-        return mask_or_detect(None, optical01)
+        side = sidecar(scene)
+        if side is None:
+            return mask_or_detect(None, optical01)
+        with rasterio.open(side) as ms:
+            count, nodata = ms.count, ms.nodata
+        m = _window_read(side, bounds, list(range(1, count + 1)), optical01.shape[-2:], crs)
+        return mask_or_detect(scl_cloud(m) if is_scl(side) else cloud_mask_from_bands(m, nodata), optical01)
 
     def read(self, index: int) -> Sample:
         """The numpy sample ``index`` (keys: see the module docstring)."""

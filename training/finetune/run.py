@@ -262,9 +262,11 @@ class _Run:
             self.progress.warn("no checkpoint beat the base model on the held-out block: the output holds the base "
                                "weights unchanged")
         self.write(final, self.stop_reason)
-        self.figure()
-        return FinetuneResult(self.cfg.out, self.steps, self.best_step, self.stop_reason, self.table,
-                              self.samples.summary, time.monotonic() - self.t0)
+        result = FinetuneResult(self.cfg.out, self.steps, self.best_step, self.stop_reason, self.table,
+                                self.samples.summary, time.monotonic() - self.t0)
+        if not result.cancelled:  # a cancelled run exits at once (the plugin kills it two seconds after asking)
+            self.figure()
+        return result
 
 
 def finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> FinetuneResult:

@@ -7,6 +7,8 @@ Archive layout (one folder; every raster in one CRS — or, for ``make_grid(...,
       optical/NAME_mask.tif   optional cloud-mask sidecar on the same grid: 1 band, non-zero = cloud, or a Planet
                               UDM2 asset (8 bands; cloud ∪ shadow ∪ heavy haze, see engine.masks). Without one,
                               the engine's documented cloud detector (engine.cloudmask) is run on the scene.
+      optical/NAME_scl.tif    or a Sentinel-2 L2A scene classification (SCL) at any resolution: cloud shadow,
+                              medium/high-probability cloud and thin cirrus are cloud (as for --mask auto)
       sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
@@ -62,6 +64,7 @@ from engine.normalise import detect_optical_scale
 from engine.raster import valid_mask
 
 MASK_SUFFIX = "_mask"
+SCL_SUFFIX = "_scl"  # a Sentinel-2 L2A scene classification sidecar, any resolution (e.g. its native 20 m)
 RASTER_EXT = (".tif", ".tiff")
 DEM_NAMES = ("dem.tif", "dem.tiff", "dem.vrt")  # the archive's optional elevation model (first one found)
 
@@ -171,14 +174,11 @@ def scan_archive(archive: str | Path, names_as_dates: bool = False) -> list[Scen
     scenes = []
     for kind in ("optical", "sar"):
         for path in _rasters(root / kind):
-            if kind == "optical" and path.stem.endswith(MASK_SUFFIX):
+            if kind == "optical" and path.stem.endswith((MASK_SUFFIX, SCL_SUFFIX)):
                 continue
             rel = path.relative_to(root).as_posix()
             when = dates[rel] if rel in dates else _scene_date(path, names_as_dates)
-            mask = None
-            if kind == "optical":
-                cand = [path.with_name(path.stem + MASK_SUFFIX + ext) for ext in RASTER_EXT]
-                mask = next((c for c in cand if c.is_file()), None)
+            mask = sidecar(path) if kind == "optical" else None
             scenes.append(Scene(path=path, kind=kind, when=when, mask=mask))
     if not any(s.kind == "optical" for s in scenes):
         raise InputError(f"no optical scenes in {root / 'optical'} (expected optical/*.tif)")
@@ -232,13 +232,37 @@ def open_scene(path: Path, crs: str | None = None) -> Iterator[rasterio.io.Datas
             yield vrt
 
 
+def sidecar(scene: Path) -> Path | None:
+    """The cloud-mask sidecar of an optical scene: ``NAME_mask.tif`` (same grid), else ``NAME_scl.tif``."""
+    cand = [scene.with_name(scene.stem + suffix + ext) for suffix in (MASK_SUFFIX, SCL_SUFFIX) for ext in RASTER_EXT]
+    return next((c for c in cand if c.is_file()), None)
+
+
+def is_scl(mask: Path) -> bool:
+    return mask.stem.endswith(SCL_SUFFIX)
+
+
+def scl_cloud(classes: np.ndarray) -> np.ndarray:
+    """Cloud of a Sentinel-2 SCL patch: cloud shadow, medium/high-probability cloud, thin cirrus (the classes
+    ``--mask auto`` uses for an L2A product, :data:`engine.sources_s2.SCL_CLOUD`)."""
+    from engine.sources_s2 import SCL_CLOUD
+
+    return np.isin(np.asarray(classes)[0] if np.ndim(classes) == 3 else classes, SCL_CLOUD)
+
+
 def _window(ds: rasterio.io.DatasetReader, bounds: tuple[float, float, float, float]) -> Window:
     w = from_bounds(*bounds, transform=ds.transform)
     return w.round_offsets().round_lengths()
 
 
-def _cloudy(mask_ds: rasterio.io.DatasetReader | None, data: np.ndarray, window: Window) -> np.ndarray:
-    """Cloud pixels of one patch: from the sidecar mask when there is one, else the engine's detector."""
+def _cloudy(mask_ds: rasterio.io.DatasetReader | None, data: np.ndarray, window: Window,
+            bounds: tuple[float, float, float, float]) -> np.ndarray:
+    """Cloud pixels of one patch: from the sidecar mask when there is one (an SCL one read at its own resolution,
+    nearest onto the patch), else the engine's detector."""
+    if mask_ds is not None and is_scl(Path(mask_ds.name)):
+        shape = (1, *data.shape[-2:])
+        return scl_cloud(mask_ds.read([1], window=_window(mask_ds, bounds), out_shape=shape,
+                                      resampling=Resampling.nearest))
     if mask_ds is not None:
         return cloud_mask_from_bands(mask_ds.read(window=window), mask_ds.nodata)
     scale = detect_optical_scale(data)
@@ -256,7 +280,8 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
             if scene.kind == "sar" and ds.count != 2:
                 raise InputError(f"{scene.path.name}: SAR scenes need 2 bands (VV, VH), it has {ds.count}")
             mask_ds = stack.enter_context(open_scene(scene.mask, grid.crs)) if scene.mask is not None else None
-            if mask_ds is not None and (mask_ds.width, mask_ds.height) != (ds.width, ds.height):
+            if mask_ds is not None and not is_scl(scene.mask) and (mask_ds.width, mask_ds.height) != (
+                    ds.width, ds.height):
                 raise InputError(
                     f"{mask_ds.name} is {mask_ds.width}×{mask_ds.height}, its scene {ds.width}×{ds.height}"
                 )
@@ -271,7 +296,8 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
                 n_valid = int(valid.sum())
                 cloud = 0.0
                 if scene.kind == "optical" and n_valid:
-                    cloud = 100.0 * float((_cloudy(mask_ds, data, window) & valid).sum()) / n_valid
+                    cloudy = _cloudy(mask_ds, data, window, grid.bounds(col, row))
+                    cloud = 100.0 * float((cloudy & valid).sum()) / n_valid
                 out.append(PatchStats(scene, col, row, n_valid / valid.size, cloud))
     return out
 
