@@ -4,7 +4,8 @@ Opened from the main dialog's Model group. It builds a :class:`aligncr_qgis.fine
 ``engine finetune`` in one :class:`aligncr_qgis.task.EngineTask` (QGIS's task manager shows it too, with its own
 cancel), shows its progress, and on success emits :attr:`FinetuneDialog.trained` with the weights file so the main
 dialog selects it as its model (its card — the held-out table — appears in the model box). Cancel keeps the best
-weights so far and says so: the engine rewrites the output at every held-out improvement.
+weights so far and says so: the engine rewrites the output at every held-out improvement. Closing the window does
+not stop a run (it goes on in QGIS's task manager, which can cancel it too).
 """
 
 from __future__ import annotations
@@ -153,7 +154,3 @@ class FinetuneDialog(QDialog):
                 self.trained.emit(req.out)
             return
         self.status_label.setText(self.tr("Failed: {0}").format(job.error))
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
-        self.cancel()
-        super().closeEvent(event)
