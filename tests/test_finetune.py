@@ -260,3 +260,20 @@ def test_installed_plugin_can_run_finetune(tmp_path: Path) -> None:
                            str(tmp_path / "o.safetensors"), "--steps", "1"],
                           cwd=plugin, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "archive folder" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_plugin_request_round_trips_through_the_cli_parser(tmp_path: Path) -> None:
+    """The plugin's FinetuneRequest (no torch) builds arguments the engine's parser reads back as the same settings."""
+    from aligncr_qgis.finetune_request import FinetuneRequest
+    from engine.cli import build_parser
+    from engine.commands.finetune import config_from_args
+
+    req = FinetuneRequest(archive=str(tmp_path), out=str(tmp_path / "o.safetensors"), base="/w/b.safetensors",
+                          minutes=12.5, steps=40, patch_size=64, val_fraction=0.3, pair_days=90, sar_days=12,
+                          device="cpu", lr=5e-4, val_every=7)
+    cfg = config_from_args(build_parser().parse_args([*req.to_args(), "--progress-json"]))
+    assert (cfg.archive, cfg.out, cfg.weights) == (tmp_path, tmp_path / "o.safetensors", Path("/w/b.safetensors"))
+    assert (cfg.minutes, cfg.steps, cfg.patch_size, cfg.val_fraction) == (12.5, 40, 64, 0.3)
+    assert (cfg.pair_days, cfg.sar_days, cfg.device, cfg.lr, cfg.val_every) == (90, 12, "cpu", 5e-4, 7)
+    assert config_from_args(build_parser().parse_args(FinetuneRequest("a", "b.safetensors").to_args())).base == \
+        "aligncr-lite"
