@@ -215,6 +215,17 @@ def test_unwritable_output_fails_before_training(archive: Path, tmp_path: Path) 
         finetune(config(archive, tmp_path / "o.tif"))
 
 
+def test_unavailable_device_fails_before_anything_is_written(archive: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        finetune(config(archive, out, device="cuda"))
+    assert _nothing_written(out)
+
+
 def test_cli_one_line_error(tmp_path: Path) -> None:
     root = synthetic_archive(tmp_path / "a", clouds={0: None})
     proc = subprocess.run([sys.executable, "-m", "engine", "finetune", "--archive", str(root), "--out",

@@ -180,14 +180,16 @@ class _Run:
     weights that made it (a CPU copy, so the final card can be written with them)."""
 
     def __init__(self, cfg: FinetuneConfig, base: Path, progress: Progress) -> None:
+        from training.train import pick_device
+
         self.cfg, self.base, self.progress = cfg, base, progress
+        self.device = pick_device(cfg.device, 0)  # an unavailable device is refused before anything is written
         self.t0 = time.monotonic()
         self.best_step, self.best_state, self.table = 0, None, {}
         self.steps, self.stop_reason = 0, ""
 
     def prepare(self) -> None:
         from engine.models import weights
-        from training.train import pick_device
 
         cfg, progress = self.cfg, self.progress
         self.idx = index_archive(cfg, progress.scaled(0.0, PROGRESS[0]))
@@ -198,7 +200,6 @@ class _Run:
         paths = write_splits(self.work, self.idx, self.samples, cfg)
         self.specs = reader_specs(paths, self.idx.root, self.samples.summary["samples"])
         self.views = validation_views({k: s["val"] for k, s in self.specs.items() if "val" in s}, cfg.seed)
-        self.device = pick_device(cfg.device, 0)
         progress.update(PROGRESS[0], "scoring the base model on the held-out block")
         self.model, self.base_card = weights.load(self.base, self.device)
         self.before = score_views(self.model, self.views, self.device)
