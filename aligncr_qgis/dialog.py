@@ -114,6 +114,7 @@ class AlignCRDialog(QDialog):
         self.install_task: EngineTask | None = None
         self.install_progress: InstallProgressDialog | None = None  # the install's window (kept after it ends)
         self.reproject_task: QgsTask | None = None
+        self.finetune_window: Any = None  # the *Train on my area…* window, once opened
         self.drawn_extent: QgsRectangle | None = None  # in the canvas CRS
         self.drawn_crs = QgsCoordinateReferenceSystem()
         self.open_report_in_browser = True
@@ -295,7 +296,30 @@ class AlignCRDialog(QDialog):
         self.card_text = QTextBrowser(self)
         self.card_text.setMaximumHeight(210)
         mlay.addWidget(self.card_text)
+        self.finetune_button = QPushButton(self.tr("Train on my area…"), self)
+        self.finetune_button.setToolTip(self.tr("Fine-tune this model on an archive of your own area (optical + "
+                                                "Sentinel-1 scenes); the new weights become the model here"))
+        self.finetune_button.clicked.connect(self.open_finetune)
+        mlay.addWidget(self.finetune_button)
         return model_box
+
+    def open_finetune(self) -> Any:
+        """The *Train on my area…* window (:mod:`aligncr_qgis.finetune_dialog`), starting from the chosen weights
+        file or the bundled model; the weights it writes become this dialog's model."""
+        from aligncr_qgis.finetune_dialog import DEFAULT_BASE, FinetuneDialog
+
+        kind, value = self.model_combo.currentData() or ("registry", "")
+        root = engine_root()
+        self.finetune_window = FinetuneDialog(self.current_python(), str(root) if root else "",
+                                              base=value if kind == "weights" else DEFAULT_BASE,
+                                              folder=self.settings.output_dir, parent=self)
+        self.finetune_window.trained.connect(self._use_weights)
+        self.finetune_window.show()
+        return self.finetune_window
+
+    def _use_weights(self, path: str) -> None:
+        self.settings.model = path
+        self._fill_models()
 
     def _build_processing(self) -> QGroupBox:
         """The Processing group: device, tiling, extent, Python interpreter and its environment."""

@@ -28,6 +28,7 @@ REQUIREMENTS = [
     "tqdm>=4.60",
     "safetensors>=0.4",
     "defusedxml>=0.7",
+    "rtree>=1.0",
 ]
 """What the engine needs (pyproject.toml's ``dependencies``; tests/test_installer.py checks they agree)."""
 

@@ -2,8 +2,9 @@
 
 The zip holds one folder, ``aligncr_qgis/``, with the plugin code, ``metadata.txt`` (kept at the repository root
 for the plugin repository tooling, copied in here), ``resources/icons``, ``resources/styles``, bundled weights
-(``resources/weights/*.safetensors`` when present) and the ``engine`` package itself — so the installed plugin
-finds the engine next to it (:func:`aligncr_qgis.paths.engine_root`) and only needs an interpreter with torch.
+(``resources/weights/*.safetensors`` when present), the ``engine`` package itself — so the installed plugin
+finds the engine next to it (:func:`aligncr_qgis.paths.engine_root`) and only needs an interpreter with torch — and
+the ``training`` package's Python files, which ``engine finetune`` (*Train on my area…*) runs in that interpreter.
 Byte-code caches and editor droppings are left out; entries are sorted and time-stamped with a fixed date so two
 builds of the same tree give the same bytes.
 
@@ -54,6 +55,8 @@ def plan(repo: Path = REPO) -> list[tuple[Path, str]]:
     entries.append((repo / "metadata.txt", f"{PLUGIN}/metadata.txt"))
     for path in _files(repo / "engine"):
         entries.append((path, f"{PLUGIN}/engine/{path.relative_to(repo / 'engine').as_posix()}"))
+    for path in _files(repo / "training", {".py"}):  # `engine finetune` is the training loop on the user's archive
+        entries.append((path, f"{PLUGIN}/training/{path.relative_to(repo / 'training').as_posix()}"))
     for kind, suffixes in (("icons", None), ("styles", None), ("weights", {".safetensors"})):
         folder = repo / "resources" / kind
         for path in _files(folder, suffixes):

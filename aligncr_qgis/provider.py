@@ -1,4 +1,5 @@
-"""Processing provider ``aligncr``: declouding, evaluation and NDVI as ordinary QGIS Processing algorithms.
+"""Processing provider ``aligncr``: declouding, evaluation, NDVI and fine-tuning (*Train on my area*) as ordinary
+QGIS Processing algorithms.
 
 Being Processing algorithms is what gives them the model builder, batch mode, the Python console
 (``processing.run("aligncr:declouding", {...})``) and headless ``qgis_process run aligncr:declouding`` for free.
@@ -29,7 +30,8 @@ class AlignCRProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         from aligncr_qgis.algorithms.declouding import DecloudingAlgorithm
         from aligncr_qgis.algorithms.evaluate import EvaluateAlgorithm
+        from aligncr_qgis.algorithms.finetune import FinetuneAlgorithm
         from aligncr_qgis.algorithms.ndvi import NdviAlgorithm
 
-        for alg in (DecloudingAlgorithm(), EvaluateAlgorithm(), NdviAlgorithm()):
+        for alg in (DecloudingAlgorithm(), EvaluateAlgorithm(), NdviAlgorithm(), FinetuneAlgorithm()):
             self.addAlgorithm(alg)

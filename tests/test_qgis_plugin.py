@@ -108,7 +108,8 @@ def test_zip_plugin_loads_and_unloads(installed_plugin: RecordingIface, plugin_d
     assert "Cloud removal" in installed_plugin.menu_titles()
     provider = registry.providerById("aligncr")
     assert provider is not None and provider.name() == "Align-CR"
-    assert sorted(a.id() for a in provider.algorithms()) == ["aligncr:declouding", "aligncr:evaluate", "aligncr:ndvi"]
+    assert sorted(a.id() for a in provider.algorithms()) == ["aligncr:declouding", "aligncr:evaluate",
+                                                          "aligncr:finetune", "aligncr:ndvi"]
 
     installed_plugin.toolbar_actions[0].trigger()  # the toolbar button opens the dialog
     dialog = qgis.utils.plugins["aligncr_qgis"].dialog

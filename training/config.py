@@ -37,6 +37,10 @@ class ModelSection:
     # ICNR-initialise the convs before pixel shuffles (training.param_groups.icnr_init): no 2-px checkerboard at
     # the start of training. Off in the paper recipes (the official code uses PyTorch's default init).
     icnr_init: bool = False
+    # Start from the weights of this .safetensors file (its card's arch must be ``name``; the network is built from
+    # the card's config, ``overrides`` must then be empty, and the two init options above are not applied):
+    # fine-tuning a trained model (``engine finetune``) rather than training one from scratch.
+    init_weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ class RunSection:
     # also keep the weights of every validation as val_step<N>.safetensors (a choice under a second criterion,
     # e.g. the stripe check, can then be made afterwards on the same select split)
     keep_validated: bool = False
+    # stop after this many minutes of training (0 = no limit): validation, checkpoint and weights as at the end
+    max_minutes: float = 0.0
+    # early stop: end the run after this many validations in a row without a better selection score (0 = never)
+    patience: int = 0
     # DDP: Align-CR's last AlignFuse block computes a SAR-stream update nothing downstream uses, so some
     # parameters get no gradient; DDP must be told (found with torchrun on 2 processes).
     find_unused_parameters: bool = True

@@ -35,7 +35,9 @@ before the first step naming what is missing. A model built with a DEM input (co
 scores the final output.
 
 Stopping: SIGTERM or Ctrl-C ends the run cleanly after the current step (validation + checkpoint), so
-``kill PID`` on a background run loses nothing; ``--resume`` continues it.
+``kill PID`` on a background run loses nothing; ``--resume`` continues it. So do ``run.max_minutes`` (a time
+budget), ``run.patience`` (that many validations in a row without a better selection score: early stopping) and a
+caller's :class:`TrainHooks` ``should_stop`` (e.g. a cancel from the QGIS plugin through ``engine finetune``).
 
 Divergence guard: the mean |offset| of every deformable conv is logged; above ``offset_warn`` (EDVR's 50 px) a
 warning is printed, above ``offset_abort`` the run stops with :class:`TrainingDiverged` (after saving its state
@@ -55,7 +57,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,19 @@ SELECT_KEYS = {"psnr": "psnr", "margin": "margin_in"}
 
 class TrainingDiverged(EngineError):
     """The loss became non-finite or the deformable offsets exploded."""
+
+
+@dataclass
+class TrainHooks:
+    """What a caller that drives training (``engine finetune``) is told and may ask, without parsing the logs.
+
+    ``on_step(step, total_steps, loss)`` after every optimisation step; ``on_validation(step, model, metrics,
+    improved)`` after every validation (``improved``: it beat the best selection score, so ``best.safetensors`` was
+    just written); ``should_stop()`` polled after every step (True ends the run as a signal does)."""
+
+    on_step: Callable[[int, int, float], None] | None = None
+    on_validation: Callable[[int, nn.Module, dict[str, float], bool], None] | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 # --------------------------------------------------------------------------------------------- distribution
@@ -268,6 +284,18 @@ def _card(cfg: TrainConfig, step: int, epoch: float, metrics: dict[str, float] |
     }
 
 
+def _initial_model(cfg: TrainConfig) -> nn.Module:
+    """The network of ``model.init_weights`` with its trained weights (fine-tuning starts from it)."""
+    from engine.models import weights
+
+    if cfg.model.overrides:
+        raise EngineError("model.overrides cannot be combined with model.init_weights (the card gives the config)")
+    model, card = weights.load(resolve_path(cfg.model.init_weights))
+    if card.arch != cfg.model.name:
+        raise EngineError(f"{cfg.model.init_weights} holds a '{card.arch}' model, the recipe names '{cfg.model.name}'")
+    return model
+
+
 def save_weights(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
     from engine.models import weights
 
@@ -301,6 +329,7 @@ def train(
     cfg: TrainConfig,
     resume: str | Path | None = None,
     init_method: str | None = None,
+    hooks: TrainHooks | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the recipe; returns a summary dict (steps, last loss, best validation metrics)."""
     rank, world, local_rank = init_distributed(init_method)
@@ -309,13 +338,14 @@ def train(
     if run.threads:
         torch.set_num_threads(run.threads)
     try:
-        return _train(cfg, resume, rank, world, local_rank)
+        return _train(cfg, resume, rank, world, local_rank, hooks)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int) -> dict[str, Any]:
-    return _Trainer(cfg, resume, rank, world, local_rank).run()
+def _train(cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int,
+           hooks: TrainHooks | None = None) -> dict[str, Any]:
+    return _Trainer(cfg, resume, rank, world, local_rank, hooks).run()
 
 
 VAL_LOG_FIELDS = ["step", "psnr", "ssim", "mae", "sam", "identity_psnr", "identity_ssim", "identity_mae",
@@ -330,8 +360,12 @@ class _Trainer:
     checkpoint until the schedule ends or a signal asks to stop. Each part is a method; the state they share
     (step, best selection score, logging window) lives on the instance."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int) -> None:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None, rank: int, world: int, local_rank: int,
+                 hooks: TrainHooks | None = None) -> None:
         self.cfg, self.run_cfg, self.world = cfg, cfg.run, world
+        self.hooks = hooks or TrainHooks()
+        self.stale_validations = 0  # validations in a row without a better selection score (run.patience)
+        self.stop_reason = ""  # why the run ended early (TrainHooks, run.max_minutes, run.patience)
         self.is_main = rank == 0
         self.device = pick_device(cfg.run.device, local_rank)
         seed_everything(cfg.run.seed)
@@ -361,13 +395,16 @@ class _Trainer:
         cfg, run = self.cfg, self.cfg.run
         from engine.models import build_model
 
-        model = build_model(cfg.model.name, **cfg.model.overrides).to(self.device)
         if run.select not in SELECT_KEYS:
             raise EngineError(f"run.select must be one of {sorted(SELECT_KEYS)}, got '{run.select}'")
-        if cfg.model.icnr_init:
-            icnr_init(model)
-        if cfg.model.zero_init_output:
-            zero_init_output(model, int(getattr(getattr(model, "cfg", None), "in_bands", 4)))
+        if cfg.model.init_weights:
+            model = _initial_model(cfg).to(self.device)
+        else:
+            model = build_model(cfg.model.name, **cfg.model.overrides).to(self.device)
+            if cfg.model.icnr_init:
+                icnr_init(model)
+            if cfg.model.zero_init_output:
+                zero_init_output(model, int(getattr(getattr(model, "cfg", None), "in_bands", 4)))
         self.n_dcn = enable_offset_tracking(model)
         groups = build_param_groups(model, cfg.optim.lr, cfg.optim.alignment_lr,
                                     resolve_types(cfg.optim.alignment_modules))
@@ -464,9 +501,24 @@ class _Trainer:
         if run.keep_validated:
             save_weights(self.model, self.out_dir / f"val_step{self.step}.safetensors", self._card(self.last_val))
         score = self.last_val.get(SELECT_KEYS[run.select], -math.inf)
-        if score > self.best_psnr:
+        improved = score > self.best_psnr
+        self.stale_validations = 0 if improved else self.stale_validations + 1
+        if improved:
             self.best_psnr = score
             save_weights(self.model, self.out_dir / "best.safetensors", self._card(self.last_val))
+        if self.hooks.on_validation is not None:
+            self.hooks.on_validation(self.step, self.model, self.last_val, improved)
+
+    def should_stop(self) -> str:
+        """Why the run must end now ('' = it need not): time budget, early stopping or the caller's request."""
+        run = self.run_cfg
+        if run.max_minutes and self.elapsed() >= 60.0 * run.max_minutes:
+            return "time budget"
+        if run.patience and self.stale_validations >= run.patience:
+            return "no improvement"
+        if self.hooks.should_stop is not None and self.hooks.should_stop():
+            return "requested"
+        return ""
 
     # ------------------------------------------------------------------------------------------- one step
     def train_step(self, batch: dict[str, Any]) -> None:
@@ -585,8 +637,13 @@ class _Trainer:
                         progress.set_postfix(loss=f"{self.last_loss:.4f}",
                                              lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
                     self.after_step()
-                    if self.step >= self.total_steps or stop.requested:
+                    if self.hooks.on_step is not None:
+                        self.hooks.on_step(self.step, self.total_steps, self.last_loss)
+                    self.stop_reason = self.stop_reason or self.should_stop()
+                    if self.step >= self.total_steps or stop.requested or self.stop_reason:
                         break
+                if self.stop_reason:
+                    break
             if self.val_view is not None and (not run.val_every or self.step % run.val_every):
                 self.run_validation()
             self.checkpoint()
@@ -600,7 +657,8 @@ class _Trainer:
                 "best_psnr": self.best_psnr, "validation": self.last_val, "out_dir": str(self.out_dir),
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.world,
                 "ddp": isinstance(self.ddp_model, nn.parallel.DistributedDataParallel),
-                "stopped_by_signal": stop.requested}
+                "stopped_by_signal": stop.requested, "stop_reason": self.stop_reason or (
+                    "signal" if stop.requested else "")}
 
 
 def main(argv: list[str] | None = None) -> int:

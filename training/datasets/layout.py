@@ -36,8 +36,8 @@ the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR in dB
 (``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled nearest onto the optical patch
 grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is replicated as the official M3R-CR
 loader does), so every date's arrays are on one grid and crops/flips/rotations apply identically to all of them
-(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` sidecar, else the engine's
-detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
+(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` (or ``_scl``) sidecar, else the
+engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
 from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar
 from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
-from training.layout.archive import MASK_SUFFIX, RASTER_EXT, check_dem, read_dem_patch
+from training.layout.archive import check_dem, is_scl, open_scene, read_dem_patch, scl_cloud, sidecar
 from training.layout.split import BUILD_FILE
 from training.layout.split import SPLITS as SPLIT_NAMES
 
@@ -74,18 +74,21 @@ ITEM_KEYS = {
 TIME_KEYS = tuple(v[2] for v in ITEM_KEYS.values())
 
 
-def _window_read(path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None) -> np.ndarray:
-    """The ground window ``bounds`` of a raster (1-based ``bands``), resampled nearest to ``shape`` if given."""
-    return _window_read_grid(path, bounds, bands, shape)[0]
+def _window_read(path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None,
+                 crs: str | None = None) -> np.ndarray:
+    """The ground window ``bounds`` (in ``crs``; default the raster's own) of a raster (1-based ``bands``),
+    resampled nearest to ``shape`` if given."""
+    return _window_read_grid(path, bounds, bands, shape, crs)[0]
 
 
 def _window_read_grid(
-    path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None
+    path: Path, bounds: tuple[float, ...], bands: list[int], shape: tuple[int, int] | None, crs: str | None = None
 ) -> tuple[np.ndarray, rasterio.Affine, rasterio.crs.CRS]:
-    """:func:`_window_read` and the pixel grid it read (transform of the window, CRS)."""
+    """:func:`_window_read` and the pixel grid it read (transform of the window, CRS). A scene in another CRS
+    than ``crs`` is read through a warped view (:func:`training.layout.archive.open_scene`)."""
     if not path.is_file():
         raise InputError(f"missing scene {path}")
-    with rasterio.open(path) as ds:
+    with open_scene(path, crs) as ds:
         if max(bands) > ds.count:
             raise InputError(f"{path.name} has {ds.count} bands; asked for band {max(bands)}")
         win = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
@@ -166,9 +169,9 @@ class LayoutSplit(Dataset):
         row = self.rows[index]
         return f"{row['t_optical']}@{row['col']},{row['row']}"
 
-    def _optical(self, rel: str, bounds: tuple[float, ...]) -> tuple[np.ndarray, Path, tuple]:
+    def _optical(self, rel: str, bounds: tuple[float, ...], grid_crs: str | None) -> tuple[np.ndarray, Path, tuple]:
         path = self.archive / rel
-        raw, transform, crs = _window_read_grid(path, bounds, self.bands, None)
+        raw, transform, crs = _window_read_grid(path, bounds, self.bands, None, grid_crs)
         optical = normalise_optical(fill_nan_with_mean(raw.astype(np.float32)), detect_optical_scale(raw))
         return optical, path, (crs, transform)
 
@@ -182,21 +185,20 @@ class LayoutSplit(Dataset):
             metres = read_dem_patch(ds, *pixel_grid, shape)
         return fill_nan_with_mean(normalise_dem(metres)[None])
 
-    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int]) -> np.ndarray:
-        sar = fill_nan_with_mean(_window_read(self.archive / rel, bounds, [1, 2], shape).astype(np.float32))
+    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int], crs: str | None) -> np.ndarray:
+        sar = fill_nan_with_mean(_window_read(self.archive / rel, bounds, [1, 2], shape, crs).astype(np.float32))
         if detect_sar_units(sar) == "linear":
             sar = linear_to_db(sar)
         return normalise_sar(sar)
 
-    def _mask(self, scene: Path, bounds: tuple[float, ...], optical01: np.ndarray) -> np.ndarray:
-        for ext in RASTER_EXT:
-            side = scene.with_name(scene.stem + MASK_SUFFIX + ext)
-            if side.is_file():
-                with rasterio.open(side) as ms:
-                    count, nodata = ms.count, ms.nodata
-                m = _window_read(side, bounds, list(range(1, count + 1)), optical01.shape[-2:])
-                return mask_or_detect(cloud_mask_from_bands(m, nodata), optical01)
-        return mask_or_detect(None, optical01)
+    def _mask(self, scene: Path, bounds: tuple[float, ...], optical01: np.ndarray, crs: str | None) -> np.ndarray:
+        side = sidecar(scene)
+        if side is None:
+            return mask_or_detect(None, optical01)
+        with rasterio.open(side) as ms:
+            count, nodata = ms.count, ms.nodata
+        m = _window_read(side, bounds, list(range(1, count + 1)), optical01.shape[-2:], crs)
+        return mask_or_detect(scl_cloud(m) if is_scl(side) else cloud_mask_from_bands(m, nodata), optical01)
 
     def read(self, index: int) -> Sample:
         """The numpy sample ``index`` (keys: see the module docstring)."""
@@ -207,11 +209,12 @@ class LayoutSplit(Dataset):
             bounds = tuple(float(row[k]) for k in ("left", "bottom", "right", "top"))
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{self.path}: row {index + 1} has no valid patch bounds") from None
+        crs = row.get("crs") or None  # the grid's CRS: scenes in another one are read reprojected
         sample: Sample = {"id": self.sample_id(index)}
         shape: tuple[int, int] | None = None
         for item in self.items:
             opt_key, sar_key, time_key = ITEM_KEYS[item]
-            optical, scene, pixel_grid = self._optical(row[f"{item}_optical"], bounds)
+            optical, scene, pixel_grid = self._optical(row[f"{item}_optical"], bounds, crs)
             if shape is None:
                 shape = optical.shape[-2:]
             elif optical.shape[-2:] != shape:
@@ -220,11 +223,11 @@ class LayoutSplit(Dataset):
             sample[opt_key] = optical
             sample[time_key] = np.float64(parse_datetime(row[f"{item}_datetime"]).timestamp())
             if item == "t":
-                sample["mask"] = self._mask(scene, bounds, optical)
+                sample["mask"] = self._mask(scene, bounds, optical, crs)
                 if self.has_dem and row.get("dem"):
                     sample["dem"] = self._dem(row["dem"], pixel_grid, optical.shape[-2:])
             if sar_key is not None and row.get(f"{item}_sar"):
-                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:])
+                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:], crs)
         if "sar" not in sample:
             raise InputError(f"{self.path}: item 't' has no SAR (the layout must pair 't' with SAR)")
         sample["landcover"] = np.full(sample["optical"].shape[-2:], UNKNOWN, dtype=np.int64)
