@@ -35,7 +35,7 @@ class FinetuneRequest:
     val_every: int = 0  # steps between validations; 0 = the engine's default
 
     def to_args(self) -> list[str]:
-        """``engine finetune`` arguments (without ``--progress-json``, which :class:`EngineProcess` adds)."""
+        """``engine finetune`` arguments (without ``--json``, which :class:`EngineProcess` adds)."""
         base = ["--weights", self.base] if self.base.endswith(".safetensors") else ["--base", self.base]
         args = ["finetune", "--archive", self.archive, "--out", self.out, *base, "--minutes", f"{self.minutes:g}",
                 "--patch-size", str(self.patch_size), "--val-fraction", f"{self.val_fraction:g}",

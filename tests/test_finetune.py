@@ -116,7 +116,7 @@ def test_sigint_from_the_plugin_keeps_the_best_weights_and_says_so(archive: Path
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "finetune", "--archive", str(archive), "--out", str(out), "--patch-size",
          "16", "--batch", "2", "--steps", "500", "--minutes", "0", "--val-every", "5", "--threads", "1",
-         "--lr", "1e-3", "--patience", "0", "--progress-json"],
+         "--lr", "1e-3", "--patience", "0", "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events, sent = [], False
     for line in proc.stdout:
@@ -282,7 +282,7 @@ def test_plugin_request_round_trips_through_the_cli_parser(tmp_path: Path) -> No
     req = FinetuneRequest(archive=str(tmp_path), out=str(tmp_path / "o.safetensors"), base="/w/b.safetensors",
                           minutes=12.5, steps=40, patch_size=64, val_fraction=0.3, pair_days=90, sar_days=12,
                           device="cpu", lr=5e-4, val_every=7)
-    cfg = config_from_args(build_parser().parse_args([*req.to_args(), "--progress-json"]))
+    cfg = config_from_args(build_parser().parse_args([*req.to_args(), "--json"]))
     assert (cfg.archive, cfg.out, cfg.weights) == (tmp_path, tmp_path / "o.safetensors", Path("/w/b.safetensors"))
     assert (cfg.minutes, cfg.steps, cfg.patch_size, cfg.val_fraction) == (12.5, 40, 64, 0.3)
     assert (cfg.pair_days, cfg.sar_days, cfg.device, cfg.lr, cfg.val_every) == (90, 12, "cpu", 5e-4, 7)

@@ -10,10 +10,10 @@ and outside the cloud, real and synthetic apart). See :mod:`training.finetune`.
 Why the code lives in ``training/``: fine-tuning *is* the training loop (datasets, losses, checkpoints); the QGIS
 plugin's zip carries the ``training`` package next to ``engine`` so an installed plugin can run this command.
 
-``--progress-json``: stdout carries one JSON object per line (``progress``, ``warning``, ``result``, ``error``), the
-protocol of ``engine run`` that the plugin reads. Cancel (Ctrl-C, SIGINT/SIGTERM from the plugin): the current
-step ends, the best weights so far stay in ``--out`` (they are rewritten atomically at every improvement), and the
-command says so and exits 130.
+``--json`` (``--progress-json``: its deprecated old name): stdout carries one JSON object per line (``progress``,
+``warning``, ``result``, ``error``), the protocol of ``engine run`` that the plugin reads. Cancel (Ctrl-C,
+SIGINT/SIGTERM from the plugin): the current step ends, the best weights so far stay in ``--out`` (they are
+rewritten atomically at every improvement), and the command says so and exits 130.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from engine.commands import add_renamed_argument
 
 NAME = "finetune"
 HELP = "fine-tune the bundled model on an archive of your own area (optical + Sentinel-1 scenes)"
@@ -58,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT.finetune/")
-    parser.add_argument("--progress-json", action="store_true", help="machine-readable JSON-lines progress on stdout")
+    add_renamed_argument(parser, "--json", "--progress-json", action="store_true", dest="progress_json",
+                         help="machine-readable JSON-lines progress on stdout (as run --json)")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
