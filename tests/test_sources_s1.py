@@ -87,16 +87,22 @@ def test_noise_eta_takes_each_swath_blocks_azimuth_gain():
     np.testing.assert_allclose(got, expected, rtol=1e-6)  # the XML holds 7 significant digits
 
 
-def test_grd_is_warped_onto_the_optical_grid_from_its_gcps(tmp_path):
+def _warped_grd(tmp_path) -> tuple[TargetGrid, np.ndarray, dict]:
+    """The fixture GRD warped onto the 40 × 40 Sentinel-2 fixture's grid: (grid, VV/VH, the VRT's facts)."""
     s2 = resolve_optical(write_s2_safe(tmp_path, size=40))
     source = resolve_sar(write_s1_safe(tmp_path, lines=LINES, samples=SAMPLES))
     with Materialised() as store:
         with rasterio.open(materialise(s2, store)) as ds:
             grid = TargetGrid(ds.crs, ds.transform, ds.width, ds.height)
         with rasterio.open(materialise(source, store, grid)) as ds:
-            assert (ds.crs, ds.transform, ds.count) == (grid.crs, grid.transform, 2)
-            warped = ds.read()
-            assert ds.tags(ns="IMAGERY")["ACQUISITIONDATETIME"].startswith("2024-05-01T05:45:12")
+            facts = {"georef": (ds.crs, ds.transform, ds.count), "tags": ds.tags(ns="IMAGERY")}
+            return grid, ds.read().astype(np.float64), facts
+
+
+def test_grd_is_warped_onto_the_optical_grid_from_its_gcps(tmp_path):
+    grid, warped, facts = _warped_grd(tmp_path)
+    assert facts["georef"] == (grid.crs, grid.transform, 2)
+    assert facts["tags"]["ACQUISITIONDATETIME"].startswith("2024-05-01T05:45:12")
     assert np.isfinite(warped).all()
     for k, pol in enumerate(("VV", "VH")):  # nearest: every value is one of the calibrated source pixels
         values = np.unique(_hand_sigma0(pol)[:, 1:].astype(np.float32))
@@ -183,13 +189,8 @@ def test_grd_pixels_land_where_their_gcps_put_them(tmp_path):
     from helpers_sentinel import S1_ORIGIN, S1_STEP
     from rasterio.warp import transform as reproject_points
 
-    s2 = resolve_optical(write_s2_safe(tmp_path, size=40))
-    source = resolve_sar(write_s1_safe(tmp_path, lines=LINES, samples=SAMPLES))
-    with Materialised() as store:
-        with rasterio.open(materialise(s2, store)) as ds:
-            grid = TargetGrid(ds.crs, ds.transform, ds.width, ds.height)
-        with rasterio.open(materialise(source, store, grid)) as ds:
-            warped = ds.read(1).astype(np.float64)
+    grid, both, _ = _warped_grd(tmp_path)
+    warped = both[0]
     rows, cols = np.mgrid[0 : grid.height, 0 : grid.width]
     xs, ys = grid.transform * (cols.ravel() + 0.5, rows.ravel() + 0.5)
     lon, lat = reproject_points(grid.crs, "EPSG:4326", xs, ys)
