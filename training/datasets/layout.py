@@ -58,7 +58,14 @@ from engine.dem import normalise_dem
 from engine.errors import InputError
 from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
-from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar
+from engine.normalise import (
+    detect_optical_scale,
+    detect_sar_units,
+    linear_to_db,
+    normalise_optical,
+    normalise_sar,
+    sar_to_db,
+)
 from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
 from training.layout.archive import check_dem, is_scl, open_scene, read_dem_patch, scl_cloud, sidecar
 from training.layout.split import BUILD_FILE
@@ -185,8 +192,13 @@ class LayoutSplit(Dataset):
             metres = read_dem_patch(ds, *pixel_grid, shape)
         return fill_nan_with_mean(normalise_dem(metres)[None])
 
-    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int], crs: str | None) -> np.ndarray:
+    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int], crs: str | None,
+             units: str | None = None) -> np.ndarray:
+        """VV, VH in [0, 1]: converted to dB from the scene's ``units`` when the split records them (as
+        ``engine run`` converts that file), else from the units the patch's values look like."""
         sar = fill_nan_with_mean(_window_read(self.archive / rel, bounds, [1, 2], shape, crs).astype(np.float32))
+        if units:
+            return normalise_sar(sar_to_db(sar, units))
         if detect_sar_units(sar) == "linear":
             sar = linear_to_db(sar)
         return normalise_sar(sar)
@@ -227,7 +239,8 @@ class LayoutSplit(Dataset):
                 if self.has_dem and row.get("dem"):
                     sample["dem"] = self._dem(row["dem"], pixel_grid, optical.shape[-2:])
             if sar_key is not None and row.get(f"{item}_sar"):
-                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:], crs)
+                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:], crs,
+                                            row.get(f"{item}_sar_units") or None)
         if "sar" not in sample:
             raise InputError(f"{self.path}: item 't' has no SAR (the layout must pair 't' with SAR)")
         sample["landcover"] = np.full(sample["optical"].shape[-2:], UNKNOWN, dtype=np.int64)
