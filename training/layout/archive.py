@@ -3,12 +3,17 @@
 Archive layout (one folder; every raster in one CRS — or, for ``make_grid(..., reproject=True)``, any CRS)::
 
     ARCHIVE/
-      optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype); nodata = the file's nodata value
+      optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype; .tiff and GDAL .vrt too); nodata = the
+                              file's nodata value. ``engine finetune`` also takes products as downloaded here and in
+                              sar/ (Sentinel-2 / Sentinel-1 SAFE or zip, split VV/VH, PlanetScope with its UDM2):
+                              :mod:`training.layout.products` resolves them through engine.sources into VRTs
       optical/NAME_mask.tif   optional cloud-mask sidecar on the same grid: 1 band, non-zero = cloud, or a Planet
                               UDM2 asset (8 bands; cloud ∪ shadow ∪ heavy haze, see engine.masks). Without one,
                               the engine's documented cloud detector (engine.cloudmask) is run on the scene.
       optical/NAME_scl.tif    or a Sentinel-2 L2A scene classification (SCL) at any resolution: cloud shadow,
-                              medium/high-probability cloud and thin cirrus are cloud (as for --mask auto)
+                              medium/high-probability cloud and thin cirrus are cloud (as for --mask auto); beside a
+                              PlanetScope ``*_AnalyticMS*`` file, its ``*_udm2*.tif`` is the mask when there is no
+                              ``_mask`` sidecar
       sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
