@@ -86,7 +86,8 @@ def test_product_archive_is_indexed_and_paired(archive: Path, tmp_path: Path) ->
         assert set(sar) == {f"{SPLIT}_VV.tif", write_s1_name()}
         assert {s.units for s in sar.values()} == {"linear"}  # HyP3 "gp" and a GRD's σ⁰: power
         assert sar[f"{SPLIT}_VV.tif"].when.isoformat() == "2024-05-10T05:45:12+00:00"  # from the name
-        assert idx.grid.crs == "EPSG:32632" and idx.notices == []  # the split pair was warped onto the grid
+        assert idx.grid.crs == "EPSG:32632" and not any("reprojected" in n for n in idx.notices)  # warped already
+        assert len(idx.notices) == 1 and "without terrain correction" in idx.notices[0]  # engine.sources' GRD warning
         cloudy = {(p.col, p.row): p.cloud for p in idx.patches if p.scene == optical[0]}
         assert cloudy[(0, 1)] == pytest.approx(50.0) and cloudy[(1, 1)] == 0.0  # SCL cloud columns: 8 of 16 px
         assert len(reader) == 1  # the real pair: cloudy 05-01 → clear 05-11, with the GRD of 05-01

@@ -79,7 +79,8 @@ def index_archive(cfg: FinetuneConfig, progress: Progress) -> ArchiveIndex:
 
 
 def _index(root: Path, store: FolderStore, cfg: FinetuneConfig, progress: Progress) -> ArchiveIndex:
-    scenes = scan_products(root, store, names_as_dates=True)
+    notices: list[str] = []
+    scenes = scan_products(root, store, names_as_dates=True, notices=notices)
     optical = [s for s in scenes if s.kind == "optical"]
     if len(optical) < 2:
         raise InputError(f"{root} has one optical scene only ({optical[0].label}): fine-tuning needs several "
@@ -87,7 +88,6 @@ def _index(root: Path, store: FolderStore, cfg: FinetuneConfig, progress: Progre
     if not any(s.kind == "sar" for s in scenes):
         raise InputError(f"{root} has no Sentinel-1 scene (expected sar/*.tif with VV, VH, or Sentinel-1 products)")
     grid = make_grid(scenes, cfg.patch_size, reproject=True)
-    notices = []
     foreign = foreign_scenes(scenes, grid)
     if foreign:
         names = ", ".join(s.label for s in foreign[:4]) + (" …" if len(foreign) > 4 else "")

@@ -252,6 +252,11 @@ def archive_grid(optical: list[Path]) -> TargetGrid:
     return TargetGrid(crs, t * Affine.translation(c0, r0), c1 - c0, r1 - r0)
 
 
+def _notice(notices: list[str] | None, source: ResolvedSource) -> None:
+    if notices is not None:
+        notices += [w for w in source.warnings if w not in notices]
+
+
 # --------------------------------------------------------------------------------------------- dates and scan
 def entry_date(entry: ArchiveEntry, reader: Path, source: ResolvedSource, dates: dict[str, datetime],
                root: Path, names_as_dates: bool) -> datetime:
@@ -272,9 +277,11 @@ def entry_date(entry: ArchiveEntry, reader: Path, source: ResolvedSource, dates:
     return when
 
 
-def scan_products(archive: str | Path, store: FolderStore, names_as_dates: bool = True) -> list[Scene]:
+def scan_products(archive: str | Path, store: FolderStore, names_as_dates: bool = True,
+                  notices: list[str] | None = None) -> list[Scene]:
     """Every optical and SAR scene of the archive, in any accepted form (module docstring), with its date and mask;
-    VRTs go to ``store``. A product engine.sources refuses fails here, in one line naming it."""
+    VRTs go to ``store``. A product engine.sources refuses fails here, in one line naming it; what it warns about
+    (a GRD geocoded without terrain correction) is added to ``notices``."""
     root = Path(archive)
     if not root.is_dir():
         raise InputError(f"archive folder {root} does not exist")
@@ -282,6 +289,7 @@ def scan_products(archive: str | Path, store: FolderStore, names_as_dates: bool 
     scenes = []
     for entry in list_entries(root / "optical", "optical"):
         source = resolve_entry(entry)
+        _notice(notices, source)
         path, mask = optical_scene(entry, source, store)
         when = entry_date(entry, path, source, dates, root, names_as_dates)
         scenes.append(Scene(path, "optical", when, mask, source=entry.files[0]))
@@ -290,6 +298,7 @@ def scan_products(archive: str | Path, store: FolderStore, names_as_dates: bool 
     grid: TargetGrid | None = None
     for entry in list_entries(root / "sar", "sar"):
         source = resolve_entry(entry)
+        _notice(notices, source)
         if not source.passthrough and grid is None:
             grid = archive_grid([s.path for s in scenes])
         path = sar_scene(entry, source, store, grid)
