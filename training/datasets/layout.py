@@ -31,13 +31,15 @@ in patches ``build_dataset`` kept below full coverage, i.e. with ``--min-valid``
 elevation. It is the ``dem`` keyword of the U-Nets built with ``dem=True``, and is cropped, flipped and rotated
 with the optical images (:mod:`training.datasets.augment`).
 
-Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless
-the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR in dB unless detected linear
-(``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled nearest onto the optical patch
-grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is replicated as the official M3R-CR
-loader does), so every date's arrays are on one grid and crops/flips/rotations apply identically to all of them
-(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` (or ``_scl``) sidecar, else the
-engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
+Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless the
+patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR converted to dB from the units the split
+records for its scene (``<item>_sar_units``, written by ``engine finetune``: ``sar_to_db`` as ``engine run``), else
+in dB unless detected linear (``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled
+nearest onto the optical patch grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is
+replicated as the official M3R-CR loader does), so every date's arrays are on one grid and crops/flips/rotations
+apply identically to all of them (:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask``
+(or ``_scl``) sidecar, else the engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown
+(class 6).
 """
 
 from __future__ import annotations
