@@ -210,3 +210,22 @@ def test_a_split_pair_alone_is_one_line(tmp_path: Path) -> None:
     with FolderStore() as store, pytest.raises(InputError, match="S1_20240501_vh.tif: a split VH file without its "
                                                                  "VV partner"):
         scan_products(root, store)
+
+
+def test_superdove_8_band_scene_is_read_by_its_band_descriptions(tmp_path: Path) -> None:
+    """An 8-band SuperDove file: blue, green, red, nir picked by description (bands 2, 4, 6, 8), as engine run does."""
+    root = tmp_path / "area"
+    (root / "optical").mkdir(parents=True)
+    names = ("coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir")
+    data = np.stack([np.full((16, 16), 100 * (k + 1), np.uint16) for k in range(8)])
+    path = root / "optical" / "20240501_101010_12_24a3_3B_AnalyticMS_8b.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=8, dtype="uint16", crs="EPSG:32631",
+                       transform=from_origin(600_000, 5_000_000, 3, 3)) as ds:
+        ds.write(data)
+        ds.descriptions = names
+    with FolderStore() as store:
+        scene = scan_products(root, store)[0]
+        assert scene.path.suffix == ".vrt" and scene.label == path.name
+        with rasterio.open(scene.path) as ds:
+            assert ds.count == 4 and ds.transform == from_origin(600_000, 5_000_000, 3, 3)
+            assert [float(ds.read(b)[0, 0]) for b in (1, 2, 3, 4)] == [200.0, 400.0, 600.0, 800.0]
