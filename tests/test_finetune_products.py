@@ -27,6 +27,7 @@ from engine.sources import Materialised, resolve_run_inputs
 from tests.helpers_sentinel import S2_ORIGIN, s2_band_values, write_s1_safe, write_s2_safe
 from training.datasets import LayoutSplit
 from training.finetune.config import FinetuneConfig
+from training.finetune.figure import holdout_figure
 from training.finetune.run import finetune
 from training.finetune.samples import build_samples, index_archive, write_splits
 from training.layout.products import FolderStore, scan_products
@@ -143,6 +144,10 @@ def test_few_step_finetune_on_products(archive: Path, tmp_path: Path, monkeypatc
     assert result.summary["scenes"] == {"optical": 2, "sar": 2}
     assert result.summary["samples"]["real"]["train"] == 1
     assert not list(scratch.glob("aligncr-archive-*"))  # the VRT folder went with the run
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "area.safetensors.finetune" / "holdout.png").stat().st_size > 1000
+    again = holdout_figure(out, tmp_path / "again.png")  # its splits name deleted VRTs: rebuilt from the archive
+    assert again.stat().st_size > 1000 and not list(scratch.glob("aligncr-*"))
 
 
 def _zip_garbage(folder: Path) -> Path:
