@@ -128,7 +128,7 @@ class ArchiveEntry:
     def stem(self) -> str:
         if len(self.files) == 2:
             return SPLIT_POL.match(self.files[0].stem).group("prefix")  # type: ignore[union-attr]
-        return self.files[0].name.removesuffix(".SAFE").removesuffix(".zip").removesuffix(self.files[0].suffix)
+        return self.files[0].stem  # NAME of NAME.tif, NAME.zip, NAME.SAFE
 
     @property
     def label(self) -> str:
