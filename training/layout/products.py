@@ -99,7 +99,7 @@ class FolderStore(Materialised):
 
     def write(self, stem: str, xml: str) -> str:
         name = self.new_name(stem)
-        Path(name).write_text(xml)
+        Path(name).write_text(xml, encoding="utf-8")
         return name
 
     def scene_path(self, kind: str, stem: str) -> Path:
