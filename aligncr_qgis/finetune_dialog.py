@@ -53,8 +53,9 @@ class FinetuneDialog(QDialog):
         form = QFormLayout()
         self.archive_widget = QgsFileWidget(self)
         self.archive_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
-        self.archive_widget.setToolTip(self.tr("Folder with optical/*.tif (B, G, R, NIR; optional NAME_mask.tif), "
-                                               "sar/*.tif (VV, VH) and optionally dates.csv"))
+        self.archive_widget.setToolTip(self.tr("Folder with optical/*.tif (B, G, R, NIR; optional NAME_mask.tif) or "
+                                               "Sentinel-2 / PlanetScope products, sar/*.tif (VV, VH), split _VV/_VH "
+                                               "files or Sentinel-1 GRD products, and optionally dates.csv"))
         form.addRow(self.tr("Archive folder"), self.archive_widget)
         self.base_edit = QLineEdit(base, self)
         self.base_edit.setToolTip(self.tr("A bundled model's weights name or a .safetensors file to start from"))

@@ -31,10 +31,11 @@ def s2_band_values(size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def scl_values(size: int) -> np.ndarray:
-    """(size, size) SCL at 20 m: vegetation, a column block of each cloud class, a row of water, a nodata pixel."""
+def scl_values(size: int, clouds: bool = True) -> np.ndarray:
+    """(size, size) SCL at 20 m: vegetation, a column block of each cloud class (unless ``clouds`` is False), a row
+    of water, a nodata pixel."""
     scl = np.full((size, size), 4, dtype=np.uint8)
-    for k, cls in enumerate((3, 8, 9, 10)):
+    for k, cls in enumerate((3, 8, 9, 10) if clouds else ()):
         scl[:, k] = cls
     scl[-1, :] = 6
     scl[0, -1] = 0
@@ -59,30 +60,31 @@ def _offset_list(level: str) -> str:
 
 def write_s2_safe(
     folder: Path, *, level: str = "L2A", baseline: str = "05.10", size: int = 40, scl: bool = True,
-    zipped: bool = False, seed: int = 0,
+    zipped: bool = False, seed: int = 0, date: str = S2_DATE, clouds: bool = True,
 ) -> Path:  # fmt: skip
-    """A Sentinel-2 ``level`` (``L1C``/``L2A``/``L1B``) SAFE of ``size``² 10 m pixels in ``folder``; the .SAFE folder,
-    or with ``zipped`` its .zip (folder removed)."""
+    """A Sentinel-2 ``level`` (``L1C``/``L2A``/``L1B``) SAFE of ``size``² 10 m pixels in ``folder``, acquired on
+    ``date`` (``YYYYMMDDTHHMMSS``), its SCL with cloud columns unless ``clouds`` is False; the .SAFE folder, or with
+    ``zipped`` its .zip (folder removed)."""
     code = level[1:]  # 2A / 1C / 1B
-    name = f"S2B_MSI{level}_{S2_DATE}_N{baseline.replace('.', '')}_R065_T32TNR_20240501T120000.SAFE"
+    name = f"S2B_MSI{level}_{date}_N{baseline.replace('.', '')}_R065_T32TNR_{date[:8]}T120000.SAFE"
     safe = folder / name
-    granule = f"GRANULE/{level}_T32TNR_A037000_20240501T101600"
+    granule = f"GRANULE/{level}_T32TNR_A037000_{date[:8]}T101600"
     img = f"{granule}/IMG_DATA"
     files = []
     for b, data in zip(S2_BAND_FILES, s2_band_values(size, seed)):
-        rel = f"{img}/R10m/T32TNR_{S2_DATE}_{b}_10m" if level == "L2A" else f"{img}/T32TNR_{S2_DATE}_{b}"
+        rel = f"{img}/R10m/T32TNR_{date}_{b}_10m" if level == "L2A" else f"{img}/T32TNR_{date}_{b}"
         _jp2(safe / f"{rel}.jp2", data, 10.0)
         files.append(rel)
     if level == "L2A" and scl:
-        rel = f"{img}/R20m/T32TNR_{S2_DATE}_SCL_20m"
-        _jp2(safe / f"{rel}.jp2", scl_values(size // 2), 20.0)
+        rel = f"{img}/R20m/T32TNR_{date}_SCL_20m"
+        _jp2(safe / f"{rel}.jp2", scl_values(size // 2, clouds), 20.0)
         files.append(rel)
     offsets = "" if baseline < "04.00" else _offset_list(level)
     images = "".join(f"<IMAGE_FILE>{f}</IMAGE_FILE>" for f in files)
     xsd = f"https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-{code[0]}{code[1]}.xsd"
     (safe / f"MTD_MSI{level}.xml").write_text(f"""<?xml version="1.0" encoding="UTF-8"?>
 <n1:Level-{code}_User_Product xmlns:n1="{xsd}"><n1:General_Info><Product_Info>
-<PRODUCT_START_TIME>2024-05-01T10:15:59.024Z</PRODUCT_START_TIME><PRODUCT_URI>{name}</PRODUCT_URI>
+<PRODUCT_START_TIME>{date[:4]}-{date[4:6]}-{date[6:8]}T{date[9:11]}:{date[11:13]}:{date[13:15]}.024Z</PRODUCT_START_TIME><PRODUCT_URI>{name}</PRODUCT_URI>
 <PROCESSING_LEVEL>Level-{code}</PROCESSING_LEVEL><PRODUCT_TYPE>S2MSI{code}</PRODUCT_TYPE>
 <PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE>
 <Query_Options completeSingleTile="true"><PRODUCT_FORMAT>SAFE_COMPACT</PRODUCT_FORMAT></Query_Options>

@@ -1,7 +1,8 @@
 """``aligncr:finetune`` — fine-tune the bundled model on an archive of the user's own area.
 
 Runs ``python -m engine finetune`` (see :mod:`training.finetune`): the archive folder holds ``optical/*.tif``
-(B, G, R, NIR; optional ``_mask`` cloud sidecars), ``sar/*.tif`` (VV, VH) and optionally ``dates.csv``. The output is
+(B, G, R, NIR; optional ``_mask`` cloud sidecars), ``sar/*.tif`` (VV, VH) and optionally ``dates.csv``, or products as
+downloaded (:mod:`training.layout.products`). The output is
 a ``.safetensors`` weights file with a model card (the held-out before/after/flat/fill table) that the declouding
 algorithm and the dialog take as their model. Cancelling keeps the best weights so far in the output.
 """
@@ -44,6 +45,8 @@ class FinetuneAlgorithm(EngineAlgorithm):
         return tr(
             "Fine-tunes the bundled model on an archive of your own area: a folder with optical/*.tif (Blue, Green, "
             "Red, NIR; optional NAME_mask.tif cloud masks), sar/*.tif (Sentinel-1 VV, VH) and optionally dates.csv. "
+            "Products as downloaded work too: Sentinel-2 L1C/L2A and Sentinel-1 GRD .SAFE folders or .zip files, "
+            "PlanetScope scenes with their UDM2, split NAME_VV.tif + NAME_VH.tif files. "
             "Cloudy acquisitions are paired with clear ones (real pairs) and clear ones get synthetic clouds; whole "
             "spatial blocks are held out for validation. The output weights carry a model card with the held-out "
             "table (before / after / flat / fill, inside and outside the cloud). Cancelling keeps the best weights "

@@ -1,8 +1,10 @@
 """``python -m engine finetune --archive DIR --out my_area.safetensors``: fine-tune the bundled model on your area.
 
 The archive is the layout :mod:`training.layout.archive` reads (``optical/*.tif`` with optional ``_mask``
-sidecars, ``sar/*.tif``, optional ``dates.csv``); scenes in another CRS than the first optical scene are reprojected
-on the fly, with a notice. The run pairs real cloudy/clear patches and clear patches with synthetic clouds, holds
+sidecars, ``sar/*.tif``, optional ``dates.csv``), each entry in any form ``engine run`` reads — Sentinel-2 and
+Sentinel-1 GRD SAFE folders or zips, PlanetScope with its UDM2, split ``_VV``/``_VH`` files
+(:mod:`training.layout.products`); scenes in another CRS than the first optical scene are reprojected on the fly,
+with a notice. The run pairs real cloudy/clear patches and clear patches with synthetic clouds, holds
 out spatial blocks for validation, fine-tunes the base model (default: the bundled one) within the time or step
 budget, and writes the weights with a model card holding the held-out table (before / after / flat / fill, inside
 and outside the cloud, real and synthetic apart). See :mod:`training.finetune`.
@@ -34,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from training.finetune.config import DEFAULT_BASE, FinetuneConfig
 
     d = FinetuneConfig(archive=Path("."), out=Path("."))
-    parser.add_argument("--archive", required=True, type=Path, help="archive folder (optical/, sar/, dates.csv)")
+    parser.add_argument("--archive", required=True, type=Path,
+                        help="archive folder (optical/, sar/, dates.csv; rasters or products as downloaded)")
     parser.add_argument("--out", required=True, type=Path, help="output weights (.safetensors)")
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--base", default=DEFAULT_BASE, help=f"bundled weights to start from (default {DEFAULT_BASE})")

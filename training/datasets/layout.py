@@ -31,13 +31,15 @@ in patches ``build_dataset`` kept below full coverage, i.e. with ``--min-valid``
 elevation. It is the ``dem`` keyword of the U-Nets built with ``dem=True``, and is cropped, flipped and rotated
 with the optical images (:mod:`training.datasets.augment`).
 
-Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless
-the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR in dB unless detected linear
-(``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled nearest onto the optical patch
-grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is replicated as the official M3R-CR
-loader does), so every date's arrays are on one grid and crops/flips/rotations apply identically to all of them
-(:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask`` (or ``_scl``) sidecar, else the
-engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown (class 6).
+Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless the
+patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR converted to dB from the units the split
+records for its scene (``<item>_sar_units``, written by ``engine finetune``: ``sar_to_db`` as ``engine run``), else
+in dB unless detected linear (``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled
+nearest onto the optical patch grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is
+replicated as the official M3R-CR loader does), so every date's arrays are on one grid and crops/flips/rotations
+apply identically to all of them (:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask``
+(or ``_scl``) sidecar, else the engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown
+(class 6).
 """
 
 from __future__ import annotations
@@ -58,7 +60,14 @@ from engine.dem import normalise_dem
 from engine.errors import InputError
 from engine.landcover import UNKNOWN
 from engine.masks import cloud_mask_from_bands
-from engine.normalise import detect_optical_scale, detect_sar_units, linear_to_db, normalise_optical, normalise_sar
+from engine.normalise import (
+    detect_optical_scale,
+    detect_sar_units,
+    linear_to_db,
+    normalise_optical,
+    normalise_sar,
+    sar_to_db,
+)
 from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
 from training.layout.archive import check_dem, is_scl, open_scene, read_dem_patch, scl_cloud, sidecar
 from training.layout.split import BUILD_FILE
@@ -185,8 +194,13 @@ class LayoutSplit(Dataset):
             metres = read_dem_patch(ds, *pixel_grid, shape)
         return fill_nan_with_mean(normalise_dem(metres)[None])
 
-    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int], crs: str | None) -> np.ndarray:
+    def _sar(self, rel: str, bounds: tuple[float, ...], shape: tuple[int, int], crs: str | None,
+             units: str | None = None) -> np.ndarray:
+        """VV, VH in [0, 1]: converted to dB from the scene's ``units`` when the split records them (as
+        ``engine run`` converts that file), else from the units the patch's values look like."""
         sar = fill_nan_with_mean(_window_read(self.archive / rel, bounds, [1, 2], shape, crs).astype(np.float32))
+        if units:
+            return normalise_sar(sar_to_db(sar, units))
         if detect_sar_units(sar) == "linear":
             sar = linear_to_db(sar)
         return normalise_sar(sar)
@@ -227,7 +241,8 @@ class LayoutSplit(Dataset):
                 if self.has_dem and row.get("dem"):
                     sample["dem"] = self._dem(row["dem"], pixel_grid, optical.shape[-2:])
             if sar_key is not None and row.get(f"{item}_sar"):
-                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:], crs)
+                sample[sar_key] = self._sar(row[f"{item}_sar"], bounds, optical.shape[-2:], crs,
+                                            row.get(f"{item}_sar_units") or None)
         if "sar" not in sample:
             raise InputError(f"{self.path}: item 't' has no SAR (the layout must pair 't' with SAR)")
         sample["landcover"] = np.full(sample["optical"].shape[-2:], UNKNOWN, dtype=np.int64)

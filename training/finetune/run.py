@@ -206,6 +206,12 @@ class _Run:
         self.best_score = selection_score(self.before)
         self.table = holdout_table(self.before, self.before)
 
+    def close(self) -> None:
+        """The archive's product VRTs (:class:`training.finetune.samples.ArchiveIndex`), once nothing reads them."""
+        idx = getattr(self, "idx", None)
+        if idx is not None:
+            idx.close()
+
     def on_step(self, step: int, total: int, loss: float) -> None:
         cfg, (_, start, stop) = self.cfg, PROGRESS
         done = step / total if total else 0.0
@@ -276,10 +282,13 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> FinetuneR
     check_settings(cfg)
     check_output(Path(cfg.out))
     run = _Run(cfg, resolve_base(cfg), progress)
-    run.prepare()
-    progress.update(PROGRESS[1], "fine-tuning")
-    summary = run.train()
-    result = run.finish(summary)
+    try:
+        run.prepare()
+        progress.update(PROGRESS[1], "fine-tuning")
+        summary = run.train()
+        result = run.finish(summary)
+    finally:
+        run.close()
     progress.update(1.0, "done")
     return result
 

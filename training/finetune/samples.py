@@ -28,7 +28,8 @@ from rasterio.warp import transform_bounds
 from engine.errors import InputError
 from engine.progress import Progress
 from training.finetune.config import FinetuneConfig
-from training.layout.archive import Grid, PatchStats, Scene, foreign_scenes, make_grid, patch_stats, scan_archive
+from training.layout.archive import Grid, PatchStats, Scene, foreign_scenes, make_grid, patch_stats
+from training.layout.products import FolderStore, scan_products
 from training.layout.query import INF, AcquisitionLayout, LayoutItem, PatchIndex, Sample, SampleItem
 from training.layout.split import block_of, write_csv
 
@@ -38,12 +39,20 @@ DAY_H = 24.0
 
 @dataclass
 class ArchiveIndex:
+    """The indexed archive; ``store`` holds the VRTs its product scenes are read through (:meth:`close` when the
+    run no longer reads samples)."""
+
     root: Path
     scenes: list[Scene]
     grid: Grid
     patches: list[PatchStats]
     index: PatchIndex
     notices: list[str] = field(default_factory=list)
+    store: FolderStore | None = None
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
 
 @dataclass
@@ -59,30 +68,38 @@ class SampleSet:
 
 # --------------------------------------------------------------------------------------------- index
 def index_archive(cfg: FinetuneConfig, progress: Progress) -> ArchiveIndex:
-    """Scan and index the archive; every problem that would make fine-tuning pointless is raised here, before
-    any training."""
-    root = Path(cfg.archive).resolve()
-    scenes = scan_archive(root, names_as_dates=True)
+    """Scan and index the archive (any input form engine.sources reads, :mod:`training.layout.products`); every
+    problem that would make fine-tuning pointless is raised here, before any training."""
+    store = FolderStore()
+    try:
+        return _index(Path(cfg.archive).resolve(), store, cfg, progress)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _index(root: Path, store: FolderStore, cfg: FinetuneConfig, progress: Progress) -> ArchiveIndex:
+    notices: list[str] = []
+    scenes = scan_products(root, store, names_as_dates=True, notices=notices)
     optical = [s for s in scenes if s.kind == "optical"]
     if len(optical) < 2:
-        raise InputError(f"{root} has one optical scene only ({optical[0].path.name}): fine-tuning needs several "
+        raise InputError(f"{root} has one optical scene only ({optical[0].label}): fine-tuning needs several "
                          "acquisitions of the area (a clear one, and cloudy ones or more clear ones)")
     if not any(s.kind == "sar" for s in scenes):
-        raise InputError(f"{root} has no Sentinel-1 scene (expected sar/*.tif with VV, VH)")
+        raise InputError(f"{root} has no Sentinel-1 scene (expected sar/*.tif with VV, VH, or Sentinel-1 products)")
     grid = make_grid(scenes, cfg.patch_size, reproject=True)
-    notices = []
     foreign = foreign_scenes(scenes, grid)
     if foreign:
-        names = ", ".join(s.path.name for s in foreign[:4]) + (" …" if len(foreign) > 4 else "")
+        names = ", ".join(s.label for s in foreign[:4]) + (" …" if len(foreign) > 4 else "")
         notices.append(f"{len(foreign)} scene(s) not in {grid.crs} ({names}) are reprojected on the fly onto the "
-                       f"first optical scene's grid ({optical[0].path.name}, nearest neighbour)")
+                       f"first optical scene's grid ({optical[0].label}, nearest neighbour)")
     progress.update(0.3, f"indexing {len(scenes)} scenes")
     patches = patch_stats(scenes, grid)
     if not any(p.scene.kind == "optical" for p in patches):
         raise InputError(f"the optical scenes are smaller than one {cfg.patch_size}-pixel patch: lower --patch-size")
     index = PatchIndex(patches)
     _check_pairs(index, cfg)
-    return ArchiveIndex(root, scenes, grid, patches, index, notices)
+    return ArchiveIndex(root, scenes, grid, patches, index, notices, store)
 
 
 def _check_pairs(index: PatchIndex, cfg: FinetuneConfig) -> None:
@@ -174,7 +191,7 @@ def write_splits(work: Path, idx: ArchiveIndex, samples: SampleSet, cfg: Finetun
         paths[kind] = {}
         for split in ("train", "val"):
             path = work / f"{kind}_{split}.csv"
-            write_csv(path, samples.splits[kind][split], layouts[kind], idx.grid, idx.root)
+            write_csv(path, samples.splits[kind][split], layouts[kind], idx.grid, idx.root, sar_units=True)
             paths[kind][split] = path
     (work / "archive.json").write_text(json.dumps(samples.summary, indent=2))
     return paths

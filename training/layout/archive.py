@@ -3,12 +3,17 @@
 Archive layout (one folder; every raster in one CRS — or, for ``make_grid(..., reproject=True)``, any CRS)::
 
     ARCHIVE/
-      optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype); nodata = the file's nodata value
+      optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype; .tiff and GDAL .vrt too); nodata = the
+                              file's nodata value. ``engine finetune`` also takes products as downloaded here and in
+                              sar/ (Sentinel-2 / Sentinel-1 SAFE or zip, split VV/VH, PlanetScope with its UDM2):
+                              :mod:`training.layout.products` resolves them through engine.sources into VRTs
       optical/NAME_mask.tif   optional cloud-mask sidecar on the same grid: 1 band, non-zero = cloud, or a Planet
                               UDM2 asset (8 bands; cloud ∪ shadow ∪ heavy haze, see engine.masks). Without one,
                               the engine's documented cloud detector (engine.cloudmask) is run on the scene.
       optical/NAME_scl.tif    or a Sentinel-2 L2A scene classification (SCL) at any resolution: cloud shadow,
-                              medium/high-probability cloud and thin cirrus are cloud (as for --mask auto)
+                              medium/high-probability cloud and thin cirrus are cloud (as for --mask auto); beside a
+                              PlanetScope ``*_AnalyticMS*`` file, its ``*_udm2*.tif`` is the mask when there is no
+                              ``_mask`` sidecar
       sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
@@ -64,21 +69,33 @@ from engine.normalise import detect_optical_scale
 from engine.raster import valid_mask
 
 MASK_SUFFIX = "_mask"
+UDM2_MARK = "_udm2"  # a Planet usable-data mask (NAME_udm2.tif, NAME_udm2_clip.tif) beside its AnalyticMS scene
 SCL_SUFFIX = "_scl"  # a Sentinel-2 L2A scene classification sidecar, any resolution (e.g. its native 20 m)
-RASTER_EXT = (".tif", ".tiff")
+RASTER_EXT = (".tif", ".tiff", ".vrt")  # .vrt: any GDAL virtual raster (a mosaic, a band pick)
 DEM_NAMES = ("dem.tif", "dem.tiff", "dem.vrt")  # the archive's optional elevation model (first one found)
 
 
 @dataclass(frozen=True)
 class Scene:
+    """One acquisition: ``path`` is what the readers open — the archive's file itself, or (``engine finetune``,
+    :mod:`training.layout.products`) a VRT engine.sources made of a product, then ``source`` names the archive file
+    it came from; ``units`` are a SAR scene's units as engine.sources decided them (None: detected per patch)."""
+
     path: Path
     kind: str  # "optical" or "sar"
     when: datetime
     mask: Path | None = None
+    source: Path | None = None
+    units: str | None = None
 
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def label(self) -> str:
+        """The scene's name in messages: the archive file (or product) the user put there."""
+        return (self.source or self.path).name
 
 
 @dataclass(frozen=True)
@@ -119,11 +136,16 @@ class PatchStats:
     cloud: float  # cloud cover of the valid pixels in % (0 for SAR)
 
 
+def is_mask_file(path: Path) -> bool:
+    """A cloud-mask file of ``optical/`` (a ``_mask``/``_scl`` sidecar, a Planet UDM2), not a scene."""
+    return path.stem.endswith((MASK_SUFFIX, SCL_SUFFIX)) or UDM2_MARK in path.name
+
+
 def _rasters(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_EXT) if folder.is_dir() else []
 
 
-def _read_dates_csv(archive: Path) -> dict[str, datetime]:
+def read_dates_csv(archive: Path) -> dict[str, datetime]:
     path = archive / "dates.csv"
     if not path.is_file():
         return {}
@@ -170,11 +192,11 @@ def scan_archive(archive: str | Path, names_as_dates: bool = False) -> list[Scen
     root = Path(archive)
     if not root.is_dir():
         raise InputError(f"archive folder {root} does not exist")
-    dates = _read_dates_csv(root)
+    dates = read_dates_csv(root)
     scenes = []
     for kind in ("optical", "sar"):
         for path in _rasters(root / kind):
-            if kind == "optical" and path.stem.endswith((MASK_SUFFIX, SCL_SUFFIX)):
+            if kind == "optical" and is_mask_file(path):
                 continue
             rel = path.relative_to(root).as_posix()
             when = dates[rel] if rel in dates else _scene_date(path, names_as_dates)
@@ -191,17 +213,17 @@ def make_grid(scenes: list[Scene], patch_size: int, reproject: bool = False) -> 
     ref = next(s for s in scenes if s.kind == "optical")
     with rasterio.open(ref.path) as ds:
         if ds.crs is None:
-            raise InputError(f"{ref.path.name} has no CRS; the archive must be georeferenced")
+            raise InputError(f"{ref.label} has no CRS; the archive must be georeferenced")
         crs, t = ds.crs, ds.transform
     square = abs(abs(t.a) - abs(t.e)) <= 1e-9 * abs(t.a)
     if t.b or t.d or not (square or crs.is_geographic):
-        raise InputError(f"{ref.path.name} must have square, north-up pixels to anchor the patch grid")
+        raise InputError(f"{ref.label} must have square, north-up pixels to anchor the patch grid")
     for s in scenes:
         with rasterio.open(s.path) as ds:
             if ds.crs is None:
-                raise InputError(f"{s.path.name} has no CRS; the archive must be georeferenced")
+                raise InputError(f"{s.label} has no CRS; the archive must be georeferenced")
             if ds.crs != crs and not reproject:
-                raise InputError(f"{s.path.name} is in {ds.crs}, not {crs}: reproject the archive to one CRS first")
+                raise InputError(f"{s.label} is in {ds.crs}, not {crs}: reproject the archive to one CRS first")
     size_y = 0.0 if square else patch_size * abs(t.e)
     return Grid(crs=crs.to_string(), x0=t.c, y0=t.f, size=patch_size * abs(t.a), size_y=size_y)
 
@@ -233,9 +255,16 @@ def open_scene(path: Path, crs: str | None = None) -> Iterator[rasterio.io.Datas
 
 
 def sidecar(scene: Path) -> Path | None:
-    """The cloud-mask sidecar of an optical scene: ``NAME_mask.tif`` (same grid), else ``NAME_scl.tif``."""
+    """The cloud-mask sidecar of an optical scene: ``NAME_mask.tif`` (same grid), else ``NAME_scl.tif``, else the
+    Planet UDM2 beside a PlanetScope ``*_AnalyticMS*`` file (:func:`engine.sources.planet_udm2`, same grid)."""
+    from engine.sources import planet_udm2
+
     cand = [scene.with_name(scene.stem + suffix + ext) for suffix in (MASK_SUFFIX, SCL_SUFFIX) for ext in RASTER_EXT]
-    return next((c for c in cand if c.is_file()), None)
+    found = next((c for c in cand if c.is_file()), None)
+    if found is None and scene.suffix.lower() != ".vrt":
+        udm2 = planet_udm2(str(scene))
+        found = Path(udm2) if udm2 is not None else None
+    return found
 
 
 def is_scl(mask: Path) -> bool:
@@ -276,9 +305,9 @@ def patch_stats(scenes: list[Scene], grid: Grid) -> list[PatchStats]:
         with ExitStack() as stack:
             ds = stack.enter_context(open_scene(scene.path, grid.crs))
             if scene.kind == "optical" and ds.count < 4:
-                raise InputError(f"{scene.path.name}: optical scenes need 4 bands (B, G, R, NIR), it has {ds.count}")
+                raise InputError(f"{scene.label}: optical scenes need 4 bands (B, G, R, NIR), it has {ds.count}")
             if scene.kind == "sar" and ds.count != 2:
-                raise InputError(f"{scene.path.name}: SAR scenes need 2 bands (VV, VH), it has {ds.count}")
+                raise InputError(f"{scene.label}: SAR scenes need 2 bands (VV, VH), it has {ds.count}")
             mask_ds = stack.enter_context(open_scene(scene.mask, grid.crs)) if scene.mask is not None else None
             if mask_ds is not None and not is_scl(scene.mask) and (mask_ds.width, mask_ds.height) != (
                     ds.width, ds.height):

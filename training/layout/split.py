@@ -81,33 +81,42 @@ class DemColumn:
     coverage: dict[tuple[int, int], float]
 
 
-def columns(layout: AcquisitionLayout, dem: bool = False) -> list[str]:
+def columns(layout: AcquisitionLayout, dem: bool = False, sar_units: bool = False) -> list[str]:
     cols = ["col", "row", "left", "bottom", "right", "top", "crs"]
     for it in layout.items:
         cols += [f"{it.name}_optical", f"{it.name}_datetime", f"{it.name}_cloud"]
         if it.sar_max_gap_h is not None:
-            cols += [f"{it.name}_sar", f"{it.name}_sar_datetime"]
+            cols += [f"{it.name}_sar", f"{it.name}_sar_datetime"] + ([f"{it.name}_sar_units"] if sar_units else [])
     if dem:
         cols += ["dem", "dem_valid"]
     return cols
 
 
+def scene_ref(path: Path, root: Path) -> str:
+    """A scene as the split files name it: relative to the archive, or absolute when it lies elsewhere (the VRT
+    of a product, :mod:`training.layout.products`)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
 def write_csv(
-    path: Path, samples: list[Sample], layout: AcquisitionLayout, grid: Grid, root: Path, dem: DemColumn | None = None
+    path: Path, samples: list[Sample], layout: AcquisitionLayout, grid: Grid, root: Path, dem: DemColumn | None = None,
+    sar_units: bool = False,
 ) -> None:
     """One row per sample: the cell, its ground bounds, and per item the scene paths (relative to the archive);
-    with a DEM, its path (relative to the archive) and the fraction of the patch it covers (``dem``, ``dem_valid``)."""
+    with a DEM, its path (relative to the archive) and the fraction of the patch it covers (``dem``, ``dem_valid``);
+    with ``sar_units``, each SAR scene's units (``<item>_sar_units``; empty: detect per patch)."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(columns(layout, dem is not None))
+        w.writerow(columns(layout, dem is not None, sar_units))
         for s in samples:
             row: list[object] = [s.col, s.row, *grid.bounds(s.col, s.row), grid.crs]
             for it in layout.items:
                 si = s.items[it.name]
-                row += [si.optical.path.relative_to(root).as_posix(), si.optical.when.isoformat(), f"{si.cloud:.3f}"]
+                row += [scene_ref(si.optical.path, root), si.optical.when.isoformat(), f"{si.cloud:.3f}"]
                 if it.sar_max_gap_h is not None:
                     assert si.sar is not None
-                    row += [si.sar.path.relative_to(root).as_posix(), si.sar.when.isoformat()]
+                    row += [scene_ref(si.sar.path, root), si.sar.when.isoformat()]
+                    row += [si.sar.units or ""] if sar_units else []
             if dem is not None:
                 row += [dem.path, f"{dem.coverage[(s.col, s.row)]:.4f}"]
             w.writerow(row)
