@@ -112,6 +112,16 @@ def fake_engine(folder: Path, *, tiles: int = 5, delay: float = 0.0, fail: str |
     return folder
 
 
+def add_layer(project, path: Path, name: str):  # noqa: ANN001, ANN201 - QGIS types imported lazily
+    """A raster layer of ``path`` named ``name``, checked valid and added to ``project``."""
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid(), path
+    project.addMapLayer(layer)
+    return layer
+
+
 def wait_for(predicate, timeout: float = 60.0, step: float = 0.02) -> bool:  # noqa: ANN001
     """Spin the Qt event loop until ``predicate()`` is true (task signals are delivered through it)."""
     from qgis.PyQt.QtCore import QCoreApplication

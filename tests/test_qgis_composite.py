@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402
+from qgis.core import QgsRasterLayer  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.styling import style_qa  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import PYTHON, make_scene  # noqa: E402
+from tests.qgis_helpers import PYTHON, add_layer, make_scene  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 CLOUD_COLUMNS = 24  # the mask's left 24 of 64 columns are cloud
@@ -33,21 +33,15 @@ def write_mask(optical: Path, path: Path) -> Path:
     return path
 
 
-def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid(), path
-    proj.addMapLayer(layer)
-    return layer
-
 
 def test_dialog_check_box_reaches_the_engine(project, qgis_iface, tmp_path: Path) -> None:
     opt_path, sar_path = make_scene(tmp_path)
     dlg = AlignCRDialog(qgis_iface)
     try:
-        dlg.optical_combo.setLayer(add(project, opt_path, "optical"))
-        dlg.sar_combo.setLayer(add(project, sar_path, "sar"))
+        dlg.optical_combo.setLayer(add_layer(project, opt_path, "optical"))
+        dlg.sar_combo.setLayer(add_layer(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
-        dlg.mask_combo.setLayer(add(project, write_mask(opt_path, tmp_path / "mask.tif"), "mask"))
+        dlg.mask_combo.setLayer(add_layer(project, write_mask(opt_path, tmp_path / "mask.tif"), "mask"))
         assert not dlg.only_cloudy_check.isChecked() and not dlg.feather_spin.isEnabled()
         dlg.only_cloudy_check.setChecked(True)
         dlg.feather_spin.setValue(5)

@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402
+from qgis.core import QgsRasterLayer  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.styling import CUT_UPPER, style_confidence  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import make_scene, wait_for  # noqa: E402
+from tests.qgis_helpers import add_layer, make_scene, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 NAME = "confidence (TTA spread)"
@@ -30,12 +30,6 @@ def _bundled() -> Path:
         pytest.skip("no bundled weights")
     return BUNDLED_WEIGHTS
 
-
-def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid(), path
-    proj.addMapLayer(layer)
-    return layer
 
 
 def assert_heat_map(layer: QgsRasterLayer, spread: np.ndarray) -> None:
@@ -54,8 +48,8 @@ def test_dialog_check_box_reaches_the_engine_and_persists(project, qgis_iface, t
     opt_path, sar_path = make_scene(tmp_path)
     dlg = AlignCRDialog(qgis_iface)
     try:
-        dlg.optical_combo.setLayer(add(project, opt_path, "optical"))
-        dlg.sar_combo.setLayer(add(project, sar_path, "sar"))
+        dlg.optical_combo.setLayer(add_layer(project, opt_path, "optical"))
+        dlg.sar_combo.setLayer(add_layer(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
         assert not dlg.confidence_check.isChecked()
         assert "--confidence" not in dlg.build_request().to_args()
@@ -79,8 +73,8 @@ def test_dialog_run_loads_the_confidence_heat_map(project, qgis_iface, tmp_path:
     out = tmp_path / "declouded.tif"
     dlg = AlignCRDialog(qgis_iface)
     try:
-        dlg.optical_combo.setLayer(add(project, opt_path, "optical"))
-        dlg.sar_combo.setLayer(add(project, sar_path, "sar"))
+        dlg.optical_combo.setLayer(add_layer(project, opt_path, "optical"))
+        dlg.sar_combo.setLayer(add_layer(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(out))
         assert dlg.select_model(str(weights))
         dlg.confidence_check.setChecked(True)

@@ -10,21 +10,15 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings  # noqa: E402
+from qgis.core import QgsApplication, QgsRasterLayer, QgsRectangle, QgsSettings  # noqa: E402
 
 from aligncr_qgis import dialog as dialog_mod  # noqa: E402
 from aligncr_qgis.dialog import EXTENT_LAYER, AlignCRDialog  # noqa: E402
 from tests.qgis_fixtures import close_dialog, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import PYTHON, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
+from tests.qgis_helpers import PYTHON, add_layer, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 
-
-def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid(), path
-    proj.addMapLayer(layer)
-    return layer
 
 
 @pytest.fixture
@@ -47,8 +41,8 @@ def test_band_mapping_autofills_from_descriptions(project, dlg: AlignCRDialog, t
     with rasterio.open(path, "r+") as ds:  # NIR, R, G, B order, as some exports have
         for i, name in enumerate(("nir", "red", "green", "blue")):
             ds.set_band_description(i + 1, name)
-    opt = add(project, path, "shuffled")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, path, "shuffled")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     choose(dlg, opt, sar, tmp_path / "out.tif")
     assert {r: c.currentBand() for r, c in dlg.optical_band_combos.items()} == {"B": 4, "G": 3, "R": 2, "NIR": 1}
     assert {r: c.currentBand() for r, c in dlg.sar_band_combos.items()} == {"VV": 1, "VH": 2}
@@ -56,18 +50,18 @@ def test_band_mapping_autofills_from_descriptions(project, dlg: AlignCRDialog, t
 
 def test_validation_messages_block_run(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
     assert not dlg.run_button.isEnabled()
-    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")  # EPSG:4326 vs UTM: overlap via transform
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")  # EPSG:4326 vs UTM: overlap via transform
     choose(dlg, opt, sar, tmp_path / "out.tif")
     assert dlg.last_check.ok and dlg.run_button.isEnabled(), dlg.issue_messages()
     assert dlg.overlap_label.text().startswith("100.0 %")
 
-    far = add(project, write_sar(tmp_path / "far.tif", shift_m=50_000.0), "far")
+    far = add_layer(project, write_sar(tmp_path / "far.tif", shift_m=50_000.0), "far")
     dlg.sar_combo.setLayer(far)
     assert not dlg.run_button.isEnabled()
     assert any("does not overlap" in m for m in dlg.issue_messages())
 
-    half = add(project, write_sar(tmp_path / "half.tif", shift_m=130.0), "half")
+    half = add_layer(project, write_sar(tmp_path / "half.tif", shift_m=130.0), "half")
     dlg.sar_combo.setLayer(half)
     assert dlg.run_button.isEnabled()  # partial overlap is a warning
     assert any("covers only" in m for m in dlg.issue_messages())
@@ -78,7 +72,7 @@ def test_validation_messages_block_run(project, dlg: AlignCRDialog, tmp_path: Pa
     assert any("same band twice" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
     dlg.optical_band_combos["NIR"].setBand(4)
 
-    three = add(project, write_optical(tmp_path / "three.tif", bands=3), "three")
+    three = add_layer(project, write_optical(tmp_path / "three.tif", bands=3), "three")
     dlg.optical_combo.setLayer(three)
     assert any("B, G, R and NIR are needed" in m for m in dlg.issue_messages())
 
@@ -88,8 +82,8 @@ def test_validation_messages_block_run(project, dlg: AlignCRDialog, tmp_path: Pa
 
 
 def test_geographic_optical_gets_reprojection_offer(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
-    geo = add(project, write_optical(tmp_path / "geo.tif", crs="EPSG:4326"), "geo")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    geo = add_layer(project, write_optical(tmp_path / "geo.tif", crs="EPSG:4326"), "geo")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     choose(dlg, geo, sar, tmp_path / "out.tif")
     assert any("not projected in metres" in m for m in dlg.issue_messages())
     assert not dlg.run_button.isEnabled() and not dlg.reproject_button.isHidden()
@@ -115,8 +109,8 @@ def run_and_wait(d: AlignCRDialog, timeout: float = 90.0) -> list[bool]:
 @pytest.mark.slow
 def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
     opt_path = write_optical(tmp_path / "opt.tif")
-    opt = add(project, opt_path, "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, opt_path, "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     out = tmp_path / "declouded.tif"
     choose(dlg, opt, sar, out)
     assert dlg.select_model("identity")
@@ -162,8 +156,8 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
 
 @pytest.mark.slow
 def test_run_on_drawn_extent_clips_inputs(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
-    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     out = tmp_path / "clip.tif"
     choose(dlg, opt, sar, out)
     dlg.add_to_map_check.setChecked(False)
@@ -181,8 +175,8 @@ def test_canvas_extent_is_transformed_to_the_optical_crs(project, dlg: AlignCRDi
                                                          tmp_path: Path) -> None:
     from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
 
-    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     choose(dlg, opt, sar, tmp_path / "o.tif")
     canvas = qgis_iface.mapCanvas()
     wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -207,8 +201,8 @@ def test_cancel_stops_the_engine_and_writes_nothing(project, dlg: AlignCRDialog,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     root = fake_engine(tmp_path / "fake", tiles=100, delay=0.1)  # ~10 s if not cancelled
     monkeypatch.setattr(dialog_mod, "engine_root", lambda: root)
-    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     out = tmp_path / "never.tif"
     choose(dlg, opt, sar, out)
     finished: list[bool] = []
@@ -230,8 +224,8 @@ def test_engine_error_goes_to_message_bar_not_traceback(project, dlg: AlignCRDia
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     root = fake_engine(tmp_path / "fake", fail="error")
     monkeypatch.setattr(dialog_mod, "engine_root", lambda: root)
-    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     choose(dlg, opt, sar, tmp_path / "o.tif")
     assert run_and_wait(dlg) == [False]
     assert [item.text() for item in dlg.bar.items()] == ["optical and SAR do not overlap"]
@@ -268,8 +262,8 @@ def test_weights_file_shows_model_card_and_is_passed_as_weights(project, qgis_if
         assert d.model_combo.currentData() == ("weights", str(weights))
         card = d.card_text.toPlainText()
         assert "identity" in card and "unit-test scenes" in card and "PSNR\n12.5" in card
-        opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-        sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+        opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+        sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
         choose(d, opt, sar, tmp_path / "o.tif")
         req = d.build_request()
         assert req.weights == str(weights) and req.model is None
@@ -347,9 +341,9 @@ def test_default_layers_and_output_that_follows(project, qgis_iface, tmp_path: P
     with ≥ 4; SAR = a 2-band layer; the output follows the optical until edited, in a writable folder."""
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
-    sar = add(project, write_sar(tmp_path / "s1.tif"), "a_sentinel1")  # sorts first in the pickers
-    opt_b = add(project, write_optical(tmp_path / "b" / "b.tif"), "b_planet")
-    opt_c = add(project, write_optical(tmp_path / "c" / "c.tif"), "c_planet")
+    sar = add_layer(project, write_sar(tmp_path / "s1.tif"), "a_sentinel1")  # sorts first in the pickers
+    opt_b = add_layer(project, write_optical(tmp_path / "b" / "b.tif"), "b_planet")
+    opt_c = add_layer(project, write_optical(tmp_path / "c" / "c.tif"), "c_planet")
     d = AlignCRDialog(qgis_iface)
     try:
         assert d.optical_combo.currentLayer() == opt_b and d.sar_combo.currentLayer() == sar

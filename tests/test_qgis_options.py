@@ -11,22 +11,16 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle  # noqa: E402
+from qgis.core import QgsApplication, QgsProject, QgsRectangle  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from engine.config import OPTIONS  # noqa: E402
 from engine.metric_grid import metric_crs_problem  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import ORIGIN, PYTHON, write_optical, write_sar  # noqa: E402
+from tests.qgis_helpers import ORIGIN, PYTHON, add_layer, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 
-
-def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid()
-    proj.addMapLayer(layer)
-    return layer
 
 
 @pytest.fixture
@@ -65,8 +59,8 @@ def test_dialog_offers_the_table_s_values_and_ranges(dlg: AlignCRDialog) -> None
 
 
 def test_dialog_checks_option_values_with_the_engine_s_rules(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
-    dlg.optical_combo.setLayer(add(project, write_optical(tmp_path / "opt.tif"), "optical"))
-    dlg.sar_combo.setLayer(add(project, write_sar(tmp_path / "sar.tif"), "sar"))
+    dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
+    dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
     dlg.tile_spin.setValue(64)
     dlg.overlap_spin.setValue(16)
@@ -79,8 +73,8 @@ def test_dialog_checks_option_values_with_the_engine_s_rules(project, dlg: Align
 
 
 def test_dialog_extent_goes_as_bounds_not_as_clipped_copies(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
-    opt = add(project, write_optical(tmp_path / "opt.tif"), "optical")
-    sar = add(project, write_sar(tmp_path / "sar.tif"), "sar")
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     dlg.optical_combo.setLayer(opt)
     dlg.sar_combo.setLayer(sar)
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
@@ -136,7 +130,7 @@ def test_processing_refuses_a_geographic_optical_with_the_engine_s_words(process
 
 
 def test_dialog_shows_the_engine_s_metric_crs_message(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
-    geo = add(project, write_optical(tmp_path / "geo.tif", crs="EPSG:4326"), "geo")
+    geo = add_layer(project, write_optical(tmp_path / "geo.tif", crs="EPSG:4326"), "geo")
     dlg.optical_combo.setLayer(geo)
     dlg.validate()
     engine_words = metric_crs_problem("EPSG:4326", geographic=True, units="degrees")

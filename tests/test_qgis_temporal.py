@@ -13,14 +13,13 @@ import pytest
 pytest.importorskip("qgis.core")
 
 import rasterio  # noqa: E402
-from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.model_cards import temporal_info  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import ORIGIN, PYTHON, UTM, wait_for, write_optical, write_sar  # noqa: E402
+from tests.qgis_helpers import ORIGIN, PYTHON, UTM, add_layer, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 
@@ -45,12 +44,6 @@ def dlg(project, qgis_iface, registry):
     yield d
     close_dialog(d)
 
-
-def add(proj: QgsProject, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid(), path
-    proj.addMapLayer(layer)
-    return layer
 
 
 def write_dated(path: Path, value: int, when: str, *, res: float = 3.0, shift: float = 0.0) -> Path:
@@ -124,7 +117,7 @@ def test_model_cache_from_an_older_plugin_still_knows_the_temporal_models() -> N
 
 
 def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene: dict, tmp_path: Path) -> None:
-    layers = {k: add(project, p, k) for k, p in scene.items()}
+    layers = {k: add_layer(project, p, k) for k, p in scene.items()}
     dlg.optical_combo.setLayer(layers["optical"])
     dlg.sar_combo.setLayer(layers["sar"])
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
@@ -144,11 +137,11 @@ def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene
     assert "--date" not in args  # msop-unet takes no dates
 
     # an extra date that misses the optical footprint is an error, one that covers part of it a warning
-    far = add(project, write_dated(tmp_path / "far.tif", 1000, DATES[0], shift=10 * SIZE * 3.0), "far")
+    far = add_layer(project, write_dated(tmp_path / "far.tif", 1000, DATES[0], shift=10 * SIZE * 3.0), "far")
     dlg.extra_combos["optical_prev"].setLayer(far)
     assert any("Optical before (t−1) layer does not overlap the optical layer" in m for m in dlg.issue_messages())
     assert not dlg.run_button.isEnabled()
-    half = add(project, write_dated(tmp_path / "half.tif", 1000, DATES[0], shift=SIZE * 3.0 / 2), "half")
+    half = add_layer(project, write_dated(tmp_path / "half.tif", 1000, DATES[0], shift=SIZE * 3.0 / 2), "half")
     dlg.extra_combos["optical_prev"].setLayer(half)
     levels = {i.message.split(";")[0]: i.level for i in dlg.last_check.issues}
     assert levels.get("Optical before (t−1) layer covers only 50.0 % of the optical area") == "warning", levels
@@ -179,7 +172,7 @@ def _expected_gapfill(cloudy: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_dialog_runs_gapfill(project, dlg: AlignCRDialog, scene: dict, tmp_path: Path) -> None:
-    layers = {k: add(project, p, k) for k, p in scene.items()}
+    layers = {k: add_layer(project, p, k) for k, p in scene.items()}
     out = tmp_path / "filled.tif"
     dlg.optical_combo.setLayer(layers["optical"])
     dlg.sar_combo.setLayer(None)  # gapfill takes no SAR
@@ -232,7 +225,7 @@ def test_sar_layer_follows_the_model(project, dlg: AlignCRDialog, scene: dict, t
     command line has no --sar; a SAR model without a SAR layer cannot run."""
     from tests.qgis_helpers import write_sar as write_far_sar
 
-    layers = {k: add(project, scene[k], k) for k in ("optical", "prev", "next")}
+    layers = {k: add_layer(project, scene[k], k) for k in ("optical", "prev", "next")}
     dlg.optical_combo.setLayer(layers["optical"])
     dlg.sar_combo.setLayer(None)
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
@@ -250,12 +243,12 @@ def test_sar_layer_follows_the_model(project, dlg: AlignCRDialog, scene: dict, t
     args = dlg.build_request().to_args()
     assert "--sar" not in args and args[args.index("--model") + 1] == "gapfill"
 
-    far = add(project, write_far_sar(tmp_path / "far.tif", optical_size=SIZE, shift_m=50_000.0), "far")
+    far = add_layer(project, write_far_sar(tmp_path / "far.tif", optical_size=SIZE, shift_m=50_000.0), "far")
     dlg.sar_combo.setLayer(far)  # a SAR elsewhere: no matter for gapfill, an error for a SAR model
     assert dlg.validate().ok and "--sar" not in dlg.build_request().to_args(), dlg.issue_messages()
     assert dlg.select_model("aligncr-lite")
     assert any("SAR layer does not overlap" in m for m in dlg.issue_messages()) and not dlg.run_button.isEnabled()
-    sar = add(project, scene["sar"], "sar")
+    sar = add_layer(project, scene["sar"], "sar")
     dlg.sar_combo.setLayer(sar)
     assert dlg.validate().ok and dlg.run_button.isEnabled(), dlg.issue_messages()
     args = dlg.build_request().to_args()
@@ -283,8 +276,8 @@ def test_dem_picker_follows_the_model(project, dlg: AlignCRDialog, scene: dict, 
     whose `models --json` field uses_dem is true; then a DEM layer is required and passed as --dem."""
     from engine.models import build_model, save
 
-    layers = {k: add(project, scene[k], k) for k in ("optical", "sar")}
-    dem = add(project, write_dem(tmp_path / "dem.tif"), "dem")
+    layers = {k: add_layer(project, scene[k], k) for k in ("optical", "sar")}
+    dem = add_layer(project, write_dem(tmp_path / "dem.tif"), "dem")
     dlg.optical_combo.setLayer(layers["optical"])
     dlg.sar_combo.setLayer(layers["sar"])
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
