@@ -301,6 +301,16 @@ class AlignCRDialog(QDialog):
                                                 "Sentinel-1 scenes); the new weights become the model here"))
         self.finetune_button.clicked.connect(self.open_finetune)
         mlay.addWidget(self.finetune_button)
+        adapt_row = QHBoxLayout()
+        self.adapt_spin = _spin("adapt", 20, self.tr(" steps"))
+        self.adapt_spin.setSpecialValueText(self.tr("off"))
+        self.adapt_spin.setToolTip(self.tr("Before declouding, fine-tune this run's copy of the model on the scene's "
+                                           "own clear pixels with synthetic clouds (the cloud itself is never a "
+                                           "target; the weights file is unchanged). About 0.5 s a step on 2 CPU "
+                                           "cores; 80 steps is what was measured"))
+        adapt_row.addWidget(QLabel(self.tr("Adapt to this scene first")))
+        adapt_row.addWidget(self.adapt_spin, 1)
+        mlay.addLayout(adapt_row)
         return model_box
 
     def open_finetune(self) -> Any:
@@ -468,6 +478,7 @@ class AlignCRDialog(QDialog):
         self.tile_spin.setValue(s.tile)
         self.overlap_spin.setValue(s.overlap)
         self.batch_spin.setValue(s.batch)
+        self.adapt_spin.setValue(s.adapt)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
         self.style_inputs_check.setChecked(s.style_inputs)
@@ -489,6 +500,7 @@ class AlignCRDialog(QDialog):
         s = self.settings
         s.python = self.python_widget.filePath().strip()
         s.tile, s.overlap, s.batch = self.tile_spin.value(), self.overlap_spin.value(), self.batch_spin.value()
+        s.adapt = self.adapt_spin.value()
         s.sar_units = self.units_combo.currentData()
         s.device = self.device_combo.currentData() or "auto"
         kind, value = self.model_combo.currentData() or ("registry", "identity")
@@ -994,6 +1006,7 @@ class AlignCRDialog(QDialog):
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
             batch=self.batch_spin.value(),
+            adapt=self.adapt_spin.value(),
             cog=self.cog_check.isChecked(),
             bands=tuple(inp.optical_bands[r] for r in L.OPTICAL_ROLES),
             sar_bands=tuple(inp.sar_bands.get(r, i + 1) for i, r in enumerate(L.SAR_ROLES)),

@@ -29,6 +29,7 @@ class PluginSettings:
     tile: int = OPTIONS["tile"].default
     overlap: int = OPTIONS["overlap"].default
     batch: int = OPTIONS["batch"].default
+    adapt: int = OPTIONS["adapt"].default  # scene adaptation steps before declouding (0 = off)
     sar_units: str = OPTIONS["sar_units"].default
     cog: bool = OPTIONS["cog"].default
     only_cloudy: bool = OPTIONS["only_cloudy"].default  # replace only the cloud, keep the clear pixels

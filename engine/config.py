@@ -40,6 +40,7 @@ INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "refe
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
 MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
+MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.5 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 
 # What an option's value is; each front end maps a kind to its widget, parameter or argparse type.
@@ -271,6 +272,12 @@ class RunConfig:
         group="tiling", minimum=1, maximum=MAX_TTA, metavar="N",
         label="Test-time augmentation passes: the mean over flips/rotations (0 = off, or 4 with a confidence "
         "layer; up to 8)")
+    adapt: int = option(
+        0, "scene adaptation: first fine-tune this run's copy of the model for STEPS steps on the scene's own clear "
+        "pixels with synthetic clouds (the cloud itself never a target; about 0.5 s a step on 2 CPU cores; the "
+        "weights file is unchanged; default 0 = off, 80 measured)", kind="int", group="model", minimum=0,
+        maximum=MAX_ADAPT_STEPS, metavar="STEPS",
+        label="Adapt to this scene first: fine-tuning steps on its clear pixels (0 = off)")
     memory_budget: float | None = option(
         None, "memory for the network's tiles and the buffers; a larger --tile is refused with the largest that "
         "fits (default: 80 % of the available memory)", kind="float", group="tiling", metavar="GB",
@@ -362,6 +369,8 @@ def check_options(values: Mapping[str, Any]) -> None:
                          f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
     if v["memory_budget"] is not None and not v["memory_budget"] > 0:
         raise InputError(f"--memory-budget must be a positive number of GB, got {v['memory_budget']}")
+    if not 0 <= v["adapt"] <= MAX_ADAPT_STEPS:
+        raise InputError(f"--adapt must be 0 (off) to {MAX_ADAPT_STEPS} steps, got {v['adapt']}")
     if not 0 <= v["cloud_feather"] <= MAX_FEATHER:
         raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {v['cloud_feather']}")
     for row in OPTIONS.values():

@@ -96,6 +96,7 @@ from engine.raster import (
     valid_mask,
 )
 from engine.sar import SarInput
+from engine.scene_adapt import adapt_to_scene
 from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
 from engine.temporal import acquisition_dates
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
@@ -357,6 +358,8 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         settings["cloud_feather"] = config.cloud_feather
     if config.tta > 1:  # the output is the mean over that many flips/rotations (engine.tta)
         settings["tta"] = config.tta
+    if (model.card or {}).get("scene_adaptation"):  # --adapt tuned this run's copy of the model
+        settings["adapt"] = config.adapt
     sar_used = inp.sar is not None
     inputs = {"optical": given.optical, "sar": given.sar if sar_used else None,
               "sar_vv": given.sar_vv if sar_used else None, "sar_vh": given.sar_vh if sar_used else None,
@@ -616,17 +619,19 @@ def _decloud(
     writers: list[AtomicGeoTIFFWriter],
     given: RunConfig | None = None,
 ) -> RunResult:
-    """The data path: open → plan → stream chunks → result. The finished (uncommitted) outputs are appended to
-    ``writers``. ``config`` names what the readers open (:func:`engine.sources.resolve_run_inputs`), ``given`` what
-    the user gave (provenance)."""
+    """The data path: open → (adapt the model to the scene) → plan → stream chunks → result. The finished
+    (uncommitted) outputs are appended to ``writers``. ``config`` names what the readers open
+    (:func:`engine.sources.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
     t0 = time.perf_counter()
     warnings: list[str] = []
     early = precheck(config, default_model_name())
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp, model, device = _open(config, early, stack, progress, warnings)
+        _prepare_inputs(config, inp, model)
+        _open_aligned_readers(config, inp, stack)
+        _adapt(config, inp, model, device, progress, warnings)
         runner, accel = _start_runner(config, inp, model, device, accel, stack)
         spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress)
-        _open_aligned_readers(config, inp, stack)
         counts = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
         seconds = time.perf_counter() - t0
     return _result(config, inp, model, runner, spec, grid, device_name, counts, seconds, warnings)
@@ -664,12 +669,8 @@ def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
 def _plan(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, device: torch.device,
           given: RunConfig, on_start: Callable[[RunPlan], None] | None,
           progress: Progress) -> tuple[OutputSpec, TileGrid, str]:  # fmt: skip
-    """Decide what depends on the model's normalisation (optical scale, the inputs' fills), the output's spec and
-    metadata and the tile grid; announce the plan (``on_start``). Returns the spec, grid and device name."""
-    with input_read_errors("an input raster"):
-        inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
-        for item in inp.roles:
-            item.prepare(model.norm)
+    """Decide the output's spec and metadata and the tile grid; announce the plan (``on_start``). Returns the spec,
+    grid and device name."""
     device_name = describe_device(device)
     spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given))
     grid = _tile_grid(spec, config)
@@ -683,6 +684,31 @@ def _plan(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inference
         on_start(RunPlan(len(grid), spec.width, spec.height, Path(config.out), model.name, device_name))
     progress.update(0.0, f"tile 0/{len(grid)}")
     return spec, grid, device_name
+
+
+def _prepare_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel) -> None:
+    """Decide what depends on the model's normalisation: the optical scale and the inputs' fills."""
+    with input_read_errors("an input raster"):
+        inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
+        for item in inp.roles:
+            item.prepare(model.norm)
+
+
+def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, progress: Progress,
+           warnings: list[str]) -> None:  # fmt: skip
+    """``--adapt``: fine-tune this run's copy of the model on the scene's clear pixels (:mod:`engine.scene_adapt`)
+    before the runner takes it; the model card records it."""
+    if not config.adapt:
+        return
+    assert inp.declared is not None
+    module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
+    with input_read_errors("an input raster"), torch.enable_grad():
+        skipped = adapt_to_scene(module, inp, model.norm, (inp.grid.height, inp.grid.width), config.adapt, device,
+                                 progress)  # fmt: skip
+    if skipped is not None:
+        record_warning(progress, warnings, skipped)
+        return
+    model.card = {**(model.card or {}), "scene_adaptation": f"{config.adapt} steps on this scene's clear pixels"}
 
 
 def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, accel: AccelConfig,

@@ -3,7 +3,8 @@
 ``test-brighten`` adds 0.1 (so "the network ran here" is visible), ``test-tile-mean`` outputs each tile's mean
 (an output that depends on the tile's position — the seam test's worst case), ``test-probe`` records what it was
 fed (to check normalisation), ``test-ramp`` adds a ramp down the tile's rows (not flip-equivariant: its output
-changes when the tile is flipped, so test-time augmentation sees a spread). Use them inside
+changes when the tile is flipped, so test-time augmentation sees a spread), ``test-bias`` is one learnable
+constant per band (what scene adaptation trains it towards shows its targets). Use them inside
 :func:`registered_test_models` (a module fixture does).
 """
 
@@ -69,7 +70,20 @@ class Ramp(nn.Module):
         return optical + 0.1 * rows[:, None]
 
 
-TEST_MODELS = {"test-brighten": Brighten, "test-tile-mean": TileMean, "test-probe": Probe, "test-ramp": Ramp}
+class Bias(nn.Module):
+    """A learnable per-band constant (0.5 to start): where ``--adapt`` moves it says which pixels were its targets."""
+
+    def __init__(self, cfg: ProbeModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bias = nn.Parameter(torch.full((1, cfg.in_bands, 1, 1), 0.5))
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand_as(optical) + 0.0 * optical
+
+
+TEST_MODELS = {"test-brighten": Brighten, "test-tile-mean": TileMean, "test-probe": Probe, "test-ramp": Ramp,
+               "test-bias": Bias}  # fmt: skip
 
 
 @contextmanager

@@ -136,3 +136,23 @@ def test_dialog_shows_the_engine_s_metric_crs_message(project, dlg: AlignCRDialo
     engine_words = metric_crs_problem("EPSG:4326", geographic=True, units="degrees")
     assert engine_words[0].upper() + engine_words[1:] + "." in dlg.issue_messages()  # as a sentence
     assert not dlg.run_button.isEnabled()
+
+
+def test_scene_adaptation_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    row = OPTIONS["adapt"]
+    assert (dlg.adapt_spin.minimum(), dlg.adapt_spin.maximum()) == (row.minimum, row.maximum)
+    assert dlg.adapt_spin.value() == 0 and dlg.adapt_spin.text() == "off"
+    dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
+    dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+    assert "--adapt" not in dlg.build_request().to_args()
+    dlg.adapt_spin.setValue(80)
+    args = dlg.build_request().to_args()
+    assert args[args.index("--adapt") + 1] == "80"
+    dlg.save_settings()
+    assert dlg.settings.adapt == 80
+    alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
+    param = alg.parameterDefinition("ADAPT")
+    assert (param.defaultValue(), param.minimum(), param.maximum()) == (0, row.minimum, row.maximum)
+    assert param.description() == row.label

@@ -27,7 +27,7 @@ def _scene(size: int = 96) -> dict[str, np.ndarray]:
 
 def test_the_real_cloud_never_enters_the_loss():
     scene = _scene()
-    batch = training_batch(scene, AdaptConfig(batch=6, crop=80), np.random.default_rng(1))
+    batch = training_batch([scene], AdaptConfig(batch=6, crop=80), np.random.default_rng(1))
     assert batch["optical"].shape == (6, 4, 80, 80) and batch["sar"].shape == (6, 2, 80, 80)
     real = batch["target"].numpy().min(axis=1) > 0.79  # the cloud's flat 0.8 in the (cropped, rotated) targets
     assert real.any() and (batch["w"].numpy()[:, 0][real] == 0).all()
@@ -46,7 +46,7 @@ def test_adapted_copy_fits_the_scene_and_the_original_is_untouched():
     assert not tuned.training
 
     def loss(net: torch.nn.Module) -> float:
-        batch = training_batch(scene, cfg, np.random.default_rng(123))
+        batch = training_batch([scene], cfg, np.random.default_rng(123))
         with torch.no_grad():
             pred = net(batch["optical"], batch["sar"])
         return float((batch["w"] * (pred - batch["target"]).abs()).mean())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,14 @@ class AdaptConfig:
     eps2: float = 1e-6
 
 
-def training_batch(sample: Sample, cfg: AdaptConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """``cfg.batch`` crops of the scene, each the clearest of ``cfg.tries``, flipped/rotated, with synthetic clouds;
-    ``w`` is the loss weight: 0 on the scene's real cloud (``sample["mask"]``), 1 + w on the synthetic one."""
+def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """``cfg.batch`` crops of the scene's windows ``pool``, each the clearest of ``cfg.tries``, flipped/rotated, with
+    synthetic clouds; ``w`` is the loss weight: 0 on each window's real cloud (``sample["mask"]``: cloud, or no
+    data), 1 + w on the synthetic one."""
     items = []
     while len(items) < cfg.batch:
-        crops = [crop_sample(sample, cfg.crop, rng) for _ in range(cfg.tries)]
+        crops = [crop_sample(pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0], cfg.crop, rng)
+                 for _ in range(cfg.tries)]  # fmt: skip
         crop = flip_rotate(min(crops, key=lambda c: float(c["mask"].mean())), rng)
         real = crop["mask"]
         clouded = add_clouds({**crop, "mask": np.zeros_like(real)}, rng)
@@ -60,20 +63,34 @@ def training_batch(sample: Sample, cfg: AdaptConfig, rng: np.random.Generator) -
             for k in items[0]}  # fmt: skip
 
 
-def adapt(model: nn.Module, sample: Sample, cfg: AdaptConfig = AdaptConfig(), seed: int = 0) -> nn.Module:
-    """A copy of ``model`` fine-tuned on ``sample`` (``optical`` cloudy image in [0, 1], ``sar``, ``mask`` = its real
-    cloud, 1 = cloud); the original is left as it was. Returned in eval mode."""
-    tuned = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(tuned.parameters(), lr=cfg.lr)
+def fine_tune_(
+    module: nn.Module, pool: Sequence[Sample], cfg: AdaptConfig = AdaptConfig(), seed: int = 0,
+    device: torch.device | None = None, on_step: Callable[[int], None] | None = None,
+) -> nn.Module:  # fmt: skip
+    """Fine-tune ``module`` in place on windows of one scene (``pool``: samples with a cloudy ``optical`` image in
+    [0, 1], the ``sar`` input ``module(optical, sar)`` takes on the same grid, and ``mask`` = 1 where the pixel
+    must not be a target: its real cloud or no data). ``on_step(k)`` is called after each step (progress, cancel).
+    Returned in eval mode."""
+    device = device or next(module.parameters()).device
+    module.train()
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
     rng = np.random.default_rng(seed)
-    for _ in range(cfg.steps):
-        batch = training_batch(sample, cfg, rng)
-        pred = tuned(batch["optical"], batch["sar"])
+    for step in range(cfg.steps):
+        batch = {k: v.to(device) for k, v in training_batch(pool, cfg, rng).items()}
+        pred = module(batch["optical"], batch["sar"])
         loss = (batch["w"] * ((pred - batch["target"]) ** 2 + cfg.eps2) ** cfg.alpha).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return tuned.eval()
+        if on_step is not None:
+            on_step(step + 1)
+    return module.eval()
+
+
+def adapt(model: nn.Module, sample: Sample, cfg: AdaptConfig = AdaptConfig(), seed: int = 0) -> nn.Module:
+    """A copy of ``model`` fine-tuned on ``sample`` (``optical`` cloudy image in [0, 1], ``sar``, ``mask`` = its real
+    cloud, 1 = cloud); the original is left as it was. Returned in eval mode."""
+    return fine_tune_(copy.deepcopy(model), [sample], cfg, seed)
 
 
 def _score_view(model: nn.Module, view: Any, name: str, cfg: AdaptConfig) -> dict[str, Any]:
@@ -99,9 +116,12 @@ def _score_view(model: nn.Module, view: Any, name: str, cfg: AdaptConfig) -> dic
             res.setdefault(key, []).append(float(region_scores(img, target, cloud)["psnr_in"]))
         print(name, i, {k: round(v[-1], 2) for k, v in res.items()}, flush=True)
     best = np.maximum(res["flat"], res["fill"])
-    return {"mean": {k: float(np.mean(v)) for k, v in res.items()},
-            "margin": {k: float(np.mean(np.array(res[k]) - best)) for k in ("before", "after")},
-            "wins": {k: int(np.sum(np.array(res[k]) > best)) for k in ("before", "after")}, "samples": len(best)}
+    return {
+        "mean": {k: float(np.mean(v)) for k, v in res.items()},
+        "margin": {k: float(np.mean(np.array(res[k]) - best)) for k in ("before", "after")},
+        "wins": {k: int(np.sum(np.array(res[k]) > best)) for k in ("before", "after")},
+        "samples": len(best),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

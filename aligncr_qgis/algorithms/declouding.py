@@ -47,7 +47,8 @@ from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 # The run options shown as parameters (named as the option, in capitals), in the toolbox's order.
 INPUTS = ("optical", "sar", "landcover", "mask", "reference", "dem", "only_cloudy")
 EXTRA_DATES = ("optical_prev", "sar_prev", "optical_next", "sar_next", "date", "date_prev", "date_next")
-ADVANCED = ("device", "tile", "overlap", "batch", "cog", "cloud_feather", "optical_scale", "sar_resampling", "tta")
+ADVANCED = ("device", "tile", "overlap", "batch", "cog", "cloud_feather", "optical_scale", "sar_resampling", "tta",
+            "adapt")
 
 
 class _RgbStyler(QgsProcessingLayerPostProcessorInterface):

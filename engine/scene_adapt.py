@@ -1,0 +1,120 @@
+"""``engine run --adapt STEPS``: fine-tune the run's own copy of the model on the scene's clear pixels first.
+
+Why: a model trained on a few dozen public patches carries colour casts and the wrong landscape onto a scene it
+never saw (issue 13). The cloudy scene itself holds exact training pairs for its own landscape: its clear pixels
+with synthetic clouds laid on them (:mod:`training.scene_adapt`, the measured experiment), SAR included. The real
+cloud's pixels (the mask's, else the ones :mod:`engine.cloudmask` detects, grown by :data:`CLOUD_MARGIN`) and
+pixels without data never enter the loss. The weights file is not changed: only the copy this run loaded is tuned.
+
+The pool is a few windows of the scene, read through the same aligned readers as the tiles (so SAR, land cover
+and extra inputs are on the optical grid exactly as the network will see them): :data:`CANDIDATES` windows of
+:data:`WINDOW` px at seeded random places, of which the :data:`KEEP` clearest with at least :data:`MIN_CLEAR` of
+usable pixels are kept. Everything is seeded: the same scene and settings give the same output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from scipy import ndimage
+from torch import nn
+
+from engine import normalise
+from engine.align import WindowContext
+from engine.cloudmask import detect_clouds
+from engine.inputs import read_window
+from engine.masks import cloud_mask_from_bands
+from engine.progress import Progress
+from engine.raster import valid_mask
+
+log = logging.getLogger("engine")
+
+WINDOW = 256  # px: a pool window (smaller scenes: the whole scene)
+CANDIDATES = 32  # windows read to choose from
+KEEP = 12  # the clearest kept
+MIN_CLEAR = 0.3  # share of a window's pixels that must be usable targets
+CLOUD_MARGIN = 3  # px the real cloud is grown by: its soft edge is no target either
+SEED = 0
+
+Sample = dict[str, np.ndarray]
+
+
+class SceneInputs(Protocol):
+    """What the pool reads (the pipeline's opened inputs)."""
+
+    optical: Any
+    band_index: list[int]
+    optical_scale: float
+    roles: list[Any]
+    mask: Any
+    mask_reader: Any
+
+
+def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.NormalisationConfig, shape: tuple[int, int],
+                   steps: int, device: torch.device, progress: Progress) -> str | None:  # fmt: skip
+    """Fine-tune ``module`` (called as ``module(optical, packed)``, the runner's module) in place for ``steps`` steps
+    on the scene ``inp`` of ``shape`` (H, W). Returns a warning when the scene offers nothing to adapt on (the
+    module is left as it was), else None."""
+    from training.scene_adapt import AdaptConfig, fine_tune_  # the training package ships with the engine
+
+    cfg = AdaptConfig(steps=steps)
+    if min(shape) < cfg.crop:
+        return f"--adapt skipped: the scene ({shape[1]}×{shape[0]} px) is smaller than one {cfg.crop}-px crop"
+    if not any(p.requires_grad for p in module.parameters()):
+        return "--adapt skipped: this model has no trained weights to adapt"
+    pool = clear_pool(lambda win: read_sample(inp, norm, win), shape, min(WINDOW, *shape), progress)
+    if not pool:
+        return (f"--adapt skipped: no {min(WINDOW, *shape)}-px window of the scene is {MIN_CLEAR:.0%} clear "
+                "(with SAR and every other input)")  # fmt: skip
+    clear = float(np.mean([1.0 - s["mask"].mean() for s in pool]))
+    log.info("adapting to the scene: %d steps on %d windows (%.0f %% clear)", steps, len(pool), 100 * clear)
+
+    def on_step(k: int) -> None:
+        progress.check_cancelled()
+        progress.update(0.0, f"adapting to the scene: step {k}/{steps}")
+
+    torch.manual_seed(SEED)
+    fine_tune_(module, pool, cfg, seed=SEED, device=device, on_step=on_step)
+    return None
+
+
+def clear_pool(read: Callable[[Window], Sample], shape: tuple[int, int], size: int, progress: Progress) -> list[Sample]:
+    """The :data:`KEEP` clearest of :data:`CANDIDATES` seeded random ``size``-px windows with at least
+    :data:`MIN_CLEAR` usable pixels, clearest first."""
+    rng = np.random.default_rng(SEED)
+    h, w = shape
+    corners = {(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))) for _ in range(CANDIDATES)}
+    samples = []
+    for i, (y, x) in enumerate(sorted(corners)):
+        progress.check_cancelled()
+        progress.update(0.0, f"adapting to the scene: reading window {i + 1}/{len(corners)}")
+        sample = read(Window(x, y, size, size))
+        if 1.0 - float(sample["mask"].mean()) >= MIN_CLEAR:
+            samples.append(sample)
+    samples.sort(key=lambda s: float(s["mask"].mean()))
+    return samples[:KEEP]
+
+
+def read_sample(inp: SceneInputs, norm: normalise.NormalisationConfig, win: Window) -> Sample:
+    """One window as a training sample: the normalised optical image, the packed inputs and ``mask`` = 1 where the
+    pixel may not be a target (cloud, grown by :data:`CLOUD_MARGIN`; no optical, SAR or other input data)."""
+    raw = inp.optical.read(window=win)[inp.band_index]
+    opt_ok = valid_mask(raw, inp.optical.nodata)
+    x = normalise.normalise_optical(raw, inp.optical_scale)
+    x[:, ~opt_ok] = 0.0
+    packed, inputs_ok, _ = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
+    if inp.mask_reader is not None:
+        cloud = cloud_mask_from_bands(np.nan_to_num(inp.mask_reader.read(win), nan=0.0), inp.mask.nodata)
+    else:  # the clouds engine.cloudmask detects (no mask given)
+        reflectance = raw.astype(np.float32) / np.float32(inp.optical_scale)
+        reflectance[:, ~opt_ok] = 0.0
+        cloud = detect_clouds(reflectance)
+    cloud = ndimage.binary_dilation(cloud, iterations=CLOUD_MARGIN) if cloud.any() else cloud
+    unusable = cloud | ~(opt_ok & inputs_ok)
+    return {"optical": x.astype(np.float32), "sar": packed.astype(np.float32),
+            "mask": unusable[None].astype(np.float32)}  # fmt: skip
