@@ -9,7 +9,9 @@ pixels without data never enter the loss. The weights file is not changed: only 
 The pool is a few windows of the scene, read through the same aligned readers as the tiles (so SAR, land cover
 and extra inputs are on the optical grid exactly as the network will see them): :data:`CANDIDATES` windows of
 :data:`WINDOW` px at seeded random places, of which the :data:`KEEP` clearest with at least :data:`MIN_CLEAR` of
-usable pixels are kept. Everything is seeded: the same scene and settings give the same output.
+usable pixels are kept (a nearly all-cloud scene adapts too: each crop is the clearest of several, and only its clear
+pixels count), if they hold :data:`MIN_TARGETS` usable pixels in all. Everything is seeded: the same scene and
+settings give the same output.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ log = logging.getLogger("engine")
 WINDOW = 256  # px: a pool window (smaller scenes: the whole scene)
 CANDIDATES = 32  # windows read to choose from
 KEEP = 12  # the clearest kept
-MIN_CLEAR = 0.3  # share of a window's pixels that must be usable targets
+MIN_CLEAR = 0.01  # share of a window's pixels that must be usable targets to join the pool
+MIN_TARGETS = 1000  # usable target pixels the whole pool must hold (a 97 %-cloud 256² scene still has ~2000)
 CLOUD_MARGIN = 3  # px the real cloud is grown by: its soft edge is no target either
 SEED = 0
 
@@ -68,9 +71,9 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
     if not any(p.requires_grad for p in module.parameters()):
         return "--adapt skipped: this model has no trained weights to adapt"
     pool = clear_pool(lambda win: read_sample(inp, norm, win), shape, min(WINDOW, *shape), progress)
-    if not pool:
-        return (f"--adapt skipped: no {min(WINDOW, *shape)}-px window of the scene is {MIN_CLEAR:.0%} clear "
-                "(with SAR and every other input)")  # fmt: skip
+    if sum(float((1.0 - s["mask"]).sum()) for s in pool) < MIN_TARGETS:
+        return (f"--adapt skipped: the scene has fewer than {MIN_TARGETS} clear pixels with SAR and every other "
+                "input to adapt on")  # fmt: skip
     clear = float(np.mean([1.0 - s["mask"].mean() for s in pool]))
     log.info("adapting to the scene: %d steps on %d windows (%.0f %% clear)", steps, len(pool), 100 * clear)
 

@@ -1,0 +1,106 @@
+"""Score ``engine run`` itself — the product path, not the training loop's forward — on the report split.
+
+Why: options such as ``--adapt`` (scene adaptation) or ``--tta`` run inside the engine, on windows it reads through
+its aligned readers; their measured value must be the engine's. Each report sample is written as a small
+georeferenced scene — the cloudy optical image (uint16 DN = reflectance × 10⁴), the SAR in dB (the network's
+[0, 1] units mapped back through the paper's clip ranges, exact inside them), the cloud mask and the reference —
+run through ``engine run`` once per option set, read back, and scored inside the cloud beside the flat and fill
+baselines with the same functions as :mod:`training.evaluate`. The grid is made up (UTM 32N); a SAR on its own
+grid (M3R-CR's native 10 m) keeps its own pixel size over the same extent.
+
+``python -m training.engine_check --out runs/engine_check --variant plain= --variant adapt=--adapt,80``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+from engine.cli import main as engine_main
+from engine.normalise import SAR_RANGES
+
+CRS = "EPSG:32632"
+ORIGIN = (500000.0, 5000000.0)
+
+
+def _write(path: Path, data: np.ndarray, res: float, dtype: str, nodata: float | None = None) -> Path:
+    transform = from_origin(*ORIGIN, res, res)
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0],
+                       dtype=dtype, crs=CRS, transform=transform, nodata=nodata) as ds:  # fmt: skip
+        ds.write(data.astype(dtype))
+    return path
+
+
+def write_scene(sample: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """The sample's cloudy optical image, SAR (dB), mask and reference as GeoTIFFs in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    optical, sar = np.asarray(sample["optical"]), np.asarray(sample["sar"])
+    res = 10.0 if sar.shape[-2:] == optical.shape[-2:] else 3.0
+    sar_res = res * optical.shape[-1] / sar.shape[-1]
+    db = np.stack([lo + np.asarray(sar[i], np.float64) * (hi - lo) for i, (lo, hi) in enumerate(SAR_RANGES)])
+    dn = lambda x: np.clip(np.rint(np.asarray(x) * 10000.0), 1, 10000)  # noqa: E731 (0 is the optical nodata)
+    return {
+        "optical": _write(folder / "cloudy.tif", dn(optical), res, "uint16", nodata=0),
+        "sar": _write(folder / "s1.tif", db, sar_res, "float32"),
+        "mask": _write(folder / "mask.tif", (np.asarray(sample["mask"])[:1] > 0.5), res, "uint8"),
+        "reference": _write(folder / "reference.tif", dn(sample["target"]), res, "uint16", nodata=0),
+    }
+
+
+def run_variant(paths: dict[str, Path], out: Path, extra: list[str], weights: str) -> np.ndarray:
+    """``engine run`` on one scene with the extra options; the output as reflectance."""
+    args = ["run", "--optical", str(paths["optical"]), "--sar", str(paths["sar"]), "--mask", str(paths["mask"]),
+            "--out", str(out), "--weights", weights, "--sar-units", "db", "--device", "cpu", *extra]  # fmt: skip
+    if engine_main(args) != 0:
+        raise RuntimeError(f"engine run failed: {' '.join(args)}")
+    with rasterio.open(out) as ds:
+        return ds.read().astype(np.float32) / 10000.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.utils.data import DataLoader
+
+    from training.evaluate import report_views
+    from training.scoring import baseline_images, region_scores, scored
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--report", default="training/configs/aligncr_lite_report.toml")
+    parser.add_argument("--weights", default="resources/weights/aligncr-lite.safetensors")
+    parser.add_argument("--variant", action="append", required=True,
+                        help="NAME=OPTIONS: a name and the engine options, comma-separated ('plain=' for none)")
+    args = parser.parse_args(argv)
+    variants = {n: [a for a in opts.split(",") if a] for n, opts in (v.split("=", 1) for v in args.variant)}
+    rows: list[dict[str, Any]] = []
+    start = time.time()
+    for kind, view in report_views(args.report).items():
+        for i, batch in enumerate(DataLoader(view, batch_size=1, shuffle=False, num_workers=0)):
+            sample = {k: v.numpy()[0] for k, v in batch.items() if k in ("optical", "sar", "mask", "target")}
+            cloud = sample["mask"][0] > 0.5
+            if not scored(cloud):
+                continue
+            folder = args.out / f"{kind}_{i:02d}"
+            paths = write_scene(sample, folder)
+            target = np.clip(np.rint(sample["target"] * 10000.0), 1, 10000) / 10000.0  # as written
+            images = baseline_images(sample["optical"], cloud)
+            for name, extra in variants.items():
+                images[name] = run_variant(paths, folder / f"{name}.tif", extra, args.weights)
+            row = {"kind": kind, "i": i, "cover": float(cloud.mean())}
+            row.update({name: {m: region_scores(img, target, cloud)[f"{m}_in"] for m in ("psnr", "ssim", "sam")}
+                        for name, img in images.items()})  # fmt: skip
+            rows.append(row)
+            print(kind, i, {k: round(v["psnr"], 2) for k, v in row.items() if isinstance(v, dict)},
+                  f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
+            (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
