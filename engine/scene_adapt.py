@@ -75,7 +75,7 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
         return (f"--adapt skipped: the scene has fewer than {MIN_TARGETS} clear pixels with SAR and every other "
                 "input to adapt on")  # fmt: skip
     clear = float(np.mean([1.0 - s["mask"].mean() for s in pool]))
-    log.info("adapting to the scene: %d steps on %d windows (%.0f %% clear)", steps, len(pool), 100 * clear)
+    log.info("adapting to the scene: %d steps on %d of its windows (%.0f %% clear)", steps, len(pool), 100 * clear)
 
     def on_step(k: int) -> None:
         progress.check_cancelled()

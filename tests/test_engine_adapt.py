@@ -130,7 +130,7 @@ def test_cli_takes_adapt_and_refuses_a_negative_count(tmp_path, capsys):
             "--device", "cpu", "--tile", "64", "--overlap", "8"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "out.tif"), "--adapt", "10"]) == 0
     assert (_output_mean(tmp_path / "out.tif") > 0.5).all()
-    capsys.readouterr()
+    assert "adapting to the scene: step 10/10" in capsys.readouterr().err  # a status line before the tile bar
     assert main([*args, "--out", str(tmp_path / "bad.tif"), "--adapt", "-1"]) != 0
     assert "--adapt must be 0 (off) to 2000 steps, got -1" in capsys.readouterr().err
     assert not (tmp_path / "bad.tif").exists()

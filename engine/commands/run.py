@@ -182,8 +182,12 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     from engine.report.margin import margin_sentence
 
     bars: list[tqdm] = []  # created at the start event, so an input error prints its line without a bar
+    status: list[tqdm] = []  # one status line for the work before the tile loop (scene adaptation)
 
     def start(plan: Any) -> None:
+        for line in status:
+            line.close()
+        status.clear()
         bars.append(tqdm(total=plan.total_tiles, file=sys.stderr, unit="tile", leave=False, dynamic_ncols=True))
 
     def update(fraction: float, message: str) -> None:
@@ -191,6 +195,10 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
             bars[0].n = round(fraction * bars[0].total)
             bars[0].set_description_str(message, refresh=False)
             bars[0].refresh()
+        elif message:
+            if not status:
+                status.append(tqdm(file=sys.stderr, bar_format="{desc}", leave=False, dynamic_ncols=True))
+            status[0].set_description_str(message)
 
     def warn(message: str) -> None:
         tqdm.write(f"WARNING: {message}", file=sys.stderr)
@@ -198,7 +206,7 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     try:
         result = run_pipeline(config, Progress(callback=update, warn_callback=warn), on_start=start, accel=accel)
     finally:
-        for bar in bars:
+        for bar in (*status, *bars):
             bar.close()
     no_sar = "" if result.sar_used else ", no SAR used"
     share = f"the model's output in {100 * result.model_fraction:.1f} % of the pixels"
