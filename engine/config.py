@@ -275,7 +275,7 @@ class RunConfig:
     adapt: int = option(
         0, "scene adaptation: first fine-tune this run's copy of the model for STEPS steps on the scene's own clear "
         "pixels with synthetic clouds (the cloud itself never a target; about 0.5 s a step on 2 CPU cores; the "
-        "weights file is unchanged; default 0 = off, 80 measured)", kind="int", group="model", minimum=0,
+        "weights file is unchanged; default 0 = off, 80 measured)", kind="int", group="tiling", minimum=0,
         maximum=MAX_ADAPT_STEPS, metavar="STEPS",
         label="Adapt to this scene first: fine-tuning steps on its clear pixels (0 = off)")
     memory_budget: float | None = option(

@@ -134,3 +134,15 @@ def test_cli_takes_adapt_and_refuses_a_negative_count(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "bad.tif"), "--adapt", "-1"]) != 0
     assert "--adapt must be 0 (off) to 2000 steps, got -1" in capsys.readouterr().err
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_batch_adapts_every_scene_with_the_run_setting(tmp_path):
+    from engine.batch import SceneJob, run_scene
+
+    opt, sar, mask = _scene(tmp_path, clear=(0.6, 0.6, 0.6, 0.6), cloud=0.05, cloud_fraction=0.5)
+    job = SceneJob(id="a", optical=opt, sar=sar, out=tmp_path / "a.tif", mask=mask, model="test-bias")
+    record = run_scene(job, {"adapt": 10, "device": "cpu", "tile": 64, "overlap": 8}, {})
+    assert record["status"] == "ok", record
+    assert (_output_mean(tmp_path / "a.tif") > 0.5).all()
+    with rasterio.open(tmp_path / "a.tif") as ds:
+        assert json.loads(ds.tags()["ALIGNCR_SETTINGS"])["adapt"] == 10
