@@ -8,7 +8,8 @@ run through ``engine run`` once per option set, read back, and scored inside the
 baselines with the same functions as :mod:`training.evaluate`. The grid is made up (UTM 32N); a SAR on its own
 grid (M3R-CR's native 10 m) keeps its own pixel size over the same extent.
 
-``python -m training.engine_check --out runs/engine_check --variant plain= --variant adapt=--adapt,80``
+``python -m training.engine_check --out runs/engine_check --variant plain= --variant adapt=--adapt,80 \
+--figure docs/scene_adapt_engine.png`` (what the README's scene-adaptation table and figure come from)
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="resources/weights/aligncr-lite.safetensors")
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=OPTIONS: a name and the engine options, comma-separated ('plain=' for none)")
+    parser.add_argument("--figure", type=Path, help="also draw these scenes' quicklooks into this PNG")
+    parser.add_argument("--figure-scenes", default="real_02,real_04,real_07,synthetic_03,synthetic_06,synthetic_09",
+                        help="the scenes (folder names under --out) the figure shows, one row each")
     args = parser.parse_args(argv)
     variants = {n: [a for a in opts.split(",") if a] for n, opts in (v.split("=", 1) for v in args.variant)}
     rows: list[dict[str, Any]] = []
@@ -99,7 +103,28 @@ def main(argv: list[str] | None = None) -> int:
             print(kind, i, {k: round(v["psnr"], 2) for k, v in row.items() if isinstance(v, dict)},
                   f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
             (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    if args.figure is not None:
+        figure(args.out, args.figure_scenes.split(","), list(variants), args.figure)
     return 0
+
+
+def figure(folder: Path, scenes: list[str], variants: list[str], path: Path) -> Path:
+    """One row per scene: cloudy, flat, fill, each variant's output, reference — under the reference's stretch."""
+    from training.figures import quicklook_grid
+    from training.scoring import baseline_images
+
+    def read(p: Path) -> np.ndarray:
+        with rasterio.open(p) as ds:
+            return ds.read().astype(np.float32)
+
+    rows = []
+    for name in scenes:
+        cloudy, reference = read(folder / name / "cloudy.tif") / 1e4, read(folder / name / "reference.tif") / 1e4
+        cloud = read(folder / name / "mask.tif")[0] > 0
+        images = {"cloudy": cloudy, **baseline_images(cloudy, cloud)}
+        images.update({v: read(folder / name / f"{v}.tif") / 1e4 for v in variants})
+        rows.append((name, {**images, "reference": reference}, reference, ~cloud))
+    return quicklook_grid(rows, path)
 
 
 if __name__ == "__main__":
