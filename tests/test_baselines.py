@@ -232,6 +232,26 @@ def test_margin_sign_and_wording():
     assert "no margin" in margin_sentence(None)
 
 
+def test_margin_warns_when_the_reference_is_another_date():
+    """Outside the cloud the cloudy image is the ground: when it scores under flat there, a perfect cloud removal
+    would too, and the headline says the reference (another date, or haze the mask misses) is to blame."""
+    from engine.report.margin import baseline_margin, margin_sentence
+
+    def block(inside, outside):
+        return {"inside_cloud": {"psnr": inside}, "outside_cloud": {"psnr": outside}}
+
+    metrics = {"output": block(26.8, 27.3), "cloudy_input": block(13.7, 26.2),
+               "baselines": {"flat": block(28.4, 28.5), "fill": block(24.4, 26.2)}}  # fmt: skip
+    margin = baseline_margin(metrics)
+    assert (margin["clear_pixels_db"], margin["flat_outside_db"]) == (26.2, 28.5)
+    assert margin_sentence(margin).endswith(
+        "; but outside the cloud the image's own clear pixels score 26.20 dB against this reference, under flat's "
+        "28.50 dB: the reference is likely another date (or the mask misses haze), so even a perfect cloud removal "
+        "would not beat flat on it")
+    metrics["cloudy_input"] = block(13.7, 36.9)  # the same date: its clear pixels match the reference
+    assert margin_sentence(baseline_margin(metrics)).endswith("(the model does NOT beat the baselines)")
+
+
 def test_a_perfect_output_beats_the_baselines(scene, tmp_path):
     from engine.report import write_report
 
