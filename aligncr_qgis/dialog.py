@@ -306,7 +306,7 @@ class AlignCRDialog(QDialog):
         self.adapt_spin.setSpecialValueText(self.tr("off"))
         self.adapt_spin.setToolTip(self.tr("Before declouding, fine-tune this run's copy of the model on the scene's "
                                            "own clear pixels with synthetic clouds (the cloud itself is never a "
-                                           "target; the weights file is unchanged). About 0.5 s a step on 2 CPU "
+                                           "target; the weights file is unchanged). About 0.7 s a step on 2 CPU "
                                            "cores; 80 steps is what was measured"))
         adapt_row.addWidget(QLabel(self.tr("Adapt to this scene first")))
         adapt_row.addWidget(self.adapt_spin, 1)

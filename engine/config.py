@@ -40,7 +40,7 @@ INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "refe
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
 MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
-MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.5 s each on 2 CPU cores; beyond, fine-tune on an archive
+MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 
 # What an option's value is; each front end maps a kind to its widget, parameter or argparse type.
@@ -274,7 +274,7 @@ class RunConfig:
         "layer; up to 8)")
     adapt: int = option(
         0, "scene adaptation: first fine-tune this run's copy of the model for STEPS steps on the scene's own clear "
-        "pixels with synthetic clouds (the cloud itself never a target; about 0.5 s a step on 2 CPU cores; the "
+        "pixels with synthetic clouds (the cloud itself never a target; about 0.7 s a step on 2 CPU cores; the "
         "weights file is unchanged; default 0 = off, 80 measured)", kind="int", group="tiling", minimum=0,
         maximum=MAX_ADAPT_STEPS, metavar="STEPS",
         label="Adapt to this scene first: fine-tuning steps on its clear pixels (0 = off)")
