@@ -701,6 +701,10 @@ def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.de
     if not config.adapt:
         return
     assert inp.declared is not None
+    if inp.mask is None:
+        record_warning(progress, warnings, "--adapt without --mask: the clouds detected on the optical image are "
+                       "kept out of its training, but thin haze they miss is learned as ground; a real cloud mask "
+                       "(Planet UDM2, Fmask, SCL) is better")  # fmt: skip
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
     with input_read_errors("an input raster"), torch.enable_grad():
         skipped = adapt_to_scene(module, inp, model.norm, (inp.grid.height, inp.grid.width), config.adapt, device,

@@ -69,8 +69,9 @@ def test_without_a_mask_the_detected_cloud_is_not_a_target(tmp_path):
     # dark vegetation (B, G, R, NIR) on 40 %, a bright white cloud (0.9) on 60 % and no mask: the detector's cloud
     # is no target, so every band goes down from 0.5 towards the vegetation
     opt, sar, _ = _scene(tmp_path, clear=(0.04, 0.07, 0.05, 0.30), cloud=0.9, cloud_fraction=0.6)
-    _run(opt, sar, tmp_path / "adapted.tif", adapt=40)
+    result = _run(opt, sar, tmp_path / "adapted.tif", adapt=40)
     assert (_output_mean(tmp_path / "adapted.tif") < 0.5 - 0.001).all()
+    assert any(w.startswith("--adapt without --mask") for w in result.warnings), result.warnings
 
 
 def test_the_weights_file_is_not_changed_and_the_output_is(tmp_path):
