@@ -81,8 +81,9 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
         progress.check_cancelled()
         progress.update(0.0, f"adapting to the scene: step {k}/{steps}")
 
-    torch.manual_seed(SEED)
-    fine_tune_(module, pool, cfg, seed=SEED, device=device, on_step=on_step)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # seeded, the caller's RNG kept
+        torch.manual_seed(SEED)
+        fine_tune_(module, pool, cfg, seed=SEED, device=device, on_step=on_step)
     return None
 
 
