@@ -9,14 +9,13 @@ file at the same path is not this run's).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from aligncr_qgis.model_cards import ModelCardError, read_card
+from engine.finetune_record import read_record
 
 DEFAULT_BASE = "aligncr-lite"
-NOTES_KEY = "finetune: "  # training.finetune.run.NOTES_KEY (not imported: training needs torch)
 
 
 @dataclass
@@ -52,11 +51,7 @@ def finetune_info(path: str | Path) -> dict:
         notes = str(read_card(path).card.get("notes") or "")
     except (ModelCardError, OSError):
         return {}
-    _, found, text = notes.partition(NOTES_KEY)
-    try:
-        return json.loads(text.splitlines()[0]) if found and text else {}
-    except json.JSONDecodeError:
-        return {}
+    return read_record(notes) or {}
 
 
 def kept_weights(out: str | Path, started: float) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, ModelError, OutputError
+from engine.finetune_record import read_record, record_line
 from engine.progress import Progress
 from training.config import DataSection, ModelSection, OptimSection, RunSection, ScheduleSection, TrainConfig
 from training.finetune.config import FinetuneConfig
@@ -36,7 +36,6 @@ from training.finetune.scores import (
 )
 from training.losses import LossConfig
 
-NOTES_KEY = "finetune: "  # the card's notes line holding the run's record (aligncr_qgis.finetune_request reads it)
 MARKER = "archive.json"  # written by write_splits: a work folder holding it is ours to clear
 PROGRESS = (0.05, 0.1, 0.97)  # fractions: archive indexed, base model scored, training done
 ALIGNMENT_MODULES = ["engine.models.aligncr_arch:PCDAlignment"]  # the bundled recipe's 10:1 LR split
@@ -160,7 +159,7 @@ def card_for(base_card: Any, base: Path, summary: dict, table: dict, run: dict[s
         "bands": base_card.bands, "sar_bands": base_card.sar_bands, "normalisation": base_card.normalisation,
         "sar_units": base_card.sar_units, "training_data": training_data, "metrics": table,
         "notes": f"Fine-tuned from {base.name} ({base_card.arch}) with 'engine finetune'; held-out tables: model = "
-                 f"after, before = the base model.\n{NOTES_KEY}" + json.dumps(finetune, default=str),
+                 "after, before = the base model.\n" + record_line(finetune),
     }
 
 
@@ -168,10 +167,10 @@ def card_record(weights: Path) -> dict[str, Any]:
     """The run's record in a fine-tuned weights file's card (base, archive summary, settings, steps)."""
     from engine.models.weights import read_card
 
-    _, found, text = read_card(weights).notes.partition(NOTES_KEY)
-    if not found:
+    record = read_record(read_card(weights).notes)
+    if record is None:
         raise ModelError(f"{weights} was not written by 'engine finetune' (its card has no fine-tuning record)")
-    return json.loads(text.splitlines()[0])
+    return record
 
 
 # --------------------------------------------------------------------------------------------- the run
