@@ -45,3 +45,11 @@ def cloud_score(optical: np.ndarray) -> np.ndarray:
 def detect_clouds(optical: np.ndarray, threshold: float = T_CL) -> np.ndarray:
     """Boolean cloud mask (True = cloud) for (4, H, W) reflectance in [0, 1]."""
     return cloud_score(optical) > threshold
+
+
+def detect_clouds_scaled(optical: np.ndarray, ok: np.ndarray, scale: float) -> np.ndarray:
+    """:func:`detect_clouds` on (4, H, W) values in the file's units (reflectance × ``scale``); pixels where ``ok``
+    is False (no data) are never cloud."""
+    reflectance = optical.astype(np.float32) / np.float32(scale)
+    reflectance[:, ~ok] = 0.0
+    return detect_clouds(reflectance) & ok

@@ -41,7 +41,7 @@ from engine.config import RunConfig
 from engine.dem import DemInput
 from engine.models.roles import ROLES, ModelInputs, Role
 from engine.progress import Progress
-from engine.raster import check_bands, open_raster, require_georeferenced
+from engine.raster import check_bands, open_raster, require_georeferenced, valid_mask
 from engine.sar import SarInput
 
 
@@ -83,6 +83,17 @@ def open_roles(names: tuple[str, ...], config: RunConfig, grid: Grid, optical: r
         out.append(KINDS[role.kind].open(role, getattr(config, name), config, grid, optical, stack, progress,
                                          warnings))  # fmt: skip
     return out
+
+
+def read_optical(optical: rasterio.io.DatasetReader, band_index: list[int], scale: float,
+                 win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One window of the optical image: every band as read, the model's bands normalised (0 where they have no
+    data), and where they have data."""
+    raw = optical.read(window=win)
+    ok = valid_mask(raw[band_index], optical.nodata)
+    x = normalise.normalise_optical(raw[band_index], scale)
+    x[:, ~ok] = 0.0
+    return raw, x, ok
 
 
 def read_window(inputs: list[AlignedInput], win: Window, context: WindowContext) -> tuple[np.ndarray, np.ndarray,

@@ -72,13 +72,13 @@ from torch import nn
 from engine import normalise, tta
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
-from engine.cloudmask import DETECTOR_HALO, detect_clouds
+from engine.cloudmask import DETECTOR_HALO, detect_clouds_scaled
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
 from engine.dates import DATE_TAGS
 from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
-from engine.inputs import open_roles, packed_module, read_window
+from engine.inputs import open_roles, packed_module, read_optical, read_window
 from engine.masks import cloud_mask_from_bands
 from engine.memory import plan_memory
 from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, precheck, require_roles
@@ -465,10 +465,7 @@ def _read_chunk_inputs(
 ) -> _ChunkData:  # fmt: skip
     y0, x0 = chunk.acc_y, chunk.acc_x
     win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
-    raw = inp.optical.read(window=win)
-    opt_ok = valid_mask(raw[inp.band_index], inp.optical.nodata)
-    x = normalise.normalise_optical(raw[inp.band_index], inp.optical_scale)
-    x[:, ~opt_ok] = 0.0
+    raw, x, opt_ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
     # the model's inputs, packed in declared order after the optical (engine.inputs)
     packed, inputs_ok, sar_ok = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
     use_ok = opt_ok & inputs_ok
@@ -519,10 +516,7 @@ def _chunk_mask_and_weight(
             mask = halo[:, iy : iy + chunk.out_h, ix : ix + chunk.out_w]
     else:  # --only-cloudy without --mask: the clouds engine.cloudmask detects on the optical image
         raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
-        ok = valid_mask(raw, inp.optical.nodata)
-        reflectance = raw.astype(np.float32) / np.float32(inp.optical_scale)
-        reflectance[:, ~ok] = 0.0
-        cloud = detect_clouds(reflectance) & ok
+        cloud = detect_clouds_scaled(raw, valid_mask(raw, inp.optical.nodata), inp.optical_scale)
     return mask, cloud_weight(cloud, feather)[inner]
 
 

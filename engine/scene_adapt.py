@@ -28,11 +28,10 @@ from torch import nn
 
 from engine import normalise
 from engine.align import WindowContext
-from engine.cloudmask import detect_clouds
-from engine.inputs import read_window
+from engine.cloudmask import detect_clouds_scaled
+from engine.inputs import read_optical, read_window
 from engine.masks import cloud_mask_from_bands
 from engine.progress import Progress
-from engine.raster import valid_mask
 
 log = logging.getLogger("engine")
 
@@ -107,17 +106,12 @@ def clear_pool(read: Callable[[Window], Sample], shape: tuple[int, int], size: i
 def read_sample(inp: SceneInputs, norm: normalise.NormalisationConfig, win: Window) -> Sample:
     """One window as a training sample: the normalised optical image, the packed inputs and ``mask`` = 1 where the
     pixel may not be a target (cloud, grown by :data:`CLOUD_MARGIN`; no optical, SAR or other input data)."""
-    raw = inp.optical.read(window=win)[inp.band_index]
-    opt_ok = valid_mask(raw, inp.optical.nodata)
-    x = normalise.normalise_optical(raw, inp.optical_scale)
-    x[:, ~opt_ok] = 0.0
+    raw, x, opt_ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
     packed, inputs_ok, _ = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
     if inp.mask_reader is not None:
         cloud = cloud_mask_from_bands(np.nan_to_num(inp.mask_reader.read(win), nan=0.0), inp.mask.nodata)
     else:  # the clouds engine.cloudmask detects (no mask given)
-        reflectance = raw.astype(np.float32) / np.float32(inp.optical_scale)
-        reflectance[:, ~opt_ok] = 0.0
-        cloud = detect_clouds(reflectance)
+        cloud = detect_clouds_scaled(raw[inp.band_index], opt_ok, inp.optical_scale)
     cloud = ndimage.binary_dilation(cloud, iterations=CLOUD_MARGIN) if cloud.any() else cloud
     unusable = cloud | ~(opt_ok & inputs_ok)
     return {"optical": x.astype(np.float32), "sar": packed.astype(np.float32),

@@ -39,6 +39,16 @@ def _write(path: Path, data: np.ndarray, res: float, dtype: str, nodata: float |
     return path
 
 
+def _dn(reflectance: Any) -> np.ndarray:
+    """Reflectance as uint16-range DN ×10⁴, at least 1 (0 is the optical no-data value)."""
+    return np.clip(np.rint(np.asarray(reflectance) * 10000.0), 1, 10000)
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read().astype(np.float32)
+
+
 def write_scene(sample: dict[str, Any], folder: Path) -> dict[str, Path]:
     """The sample's cloudy optical image, SAR (dB), mask and reference as GeoTIFFs in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,12 +56,11 @@ def write_scene(sample: dict[str, Any], folder: Path) -> dict[str, Path]:
     res = 10.0 if sar.shape[-2:] == optical.shape[-2:] else 3.0
     sar_res = res * optical.shape[-1] / sar.shape[-1]
     db = np.stack([lo + np.asarray(sar[i], np.float64) * (hi - lo) for i, (lo, hi) in enumerate(SAR_RANGES)])
-    dn = lambda x: np.clip(np.rint(np.asarray(x) * 10000.0), 1, 10000)  # noqa: E731 (0 is the optical nodata)
     return {
-        "optical": _write(folder / "cloudy.tif", dn(optical), res, "uint16", nodata=0),
+        "optical": _write(folder / "cloudy.tif", _dn(optical), res, "uint16", nodata=0),
         "sar": _write(folder / "s1.tif", db, sar_res, "float32"),
         "mask": _write(folder / "mask.tif", (np.asarray(sample["mask"])[:1] > 0.5), res, "uint8"),
-        "reference": _write(folder / "reference.tif", dn(sample["target"]), res, "uint16", nodata=0),
+        "reference": _write(folder / "reference.tif", _dn(sample["target"]), res, "uint16", nodata=0),
     }
 
 
@@ -61,8 +70,7 @@ def run_variant(paths: dict[str, Path], out: Path, extra: list[str], weights: st
             "--out", str(out), "--weights", weights, "--sar-units", "db", "--device", "cpu", *extra]  # fmt: skip
     if engine_main(args) != 0:
         raise RuntimeError(f"engine run failed: {' '.join(args)}")
-    with rasterio.open(out) as ds:
-        return ds.read().astype(np.float32) / 10000.0
+    return _read(out) / 10000.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             folder = args.out / f"{kind}_{i:02d}"
             paths = write_scene(sample, folder)
-            target = np.clip(np.rint(sample["target"] * 10000.0), 1, 10000) / 10000.0  # as written
+            target = _dn(sample["target"]) / 10000.0  # as written
             images = baseline_images(sample["optical"], cloud)
             for name, extra in variants.items():
                 images[name] = run_variant(paths, folder / f"{name}.tif", extra, args.weights)
@@ -113,16 +121,12 @@ def figure(folder: Path, scenes: list[str], variants: list[str], path: Path) -> 
     from training.figures import quicklook_grid
     from training.scoring import baseline_images
 
-    def read(p: Path) -> np.ndarray:
-        with rasterio.open(p) as ds:
-            return ds.read().astype(np.float32)
-
     rows = []
     for name in scenes:
-        cloudy, reference = read(folder / name / "cloudy.tif") / 1e4, read(folder / name / "reference.tif") / 1e4
-        cloud = read(folder / name / "mask.tif")[0] > 0
+        cloudy, reference = _read(folder / name / "cloudy.tif") / 1e4, _read(folder / name / "reference.tif") / 1e4
+        cloud = _read(folder / name / "mask.tif")[0] > 0
         images = {"cloudy": cloudy, **baseline_images(cloudy, cloud)}
-        images.update({v: read(folder / name / f"{v}.tif") / 1e4 for v in variants})
+        images.update({v: _read(folder / name / f"{v}.tif") / 1e4 for v in variants})
         rows.append((name, {**images, "reference": reference}, reference, ~cloud))
     return quicklook_grid(rows, path)
 
