@@ -278,6 +278,11 @@ class RunConfig:
         "weights file is unchanged; default 0 = off, 80 measured)", kind="int", group="tiling", minimum=0,
         maximum=MAX_ADAPT_STEPS, metavar="STEPS",
         label="Adapt to this scene first: fine-tuning steps on its clear pixels (0 = off)")
+    scene_check: bool = option(
+        False, "scene check: score the model beside a flat colour and a smooth fill under synthetic clouds laid on a "
+        "few of the scene's clear windows, and say which wins (no reference needed; a few seconds; with --adapt "
+        "those clouds are held out of the adaptation)", kind="bool", group="tiling",
+        label="Check the model on this scene's clear ground (synthetic clouds: model vs flat colour and fill)")
     memory_budget: float | None = option(
         None, "memory for the network's tiles and the buffers; a larger --tile is refused with the largest that "
         "fits (default: 80 % of the available memory)", kind="float", group="tiling", metavar="GB",

@@ -69,7 +69,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import normalise, tta
+from engine import normalise, scene_adapt, tta
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
 from engine.cloudmask import DETECTOR_HALO, detect_clouds_scaled
@@ -97,6 +97,7 @@ from engine.raster import (
 )
 from engine.sar import SarInput
 from engine.scene_adapt import adapt_to_scene
+from engine.scene_check import HeldOut, SceneCheck, plan_check, score_check
 from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
 from engine.temporal import acquisition_dates
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
@@ -152,6 +153,7 @@ class RunResult:
     model_pixels: int = 0  # pixels whose output holds the model's (QA > 0)
     valid_pixels: int = 0  # pixels with valid optical data
     cloud_pixels: int | None = None  # valid pixels the cloud mask marks as cloud (None without --mask)
+    scene_check: SceneCheck | None = None  # --scene-check: the model vs flat / fill under synthetic clouds
 
 
 @dataclass
@@ -164,6 +166,7 @@ class LoadedModel:
     norm: normalise.NormalisationConfig
     card: dict | None = None
     weights: Path | None = None  # the file the network was loaded from (None: a model without weights)
+    scene_check: SceneCheck | None = None  # how this run's copy (adapted or not) did on the scene (--scene-check)
 
 
 def default_model_name() -> str:
@@ -360,6 +363,8 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         settings["tta"] = config.tta
     if (model.card or {}).get("scene_adaptation"):  # --adapt tuned this run's copy of the model
         settings["adapt"] = config.adapt
+    if model.scene_check is not None:
+        settings["scene_check"] = model.scene_check.as_tag()
     sar_used = inp.sar is not None
     inputs = {"optical": given.optical, "sar": given.sar if sar_used else None,
               "sar_vv": given.sar_vv if sar_used else None, "sar_vh": given.sar_vh if sar_used else None,
@@ -623,7 +628,9 @@ def _decloud(
         inp, model, device = _open(config, early, stack, progress, warnings)
         _prepare_inputs(config, inp, model)
         _open_aligned_readers(config, inp, stack)
-        _adapt(config, inp, model, device, progress, warnings)
+        held = _plan_scene_check(config, inp, model, progress, warnings)
+        _adapt(config, inp, model, device, progress, warnings, held)
+        _scene_check(config, inp, model, device, progress, warnings, held)
         runner, accel = _start_runner(config, inp, model, device, accel, stack)
         spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress)
         counts = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
@@ -657,6 +664,7 @@ def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
         warnings=warnings,
         accel=runner.describe(),
         sar_used=inp.sar is not None,
+        scene_check=model.scene_check,
     )
 
 
@@ -688,10 +696,41 @@ def _prepare_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel) -> None
             item.prepare(model.norm)
 
 
+def _plan_scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, progress: Progress,
+                      warnings: list[str]) -> list[HeldOut]:  # fmt: skip
+    """``--scene-check``: the scene's checked windows with their synthetic clouds (:mod:`engine.scene_check`),
+    chosen before ``--adapt`` so that adaptation holds them out; none (with a warning) when the scene has none."""
+    if not config.scene_check:
+        return []
+    with input_read_errors("an input raster"):
+        held = plan_check(lambda win: scene_adapt.read_sample(inp, model.norm, win), (inp.grid.height, inp.grid.width),
+                          progress)  # fmt: skip
+    if isinstance(held, str):
+        record_warning(progress, warnings, held)
+        return []
+    return held
+
+
+def _scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, progress: Progress,
+                 warnings: list[str], held: list[HeldOut]) -> None:  # fmt: skip
+    """Score this run's copy of the model (adapted, if it was) and the baselines on the checked windows; a model
+    that does not beat them is a warning, a model that does an info line (both in the result)."""
+    if not held:
+        return
+    assert inp.declared is not None
+    progress.update(0.0, "scene check: scoring the model and the baselines")
+    module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
+    model.scene_check = score_check(module, held, device, adapted=bool((model.card or {}).get("scene_adaptation")))
+    if model.scene_check.beats_baselines:
+        log.info("%s", model.scene_check.sentence())
+    else:
+        record_warning(progress, warnings, model.scene_check.sentence())
+
+
 def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, progress: Progress,
-           warnings: list[str]) -> None:  # fmt: skip
-    """``--adapt``: fine-tune this run's copy of the model on the scene's clear pixels (:mod:`engine.scene_adapt`)
-    before the runner takes it; the model card records it."""
+           warnings: list[str], held: list[HeldOut]) -> None:  # fmt: skip
+    """``--adapt``: fine-tune this run's copy of the model on the scene's clear pixels (:mod:`engine.scene_adapt`),
+    ``--scene-check``'s windows held out, before the runner takes it; the model card records it."""
     if not config.adapt:
         return
     assert inp.declared is not None
@@ -702,7 +741,7 @@ def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.de
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
     with input_read_errors("an input raster"), torch.enable_grad():
         skipped = adapt_to_scene(module, inp, model.norm, (inp.grid.height, inp.grid.width), config.adapt, device,
-                                 progress)  # fmt: skip
+                                 progress, held)  # fmt: skip
     if skipped is not None:
         record_warning(progress, warnings, skipped)
         return

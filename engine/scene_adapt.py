@@ -17,8 +17,8 @@ settings give the same output.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from engine.cloudmask import detect_clouds_scaled
 from engine.inputs import read_optical, read_window
 from engine.masks import cloud_mask_from_bands
 from engine.progress import Progress
+
+if TYPE_CHECKING:
+    from engine.scene_check import HeldOut
 
 log = logging.getLogger("engine")
 
@@ -58,10 +61,12 @@ class SceneInputs(Protocol):
 
 
 def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.NormalisationConfig, shape: tuple[int, int],
-                   steps: int, device: torch.device, progress: Progress) -> str | None:  # fmt: skip
+                   steps: int, device: torch.device, progress: Progress,
+                   held_out: Sequence[HeldOut] = ()) -> str | None:  # fmt: skip
     """Fine-tune ``module`` (called as ``module(optical, packed)``, the runner's module) in place for ``steps`` steps
-    on the scene ``inp`` of ``shape`` (H, W). Returns a warning when the scene offers nothing to adapt on (the
-    module is left as it was), else None."""
+    on the scene ``inp`` of ``shape`` (H, W), never on the ``held_out`` windows' synthetic clouds
+    (:mod:`engine.scene_check`). Returns a warning when the scene offers nothing to adapt on (the module is left as
+    it was), else None."""
     from training.scene_adapt import AdaptConfig, fine_tune_  # the training package ships with the engine
 
     cfg = AdaptConfig(steps=steps)
@@ -69,7 +74,7 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
         return f"--adapt skipped: the scene ({shape[1]}×{shape[0]} px) is smaller than one {cfg.crop}-px crop"
     if not any(p.requires_grad for p in module.parameters()):
         return "--adapt skipped: this model has no trained weights to adapt"
-    pool = clear_pool(lambda win: read_sample(inp, norm, win), shape, min(WINDOW, *shape), progress)
+    pool = clear_pool(lambda win: read_sample(inp, norm, win, held_out), shape, min(WINDOW, *shape), progress)
     if sum(float((1.0 - s["mask"]).sum()) for s in pool) < MIN_TARGETS:
         return (f"--adapt skipped: the scene has fewer than {MIN_TARGETS} clear pixels with SAR and every other "
                 "input to adapt on")  # fmt: skip
@@ -103,9 +108,11 @@ def clear_pool(read: Callable[[Window], Sample], shape: tuple[int, int], size: i
     return samples[:KEEP]
 
 
-def read_sample(inp: SceneInputs, norm: normalise.NormalisationConfig, win: Window) -> Sample:
+def read_sample(inp: SceneInputs, norm: normalise.NormalisationConfig, win: Window,
+                held_out: Sequence[HeldOut] = ()) -> Sample:  # fmt: skip
     """One window as a training sample: the normalised optical image, the packed inputs and ``mask`` = 1 where the
-    pixel may not be a target (cloud, grown by :data:`CLOUD_MARGIN`; no optical, SAR or other input data)."""
+    pixel may not be a target (cloud, grown by :data:`CLOUD_MARGIN`; no optical, SAR or other input data; a
+    ``held_out`` window's synthetic cloud, whose clouded image replaces the window's there)."""
     raw, x, opt_ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
     packed, inputs_ok, _ = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
     if inp.mask_reader is not None:
@@ -114,5 +121,8 @@ def read_sample(inp: SceneInputs, norm: normalise.NormalisationConfig, win: Wind
         cloud = detect_clouds_scaled(raw[inp.band_index], opt_ok, inp.optical_scale)
     cloud = ndimage.binary_dilation(cloud, iterations=CLOUD_MARGIN) if cloud.any() else cloud
     unusable = cloud | ~(opt_ok & inputs_ok)
-    return {"optical": x.astype(np.float32), "sar": packed.astype(np.float32),
+    x = x.astype(np.float32)
+    for item in held_out:
+        item.paste_into(win, x, unusable)
+    return {"optical": x, "sar": packed.astype(np.float32),
             "mask": unusable[None].astype(np.float32)}  # fmt: skip

@@ -65,12 +65,40 @@ def write_scene(sample: dict[str, Any], folder: Path) -> dict[str, Path]:
 
 
 def run_variant(paths: dict[str, Path], out: Path, extra: list[str], weights: str) -> np.ndarray:
-    """``engine run`` on one scene with the extra options; the output as reflectance."""
+    """``engine run`` on one scene with the extra options; the output as reflectance (its ``--scene-check``, if
+    asked for, is in the output's settings: :func:`scene_check_of`)."""
     args = ["run", "--optical", str(paths["optical"]), "--sar", str(paths["sar"]), "--mask", str(paths["mask"]),
             "--out", str(out), "--weights", weights, "--sar-units", "db", "--device", "cpu", *extra]  # fmt: skip
     if engine_main(args) != 0:
         raise RuntimeError(f"engine run failed: {' '.join(args)}")
     return _read(out) / 10000.0
+
+
+def scene_check_of(path: Path) -> dict[str, Any] | None:
+    """The ``--scene-check`` record an output carries in its ``ALIGNCR_SETTINGS`` (None when not asked for)."""
+    with rasterio.open(path) as ds:
+        return json.loads(ds.tags().get("ALIGNCR_SETTINGS", "{}")).get("scene_check")
+
+
+def check_agreement(rows: list[dict[str, Any]], variant: str) -> dict[str, Any] | None:
+    """How well ``--scene-check``'s margin (synthetic clouds on the scene's clear ground, no reference) foretells
+    the variant's true margin inside the real (or report-synthetic) cloud, per kind of sample: the share of scenes
+    where the two agree in sign, and their Spearman correlation."""
+    from scipy.stats import spearmanr
+
+    out: dict[str, Any] = {}
+    for kind in sorted({r["kind"] for r in rows}):
+        pairs = [(r[variant]["scene_check"]["margin_db"],
+                  r[variant]["psnr"] - max(r["flat"]["psnr"], r["fill"]["psnr"]))
+                 for r in rows if r["kind"] == kind and r[variant].get("scene_check")]  # fmt: skip
+        if not pairs:
+            continue
+        check, true = np.array(pairs).T
+        rho = float(spearmanr(check, true).statistic) if len(pairs) > 2 else None
+        out[kind] = {"scenes": len(pairs), "checked_of": sum(r["kind"] == kind for r in rows),
+                     "sign_agreement": float(np.mean(np.sign(check) == np.sign(true))), "spearman": rho,
+                     "check_margin_db": float(check.mean()), "true_margin_db": float(true.mean())}  # fmt: skip
+    return out or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,10 +135,17 @@ def main(argv: list[str] | None = None) -> int:
             row = {"kind": kind, "i": i, "cover": float(cloud.mean())}
             row.update({name: {m: region_scores(img, target, cloud)[f"{m}_in"] for m in ("psnr", "ssim", "sam")}
                         for name, img in images.items()})  # fmt: skip
+            for name in variants:
+                row[name]["scene_check"] = scene_check_of(folder / f"{name}.tif")
             rows.append(row)
             print(kind, i, {k: round(v["psnr"], 2) for k, v in row.items() if isinstance(v, dict)},
                   f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
             (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    agreement = {name: check_agreement(rows, name) for name in variants}
+    agreement = {k: v for k, v in agreement.items() if v}
+    if agreement:
+        print("scene check vs the true margin:", json.dumps(agreement, indent=1))
+        (args.out / "scene_check.json").write_text(json.dumps(agreement, indent=1))
     if args.figure is not None:
         figure(args.out, args.figure_scenes.split(","), list(variants), args.figure)
     return 0

@@ -48,7 +48,7 @@ from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 INPUTS = ("optical", "sar", "landcover", "mask", "reference", "dem", "only_cloudy")
 EXTRA_DATES = ("optical_prev", "sar_prev", "optical_next", "sar_next", "date", "date_prev", "date_next")
 ADVANCED = ("device", "tile", "overlap", "batch", "cog", "cloud_feather", "optical_scale", "sar_resampling", "tta",
-            "adapt")
+            "adapt", "scene_check")
 
 
 class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
@@ -196,6 +196,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             feedback.pushInfo(f"processing extent {extent.toString(2)}")
         result = self.run_engine(req.to_args(), feedback).result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
+        if result.get("scene_check"):
+            feedback.pushInfo(result["scene_check"])
         for layer, styler in ((out, _rgb_styler(req.bands)), (qa, _QA_STYLER), (confidence, _CONFIDENCE_STYLER)):
             if layer and context.willLoadLayerOnCompletion(layer):
                 context.layerToLoadOnCompletionDetails(layer).setPostProcessor(styler)

@@ -170,6 +170,7 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
             "report": str(result.report_dir) if result.report_dir else None,
             "sar_used": result.sar_used,
             "model_percent": round(100.0 * result.model_fraction, 2),
+            "scene_check": result.scene_check.sentence() if result.scene_check is not None else None,
         }
     )
     return 0
@@ -212,6 +213,8 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     share = f"the model's output in {100 * result.model_fraction:.1f} % of the pixels"
     print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}{no_sar}, "
           f"{result.seconds:.1f} s; {share})")  # fmt: skip
+    if result.scene_check is not None and result.scene_check.beats_baselines:  # else it was a warning already
+        print(result.scene_check.sentence())
     if result.report_dir:
         print(f"report in {result.report_dir}")
         metrics = (result.report or {}).get("metrics")
