@@ -618,7 +618,8 @@ def _decloud(
     writers: list[AtomicGeoTIFFWriter],
     given: RunConfig | None = None,
 ) -> RunResult:
-    """The data path: open → (adapt the model to the scene) → plan → stream chunks → result. The finished
+    """The data path: open → (choose the scene check's windows) → (adapt the model to the scene, those held out) →
+    (score the scene check) → plan → stream chunks → result. The finished
     (uncommitted) outputs are appended to ``writers``. ``config`` names what the readers open
     (:func:`engine.sources.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
     t0 = time.perf_counter()

@@ -154,6 +154,19 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     assert (ndvi.classificationMin(), ndvi.classificationMax()) != (-1.0, 1.0)
 
 
+def test_run_with_scene_check_tells_the_verdict(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    # identity returns the cloudy input: under synthetic clouds it loses to a flat colour, and the dialog says so
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif", 192), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif", 192), "sar")
+    choose(dlg, opt, sar, tmp_path / "declouded.tif")
+    assert dlg.select_model("identity")
+    dlg.scene_check_check.setChecked(True)
+    assert run_and_wait(dlg) == [True], dlg.status_label.text()
+    texts = [item.text() for item in dlg.bar.items()]
+    assert any("Scene check: under synthetic clouds" in t and "read its output inside the cloud as a guess" in t
+               for t in texts), texts  # fmt: skip
+
+
 @pytest.mark.slow
 def test_run_on_drawn_extent_clips_inputs(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
     opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")

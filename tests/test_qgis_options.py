@@ -156,3 +156,21 @@ def test_scene_adaptation_from_the_dialog_and_processing(processing_provider, dl
     param = alg.parameterDefinition("ADAPT")
     assert (param.defaultValue(), param.minimum(), param.maximum()) == (0, row.minimum, row.maximum)
     assert param.description() == row.label
+
+
+def test_scene_check_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    row = OPTIONS["scene_check"]
+    assert not dlg.scene_check_check.isChecked()
+    dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
+    dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+    assert "--scene-check" not in dlg.build_request().to_args()
+    dlg.scene_check_check.setChecked(True)
+    assert "--scene-check" in dlg.build_request().to_args()
+    dlg.save_settings()
+    assert dlg.settings.scene_check is True
+    alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
+    param = alg.parameterDefinition("SCENE_CHECK")
+    assert param.defaultValue() is False and param.description() == row.label
+    assert param.flags() & param.Flag.FlagAdvanced
