@@ -97,7 +97,7 @@ from engine.raster import (
 )
 from engine.sar import SarInput
 from engine.scene_adapt import adapt_to_scene
-from engine.scene_check import HeldOut, SceneCheck, plan_check, score_check
+from engine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
 from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
 from engine.temporal import acquisition_dates
 from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
@@ -705,7 +705,7 @@ def _plan_scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, progr
         return []
     with input_read_errors("an input raster"):
         held = plan_check(lambda win: scene_adapt.read_sample(inp, model.norm, win), (inp.grid.height, inp.grid.width),
-                          progress)  # fmt: skip
+                          progress, ADAPT_SHARE if config.adapt else 1.0)  # fmt: skip
     if isinstance(held, str):
         record_warning(progress, warnings, held)
         return []

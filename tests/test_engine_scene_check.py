@@ -70,7 +70,7 @@ def test_an_oracle_beats_the_baselines_and_the_cloudy_input_does_not():
     assert isinstance(held, list) and len(held) == scene_check.CHECKS
     oracle = score_check(_Oracle(), held, torch.device("cpu"))
     assert oracle.beats_baselines and oracle.wins == oracle.windows
-    assert oracle.model_db > oracle.flat_db + 20 and "it beats both here" in oracle.sentence()
+    assert oracle.model_db > oracle.flat_db + 20 and "on this ground it beats both" in oracle.sentence()
     cloudy = score_check(_Cloudy(), held, torch.device("cpu"))
     assert not cloudy.beats_baselines and cloudy.wins <= 1  # a thin-haze draw can leave the input the best guess
     assert cloudy.model_db < min(cloudy.flat_db, cloudy.fill_db)
@@ -95,6 +95,7 @@ def test_windows_and_clouds_are_seeded_and_only_clear_ground_is_scored():
         np.testing.assert_array_equal(item.unusable, left)
         assert 1 - left.mean() >= scene_check.MIN_CLEAR
         assert int((item.cloud & ~item.unusable).sum()) >= scene_check.MIN_SCORED
+        assert int((~item.cloud & ~item.unusable).sum()) >= scene_check.MIN_SCORED  # the baselines' clear pixels
         # the cloudy input differs from the clear image under the synthetic cloud only
         changed = np.abs(item.clouded - item.clear).max(axis=0) > 1e-6
         assert changed[item.cloud].mean() > 0.5
@@ -160,6 +161,7 @@ def test_adaptation_never_targets_the_checked_clouds(tmp_path, monkeypatch):
     result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "out.tif", mask=mask, model="test-bias",
                            device="cpu", tile=64, overlap=8, adapt=5, scene_check=True))  # fmt: skip
     (held,), (pool,) = planned, pools
+    assert len(held) == 1  # with --adapt the check holds out at most a quarter of the 2×2 cells of 80 px
     assert result.scene_check is not None and result.scene_check.adapted
     assert result.scene_check.windows == len(held)
     checked_cloud = np.zeros((160, 160), bool)
