@@ -10,7 +10,8 @@ manifest's folder, an empty cell means "not given", dates are ISO 8601 and check
 whose ``sar_vv`` and ``sar_vh`` cells give the polarisations as two files. Input cells may hold any product or GDAL
 dataset name ``engine run`` takes (:mod:`engine.sources`: a SAFE, a zip, ``/vsizip/…``), and ``mask`` may be ``auto``.
 Each scene is one task that calls :func:`engine.pipeline.run` on a worker; the client collects outcomes as they
-finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts, warnings, model_percent``)
+finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts, warnings, model_percent,
+scene_check_db``)
 atomically after each one, so even an interrupted batch leaves an accurate record of what is done — and which
 scenes deserve a second look (a partial SAR cover, a SAR acquired far from the optical image).
 
@@ -61,7 +62,8 @@ OPTIONAL_COLUMNS = ("landcover", "mask", "reference", "model", "weights", *TEMPO
                     "qa", "confidence", "sar_vv", "sar_vh")  # fmt: skip
 PATH_COLUMNS = ("optical", "sar", "out", "landcover", "mask", "reference", "weights", *TEMPORAL_COLUMNS, "dem", "qa",
                 "confidence", "sar_vv", "sar_vh")  # fmt: skip
-SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts", "warnings", "model_percent")
+SUMMARY_COLUMNS = ("id", "status", "output", "seconds", "error", "attempts", "warnings", "model_percent",
+                   "scene_check_db")
 
 
 class ManifestError(InputError):
@@ -107,6 +109,7 @@ class SceneOutcome:
     attempts: int = 0
     warnings: str = ""  # the run's warnings (partial SAR cover, a far SAR date, ...) joined by " | "
     model_percent: str = ""  # share of the valid pixels holding the model's output (empty when it failed)
+    scene_check_db: str = ""  # --scene-check: the model's margin over the better baseline on the scene's ground
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,8 @@ def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[
     except EngineError as exc:
         return {**record, "status": "failed", "seconds": time.perf_counter() - t0, "error": str(exc)}
     return {**record, "status": "ok", "output": str(result.output), "seconds": result.seconds, "error": "",
-            "warnings": " | ".join(result.warnings), "model_percent": f"{100 * result.model_fraction:.2f}"}
+            "warnings": " | ".join(result.warnings), "model_percent": f"{100 * result.model_fraction:.2f}",
+            "scene_check_db": f"{result.scene_check.margin_db:.2f}" if result.scene_check is not None else ""}
 
 
 def _scheduler_address(spec: str) -> str:
@@ -391,7 +395,8 @@ def run_batch(
         if fut.status == "finished":
             rec = fut.result()
             outcome = SceneOutcome(rec["id"], rec["status"], rec["output"], rec["seconds"], rec["error"],
-                                   warnings=rec.get("warnings", ""), model_percent=rec.get("model_percent", ""))
+                                   warnings=rec.get("warnings", ""), model_percent=rec.get("model_percent", ""),
+                                   scene_check_db=rec.get("scene_check_db", ""))
         else:
             exc = fut.exception()
             message = f"{type(exc).__name__}: {exc}".strip()

@@ -199,3 +199,17 @@ def test_the_verdict_reaches_the_settings_the_cli_and_the_result_event(tmp_path,
     (done,) = [e for e in events if e["event"] == "result"]
     assert done["scene_check"] == check.sentence()
     assert any(e["event"] == "warning" and e["message"] == check.sentence() for e in events)
+
+
+def test_batch_writes_each_scene_check_margin(tmp_path):
+    from engine.batch import SceneJob, run_scene
+
+    opt, sar, mask = _scene(tmp_path)
+    job = SceneJob(id="a", optical=opt, sar=sar, out=tmp_path / "a.tif", mask=mask, model="test-bias")
+    record = run_scene(job, {"scene_check": True, "device": "cpu", "tile": 64, "overlap": 8}, {})
+    assert record["status"] == "ok", record
+    margin = float(record["scene_check_db"])
+    assert margin < 0 and f"margin {margin:+.1f} dB" in record["warnings"]
+    plain = run_scene(SceneJob(id="b", optical=opt, sar=sar, out=tmp_path / "b.tif", mask=mask, model="test-bias"),
+                      {"device": "cpu", "tile": 64, "overlap": 8}, {})  # fmt: skip
+    assert plain["scene_check_db"] == ""
