@@ -24,6 +24,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+from engine.baselines import BASELINES
 from engine.cli import main as engine_main
 from engine.normalise import SAR_RANGES
 
@@ -89,7 +90,7 @@ def check_agreement(rows: list[dict[str, Any]], variant: str) -> dict[str, Any] 
     out: dict[str, Any] = {}
     for kind in sorted({r["kind"] for r in rows}):
         pairs = [(r[variant]["scene_check"]["margin_db"],
-                  r[variant]["psnr"] - max(r["flat"]["psnr"], r["fill"]["psnr"]))
+                  r[variant]["psnr"] - max(r[b]["psnr"] for b in BASELINES))
                  for r in rows if r["kind"] == kind and r[variant].get("scene_check")]  # fmt: skip
         if not pairs:
             continue
