@@ -22,6 +22,7 @@ clouds wider than the halo see a difference from a whole-scene solve (their far 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from scipy.sparse.linalg import splu
 
 BASELINES = ("flat", "fill")
 DEFAULT_HALO = 128
+MEDIAN_SAMPLE_PX = 4_000_000  # clear pixels a scene's medians are taken from, at most (about)
 
 
 def _clear(optical: np.ndarray, cloud: np.ndarray) -> np.ndarray:
@@ -43,6 +45,20 @@ def clear_medians(optical: np.ndarray, cloud: np.ndarray) -> np.ndarray | None:
     if not clear.any():
         return None
     return np.median(optical[:, clear], axis=1).astype(np.float32)
+
+
+def median_stride(width: int, height: int) -> int:
+    """The stride of the regular grid a streamed scene's clear medians are sampled on: every pixel up to
+    :data:`MEDIAN_SAMPLE_PX`, else about that many (the report's ``flat`` and ``--colour-anchor`` share it)."""
+    return max(1, math.ceil(math.sqrt(width * height / MEDIAN_SAMPLE_PX)))
+
+
+def sample_grid(shape: tuple[int, int], row_off: int, col_off: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a window of ``shape`` at (``row_off``, ``col_off``), relative to it, that lie on the
+    scene's regular ``stride`` grid (so chunks sample the same pixels as one whole-scene pass)."""
+    rows = np.arange(-row_off % stride, shape[0], stride)
+    cols = np.arange(-col_off % stride, shape[1], stride)
+    return rows, cols
 
 
 def flat(optical: np.ndarray, cloud: np.ndarray, medians: np.ndarray | None = None) -> np.ndarray:

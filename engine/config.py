@@ -283,6 +283,11 @@ class RunConfig:
         "few of the scene's clear windows, and say which wins (no reference needed; a few seconds; with --adapt "
         "those clouds are held out of the adaptation)", kind="bool", group="tiling",
         label="Check the model on this scene's clear ground (synthetic clouds: model vs flat colour and fill)")
+    colour_anchor: bool = option(
+        False, "colour anchor: take the model's colour drift out of the inside of each cloud (the cloud of --mask, "
+        "else the detected one), fitted against the clear pixels' median; the cloud's edge and the model's texture "
+        "are kept (it assumes the ground under the cloud has the clear ground's colour on average)", kind="bool",
+        group="tiling", label="Anchor the colour inside the clouds to the clear pixels (removes the model's cast)")
     memory_budget: float | None = option(
         None, "memory for the network's tiles and the buffers; a larger --tile is refused with the largest that "
         "fits (default: 80 % of the available memory)", kind="float", group="tiling", metavar="GB",

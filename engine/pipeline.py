@@ -30,6 +30,11 @@ output, and the result does not depend on the chunking (the mask is read with a 
 Without ``--mask`` the cloud is detected on the optical image (:func:`engine.cloudmask.detect_clouds`, with a
 warning saying so).
 
+``--colour-anchor`` (:mod:`engine.colour_anchor`) takes the network's colour drift out of the inside of each cloud
+(the same cloud: ``--mask``'s, else the detected one). The drift is fitted over the whole scene, so the output is
+streamed into a draft while the statistics accumulate, then copied once into the output with the shift; the ramp
+is recomputed from the cloud read with its reach, so this too does not depend on the chunking.
+
 ``--tta N`` runs the network on N flips/rotations of every tile (optical, SAR and packed extra inputs turned
 together; :mod:`engine.tta`) and blends their mean; ``--confidence`` blends their spread as one more channel with
 the same tile weights and writes it, times the model's share of each pixel, beside the output (the QA raster's
@@ -56,6 +61,7 @@ fp32 none of this changes a single output value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -69,9 +75,10 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import normalise, scene_adapt, tta
+from engine import colour_anchor, normalise, scene_adapt, tta
 from engine.accel import AccelConfig, InferenceRunner
 from engine.align import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
+from engine.baselines import median_stride
 from engine.cloudmask import DETECTOR_HALO, detect_clouds_scaled
 from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
@@ -154,6 +161,7 @@ class RunResult:
     valid_pixels: int = 0  # pixels with valid optical data
     cloud_pixels: int | None = None  # valid pixels the cloud mask marks as cloud (None without --mask)
     scene_check: SceneCheck | None = None  # --scene-check: the model vs flat / fill under synthetic clouds
+    colour_anchor: list[float] | None = None  # --colour-anchor: the drift taken off deep in the cloud, per band
 
 
 @dataclass
@@ -452,6 +460,7 @@ class _ChunkData:
     mask: np.ndarray | None
     use_ok: np.ndarray  # where the model's output may be used: optical, SAR and every extra input valid
     weight: np.ndarray | None = None  # only-cloudy runs: the model output's weight on the output window
+    anchor: np.ndarray | None = None  # --colour-anchor: the drift ramp r on the output window (0 off the cloud)
 
 
 def _read_chunk(
@@ -491,7 +500,8 @@ def _read_chunk_inputs(
         batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
     if weight is not None:
         weight = weight[: chunk.out_h, : chunk.out_w]  # the output window starts at the read window's origin
-    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok, weight)
+    anchor = _chunk_anchor(chunk, config, inp, spec) if config.colour_anchor else None
+    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok, weight, anchor)
 
 
 def _chunk_mask_and_weight(
@@ -508,21 +518,41 @@ def _chunk_mask_and_weight(
         if inp.mask_reader is None or not has_out:
             return None, None
         return inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)), None
+    cloud, inner, halo = _halo_cloud(inp, win, spec, feather)
+    mask = None
+    if halo is not None and has_out:
+        iy, ix = inner[0].start, inner[1].start
+        mask = halo[:, iy : iy + chunk.out_h, ix : ix + chunk.out_w]
+    return mask, cloud_weight(cloud, feather)[inner]
+
+
+def _halo_cloud(inp: _Inputs, win: Window, spec: OutputSpec,
+                reach: int) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray | None]:  # fmt: skip
+    """The cloud on ``win`` grown by ``reach`` px (clipped to the scene), ``win``'s slices inside it, and the mask's
+    bands read there (None for detected clouds). The cloud is ``--mask``'s, else the clouds
+    :mod:`engine.cloudmask` detects on the optical image (read with the detector's smoothing context too), so
+    whatever is computed from it within ``reach`` does not depend on the chunking."""
     extra = 0 if inp.mask_reader is not None else DETECTOR_HALO
     hx, hy, hw, hh = halo_window(int(win.col_off), int(win.row_off), int(win.width), int(win.height),
-                                 feather + extra, spec.width, spec.height)  # fmt: skip
+                                 reach + extra, spec.width, spec.height)  # fmt: skip
     iy, ix = int(win.row_off) - hy, int(win.col_off) - hx
     inner = (slice(iy, iy + int(win.height)), slice(ix, ix + int(win.width)))
-    mask = None
     if inp.mask_reader is not None:
         halo = inp.mask_reader.read(Window(hx, hy, hw, hh))
         cloud = cloud_mask_from_bands(np.nan_to_num(halo, nan=0.0), inp.mask.nodata) & np.isfinite(halo).all(0)
-        if has_out:
-            mask = halo[:, iy : iy + chunk.out_h, ix : ix + chunk.out_w]
-    else:  # --only-cloudy without --mask: the clouds engine.cloudmask detects on the optical image
-        raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
-        cloud = detect_clouds_scaled(raw, valid_mask(raw, inp.optical.nodata), inp.optical_scale)
-    return mask, cloud_weight(cloud, feather)[inner]
+        return cloud, inner, halo
+    raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
+    return detect_clouds_scaled(raw, valid_mask(raw, inp.optical.nodata), inp.optical_scale), inner, None
+
+
+def _chunk_anchor(chunk: Chunk, config: RunConfig, inp: _Inputs, spec: OutputSpec) -> np.ndarray | None:
+    """``--colour-anchor``'s drift ramp on the chunk's output window (:func:`engine.colour_anchor.ramp`), from the
+    cloud read with the ramp's reach around it; None when the chunk writes nothing."""
+    if chunk.out_h <= 0 or chunk.out_w <= 0:
+        return None
+    win = Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)
+    cloud, inner, _ = _halo_cloud(inp, win, spec, colour_anchor.REACH_PX)
+    return colour_anchor.ramp(cloud)[inner]
 
 
 def _composite_feather(config: RunConfig, inp: _Inputs) -> int | None:
@@ -634,9 +664,14 @@ def _decloud(
         _scene_check(config, inp, model, device, progress, warnings, held)
         runner, accel = _start_runner(config, inp, model, device, accel, stack)
         spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress)
-        counts = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
+        counts, shift = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
         seconds = time.perf_counter() - t0
-    return _result(config, inp, model, runner, spec, grid, device_name, counts, seconds, warnings)
+    result = _result(config, inp, model, runner, spec, grid, device_name, counts, seconds, warnings)
+    result.colour_anchor = None if shift is None else [float(v) for v in shift]
+    if config.colour_anchor and shift is None:
+        record_warning(progress, warnings, "--colour-anchor: nothing anchored (no cloud pixel written by the "
+                       "model, or no clear pixel to anchor to)")  # fmt: skip
+    return result
 
 
 def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
@@ -777,9 +812,11 @@ def _open_aligned_readers(config: RunConfig, inp: _Inputs, stack: ExitStack) -> 
 
 def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
             grid: TileGrid, device: torch.device, accel: AccelConfig, writers: list[AtomicGeoTIFFWriter],
-            progress: Progress) -> dict[str, int]:
+            progress: Progress) -> tuple[dict[str, int], np.ndarray | None]:
     """Chunks read → tiles inferred and blended → written into the output (and QA / confidence) writers, which are
-    appended to ``writers`` finished but not renamed into place. Returns the pixel and tile counts."""
+    appended to ``writers`` finished but not renamed into place; with ``--colour-anchor`` the output is streamed
+    into a draft and rewritten shifted (:func:`_rewrite_anchored`). Returns the pixel and tile counts and the
+    anchor's shift."""
     counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0, "model_px": 0}
     plan = chunks(grid, config.chunk)
 
@@ -787,6 +824,10 @@ def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
         return _read_chunk(chunk, config, inp, model.norm, spec, device)
 
     writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True))
+    anchor, draft, shift = None, None, None
+    if config.colour_anchor:  # the network's output goes to a draft first; the anchored copy is the output
+        anchor = colour_anchor.StreamedAnchor(len(inp.band_index), median_stride(spec.width, spec.height))
+        draft = AtomicGeoTIFFWriter(config.out, spec, defer=True)
     if config.qa is not None:
         writers.append(AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog, defer=True))
     qa_target = writers[-1] if config.qa is not None else nullcontext()
@@ -794,27 +835,35 @@ def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
         writers.append(AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog,
                                            defer=True))
     conf_target = writers[-1] if config.confidence is not None else nullcontext()
-    with writers[0] as writer, qa_target as qa_writer, conf_target as conf_writer, ExitStack() as io:
+    try:
+        with draft or writers[0] as writer, qa_target as qa_writer, conf_target as conf_writer, ExitStack() as io:
 
-        def write(out: np.ndarray, share: np.ndarray | None, spread: np.ndarray | None, window: Window) -> None:
-            writer.write(out, window)
-            if qa_writer is not None and share is not None:
-                qa_writer.write(share[None], window)
-            if conf_writer is not None and spread is not None:
-                conf_writer.write(spread[None], window)
+            def write(out: np.ndarray, share: np.ndarray | None, spread: np.ndarray | None, window: Window) -> None:
+                writer.write(out, window)
+                if qa_writer is not None and share is not None:
+                    qa_writer.write(share[None], window)
+                if conf_writer is not None and spread is not None:
+                    conf_writer.write(spread[None], window)
 
-        submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None] = write
-        chunk_data: Iterable[_ChunkData] = map(read, plan)
-        if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
-            submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
-            chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
-        blender = ChunkBlender(grid, len(config.bands) + (1 if config.confidence else 0))  # + the TTA spread
-        done = 0
-        for data in chunk_data:
-            progress.check_cancelled()
-            done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done)
-        progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
-    return counts
+            submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None] = write
+            chunk_data: Iterable[_ChunkData] = map(read, plan)
+            if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
+                submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
+                chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
+            blender = ChunkBlender(grid, len(config.bands) + (1 if config.confidence else 0))  # + the TTA spread
+            done = 0
+            for data in chunk_data:
+                progress.check_cancelled()
+                done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done,
+                                      anchor)
+            progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
+        if anchor is not None and draft is not None and draft.finished is not None:
+            progress.update(0.0, "colour anchor: fitting the drift")
+            shift = _rewrite_anchored(config, inp, spec, draft.finished, writers[0], anchor, progress)
+    finally:
+        if draft is not None:
+            draft.discard()
+    return counts, shift
 
 
 def _qa_spec(spec: OutputSpec) -> OutputSpec:
@@ -856,8 +905,10 @@ def _process_chunk(
     counts: dict[str, int],
     progress: Progress,
     done: int,
+    anchor: colour_anchor.StreamedAnchor | None = None,
 ) -> int:
-    """Run one read chunk's tiles in batches, blend, hand its final area to the writer. Returns tiles done."""
+    """Run one read chunk's tiles in batches, blend, hand its final area to the writer (and its drift statistics to
+    ``anchor``, with ``--colour-anchor``). Returns tiles done."""
     blender.start(data.chunk)
     total = len(blender.grid)
     for batch in data.batches:
@@ -895,10 +946,10 @@ def _process_chunk(
         use = use & (data.weight > 0)
         original = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)  # unclipped
         blended = mix(blended, original, data.weight)
-    pred = normalise.denormalise_optical(blended, inp.optical_scale, dtype=spec.dtype)
-    substitute = nodata_substitute(spec.nodata, spec.dtype)
-    if substitute is not None:  # a valid pixel must not read as nodata (see nodata_substitute)
-        pred[pred == np.asarray(spec.nodata, dtype=spec.dtype)] = substitute
+    if anchor is not None and data.anchor is not None:
+        optical = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)
+        anchor.add((oy, ox, h, w), blended, data.anchor[:h, :w], use, optical, opt_ok[:h, :w])
+    pred = _to_output_units(blended, inp, spec)
     for k, b in enumerate(inp.band_index):
         out[b][use] = pred[k][use]
     share = None
@@ -919,6 +970,45 @@ def _process_chunk(
     counts["valid"] += int(opt_ok[:h, :w].sum())
     counts["sar"] += int(with_sar.sum())
     return done
+
+
+def _to_output_units(reflectance: np.ndarray, inp: _Inputs, spec: OutputSpec) -> np.ndarray:
+    """The model's output (reflectance) in the output's units and dtype, never equal to its nodata value."""
+    pred = normalise.denormalise_optical(reflectance, inp.optical_scale, dtype=spec.dtype)
+    substitute = nodata_substitute(spec.nodata, spec.dtype)
+    if substitute is not None:  # a valid pixel must not read as nodata (see nodata_substitute)
+        pred[pred == np.asarray(spec.nodata, dtype=spec.dtype)] = substitute
+    return pred
+
+
+def _rewrite_anchored(config: RunConfig, inp: _Inputs, spec: OutputSpec, draft: Path, writer: AtomicGeoTIFFWriter,
+                      anchor: colour_anchor.StreamedAnchor, progress: Progress) -> np.ndarray | None:  # fmt: skip
+    """``--colour-anchor``'s second pass: fit the drift ``β`` over the whole scene, then copy the streamed ``draft``
+    into ``writer`` with ``β · r`` taken off the cloud pixels the model wrote (the ramp ``r`` recomputed from the
+    cloud read with its reach). Returns ``β`` (None: no cloud pixel was written or none was clear, a plain copy)."""
+    beta = anchor.stats.shift()
+    if beta is not None:
+        tag = {"ALIGNCR_COLOUR_ANCHOR": json.dumps({
+            "shift": [round(float(v), 5) for v in beta], "tau_px": colour_anchor.TAU_PX,
+            "note": "reflectance taken off deep inside the cloud (times 1 - exp(-d/tau), d = px to clear ground)"})}
+        writer.spec = dataclasses.replace(spec, metadata=with_processing(spec.metadata or RasterMetadata(), tag))
+    windows = list(anchor.written)
+    with rasterio.open(draft) as src, writer as out:
+        for i, (row, col, h, w) in enumerate(windows):
+            progress.check_cancelled()
+            win = Window(col, row, w, h)
+            data = src.read(window=win)
+            used = anchor.used((row, col, h, w)) if beta is not None else None
+            if used is not None:
+                cloud, inner, _ = _halo_cloud(inp, win, spec, colour_anchor.REACH_PX)
+                r = colour_anchor.ramp(cloud)[inner]
+                bands = data[list(inp.band_index)].astype(np.float32) / np.float32(inp.optical_scale)
+                pred = _to_output_units(colour_anchor.shifted(bands, r, used, beta), inp, spec)
+                for k, b in enumerate(inp.band_index):
+                    data[b][used] = pred[k][used]
+            out.write(data, win)
+            progress.update((i + 1) / len(windows), "colour anchor: writing the shifted output")
+    return beta
 
 
 def _predict(runner: InferenceRunner, batch: _TileBatch, config: RunConfig) -> np.ndarray:

@@ -408,6 +408,7 @@ def test_baselines_use_the_detected_mask_when_none_is_given(scene, tmp_path):
 def test_clear_medians_of_a_large_scene_come_from_a_regular_grid(scene, monkeypatch):
     from contextlib import ExitStack
 
+    from engine import baselines
     from engine.progress import Progress
     from engine.report import accumulate
     from engine.report.sources import open_sources
@@ -419,7 +420,7 @@ def test_clear_medians_of_a_large_scene_come_from_a_regular_grid(scene, monkeypa
         src = open_sources(stack, optical=p["optical"], prediction=p["prediction"], reference=None, landcover=None,
                            mask=p["mask"], bands=(1, 2, 3, 4))  # fmt: skip
         every = accumulate.clear_medians_pass(src, 32, Progress())
-        monkeypatch.setattr(accumulate, "MEDIAN_SAMPLE_PX", 1000)  # 60 × 72 px → every 3rd row and column
+        monkeypatch.setattr(baselines, "MEDIAN_SAMPLE_PX", 1000)  # 60 × 72 px → every 3rd row and column
         sampled = accumulate.clear_medians_pass(src, 32, Progress())
     np.testing.assert_allclose(every, np.median(cloudy[:, clear], axis=1), rtol=1e-6)
     grid = clear.copy()

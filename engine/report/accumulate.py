@@ -26,14 +26,14 @@ Baselines (:mod:`engine.baselines`, when asked for and a reference is given): ``
 input are made tile by tile from the same cloud mask and fed to their own :class:`MetricAccumulator` exactly like the
 output, so their numbers are on the same pixels. ``flat`` needs the scene's clear medians before the first tile:
 a first pass (:func:`clear_medians_pass`) reads the optical input (and mask) tile by tile and takes the median of
-its clear pixels — all of them up to :data:`MEDIAN_SAMPLE_PX` pixels, beyond that a regular grid of about that many
-(the median of millions of pixels does not move in the third decimal). ``fill`` is solved per tile on the optical
-input read with :data:`engine.baselines.DEFAULT_HALO` more pixels of context (exact for clouds narrower than that).
+its clear pixels — all of them up to :data:`engine.baselines.MEDIAN_SAMPLE_PX` pixels, beyond that a regular grid
+of about that many (the median of millions of pixels does not move in the third decimal). ``fill`` is solved per
+tile on the optical input read with :data:`engine.baselines.DEFAULT_HALO` more pixels of context (exact for clouds
+narrower than that).
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from engine.baselines import DEFAULT_HALO, fill_window, flat
+from engine.baselines import DEFAULT_HALO, fill_window, flat, median_stride, sample_grid
 from engine.cloudmask import detect_clouds
 from engine.landcover import CLASS_NAMES, UNKNOWN, worldcover_to_classes
 from engine.masks import cloud_mask_from_bands
@@ -60,7 +60,6 @@ CHANGE_NODATA = -9999.0
 HIST_BINS = 200  # NDVI 2-D histograms over [-1, 1]²
 CACHE_FLOOR_BYTES = 64 * 1024 * 1024
 FILL_BLOCK = 512  # px per side of one fill solve (plus its halo)
-MEDIAN_SAMPLE_PX = 4_000_000  # clear pixels the flat baseline's medians are taken from, at most (about)
 CACHE_MARGIN = 1.1  # LRU slack: around the tile in progress, blocks of two rows of tiles are live at once
 
 
@@ -221,28 +220,21 @@ def read_optical_and_cloud(src: Sources, window: Window) -> tuple[np.ndarray, np
     return opt, v_opt, cloud & v_opt
 
 
-def _sample_grid(shape: tuple[int, int], window: Window, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of ``window`` (relative to it) on the scene's regular ``stride`` grid."""
-    rows = np.arange(-window.row_off % stride, shape[0], stride)
-    cols = np.arange(-window.col_off % stride, shape[1], stride)
-    return rows, cols
-
-
 def clear_medians_pass(src: Sources, tile_size: int, progress: Progress) -> np.ndarray | None:
     """Per-band median (4,) of the optical input's clear pixels over the whole scene, or None when none is clear.
 
     A first pass over the same tiles (and so the same cloud mask) as :func:`run_pass`; every pixel when the scene
-    has at most :data:`MEDIAN_SAMPLE_PX`, else the pixels on a regular grid of about that many.
+    has at most :data:`engine.baselines.MEDIAN_SAMPLE_PX`, else the pixels on a regular grid of about that many.
     """
     grid = src.grid
-    stride = max(1, math.ceil(math.sqrt(grid.width * grid.height / MEDIAN_SAMPLE_PX)))
+    stride = median_stride(grid.width, grid.height)
     tiles = _tiles(grid.width, grid.height, tile_size)
     parts = []
     for i, (core, read, halo) in enumerate(tiles):
         progress.check_cancelled()
         opt, v_opt, cloud = read_optical_and_cloud(src, read)
         c = _inner(halo, cloud.shape)
-        rows, cols = _sample_grid((core.height, core.width), core, stride)
+        rows, cols = sample_grid((core.height, core.width), core.row_off, core.col_off, stride)
         core_opt = opt[(slice(None), *c)][:, rows][:, :, cols]
         clear = (v_opt[c] & ~cloud[c])[rows][:, cols]
         parts.append(core_opt[:, clear])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.baselines import BASELINES, DEFAULT_HALO
+from engine.baselines import BASELINES, DEFAULT_HALO, MEDIAN_SAMPLE_PX
 from engine.errors import EngineError, OutputError
 from engine.landcover import CLASS_NAMES, UNKNOWN
 from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
@@ -26,7 +26,7 @@ from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
 from engine.progress import Progress
 from engine.raster import input_read_errors
 from engine.report import REPORT_FILES, plots
-from engine.report.accumulate import MASK_NODATA, MEDIAN_SAMPLE_PX, PassResult, run_pass
+from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
 from engine.report.html import render_html
 from engine.report.margin import baseline_margin
 from engine.report.schema import SCHEMA_VERSION, validate_report
