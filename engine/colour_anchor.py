@@ -82,10 +82,11 @@ class DriftStats:
 
 
 def shifted(output: np.ndarray, r: np.ndarray, used: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """``output`` with ``β · r`` taken off the pixels the model wrote (float32; the rest as given)."""
+    """``output`` with ``β · r`` taken off the pixels the model wrote, clipped to [0, 1] as the network's output is
+    (float32; the rest as given)."""
     out = np.array(output, dtype=np.float32, copy=True)
     sel = used & (r > 0)
-    out[:, sel] -= np.asarray(beta, dtype=np.float32)[:, None] * r[sel]
+    out[:, sel] = np.clip(out[:, sel] - np.asarray(beta, dtype=np.float32)[:, None] * r[sel], 0.0, 1.0)
     return out
 
 
@@ -139,3 +140,9 @@ class StreamedAnchor:
             return None
         h, w = window[2], window[3]
         return np.unpackbits(packed, count=h * w).reshape(h, w).astype(bool)
+
+
+def sentence(beta: list[float] | np.ndarray, names: tuple[str, ...] = ("B", "G", "R", "NIR")) -> str:
+    """The one line a run prints: the drift taken off deep inside the cloud, per band (reflectance)."""
+    parts = ", ".join(f"{n} {v:+.3f}" for n, v in zip(names, beta))
+    return f"colour anchor: the model's drift deep inside the cloud, taken off (reflectance): {parts}"
