@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
     from training.evaluate import report_views
+    from training.figures import shareable_items
     from training.scoring import baseline_images, region_scores, scored
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -115,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=OPTIONS: a name and the engine options, comma-separated ('plain=' for none)")
     parser.add_argument("--figure", type=Path, help="also draw these scenes' quicklooks into this PNG")
-    parser.add_argument("--figure-scenes", default="real_02,real_04,real_07,synthetic_03,synthetic_06,synthetic_09",
+    parser.add_argument("--figure-scenes", default="real_02,real_04,real_07,synthetic_05,synthetic_06,synthetic_09",
                         help="the scenes (folder names under --out) the figure shows, one row each")
     args = parser.parse_args(argv)
     variants = {n: [a for a in opts.split(",") if a] for n, opts in (v.split("=", 1) for v in args.variant)}
     rows: list[dict[str, Any]] = []
     start = time.time()
     for kind, view in report_views(args.report).items():
+        shareable = set(shareable_items(view))
         for i, batch in enumerate(DataLoader(view, batch_size=1, shuffle=False, num_workers=0)):
             sample = {k: v.numpy()[0] for k, v in batch.items() if k in ("optical", "sar", "mask", "target")}
             cloud = sample["mask"][0] > 0.5
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             images = baseline_images(sample["optical"], cloud)
             for name, extra in variants.items():
                 images[name] = run_variant(paths, folder / f"{name}.tif", extra, args.weights)
-            row = {"kind": kind, "i": i, "cover": float(cloud.mean())}
+            row = {"kind": kind, "i": i, "cover": float(cloud.mean()), "shareable": i in shareable}
             row.update({name: {m: region_scores(img, target, cloud)[f"{m}_in"] for m in ("psnr", "ssim", "sam")}
                         for name, img in images.items()})  # fmt: skip
             for name in variants:
@@ -148,15 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         print("scene check vs the true margin:", json.dumps(agreement, indent=1))
         (args.out / "scene_check.json").write_text(json.dumps(agreement, indent=1))
     if args.figure is not None:
-        figure(args.out, args.figure_scenes.split(","), list(variants), args.figure)
+        unshareable = {f"{r['kind']}_{r['i']:02d}" for r in rows if not r["shareable"]}
+        figure(args.out, args.figure_scenes.split(","), list(variants), args.figure, unshareable)
     return 0
 
 
-def figure(folder: Path, scenes: list[str], variants: list[str], path: Path) -> Path:
-    """One row per scene: cloudy, flat, fill, each variant's output, reference — under the reference's stretch."""
+def figure(folder: Path, scenes: list[str], variants: list[str], path: Path, unshareable: set[str]) -> Path:
+    """One row per scene: cloudy, flat, fill, each variant's output, reference — under the reference's stretch.
+    A scene whose licence forbids publishing pictures of it (``unshareable``: M3R-CR's PlanetScope, see
+    :func:`training.figures.shareable_items`) is refused, not drawn."""
     from training.figures import quicklook_grid
     from training.scoring import baseline_images
 
+    refused = sorted(set(scenes) & unshareable)
+    if refused:
+        raise ValueError(f"not drawn: {', '.join(refused)} may be scored but never pictured (academic-only imagery)")
     rows = []
     for name in scenes:
         cloudy, reference = _read(folder / name / "cloudy.tif") / 1e4, _read(folder / name / "reference.tif") / 1e4
