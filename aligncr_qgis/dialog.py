@@ -318,6 +318,13 @@ class AlignCRDialog(QDialog):
             "its output inside the cloud beats a guess on this scene. A few seconds; with adaptation, those "
             "clouds are kept out of its training"))
         mlay.addWidget(self.scene_check_check)
+        self.colour_anchor_check = QCheckBox(self.tr("Anchor the colour inside the clouds to the clear pixels"), self)
+        self.colour_anchor_check.setToolTip(self.tr(
+            "Deep inside a large cloud the model cannot see the clear ground and may paint a colour cast. This "
+            "takes that drift off, fitted against the clear pixels' median, leaving the cloud's edge and the "
+            "model's texture as they are. It assumes the ground under the cloud has, on average, the colour of "
+            "the clear ground: leave it off for a cloud over a lake, or with a mask that misses haze"))
+        mlay.addWidget(self.colour_anchor_check)
         return model_box
 
     def open_finetune(self) -> Any:
@@ -487,6 +494,7 @@ class AlignCRDialog(QDialog):
         self.batch_spin.setValue(s.batch)
         self.adapt_spin.setValue(s.adapt)
         self.scene_check_check.setChecked(s.scene_check)
+        self.colour_anchor_check.setChecked(s.colour_anchor)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
         self.style_inputs_check.setChecked(s.style_inputs)
@@ -510,6 +518,7 @@ class AlignCRDialog(QDialog):
         s.tile, s.overlap, s.batch = self.tile_spin.value(), self.overlap_spin.value(), self.batch_spin.value()
         s.adapt = self.adapt_spin.value()
         s.scene_check = self.scene_check_check.isChecked()
+        s.colour_anchor = self.colour_anchor_check.isChecked()
         s.sar_units = self.units_combo.currentData()
         s.device = self.device_combo.currentData() or "auto"
         kind, value = self.model_combo.currentData() or ("registry", "identity")
@@ -1017,6 +1026,7 @@ class AlignCRDialog(QDialog):
             batch=self.batch_spin.value(),
             adapt=self.adapt_spin.value(),
             scene_check=self.scene_check_check.isChecked(),
+            colour_anchor=self.colour_anchor_check.isChecked(),
             cog=self.cog_check.isChecked(),
             bands=tuple(inp.optical_bands[r] for r in L.OPTICAL_ROLES),
             sar_bands=tuple(inp.sar_bands.get(r, i + 1) for i, r in enumerate(L.SAR_ROLES)),
@@ -1109,6 +1119,8 @@ class AlignCRDialog(QDialog):
         msg = f"Declouded image written to {out} in {secs:.1f} s.{made_text}"
         if result.get("scene_check"):
             msg += " " + result["scene_check"][0].upper() + result["scene_check"][1:] + "."
+        if result.get("colour_anchor"):
+            msg += " " + result["colour_anchor"][0].upper() + result["colour_anchor"][1:] + "."
         self.bar.pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
         if self.iface is not None:
             self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)

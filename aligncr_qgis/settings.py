@@ -31,6 +31,7 @@ class PluginSettings:
     batch: int = OPTIONS["batch"].default
     adapt: int = OPTIONS["adapt"].default  # scene adaptation steps before declouding (0 = off)
     scene_check: bool = OPTIONS["scene_check"].default  # score the model vs flat / fill on the scene's clear ground
+    colour_anchor: bool = OPTIONS["colour_anchor"].default  # take the model's colour drift out of the cloud
     sar_units: str = OPTIONS["sar_units"].default
     cog: bool = OPTIONS["cog"].default
     only_cloudy: bool = OPTIONS["only_cloudy"].default  # replace only the cloud, keep the clear pixels

@@ -133,4 +133,5 @@ def test_the_cli_prints_the_drift_and_the_json_event_carries_it(tmp_path, scene,
     assert main([*args, "--out", str(tmp_path / "b.tif"), "--json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     result = [e for e in events if e["event"] == "result"][0]
-    assert len(result["colour_anchor"]) == 4 and result["colour_anchor"][0] > 0.05
+    assert len(result["colour_anchor_shift"]) == 4 and result["colour_anchor_shift"][0] > 0.05
+    assert result["colour_anchor"].startswith("colour anchor: the model's drift deep inside the cloud")

@@ -55,8 +55,8 @@ def test_run_arguments_round_trip_through_the_engine_parser():
               "optical_prev": "p.tif", "optical_next": "n.tif", "sar_prev": "sp.tif", "sar_next": "sn.tif",
               "date": "2021-06-04T10:00:00Z", "date_prev": "2021-06-01", "date_next": "2021-06-11T10:00:00",
               "dem": "dem.tif", "only_cloudy": True, "cloud_feather": 3, "qa": "qa.tif", "confidence": "c.tif",
-              "tta": 8, "adapt": 120, "scene_check": True, "memory_budget": 2.5, "sar_vv": None, "sar_vh": None,
-              "bounds": "1,2,3,4,EPSG:4326"}
+              "tta": 8, "adapt": 120, "scene_check": True, "colour_anchor": True, "memory_budget": 2.5, "sar_vv": None,
+              "sar_vh": None, "bounds": "1,2,3,4,EPSG:4326"}
     assert set(values) == set(OPTIONS)
     args = run_arguments(values)
     assert args[:7] == ["run", "--optical", "o.tif", "--sar", "s.tif", "--out", "x.tif"]

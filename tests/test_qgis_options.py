@@ -174,3 +174,21 @@ def test_scene_check_from_the_dialog_and_processing(processing_provider, dlg: Al
     param = alg.parameterDefinition("SCENE_CHECK")
     assert param.defaultValue() is False and param.description() == row.label
     assert param.flags() & param.Flag.FlagAdvanced
+
+
+def test_colour_anchor_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    row = OPTIONS["colour_anchor"]
+    assert not dlg.colour_anchor_check.isChecked()
+    dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
+    dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
+    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
+    assert "--colour-anchor" not in dlg.build_request().to_args()
+    dlg.colour_anchor_check.setChecked(True)
+    assert "--colour-anchor" in dlg.build_request().to_args()
+    dlg.save_settings()
+    assert dlg.settings.colour_anchor is True
+    alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
+    param = alg.parameterDefinition("COLOUR_ANCHOR")
+    assert param.defaultValue() is False and param.description() == row.label
+    assert param.flags() & param.Flag.FlagAdvanced

@@ -48,7 +48,7 @@ from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 INPUTS = ("optical", "sar", "landcover", "mask", "reference", "dem", "only_cloudy")
 EXTRA_DATES = ("optical_prev", "sar_prev", "optical_next", "sar_next", "date", "date_prev", "date_next")
 ADVANCED = ("device", "tile", "overlap", "batch", "cog", "cloud_feather", "optical_scale", "sar_resampling", "tta",
-            "adapt", "scene_check")
+            "adapt", "scene_check", "colour_anchor")
 
 
 class _RgbStyler(QgsProcessingLayerPostProcessorInterface):
@@ -198,6 +198,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
         if result.get("scene_check"):
             feedback.pushInfo(result["scene_check"])
+        if result.get("colour_anchor"):
+            feedback.pushInfo(result["colour_anchor"])
         for layer, styler in ((out, _rgb_styler(req.bands)), (qa, _QA_STYLER), (confidence, _CONFIDENCE_STYLER)):
             if layer and context.willLoadLayerOnCompletion(layer):
                 context.layerToLoadOnCompletionDetails(layer).setPostProcessor(styler)

@@ -171,10 +171,20 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
             "sar_used": result.sar_used,
             "model_percent": round(100.0 * result.model_fraction, 2),
             "scene_check": result.scene_check.sentence() if result.scene_check is not None else None,
-            "colour_anchor": result.colour_anchor,
+            "colour_anchor": _anchor_sentence(result.colour_anchor),
+            "colour_anchor_shift": result.colour_anchor,
         }
     )
     return 0
+
+
+def _anchor_sentence(shift: list[float] | None) -> str | None:
+    """``--colour-anchor``'s line (None when nothing was anchored); imported here: the CLI starts without SciPy."""
+    if not shift:
+        return None
+    from engine.colour_anchor import sentence
+
+    return sentence(shift)
 
 
 def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
@@ -217,9 +227,7 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     if result.scene_check is not None and result.scene_check.beats_baselines:  # else it was a warning already
         print(result.scene_check.sentence())
     if result.colour_anchor is not None:
-        from engine.colour_anchor import sentence
-
-        print(sentence(result.colour_anchor))
+        print(_anchor_sentence(result.colour_anchor))
     if result.report_dir:
         print(f"report in {result.report_dir}")
         metrics = (result.report or {}).get("metrics")
