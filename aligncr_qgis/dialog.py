@@ -311,21 +311,25 @@ class AlignCRDialog(QDialog):
         adapt_row.addWidget(QLabel(self.tr("Adapt to this scene first")))
         adapt_row.addWidget(self.adapt_spin, 1)
         mlay.addLayout(adapt_row)
-        self.scene_check_check = QCheckBox(self.tr("Check the model on this scene's clear ground"), self)
-        self.scene_check_check.setToolTip(self.tr(
+        self.scene_check_check = self._check(mlay, self.tr("Check the model on this scene's clear ground"), self.tr(
             "Lay synthetic clouds on a few clear windows of the scene and score the model against a flat colour and "
             "a smooth fill there (the clear pixels are the exact answer): tells you, without a reference, whether "
             "its output inside the cloud beats a guess on this scene. A few seconds; with adaptation, those "
             "clouds are kept out of its training"))
-        mlay.addWidget(self.scene_check_check)
-        self.colour_anchor_check = QCheckBox(self.tr("Anchor the colour inside the clouds to the clear pixels"), self)
-        self.colour_anchor_check.setToolTip(self.tr(
+        self.colour_anchor_check = self._check(mlay, self.tr("Anchor the colour inside the clouds to the clear "
+                                                             "pixels"), self.tr(
             "Deep inside a large cloud the model cannot see the clear ground and may paint a colour cast. This "
             "takes that drift off, fitted against the clear pixels' median, leaving the cloud's edge and the "
             "model's texture as they are. It assumes the ground under the cloud has, on average, the colour of "
             "the clear ground: leave it off for a cloud over a lake, or with a mask that misses haze"))
-        mlay.addWidget(self.colour_anchor_check)
         return model_box
+
+    def _check(self, layout: QVBoxLayout, text: str, tip: str) -> QCheckBox:
+        """A check box with its tooltip, added to ``layout``."""
+        box = QCheckBox(text, self)
+        box.setToolTip(tip)
+        layout.addWidget(box)
+        return box
 
     def open_finetune(self) -> Any:
         """The *Train on my area…* window (:mod:`aligncr_qgis.finetune_dialog`), starting from the chosen weights

@@ -190,6 +190,14 @@ def write_mask(
     return write_raster(path, data, crs=crs, transform=transform, nodata=None, dtype="uint8")
 
 
+def write_masked_scene(folder: Path, cloud: np.ndarray) -> tuple[Path, Path, Path]:
+    """Optical (the default random DN), SAR over it and the 1-band mask of ``cloud`` ((H, W) bool) in ``folder``."""
+    opt = write_optical(folder / "opt.tif", height=cloud.shape[0], width=cloud.shape[1])
+    sar = write_sar(folder / "s1.tif", like=opt)
+    mask = write_mask(folder / "mask.tif", cloud[None].astype(np.uint8), like=opt)
+    return opt, sar, mask
+
+
 def write_tiny_sen12(root: Path, n: int = 3, size: int = 32) -> Path:
     """SEN12MS-CR-layout triplets (13-band S2, 2-band S1 in dB, masks): a smooth scene under a bright square cloud."""
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from helpers_models import registered_test_models
-from helpers_rasters import write_mask, write_optical, write_sar
+from helpers_rasters import write_mask, write_masked_scene, write_optical, write_sar
 
 from engine.cli import main
 from engine.cloudmask import detect_clouds
@@ -33,10 +33,7 @@ def _blobs(h: int = H, w: int = W) -> np.ndarray:
 
 @pytest.fixture()
 def scene(tmp_path):
-    opt = write_optical(tmp_path / "opt.tif", height=H, width=W)
-    sar = write_sar(tmp_path / "s1.tif", like=opt)
-    mask = write_mask(tmp_path / "mask.tif", _blobs()[None].astype(np.uint8), like=opt)
-    return opt, sar, mask
+    return write_masked_scene(tmp_path, _blobs())
 
 
 def _run(scene, out, **kw):

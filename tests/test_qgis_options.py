@@ -158,37 +158,23 @@ def test_scene_adaptation_from_the_dialog_and_processing(processing_provider, dl
     assert param.description() == row.label
 
 
-def test_scene_check_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project,
-                                                    tmp_path: Path) -> None:  # fmt: skip
-    row = OPTIONS["scene_check"]
-    assert not dlg.scene_check_check.isChecked()
+@pytest.mark.parametrize("name", ["scene_check", "colour_anchor"])
+def test_switch_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project, tmp_path: Path,
+                                               name: str) -> None:  # fmt: skip
+    """An off-by-default run switch: its dialog check box adds the flag and is saved; Processing has it as an
+    advanced parameter labelled from the options table."""
+    row, box = OPTIONS[name], getattr(dlg, f"{name}_check")
+    flag = "--" + name.replace("_", "-")
+    assert not box.isChecked()
     dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
     dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
-    assert "--scene-check" not in dlg.build_request().to_args()
-    dlg.scene_check_check.setChecked(True)
-    assert "--scene-check" in dlg.build_request().to_args()
+    assert flag not in dlg.build_request().to_args()
+    box.setChecked(True)
+    assert flag in dlg.build_request().to_args()
     dlg.save_settings()
-    assert dlg.settings.scene_check is True
+    assert getattr(dlg.settings, name) is True
     alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
-    param = alg.parameterDefinition("SCENE_CHECK")
-    assert param.defaultValue() is False and param.description() == row.label
-    assert param.flags() & param.Flag.FlagAdvanced
-
-
-def test_colour_anchor_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project,
-                                                      tmp_path: Path) -> None:  # fmt: skip
-    row = OPTIONS["colour_anchor"]
-    assert not dlg.colour_anchor_check.isChecked()
-    dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
-    dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
-    dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
-    assert "--colour-anchor" not in dlg.build_request().to_args()
-    dlg.colour_anchor_check.setChecked(True)
-    assert "--colour-anchor" in dlg.build_request().to_args()
-    dlg.save_settings()
-    assert dlg.settings.colour_anchor is True
-    alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
-    param = alg.parameterDefinition("COLOUR_ANCHOR")
+    param = alg.parameterDefinition(name.upper())
     assert param.defaultValue() is False and param.description() == row.label
     assert param.flags() & param.Flag.FlagAdvanced
