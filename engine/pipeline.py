@@ -373,6 +373,8 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
         settings["adapt"] = config.adapt
     if model.scene_check is not None:
         settings["scene_check"] = model.scene_check.as_tag()
+    if config.colour_anchor:  # the fitted shift is its own tag, ALIGNCR_COLOUR_ANCHOR (known only after the stream)
+        settings["colour_anchor_tau_px"] = colour_anchor.TAU_PX
     sar_used = inp.sar is not None
     inputs = {"optical": given.optical, "sar": given.sar if sar_used else None,
               "sar_vv": given.sar_vv if sar_used else None, "sar_vh": given.sar_vh if sar_used else None,

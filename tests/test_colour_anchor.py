@@ -99,6 +99,10 @@ def test_the_streamed_run_equals_one_whole_image_anchor_whatever_the_chunking(tm
     with rasterio.open(tmp_path / "small.tif") as ds:
         tag = json.loads(ds.tags()["ALIGNCR_COLOUR_ANCHOR"])
     np.testing.assert_allclose(tag["shift"], beta, atol=1e-5)
+    with rasterio.open(tmp_path / "plain.tif") as ds:
+        assert "ALIGNCR_COLOUR_ANCHOR" not in ds.tags() and "colour_anchor" not in ds.tags()["ALIGNCR_SETTINGS"]
+    with rasterio.open(tmp_path / "small.tif") as ds:
+        assert json.loads(ds.tags()["ALIGNCR_SETTINGS"])["colour_anchor_tau_px"] == colour_anchor.TAU_PX
     assert sorted(p.name for p in tmp_path.iterdir()) == ["large.tif", "mask.tif", "opt.tif", "plain.tif", "s1.tif",
                                                           "small.tif"]  # the drafts are gone  # fmt: skip
 
