@@ -758,7 +758,8 @@ def _scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, device: to
     assert inp.declared is not None
     progress.update(0.0, "scene check: scoring the model and the baselines")
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
-    model.scene_check = score_check(module, held, device, adapted=bool((model.card or {}).get("scene_adaptation")))
+    model.scene_check = score_check(module, held, device, adapted=bool((model.card or {}).get("scene_adaptation")),
+                                    anchored=config.colour_anchor)  # fmt: skip
     if model.scene_check.beats_baselines:
         log.info("%s", model.scene_check.sentence())
     else:

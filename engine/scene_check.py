@@ -37,7 +37,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import baselines, metrics
+from engine import baselines, colour_anchor, metrics
 from engine.progress import Progress
 
 WINDOW = 256  # px: a checked window (scenes under 512 px: half their side, so that several windows fit)
@@ -88,6 +88,7 @@ class SceneCheck:
     margin_db: float  # mean over windows of the model's PSNR minus the better baseline's
     wins: int  # windows where the model beats both baselines
     adapted: bool = False  # the model was adapted to the scene first (the checked clouds held out)
+    anchored: bool = False  # its output was colour-anchored in each window, as --colour-anchor does in the run
 
     @property
     def beats_baselines(self) -> bool:
@@ -99,8 +100,9 @@ class SceneCheck:
         verdict = ("on this ground it beats both" if self.beats_baselines
                    else "a flat colour or a smooth fill does as well or better on this ground: read its output "
                    "inside the cloud as a guess")  # fmt: skip
+        which = ("adapted " if self.adapted else "") + ("colour-anchored " if self.anchored else "")
         return (f"scene check: under synthetic clouds on {self.windows} clear window(s) of this scene the "
-                f"{'adapted ' if self.adapted else ''}model scores {self.model_db:.1f} dB, flat {self.flat_db:.1f}, "
+                f"{which}model scores {self.model_db:.1f} dB, flat {self.flat_db:.1f}, "
                 f"fill {self.fill_db:.1f} (margin {self.margin_db:+.1f} dB, best on {self.wins} of {self.windows}); "
                 f"{verdict}")
 
@@ -155,10 +157,13 @@ def plan_check(read: Any, shape: tuple[int, int], progress: Progress, share: flo
 
 
 @torch.no_grad()
-def score_check(module: nn.Module, held: list[HeldOut], device: torch.device, adapted: bool = False) -> SceneCheck:
+def score_check(module: nn.Module, held: list[HeldOut], device: torch.device, adapted: bool = False,
+                anchored: bool = False) -> SceneCheck:  # fmt: skip
     """Score ``module`` (called as ``module(optical, packed)``) and the baselines inside each window's synthetic
     cloud, on its usable pixels. The module runs in fp32 here, before the runner exists; the tiles may run in bf16,
-    which moved the report split's inside-cloud PSNR by under 0.01 dB."""
+    which moved the report split's inside-cloud PSNR by under 0.01 dB. ``anchored``: the output is scored as
+    ``--colour-anchor`` makes it, its drift fitted in each window against that window's clear pixels (the run fits
+    one drift over the whole scene)."""
     was_training = module.training
     module.eval()
     rows = []
@@ -168,6 +173,9 @@ def score_check(module: nn.Module, held: list[HeldOut], device: torch.device, ad
         pred = module(x, packed).float().clamp(0, 1)[0].cpu().numpy()
         scored = item.cloud & ~item.unusable
         hidden = item.cloud | item.unusable  # what the baselines may not read
+        if anchored:
+            clear = np.where(item.unusable[None], np.nan, item.clouded)  # the anchor's clear pixels: usable ones
+            pred, _ = colour_anchor.anchor(pred, clear, item.cloud, used=~item.unusable)
         flat = baselines.flat(item.clouded, hidden)
         fill = baselines.fill(item.clouded, hidden)
         rows.append([metrics.psnr(img, item.clear, mask=scored) for img in (pred, flat, fill)])
@@ -176,4 +184,4 @@ def score_check(module: nn.Module, held: list[HeldOut], device: torch.device, ad
     margins = scores[:, 0] - scores[:, 1:].max(axis=1)
     return SceneCheck(windows=len(rows), model_db=float(scores[:, 0].mean()), flat_db=float(scores[:, 1].mean()),
                       fill_db=float(scores[:, 2].mean()), margin_db=float(margins.mean()),
-                      wins=int((margins > 0).sum()), adapted=adapted)  # fmt: skip
+                      wins=int((margins > 0).sum()), adapted=adapted, anchored=anchored)  # fmt: skip

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from torch import nn
 
-from engine import scene_check
+from engine import colour_anchor, scene_check
 from engine.cli import main
 from engine.config import RunConfig
 from engine.pipeline import run
@@ -213,3 +213,22 @@ def test_batch_writes_each_scene_check_margin(tmp_path):
     plain = run_scene(SceneJob(id="b", optical=opt, sar=sar, out=tmp_path / "b.tif", mask=mask, model="test-bias"),
                       {"device": "cpu", "tile": 64, "overlap": 8}, {})  # fmt: skip
     assert plain["scene_check_db"] == ""
+
+
+class _Drifting(nn.Module):
+    """The clear image (handed over as the "SAR") with a colour drift that grows inside the cloud, as the bundled
+    network's does: the colour anchor takes it off."""
+
+    def forward(self, optical: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        cloud = (optical - packed).abs().amax(dim=1, keepdim=True) > 0.02
+        depth = torch.from_numpy(colour_anchor.ramp(cloud[0, 0].numpy()))[None, None]
+        return packed + 0.2 * depth
+
+
+def test_the_check_scores_the_anchored_output_when_the_run_anchors():
+    image = _texture(256)
+    held = plan_check(_reader(image), image.shape[1:], Progress())
+    raw = score_check(_Drifting(), held, torch.device("cpu"))
+    anchored = score_check(_Drifting(), held, torch.device("cpu"), anchored=True)
+    assert anchored.anchored and not raw.anchored and "colour-anchored model" in anchored.sentence()
+    assert anchored.model_db > raw.model_db + 3 and (anchored.flat_db, anchored.fill_db) == (raw.flat_db, raw.fill_db)
