@@ -5,10 +5,11 @@ a SAR on its own (coarser) grid over the same extent, the mask and the reference
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import rasterio
 
 from engine.normalise import normalise_sar
-from training.engine_check import write_scene
+from training.engine_check import figure, write_scene
 
 
 def _sample(sar_size: int) -> dict[str, np.ndarray]:
@@ -38,3 +39,16 @@ def test_a_native_sar_grid_keeps_its_pixels_over_the_same_extent(tmp_path):
     with rasterio.open(paths["optical"]) as opt, rasterio.open(paths["sar"]) as sar:
         assert opt.res == (3.0, 3.0) and sar.shape == (18, 18)
         np.testing.assert_allclose(sar.bounds, opt.bounds)
+
+
+def test_figure_refuses_scenes_that_may_not_be_pictured(tmp_path):
+    """M3R-CR's PlanetScope imagery is academic-only: a figure naming such a scene is refused before anything is
+    drawn; the others are drawn."""
+    for name in ("real_00", "real_01"):
+        write_scene(_sample(60), tmp_path / name)
+        write_scene(_sample(60), tmp_path / "x")  # a variant output beside it, read as reflectance × 10⁴
+        (tmp_path / "x" / "cloudy.tif").rename(tmp_path / name / "plain.tif")
+    with pytest.raises(ValueError, match="real_01 may be scored but never pictured"):
+        figure(tmp_path, ["real_00", "real_01"], ["plain"], tmp_path / "refused.png", {"real_01"})
+    assert not (tmp_path / "refused.png").exists()
+    assert figure(tmp_path, ["real_00"], ["plain"], tmp_path / "drawn.png", {"real_01"}).exists()
