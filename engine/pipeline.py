@@ -945,13 +945,14 @@ def _process_chunk(
         m_ok = np.isfinite(m).all(axis=0) & opt_ok[:h, :w]
         counts["cloud"] += int((cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok).sum())
         counts["mask_valid"] += int(m_ok.sum())
+    anchoring = anchor is not None and data.anchor is not None
+    if data.weight is not None or anchoring:  # the input in reflectance, unclipped
+        original = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)
     if data.weight is not None:  # only the cloud (feathered) takes the model's output; the rest stays the input
         use = use & (data.weight > 0)
-        original = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)  # unclipped
         blended = mix(blended, original, data.weight)
-    if anchor is not None and data.anchor is not None:
-        optical = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)
-        anchor.add((oy, ox, h, w), blended, data.anchor[:h, :w], use, optical, opt_ok[:h, :w])
+    if anchoring:
+        anchor.add((oy, ox, h, w), blended, data.anchor[:h, :w], use, original, opt_ok[:h, :w])
     pred = _to_output_units(blended, inp, spec)
     for k, b in enumerate(inp.band_index):
         out[b][use] = pred[k][use]
