@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligncr_qgis.model_cards import ModelCardError, read_card
-from engine.finetune_record import read_record
+from engine.models.finetune_record import read_record
 
 DEFAULT_BASE = "aligncr-lite"
 

@@ -49,7 +49,8 @@ class LayerError(ValueError):
     """A layer cannot be handed to the engine; the message says why in one line."""
 
 
-# A GDAL dataset name that is no plain file (the engine's engine.sources.is_gdal_name; the plugin does not import it).
+# A GDAL dataset name that is no plain file (the engine's engine.sources.resolve.is_gdal_name; the plugin does not
+# import it).
 _GDAL_NAME = re.compile(r"^(/vsi|[A-Za-z][A-Za-z0-9_]+:)")
 
 
@@ -175,7 +176,7 @@ def bounds_argument(extent: QgsRectangle) -> str:
 
 
 def metric_problem(crs: QgsCoordinateReferenceSystem) -> str | None:
-    """The engine's one-line refusal of a CRS that is not projected in metres (:mod:`engine.metric_grid`, the
+    """The engine's one-line refusal of a CRS that is not projected in metres (:mod:`engine.sources.metric_grid`, the
     rule the engine applies to the optical raster), asked with QGIS's facts about ``crs``; None when it is fine."""
     if not crs.isValid():
         return None

@@ -1,7 +1,7 @@
 """Read a ``.safetensors`` model card without torch; tell which models are temporal.
 
 The plugin runs inside QGIS, whose Python has no torch; the model card still has to show up in the dialog. The
-header is read by the engine's own torch-free reader (:mod:`engine.safetensors_header`); the writer's free-form
+header is read by the engine's own torch-free reader (:mod:`engine.models.safetensors_header`); the writer's free-form
 string map (``"__metadata__"``: the engine stores nested structures as JSON text) is decoded here for display.
 
 :func:`temporal_info` reads the ``temporal_inputs`` / ``needs_dates`` / ``uses_sar`` fields of an ``engine models
@@ -191,7 +191,7 @@ def _decode(value: str) -> Any:
 
 def read_card(path: str | Path) -> ModelCard:
     """The model card of a ``.safetensors`` file, read by the engine's torch-free header reader
-    (:mod:`engine.safetensors_header`); anything wrong with the file is one :class:`ModelCardError`."""
+    (:mod:`engine.models.safetensors_header`); anything wrong with the file is one :class:`ModelCardError`."""
     reader = engine_module("safetensors_header")
     try:
         header = reader.read_header(path)

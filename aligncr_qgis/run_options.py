@@ -4,7 +4,7 @@ Why import the engine here: the dialog and the Processing algorithm used to repe
 dataclass, its argument builder, the allowed values of the SAR units, optical scale and SAR resampling) and they
 drifted (Processing offered no "amplitude"). ``engine.config`` is standard-library-only and Python 3.9 clean, so
 QGIS's own Python imports it from the engine folder the plugin ships (or the checkout's, in development) — no
-torch, numpy or rasterio. So do the engine's rules the dialog checks before a run (:mod:`engine.metric_grid`).
+torch, numpy or rasterio. So do the engine's rules the dialog checks before a run (:mod:`engine.sources.metric_grid`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _engine_importable()
 
 from engine.config import OPTIONS, Option, check_options, run_arguments  # noqa: E402 - needs the path above
 from engine.errors import InputError  # noqa: E402
-from engine.metric_grid import metric_crs_problem  # noqa: E402
+from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
 __all__ = ["OPTIONS", "InputError", "Option", "RunCommand", "check_options", "choice_items", "metric_crs_problem",
            "run_arguments"]

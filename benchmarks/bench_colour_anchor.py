@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.pipeline import run
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

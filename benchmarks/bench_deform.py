@@ -130,9 +130,9 @@ def main() -> None:
     parser.add_argument("--no-backward", dest="backward", action="store_false", help="time the forward pass only")
     args = parser.parse_args()
 
-    from engine.accel import set_threads
-    from engine.device import resolve_device
     from engine.models.ops.deform_conv import torchvision_available
+    from engine.stream.accel import set_threads
+    from engine.stream.device import resolve_device
 
     device = resolve_device(args.device)
     set_threads(args.threads)

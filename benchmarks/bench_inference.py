@@ -4,11 +4,11 @@
 A synthetic ``--size``² scene is written with windowed writes (memory O(size × 512)) into a temporary folder:
 4-band uint16 optical at 3 m in EPSG:32632 and 2-band float32 dB SAR at ~10 m in EPSG:4326, so reprojection,
 normalisation, tiling, blending and the atomic GeoTIFF writer all run as in production. Then
-:func:`engine.pipeline.run` decloudes it twice, each time in a fresh Python process (so peak RSS and peak GPU
+:func:`engine.stream.pipeline.run` decloudes it twice, each time in a fresh Python process (so peak RSS and peak GPU
 memory belong to that run alone):
 
 * ``fast``: the engine as shipped — ``--dtype`` (auto: bf16 on a CUDA GPU and on CPUs with native bf16, else
-  fp32), ``--batch`` tiles per forward on the GPU (one at a time on the CPU, see engine.accel), channels_last on
+  fp32), ``--batch`` tiles per forward on the GPU (one at a time on the CPU, see engine.stream.accel), channels_last on
   CUDA, optional ``--compile``, background reader/writer threads.
 * ``naive``: one tile per forward, fp32, no compile, no channels_last, no prefetching (I/O and compute in turn).
 
@@ -100,9 +100,9 @@ def measure(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     folder = Path(args.folder)
     accel = AccelConfig(**_accel_settings(args, args.mode))
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: every core)")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile")
     parser.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
-                        help="fast path: let glibc unmap freed memory between tiles (ablation of engine.malloc)")
+                        help="fast path: let glibc unmap freed memory between tiles (ablation of engine.stream.malloc)")
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive path")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="no 512² warm-up run")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")

@@ -3,7 +3,7 @@
 
 For each size a synthetic scene is generated with windowed writes into a temporary folder (optical: 4-band
 uint16, 3 m, EPSG:32632, DEFLATE; SAR: 2-band float32 dB at ~10 m in EPSG:4326, so the reprojection path runs),
-then ``engine.pipeline.run`` decloudes it with the ``identity`` model in a *fresh* Python process whose peak
+then ``engine.stream.pipeline.run`` decloudes it with the ``identity`` model in a *fresh* Python process whose peak
 resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is reported. Generation runs in its own process
 too, so only the engine is measured. The 16384² optical image is ~2 GiB uncompressed (~0.3-0.6 GiB compressed):
 check ``df -h /tmp`` first, or pass ``--workdir``.
@@ -75,7 +75,7 @@ def measure(folder: Path, tile: int) -> dict:
     """Run the engine once (this process must be fresh) and return its timing and peak RSS."""
     sys.path.insert(0, str(ROOT))
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.pipeline import run
 
     t0 = time.perf_counter()
     result = run(

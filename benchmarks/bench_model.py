@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Model-only forward latency and throughput per patch size, batch size and dtype, with the model's FLOPs.
 
-The network runs through :class:`engine.accel.InferenceRunner` — the exact code path of the engine (autocast,
+The network runs through :class:`engine.stream.accel.InferenceRunner` — the exact code path of the engine (autocast,
 channels_last, torch.compile) — on random inputs already on the device, so this measures the network alone: no
 raster I/O, no tiling, no host↔device copies of the inputs. The paper's reference point is Align-CR at 309 ms per
 160×160 patch (batch 1, RTX 3090); ``--sizes 160 304`` gives that size and a larger patch (a multiple of the
@@ -40,9 +40,9 @@ def _sync(device) -> None:
 def measure(args: argparse.Namespace, size: int, batch: int, dtype: str, gmacs: float) -> dict:
     import torch
 
-    from engine.accel import AccelConfig, InferenceRunner
-    from engine.device import describe_device, resolve_device
     from engine.models import build_model
+    from engine.stream.accel import AccelConfig, InferenceRunner
+    from engine.stream.device import describe_device, resolve_device
 
     device = resolve_device(args.device)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
 With --only-cloudy a tile whose pixels all keep the input (no cloud within the feather) skips the network, so the
 cost follows the cloud cover rather than the scene size. The scene is bench_inference's (4-band uint16 optical at
 3 m, SAR in EPSG:4326; one bright, flat Gaussian cloud left of centre). Variants: the whole output; --only-cloudy
-without a mask (the clouds :mod:`engine.cloudmask` detects on that scene); --only-cloudy with generated masks of
+without a mask (the clouds :mod:`engine.align.cloudmask` detects on that scene); --only-cloudy with generated masks of
 clumped clouds (random disks of 30–120 px radius, like cumulus fields) covering each ``--fractions`` share of the
 scene. Each variant runs once after a 512² warm-up in the same process; one JSON line per variant on stdout:
 seconds, Mpix/s, tiles through the network, cloud share.
@@ -59,9 +59,9 @@ def main() -> None:
     import numpy as np
     import rasterio
 
-    from engine.cloudmask import detect_clouds
+    from engine.align.cloudmask import detect_clouds
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.pipeline import run
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

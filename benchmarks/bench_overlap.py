@@ -50,9 +50,9 @@ def _images() -> list[tuple[str, Path, Path, tuple[int, ...]]]:
 def _decloud(optical: Path, sar: Path, bands: tuple[int, ...], tile: int, overlap: int, out: Path) -> np.ndarray:
     import rasterio
 
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     run(RunConfig(optical=optical, sar=sar, out=out, bands=bands, tile=tile, overlap=overlap),
         accel=AccelConfig(dtype="fp32"))  # fmt: skip
@@ -62,7 +62,7 @@ def _decloud(optical: Path, sar: Path, bands: tuple[int, ...], tile: int, overla
 
 def _seam_mask(shape: tuple[int, int], tile: int, overlap: int, width: int = 8) -> np.ndarray:
     """Pixels within ``width`` of the middle of an overlap band (where two tiles' weights cross)."""
-    from engine.tiling import TileGrid
+    from engine.stream.tiling import TileGrid
 
     h, w = shape
     grid = TileGrid(h, w, tile, overlap)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Peak memory of one network forward per tile pixel, per registry model: the table in :mod:`engine.memory`.
+"""Peak memory of one network forward per tile pixel, per registry model: the table in :mod:`engine.stream.memory`.
 
 For each model and tile size a *fresh* Python process builds the model (random weights: memory does not depend on
 their values), makes a (1, 4, t, t) optical and (1, 2, t, t) SAR batch (and the extra dates of temporal models),
 resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, Linux ≥ 4.0), runs one fp32 forward under
 ``torch.inference_mode`` on one thread, and reports ``VmHWM − VmRSS`` before the forward: the bytes the forward
-needed on top of the loaded model. ``engine.memory.BYTES_PER_PIXEL`` is that peak ÷ t² at t = 512 (the larger of
+needed on top of the loaded model. ``engine.stream.memory.BYTES_PER_PIXEL`` is that peak ÷ t² at t = 512 (the larger of
 the two sizes measured; the per-pixel cost falls slightly with the tile, so it is an upper bound for larger tiles).
 
 Usage: ``.venv/bin/python benchmarks/bench_tile_memory.py [--models aligncr-lite dsen2cr] [--tiles 256 512]``.

@@ -20,8 +20,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from engine.config import RunConfig
-from engine.masks import cloud_mask_from_bands
-from engine.pipeline import run
+from engine.sources.masks import cloud_mask_from_bands
+from engine.stream.pipeline import run
 
 BANDS = (2, 3, 4, 8)  # Sentinel-2 B2, B3, B4, B8 in the 13-band L1C files
 VARIANTS = {"model everywhere": {}, "only-cloudy, feather 0": {"only_cloudy": True, "cloud_feather": 0},

@@ -2,7 +2,7 @@
 inside the cloud, on held-out samples with a cloud-free reference.
 
 What it measures: for each sample the model runs on ``--tta`` flips/rotations of optical + SAR
-(:func:`engine.tta.predict`, exactly what ``engine run --confidence`` does per tile); the spread is the per-band
+(:func:`engine.stream.tta.predict`, exactly what ``engine run --confidence`` does per tile); the spread is the per-band
 standard deviation of those outputs averaged over the bands (reflectance), the error is the absolute difference
 between their mean (the output a ``--confidence`` run writes) and the cloud-free reference, averaged over the
 bands. Inside the cloud mask the two are ranked against each other (``scipy.stats.spearmanr``) per sample and
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from engine import tta
 from engine.errors import EngineError
-from engine.pipeline import BUNDLED_WEIGHTS
+from engine.stream import tta
+from engine.stream.pipeline import BUNDLED_WEIGHTS
 from training.datasets import AugmentConfig, TrainView
 from training.evaluate import load_model, open_dataset
 from training.inputs import input_keys

@@ -8,9 +8,9 @@ the same names; relative paths are relative to the
 manifest's folder, an empty cell means "not given", dates are ISO 8601 and checked when the manifest is read). The
 ``sar`` cell may be empty only for a row whose model takes no SAR (``model`` = ``gapfill``, or such weights), or
 whose ``sar_vv`` and ``sar_vh`` cells give the polarisations as two files. Input cells may hold any product or GDAL
-dataset name ``engine run`` takes (:mod:`engine.sources`: a SAFE, a zip, ``/vsizip/…``), and ``mask`` may be ``auto``.
-Each scene is one task that calls :func:`engine.pipeline.run` on a worker; the client collects outcomes as they
-finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts, warnings, model_percent,
+dataset name ``engine run`` takes (:mod:`engine.sources.resolve`: a SAFE, a zip, ``/vsizip/…``), and ``mask`` may be
+``auto``. Each scene is one task that calls :func:`engine.stream.pipeline.run` on a worker; the client collects outcomes
+as they finish and rewrites the summary CSV (``id, status, output, seconds, error, attempts, warnings, model_percent,
 scene_check_db``)
 atomically after each one, so even an interrupted batch leaves an accurate record of what is done — and which
 scenes deserve a second look (a partial SAR cover, a SAR acquired far from the optical image).
@@ -25,9 +25,10 @@ Failure policy (why it is split this way):
   scheduler's own silent rescheduling after a worker death is turned off (``allowed-failures = 0``) for the
   local cluster so that every attempt is counted in ``attempts``; on a remote scheduler its configuration rules.
 * Outputs are never half-written: the engine writes into a hidden temporary file beside the output and renames it
-  only when the scene is complete (:class:`engine.writer.AtomicGeoTIFFWriter`). A worker killed mid-scene can
+  only when the scene is complete (:class:`engine.outputs.writer.AtomicGeoTIFFWriter`). A worker killed mid-scene can
   leave such a temporary file behind; the next attempt of that scene removes it before starting — only once its
-  owner process is gone, and matching the output's name literally (:func:`engine.writer.remove_stale_temporaries`).
+  owner process is gone, and matching the output's name literally
+  (:func:`engine.outputs.writer.remove_stale_temporaries`).
 * Before any scene runs, :func:`check_batch_paths` rejects outputs that would overwrite the manifest, the summary,
   another scene's output or any scene's input.
 
@@ -93,7 +94,7 @@ class SceneJob:
     dem: Path | None = None
     qa: Path | None = None  # the QA raster of the scene (engine run --qa)
     confidence: Path | None = None  # the confidence raster of the scene (engine run --confidence)
-    sar_vv: Path | str | None = None  # split polarisations instead of ``sar`` (engine.sources)
+    sar_vv: Path | str | None = None  # split polarisations instead of ``sar`` (engine.sources.resolve)
     sar_vh: Path | str | None = None
 
 
@@ -211,7 +212,7 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
     """Reject, before any scene runs, a batch that would overwrite its own files (issue 15): an output (``out``,
     ``qa``) that is the manifest, the summary, another scene's output or any scene's input, a summary that is the
     manifest or an input, and an output that exists as a non-regular file (a device, FIFO, socket or folder)."""
-    from engine.writer import existing_kind
+    from engine.outputs.writer import existing_kind
 
     taken: dict[object, str] = {}  # path (resolved) or (device, inode) of an existing file → what it is
 
@@ -251,7 +252,7 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
 
 def _resolve(value: str, manifest: Path) -> Path | str:
     """A path relative to the manifest's folder, absolute; GDAL dataset names and ``--mask auto`` as they are."""
-    from engine.sources import is_gdal_name
+    from engine.sources.resolve import is_gdal_name
 
     if is_gdal_name(value) or value == "auto":
         return value
@@ -260,7 +261,7 @@ def _resolve(value: str, manifest: Path) -> Path | str:
 
 
 def _parse_date(value: str, where: str) -> datetime:
-    from engine.dates import parse_datetime
+    from engine.sources.dates import parse_datetime
 
     try:
         return parse_datetime(value)
@@ -273,7 +274,7 @@ def _takes_no_sar(row: dict[str, str], manifest: Path) -> bool:
     if not row.get("model") and not row.get("weights"):
         return False
     from engine.models.roles import model_inputs
-    from engine.pipeline import default_model_name
+    from engine.stream.pipeline import default_model_name
 
     weights = _resolve(row["weights"], manifest) if row.get("weights") else None
     declared = model_inputs(row.get("model") or None, weights, default_model_name())
@@ -283,17 +284,17 @@ def _takes_no_sar(row: dict[str, str], manifest: Path) -> bool:
 def run_scene(job: SceneJob, run_settings: dict[str, Any], accel_settings: dict[str, Any]) -> dict[str, Any]:
     """Run one scene (on a worker). EngineErrors come back as a ``failed`` record; anything else is raised so the
     client can retry it."""
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
-    from engine.pipeline import run
-    from engine.writer import remove_stale_temporaries
+    from engine.outputs.writer import remove_stale_temporaries
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     t0 = time.perf_counter()
     record = {"id": job.id, "output": ""}
     try:
         for target in (job.out, job.qa, job.confidence):
             if target is not None:
-                remove_stale_temporaries(target)  # only a dead attempt's: see engine.writer
+                remove_stale_temporaries(target)  # only a dead attempt's: see engine.outputs.writer
         paths = {k: v for k, v in dataclasses.asdict(job).items() if k != "id" and v is not None}
         config = RunConfig(**{**run_settings, **paths})
         result = run(config, accel=AccelConfig(**accel_settings))

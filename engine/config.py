@@ -38,7 +38,7 @@ TEMPORAL_PATHS = ("optical_prev", "sar_prev", "optical_next", "sar_next")  # the
 DATE_FIELDS = ("date", "date_prev", "date_next")
 INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "reference", "dem", *TEMPORAL_PATHS)
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
-MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.tta averages over
+MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.stream.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
 MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
@@ -101,7 +101,7 @@ def flag(field_name: str) -> str:
 @dataclass(frozen=True)
 class Bounds:
     """``--bounds``: the window to process, in ``crs`` (None: the optical image's CRS); the engine snaps it
-    outwards to the optical pixel grid (:mod:`engine.bounds`)."""
+    outwards to the optical pixel grid (:mod:`engine.sources.bounds`)."""
 
     xmin: float
     ymin: float
@@ -144,28 +144,28 @@ class RunConfig:
     acquired before (``optical_prev``, ``sar_prev``) and after (``optical_next``, ``sar_next``) the cloudy one;
     they are aligned and normalised like ``optical`` / ``sar``. ``date`` / ``date_prev`` / ``date_next`` are the
     acquisition times (datetimes or ISO 8601 strings) for models that need them (``gapfill``); when absent they are
-    read from the files' tags (:func:`engine.dates.read_acquisition_date`). Other models ignore all of these.
+    read from the files' tags (:func:`engine.sources.dates.read_acquisition_date`). Other models ignore all of these.
 
     ``sar`` may be ``None`` only for a model that takes no SAR (``uses_sar = False`` on its class: ``gapfill``);
     the pipeline says so in one line for any other model. ``out`` is required (give it by keyword: it follows the
     optional ``sar``). ``dem`` is a one-band elevation raster in metres (any CRS/resolution) for models built with
-    ``dem=True`` (the Cresson 2022 U-Nets; see :mod:`engine.dem`); other models ignore it with a warning.
+    ``dem=True`` (the Cresson 2022 U-Nets; see :mod:`engine.align.dem`); other models ignore it with a warning.
 
     ``only_cloudy`` keeps every pixel that ``mask`` does not mark as cloud exactly as the input and puts the
-    model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.composite`);
-    without ``mask`` the cloud is detected on the optical image (:mod:`engine.cloudmask`). Off, the output is the
+    model's output on the cloud, feathered over ``cloud_feather`` pixels beyond it (:mod:`engine.stream.composite`);
+    without ``mask`` the cloud is detected on the optical image (:mod:`engine.align.cloudmask`). Off, the output is the
     model's everywhere, as in the paper. ``qa`` also writes, on the output's grid, the percent of each pixel that
     is the model's output (0 = as acquired, 100 = reconstructed; 255 = no optical data).
 
-    ``tta`` runs the model on that many flips/rotations of each tile and outputs their mean (:mod:`engine.tta`;
+    ``tta`` runs the model on that many flips/rotations of each tile and outputs their mean (:mod:`engine.stream.tta`;
     ``None`` or 1 = off); ``confidence`` also writes, on the output's grid, their per-pixel spread in reflectance
     (``-1`` = no optical data). ``confidence`` without ``tta`` means ``tta = 4``; the resolved number is what
     :attr:`tta` holds after construction (and what reports record).
-    ``memory_budget`` (GB) bounds one tile's forward plus the pipeline's buffers (:mod:`engine.memory`): a tile
+    ``memory_budget`` (GB) bounds one tile's forward plus the pipeline's buffers (:mod:`engine.stream.memory`): a tile
     that does not fit is refused with the largest one that does; ``None`` takes 80 % of the available memory.
-    ``tile`` is the largest tile: on a scene smaller than it the tiles shrink to the scene (:mod:`engine.tiling`).
-    ``bounds`` processes only that window of the optical image (any CRS, snapped to the optical grid); the output
-    is that window, georeferenced.
+    ``tile`` is the largest tile: on a scene smaller than it the tiles shrink to the scene
+    (:mod:`engine.stream.tiling`). ``bounds`` processes only that window of the optical image (any CRS, snapped to the
+    optical grid); the output is that window, georeferenced.
     """
 
     optical: Path | str = option(
@@ -318,9 +318,9 @@ class RunConfig:
             self.bounds = Bounds.parse(self.bounds)
 
     def _convert_inputs(self) -> None:
-        """Input names to :func:`~engine.sources.as_source` values and dates to datetimes (imported here, not at
+        """Input names to :func:`~engine.sources.resolve.as_source` values and dates to datetimes (imported here, not at
         the top: the plugin imports this module without the engine's packages)."""
-        from engine.sources import as_source
+        from engine.sources.resolve import as_source
 
         for name in INPUT_FIELDS:  # GDAL names (/vsizip//abs/…, DRIVER:…) stay strings: Path would fold them
             value = getattr(self, name)
@@ -329,7 +329,7 @@ class RunConfig:
         for name in DATE_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
-                from engine.dates import parse_datetime
+                from engine.sources.dates import parse_datetime
 
                 setattr(self, name, parse_datetime(str(value)))
 

@@ -3,7 +3,8 @@
 Why: moving modules (issue 27) or reorganising the per-chunk code must leave every output bit-identical. This runs a
 fixed set of ``python -m engine`` commands on the bundled sample (every stage: tiles, mask, QA, TTA, colour anchor,
 adaptation, scene check, report, NDVI), then prints one SHA-256 per output raster over what matters to a user: the
-pixel bytes of every band, dtype, nodata, size, transform and CRS (not the file's bytes: the settings tag records the engine's paths/time).
+pixel bytes of every band, dtype, nodata, size, transform and CRS (not the file's bytes: the settings tag records the
+engine's paths/time).
 
     .venv/bin/python scripts/fingerprint_runs.py > before.json   # on the old tree
     .venv/bin/python scripts/fingerprint_runs.py > after.json    # on the new tree
@@ -60,7 +61,8 @@ def run_case(name: str, argv: list[str], outputs: list[str], work: Path) -> dict
     report = folder / "rep" / "report.json"
     if report.is_file():
         data = json.loads(report.read_text())
-        digests["report.json:metrics"] = hashlib.sha256(json.dumps(data.get("metrics"), sort_keys=True).encode()).hexdigest()
+        metrics = json.dumps(data.get("metrics"), sort_keys=True).encode()
+        digests["report.json:metrics"] = hashlib.sha256(metrics).hexdigest()
     return digests
 
 

@@ -29,15 +29,15 @@ def shared_data() -> Path:
 def _fp32_on_every_cpu(monkeypatch):
     """In-process runs use fp32 and one forward at a time on the CPU, whatever the CI machine is.
 
-    ``--dtype auto`` picks bf16 on CPUs with native bf16 (engine.accel); many tests assert bit-exact results
+    ``--dtype auto`` picks bf16 on CPUs with native bf16 (engine.stream.accel); many tests assert bit-exact results
     against a plain fp32 call, and CI machines differ. The automatic choice itself is tested in test_accel.py.
     """
-    import engine.accel
+    import engine.stream.accel
 
-    monkeypatch.setattr(engine.accel, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(engine.stream.accel, "cpu_has_native_bf16", lambda: False)
     # One CPU forward at a time, so test models that record their calls see them in order; the concurrent CPU
     # workers are tested explicitly (test_accel.py, test_pipeline.py).
-    monkeypatch.setattr(engine.accel, "MAX_AUTO_CPU_WORKERS", 1)
+    monkeypatch.setattr(engine.stream.accel, "MAX_AUTO_CPU_WORKERS", 1)
 
 
 @pytest.fixture(scope="module")

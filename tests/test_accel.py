@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine import accel
-from engine.accel import AccelConfig, AccelError, InferenceRunner, resolve_dtype
 from engine.errors import ModelError
 from engine.models import build_model
+from engine.stream import accel
+from engine.stream.accel import AccelConfig, AccelError, InferenceRunner, resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -61,7 +61,7 @@ def _reference(model: nn.Module, o: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def test_dtype_choice_on_cpu(monkeypatch) -> None:
-    import engine.accel as accel
+    import engine.stream.accel as accel
 
     monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", CPU) == torch.float32  # emulated bf16 is slower than fp32
@@ -78,7 +78,7 @@ def test_dtype_choice_on_cpu(monkeypatch) -> None:
 
 
 def test_tf32_only_for_low_precision_cuda_runs() -> None:
-    from engine.accel import matmul_precision_for
+    from engine.stream.accel import matmul_precision_for
 
     cuda = torch.device("cuda")
     assert matmul_precision_for(cuda, torch.bfloat16) == "high" and matmul_precision_for(cuda, torch.float16) == "high"
@@ -152,7 +152,7 @@ def test_cpu_feeds_one_tile_per_forward_by_default() -> None:
 def test_cpu_workers_run_tiles_concurrently_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import engine.accel as accel
+    import engine.stream.accel as accel
 
     class Recorder(TinyNet):
         def __init__(self) -> None:
@@ -280,7 +280,7 @@ def test_pipeline_restores_the_callers_torch_threads(tmp_path) -> None:
     from helpers_rasters import write_optical, write_sar
 
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.pipeline import run
 
     opt = write_optical(tmp_path / "o.tif", height=40, width=40)
     sar = write_sar(tmp_path / "s.tif", like=opt)

@@ -9,7 +9,7 @@ from helpers_rasters import UTM32N, WGS84, footprint_transform, write_optical, w
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from engine.align import AlignedReader, Grid, bounds_overlap, coverage_fraction
+from engine.align.reader import AlignedReader, Grid, bounds_overlap, coverage_fraction
 
 
 @pytest.fixture()

@@ -162,7 +162,7 @@ def test_bfloat16_forward():
 
 
 def test_channels_last_gives_the_same_result():
-    # engine.accel switches CUDA models to channels_last: views/reshapes must not assume NCHW strides.
+    # engine.stream.accel switches CUDA models to channels_last: views/reshapes must not assume NCHW strides.
     torch.manual_seed(5)
     model = build_model("aligncr-lite", num_blocks=2, fe_blocks=1).eval()
     for m in model.modules():

@@ -8,7 +8,7 @@ from helpers_rasters import WGS84, footprint_transform, write_optical, write_ras
 
 from engine.config import RunConfig
 from engine.errors import InputError, OutputError
-from engine.pipeline import run
+from engine.stream.pipeline import run
 
 
 @pytest.fixture()

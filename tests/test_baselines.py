@@ -1,4 +1,4 @@
-"""engine.baselines: what the non-learned baselines compute, in memory and streamed, and their report rows."""
+"""engine.refine.baselines: what the non-learned baselines compute, in memory and streamed, and their report rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.baselines import BASELINES, DEFAULT_HALO, baseline, clear_medians, fill, fill_window, flat
+from engine.refine.baselines import BASELINES, DEFAULT_HALO, baseline, clear_medians, fill, fill_window, flat
 
 
 def _ramp(h: int = 40, w: int = 50) -> np.ndarray:
@@ -161,8 +161,8 @@ def _in_memory_baselines(scene) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def test_baseline_rows_equal_metrics_of_the_in_memory_baselines(scene, report):
-    from engine.landcover import CLASS_NAMES
-    from engine.metrics import AccumulatorConfig, MetricAccumulator, mae, psnr, sam_degrees
+    from engine.outputs.metrics import AccumulatorConfig, MetricAccumulator, mae, psnr, sam_degrees
+    from engine.sources.landcover import CLASS_NAMES
 
     rep, _ = report
     m = rep["metrics"]
@@ -342,7 +342,7 @@ def test_m3rcr_sample_baselines(shared_data, tmp_path, capsys):
     import rasterio
 
     from engine.cli import main
-    from engine.metrics import mae, psnr
+    from engine.outputs.metrics import mae, psnr
     from engine.report.schema import validate_report
 
     root = shared_data / "m3rcr_sample" / "train"
@@ -408,8 +408,8 @@ def test_baselines_use_the_detected_mask_when_none_is_given(scene, tmp_path):
 def test_clear_medians_of_a_large_scene_come_from_a_regular_grid(scene, monkeypatch):
     from contextlib import ExitStack
 
-    from engine import baselines
     from engine.progress import Progress
+    from engine.refine import baselines
     from engine.report import accumulate
     from engine.report.sources import open_sources
 

@@ -1,5 +1,5 @@
 """Engine rules on the optical grid: ``run --bounds`` (a window of the optical image, given in any CRS, snapped to
-its pixels) and the optical CRS projected in metres (engine.metric_grid), on synthetic rasters."""
+its pixels) and the optical CRS projected in metres (engine.sources.metric_grid), on synthetic rasters."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from rasterio.warp import transform_bounds
 from engine.cli import main
 from engine.config import Bounds, RunConfig
 from engine.errors import InputError
-from engine.metric_grid import metric_crs_problem
-from engine.pipeline import run
+from engine.sources.metric_grid import metric_crs_problem
+from engine.stream.pipeline import run
 
 RES = 3.0
 
@@ -114,7 +114,7 @@ def test_bounds_on_a_sentinel2_product_with_its_own_mask(tmp_path):
     product's full grid, is aligned onto the window; the window's pixels are the whole run's."""
     from helpers_sentinel import write_s2_safe
 
-    from engine.sources import Materialised, materialise, resolve_optical
+    from engine.sources.resolve import Materialised, materialise, resolve_optical
 
     product = write_s2_safe(tmp_path, zipped=True, size=32)
     with Materialised() as store, rasterio.open(materialise(resolve_optical(product), store)) as ds:

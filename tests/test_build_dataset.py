@@ -212,7 +212,7 @@ def test_layout_dataset_feeds_temporal_models(archive: Path, tmp_path: Path) -> 
             "t_prev", "t_next", "landcover", "id"} <= set(s)
     assert s["optical"].shape == s["target"].shape == s["optical_prev"].shape == (4, 10, 10)
     assert s["sar"].shape == s["sar_next"].shape == (2, 10, 10)
-    vv, vh = (-12 + 25) / 25, (-12 + 32.5) / 32.5  # engine.normalise clip ranges
+    vv, vh = (-12 + 25) / 25, (-12 + 32.5) / 32.5  # engine.sources.normalise clip ranges
     assert torch.allclose(s["sar"][0], torch.full((10, 10), vv))
     assert torch.allclose(s["sar"][1], torch.full((10, 10), vh))
     assert s["mask"].min() == 1.0  # D is 100 % cloud

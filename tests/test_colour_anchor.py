@@ -1,5 +1,5 @@
-"""``engine run --colour-anchor`` (engine.colour_anchor): the network's colour drift is taken off the inside of each
-cloud — fitted over the scene against the clear pixels' median, 0 at the cloud's edge — and the streamed run gives
+"""``engine run --colour-anchor`` (engine.refine.colour_anchor): the network's colour drift is taken off the inside of
+each cloud — fitted over the scene against the clear pixels' median, 0 at the cloud's edge — and the streamed run gives
 what one whole-image anchor gives, whatever the chunking, leaving clear pixels and pixels the model did not write
 as they were."""
 
@@ -13,10 +13,10 @@ import rasterio
 from helpers_models import registered_test_models
 from helpers_rasters import write_masked_scene, write_sar
 
-from engine import colour_anchor
 from engine.cli import main
 from engine.config import RunConfig
-from engine.pipeline import run
+from engine.refine import colour_anchor
+from engine.stream.pipeline import run
 
 H, W = 90, 100
 
@@ -93,7 +93,7 @@ def test_the_streamed_run_equals_one_whole_image_anchor_whatever_the_chunking(tm
     assert beta[0] > 0.05  # test-brighten's +0.1 and the cloudless random ground: a real drift to take off
     got = _read(tmp_path / "small.tif")
     expected = np.rint(expected * 1e4)
-    expected[expected == 0] = 1  # nodata is 0: a valid pixel is written as 1 (engine.pipeline.nodata_substitute)
+    expected[expected == 0] = 1  # nodata is 0: a valid pixel is written as 1 (engine.stream.pipeline.nodata_substitute)
     np.testing.assert_allclose(got, expected, atol=1)
     np.testing.assert_array_equal(got[:, ~cloud], _read(tmp_path / "plain.tif")[:, ~cloud])  # clear: untouched
     with rasterio.open(tmp_path / "small.tif") as ds:

@@ -8,12 +8,12 @@ import rasterio
 from helpers_models import registered_test_models
 from helpers_rasters import write_mask, write_masked_scene, write_optical, write_sar
 
+from engine.align.cloudmask import detect_clouds
 from engine.cli import main
-from engine.cloudmask import detect_clouds
-from engine.composite import cloud_weight, halo_window, mix
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.pipeline import run
+from engine.stream.composite import cloud_weight, halo_window, mix
+from engine.stream.pipeline import run
 
 H, W = 90, 100
 

@@ -1,4 +1,4 @@
-"""Test-time augmentation (engine.tta) and --confidence: the spread of the model's output over flips/rotations."""
+"""Test-time augmentation (stream.tta) and --confidence: the spread of the model's output over flips/rotations."""
 
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from helpers_rasters import (
     write_tiny_sen12,
 )
 
-from engine import tta
 from engine.cli import main
-from engine.composite import cloud_weight
 from engine.config import RunConfig
 from engine.errors import Cancelled, InputError
 from engine.models.unet_arch import match_sar
-from engine.pipeline import CONFIDENCE_NODATA, run
 from engine.progress import Progress
-from engine.tiling import blend_window
+from engine.stream import tta
+from engine.stream.composite import cloud_weight
+from engine.stream.pipeline import CONFIDENCE_NODATA, run
+from engine.stream.tiling import blend_window
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_importing_the_table_pulls_in_no_torch_numpy_or_rasterio():
-    """The plugin imports engine.config (and engine.metric_grid) in QGIS's Python, which may lack all three."""
-    code = ("import sys, engine.config, engine.metric_grid; "
+    """The plugin imports engine.config (and engine.sources.metric_grid) in QGIS's Python, which may lack all three."""
+    code = ("import sys, engine.config, engine.sources.metric_grid; "
             "print(__import__('json').dumps(sorted(m for m in ('torch', 'numpy', 'rasterio') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

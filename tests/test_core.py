@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import cloudmask, landcover, normalise
+from engine.align.reader import cloudmask
 from engine.errors import ModelError
 from engine.models import build_model, list_models
+from engine.sources.resolve import landcover, normalise
 
 
 def test_optical_normalisation_round_trip():
@@ -70,7 +71,7 @@ def test_identity_model_and_unknown_name():
 
 
 def test_cloud_mask_single_band_and_udm2():
-    from engine.masks import cloud_mask_from_bands
+    from engine.sources.masks import cloud_mask_from_bands
 
     single = np.array([[0, 1], [255, 0]], dtype=np.uint8)
     np.testing.assert_array_equal(cloud_mask_from_bands(single, nodata=255), [[False, True], [False, False]])

@@ -1,5 +1,5 @@
 """The DEM input of the Cresson U-Nets (``--dem``, models built with ``dem=True``): aligned bilinearly from another
-CRS, scaled ×10⁻⁴ (engine.dem), fed as the ``dem`` keyword; missing-DEM error, ignored-DEM warning, partial
+CRS, scaled ×10⁻⁴ (engine.align.dem), fed as the ``dem`` keyword; missing-DEM error, ignored-DEM warning, partial
 coverage, ``models --json``'s ``uses_dem``."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import torch
 from helpers_rasters import UTM32N, WGS84, footprint_transform, write_optical, write_raster, write_sar
 from rasterio.warp import Resampling, reproject
 
-from engine import normalise
 from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
 from engine.models import build_model, load, save
-from engine.pipeline import run
+from engine.sources.resolve import normalise
+from engine.stream.pipeline import run
 
 N = 32  # one 32² tile covers the optical image: the output is exactly one forward pass
 

@@ -1,5 +1,5 @@
-"""``engine run --adapt STEPS`` (engine.scene_adapt): the run's copy of the model is fine-tuned on the scene's own
-clear pixels first. The learnable-constant test model shows which pixels were its targets: the clear ones, never
+"""``engine run --adapt STEPS`` (engine.refine.scene_adapt): the run's copy of the model is fine-tuned on the scene's
+own clear pixels first. The learnable-constant test model shows which pixels were its targets: the clear ones, never
 the masked (or detected) cloud; the weights file is not changed; skipped runs say why; a cancel writes nothing."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import Cancelled
 from engine.models import build_model, weights
-from engine.pipeline import run
 from engine.progress import Progress
+from engine.stream.pipeline import run
 
 SIZE = 128
 

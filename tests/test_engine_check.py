@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.normalise import normalise_sar
+from engine.sources.normalise import normalise_sar
 from training.engine_check import figure, write_scene
 
 

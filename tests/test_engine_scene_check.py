@@ -1,5 +1,5 @@
-"""``engine run --scene-check`` (engine.scene_check): the model beside flat and fill under synthetic clouds on the
-scene's own clear ground. An oracle that is handed the clear image wins, the cloudy input loses; only clear ground
+"""``engine run --scene-check`` (engine.refine.scene_check): the model beside flat and fill under synthetic clouds on
+the scene's own clear ground. An oracle that is handed the clear image wins, the cloudy input loses; only clear ground
 with every input is scored; the windows and clouds are seeded; with ``--adapt`` the checked clouds are never
 adaptation targets and adaptation sees them as the check does; the verdict reaches the output's settings, the CLI
 and the plugin's result event."""
@@ -18,12 +18,12 @@ from rasterio.windows import Window
 from scipy import ndimage
 from torch import nn
 
-from engine import colour_anchor, scene_check
 from engine.cli import main
 from engine.config import RunConfig
-from engine.pipeline import run
 from engine.progress import Progress
-from engine.scene_check import HeldOut, plan_check, score_check
+from engine.refine import colour_anchor, scene_check
+from engine.refine.scene_check import HeldOut, plan_check, score_check
+from engine.stream.pipeline import run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -156,7 +156,7 @@ def test_adaptation_never_targets_the_checked_clouds(tmp_path, monkeypatch):
         planned.append(real_plan(*args, **kwargs))
         return planned[-1]
 
-    monkeypatch.setattr("engine.pipeline.plan_check", plan_spy)
+    monkeypatch.setattr("engine.stream.pipeline.plan_check", plan_spy)
     opt, sar, mask = _scene(tmp_path)
     result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "out.tif", mask=mask, model="test-bias",
                            device="cpu", tile=64, overlap=8, adapt=5, scene_check=True))  # fmt: skip

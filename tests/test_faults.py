@@ -39,9 +39,9 @@ from engine.cli import main as cli_main
 from engine.config import RunConfig
 from engine.errors import InputError, ModelError, OutputError
 from engine.models import MODEL_REGISTRY, register_model
-from engine.pipeline import nodata_substitute, run
-from engine.tiling import TileGrid
-from engine.writer import AtomicFile, remove_stale_temporaries, verify_geotiff
+from engine.outputs.writer import AtomicFile, remove_stale_temporaries, verify_geotiff
+from engine.stream.pipeline import nodata_substitute, run
+from engine.stream.tiling import TileGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"tile": 32, "overlap": 8, "model": "identity", "device": "cpu"}
@@ -180,7 +180,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path, stage, size_kb):
 
 def test_a_flush_failure_gdal_only_logs_is_raised(tmp_path, scene, monkeypatch):
     """GDAL reports a failed flush only through its error state: the writer reads it (injected here)."""
-    import engine.gdal_errors as ge
+    import engine.sources.gdal_errors as ge
 
     assert ge.available()  # rasterio's GDAL was found: the check is live on this platform
     real = ge.last_failure
@@ -199,7 +199,7 @@ def test_a_flush_failure_gdal_only_logs_is_raised(tmp_path, scene, monkeypatch):
 
 def test_a_file_that_lost_its_end_is_not_renamed_into_place(tmp_path, scene, monkeypatch):
     """Verification before the rename: a temporary file truncated after the flush (lost data) is refused."""
-    import engine.writer as w
+    import engine.outputs.writer as w
 
     real = w._Claim.fsync
 
@@ -269,7 +269,7 @@ def test_an_existing_non_regular_output_path_is_refused(tmp_path, scene, kind, f
 
 
 def test_report_folder_that_is_a_file_or_holds_a_fifo_is_refused_before_the_run(tmp_path, scene, monkeypatch):
-    import engine.pipeline as pipeline
+    import engine.stream.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "_decloud", lambda *a, **k: pytest.fail("the run started"))
     a_file = tmp_path / "report.txt"
@@ -286,7 +286,7 @@ def test_report_folder_that_is_a_file_or_holds_a_fifo_is_refused_before_the_run(
 
 def test_report_of_a_run_whose_report_fails_leaves_no_output(tmp_path, scene, monkeypatch):
     """Outputs are committed after the report: a failing report leaves neither output nor temporary."""
-    import engine.pipeline as pipeline
+    import engine.stream.pipeline as pipeline
 
     def broken_report(*args, **kwargs):
         raise OutputError("report: disk full (injected)")
@@ -319,7 +319,7 @@ def test_cleanup_of_scene_bracket_1_leaves_scene1s_live_temporary(tmp_path):
 def test_cleanup_keeps_a_temporary_whose_owner_process_is_alive(tmp_path):
     """Another live process's temporary (lock held there) survives; after that process ends it is removed."""
     script = (
-        "import sys, time; from pathlib import Path; from engine.writer import AtomicFile; "
+        "import sys, time; from pathlib import Path; from engine.outputs.writer import AtomicFile; "
         f"f = AtomicFile(Path({str(tmp_path / 'a.tif')!r})); f.claim(f.tmp); print(f.tmp, flush=True); "
         "time.sleep(60)"
     )
@@ -435,8 +435,8 @@ def test_a_tile_beyond_the_memory_budget_is_refused_with_the_largest_that_fits(t
 
 
 def test_memory_plan_lowers_cpu_concurrency_to_what_fits():
-    from engine.accel import AccelConfig
-    from engine.memory import pipeline_bytes, plan_memory, tile_bytes
+    from engine.stream.accel import AccelConfig
+    from engine.stream.memory import pipeline_bytes, plan_memory, tile_bytes
 
     grid = TileGrid(2000, 2000, 256, 32)
     per_tile = tile_bytes("aligncr-lite", 256, 256)
@@ -528,7 +528,7 @@ def test_debug_shows_the_traceback(tmp_path, scene):
 
 
 def test_out_of_memory_and_os_errors_are_one_line(tmp_path, scene, capsys, monkeypatch):
-    import engine.pipeline as pipeline
+    import engine.stream.pipeline as pipeline
 
     for exc in (MemoryError(), PermissionError(13, "Permission denied", "/x/y.tif")):
 
@@ -566,7 +566,7 @@ def test_nodata_substitute(nodata, dtype, expected):
 
 SLOW_RUN = (
     "import sys, time\n"
-    "import engine.accel as a\n"
+    "import engine.stream.accel as a\n"
     "real = a.InferenceRunner.predict\n"
     "def slow(self, *args):\n"
     "    time.sleep(120)\n"

@@ -1,7 +1,7 @@
 """``engine finetune --archive`` on products as they are downloaded (issue 14): Sentinel-2 L2A zips (SCL = the cloud
 mask), a Sentinel-1 GRD zip (σ⁰ from radar geometry, linear power) and a HyP3-named split VV/VH pair in another CRS
 are indexed, paired and fine-tuned on; a patch's SAR is what ``engine run`` feeds for the same files; a product
-engine.sources refuses stops the run before training, in one line naming the file."""
+engine.sources.resolve refuses stops the run before training, in one line naming the file."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 from rasterio.windows import from_bounds
 
-from engine.align import AlignedReader, Grid
+from engine.align.reader import AlignedReader, Grid
+from engine.align.sar import sar_to_unit
 from engine.config import RunConfig
 from engine.errors import EngineError, InputError
-from engine.normalise import NormalisationConfig, normalise_optical
 from engine.progress import Progress
-from engine.sar import sar_to_unit
-from engine.sources import Materialised, resolve_run_inputs
+from engine.sources.normalise import NormalisationConfig, normalise_optical
+from engine.sources.resolve import Materialised, resolve_run_inputs
 from tests.helpers_sentinel import S2_ORIGIN, s2_band_values, write_s1_safe, write_s2_safe
 from training.datasets import LayoutSplit
 from training.finetune.config import FinetuneConfig
@@ -88,7 +88,7 @@ def test_product_archive_is_indexed_and_paired(archive: Path, tmp_path: Path) ->
         assert {s.units for s in sar.values()} == {"linear"}  # HyP3 "gp" and a GRD's σ⁰: power
         assert sar[f"{SPLIT}_VV.tif"].when.isoformat() == "2024-05-10T05:45:12+00:00"  # from the name
         assert idx.grid.crs == "EPSG:32632" and not any("reprojected" in n for n in idx.notices)  # warped already
-        assert len(idx.notices) == 1 and "without terrain correction" in idx.notices[0]  # engine.sources' GRD warning
+        assert len(idx.notices) == 1 and "without terrain correction" in idx.notices[0]  # resolve's GRD warning
         cloudy = {(p.col, p.row): p.cloud for p in idx.patches if p.scene == optical[0]}
         assert cloudy[(0, 1)] == pytest.approx(50.0) and cloudy[(1, 1)] == 0.0  # SCL cloud columns: 8 of 16 px
         assert len(reader) == 1  # the real pair: cloudy 05-01 → clear 05-11, with the GRD of 05-01

@@ -1,8 +1,8 @@
-"""engine.finetune_record: the one place a fine-tuned card's run record is written and read (engine and plugin)."""
+"""models.finetune_record: the one place a fine-tuned card's run record is written and read (engine and plugin)."""
 
 from __future__ import annotations
 
-from engine.finetune_record import read_record, record_line
+from engine.models.finetune_record import read_record, record_line
 
 
 def test_the_record_round_trips_through_the_notes_it_ends():

@@ -13,8 +13,9 @@ import torch
 from rasterio.transform import from_origin
 
 from engine.errors import InputError
-from engine.gapfill import interpolation_weight, linear_gapfill, parse_datetime, read_acquisition_date
 from engine.models import build_model, get_spec
+from engine.models.gapfill_arch import interpolation_weight, linear_gapfill
+from engine.sources.dates import parse_datetime, read_acquisition_date
 
 T0 = datetime(2021, 6, 1, 10, 30, tzinfo=UTC)
 
@@ -201,9 +202,9 @@ def test_engine_run_refuses_gapfill_with_one_line(tmp_path: Path) -> None:
     """The raster pipeline feeds one date; a temporal model fails there with an InputError, writing nothing."""
     from helpers_rasters import write_optical, write_sar
 
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     optical = write_optical(tmp_path / "opt.tif", height=20, width=20)
     s1 = write_sar(tmp_path / "s1.tif", like=optical)

@@ -12,11 +12,11 @@ import pytest
 import rasterio
 import torch
 
-from engine.accel import AccelConfig, InferenceRunner
 from engine.config import RunConfig
 from engine.models import build_model
 from engine.models.ops import deform_conv as dc
-from engine.pipeline import run
+from engine.stream.accel import AccelConfig, InferenceRunner
+from engine.stream.pipeline import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

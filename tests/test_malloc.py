@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import malloc
-from engine.accel import AccelConfig, InferenceRunner
+from engine.stream import malloc
+from engine.stream.accel import AccelConfig, InferenceRunner
 
 
 class _Mallinfo2(ctypes.Structure):

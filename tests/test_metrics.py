@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from engine.metrics import (
+from engine.outputs.metrics import (
     PSNR_CAP,
     SSIM_RADIUS,
     AccumulatorConfig,

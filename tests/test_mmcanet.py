@@ -185,13 +185,13 @@ def test_trains_with_training_package_and_paper_loss(name: str, overrides: dict,
 
 @pytest.mark.parametrize("name", ["mmcanet", "mmcanet-mpir2"])
 def test_weights_round_trip_and_engine_run(name: str, tmp_path: Path) -> None:
-    """Tiny weights saved with engine.models.weights reload identically and drive engine.pipeline.run on a raster."""
+    """Tiny weights saved with engine.models.weights reload identically and drive the pipeline on a raster."""
     from helpers_rasters import write_optical, write_sar
 
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
     from engine.models import weights as weights_io
-    from engine.pipeline import run
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     torch.manual_seed(0)
     model = tiny(name).eval()

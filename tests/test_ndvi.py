@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 
 from engine.cli import main
 from engine.errors import InputError, OutputError
-from engine.ndvi import NDVI_CLASS_EDGES, NDVI_CLASS_NODATA, NDVI_NODATA, ndvi, ndvi_class, write_ndvi
+from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_CLASS_NODATA, NDVI_NODATA, ndvi, ndvi_class, write_ndvi
 from engine.progress import Progress
 
 

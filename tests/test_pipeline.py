@@ -1,4 +1,4 @@
-"""End-to-end raster path through engine.pipeline.run: georeferencing, units, nodata, partial SAR, cancel, COG."""
+"""End-to-end raster path through stream.pipeline.run: georeferencing, units, nodata, partial SAR, cancel, COG."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from helpers_rasters import WGS84, footprint_transform, write_optical, write_sar
 
 from engine.config import RunConfig
 from engine.errors import Cancelled
-from engine.pipeline import run
 from engine.progress import Progress
+from engine.stream.pipeline import run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +50,7 @@ def test_round_trip_georeferencing_identity(tmp_path, pair):
 
 def test_default_model_is_the_bundled_aligncr_lite(tmp_path, pair, monkeypatch):
     """No --model: the bundled aligncr-lite weights run (they change the image); without them, identity."""
-    import engine.pipeline as pipeline
+    import engine.stream.pipeline as pipeline
 
     opt, sar = pair
     if pipeline.BUNDLED_WEIGHTS.is_file():
@@ -65,7 +65,7 @@ def test_default_model_is_the_bundled_aligncr_lite(tmp_path, pair, monkeypatch):
 
 def test_cpu_workers_give_the_same_output_and_restore_threads(tmp_path, pair):
     """Concurrent CPU forwards (the default on multi-core CPUs) change nothing in the output."""
-    from engine.accel import AccelConfig
+    from engine.stream.accel import AccelConfig
 
     opt, sar = pair
     before = torch.get_num_threads()
@@ -217,7 +217,7 @@ def test_cog_output_has_overviews(tmp_path):
 @pytest.mark.parametrize("tiled", [True, False])
 def test_statistics_sample_spans_large_scenes(tmp_path, tiled):
     """Above SAMPLE_SIZE² pixels the sample is a grid of windows spread over the whole scene (tiled or striped)."""
-    from engine.raster import SAMPLE_SIZE, read_sample
+    from engine.sources.raster import SAMPLE_SIZE, read_sample
 
     h, w = 1300, 1100
     ids = np.arange(h * w, dtype=np.float32).reshape(1, h, w)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.prefetch import BackgroundWriter, Prefetcher, pinned
+from engine.stream.prefetch import BackgroundWriter, Prefetcher, pinned
 
 
 def test_prefetcher_yields_every_result_in_order() -> None:
@@ -148,9 +148,9 @@ def tiny_scene(tmp_path_factory: pytest.TempPathFactory):
 def _run(scene, out, **accel_kw):
     import rasterio
 
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     opt, sar, mask, weights = scene
     cfg = RunConfig(optical=opt, sar=sar, out=out, mask=mask, weights=weights, tile=32, overlap=8, batch=2, chunk=48)
@@ -178,7 +178,7 @@ def test_pipeline_bf16_on_cpu_is_close_to_fp32(tiny_scene, tmp_path) -> None:
 
 
 def test_pipeline_reader_error_leaves_no_output(tiny_scene, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine import pipeline
+    from engine.stream import pipeline
 
     real = pipeline._read_chunk
     calls = []

@@ -11,10 +11,10 @@ from helpers_models import registered_test_models
 from helpers_rasters import write_mask, write_optical, write_sar
 
 from engine.config import RunConfig
-from engine.gapfill import read_acquisition_date
-from engine.ndvi import write_ndvi
-from engine.pipeline import run
-from engine.provenance import SOFTWARE, weights_id
+from engine.outputs.ndvi import write_ndvi
+from engine.outputs.provenance import SOFTWARE, weights_id
+from engine.sources.dates import read_acquisition_date
+from engine.stream.pipeline import run
 
 ACQUIRED = "2024-06-01T10:20:30+00:00"
 
@@ -64,7 +64,7 @@ def test_output_keeps_the_input_metadata_and_says_how_it_was_made(tmp_path, scen
 def test_cog_only_cloudy_weights_and_ndvi(tmp_path, scene):
     opt, sar = scene
     mask = write_mask(tmp_path / "udm.tif", like=opt)
-    from engine.pipeline import BUNDLED_WEIGHTS
+    from engine.stream.pipeline import BUNDLED_WEIGHTS
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip("no bundled weights")

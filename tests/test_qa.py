@@ -9,11 +9,11 @@ from helpers_models import registered_test_models
 from helpers_rasters import WGS84, footprint_transform, read_band_and_facts, write_mask, write_optical, write_sar
 
 from engine.cli import main
-from engine.composite import cloud_weight
 from engine.config import RunConfig
 from engine.errors import Cancelled, InputError
-from engine.pipeline import QA_NODATA, run
 from engine.progress import Progress
+from engine.stream.composite import cloud_weight
+from engine.stream.pipeline import QA_NODATA, run
 
 
 @pytest.fixture(scope="module", autouse=True)

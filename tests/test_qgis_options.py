@@ -15,7 +15,7 @@ from qgis.core import QgsApplication, QgsProject, QgsRectangle  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from engine.config import OPTIONS  # noqa: E402
-from engine.metric_grid import metric_crs_problem  # noqa: E402
+from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import ORIGIN, PYTHON, add_layer, write_optical, write_sar  # noqa: E402
 

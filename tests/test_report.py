@@ -12,12 +12,12 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from engine.baselines import DEFAULT_HALO
 from engine.cli import main
 from engine.errors import Cancelled, InputError
-from engine.metrics import mae, psnr, sam_degrees, ssim
-from engine.ndvi import NDVI_NODATA
+from engine.outputs.metrics import mae, psnr, sam_degrees, ssim
+from engine.outputs.ndvi import NDVI_NODATA
 from engine.progress import Progress
+from engine.refine.baselines import DEFAULT_HALO
 from engine.report import write_report
 from engine.report.schema import SchemaError, load_schema, validate_report
 
@@ -363,8 +363,8 @@ def test_block_cache_holds_one_row_of_tiles_during_the_pass(scene, tmp_path, mon
 def test_tables_and_charts_skip_empty_classes_and_bins(scene, tmp_path, monkeypatch):
     """Issue 16: absent land-cover classes and cloud-cover bins without tiles made rows of dashes and empty bar slots;
     key–value tables opened with a blank header row; the reference is named as the cloud-free acquisition."""
-    from engine.landcover import CLASS_NAMES
     from engine.report import plots
+    from engine.sources.landcover import CLASS_NAMES
 
     charts = {}
     real = plots.grouped_bars

@@ -1,5 +1,5 @@
-"""Inputs declared by the model as roles (engine.models.roles) and the one aligned-input path (engine.inputs): what
-each registered model declares, that the pipeline opens exactly the declared roles (an undeclared one is never
+"""Inputs declared by the model as roles (engine.models.roles) and the one aligned-input path (engine.align.inputs):
+what each registered model declares, that the pipeline opens exactly the declared roles (an undeclared one is never
 opened), and that a model declaring a new combination of roles (DEM without SAR) runs with no branch of its own."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from engine.config import RunConfig
 from engine.errors import InputError
 from engine.models import MODEL_REGISTRY, get_spec, register_model
 from engine.models.roles import ROLES, ModelInputs, ignored_inputs, inputs_of, model_inputs, require_roles
-from engine.pipeline import run
+from engine.stream.pipeline import run
 
 N = 32
 

@@ -1,4 +1,4 @@
-"""The one safetensors header reader (engine.safetensors_header): torch-free, and what both the engine's weights
+"""The one safetensors header reader (engine.models.safetensors_header): torch-free, and what both the engine's weights
 loader and the plugin's model-card box read a file through."""
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import pytest
 
 from engine.errors import ModelError
 from engine.models import build_model, read_card, save
-from engine.safetensors_header import HeaderError, read_header
+from engine.models.safetensors_header import HeaderError, read_header
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_reader_imports_without_torch() -> None:
-    code = "import sys, engine.safetensors_header; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = ("import sys, engine.models.safetensors_header\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

@@ -1,4 +1,4 @@
-"""engine.sources: inputs as analysts download them — split VV/VH, RTC units, GDAL dataset names, PlanetScope."""
+"""sources.resolve: inputs as analysts download them — split VV/VH, RTC units, GDAL dataset names, PlanetScope."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import torch
 from helpers_models import Probe, registered_test_models
 from helpers_rasters import UTM32N, WGS84, footprint_transform, write_mask, write_optical, write_raster, write_sar
 
-from engine.align import AlignedReader, Grid
+from engine.align.reader import AlignedReader, Grid
 from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.pipeline import run
-from engine.raster import open_raster
-from engine.sources import (
+from engine.sources.raster import open_raster
+from engine.sources.resolve import (
     Materialised,
     TargetGrid,
     as_source,
@@ -28,6 +27,7 @@ from engine.sources import (
     resolve_run_inputs,
     resolve_sar,
 )
+from engine.stream.pipeline import run
 
 
 @pytest.fixture(scope="module", autouse=True)

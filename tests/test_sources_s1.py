@@ -1,4 +1,4 @@
-"""Sentinel-1 GRD SAFE / zip inputs (engine.sources_s1) on minimal products built in the test (helpers_sentinel)."""
+"""Sentinel-1 GRD SAFE / zip inputs (engine.sources.s1) on minimal products built in the test (helpers_sentinel)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from helpers_sentinel import (
 from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.pipeline import run
-from engine.sources import Materialised, ResolvedSource, TargetGrid, materialise, resolve_optical, resolve_sar
-from engine.sources_s1 import calibrated_vrt, noise_eta
+from engine.sources.resolve import Materialised, ResolvedSource, TargetGrid, materialise, resolve_optical, resolve_sar
+from engine.sources.s1 import calibrated_vrt, noise_eta
+from engine.stream.pipeline import run
 
 LINES = SAMPLES = 100  # the fixture's footprint covers the 40 × 40 S2 fixture
 

@@ -1,4 +1,4 @@
-"""Sentinel-2 SAFE / zip inputs (engine.sources_s2) on minimal products built in the test (helpers_sentinel)."""
+"""Sentinel-2 SAFE / zip inputs (engine.sources.s2) on minimal products built in the test (helpers_sentinel)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from helpers_sentinel import s2_band_values, scl_values, write_s2_safe
 
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.pipeline import run
-from engine.sources import Materialised, materialise, resolve_optical
+from engine.sources.resolve import Materialised, materialise, resolve_optical
+from engine.stream.pipeline import run
 
 SIZE = 40
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.models import build_model
-from engine.stripes import STRIPE_LIMIT, even_odd_difference
+from engine.refine.stripes import STRIPE_LIMIT, even_odd_difference
 from training.choose import ramp
 from training.param_groups import icnr_init
 
@@ -130,7 +130,7 @@ def test_choose_takes_the_best_margin_without_stripes(tmp_path):
 
 
 def test_loss_pattern_and_engine_measure_agree():
-    """The torch pattern the loss penalises is the numpy one engine.stripes measures (|mean|, worst band)."""
+    """The torch pattern the loss penalises is the numpy one engine.refine.stripes measures (|mean|, worst band)."""
     from training.losses import line_pattern
 
     torch.manual_seed(1)

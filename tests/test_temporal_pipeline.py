@@ -25,13 +25,13 @@ from helpers_rasters import (
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as warp_transform
 
-from engine import normalise
 from engine.cli import main
 from engine.commands.gapfill import gapfill_rasters
 from engine.config import RunConfig
 from engine.errors import InputError
 from engine.models import build_model, save
-from engine.pipeline import run
+from engine.sources.resolve import normalise
+from engine.stream.pipeline import run
 
 H, W = 40, 48  # optical pixels (3 m); the 6 m "prev" grid is 20 × 24
 T_PREV = datetime(2021, 6, 1, 10, 30, tzinfo=UTC)
@@ -98,7 +98,7 @@ def _read(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_gapfill_exact_on_linear_data_across_crs(tmp_path: Path, linear_scene: dict, prefetch: bool) -> None:
-    from engine.accel import AccelConfig
+    from engine.stream.accel import AccelConfig
 
     out = tmp_path / "filled.tif"
     result = run(_gapfill_config(linear_scene, out), accel=AccelConfig(prefetch=prefetch))
@@ -163,7 +163,7 @@ def test_command_line_dates_override_tags(tmp_path: Path, linear_scene: dict) ->
 
 
 def test_a_date_given_on_the_command_line_is_written_into_the_output(tmp_path: Path, linear_scene: dict) -> None:
-    from engine.gapfill import read_acquisition_date
+    from engine.sources.dates import read_acquisition_date
 
     with rasterio.open(linear_scene["optical"], "r+") as ds:
         ds.update_tags(TIFFTAG_DATETIME="")  # the cloudy image has no date of its own

@@ -9,8 +9,8 @@ from helpers_models import registered_test_models
 from helpers_rasters import write_optical, write_sar
 
 from engine.config import RunConfig
-from engine.pipeline import run
-from engine.tiling import ChunkBlender, TileGrid, blend_window, chunks, reflect_pad
+from engine.stream.pipeline import run
+from engine.stream.tiling import ChunkBlender, TileGrid, blend_window, chunks, reflect_pad
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +118,7 @@ def test_chunk_size_does_not_change_the_result(tmp_path):
 
 
 def test_output_block_height_divides_chunk_rows():
-    from engine.tiling import output_block_height
+    from engine.stream.tiling import output_block_height
 
     grid = TileGrid(5000, 5000, tile=256, overlap=32)  # stride 224, 4 tiles per 1024-px chunk: rows of 896
     assert output_block_height(grid, 1024) == 448

@@ -71,7 +71,7 @@ def test_scoring_margin_is_model_minus_best_baseline():
     cloudy = target.copy()
     cloudy[:, cloud] = 0.9
     perfect = scoring.score_sample("a", target, cloudy, target, cloud)
-    assert perfect["model_psnr_in"] >= 100  # engine.metrics caps a perfect PSNR at 100 dB
+    assert perfect["model_psnr_in"] >= 100  # engine.outputs.metrics caps a perfect PSNR at 100 dB
     worse = scoring.score_sample("b", cloudy, cloudy, target, cloud)  # the cloudy input as "model"
     summary = scoring.summarise([worse])
     best = max(worse["flat_psnr_in"], worse["fill_psnr_in"])

@@ -5,7 +5,7 @@ A 48×48-pixel archive at 5 m (16 cells of 12×12 px), one optical scene every 5
 odd scenes cloudy over the western half, and ``dem.tif``: a tilted plane of elevations (different slopes east and
 south) on a 10 m grid offset from the optical grid by a fraction of a pixel (tests/helpers_archive.py). Bilinear
 resampling of a plane is exact, so every DEM pixel the reader yields has one known value: its optical pixel
-centre's elevation × engine.dem.DEM_SCALE. Nearest resampling, another scale, a shifted, flipped or transposed
+centre's elevation × engine.align.dem.DEM_SCALE. Nearest resampling, another scale, a shifted, flipped or transposed
 window all fail that.
 """
 
@@ -33,7 +33,7 @@ from helpers_archive import (
     write_dem,
 )
 
-from engine.dem import DEM_SCALE, open_dem
+from engine.align.dem import DEM_SCALE, open_dem
 from engine.errors import EngineError, InputError
 from engine.models import build_model
 from engine.models import weights as model_weights
@@ -112,7 +112,7 @@ def test_layout_split_yields_the_dem_on_the_optical_patch_grid(archive: Path, sp
     # and it is exactly what the engine's --dem path feeds the network for that window of the scene
     row = reader.rows[i]
     with ExitStack() as stack, rasterio.open(archive / row["t_optical"]) as ds:
-        from engine.align import Grid
+        from engine.align.reader import Grid
 
         grid = Grid.of(ds)
         dem_input = open_dem(archive / "dem.tif", grid, stack, Progress(), [])
@@ -175,10 +175,10 @@ def _overrides(splits: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_ssop_unet_dem_trains_and_its_weights_run_in_the_engine(archive: Path, splits: Path, tmp_path: Path) -> None:
-    """The shipped recipe with tiny widths: 40 steps lower the L1 loss; the weights run in engine.pipeline with the
-    archive's DEM, and in training.evaluate on the split."""
+    """The shipped recipe with tiny widths: 40 steps lower the L1 loss; the weights run in engine.stream.pipeline with
+    the archive's DEM, and in training.evaluate on the split."""
     from engine.config import RunConfig
-    from engine.pipeline import run
+    from engine.stream.pipeline import run
     from training.evaluate import main as evaluate_main
 
     out = tmp_path / "run"

@@ -59,7 +59,7 @@ def test_layout_reader_maps_items_to_the_temporal_contract(archive: Path, msop_s
             "landcover", "t", "t_prev", "t_next", "t_target"} <= set(s)
     assert s["optical"].shape == s["optical_prev"].shape == s["target"].shape == (4, PATCH, PATCH)
     assert s["sar"].shape == s["sar_next"].shape == (2, PATCH, PATCH)  # 10 m SAR brought onto the 5 m patch grid
-    # each key holds the scene its layout item names, scaled by engine.normalise (DN / 1e4, clear pixels)
+    # each key holds the scene its layout item names, scaled by engine.sources.normalise (DN / 1e4, clear pixels)
     for item, key in (("t-1", "optical_prev"), ("t+1", "optical_next"), ("target", "target")):
         name = Path(row[f"{item}_optical"]).stem
         when = DATES[int(name[1:])]

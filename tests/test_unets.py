@@ -122,14 +122,14 @@ def test_short_overfit_lowers_l1(name: str) -> None:
 
 
 def test_ssop_weights_drive_engine_run_and_msop_is_refused_cleanly(tmp_path: Path) -> None:
-    """ssop-unet runs through engine.pipeline from a weights file; msop-unet fails with a one-line InputError there
-    (the raster pipeline feeds one date only — the temporal inputs are not wired into the engine)."""
+    """ssop-unet runs through engine.stream.pipeline from a weights file; msop-unet fails with a one-line InputError
+    there (the raster pipeline feeds one date only — the temporal inputs are not wired into the engine)."""
     from helpers_rasters import write_optical, write_sar
 
-    from engine.accel import AccelConfig
     from engine.config import RunConfig
     from engine.models import weights as weights_io
-    from engine.pipeline import run
+    from engine.stream.accel import AccelConfig
+    from engine.stream.pipeline import run
 
     optical = write_optical(tmp_path / "opt.tif", height=40, width=50)
     s1 = write_sar(tmp_path / "s1.tif", like=optical)

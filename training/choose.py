@@ -3,8 +3,8 @@
 Rule (recorded in the bundled model's README): among the validated checkpoints a run kept (``run.keep_validated``:
 ``val_step<N>.safetensors``, with their select-split figures in ``val_log.csv``), the one with the highest
 inside-cloud PSNR margin over the best baseline (``margin_in``) whose output shows no 2-px stripes
-(:mod:`engine.stripes`, below :data:`~engine.stripes.STRIPE_LIMIT` above the reference's own pattern) on the
-select split's real samples and on a smooth ramp. Everything here reads the select split only — the report split
+(:mod:`engine.refine.stripes`, below :data:`~engine.refine.stripes.STRIPE_LIMIT` above the reference's own pattern) on
+the select split's real samples and on a smooth ramp. Everything here reads the select split only — the report split
 never takes part in a choice.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.stripes import STRIPE_LIMIT, even_odd_difference
+from engine.refine.stripes import STRIPE_LIMIT, even_odd_difference
 
 
 def ramp(size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

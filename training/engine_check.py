@@ -24,9 +24,9 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from engine.baselines import BASELINES
 from engine.cli import main as engine_main
-from engine.normalise import SAR_RANGES
+from engine.refine.baselines import BASELINES
+from engine.sources.normalise import SAR_RANGES
 
 CRS = "EPSG:32632"
 ORIGIN = (500000.0, 5000000.0)

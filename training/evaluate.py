@@ -1,12 +1,12 @@
 """``python -m training.evaluate --weights W --data D [--split S] [--ids ...] [--crop N] [--out metrics.json]``.
 
-Scores a weights file on a dataset with :class:`engine.metrics.MetricAccumulator` (the paper's metrics: overall,
+Scores a weights file on a dataset with :class:`engine.outputs.metrics.MetricAccumulator` (the paper's metrics: overall,
 inside/outside cloud, per land-cover class MAE/SAM, cloud-cover bins 0–20 … 80–100 %, NDVI), one accumulator
 update per sample (a sample is the paper's evaluation patch). The ``identity`` baseline — the cloudy input, the
 paper's "Cloudy" row — is scored on the same samples, so every report carries the number to beat.
 
 Two averages are reported, because they differ: ``overall`` pools squared errors over all pixels of all samples
-(:mod:`engine.metrics`' convention), ``per_sample_mean`` averages each sample's own PSNR/SSIM/MAE/SAM (how the
+(:mod:`engine.outputs.metrics`' convention), ``per_sample_mean`` averages each sample's own PSNR/SSIM/MAE/SAM (how the
 paper's tables and the training validation average).
 
 ``--data`` is a dataset folder: SEN12MS-CR when it holds ``s2_cloudy/`` or ``data.csv`` (``--split`` train/val/test
@@ -19,7 +19,7 @@ can be named instead of a file) — Cresson et al.'s comparison on an MSOP / MSO
 ``--weights identity`` scores the baseline alone. Samples are scored whole unless ``--crop`` (centre crop; the
 official M3R-CR test takes the centre 160).
 
-``--baselines`` adds the non-learned baselines (:mod:`engine.baselines`: ``flat``, ``fill``) scored on the same
+``--baselines`` adds the non-learned baselines (:mod:`engine.refine.baselines`: ``flat``, ``fill``) scored on the same
 pixels inside / outside the cloud, and the headline "margin over the best baseline inside the cloud"
 (:mod:`training.scoring`). ``--recipe FILE`` scores a whole report split instead of one folder: a TOML with
 ``[[report.real]]`` (real cloudy/clear/SAR triplets) and ``[[report.synthetic]]`` (cloud-free pairs that get
@@ -101,7 +101,7 @@ def load_model(weights: str, device: torch.device) -> tuple[nn.Module, dict[str,
 @torch.no_grad()
 def evaluate(models: dict[str, nn.Module], view: TrainView, device: torch.device) -> dict[str, Any]:
     """{name: {accumulator result..., "per_sample_mean": {...}, "per_sample": [...]}} for each model."""
-    from engine.metrics import METRIC_NAMES, MetricAccumulator
+    from engine.outputs.metrics import METRIC_NAMES, MetricAccumulator
 
     accs = {name: MetricAccumulator() for name in models}
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in models}

@@ -185,7 +185,7 @@ class StageLoss(nn.Module):
 
 def line_pattern(x: torch.Tensor, axis: int) -> torch.Tensor:
     """(N, C) mean over the image of each odd line minus the mean of its two neighbours along ``axis`` (-2 rows,
-    -1 columns): the pixel-locked 2-px pattern :mod:`engine.stripes` measures (0 on any smooth image)."""
+    -1 columns): the pixel-locked 2-px pattern :mod:`engine.refine.stripes` measures (0 on any smooth image)."""
     x = x.movedim(axis, -1)
     n = (x.shape[-1] - 1) // 2 * 2
     mid, before, after = x[..., 1:n:2], x[..., 0 : n - 1 : 2], x[..., 2 : n + 1 : 2]
@@ -197,7 +197,7 @@ class StripePenalty(nn.Module):
 
     A network with a ×2 pixel-shuffle output computes the four output phases with four filters; ICNR starts them
     equal, but training drifts them apart and the first retrained ``aligncr-lite`` drew 9–12 DN column stripes over
-    thick clouds (engine.stripes). The pattern term is the signed image-mean of the odd-line second difference —
+    thick clouds (engine.refine.stripes). The pattern term is the signed image-mean of the odd-line second difference —
     real detail averages out of it, a pattern locked to the pixel grid does not — so matching the target's (≈ 0 on
     real images) removes the stripes without asking the network to blur detail. L1 on it: its values are ~1e-3.
     """

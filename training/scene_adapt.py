@@ -7,7 +7,7 @@ them (:func:`training.datasets.clouds.add_clouds`), are exact training pairs, SA
 never enter the loss — their reference is unknown — so adapting on the scene and scoring inside its real cloud is
 honest (nothing of the reference is seen).
 
-:func:`fine_tune_` is the loop ``engine run --adapt`` uses (:mod:`engine.scene_adapt` reads the scene's windows);
+:func:`fine_tune_` is the loop ``engine run --adapt`` uses (:mod:`engine.refine.scene_adapt` reads the scene's windows);
 :func:`adapt` fine-tunes a copy of the model on one in-memory sample; ``python -m training.scene_adapt`` scores
 before / after / flat / fill inside the cloud on the select split of the bundled recipe and on the report split.
 Hyper-parameters are fixed up front (:class:`AdaptConfig`), never tuned on the report split.

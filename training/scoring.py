@@ -1,8 +1,8 @@
 """Per-sample scores of a model beside the non-learned baselines, inside the cloud, outside it and overall.
 
 The number that decides whether a model is worth shipping is its **inside-cloud PSNR margin over the best
-baseline** (:mod:`engine.baselines`: ``flat`` and ``fill``, computed from the same cloudy input and mask): a model
-that only corrects brightness beats the cloudy input by 8–12 dB and still loses to a harmonic fill of the cloud.
+baseline** (:mod:`engine.refine.baselines`: ``flat`` and ``fill``, computed from the same cloudy input and mask): a
+model that only corrects brightness beats the cloudy input by 8–12 dB and still loses to a harmonic fill of the cloud.
 Training validation chooses the checkpoint on it (``run.select = "margin"``), and ``training.evaluate`` reports it.
 
 Inside-cloud figures are taken over samples with 1–99 % cloud: a sample with no clear pixel gives the baselines
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from engine import baselines, metrics
+from engine.outputs import metrics
+from engine.refine import baselines
 
 METHODS = ("model", "identity", *baselines.BASELINES)
 SCORED_COVER = (0.01, 0.99)

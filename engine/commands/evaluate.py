@@ -4,7 +4,7 @@ Writes the full report (layers, ``report.json``, ``report.html``) into ``--out``
 :func:`engine.report.write_report`; ``--json`` prints ``report.json`` on stdout (for the QGIS plugin and scripts),
 otherwise a short human summary with the cloudy input's and the baselines' numbers beside the output's and the
 headline: the output's margin over the best baseline inside the cloud (:mod:`engine.report.margin`). The baselines
-(:mod:`engine.baselines`: flat, fill) are on by default — they cost a first pass over the optical input and a
+(:mod:`engine.refine.baselines`: flat, fill) are on by default — they cost a first pass over the optical input and a
 sparse solve per cloudy tile — and ``--no-baselines`` skips them.
 """
 

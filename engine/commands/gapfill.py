@@ -1,10 +1,10 @@
 """``python -m engine gapfill`` — deprecated: an alias of ``engine run --model gapfill`` for one release.
 
-Linear temporal gap-filling (Cresson et al. 2022, §3.3; maths in :mod:`engine.gapfill`) of a cloudy image from two
-cloud-free images acquired before and after it. It used to be a second raster path beside the pipeline; it is now
-the registry's ``gapfill`` model run by :func:`engine.pipeline.run` — one data path: the same alignment, nodata,
-provenance tags, atomic output and progress as every run. The command stays for scripts written against it, says it
-is deprecated on stderr, and maps its options onto ``run``'s:
+Linear temporal gap-filling (Cresson et al. 2022, §3.3; maths in :mod:`engine.models.gapfill_arch`) of a cloudy image
+from two cloud-free images acquired before and after it. It used to be a second raster path beside the pipeline; it is
+now the registry's ``gapfill`` model run by :func:`engine.stream.pipeline.run` — one data path: the same alignment,
+nodata, provenance tags, atomic output and progress as every run. The command stays for scripts written against it, says
+it is deprecated on stderr, and maps its options onto ``run``'s:
 
 * ``--optical`` (was ``--cloudy``), ``--optical-prev`` (was ``--prev``), ``--optical-next`` (was ``--next``),
   ``--mask``, ``--out``, ``--date-prev/--date/--date-next`` as in ``run``; every band of the cloudy image is filled
@@ -28,9 +28,9 @@ from pathlib import Path
 from engine.commands import add_renamed_argument, datetime_arg
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.gapfill import interpolation_weight
+from engine.models.gapfill_arch import interpolation_weight
 from engine.progress import Progress
-from engine.raster import open_raster
+from engine.sources.raster import open_raster
 
 NAME = "gapfill"
 HELP = "deprecated: engine run --model gapfill (linear interpolation in time between images before and after)"
@@ -74,8 +74,8 @@ def gapfill_rasters(
 ) -> dict:
     """``engine run --model gapfill`` on these files; returns the summary (dates, weight, filled and unfillable
     pixel counts)."""
-    from engine.pipeline import run
-    from engine.temporal import acquisition_dates
+    from engine.align.temporal import acquisition_dates
+    from engine.stream.pipeline import run
 
     bands = tuple(range(1, _band_count(cloudy, prev, next_) + 1))
     config = RunConfig(optical=cloudy, out=out, model="gapfill", device="cpu", bands=bands, mask=mask,

@@ -1,6 +1,6 @@
 """``python -m engine info --optical F --sar F [--json]``: what the engine sees in a pair of inputs, before a run.
 
-First what each input resolved to (:mod:`engine.sources`: a Sentinel-2 SAFE's 10 m subdataset and offset, a
+First what each input resolved to (:mod:`engine.sources.resolve`: a Sentinel-2 SAFE's 10 m subdataset and offset, a
 Sentinel-1 GRD's calibration, split VV/VH files, the mask ``--mask auto`` finds, the units and why), then each
 raster the reader opens: CRS, resolution, size, bands (with descriptions), dtypes and nodata, the fraction of the
 optical image the SAR covers once reprojected, and the SAR units (dB, linear power or amplitude) and optical scale
@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from engine import normalise
-from engine.align import Grid, bounds_overlap, coverage_fraction
+from engine.align.reader import Grid, bounds_overlap, coverage_fraction
 from engine.config import DEFAULT_BANDS, DEFAULT_SAR_BANDS, SAR_UNITS, RunConfig, parse_band_list
-from engine.dates import dataset_acquisition_date, days_apart
 from engine.errors import InputError
-from engine.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
-from engine.sources import Materialised, as_source, resolve_run_inputs
+from engine.sources.dates import dataset_acquisition_date, days_apart
+from engine.sources.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
+from engine.sources.resolve import Materialised, as_source, normalise, resolve_run_inputs
 
 NAME = "info"
 HELP = "describe an optical + SAR pair: CRS, resolution, bands, nodata, overlap, detected units"
@@ -77,8 +76,8 @@ def inspect_pair(
 
 
 def inspect_inputs(config: RunConfig) -> dict[str, Any]:
-    """:func:`inspect_pair` on what ``config``'s inputs resolve to (:func:`engine.sources.resolve_run_inputs`), plus
-    the resolved sources and their warnings."""
+    """:func:`inspect_pair` on what ``config``'s inputs resolve to (:func:`engine.sources.resolve.resolve_run_inputs`),
+    plus the resolved sources and their warnings."""
     if config.sar is None and config.sar_vv is None:
         raise InputError("info needs the SAR: --sar, or --sar-vv and --sar-vh")
     with Materialised() as store:

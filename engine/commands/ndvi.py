@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.commands import add_renamed_argument
-from engine.ndvi import NDVI_NODATA, write_ndvi
+from engine.outputs.ndvi import NDVI_NODATA, write_ndvi
 from engine.progress import Progress
 
 NAME = "ndvi"

@@ -1,6 +1,6 @@
 """``python -m engine run``: remove clouds from one optical GeoTIFF using a Sentinel-1 GeoTIFF.
 
-A thin argument layer over :func:`engine.pipeline.run`, generated from the options table
+A thin argument layer over :func:`engine.stream.pipeline.run`, generated from the options table
 (:data:`engine.config.OPTIONS`: one argparse option per row). Progress goes to stderr as a tqdm bar, or, with
 ``--json`` (``--progress-json``: its deprecated old name), to stdout as one JSON object per line (the QGIS
 plugin's protocol; stdout then carries nothing else, logs stay on stderr):
@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.accel import DTYPES, AccelConfig
 from engine.commands import add_renamed_argument, datetime_arg
 from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, parse_band_list
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
-from engine.sources import as_source
+from engine.sources.resolve import as_source
+from engine.stream.accel import DTYPES, AccelConfig
 
 NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
@@ -132,7 +132,7 @@ def emit(event: dict[str, Any]) -> None:
 
 
 def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
-    from engine.pipeline import run as run_pipeline
+    from engine.stream.pipeline import run as run_pipeline
 
     progress = Progress(
         callback=lambda f, m: emit({"event": "progress", "fraction": round(f, 4), "message": m}),
@@ -182,7 +182,7 @@ def _anchor_sentence(shift: list[float] | None) -> str | None:
     """``--colour-anchor``'s line (None when nothing was anchored); imported here: the CLI starts without SciPy."""
     if not shift:
         return None
-    from engine.colour_anchor import sentence
+    from engine.refine.colour_anchor import sentence
 
     return sentence(shift)
 
@@ -190,8 +190,8 @@ def _anchor_sentence(shift: list[float] | None) -> str | None:
 def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     from tqdm import tqdm
 
-    from engine.pipeline import run as run_pipeline
     from engine.report.margin import margin_sentence
+    from engine.stream.pipeline import run as run_pipeline
 
     bars: list[tqdm] = []  # created at the start event, so an input error prints its line without a bar
     status: list[tqdm] = []  # one status line for the work before the tile loop (scene adaptation)

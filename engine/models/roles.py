@@ -2,22 +2,22 @@
 
 Why roles: the pipeline must open, check and align exactly what the network consumes, and nothing else. Each
 registered model declares its inputs through its class (and config), and :func:`inputs_of` reads that declaration
-into one frozen :class:`ModelInputs` — the only place the engine (:mod:`engine.pipeline`), training
+into one frozen :class:`ModelInputs` — the only place the engine (:mod:`engine.stream.pipeline`), training
 (:mod:`training.inputs`), ``engine models --json`` and ``engine batch`` learn what a model needs:
 
 * ``uses_sar`` (class attribute, default True): the Sentinel-1 VV/VH image at the cloudy date, role ``sar``;
 * ``temporal_inputs`` (class attribute, e.g. ``("prev", "next")``): the images acquired before and after, roles
   ``optical_prev``, ``sar_prev`` (only when ``uses_sar``), ``optical_next``, ``sar_next``;
-* ``needs_dates`` (class attribute): the acquisition times ``t_prev, t, t_next`` (:mod:`engine.temporal`);
-* ``dem`` (config field): a one-band elevation raster, role ``dem`` (:mod:`engine.dem`);
+* ``needs_dates`` (class attribute): the acquisition times ``t_prev, t, t_next`` (:mod:`engine.align.temporal`);
+* ``dem`` (config field): a one-band elevation raster, role ``dem`` (:mod:`engine.align.dem`);
 * ``fill_only_cloudy`` (config field): with ``--mask``, only the cloud takes the model's output.
 
 A role (:class:`Role`) is a :class:`~engine.config.RunConfig` field, the model's ``forward`` keyword and the key the
 pipeline packs it under, all with one name; its *kind* (``optical``, ``sar``, ``dem``) says how it is checked,
-aligned, normalised and gap-filled (:data:`engine.inputs.KINDS`). The order of :attr:`ModelInputs.roles` is the
+aligned, normalised and gap-filled (:data:`engine.align.inputs.KINDS`). The order of :attr:`ModelInputs.roles` is the
 order the inputs are opened, read and packed in: ``sar``, the extra dates, ``dem``.
 
-Adding an input role: one :data:`ROLES` entry (a new kind also needs its class in :mod:`engine.inputs`), the
+Adding an input role: one :data:`ROLES` entry (a new kind also needs its class in :mod:`engine.align.inputs`), the
 ``RunConfig`` field and flag of the same name, and the declaration read in :func:`inputs_of`.
 """
 
@@ -39,7 +39,7 @@ class Role:
     name it."""
 
     name: str
-    kind: str  # "optical" | "sar" | "dem": how it is checked, aligned and read (engine.inputs.KINDS)
+    kind: str  # "optical" | "sar" | "dem": how it is checked, aligned and read (engine.align.inputs.KINDS)
     label: str  # errors: "SAR image", "optical image at t-1 (--optical-prev)"
     short: str = ""  # opening errors and the coverage warning (default: label)
     without: str = "it"  # "pixels without <without> are left as the input"

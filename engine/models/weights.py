@@ -34,8 +34,8 @@ from torch import nn
 from engine import __version__ as ENGINE_VERSION
 from engine.errors import ModelError
 from engine.models.registry import config_to_dict, get_spec
-from engine.normalise import NormalisationConfig
-from engine.safetensors_header import HeaderError, SafetensorsHeader, read_header
+from engine.models.safetensors_header import HeaderError, SafetensorsHeader, read_header
+from engine.sources.normalise import NormalisationConfig
 
 CARD_KEY = "aligncr_card"
 CARD_FORMAT = "1"

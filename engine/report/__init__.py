@@ -1,8 +1,8 @@
 """The report a user reads after declouding: GeoTIFF layers, ``report.json`` and a self-contained ``report.html``.
 
 ``write_report`` is resolved lazily (PEP 562) so that light users of this package (the GeoTIFF writer used by
-:mod:`engine.ndvi`) do not import the report builder, and importing :mod:`engine.ndvi` from the builder is not
-circular.
+:mod:`engine.outputs.ndvi`) do not import the report builder, and importing :mod:`engine.outputs.ndvi` from the builder
+is not circular.
 """
 
 from __future__ import annotations

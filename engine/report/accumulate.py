@@ -4,7 +4,7 @@ Tiles are ``tile_size`` px (default 300, the paper's patch; the cloud-cover bins
 :data:`HALO` of context so that SSIM (window radius 5) and the cloud detector (7×7 smoothing) give, on every
 tile's core, exactly what they would give on the whole image. Nothing scene-sized is ever held in memory: per
 tile the arrays are (4, tile + 2·halo, tile + 2·halo); the rest is sums, a few histograms and the metric
-accumulators of :mod:`engine.metrics`.
+accumulators of :mod:`engine.outputs.metrics`.
 
 Quicklooks are filled in the same pass (:class:`Quicklooks`): each quicklook pixel takes the full-resolution pixel
 nearest to its centre (what a nearest decimated read returns), copied out of whichever tile contains it. A
@@ -22,14 +22,14 @@ Validity: a pixel counts when all four bands of the optical input and of the pre
 / internal mask); metrics additionally need the reference to be valid there. Cloud cover is cloud pixels / valid
 pixels. The cloud mask is the given one, or the clouds detected on the optical input's valid pixels.
 
-Baselines (:mod:`engine.baselines`, when asked for and a reference is given): ``flat`` and ``fill`` of the cloudy
+Baselines (:mod:`engine.refine.baselines`, when asked for and a reference is given): ``flat`` and ``fill`` of the cloudy
 input are made tile by tile from the same cloud mask and fed to their own :class:`MetricAccumulator` exactly like the
 output, so their numbers are on the same pixels. ``flat`` needs the scene's clear medians before the first tile:
 a first pass (:func:`clear_medians_pass`) reads the optical input (and mask) tile by tile and takes the median of
-its clear pixels — all of them up to :data:`engine.baselines.MEDIAN_SAMPLE_PX` pixels, beyond that a regular grid
+its clear pixels — all of them up to :data:`engine.refine.baselines.MEDIAN_SAMPLE_PX` pixels, beyond that a regular grid
 of about that many (the median of millions of pixels does not move in the third decimal). ``fill`` is solved per
-tile on the optical input read with :data:`engine.baselines.DEFAULT_HALO` more pixels of context (exact for clouds
-narrower than that).
+tile on the optical input read with :data:`engine.refine.baselines.DEFAULT_HALO` more pixels of context (exact for
+clouds narrower than that).
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from engine.baselines import DEFAULT_HALO, fill_window, flat, median_stride, sample_grid
-from engine.cloudmask import detect_clouds
-from engine.landcover import CLASS_NAMES, UNKNOWN, worldcover_to_classes
-from engine.masks import cloud_mask_from_bands
-from engine.metrics import SSIM_RADIUS, AccumulatorConfig, MetricAccumulator
-from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA, ndvi
+from engine.align.cloudmask import detect_clouds
+from engine.outputs.metrics import SSIM_RADIUS, AccumulatorConfig, MetricAccumulator
+from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA, ndvi
+from engine.outputs.writer import LAYER_BLOCK, AtomicGeoTIFFWriter, OutputSpec, layer_spec
 from engine.progress import Progress
+from engine.refine.baselines import DEFAULT_HALO, fill_window, flat, median_stride, sample_grid
 from engine.report import LAYER_FILES
 from engine.report.sources import Sources
-from engine.writer import LAYER_BLOCK, AtomicGeoTIFFWriter, OutputSpec, layer_spec
+from engine.sources.landcover import CLASS_NAMES, UNKNOWN, worldcover_to_classes
+from engine.sources.masks import cloud_mask_from_bands
 
 HALO = SSIM_RADIUS  # ≥ 3, the cloud detector's smoothing radius, too
 MASK_NODATA = 255
@@ -224,7 +224,7 @@ def clear_medians_pass(src: Sources, tile_size: int, progress: Progress) -> np.n
     """Per-band median (4,) of the optical input's clear pixels over the whole scene, or None when none is clear.
 
     A first pass over the same tiles (and so the same cloud mask) as :func:`run_pass`; every pixel when the scene
-    has at most :data:`engine.baselines.MEDIAN_SAMPLE_PX`, else the pixels on a regular grid of about that many.
+    has at most :data:`engine.refine.baselines.MEDIAN_SAMPLE_PX`, else the pixels on a regular grid of about that many.
     """
     grid = src.grid
     stride = median_stride(grid.width, grid.height)
@@ -247,7 +247,7 @@ def _fill_blocks(
     opt: np.ndarray, cloud: np.ndarray, inner: tuple[slice, slice], medians: np.ndarray | None
 ) -> np.ndarray:
     """The fill baseline on the ``inner`` part of ``opt``, in blocks of at most :data:`FILL_BLOCK` px each solved
-    with :data:`engine.baselines.DEFAULT_HALO` px of the context around it, so that a large ``--tile-size`` does
+    with :data:`engine.refine.baselines.DEFAULT_HALO` px of the context around it, so that a large ``--tile-size`` does
     not make one huge sparse solve (memory grows faster than the pixels it covers)."""
     (y0, y1), (x0, x1) = (inner[0].start, inner[0].stop), (inner[1].start, inner[1].stop)
     h, w = cloud.shape
@@ -286,7 +286,7 @@ def run_pass(
 ) -> PassResult:
     """Stream the scene once: write the layers atomically into ``out_dir`` and return the accumulated numbers.
 
-    ``baselines`` (names from :data:`engine.baselines.BASELINES`) are scored beside the output when there is a
+    ``baselines`` (names from :data:`engine.refine.baselines.BASELINES`) are scored beside the output when there is a
     reference (without one there is nothing to score them against, and they are skipped).
     """
     grid = src.grid

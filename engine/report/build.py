@@ -18,20 +18,20 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.baselines import BASELINES, DEFAULT_HALO, MEDIAN_SAMPLE_PX
 from engine.errors import EngineError, OutputError
-from engine.landcover import CLASS_NAMES, UNKNOWN
-from engine.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
-from engine.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
+from engine.outputs.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
+from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
+from engine.outputs.writer import check_output_dir
 from engine.progress import Progress
-from engine.raster import input_read_errors
+from engine.refine.baselines import BASELINES, DEFAULT_HALO, MEDIAN_SAMPLE_PX
 from engine.report import REPORT_FILES, plots
 from engine.report.accumulate import MASK_NODATA, PassResult, run_pass
 from engine.report.html import render_html
 from engine.report.margin import baseline_margin
 from engine.report.schema import SCHEMA_VERSION, validate_report
 from engine.report.sources import Sources, open_sources
-from engine.writer import check_output_dir
+from engine.sources.landcover import CLASS_NAMES, UNKNOWN
+from engine.sources.raster import input_read_errors
 
 QUICKLOOK_SIDE = 700
 
@@ -252,10 +252,10 @@ def write_report(
 
     ``bands`` are the 1-based indices of B, G, R, NIR in optical, prediction and reference (all on the optical
     grid). Land cover (WorldCover codes) and mask (1 band, 1 = cloud, or Planet UDM2) may be on any grid; without a
-    mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`. ``baselines``:
-    with a reference, also score the non-learned baselines (:mod:`engine.baselines`) and the output's margin over
+    mask, clouds are detected on the cloudy input with :func:`engine.align.cloudmask.detect_clouds`. ``baselines``:
+    with a reference, also score the non-learned baselines (:mod:`engine.refine.baselines`) and the output's margin over
     the best of them inside the cloud (:mod:`engine.report.margin`).
-    mask, clouds are detected on the cloudy input with :func:`engine.cloudmask.detect_clouds`.
+    mask, clouds are detected on the cloudy input with :func:`engine.align.cloudmask.detect_clouds`.
     ``prediction_name`` is what ``report.json`` calls the prediction when it is read from another file (the
     engine's verified temporary output, renamed only after the report). Unreadable inputs are one
     :class:`~engine.errors.InputError` line.

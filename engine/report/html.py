@@ -14,8 +14,8 @@ import json
 from html import escape
 from typing import Any
 
-from engine.landcover import CLASS_NAMES
 from engine.report.margin import margin_sentence
+from engine.sources.landcover import CLASS_NAMES
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;

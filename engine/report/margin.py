@@ -1,7 +1,7 @@
 """The report's headline: the output's margin over the best non-learned baseline inside the cloud.
 
 Beating the cloudy input proves nothing (a flat colour already does, by 8–12 dB); what a model must show is that
-inside the cloud it is better than the best of :data:`engine.baselines.BASELINES` scored on the same pixels. The
+inside the cloud it is better than the best of :data:`engine.refine.baselines.BASELINES` scored on the same pixels. The
 margin is the output's inside-cloud PSNR minus the best baseline's, in dB, signed: negative means the model does
 NOT beat the baselines. One place computes it (:func:`baseline_margin`, stored in ``report.json`` under
 ``metrics.baseline_margin``) and one place words it (:func:`margin_sentence`, used by the CLI and the HTML page).

@@ -8,7 +8,7 @@ reprojected on the fly with a :class:`rasterio.vrt.WarpedVRT`, nearest neighbour
 the official M3R-CR loader's nearest upsampling does for the aligned case. Pixels outside their coverage read as 0
 (WorldCover "no data" → unknown class; mask → clear).
 
-Optical units are detected per file (:func:`engine.normalise.detect_optical_scale`), because a prediction may be
+Optical units are detected per file (:func:`engine.sources.normalise.detect_optical_scale`), because a prediction may be
 written as float reflectance while the input is DN. The sample is a grid of :data:`SAMPLE_WINDOWS`² small windows
 spread over the scene rather than a decimated read of the whole file: without overviews a decimated read
 decompresses every block of the file, which on a 20k × 20k scene costs minutes; the windows touch a few blocks.
@@ -27,15 +27,16 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from engine.errors import InputError
-from engine.normalise import detect_optical_scale, normalise_optical
-from engine.raster import open_raster
+from engine.sources.normalise import detect_optical_scale, normalise_optical
+from engine.sources.raster import open_raster
 
 SAMPLE_WINDOWS = 6  # per side
 SAMPLE_WINDOW_PX = 64
 
 
 def _open(stack: ExitStack, path: Path, role: str) -> rasterio.io.DatasetReader:
-    """Open an input of the report, checked by :func:`engine.raster.open_raster` (a truncated file fails here)."""
+    """Open an input of the report, checked by :func:`engine.sources.raster.open_raster` (a truncated file fails
+    here)."""
     return stack.enter_context(open_raster(Path(path), role))
 
 

@@ -5,15 +5,15 @@ A *sample* is a dict of numpy arrays while it is read and augmented, and of tens
 * ``optical`` (4, H, W) float32 cloudy image in [0, 1]; ``target`` (4, H, W) float32 cloud-free image in [0, 1];
 * ``sar`` (2, h, w) float32 VV, VH in [0, 1] — either at its own resolution (M3R-CR: 90 px for 300 optical px)
   or already upsampled to (H, W);
-* ``mask`` (1, H, W) float32, 1 = cloud (given with the data, else :func:`engine.cloudmask.detect_clouds`);
-* ``landcover`` (H, W) int64, classes 0…5 and 6 = unknown (:mod:`engine.landcover`); ``id`` a string;
+* ``mask`` (1, H, W) float32, 1 = cloud (given with the data, else :func:`engine.align.cloudmask.detect_clouds`);
+* ``landcover`` (H, W) int64, classes 0…5 and 6 = unknown (:mod:`engine.sources.landcover`); ``id`` a string;
 * multi-date samples (:mod:`training.datasets.layout`) add ``optical_prev``/``optical_next`` (4, H, W) and
   ``sar_prev``/``sar_next`` (2, h, w) — the registry's temporal contract — and acquisition times ``t``,
   ``t_prev``, ``t_next``, ``t_target`` (seconds since the epoch; 0-d arrays, Python floats after :func:`to_tensors`);
 * ``dem`` (1, H, W) float32, when the layout split has a DEM: elevation on the optical grid, metres ×
-  :data:`engine.dem.DEM_SCALE` (the optional input of the Cresson U-Nets built with ``dem=True``).
+  :data:`engine.align.dem.DEM_SCALE` (the optional input of the Cresson U-Nets built with ``dem=True``).
 
-Scaling goes exclusively through :mod:`engine.normalise` so training sees exactly what inference will feed.
+Scaling goes exclusively through :mod:`engine.sources.normalise` so training sees exactly what inference will feed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import rasterio
 import torch
 
-from engine.cloudmask import detect_clouds
+from engine.align.cloudmask import detect_clouds
 from engine.errors import InputError
 
 Sample = dict[str, Any]

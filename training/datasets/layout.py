@@ -25,20 +25,20 @@ training loop passes the temporal keys to the models that declare ``temporal_inp
 DEM: when the split names the archive's elevation model (column ``dem``, written by ``build_dataset`` for an
 archive with ``dem.tif``), every sample also has ``dem`` (1, H, W) float32: the DEM warped **bilinearly** onto the
 pixel grid of the ``t`` optical patch (:func:`training.layout.archive.read_dem_patch`, i.e. the
-:class:`engine.align.AlignedReader` ``engine run --dem`` uses) and scaled by :func:`engine.dem.normalise_dem`
-(metres × :data:`engine.dem.DEM_SCALE`), so training sees what inference feeds. Pixels without elevation (only
-in patches ``build_dataset`` kept below full coverage, i.e. with ``--min-valid`` < 1) take the patch's mean
-elevation. It is the ``dem`` keyword of the U-Nets built with ``dem=True``, and is cropped, flipped and rotated
-with the optical images (:mod:`training.datasets.augment`).
+:class:`engine.align.reader.AlignedReader` ``engine run --dem`` uses) and scaled by
+:func:`engine.align.dem.normalise_dem` (metres × :data:`engine.align.dem.DEM_SCALE`), so training sees what inference
+feeds. Pixels without elevation (only in patches ``build_dataset`` kept below full coverage, i.e. with ``--min-valid`` <
+1) take the patch's mean elevation. It is the ``dem`` keyword of the U-Nets built with ``dem=True``, and is cropped,
+flipped and rotated with the optical images (:mod:`training.datasets.augment`).
 
-Scaling goes through :mod:`engine.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless the
-patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR converted to dB from the units the split
+Scaling goes through :mod:`engine.sources.normalise` as for M3R-CR and SEN12MS-CR: optical DN (reflectance × 10⁴) unless
+the patch is already reflectance in [0, 1] (``detect_optical_scale``), SAR converted to dB from the units the split
 records for its scene (``<item>_sar_units``, written by ``engine finetune``: ``sar_to_db`` as ``engine run``), else
 in dB unless detected linear (``detect_sar_units``, then ``linear_to_db``), NaN → patch mean. SAR is resampled
 nearest onto the optical patch grid (the paper's S1 and S2 share the 10 m grid; a 10 m S1 next to 3 m optical is
 replicated as the official M3R-CR loader does), so every date's arrays are on one grid and crops/flips/rotations
 apply identically to all of them (:class:`training.datasets.TrainView`). Cloud mask of ``t``: the scene's ``_mask``
-(or ``_scl``) sidecar, else the engine's detector (:func:`engine.cloudmask.detect_clouds`). Land cover: unknown
+(or ``_scl``) sidecar, else the engine's detector (:func:`engine.align.cloudmask.detect_clouds`). Land cover: unknown
 (class 6).
 """
 
@@ -55,12 +55,12 @@ from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 from torch.utils.data import Dataset
 
-from engine.dates import parse_datetime
-from engine.dem import normalise_dem
+from engine.align.dem import normalise_dem
 from engine.errors import InputError
-from engine.landcover import UNKNOWN
-from engine.masks import cloud_mask_from_bands
-from engine.normalise import (
+from engine.sources.dates import parse_datetime
+from engine.sources.landcover import UNKNOWN
+from engine.sources.masks import cloud_mask_from_bands
+from engine.sources.normalise import (
     detect_optical_scale,
     detect_sar_units,
     linear_to_db,
@@ -185,7 +185,7 @@ class LayoutSplit(Dataset):
         return optical, path, (crs, transform)
 
     def _dem(self, rel: str, pixel_grid: tuple, shape: tuple[int, int]) -> np.ndarray:
-        """(1, H, W) DEM on the optical patch's pixel grid, bilinear, scaled as engine.dem; gaps → patch mean."""
+        """(1, H, W) DEM on the optical patch's pixel grid, bilinear, scaled as engine.align.dem; gaps → patch mean."""
         path = self.archive / rel
         if not path.is_file():
             raise InputError(f"missing DEM {path} (named by {self.path.name})")

@@ -2,8 +2,8 @@
 
 The official CSV lists have no header and five columns, relative to ``<root>/<split>/``: cloud-free Planet,
 cloudy Planet, S1, land cover, cloud mask ``.npy`` (True = cloud). Following the official loader: NaN → image mean;
-optical /10000 clipped, SAR dB clipped to the paper's ranges (both via :mod:`engine.normalise`); WorldCover codes
-→ 6 classes (:mod:`engine.landcover`) replicated nearest to the optical grid.
+optical /10000 clipped, SAR dB clipped to the paper's ranges (both via :mod:`engine.sources.normalise`); WorldCover
+codes → 6 classes (:mod:`engine.sources.landcover`) replicated nearest to the optical grid.
 
 SAR resolution is an option: ``sar_mode = "native"`` keeps the 90×90 SAR grid (the model upsamples; crops then
 snap to whole SAR pixels, see :mod:`training.datasets.augment`); ``"upsample"`` replicates it nearest to 300×300
@@ -20,8 +20,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
-from engine.landcover import worldcover_to_classes
-from engine.normalise import normalise_optical, normalise_sar
+from engine.sources.landcover import worldcover_to_classes
+from engine.sources.normalise import normalise_optical, normalise_sar
 from training.datasets.base import (
     Sample,
     fill_nan_with_mean,

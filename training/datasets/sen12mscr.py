@@ -6,8 +6,8 @@ The sample IDs come from GLF-CR's ``data.csv`` when present (columns: split 1 = 
 cloud-free folder, cloudy folder, file name; ``splits`` filters on the first), else from the ``s2_cloudy`` listing.
 ``include`` / ``exclude`` select IDs by name — how a held-out validation set stays out of training.
 
-Scaling via :mod:`engine.normalise` (the paper's clip ranges), NaN → image mean as the M3R-CR loader. Without a
-``cloudmask/`` file the mask is :func:`engine.cloudmask.detect_clouds` on the cloudy image. There is no land
+Scaling via :mod:`engine.sources.normalise` (the paper's clip ranges), NaN → image mean as the M3R-CR loader. Without a
+``cloudmask/`` file the mask is :func:`engine.align.cloudmask.detect_clouds` on the cloudy image. There is no land
 cover in SEN12MS-CR: every pixel is class 6 (unknown).
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
-from engine.landcover import UNKNOWN
-from engine.masks import cloud_mask_from_bands
-from engine.normalise import normalise_optical, normalise_sar
+from engine.sources.landcover import UNKNOWN
+from engine.sources.masks import cloud_mask_from_bands
+from engine.sources.normalise import normalise_optical, normalise_sar
 from training.datasets.base import CachedReader, Sample, fill_nan_with_mean, mask_or_detect, read_raster
 
 DEFAULT_BANDS = (1, 2, 3, 7)

@@ -32,8 +32,8 @@ from rasterio.warp import Resampling, reproject
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
-from engine.landcover import UNKNOWN
-from engine.normalise import normalise_optical, normalise_sar
+from engine.sources.landcover import UNKNOWN
+from engine.sources.normalise import normalise_optical, normalise_sar
 from training.datasets.base import (
     CachedReader,
     Sample,

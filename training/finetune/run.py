@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, ModelError, OutputError
-from engine.finetune_record import read_record, record_line
+from engine.models.finetune_record import read_record, record_line
 from engine.progress import Progress
 from training.config import DataSection, ModelSection, OptimSection, RunSection, ScheduleSection, TrainConfig
 from training.finetune.config import FinetuneConfig

@@ -68,7 +68,7 @@ class SampleSet:
 
 # --------------------------------------------------------------------------------------------- index
 def index_archive(cfg: FinetuneConfig, progress: Progress) -> ArchiveIndex:
-    """Scan and index the archive (any input form engine.sources reads, :mod:`training.layout.products`); every
+    """Scan and index the archive (any input form engine.sources.resolve reads, :mod:`training.layout.products`); every
     problem that would make fine-tuning pointless is raised here, before any training."""
     store = FolderStore()
     try:

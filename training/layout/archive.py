@@ -6,10 +6,10 @@ Archive layout (one folder; every raster in one CRS — or, for ``make_grid(...,
       optical/NAME.tif        optical scene, 4 bands B, G, R, NIR (any dtype; .tiff and GDAL .vrt too); nodata = the
                               file's nodata value. ``engine finetune`` also takes products as downloaded here and in
                               sar/ (Sentinel-2 / Sentinel-1 SAFE or zip, split VV/VH, PlanetScope with its UDM2):
-                              :mod:`training.layout.products` resolves them through engine.sources into VRTs
+                              :mod:`training.layout.products` resolves them through engine.sources.resolve into VRTs
       optical/NAME_mask.tif   optional cloud-mask sidecar on the same grid: 1 band, non-zero = cloud, or a Planet
-                              UDM2 asset (8 bands; cloud ∪ shadow ∪ heavy haze, see engine.masks). Without one,
-                              the engine's documented cloud detector (engine.cloudmask) is run on the scene.
+                              UDM2 asset (8 bands; cloud ∪ shadow ∪ heavy haze, see engine.sources.masks). Without one,
+                              the engine's documented cloud detector (engine.align.cloudmask) is run on the scene.
       optical/NAME_scl.tif    or a Sentinel-2 L2A scene classification (SCL) at any resolution: cloud shadow,
                               medium/high-probability cloud and thin cirrus are cloud (as for --mask auto); beside a
                               PlanetScope ``*_AnalyticMS*`` file, its ``*_udm2*.tif`` is the mask when there is no
@@ -17,7 +17,7 @@ Archive layout (one folder; every raster in one CRS — or, for ``make_grid(...,
       sar/NAME.tif            Sentinel-1 scene, 2 bands VV, VH (any resolution, e.g. 10 m next to 3 m optical)
       dates.csv               optional, columns ``file,datetime`` (file relative to ARCHIVE, ISO 8601 or
                               ``YYYY:MM:DD HH:MM:SS``); a scene not listed there is dated from its GeoTIFF tags
-                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.dates.read_acquisition_date), or,
+                              (ACQUISITIONDATETIME / TIFFTAG_DATETIME, engine.sources.dates.read_acquisition_date), or,
                               for ``engine finetune``, from a date in its file name (20200823[T054639])
       dem.tif                 optional digital elevation model, ONE for the whole archive (``dem.tiff`` or a GDAL
                               ``dem.vrt`` mosaic of tiles also work): 1 band, elevation in metres, georeferenced in
@@ -32,12 +32,12 @@ footprints whatever its resolution. A scene in another CRS than that first optic
 (``build_dataset``: reproject the archive first); ``engine finetune`` asks for ``reproject=True`` instead, and such a
 scene is then read through a GDAL warped view onto the grid's CRS (:func:`open_scene`, nearest neighbour, no copy
 on disk). A scene contributes a patch for each cell lying entirely inside it. For each
-patch we keep the valid-pixel fraction (engine.raster.valid_mask: finite, and not nodata in every band) and, for
+patch we keep the valid-pixel fraction (engine.sources.raster.valid_mask: finite, and not nodata in every band) and, for
 optical patches, the cloud cover: the percentage of valid pixels that are cloudy — the paper's single value per
 patch.
 
 The DEM, when there is one, is the one raster not cut on the archive's own pixels: like ``engine run --dem`` it is
-warped **bilinearly** onto each patch's optical pixel grid (:class:`engine.align.AlignedReader`, any CRS), and a
+warped **bilinearly** onto each patch's optical pixel grid (:class:`engine.align.reader.AlignedReader`, any CRS), and a
 patch's *DEM coverage* is the fraction of those pixels that get an elevation (:func:`dem_coverage`).
 """
 
@@ -59,14 +59,14 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 
-from engine.align import AlignedReader
-from engine.align import Grid as PixelGrid
-from engine.cloudmask import detect_clouds
-from engine.dates import parse_datetime, read_acquisition_date
+from engine.align.cloudmask import detect_clouds
+from engine.align.reader import AlignedReader
+from engine.align.reader import Grid as PixelGrid
 from engine.errors import InputError
-from engine.masks import cloud_mask_from_bands
-from engine.normalise import detect_optical_scale
-from engine.raster import valid_mask
+from engine.sources.dates import parse_datetime, read_acquisition_date
+from engine.sources.masks import cloud_mask_from_bands
+from engine.sources.normalise import detect_optical_scale
+from engine.sources.raster import valid_mask
 
 MASK_SUFFIX = "_mask"
 UDM2_MARK = "_udm2"  # a Planet usable-data mask (NAME_udm2.tif, NAME_udm2_clip.tif) beside its AnalyticMS scene
@@ -78,8 +78,9 @@ DEM_NAMES = ("dem.tif", "dem.tiff", "dem.vrt")  # the archive's optional elevati
 @dataclass(frozen=True)
 class Scene:
     """One acquisition: ``path`` is what the readers open — the archive's file itself, or (``engine finetune``,
-    :mod:`training.layout.products`) a VRT engine.sources made of a product, then ``source`` names the archive file
-    it came from; ``units`` are a SAR scene's units as engine.sources decided them (None: detected per patch)."""
+    :mod:`training.layout.products`) a VRT engine.sources.resolve made of a product, then ``source`` names the archive
+    file it came from; ``units`` are a SAR scene's units as engine.sources.resolve decided them (None: detected per
+    patch)."""
 
     path: Path
     kind: str  # "optical" or "sar"
@@ -256,8 +257,8 @@ def open_scene(path: Path, crs: str | None = None) -> Iterator[rasterio.io.Datas
 
 def sidecar(scene: Path) -> Path | None:
     """The cloud-mask sidecar of an optical scene: ``NAME_mask.tif`` (same grid), else ``NAME_scl.tif``, else the
-    Planet UDM2 beside a PlanetScope ``*_AnalyticMS*`` file (:func:`engine.sources.planet_udm2`, same grid)."""
-    from engine.sources import planet_udm2
+    Planet UDM2 beside a PlanetScope ``*_AnalyticMS*`` file (:func:`engine.sources.resolve.planet_udm2`, same grid)."""
+    from engine.sources.resolve import planet_udm2
 
     cand = [scene.with_name(scene.stem + suffix + ext) for suffix in (MASK_SUFFIX, SCL_SUFFIX) for ext in RASTER_EXT]
     found = next((c for c in cand if c.is_file()), None)
@@ -273,8 +274,8 @@ def is_scl(mask: Path) -> bool:
 
 def scl_cloud(classes: np.ndarray) -> np.ndarray:
     """Cloud of a Sentinel-2 SCL patch: cloud shadow, medium/high-probability cloud, thin cirrus (the classes
-    ``--mask auto`` uses for an L2A product, :data:`engine.sources_s2.SCL_CLOUD`)."""
-    from engine.sources_s2 import SCL_CLOUD
+    ``--mask auto`` uses for an L2A product, :data:`engine.sources.s2.SCL_CLOUD`)."""
+    from engine.sources.s2 import SCL_CLOUD
 
     return np.isin(np.asarray(classes)[0] if np.ndim(classes) == 3 else classes, SCL_CLOUD)
 
@@ -342,7 +343,7 @@ def find_dem(archive: str | Path) -> Path | None:
 
 
 def check_dem(ds: rasterio.io.DatasetReader, name: str) -> None:
-    """One band, georeferenced: what the DEM input needs (engine.dem checks the same for ``--dem``)."""
+    """One band, georeferenced: what the DEM input needs (engine.align.dem checks the same for ``--dem``)."""
     if ds.count != 1:
         raise InputError(f"{name} must have 1 band (elevation in metres), this one has {ds.count}")
     if ds.crs is None:
@@ -353,7 +354,7 @@ def read_dem_patch(
     ds: rasterio.io.DatasetReader, crs: object, transform: rasterio.Affine, shape: tuple[int, int]
 ) -> np.ndarray:
     """(H, W) float32 elevation in metres of ``ds`` warped bilinearly onto the pixel grid (crs, transform, shape),
-    NaN where there is none — the alignment ``engine run --dem`` uses (:class:`engine.align.AlignedReader`)."""
+    NaN where there is none — the alignment ``engine run --dem`` uses (:class:`engine.align.reader.AlignedReader`)."""
     grid = PixelGrid(crs=crs, transform=transform, width=int(shape[1]), height=int(shape[0]))
     with AlignedReader(ds, grid, (1,), "bilinear") as reader:
         return reader.read_all()[0]

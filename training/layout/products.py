@@ -1,7 +1,7 @@
 """Archive files in every form ``engine run`` reads → the scenes :mod:`training.layout.archive` indexes.
 
 ``engine finetune --archive DIR`` takes what analysts download, as ``engine run`` does: each entry of ``optical/``
-and ``sar/`` goes through :mod:`engine.sources` (one place that says what a product is; no second parser here):
+and ``sar/`` goes through :mod:`engine.sources.resolve` (one place that says what a product is; no second parser here):
 
 =================================================  =========================================================
 ``optical/``                                       read as
@@ -20,19 +20,19 @@ and ``sar/`` goes through :mod:`engine.sources` (one place that says what a prod
 
 A ``NAME_mask.tif`` / ``NAME_scl.tif`` sidecar beside any optical entry (``S2…_MSIL2A_….zip`` →
 ``S2…_MSIL2A_…_mask.tif``) still wins over the mask a product brings. Dates: ``dates.csv`` (by the entry's path,
-either file of a split pair), else the acquisition date engine.sources read from the product's metadata (written
+either file of a split pair), else the acquisition date engine.sources.resolve read from the product's metadata (written
 as a tag on its VRT) or the file's tags, else the date in the entry's name.
 
 Radar-geometry (GRD) and split SAR are warped (``engine run``'s default ``--sar-resampling``, nearest) onto the
 *archive grid*: the first optical scene's pixel lattice (sorted by name, the patch grid's anchor) stretched over
 every optical scene. A SAR scene's units (``linear`` for a GRD, from a HyP3 name, a unit tag or the value range)
 are recorded with the scene and the split files, so a patch is converted to dB exactly as ``engine run`` converts
-that file (:func:`engine.sar.sar_to_unit`), never re-guessed per patch.
+that file (:func:`engine.align.sar.sar_to_unit`), never re-guessed per patch.
 
 Where the VRTs live: on disk, in a temporary folder owned by the run (:class:`FolderStore`, deleted when the run
 ends), not in GDAL's ``/vsimem``: the layout reader finds mask sidecars and checks scenes by file name, and the
-split CSVs name each scene by path. (A GRD's coarse calibration grids stay in ``/vsimem`` as engine.sources writes
-them, so the VRTs are for this process: the fine-tune reads its samples in-process.) Not the run's work folder
+split CSVs name each scene by path. (A GRD's coarse calibration grids stay in ``/vsimem`` as engine.sources.resolve
+writes them, so the VRTs are for this process: the fine-tune reads its samples in-process.) Not the run's work folder
 ``OUT.finetune/``: the archive is indexed, and refused, before that folder is cleared or written.
 """
 
@@ -58,9 +58,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from engine.config import DEFAULT_BANDS, RunConfig
-from engine.dates import read_acquisition_date
 from engine.errors import EngineError, InputError, one_line
-from engine.sources import Materialised, ResolvedSource, TargetGrid, materialise, resolve_optical, resolve_sar
+from engine.sources.dates import read_acquisition_date
+from engine.sources.resolve import Materialised, ResolvedSource, TargetGrid, materialise, resolve_optical, resolve_sar
 from training.layout.archive import (
     MASK_SUFFIX,
     RASTER_EXT,
@@ -79,8 +79,8 @@ SAR_RESAMPLING = next(f.default for f in fields(RunConfig) if f.name == "sar_res
 
 
 class FolderStore(Materialised):
-    """engine.sources' VRT store on disk, in a temporary folder made on the first write; :meth:`close` deletes it.
-    ``scene_path`` gives a scene's own VRT a stable name (``optical/NAME.vrt``, its mask ``NAME_mask.vrt``)."""
+    """engine.sources.resolve's VRT store on disk, in a temporary folder made on the first write; :meth:`close` deletes
+    it. ``scene_path`` gives a scene's own VRT a stable name (``optical/NAME.vrt``, its mask ``NAME_mask.vrt``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,7 +169,7 @@ def list_entries(folder: Path, kind: str) -> list[ArchiveEntry]:
 
 # --------------------------------------------------------------------------------------------- resolving
 def resolve_entry(entry: ArchiveEntry) -> ResolvedSource:
-    """What engine.sources says the entry is; an unreadable file is one line naming it."""
+    """What engine.sources.resolve says the entry is; an unreadable file is one line naming it."""
     try:
         if entry.kind == "optical":
             return resolve_optical(str(entry.files[0]))
@@ -197,7 +197,7 @@ def _grid_of(path: Path) -> TargetGrid:
 
 def _product_mask(entry: ArchiveEntry, source: ResolvedSource, store: FolderStore, scene: Path) -> Path | None:
     """The mask of a scene read through a VRT, on its pixels beside it (``NAME_mask.vrt``, ``NAME_scl.vrt``): a
-    sidecar beside the archive entry, else the product's own (SCL through engine.sources' cloud lookup, UDM2)."""
+    sidecar beside the archive entry, else the product's own (SCL through engine.sources.resolve's lookup, UDM2)."""
     given = sidecar(entry.files[0])
     if given is not None:
         suffix = SCL_SUFFIX if is_scl(given) else MASK_SUFFIX
@@ -210,7 +210,7 @@ def _product_mask(entry: ArchiveEntry, source: ResolvedSource, store: FolderStor
 
 def optical_scene(entry: ArchiveEntry, source: ResolvedSource, store: FolderStore) -> tuple[Path, Path | None]:
     """(what the readers open, its mask): a plain B, G, R, NIR raster as it is (its sidecar, or a PlanetScope
-    UDM2, found beside it), anything else as engine.sources' VRT (bands picked, offset added) in ``store``."""
+    UDM2, found beside it), anything else as engine.sources.resolve's VRT (bands picked, offset added) in ``store``."""
     if source.passthrough and tuple(source.bands) == DEFAULT_BANDS:
         return entry.files[0], sidecar(entry.files[0])
     # a raster whose band descriptions pick other bands (SuperDove): a zero offset makes materialise write the
@@ -222,7 +222,7 @@ def optical_scene(entry: ArchiveEntry, source: ResolvedSource, store: FolderStor
 
 
 def sar_scene(entry: ArchiveEntry, source: ResolvedSource, store: FolderStore, grid: TargetGrid | None) -> Path:
-    """What the readers open: a stacked VV, VH raster as it is, else engine.sources' VRT on the archive grid."""
+    """What the readers open: a stacked VV, VH raster as it is, else resolve's VRT on the archive grid."""
     if source.passthrough:
         return entry.files[0]
     if grid is None:
@@ -280,8 +280,8 @@ def entry_date(entry: ArchiveEntry, reader: Path, source: ResolvedSource, dates:
 def scan_products(archive: str | Path, store: FolderStore, names_as_dates: bool = True,
                   notices: list[str] | None = None) -> list[Scene]:
     """Every optical and SAR scene of the archive, in any accepted form (module docstring), with its date and mask;
-    VRTs go to ``store``. A product engine.sources refuses fails here, in one line naming it; what it warns about
-    (a GRD geocoded without terrain correction) is added to ``notices``."""
+    VRTs go to ``store``. A product engine.sources.resolve refuses fails here, in one line naming it; what it warns
+    about (a GRD geocoded without terrain correction) is added to ``notices``."""
     root = Path(archive)
     if not root.is_dir():
         raise InputError(f"archive folder {root} does not exist")

@@ -1,10 +1,10 @@
 """The acquisition times of temporal models (``needs_dates``: ``gapfill``) in the streaming pipeline.
 
 A temporal model declares extra dates (``temporal_inputs = ("prev", "next")``: ``msop-unet``, ``gapfill``); their
-images are roles like any other input (:mod:`engine.models.roles`, opened and read through :mod:`engine.inputs`).
+images are roles like any other input (:mod:`engine.models.roles`, opened and read through :mod:`engine.align.inputs`).
 What is temporal proper is *when*: a model with ``needs_dates = True`` also takes the acquisition times ``t_prev,
 t, t_next`` (seconds since the epoch) as keywords. They come from ``--date-prev/--date/--date-next`` when given,
-else from each file's tags (:func:`engine.dates.read_acquisition_date`); the cloudy date outside ``[t_prev,
+else from each file's tags (:func:`engine.sources.dates.read_acquisition_date`); the cloudy date outside ``[t_prev,
 t_next]`` is an extrapolation, said in a warning.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.gapfill import interpolation_weight, read_acquisition_date
+from engine.models.gapfill_arch import interpolation_weight
 from engine.progress import Progress, record_warning
+from engine.sources.dates import read_acquisition_date
 
 log = logging.getLogger("engine")
 

@@ -13,8 +13,8 @@ never overlapping, so each is seen one way only), of which the :data:`CHECKS` cl
 :data:`MIN_CLEAR` usable pixels are kept (usable: no cloud — the mask's, else the detected one, grown like
 adaptation's — and every input present). Each gets one seeded synthetic cloud and
 is scored inside it on usable pixels only: PSNR of the model's output, of ``flat`` and of ``fill``
-(:mod:`engine.baselines`, whose "cloud" is the synthetic one plus the window's unusable pixels). The headline is the
-mean over windows of the model's PSNR minus the better baseline's — the margin ``training.scoring`` reports.
+(:mod:`engine.refine.baselines`, whose "cloud" is the synthetic one plus the window's unusable pixels). The headline is
+the mean over windows of the model's PSNR minus the better baseline's — the margin ``training.scoring`` reports.
 
 A window counts when its synthetic cloud covers at least :data:`MIN_SCORED` usable pixels and leaves as many clear
 ones to the baselines (the report split's 1–99 % cover rule: a window with nothing clear gives them nothing).
@@ -37,8 +37,9 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import baselines, colour_anchor, metrics
+from engine.outputs import metrics
 from engine.progress import Progress
+from engine.refine import baselines, colour_anchor
 
 WINDOW = 256  # px: a checked window (scenes under 512 px: half their side, so that several windows fit)
 MIN_WINDOW = 80  # px: below this the scene is too small to check (the adaptation crop as well)
@@ -121,8 +122,8 @@ def window_size(shape: tuple[int, int]) -> int:
 
 def plan_check(read: Any, shape: tuple[int, int], progress: Progress, share: float = 1.0) -> list[HeldOut] | str:
     """The checked windows of a scene of ``shape`` (H, W), each with its seeded synthetic cloud; ``read(window)`` is
-    :func:`engine.scene_adapt.read_sample`'s reader; at most ``share`` of the grid's cells are kept (at least one).
-    A string says why the scene cannot be checked."""
+    :func:`engine.refine.scene_adapt.read_sample`'s reader; at most ``share`` of the grid's cells are kept (at least
+    one). A string says why the scene cannot be checked."""
     from training.datasets.clouds import add_clouds  # the training package ships with the engine
 
     size = window_size(shape)

@@ -1,4 +1,5 @@
-"""Sentinel-2 L1C / L2A SAFE products (folder or zip) through GDAL's SENTINEL2 driver, for :mod:`engine.sources`.
+"""Sentinel-2 L1C / L2A SAFE products (folder or zip) through GDAL's SENTINEL2 driver, for
+:mod:`engine.sources.resolve`.
 
 The driver turns the product's metadata into subdatasets by resolution (``SENTINEL2_L2A:…/MTD_MSIL2A.xml:10m:
 EPSG_32632``): the 10 m one holds B4, B3, B2, B8 (in that order, plus AOT/WVP for L2A), each band described
@@ -19,7 +20,7 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from engine.errors import InputError, one_line
-from engine.sources import OPTICAL_ROLES, ResolvedSource, SafeProduct, _open
+from engine.sources.resolve import OPTICAL_ROLES, ResolvedSource, SafeProduct, _open
 
 S2_BANDS = ("B2", "B3", "B4", "B8")  # blue, green, red, NIR = OPTICAL_ROLES
 _MTD = re.compile(r"^(MTD_MSIL(1C|2A)|S2._OPER_MTD_SAFL(1C|2A).*)\.xml$")

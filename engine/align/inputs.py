@@ -3,24 +3,25 @@
 A model declares its inputs as roles (:mod:`engine.models.roles`); :func:`open_roles` opens exactly those, each
 through the class of its kind (:data:`KINDS`), which checks the file (bands, georeferencing, overlap with a
 coverage warning below 99.9 %) and decides what the file alone tells (SAR units, the DEM's fill). Every one is then
-an :class:`~engine.align.AlignedInput`: :meth:`~engine.align.AlignedInput.prepare` once the model's normalisation is
-known, :meth:`~engine.align.AlignedInput.open_reader` onto the optical grid, and
-:meth:`~engine.align.AlignedInput.read` one chunk window at a time (in the reader thread when prefetching), which
+an :class:`~engine.align.reader.AlignedInput`: :meth:`~engine.align.reader.AlignedInput.prepare` once the model's
+normalisation is known, :meth:`~engine.align.reader.AlignedInput.open_reader` onto the optical grid, and
+:meth:`~engine.align.reader.AlignedInput.read` one chunk window at a time (in the reader thread when prefetching), which
 gives the network's units with gaps filled and where the file has data; a pixel that any input lacks is left as the
 cloudy input in the output.
 
 Kinds:
 
-* ``sar`` (:class:`engine.sar.SarInput`): ``--sar-bands`` with ``--sar-resampling``, units per file, dB-normalised,
+* ``sar`` (:class:`engine.align.sar.SarInput`): ``--sar-bands`` with ``--sar-resampling``, units per file,
+dB-normalised,
   gaps filled with the scene mean;
 * ``optical`` (:class:`OpticalInput`, the extra dates): the cloudy image's ``--bands`` and scale, nearest; gaps take
   the cloudy image's value;
-* ``dem`` (:class:`engine.dem.DemInput`): one band of metres, bilinear, ×10⁻⁴, gaps take the scene mean.
+* ``dem`` (:class:`engine.align.dem.DemInput`): one band of metres, bilinear, ×10⁻⁴, gaps take the scene mean.
 
-The :class:`~engine.accel.InferenceRunner` calls ``module(optical, sar)``: :class:`PackedInputsAdapter` packs every
-input after the SAR channels of its second argument (all are on the optical grid by then), so the runner's batching,
-OOM halving, pinned copies and ``torch.compile`` apply to them unchanged, and unpacks them into the model's keyword
-arguments (``sar=None`` for a model without SAR).
+The :class:`~engine.stream.accel.InferenceRunner` calls ``module(optical, sar)``: :class:`PackedInputsAdapter` packs
+every input after the SAR channels of its second argument (all are on the optical grid by then), so the runner's
+batching, OOM halving, pinned copies and ``torch.compile`` apply to them unchanged, and unpacks them into the model's
+keyword arguments (``sar=None`` for a model without SAR).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import normalise
-from engine.align import AlignedInput, Grid, WindowContext, checked_coverage
+from engine.align.dem import DemInput
+from engine.align.reader import AlignedInput, Grid, WindowContext, checked_coverage
+from engine.align.sar import SarInput
 from engine.config import RunConfig
-from engine.dem import DemInput
 from engine.models.roles import ROLES, ModelInputs, Role
 from engine.progress import Progress
-from engine.raster import check_bands, open_raster, require_georeferenced, valid_mask
-from engine.sar import SarInput
+from engine.sources.raster import check_bands, open_raster, require_georeferenced, valid_mask
+from engine.sources.resolve import normalise
 
 
 @dataclass

@@ -6,7 +6,7 @@ error or a user cancel never leaves a half-written file under the requested name
 
 What "succeeded" means for the file itself (issue 15: disk full while finishing the file gave exit 0 and a corrupt
 GeoTIFF): every GDAL write and the close that flushes GDAL's block cache are checked for GDAL failures
-(:mod:`engine.gdal_errors`: GDAL only *logs* a failed flush), the temporary file is ``fsync``-ed (delayed
+(:mod:`engine.sources.gdal_errors`: GDAL only *logs* a failed flush), the temporary file is ``fsync``-ed (delayed
 allocation can report a full disk only then) and verified — re-opened, its size, band count and data type
 compared, every block's offset and length checked against the file's length, its first and last blocks read —
 before the rename. Any failure is one :class:`~engine.errors.OutputError` line ("no space left on device" when the
@@ -50,11 +50,11 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from engine import gdal_errors
 from engine.errors import OutputError, one_line
-from engine.provenance import RasterMetadata, folded
-from engine.provenance import apply as apply_metadata
-from engine.raster import block_layout_problem, corner_windows
+from engine.outputs.provenance import RasterMetadata, folded
+from engine.outputs.provenance import apply as apply_metadata
+from engine.sources.raster import block_layout_problem, corner_windows
+from engine.sources.resolve import gdal_errors
 
 try:  # POSIX advisory locks mark a temporary file as owned by a live writer
     import fcntl
@@ -80,8 +80,8 @@ class OutputSpec:
     dtype: str
     nodata: float | None
     descriptions: tuple[str | None, ...]
-    block_height: int = BLOCK  # see engine.tiling.output_block_height: chosen so chunk rows fill whole blocks
-    metadata: RasterMetadata | None = None  # tags, band tags, scales/offsets, units (engine.provenance)
+    block_height: int = BLOCK  # see engine.stream.tiling.output_block_height: chosen so chunk rows fill whole blocks
+    metadata: RasterMetadata | None = None  # tags, band tags, scales/offsets, units (engine.outputs.provenance)
     creation: dict[str, Any] | None = None  # GTiff creation options; None: the engine output's (_creation_options)
 
 

@@ -10,7 +10,7 @@ grid (the official loader reads S1 with ``out_shape`` and nearest); bilinear is 
 Pixels the SAR does not cover come back as NaN (the VRT's nodata); NaN/±inf already in the SAR file and its own
 nodata value are treated the same way, so "no SAR here" is one condition downstream.
 
-:class:`AlignedInput` is what every input a model declares becomes (SAR, other dates, DEM; :mod:`engine.inputs`):
+:class:`AlignedInput` is what every input a model declares becomes (SAR, other dates, DEM; :mod:`engine.align.inputs`):
 an opened, checked file with its reader onto the optical grid and a ``read`` that gives one window in the network's
 units.
 """
@@ -32,9 +32,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from engine.errors import InputError
-from engine.normalise import NormalisationConfig
 from engine.progress import Progress, record_warning
-from engine.raster import sample_shape
+from engine.sources.normalise import NormalisationConfig
+from engine.sources.raster import sample_shape
 
 if TYPE_CHECKING:
     from engine.models.roles import Role
@@ -131,9 +131,9 @@ class AlignedInput(ABC):
     """One declared input of a model (a :class:`~engine.models.roles.Role`), opened and checked, read onto the
     optical grid one window at a time.
 
-    The one path every model input takes: a kind's subclass (:data:`engine.inputs.KINDS`) opens and checks the file
-    (``open``), fixes what depends on the model's normalisation (:meth:`prepare`), and turns a window of the aligned
-    file into the network's units with gaps filled (:meth:`read`); this base aligns it (:meth:`open_reader`).
+    The one path every model input takes: a kind's subclass (:data:`engine.align.inputs.KINDS`) opens and checks the
+    file (``open``), fixes what depends on the model's normalisation (:meth:`prepare`), and turns a window of the
+    aligned file into the network's units with gaps filled (:meth:`read`); this base aligns it (:meth:`open_reader`).
     """
 
     role: Role

@@ -18,8 +18,8 @@ inverse transform before averaging. The order is :data:`D4`:
   image axis keeps its own sampling — a 90° rotation also swaps the SAR's range and azimuth axes, whose speckle and
   geometry differ, where a flip only reverses them.
 * N = 8: the whole group, the four transposing elements (transpose, the two 90° rotations, anti-transpose) added.
-  The pipeline's tiles are square (reflect-padded to ``tile``², :mod:`engine.tiling`), so their transposes have the
-  same shape; a non-square sample (the benchmark's) is transposed as it is — each pass is its own forward, and the
+  The pipeline's tiles are square (reflect-padded to ``tile``², :mod:`engine.stream.tiling`), so their transposes have
+  the same shape; a non-square sample (the benchmark's) is transposed as it is — each pass is its own forward, and the
   models pad internally to the multiple they need.
 * Other N (2..8) take the first N of that order; only 1, 2, 4 and 8 are subgroups.
 
@@ -108,7 +108,7 @@ def predict(run: Predict, optical: Array, sar: Array, n: int) -> tuple[np.ndarra
     """``(mean, spread)`` of ``run`` over the first ``n`` D4 transforms of each tile.
 
     ``run(optical, sar)`` maps (K, B, H, W) and (K, C, h, w) to (K, B, H, W) outputs (an
-    :meth:`engine.accel.InferenceRunner.predict`); it is called once per transform with the whole batch, so its
+    :meth:`engine.stream.accel.InferenceRunner.predict`); it is called once per transform with the whole batch, so its
     batching, memory limits and out-of-memory halving apply unchanged. Returns the float32 mean (K, B, H, W) and
     the float32 spread (K, H, W): the per-band population standard deviation averaged over the bands.
     """

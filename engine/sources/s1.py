@@ -1,4 +1,4 @@
-"""Sentinel-1 GRD SAFE products (folder or zip), calibrated to σ⁰ and geocoded from their GCPs (engine.sources).
+"""Sentinel-1 GRD SAFE products (folder or zip), calibrated to σ⁰ and geocoded from their GCPs (engine.sources.resolve).
 
 GDAL's SAFE driver reads a GRD's measurement files but does not calibrate them: its ``SENTINEL1_CALIB:SIGMA0:…``
 subdatasets exist for SLC only (OSGeo/gdal#5826, still open; GDAL 3.6 and 3.10 answer "Measurement bands not
@@ -16,8 +16,8 @@ and GDAL pixel functions compute DN·DN·(1/A)·(1/A) − η·(1/A)·(1/A) when 
 on the way in, so it stays no data through the subtraction. Noise-subtracted σ⁰ can be ≤ 0 where the signal is under
 the noise floor (calm water, radar shadow): it is kept (unbiased where pixels are averaged by resampling), and the
 pipeline's linear → dB conversion floors it far below the normalisation's clip. The result keeps the measurement's
-GCPs, and :func:`engine.sources.materialise` warps it onto the optical grid with GDAL's thin-plate-spline GCP
-transformer (:data:`engine.sources.GCP_METHOD`: exact at every GCP of the annotation's geolocation grid, where a
+GCPs, and :func:`engine.sources.resolve.materialise` warps it onto the optical grid with GDAL's thin-plate-spline GCP
+transformer (:data:`engine.sources.resolve.GCP_METHOD`: exact at every GCP of the annotation's geolocation grid, where a
 global polynomial leaves residuals) like any polarisation file; the pipeline's linear → dB conversion follows
 (``units = "linear"``).
 
@@ -40,7 +40,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from engine.errors import InputError
-from engine.sources import SAR_ROLES, Materialised, ResolvedSource, SafeProduct, _open
+from engine.sources.resolve import SAR_ROLES, Materialised, ResolvedSource, SafeProduct, _open
 
 LUT_STEP = 15  # pixels between the coarse LUT samples; odd, so its cells centre on whole pixels
 CALIBRATION = "σ⁰ = DN² / A² (sigmaNought LUT of the product's calibration annotation)"

@@ -1,6 +1,6 @@
 """Image-quality metrics of the Align-CR paper (§V-B, Tab. II–IV, Fig. 5, 9), plain and streamed by tiles.
 
-All functions take numpy arrays ``(C, H, W)`` in the [0, 1]-scaled band space of :mod:`engine.normalise`
+All functions take numpy arrays ``(C, H, W)`` in the [0, 1]-scaled band space of :mod:`engine.sources.normalise`
 (bands B, G, R, NIR for the 4-band models) and return Python floats.
 
 Choices, where the paper is silent (it names the metrics only), following the official code

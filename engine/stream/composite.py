@@ -6,7 +6,7 @@ output there is a reconstruction. A hard cut at the mask's edge shows as a seam 
 original differ a little in radiometry, and masks miss the thin haze at cloud borders), so the weight falls
 linearly from 1 on the cloud to 0 at ``feather + 1`` pixels away from it (Euclidean distance), and the output is
 ``w · model + (1 − w) · input``. ``feather = 0`` is the hard cut (what ``gapfill`` does with its mask).
-Without a mask the pipeline takes the clouds :func:`engine.cloudmask.detect_clouds` finds on the optical image,
+Without a mask the pipeline takes the clouds :func:`engine.align.cloudmask.detect_clouds` finds on the optical image,
 read with the detector's 3-pixel smoothing context added to the halo.
 
 Chunks: the pipeline reads the mask with a halo of ``feather`` pixels around each chunk's output window. Any

@@ -8,7 +8,7 @@ size), so the pipeline hands it the DEM on the optical grid.
 
 How the DEM reaches the network (``engine run --dem FILE``):
 
-* warped onto the optical grid through an :class:`~engine.align.AlignedReader` with **bilinear** resampling
+* warped onto the optical grid through an :class:`~engine.align.reader.AlignedReader` with **bilinear** resampling
   (elevation is a continuous field; any CRS and resolution) and read one chunk window at a time, like the SAR;
 * **scaling**: the paper does not say. We follow the official code (CNES/decloud,
   ``decloud/preprocessing/constants.py``: ``DEM_SCALE_COEF = 0.0001``, applied to the elevation in metres):
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rasterio.windows import Window
 
-from engine.align import AlignedInput, Grid, WindowContext, checked_coverage
+from engine.align.reader import AlignedInput, Grid, WindowContext, checked_coverage
 from engine.errors import InputError
 from engine.progress import Progress
-from engine.raster import open_raster, read_sample, require_georeferenced, valid_mask
+from engine.sources.raster import open_raster, read_sample, require_georeferenced, valid_mask
 
 if TYPE_CHECKING:
     from engine.config import RunConfig

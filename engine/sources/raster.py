@@ -27,7 +27,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from engine.errors import InputError, one_line
-from engine.sources import is_gdal_name
+from engine.sources.resolve import is_gdal_name
 
 SAMPLE_SIZE = 1024
 SAMPLE_GRID = 16

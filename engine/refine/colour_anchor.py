@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from engine.baselines import sample_grid
+from engine.refine.baselines import sample_grid
 
 TAU_PX = 4.0
 REACH_PX = 32
@@ -110,8 +110,8 @@ def anchor(output: np.ndarray, optical: np.ndarray, cloud: np.ndarray,
 
 @dataclass
 class StreamedAnchor:
-    """The streamed run's side (:mod:`engine.pipeline`): the drift statistics and, for every written window, where
-    the model wrote on the cloud (packed bits) — the rewrite must leave a cloud pixel the model did not write (one
+    """The streamed run's side (:mod:`engine.stream.pipeline`): the drift statistics and, for every written window,
+    where the model wrote on the cloud (packed bits) — the rewrite must leave a cloud pixel the model did not write (one
     without SAR) as it is. Clear pixels are sampled on the scene's regular grid (``stride``), as the report's
     ``flat`` medians are."""
 

@@ -1,10 +1,11 @@
 """Sentinel-1 SAR inputs (roles of kind ``sar``: the main ``--sar`` and the extra dates' ``--sar-prev/--sar-next``).
 
-Every SAR raster is handled the same way: ``--sar-bands`` (VV, VH) read through an :class:`~engine.align.AlignedReader`
-with ``--sar-resampling``, its units told per file (``--sar-units``, or detected: dB or linear power), converted to
-dB and normalised to [0, 1] with the model's dB ranges (:func:`sar_to_unit`). Pixels without SAR (outside the
-footprint, nodata, NaN/inf) take the file's scene mean per polarisation in the tile fed to the network (the official
-M3R-CR loader's "NaN → image mean", :func:`sar_fill`) and are left as the input in the output.
+Every SAR raster is handled the same way: ``--sar-bands`` (VV, VH) read through an
+:class:`~engine.align.reader.AlignedReader` with ``--sar-resampling``, its units told per file (``--sar-units``, or
+detected: dB or linear power), converted to dB and normalised to [0, 1] with the model's dB ranges
+(:func:`sar_to_unit`). Pixels without SAR (outside the footprint, nodata, NaN/inf) take the file's scene mean per
+polarisation in the tile fed to the network (the official M3R-CR loader's "NaN → image mean", :func:`sar_fill`) and are
+left as the input in the output.
 
 The main SAR also says how many days it was acquired from the optical image when both files' tags tell
 (:func:`sar_gap_days`): the network learned from pairs 2.2 days apart on average, so a bigger gap is worth a warning.
@@ -22,13 +23,13 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from engine import normalise
-from engine.align import AlignedInput, AlignedReader, Grid, WindowContext, checked_coverage
+from engine.align.reader import AlignedInput, AlignedReader, Grid, WindowContext, checked_coverage
 from engine.config import DEFAULT_SAR_BANDS, RunConfig
-from engine.dates import dataset_acquisition_date, days_apart
 from engine.errors import InputError
 from engine.progress import Progress, record_warning
-from engine.raster import check_bands, open_raster, read_sample, require_georeferenced, valid_mask
+from engine.sources.dates import dataset_acquisition_date, days_apart
+from engine.sources.raster import check_bands, open_raster, read_sample, require_georeferenced, valid_mask
+from engine.sources.resolve import normalise
 
 if TYPE_CHECKING:
     from engine.models.roles import Role

@@ -44,8 +44,8 @@ the device, and every speed trick here has a failure mode that must not turn int
   bf16's 7) for such runs and restores the previous setting in :meth:`InferenceRunner.close`. ``--dtype fp32``
   keeps full fp32 (the exact reference), and the CPU is untouched. (Not measured yet: no GPU so far.)
 * Freed memory: on the CPU the runner keeps glibc from unmapping and trimming the forward's 1–30 MB temporaries
-  between tiles (:func:`engine.malloc.keep_freed_memory`, ``keep_freed_memory``): ≈ 8 % faster end to end with one
-  thread, neutral with two workers. :meth:`InferenceRunner.close` restores glibc's defaults and trims.
+  between tiles (:func:`engine.stream.malloc.keep_freed_memory`, ``keep_freed_memory``): ≈ 8 % faster end to end with
+  one thread, neutral with two workers. :meth:`InferenceRunner.close` restores glibc's defaults and trims.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError, ModelError
-from engine.malloc import keep_freed_memory
+from engine.stream.malloc import keep_freed_memory
 
 log = logging.getLogger("engine")
 
@@ -90,10 +90,10 @@ class AccelConfig:
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     compile_cache: Path | None = None  # inductor's on-disk cache; None = $TORCHINDUCTOR_CACHE_DIR or the default
     threads: int | None = None  # CPU threads for torch; None = every core
-    prefetch: bool = True  # pipeline: background reader/writer threads (engine.prefetch); False = the naive loop
+    prefetch: bool = True  # pipeline: background reader/writer threads (engine.stream.prefetch); False = the naive loop
     cpu_microbatch: int = 1  # tiles per forward on the CPU (see the module docstring); 0 = the whole batch
     cpu_workers: int = 0  # CPU forwards run at once, threads split between them; 0 = auto (min(threads, 4))
-    keep_freed_memory: bool = True  # CPU: glibc keeps freed blocks for the next tile (engine.malloc) until close()
+    keep_freed_memory: bool = True  # CPU: glibc keeps freed blocks for the next tile (stream.malloc) until close()
     tf32: bool = True  # CUDA bf16/fp16 runs: fp32 islands (deformable conv GEMMs) in TF32; False for the ablation
 
     def validate(self) -> None:

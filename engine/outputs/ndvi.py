@@ -18,11 +18,11 @@ import numpy as np
 from rasterio.windows import Window
 
 from engine.errors import InputError
-from engine.metrics import ndvi_classes
+from engine.outputs.metrics import ndvi_classes
+from engine.outputs.provenance import RasterMetadata, read_metadata
+from engine.outputs.writer import AtomicGeoTIFFWriter, check_output_path, layer_spec
 from engine.progress import Progress
-from engine.provenance import RasterMetadata, read_metadata
-from engine.raster import input_read_errors, open_raster
-from engine.writer import AtomicGeoTIFFWriter, check_output_path, layer_spec
+from engine.sources.raster import input_read_errors, open_raster
 
 NDVI_NODATA = -9999.0
 NDVI_CLASS_EDGES: tuple[float, ...] = (-0.1, 0.1, 0.4, 0.8)

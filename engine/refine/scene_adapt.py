@@ -3,7 +3,7 @@
 Why: a model trained on a few dozen public patches carries colour casts and the wrong landscape onto a scene it
 never saw (issue 13). The cloudy scene itself holds exact training pairs for its own landscape: its clear pixels
 with synthetic clouds laid on them (:mod:`training.scene_adapt`, the measured experiment), SAR included. The real
-cloud's pixels (the mask's, else the ones :mod:`engine.cloudmask` detects, grown by :data:`CLOUD_MARGIN`) and
+cloud's pixels (the mask's, else the ones :mod:`engine.align.cloudmask` detects, grown by :data:`CLOUD_MARGIN`) and
 pixels without data never enter the loss. The weights file is not changed: only the copy this run loaded is tuned.
 
 The pool is a few windows of the scene, read through the same aligned readers as the tiles (so SAR, land cover
@@ -26,15 +26,15 @@ from rasterio.windows import Window
 from scipy import ndimage
 from torch import nn
 
-from engine import normalise
-from engine.align import WindowContext
-from engine.cloudmask import detect_clouds_scaled
-from engine.inputs import read_optical, read_window
-from engine.masks import cloud_mask_from_bands
+from engine.align.cloudmask import detect_clouds_scaled
+from engine.align.inputs import read_optical, read_window
+from engine.align.reader import WindowContext
 from engine.progress import Progress
+from engine.sources.masks import cloud_mask_from_bands
+from engine.sources.resolve import normalise
 
 if TYPE_CHECKING:
-    from engine.scene_check import HeldOut
+    from engine.refine.scene_check import HeldOut
 
 log = logging.getLogger("engine")
 
@@ -65,8 +65,8 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
                    held_out: Sequence[HeldOut] = ()) -> str | None:  # fmt: skip
     """Fine-tune ``module`` (called as ``module(optical, packed)``, the runner's module) in place for ``steps`` steps
     on the scene ``inp`` of ``shape`` (H, W), never on the ``held_out`` windows' synthetic clouds
-    (:mod:`engine.scene_check`). Returns a warning when the scene offers nothing to adapt on (the module is left as
-    it was), else None."""
+    (:mod:`engine.refine.scene_check`). Returns a warning when the scene offers nothing to adapt on (the module is left
+    as it was), else None."""
     from training.scene_adapt import AdaptConfig, fine_tune_  # the training package ships with the engine
 
     cfg = AdaptConfig(steps=steps)
@@ -117,7 +117,7 @@ def read_sample(inp: SceneInputs, norm: normalise.NormalisationConfig, win: Wind
     packed, inputs_ok, _ = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
     if inp.mask_reader is not None:
         cloud = cloud_mask_from_bands(np.nan_to_num(inp.mask_reader.read(win), nan=0.0), inp.mask.nodata)
-    else:  # the clouds engine.cloudmask detects (no mask given)
+    else:  # the clouds engine.align.cloudmask detects (no mask given)
         cloud = detect_clouds_scaled(raw[inp.band_index], opt_ok, inp.optical_scale)
     cloud = ndimage.binary_dilation(cloud, iterations=CLOUD_MARGIN) if cloud.any() else cloud
     unusable = cloud | ~(opt_ok & inputs_ok)

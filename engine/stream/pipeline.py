@@ -2,7 +2,7 @@
 
 ``run(config, progress)`` is the one implementation behind ``python -m engine run``, the demo, the QGIS plugin
 (through the CLI), benchmarks and Dask batch jobs. It streams: the scene is processed in chunks of the global tile
-grid (see :mod:`engine.tiling`), each chunk's inputs read as one window and its final area written as one window,
+grid (see :mod:`engine.stream.tiling`), each chunk's inputs read as one window and its final area written as one window,
 so memory does not grow with the scene and the result equals a whole-scene blend bit for bit.
 
 Choices where the paper is silent (following the official M3R-CR loader where it has one):
@@ -20,23 +20,23 @@ Choices where the paper is silent (following the official M3R-CR loader where it
 The model's inputs besides the cloudy optical image are the roles it declares (:mod:`engine.models.roles`: the
 SAR, the images before and after for temporal models such as ``msop-unet`` and ``gapfill``, a DEM): exactly those
 are opened, checked, aligned onto the optical grid, normalised and read per chunk window, all through one path
-(:mod:`engine.inputs`); a pixel that one of them does not cover is left as the input. A model whose config says
+(:mod:`engine.align.inputs`); a pixel that one of them does not cover is left as the input. A model whose config says
 ``fill_only_cloudy`` (``gapfill``) changes only the pixels ``--mask`` marks as cloud when a mask is given (the
 others are copied from the input bit for bit).
 
 ``--only-cloudy`` does the same for any model, with the cut feathered over ``--cloud-feather`` pixels
-(:mod:`engine.composite`): clear pixels beyond the feather are the input bit for bit, cloud pixels are the model's
-output, and the result does not depend on the chunking (the mask is read with a halo of the feather's width).
-Without ``--mask`` the cloud is detected on the optical image (:func:`engine.cloudmask.detect_clouds`, with a
+(:mod:`engine.stream.composite`): clear pixels beyond the feather are the input bit for bit, cloud pixels are the
+model's output, and the result does not depend on the chunking (the mask is read with a halo of the feather's width).
+Without ``--mask`` the cloud is detected on the optical image (:func:`engine.align.cloudmask.detect_clouds`, with a
 warning saying so).
 
-``--colour-anchor`` (:mod:`engine.colour_anchor`) takes the network's colour drift out of the inside of each cloud
-(the same cloud: ``--mask``'s, else the detected one). The drift is fitted over the whole scene, so the output is
+``--colour-anchor`` (:mod:`engine.refine.colour_anchor`) takes the network's colour drift out of the inside of each
+cloud (the same cloud: ``--mask``'s, else the detected one). The drift is fitted over the whole scene, so the output is
 streamed into a draft while the statistics accumulate, then copied once into the output with the shift; the ramp
 is recomputed from the cloud read with its reach, so this too does not depend on the chunking.
 
 ``--tta N`` runs the network on N flips/rotations of every tile (optical, SAR and packed extra inputs turned
-together; :mod:`engine.tta`) and blends their mean; ``--confidence`` blends their spread as one more channel with
+together; :mod:`engine.stream.tta`) and blends their mean; ``--confidence`` blends their spread as one more channel with
 the same tile weights and writes it, times the model's share of each pixel, beside the output (the QA raster's
 sibling; see :func:`_confidence_spec`).
 
@@ -45,14 +45,14 @@ ignored with a warning, so it cannot fail the run), the model gets ``sar=None``,
 SAR, and the result says ``sar_used = False`` (also in the report's run settings). A model missing a declared input
 is a one-line :class:`~engine.errors.InputError` before anything is read or written; given inputs it does not
 declare are ignored with a warning. The DEM of a model built with ``dem=True`` is aligned bilinearly and scaled as
-:mod:`engine.dem` describes.
+:mod:`engine.align.dem` describes.
 
 The run reads as its data path: :func:`_open` (inputs, model, declared roles) → :func:`_plan` (scales, fills,
 output spec, tile grid) → :func:`_stream` (chunks read, inferred, blended, written) → the :class:`RunResult`; then
 :func:`run` writes the report and renames the outputs into place together.
 
-Speed (``accel``, see :mod:`engine.accel` and :mod:`engine.prefetch`): the network runs through an
-:class:`~engine.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
+Speed (``accel``, see :mod:`engine.stream.accel` and :mod:`engine.stream.prefetch`): the network runs through an
+:class:`~engine.stream.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
 (the default), a reader thread reads, aligns, normalises and batches chunk *k+1* and a writer thread encodes
 chunk *k−1* while the network works on chunk *k*; both queues hold one or two chunks, so memory stays flat. In
 fp32 none of this changes a single output value.
@@ -75,24 +75,24 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import colour_anchor, normalise, scene_adapt, tta
-from engine.accel import AccelConfig, InferenceRunner
-from engine.align import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
-from engine.baselines import median_stride
-from engine.cloudmask import DETECTOR_HALO, detect_clouds_scaled
-from engine.composite import cloud_weight, halo_window, mix
+from engine.align.cloudmask import DETECTOR_HALO, detect_clouds_scaled
+from engine.align.inputs import open_roles, packed_module, read_optical, read_window
+from engine.align.reader import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
+from engine.align.sar import SarInput
+from engine.align.temporal import acquisition_dates
 from engine.config import RunConfig
-from engine.dates import DATE_TAGS
-from engine.device import describe_device, resolve_device
 from engine.errors import EngineError, InputError, ModelError
-from engine.inputs import open_roles, packed_module, read_optical, read_window
-from engine.masks import cloud_mask_from_bands
-from engine.memory import plan_memory
 from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, precheck, require_roles
-from engine.prefetch import BackgroundWriter, Prefetcher, pinned
+from engine.outputs.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
+from engine.outputs.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_dir, check_output_path
 from engine.progress import Progress, record_warning
-from engine.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
-from engine.raster import (
+from engine.refine import colour_anchor, scene_adapt
+from engine.refine.baselines import median_stride
+from engine.refine.scene_adapt import adapt_to_scene
+from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
+from engine.sources.dates import DATE_TAGS
+from engine.sources.masks import cloud_mask_from_bands
+from engine.sources.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
     check_bands,
     has_any_valid,
@@ -102,14 +102,15 @@ from engine.raster import (
     require_georeferenced,
     valid_mask,
 )
-from engine.sar import SarInput
-from engine.scene_adapt import adapt_to_scene
-from engine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
-from engine.sources import Materialised, is_gdal_name, resolve_run_inputs
-from engine.temporal import acquisition_dates
-from engine.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
-from engine.tta import CONFIDENCE_NODATA
-from engine.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_dir, check_output_path
+from engine.sources.resolve import Materialised, is_gdal_name, normalise, resolve_run_inputs
+from engine.stream import tta
+from engine.stream.accel import AccelConfig, InferenceRunner
+from engine.stream.composite import cloud_weight, halo_window, mix
+from engine.stream.device import describe_device, resolve_device
+from engine.stream.memory import plan_memory
+from engine.stream.prefetch import BackgroundWriter, Prefetcher, pinned
+from engine.stream.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
+from engine.stream.tta import CONFIDENCE_NODATA
 
 log = logging.getLogger("engine")
 QA_NODATA = 255
@@ -311,7 +312,7 @@ def _open_scene(config: RunConfig, stack: ExitStack) -> _Inputs:
 
 def _open_declared(config: RunConfig, inp: _Inputs, declared: ModelInputs, stack: ExitStack, progress: Progress,
                    warnings: list[str]) -> None:  # fmt: skip
-    """Open the inputs ``declared`` names that are not open yet (engine.inputs: one path for every role), resolve
+    """Open the inputs ``declared`` names that are not open yet (engine.align.inputs: one path for every role), resolve
     the acquisition times it needs, and warn about the given inputs it does not take (never opened)."""
     ignored = ignored_inputs(declared, config) if inp.declared is None else []
     first = 1 if ignored and not declared.uses_sar and config.sar is not None else 0  # the SAR's, said up front
@@ -357,8 +358,8 @@ def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.Norma
 
 def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner,
                      device_name: str, given: RunConfig) -> RasterMetadata:
-    """The input's metadata plus how this output was made (:mod:`engine.provenance`); the inputs are named as the
-    user gave them (``given``: a SAFE, a zip, two polarisation files), not as the VRTs they resolved to."""
+    """The input's metadata plus how this output was made (:mod:`engine.outputs.provenance`); the inputs are named as
+    the user gave them (``given``: a SAFE, a zip, two polarisation files), not as the VRTs they resolved to."""
     settings: dict[str, object] = {
         "bands": list(config.bands), "sar_bands": list(config.sar_bands), "tile": config.tile,
         "overlap": config.overlap, "sar_units": inp.sar_units, "sar_resampling": config.sar_resampling,
@@ -367,7 +368,7 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
     }  # fmt: skip
     if config.only_cloudy:
         settings["cloud_feather"] = config.cloud_feather
-    if config.tta > 1:  # the output is the mean over that many flips/rotations (engine.tta)
+    if config.tta > 1:  # the output is the mean over that many flips/rotations (engine.stream.tta)
         settings["tta"] = config.tta
     if (model.card or {}).get("scene_adaptation"):  # --adapt tuned this run's copy of the model
         settings["adapt"] = config.adapt
@@ -428,7 +429,7 @@ def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | Non
 
 
 def _tile_grid(spec: OutputSpec, config: RunConfig) -> TileGrid:
-    """The run's tile grid: ``--tile`` tiles, shrunk to the scene on an axis shorter than that (engine.tiling)."""
+    """The run's tile grid: ``--tile`` tiles, shrunk to the scene on an axis shorter than that (stream.tiling)."""
     return TileGrid(spec.height, spec.width, config.tile, config.overlap)
 
 
@@ -482,7 +483,7 @@ def _read_chunk_inputs(
     y0, x0 = chunk.acc_y, chunk.acc_x
     win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
     raw, x, opt_ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
-    # the model's inputs, packed in declared order after the optical (engine.inputs)
+    # the model's inputs, packed in declared order after the optical (engine.align.inputs)
     packed, inputs_ok, sar_ok = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
     use_ok = opt_ok & inputs_ok
     mask, weight = _chunk_mask_and_weight(chunk, config, inp, win, spec)
@@ -532,7 +533,7 @@ def _halo_cloud(inp: _Inputs, win: Window, spec: OutputSpec,
                 reach: int) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray | None]:  # fmt: skip
     """The cloud on ``win`` grown by ``reach`` px (clipped to the scene), ``win``'s slices inside it, and the mask's
     bands read there (None for detected clouds). The cloud is ``--mask``'s, else the clouds
-    :mod:`engine.cloudmask` detects on the optical image (read with the detector's smoothing context too), so
+    :mod:`engine.align.cloudmask` detects on the optical image (read with the detector's smoothing context too), so
     whatever is computed from it within ``reach`` does not depend on the chunking."""
     extra = 0 if inp.mask_reader is not None else DETECTOR_HALO
     hx, hy, hw, hh = halo_window(int(win.col_off), int(win.row_off), int(win.width), int(win.height),
@@ -548,8 +549,8 @@ def _halo_cloud(inp: _Inputs, win: Window, spec: OutputSpec,
 
 
 def _chunk_anchor(chunk: Chunk, config: RunConfig, inp: _Inputs, spec: OutputSpec) -> np.ndarray | None:
-    """``--colour-anchor``'s drift ramp on the chunk's output window (:func:`engine.colour_anchor.ramp`), from the
-    cloud read with the ramp's reach around it; None when the chunk writes nothing."""
+    """``--colour-anchor``'s drift ramp on the chunk's output window (:func:`engine.refine.colour_anchor.ramp`), from
+    the cloud read with the ramp's reach around it; None when the chunk writes nothing."""
     if chunk.out_h <= 0 or chunk.out_w <= 0:
         return None
     win = Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)
@@ -653,7 +654,7 @@ def _decloud(
     """The data path: open → (choose the scene check's windows) → (adapt the model to the scene, those held out) →
     (score the scene check) → plan → stream chunks → result. The finished
     (uncommitted) outputs are appended to ``writers``. ``config`` names what the readers open
-    (:func:`engine.sources.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
+    (:func:`engine.sources.resolve.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
     t0 = time.perf_counter()
     warnings: list[str] = []
     early = precheck(config, default_model_name())
@@ -736,7 +737,7 @@ def _prepare_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel) -> None
 
 def _plan_scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, progress: Progress,
                       warnings: list[str]) -> list[HeldOut]:  # fmt: skip
-    """``--scene-check``: the scene's checked windows with their synthetic clouds (:mod:`engine.scene_check`),
+    """``--scene-check``: the scene's checked windows with their synthetic clouds (:mod:`engine.refine.scene_check`),
     chosen before ``--adapt`` so that adaptation holds them out; none (with a warning) when the scene has none."""
     if not config.scene_check:
         return []
@@ -768,8 +769,9 @@ def _scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, device: to
 
 def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, progress: Progress,
            warnings: list[str], held: list[HeldOut]) -> None:  # fmt: skip
-    """``--adapt``: fine-tune this run's copy of the model on the scene's clear pixels (:mod:`engine.scene_adapt`),
-    ``--scene-check``'s windows held out, before the runner takes it; the model card records it."""
+    """``--adapt``: fine-tune this run's copy of the model on the scene's clear pixels
+    (:mod:`engine.refine.scene_adapt`), ``--scene-check``'s windows held out, before the runner takes it; the model card
+    records it."""
     if not config.adapt:
         return
     assert inp.declared is not None
@@ -789,7 +791,7 @@ def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.de
 
 def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
                   stack: ExitStack) -> tuple[InferenceRunner, AccelConfig]:
-    """The inference runner for this run, its concurrency fitted to the memory budget (:mod:`engine.memory`);
+    """The inference runner for this run, its concurrency fitted to the memory budget (:mod:`engine.stream.memory`);
     closed (and torch's thread count restored) with ``stack``."""
     assert inp.declared is not None
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
@@ -883,9 +885,9 @@ def _qa_spec(spec: OutputSpec) -> OutputSpec:
 
 def _confidence_spec(spec: OutputSpec, passes: int) -> OutputSpec:
     """The confidence raster beside the output: one float32 band on the same grid, the spread of the model's output
-    over ``passes`` test-time flips/rotations (:mod:`engine.tta`: per-band standard deviation, mean over the bands,
-    in reflectance), blended over tile overlaps with the output's weights and scaled by the share of the pixel that
-    is the model's (so 0 where the input is kept: outside --only-cloudy's cloud, pixels without SAR), and
+    over ``passes`` test-time flips/rotations (:mod:`engine.stream.tta`: per-band standard deviation, mean over the
+    bands, in reflectance), blended over tile overlaps with the output's weights and scaled by the share of the pixel
+    that is the model's (so 0 where the input is kept: outside --only-cloudy's cloud, pixels without SAR), and
     :data:`CONFIDENCE_NODATA` where the optical image has no data. High = the model is guessing there."""
     scene_tags = RasterMetadata(tags=(spec.metadata or RasterMetadata()).tags)
     tag = {"ALIGNCR_CONFIDENCE": f"spread of the model's output over {passes} test-time flips/rotations (per-band "
@@ -1017,7 +1019,7 @@ def _rewrite_anchored(config: RunConfig, inp: _Inputs, spec: OutputSpec, draft: 
 
 def _predict(runner: InferenceRunner, batch: _TileBatch, config: RunConfig) -> np.ndarray:
     """The network's outputs for a batch: plain, or the mean over ``config.tta`` flips/rotations with (when a
-    confidence raster is asked for) their spread as one more channel (:mod:`engine.tta`)."""
+    confidence raster is asked for) their spread as one more channel (:mod:`engine.stream.tta`)."""
     assert batch.optical is not None and batch.sar is not None
     if config.tta == 1:
         return runner.predict(batch.optical, batch.sar)

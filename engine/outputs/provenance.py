@@ -101,8 +101,8 @@ def folded(meta: RasterMetadata) -> RasterMetadata:
     """``meta`` with the other domains' tags also in the default domain (where it lacks them).
 
     GDAL's COG driver (3.6) copies only the default domain, so a COG output would lose its IMAGERY acquisition
-    time; folded, the time survives where every reader (``gdalinfo``, :func:`engine.dates.read_acquisition_date`)
-    still finds it.
+    time; folded, the time survives where every reader (``gdalinfo``,
+    :func:`engine.sources.dates.read_acquisition_date`) still finds it.
     """
     default = dict(meta.tags.get("", {}))
     for tags in meta.tags.values():

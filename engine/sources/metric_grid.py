@@ -27,7 +27,7 @@ def metric_crs_problem(name: str, *, geographic: bool, units: str | None) -> str
 
 def require_metric_crs(crs: Any) -> None:
     """Raise :class:`InputError` when ``crs`` (a :class:`rasterio.crs.CRS`) is not projected in metres; a raster
-    without CRS is left to :func:`engine.raster.require_georeferenced`, which says so in its own words."""
+    without CRS is left to :func:`engine.sources.raster.require_georeferenced`, which says so in its own words."""
     if crs is None or not crs:
         return
     name = crs.to_string() if crs.to_epsg() is not None else (crs.to_dict().get("proj") or "given")

@@ -1,9 +1,9 @@
 """What the user gave → what the reader opens: products as analysts download them, in front of the raster reader.
 
-The readers (:mod:`engine.raster`, :mod:`engine.align`) take one GDAL dataset per input: a 4+-band optical raster,
-a 2-band SAR raster (VV, VH), a 1-band or UDM2 cloud mask. Analysts download other things: VV and VH as two files,
-RTC γ⁰ in amplitude, a PlanetScope scene whose UDM2 lies beside it, a Sentinel-2 SAFE, a Sentinel-1 GRD SAFE in
-radar geometry. :func:`resolve_optical`, :func:`resolve_sar` and :func:`resolve_mask` say what each input *is*
+The readers (:mod:`engine.sources.raster`, :mod:`engine.align.reader`) take one GDAL dataset per input: a 4+-band
+optical raster, a 2-band SAR raster (VV, VH), a 1-band or UDM2 cloud mask. Analysts download other things: VV and VH as
+two files, RTC γ⁰ in amplitude, a PlanetScope scene whose UDM2 lies beside it, a Sentinel-2 SAFE, a Sentinel-1 GRD SAFE
+in radar geometry. :func:`resolve_optical`, :func:`resolve_sar` and :func:`resolve_mask` say what each input *is*
 (a :class:`ResolvedSource`: GDAL dataset names, band roles, units, calibration, mask found, notes), without
 reading pixels beyond a small sample; :func:`materialise` turns it into one dataset name the existing readers
 open — the input itself when it already is what they expect, else a VRT in GDAL's in-memory file system (a
@@ -126,8 +126,8 @@ def as_source(value: str | os.PathLike[str]) -> Path | str:
 
 
 def _open(name: str, role: str) -> rasterio.io.DatasetReader:
-    """Open a GDAL dataset name with :func:`engine.raster.open_raster`'s checks and one-line errors."""
-    from engine.raster import open_raster
+    """Open a GDAL dataset name with :func:`engine.sources.raster.open_raster`'s checks and one-line errors."""
+    from engine.sources.raster import open_raster
 
     return open_raster(name, role)
 
@@ -154,7 +154,7 @@ def bands_from_descriptions(descriptions: Sequence[str | None]) -> tuple[int, ..
 def resolve_optical(given: str | os.PathLike[str], bands: tuple[int, ...] | None = None) -> ResolvedSource:
     """What the optical input is; ``bands`` are the user's ``--bands`` (None: the default, free to be decided).
 
-    A Sentinel-2 SAFE/zip goes through the SENTINEL2 driver (:func:`engine.sources_s2.resolve_s2`); a raster whose
+    A Sentinel-2 SAFE/zip goes through the SENTINEL2 driver (:func:`engine.sources.s2.resolve_s2`); a raster whose
     band descriptions name blue/green/red/nir is read by them unless ``bands`` says otherwise; a PlanetScope
     AnalyticMS file brings its UDM2 as the mask found."""
     text = os.fspath(given)
@@ -258,12 +258,12 @@ def _resolve_product(product: SafeProduct, role: str) -> ResolvedSource:
     if role == "optical":
         if product.mission != "S2":
             raise InputError(f"optical input is a {product.mission} product, not Sentinel-2: {product.given}")
-        from engine.sources_s2 import resolve_s2
+        from engine.sources.s2 import resolve_s2
 
         return resolve_s2(product)
     if product.mission != "S1":
         raise InputError(f"SAR input is a {product.mission} product, not Sentinel-1: {product.given}")
-    from engine.sources_s1 import resolve_grd
+    from engine.sources.s1 import resolve_grd
 
     return resolve_grd(product)
 
@@ -280,7 +280,7 @@ def resolve_sar(
     units: str = "auto",
 ) -> ResolvedSource:
     """What the SAR input is: one stacked raster (``given``, VV and VH = ``bands``), two single-polarisation files
-    (``vv``, ``vh``), or a Sentinel-1 GRD SAFE/zip (:func:`engine.sources_s1.resolve_grd`). ``units`` other than
+    (``vv``, ``vh``), or a Sentinel-1 GRD SAFE/zip (:func:`engine.sources.s1.resolve_grd`). ``units`` other than
     ``auto`` (``--sar-units``) wins over anything detected."""
     if given is not None and (vv is not None or vh is not None):
         raise InputError("give the SAR either as --sar (both polarisations) or as --sar-vv and --sar-vh, not both")
@@ -337,7 +337,7 @@ def units_from_metadata(name: str, ds: rasterio.io.DatasetReader, band: int) -> 
 
 def detect_units_from_values(values: dict[str, np.ndarray]) -> str:
     """``db``, ``linear`` (power) or ``amplitude`` from valid samples by polarisation (see :data:`AMPLITUDE_MEDIAN`)."""
-    from engine.normalise import detect_sar_units
+    from engine.sources.normalise import detect_sar_units
 
     pooled = np.concatenate([v.ravel() for v in values.values()]) if values else np.zeros(0)
     if detect_sar_units(pooled) == "db":
@@ -351,7 +351,7 @@ def detect_units_from_values(values: dict[str, np.ndarray]) -> str:
 
 def _detect_units(source: ResolvedSource) -> ResolvedSource:
     """Units from the metadata of each polarisation, else from their values; a note says which."""
-    from engine.raster import read_sample, valid_mask
+    from engine.sources.raster import read_sample, valid_mask
 
     values: dict[str, np.ndarray] = {}
     for i, (pol, band) in enumerate(zip(source.roles, source.bands)):
@@ -370,7 +370,7 @@ def _detect_units(source: ResolvedSource) -> ResolvedSource:
 
 def sar_date_gap(source: ResolvedSource) -> float | None:
     """Days between the acquisition dates of split VV and VH files when both say, else None."""
-    from engine.dates import dataset_acquisition_date, days_apart
+    from engine.sources.dates import dataset_acquisition_date, days_apart
 
     if len(source.datasets) != 2:
         return None
@@ -468,11 +468,11 @@ def materialise(
 
 def _warp_member(source: ResolvedSource, i: int, store: Materialised, grid: TargetGrid, resampling: str) -> str:
     """Band ``i`` of ``source`` warped onto ``grid`` as a VRT (float32, NaN where it has no data)."""
-    from engine.align import RESAMPLING
+    from engine.align.reader import RESAMPLING
 
     name = source.datasets[source.member(i)]
     if source.luts:  # Sentinel-1 GRD: DN → σ⁰ first, in radar geometry
-        from engine.sources_s1 import calibrated_vrt
+        from engine.sources.s1 import calibrated_vrt
 
         name = calibrated_vrt(name, source.luts[source.member(i)], store)
     with _open(name, f"{source.role} ({source.roles[i]})") as ds:
@@ -583,12 +583,12 @@ def _lut_vrt(source: ResolvedSource) -> str:
 
 
 def optical_window(opt_name: str, config: Any, store: Materialised) -> dict[str, Any]:
-    """The engine's rules on the optical grid: its CRS projected in metres (:mod:`engine.metric_grid`) and, with
+    """The engine's rules on the optical grid: its CRS projected in metres (:mod:`engine.sources.metric_grid`) and, with
     ``--bounds``, the optical image (and the reference, which shares its grid) read through a VRT of the window
-    (:mod:`engine.bounds`); returns the config changes (none without ``--bounds``)."""
-    from engine.bounds import bounds_window, window_vrt
+    (:mod:`engine.sources.bounds`); returns the config changes (none without ``--bounds``)."""
     from engine.config import Bounds
-    from engine.metric_grid import require_metric_crs
+    from engine.sources.bounds import bounds_window, window_vrt
+    from engine.sources.metric_grid import require_metric_crs
 
     with _open(opt_name, "optical") as ds:
         require_metric_crs(ds.crs)

@@ -12,7 +12,7 @@ GDAL keeps the last error of each thread (``CPLGetLastErrorType`` / ``CPLGetLast
 :func:`gdal_failure_check` resets it before an operation and raises if the operation left a failure behind. The
 functions are looked up in the GDAL library rasterio uses (the copy its wheel bundles, else the one loaded in
 the process, found through ``/proc/self/maps`` on Linux); where it cannot be found the check is a no-op and the writer's
-verification of the finished file (:func:`engine.writer.verify_geotiff`) is what catches a broken file.
+verification of the finished file (:func:`engine.outputs.writer.verify_geotiff`) is what catches a broken file.
 """
 
 from __future__ import annotations

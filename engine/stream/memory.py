@@ -1,7 +1,7 @@
 """How much memory a tile costs, how much the run may use, and the check that keeps a run within it.
 
 Issue 15: ``--tile`` had no upper bound — ``--tile 4096`` on a 300² image was killed by the kernel at 20 GB and
-``--tile 100000`` died with a MemoryError traceback. Tiles now never exceed the scene (:class:`engine.tiling.
+``--tile 100000`` died with a MemoryError traceback. Tiles now never exceed the scene (:class:`engine.stream.tiling.
 TileGrid`), and before anything is written :func:`plan_memory` estimates one tile's forward from the table below
 and refuses a tile that does not fit the budget, naming the largest one that does; on the CPU it also lowers the
 number of tiles run at once (``cpu_workers``) to what fits, on CUDA the batch.
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from engine.accel import MAX_AUTO_CPU_WORKERS, AccelConfig
 from engine.errors import InputError
-from engine.tiling import TileGrid, chunk_tiles
+from engine.stream.accel import MAX_AUTO_CPU_WORKERS, AccelConfig
+from engine.stream.tiling import TileGrid, chunk_tiles
 
 log = logging.getLogger("engine")
 
