@@ -192,7 +192,7 @@ def _decode(value: str) -> Any:
 def read_card(path: str | Path) -> ModelCard:
     """The model card of a ``.safetensors`` file, read by the engine's torch-free header reader
     (:mod:`engine.models.safetensors_header`); anything wrong with the file is one :class:`ModelCardError`."""
-    reader = engine_module("safetensors_header")
+    reader = engine_module("models.safetensors_header")
     try:
         header = reader.read_header(path)
     except reader.HeaderError as exc:

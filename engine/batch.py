@@ -252,7 +252,7 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
 
 def _resolve(value: str, manifest: Path) -> Path | str:
     """A path relative to the manifest's folder, absolute; GDAL dataset names and ``--mask auto`` as they are."""
-    from engine.sources.resolve import is_gdal_name
+    from engine.config import is_gdal_name
 
     if is_gdal_name(value) or value == "auto":
         return value
@@ -261,7 +261,7 @@ def _resolve(value: str, manifest: Path) -> Path | str:
 
 
 def _parse_date(value: str, where: str) -> datetime:
-    from engine.sources.dates import parse_datetime
+    from engine.config import parse_datetime
 
     try:
         return parse_datetime(value)

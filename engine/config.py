@@ -21,9 +21,11 @@ no torch, numpy or rasterio comes with it), and is written for Python 3.9.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,49 @@ class Option:
         if isinstance(value, datetime):
             return value.isoformat()
         return str(value)
+
+
+
+# ---------------------------------------------------------------------------- option values: sources and times
+# Parsing what a user typed is the options table's job (the CLI, the plugin and batch all pass strings): a GDAL
+# dataset name must not be folded by Path, and a time is parsed the same way wherever it comes from.
+
+_DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")  # two letters at least: C:\\ is a Windows drive
+_DATE_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y%m%dT%H%M%S", "%Y%m%d", "%Y-%m-%d")
+
+
+def is_gdal_name(name: str | os.PathLike[str]) -> bool:
+    """True for a dataset name that is not a plain path: ``/vsi…/…``, ``DRIVER:…`` (a subdataset), VRT XML.
+
+    Such names must not go through :class:`pathlib.Path` (it folds ``/vsizip//abs`` into a relative path) nor an
+    ``exists()`` check."""
+    text = os.fspath(name)
+    return text.startswith("/vsi") or text.lstrip().startswith("<VRTDataset") or bool(_DRIVER_PREFIX.match(text))
+
+
+def as_source(value: str | os.PathLike[str]) -> Path | str:
+    """A configuration's input value: a :class:`Path` for a file, the string itself for any other GDAL name."""
+    return os.fspath(value) if is_gdal_name(value) else Path(value)
+
+
+def parse_datetime(text: str) -> datetime:
+    """Parse a metadata date string (ISO 8601, TIFF ``YYYY:MM:DD HH:MM:SS``, compact forms) into an aware UTC time."""
+    s = text.strip()
+    if s.endswith("Z"):
+        s = s[:-1] + "+00:00"
+    dt: datetime | None = None
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        for fmt in _DATE_FORMATS:
+            try:
+                dt = datetime.strptime(s, fmt)
+                break
+            except ValueError:
+                continue
+    if dt is None:
+        raise InputError(f"cannot read an acquisition date from '{text}' (expected ISO 8601 or YYYY:MM:DD HH:MM:SS)")
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def option(default: Any, help: str, *, kind: str, **row: Any) -> Any:
@@ -318,10 +363,7 @@ class RunConfig:
             self.bounds = Bounds.parse(self.bounds)
 
     def _convert_inputs(self) -> None:
-        """Input names to :func:`~engine.sources.resolve.as_source` values and dates to datetimes (imported here, not at
-        the top: the plugin imports this module without the engine's packages)."""
-        from engine.sources.resolve import as_source
-
+        """Input names to :func:`as_source` values and dates to datetimes."""
         for name in INPUT_FIELDS:  # GDAL names (/vsizip//abs/…, DRIVER:…) stay strings: Path would fold them
             value = getattr(self, name)
             if value is not None:
@@ -329,8 +371,6 @@ class RunConfig:
         for name in DATE_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
-                from engine.sources.dates import parse_datetime
-
                 setattr(self, name, parse_datetime(str(value)))
 
     def validate(self) -> None:

@@ -114,7 +114,8 @@ def test_bounds_on_a_sentinel2_product_with_its_own_mask(tmp_path):
     product's full grid, is aligned onto the window; the window's pixels are the whole run's."""
     from helpers_sentinel import write_s2_safe
 
-    from engine.sources.resolve import Materialised, materialise, resolve_optical
+    from engine.sources.product import Materialised
+    from engine.sources.resolve import materialise, resolve_optical
 
     product = write_s2_safe(tmp_path, zipped=True, size=32)
     with Materialised() as store, rasterio.open(materialise(resolve_optical(product), store)) as ds:

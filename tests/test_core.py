@@ -7,7 +7,7 @@ import torch
 from engine.align.reader import cloudmask
 from engine.errors import ModelError
 from engine.models import build_model, list_models
-from engine.sources.resolve import landcover, normalise
+from engine.sources import landcover, normalise
 
 
 def test_optical_normalisation_round_trip():

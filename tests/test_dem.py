@@ -18,7 +18,7 @@ from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
 from engine.models import build_model, load, save
-from engine.sources.resolve import normalise
+from engine.sources import normalise
 from engine.stream.pipeline import run
 
 N = 32  # one 32² tile covers the optical image: the output is exactly one forward pass

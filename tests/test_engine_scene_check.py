@@ -139,16 +139,16 @@ def _scene(tmp_path, size: int = 160):
 
 
 def test_adaptation_never_targets_the_checked_clouds(tmp_path, monkeypatch):
-    import training.scene_adapt
+    from engine.refine import scene_adapt
 
     pools = []
-    real = training.scene_adapt.fine_tune_
+    real = scene_adapt.fine_tune_
 
     def spy(module, pool, *args, **kwargs):
         pools.append(pool)
         return real(module, pool, *args, **kwargs)
 
-    monkeypatch.setattr(training.scene_adapt, "fine_tune_", spy)
+    monkeypatch.setattr(scene_adapt, "fine_tune_", spy)
     planned = []
     real_plan = scene_check.plan_check
 

@@ -23,7 +23,8 @@ from engine.config import RunConfig
 from engine.errors import EngineError, InputError
 from engine.progress import Progress
 from engine.sources.normalise import NormalisationConfig, normalise_optical
-from engine.sources.resolve import Materialised, resolve_run_inputs
+from engine.sources.product import Materialised
+from engine.sources.resolve import resolve_run_inputs
 from tests.helpers_sentinel import S2_ORIGIN, s2_band_values, write_s1_safe, write_s2_safe
 from training.datasets import LayoutSplit
 from training.finetune.config import FinetuneConfig

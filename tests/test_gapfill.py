@@ -12,10 +12,11 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from engine.config import parse_datetime
 from engine.errors import InputError
 from engine.models import build_model, get_spec
 from engine.models.gapfill_arch import interpolation_weight, linear_gapfill
-from engine.sources.dates import parse_datetime, read_acquisition_date
+from engine.sources.dates import read_acquisition_date
 
 T0 = datetime(2021, 6, 1, 10, 30, tzinfo=UTC)
 

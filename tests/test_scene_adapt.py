@@ -1,4 +1,4 @@
-"""Scene adaptation (training.scene_adapt): the real cloud never enters the loss, the model given is left as it was,
+"""Scene adaptation (refine.scene_adapt): the real cloud never enters the loss, the model given is left as it was,
 and the adapted copy fits the scene's own clear pixels better than the model it started from."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.models import build_model
-from training.scene_adapt import AdaptConfig, adapt, training_batch
+from engine.refine.scene_adapt import AdaptConfig, adapt, training_batch
 
 
 def _scene(size: int = 96) -> dict[str, np.ndarray]:

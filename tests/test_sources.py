@@ -14,19 +14,11 @@ from helpers_rasters import UTM32N, WGS84, footprint_transform, write_mask, writ
 
 from engine.align.reader import AlignedReader, Grid
 from engine.cli import main
-from engine.config import RunConfig
+from engine.config import RunConfig, as_source, is_gdal_name
 from engine.errors import InputError
+from engine.sources.product import Materialised
 from engine.sources.raster import open_raster
-from engine.sources.resolve import (
-    Materialised,
-    TargetGrid,
-    as_source,
-    is_gdal_name,
-    materialise,
-    resolve_optical,
-    resolve_run_inputs,
-    resolve_sar,
-)
+from engine.sources.resolve import TargetGrid, materialise, resolve_optical, resolve_run_inputs, resolve_sar
 from engine.stream.pipeline import run
 
 

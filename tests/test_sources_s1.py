@@ -22,7 +22,8 @@ from helpers_sentinel import (
 from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.sources.resolve import Materialised, ResolvedSource, TargetGrid, materialise, resolve_optical, resolve_sar
+from engine.sources.product import Materialised, ResolvedSource
+from engine.sources.resolve import TargetGrid, materialise, resolve_optical, resolve_sar
 from engine.sources.s1 import calibrated_vrt, noise_eta
 from engine.stream.pipeline import run
 

@@ -11,7 +11,8 @@ from helpers_sentinel import s2_band_values, scl_values, write_s2_safe
 
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.sources.resolve import Materialised, materialise, resolve_optical
+from engine.sources.product import Materialised
+from engine.sources.resolve import materialise, resolve_optical
 from engine.stream.pipeline import run
 
 SIZE = 40

@@ -30,7 +30,7 @@ from engine.commands.gapfill import gapfill_rasters
 from engine.config import RunConfig
 from engine.errors import InputError
 from engine.models import build_model, save
-from engine.sources.resolve import normalise
+from engine.sources import normalise
 from engine.stream.pipeline import run
 
 H, W = 40, 48  # optical pixels (3 m); the 6 m "prev" grid is 20 × 24

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
+from engine.refine.synthetic_clouds import add_clouds, fractal_shape, opacity
 from training import scoring
 from training.datasets import AugmentConfig, TrainView, build_reader
-from training.datasets.clouds import add_clouds, fractal_shape, opacity
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import rasterio
 import torch
 
 from engine.errors import InputError
+from engine.refine.samples import crop_sample, crop_windows, flip_rotate, nearest_resize
 from training.datasets import M3RCR, SEN12MSCR, AugmentConfig, TrainView, build_reader
-from training.datasets.augment import add_synthetic_clouds, crop_sample, crop_windows, flip_rotate
-from training.datasets.base import nearest_resize
+from training.datasets.augment import add_synthetic_clouds
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

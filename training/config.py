@@ -56,7 +56,7 @@ class DataSection:
     flips: bool = True
     rot90: bool = True
     synthetic_clouds: float = 0.0
-    cloud_model: str = "flat"  # synthetic clouds: "flat" (first bundled model) | "layers" (training.datasets.clouds)
+    cloud_model: str = "flat"  # synthetic clouds: "flat" (first bundled model) | "layers" (refine.synthetic_clouds)
     cache: bool = True  # keep decoded samples in memory (small data sets)
 
 

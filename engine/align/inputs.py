@@ -42,8 +42,8 @@ from engine.align.sar import SarInput
 from engine.config import RunConfig
 from engine.models.roles import ROLES, ModelInputs, Role
 from engine.progress import Progress
+from engine.sources import normalise
 from engine.sources.raster import check_bands, open_raster, require_georeferenced, valid_mask
-from engine.sources.resolve import normalise
 
 
 @dataclass

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -34,14 +33,13 @@ from rasterio.windows import Window
 from engine.errors import InputError
 from engine.progress import Progress, record_warning
 from engine.sources.normalise import NormalisationConfig
-from engine.sources.raster import sample_shape
+from engine.sources.raster import RESAMPLING, sample_shape
 
 if TYPE_CHECKING:
     from engine.models.roles import Role
 
 FULL_COVERAGE = 0.999  # below this a partial overlap is worth a warning (≈ the decimated estimate's precision)
 
-RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear}
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from engine.align.reader import AlignedInput, AlignedReader, Grid, WindowContext
 from engine.config import DEFAULT_SAR_BANDS, RunConfig
 from engine.errors import InputError
 from engine.progress import Progress, record_warning
+from engine.sources import normalise
 from engine.sources.dates import dataset_acquisition_date, days_apart
 from engine.sources.raster import check_bands, open_raster, read_sample, require_georeferenced, valid_mask
-from engine.sources.resolve import normalise
 
 if TYPE_CHECKING:
     from engine.models.roles import Role

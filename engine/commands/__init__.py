@@ -8,8 +8,8 @@ from datetime import datetime
 
 def datetime_arg(text: str) -> datetime:
     """argparse ``type=`` for an acquisition time (ISO 8601): the engine's parser, its message as the usage error."""
+    from engine.config import parse_datetime
     from engine.errors import EngineError
-    from engine.sources.dates import parse_datetime
 
     try:
         return parse_datetime(text)

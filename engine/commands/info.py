@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from engine.align.reader import Grid, bounds_overlap, coverage_fraction
-from engine.config import DEFAULT_BANDS, DEFAULT_SAR_BANDS, SAR_UNITS, RunConfig, parse_band_list
+from engine.config import DEFAULT_BANDS, DEFAULT_SAR_BANDS, SAR_UNITS, RunConfig, as_source, parse_band_list
 from engine.errors import InputError
+from engine.sources import normalise
 from engine.sources.dates import dataset_acquisition_date, days_apart
+from engine.sources.product import Materialised
 from engine.sources.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
-from engine.sources.resolve import Materialised, as_source, normalise, resolve_run_inputs
+from engine.sources.resolve import resolve_run_inputs
 
 NAME = "info"
 HELP = "describe an optical + SAR pair: CRS, resolution, bands, nodata, overlap, detected units"

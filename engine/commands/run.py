@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.commands import add_renamed_argument, datetime_arg
-from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, parse_band_list
+from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, as_source, parse_band_list
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
-from engine.sources.resolve import as_source
 from engine.stream.accel import DTYPES, AccelConfig
 
 NAME = "run"

@@ -53,8 +53,8 @@ from rasterio.windows import Window
 from engine.errors import OutputError, one_line
 from engine.outputs.provenance import RasterMetadata, folded
 from engine.outputs.provenance import apply as apply_metadata
+from engine.sources import gdal_errors
 from engine.sources.raster import block_layout_problem, corner_windows
-from engine.sources.resolve import gdal_errors
 
 try:  # POSIX advisory locks mark a temporary file as owned by a live writer
     import fcntl

@@ -2,9 +2,10 @@
 
 Why: a model trained on a few dozen public patches carries colour casts and the wrong landscape onto a scene it
 never saw (issue 13). The cloudy scene itself holds exact training pairs for its own landscape: its clear pixels
-with synthetic clouds laid on them (:mod:`training.scene_adapt`, the measured experiment), SAR included. The real
-cloud's pixels (the mask's, else the ones :mod:`engine.align.cloudmask` detects, grown by :data:`CLOUD_MARGIN`) and
-pixels without data never enter the loss. The weights file is not changed: only the copy this run loaded is tuned.
+with synthetic clouds laid on them (:mod:`.synthetic_clouds`), SAR included (the measured experiment is
+``python -m training.scene_adapt``). The real cloud's pixels (the mask's, else the ones
+:mod:`engine.align.cloudmask` detects, grown by :data:`CLOUD_MARGIN`) and pixels without data never enter the loss.
+The weights file is not changed: only the copy this run loaded is tuned.
 
 The pool is a few windows of the scene, read through the same aligned readers as the tiles (so SAR, land cover
 and extra inputs are on the optical grid exactly as the network will see them): :data:`CANDIDATES` windows of
@@ -16,8 +17,10 @@ settings give the same output.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -30,8 +33,10 @@ from engine.align.cloudmask import detect_clouds_scaled
 from engine.align.inputs import read_optical, read_window
 from engine.align.reader import WindowContext
 from engine.progress import Progress
+from engine.refine.samples import Sample, crop_sample, flip_rotate
+from engine.refine.synthetic_clouds import add_clouds
+from engine.sources import normalise
 from engine.sources.masks import cloud_mask_from_bands
-from engine.sources.resolve import normalise
 
 if TYPE_CHECKING:
     from engine.refine.scene_check import HeldOut
@@ -46,7 +51,67 @@ MIN_TARGETS = 1000  # usable target pixels the whole pool must hold (a 97 %-clou
 CLOUD_MARGIN = 3  # px the real cloud is grown by: its soft edge is no target either
 SEED = 0
 
-Sample = dict[str, np.ndarray]
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Fixed before any scoring: 80 Adam steps of 4 crops of 80 px (a multiple of the 3 m / 10 m SAR ratio's 10 and of
+    the network's ×8 pyramid), the paper's loss shape ((1 + 5·M)((y − ŷ)² + ε²)^0.45) with M the synthetic cloud."""
+
+    steps: int = 80
+    crop: int = 80
+    batch: int = 4
+    lr: float = 5e-5
+    tries: int = 20  # random crops drawn per item; the clearest is kept (heavily clouded scenes have few clear ones)
+    cloud_weight: float = 5.0
+    alpha: float = 0.45
+    eps2: float = 1e-6
+
+
+def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """``cfg.batch`` crops of the scene's windows ``pool``, each the clearest of ``cfg.tries``, flipped/rotated, with
+    synthetic clouds; ``w`` is the loss weight: 0 on each window's real cloud (``sample["mask"]``: cloud, or no
+    data), 1 + w on the synthetic one."""
+    items = []
+    while len(items) < cfg.batch:
+        crops = [crop_sample(pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0], cfg.crop, rng)
+                 for _ in range(cfg.tries)]  # fmt: skip
+        crop = flip_rotate(min(crops, key=lambda c: float(c["mask"].mean())), rng)
+        real = crop["mask"]
+        clouded = add_clouds({**crop, "mask": np.zeros_like(real)}, rng)
+        items.append({"optical": clouded["optical"], "sar": crop["sar"], "target": crop["optical"],
+                      "w": (1.0 - real) * (1.0 + cfg.cloud_weight * clouded["mask"])})  # fmt: skip
+    return {k: torch.from_numpy(np.stack([np.ascontiguousarray(i[k], dtype=np.float32) for i in items]))
+            for k in items[0]}  # fmt: skip
+
+
+def fine_tune_(
+    module: nn.Module, pool: Sequence[Sample], cfg: AdaptConfig = AdaptConfig(), seed: int = 0,
+    device: torch.device | None = None, on_step: Callable[[int], None] | None = None,
+) -> nn.Module:  # fmt: skip
+    """Fine-tune ``module`` in place on windows of one scene (``pool``: samples with a cloudy ``optical`` image in
+    [0, 1], the ``sar`` input ``module(optical, sar)`` takes on the same grid, and ``mask`` = 1 where the pixel
+    must not be a target: its real cloud or no data). ``on_step(k)`` is called after each step (progress, cancel).
+    Returned in eval mode."""
+    device = device or next(module.parameters()).device
+    module.train()
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
+    rng = np.random.default_rng(seed)
+    for step in range(cfg.steps):
+        batch = {k: v.to(device) for k, v in training_batch(pool, cfg, rng).items()}
+        pred = module(batch["optical"], batch["sar"])
+        loss = (batch["w"] * ((pred - batch["target"]) ** 2 + cfg.eps2) ** cfg.alpha).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step + 1)
+    return module.eval()
+
+
+def adapt(model: nn.Module, sample: Sample, cfg: AdaptConfig = AdaptConfig(), seed: int = 0) -> nn.Module:
+    """A copy of ``model`` fine-tuned on ``sample`` (``optical`` cloudy image in [0, 1], ``sar``, ``mask`` = its real
+    cloud, 1 = cloud); the original is left as it was. Returned in eval mode."""
+    return fine_tune_(copy.deepcopy(model), [sample], cfg, seed)
 
 
 class SceneInputs(Protocol):
@@ -67,8 +132,6 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
     on the scene ``inp`` of ``shape`` (H, W), never on the ``held_out`` windows' synthetic clouds
     (:mod:`engine.refine.scene_check`). Returns a warning when the scene offers nothing to adapt on (the module is left
     as it was), else None."""
-    from training.scene_adapt import AdaptConfig, fine_tune_  # the training package ships with the engine
-
     cfg = AdaptConfig(steps=steps)
     if min(shape) < cfg.crop:
         return f"--adapt skipped: the scene ({shape[1]}×{shape[0]} px) is smaller than one {cfg.crop}-px crop"

@@ -5,7 +5,7 @@ Why (issue 13): without a cloud-free reference an analyst cannot tell a reconstr
 and the bundled model loses to a flat colour on some scenes and wins on others. The model's output on the real
 cloud cannot be scored, but its output on clear ground covered with synthetic clouds can, against an exact target:
 the clear pixels themselves (the synthetic-cloud protocol of ``training.evaluate``'s report split, on the user's
-scene). The clouds come from :func:`training.datasets.clouds.add_clouds` — thick, semi-transparent or haze layers
+scene). The clouds come from :func:`engine.refine.synthetic_clouds.add_clouds` — thick, semi-transparent or haze layers
 with shadows — the generator the synthetic split and scene adaptation use.
 
 Windows: :data:`CANDIDATES` seeded cells of a grid of :data:`WINDOW`-px windows (their own seed, not adaptation's;
@@ -40,6 +40,7 @@ from torch import nn
 from engine.outputs import metrics
 from engine.progress import Progress
 from engine.refine import baselines, colour_anchor
+from engine.refine.synthetic_clouds import add_clouds
 
 WINDOW = 256  # px: a checked window (scenes under 512 px: half their side, so that several windows fit)
 MIN_WINDOW = 80  # px: below this the scene is too small to check (the adaptation crop as well)
@@ -124,8 +125,6 @@ def plan_check(read: Any, shape: tuple[int, int], progress: Progress, share: flo
     """The checked windows of a scene of ``shape`` (H, W), each with its seeded synthetic cloud; ``read(window)`` is
     :func:`engine.refine.scene_adapt.read_sample`'s reader; at most ``share`` of the grid's cells are kept (at least
     one). A string says why the scene cannot be checked."""
-    from training.datasets.clouds import add_clouds  # the training package ships with the engine
-
     size = window_size(shape)
     if not size:
         return f"--scene-check skipped: the scene ({shape[1]}×{shape[0]} px) is smaller than {MIN_WINDOW} px"

@@ -8,34 +8,14 @@ satellite metadata means by them.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.config import parse_datetime
 from engine.errors import InputError
 
 DATE_TAGS = ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "acquired")
-_DATE_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y%m%dT%H%M%S", "%Y%m%d", "%Y-%m-%d")
-
-
-def parse_datetime(text: str) -> datetime:
-    """Parse a metadata date string (ISO 8601, TIFF ``YYYY:MM:DD HH:MM:SS``, compact forms) into an aware UTC time."""
-    s = text.strip()
-    if s.endswith("Z"):
-        s = s[:-1] + "+00:00"
-    dt: datetime | None = None
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        for fmt in _DATE_FORMATS:
-            try:
-                dt = datetime.strptime(s, fmt)
-                break
-            except ValueError:
-                continue
-    if dt is None:
-        raise InputError(f"cannot read an acquisition date from '{text}' (expected ISO 8601 or YYYY:MM:DD HH:MM:SS)")
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def days_apart(first: datetime, second: datetime) -> float:

@@ -22,17 +22,21 @@ import numpy as np
 import rasterio
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from engine.config import is_gdal_name
 from engine.errors import InputError, one_line
-from engine.sources.resolve import is_gdal_name
 
 SAMPLE_SIZE = 1024
 SAMPLE_GRID = 16
 SAMPLE_WINDOW = 64
 DEFAULT_OPTICAL_DESCRIPTIONS = ("blue", "green", "red", "nir")
+
+# how an input on another grid is resampled onto the optical one (``--sar-resampling``; masks always nearest)
+RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear}
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -31,17 +30,29 @@ import defusedxml.ElementTree as DefusedET
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio._err import CPLE_BaseError
-from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
 
-from engine.errors import InputError, one_line
+from engine.config import DEFAULT_BANDS, Bounds, as_source, is_gdal_name
+from engine.errors import InputError
+from engine.sources.bounds import bounds_window, window_vrt
+from engine.sources.dates import dataset_acquisition_date, days_apart
+from engine.sources.metric_grid import require_metric_crs
+from engine.sources.normalise import detect_sar_units
+from engine.sources.product import (
+    OPTICAL_ROLES,
+    SAR_ROLES,
+    Materialised,
+    ResolvedSource,
+    SafeProduct,
+    open_source,
+    safe_product,
+)
+from engine.sources.raster import RESAMPLING, read_sample, valid_mask
+from engine.sources.s1 import calibrated_vrt, resolve_grd
+from engine.sources.s2 import resolve_s2
 
-OPTICAL_ROLES = ("blue", "green", "red", "nir")
-SAR_ROLES = ("VV", "VH")
 # A dataset name GDAL opens but that is no plain file: a virtual file system, or DRIVER:… (a subdataset).
-_DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")  # two letters at least: C:\\ is a Windows drive
 # HyP3 RTC product names: …_RTC30_G_gpuned_… — radiometry (g γ⁰, s σ⁰), then scale (p power, a amplitude, d dB).
 _HYP3 = re.compile(r"_RTC\d+_[A-Z]_([gs])([pad])")
 # GDAL transformer from radar geometry (GCPs) to the map: a thin-plate spline passes through every GCP of a
@@ -54,82 +65,6 @@ _UNIT_WORDS = {"db": "db", "decibel": "db", "decibels": "db", "amplitude": "ampl
 # VV near 0.05 (−13 dB); their square roots (0.1, 0.22) are what amplitude files hold.
 AMPLITUDE_MEDIAN = {"VV": 0.3, "VH": 0.08}
 SPLIT_GAP_WARN_DAYS = 0.5  # VV and VH of one acquisition are seconds apart; more is two acquisitions
-
-
-@dataclass(frozen=True)
-class ResolvedSource:
-    """One input, resolved: what it is and how the reader gets VV/VH or B/G/R/NIR out of it.
-
-    ``datasets`` are GDAL dataset names (a file, ``/vsizip/…``, ``DRIVER:…`` subdatasets); ``bands`` the 1-based band
-    of each role, in ``roles`` order, and ``members`` which dataset each role comes from (an index into
-    ``datasets``): a stacked SAR GeoTIFF is one dataset, bands (1, 2); split polarisations are two, bands (1, 1).
-    ``units`` is decided (``db``/``linear``/``amplitude`` for SAR, ``dn`` for optical) or None (detected later),
-    ``offsets`` are added to optical DN (Sentinel-2 processing baseline ≥ 04.00), ``gcps`` says the datasets are in
-    radar geometry and must be warped from their ground control points. ``mask`` is the cloud mask found with the
-    product (UDM2, SCL) for ``--mask auto``.
-    """
-
-    role: str
-    given: str
-    kind: str
-    datasets: tuple[str, ...]
-    driver: str
-    roles: tuple[str, ...]
-    bands: tuple[int, ...]
-    members: tuple[int, ...] = ()
-    units: str | None = None
-    calibration: str | None = None
-    offsets: tuple[float, ...] = ()  # added to each role band's DN (Sentinel-2 BOA_ADD_OFFSET), () = none
-    nodata: float | None = None  # the source's nodata when the driver does not declare it (Sentinel-2: 0)
-    tags: tuple[tuple[str, str], ...] = ()  # written on the VRT (an acquisition date the product's metadata holds)
-    gcps: bool = False
-    luts: tuple[str, ...] = ()  # per dataset: the Sentinel-1 calibration annotation σ⁰ is computed with
-    mask: ResolvedSource | None = None
-    lut: tuple[tuple[int, int], ...] = ()  # a categorical mask's value → cloud (1) / clear (0) / nodata (255)
-    notes: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def passthrough(self) -> bool:
-        """True when the reader can open the one dataset as it is (no VRT needed)."""
-        return len(self.datasets) == 1 and not self.gcps and not self.offsets and not self.lut and not self.tags
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly, for ``engine info`` and the plugin: ``bands`` maps each role to its band, prefixed by
-        the dataset's number when there are several (``"2:1"``: band 1 of the second dataset)."""
-        many = len(self.datasets) > 1
-        bands = {r: (f"{self.member(i) + 1}:{b}" if many else str(b)) for i, (r, b) in enumerate(zip(self.roles,
-                                                                                                  self.bands))}
-        return {
-            "given": self.given, "kind": self.kind, "driver": self.driver, "datasets": list(self.datasets),
-            "bands": bands, "units": self.units, "calibration": self.calibration,
-            "offsets": list(self.offsets) or None, "mask": self.mask.as_dict() if self.mask is not None else None,
-            "notes": list(self.notes),
-        }  # fmt: skip
-
-    def member(self, i: int) -> int:
-        return self.members[i] if self.members else 0
-
-
-def is_gdal_name(name: str | os.PathLike[str]) -> bool:
-    """True for a dataset name that is not a plain path: ``/vsi…/…``, ``DRIVER:…`` (a subdataset), VRT XML.
-
-    Such names must not go through :class:`pathlib.Path` (it folds ``/vsizip//abs`` into a relative path) nor an
-    ``exists()`` check."""
-    text = os.fspath(name)
-    return text.startswith("/vsi") or text.lstrip().startswith("<VRTDataset") or bool(_DRIVER_PREFIX.match(text))
-
-
-def as_source(value: str | os.PathLike[str]) -> Path | str:
-    """A configuration's input value: a :class:`Path` for a file, the string itself for any other GDAL name."""
-    return os.fspath(value) if is_gdal_name(value) else Path(value)
-
-
-def _open(name: str, role: str) -> rasterio.io.DatasetReader:
-    """Open a GDAL dataset name with :func:`engine.sources.raster.open_raster`'s checks and one-line errors."""
-    from engine.sources.raster import open_raster
-
-    return open_raster(name, role)
 
 
 def _exists_or_raise(given: str, role: str) -> None:
@@ -162,7 +97,7 @@ def resolve_optical(given: str | os.PathLike[str], bands: tuple[int, ...] | None
     product = safe_product(text)
     if product is not None:
         return _resolve_product(product, "optical")
-    with _open(text, "optical") as ds:
+    with open_source(text, "optical") as ds:
         driver, descriptions = ds.driver, ds.descriptions
     notes: list[str] = []
     chosen = bands
@@ -196,75 +131,14 @@ def planet_udm2(optical: str) -> str | None:
     return str((same or found)[0])
 
 
-# ----------------------------------------------------------------------------------------------- SAFE products
-
-
-@dataclass(frozen=True)
-class SafeProduct:
-    """A Sentinel SAFE product as downloaded: a ``.SAFE`` folder, its ``.zip``, or the manifest/metadata file in it.
-
-    ``root`` is the folder or zip, ``members`` the relative paths inside (from the folder tree or the zip's index),
-    ``name`` the product name (``S2B_MSIL2A_…``, ``S1A_IW_GRDH_…``)."""
-
-    given: str
-    root: Path
-    name: str
-    members: tuple[str, ...]
-    zipped: bool
-
-    @property
-    def mission(self) -> str:
-        return self.name[:2]
-
-    def vsi(self, member: str) -> str:
-        """A GDAL name of a file inside the product."""
-        prefix = f"/vsizip/{self.root}" if self.zipped else str(self.root)
-        return f"{prefix}/{member}"
-
-
-def safe_product(given: str) -> SafeProduct | None:
-    """The SAFE product ``given`` is (folder, zip, or its manifest.safe / MTD_*.xml), None for anything else; a zip
-    that holds no SAFE product is an :class:`InputError` (say which file inside it to read)."""
-    import zipfile
-
-    if is_gdal_name(given):
-        return None
-    path = Path(given)
-    if path.is_file() and (path.name == "manifest.safe" or re.match(r"MTD_MSIL\w+\.xml$", path.name)):
-        path = path.parent
-    if path.is_dir():
-        if not (path / "manifest.safe").exists() and not list(path.glob("MTD_MSIL*.xml")):
-            return None
-        members = tuple(str(p.relative_to(path)) for p in sorted(path.rglob("*")) if p.is_file())
-        return SafeProduct(given, path.resolve(), path.name.removesuffix(".SAFE"), members, zipped=False)
-    if path.suffix.lower() != ".zip":
-        return None
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = tuple(zf.namelist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"not a readable zip file ({one_line(exc)}): {given}") from None
-    tops = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".SAFE")}
-    if len(tops) != 1:
-        raise InputError(f"zip file holds no Sentinel .SAFE product; give the raster inside it as "
-                         f"/vsizip/{path.resolve()}/<file>: {given}")  # fmt: skip
-    top = tops.pop()
-    members = tuple(n[len(top) + 1 :] for n in names if n.startswith(top + "/") and not n.endswith("/"))
-    return SafeProduct(given, Path(f"{path.resolve()}/{top}"), top.removesuffix(".SAFE"), members, zipped=True)
-
-
 def _resolve_product(product: SafeProduct, role: str) -> ResolvedSource:
     """A SAFE product for the ``role`` it was given as; the wrong mission or product type is one line."""
     if role == "optical":
         if product.mission != "S2":
             raise InputError(f"optical input is a {product.mission} product, not Sentinel-2: {product.given}")
-        from engine.sources.s2 import resolve_s2
-
         return resolve_s2(product)
     if product.mission != "S1":
         raise InputError(f"SAR input is a {product.mission} product, not Sentinel-1: {product.given}")
-    from engine.sources.s1 import resolve_grd
-
     return resolve_grd(product)
 
 
@@ -308,7 +182,7 @@ def resolve_sar(
 
 
 def _driver(name: str, role: str) -> str:
-    with _open(name, role) as ds:
+    with open_source(name, role) as ds:
         return ds.driver
 
 
@@ -337,8 +211,6 @@ def units_from_metadata(name: str, ds: rasterio.io.DatasetReader, band: int) -> 
 
 def detect_units_from_values(values: dict[str, np.ndarray]) -> str:
     """``db``, ``linear`` (power) or ``amplitude`` from valid samples by polarisation (see :data:`AMPLITUDE_MEDIAN`)."""
-    from engine.sources.normalise import detect_sar_units
-
     pooled = np.concatenate([v.ravel() for v in values.values()]) if values else np.zeros(0)
     if detect_sar_units(pooled) == "db":
         return "db"
@@ -351,12 +223,10 @@ def detect_units_from_values(values: dict[str, np.ndarray]) -> str:
 
 def _detect_units(source: ResolvedSource) -> ResolvedSource:
     """Units from the metadata of each polarisation, else from their values; a note says which."""
-    from engine.sources.raster import read_sample, valid_mask
-
     values: dict[str, np.ndarray] = {}
     for i, (pol, band) in enumerate(zip(source.roles, source.bands)):
         name = source.datasets[source.member(i)]
-        with _open(name, f"SAR ({pol})") as ds:
+        with open_source(name, f"SAR ({pol})") as ds:
             if band > ds.count:
                 return source  # the band checks say so in their words, later
             found = units_from_metadata(name, ds, band)
@@ -370,13 +240,11 @@ def _detect_units(source: ResolvedSource) -> ResolvedSource:
 
 def sar_date_gap(source: ResolvedSource) -> float | None:
     """Days between the acquisition dates of split VV and VH files when both say, else None."""
-    from engine.sources.dates import dataset_acquisition_date, days_apart
-
     if len(source.datasets) != 2:
         return None
     found = []
     for name in source.datasets:
-        with _open(name, "SAR") as ds:
+        with open_source(name, "SAR") as ds:
             found.append(dataset_acquisition_date(ds))
     if found[0] is None or found[1] is None:
         return None
@@ -399,42 +267,6 @@ def resolve_mask(given: str | os.PathLike[str] | None, optical: ResolvedSource) 
 
 
 # ----------------------------------------------------------------------------------------------- materialising
-
-
-class Materialised:
-    """The in-memory VRTs written for one run; :meth:`close` deletes them (use as a context manager)."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.files: list[MemoryFile] = []
-
-    def new_name(self, stem: str) -> str:
-        name = f"/vsimem/aligncr-sources/{uuid.uuid4().hex}/{stem}.vrt"
-        self.names.append(name)
-        return name
-
-    def write(self, stem: str, xml: str) -> str:
-        """Write VRT XML into /vsimem and return its name."""
-        memfile = MemoryFile(xml.encode(), filename=f"{stem}-{uuid.uuid4().hex}.vrt")
-        self.files.append(memfile)
-        return memfile.name
-
-    def close(self) -> None:
-        for name in reversed(self.names):
-            try:
-                rasterio.shutil.delete(name, driver="VRT")
-            except (RasterioError, CPLE_BaseError):
-                pass  # already gone
-        self.names.clear()
-        for memfile in self.files:
-            memfile.close()
-        self.files.clear()
-
-    def __enter__(self) -> Materialised:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
@@ -468,14 +300,10 @@ def materialise(
 
 def _warp_member(source: ResolvedSource, i: int, store: Materialised, grid: TargetGrid, resampling: str) -> str:
     """Band ``i`` of ``source`` warped onto ``grid`` as a VRT (float32, NaN where it has no data)."""
-    from engine.align.reader import RESAMPLING
-
     name = source.datasets[source.member(i)]
     if source.luts:  # Sentinel-1 GRD: DN → σ⁰ first, in radar geometry
-        from engine.sources.s1 import calibrated_vrt
-
         name = calibrated_vrt(name, source.luts[source.member(i)], store)
-    with _open(name, f"{source.role} ({source.roles[i]})") as ds:
+    with open_source(name, f"{source.role} ({source.roles[i]})") as ds:
         if ds.crs is None and not ds.gcps[0]:
             raise InputError(f"{source.role} ({source.roles[i]}) has no CRS, geotransform or GCPs: {name}")
         src_nodata = ds.nodata if ds.nodata is not None else (0.0 if source.gcps else None)
@@ -546,7 +374,7 @@ def _vrt(wkt: str, transform: Any, width: int, height: int, bands: list[str],
 def _band_vrt(source: ResolvedSource) -> str:
     """The role bands of a one-dataset source, in role order, as Float32 with ``offsets`` added (nodata → NaN)."""
     name = source.datasets[0]
-    with _open(name, source.role) as ds:
+    with open_source(name, source.role) as ds:
         crs, transform, width, height, nodata = ds.crs, ds.transform, ds.width, ds.height, ds.nodata
         dtypes = ds.dtypes
     nodata = source.nodata if nodata is None else nodata
@@ -568,7 +396,7 @@ def _band_vrt(source: ResolvedSource) -> str:
 def _lut_vrt(source: ResolvedSource) -> str:
     """A categorical mask through ``source.lut``: 1 = cloud, 0 = clear, 255 = nodata (Byte)."""
     name = source.datasets[0]
-    with _open(name, source.role) as ds:
+    with open_source(name, source.role) as ds:
         crs, transform, width, height = ds.crs, ds.transform, ds.width, ds.height
     lut = ",".join(f"{value}:{out}" for value, out in source.lut)
     band = (
@@ -586,11 +414,7 @@ def optical_window(opt_name: str, config: Any, store: Materialised) -> dict[str,
     """The engine's rules on the optical grid: its CRS projected in metres (:mod:`engine.sources.metric_grid`) and, with
     ``--bounds``, the optical image (and the reference, which shares its grid) read through a VRT of the window
     (:mod:`engine.sources.bounds`); returns the config changes (none without ``--bounds``)."""
-    from engine.config import Bounds
-    from engine.sources.bounds import bounds_window, window_vrt
-    from engine.sources.metric_grid import require_metric_crs
-
-    with _open(opt_name, "optical") as ds:
+    with open_source(opt_name, "optical") as ds:
         require_metric_crs(ds.crs)
         if config.bounds is None:
             return {}
@@ -599,7 +423,7 @@ def optical_window(opt_name: str, config: Any, store: Materialised) -> dict[str,
     changes = {"optical": store.write("optical_window", window_vrt(opt_name, window))}
     if config.reference is not None:
         ref_name = os.fspath(config.reference)
-        with _open(ref_name, "reference") as ref:
+        with open_source(ref_name, "reference") as ref:
             ref_window = bounds_window(ref, Bounds(*box, crs=None if ref.crs == crs else crs.to_wkt()))
         changes["reference"] = as_source(store.write("reference_window", window_vrt(ref_name, ref_window)))
     return changes
@@ -611,8 +435,6 @@ def resolve_run_inputs(config: Any, store: Materialised, grid_rules: bool = True
     themselves, or VRTs in ``store``), with the band lists and SAR units the resolution decided; the resolved
     sources by role; and the warnings to record (a split VV/VH pair far apart in time, ``--mask auto`` with no
     mask in the product). ``grid_rules`` applies :func:`optical_window` (a run; ``engine info`` only describes)."""
-    from engine.config import DEFAULT_BANDS
-
     warnings: list[str] = []
     user_bands = None if tuple(config.bands) == DEFAULT_BANDS else tuple(config.bands)
     optical = resolve_optical(config.optical, user_bands)
@@ -630,7 +452,7 @@ def resolve_run_inputs(config: Any, store: Materialised, grid_rules: bool = True
         sar = resolve_sar(config.sar, vv=config.sar_vv, vh=config.sar_vh, bands=tuple(config.sar_bands),
                           units=config.sar_units)  # fmt: skip
         resolved["sar"] = sar
-        with _open(opt_name, "optical") as ds:
+        with open_source(opt_name, "optical") as ds:
             grid = TargetGrid(ds.crs, ds.transform, ds.width, ds.height)
         name = materialise(sar, store, grid, config.sar_resampling)
         changes.update(sar=as_source(name), sar_bands=sar.bands if sar.passthrough else (1, 2),

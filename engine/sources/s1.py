@@ -40,7 +40,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from engine.errors import InputError
-from engine.sources.resolve import SAR_ROLES, Materialised, ResolvedSource, SafeProduct, _open
+from engine.sources.product import SAR_ROLES, Materialised, ResolvedSource, SafeProduct, open_source
 
 LUT_STEP = 15  # pixels between the coarse LUT samples; odd, so its cells centre on whole pixels
 CALIBRATION = "σ⁰ = DN² / A² (sigmaNought LUT of the product's calibration annotation)"
@@ -286,7 +286,7 @@ def calibrated_vrt(measurement: str, lut: str, store: Materialised) -> str:
     """σ⁰ of one measurement file as a lazy VRT with the measurement's GCPs: (DN·DN − η)·(1/A)·(1/A), A and η
     upsampled bilinearly from coarse rasters of their LUTs (exact where the LUTs are linear between samples); η = 0
     when the product has no noise annotation beside the calibration ``lut``; NaN where DN is 0 (no data)."""
-    with _open(measurement, "SAR (Sentinel-1 measurement)") as ds:
+    with open_source(measurement, "SAR (Sentinel-1 measurement)") as ds:
         width, height = ds.width, ds.height
         gcps, gcp_crs = ds.gcps
     if not gcps:

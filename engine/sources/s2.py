@@ -20,7 +20,7 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from engine.errors import InputError, one_line
-from engine.sources.resolve import OPTICAL_ROLES, ResolvedSource, SafeProduct, _open
+from engine.sources.product import OPTICAL_ROLES, ResolvedSource, SafeProduct, open_source
 
 S2_BANDS = ("B2", "B3", "B4", "B8")  # blue, green, red, NIR = OPTICAL_ROLES
 _MTD = re.compile(r"^(MTD_MSIL(1C|2A)|S2._OPER_MTD_SAFL(1C|2A).*)\.xml$")
@@ -47,7 +47,7 @@ def resolve_s2(product: SafeProduct) -> ResolvedSource:
     notes = []
     if len(ten) > 1:
         notes.append(f"{len(ten)} UTM zones in the product: the first is read ({ten[0].rsplit(':', 1)[-1]})")
-    with _open(ten[0], "optical (Sentinel-2 10 m)") as ds:
+    with open_source(ten[0], "optical (Sentinel-2 10 m)") as ds:
         names = [(d or "").split(",")[0].strip() for d in ds.descriptions]
         missing = [b for b in S2_BANDS if b not in names]
         if missing:
@@ -103,7 +103,7 @@ def _scl_mask(subdatasets: list[str], product: SafeProduct) -> ResolvedSource | 
     twenty = [s for s in subdatasets if ":20m:" in s]
     if not twenty:
         return None
-    with _open(twenty[0], "Sentinel-2 20 m subdataset") as ds:
+    with open_source(twenty[0], "Sentinel-2 20 m subdataset") as ds:
         names = [(d or "").split(",")[0].strip() for d in ds.descriptions]
     if "SCL" not in names:
         return None

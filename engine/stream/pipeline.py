@@ -80,7 +80,7 @@ from engine.align.inputs import open_roles, packed_module, read_optical, read_wi
 from engine.align.reader import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
 from engine.align.sar import SarInput
 from engine.align.temporal import acquisition_dates
-from engine.config import RunConfig
+from engine.config import RunConfig, is_gdal_name
 from engine.errors import EngineError, InputError, ModelError
 from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, precheck, require_roles
 from engine.outputs.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
@@ -90,8 +90,10 @@ from engine.refine import colour_anchor, scene_adapt
 from engine.refine.baselines import median_stride
 from engine.refine.scene_adapt import adapt_to_scene
 from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
+from engine.sources import normalise
 from engine.sources.dates import DATE_TAGS
 from engine.sources.masks import cloud_mask_from_bands
+from engine.sources.product import Materialised
 from engine.sources.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
     check_bands,
@@ -102,7 +104,7 @@ from engine.sources.raster import (
     require_georeferenced,
     valid_mask,
 )
-from engine.sources.resolve import Materialised, is_gdal_name, normalise, resolve_run_inputs
+from engine.sources.resolve import resolve_run_inputs
 from engine.stream import tta
 from engine.stream.accel import AccelConfig, InferenceRunner
 from engine.stream.composite import cloud_weight, halo_window, mix

@@ -23,9 +23,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
-from training.datasets.augment import AugmentConfig, add_synthetic_clouds, crop_sample, flip_rotate
-from training.datasets.base import Sample, nearest_resize, to_tensors
-from training.datasets.clouds import add_clouds
+from engine.refine.samples import Sample, crop_sample, flip_rotate, nearest_resize
+from engine.refine.synthetic_clouds import add_clouds
+from training.datasets.augment import AugmentConfig, add_synthetic_clouds
+from training.datasets.base import to_tensors
 from training.datasets.layout import LayoutSplit
 from training.datasets.m3rcr import M3RCR
 from training.datasets.sen12mscr import SEN12MSCR

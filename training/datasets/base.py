@@ -28,8 +28,7 @@ import torch
 
 from engine.align.cloudmask import detect_clouds
 from engine.errors import InputError
-
-Sample = dict[str, Any]
+from engine.refine.samples import Sample
 
 
 def read_raster(path: Path, bands: tuple[int, ...] | None = None) -> np.ndarray:
@@ -58,18 +57,6 @@ def fill_nan_with_mean(a: np.ndarray) -> np.ndarray:
         a[bad] = float(finite.mean()) if finite.size else 0.0
     return a
 
-
-def nearest_resize(a: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest resampling of the last two axes at pixel centres: output i takes source floor((i + ½) · in / out).
-
-    That is rasterio's / GDAL's nearest ``out_shape`` read (what the official M3R-CR loader does; checked on the
-    real 90 → 300 px sample) and torch's ``interpolate(mode="nearest-exact")``, which the networks use — so SAR
-    upsampled here matches what a model's own upsampling of native SAR gives. Integer arithmetic: exact.
-    """
-    h_in, w_in = a.shape[-2:]
-    rows = ((2 * np.arange(out_hw[0]) + 1) * h_in) // (2 * out_hw[0])
-    cols = ((2 * np.arange(out_hw[1]) + 1) * w_in) // (2 * out_hw[1])
-    return a[..., rows[:, None], cols[None, :]]
 
 
 def mask_or_detect(mask: np.ndarray | None, optical01: np.ndarray) -> np.ndarray:

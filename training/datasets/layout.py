@@ -56,8 +56,9 @@ from rasterio.windows import from_bounds
 from torch.utils.data import Dataset
 
 from engine.align.dem import normalise_dem
+from engine.config import parse_datetime
 from engine.errors import InputError
-from engine.sources.dates import parse_datetime
+from engine.refine.samples import Sample
 from engine.sources.landcover import UNKNOWN
 from engine.sources.masks import cloud_mask_from_bands
 from engine.sources.normalise import (
@@ -68,7 +69,7 @@ from engine.sources.normalise import (
     normalise_sar,
     sar_to_db,
 )
-from training.datasets.base import Sample, fill_nan_with_mean, mask_or_detect, to_tensors
+from training.datasets.base import fill_nan_with_mean, mask_or_detect, to_tensors
 from training.layout.archive import check_dem, is_scl, open_scene, read_dem_patch, scl_cloud, sidecar
 from training.layout.split import BUILD_FILE
 from training.layout.split import SPLITS as SPLIT_NAMES

@@ -20,16 +20,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
+from engine.refine.samples import Sample, nearest_resize
 from engine.sources.landcover import worldcover_to_classes
 from engine.sources.normalise import normalise_optical, normalise_sar
-from training.datasets.base import (
-    Sample,
-    fill_nan_with_mean,
-    mask_or_detect,
-    nearest_resize,
-    read_raster,
-    to_tensors,
-)
+from training.datasets.base import fill_nan_with_mean, mask_or_detect, read_raster, to_tensors
 
 SAR_MODES = ("native", "upsample")
 

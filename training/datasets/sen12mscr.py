@@ -21,10 +21,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
+from engine.refine.samples import Sample
 from engine.sources.landcover import UNKNOWN
 from engine.sources.masks import cloud_mask_from_bands
 from engine.sources.normalise import normalise_optical, normalise_sar
-from training.datasets.base import CachedReader, Sample, fill_nan_with_mean, mask_or_detect, read_raster
+from training.datasets.base import CachedReader, fill_nan_with_mean, mask_or_detect, read_raster
 
 DEFAULT_BANDS = (1, 2, 3, 7)
 

@@ -4,8 +4,8 @@ Every reader returns the sample of :mod:`training.datasets.base`: optical (B2, B
 target, SAR (VV, VH in [0, 1], on the optical grid), mask, land cover (unknown). Two kinds:
 
 * **clear pairs** (``optical`` = ``target`` = the cloud-free image, ``mask`` = 0): the training view adds synthetic
-  clouds whose target is exact (:mod:`training.datasets.clouds`), so a clear S1 + S2 pair becomes a cloudy/clear/SAR
-  triplet without the date difference a real pair carries;
+  clouds whose target is exact (:mod:`engine.refine.synthetic_clouds`), so a clear S1 + S2 pair becomes a
+  cloudy/clear/SAR triplet without the date difference a real pair carries;
 * **real triplets** (SSL4EO-S12's cloudy 2020-08-23 L1C + 2020-09-03 S1 + clear 2020-06-04 L1C).
 
 Quirks (from ``../shared/data/README.md``, checked on the files):
@@ -32,16 +32,10 @@ from rasterio.warp import Resampling, reproject
 from torch.utils.data import Dataset
 
 from engine.errors import InputError
+from engine.refine.samples import Sample
 from engine.sources.landcover import UNKNOWN
 from engine.sources.normalise import normalise_optical, normalise_sar
-from training.datasets.base import (
-    CachedReader,
-    Sample,
-    fill_nan_with_mean,
-    mask_or_detect,
-    read_raster,
-    to_tensors,
-)
+from training.datasets.base import CachedReader, fill_nan_with_mean, mask_or_detect, read_raster, to_tensors
 
 L1C_BGRN = (1, 2, 3, 7)  # B2, B3, B4, B8 among the 13 L1C bands
 L1C_CIRRUS = 10  # B10

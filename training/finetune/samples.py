@@ -7,7 +7,7 @@ Two kinds of sample, both cut on the fly from the scenes (windowed reads of the 
   the same place within ``pair_days`` days as the target, and the Sentinel-1 patch nearest the cloudy date within
   ``sar_days`` days (the paper's setting; Cresson's SSOP layout with a configurable window);
 * **synthetic** pairs — a clear patch with its own Sentinel-1 patch; synthetic clouds
-  (:func:`training.datasets.clouds.add_clouds`) are laid on it when it is read, so the target is exact.
+  (:func:`engine.refine.synthetic_clouds.add_clouds`) are laid on it when it is read, so the target is exact.
 
 Validation holds out whole blocks of ``block_cells`` × ``block_cells`` patches. The blocks that hold real pairs and
 the others are drawn apart (each gives ``val_fraction`` of its blocks, at least one when it has two or more), so

@@ -18,7 +18,7 @@ from typing import Any
 
 from training.datasets import AugmentConfig, TrainView, build_reader
 
-CLOUD_MODEL = "layers"  # the synthetic-cloud generator of the bundled model's training (training.datasets.clouds)
+CLOUD_MODEL = "layers"  # the synthetic-cloud generator of the bundled model's training (engine.refine.synthetic_clouds)
 
 
 def reader_spec(csv_path: Path, archive: Path, kind: str) -> dict[str, Any]:

@@ -62,8 +62,9 @@ from rasterio.windows import Window, from_bounds
 from engine.align.cloudmask import detect_clouds
 from engine.align.reader import AlignedReader
 from engine.align.reader import Grid as PixelGrid
+from engine.config import parse_datetime
 from engine.errors import InputError
-from engine.sources.dates import parse_datetime, read_acquisition_date
+from engine.sources.dates import read_acquisition_date
 from engine.sources.masks import cloud_mask_from_bands
 from engine.sources.normalise import detect_optical_scale
 from engine.sources.raster import valid_mask

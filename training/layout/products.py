@@ -60,7 +60,8 @@ from rasterio.warp import transform_bounds
 from engine.config import DEFAULT_BANDS, RunConfig
 from engine.errors import EngineError, InputError, one_line
 from engine.sources.dates import read_acquisition_date
-from engine.sources.resolve import Materialised, ResolvedSource, TargetGrid, materialise, resolve_optical, resolve_sar
+from engine.sources.product import Materialised, ResolvedSource
+from engine.sources.resolve import TargetGrid, materialise, resolve_optical, resolve_sar
 from training.layout.archive import (
     MASK_SUFFIX,
     RASTER_EXT,

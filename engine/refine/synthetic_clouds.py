@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from training.datasets.base import Sample, nearest_resize
+from engine.refine.samples import Sample, nearest_resize
 
 KINDS = (("thick", 0.45), ("semi", 0.3), ("haze", 0.25))  # (kind, probability)
 MASK_THRESHOLD = 0.1
