@@ -93,7 +93,7 @@ def test_the_streamed_run_equals_one_whole_image_anchor_whatever_the_chunking(tm
     assert beta[0] > 0.05  # test-brighten's +0.1 and the cloudless random ground: a real drift to take off
     got = _read(tmp_path / "small.tif")
     expected = np.rint(expected * 1e4)
-    expected[expected == 0] = 1  # nodata is 0: a valid pixel is written as 1 (engine.stream.pipeline.nodata_substitute)
+    expected[expected == 0] = 1  # nodata is 0: a valid pixel is written as 1 (stream.chunks.nodata_substitute)
     np.testing.assert_allclose(got, expected, atol=1)
     np.testing.assert_array_equal(got[:, ~cloud], _read(tmp_path / "plain.tif")[:, ~cloud])  # clear: untouched
     with rasterio.open(tmp_path / "small.tif") as ds:

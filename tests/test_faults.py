@@ -40,7 +40,8 @@ from engine.config import RunConfig
 from engine.errors import InputError, ModelError, OutputError
 from engine.models import MODEL_REGISTRY, register_model
 from engine.outputs.writer import AtomicFile, remove_stale_temporaries, verify_geotiff
-from engine.stream.pipeline import nodata_substitute, run
+from engine.stream.chunks import nodata_substitute
+from engine.stream.pipeline import run
 from engine.stream.tiling import TileGrid
 
 ROOT = Path(__file__).resolve().parents[1]

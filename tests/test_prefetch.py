@@ -180,7 +180,7 @@ def test_pipeline_bf16_on_cpu_is_close_to_fp32(tiny_scene, tmp_path) -> None:
 def test_pipeline_reader_error_leaves_no_output(tiny_scene, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.stream import pipeline
 
-    real = pipeline._read_chunk
+    real = pipeline.read_chunk
     calls = []
 
     def failing(chunk, *args):
@@ -189,7 +189,7 @@ def test_pipeline_reader_error_leaves_no_output(tiny_scene, tmp_path, monkeypatc
             raise OSError("TIFFReadEncodedTile failed")
         return real(chunk, *args)
 
-    monkeypatch.setattr(pipeline, "_read_chunk", failing)
+    monkeypatch.setattr(pipeline, "read_chunk", failing)
     with pytest.raises(OSError, match="TIFFReadEncodedTile"):
         _run(tiny_scene, tmp_path / "out.tif")
     assert list(tmp_path.iterdir()) == []

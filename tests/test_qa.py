@@ -13,7 +13,8 @@ from engine.config import RunConfig
 from engine.errors import Cancelled, InputError
 from engine.progress import Progress
 from engine.stream.composite import cloud_weight
-from engine.stream.pipeline import QA_NODATA, run
+from engine.stream.chunks import QA_NODATA
+from engine.stream.pipeline import run
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,6 +16,8 @@ Inputs beyond these (no SAR, extra dates, a DEM) are declared by the class and c
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +79,20 @@ def register_model(
     return deco
 
 
+def discover() -> None:
+    """Import every ``engine/models/*_arch.py`` once, so each registers its named configs.
+
+    Why here and not in the package's ``__init__``: the QGIS plugin imports torch-free modules of this package
+    (:mod:`engine.models.safetensors_header`, :mod:`engine.models.finetune_record`) in QGIS's own Python; importing
+    the package must not import torch. Every lookup below discovers first."""
+    package = importlib.import_module("engine.models")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.endswith("_arch"):
+            importlib.import_module(f"engine.models.{info.name}")
+
+
 def get_spec(name: str) -> ModelSpec:
+    discover()
     try:
         return MODEL_REGISTRY[name]
     except KeyError:
@@ -94,6 +109,7 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def list_models() -> list[ModelSpec]:
+    discover()
     return [MODEL_REGISTRY[k] for k in sorted(MODEL_REGISTRY)]
 
 

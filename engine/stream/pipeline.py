@@ -75,10 +75,8 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine.align.cloudmask import DETECTOR_HALO, detect_clouds_scaled
-from engine.align.inputs import open_roles, packed_module, read_optical, read_window
-from engine.align.reader import AlignedInput, AlignedReader, Grid, WindowContext, bounds_overlap, checked_coverage
-from engine.align.sar import SarInput
+from engine.align.inputs import open_roles, packed_module
+from engine.align.reader import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.align.temporal import acquisition_dates
 from engine.config import RunConfig, is_gdal_name
 from engine.errors import EngineError, InputError, ModelError
@@ -92,7 +90,6 @@ from engine.refine.scene_adapt import adapt_to_scene
 from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
 from engine.sources import normalise
 from engine.sources.dates import DATE_TAGS
-from engine.sources.masks import cloud_mask_from_bands
 from engine.sources.product import Materialised
 from engine.sources.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
@@ -105,23 +102,39 @@ from engine.sources.raster import (
     valid_mask,
 )
 from engine.sources.resolve import resolve_run_inputs
-from engine.stream import tta
 from engine.stream.accel import AccelConfig, InferenceRunner
-from engine.stream.composite import cloud_weight, halo_window, mix
+from engine.stream.chunks import (
+    QA_NODATA,
+    ChunkData,
+    OpenedInputs,
+    composite_feather,
+    halo_cloud,
+    nodata_substitute,
+    process_chunk,
+    read_chunk,
+    tile_grid,
+    to_output_units,
+)
 from engine.stream.device import describe_device, resolve_device
 from engine.stream.memory import plan_memory
-from engine.stream.prefetch import BackgroundWriter, Prefetcher, pinned
-from engine.stream.tiling import Chunk, ChunkBlender, Tile, TileGrid, chunks, output_block_height, reflect_pad
+from engine.stream.prefetch import BackgroundWriter, Prefetcher
+from engine.stream.tiling import Chunk, ChunkBlender, TileGrid, chunks, output_block_height
 from engine.stream.tta import CONFIDENCE_NODATA
 
 log = logging.getLogger("engine")
-QA_NODATA = 255
+
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
 # In bytes: rasterio hands an integer straight to GDALSetCacheMax, so "64" would mean 64 *bytes* (not MB as in
 # the GDAL_CACHEMAX environment variable) and every decimated read would thrash the block cache.
+
+
 GDAL_CACHE_BYTES = 32 * 1024 * 1024
+
+
 REPORT_START = 0.8
 
 
@@ -229,34 +242,8 @@ def load_model(config: RunConfig, device: torch.device) -> LoadedModel:
                        weights=Path(weights) if weights is not None else None)
 
 
-@dataclass
-class _Inputs:
-    """Open datasets and what was decided about them before the tile loop."""
-
-    optical: rasterio.io.DatasetReader
-    landcover: rasterio.io.DatasetReader | None
-    mask: rasterio.io.DatasetReader | None
-    grid: Grid
-    band_index: list[int]  # 0-based indices of the model bands in the optical file
-    optical_scale: float = 0.0  # set once the model's normalisation is known
-    declared: ModelInputs | None = None  # what the model takes (engine.models.roles); None until known
-    roles: list[AlignedInput] = field(default_factory=list)  # its inputs, opened, in declared (packing) order
-    dates: dict[str, float] = field(default_factory=dict)  # t_prev, t, t_next of a needs_dates model
-    mask_reader: AlignedReader | None = None
-
-    @property
-    def sar(self) -> SarInput | None:
-        """The main SAR (role ``sar``), None when the model takes none."""
-        found = [r for r in self.roles if r.name == "sar"]
-        return found[0] if found and isinstance(found[0], SarInput) else None
-
-    @property
-    def sar_units(self) -> str:
-        return self.sar.units if self.sar is not None else "none"
-
-
 def _open(config: RunConfig, early: ModelInputs | None, stack: ExitStack, progress: Progress,
-          warnings: list[str]) -> tuple[_Inputs, LoadedModel, torch.device]:  # fmt: skip
+          warnings: list[str]) -> tuple[OpenedInputs, LoadedModel, torch.device]:  # fmt: skip
     """Open and check the optical image and the run's other rasters, load the model and open exactly the inputs it
     declares (those ``early`` — read off its class before loading — already named are opened before the model is
     loaded, so a bad file fails before the weights are read)."""
@@ -279,7 +266,7 @@ def _open(config: RunConfig, early: ModelInputs | None, stack: ExitStack, progre
     return inp, model, device
 
 
-def _open_scene(config: RunConfig, stack: ExitStack) -> _Inputs:
+def _open_scene(config: RunConfig, stack: ExitStack) -> OpenedInputs:
     """Open and check the optical image (it defines the grid) and the run's own rasters: land cover, cloud mask,
     reference."""
     opt = stack.enter_context(open_raster(config.optical, "optical"))
@@ -308,11 +295,11 @@ def _open_scene(config: RunConfig, stack: ExitStack) -> _Inputs:
         raise InputError(
             f"cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {extra['mask'].count}"
         )
-    return _Inputs(optical=opt, landcover=extra["landcover"], mask=extra["mask"], grid=grid,
+    return OpenedInputs(optical=opt, landcover=extra["landcover"], mask=extra["mask"], grid=grid,
                    band_index=[b - 1 for b in config.bands])  # fmt: skip
 
 
-def _open_declared(config: RunConfig, inp: _Inputs, declared: ModelInputs, stack: ExitStack, progress: Progress,
+def _open_declared(config: RunConfig, inp: OpenedInputs, declared: ModelInputs, stack: ExitStack, progress: Progress,
                    warnings: list[str]) -> None:  # fmt: skip
     """Open the inputs ``declared`` names that are not open yet (engine.align.inputs: one path for every role), resolve
     the acquisition times it needs, and warn about the given inputs it does not take (never opened)."""
@@ -331,10 +318,10 @@ def _open_declared(config: RunConfig, inp: _Inputs, declared: ModelInputs, stack
     inp.declared = declared
 
 
-def _check_mask(config: RunConfig, inp: _Inputs, progress: Progress, warnings: list[str]) -> None:
+def _check_mask(config: RunConfig, inp: OpenedInputs, progress: Progress, warnings: list[str]) -> None:
     """When the mask decides what changes, its coverage (a warning below 99.9 %); --only-cloudy without a mask
     says it falls back to detected clouds."""
-    if inp.mask is not None and _composite_feather(config, inp) is not None:
+    if inp.mask is not None and composite_feather(config, inp) is not None:
         with input_read_errors("the cloud mask"):
             checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
                              warnings, without="a cloud-mask value")  # fmt: skip
@@ -344,7 +331,7 @@ def _check_mask(config: RunConfig, inp: _Inputs, progress: Progress, warnings: l
                        "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
 
 
-def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig) -> float:
+def _decide_optical_scale(config: RunConfig, inp: OpenedInputs, norm: normalise.NormalisationConfig) -> float:
     if config.optical_scale == "dn":
         return float(norm.optical_scale)
     if config.optical_scale == "reflectance":
@@ -358,7 +345,7 @@ def _decide_optical_scale(config: RunConfig, inp: _Inputs, norm: normalise.Norma
     return float(norm.optical_scale)
 
 
-def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner,
+def _output_metadata(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner,
                      device_name: str, given: RunConfig) -> RasterMetadata:
     """The input's metadata plus how this output was made (:mod:`engine.outputs.provenance`); the inputs are named as
     the user gave them (``given``: a SAFE, a zip, two polarisation files), not as the VRTs they resolved to."""
@@ -383,7 +370,7 @@ def _output_metadata(config: RunConfig, inp: _Inputs, model: LoadedModel, runner
               "sar_vv": given.sar_vv if sar_used else None, "sar_vh": given.sar_vh if sar_used else None,
               "mask": given.mask}  # fmt: skip
     inputs.update({item.name: getattr(config, item.name) for item in inp.roles if item.name != "sar"})
-    tags = processing_tags(model=model.name, only_masked_cloud=_composite_feather(config, inp) is not None,
+    tags = processing_tags(model=model.name, only_masked_cloud=composite_feather(config, inp) is not None,
                            weights=model.weights, inputs=inputs, settings=settings)
     metadata = with_processing(read_metadata(inp.optical), tags)
     nodata, dtype = inp.optical.nodata, _output_dtype(inp.optical)
@@ -407,7 +394,7 @@ def _output_dtype(opt: rasterio.io.DatasetReader) -> str:
     return np.result_type(*[np.dtype(d) for d in opt.dtypes]).name
 
 
-def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | None = None) -> OutputSpec:
+def _output_spec(config: RunConfig, inp: OpenedInputs, metadata: RasterMetadata | None = None) -> OutputSpec:
     opt = inp.optical
     dtype = _output_dtype(opt)
     descriptions: list[str | None] = []
@@ -428,148 +415,6 @@ def _output_spec(config: RunConfig, inp: _Inputs, metadata: RasterMetadata | Non
         block_height=output_block_height(TileGrid(opt.height, opt.width, config.tile, config.overlap), config.chunk),
         metadata=metadata,
     )
-
-
-def _tile_grid(spec: OutputSpec, config: RunConfig) -> TileGrid:
-    """The run's tile grid: ``--tile`` tiles, shrunk to the scene on an axis shorter than that (stream.tiling)."""
-    return TileGrid(spec.height, spec.width, config.tile, config.overlap)
-
-
-def _tile_slice(data: np.ndarray, tile: Tile, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """The ``size`` = (h, w) tile of a chunk array whose pixel (0, 0) is image pixel ``origin``, reflect-padded."""
-    y, x = tile.y - origin[0], tile.x - origin[1]
-    part = data[..., y : y + size[0], x : x + size[1]]
-    return reflect_pad(part, size[0] - part.shape[-2], size[1] - part.shape[-1])
-
-
-@dataclass
-class _TileBatch:
-    """Up to ``config.batch`` tiles of a chunk, ready for the network (prepared in the reader thread)."""
-
-    tiles: list[Tile]
-    fallback: list[np.ndarray]  # each tile's normalised optical input: its "prediction" when the network skips it
-    run_idx: list[int]  # which tiles go through the network (they have valid optical and SAR pixels)
-    optical: np.ndarray | torch.Tensor | None  # (len(run_idx), B, t, t), pinned on CUDA
-    sar: np.ndarray | torch.Tensor | None  # (len(run_idx), 2 or 0 without SAR [+ extra inputs' channels], t, t)
-
-
-@dataclass
-class _ChunkData:
-    """Everything read for one chunk: raw optical window, validity, tile batches, aligned mask of its output."""
-
-    chunk: Chunk
-    raw: np.ndarray
-    opt_ok: np.ndarray
-    sar_ok: np.ndarray
-    batches: list[_TileBatch]
-    mask: np.ndarray | None
-    use_ok: np.ndarray  # where the model's output may be used: optical, SAR and every extra input valid
-    weight: np.ndarray | None = None  # only-cloudy runs: the model output's weight on the output window
-    anchor: np.ndarray | None = None  # --colour-anchor: the drift ramp r on the output window (0 off the cloud)
-
-
-def _read_chunk(
-    chunk: Chunk, config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig, spec: OutputSpec,
-    device: torch.device,
-) -> _ChunkData:  # fmt: skip
-    """Read and prepare one chunk's inputs (runs in the reader thread when prefetching); a read failure of any input
-    is one :class:`InputError` line."""
-    with input_read_errors("an input raster"):
-        return _read_chunk_inputs(chunk, config, inp, norm, spec, device)
-
-
-def _read_chunk_inputs(
-    chunk: Chunk, config: RunConfig, inp: _Inputs, norm: normalise.NormalisationConfig, spec: OutputSpec,
-    device: torch.device,
-) -> _ChunkData:  # fmt: skip
-    y0, x0 = chunk.acc_y, chunk.acc_x
-    win = Window(x0, y0, min(chunk.acc_w, spec.width - x0), min(chunk.acc_h, spec.height - y0))
-    raw, x, opt_ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
-    # the model's inputs, packed in declared order after the optical (engine.align.inputs)
-    packed, inputs_ok, sar_ok = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
-    use_ok = opt_ok & inputs_ok
-    mask, weight = _chunk_mask_and_weight(chunk, config, inp, win, spec)
-    needed = use_ok if weight is None else use_ok & (weight > 0)  # a tile whose output nobody keeps is not run
-    grid = _tile_grid(spec, config)
-    t = (grid.tile_h, grid.tile_w)
-    tiles = list(chunk.tiles)
-    batches: list[_TileBatch] = []
-    for i in range(0, len(tiles), config.batch):
-        batch = tiles[i : i + config.batch]
-        opt_tiles = [_tile_slice(x, tl, (y0, x0), t) for tl in batch]
-        run_idx = [j for j, tl in enumerate(batch) if _tile_slice(needed, tl, (y0, x0), t).any()]
-        o = s = None
-        if run_idx:
-            o = pinned(np.stack([opt_tiles[j] for j in run_idx]), device)
-            s = pinned(np.stack([_tile_slice(packed, batch[j], (y0, x0), t) for j in run_idx]), device)
-        batches.append(_TileBatch(batch, opt_tiles, run_idx, o, s))
-    if weight is not None:
-        weight = weight[: chunk.out_h, : chunk.out_w]  # the output window starts at the read window's origin
-    anchor = _chunk_anchor(chunk, config, inp, spec) if config.colour_anchor else None
-    return _ChunkData(chunk, raw, opt_ok, sar_ok, batches, mask, use_ok, weight, anchor)
-
-
-def _chunk_mask_and_weight(
-    chunk: Chunk, config: RunConfig, inp: _Inputs, win: Window, spec: OutputSpec
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The cloud mask on the chunk's output window (for the cloud fraction) and, when only the cloud takes the
-    model's output, that output's weight on the whole read window ``win``: tiles that lie where it is 0 everywhere
-    skip the network (no pixel they touch keeps the model's output, so the result is the same). The mask (or the
-    optical image, for detected clouds) is read with a halo of the feather's width (plus the detector's smoothing
-    context) so the weights do not depend on the chunks."""
-    feather = _composite_feather(config, inp)
-    has_out = chunk.out_h > 0 and chunk.out_w > 0
-    if feather is None:
-        if inp.mask_reader is None or not has_out:
-            return None, None
-        return inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)), None
-    cloud, inner, halo = _halo_cloud(inp, win, spec, feather)
-    mask = None
-    if halo is not None and has_out:
-        iy, ix = inner[0].start, inner[1].start
-        mask = halo[:, iy : iy + chunk.out_h, ix : ix + chunk.out_w]
-    return mask, cloud_weight(cloud, feather)[inner]
-
-
-def _halo_cloud(inp: _Inputs, win: Window, spec: OutputSpec,
-                reach: int) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray | None]:  # fmt: skip
-    """The cloud on ``win`` grown by ``reach`` px (clipped to the scene), ``win``'s slices inside it, and the mask's
-    bands read there (None for detected clouds). The cloud is ``--mask``'s, else the clouds
-    :mod:`engine.align.cloudmask` detects on the optical image (read with the detector's smoothing context too), so
-    whatever is computed from it within ``reach`` does not depend on the chunking."""
-    extra = 0 if inp.mask_reader is not None else DETECTOR_HALO
-    hx, hy, hw, hh = halo_window(int(win.col_off), int(win.row_off), int(win.width), int(win.height),
-                                 reach + extra, spec.width, spec.height)  # fmt: skip
-    iy, ix = int(win.row_off) - hy, int(win.col_off) - hx
-    inner = (slice(iy, iy + int(win.height)), slice(ix, ix + int(win.width)))
-    if inp.mask_reader is not None:
-        halo = inp.mask_reader.read(Window(hx, hy, hw, hh))
-        cloud = cloud_mask_from_bands(np.nan_to_num(halo, nan=0.0), inp.mask.nodata) & np.isfinite(halo).all(0)
-        return cloud, inner, halo
-    raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
-    return detect_clouds_scaled(raw, valid_mask(raw, inp.optical.nodata), inp.optical_scale), inner, None
-
-
-def _chunk_anchor(chunk: Chunk, config: RunConfig, inp: _Inputs, spec: OutputSpec) -> np.ndarray | None:
-    """``--colour-anchor``'s drift ramp on the chunk's output window (:func:`engine.refine.colour_anchor.ramp`), from
-    the cloud read with the ramp's reach around it; None when the chunk writes nothing."""
-    if chunk.out_h <= 0 or chunk.out_w <= 0:
-        return None
-    win = Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)
-    cloud, inner, _ = _halo_cloud(inp, win, spec, colour_anchor.REACH_PX)
-    return colour_anchor.ramp(cloud)[inner]
-
-
-def _composite_feather(config: RunConfig, inp: _Inputs) -> int | None:
-    """Feather (px) when only the cloudy pixels take the model's output (--only-cloudy: the mask's cloud, or the
-    detected one without a mask; a ``fill_only_cloudy`` model such as gapfill with a mask: a hard cut), None when
-    the model's output is used everywhere."""
-    if config.only_cloudy:
-        return config.cloud_feather
-    declared = inp.declared
-    if inp.mask is not None and declared is not None and declared.temporal_keys and declared.fill_only_cloudy:
-        return 0
-    return None
 
 
 def run(
@@ -679,7 +524,7 @@ def _decloud(
     return result
 
 
-def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
+def _result(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
             grid: TileGrid, device_name: str, counts: dict[str, int], seconds: float,
             warnings: list[str]) -> RunResult:  # fmt: skip
     """What the streamed run did, from its pixel and tile counts."""
@@ -709,14 +554,14 @@ def _result(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
     )
 
 
-def _plan(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, device: torch.device,
+def _plan(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner, device: torch.device,
           given: RunConfig, on_start: Callable[[RunPlan], None] | None,
           progress: Progress) -> tuple[OutputSpec, TileGrid, str]:  # fmt: skip
     """Decide the output's spec and metadata and the tile grid; announce the plan (``on_start``). Returns the spec,
     grid and device name."""
     device_name = describe_device(device)
     spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given))
-    grid = _tile_grid(spec, config)
+    grid = tile_grid(spec, config)
     log.info(
         "%s on %s: %d×%d px, %d tiles of %d×%d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
         model.name, device_name, spec.width, spec.height, len(grid), grid.tile_w, grid.tile_h, config.overlap,
@@ -729,7 +574,7 @@ def _plan(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inference
     return spec, grid, device_name
 
 
-def _prepare_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel) -> None:
+def _prepare_inputs(config: RunConfig, inp: OpenedInputs, model: LoadedModel) -> None:
     """Decide what depends on the model's normalisation: the optical scale and the inputs' fills."""
     with input_read_errors("an input raster"):
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
@@ -737,7 +582,7 @@ def _prepare_inputs(config: RunConfig, inp: _Inputs, model: LoadedModel) -> None
             item.prepare(model.norm)
 
 
-def _plan_scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, progress: Progress,
+def _plan_scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, progress: Progress,
                       warnings: list[str]) -> list[HeldOut]:  # fmt: skip
     """``--scene-check``: the scene's checked windows with their synthetic clouds (:mod:`engine.refine.scene_check`),
     chosen before ``--adapt`` so that adaptation holds them out; none (with a warning) when the scene has none."""
@@ -752,7 +597,7 @@ def _plan_scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, progr
     return held
 
 
-def _scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, progress: Progress,
+def _scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, progress: Progress,
                  warnings: list[str], held: list[HeldOut]) -> None:  # fmt: skip
     """Score this run's copy of the model (adapted, if it was) and the baselines on the checked windows; a model
     that does not beat them is a warning, a model that does an info line (both in the result)."""
@@ -769,7 +614,7 @@ def _scene_check(config: RunConfig, inp: _Inputs, model: LoadedModel, device: to
         record_warning(progress, warnings, model.scene_check.sentence())
 
 
-def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, progress: Progress,
+def _adapt(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, progress: Progress,
            warnings: list[str], held: list[HeldOut]) -> None:  # fmt: skip
     """``--adapt``: fine-tune this run's copy of the model on the scene's clear pixels
     (:mod:`engine.refine.scene_adapt`), ``--scene-check``'s windows held out, before the runner takes it; the model card
@@ -791,7 +636,7 @@ def _adapt(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.de
     model.card = {**(model.card or {}), "scene_adaptation": f"{config.adapt} steps on this scene's clear pixels"}
 
 
-def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
+def _start_runner(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
                   stack: ExitStack) -> tuple[InferenceRunner, AccelConfig]:
     """The inference runner for this run, its concurrency fitted to the memory budget (:mod:`engine.stream.memory`);
     closed (and torch's thread count restored) with ``stack``."""
@@ -808,7 +653,7 @@ def _start_runner(config: RunConfig, inp: _Inputs, model: LoadedModel, device: t
     return runner, accel
 
 
-def _open_aligned_readers(config: RunConfig, inp: _Inputs, stack: ExitStack) -> None:
+def _open_aligned_readers(config: RunConfig, inp: OpenedInputs, stack: ExitStack) -> None:
     """Window readers that bring the model's inputs and the mask onto the optical grid, closed with ``stack``."""
     for item in inp.roles:
         item.open_reader(stack, inp.grid)
@@ -817,7 +662,7 @@ def _open_aligned_readers(config: RunConfig, inp: _Inputs, stack: ExitStack) -> 
         inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
 
 
-def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
+def _stream(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
             grid: TileGrid, device: torch.device, accel: AccelConfig, writers: list[AtomicGeoTIFFWriter],
             progress: Progress) -> tuple[dict[str, int], np.ndarray | None]:
     """Chunks read → tiles inferred and blended → written into the output (and QA / confidence) writers, which are
@@ -827,8 +672,8 @@ def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
     counts = {"valid": 0, "sar": 0, "cloud": 0, "mask_valid": 0, "network": 0, "model_px": 0}
     plan = chunks(grid, config.chunk)
 
-    def read(chunk: Chunk) -> _ChunkData:
-        return _read_chunk(chunk, config, inp, model.norm, spec, device)
+    def read(chunk: Chunk) -> ChunkData:
+        return read_chunk(chunk, config, inp, model.norm, spec, device)
 
     writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True))
     anchor, draft, shift = None, None, None
@@ -853,7 +698,7 @@ def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
                     conf_writer.write(spread[None], window)
 
             submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None] = write
-            chunk_data: Iterable[_ChunkData] = map(read, plan)
+            chunk_data: Iterable[ChunkData] = map(read, plan)
             if accel.prefetch:  # reader and writer threads overlap I/O with compute; closed before the writers
                 submit = io.enter_context(BackgroundWriter(write, depth=2)).submit
                 chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
@@ -861,7 +706,7 @@ def _stream(config: RunConfig, inp: _Inputs, model: LoadedModel, runner: Inferen
             done = 0
             for data in chunk_data:
                 progress.check_cancelled()
-                done = _process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done,
+                done = process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done,
                                       anchor)
             progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
         if anchor is not None and draft is not None and draft.finished is not None:
@@ -901,95 +746,7 @@ def _confidence_spec(spec: OutputSpec, passes: int) -> OutputSpec:
                                metadata=with_processing(scene_tags, tag))  # fmt: skip
 
 
-def _process_chunk(
-    data: _ChunkData,
-    config: RunConfig,
-    inp: _Inputs,
-    runner: InferenceRunner,
-    blender: ChunkBlender,
-    submit: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, Window], None],
-    spec: OutputSpec,
-    counts: dict[str, int],
-    progress: Progress,
-    done: int,
-    anchor: colour_anchor.StreamedAnchor | None = None,
-) -> int:
-    """Run one read chunk's tiles in batches, blend, hand its final area to the writer (and its drift statistics to
-    ``anchor``, with ``--colour-anchor``). Returns tiles done."""
-    blender.start(data.chunk)
-    total = len(blender.grid)
-    for batch in data.batches:
-        preds = list(batch.fallback)
-        if config.confidence is not None:  # a tile the network skips is the input: no spread
-            preds = [np.concatenate([p, np.zeros_like(p[:1])]) for p in preds]
-        if batch.run_idx:
-            counts["network"] += len(batch.run_idx)
-            out = _predict(runner, batch, config)
-            for j, p in zip(batch.run_idx, out):
-                _require_finite(p, batch.tiles[j], blender.grid, runner)
-                preds[j] = p
-        for tl, p in zip(batch.tiles, preds):
-            blender.add(tl, p)
-        done += len(batch.tiles)
-        progress.update(done / total, f"tile {done}/{total}")
-        progress.check_cancelled()
-    oy, ox, blended = blender.finish()
-    h, w = blended.shape[1:]
-    if h == 0 or w == 0:
-        return done
-    spread = None
-    if config.confidence is not None:
-        spread, blended = blended[-1], blended[:-1]
-    raw, opt_ok, sar_ok = data.raw, data.opt_ok, data.sar_ok
-    out = raw[:, :h, :w].copy()
-    with_sar = opt_ok[:h, :w] & sar_ok[:h, :w]
-    use = data.use_ok[:h, :w]
-    if data.mask is not None and inp.mask is not None:
-        m = data.mask
-        m_ok = np.isfinite(m).all(axis=0) & opt_ok[:h, :w]
-        counts["cloud"] += int((cloud_mask_from_bands(np.nan_to_num(m, nan=0.0), inp.mask.nodata) & m_ok).sum())
-        counts["mask_valid"] += int(m_ok.sum())
-    anchoring = anchor is not None and data.anchor is not None
-    if data.weight is not None or anchoring:  # the input in reflectance, unclipped
-        original = raw[inp.band_index, :h, :w].astype(np.float32) / np.float32(inp.optical_scale)
-    if data.weight is not None:  # only the cloud (feathered) takes the model's output; the rest stays the input
-        use = use & (data.weight > 0)
-        blended = mix(blended, original, data.weight)
-    if anchoring:
-        anchor.add((oy, ox, h, w), blended, data.anchor[:h, :w], use, original, opt_ok[:h, :w])
-    pred = _to_output_units(blended, inp, spec)
-    for k, b in enumerate(inp.band_index):
-        out[b][use] = pred[k][use]
-    share = None
-    if config.qa is not None:  # percent of each pixel that is the model's output (see _qa_spec)
-        share = np.zeros((h, w), dtype=np.uint8)
-        if data.weight is None:
-            share[use] = 100
-        else:
-            share[use] = np.clip(np.rint(100.0 * data.weight[use]), 1, 100).astype(np.uint8)
-        share[~opt_ok[:h, :w]] = QA_NODATA
-    conf = None
-    if spread is not None:  # the output's spread: the model's share of the pixel times the model's spread
-        conf = np.zeros((h, w), dtype=np.float32)
-        conf[use] = spread[use] if data.weight is None else data.weight[use] * spread[use]
-        conf[~opt_ok[:h, :w]] = CONFIDENCE_NODATA
-    submit(out, share, conf, Window(ox, oy, w, h))
-    counts["model_px"] += int(use.sum())
-    counts["valid"] += int(opt_ok[:h, :w].sum())
-    counts["sar"] += int(with_sar.sum())
-    return done
-
-
-def _to_output_units(reflectance: np.ndarray, inp: _Inputs, spec: OutputSpec) -> np.ndarray:
-    """The model's output (reflectance) in the output's units and dtype, never equal to its nodata value."""
-    pred = normalise.denormalise_optical(reflectance, inp.optical_scale, dtype=spec.dtype)
-    substitute = nodata_substitute(spec.nodata, spec.dtype)
-    if substitute is not None:  # a valid pixel must not read as nodata (see nodata_substitute)
-        pred[pred == np.asarray(spec.nodata, dtype=spec.dtype)] = substitute
-    return pred
-
-
-def _rewrite_anchored(config: RunConfig, inp: _Inputs, spec: OutputSpec, draft: Path, writer: AtomicGeoTIFFWriter,
+def _rewrite_anchored(config: RunConfig, inp: OpenedInputs, spec: OutputSpec, draft: Path, writer: AtomicGeoTIFFWriter,
                       anchor: colour_anchor.StreamedAnchor, progress: Progress) -> np.ndarray | None:  # fmt: skip
     """``--colour-anchor``'s second pass: fit the drift ``β`` over the whole scene, then copy the streamed ``draft``
     into ``writer`` with ``β · r`` taken off the cloud pixels the model wrote (the ramp ``r`` recomputed from the
@@ -1008,61 +765,15 @@ def _rewrite_anchored(config: RunConfig, inp: _Inputs, spec: OutputSpec, draft: 
             data = src.read(window=win)
             used = anchor.used((row, col, h, w)) if beta is not None else None
             if used is not None:
-                cloud, inner, _ = _halo_cloud(inp, win, spec, colour_anchor.REACH_PX)
+                cloud, inner, _ = halo_cloud(inp, win, spec, colour_anchor.REACH_PX)
                 r = colour_anchor.ramp(cloud)[inner]
                 bands = data[list(inp.band_index)].astype(np.float32) / np.float32(inp.optical_scale)
-                pred = _to_output_units(colour_anchor.shifted(bands, r, used, beta), inp, spec)
+                pred = to_output_units(colour_anchor.shifted(bands, r, used, beta), inp, spec)
                 for k, b in enumerate(inp.band_index):
                     data[b][used] = pred[k][used]
             out.write(data, win)
             progress.update((i + 1) / len(windows), "colour anchor: writing the shifted output")
     return beta
-
-
-def _predict(runner: InferenceRunner, batch: _TileBatch, config: RunConfig) -> np.ndarray:
-    """The network's outputs for a batch: plain, or the mean over ``config.tta`` flips/rotations with (when a
-    confidence raster is asked for) their spread as one more channel (:mod:`engine.stream.tta`)."""
-    assert batch.optical is not None and batch.sar is not None
-    if config.tta == 1:
-        return runner.predict(batch.optical, batch.sar)
-    mean, spread = tta.predict(runner.predict, batch.optical, batch.sar, config.tta)
-    return np.concatenate([mean, spread[:, None]], axis=1) if config.confidence is not None else mean
-
-
-def _require_finite(pred: np.ndarray, tile: Tile, grid: TileGrid, runner: InferenceRunner) -> None:
-    """Stop the run at the first tile the network returns NaN or ±inf for (issue 15: weights full of NaN wrote
-    99.7 % of a scene as nodata, exit 0): broken weights, or an overflow of a reduced precision."""
-    if np.isfinite(pred).all():
-        return
-    bad = 100.0 * float((~np.isfinite(pred)).mean())
-    precision = runner.describe()["dtype"]
-    hint = "" if runner.dtype == torch.float32 else f" or an overflow in {precision} (try --dtype fp32)"
-    raise ModelError(
-        f"the network returned NaN or infinite values for tile row {tile.row}, column {tile.col} (pixels x "
-        f"{tile.x}–{tile.x + grid.tile_w - 1}, y {tile.y}–{tile.y + grid.tile_h - 1}; {bad:.1f} % of its values): "
-        f"broken weights{hint}; nothing was written"
-    )
-
-
-def nodata_substitute(nodata: float | None, dtype: str) -> float | int | None:
-    """The value written instead of ``nodata`` where the model's output equals it, or None when no valid output
-    can collide (no nodata, NaN nodata, or a value the dtype cannot hold).
-
-    Issue 15: with nodata 0, predictions clipped to 0 were written as 0 and read back as nodata. The substitute is
-    the next representable value towards the data (``nodata + 1`` for integers, ``nextafter`` for floats; from
-    the top of the range, one below); the output's bands say so in their ``ALIGNCR_NODATA_SUBSTITUTE`` tag.
-    """
-    if nodata is None or not np.isfinite(nodata):
-        return None
-    kind = np.dtype(dtype)
-    if kind.kind in "ui":
-        info = np.iinfo(kind)
-        if not info.min <= nodata <= info.max or nodata != int(nodata):
-            return None
-        return int(nodata) + 1 if nodata < info.max else int(nodata) - 1
-    value = kind.type(nodata)
-    towards = kind.type(-np.inf if value == np.finfo(kind).max else np.inf)  # same dtype: float32 steps, not float64
-    return np.nextafter(value, towards).item()
 
 
 def _write_report(config: RunConfig, result: RunResult, progress: Progress, prediction: Path | None) -> dict:
