@@ -12,8 +12,8 @@ from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import Cancelled, InputError
 from engine.progress import Progress
-from engine.stream.composite import cloud_weight
 from engine.stream.chunks import QA_NODATA
+from engine.stream.composite import cloud_weight
 from engine.stream.pipeline import run
 
 

@@ -13,13 +13,14 @@ import argparse
 import logging
 from pathlib import Path
 
+from engine import RESOURCES
 from engine.config import RunConfig
 from engine.errors import InputError
 
 NAME = "demo"
 HELP = "run cloud removal on the bundled synthetic sample scene"
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "resources" / "sample"
+SAMPLE_DIR = RESOURCES / "sample"
 SAMPLE_FILES = {
     "optical": "cloudy.tif",
     "sar": "s1.tif",

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import RESOURCES
+
 NAME = "models"
 HELP = "list the available models, their parameter counts and the bundled weights"
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "resources" / "weights"
+WEIGHTS_DIR = RESOURCES / "weights"
 
 
 @dataclass

@@ -8,7 +8,6 @@ share and confidence to the writer. :class:`OpenedInputs` is what the pipeline o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,10 +39,7 @@ from engine.stream.prefetch import pinned
 from engine.stream.tiling import Chunk, ChunkBlender, Tile, TileGrid, reflect_pad
 from engine.stream.tta import CONFIDENCE_NODATA
 
-log = logging.getLogger("engine")
-
-
-QA_NODATA = 255
+QA_NODATA = 255  # the QA raster's no-data value: no optical data (a percent is 0–100)
 
 
 @dataclass

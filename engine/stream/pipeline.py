@@ -75,6 +75,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
+from engine import RESOURCES
 from engine.align.inputs import open_roles, packed_module
 from engine.align.reader import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.align.temporal import acquisition_dates
@@ -123,18 +124,10 @@ from engine.stream.tta import CONFIDENCE_NODATA
 
 log = logging.getLogger("engine")
 
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-BUNDLED_WEIGHTS = ROOT / "resources" / "weights" / "aligncr-lite.safetensors"
+BUNDLED_WEIGHTS = RESOURCES / "weights" / "aligncr-lite.safetensors"
 # In bytes: rasterio hands an integer straight to GDALSetCacheMax, so "64" would mean 64 *bytes* (not MB as in
 # the GDAL_CACHEMAX environment variable) and every decimated read would thrash the block cache.
-
-
 GDAL_CACHE_BYTES = 32 * 1024 * 1024
-
-
 REPORT_START = 0.8
 
 
