@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 
 from engine.errors import EngineError
 from engine.stream import tta
-from engine.stream.pipeline import BUNDLED_WEIGHTS
+from engine.stream.scene import BUNDLED_WEIGHTS
 from training.datasets import AugmentConfig, TrainView
 from training.evaluate import load_model, open_dataset
 from training.inputs import input_keys

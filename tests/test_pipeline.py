@@ -50,15 +50,15 @@ def test_round_trip_georeferencing_identity(tmp_path, pair):
 
 def test_default_model_is_the_bundled_aligncr_lite(tmp_path, pair, monkeypatch):
     """No --model: the bundled aligncr-lite weights run (they change the image); without them, identity."""
-    import engine.stream.pipeline as pipeline
+    from engine.stream import scene
 
     opt, sar = pair
-    if pipeline.BUNDLED_WEIGHTS.is_file():
-        result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "lite.tif", tile=64, overlap=8))
-        assert result.model == "aligncr-lite"
-        with rasterio.open(opt) as a, rasterio.open(tmp_path / "lite.tif") as b:
-            assert not np.array_equal(a.read(), b.read())
-    monkeypatch.setattr(pipeline, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
+    assert scene.BUNDLED_WEIGHTS.is_file(), f"no bundled weights where the engine looks: {scene.BUNDLED_WEIGHTS}"
+    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "lite.tif", tile=64, overlap=8))
+    assert result.model == "aligncr-lite"
+    with rasterio.open(opt) as a, rasterio.open(tmp_path / "lite.tif") as b:
+        assert not np.array_equal(a.read(), b.read())
+    monkeypatch.setattr(scene, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
     result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "id.tif", tile=64, overlap=8))
     assert result.model == "identity"
 

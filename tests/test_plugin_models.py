@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligncr_qgis.model_list import DEFAULT, engine_default, has_weights, registry_models, scan_registry
-from engine.stream.pipeline import default_model_name
+from engine.stream.scene import default_model_name
 from tests.helpers_models import engine_models
 
 

@@ -64,7 +64,7 @@ def test_output_keeps_the_input_metadata_and_says_how_it_was_made(tmp_path, scen
 def test_cog_only_cloudy_weights_and_ndvi(tmp_path, scene):
     opt, sar = scene
     mask = write_mask(tmp_path / "udm.tif", like=opt)
-    from engine.stream.pipeline import BUNDLED_WEIGHTS
+    from engine.stream.scene import BUNDLED_WEIGHTS
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip("no bundled weights")

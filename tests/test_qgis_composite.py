@@ -76,7 +76,7 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     pixels are the input bit for bit and the cloud is what the model writes without the option."""
     import processing
 
-    from engine.stream.pipeline import BUNDLED_WEIGHTS
+    from engine.stream.scene import BUNDLED_WEIGHTS
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip("no bundled weights")

@@ -24,7 +24,7 @@ NAME = "confidence (TTA spread)"
 
 
 def _bundled() -> Path:
-    from engine.stream.pipeline import BUNDLED_WEIGHTS
+    from engine.stream.scene import BUNDLED_WEIGHTS
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip("no bundled weights")

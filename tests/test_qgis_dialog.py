@@ -316,7 +316,7 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
     three times and models without weights were selectable; the card box showed the raw card JSON."""
     from aligncr_qgis.model_list import NO_WEIGHTS
     from engine.commands.models import collect
-    from engine.stream.pipeline import BUNDLED_WEIGHTS
+    from engine.stream.scene import BUNDLED_WEIGHTS
     from tests.helpers_models import engine_models
 
     if not BUNDLED_WEIGHTS.is_file():

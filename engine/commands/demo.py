@@ -65,7 +65,7 @@ def _report_available() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from engine.commands.run import _run_tqdm
-    from engine.stream.pipeline import BUNDLED_WEIGHTS, default_model_name
+    from engine.stream.scene import BUNDLED_WEIGHTS, default_model_name
 
     want_report = not args.no_report and _report_available()
     if not args.no_report and not want_report:

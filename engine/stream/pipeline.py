@@ -47,9 +47,9 @@ is a one-line :class:`~engine.errors.InputError` before anything is read or writ
 declare are ignored with a warning. The DEM of a model built with ``dem=True`` is aligned bilinearly and scaled as
 :mod:`engine.align.dem` describes.
 
-The run reads as its data path: :func:`_open` (inputs, model, declared roles) → :func:`_plan` (scales, fills,
-output spec, tile grid) → :func:`_stream` (chunks read, inferred, blended, written) → the :class:`RunResult`; then
-:func:`run` writes the report and renames the outputs into place together.
+The run reads as its data path: :func:`~engine.stream.scene.open_scene_and_model` (inputs, model, declared roles)
+→ :func:`_plan` (scales, fills, output spec, tile grid) → :func:`_stream` (chunks read, inferred, blended, written) →
+the :class:`RunResult`; then :func:`run` writes the report and renames the outputs into place together.
 
 Speed (``accel``, see :mod:`engine.stream.accel` and :mod:`engine.stream.prefetch`): the network runs through an
 :class:`~engine.stream.accel.InferenceRunner` (dtype, channels_last, torch.compile, OOM halving). With ``prefetch`` on
@@ -73,15 +73,11 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
-from torch import nn
 
-from engine import RESOURCES
-from engine.align.inputs import open_roles, packed_module
-from engine.align.reader import AlignedReader, Grid, bounds_overlap, checked_coverage
-from engine.align.temporal import acquisition_dates
+from engine.align.inputs import packed_module
 from engine.config import RunConfig, is_gdal_name
-from engine.errors import EngineError, InputError, ModelError
-from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, precheck, require_roles
+from engine.errors import EngineError
+from engine.models.roles import precheck
 from engine.outputs.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
 from engine.outputs.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_dir, check_output_path
 from engine.progress import Progress, record_warning
@@ -89,18 +85,11 @@ from engine.refine import colour_anchor, scene_adapt
 from engine.refine.baselines import median_stride
 from engine.refine.scene_adapt import adapt_to_scene
 from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
-from engine.sources import normalise
 from engine.sources.dates import DATE_TAGS
 from engine.sources.product import Materialised
 from engine.sources.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
-    check_bands,
-    has_any_valid,
     input_read_errors,
-    open_raster,
-    read_sample,
-    require_georeferenced,
-    valid_mask,
 )
 from engine.sources.resolve import resolve_run_inputs
 from engine.stream.accel import AccelConfig, InferenceRunner
@@ -116,15 +105,21 @@ from engine.stream.chunks import (
     tile_grid,
     to_output_units,
 )
-from engine.stream.device import describe_device, resolve_device
+from engine.stream.device import describe_device
 from engine.stream.memory import plan_memory
 from engine.stream.prefetch import BackgroundWriter, Prefetcher
+from engine.stream.scene import (
+    LoadedModel,
+    default_model_name,
+    open_aligned_readers,
+    open_scene_and_model,
+    prepare_inputs,
+)
 from engine.stream.tiling import Chunk, ChunkBlender, TileGrid, chunks, output_block_height
 from engine.stream.tta import CONFIDENCE_NODATA
 
 log = logging.getLogger("engine")
 
-BUNDLED_WEIGHTS = RESOURCES / "weights" / "aligncr-lite.safetensors"
 # In bytes: rasterio hands an integer straight to GDALSetCacheMax, so "64" would mean 64 *bytes* (not MB as in
 # the GDAL_CACHEMAX environment variable) and every decimated read would thrash the block cache.
 GDAL_CACHE_BYTES = 32 * 1024 * 1024
@@ -171,171 +166,6 @@ class RunResult:
     cloud_pixels: int | None = None  # valid pixels the cloud mask marks as cloud (None without --mask)
     scene_check: SceneCheck | None = None  # --scene-check: the model vs flat / fill under synthetic clouds
     colour_anchor: list[float] | None = None  # --colour-anchor: the drift taken off deep in the cloud, per band
-
-
-@dataclass
-class LoadedModel:
-    """A ready-to-run network with the normalisation it expects."""
-
-    module: nn.Module
-    name: str
-    in_bands: int
-    norm: normalise.NormalisationConfig
-    card: dict | None = None
-    weights: Path | None = None  # the file the network was loaded from (None: a model without weights)
-    scene_check: SceneCheck | None = None  # how this run's copy (adapted or not) did on the scene (--scene-check)
-
-
-def default_model_name() -> str:
-    """``aligncr-lite`` when its bundled weights are present, else the ``identity`` baseline."""
-    return "aligncr-lite" if BUNDLED_WEIGHTS.is_file() else "identity"
-
-
-def _norm_from_card(card_norm: dict | None) -> normalise.NormalisationConfig:
-    if not card_norm:
-        return normalise.NormalisationConfig()
-    known = {f.name for f in dataclasses.fields(normalise.NormalisationConfig)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in card_norm.items() if k in known}
-    return normalise.NormalisationConfig(**values)
-
-
-def load_model(config: RunConfig, device: torch.device) -> LoadedModel:
-    """Build ``config.model`` from the registry or load ``config.weights`` (its model card wins on normalisation)."""
-    from engine.models import build_model, get_spec
-
-    weights = config.weights
-    name = config.model or default_model_name()
-    if weights is None and config.model in (None, "aligncr-lite") and name == "aligncr-lite":
-        weights = BUNDLED_WEIGHTS if BUNDLED_WEIGHTS.is_file() else None
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise ModelError(f"weights file not found: {weights}")
-        try:
-            from engine.models import weights as weights_io
-        except ImportError:
-            raise ModelError("loading --weights needs engine.models.weights, which this install lacks") from None
-        module, card = weights_io.load(Path(weights), device=device)
-        card_dict = dataclasses.asdict(card) if dataclasses.is_dataclass(card) else dict(card)
-        arch = card_dict.get("arch")
-        if config.model is not None and arch is not None and config.model != arch:
-            raise ModelError(f"--model {config.model} does not match the weights file's model '{arch}'")
-        name = arch or name
-        norm = _norm_from_card(card_dict.get("normalisation"))
-    else:
-        spec = get_spec(name)
-        if spec.needs_weights:
-            raise ModelError(f"model '{name}' needs trained weights: pass --weights FILE.safetensors")
-        module = build_model(name)
-        card_dict = None
-        norm = normalise.NormalisationConfig()
-    cfg = getattr(module, "cfg", None)
-    in_bands = int(getattr(cfg, "in_bands", 4))
-    module.eval().to(device)
-    return LoadedModel(module=module, name=name, in_bands=in_bands, norm=norm, card=card_dict,
-                       weights=Path(weights) if weights is not None else None)
-
-
-def _open(config: RunConfig, early: ModelInputs | None, stack: ExitStack, progress: Progress,
-          warnings: list[str]) -> tuple[OpenedInputs, LoadedModel, torch.device]:  # fmt: skip
-    """Open and check the optical image and the run's other rasters, load the model and open exactly the inputs it
-    declares (those ``early`` — read off its class before loading — already named are opened before the model is
-    loaded, so a bad file fails before the weights are read)."""
-    with input_read_errors("an input raster"):
-        inp = _open_scene(config, stack)
-        if early is not None:
-            _open_declared(config, inp, early, stack, progress, warnings)
-    device = resolve_device(config.device)
-    model = load_model(config, device)
-    if model.in_bands != len(config.bands) and not getattr(model.module, "any_bands", False):
-        raise ModelError(
-            f"model '{model.name}' takes {model.in_bands} optical bands but --bands lists {len(config.bands)}"
-        )
-    declared = inputs_of(model.module, model.name)
-    if declared != inp.declared:  # only when the class could not be told before loading
-        require_roles(declared, config)
-        with input_read_errors("an input raster"):
-            _open_declared(config, inp, declared, stack, progress, warnings)
-    _check_mask(config, inp, progress, warnings)
-    return inp, model, device
-
-
-def _open_scene(config: RunConfig, stack: ExitStack) -> OpenedInputs:
-    """Open and check the optical image (it defines the grid) and the run's own rasters: land cover, cloud mask,
-    reference."""
-    opt = stack.enter_context(open_raster(config.optical, "optical"))
-    require_georeferenced(opt, "optical image")
-    if opt.count < 4:
-        raise InputError(
-            f"optical image must have at least 4 bands (B, G, R, NIR), this one has {opt.count}: {config.optical}"
-        )
-    check_bands(opt, "optical image", config.bands)
-    extra: dict[str, rasterio.io.DatasetReader | None] = {"landcover": None, "mask": None}
-    for role in ("landcover", "mask", "reference"):
-        path = getattr(config, role)
-        if path is None:
-            continue
-        ds = stack.enter_context(open_raster(path, role.replace("landcover", "land cover")))
-        require_georeferenced(ds, role)
-        if role in extra:
-            extra[role] = ds
-    grid = Grid.of(opt)
-    if not has_any_valid(opt, config.bands):
-        raise InputError(f"optical image has no valid pixel (everything is nodata): {config.optical}")
-    for role, ds in extra.items():
-        if ds is not None and not bounds_overlap(ds, grid):
-            raise InputError(f"{role} raster does not overlap the optical image: {ds.name}")
-    if extra["mask"] is not None and extra["mask"].count not in (1, 8):
-        raise InputError(
-            f"cloud mask must have 1 band (1 = cloud) or 8 (Planet UDM2), this one has {extra['mask'].count}"
-        )
-    return OpenedInputs(optical=opt, landcover=extra["landcover"], mask=extra["mask"], grid=grid,
-                   band_index=[b - 1 for b in config.bands])  # fmt: skip
-
-
-def _open_declared(config: RunConfig, inp: OpenedInputs, declared: ModelInputs, stack: ExitStack, progress: Progress,
-                   warnings: list[str]) -> None:  # fmt: skip
-    """Open the inputs ``declared`` names that are not open yet (engine.align.inputs: one path for every role), resolve
-    the acquisition times it needs, and warn about the given inputs it does not take (never opened)."""
-    ignored = ignored_inputs(declared, config) if inp.declared is None else []
-    first = 1 if ignored and not declared.uses_sar and config.sar is not None else 0  # the SAR's, said up front
-    for message in ignored[:first]:
-        record_warning(progress, warnings, message)
-    if declared.needs_dates and not inp.dates:
-        inp.dates = acquisition_dates(config, progress, warnings)
-    opened = {i.name: i for i in inp.roles}
-    todo = tuple(r for r in declared.roles if r not in opened)
-    opened.update({i.name: i for i in open_roles(todo, config, inp.grid, inp.optical, stack, progress, warnings)})
-    inp.roles = [opened[r] for r in declared.roles]
-    for message in ignored[first:]:
-        record_warning(progress, warnings, message)
-    inp.declared = declared
-
-
-def _check_mask(config: RunConfig, inp: OpenedInputs, progress: Progress, warnings: list[str]) -> None:
-    """When the mask decides what changes, its coverage (a warning below 99.9 %); --only-cloudy without a mask
-    says it falls back to detected clouds."""
-    if inp.mask is not None and composite_feather(config, inp) is not None:
-        with input_read_errors("the cloud mask"):
-            checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
-                             warnings, without="a cloud-mask value")  # fmt: skip
-    elif config.only_cloudy:
-        record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
-                       "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
-                       "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
-
-
-def _decide_optical_scale(config: RunConfig, inp: OpenedInputs, norm: normalise.NormalisationConfig) -> float:
-    if config.optical_scale == "dn":
-        return float(norm.optical_scale)
-    if config.optical_scale == "reflectance":
-        return 1.0
-    sample = read_sample(inp.optical, config.bands)
-    ok = valid_mask(sample, inp.optical.nodata)
-    detected = normalise.detect_optical_scale(sample[:, ok])
-    if detected == 1.0:
-        log.info("optical values look like reflectance in [0, 1] (force with --optical-scale dn)")
-        return 1.0
-    return float(norm.optical_scale)
 
 
 def _output_metadata(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner,
@@ -499,9 +329,9 @@ def _decloud(
     warnings: list[str] = []
     early = precheck(config, default_model_name())
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
-        inp, model, device = _open(config, early, stack, progress, warnings)
-        _prepare_inputs(config, inp, model)
-        _open_aligned_readers(config, inp, stack)
+        inp, model, device = open_scene_and_model(config, early, stack, progress, warnings)
+        prepare_inputs(config, inp, model)
+        open_aligned_readers(config, inp, stack)
         held = _plan_scene_check(config, inp, model, progress, warnings)
         _adapt(config, inp, model, device, progress, warnings, held)
         _scene_check(config, inp, model, device, progress, warnings, held)
@@ -565,14 +395,6 @@ def _plan(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: Infe
         on_start(RunPlan(len(grid), spec.width, spec.height, Path(config.out), model.name, device_name))
     progress.update(0.0, f"tile 0/{len(grid)}")
     return spec, grid, device_name
-
-
-def _prepare_inputs(config: RunConfig, inp: OpenedInputs, model: LoadedModel) -> None:
-    """Decide what depends on the model's normalisation: the optical scale and the inputs' fills."""
-    with input_read_errors("an input raster"):
-        inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
-        for item in inp.roles:
-            item.prepare(model.norm)
 
 
 def _plan_scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, progress: Progress,
@@ -644,15 +466,6 @@ def _start_runner(config: RunConfig, inp: OpenedInputs, model: LoadedModel, devi
     if device.type == "cuda" and memory.concurrent < config.batch:
         runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time
     return runner, accel
-
-
-def _open_aligned_readers(config: RunConfig, inp: OpenedInputs, stack: ExitStack) -> None:
-    """Window readers that bring the model's inputs and the mask onto the optical grid, closed with ``stack``."""
-    for item in inp.roles:
-        item.open_reader(stack, inp.grid)
-    if inp.mask is not None:
-        mask_bands = tuple(range(1, inp.mask.count + 1))
-        inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
 
 
 def _stream(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
