@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def parse_datetime(text: str) -> datetime:
                 continue
     if dt is None:
         raise InputError(f"cannot read an acquisition date from '{text}' (expected ISO 8601 or YYYY:MM:DD HH:MM:SS)")
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def option(default: Any, help: str, *, kind: str, **row: Any) -> Any:

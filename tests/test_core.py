@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.align.reader import cloudmask
+from engine.align import cloudmask
 from engine.errors import ModelError
 from engine.models import build_model, list_models
 from engine.sources import landcover, normalise
