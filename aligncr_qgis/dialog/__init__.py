@@ -87,6 +87,8 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.validate()
 
     def _build(self) -> None:
+        """Each panel builds its group; here they are laid out: inputs, extra dates, output and the issues line on
+        the left, model and processing on the right, the progress bar and buttons below."""
         self.bar = QgsMessageBar(self)
         self.bar.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Fixed)
         inputs = self._build_inputs()
@@ -126,6 +128,8 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.resize(1060, 560)
 
     def _connect(self) -> None:
+        """Wire the panels' signals to their reactions and to the live check; done after the settings are restored
+        and the default layers picked (the constructor then runs each reaction once itself)."""
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
         QgsProject.instance().layersAdded.connect(self._on_layers_added)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
@@ -152,6 +156,8 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.help_button.clicked.connect(lambda: QDesktopServices.openUrl(QUrl(help_url())))
 
     def _load_settings(self) -> None:
+        """Restore every panel's last values, then refresh what follows from them (the feather's state, the device
+        and model lists, the *Draw…* button, the environment line)."""
         s = self.settings
         self.python_widget.setFilePath(s.python)
         self.python_widget.lineEdit().setPlaceholderText(self.tr("automatic: {0}").format(resolve_python('')))
@@ -179,6 +185,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
             self._show_env(self.settings.env_cache)
 
     def save_settings(self) -> None:
+        """Keep every panel's values for the next session (on *Run*, on close, after an install or a check)."""
         s = self.settings
         s.python = self.python_widget.filePath().strip()
         s.tile, s.overlap, s.batch = self.tile_spin.value(), self.overlap_spin.value(), self.batch_spin.value()
@@ -203,6 +210,8 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         s.save()
 
     def validate(self, *_: Any) -> L.CheckResult:
+        """The live check of every panel (inputs, model weights, extent, extra dates, DEM, option values): shows the
+        issues and the SAR overlap, offers the UTM warp, and enables *Run* only when nothing is an error."""
         res = L.check_inputs(self.check_inputs())
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         entry = self._registry_entry(value) if kind == "registry" else None
@@ -244,9 +253,11 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
             res.error(str(exc))
 
     def issue_messages(self) -> list[str]:
+        """The last check's messages, in order (what the issues line shows, without its markup)."""
         return [i.message for i in self.last_check.issues]
 
     def _error(self, message: str) -> None:
+        """Show an error in the dialog's bar and the log, and in QGIS's bar when the dialog is closed."""
         self.bar.pushMessage("Align-CR", message, Qgis.MessageLevel.Critical, 0)
         QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Critical)
         if self.iface is not None and not self.isVisible():
@@ -258,4 +269,5 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
 
 
 def _html(text: str) -> str:
+    """An issue message made safe for the rich-text issues line (paths may hold ``<`` or ``&``)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
