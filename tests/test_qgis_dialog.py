@@ -12,8 +12,10 @@ pytest.importorskip("qgis.core")
 import rasterio  # noqa: E402
 from qgis.core import QgsApplication, QgsRasterLayer, QgsRectangle, QgsSettings  # noqa: E402
 
-from aligncr_qgis import dialog as dialog_mod  # noqa: E402
-from aligncr_qgis.dialog import EXTENT_LAYER, AlignCRDialog  # noqa: E402
+from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
+from aligncr_qgis.dialog import inputs as dialog_inputs  # noqa: E402
+from aligncr_qgis.dialog import outputs as dialog_outputs  # noqa: E402
+from aligncr_qgis.dialog.processing import EXTENT_CANVAS, EXTENT_LAYER  # noqa: E402
 from tests.qgis_fixtures import close_dialog, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, add_layer, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
 
@@ -197,7 +199,7 @@ def test_canvas_extent_is_transformed_to_the_optical_crs(project, dlg: AlignCRDi
     full = opt.extent()
     quarter = QgsRectangle(full.xMinimum(), full.yMinimum(), full.center().x(), full.center().y())
     canvas.setExtent(QgsCoordinateTransform(opt.crs(), wgs84, project).transformBoundingBox(quarter))
-    dlg.extent_combo.setCurrentIndex(dlg.extent_combo.findData(dialog_mod.EXTENT_CANVAS))
+    dlg.extent_combo.setCurrentIndex(dlg.extent_combo.findData(EXTENT_CANVAS))
     got = dlg.processing_extent()
     assert got is not None and got.intersects(quarter)
     assert got.center().x() == pytest.approx(quarter.center().x(), abs=10.0)  # metres, in UTM again
@@ -213,7 +215,7 @@ def test_canvas_extent_is_transformed_to_the_optical_crs(project, dlg: AlignCRDi
 def test_cancel_stops_the_engine_and_writes_nothing(project, dlg: AlignCRDialog, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     root = fake_engine(tmp_path / "fake", tiles=100, delay=0.1)  # ~10 s if not cancelled
-    monkeypatch.setattr(dialog_mod, "engine_root", lambda: root)
+    monkeypatch.setattr(dialog_outputs, "engine_root", lambda: root)
     opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
     sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     out = tmp_path / "never.tif"
@@ -236,7 +238,7 @@ def test_cancel_stops_the_engine_and_writes_nothing(project, dlg: AlignCRDialog,
 def test_engine_error_goes_to_message_bar_not_traceback(project, dlg: AlignCRDialog, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     root = fake_engine(tmp_path / "fake", fail="error")
-    monkeypatch.setattr(dialog_mod, "engine_root", lambda: root)
+    monkeypatch.setattr(dialog_outputs, "engine_root", lambda: root)
     opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
     sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     choose(dlg, opt, sar, tmp_path / "o.tif")
@@ -287,9 +289,9 @@ def test_weights_file_shows_model_card_and_is_passed_as_weights(project, qgis_if
 
 def test_report_entry_prefers_report_html(tmp_path: Path) -> None:
     (tmp_path / "a.html").write_text("x")
-    assert dialog_mod._report_entry(str(tmp_path)) == str(tmp_path / "a.html")
+    assert dialog_outputs._report_entry(str(tmp_path)) == str(tmp_path / "a.html")
     (tmp_path / "report.html").write_text("x")
-    assert dialog_mod._report_entry(str(tmp_path)) == str(tmp_path / "report.html")
+    assert dialog_outputs._report_entry(str(tmp_path)) == str(tmp_path / "report.html")
 
 
 def test_settings_persist_between_sessions(project, qgis_iface, tmp_path: Path) -> None:
@@ -369,7 +371,8 @@ def test_default_layers_and_output_that_follows(project, qgis_iface, tmp_path: P
     finally:
         d.deleteLater()
     qgis_iface.setActiveLayer(opt_c)
-    monkeypatch.setattr(dialog_mod, "writable", lambda folder: folder != str(tmp_path / "c") and Path(folder).is_dir())
+    monkeypatch.setattr(dialog_inputs, "writable",
+                        lambda folder: folder != str(tmp_path / "c") and Path(folder).is_dir())
     d = AlignCRDialog(qgis_iface)
     try:
         assert d.optical_combo.currentLayer() == opt_c and d.sar_combo.currentLayer() == sar
@@ -404,7 +407,7 @@ def test_every_control_has_a_tooltip_and_help_points_at_the_readme(project, dlg:
     assert [name for name, widget in found.items() if not widget.toolTip().strip()] == []
     opened = []
     monkey = pytest.MonkeyPatch()
-    monkey.setattr(dialog_mod.QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
+    monkey.setattr(dialog_outputs.QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
     try:
         dlg.help_button.click()
     finally:

@@ -48,7 +48,10 @@ def untranslated(source: str, name: str = "<src>") -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("module", ["dialog.py", "plugin.py", "install_dialog.py", "provider.py", "layers.py",
+DIALOG = sorted(p.relative_to(PLUGIN).as_posix() for p in (PLUGIN / "dialog").glob("*.py"))  # one module a panel
+
+
+@pytest.mark.parametrize("module", [*DIALOG, "plugin.py", "install_dialog.py", "provider.py", "layers.py",
                                     "algorithms/base.py", "algorithms/declouding.py", "algorithms/evaluate.py",
                                     "algorithms/ndvi.py"])
 def test_gui_strings_go_through_tr(module: str) -> None:

@@ -1,0 +1,343 @@
+"""The dialog's Inputs panel and its Extra dates group: the layer pickers, their band mapping and the checks on them.
+
+A part of :class:`aligncr_qgis.dialog.AlignCRDialog` (a mixin: its widgets are the dialog's attributes). The chosen
+model decides what is shown here: a temporal model (``temporal_inputs`` in its ``engine models --json`` entry:
+msop-unet, gapfill) shows the "Extra dates" group, the images before and after the cloudy one (and, for gapfill,
+optional acquisition times); a model without SAR input (gapfill) disables the SAR row, which validation then skips
+and the command line omits; a model built with a DEM input (``uses_dem``, or ``dem`` in a weights file's card)
+shows a DEM picker.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QWidget
+
+from aligncr_qgis import layers as L
+from aligncr_qgis.dialog.widgets import option_spin
+from aligncr_qgis.model_cards import temporal_info
+from aligncr_qgis.model_cards import uses_sar as model_uses_sar
+from aligncr_qgis.run_options import choice_items
+
+# The extra dates of temporal models: engine option (``optical_prev`` → ``--optical-prev`` …) → dialog label.
+EXTRA_LAYERS = {
+    "optical_prev": "Optical before (t−1)",
+    "sar_prev": "SAR before (t−1)",
+    "optical_next": "Optical after (t+1)",
+    "sar_next": "SAR after (t+1)",
+}
+EXTRA_DATES = {
+    "date": "Date of the cloudy image",
+    "date_prev": "Date before (t−1)",
+    "date_next": "Date after (t+1)",
+}
+DATE_HINT = "from the layer's metadata, or e.g. 2021-06-01T10:30:00Z"
+
+
+class InputsPanel:
+    """Optical and SAR layers with their bands, land cover, mask (and *Replace only the cloud*), reference, DEM, the
+    extra dates of a temporal model; what the engine gets as its inputs (:meth:`check_inputs`, :meth:`extra_dates`)."""
+
+    def _raster_combo(self, optional: bool) -> QgsMapLayerComboBox:
+        """A raster-layer picker; an optional one starts empty."""
+        combo = QgsMapLayerComboBox(self)
+        combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        combo.setAllowEmptyLayer(optional)
+        if optional:
+            combo.setLayer(None)
+        return combo
+
+    def _build_inputs(self) -> QGroupBox:
+        """The Inputs group: optical and SAR layers with their band mapping, land cover, mask, reference."""
+        inputs = QGroupBox(self.tr("Inputs"), self)
+        form = QFormLayout(inputs)
+        self.optical_combo = self._raster_combo(False)
+        self.optical_combo.setToolTip(self.tr("The cloudy optical image: 4 bands or more (B, G, R, NIR), a CRS "
+                                              "projected in metres"))
+        form.addRow(self.tr("Cloudy optical (PlanetScope)"), self.optical_combo)
+        band_row = QHBoxLayout()
+        self.optical_band_combos: dict[str, QgsRasterBandComboBox] = {}
+        for role in L.OPTICAL_ROLES:
+            band_row.addWidget(QLabel(role))
+            combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(self.tr("The optical band holding {0} (guessed from the band names)").format(role))
+            self.optical_band_combos[role] = combo
+            band_row.addWidget(combo, 1)
+        form.addRow(self.tr("Bands"), band_row)
+        self.sar_combo = self._raster_combo(False)
+        self.sar_combo.setToolTip(self.tr("Sentinel-1 GRD image of the same place (VV and VH), any CRS: the engine "
+                                          "reprojects it onto the optical grid"))
+        self.sar_label = QLabel(self.tr("Sentinel-1 SAR"), self)
+        form.addRow(self.sar_label, self.sar_combo)
+        sar_row = QHBoxLayout()
+        self.sar_band_combos: dict[str, QgsRasterBandComboBox] = {}
+        for role in L.SAR_ROLES:
+            sar_row.addWidget(QLabel(role))
+            combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(self.tr("The SAR band holding {0}").format(role))
+            self.sar_band_combos[role] = combo
+            sar_row.addWidget(combo, 1)
+        sar_row.addWidget(QLabel(self.tr("Units")))
+        self.units_combo = QComboBox(self)
+        self.units_combo.setToolTip(self.tr("Whether the SAR values are backscatter in dB or linear power; "
+                                            "auto-detect reads the value range"))
+        for key, label in choice_items("sar_units"):
+            self.units_combo.addItem(self.tr(label), key)
+        sar_row.addWidget(self.units_combo)
+        form.addRow(self.tr("Bands"), sar_row)
+        self.landcover_combo = self._raster_combo(True)
+        self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
+        form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
+        self.mask_combo = self._raster_combo(True)
+        self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
+                                           "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
+        form.addRow(self.tr("Cloud mask (optional)"), self.mask_combo)
+        keep_row = QHBoxLayout()
+        self.only_cloudy_check = QCheckBox(self.tr("Replace only the cloud, keep clear pixels"), self)
+        self.only_cloudy_check.setToolTip(
+            self.tr("Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended "
+            "into "
+            "the input over the feather width beyond the cloud's edge. The cloud is the cloud mask's when one is "
+            "chosen, else the clouds detected on the optical image (bright, flat pixels; a real mask is better). "
+            "Off: the model's output everywhere, as in the paper.")
+        )
+        self.feather_spin = option_spin("cloud_feather", 1, " px")
+        self.feather_spin.setToolTip(self.tr("Blend width beyond the cloud's edge (0 = hard edge)"))
+        keep_row.addWidget(self.only_cloudy_check, 1)
+        keep_row.addWidget(QLabel(self.tr("Feather")))
+        keep_row.addWidget(self.feather_spin)
+        form.addRow("", keep_row)
+        self.reference_combo = self._raster_combo(True)
+        self.reference_combo.setToolTip(self.tr("A cloud-free acquisition of the same place (optional): the report "
+                                                "scores the result against it"))
+        form.addRow(self.tr("Cloud-free reference (optional)"), self.reference_combo)
+        self.dem_combo = self._raster_combo(True)
+        self.dem_combo.setToolTip(self.tr("Elevation in metres, for models built with a DEM input"))
+        self.dem_label = QLabel(self.tr("DEM (elevation in metres)"), self)
+        self.dem_label.setToolTip(self.tr("One-band elevation raster (e.g. SRTM) in any CRS; the engine reprojects it "
+                                  "bilinearly onto the optical grid. Only models built with a DEM input use it."))
+        form.addRow(self.dem_label, self.dem_combo)
+        self.dem_label.setVisible(False)
+        self.dem_combo.setVisible(False)
+        self.overlap_label = QLabel("", self)
+        form.addRow(self.tr("SAR overlap"), self.overlap_label)
+        return inputs
+
+    def _build_temporal(self) -> None:
+        """The Extra dates group (temporal models only; hidden until one is chosen)."""
+        self.temporal_box = QGroupBox(self.tr("Extra dates"), self)
+        tform = QFormLayout(self.temporal_box)
+        self.extra_combos: dict[str, QgsMapLayerComboBox] = {}
+        self.date_edits: dict[str, QLineEdit] = {}
+        self._extra_rows: dict[str, tuple[QLabel, QWidget]] = {}
+        for key, label in EXTRA_LAYERS.items():
+            combo = self._raster_combo(True)
+            combo.setToolTip(self.tr("{0}: for temporal models").format(label))
+            self.extra_combos[key] = combo
+            self._extra_rows[key] = (QLabel(label, self), combo)
+            tform.addRow(*self._extra_rows[key])
+        for key, label in EXTRA_DATES.items():
+            edit = QLineEdit(self)
+            edit.setPlaceholderText(DATE_HINT)
+            edit.setToolTip(self.tr("ISO 8601 acquisition time; empty = read from the layer's metadata"))
+            self.date_edits[key] = edit
+            self._extra_rows[key] = (QLabel(label + " (optional)", self), edit)
+            tform.addRow(*self._extra_rows[key])
+        self.temporal_box.setVisible(False)
+        self.temporal_box.setEnabled(False)
+
+    def _on_optical_changed(self, *_: Any) -> None:
+        layer = self.optical_combo.currentLayer()
+        guess = L.guess_bands(L.band_descriptions(layer), L.OPTICAL_ROLES) if layer else {}
+        for role, combo in self.optical_band_combos.items():
+            combo.setLayer(layer)
+            if layer is not None:
+                combo.setBand(guess[role])
+        current = self.output_widget.filePath()
+        if layer is not None and (not current or current == self.auto_output):  # the user has not edited it
+            self.auto_output = os.path.join(self._output_folder(layer), f"{layer.name()}_declouded.tif")
+            self.output_widget.setFilePath(self.auto_output)
+        self.validate()
+
+    def _output_folder(self, layer: QgsRasterLayer) -> str:
+        """The first writable of: the folder last written to, the optical's folder, the project's, the home one."""
+        candidates = [self.settings.output_dir, os.path.dirname(L.layer_path(layer)) if _is_file(layer) else "",
+                      QgsProject.instance().homePath(), os.path.expanduser("~")]
+        return next((c for c in candidates if c and writable(c)), os.path.expanduser("~"))
+
+    def _on_layers_added(self, *_: Any) -> None:
+        """A picker that was empty selects the first added layer without emitting ``layerChanged``, so the band
+        mapping stayed empty; pick the defaults again and follow whatever the pickers now show."""
+        self.pick_default_layers()
+        if self.optical_band_combos[L.OPTICAL_ROLES[0]].layer() != self.optical_combo.currentLayer():
+            self._on_optical_changed()
+        if self.sar_band_combos[L.SAR_ROLES[0]].layer() != self.sar_combo.currentLayer():
+            self._on_sar_changed()
+
+    def pick_default_layers(self) -> None:
+        """Optical: the active layer when it has ≥ 4 bands, else the first layer that has; SAR: a 2-band layer
+        (issue 16: the 2-band S1 was picked as the optical). A choice that already fits is kept."""
+        layers = [self.optical_combo.layer(i) for i in range(self.optical_combo.count())]
+        rasters = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer)]
+        current = self.optical_combo.currentLayer()
+        if current is None or current.bandCount() < 4:
+            active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+            fits = [active] if isinstance(active, QgsRasterLayer) and active.bandCount() >= 4 else []
+            chosen = next(iter(fits + [lyr for lyr in rasters if lyr.bandCount() >= 4]), None)
+            if chosen is not None:
+                self.optical_combo.setLayer(chosen)
+        sar = self.sar_combo.currentLayer()
+        if sar is None or sar.bandCount() != 2:
+            chosen = next((lyr for lyr in rasters if lyr.bandCount() == 2), None)
+            if chosen is not None:
+                self.sar_combo.setLayer(chosen)
+
+    def _on_only_cloudy_toggled(self, *_: Any) -> None:
+        """The feather only means something when only-cloudy is on."""
+        self.feather_spin.setEnabled(self.only_cloudy_check.isChecked())
+
+    def _on_sar_changed(self, *_: Any) -> None:
+        layer = self.sar_combo.currentLayer()
+        guess = L.guess_bands(L.band_descriptions(layer), L.SAR_ROLES) if layer else {}
+        for role, combo in self.sar_band_combos.items():
+            combo.setLayer(layer)
+            if layer is not None:
+                combo.setBand(guess[role])
+        self.validate()
+
+    def _show_temporal(self, arch: str) -> None:
+        """Show the "Extra dates" group, with the rows the model uses, only for a temporal model."""
+        self.temporal = temporal_info(self._registry_entry(arch), arch) if arch else None
+        info = self.temporal
+        self.temporal_box.setVisible(info is not None)
+        self.temporal_box.setEnabled(info is not None)
+        if info is None:
+            return
+        self.temporal_box.setTitle(self.tr("Extra dates for {0} (images before and after the cloudy one)").format(arch))
+        for key, (label, widget) in self._extra_rows.items():
+            shown = key in info.keys() if key in EXTRA_LAYERS else info.needs_dates
+            label.setVisible(shown)
+            widget.setVisible(shown)
+            widget.setEnabled(shown)
+
+    def _show_sar(self, arch: str) -> None:
+        """A model without SAR input (gapfill) needs no SAR layer: its row is disabled and marked unused."""
+        self.uses_sar = model_uses_sar(self._registry_entry(arch), arch) if arch else True
+        self.sar_label.setText("Sentinel-1 SAR" if self.uses_sar else f"Sentinel-1 SAR (not used by {arch})")
+        for widget in (self.sar_combo, *self.sar_band_combos.values(), self.units_combo):
+            widget.setEnabled(self.uses_sar)
+
+    def _show_dem(self, shown: bool) -> None:
+        """The DEM picker, only for a model built with a DEM input (Cresson U-Nets with ``dem=True``)."""
+        self.uses_dem = shown
+        for widget in (self.dem_label, self.dem_combo):
+            widget.setVisible(shown)
+            widget.setEnabled(shown)
+
+    def check_inputs(self) -> L.CheckInputs:
+        opt = self.optical_combo.currentLayer()
+        sar = self.sar_combo.currentLayer() if self.uses_sar else None
+        return L.CheckInputs(
+            optical=opt,
+            sar=sar,
+            optical_bands={r: c.currentBand() for r, c in self.optical_band_combos.items()} if opt else {},
+            sar_bands={r: c.currentBand() for r, c in self.sar_band_combos.items()} if sar else {},
+            landcover=self.landcover_combo.currentLayer(),
+            mask=self.mask_combo.currentLayer(),
+            reference=self.reference_combo.currentLayer(),
+            extent=self.processing_extent(),
+            output=self.output_widget.filePath(),
+            sar_required=self.uses_sar,
+        )
+
+    def _check_extra_dates(self, res: L.CheckResult) -> None:
+        info = self.temporal
+        if info is None:
+            return
+        for key in info.keys():
+            label = EXTRA_LAYERS[key]
+            layer = self.extra_combos[key].currentLayer()
+            if layer is None:
+                res.error(self.tr("Model '{0}' needs the {1} layer (Extra dates).").format(self.temporal_model, label))
+                continue
+            if L.check_layer(res, label, layer):
+                self._check_overlap(res, label, layer, "it")
+        if info.needs_dates:
+            for key, label in EXTRA_DATES.items():
+                text = self.date_edits[key].text().strip()
+                if text and parse_date(text) is None:
+                    res.error(self.tr("{0}: '{1}' is not a date (ISO 8601, e.g. 2021-06-01T10:30:00Z).")
+                              .format(label, text))
+
+    def _check_dem(self, res: L.CheckResult) -> None:
+        if not self.uses_dem:
+            return
+        layer = self.dem_combo.currentLayer()
+        if layer is None:
+            res.error(self.tr("Model '{0}' was built with a DEM input: choose the DEM layer (elevation in metres).")
+                      .format(self.model_arch))
+            return
+        if not L.check_layer(res, "DEM", layer):
+            return
+        if layer.bandCount() != 1:
+            res.error(self.tr("DEM layer has {0} bands; one band of elevation is needed.").format(layer.bandCount()))
+        self._check_overlap(res, "DEM", layer, "elevation")
+
+    def _check_overlap(self, res: L.CheckResult, label: str, layer: QgsRasterLayer, without: str) -> None:
+        """An extra raster (DEM, extra date) that misses the optical layer is an error, a partial one a warning —
+        the engine's own rule at run time, said before the run."""
+        opt = self.optical_combo.currentLayer()
+        if opt is None or not opt.crs().isValid():
+            return
+        pct = L.overlap_percent(opt, layer)
+        if pct <= 0.0:
+            res.error(self.tr("{0} layer does not overlap the optical layer (0 % overlap).").format(label))
+        elif pct < 99.5:
+            res.warning(self.tr("{0} layer covers only {1:.1f} % of the optical area; pixels without {2} are left "
+                                "as the input.").format(label, pct, without))
+
+    def extra_dates(self) -> dict[str, str]:
+        """The extra rasters (paths) and typed dates the chosen temporal model uses, by run option name."""
+        info = self.temporal
+        if info is None:
+            return {}
+        out: dict[str, str] = {}
+        for key in info.keys():
+            layer = self.extra_combos[key].currentLayer()
+            if layer is not None:
+                out[key] = L.layer_path(layer)
+        if info.needs_dates:
+            for key in EXTRA_DATES:
+                text = self.date_edits[key].text().strip()
+                if text:
+                    out[key] = text
+        return out
+
+
+def parse_date(text: str) -> datetime | None:
+    """An ISO 8601 date/time (``Z`` allowed) as the engine accepts it with ``--date``, or None."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def writable(folder: str) -> bool:
+    """Whether the dialog may propose an output in ``folder``."""
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
+
+
+def _is_file(layer: QgsRasterLayer) -> bool:
+    """The layer is a local file (not only a GDAL dataset name such as /vsizip/…, which has no folder to offer)."""
+    try:
+        return os.path.isfile(L.layer_path(layer))
+    except L.LayerError:
+        return False
