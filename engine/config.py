@@ -5,7 +5,7 @@ Every run option is declared once, as a field of :class:`RunConfig` made with :f
 (``kind``), default, allowed values, help, CLI flag, short label, group and which models use it. :data:`OPTIONS`
 is that table read back from the fields, and every front end is generated from it or reads it: the ``engine run``
 parser (:mod:`engine.commands.run`), the plugin's command line (:func:`run_arguments`), the Processing parameters
-(``aligncr_qgis/algorithms/declouding.py``) and the dialog's allowed values and ranges (``aligncr_qgis/dialog.py``).
+(``aligncr_qgis/algorithms/declouding.py``) and the dialog's allowed values and ranges (``aligncr_qgis/dialog/``).
 A new option is one field here plus its use in the engine.
 
 Why one module for both: everything that decides the output lives here so that a run is reproducible from its

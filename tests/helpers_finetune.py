@@ -3,7 +3,7 @@ with mask sidecars, Sentinel-1 in another CRS) and one assembled from the real S
 ``../shared/data`` (skipped when absent). Both are written into a temporary folder at test time, never into the
 repository.
 
-``python -m tests.helpers_finetune DIR`` writes the SSL4EO-S12 archive into DIR (the README's demo).
+``python -m tests.helpers_finetune DIR`` writes the SSL4EO-S12 archive into DIR (docs/model.md's fine-tune run).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ baselines with the same functions as :mod:`training.evaluate`. The grid is made 
 grid (M3R-CR's native 10 m) keeps its own pixel size over the same extent.
 
 ``python -m training.engine_check --out runs/engine_check --variant plain= --variant adapt=--adapt,80 \
---figure docs/scene_adapt_engine.png`` (what the README's scene-adaptation table and figure come from)
+--figure docs/scene_adapt_engine.png`` (what docs/model.md's scene-adaptation table and figure come from)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Held out from ``--adapt``: adaptation reads its windows with the checked windows
 on ground it was not trained to reproduce. That ground is lost to adaptation, so with ``--adapt`` the check keeps
 at most :data:`ADAPT_SHARE` of the grid's cells (on a 256-px scene, one 128-px window). Measured on the report
 split's 256-px real scenes, holding out all four cells cost adaptation 1 dB inside the real cloud, one cell 0.66 dB
-(README, *Scene check*); on a large scene four windows are a few per cent of its clear ground.
+(docs/measurements.md, *Scene check*); on a large scene four windows are a few per cent of its clear ground.
 """
 
 from __future__ import annotations

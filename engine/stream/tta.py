@@ -4,7 +4,7 @@ Why: a network that has learned the scene's content gives (nearly) the same reco
 turned; where it is guessing — under a thick cloud, far from any clear pixel, where the SAR says little — its
 guesses for a flipped or rotated tile disagree. The per-pixel spread of the outputs over the transforms is
 therefore a cheap confidence layer (no retraining, no second model). How well it marks the error is measured by
-``benchmarks/confidence_correlation.py`` (README, "Confidence layer").
+``benchmarks/confidence_correlation.py`` (docs/measurements.md, "Confidence layer").
 
 Transforms: elements of the dihedral group D4 (the 8 symmetries of a square), each applied to the optical AND the
 SAR (and any packed extra input: other dates, DEM) of a tile *identically and as whole tiles*, so they stay
