@@ -22,6 +22,8 @@ estimate had to reach.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -31,6 +33,14 @@ from scipy import ndimage
 SIZES = (9, 17, 33, 65, 129)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
 THETA = 0.15  # clear share of a window at which a scale's local mean and the coarser estimate weigh the same
 REACH = 2 * (SIZES[-1] // 2)  # px: the largest window's reach, hence the halo a chunk needs
+
+
+@dataclass(frozen=True)
+class PriorInput:
+    """For a model that takes the estimate (``prior``) outside the tile loop — scene adaptation's crops, the scene
+    check's windows: the scene's clear medians their estimates fall back to, the channels packed after the others."""
+
+    medians: np.ndarray | None
 
 
 def _box(a: np.ndarray, size: int) -> np.ndarray:
