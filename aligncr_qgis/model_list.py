@@ -110,7 +110,7 @@ def has_weights(entry: dict[str, Any]) -> bool:
 
 
 def engine_default(entries: list[dict[str, Any]]) -> str:
-    """What the engine runs without ``--model`` (``engine.stream.scene.default_model_name``): the bundled
+    """What the engine runs without ``--model`` (``engine.stream.mode.default_model``): the bundled
     ``aligncr-lite`` weights when installed, else ``identity``."""
     lite = next((e for e in entries if e.get("name") == "aligncr-lite"), None)
     return "aligncr-lite" if lite is not None and lite.get("bundled_weights") else "identity"

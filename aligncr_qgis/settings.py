@@ -29,7 +29,7 @@ class PluginSettings:
     tile: int = OPTIONS["tile"].default
     overlap: int = OPTIONS["overlap"].default
     batch: int = OPTIONS["batch"].default
-    adapt: int = OPTIONS["adapt"].default  # scene adaptation steps before declouding (0 = off)
+    adapt: int = -1  # adaptation steps before declouding (0 = off, -1 = as the mode decides: --adapt left out)
     scene_check: bool = OPTIONS["scene_check"].default  # score the model vs flat / fill on the scene's clear ground
     colour_anchor: bool = OPTIONS["colour_anchor"].default  # take the model's colour drift out of the cloud
     sar_units: str = OPTIONS["sar_units"].default

@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 
 from engine.errors import EngineError
 from engine.stream import tta
-from engine.stream.scene import BUNDLED_WEIGHTS
+from engine.stream.mode import BUNDLED
 from training.datasets import AugmentConfig, TrainView
 from training.evaluate import load_model, open_dataset
 from training.inputs import input_keys
@@ -102,7 +102,8 @@ def measure(model: torch.nn.Module, view: TrainView, n: int, device: torch.devic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/confidence_correlation.py",
                                      description=__doc__.split("\n")[0])  # fmt: skip
-    parser.add_argument("--weights", default=str(BUNDLED_WEIGHTS), help="a .safetensors file (default: bundled)")
+    parser.add_argument("--weights", default=str(BUNDLED["aligncr-lite"]),
+                        help="a .safetensors file (default: the bundled aligncr-lite)")
     parser.add_argument("--data", required=True, help="dataset folder (as training/evaluate.py takes it)")
     parser.add_argument("--split", help="train | val | test (default: every sample; M3R-CR: test)")
     parser.add_argument("--csv", help="M3R-CR list file")

@@ -274,10 +274,10 @@ def _takes_no_sar(row: dict[str, str], manifest: Path) -> bool:
     if not row.get("model") and not row.get("weights"):
         return False
     from engine.models.roles import model_inputs
-    from engine.stream.scene import default_model_name
+    from engine.stream.mode import default_model
 
     weights = _resolve(row["weights"], manifest) if row.get("weights") else None
-    declared = model_inputs(row.get("model") or None, weights, default_model_name())
+    declared = model_inputs(row.get("model") or None, weights, default_model())
     return declared is not None and not declared.uses_sar
 
 

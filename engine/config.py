@@ -42,6 +42,7 @@ INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "refe
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
 MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.stream.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
+MODES = ("best", "raw")  # --mode: what a run does by default (engine.stream.mode says what each means)
 MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 
@@ -231,7 +232,14 @@ class RunConfig:
         label="Cloud mask (binary or Planet UDM2)")  # a file, a GDAL name, or "auto"
     reference: Path | str | None = option(None, "cloud-free reference image (for the report's metrics)",
                                           kind="source", label="Cloud-free reference (metrics in the report)")
-    model: str | None = option(None, "registry model name (default: aligncr-lite if bundled weights, else identity)",
+    mode: str = option(
+        "best", "best (default): the bundled residual model (aligncr-res) adapted to this scene, only the cloud "
+        "replaced, and a scene check on the scene's own clear ground that falls back to the non-learned estimate "
+        "where the model loses there; raw: the network's output everywhere and nothing else unless asked (the "
+        "paper's setting; default model aligncr-lite)", kind="choice", choices=MODES,
+        choice_labels=("Best: residual model, adapted, checked on this scene", "Raw network output everywhere"),
+        label="Mode", group="model")
+    model: str | None = option(None, "registry model name (default: the mode's bundled model, else identity)",
                                kind="text", label="Model", group="model")
     weights: Path | None = option(None, ".safetensors weights file with its model card", kind="path",
                                   label="Weights (.safetensors; overrides the model)", group="model")
@@ -317,12 +325,12 @@ class RunConfig:
         group="tiling", minimum=1, maximum=MAX_TTA, metavar="N",
         label="Test-time augmentation passes: the mean over flips/rotations (0 = off, or 4 with a confidence "
         "layer; up to 8)")
-    adapt: int = option(
-        0, "scene adaptation: first fine-tune this run's copy of the model for STEPS steps on the scene's own clear "
-        "pixels with synthetic clouds (the cloud itself never a target; about 0.7 s a step on 2 CPU cores; the "
-        "weights file is unchanged; default 0 = off, 80 measured)", kind="int", group="tiling", minimum=0,
-        maximum=MAX_ADAPT_STEPS, metavar="STEPS",
-        label="Adapt to this scene first: fine-tuning steps on its clear pixels (0 = off)")
+    adapt: int | None = option(
+        None, "scene adaptation: first fine-tune this run's copy of the model for STEPS steps on the scene's own "
+        "clear pixels with synthetic clouds (the cloud itself never a target; the weights file is unchanged; "
+        "default: --mode best scales the steps to the scene, --mode raw 0 = off)", kind="int", group="tiling",
+        minimum=0, maximum=MAX_ADAPT_STEPS, metavar="STEPS",
+        label="Adapt to this scene first: fine-tuning steps on its clear pixels (empty = the mode's, 0 = off)")
     scene_check: bool = option(
         False, "scene check: score the model beside a flat colour and a smooth fill under synthetic clouds laid on a "
         "few of the scene's clear windows, and say which wins (no reference needed; a few seconds; with --adapt "
@@ -419,7 +427,7 @@ def check_options(values: Mapping[str, Any]) -> None:
                          f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
     if v["memory_budget"] is not None and not v["memory_budget"] > 0:
         raise InputError(f"--memory-budget must be a positive number of GB, got {v['memory_budget']}")
-    if not 0 <= v["adapt"] <= MAX_ADAPT_STEPS:
+    if v["adapt"] is not None and not 0 <= v["adapt"] <= MAX_ADAPT_STEPS:
         raise InputError(f"--adapt must be 0 (off) to {MAX_ADAPT_STEPS} steps, got {v['adapt']}")
     if not 0 <= v["cloud_feather"] <= MAX_FEATHER:
         raise InputError(f"--cloud-feather must be in [0, {MAX_FEATHER}] pixels, got {v['cloud_feather']}")

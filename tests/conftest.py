@@ -40,6 +40,19 @@ def _fp32_on_every_cpu(monkeypatch):
     monkeypatch.setattr(engine.stream.accel, "MAX_AUTO_CPU_WORKERS", 1)
 
 
+@pytest.fixture(autouse=True)
+def _short_default_adaptation(request, monkeypatch):
+    """``--mode best`` (the default) adapts the model to each scene for tens of steps first; in-process tests about
+    something else run it for 2 steps, so the default path is still exercised at the cost of a test. A test marked
+    ``full_adaptation`` sees the real step counts (engine.stream.mode)."""
+    if request.node.get_closest_marker("full_adaptation"):
+        return
+    import engine.stream.mode
+
+    monkeypatch.setattr(engine.stream.mode, "ADAPT_MIN", 2)
+    monkeypatch.setattr(engine.stream.mode, "ADAPT_MAX", 2)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of many tiny convs: on a shared 2-core box they run ~10x faster than with

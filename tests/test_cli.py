@@ -35,7 +35,7 @@ def test_progress_json_lines(tmp_path, pair, capsys):
     opt, sar = pair
     out = tmp_path / "o.tif"
     code = main(["run", "--optical", str(opt), "--sar", str(sar), "--out", str(out), "--tile", "32",
-                 "--overlap", "8", "--model", "identity", "--progress-json"])  # fmt: skip
+                 "--overlap", "8", "--model", "identity", "--mode", "raw", "--progress-json"])  # fmt: skip
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     events = [json.loads(line) for line in lines]  # every stdout line is one JSON object

@@ -49,7 +49,8 @@ def test_run_arguments_round_trip_through_the_engine_parser():
     """A value for every option, away from its default, built into a command line by the table and parsed back
     by `engine run`'s parser, gives the RunConfig those values make directly."""
     values = {"optical": "o.tif", "sar": "s.tif", "out": "x.tif", "landcover": "lc.tif", "mask": "auto",
-              "reference": "r.tif", "model": "msop-unet", "weights": "w.safetensors", "device": "cpu", "tile": 64,
+              "reference": "r.tif", "mode": "raw", "model": "msop-unet", "weights": "w.safetensors", "device": "cpu",
+              "tile": 64,
               "overlap": 8, "batch": 2, "cog": True, "bands": (3, 2, 1, 4), "sar_bands": (2, 1), "sar_units": "db",
               "optical_scale": "reflectance", "sar_resampling": "bilinear", "report": "rep", "baselines": False,
               "optical_prev": "p.tif", "optical_next": "n.tif", "sar_prev": "sp.tif", "sar_next": "sn.tif",

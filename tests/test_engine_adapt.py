@@ -43,6 +43,7 @@ def _scene(tmp_path, clear: tuple[float, ...], cloud: float, cloud_fraction: flo
 
 def _run(opt, sar, out, **kw):
     kw.setdefault("model", "test-bias")
+    kw.setdefault("mode", "raw")  # --adapt as asked, nothing else (the default --mode best: test_mode.py)
     return run(RunConfig(optical=opt, sar=sar, out=out, device="cpu", tile=64, overlap=8, **kw))
 
 

@@ -158,7 +158,7 @@ def test_adaptation_never_targets_the_checked_clouds(tmp_path, monkeypatch):
 
     monkeypatch.setattr("engine.stream.pipeline.plan_check", plan_spy)
     opt, sar, mask = _scene(tmp_path)
-    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "out.tif", mask=mask, model="test-bias",
+    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "out.tif", mask=mask, model="test-bias", mode="raw",
                            device="cpu", tile=64, overlap=8, adapt=5, scene_check=True))  # fmt: skip
     (held,), (pool,) = planned, pools
     assert len(held) == 1  # with --adapt the check holds out at most a quarter of the 2×2 cells of 80 px
@@ -179,20 +179,20 @@ def test_adaptation_never_targets_the_checked_clouds(tmp_path, monkeypatch):
 
 def test_the_verdict_reaches_the_settings_the_cli_and_the_result_event(tmp_path, capsys):
     opt, sar, mask = _scene(tmp_path)
-    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "a.tif", mask=mask, model="test-bias",
+    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "a.tif", mask=mask, model="test-bias", mode="raw",
                            device="cpu", tile=64, overlap=8, scene_check=True))  # fmt: skip
     check = result.scene_check
     assert check is not None and not check.adapted and not check.beats_baselines  # a constant 0.5 loses
     assert check.sentence() in result.warnings
     with rasterio.open(tmp_path / "a.tif") as ds:
         assert json.loads(ds.tags()["ALIGNCR_SETTINGS"])["scene_check"] == check.as_tag()
-    plain = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "b.tif", mask=mask, model="test-bias", device="cpu",
-                          tile=64, overlap=8))  # fmt: skip
+    plain = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "b.tif", mask=mask, model="test-bias", mode="raw",
+                          device="cpu", tile=64, overlap=8))  # fmt: skip
     assert plain.scene_check is None
     with rasterio.open(tmp_path / "b.tif") as ds:
         assert "scene_check" not in json.loads(ds.tags()["ALIGNCR_SETTINGS"])
     args = ["run", "--optical", str(opt), "--sar", str(sar), "--mask", str(mask), "--model", "test-bias",
-            "--device", "cpu", "--tile", "64", "--overlap", "8", "--scene-check"]  # fmt: skip
+            "--device", "cpu", "--tile", "64", "--overlap", "8", "--scene-check", "--mode", "raw"]  # fmt: skip
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "c.tif"), "--json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -206,12 +206,12 @@ def test_batch_writes_each_scene_check_margin(tmp_path):
 
     opt, sar, mask = _scene(tmp_path)
     job = SceneJob(id="a", optical=opt, sar=sar, out=tmp_path / "a.tif", mask=mask, model="test-bias")
-    record = run_scene(job, {"scene_check": True, "device": "cpu", "tile": 64, "overlap": 8}, {})
+    record = run_scene(job, {"scene_check": True, "mode": "raw", "device": "cpu", "tile": 64, "overlap": 8}, {})
     assert record["status"] == "ok", record
     margin = float(record["scene_check_db"])
     assert margin < 0 and f"margin {margin:+.1f} dB" in record["warnings"]
     plain = run_scene(SceneJob(id="b", optical=opt, sar=sar, out=tmp_path / "b.tif", mask=mask, model="test-bias"),
-                      {"device": "cpu", "tile": 64, "overlap": 8}, {})  # fmt: skip
+                      {"mode": "raw", "device": "cpu", "tile": 64, "overlap": 8}, {})  # fmt: skip
     assert plain["scene_check_db"] == ""
 
 

@@ -29,7 +29,9 @@ def pair(tmp_path):
 
 
 def _cfg(opt, sar, out, **kw):
-    return RunConfig(optical=opt, sar=sar, out=out, **{"tile": 32, "overlap": 8, "model": "identity", **kw})
+    # the plain network's path (--mode raw); the default --mode best is tested in test_mode.py
+    return RunConfig(optical=opt, sar=sar, out=out, **{"tile": 32, "overlap": 8, "model": "identity", "mode": "raw",
+                                                       **kw})
 
 
 def test_round_trip_georeferencing_identity(tmp_path, pair):
@@ -48,18 +50,20 @@ def test_round_trip_georeferencing_identity(tmp_path, pair):
     assert not list(tmp_path.glob("*.tmp.tif"))
 
 
-def test_default_model_is_the_bundled_aligncr_lite(tmp_path, pair, monkeypatch):
-    """No --model: the bundled aligncr-lite weights run (they change the image); without them, identity."""
-    from engine.stream import scene
+def test_default_model_is_a_bundled_model(tmp_path, pair, monkeypatch):
+    """No --model: --mode raw runs the bundled aligncr-lite weights (they change the image); without any bundled
+    weights, identity."""
+    from engine.stream import mode
 
     opt, sar = pair
-    assert scene.BUNDLED_WEIGHTS.is_file(), f"no bundled weights where the engine looks: {scene.BUNDLED_WEIGHTS}"
-    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "lite.tif", tile=64, overlap=8))
+    lite = mode.BUNDLED["aligncr-lite"]
+    assert lite.is_file(), f"no bundled weights where the engine looks: {lite}"
+    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "lite.tif", tile=64, overlap=8, mode="raw"))
     assert result.model == "aligncr-lite"
     with rasterio.open(opt) as a, rasterio.open(tmp_path / "lite.tif") as b:
         assert not np.array_equal(a.read(), b.read())
-    monkeypatch.setattr(scene, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
-    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "id.tif", tile=64, overlap=8))
+    monkeypatch.setattr(mode, "BUNDLED", {k: tmp_path / "absent.safetensors" for k in mode.BUNDLED})
+    result = run(RunConfig(optical=opt, sar=sar, out=tmp_path / "id.tif", tile=64, overlap=8, mode="raw"))
     assert result.model == "identity"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligncr_qgis.model_list import DEFAULT, engine_default, has_weights, registry_models, scan_registry
-from engine.stream.scene import default_model_name
+from engine.stream.mode import default_model
 from tests.helpers_models import engine_models
 
 
@@ -30,7 +30,7 @@ def test_one_entry_per_model_cache_first() -> None:
     assert has_weights(by_name["identity"]) and has_weights(by_name["gapfill"])
     assert by_name["aligncr-lite"]["bundled_weights"][0].endswith("aligncr-lite.safetensors")
     assert has_weights(by_name["aligncr-lite"])
-    assert engine_default(entries) == default_model_name() and DEFAULT not in names
+    assert engine_default(entries) == default_model() and DEFAULT not in names
 
 
 def test_without_engine_or_weights(tmp_path: Path) -> None:

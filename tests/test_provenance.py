@@ -64,19 +64,19 @@ def test_output_keeps_the_input_metadata_and_says_how_it_was_made(tmp_path, scen
 def test_cog_only_cloudy_weights_and_ndvi(tmp_path, scene):
     opt, sar = scene
     mask = write_mask(tmp_path / "udm.tif", like=opt)
-    from engine.stream.scene import BUNDLED_WEIGHTS
+    from engine.stream.mode import BUNDLED
 
-    if not BUNDLED_WEIGHTS.is_file():
+    if not BUNDLED["aligncr-lite"].is_file():
         pytest.skip("no bundled weights")
     out = tmp_path / "out_cog.tif"
-    run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, weights=BUNDLED_WEIGHTS, tile=32, overlap=8, cog=True,
-                  only_cloudy=True, cloud_feather=3))  # fmt: skip
+    run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, weights=BUNDLED["aligncr-lite"], tile=32, overlap=8,
+                  cog=True, only_cloudy=True, cloud_feather=3))  # fmt: skip
     with rasterio.open(out) as ds:
         tags = ds.tags()
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert tags["ACQUISITIONDATETIME"] == ACQUIRED  # GDAL's COG copy keeps the default domain only
         assert ds.tags(1)["WAVELENGTH"] == "490" and ds.scales == (1e-4,) * 4
-        assert tags["ALIGNCR_WEIGHTS"] == weights_id(BUNDLED_WEIGHTS)
+        assert tags["ALIGNCR_WEIGHTS"] == weights_id(BUNDLED["aligncr-lite"])
         assert tags["ALIGNCR_MODEL"] == "aligncr-lite" and "others as acquired" in tags["ALIGNCR_PRODUCT"]
         settings = json.loads(tags["ALIGNCR_SETTINGS"])
         assert settings["only_cloudy"] is True and settings["cloud_feather"] == 3

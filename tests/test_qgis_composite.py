@@ -76,14 +76,14 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     pixels are the input bit for bit and the cloud is what the model writes without the option."""
     import processing
 
-    from engine.stream.scene import BUNDLED_WEIGHTS
+    from engine.stream.mode import BUNDLED
 
-    if not BUNDLED_WEIGHTS.is_file():
+    if not BUNDLED["aligncr-lite"].is_file():
         pytest.skip("no bundled weights")
     monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
     opt, sar = make_scene(tmp_path)
     mask = write_mask(opt, tmp_path / "mask.tif")
-    params = {"OPTICAL": str(opt), "SAR": str(sar), "MASK": str(mask), "WEIGHTS": str(BUNDLED_WEIGHTS),
+    params = {"OPTICAL": str(opt), "SAR": str(sar), "MASK": str(mask), "WEIGHTS": str(BUNDLED["aligncr-lite"]),
               "TILE": 64, "OVERLAP": 8}  # fmt: skip
     outs = {}
     qa = tmp_path / "qa.tif"

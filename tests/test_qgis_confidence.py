@@ -24,11 +24,11 @@ NAME = "confidence (TTA spread)"
 
 
 def _bundled() -> Path:
-    from engine.stream.scene import BUNDLED_WEIGHTS
+    from engine.stream.mode import BUNDLED
 
-    if not BUNDLED_WEIGHTS.is_file():
+    if not BUNDLED["aligncr-lite"].is_file():
         pytest.skip("no bundled weights")
-    return BUNDLED_WEIGHTS
+    return BUNDLED["aligncr-lite"]
 
 
 

@@ -318,12 +318,12 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
     three times and models without weights were selectable; the card box showed the raw card JSON."""
     from aligncr_qgis.model_list import NO_WEIGHTS
     from engine.commands.models import collect
-    from engine.stream.scene import BUNDLED_WEIGHTS
+    from engine.stream.mode import BUNDLED
     from tests.helpers_models import engine_models
 
-    if not BUNDLED_WEIGHTS.is_file():
+    if not BUNDLED["aligncr-lite"].is_file():
         pytest.skip("no bundled weights")
-    QgsSettings().setValue("aligncr/model", str(BUNDLED_WEIGHTS))  # what an older version saved
+    QgsSettings().setValue("aligncr/model", str(BUNDLED["aligncr-lite"]))  # what an older version saved
     d = AlignCRDialog(qgis_iface)
     try:
         ours = engine_models()
@@ -345,7 +345,7 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
         # the baselines a user compares against
         assert "flat" in card and "fill" in card and "Margin over best baseline" in card
         assert "{" not in card and "recipe" not in card  # a summary, not the raw card
-        assert d._bundled_file("aligncr-lite") == str(BUNDLED_WEIGHTS)
+        assert d._bundled_file("aligncr-lite") == str(BUNDLED["aligncr-lite"])
     finally:
         d.deleteLater()
 

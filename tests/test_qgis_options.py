@@ -141,8 +141,8 @@ def test_dialog_shows_the_engine_s_metric_crs_message(project, dlg: AlignCRDialo
 def test_scene_adaptation_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project,
                                                          tmp_path: Path) -> None:  # fmt: skip
     row = OPTIONS["adapt"]
-    assert (dlg.adapt_spin.minimum(), dlg.adapt_spin.maximum()) == (row.minimum, row.maximum)
-    assert dlg.adapt_spin.value() == 0 and dlg.adapt_spin.text() == "off"
+    assert (dlg.adapt_spin.minimum(), dlg.adapt_spin.maximum()) == (-1, row.maximum)  # -1: as the mode decides
+    assert dlg.adapt_spin.value() == -1 and dlg.adapt_spin.text() == "as the mode decides"
     dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))
     dlg.sar_combo.setLayer(add_layer(project, write_sar(tmp_path / "sar.tif"), "sar"))
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
@@ -154,7 +154,7 @@ def test_scene_adaptation_from_the_dialog_and_processing(processing_provider, dl
     assert dlg.settings.adapt == 80
     alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
     param = alg.parameterDefinition("ADAPT")
-    assert (param.defaultValue(), param.minimum(), param.maximum()) == (0, row.minimum, row.maximum)
+    assert (param.defaultValue(), param.minimum(), param.maximum()) == (None, row.minimum, row.maximum)
     assert param.description() == row.label
 
 

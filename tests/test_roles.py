@@ -93,7 +93,7 @@ def test_a_new_role_combination_runs_through_the_one_path(tmp_path: Path, dem_on
     elevation = np.full((1, N, N), 1000.0, dtype=np.float32)  # × 1e-4 → 0.1 on every pixel
     dem = write_raster(tmp_path / "dem.tif", elevation, crs=UTM32N, transform=optical_transform(3.0))
     out = tmp_path / "out.tif"
-    config = RunConfig(optical=opt, out=out, model=dem_only, dem=dem, device="cpu", tile=N, overlap=0,
+    config = RunConfig(optical=opt, out=out, model=dem_only, dem=dem, mode="raw", device="cpu", tile=N, overlap=0,
                        sar_prev=tmp_path / "not-there.tif")  # undeclared: never opened, only a warning
     result = run(config)
     assert not result.sar_used and result.sar_units == "none"

@@ -131,11 +131,13 @@ def evaluate(models: dict[str, nn.Module], view: TrainView, device: torch.device
     return out
 
 
-REPORT_KINDS = ("real", "synthetic")
+REPORT_KINDS = ("real", "synthetic", "realclouds")
 
 
 def report_views(recipe: str | Path, crop: int = 0) -> dict[str, TrainView]:
-    """{"real": view, "synthetic": view} of a report recipe (see the module docstring)."""
+    """{"real": view, "synthetic": view, "realclouds": view} of a report recipe (see the module docstring); a
+    ``[[report.realclouds]]`` table names cloud-free images that get real cloud layers
+    (:func:`training.datasets.cloud_bank.pasted_view`, ``realcloud_draws`` per image)."""
     import tomllib
 
     from training.datasets import build_reader
@@ -147,6 +149,12 @@ def report_views(recipe: str | Path, crop: int = 0) -> dict[str, TrainView]:
     for kind in REPORT_KINDS:
         specs = raw.get(kind, [])
         if not specs:
+            continue
+        if kind == "realclouds":  # cloud-free images under real cloud layers of the bank's report split
+            from training.datasets.cloud_bank import pasted_view
+
+            readers = [build_reader({**spec, "synthetic": 0.0}) for spec in specs]
+            views[kind] = pasted_view(readers, int(raw.get("seed", 0)), int(raw.get("realcloud_draws", 1)))
             continue
         readers = [build_reader({**spec, "synthetic": 1.0 if kind == "synthetic" else 0.0}) for spec in specs]
         n = sum(len(r) for r in readers)

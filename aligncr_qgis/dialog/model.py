@@ -25,7 +25,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from aligncr_qgis.dialog.widgets import option_spin
+from aligncr_qgis.dialog.widgets import AUTO_ADAPT, option_spin
 from aligncr_qgis.model_cards import ModelCard, ModelCardError, read_card
 from aligncr_qgis.model_cards import uses_dem as model_uses_dem
 from aligncr_qgis.model_list import (
@@ -60,11 +60,12 @@ class ModelPanel:
         mlay.addWidget(self.finetune_button)
         adapt_row = QHBoxLayout()
         self.adapt_spin = option_spin("adapt", 20, self.tr(" steps"))
-        self.adapt_spin.setSpecialValueText(self.tr("off"))
+        self.adapt_spin.setMinimum(AUTO_ADAPT)  # below the table's minimum (0 = off): the mode decides
+        self.adapt_spin.setSpecialValueText(self.tr("as the mode decides"))
         self.adapt_spin.setToolTip(self.tr("Before declouding, fine-tune this run's copy of the model on the scene's "
                                            "own clear pixels with synthetic clouds (the cloud itself is never a "
-                                           "target; the weights file is unchanged). About 0.7 s a step on 2 CPU "
-                                           "cores; 80 steps is what was measured"))
+                                           "target; the weights file is unchanged). The default mode scales the "
+                                           "steps to the scene; 0 turns it off"))
         adapt_row.addWidget(QLabel(self.tr("Adapt to this scene first")))
         adapt_row.addWidget(self.adapt_spin, 1)
         mlay.addLayout(adapt_row)

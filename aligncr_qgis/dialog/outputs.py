@@ -19,6 +19,7 @@ from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QGridLayout, QGroupBox, QLabel, QProgressBar, QPushButton
 
 from aligncr_qgis import layers as L
+from aligncr_qgis.dialog.widgets import AUTO_ADAPT
 from aligncr_qgis.paths import engine_root
 from aligncr_qgis.run_options import RunCommand
 from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
@@ -113,7 +114,7 @@ class OutputsPanel:
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
             batch=self.batch_spin.value(),
-            adapt=self.adapt_spin.value(),
+            adapt=None if self.adapt_spin.value() == AUTO_ADAPT else self.adapt_spin.value(),
             scene_check=self.scene_check_check.isChecked(),
             colour_anchor=self.colour_anchor_check.isChecked(),
             cog=self.cog_check.isChecked(),

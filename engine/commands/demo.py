@@ -65,7 +65,7 @@ def _report_available() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from engine.commands.run import _run_tqdm
-    from engine.stream.scene import BUNDLED_WEIGHTS, default_model_name
+    from engine.stream.mode import BUNDLED, default_model
 
     want_report = not args.no_report and _report_available()
     if not args.no_report and not want_report:
@@ -73,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = sample_config(out_dir, args.device, report=want_report)
-    if default_model_name() == "identity":
+    if default_model() == "identity":
         log.warning(
             "no bundled weights at %s: running the 'identity' baseline, so the output equals the cloudy input "
-            "(train or download aligncr-lite weights for real cloud removal)",
-            BUNDLED_WEIGHTS,
+            "(train or download the bundled weights for real cloud removal)",
+            BUNDLED["aligncr-res"].parent,
         )
     code = _run_tqdm(config)
     print(f"demo output: {config.out.resolve()}")

@@ -170,6 +170,9 @@ def _run_json(config: RunConfig, accel: AccelConfig | None = None) -> int:
             "sar_used": result.sar_used,
             "model_percent": round(100.0 * result.model_fraction, 2),
             "scene_check": result.scene_check.sentence() if result.scene_check is not None else None,
+            "mode": result.mode,
+            "guard": result.guard.sentence() if result.guard is not None else None,
+            "guard_used": result.guard.used if result.guard is not None else None,
             "colour_anchor": _anchor_sentence(result.colour_anchor),
             "colour_anchor_shift": result.colour_anchor,
         }
@@ -223,8 +226,11 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     share = f"the model's output in {100 * result.model_fraction:.1f} % of the pixels"
     print(f"wrote {result.output} ({result.width}×{result.height}, {result.model} on {result.device}{no_sar}, "
           f"{result.seconds:.1f} s; {share})")  # fmt: skip
-    if result.scene_check is not None and result.scene_check.beats_baselines:  # else it was a warning already
-        print(result.scene_check.sentence())
+    check = result.scene_check
+    if check is not None and (check.beats_baselines or result.guard is not None):  # else it was a warning already
+        print(check.sentence())
+    if result.guard is not None:
+        print(result.guard.sentence())
     if result.colour_anchor is not None:
         print(_anchor_sentence(result.colour_anchor))
     if result.report_dir:

@@ -104,10 +104,11 @@ class SceneCheck:
                    else "a flat colour or a smooth fill does as well or better on this ground: read its output "
                    "inside the cloud as a guess")  # fmt: skip
         which = ("adapted " if self.adapted else "") + ("colour-anchored " if self.anchored else "")
+        estimate = "" if self.prior_db is None else f", the non-learned estimate {self.prior_db:.1f}"
         return (f"scene check: under synthetic clouds on {self.windows} clear window(s) of this scene the "
                 f"{which}model scores {self.model_db:.1f} dB, flat {self.flat_db:.1f}, "
-                f"fill {self.fill_db:.1f} (margin {self.margin_db:+.1f} dB, best on {self.wins} of {self.windows}); "
-                f"{verdict}")
+                f"fill {self.fill_db:.1f}{estimate} (margin {self.margin_db:+.1f} dB over the better of flat and fill, "
+                f"best on {self.wins} of {self.windows}); {verdict}")
 
     def as_tag(self) -> dict[str, Any]:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -92,6 +92,7 @@ from engine.sources.raster import (
     input_read_errors,
 )
 from engine.sources.resolve import resolve_run_inputs
+from engine.stream import mode
 from engine.stream.accel import AccelConfig, InferenceRunner
 from engine.stream.chunks import (
     QA_NODATA,
@@ -107,10 +108,10 @@ from engine.stream.chunks import (
 )
 from engine.stream.device import describe_device
 from engine.stream.memory import plan_memory
+from engine.stream.mode import Guard, default_model
 from engine.stream.prefetch import BackgroundWriter, Prefetcher
 from engine.stream.scene import (
     LoadedModel,
-    default_model_name,
     open_aligned_readers,
     open_scene_and_model,
     prepare_inputs,
@@ -165,6 +166,8 @@ class RunResult:
     valid_pixels: int = 0  # pixels with valid optical data
     cloud_pixels: int | None = None  # valid pixels the cloud mask marks as cloud (None without --mask)
     scene_check: SceneCheck | None = None  # --scene-check: the model vs flat / fill under synthetic clouds
+    mode: str = "best"  # --mode
+    guard: Guard | None = None  # --mode best: the model or the non-learned estimate inside the cloud, and why
     colour_anchor: list[float] | None = None  # --colour-anchor: the drift taken off deep in the cloud, per band
 
 
@@ -186,6 +189,9 @@ def _output_metadata(config: RunConfig, inp: OpenedInputs, model: LoadedModel, r
         settings["adapt"] = config.adapt
     if model.scene_check is not None:
         settings["scene_check"] = model.scene_check.as_tag()
+    settings["mode"] = config.mode
+    if model.guard is not None:
+        settings["guard"] = model.guard.as_tag()
     if config.colour_anchor:  # the fitted shift is its own tag, ALIGNCR_COLOUR_ANCHOR (known only after the stream)
         settings["colour_anchor_tau_px"] = colour_anchor.TAU_PX
     sar_used = inp.sar is not None
@@ -256,6 +262,7 @@ def run(
     that fails anywhere, the report included, leaves none of them (and no temporary file).
     """
     config.validate()
+    config = mode.resolve(config)
     accel = accel or AccelConfig()
     accel.validate()
     progress = progress or Progress()
@@ -327,14 +334,16 @@ def _decloud(
     (:func:`engine.sources.resolve.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
     t0 = time.perf_counter()
     warnings: list[str] = []
-    early = precheck(config, default_model_name())
+    early = precheck(config, default_model(config.mode))
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp, model, device = open_scene_and_model(config, early, stack, progress, warnings)
+        config = dataclasses.replace(config, adapt=mode.adapt_for(config, (inp.grid.height, inp.grid.width)))
         prepare_inputs(config, inp, model)
         open_aligned_readers(config, inp, stack)
         held = _plan_scene_check(config, inp, model, progress, warnings)
         _adapt(config, inp, model, device, progress, warnings, held)
         _scene_check(config, inp, model, device, progress, warnings, held)
+        _guard(config, model, progress)
         runner, accel = _start_runner(config, inp, model, device, accel, stack)
         spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress)
         counts, shift = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
@@ -374,6 +383,8 @@ def _result(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: In
         accel=runner.describe(),
         sar_used=inp.sar is not None,
         scene_check=model.scene_check,
+        mode=config.mode,
+        guard=model.guard,
     )
 
 
@@ -397,6 +408,16 @@ def _plan(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: Infe
     return spec, grid, device_name
 
 
+def _notice(config: RunConfig, progress: Progress, warnings: list[str], message: str) -> None:
+    """A step that cannot run as asked: a warning when the user asked for it (``--mode raw`` plus the option), an
+    info line when ``--mode best`` chose it — the mode's own steps that do not apply to a scene (too small, no clear
+    window) are not the user's problem, and the one mask notice is the only-cloudy one."""
+    if config.mode == "raw":
+        record_warning(progress, warnings, message)
+    else:
+        log.info("%s", message)
+
+
 def _plan_scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, progress: Progress,
                       warnings: list[str]) -> list[HeldOut]:  # fmt: skip
     """``--scene-check``: the scene's checked windows with their synthetic clouds (:mod:`engine.refine.scene_check`),
@@ -407,7 +428,7 @@ def _plan_scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, 
         held = plan_check(lambda win: scene_adapt.read_sample(inp, model.norm, win), (inp.grid.height, inp.grid.width),
                           progress, ADAPT_SHARE if config.adapt else 1.0)  # fmt: skip
     if isinstance(held, str):
-        record_warning(progress, warnings, held)
+        _notice(config, progress, warnings, held)
         return []
     return held
 
@@ -424,10 +445,23 @@ def _scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, devic
     with_prior = prior.PriorInput(inp.prior_medians) if inp.declared.prior else None
     model.scene_check = score_check(module, held, device, adapted=bool((model.card or {}).get("scene_adaptation")),
                                     anchored=config.colour_anchor, with_prior=with_prior)  # fmt: skip
-    if model.scene_check.beats_baselines:
-        log.info("%s", model.scene_check.sentence())
+    if model.scene_check.beats_baselines or (config.mode == "best" and model.scene_check.prior_db is not None):
+        log.info("%s", model.scene_check.sentence())  # in --mode best the guard acts on it (_guard)
     else:
         record_warning(progress, warnings, model.scene_check.sentence())
+
+
+def _guard(config: RunConfig, model: LoadedModel, progress: Progress) -> None:
+    """``--mode best``'s guard (:func:`engine.stream.mode.guard_verdict`): where the scene check found the model no
+    better than the non-learned estimate on this scene's own clear ground, the estimate takes its place."""
+    if config.mode != "best":
+        return
+    model.guard = mode.guard_verdict(model.scene_check)
+    if model.guard is None:
+        return
+    if model.guard.used == "estimate":
+        model.module = mode.EstimateOnly(getattr(model.module, "cfg", None))
+    log.info("%s", model.guard.sentence())
 
 
 def _adapt(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, progress: Progress,
@@ -439,7 +473,7 @@ def _adapt(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: tor
         return
     assert inp.declared is not None
     if inp.mask is None:
-        record_warning(progress, warnings, "--adapt without --mask: the clouds detected on the optical image are "
+        _notice(config, progress, warnings, "--adapt without --mask: the clouds detected on the optical image are "
                        "kept out of its training, but thin haze they miss is learned as ground; a real cloud mask "
                        "(Planet UDM2, Fmask, SCL) is better")  # fmt: skip
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
@@ -447,7 +481,7 @@ def _adapt(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: tor
         skipped = adapt_to_scene(module, inp, model.norm, (inp.grid.height, inp.grid.width), config.adapt, device,
                                  progress, held)  # fmt: skip
     if skipped is not None:
-        record_warning(progress, warnings, skipped)
+        _notice(config, progress, warnings, skipped)
         return
     model.card = {**(model.card or {}), "scene_adaptation": f"{config.adapt} steps on this scene's clear pixels"}
 

@@ -20,7 +20,6 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine import RESOURCES
 from engine.align.inputs import open_roles, read_optical
 from engine.align.reader import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.align.temporal import acquisition_dates
@@ -46,11 +45,11 @@ from engine.stream.chunks import (
     halo_cloud,
 )
 from engine.stream.device import resolve_device
+from engine.stream.mode import BUNDLED, Guard, default_model
 
 log = logging.getLogger("engine")
 
 
-BUNDLED_WEIGHTS = RESOURCES / "weights" / "aligncr-lite.safetensors"
 
 
 @dataclass
@@ -64,11 +63,7 @@ class LoadedModel:
     card: dict | None = None
     weights: Path | None = None  # the file the network was loaded from (None: a model without weights)
     scene_check: SceneCheck | None = None  # how this run's copy (adapted or not) did on the scene (--scene-check)
-
-
-def default_model_name() -> str:
-    """``aligncr-lite`` when its bundled weights are present, else the ``identity`` baseline."""
-    return "aligncr-lite" if BUNDLED_WEIGHTS.is_file() else "identity"
+    guard: Guard | None = None  # --mode best: whether the model or the non-learned estimate writes the cloud
 
 
 def _norm_from_card(card_norm: dict | None) -> normalise.NormalisationConfig:
@@ -84,9 +79,9 @@ def load_model(config: RunConfig, device: torch.device) -> LoadedModel:
     from engine.models import build_model, get_spec
 
     weights = config.weights
-    name = config.model or default_model_name()
-    if weights is None and config.model in (None, "aligncr-lite") and name == "aligncr-lite":
-        weights = BUNDLED_WEIGHTS if BUNDLED_WEIGHTS.is_file() else None
+    name = config.model or default_model(config.mode)
+    if weights is None and name in BUNDLED and BUNDLED[name].is_file():  # a bundled model: its bundled weights
+        weights = BUNDLED[name]
     if weights is not None:
         if not Path(weights).is_file():
             raise ModelError(f"weights file not found: {weights}")
@@ -199,9 +194,13 @@ def _check_mask(config: RunConfig, inp: OpenedInputs, progress: Progress, warnin
             checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
                              warnings, without="a cloud-mask value")  # fmt: skip
     elif config.only_cloudy:
-        record_warning(progress, warnings, "no --mask: --only-cloudy replaces the clouds detected on the optical "
-                       "image (bright, spectrally flat pixels; no shadows, thin haze may be missed) — a real "
-                       "cloud mask (Planet UDM2, Fmask) is better")  # fmt: skip
+        message = ("no --mask: --only-cloudy replaces the clouds detected on the optical image (bright, spectrally "
+                   "flat pixels; no shadows, thin haze may be missed) — a real cloud mask (Planet UDM2, Fmask) is "
+                   "better")  # fmt: skip
+        if config.mode == "raw":  # asked for: a warning; --mode best's own choice: said once, as information
+            record_warning(progress, warnings, message)
+        else:
+            log.info("%s", message)
 
 
 def _decide_optical_scale(config: RunConfig, inp: OpenedInputs, norm: normalise.NormalisationConfig) -> float:

@@ -16,7 +16,7 @@ same place (another date):
 
 Pasting: ``cloudy = (1 − α)·(ground · darkening) + α·radiance`` over a random window (and flip / quarter turn) of
 the layer with 5–95 % cloud; the new mask (what "inside the cloud" means for the scores) is ``α > 0.1`` or a
-shadow stronger than 0.1 — as the generator's.
+shadow that darkens some band by more than 5 % — as the generator's opacity and shadow thresholds.
 
 The bank is split **by scene**, as the model's data are (``resources/weights/aligncr-lite.splits.json``): clouds of
 the report split are never used by training, selection or adaptation. :data:`DONORS` lists every donor and its split:
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from scipy import ndimage
+from torch.utils.data import Dataset
 
 from engine.align.cloudmask import detect_clouds
 from engine.errors import InputError
@@ -42,7 +43,8 @@ from engine.refine.samples import Sample
 EDGE_SIGMA = 1.5  # px: the soft edge of a pasted cloud
 SHADOW_REACH = 40  # px from the cloud a shadow may lie (10 m pixels: 400 m)
 SHADOW_DROP = 0.3  # a shadow pixel is at least 30 % darker than the clear image (mean over the bands)
-MASK_THRESHOLD = 0.1
+MASK_THRESHOLD = 0.1  # opacity above which a pasted pixel counts as cloud
+SHADOW_MASK = 0.05  # a shadow pixel counts as inside the cloud where it darkens some band by more than 5 %
 COVER = (0.05, 0.95)  # a pasted window's cloud share
 S2_BANDS = (1, 2, 3, 7)  # B2, B3, B4, B8 of the 13-band SEN12MS-CR files (0-based)
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -54,6 +56,7 @@ class CloudLayer:
 
     id: str
     scene: str
+    source: str  # the data set it was cut from ("sen12mscr", "ssl4eo"): pasted only onto grounds of other sources
     alpha: np.ndarray
     radiance: np.ndarray
     darkening: np.ndarray
@@ -68,6 +71,10 @@ class Donor:
     id: str
     scene: str
     split: str  # "train" | "select" | "report"
+
+    @property
+    def source(self) -> str:
+        return "ssl4eo" if self.kind == "ssl4eo" else "sen12mscr"
 
 
 def _triplets(ids: str, split: str) -> list[Donor]:
@@ -88,7 +95,7 @@ DONORS: tuple[Donor, ...] = (
 
 
 def layer_from(donor_id: str, scene: str, cloudy: np.ndarray, cloud: np.ndarray,
-               clear: np.ndarray | None = None) -> CloudLayer:  # fmt: skip
+               clear: np.ndarray | None = None, source: str = "") -> CloudLayer:  # fmt: skip
     """Cut the layer of one donor (arrays in reflectance [0, 1]; ``cloud`` (H, W) bool)."""
     cloud = np.asarray(cloud, dtype=bool)
     alpha = np.clip(ndimage.gaussian_filter(cloud.astype(np.float32), EDGE_SIGMA), 0.0, 1.0)
@@ -102,7 +109,7 @@ def layer_from(donor_id: str, scene: str, cloudy: np.ndarray, cloud: np.ndarray,
         shadow = np.clip(ndimage.gaussian_filter(dark.astype(np.float32), EDGE_SIGMA), 0.0, 1.0)
         ratio = np.clip(cloudy / np.maximum(clear, 1e-3), 0.15, 1.0).astype(np.float32)
         darkening = 1.0 - shadow[None] * (1.0 - ratio)
-    return CloudLayer(donor_id, scene, alpha.astype(np.float32), np.clip(cloudy, 0, 1).astype(np.float32),
+    return CloudLayer(donor_id, scene, source, alpha.astype(np.float32), np.clip(cloudy, 0, 1).astype(np.float32),
                       darkening.astype(np.float32), shadow)  # fmt: skip
 
 
@@ -146,7 +153,7 @@ def bank(split: str, data: Path = DATA) -> tuple[CloudLayer, ...]:
             continue
         cloudy, cloud, clear = _donor_arrays(donor, Path(data))
         if COVER[0] <= float(cloud.mean()) <= COVER[1]:
-            layers.append(layer_from(donor.id, donor.scene, cloudy, cloud, clear))
+            layers.append(layer_from(donor.id, donor.scene, cloudy, cloud, clear, donor.source))
     return tuple(layers)
 
 
@@ -184,6 +191,41 @@ def paste(sample: Sample, layer: CloudLayer, rng: np.random.Generator) -> Sample
     cloudy = (1.0 - a) * ground * win["darkening"] + a * win["radiance"]
     out = dict(sample)
     out["optical"] = np.clip(cloudy, 0.0, 1.0).astype(np.float32)
-    new = ((a[0] > MASK_THRESHOLD) | (win["shadow"][0] > MASK_THRESHOLD))[None].astype(np.float32)
+    shaded = (1.0 - win["darkening"]).max(axis=0) > SHADOW_MASK
+    new = ((a[0] > MASK_THRESHOLD) | shaded)[None].astype(np.float32)
     out["mask"] = np.maximum(sample["mask"], new)
     return out
+
+
+def source_of(reader: object) -> str:
+    """The data set a training reader serves (its cloud-free images are grounds): ``sen12mscr``, ``ssl4eo``, …"""
+    inner = getattr(reader, "reader", reader)  # AsClear wraps the reader of the cloud-free images
+    return {"SEN12MSCR": "sen12mscr", "SEN12MSCRPairs": "sen12mscr", "SSL4EO": "ssl4eo"}.get(
+        type(inner).__name__, type(inner).__name__.lower())
+
+
+def pasted_view(readers: list, seed: int, draws: int, split: str = "report") -> Dataset:
+    """The report's real-cloud split: every cloud-free image of ``readers`` ``draws`` times, each draw with one layer
+    of the bank's ``split`` cut from another source (seeded per item: the same split every time)."""
+    from training.datasets import AugmentConfig, TrainView
+
+    layers = bank(split)
+
+    class RealCloudView(TrainView):
+        def __getitem__(self, i: int) -> Sample:
+            from training.datasets.base import to_tensors
+
+            rng = np.random.default_rng([self.seed, i])
+            r, _ = self.index[i % len(self.index)]
+            ground = self.read(i)
+            allowed = [layer for layer in layers if layer.source != source_of(self.readers[r])]
+            if not allowed:
+                raise InputError(f"no report cloud layer from another source than {source_of(self.readers[r])}")
+            layer = allowed[int(rng.integers(0, len(allowed)))]
+            sample = paste(ground, layer, rng)
+            sample["id"] = f"{ground.get('id', i)}+{layer.id}"
+            return to_tensors(sample)
+
+    n = sum(len(r) for r in readers)
+    aug = AugmentConfig(crop=0, random_crop=False, flips=False, rot90=False)
+    return RealCloudView(readers, aug, seed=seed, length=n * draws)

@@ -1,0 +1,115 @@
+"""``--mode``: what a run does when the user names nothing else (issue 26: the default run must be the best one).
+
+``best`` (the default, the dialog's and Processing's too) is what won on the validation split (docs/model.md):
+
+* the bundled residual model ``aligncr-res`` (:mod:`engine.refine.prior`'s estimate + what the SAR adds);
+* scene adaptation for :func:`adapt_steps` steps — a fixed number per scene size, so the same scene gives the same
+  output on any machine;
+* only the cloud replaced (``--only-cloudy``: the mask's, else the detected one), clear pixels kept as acquired;
+* the scene check (synthetic clouds on the scene's own clear ground) and the **guard** it feeds
+  (:func:`guard_verdict`): where the model does not beat the estimate there, the output inside the cloud is the
+  estimate.
+
+``raw`` is the paper's setting: the network's output everywhere (default model ``aligncr-lite``), nothing else
+unless asked. In either mode ``--adapt``, ``--only-cloudy``, ``--scene-check`` and ``--colour-anchor`` may be given;
+``--adapt 0`` turns adaptation off in ``best``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine import RESOURCES
+from engine.config import RunConfig
+from engine.refine.scene_check import SceneCheck
+
+# the bundled weights of each model that has some; a mode's model falls back to another bundled one, then identity
+BUNDLED = {name: RESOURCES / "weights" / f"{name}.safetensors" for name in ("aligncr-res", "aligncr-lite")}
+MODEL = {"best": "aligncr-res", "raw": "aligncr-lite"}
+# scene adaptation in --mode best: steps = ADAPT_PER_MPIX × √(megapixels), within [ADAPT_MIN, ADAPT_MAX]
+ADAPT_PER_MPIX = 40.0
+ADAPT_MIN = 30
+ADAPT_MAX = 120
+
+
+def default_model(mode: str = "best") -> str:
+    """The model a run without ``--model``/``--weights`` uses: the mode's, when its bundled weights are present,
+    else the other bundled one, else the ``identity`` baseline (a checkout without weights)."""
+    preferred = [MODEL.get(mode, MODEL["best"]), *BUNDLED]
+    return next((name for name in preferred if BUNDLED[name].is_file()), "identity")
+
+
+def adapt_steps(shape: tuple[int, int]) -> int:
+    """``--mode best``'s adaptation steps for a scene of ``shape`` (H, W): more ground to learn from on a larger
+    scene, a cost that stays a fraction of the tiles' (benchmarks/README.md gives both)."""
+    mpix = shape[0] * shape[1] / 1e6
+    return int(min(ADAPT_MAX, max(ADAPT_MIN, round(ADAPT_PER_MPIX * math.sqrt(mpix)))))
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """``config`` with what its mode switches on (``best``: only the cloud replaced, the scene check); the number
+    of adaptation steps needs the scene's size (:func:`adapt_for`)."""
+    if config.mode == "raw":
+        return config
+    return dataclasses.replace(config, only_cloudy=True, scene_check=True)
+
+
+def adapt_for(config: RunConfig, shape: tuple[int, int]) -> int:
+    """The adaptation steps of this run: ``--adapt`` when given, else the mode's (``best``: :func:`adapt_steps`,
+    ``raw``: none)."""
+    if config.adapt is not None:
+        return config.adapt
+    return adapt_steps(shape) if config.mode == "best" else 0
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What the guard decided: ``used`` is ``"model"`` or ``"estimate"``; the scores are the scene check's."""
+
+    used: str
+    model_db: float
+    estimate_db: float
+    windows: int
+
+    def sentence(self) -> str:
+        """One line for the CLI, the plugin and the output's tags."""
+        scores = (f"the model scored {self.model_db:.1f} dB and the non-learned estimate {self.estimate_db:.1f} dB "
+                  f"under synthetic clouds on {self.windows} clear window(s) of this scene")  # fmt: skip
+        if self.used == "model":
+            return f"guard: {scores}; the model's output is used ({self.model_db - self.estimate_db:+.1f} dB)"
+        return (f"guard: {scores}; the model does not beat the estimate on this scene, so the output inside the "
+                "cloud is the estimate (a smooth fill from the cloud's edge to the clear ground's colour)")
+
+    def as_tag(self) -> dict[str, Any]:
+        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def guard_verdict(check: SceneCheck | None) -> Guard | None:
+    """The guard's decision from the scene check of a model that takes the estimate (None: nothing to decide on —
+    no check, or a model without the estimate). The model is kept when it beats the estimate on the mean over the
+    checked windows."""
+    if check is None or check.prior_db is None:
+        return None
+    used = "model" if check.model_db > check.prior_db else "estimate"
+    return Guard(used, check.model_db, check.prior_db, check.windows)
+
+
+class EstimateOnly(nn.Module):
+    """The guard's fallback in the model's place: returns the estimate it is given (``prior``'s optical bands), so
+    the run streams exactly as with the model and writes the estimate inside the cloud."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor | None = None,
+                prior: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        if prior is None:
+            return optical
+        return prior[:, : optical.shape[1]].to(optical.dtype)

@@ -1,0 +1,102 @@
+"""The non-learned estimate the residual model starts from (engine.refine.prior), the model that starts at it
+(aligncr-res), and the engine computing it per chunk: the streamed run equals one whole-image estimate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from helpers_rasters import write_masked_scene
+
+from engine.config import RunConfig
+from engine.errors import ModelError
+from engine.models import build_model, save
+from engine.refine import prior
+from engine.stream.pipeline import run
+
+
+def _scene(h: int = 60, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """A left-to-right gradient (B, G, R, NIR) with a cloud block in the middle."""
+    x = np.linspace(0.1, 0.5, w, dtype=np.float32)
+    optical = np.stack([np.tile(x * (1 + k / 4), (h, 1)) for k in range(4)])
+    cloud = np.zeros((h, w), dtype=bool)
+    cloud[20:40, 30:50] = True
+    return optical, cloud
+
+
+def test_the_estimate_keeps_clear_pixels_and_follows_the_border_into_the_cloud():
+    optical, cloud = _scene()
+    est = prior.estimate(optical, ~cloud, None)
+    assert np.array_equal(est[:, ~cloud], optical[:, ~cloud])
+    # next to the cloud's left edge the estimate is the border's value, not the scene's median
+    left, median = optical[:, 30, 29], np.median(optical[:, ~cloud], axis=1)
+    assert np.abs(est[:, 30, 30] - left).max() < np.abs(median - left).max() / 3
+    # across the cloud it keeps the gradient's order (left side darker than the right)
+    assert (est[:, 30, 31] < est[:, 30, 48]).all()
+
+
+def test_deep_inside_a_cloud_larger_than_the_reach_the_estimate_is_the_scenes_median():
+    optical, _ = _scene(400, 400)
+    cloud = np.ones((400, 400), dtype=bool)
+    cloud[:, :5] = False
+    medians = np.array([0.2, 0.3, 0.4, 0.5], np.float32)
+    est = prior.estimate(optical, ~cloud, medians)
+    assert np.allclose(est[:, 200, 5 + prior.REACH + 10], medians, atol=1e-6)
+
+
+def test_a_window_read_with_the_reach_as_halo_gives_the_whole_images_estimate():
+    rng = np.random.default_rng(0)
+    optical = rng.uniform(0, 1, (4, 460, 480)).astype(np.float32)
+    cloud = np.zeros((460, 480), dtype=bool)
+    cloud[60:400, 80:420] = True
+    medians = np.median(optical[:, ~cloud], axis=1)
+    whole = prior.channels(optical, ~cloud, medians)
+    y0, x0, h, w = 180, 200, 50, 60
+    ys, xs = slice(y0 - prior.REACH, y0 + h + prior.REACH), slice(x0 - prior.REACH, x0 + w + prior.REACH)
+    part = prior.channels(optical[:, ys, xs], ~cloud[ys, xs], medians)
+    inner = part[:, prior.REACH : prior.REACH + h, prior.REACH : prior.REACH + w]
+    assert np.allclose(inner, whole[:, y0 : y0 + h, x0 : x0 + w], atol=1e-5)
+
+
+def test_the_distance_channel_is_zero_on_clear_ground_and_capped():
+    optical, cloud = _scene()
+    ch = prior.channels(optical, ~cloud, None)
+    assert ch.shape == (5, 60, 80)
+    assert (ch[4][~cloud] == 0).all() and 0 < ch[4][30, 40] <= 1
+    assert prior.distance(np.zeros((5, 5), bool)).max() == prior.REACH
+
+
+def test_untrained_aligncr_res_is_the_estimate_and_refuses_to_run_without_it():
+    model = build_model("aligncr-res").eval()
+    optical, sar = torch.rand(2, 4, 40, 48), torch.rand(2, 2, 40, 48)
+    given = torch.rand(2, 5, 40, 48)
+    with torch.no_grad():
+        assert torch.equal(model(optical, sar, prior=given), given[:, :4])
+        with pytest.raises(ModelError, match="estimate and distance"):
+            model(optical, sar)
+
+
+def test_the_streamed_run_writes_the_whole_images_estimate_whatever_the_chunking(tmp_path):
+    """An untrained aligncr-res through the engine (its residual is 0): inside the cloud the output is the estimate
+    of the whole image with the scene's medians, at a chunk size that cuts the cloud and at one that does not."""
+    h, w = 150, 170
+    cloud = np.zeros((h, w), dtype=bool)
+    cloud[30:120, 40:150] = True
+    opt, sar, mask = write_masked_scene(tmp_path, cloud)
+    weights = save(build_model("aligncr-res"), tmp_path / "res.safetensors")
+    outs = []
+    for chunk in (64, 1024):
+        out = tmp_path / f"out{chunk}.tif"
+        run(RunConfig(optical=opt, sar=sar, mask=mask, out=out, weights=weights, mode="raw", only_cloudy=True,
+                      cloud_feather=0, tile=64, overlap=8, chunk=chunk))  # fmt: skip
+        with rasterio.open(out) as ds:
+            outs.append(ds.read().astype(np.float32))
+    with rasterio.open(opt) as ds:
+        raw = ds.read().astype(np.float32)
+    x = raw / 10000.0
+    expected = prior.estimate(x, ~cloud, np.median(x[:, ~cloud], axis=1))
+    expected_dn = np.clip(np.rint(expected * 10000.0), 1, 65535)
+    for got in outs:
+        assert np.abs(got[:, cloud] - expected_dn[:, cloud]).max() <= 1.0
+        assert np.array_equal(got[:, ~cloud], raw[:, ~cloud])
