@@ -174,7 +174,7 @@ def test_json_validates_and_schema_catches_errors(full_report):
     report, out = full_report
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == report
-    assert on_disk["schema_version"] == "1.2"
+    assert on_disk["schema_version"] == "1.3"
     assert on_disk["model_card"]["path"] == "/x/y.safetensors" and on_disk["run_settings"]["tile"] == [1, 2]
     validate_report(on_disk)
     try:
