@@ -235,19 +235,28 @@ class PearsonSums:
     def add(self, x: np.ndarray, y: np.ndarray) -> PearsonSums:
         """Merge one chunk: ``x``, ``y`` are (k, N) values of the same N pixels."""
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        nb = x.shape[1]
-        if nb == 0:
+        if x.shape[1] == 0:
             return self
-        mx, my = x.mean(axis=1), y.mean(axis=1)
-        dx, dy = x - mx[:, None], y - my[:, None]
-        na, n = self.n, self.n + nb
-        ex, ey = mx - self.mean_x, my - self.mean_y
+        chunk = PearsonSums(self.k, x.shape[1])
+        chunk.mean_x, chunk.mean_y = x.mean(axis=1), y.mean(axis=1)
+        dx, dy = x - chunk.mean_x[:, None], y - chunk.mean_y[:, None]
+        chunk.m2x, chunk.m2y = np.einsum("kn,kn->k", dx, dx), np.einsum("kn,kn->k", dy, dy)
+        chunk.cxy = np.einsum("kn,kn->k", dx, dy)
+        return self.merge(chunk)
+
+    def merge(self, other: PearsonSums) -> PearsonSums:
+        """Merge the sums of other pixels (a chunk, or another region: inside + outside the cloud = the whole)."""
+        if other.n == 0:
+            return self
+        na, nb = self.n, other.n
+        n = na + nb
+        ex, ey = other.mean_x - self.mean_x, other.mean_y - self.mean_y
         w = na * nb / n
-        self.m2x += np.einsum("kn,kn->k", dx, dx) + ex * ex * w
-        self.m2y += np.einsum("kn,kn->k", dy, dy) + ey * ey * w
-        self.cxy += np.einsum("kn,kn->k", dx, dy) + ex * ey * w
-        self.mean_x += ex * nb / n
-        self.mean_y += ey * nb / n
+        self.m2x = self.m2x + other.m2x + ex * ex * w
+        self.m2y = self.m2y + other.m2y + ey * ey * w
+        self.cxy = self.cxy + other.cxy + ex * ey * w
+        self.mean_x = self.mean_x + ex * nb / n
+        self.mean_y = self.mean_y + ey * nb / n
         self.n = n
         return self
 
@@ -288,11 +297,10 @@ def band_r(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) ->
     return math.nan if mean is None else mean
 
 
-def _ndvi_pairs(pred: np.ndarray, ref: np.ndarray, sel: np.ndarray, red: int, nir: int) -> tuple[np.ndarray, ...]:
-    """(1, N) NDVI of prediction and reference on the selected pixels where both are defined."""
+def ndvi_both(pred: np.ndarray, ref: np.ndarray, red: int, nir: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction's NDVI, reference's NDVI, (H, W) where both are defined): the pixels every NDVI score uses."""
     n_p, n_r = ndvi_of(pred, red, nir), ndvi_of(ref, red, nir)
-    ok = sel & np.isfinite(n_p) & np.isfinite(n_r)
-    return n_p[ok][None], n_r[ok][None]
+    return n_p, n_r, np.isfinite(n_p) & np.isfinite(n_r)
 
 
 def ndvi_r(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, red_index: int = RED_INDEX,
@@ -300,8 +308,9 @@ def ndvi_r(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, re
     """Pearson r of the NDVI ``(NIR − R)/(NIR + R)`` with the reference's, where both are defined."""
     pred, ref = _check(pred, ref)
     m = _pixel_mask(mask, pred.shape)
-    sel = np.ones(pred.shape[1:], dtype=bool) if m is None else m
-    mean = PearsonSums(1).add(*_ndvi_pairs(pred, ref, sel, red_index, nir_index)).mean_r()
+    n_p, n_r, ok = ndvi_both(pred, ref, red_index, nir_index)
+    ok = ok if m is None else ok & m
+    mean = PearsonSums(1).add(n_p[ok][None], n_r[ok][None]).mean_r()
     return math.nan if mean is None else mean
 
 
@@ -370,8 +379,10 @@ class _Agreement:
     off_pred: int = 0
     off_ref: int = 0
 
-    def add(self, p: np.ndarray, r: np.ndarray, sel: np.ndarray, ndvi_pairs: tuple[np.ndarray, np.ndarray] | None,
-            off: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def add(
+        self, p: np.ndarray, r: np.ndarray, sel: np.ndarray, ndvi_pairs: tuple[np.ndarray, np.ndarray] | None,
+        off: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
         self.bands.add(p[:, sel], r[:, sel])
         if ndvi_pairs is not None:
             self.ndvi.add(*ndvi_pairs)
@@ -380,8 +391,22 @@ class _Agreement:
             self.off_pred += int(off[0][sel].sum())
             self.off_ref += int(off[1][sel].sum())
 
+    @classmethod
+    def union(cls, parts: list[_Agreement]) -> _Agreement:
+        """The sums of disjoint subsets together (inside + outside the cloud = the whole image)."""
+        out = cls(PearsonSums(parts[0].bands.k))
+        for part in parts:
+            out.bands.merge(part.bands)
+            out.ndvi.merge(part.ndvi)
+            out.gamut_n += part.gamut_n
+            out.off_pred += part.off_pred
+            out.off_ref += part.off_ref
+        return out
+
     def result(self, with_ndvi: bool) -> dict[str, float | None]:
-        share = (lambda k: k / self.gamut_n if self.gamut_n else None)  # noqa: E731
+        def share(k: int) -> float | None:
+            return k / self.gamut_n if self.gamut_n else None
+
         return {
             "band_r": self.bands.mean_r(),
             "ndvi_r": self.ndvi.mean_r() if with_ndvi else None,
@@ -537,7 +562,7 @@ class MetricAccumulator:
                     s.add_ssim(smap, sel & ssim_ok)
 
         ndvis = self._ndvis(p, r, v)
-        self._update_agreement(p, r, {"all": v, "cloud": v & cl, "clear": v & ~cl}, ndvis, gamut)
+        self._update_agreement(p, r, {"cloud": v & cl, "clear": v & ~cl}, ndvis, gamut)
         tile_result: dict[str, Any] = dict(tile.result(self.config.data_range))
         ndvi_rmse = self._update_ndvi(ndvis)
         tile_result["ndvi_rmse"] = ndvi_rmse
@@ -559,13 +584,12 @@ class MetricAccumulator:
         cfg = self.config
         if cfg.red_index is None or cfg.nir_index is None:
             return None
-        np_ = ndvi_of(p, cfg.red_index, cfg.nir_index)
-        nr = ndvi_of(r, cfg.red_index, cfg.nir_index)
-        return np_, nr, v & np.isfinite(np_) & np.isfinite(nr)
+        np_, nr, ok = ndvi_both(p, r, cfg.red_index, cfg.nir_index)
+        return np_, nr, v & ok
 
     def _update_agreement(self, p: np.ndarray, r: np.ndarray, regions: dict[str, np.ndarray],
                           ndvis: tuple[np.ndarray, ...] | None, gamut: Gamut | None) -> None:
-        """Band r, NDVI r and off-gamut sums of each region (whole, inside and outside the cloud)."""
+        """Band r, NDVI r and off-gamut sums inside and outside the cloud (the whole image is their union)."""
         off = None if gamut is None else (gamut.outside(p), gamut.outside(r))
         for name, sel in regions.items():
             agree = self._agree.setdefault(name, _Agreement(PearsonSums(p.shape[0])))
@@ -594,11 +618,13 @@ class MetricAccumulator:
         cfg = self.config
         dr = cfg.data_range
         with_ndvi = cfg.red_index is not None and cfg.nir_index is not None
-        empty = dict.fromkeys(AGREEMENT_NAMES)
+        agree = dict(self._agree)
+        if agree:
+            agree["all"] = _Agreement.union(list(agree.values()))
         regions = {"overall": (self._all, "all"), "inside_cloud": (self._cloud, "cloud"),
                    "outside_cloud": (self._clear, "clear")}
         out: dict[str, Any] = {
-            part: {**sums.result(dr), **(self._agree[key].result(with_ndvi) if key in self._agree else empty)}
+            part: {**sums.result(dr), **(agree[key].result(with_ndvi) if agree else dict.fromkeys(AGREEMENT_NAMES))}
             for part, (sums, key) in regions.items()
         }
         out |= {
