@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+LABEL = 24  # width of the summary's first column ("outside_cloud off_gamut")
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -58,12 +61,12 @@ def _summary(report: dict[str, Any]) -> str:
     columns = {"cloudy input": m["cloudy_input"]}
     columns |= m["baselines"] or {}
     columns["output"] = m["output"]
-    lines.append(f"{'':16}" + "".join(f"{name:>14}" for name in columns))
+    lines.append(f"{'':{LABEL}}" + "".join(f"{name:>14}" for name in columns))
     for part in ("overall", "inside_cloud", "outside_cloud"):
         for key in ("mae", "psnr", "ssim", "sam", "band_r", "ndvi_r", "off_gamut"):
-            lines.append(f"{part + ' ' + key:16}" + "".join(f"{_fmt(b[part][key]):>14}" for b in columns.values()))
+            lines.append(f"{part + ' ' + key:{LABEL}}" + "".join(f"{_fmt(b[part][key]):>14}" for b in columns.values()))
     for key in ("rmse", "miou"):
-        lines.append(f"{'ndvi ' + key:16}" + "".join(f"{_fmt(b['ndvi'][key]):>14}" for b in columns.values()))
+        lines.append(f"{'ndvi ' + key:{LABEL}}" + "".join(f"{_fmt(b['ndvi'][key]):>14}" for b in columns.values()))
     if m["baselines"] is not None:
         lines.append(margin_sentence(m["baseline_margin"]))
     lines += [line for line in (ceiling_sentence(m), gamut_sentence(m)) if line]
