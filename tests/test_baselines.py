@@ -304,6 +304,9 @@ def test_evaluate_cli_with_and_without_baselines(scene, tmp_path, capsys):
     assert rep["metrics"]["baselines"] is None and rep["metrics"]["baseline_margin"] is None
     assert rep["settings"]["baselines"] is None
     assert "margin vs best baseline" not in (tmp_path / "b" / "report.html").read_text(encoding="utf-8")
+    # the off-gamut shares need the clear pixels' first pass even without the baselines
+    assert rep["settings"]["off_gamut"]["low"] is not None
+    assert rep["metrics"]["output"]["inside_cloud"]["off_gamut"] is not None
 
 
 def test_run_report_scores_the_baselines_unless_told_not_to(scene, tmp_path, capsys):

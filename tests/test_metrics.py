@@ -9,13 +9,24 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from engine.outputs.metrics import (
+    GAMUT_MARGIN,
     PSNR_CAP,
     SSIM_RADIUS,
     AccumulatorConfig,
+    Gamut,
     MetricAccumulator,
+    band_r,
+    ceiling_of,
+    clear_gamut,
+    date_gap_ceiling,
+    gamut_of,
     mae,
     mean_iou,
     ndvi_classes,
+    ndvi_of,
+    ndvi_r,
+    off_gamut_share,
+    pearson_r,
     psnr,
     sam_degrees,
     ssim,
@@ -104,7 +115,7 @@ def _scene(n: int, seed: int = 1):
     return pred, ref, cloud, landcover, valid
 
 
-def _tiled(acc: MetricAccumulator, pred, ref, cloud, landcover, valid, tile: int) -> None:
+def _tiled(acc: MetricAccumulator, pred, ref, cloud, landcover, valid, tile: int, gamut: Gamut | None = None) -> None:
     n = ref.shape[1]
     halo = SSIM_RADIUS
     for y in range(0, n, tile):
@@ -120,18 +131,20 @@ def _tiled(acc: MetricAccumulator, pred, ref, cloud, landcover, valid, tile: int
                 cloud=cloud[win],
                 landcover=landcover[win],
                 halo=h,
+                gamut=gamut,
             )
 
 
 def test_streaming_equals_whole_image_on_1024():
     pred, ref, cloud, lc, valid = _scene(1024)
+    gamut = clear_gamut(np.where(valid, ref, np.nan), cloud)
     whole = MetricAccumulator()
-    whole.update(pred, ref, valid=valid, cloud=cloud, landcover=lc)
+    whole.update(pred, ref, valid=valid, cloud=cloud, landcover=lc, gamut=gamut)
     streamed = MetricAccumulator()
-    _tiled(streamed, pred, ref, cloud, lc, valid, tile=300)
+    _tiled(streamed, pred, ref, cloud, lc, valid, tile=300, gamut=gamut)
     w, s = whole.result(), streamed.result()
     for part in ("overall", "inside_cloud", "outside_cloud"):
-        for k in ("mae", "psnr", "ssim", "sam"):
+        for k in ("mae", "psnr", "ssim", "sam", "band_r", "ndvi_r", "off_gamut", "reference_off_gamut"):
             assert s[part][k] == pytest.approx(w[part][k], rel=1e-9, abs=1e-12), (part, k)
         assert s[part]["pixels"] == w[part]["pixels"]
     for name in w["per_class"]:
@@ -146,6 +159,13 @@ def test_streaming_equals_whole_image_on_1024():
     assert w["overall"]["mae"] == pytest.approx(mae(pred, ref, valid))
     assert w["inside_cloud"]["psnr"] == pytest.approx(psnr(pred, ref, mask=valid & cloud))
     assert w["outside_cloud"]["sam"] == pytest.approx(sam_degrees(pred, ref, mask=valid & ~cloud))
+    # Band r, NDVI r and the off-gamut shares too (the noisy prediction leaves some pixels off-gamut).
+    inside = valid & cloud
+    assert w["inside_cloud"]["band_r"] == pytest.approx(band_r(pred, ref, inside), rel=1e-12)
+    assert w["inside_cloud"]["ndvi_r"] == pytest.approx(ndvi_r(pred, ref, inside), rel=1e-12)
+    assert 0 < w["inside_cloud"]["off_gamut"] == pytest.approx(off_gamut_share(pred, gamut, inside), rel=1e-12)
+    assert w["inside_cloud"]["reference_off_gamut"] == pytest.approx(off_gamut_share(ref, gamut, inside), rel=1e-12)
+    assert s["inside_cloud"]["off_gamut"] > s["inside_cloud"]["reference_off_gamut"]
 
 
 def test_per_class_aggregation_hand_computed():
@@ -191,3 +211,99 @@ def test_nodata_never_leaks_into_ssim():
     a.update(pred, ref, valid=valid)
     b.update(garbage, ref, valid=valid)
     assert a.result()["overall"] == pytest.approx(b.result()["overall"])
+
+
+def test_r_of_a_constant_is_zero_and_of_the_truth_is_one():
+    pred, ref, cloud, _, _ = _scene(64, seed=5)
+    assert band_r(ref, ref, cloud) == pytest.approx(1.0)
+    assert band_r(2 * ref + 0.1, ref, cloud) == pytest.approx(1.0)  # structure, not level
+    flat = np.broadcast_to(np.median(ref, axis=(1, 2))[:, None, None], ref.shape)
+    assert band_r(flat, ref, cloud) == 0.0  # a flat colour: 0, not NaN
+    one_flat = ref.copy()
+    one_flat[3] = 0.4
+    assert band_r(one_flat, ref) == pytest.approx(0.75)  # three bands at 1, a constant band at 0
+    x, y = pred[0].ravel(), ref[0].ravel()
+    assert pearson_r(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-12)
+    assert pearson_r(-x, y) == pytest.approx(-np.corrcoef(x, y)[0, 1], rel=1e-12)
+    # float rounding on a constant (e.g. a fill over a uniform border) is still a constant, not a correlation
+    assert pearson_r(0.3 + 1e-9 * np.sin(np.arange(500)), np.arange(500.0)) == 0.0
+    assert math.isnan(pearson_r(np.zeros(0), np.zeros(0)))
+    assert math.isnan(band_r(pred, ref, np.zeros(cloud.shape, bool)))
+
+
+def test_pearson_streams_in_chunks_without_cancellation():
+    """Large offsets and a tiny spread: the naive Σx² − (Σx)²/n loses every digit here; the merged co-moments do
+    not, chunk by chunk or whole."""
+    from engine.outputs.metrics import PearsonSums
+
+    rng = np.random.default_rng(3)
+    x = 1e4 + rng.normal(0, 1e-3, 10_000)
+    y = x + rng.normal(0, 1e-3, x.size)
+    expected = np.corrcoef(x - 1e4, y - 1e4)[0, 1]
+    sums = PearsonSums(1)
+    for i in range(0, x.size, 777):
+        sums.add(x[None, i : i + 777], y[None, i : i + 777])
+    assert sums.mean_r() == pytest.approx(expected, rel=1e-6)
+    assert pearson_r(x, y) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ndvi_r_with_the_reference():
+    _, ref, cloud, _, _ = _scene(64, seed=6)
+    assert ndvi_r(ref, ref, cloud) == pytest.approx(1.0)
+    swapped = ref[[0, 1, 3, 2]]  # R and NIR swapped: NDVI negated
+    assert ndvi_r(swapped, ref, cloud) == pytest.approx(-1.0)
+    assert band_r(swapped, ref, cloud) < 0.9  # the band r does not see it as perfect
+    assert ndvi_r(np.full_like(ref, 0.2), ref, cloud) == 0.0  # a flat colour has a flat NDVI
+    rng = np.random.default_rng(0)
+    noisy = np.clip(ref + rng.normal(0, 0.05, ref.shape), 0.01, 1)
+    n_p, n_r = ndvi_of(noisy, 2, 3)[cloud], ndvi_of(ref, 2, 3)[cloud]
+    assert ndvi_r(noisy, ref, cloud) == pytest.approx(np.corrcoef(n_p, n_r)[0, 1], rel=1e-12)
+
+
+def test_off_gamut_hand_computed():
+    clear = np.arange(101.0)[None] / 100  # one band, 0.00 … 1.00
+    g = gamut_of(clear)
+    lo, hi = np.percentile(clear[0], (0.5, 99.5))  # 0.005, 0.995
+    pad = GAMUT_MARGIN * (hi - lo)
+    np.testing.assert_allclose([g.low[0], g.high[0]], [lo - pad, hi + pad])
+    img = np.array([[[0.5, hi + 0.9 * pad, hi + 1.1 * pad, lo - 1.1 * pad]]])  # (1, 1, 4)
+    assert off_gamut_share(img, g) == pytest.approx(0.5)
+    assert off_gamut_share(img, g, np.array([[True, True, False, False]])) == 0.0
+    assert gamut_of(np.zeros((4, 0))) is None
+    assert clear_gamut(np.ones((4, 3, 3)), np.ones((3, 3), bool)) is None
+
+
+def _smooth_scene(n: int = 128):
+    """A smooth vegetated scene (gradients + a little noise), a bright cloud disc in the cloudy copy."""
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    ref = np.stack([0.04 + 0.03 * yy, 0.06 + 0.03 * xx, 0.05 + 0.04 * xx * yy, 0.30 + 0.15 * np.sin(3 * xx)])
+    ref = ref + rng.normal(0, 0.003, ref.shape)
+    cloud = (xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.08
+    cloudy = ref.copy()
+    cloudy[:, cloud] = 0.8
+    return cloudy, ref, cloud
+
+
+def test_off_gamut_of_the_truth_is_small_and_of_a_painted_cast_is_total():
+    cloudy, ref, cloud = _smooth_scene()
+    g = clear_gamut(cloudy, cloud)  # from the cloudy input's clear pixels: the bright cloud is not in it
+    assert off_gamut_share(ref, g, cloud) < 0.01
+    cast = ref.copy()
+    cast[2] += 0.3  # a red cast
+    assert off_gamut_share(cast, g, cloud) > 0.99
+    assert off_gamut_share(cloudy, g, cloud) == 1.0  # the cloud itself
+    flat = np.broadcast_to(np.median(cloudy[:, ~cloud], axis=1)[:, None, None], ref.shape)
+    assert off_gamut_share(flat, g, cloud) == 0.0
+
+
+def test_date_gap_ceiling_hand_computed():
+    cloudy = np.array([[[0.5, 0.6], [0.9, 0.9]]])  # (1, 2, 2); the bottom row is cloud
+    ref = np.array([[[0.4, 0.6], [0.1, 0.2]]])
+    cloud = np.array([[False, False], [True, True]])
+    expected = 10 * math.log10(1 / ((0.1**2 + 0.0**2) / 2))  # clear pixels only: MSE 0.005 → 23.01 dB
+    assert date_gap_ceiling(cloudy, ref, cloud) == pytest.approx(expected)
+    acc = MetricAccumulator(AccumulatorConfig(red_index=None, nir_index=None))
+    acc.update(cloudy, ref, cloud=cloud)
+    assert ceiling_of(acc.result()) == pytest.approx(expected)
+    assert math.isnan(date_gap_ceiling(cloudy, ref, np.ones((2, 2), bool)))

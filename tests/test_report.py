@@ -14,7 +14,19 @@ from rasterio.transform import from_origin
 
 from engine.cli import main
 from engine.errors import Cancelled, InputError
-from engine.outputs.metrics import mae, psnr, sam_degrees, ssim
+from engine.outputs.metrics import (
+    CEILING_LABEL,
+    Gamut,
+    band_r,
+    clear_gamut,
+    date_gap_ceiling,
+    mae,
+    ndvi_r,
+    off_gamut_share,
+    psnr,
+    sam_degrees,
+    ssim,
+)
 from engine.outputs.ndvi import NDVI_NODATA
 from engine.progress import Progress
 from engine.refine.baselines import DEFAULT_HALO
@@ -121,6 +133,35 @@ def test_metrics_match_direct_computation(scene, full_report):
     assert cover["cloud_cover_percent"] == pytest.approx(100 * (scene.cloud & v).sum() / v.sum())
 
 
+def test_band_r_ndvi_r_off_gamut_and_ceiling_match_the_whole_image(scene, full_report):
+    """The streamed report's new numbers equal the whole-image functions on the same pixels (every clear pixel of
+    this small scene is in the first pass's sample, so the gamut is the whole image's)."""
+    report, _ = full_report
+    m = report["metrics"]
+    v = scene.valid
+    cloudy = np.where(v, scene.norm("optical"), np.nan)
+    ref = scene.norm("reference")
+    whole = clear_gamut(cloudy, scene.cloud)
+    g = report["settings"]["off_gamut"]
+    np.testing.assert_allclose(g["low"], whole.low, rtol=1e-6)
+    np.testing.assert_allclose(g["high"], whole.high, rtol=1e-6)
+    gamut = Gamut(np.array(g["low"]), np.array(g["high"]))
+    images = {"output": scene.norm("prediction"), "cloudy_input": cloudy}
+    for name, img in images.items():
+        for part, sel in (("inside_cloud", v & scene.cloud), ("outside_cloud", v & ~scene.cloud), ("overall", v)):
+            block = m[name][part]
+            assert block["band_r"] == pytest.approx(band_r(img, ref, sel), rel=1e-5, abs=1e-6), (name, part)
+            assert block["ndvi_r"] == pytest.approx(ndvi_r(img, ref, sel), rel=1e-5, abs=1e-6), (name, part)
+            assert block["off_gamut"] == pytest.approx(off_gamut_share(img, gamut, sel)), (name, part)
+            assert block["reference_off_gamut"] == pytest.approx(off_gamut_share(ref, gamut, sel)), (name, part)
+    inside = m["output"]["inside_cloud"]
+    # a decent output (noise 0.01 on the truth): structure kept, a few noisy pixels past the gamut, the truth fewer
+    assert inside["band_r"] > 0.5 and inside["reference_off_gamut"] < inside["off_gamut"] < 0.2
+    assert m["cloudy_input"]["inside_cloud"]["off_gamut"] == 1.0  # the cloud itself is never in the gamut
+    assert m["date_gap_ceiling_db"] == pytest.approx(date_gap_ceiling(cloudy, ref, scene.cloud), rel=1e-6)
+    assert m["date_gap_ceiling_db"] == m["baseline_margin"]["clear_pixels_db"]
+
+
 def test_streaming_report_equals_single_tile(scene, full_report, tmp_path):
     p = scene.paths
     single = write_report(p["optical"], p["prediction"], tmp_path, reference=p["reference"], mask=p["mask"],
@@ -174,7 +215,7 @@ def test_json_validates_and_schema_catches_errors(full_report):
     report, out = full_report
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == report
-    assert on_disk["schema_version"] == "1.2"
+    assert on_disk["schema_version"] == "1.3"
     assert on_disk["model_card"]["path"] == "/x/y.safetensors" and on_disk["run_settings"]["tile"] == [1, 2]
     validate_report(on_disk)
     try:
@@ -189,6 +230,11 @@ def test_json_validates_and_schema_catches_errors(full_report):
     with pytest.raises(SchemaError, match="mae") as err:
         validate_report(broken)
     assert "pixels" in str(err.value)
+    del broken["metrics"]["output"]["inside_cloud"]["band_r"]
+    broken["metrics"]["cloudy_input"]["outside_cloud"]["off_gamut"] = 1.5
+    with pytest.raises(SchemaError, match="band_r") as err:
+        validate_report(broken)
+    assert "off_gamut" in str(err.value)
 
 
 def test_html_is_self_contained_and_embeds_every_plot(full_report):
@@ -206,6 +252,7 @@ def test_html_is_self_contained_and_embeds_every_plot(full_report):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert parser.external == []
     assert "test-model" in text and "cloudy input" in text
+    assert CEILING_LABEL in text and "off-gamut share of the reference itself" in text and "NDVI r" in text
 
 
 def test_without_reference_or_mask(scene, tmp_path):
@@ -251,7 +298,10 @@ def test_evaluate_cli(scene, tmp_path, capsys):
     assert printed == json.loads((out / "report.json").read_text())
     assert printed["settings"]["tile_size"] == 36
     assert main(args) == 0
-    assert "inside_cloud psnr" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "inside_cloud psnr" in text and "inside_cloud band_r" in text and "inside_cloud off_gamut" in text
+    assert f"{CEILING_LABEL}: {printed['metrics']['date_gap_ceiling_db']:.2f} dB" in text
+    assert "the reference itself" in text
     bad = ["evaluate", "--optical", str(tmp_path / "missing.tif"), "--prediction", str(p["prediction"]),
            "--reference", str(p["reference"]), "--out", str(out)]
     assert main(bad) == 2

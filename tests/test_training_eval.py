@@ -77,3 +77,59 @@ def test_evaluate_m3rcr_sample_per_class(shared_data: Path, tmp_path: Path) -> N
     assert res["overall"]["pixels"] == 160 * 160
     assert sum(c["pixels"] for c in res["per_class"].values()) > 0  # real WorldCover classes
     assert open_dataset(shared_data / "sen12mscr_glfcr", split="test").sample_id(0) == "ROIs1970_fall_139_p839"
+
+
+def _sample(shift: float = 0.0, every: int = 5):
+    """A smooth 32² scene, its cloudy copy (every ``every``-th pixel a bright cloud, so the ground under the cloud
+    is like the clear ground) whose clear pixels are the truth + ``shift`` (another date), and the cloud mask."""
+    yy, xx = np.mgrid[0:32, 0:32] / 32
+    target = np.stack([0.04 + 0.03 * yy, 0.06 + 0.03 * xx, 0.05 + 0.05 * xx * yy, 0.3 + 0.1 * np.sin(4 * xx + yy)])
+    cloud = (np.arange(32 * 32) % every == 0).reshape(32, 32)
+    cloudy = target + shift
+    cloudy[:, cloud] = 0.8
+    return target, cloudy.astype(np.float32), cloud
+
+
+def test_scoring_rows_carry_band_r_ndvi_r_off_gamut_and_the_ceiling() -> None:
+    from engine.outputs.metrics import PSNR_CAP
+    from training import scoring
+
+    target, cloudy, cloud = _sample()
+    row = scoring.score_sample("a", target, cloudy, target, cloud)  # a perfect "model"
+    assert row["model_bandr_in"] == pytest.approx(1.0) and row["model_ndvir_in"] == pytest.approx(1.0)
+    assert row["flat_bandr_in"] == 0.0 and row["flat_ndvir_in"] == 0.0  # a flat colour has no structure
+    assert row["identity_offgamut_in"] == 1.0  # the cloud itself
+    assert row["reference_offgamut_in"] == row["model_offgamut_in"] < 0.01
+    assert row["ceiling_psnr"] == PSNR_CAP  # clear pixels equal to the truth: no date gap
+    cast = target.copy()
+    cast[2] += 0.3
+    assert scoring.score_sample("b", cast, cloudy, target, cloud)["model_offgamut_in"] > 0.99
+    # another date: clear pixels off by 0.01 in every band → MSE 1e-4 → 40 dB
+    dated = scoring.score_sample("c", target, _sample(shift=0.01)[1], target, cloud)
+    assert dated["ceiling_psnr"] == pytest.approx(40.0, rel=1e-5)
+    # the ceiling is averaged over the scored samples only, like the inside-cloud figures it is read beside
+    _, cloudy_d, cloud_d = _sample(shift=0.1, every=200)  # 0.5 % cloud: not scored
+    unscored = scoring.score_sample("d", target, cloudy_d, target, cloud_d)
+    assert not unscored["scored"] and unscored["ceiling_psnr"] == pytest.approx(20.0, rel=1e-5)
+    summary = scoring.summarise([dated, unscored])
+    assert summary["ceiling_psnr"] == pytest.approx(40.0, rel=1e-5)
+    assert summary["reference_offgamut_in"] == dated["reference_offgamut_in"]
+
+
+def test_markdown_tables_show_the_new_columns_and_the_ceiling_on_real_splits() -> None:
+    from engine.outputs.metrics import CEILING_LABEL
+    from training import scoring
+    from training.evaluate import markdown_tables
+
+    target, cloudy, cloud = _sample(shift=0.01)
+    rows = [scoring.score_sample("s1", target, cloudy, target, cloud)]
+    res = {"summary": scoring.summarise(rows), "per_sample": rows}
+    text = markdown_tables({"real": res, "synthetic": res})
+    real, synthetic = text.split("**synthetic**")
+    header = next(line for line in real.splitlines() if line.startswith("| method"))
+    assert "band r in" in header and "NDVI r in" in header and "off-gamut in" in header
+    ref_share = 100 * res["summary"]["reference_offgamut_in"]
+    assert f"| {ref_share:.1f} % |" in next(line for line in real.splitlines() if line.startswith("| reference"))
+    assert f"{CEILING_LABEL}: **40.00 dB**" in real
+    assert "ceiling (dB)" in real and real.rstrip().endswith("| 40.00 |")
+    assert CEILING_LABEL not in synthetic and "ceiling (dB)" not in synthetic

@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from engine.errors import EngineError, InputError
+from engine.outputs.metrics import CEILING_LABEL, clear_gamut
 from training.datasets import M3RCR, SEN12MSCR, AugmentConfig, LayoutSplit, TrainView
 from training.inputs import check_inputs, model_kwargs, to_device
 from training.layout.split import BUILD_FILE
@@ -115,10 +116,11 @@ def evaluate(models: dict[str, nn.Module], view: TrainView, device: torch.device
         target = s["target"].numpy()
         cloud = s["mask"][0].numpy() > 0.5
         landcover = s["landcover"].numpy()
+        gamut = clear_gamut(s["optical"].numpy(), cloud)  # the sample's clear pixels: the off-gamut shares' range
         for name, model in models.items():
             pred = model(batch["optical"], batch["sar"], **model_kwargs(model, batch))
             pred = pred[0].float().clamp(0, 1).cpu().numpy()
-            tile = accs[name].update(pred, target, cloud=cloud, landcover=landcover)
+            tile = accs[name].update(pred, target, cloud=cloud, landcover=landcover, gamut=gamut)
             rows[name].append({"id": s["id"], **{k: tile.get(k) for k in (*METRIC_NAMES, "cloud_cover")}})
     out: dict[str, Any] = {}
     for name in models:
@@ -281,29 +283,60 @@ def write_card(model: nn.Module, card: dict[str, Any], results: dict[str, Any], 
 
 
 TABLE_METHODS = (("identity", "cloudy input"), ("flat", "flat"), ("fill", "fill"), ("model", "**model**"))
+CEILING_KINDS = ("real",)  # the reference is another date: the date-gap ceiling bounds what a removal can score
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _summary_table(s: dict[str, Any]) -> list[str]:
+    """Inside cloud PSNR/SSIM/SAM/MAE, band r, NDVI r, off-gamut; outside and whole PSNR; the truth's own
+    off-gamut share as its last row."""
+    rows = ["| method | PSNR in (dB) | SSIM in | SAM in (°) | MAE in | band r in | NDVI r in | off-gamut in | "
+            "PSNR out | PSNR whole |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, name in TABLE_METHODS:
+        v = {m: s.get(f"{key}_{m}") for m in ("psnr_in", "ssim_in", "sam_in", "mae_in", "bandr_in", "ndvir_in",
+                                              "offgamut_in", "psnr_out", "psnr")}
+        rows.append(f"| {name} | {_num(v['psnr_in'])} | {_num(v['ssim_in'], 3)} | {_num(v['sam_in'])} | "
+                    f"{_num(v['mae_in'], 4)} | {_num(v['bandr_in'], 3)} | {_num(v['ndvir_in'], 3)} | "
+                    f"{_pct(v['offgamut_in'])} | {_num(v['psnr_out'])} | {_num(v['psnr'])} |")
+    rows.append(f"| reference (truth) | | | | | | | {_pct(s.get('reference_offgamut_in'))} | | |")
+    return rows
+
+
+def _ceiling_line(s: dict[str, Any]) -> str:
+    """The date-gap ceiling beside the inside-cloud PSNR (real splits: the reference is another date)."""
+    inside = ", ".join(f"{name} {_num(s.get(f'{name}_psnr_in'))}" for name in ("model", "flat", "fill"))
+    return (f"{CEILING_LABEL}: **{_num(s.get('ceiling_psnr'))} dB** (mean over the scored samples: what a perfect "
+            f"removal would score inside the cloud against this reference) — inside-cloud PSNR: {inside} dB")
 
 
 def markdown_tables(results: dict[str, Any]) -> str:
-    """Per kind: a summary table (inside cloud PSNR/SSIM/SAM/MAE, outside and whole PSNR; per-sample means over the
-    scored samples) and a per-sample inside-cloud PSNR table — the figures the weights README quotes."""
-    f = (lambda v, d=2: "–" if v is None else f"{v:.{d}f}")  # noqa: E731
+    """Per kind: a summary table (:func:`_summary_table`, per-sample means over the scored samples), on real
+    splits the date-gap ceiling, and a per-sample inside-cloud PSNR table (with each sample's ceiling on real
+    splits) — the figures the weights README quotes."""
     out = []
     for kind, res in results.items():
         s = res["summary"]
+        ceiling = kind in CEILING_KINDS
         out += [f"**{kind}** ({s['scored_samples']} scored samples; margin over the best baseline inside the cloud "
-                f"**{f(s['margin_in'])} dB**, model best on {100 * s['wins_in']:.0f} % of them)", "",
-                "| method | PSNR in (dB) | SSIM in | SAM in (°) | MAE in | PSNR out | PSNR whole |",
-                "|---|---|---|---|---|---|---|"]
-        for key, name in TABLE_METHODS:
-            v = {m: s.get(f"{key}_{m}") for m in ("psnr_in", "ssim_in", "sam_in", "mae_in", "psnr_out", "psnr")}
-            out.append(f"| {name} | {f(v['psnr_in'])} | {f(v['ssim_in'], 3)} | {f(v['sam_in'])} | "
-                       f"{f(v['mae_in'], 4)} | {f(v['psnr_out'])} | {f(v['psnr'])} |")
-        out += ["", "| sample | cloud % | " + " | ".join(n for _, n in TABLE_METHODS) + " |",
-                "|---|---|" + "---|" * len(TABLE_METHODS)]
+                f"**{_num(s['margin_in'])} dB**, model best on {100 * s['wins_in']:.0f} % of them)", "",
+                *_summary_table(s), ""]
+        if ceiling:
+            out += [_ceiling_line(s), ""]
+        extra = " ceiling (dB) |" if ceiling else ""
+        out += ["| sample | cloud % | " + " | ".join(n for _, n in TABLE_METHODS) + f" |{extra}",
+                "|---|---|" + "---|" * (len(TABLE_METHODS) + ceiling)]
         for r in res["per_sample"]:
             if r["scored"]:
-                cells = " | ".join(f(r.get(f"{k}_psnr_in")) for k, _ in TABLE_METHODS)
-                out.append(f"| {r['id']} | {100 * r['cover']:.0f} | {cells} |")
+                cells = " | ".join(_num(r.get(f"{k}_psnr_in")) for k, _ in TABLE_METHODS)
+                more = f" {_num(r.get('ceiling_psnr'))} |" if ceiling else ""
+                out.append(f"| {r['id']} | {100 * r['cover']:.0f} | {cells} |{more}")
         out.append("")
     return "\n".join(out)
 

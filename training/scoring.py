@@ -7,6 +7,13 @@ Training validation chooses the checkpoint on it (``run.select = "margin"``), an
 
 Inside-cloud figures are taken over samples with 1–99 % cloud: a sample with no clear pixel gives the baselines
 nothing to work from (they degenerate to the cloudy input), and one with no cloud has no inside.
+
+Beside PSNR/SSIM/MAE/SAM, inside the cloud (issue 26; the maths in :mod:`engine.outputs.metrics`): ``bandr_in``
+(per-band Pearson r, a flat colour scores 0), ``ndvir_in`` (NDVI r) and ``offgamut_in`` (share of pixels outside
+the sample's clear-pixel gamut, taken from the cloudy input) for every method, the truth's own
+``reference_offgamut_in``, and ``ceiling_psnr``, the date-gap ceiling (clear pixels of the cloudy input against the
+reference: on a real triplet what a perfect removal would score inside the cloud; averaged over the scored samples,
+like the inside-cloud figures it is read beside).
 """
 
 from __future__ import annotations
@@ -20,6 +27,27 @@ from engine.refine import baselines
 
 METHODS = ("model", "identity", *baselines.BASELINES)
 SCORED_COVER = (0.01, 0.99)
+SCORED_ONLY = ("ceiling_psnr",)  # averaged over the scored samples, like the ``*_in`` keys
+SHAPE_KEYS = ("bandr_in", "ndvir_in", "offgamut_in")
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def off_gamut_in(image: np.ndarray, cloud: np.ndarray, gamut: metrics.Gamut | None) -> float | None:
+    """The off-gamut share inside ``cloud``; None without cloud or gamut (no clear pixel to take it from)."""
+    return None if gamut is None or not cloud.any() else _finite(metrics.off_gamut_share(image, gamut, cloud))
+
+
+def shape_scores(pred: np.ndarray, target: np.ndarray, cloud: np.ndarray,
+                 gamut: metrics.Gamut | None) -> dict[str, float | None]:
+    """Band r, NDVI r and the off-gamut share inside ``cloud`` (None where undefined)."""
+    if not cloud.any():
+        return dict.fromkeys(SHAPE_KEYS)
+    return {"bandr_in": _finite(metrics.band_r(pred, target, cloud)),
+            "ndvir_in": _finite(metrics.ndvi_r(pred, target, cloud)),
+            "offgamut_in": off_gamut_in(pred, cloud, gamut)}
 
 
 def region_scores(pred: np.ndarray, target: np.ndarray, cloud: np.ndarray) -> dict[str, float | None]:
@@ -60,7 +88,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     keys = {k for r in rows for k in r if k not in ("id", "cover", "scored")}
     for key in sorted(keys):
-        inside = key.endswith("_in")
+        inside = key.endswith("_in") or key in SCORED_ONLY
         vals = [r[key] for r in rows if r.get(key) is not None and (r["scored"] or not inside)]
         out[key] = float(np.mean(vals)) if vals else None
     margins = [r["model_psnr_in"] - max(r[f"{b}_psnr_in"] for b in baselines.BASELINES)
@@ -73,12 +101,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def score_sample(sid: str, pred: np.ndarray, optical: np.ndarray, target: np.ndarray, cloud: np.ndarray,
                  cached_baselines: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """One row: ``{method}_{metric}`` for the model, the cloudy input and each baseline."""
+    """One row: ``{method}_{metric}`` for the model, the cloudy input and each baseline, the reference's own
+    ``reference_offgamut_in`` and the date-gap ``ceiling_psnr`` (see the module docstring)."""
     base = cached_baselines if cached_baselines is not None else baseline_images(optical, cloud)
     row: dict[str, Any] = {"id": sid, "cover": float(np.mean(cloud)), "scored": scored(cloud)}
+    gamut = metrics.clear_gamut(optical, cloud)
     for name, img in (("model", pred), ("identity", optical), *base.items()):
-        for k, v in region_scores(img, target, cloud).items():
+        for k, v in (region_scores(img, target, cloud) | shape_scores(img, target, cloud, gamut)).items():
             row[f"{name}_{k}"] = v
+    row["reference_offgamut_in"] = off_gamut_in(target, cloud, gamut)
+    row["ceiling_psnr"] = _finite(metrics.date_gap_ceiling(optical, target, cloud))
     return row
 
 

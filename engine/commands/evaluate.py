@@ -4,8 +4,9 @@ Writes the full report (layers, ``report.json``, ``report.html``) into ``--out``
 :func:`engine.report.write_report`; ``--json`` prints ``report.json`` on stdout (for the QGIS plugin and scripts),
 otherwise a short human summary with the cloudy input's and the baselines' numbers beside the output's and the
 headline: the output's margin over the best baseline inside the cloud (:mod:`engine.report.margin`). The baselines
-(:mod:`engine.refine.baselines`: flat, fill) are on by default — they cost a first pass over the optical input and a
-sparse solve per cloudy tile — and ``--no-baselines`` skips them.
+(:mod:`engine.refine.baselines`: flat, fill) are on by default — they cost a sparse solve per cloudy tile — and
+``--no-baselines`` skips them. Beside PSNR: band r, NDVI r and the off-gamut share of every column (and of the
+reference itself), and the date-gap ceiling (:mod:`engine.outputs.metrics`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from engine.commands import add_renamed_argument
 from engine.commands.ndvi import parse_bands, terminal_progress
-from engine.report.margin import margin_sentence
+from engine.report.margin import ceiling_sentence, gamut_sentence, margin_sentence
 
 NAME = "evaluate"
 HELP = ("score a declouded raster against a cloud-free reference (MAE, PSNR, SSIM, SAM, NDVI), beside the cloudy "
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+LABEL = 24  # width of the summary's first column ("outside_cloud off_gamut")
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -57,14 +61,15 @@ def _summary(report: dict[str, Any]) -> str:
     columns = {"cloudy input": m["cloudy_input"]}
     columns |= m["baselines"] or {}
     columns["output"] = m["output"]
-    lines.append(f"{'':16}" + "".join(f"{name:>14}" for name in columns))
+    lines.append(f"{'':{LABEL}}" + "".join(f"{name:>14}" for name in columns))
     for part in ("overall", "inside_cloud", "outside_cloud"):
-        for key in ("mae", "psnr", "ssim", "sam"):
-            lines.append(f"{part + ' ' + key:16}" + "".join(f"{_fmt(b[part][key]):>14}" for b in columns.values()))
+        for key in ("mae", "psnr", "ssim", "sam", "band_r", "ndvi_r", "off_gamut"):
+            lines.append(f"{part + ' ' + key:{LABEL}}" + "".join(f"{_fmt(b[part][key]):>14}" for b in columns.values()))
     for key in ("rmse", "miou"):
-        lines.append(f"{'ndvi ' + key:16}" + "".join(f"{_fmt(b['ndvi'][key]):>14}" for b in columns.values()))
+        lines.append(f"{'ndvi ' + key:{LABEL}}" + "".join(f"{_fmt(b['ndvi'][key]):>14}" for b in columns.values()))
     if m["baselines"] is not None:
         lines.append(margin_sentence(m["baseline_margin"]))
+    lines += [line for line in (ceiling_sentence(m), gamut_sentence(m)) if line]
     return "\n".join(lines)
 
 

@@ -192,7 +192,7 @@ def _anchor_sentence(shift: list[float] | None) -> str | None:
 def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     from tqdm import tqdm
 
-    from engine.report.margin import margin_sentence
+    from engine.report.margin import ceiling_sentence, gamut_sentence, margin_sentence
     from engine.stream.pipeline import run as run_pipeline
 
     bars: list[tqdm] = []  # created at the start event, so an input error prints its line without a bar
@@ -236,8 +236,11 @@ def _run_tqdm(config: RunConfig, accel: AccelConfig | None = None) -> int:
     if result.report_dir:
         print(f"report in {result.report_dir}")
         metrics = (result.report or {}).get("metrics")
-        if metrics is not None and metrics["baselines"] is not None:
-            print(margin_sentence(metrics["baseline_margin"]))
+        if metrics is not None:
+            lines = [margin_sentence(metrics["baseline_margin"])] if metrics["baselines"] is not None else []
+            lines += [line for line in (ceiling_sentence(metrics), gamut_sentence(metrics)) if line]
+            for line in lines:
+                print(line)
     return 0
 
 

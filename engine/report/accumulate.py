@@ -25,11 +25,18 @@ pixels. The cloud mask is the given one, or the clouds detected on the optical i
 Baselines (:mod:`engine.refine.baselines`, when asked for and a reference is given): ``flat`` and ``fill`` of the cloudy
 input are made tile by tile from the same cloud mask and fed to their own :class:`MetricAccumulator` exactly like the
 output, so their numbers are on the same pixels. ``flat`` needs the scene's clear medians before the first tile:
-a first pass (:func:`clear_medians_pass`) reads the optical input (and mask) tile by tile and takes the median of
+a first pass (:func:`clear_sample_pass`) reads the optical input (and mask) tile by tile and takes the median of
 its clear pixels — all of them up to :data:`engine.refine.baselines.MEDIAN_SAMPLE_PX` pixels, beyond that a regular grid
 of about that many (the median of millions of pixels does not move in the third decimal). ``fill`` is solved per
 tile on the optical input read with :data:`engine.refine.baselines.DEFAULT_HALO` more pixels of context (exact for
 clouds narrower than that).
+
+Off-gamut shares (:func:`engine.outputs.metrics.off_gamut_share`, with a reference): every method's and the
+reference's, against the gamut of the cloudy input's clear pixels, need that gamut before the first tile too. It is
+taken from the same first pass and the same sample as the flat medians (so with a reference the first pass runs
+even without baselines): on a scene of at most :data:`engine.refine.baselines.MEDIAN_SAMPLE_PX` pixels every clear
+pixel, so the streamed shares equal the whole-image computation exactly; beyond that the grid sample, whose 0.5th
+and 99.5th percentiles do not move in the third decimal either.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import rasterio
 from rasterio.windows import Window
 
 from engine.align.cloudmask import detect_clouds
-from engine.outputs.metrics import SSIM_RADIUS, AccumulatorConfig, MetricAccumulator
+from engine.outputs.metrics import SSIM_RADIUS, AccumulatorConfig, Gamut, MetricAccumulator, gamut_of
 from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA, ndvi
 from engine.outputs.writer import LAYER_BLOCK, AtomicGeoTIFFWriter, OutputSpec, layer_spec
 from engine.progress import Progress
@@ -148,6 +155,7 @@ class PassResult:
     quicklooks: Quicklooks
     baseline_metrics: dict[str, MetricAccumulator] = field(default_factory=dict)
     medians: np.ndarray | None = None  # the flat baseline's per-band values (B, G, R, NIR), when computed
+    gamut: Gamut | None = None  # the cloudy input's clear-pixel gamut the off-gamut shares are taken against
 
 
 def rows_of_blocks(rows: int, block_height: int) -> int:
@@ -221,7 +229,17 @@ def read_optical_and_cloud(src: Sources, window: Window) -> tuple[np.ndarray, np
 
 
 def clear_medians_pass(src: Sources, tile_size: int, progress: Progress) -> np.ndarray | None:
-    """Per-band median (4,) of the optical input's clear pixels over the whole scene, or None when none is clear.
+    """Per-band median (4,) of the optical input's clear pixels over the whole scene, or None when none is clear."""
+    return medians_of(clear_sample_pass(src, tile_size, progress))
+
+
+def medians_of(sample: np.ndarray) -> np.ndarray | None:
+    """The flat baseline's per-band medians of a (4, N) clear-pixel sample; None when it is empty."""
+    return np.median(sample, axis=1).astype(np.float32) if sample.shape[1] else None
+
+
+def clear_sample_pass(src: Sources, tile_size: int, progress: Progress) -> np.ndarray:
+    """(4, N) values of the optical input's clear pixels over the whole scene (the flat medians and the gamut).
 
     A first pass over the same tiles (and so the same cloud mask) as :func:`run_pass`; every pixel when the scene
     has at most :data:`engine.refine.baselines.MEDIAN_SAMPLE_PX`, else the pixels on a regular grid of about that many.
@@ -238,9 +256,8 @@ def clear_medians_pass(src: Sources, tile_size: int, progress: Progress) -> np.n
         core_opt = opt[(slice(None), *c)][:, rows][:, :, cols]
         clear = (v_opt[c] & ~cloud[c])[rows][:, cols]
         parts.append(core_opt[:, clear])
-        progress.update((i + 1) / len(tiles), "report: clear medians for the flat baseline")
-    values = np.concatenate(parts, axis=1)
-    return np.median(values, axis=1).astype(np.float32) if values.shape[1] else None
+        progress.update((i + 1) / len(tiles), "report: the clear pixels' medians and gamut")
+    return np.concatenate(parts, axis=1)
 
 
 def _fill_blocks(
@@ -302,10 +319,12 @@ def run_pass(
     cloudy_acc = MetricAccumulator(cfg) if has_ref else None
     base_acc = {name: MetricAccumulator(cfg) for name in baselines}
     context = DEFAULT_HALO if "fill" in baselines else 0  # the optical input and mask are read with it
-    medians = None
-    if baselines:
-        medians = clear_medians_pass(src, tile_size, progress.scaled(0.0, 0.1))
+    medians, gamut = None, None
+    if has_ref:
+        sample = clear_sample_pass(src, tile_size, progress.scaled(0.0, 0.1))
         progress = progress.scaled(0.1, 1.0)
+        medians = medians_of(sample) if baselines else None
+        gamut = gamut_of(sample)
 
     def spec(dtype: str, nodata: float) -> OutputSpec:
         return layer_spec(
@@ -325,13 +344,14 @@ def run_pass(
             )
             for name, fname in layers.items()
         }
-        tile_pass = _TilePass(src, dst, looks, stats, out_acc, cloudy_acc, base_acc, baselines, medians, context)
+        tile_pass = _TilePass(src, dst, looks, stats, out_acc, cloudy_acc, base_acc, baselines, medians, context,
+                              gamut)
         for i, (core, read, halo) in enumerate(tiles):
             progress.check_cancelled()
             tile_pass.tile(core, read, halo)
             progress.update((i + 1) / len(tiles), "report: metrics and layers")
     return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks,
-                      baseline_metrics=base_acc, medians=medians)  # fmt: skip
+                      baseline_metrics=base_acc, medians=medians, gamut=gamut)  # fmt: skip
 
 
 @dataclass
@@ -349,6 +369,7 @@ class _TilePass:
     baselines: tuple[str, ...]
     medians: np.ndarray | None
     context: int
+    gamut: Gamut | None
 
     def tile(self, core: Window, read: Window, halo: tuple[int, int, int, int]) -> None:
         grid = self.src.grid
@@ -385,7 +406,7 @@ class _TilePass:
             self.looks.add(f"baseline_{name}", core, image[(slice(None), *c)])
             candidates.append((self.base_acc[name], image))
         for acc, cand in candidates:
-            acc.update(cand, ref, valid=v_all, cloud=cloud, landcover=lc, halo=halo)
+            acc.update(cand, ref, valid=v_all, cloud=cloud, landcover=lc, halo=halo, gamut=self.gamut)
 
     def _count(self, vc: np.ndarray, cc: np.ndarray, lc: np.ndarray | None) -> None:
         stats = self.stats

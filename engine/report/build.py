@@ -19,7 +19,7 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import EngineError, OutputError
-from engine.outputs.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
+from engine.outputs.metrics import GAMUT_MARGIN, GAMUT_PERCENTILES, PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA, ceiling_of
 from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
 from engine.outputs.writer import check_output_dir
 from engine.progress import Progress
@@ -108,6 +108,19 @@ def _baseline_settings(res: PassResult) -> dict[str, Any] | None:
     }
 
 
+def _gamut_settings(res: PassResult) -> dict[str, Any]:
+    """The gamut the off-gamut shares are taken against, and where it comes from."""
+    g = res.gamut
+    return {
+        "percentiles": list(GAMUT_PERCENTILES),
+        "margin": GAMUT_MARGIN,
+        "from": "clear pixels of the cloudy input, first pass over the scene (the flat medians' sample); a pixel "
+                "is off-gamut when any band is outside [low, high]",
+        "low": None if g is None else [float(v) for v in g.low],
+        "high": None if g is None else [float(v) for v in g.high],
+    }
+
+
 def _metrics_json(res: PassResult) -> dict[str, Any] | None:
     if res.output_metrics is None or res.cloudy_metrics is None:
         return None
@@ -117,6 +130,7 @@ def _metrics_json(res: PassResult) -> dict[str, Any] | None:
         "baselines": {name: acc.result() for name, acc in res.baseline_metrics.items()} or None,
     }
     metrics["baseline_margin"] = baseline_margin(metrics)
+    metrics["date_gap_ceiling_db"] = ceiling_of(metrics["cloudy_input"])
     return metrics
 
 
@@ -221,6 +235,7 @@ def _report_json(src: Any, res: PassResult, tile_size: int, bands: tuple[int, ..
             "ndvi_nodata": NDVI_NODATA,
             "cloud_mask_nodata": MASK_NODATA,
             "baselines": _baseline_settings(res),
+            "off_gamut": _gamut_settings(res),
         },
         "scene": _scene_json(res, src, mask_given),
         "metrics": _metrics_json(res),

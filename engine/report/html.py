@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any
 
-from engine.report.margin import margin_sentence
+from engine.report.margin import ceiling_sentence, gamut_sentence, margin_sentence
 from engine.sources.landcover import CLASS_NAMES
 
 _CSS = """
@@ -42,6 +42,12 @@ _METRICS = {
     "psnr": ("PSNR (dB)", "{:.2f}", True),
     "ssim": ("SSIM", "{:.4f}", True),
     "sam": ("SAM (°)", "{:.2f}", False),
+}
+# beside them in the quality table (not in the per-tile bins): structure and colour (engine.outputs.metrics)
+_SHAPE_METRICS = {
+    "band_r": ("band r (mean of B, G, R, NIR)", "{:.3f}", True),
+    "ndvi_r": ("NDVI r", "{:.3f}", True),
+    "off_gamut": ("off-gamut share", "{:.1%}", False),
 }
 
 
@@ -89,9 +95,12 @@ def _quality_table(m: dict[str, Any]) -> str:
     bases = m.get("baselines") or {}
     rows = []
     for part, label in (("overall", "whole image"), ("inside_cloud", "inside clouds"), ("outside_cloud", "outside")):
-        for key, (name, fmt, hb) in _METRICS.items():
+        for key, (name, fmt, hb) in (_METRICS | _SHAPE_METRICS).items():
             rows.append(_row(label, name, hb, fmt, m["cloudy_input"][part][key],
                              [b[part][key] for b in bases.values()], m["output"][part][key]))  # fmt: skip
+        own = m["output"][part]["reference_off_gamut"]
+        rows.append([f"<td>{escape(label)}</td>", "<td>off-gamut share of the reference itself</td>",
+                     f'<td colspan="{len(bases) + 3 + bool(bases)}">{_fmt(own, "{:.1%}")}</td>'])
     for key, name, hb in (("rmse", "NDVI RMSE", False), ("miou", "NDVI class mIoU", True)):
         rows.append(_row("whole image", name, hb, "{:.4f}", m["cloudy_input"]["ndvi"][key],
                          [b["ndvi"][key] for b in bases.values()], m["output"]["ndvi"][key]))  # fmt: skip
@@ -101,10 +110,18 @@ def _quality_table(m: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _gamut_rule(g: dict[str, Any]) -> str:
+    """E.g. "0.5–99.5 % clear percentiles widened by 10 % of that range on each side"."""
+    lo, hi = g["percentiles"]
+    return f"{lo:g}–{hi:g} % clear percentiles widened by {100 * g['margin']:g} % of that range on each side"
+
+
 def _headline(m: dict[str, Any]) -> str:
     margin = m.get("baseline_margin")
     cls = "" if margin is None else ("better" if margin["beats_baselines"] else "worse")
-    return f'<p class="headline {cls}"><strong>{escape(margin_sentence(margin))}</strong></p>'
+    lines = [f'<p class="headline {cls}"><strong>{escape(margin_sentence(margin))}</strong></p>']
+    lines += [f"<p>{escape(line)}</p>" for line in (ceiling_sentence(m), gamut_sentence(m)) if line]
+    return "\n".join(lines)
 
 
 def _class_table(m: dict[str, Any]) -> str:
@@ -143,6 +160,27 @@ def _pre(obj: Any) -> str:
     return f"<pre>{escape(json.dumps(obj, indent=2))}</pre>"
 
 
+def _quality_note(report: dict[str, Any]) -> str:
+    """What the quality table's columns and rows mean."""
+    return (
+        '<p class="note">The reference is the cloud-free acquisition of the same place (another date: what '
+        "changed on the ground in between counts against every column alike). "
+        'Bands scaled to [0, 1] (data range 1). "Cloudy input" scores the unmodified input '
+        "against the reference, as the paper's \"Cloudy\" row; the gain column is output − cloudy input, green "
+        "when it is an improvement. Beating the cloudy input proves little: the non-learned baselines, made "
+        "from the cloudy input and the same cloud mask and scored on the same pixels, are what a model must "
+        "beat — <em>flat</em> paints every pixel with the per-band median of the scene's clear pixels, "
+        "<em>fill</em> keeps the clear pixels and fills each cloud by harmonic interpolation from its border. "
+        "The margin column is output − the best baseline of that row. <em>Band r</em> (per-band Pearson r with "
+        "the reference, a flat colour scores 0) and <em>NDVI r</em> measure structure; the <em>off-gamut "
+        "share</em> is the share of pixels whose colour is outside the cloudy input's own clear pixels (any band "
+        f"beyond its {escape(_gamut_rule(report['settings']['off_gamut']))}): it catches painted colour casts. "
+        "The reference's own share is printed under each region: where it is high (another date, hazy clear "
+        "pixels) the share says little. The date-gap ceiling is the cloudy input's clear pixels scored against "
+        "the reference: what a perfect removal would score inside the cloud.</p>"
+    )
+
+
 def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     """The whole page as a string."""
     scene = report["scene"]
@@ -172,15 +210,7 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     if m is not None:
         parts += [
             "<h2>Quality against the cloud-free reference</h2>",
-            '<p class="note">The reference is the cloud-free acquisition of the same place (another date: what '
-            "changed on the ground in between counts against every column alike). "
-            'Bands scaled to [0, 1] (data range 1). "Cloudy input" scores the unmodified input '
-            "against the reference, as the paper's \"Cloudy\" row; the gain column is output − cloudy input, green "
-            "when it is an improvement. Beating the cloudy input proves little: the non-learned baselines, made "
-            "from the cloudy input and the same cloud mask and scored on the same pixels, are what a model must "
-            "beat — <em>flat</em> paints every pixel with the per-band median of the scene's clear pixels, "
-            "<em>fill</em> keeps the clear pixels and fills each cloud by harmonic interpolation from its border. "
-            "The margin column is output − the best baseline of that row.</p>",
+            _quality_note(report),
             _quality_table(m),
             "<h3>Per land-cover class</h3>",
             _class_table(m) if report["inputs"]["landcover"] else '<p class="note">no land cover given</p>',

@@ -10,6 +10,10 @@ The margin is only as meaningful as the reference. Outside the cloud the cloudy 
 its PSNR there against the reference is what a perfect cloud removal would score. When that is below the flat
 colour's outside the cloud, the reference is another date (or the mask misses haze) and no cloud removal, however
 good, would beat flat on it; the sentence says so (``clear_pixels_db`` < ``flat_outside_db``).
+
+Beside the margin, the report words two more facts of :mod:`engine.outputs.metrics` here, for the CLI and the HTML
+alike: the date-gap ceiling (:func:`ceiling_sentence`, the same number as ``clear_pixels_db``, stored as
+``metrics.date_gap_ceiling_db``) and the off-gamut shares inside the cloud (:func:`gamut_sentence`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def baseline_margin(metrics: dict[str, Any]) -> dict[str, Any] | None:
 
     Nothing to compare: no baselines scored, or no inside-cloud PSNR (no cloud pixel with a valid reference).
     """
+    from engine.outputs.metrics import ceiling_of  # here, not at the top: the CLI starts without SciPy
+
     output = metrics["output"][MARGIN_REGION][MARGIN_METRIC]
     scored = {
         name: block[MARGIN_REGION][MARGIN_METRIC]
@@ -36,7 +42,7 @@ def baseline_margin(metrics: dict[str, Any]) -> dict[str, Any] | None:
     best = max(scored, key=lambda name: scored[name])
     margin = output - scored[best]
     return {
-        "clear_pixels_db": _outside(metrics.get("cloudy_input")),
+        "clear_pixels_db": ceiling_of(metrics.get("cloudy_input")),
         "flat_outside_db": _outside((metrics.get("baselines") or {}).get("flat")),
         "region": MARGIN_REGION,
         "metric": MARGIN_METRIC,
@@ -77,3 +83,37 @@ def _reference_note(margin: dict[str, Any]) -> str:
         f"flat's {flat:.2f} dB: the reference is likely another date (or the mask misses haze), so even a perfect "
         "cloud removal would not beat flat on it"
     )
+
+
+def ceiling_sentence(metrics: dict[str, Any]) -> str | None:
+    """The date-gap ceiling beside the output's inside-cloud PSNR, e.g. "date-gap ceiling (clear pixels of the input
+    vs the reference): 26.23 dB; inside the cloud the output scores 24.10 dB"; None without clear pixels."""
+    from engine.outputs.metrics import CEILING_LABEL, PSNR_CAP
+
+    ceiling = metrics.get("date_gap_ceiling_db")
+    if ceiling is None:
+        return None
+    inside = metrics["output"][MARGIN_REGION][MARGIN_METRIC]
+    if ceiling >= PSNR_CAP:
+        note = " (the clear pixels equal the reference: an exact target, no date gap)"
+    else:
+        note = " (what a perfect cloud removal would score inside the cloud against this reference)"
+    output = "–" if inside is None else f"{inside:.2f} dB"
+    return f"{CEILING_LABEL}: {ceiling:.2f} dB{note}; inside the cloud the output scores {output}"
+
+
+def gamut_sentence(metrics: dict[str, Any]) -> str | None:
+    """The off-gamut shares inside the cloud: the output's, the best of the others' and the reference's own."""
+    inside = {name: block[MARGIN_REGION] for name, block in _blocks(metrics).items()}
+    if inside["output"]["off_gamut"] is None:
+        return None
+    shares = ", ".join(f"{name} {100 * b['off_gamut']:.1f} %" for name, b in inside.items()
+                       if b["off_gamut"] is not None)
+    own = inside["output"]["reference_off_gamut"]
+    return (f"off-gamut share inside the cloud (colours outside the input's clear pixels): {shares}; the reference "
+            f"itself {'–' if own is None else f'{100 * own:.1f} %'}")
+
+
+def _blocks(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metric blocks by display name: cloudy input, each baseline, output."""
+    return {"cloudy input": metrics["cloudy_input"], **(metrics.get("baselines") or {}), "output": metrics["output"]}
