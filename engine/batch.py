@@ -212,7 +212,7 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
     """Reject, before any scene runs, a batch that would overwrite its own files (issue 15): an output (``out``,
     ``qa``) that is the manifest, the summary, another scene's output or any scene's input, a summary that is the
     manifest or an input, and an output that exists as a non-regular file (a device, FIFO, socket or folder)."""
-    from engine.outputs.writer import existing_kind
+    from engine.outputs.guard import existing_kind
 
     taken: dict[object, str] = {}  # path (resolved) or (device, inode) of an existing file → what it is
 

@@ -223,6 +223,10 @@ class RunConfig:
         label="Sentinel-1 SAR image (VV, VH; not for gapfill)")
     out: Path = option(None, "output GeoTIFF (written atomically)", kind="path", label="Declouded image",
                        group="output", required=True)
+    clobber: bool = option(
+        True, "refuse to replace an output file (--out, --qa, --confidence, the report's files) that exists already "
+        "(default: an existing output is replaced, once the run has succeeded)", kind="bool", group="output",
+        label="Replace an existing output file")
     landcover: Path | str | None = option(None, "ESA WorldCover land-cover raster (for the report)", kind="source",
                                           label="Land cover (ESA WorldCover codes)")
     mask: Path | str | None = option(
@@ -417,8 +421,8 @@ def check_options(values: Mapping[str, Any]) -> None:
     if v["only_cloudy"] and v["mask"] is None and len(v["bands"]) != 4:
         raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                          f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
-    if v["memory_budget"] is not None and not v["memory_budget"] > 0:
-        raise InputError(f"--memory-budget must be a positive number of GB, got {v['memory_budget']}")
+    if v["memory_budget"] is not None and not 0 < v["memory_budget"] < float("inf"):
+        raise InputError(f"--memory-budget must be a positive, finite number of GB, got {v['memory_budget']}")
     if not 0 <= v["adapt"] <= MAX_ADAPT_STEPS:
         raise InputError(f"--adapt must be 0 (off) to {MAX_ADAPT_STEPS} steps, got {v['adapt']}")
     if not 0 <= v["cloud_feather"] <= MAX_FEATHER:
@@ -489,7 +493,9 @@ def run_arguments(values: Mapping[str, Any]) -> list[str]:
             if bool(value) != bool(row.default):
                 args.append(row.flag)
             continue
-        args += [row.flag, row.text(value)]
+        text = row.text(value)
+        # one token when the value may start with "-": argparse takes "--bounds -70.5,…" for two options
+        args += [f"{row.flag}={text}"] if text.startswith("-") or row.kind == "bounds" else [row.flag, text]
     return args
 
 

@@ -18,9 +18,10 @@ import numpy as np
 from rasterio.windows import Window
 
 from engine.errors import InputError
+from engine.outputs.guard import check_output_path
 from engine.outputs.metrics import ndvi_classes
 from engine.outputs.provenance import RasterMetadata, read_metadata
-from engine.outputs.writer import AtomicGeoTIFFWriter, check_output_path, layer_spec
+from engine.outputs.writer import AtomicGeoTIFFWriter, layer_spec
 from engine.progress import Progress
 from engine.sources.raster import input_read_errors, open_raster
 

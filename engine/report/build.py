@@ -19,9 +19,9 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import EngineError, OutputError
+from engine.outputs.guard import check_output_dir
 from engine.outputs.metrics import PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA
 from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
-from engine.outputs.writer import check_output_dir
 from engine.progress import Progress
 from engine.refine.baselines import BASELINES, DEFAULT_HALO, MEDIAN_SAMPLE_PX
 from engine.report import REPORT_FILES, plots

@@ -101,8 +101,7 @@ class AccelConfig:
             raise AccelError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
         if self.channels_last not in CHANNELS_LAST:
             raise AccelError(f"channels_last must be one of {', '.join(CHANNELS_LAST)}, got '{self.channels_last}'")
-        if self.threads is not None and self.threads < 1:
-            raise AccelError(f"--threads must be at least 1, got {self.threads}")
+        check_threads(self.threads)
         if self.cpu_workers < 0:
             raise AccelError(f"cpu_workers must be 0 (auto) or more, got {self.cpu_workers}")
         if self.cpu_microbatch < 0:
@@ -141,6 +140,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def matmul_precision_for(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> str | None:
     """The float32 matmul precision a run should use (see the module docstring), or None to leave it alone."""
     return "high" if tf32 and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) else None
+
+
+def check_threads(threads: int | None, flag: str = "--threads") -> None:
+    """``threads`` (None: every core) must be 1 to this machine's core count (issue 25: ``--threads 100000`` aborted
+    the process in OpenMP and left its temporary file); one-line :class:`AccelError` before any work."""
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise AccelError(f"{flag} must be 1 to {cores} (the CPU cores of this machine), got {threads}")
 
 
 def set_threads(threads: int | None) -> int:
