@@ -225,8 +225,8 @@ class RunConfig:
                        group="output", required=True)
     clobber: bool = option(
         True, "refuse to replace an output file (--out, --qa, --confidence, the report's files) that exists already "
-        "(default: an existing output is replaced, once the run has succeeded)", kind="bool", group="output",
-        label="Replace an existing output file")
+        "(default: an existing output is replaced, once the run has succeeded)", kind="bool", flag="--no-clobber",
+        group="output", label="Replace an existing output file")
     landcover: Path | str | None = option(None, "ESA WorldCover land-cover raster (for the report)", kind="source",
                                           label="Land cover (ESA WorldCover codes)")
     mask: Path | str | None = option(

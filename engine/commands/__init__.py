@@ -38,3 +38,11 @@ def add_renamed_argument(parser: argparse.ArgumentParser, new: str, old: str, **
     group.add_argument(new, dest=dest, **kwargs)
     old_kwargs = {"nargs": 0} if flag_only else {k: v for k, v in kwargs.items() if k in ("type", "metavar")}
     group.add_argument(old, dest=dest, action=_Deprecated, help=argparse.SUPPRESS, **old_kwargs)
+
+
+def add_clobber_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-clobber`` (dest ``clobber``), the options table's row: every command that writes files takes it."""
+    from engine.commands.run import add_option
+    from engine.config import OPTIONS
+
+    add_option(parser, OPTIONS["clobber"])

@@ -601,4 +601,5 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress, pred
                       "total_tiles": result.total_tiles},
         progress=progress,
         baselines=config.baselines,
+        clobber=config.clobber,
     )
