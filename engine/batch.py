@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, InputError
+from engine.names import temporary_stem
 
 log = logging.getLogger("engine")
 
@@ -359,7 +360,7 @@ def open_client(config: BatchConfig) -> Iterator[Any]:
 def write_summary(path: Path, outcomes: list[SceneOutcome]) -> None:
     """Write the summary CSV atomically (temporary file + rename), in manifest order."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{temporary_stem(path.name)}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
