@@ -108,6 +108,11 @@ def open_raster(path: Path | str, role: str) -> rasterio.io.DatasetReader:
     except (RasterioIOError, CPLE_BaseError):
         what = "GDAL dataset" if isinstance(path, str) else "file"
         raise InputError(f"{role} {what} is not a readable raster: {path}") from None
+    complex_bands = sorted({d for d in ds.dtypes if d.startswith("complex")})  # complex_int16: no numpy type
+    if complex_bands:  # no input of the engine is complex (issue 25: complex64 optical became DN as reflectance)
+        ds.close()
+        raise InputError(f"{role} raster holds complex values ({', '.join(complex_bands)}): the engine reads real "
+                         f"values only (convert to amplitude or intensity first): {path}")  # fmt: skip
     try:
         problem = block_layout_problem(ds)
         if problem is None:
