@@ -147,16 +147,16 @@ def check_paths(cfg: Any, clobber: bool) -> None:
     """The output weights never replace the base weights nor a file of the archive (issue 25: ``--weights w
     --out w`` overwrote the base in place), nor, with ``--no-clobber``, an existing file; and no file of the archive
     reaches the network (:mod:`engine.sources.footprint`)."""
-    from engine.outputs.guard import as_footprint, check_output_path
-    from engine.sources.footprint import input_footprint
+    from engine.outputs.guard import check_output_path
+    from engine.sources.footprint import Footprint, Read, input_footprint
     from training.finetune.run import resolve_base
 
     archive = Path(cfg.archive)
     entries = sorted(archive.glob("*/*")) if archive.is_dir() else []
     everything = sorted(p for p in archive.rglob("*") if p.is_file())[:100_000] if archive.is_dir() else []
     named = {"base weights": resolve_base(cfg), **{f"archive ({p.parent.name}/{p.name})": p for p in entries}}
-    check_output_path(cfg.out, input_footprint(named).add(as_footprint(everything)), what="output weights",
-                      clobber=clobber)  # fmt: skip
+    files = Footprint([Read(p.resolve(), "archive", str(archive), "a file of the archive") for p in everything])
+    check_output_path(cfg.out, input_footprint(named).add(files), what="output weights", clobber=clobber)
 
 
 def run(args: argparse.Namespace) -> int:
