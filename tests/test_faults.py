@@ -522,10 +522,12 @@ def test_bad_manifests_are_one_line_errors(tmp_path, capsys, content, match):
     assert code == 2 and re.search(match, err), err
 
 
-def test_debug_shows_the_traceback(tmp_path, scene):
+def test_debug_shows_the_traceback(tmp_path, scene, capsys):
+    """--debug adds the traceback; the exit code stays 2 (issue 25)."""
     fifo = _fifo(tmp_path / "pipe.tif")
-    with pytest.raises(OutputError):
-        cli_main(["--debug", "run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(fifo)])
+    code = cli_main(["--debug", "run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(fifo)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "OutputError" in err
 
 
 def test_out_of_memory_and_os_errors_are_one_line(tmp_path, scene, capsys, monkeypatch):
