@@ -161,7 +161,7 @@ def test_run_output_never_replaces_a_file_the_inputs_open(tmp_path, scene, capsy
     optical, out = _footprint_case(case, tmp_path, scene)
     before = _snapshot(tmp_path)
     code, err = _cli(capsys, "run", "--optical", optical, "--sar", scene[1], "--out", out, *FAST)
-    assert code == 2 and ("would overwrite" in err or "would be read by GDAL" in err), err
+    assert code == 2 and ("would overwrite an input file" in err or "would change how an input reads" in err), err
     assert _snapshot(tmp_path) == before  # the input, its archive and sidecars as they were; no temporary
 
 
@@ -171,7 +171,7 @@ def test_qa_and_confidence_outputs_never_replace_a_vrt_source(tmp_path, scene, c
     before = _snapshot(tmp_path)
     code, err = _cli(capsys, "run", "--optical", vrt, "--sar", scene[1], "--out", tmp_path / "o.tif", flag, scene[0],
                      *FAST)  # fmt: skip
-    assert code == 2 and "which the optical input" in err and _snapshot(tmp_path) == before
+    assert code == 2 and "(optical input" in err and _snapshot(tmp_path) == before
 
 
 def test_ndvi_evaluate_and_report_outputs_never_replace_what_the_inputs_open(tmp_path, scene, capsys):
@@ -185,10 +185,10 @@ def test_ndvi_evaluate_and_report_outputs_never_replace_what_the_inputs_open(tmp
     before = _snapshot(tmp_path)
     code, err = _cli(capsys, "evaluate", "--optical", vrt, "--prediction", scene[0], "--reference", scene[0],
                      "--mask", mask, "--out", report)  # fmt: skip
-    assert code == 2 and "would overwrite the mask input" in err
+    assert code == 2 and "is the mask input" in err
     code, err = _cli(capsys, "run", "--optical", vrt, "--sar", scene[1], "--mask", mask, "--out", tmp_path / "o.tif",
                      "--report", report, *FAST)  # fmt: skip
-    assert code == 2 and "would overwrite the mask input" in err
+    assert code == 2 and "is the mask input" in err
     assert _snapshot(tmp_path) == before
 
 
@@ -201,7 +201,7 @@ def test_batch_outputs_never_replace_what_any_scene_s_inputs_open(tmp_path, scen
                         f"c,{scene[0]},{scene[1]},opt.tif\n")  # fmt: skip
     jobs = read_manifest(manifest)
     before = _snapshot(tmp_path)
-    with pytest.raises(ManifestError, match="would be read by GDAL beside"):
+    with pytest.raises(ManifestError, match="would change how an input reads"):
         run_batch(jobs[:2], BatchConfig(), tmp_path / "s.csv", client=object(), manifest=manifest)
     with pytest.raises(ManifestError, match="VRT source"):  # scene c's output is what scene a's VRT reads
         run_batch([jobs[0], jobs[2]], BatchConfig(), tmp_path / "s.csv", client=object(), manifest=manifest)
@@ -213,7 +213,7 @@ def test_finetune_never_overwrites_its_base_weights(tmp_path, capsys):
     weights.write_bytes((ROOT / "resources" / "weights" / "aligncr-lite.safetensors").read_bytes())
     before = _snapshot(tmp_path)
     code, err = _cli(capsys, "finetune", "--archive", tmp_path, "--weights", weights, "--out", weights, "--steps", 3)
-    assert code == 2 and "would overwrite the base weights input" in err and _snapshot(tmp_path) == before
+    assert code == 2 and "is the base weights input" in err and _snapshot(tmp_path) == before
 
 
 def test_import_official_never_overwrites_its_checkpoint(tmp_path, capsys):
@@ -221,7 +221,7 @@ def test_import_official_never_overwrites_its_checkpoint(tmp_path, capsys):
     torch.save({"network": {"w": torch.zeros(1)}}, ckpt)
     before = _snapshot(tmp_path)
     code, err = _cli(capsys, "models", "--import-official", ckpt, "--out", ckpt)
-    assert code == 2 and "would overwrite the checkpoint input" in err and _snapshot(tmp_path) == before
+    assert code == 2 and "is the checkpoint input" in err and _snapshot(tmp_path) == before
 
 
 def test_no_clobber_refuses_an_existing_output_in_every_writer(tmp_path, scene, capsys):

@@ -65,13 +65,13 @@ def clash_message(out: Path, what: str, inputs: Inputs) -> str | None:
     if read is None:
         return None
     if not read.role:
-        return f"{what} {out} would overwrite {read.given}, {read.how}"
-    if read.how == "the input itself":
-        return f"{what} {out} would overwrite the {read.role} input {read.given}"
+        return f"{what} would overwrite another file of this run: {out}"
     if read.sidecar:
-        return (f"{what} {out} would be read by GDAL beside the {read.role} input ({read.path.name} is a sidecar name "
-                f"of {read.given} or of a file it opens)")  # fmt: skip
-    return f"{what} {out} would overwrite {read.path}, which the {read.role} input {read.given} reads ({read.how})"
+        return (f"{what} would change how an input reads: GDAL reads {out} beside the {read.role} input {read.given} "
+                "(overviews, mask, metadata or georeferencing)")  # fmt: skip
+    if read.how == "the input itself":
+        return f"{what} would overwrite an input file: {out} is the {read.role} input"
+    return f"{what} would overwrite an input file: {out} is {read.how} ({read.role} input {read.given})"
 
 
 def check_output_path(out: Path, inputs: Inputs, what: str = "output", clobber: bool = True) -> None:

@@ -87,12 +87,6 @@ class Read:
     how: str
     sidecar: bool = False  # a name GDAL would read beside a raster: compared by name, whether it exists or not
 
-    def describe(self) -> str:
-        """``src.tif, a VRT source of the optical input opt.vrt`` (the words of a refusal)."""
-        if self.how == "the input itself":
-            return f"the {self.role} input {self.path}"
-        return f"{self.path}, {self.how} of the {self.role} input {self.given}"
-
 
 @dataclass
 class Footprint:
