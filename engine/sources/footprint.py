@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import defusedxml.ElementTree as DefusedET
 import rasterio
 from defusedxml import DefusedXmlException
 from rasterio._err import CPLE_BaseError
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from engine.config import is_gdal_name
 from engine.errors import InputError
@@ -232,8 +233,10 @@ class _Walk:
     def _gdal_files(self, name: str, how: str, depth: int) -> None:
         """What GDAL lists for ``name`` (opened with the network shut), each visited in turn."""
         try:
-            with rasterio.Env(**NO_NETWORK), rasterio.open(name) as ds:
-                driver, files = ds.driver, list(ds.files)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a product's XML, a GCP measurement
+                with rasterio.Env(**NO_NETWORK), rasterio.open(name) as ds:
+                    driver, files = ds.driver, list(ds.files)
         except (RasterioError, CPLE_BaseError, OSError, ValueError, IndexError):
             return  # the readers say what is wrong with it, in their words
         if driver.upper() in NETWORK_DRIVERS:
