@@ -23,10 +23,12 @@ in the VRT's XML before GDAL opens it, and GDAL itself opens the file with ``/vs
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
@@ -233,12 +235,10 @@ class _Walk:
     def _gdal_files(self, name: str, how: str, depth: int) -> None:
         """What GDAL lists for ``name`` (opened with the network shut), each visited in turn."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a product's XML, a GCP measurement
-                with rasterio.Env(**NO_NETWORK), rasterio.open(name) as ds:
-                    driver, files = ds.driver, list(ds.files)
+            with _quiet(), rasterio.Env(**NO_NETWORK), rasterio.open(name) as ds:
+                driver, files = ds.driver, list(ds.files)
         except (RasterioError, CPLE_BaseError, OSError, ValueError, IndexError):
-            return  # the readers say what is wrong with it, in their words
+            return  # not a raster (weights, a zip product) or unreadable: the readers say so, in their words
         if driver.upper() in NETWORK_DRIVERS:
             self.remote(f"{name} (GDAL driver {driver})")
             return
@@ -252,6 +252,21 @@ class _Walk:
                     self.read(container, "the archive holding a file it opens")
             else:
                 self.read(Path(listed), "a file GDAL opens with it")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Listing a file is no reading: no NotGeoreferencedWarning (a product's XML, a GCP measurement), and none of
+    the INFO lines rasterio logs for a file GDAL does not recognise (weights, a zip product)."""
+    logger = logging.getLogger("rasterio")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _head(path: Path, size: int = 4096) -> bytes:
