@@ -128,8 +128,10 @@ class BatchConfig:
     accel: dict[str, Any] = field(default_factory=dict)  # AccelConfig fields (dtype, compile, threads)
 
     def validate(self) -> None:
-        if self.workers < 1:
-            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        cores = os.cpu_count() or 1
+        if self.workers < 1 or (self.scheduler == "local" and self.workers > cores):
+            raise InputError(f"--workers must be 1 to {cores} (the CPU cores of this machine) for the local cluster, "
+                             f"got {self.workers}")  # fmt: skip
         if self.retries < 0:
             raise InputError(f"--retries must be 0 or more, got {self.retries}")
         scheme = self.scheduler.split("://", 1)[0] if "://" in self.scheduler else self.scheduler
@@ -217,7 +219,7 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
     or a name GDAL reads beside one (:func:`engine.sources.footprint.run_footprint`: VRT sources, archives, sidecars;
     it also refuses an input that reaches the network), a summary that is the manifest or an input, and an output that
     exists as a non-regular file (a device, FIFO, socket or folder)."""
-    from engine.outputs.guard import clash_message, existing_kind
+    from engine.outputs.guard import clash_message, file_kind
     from engine.sources.footprint import Footprint, run_footprint
 
     inputs = Footprint()
@@ -251,7 +253,7 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
         for target, name in ((job.out, "output"), (job.qa, "QA output"), (job.confidence, "confidence output")):
             if target is None:
                 continue
-            kind = existing_kind(target)
+            kind = file_kind(target)
             if kind is not None:
                 raise ManifestError(f"scene '{job.id}': {name} {target} exists and is {kind}, not a regular file")
             claim(target, f"the {name} of scene '{job.id}'", f"scene '{job.id}' {name}")

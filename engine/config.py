@@ -42,6 +42,7 @@ INPUT_FIELDS = ("optical", "sar", "sar_vv", "sar_vh", "landcover", "mask", "refe
 MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this halo around each chunk
 MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.stream.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
+MAX_MEMORY_BUDGET_GB = 1e6  # --memory-budget: a petabyte; beyond, the byte count overflows
 MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 
@@ -421,8 +422,9 @@ def check_options(values: Mapping[str, Any]) -> None:
     if v["only_cloudy"] and v["mask"] is None and len(v["bands"]) != 4:
         raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                          f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
-    if v["memory_budget"] is not None and not 0 < v["memory_budget"] < float("inf"):
-        raise InputError(f"--memory-budget must be a positive, finite number of GB, got {v['memory_budget']}")
+    if v["memory_budget"] is not None and not 0 < v["memory_budget"] <= MAX_MEMORY_BUDGET_GB:
+        raise InputError(f"--memory-budget must be a positive, finite number of GB (at most {MAX_MEMORY_BUDGET_GB:g}), "
+                         f"got {v['memory_budget']}")  # fmt: skip
     if not 0 <= v["adapt"] <= MAX_ADAPT_STEPS:
         raise InputError(f"--adapt must be 0 (off) to {MAX_ADAPT_STEPS} steps, got {v['adapt']}")
     if not 0 <= v["cloud_feather"] <= MAX_FEATHER:

@@ -702,3 +702,60 @@ def test_negative_bounds_on_the_command_line_and_from_the_plugin_s_builder(tmp_p
     for name in ("a.tif", "b.tif"):
         with rasterio.open(tmp_path / name) as ds:
             assert (ds.width, ds.height) == (20, 20) and ds.transform.c == -7_849_970.0
+
+
+# --- the extra hostile pass: what failed besides the issue's cases -------------------------------------------------
+
+
+def test_a_netcdf_with_several_variables_names_its_subdatasets(tmp_path, scene, capsys):
+    """A 4-band GeoTIFF copied to NetCDF is four variables: the file itself has no band (an IndexError traceback)."""
+    import rasterio.shutil
+
+    nc = tmp_path / "opt.nc"
+    rasterio.shutil.copy(scene[0], nc, driver="netCDF")
+    code, err = _cli(capsys, "run", "--optical", nc, "--sar", scene[1], "--out", tmp_path / "o.tif", *FAST)
+    assert code == 2 and "holds no raster band; give one of its 4 subdatasets" in err
+
+
+def test_mask_auto_protects_the_udm2_found_beside_the_optical(tmp_path, capsys):
+    opt = write_optical(tmp_path / "20230101_AnalyticMS_SR.tif", height=40, width=40)
+    sar = write_sar(tmp_path / "s1.tif", like=opt)
+    udm2 = write_raster(tmp_path / "20230101_udm2.tif", np.zeros((8, 40, 40), np.uint8), transform=optical_transform())
+    before = _snapshot(tmp_path)
+    code, err = _cli(capsys, "run", "--optical", opt, "--sar", sar, "--mask", "auto", "--out", udm2, *FAST)
+    assert code == 2 and "is the mask input" in err and _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name,match", [("o.gpkg", "reads a '.gpkg' name as GPKG"), ("o.png", "as PNG"),
+                                        ("o.vrt", "as VRT"), ("o.nc", "as netCDF")])  # fmt: skip
+def test_a_geotiff_output_named_as_another_format_is_refused(tmp_path, scene, capsys, name, match):
+    code, err = _cli(capsys, "run", "--optical", scene[0], "--sar", scene[1], "--out", tmp_path / name, *FAST)
+    assert code == 2 and match in err and not (tmp_path / name).exists()
+    code, err = _cli(capsys, "ndvi", "--optical", scene[0], "--out", tmp_path / name)
+    assert code == 2 and match in err and not (tmp_path / name).exists()
+
+
+def test_an_output_that_is_a_symbolic_link_is_refused_not_replaced(tmp_path, scene, capsys):
+    """``--out /dev/stdout`` with stdout redirected to a file: the rename replaced the link /dev/stdout itself."""
+    (tmp_path / "log.txt").write_text("the user's log")
+    (tmp_path / "stdout").symlink_to(tmp_path / "log.txt")
+    code, err = _cli(capsys, "run", "--optical", scene[0], "--sar", scene[1], "--out", tmp_path / "stdout", *FAST)
+    assert code == 2 and "is a symbolic link" in err
+    assert (tmp_path / "stdout").is_symlink() and (tmp_path / "log.txt").read_text() == "the user's log"
+
+
+def test_an_output_name_ending_with_a_slash_is_refused(tmp_path, scene, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", f"{tmp_path / 'new'}/"])
+    assert info.value.code == 2 and "ends with a slash: give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_memory_budget_and_batch_workers_are_bounded(tmp_path, scene, capsys):
+    code, err = _cli(capsys, "run", "--optical", scene[0], "--sar", scene[1], "--out", tmp_path / "o.tif",
+                     "--memory-budget", "1e300", *FAST)  # fmt: skip
+    assert code == 2 and "at most 1e+06" in err
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,optical,sar,out\na,{scene[0]},{scene[1]},a.tif\n")
+    code, err = _cli(capsys, "batch", "--manifest", manifest, "--workers", 100_000)
+    assert code == 2 and "--workers must be 1 to" in err and not (tmp_path / "a.tif").exists()

@@ -2,8 +2,8 @@
 
 The promises (docs/reliability.md, issues 15 and 25):
 
-* an existing path that is not a regular file (a device such as ``/dev/null``, a FIFO, a socket, a folder) is
-  refused — the final rename would replace it;
+* an existing path that is not a regular file (a device such as ``/dev/null``, a FIFO, a socket, a folder, a
+  symbolic link) is refused — the final rename would replace it;
 * an output never replaces a file an input opens, nor takes a name GDAL would read beside an input: the inputs'
   :class:`~engine.sources.footprint.Footprint` (VRT sources, archives, sidecars, the product's files) is compared
   with every output, symlinks and ``..`` resolved;
@@ -51,6 +51,15 @@ def existing_kind(path: Path) -> str | None:
         raise OutputError(f"cannot inspect the output path {path}: {exc.strerror or exc}") from None
 
 
+def file_kind(path: Path) -> str | None:
+    """As :func:`existing_kind`, for a file the engine will *replace* (the rename acts on the name, not on what it
+    links to): a symbolic link is refused too (issue 25's review: ``--out /dev/stdout``, a link to a regular file,
+    was replaced — the link became a GeoTIFF)."""
+    if os.path.islink(path):
+        return f"a symbolic link (to {os.readlink(path)})"
+    return existing_kind(path)
+
+
 def as_footprint(inputs: Inputs) -> Footprint:
     """``inputs`` as a footprint: a footprint as it is; plain paths (other outputs, a manifest) as files only."""
     if isinstance(inputs, Footprint):
@@ -74,11 +83,18 @@ def clash_message(out: Path, what: str, inputs: Inputs) -> str | None:
     return f"{what} would overwrite an input file: {out} is {read.how} ({read.role} input {read.given})"
 
 
-def check_output_path(out: Path, inputs: Inputs, what: str = "output", clobber: bool = True) -> None:
+def check_output_path(out: Path, inputs: Inputs, what: str = "output", clobber: bool = True,
+                      geotiff: bool = False) -> None:  # fmt: skip
     """Fail early (before any work) if ``out`` cannot be created, is not a regular file, would replace or shadow a
-    file an input opens, or (``clobber`` off) exists already."""
+    file an input opens, or (``clobber`` off) exists already; a ``geotiff`` output must not be named as another
+    raster format (GDAL tools choose the format by the name: ``o.gpkg`` holding a GeoTIFF misleads them)."""
     out = Path(out)
-    kind = existing_kind(out)
+    if geotiff:
+        _check_geotiff_name(out, what)
+    clash = clash_message(out, what, inputs)
+    if clash is not None:
+        raise OutputError(f"{clash}; choose another name")
+    kind = file_kind(out)
     if kind == "a folder":
         raise OutputError(f"{what} path is a folder, give a file name: {out}")
     if kind is not None:
@@ -88,9 +104,6 @@ def check_output_path(out: Path, inputs: Inputs, what: str = "output", clobber: 
         raise OutputError(f"{what} folder does not exist: {parent}")
     if not parent.is_dir():
         raise OutputError(f"{what} folder is not a folder: {parent}")
-    clash = clash_message(out, what, inputs)
-    if clash is not None:
-        raise OutputError(f"{clash}; choose another name")
     if not clobber and os.path.lexists(out):
         raise OutputError(f"{what} {out} exists and --no-clobber is set; refusing to replace it")
     probe = parent / temporary_name(out.name, f"{os.getpid()}.{uuid.uuid4().hex[:8]}", "probe")
@@ -99,6 +112,15 @@ def check_output_path(out: Path, inputs: Inputs, what: str = "output", clobber: 
     except OSError as exc:
         raise OutputError(f"{what} folder is not writable: {parent} ({exc.strerror})") from None
     probe.unlink(missing_ok=True)
+
+
+def _check_geotiff_name(out: Path, what: str) -> None:
+    from rasterio.drivers import raster_driver_extensions
+
+    driver = raster_driver_extensions().get(out.suffix.lower().lstrip("."))
+    if driver not in (None, "GTiff", "COG"):
+        raise OutputError(f"{what} {out}: the engine writes GeoTIFF, and GDAL reads a '{out.suffix}' name as "
+                          f"{driver}; name it .tif")  # fmt: skip
 
 
 def check_output_dir(folder: Path, inputs: Inputs, files: tuple[str, ...] = (), what: str = "report",

@@ -91,7 +91,7 @@ def write_ndvi(
     out_path = Path(out_path)
     src_path = os.fspath(src_path) if is_gdal_name(src_path) else Path(src_path)
     progress = progress or Progress()
-    check_output_path(out_path, input_footprint({"optical": src_path}), clobber=clobber)
+    check_output_path(out_path, input_footprint({"optical": src_path}), clobber=clobber, geotiff=True)
     src = open_raster(src_path, "input raster")
     with src, input_read_errors("the input raster"):
         for b in (red_band, nir_band):

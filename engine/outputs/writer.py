@@ -52,7 +52,7 @@ from rasterio.windows import Window
 
 from engine.errors import OutputError, one_line
 from engine.names import temporary_name, temporary_pattern
-from engine.outputs.guard import existing_kind
+from engine.outputs.guard import file_kind
 from engine.outputs.provenance import RasterMetadata, folded
 from engine.outputs.provenance import apply as apply_metadata
 from engine.sources import gdal_errors
@@ -387,7 +387,7 @@ class AtomicFile:
         if self.finished is None:
             return
         try:
-            kind = existing_kind(self.path)
+            kind = file_kind(self.path)
             if kind is not None:  # appeared since the up-front check
                 raise OutputError(f"cannot finish the output {self.path}: it is now {kind}, not a regular file")
             if fcntl is None:  # Windows cannot rename a file that is open: the claim's descriptor goes first

@@ -336,7 +336,7 @@ def run_footprint(values: Mapping[str, object]) -> Footprint:
     from engine.config import INPUT_FIELDS
 
     named = {name: values.get(name) for name in (*INPUT_FIELDS, "weights")}
-    if named.get("mask") == "auto" and named.get("optical") is not None:
+    if named.get("mask") is not None and os.fspath(named["mask"]) == "auto" and named.get("optical") is not None:
         from engine.sources.resolve import planet_udm2  # the product's own mask (a SAFE's is in its folder)
 
         named["mask"] = planet_udm2(os.fspath(named["optical"]))  # type: ignore[arg-type]

@@ -301,7 +301,8 @@ def check_outputs(config: RunConfig) -> None:
     for path, what in ((config.out, "output"), (config.qa, "QA output (--qa)"),
                        (config.confidence, "confidence output (--confidence)")):  # fmt: skip
         if path is not None:
-            check_output_path(path, inputs.add(as_footprint(outputs[-1:])), what=what, clobber=config.clobber)
+            check_output_path(path, inputs.add(as_footprint(outputs[-1:])), what=what, clobber=config.clobber,
+                              geotiff=True)  # fmt: skip
             outputs.append(Path(path))
     if config.report is not None:
         from engine.report import REPORT_FILES
