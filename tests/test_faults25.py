@@ -472,7 +472,9 @@ def test_a_local_vrt_reaching_the_network_is_refused_without_a_request(tmp_path,
     url, hits = http_server
     vrt = _vrt(tmp_path / "net.vrt", remote.format(url=url), relative=False)
     nested = _vrt(tmp_path / "outer.vrt", vrt.name)
+    inline = vrt.read_text()  # a VRT given as XML on the command line is local too (hostile pass)
     for args in (["run", "--optical", nested, "--sar", scene[1], "--out", tmp_path / "o.tif", *FAST],
+                 ["run", "--optical", inline, "--sar", scene[1], "--out", tmp_path / "o.tif", *FAST],
                  ["ndvi", "--optical", vrt, "--out", tmp_path / "n.tif"],
                  ["info", "--optical", vrt, "--sar", scene[1]],
                  ["evaluate", "--optical", scene[0], "--prediction", scene[0], "--reference", vrt, "--out",
@@ -759,3 +761,10 @@ def test_memory_budget_and_batch_workers_are_bounded(tmp_path, scene, capsys):
     manifest.write_text(f"id,optical,sar,out\na,{scene[0]},{scene[1]},a.tif\n")
     code, err = _cli(capsys, "batch", "--manifest", manifest, "--workers", 100_000)
     assert code == 2 and "--workers must be 1 to" in err and not (tmp_path / "a.tif").exists()
+
+
+def test_a_vrt_source_that_is_a_fifo_is_refused_instead_of_blocking(tmp_path, scene, capsys):
+    os.mkfifo(tmp_path / "pipe.tif")
+    vrt = _vrt(tmp_path / "fifo.vrt", "pipe.tif")
+    code, err = _cli(capsys, "run", "--optical", vrt, "--sar", scene[1], "--out", tmp_path / "o.tif", *FAST)
+    assert code == 2 and "which is not a regular file" in err

@@ -8,6 +8,7 @@ in.zip`` replaced the archive). What a dataset name opens, here:
 * what GDAL lists for it (``GetFileList``: VRT sources, sidecars that exist — ``.aux.xml``, ``.ovr``, ``.msk``, world
   files —, the file behind a ``NETCDF:"f.nc":var`` or ``vrt://f.tif?…`` name), and, recursively, what a listed
   ``.vrt`` opens (GDAL lists a nested VRT but not its sources);
+* no FIFO, device or socket (GDAL would block on a FIFO a VRT names, or read a device without end: refused);
 * the archive holding a ``/vsizip/``, ``/vsitar/``, ``/vsigzip/``, ``/vsi7z/``, ``/vsirar/``, ``/vsisubfile/`` member;
 * the sidecar names GDAL would read beside each raster if they existed (:data:`SIDECARS`): writing an output there
   would change how the input reads (a GeoTIFF named ``opt.tif.ovr`` becomes ``opt.tif``'s overviews).
@@ -74,7 +75,9 @@ def is_remote(name: str | os.PathLike[str]) -> bool:
     or a web-service driver prefix (``WMS:…``)."""
     text = os.fspath(name).strip()
     lower = text.lower()
-    if any(prefix in lower for prefix in REMOTE_VSI) or _URL.match(text):
+    if text.startswith("<"):
+        return False  # inline VRT XML: local; the sources it names are visited one by one
+    if (lower.startswith("/vsi") and any(prefix in lower for prefix in REMOTE_VSI)) or _URL.match(text):
         return True
     head = text.split(":", 1)[0].upper() if ":" in text else ""
     return head in NETWORK_DRIVERS
@@ -164,7 +167,8 @@ class _Walk:
     """One input's footprint, built by visiting each name it opens once."""
 
     def __init__(self, role: str, given: str) -> None:
-        self.role, self.given = role, given
+        self.role = role
+        self.given = "(an inline VRT)" if given.lstrip().startswith("<") else given  # as messages name it
         self.found = Footprint()
         self.seen: set[str] = set()
 
@@ -203,6 +207,10 @@ class _Walk:
                 self.read(f, "a file of the product")
             return False
         self.read(path, how)
+        if path.exists() and not path.is_file() and not path.is_dir():
+            # a FIFO or a device behind a VRT: GDAL would block on it (a FIFO) or read it without end
+            raise InputError(f"refused: the {self.role} input {self.given} reads {path}, which is not a regular file "
+                             "(a FIFO, a device or a socket)")  # fmt: skip
         if not path.is_file():
             return False  # a missing file or a plain folder: the readers refuse it
         for name in _sidecar_names(path):
