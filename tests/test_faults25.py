@@ -19,7 +19,6 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,9 @@ import pytest
 import rasterio
 import rasterio.warp
 import torch
-from helpers_processes import dead_pid
+from helpers_models import Constant, ConstantConfig
+from helpers_processes import dead_pid, start_slow_run, wait_for_temporary
 from helpers_rasters import optical_transform, write_optical, write_raster, write_sar
-from torch import nn
 
 from engine.cli import main as cli_main
 from engine.config import OPTIONS, RunConfig, run_arguments
@@ -45,28 +44,11 @@ FAST = ["--model", "identity", "--tile", "32", "--overlap", "8", "--device", "cp
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ConstantConfig:
-    in_bands: int = 4
-    value: float = 0.2
-
-
-class Constant(nn.Module):
-    """Reflectance 0.2 everywhere: what a real model writes in a cloud, at a scale any type must hold."""
-
-    def __init__(self, cfg: ConstantConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(optical, self.cfg.value)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _constant_model() -> Iterator[None]:
     added = "test-constant" not in MODEL_REGISTRY
     if added:
-        register_model("test-constant", ConstantConfig(), "test model", needs_weights=False)(Constant)
+        register_model("test-constant", ConstantConfig(value=0.2), "test model", needs_weights=False)(Constant)
     yield
     if added:
         MODEL_REGISTRY.pop("test-constant", None)
@@ -267,40 +249,11 @@ def test_a_no_clobber_rename_never_replaces_a_file_that_appeared_during_the_run(
     assert target.read_bytes() == b"user's" and os.listdir(tmp_path) == ["o.tif"]
 
 
-SLOW_RUN = (
-    "import sys, time\n"
-    "import engine.stream.accel as a\n"
-    "real = a.InferenceRunner.predict\n"
-    "def slow(self, *args):\n"
-    "    time.sleep(120)\n"
-    "    return real(self, *args)\n"
-    "a.InferenceRunner.predict = slow\n"
-    "from engine.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
-def _slow_run(scene: tuple[Path, Path], out: Path) -> subprocess.Popen:
-    args = ["run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(out), *FAST]
-    return subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def _temporaries(folder: Path, child: subprocess.Popen) -> list[Path]:
-    for _ in range(600):
-        found = [p for p in folder.iterdir() if p.name.endswith(".tmp.tif") and ".probe." not in p.name]
-        if found:
-            return found
-        assert child.poll() is None, child.communicate()
-        time.sleep(0.1)
-    raise AssertionError("the run never created its temporary file")
-
-
 def test_two_runs_writing_one_path_at_once_cannot_both_succeed(tmp_path, scene, capsys):
     out = tmp_path / "o.tif"
-    first = _slow_run(scene, out)
+    first = start_slow_run(scene, out)
     try:
-        _temporaries(tmp_path, first)
+        wait_for_temporary(tmp_path, first)
         code, err = _cli(capsys, "run", "--optical", scene[0], "--sar", scene[1], "--out", out, *FAST)
         assert code == 2 and f"(PID {first.pid}) is writing" in err
     finally:
@@ -630,8 +583,8 @@ def test_a_long_name_s_stale_temporaries_are_found_again(tmp_path):
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_remove_the_temporary(tmp_path, scene, signum, code):
-    child = _slow_run(scene, tmp_path / "o.tif")
-    _temporaries(tmp_path, child)
+    child = start_slow_run(scene, tmp_path / "o.tif")
+    wait_for_temporary(tmp_path, child)
     child.send_signal(signum)
     _, err = child.communicate(timeout=60)
     assert child.returncode == code and "Traceback" not in err, err
@@ -652,7 +605,7 @@ SLOW_PREDICT = (  # imported by every Python process started with this folder on
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_stopping_a_batch_removes_its_workers_temporaries(tmp_path, scene, signum, code):
+def test_stopping_a_batch_removes_its_workerswait_for_temporary(tmp_path, scene, signum, code):
     """The workers (Dask processes) die with their cluster; the batch removes what they left once they are gone."""
     pytest.importorskip("distributed")
     hooks = tmp_path / "hooks"
