@@ -57,6 +57,9 @@ class DataSection:
     rot90: bool = True
     synthetic_clouds: float = 0.0
     cloud_model: str = "flat"  # synthetic clouds: "flat" (first bundled model) | "layers" (refine.synthetic_clouds)
+    # real cloud layers (training.datasets.cloud_bank) for half the synthetic clouds: training takes the bank's
+    # "train" split, the select view its "select" split; False = the generator only
+    real_clouds: bool = False
     cache: bool = True  # keep decoded samples in memory (small data sets)
 
 

@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,12 +33,14 @@ def input_keys(model: nn.Module) -> list[str]:
         keys += ["t_prev", "t", "t_next"]
     if declared.uses_dem:
         keys.append("dem")
+    if declared.prior:
+        keys.append("prior")
     return keys
 
 
 def check_inputs(model: nn.Module, model_name: str, sample_keys: set[str]) -> None:
     """Stop before any step when the data lacks inputs the model needs (one clear line, not a TypeError later)."""
-    missing = [k for k in input_keys(model) if k not in sample_keys]
+    missing = [k for k in input_keys(model) if k not in sample_keys and k != "prior"]  # prior: computed here
     if "dem" in missing:
         raise EngineError(
             f"model '{model_name}' was built with a DEM input (dem=True) but the data has no DEM: put dem.tif "
@@ -52,8 +55,21 @@ def check_inputs(model: nn.Module, model_name: str, sample_keys: set[str]) -> No
 
 
 def model_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword inputs of ``model`` taken from a (device) batch."""
-    return {k: batch[k] for k in input_keys(model)}
+    """The keyword inputs of ``model`` taken from a (device) batch; a ``prior`` the batch lacks is computed from its
+    cloudy ``optical`` and ``mask`` (:func:`prior_batch`)."""
+    return {k: (prior_batch(batch) if k == "prior" and k not in batch else batch[k]) for k in input_keys(model)}
+
+
+def prior_batch(batch: Mapping[str, Any]) -> torch.Tensor:
+    """(N, bands + 1, H, W) :func:`engine.refine.prior.channels` of each item of a batch, from its cloudy optical
+    image and its mask (1 = cloud or no data: not clear), each item's own clear medians as its scene's — the
+    engine's inference does the same with the whole scene's."""
+    from engine.refine import prior
+
+    optical = batch["optical"].detach().float().cpu().numpy()
+    clear = batch["mask"].detach().cpu().numpy()[:, 0] < 0.5
+    items = [prior.channels(o, c, None) for o, c in zip(optical, clear)]
+    return torch.from_numpy(np.stack(items)).to(batch["optical"].device)
 
 
 def returns_stages(model: nn.Module) -> bool:

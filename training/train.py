@@ -157,7 +157,8 @@ def build_views(cfg: TrainConfig) -> tuple[TrainView, TrainView | None]:
     train = TrainView(
         [build_reader(s, cache=d.cache) for s in d.train],
         AugmentConfig(crop=d.crop, random_crop=True, flips=d.flips, rot90=d.rot90,
-                      synthetic_clouds=d.synthetic_clouds, cloud_model=d.cloud_model),
+                      synthetic_clouds=d.synthetic_clouds, cloud_model=d.cloud_model,
+                      cloud_bank="train" if d.real_clouds else ""),
         seed=cfg.run.seed,
         length=d.samples_per_epoch or None,
     )
@@ -165,7 +166,8 @@ def build_views(cfg: TrainConfig) -> tuple[TrainView, TrainView | None]:
     if d.val:
         val = TrainView(
             [build_reader(s, cache=d.cache) for s in d.val],
-            AugmentConfig(crop=d.val_crop, random_crop=False, flips=False, rot90=False, cloud_model=d.cloud_model),
+            AugmentConfig(crop=d.val_crop, random_crop=False, flips=False, rot90=False, cloud_model=d.cloud_model,
+                          cloud_bank="select" if d.real_clouds else ""),
             seed=cfg.run.seed,
         )
     return train, val

@@ -117,12 +117,17 @@ def read_window(inputs: list[AlignedInput], win: Window, context: WindowContext)
 def packed_module(module: nn.Module, inputs: list[AlignedInput], declared: ModelInputs,
                   dates: dict[str, float]) -> nn.Module:  # fmt: skip
     """The module the runner calls: ``module`` itself when it takes exactly ``(optical, sar)``, else behind a
-    :class:`PackedInputsAdapter` in the order of :func:`read_window` (with the acquisition times ``dates``)."""
-    if declared.roles == ("sar",):
+    :class:`PackedInputsAdapter` in the order of :func:`read_window` (with the acquisition times ``dates``), the
+    engine's ``prior`` (the optical bands + 1 channels) last when the model takes it."""
+    if declared.roles == ("sar",) and not declared.prior:
         return module
     sar_channels = sum(i.channels for i in inputs if i.name == "sar")
     extras = [i for i in inputs if i.name != "sar"]
-    return PackedInputsAdapter(module, sar_channels, [i.name for i in extras], [i.channels for i in extras], dates)
+    keys, channels = [i.name for i in extras], [i.channels for i in extras]
+    if declared.prior:
+        keys.append("prior")
+        channels.append(int(getattr(getattr(module, "cfg", None), "in_bands", 4)) + 1)
+    return PackedInputsAdapter(module, sar_channels, keys, channels, dates)
 
 
 class PackedInputsAdapter(nn.Module):

@@ -1,7 +1,8 @@
 """Align-CR (Xu et al., M3R-CR paper §IV-B): SAR-guided cloud removal with learned SAR→optical alignment.
 
-Registered configs: ``aligncr`` (the paper's network, D = 6) and ``aligncr-lite`` (the same architecture, small
-enough for CPU inference and for the bundled weights).
+Registered configs: ``aligncr`` (the paper's network, D = 6), ``aligncr-lite`` (the same architecture, small
+enough for CPU inference) and ``aligncr-res`` (smaller still, and a residual over the non-learned estimate of the
+ground, ``prior=True``: the default run's model, issue 26).
 
 Data flow (paper Fig. 3 + the official code, zhu-xlab/M3R-CR ``Align-CR/net_CR_RDN.py``):
 SAR (N, 2, h, w) is upsampled to the optical grid by nearest interpolation (pixel-centre, i.e. GDAL's nearest,
@@ -103,6 +104,10 @@ class AlignCRConfig:
     up_feat: int = 64  # channels after the ×2 pixel shuffle in the IR block
     use_sar: bool = True
     use_align: bool = True
+    # ours, not the paper's (issue 26): the network also takes the best non-learned estimate of the ground under
+    # the cloud and the distance to clear ground (engine.refine.prior.channels, in_bands + 1 channels) and
+    # predicts a residual over that estimate, its last conv zero-initialised: untrained, it IS the estimate.
+    prior: bool = False
 
     def validate(self) -> None:
         if len(self.pyramid_channels) < 1:
@@ -122,6 +127,23 @@ class AlignCRConfig:
 
 
 PAPER = AlignCRConfig()
+# The residual CPU model (issue 26): starts at the non-learned estimate (prior=True) and only learns what the SAR
+# adds; narrower and shallower than LITE because it has less to learn and runs in every default run on 2 cores.
+RES = AlignCRConfig(
+    num_feat=24,
+    num_blocks=2,
+    rdb_layers=3,
+    growth=12,
+    fe_blocks=1,
+    fe_expand=4,
+    pyramid_channels=(24, 32, 48),
+    deformable_groups=4,
+    num_heads=4,
+    window_size=4,  # 16-token windows: attention was a quarter of the time at 8
+    mlp_ratio=2.0,
+    up_feat=24,
+    prior=True,
+)
 # CPU-sized: every component of the paper network is kept (two streams, 3-level PCD with cascade, dual Swin with
 # the cross-modal gate and shifted windows, SLFC dynamic filters, global fusion); widths, depth, heads and
 # deformable groups are cut so a 256² tile runs in about a second on two cores (2.2 M parameters).
@@ -498,6 +520,12 @@ class _DFResBlock(nn.Module):
     LITE,
     "Align-CR architecture, CPU-sized config (D=3, G0=32; ~2.2 M parameters): for CPUs and the bundled weights.",
 )
+@register_model(
+    "aligncr-res",
+    RES,
+    "Align-CR architecture predicting a residual over the non-learned estimate of the ground (prior=True; D=2, "
+    "G0=24): the default run's model.",
+)
 class AlignCR(nn.Module):
     """Align-CR; see the module docstring for the data flow and every design choice."""
 
@@ -507,7 +535,8 @@ class AlignCR(nn.Module):
         self.cfg = cfg
         g0, r2 = cfg.num_feat, SPACE_TO_DEPTH**2
         wide = {"expand": cfg.fe_expand, "linear": cfg.fe_linear, "use_weight_norm": cfg.weight_norm}
-        self.SFE_conv = nn.Conv2d(cfg.in_bands * r2, g0, 3, 1, 1)
+        in_channels = cfg.in_bands + (cfg.in_bands + 1 if cfg.prior else 0)  # + the estimate and the distance
+        self.SFE_conv = nn.Conv2d(in_channels * r2, g0, 3, 1, 1)
         self.SFE_module = make_layer(lambda: WideActResBlock(g0, **wide), cfg.fe_blocks)
         if cfg.use_sar:
             self.SFE_conv_SAR = nn.Conv2d(cfg.sar_bands * r2, g0, 3, 1, 1)
@@ -529,6 +558,9 @@ class AlignCR(nn.Module):
             nn.PixelShuffle(SPACE_TO_DEPTH),
             nn.Conv2d(cfg.up_feat, cfg.in_bands, 3, 1, 1),
         )
+        if cfg.prior:  # the residual starts at 0: the untrained network returns the estimate
+            nn.init.zeros_(self.UPNet[-1].weight)
+            nn.init.zeros_(self.UPNet[-1].bias)
 
     def alignment_modules(self) -> list[PCDAlignment]:
         return [m for m in self.modules() if isinstance(m, PCDAlignment)]
@@ -544,11 +576,27 @@ class AlignCR(nn.Module):
         new_sar = sar + (new_opt - sar_m) * torch.sigmoid(self.opt_distribute_1x1conv[i](new_opt - sar_m))
         return new_opt, new_sar
 
-    def forward(self, optical: torch.Tensor, sar: torch.Tensor | None = None) -> torch.Tensor:
+    def _input_and_base(self, optical: torch.Tensor,
+                        prior: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """What the first conv sees and what the output is a residual over: the cloudy input (the paper), or with
+        ``cfg.prior`` the input, the estimate and the distance, over the estimate."""
+        cfg = self.cfg
+        if not cfg.prior:
+            return optical, optical
+        want = (optical.shape[0], cfg.in_bands + 1, *optical.shape[2:])
+        if prior is None or tuple(prior.shape) != want:
+            got = None if prior is None else tuple(prior.shape)
+            raise ModelError(f"this model needs the estimate and distance input (prior) of shape {want}, got {got}")
+        prior = prior.to(optical.dtype)
+        return torch.cat([optical, prior], dim=1), prior[:, : cfg.in_bands]
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor | None = None,
+                prior: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         cfg = self.cfg
         if optical.ndim != 4 or optical.shape[1] != cfg.in_bands:
             raise ModelError(f"optical input must be (N, {cfg.in_bands}, H, W), got {tuple(optical.shape)}")
-        x_in, (h, w) = pad_to_multiple(optical, cfg.pad_multiple)
+        x_in, base = self._input_and_base(optical, prior)
+        x_in, (h, w) = pad_to_multiple(x_in, cfg.pad_multiple)
         # The official code applies an in-place ReLU to this shallow feature on its way into SFE_module, so the
         # long skip below adds ReLU(SFE_conv(·)), not the raw conv output: that is the forward official
         # checkpoints were trained with (checked against a transcription of the official code, tests/).
@@ -570,4 +618,4 @@ class AlignCR(nn.Module):
                 x, x_sar = self._slfc(x, x_sar, i)
             outs.append(x)
         y = self.GFF(torch.cat(outs, 1)) + f1
-        return self.UPNet(y)[..., :h, :w] + optical
+        return self.UPNet(y)[..., :h, :w] + base

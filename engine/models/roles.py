@@ -10,7 +10,9 @@ into one frozen :class:`ModelInputs` — the only place the engine (:mod:`engine
   ``optical_prev``, ``sar_prev`` (only when ``uses_sar``), ``optical_next``, ``sar_next``;
 * ``needs_dates`` (class attribute): the acquisition times ``t_prev, t, t_next`` (:mod:`engine.align.temporal`);
 * ``dem`` (config field): a one-band elevation raster, role ``dem`` (:mod:`engine.align.dem`);
-* ``fill_only_cloudy`` (config field): with ``--mask``, only the cloud takes the model's output.
+* ``fill_only_cloudy`` (config field): with ``--mask``, only the cloud takes the model's output;
+* ``prior`` (config field): the engine's non-learned estimate of the ground under the cloud and the distance to
+  clear ground (:mod:`engine.refine.prior`), computed from the optical image and its cloud — not a file role.
 
 A role (:class:`Role`) is a :class:`~engine.config.RunConfig` field, the model's ``forward`` keyword and the key the
 pipeline packs it under, all with one name; its *kind* (``optical``, ``sar``, ``dem``) says how it is checked,
@@ -74,6 +76,9 @@ class ModelInputs:
     roles: tuple[str, ...] = ("sar",)  # in opening, reading and packing order
     needs_dates: bool = False  # acquisition times t_prev, t, t_next (gapfill)
     fill_only_cloudy: bool = False  # with --mask, only the cloud takes the model's output (gapfill)
+    # the engine's own estimate of the ground and the distance to clear ground (engine.refine.prior.channels),
+    # computed from the optical image and its cloud, packed after every file role (aligncr-res: config prior=True)
+    prior: bool = False
 
     @property
     def uses_sar(self) -> bool:
@@ -109,7 +114,7 @@ def inputs_of(model: Any, name: str, config: object | None = None) -> ModelInput
         raise InputError(f"this engine cannot supply the model's extra input(s) {', '.join(unknown)}")
     roles = (["sar"] if uses_sar else []) + dates + (["dem"] if setting("dem") else [])
     return ModelInputs(name=name, roles=tuple(roles), needs_dates=bool(getattr(model, "needs_dates", False)),
-                       fill_only_cloudy=setting("fill_only_cloudy"))  # fmt: skip
+                       fill_only_cloudy=setting("fill_only_cloudy"), prior=setting("prior"))  # fmt: skip
 
 
 def model_inputs(model: str | None, weights: Path | None, default_model: str) -> ModelInputs | None:

@@ -33,6 +33,7 @@ from engine.align.cloudmask import detect_clouds_scaled
 from engine.align.inputs import read_optical, read_window
 from engine.align.reader import WindowContext
 from engine.progress import Progress
+from engine.refine import prior
 from engine.refine.samples import Sample, crop_sample, flip_rotate
 from engine.refine.synthetic_clouds import add_clouds
 from engine.sources import normalise
@@ -67,10 +68,12 @@ class AdaptConfig:
     eps2: float = 1e-6
 
 
-def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Generator,
+                   with_prior: prior.PriorInput | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """``cfg.batch`` crops of the scene's windows ``pool``, each the clearest of ``cfg.tries``, flipped/rotated, with
     synthetic clouds; ``w`` is the loss weight: 0 on each window's real cloud (``sample["mask"]``: cloud, or no
-    data), 1 + w on the synthetic one."""
+    data), 1 + w on the synthetic one. ``with_prior``: the crop's ``prior`` channels are packed after its ``sar``,
+    computed from the clouded crop (clear = neither cloud)."""
     items = []
     while len(items) < cfg.batch:
         crops = [crop_sample(pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0], cfg.crop, rng)
@@ -78,7 +81,11 @@ def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Gene
         crop = flip_rotate(min(crops, key=lambda c: float(c["mask"].mean())), rng)
         real = crop["mask"]
         clouded = add_clouds({**crop, "mask": np.zeros_like(real)}, rng)
-        items.append({"optical": clouded["optical"], "sar": crop["sar"], "target": crop["optical"],
+        packed = crop["sar"]
+        if with_prior is not None:
+            clear = (real[0] < 0.5) & (clouded["mask"][0] < 0.5)
+            packed = np.concatenate([packed, prior.channels(clouded["optical"], clear, with_prior.medians)])
+        items.append({"optical": clouded["optical"], "sar": packed, "target": crop["optical"],
                       "w": (1.0 - real) * (1.0 + cfg.cloud_weight * clouded["mask"])})  # fmt: skip
     return {k: torch.from_numpy(np.stack([np.ascontiguousarray(i[k], dtype=np.float32) for i in items]))
             for k in items[0]}  # fmt: skip
@@ -87,6 +94,7 @@ def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Gene
 def fine_tune_(
     module: nn.Module, pool: Sequence[Sample], cfg: AdaptConfig = AdaptConfig(), seed: int = 0,
     device: torch.device | None = None, on_step: Callable[[int], None] | None = None,
+    with_prior: prior.PriorInput | None = None,
 ) -> nn.Module:  # fmt: skip
     """Fine-tune ``module`` in place on windows of one scene (``pool``: samples with a cloudy ``optical`` image in
     [0, 1], the ``sar`` input ``module(optical, sar)`` takes on the same grid, and ``mask`` = 1 where the pixel
@@ -97,7 +105,7 @@ def fine_tune_(
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
     rng = np.random.default_rng(seed)
     for step in range(cfg.steps):
-        batch = {k: v.to(device) for k, v in training_batch(pool, cfg, rng).items()}
+        batch = {k: v.to(device) for k, v in training_batch(pool, cfg, rng, with_prior).items()}
         pred = module(batch["optical"], batch["sar"])
         loss = (batch["w"] * ((pred - batch["target"]) ** 2 + cfg.eps2) ** cfg.alpha).mean()
         opt.zero_grad()
@@ -123,6 +131,8 @@ class SceneInputs(Protocol):
     roles: list[Any]
     mask: Any
     mask_reader: Any
+    declared: Any  # engine.models.roles.ModelInputs: whether the model takes the prior
+    prior_medians: np.ndarray | None
 
 
 def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.NormalisationConfig, shape: tuple[int, int],
@@ -150,7 +160,8 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # seeded, the caller's RNG kept
         torch.manual_seed(SEED)
-        fine_tune_(module, pool, cfg, seed=SEED, device=device, on_step=on_step)
+        with_prior = prior.PriorInput(inp.prior_medians) if inp.declared is not None and inp.declared.prior else None
+        fine_tune_(module, pool, cfg, seed=SEED, device=device, on_step=on_step, with_prior=with_prior)
     return None
 
 

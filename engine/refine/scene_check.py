@@ -39,7 +39,7 @@ from torch import nn
 
 from engine.outputs import metrics
 from engine.progress import Progress
-from engine.refine import baselines, colour_anchor
+from engine.refine import baselines, colour_anchor, prior
 from engine.refine.synthetic_clouds import add_clouds
 
 WINDOW = 256  # px: a checked window (scenes under 512 px: half their side, so that several windows fit)
@@ -91,6 +91,7 @@ class SceneCheck:
     wins: int  # windows where the model beats both baselines
     adapted: bool = False  # the model was adapted to the scene first (the checked clouds held out)
     anchored: bool = False  # its output was colour-anchored in each window, as --colour-anchor does in the run
+    prior_db: float | None = None  # the engine's estimate alone (engine.refine.prior), for a model that takes it
 
     @property
     def beats_baselines(self) -> bool:
@@ -158,30 +159,38 @@ def plan_check(read: Any, shape: tuple[int, int], progress: Progress, share: flo
 
 @torch.no_grad()
 def score_check(module: nn.Module, held: list[HeldOut], device: torch.device, adapted: bool = False,
-                anchored: bool = False) -> SceneCheck:  # fmt: skip
+                anchored: bool = False, with_prior: prior.PriorInput | None = None) -> SceneCheck:  # fmt: skip
     """Score ``module`` (called as ``module(optical, packed)``) and the baselines inside each window's synthetic
     cloud, on its usable pixels. The module runs in fp32 here, before the runner exists; the tiles may run in bf16,
     which moved the report split's inside-cloud PSNR by under 0.01 dB. ``anchored``: the output is scored as
     ``--colour-anchor`` makes it, its drift fitted in each window against that window's clear pixels (the run fits
-    one drift over the whole scene)."""
+    one drift over the whole scene). ``with_prior``: the model takes the engine's estimate, packed after the other
+    inputs from each window's clouded image (clear = usable and outside the check's cloud); the estimate is scored
+    too (``prior_db``)."""
     was_training = module.training
     module.eval()
-    rows = []
+    rows, priors = [], []
     for item in held:
         x = torch.from_numpy(np.ascontiguousarray(item.clouded[None])).to(device)
-        packed = torch.from_numpy(np.ascontiguousarray(item.packed[None])).to(device)
-        pred = module(x, packed).float().clamp(0, 1)[0].cpu().numpy()
         scored = item.cloud & ~item.unusable
         hidden = item.cloud | item.unusable  # what the baselines may not read
+        packed_np, estimate = item.packed, None
+        if with_prior is not None:
+            channels = prior.channels(item.clouded, ~hidden, with_prior.medians)
+            packed_np, estimate = np.concatenate([packed_np, channels]), np.clip(channels[:-1], 0.0, 1.0)
+        packed = torch.from_numpy(np.ascontiguousarray(packed_np[None])).to(device)
+        pred = module(x, packed).float().clamp(0, 1)[0].cpu().numpy()
         if anchored:
             clear = np.where(item.unusable[None], np.nan, item.clouded)  # the anchor's clear pixels: usable ones
             pred, _ = colour_anchor.anchor(pred, clear, item.cloud, used=~item.unusable)
         flat = baselines.flat(item.clouded, hidden)
         fill = baselines.fill(item.clouded, hidden)
         rows.append([metrics.psnr(img, item.clear, mask=scored) for img in (pred, flat, fill)])
+        priors.append(None if estimate is None else metrics.psnr(estimate, item.clear, mask=scored))
     module.train(was_training)
     scores = np.asarray(rows)
     margins = scores[:, 0] - scores[:, 1:].max(axis=1)
     return SceneCheck(windows=len(rows), model_db=float(scores[:, 0].mean()), flat_db=float(scores[:, 1].mean()),
                       fill_db=float(scores[:, 2].mean()), margin_db=float(margins.mean()),
-                      wins=int((margins > 0).sum()), adapted=adapted, anchored=anchored)  # fmt: skip
+                      wins=int((margins > 0).sum()), adapted=adapted, anchored=anchored,
+                      prior_db=None if with_prior is None else float(np.mean(priors)))  # fmt: skip

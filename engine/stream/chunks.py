@@ -25,7 +25,7 @@ from engine.errors import ModelError
 from engine.models.roles import ModelInputs
 from engine.outputs.writer import OutputSpec
 from engine.progress import Progress
-from engine.refine import colour_anchor
+from engine.refine import colour_anchor, prior
 from engine.sources import normalise
 from engine.sources.masks import cloud_mask_from_bands
 from engine.sources.raster import (
@@ -56,6 +56,9 @@ class OpenedInputs:
     roles: list[AlignedInput] = field(default_factory=list)  # its inputs, opened, in declared (packing) order
     dates: dict[str, float] = field(default_factory=dict)  # t_prev, t, t_next of a needs_dates model
     mask_reader: AlignedReader | None = None
+    # the scene's clear medians (bands,), normalised: the prior's value deep inside a cloud (engine.refine.prior);
+    # set before the tile loop for a model that takes the prior, None otherwise
+    prior_medians: np.ndarray | None = None
 
     @property
     def sar(self) -> SarInput | None:
@@ -125,6 +128,8 @@ def _read_chunk_inputs(
     raw, x, opt_ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
     # the model's inputs, packed in declared order after the optical (engine.align.inputs)
     packed, inputs_ok, sar_ok = read_window(inp.roles, win, WindowContext(x, inp.optical_scale, norm))
+    if inp.declared is not None and inp.declared.prior:  # the engine's estimate and distance, after the file roles
+        packed = np.concatenate([packed, prior_window(inp, win)])
     use_ok = opt_ok & inputs_ok
     mask, weight = _chunk_mask_and_weight(chunk, config, inp, win, spec)
     needed = use_ok if weight is None else use_ok & (weight > 0)  # a tile whose output nobody keeps is not run
@@ -161,7 +166,7 @@ def _chunk_mask_and_weight(
         if inp.mask_reader is None or not has_out:
             return None, None
         return inp.mask_reader.read(Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)), None
-    cloud, inner, halo = halo_cloud(inp, win, spec, feather)
+    cloud, inner, halo = halo_cloud(inp, win, feather)
     mask = None
     if halo is not None and has_out:
         iy, ix = inner[0].start, inner[1].start
@@ -169,23 +174,43 @@ def _chunk_mask_and_weight(
     return mask, cloud_weight(cloud, feather)[inner]
 
 
-def halo_cloud(inp: OpenedInputs, win: Window, spec: OutputSpec,
-                reach: int) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray | None]:  # fmt: skip
+def halo_cloud(inp: OpenedInputs, win: Window,
+               reach: int) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray | None]:  # fmt: skip
     """The cloud on ``win`` grown by ``reach`` px (clipped to the scene), ``win``'s slices inside it, and the mask's
     bands read there (None for detected clouds). The cloud is ``--mask``'s, else the clouds
     :mod:`engine.align.cloudmask` detects on the optical image (read with the detector's smoothing context too), so
     whatever is computed from it within ``reach`` does not depend on the chunking."""
-    extra = 0 if inp.mask_reader is not None else DETECTOR_HALO
-    hx, hy, hw, hh = halo_window(int(win.col_off), int(win.row_off), int(win.width), int(win.height),
-                                 reach + extra, spec.width, spec.height)  # fmt: skip
+    halo, inner = _halo(inp, win, reach + (0 if inp.mask_reader is not None else DETECTOR_HALO))
+    cloud, bands = _cloud_on(inp, halo)
+    return cloud, inner, bands
+
+
+def _halo(inp: OpenedInputs, win: Window, reach: int) -> tuple[Window, tuple[slice, slice]]:
+    """``win`` grown by ``reach`` px and clipped to the scene, and ``win``'s slices inside it."""
+    hx, hy, hw, hh = halo_window(int(win.col_off), int(win.row_off), int(win.width), int(win.height), reach,
+                                 inp.grid.width, inp.grid.height)  # fmt: skip
     iy, ix = int(win.row_off) - hy, int(win.col_off) - hx
-    inner = (slice(iy, iy + int(win.height)), slice(ix, ix + int(win.width)))
+    return Window(hx, hy, hw, hh), (slice(iy, iy + int(win.height)), slice(ix, ix + int(win.width)))
+
+
+def _cloud_on(inp: OpenedInputs, win: Window) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cloud on ``win`` (``--mask``'s, else detected) and the mask's bands there (None when detected)."""
     if inp.mask_reader is not None:
-        halo = inp.mask_reader.read(Window(hx, hy, hw, hh))
-        cloud = cloud_mask_from_bands(np.nan_to_num(halo, nan=0.0), inp.mask.nodata) & np.isfinite(halo).all(0)
-        return cloud, inner, halo
-    raw = inp.optical.read([b + 1 for b in inp.band_index], window=Window(hx, hy, hw, hh))
-    return detect_clouds_scaled(raw, valid_mask(raw, inp.optical.nodata), inp.optical_scale), inner, None
+        bands = inp.mask_reader.read(win)
+        cloud = cloud_mask_from_bands(np.nan_to_num(bands, nan=0.0), inp.mask.nodata) & np.isfinite(bands).all(0)
+        return cloud, bands
+    raw = inp.optical.read([b + 1 for b in inp.band_index], window=win)
+    return detect_clouds_scaled(raw, valid_mask(raw, inp.optical.nodata), inp.optical_scale), None
+
+
+def prior_window(inp: OpenedInputs, win: Window) -> np.ndarray:
+    """The ``prior`` input on ``win`` (:func:`engine.refine.prior.channels`: the estimate of the ground and the
+    distance to clear ground), computed on ``win`` grown by the prior's reach so that it does not depend on the
+    chunking; clear = optical data and no cloud (the cloud of :func:`halo_cloud`)."""
+    halo, inner = _halo(inp, win, prior.REACH + (0 if inp.mask_reader is not None else DETECTOR_HALO))
+    cloud, _ = _cloud_on(inp, halo)
+    _, x, ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, halo)
+    return prior.channels(x, ok & ~cloud, inp.prior_medians)[:, inner[0], inner[1]]
 
 
 def _chunk_anchor(chunk: Chunk, config: RunConfig, inp: OpenedInputs, spec: OutputSpec) -> np.ndarray | None:
@@ -194,7 +219,7 @@ def _chunk_anchor(chunk: Chunk, config: RunConfig, inp: OpenedInputs, spec: Outp
     if chunk.out_h <= 0 or chunk.out_w <= 0:
         return None
     win = Window(chunk.out_x, chunk.out_y, chunk.out_w, chunk.out_h)
-    cloud, inner, _ = halo_cloud(inp, win, spec, colour_anchor.REACH_PX)
+    cloud, inner, _ = halo_cloud(inp, win, colour_anchor.REACH_PX)
     return colour_anchor.ramp(cloud)[inner]
 
 

@@ -14,18 +14,21 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import torch
+from rasterio.windows import Window
 from torch import nn
 
 from engine import RESOURCES
-from engine.align.inputs import open_roles
+from engine.align.inputs import open_roles, read_optical
 from engine.align.reader import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.align.temporal import acquisition_dates
 from engine.config import RunConfig
 from engine.errors import InputError, ModelError
 from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, require_roles
 from engine.progress import Progress, record_warning
+from engine.refine.baselines import median_stride, sample_grid
 from engine.refine.scene_check import SceneCheck
 from engine.sources import normalise
 from engine.sources.raster import (
@@ -40,6 +43,7 @@ from engine.sources.raster import (
 from engine.stream.chunks import (
     OpenedInputs,
     composite_feather,
+    halo_cloud,
 )
 from engine.stream.device import resolve_device
 
@@ -243,3 +247,25 @@ def open_aligned_readers(config: RunConfig, inp: OpenedInputs, stack: ExitStack)
     if inp.mask is not None:
         mask_bands = tuple(range(1, inp.mask.count + 1))
         inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
+    if inp.declared is not None and inp.declared.prior:
+        with input_read_errors("the optical image"):
+            inp.prior_medians = prior_medians(inp)
+
+
+def prior_medians(inp: OpenedInputs, strip: int = 512) -> np.ndarray | None:
+    """The scene's clear-pixel medians in the model's units — the prior's value deep inside a cloud
+    (:mod:`engine.refine.prior`) — from the clear pixels (optical data, no cloud: ``--mask``'s, else detected) on the
+    report's sampling grid (:func:`engine.refine.baselines.median_stride`), read in strips; None when none is
+    clear."""
+    h, w = inp.grid.height, inp.grid.width
+    stride = median_stride(w, h)
+    picked = []
+    for row in range(0, h, strip):
+        win = Window(0, row, w, min(strip, h - row))
+        cloud, _, _ = halo_cloud(inp, win, 0)
+        _, x, ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
+        rows, cols = sample_grid((int(win.height), w), row, 0, stride)
+        clear = (ok & ~cloud)[np.ix_(rows, cols)]
+        picked.append(x[:, rows][:, :, cols][:, clear])
+    values = np.concatenate(picked, axis=1)
+    return np.median(values, axis=1).astype(np.float32) if values.shape[1] else None

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from engine.errors import InputError
 from engine.refine.samples import Sample, crop_sample, flip_rotate, nearest_resize
 from engine.refine.synthetic_clouds import add_clouds
+from training.datasets import cloud_bank
 from training.datasets.augment import AugmentConfig, add_synthetic_clouds
 from training.datasets.base import to_tensors
 from training.datasets.layout import LayoutSplit
@@ -161,7 +162,10 @@ class TrainView(Dataset):
             sample = crop_sample(sample, aug.crop, rng if aug.random_crop else None)
         p = self.synthetic_probability(i)
         if p > 0 and rng.random() < p:
-            if aug.cloud_model == "layers":
+            layers = cloud_bank.bank(aug.cloud_bank) if aug.cloud_bank else ()
+            if layers and rng.random() < 0.5:
+                sample = cloud_bank.paste(sample, layers[int(rng.integers(0, len(layers)))], rng)
+            elif aug.cloud_model == "layers":
                 sample = add_clouds(sample, rng, self.mask_bank())
             else:
                 mask = self._synthetic_mask(sample["optical"].shape[-2:], rng)

@@ -32,6 +32,9 @@ class AugmentConfig:
     # "flat": the original bright flat layer shaped by a real mask (add_synthetic_clouds, the first bundled model's);
     # "layers": engine.refine.synthetic_clouds (thick / semi / haze, textured colour, shadows, real + generated shapes)
     cloud_model: str = "flat"
+    # a split of training.datasets.cloud_bank ("train", "select", "report"): half the synthetic clouds are then real
+    # cloud layers of that split pasted instead of the generator's ("" = the generator only)
+    cloud_bank: str = ""
 
 
 
