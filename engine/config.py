@@ -107,6 +107,15 @@ def is_gdal_name(name: str | os.PathLike[str]) -> bool:
     return text.startswith("/vsi") or text.lstrip().startswith("<VRTDataset") or bool(_DRIVER_PREFIX.match(text))
 
 
+def absolute_name(value: Any) -> Any:
+    """A file name made absolute against this process's current folder; GDAL names, ``auto`` and non-paths as they
+    are. Why: the plugin starts the engine in its own folder, so a relative name it passes would be read (or
+    written) there, not where the user meant (issue 25)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or os.fspath(value) == "auto":
+        return value
+    return value if is_gdal_name(value) else os.path.abspath(os.fspath(value))
+
+
 def as_source(value: str | os.PathLike[str]) -> Path | str:
     """A configuration's input value: a :class:`Path` for a file, the string itself for any other GDAL name."""
     return os.fspath(value) if is_gdal_name(value) else Path(value)

@@ -562,6 +562,23 @@ def test_finetune_paths_resolve_against_the_current_folder(tmp_path, monkeypatch
     assert not (ROOT / "rel.safetensors.finetune").exists() and not (ROOT / "rel.safetensors").exists()
 
 
+def test_the_plugin_passes_absolute_file_names(tmp_path, monkeypatch):
+    """The plugin starts the engine in its own folder: a relative name must not be read or written there."""
+    from aligncr_qgis.finetune_request import FinetuneRequest
+    from aligncr_qgis.run_options import RunCommand
+
+    monkeypatch.chdir(tmp_path)
+    args = RunCommand(optical="opt.tif", sar="/vsizip/s1.zip/s1.tif", out="o.tif", mask="auto", report="rep",
+                      bounds="-1,-2,1,2").to_args()  # fmt: skip
+    value = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--") and "=" not in flag}
+    assert value["--optical"] == str(tmp_path / "opt.tif") and value["--out"] == str(tmp_path / "o.tif")
+    assert value["--report"] == str(tmp_path / "rep") and value["--mask"] == "auto"
+    assert value["--sar"] == "/vsizip/s1.zip/s1.tif" and "--bounds=-1,-2,1,2" in args
+    ft = FinetuneRequest(archive="area", out="w.safetensors", base="mine.safetensors").to_args()
+    assert ft[ft.index("--archive") + 1] == str(tmp_path / "area") and ft[ft.index("--out") + 1] == str(
+        tmp_path / "w.safetensors") and ft[ft.index("--weights") + 1] == str(tmp_path / "mine.safetensors")
+
+
 @pytest.mark.parametrize("cog", [False, True])
 def test_a_240_character_output_name_is_written(tmp_path, scene, capsys, cog):
     out = tmp_path / ("o" * 236 + ".tif")
