@@ -26,7 +26,7 @@ from engine.commands import add_renamed_argument, datetime_arg
 from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, as_source, parse_band_list
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
-from engine.stream.accel import DTYPES, AccelConfig
+from engine.stream.accel import DTYPES, AccelConfig, check_threads
 
 NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
@@ -125,6 +125,8 @@ def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def accel_from_args(args: argparse.Namespace) -> AccelConfig:
+    """The speed options; ``--threads`` bounded by this machine's cores (:func:`engine.stream.accel.check_threads`)."""
+    check_threads(args.threads)
     return AccelConfig(dtype=args.dtype, compile=args.compile, threads=args.threads, prefetch=args.prefetch)
 
 

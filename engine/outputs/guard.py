@@ -89,11 +89,11 @@ def check_output_path(out: Path, inputs: Inputs, what: str = "output", clobber: 
     file an input opens, or (``clobber`` off) exists already; a ``geotiff`` output must not be named as another
     raster format (GDAL tools choose the format by the name: ``o.gpkg`` holding a GeoTIFF misleads them)."""
     out = Path(out)
-    if geotiff:
-        _check_geotiff_name(out, what)
     clash = clash_message(out, what, inputs)
     if clash is not None:
         raise OutputError(f"{clash}; choose another name")
+    if geotiff:
+        _check_geotiff_name(out, what)
     kind = file_kind(out)
     if kind == "a folder":
         raise OutputError(f"{what} path is a folder, give a file name: {out}")

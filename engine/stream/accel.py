@@ -101,7 +101,8 @@ class AccelConfig:
             raise AccelError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
         if self.channels_last not in CHANNELS_LAST:
             raise AccelError(f"channels_last must be one of {', '.join(CHANNELS_LAST)}, got '{self.channels_last}'")
-        check_threads(self.threads)
+        if self.threads is not None and self.threads < 1:
+            raise AccelError(f"--threads must be at least 1, got {self.threads}")
         if self.cpu_workers < 0:
             raise AccelError(f"cpu_workers must be 0 (auto) or more, got {self.cpu_workers}")
         if self.cpu_microbatch < 0:
@@ -144,7 +145,8 @@ def matmul_precision_for(device: torch.device, dtype: torch.dtype, tf32: bool = 
 
 def check_threads(threads: int | None, flag: str = "--threads") -> None:
     """``threads`` (None: every core) must be 1 to this machine's core count (issue 25: ``--threads 100000`` aborted
-    the process in OpenMP and left its temporary file); one-line :class:`AccelError` before any work."""
+    the process in OpenMP and left its temporary file); one-line :class:`AccelError` before any work. Checked on the
+    command line (``run``, ``batch``, ``finetune``); the Python API may oversubscribe on purpose (tests do)."""
     cores = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cores:
         raise AccelError(f"{flag} must be 1 to {cores} (the CPU cores of this machine), got {threads}")
