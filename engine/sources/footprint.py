@@ -106,10 +106,6 @@ class Footprint:
         self.remote += other.remote
         return self
 
-    def paths(self) -> list[Path]:
-        """The files (not the sidecar names) — for checks that compare paths themselves (batch)."""
-        return [r.path for r in self.reads if not r.sidecar]
-
     def clash(self, out: str | os.PathLike[str]) -> Read | None:
         """The read that writing ``out`` would replace or shadow, or None."""
         target = _resolved(Path(out))
@@ -171,11 +167,14 @@ class _Walk:
         self.given = "(an inline VRT)" if given.lstrip().startswith("<") else given  # as messages name it
         self.found = Footprint()
         self.seen: set[str] = set()
+        self.listed: set[tuple[Path, bool]] = set()
 
     def read(self, path: Path, how: str, sidecar: bool = False) -> None:
-        resolved = _resolved(path)
-        if not any(r.path == resolved and r.sidecar == sidecar for r in self.found.reads):
-            self.found.reads.append(Read(resolved, self.role, self.given, how, sidecar))
+        """Record one file (the first way it is reached names it)."""
+        key = (_resolved(path), sidecar)
+        if key not in self.listed:
+            self.listed.add(key)
+            self.found.reads.append(Read(key[0], self.role, self.given, how, sidecar))
 
     def remote(self, name: str) -> None:
         self.found.remote.append((self.role, self.given, name))
