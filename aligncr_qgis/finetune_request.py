@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligncr_qgis.model_cards import ModelCardError, read_card
+from engine.config import absolute_name
 from engine.models.finetune_record import read_record
 
 DEFAULT_BASE = "aligncr-lite"
@@ -35,8 +36,10 @@ class FinetuneRequest:
 
     def to_args(self) -> list[str]:
         """``engine finetune`` arguments (without ``--json``, which :class:`EngineProcess` adds)."""
-        base = ["--weights", self.base] if self.base.endswith(".safetensors") else ["--base", self.base]
-        args = ["finetune", "--archive", self.archive, "--out", self.out, *base, "--minutes", f"{self.minutes:g}",
+        base = ["--weights", absolute_name(self.base)] if self.base.endswith(".safetensors") else ["--base", self.base]
+        # file names absolute: the engine runs in the plugin's folder, not where the user meant (issue 25)
+        args = ["finetune", "--archive", absolute_name(self.archive), "--out", absolute_name(self.out), *base,
+                "--minutes", f"{self.minutes:g}",
                 "--patch-size", str(self.patch_size), "--val-fraction", f"{self.val_fraction:g}",
                 "--pair-days", f"{self.pair_days:g}", "--sar-max-days", f"{self.sar_days:g}", "--device", self.device]
         for flag, value in (("--steps", self.steps), ("--lr", self.lr), ("--val-every", self.val_every)):

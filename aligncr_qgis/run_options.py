@@ -24,7 +24,7 @@ def _engine_importable() -> None:
 
 _engine_importable()
 
-from engine.config import OPTIONS, Option, check_options, run_arguments  # noqa: E402 - needs the path above
+from engine.config import OPTIONS, Option, absolute_name, check_options, run_arguments  # noqa: E402 - needs the path above
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
@@ -47,7 +47,9 @@ class RunCommand:
         return self.values.get(name, OPTIONS[name].default)
 
     def to_args(self) -> list[str]:
-        return run_arguments(self.values)
+        """The command line; file names absolute (the engine runs in the plugin's folder)."""
+        return run_arguments({name: absolute_name(value) if OPTIONS[name].kind in ("source", "path") else value
+                              for name, value in self.values.items()})  # fmt: skip
 
 
 def choice_items(name: str) -> list[tuple[str, str]]:

@@ -30,7 +30,9 @@ Failure policy (why it is split this way):
   owner process is gone, and matching the output's name literally
   (:func:`engine.outputs.writer.remove_stale_temporaries`).
 * Before any scene runs, :func:`check_batch_paths` rejects outputs that would overwrite the manifest, the summary,
-  another scene's output or any scene's input.
+  another scene's output or any file a scene's input opens. When the batch stops — done, failed, or asked to stop by
+  SIGTERM or SIGHUP (a closed terminal) — the temporaries its killed workers left are removed once the cluster is
+  down (:func:`remove_leftovers`).
 
 Workers: ``scheduler="local"`` starts a :class:`distributed.LocalCluster` of ``workers`` processes with one task
 thread each, and gives each worker's torch ``cpu_count // workers`` threads, so the cores are shared rather than
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, InputError
+from engine.names import temporary_stem
 
 log = logging.getLogger("engine")
 
@@ -125,8 +128,10 @@ class BatchConfig:
     accel: dict[str, Any] = field(default_factory=dict)  # AccelConfig fields (dtype, compile, threads)
 
     def validate(self) -> None:
-        if self.workers < 1:
-            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        cores = os.cpu_count() or 1
+        if self.workers < 1 or (self.scheduler == "local" and self.workers > cores):
+            raise InputError(f"--workers must be 1 to {cores} (the CPU cores of this machine) for the local cluster, "
+                             f"got {self.workers}")  # fmt: skip
         if self.retries < 0:
             raise InputError(f"--retries must be 0 or more, got {self.retries}")
         scheme = self.scheduler.split("://", 1)[0] if "://" in self.scheduler else self.scheduler
@@ -209,11 +214,17 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None = None) -> None:
-    """Reject, before any scene runs, a batch that would overwrite its own files (issue 15): an output (``out``,
-    ``qa``) that is the manifest, the summary, another scene's output or any scene's input, a summary that is the
-    manifest or an input, and an output that exists as a non-regular file (a device, FIFO, socket or folder)."""
-    from engine.outputs.writer import existing_kind
+    """Reject, before any scene runs, a batch that would overwrite its own files (issues 15, 25): an output (``out``,
+    ``qa``, ``confidence``) that is the manifest, the summary, another scene's output, a file any scene's input opens
+    or a name GDAL reads beside one (:func:`engine.sources.footprint.run_footprint`: VRT sources, archives, sidecars;
+    it also refuses an input that reaches the network), a summary that is the manifest or an input, and an output that
+    exists as a non-regular file (a device, FIFO, socket or folder)."""
+    from engine.outputs.guard import clash_message, file_kind
+    from engine.sources.footprint import Footprint, run_footprint
 
+    inputs = Footprint()
+    for job in jobs:
+        inputs.add(run_footprint(dataclasses.asdict(job)))
     taken: dict[object, str] = {}  # path (resolved) or (device, inode) of an existing file → what it is
 
     def keys(p: Path) -> list[object]:
@@ -229,25 +240,36 @@ def check_batch_paths(jobs: list[SceneJob], summary: Path, manifest: Path | None
         for key in keys(p):
             if key in taken:
                 raise ManifestError(f"{where}: {p} would overwrite {taken[key]}")
+        clash = clash_message(Path(p), where, inputs)
+        if clash is not None:
+            raise ManifestError(clash)
         for key in keys(p):
             taken[key] = what
 
     if manifest is not None:
         claim(Path(manifest), "the manifest", "manifest")
-    for job in jobs:
-        for field_name, value in dataclasses.asdict(job).items():
-            if isinstance(value, Path) and field_name not in ("out", "qa"):
-                for key in keys(value):
-                    taken.setdefault(key, f"an input of scene '{job.id}' ({field_name})")
     claim(Path(summary), "the summary", "--summary")
     for job in jobs:
-        for target, name in ((job.out, "output"), (job.qa, "QA output")):
+        for target, name in ((job.out, "output"), (job.qa, "QA output"), (job.confidence, "confidence output")):
             if target is None:
                 continue
-            kind = existing_kind(target)
+            kind = file_kind(target)
             if kind is not None:
                 raise ManifestError(f"scene '{job.id}': {name} {target} exists and is {kind}, not a regular file")
             claim(target, f"the {name} of scene '{job.id}'", f"scene '{job.id}' {name}")
+
+
+def remove_leftovers(jobs: list[SceneJob]) -> list[Path]:
+    """The temporaries of the scenes' outputs whose writers are gone (a worker killed with its cluster by SIGTERM or
+    SIGHUP, a crash): removed once the cluster has stopped (only the writer's exact names, only dead owners)."""
+    from engine.outputs.writer import remove_stale_temporaries
+
+    removed: list[Path] = []
+    for job in jobs:
+        for target in (job.out, job.qa, job.confidence):
+            if target is not None:
+                removed += remove_stale_temporaries(target)
+    return removed
 
 
 def _resolve(value: str, manifest: Path) -> Path | str:
@@ -340,7 +362,7 @@ def open_client(config: BatchConfig) -> Iterator[Any]:
 def write_summary(path: Path, outcomes: list[SceneOutcome]) -> None:
     """Write the summary CSV atomically (temporary file + rename), in manifest order."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{temporary_stem(path.name)}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
@@ -369,8 +391,11 @@ def run_batch(
     config.validate()
     check_batch_paths(jobs, summary, manifest)
     if client is None:
-        with open_client(config) as own:
-            return run_batch(jobs, config, summary, own, on_outcome, manifest)
+        try:
+            with open_client(config) as own:
+                return run_batch(jobs, config, summary, own, on_outcome, manifest)
+        finally:  # after the cluster stopped (also on SIGTERM / SIGHUP): what its killed workers left
+            remove_leftovers(jobs)
     from distributed import as_completed
 
     run_settings = dict(config.run)

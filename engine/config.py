@@ -43,6 +43,7 @@ MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this h
 MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.stream.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
 MODES = ("best", "raw")  # --mode: what a run does by default (engine.stream.mode says what each means)
+MAX_MEMORY_BUDGET_GB = 1e6  # --memory-budget: a petabyte; beyond, the byte count overflows
 MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 
@@ -105,6 +106,15 @@ def is_gdal_name(name: str | os.PathLike[str]) -> bool:
     ``exists()`` check."""
     text = os.fspath(name)
     return text.startswith("/vsi") or text.lstrip().startswith("<VRTDataset") or bool(_DRIVER_PREFIX.match(text))
+
+
+def absolute_name(value: Any) -> Any:
+    """A file name made absolute against this process's current folder; GDAL names, ``auto`` and non-paths as they
+    are. Why: the plugin starts the engine in its own folder, so a relative name it passes would be read (or
+    written) there, not where the user meant (issue 25)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or os.fspath(value) == "auto":
+        return value
+    return value if is_gdal_name(value) else os.path.abspath(os.fspath(value))
 
 
 def as_source(value: str | os.PathLike[str]) -> Path | str:
@@ -224,6 +234,10 @@ class RunConfig:
         label="Sentinel-1 SAR image (VV, VH; not for gapfill)")
     out: Path = option(None, "output GeoTIFF (written atomically)", kind="path", label="Declouded image",
                        group="output", required=True)
+    clobber: bool = option(
+        True, "refuse to replace an output file (--out, --qa, --confidence, the report's files) that exists already "
+        "(default: an existing output is replaced, once the run has succeeded)", kind="bool", flag="--no-clobber",
+        group="output", label="Replace an existing output file")
     landcover: Path | str | None = option(None, "ESA WorldCover land-cover raster (for the report)", kind="source",
                                           label="Land cover (ESA WorldCover codes)")
     mask: Path | str | None = option(
@@ -425,8 +439,9 @@ def check_options(values: Mapping[str, Any]) -> None:
     if v["only_cloudy"] and v["mask"] is None and len(v["bands"]) != 4:
         raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                          f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
-    if v["memory_budget"] is not None and not v["memory_budget"] > 0:
-        raise InputError(f"--memory-budget must be a positive number of GB, got {v['memory_budget']}")
+    if v["memory_budget"] is not None and not 0 < v["memory_budget"] <= MAX_MEMORY_BUDGET_GB:
+        raise InputError(f"--memory-budget must be a positive, finite number of GB (at most {MAX_MEMORY_BUDGET_GB:g}), "
+                         f"got {v['memory_budget']}")  # fmt: skip
     if v["adapt"] is not None and not 0 <= v["adapt"] <= MAX_ADAPT_STEPS:
         raise InputError(f"--adapt must be 0 (off) to {MAX_ADAPT_STEPS} steps, got {v['adapt']}")
     if not 0 <= v["cloud_feather"] <= MAX_FEATHER:
@@ -497,7 +512,9 @@ def run_arguments(values: Mapping[str, Any]) -> list[str]:
             if bool(value) != bool(row.default):
                 args.append(row.flag)
             continue
-        args += [row.flag, row.text(value)]
+        text = row.text(value)
+        # one token when the value may start with "-": argparse takes "--bounds -70.5,…" for two options
+        args += [f"{row.flag}={text}"] if text.startswith("-") or row.kind == "bounds" else [row.flag, text]
     return args
 
 

@@ -31,13 +31,31 @@ class Cancelled(EngineError):
 
 
 class Terminated(BaseException):
-    """The process was asked to stop (SIGTERM); raised in the main thread so every temporary file is removed.
+    """The process was asked to stop (SIGTERM, or SIGHUP: its terminal closed); raised in the main thread so every
+    temporary file is removed.
 
     A ``BaseException`` like ``KeyboardInterrupt``, so no ``except Exception`` on the way swallows it."""
 
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (GDAL's often carry a file name and several sentences)."""
+    """An exception's message on one line (GDAL's often carry a file name and several sentences). rasterio's "Read
+    failed. See previous exception for details." is replaced by that previous exception: GDAL's own words, which
+    name the file, the band and the block (issue 25)."""
+    while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

@@ -82,6 +82,24 @@ class Bias(nn.Module):
         return self.bias.expand_as(optical) + 0.0 * optical
 
 
+@dataclass(frozen=True)
+class ConstantConfig:
+    in_bands: int = 4
+    value: float = 0.0
+
+
+class Constant(nn.Module):
+    """``cfg.value`` everywhere: 0 (clipped predictions), NaN or inf (broken weights, an overflow), or a plausible
+    reflectance (0.2: what a real model writes in a cloud). Register it with the value a test needs."""
+
+    def __init__(self, cfg: ConstantConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(optical, self.cfg.value)
+
+
 TEST_MODELS = {"test-brighten": Brighten, "test-tile-mean": TileMean, "test-probe": Probe, "test-ramp": Ramp,
                "test-bias": Bias}  # fmt: skip
 

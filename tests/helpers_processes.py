@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python -m engine` whose network forward sleeps two minutes: a run that is surely mid-way when signalled
+SLOW_RUN = (
+    "import sys, time\n"
+    "import engine.stream.accel as a\n"
+    "real = a.InferenceRunner.predict\n"
+    "def slow(self, *args):\n"
+    "    time.sleep(120)\n"
+    "    return real(self, *args)\n"
+    "a.InferenceRunner.predict = slow\n"
+    "from engine.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 
 
 def dead_pid() -> int:
@@ -12,3 +28,22 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def start_slow_run(scene: tuple[Path, Path], out: Path) -> subprocess.Popen:
+    """A slow ``engine run`` (identity model, small tiles) of ``scene`` (optical, SAR) into ``out``."""
+    args = ["run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(out), "--model", "identity",
+            "--tile", "32", "--overlap", "8", "--device", "cpu"]  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_temporary(folder: Path, child: subprocess.Popen) -> list[Path]:
+    """The writer's temporaries in ``folder`` once ``child`` has made one (not the writability probe)."""
+    for _ in range(600):
+        found = [p for p in folder.iterdir() if p.name.endswith(".tmp.tif") and ".probe." not in p.name]
+        if found:
+            return found
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.1)
+    raise AssertionError("the run never created its temporary file")

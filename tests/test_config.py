@@ -57,14 +57,15 @@ def test_run_arguments_round_trip_through_the_engine_parser():
               "date": "2021-06-04T10:00:00Z", "date_prev": "2021-06-01", "date_next": "2021-06-11T10:00:00",
               "dem": "dem.tif", "only_cloudy": True, "cloud_feather": 3, "qa": "qa.tif", "confidence": "c.tif",
               "tta": 8, "adapt": 120, "scene_check": True, "colour_anchor": True, "memory_budget": 2.5, "sar_vv": None,
-              "sar_vh": None, "bounds": "1,2,3,4,EPSG:4326"}
+              "sar_vh": None, "bounds": "-70.5,-33.2,-70.4,-33.1,EPSG:4326", "clobber": False}
     assert set(values) == set(OPTIONS)
     args = run_arguments(values)
     assert args[:7] == ["run", "--optical", "o.tif", "--sar", "s.tif", "--out", "x.tif"]
     assert "--no-baselines" in args and "--cog" in args and args[args.index("--bands") + 1] == "3,2,1,4"
+    assert "--bounds=-70.5,-33.2,-70.4,-33.1,EPSG:4326" in args and "--no-clobber" in args  # one token: west, south
     parsed = config_from_args(build_parser().parse_args(args))
     assert parsed.as_dict() == RunConfig(**values).as_dict()
-    assert parsed.bounds == Bounds(1.0, 2.0, 3.0, 4.0, "EPSG:4326")
+    assert parsed.bounds == Bounds(-70.5, -33.2, -70.4, -33.1, "EPSG:4326")
     # a RunConfig's own (converted) values make the same command line again
     again = config_from_args(build_parser().parse_args(run_arguments({n: getattr(parsed, n) for n in OPTIONS})))
     assert again.as_dict() == parsed.as_dict()

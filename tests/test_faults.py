@@ -20,19 +20,17 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers_processes import dead_pid
+from helpers_models import Constant, ConstantConfig
+from helpers_processes import dead_pid, start_slow_run, wait_for_temporary
 from helpers_rasters import write_optical, write_sar
-from torch import nn
 
 from engine.batch import BatchConfig, ManifestError, SceneJob, check_batch_paths, read_manifest, run_batch
 from engine.cli import main as cli_main
@@ -51,29 +49,12 @@ FAST = {"tile": 32, "overlap": 8, "model": "identity", "device": "cpu"}
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FaultModelConfig:
-    in_bands: int = 4
-    value: float = 0.0
-
-
-class Constant(nn.Module):
-    """Returns ``cfg.value`` everywhere: 0 (clipped predictions), NaN or inf (broken weights, an overflow)."""
-
-    def __init__(self, cfg: FaultModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(optical, self.cfg.value)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _fault_models() -> Iterator[None]:
     added = []
     for name, value in (("test-zeros", 0.0), ("test-nan", float("nan")), ("test-inf", float("inf"))):
         if name not in MODEL_REGISTRY:
-            register_model(name, FaultModelConfig(value=value), "test model", needs_weights=False)(Constant)
+            register_model(name, ConstantConfig(value=value), "test model", needs_weights=False)(Constant)
             added.append(name)
     yield
     for name in added:
@@ -522,10 +503,12 @@ def test_bad_manifests_are_one_line_errors(tmp_path, capsys, content, match):
     assert code == 2 and re.search(match, err), err
 
 
-def test_debug_shows_the_traceback(tmp_path, scene):
+def test_debug_shows_the_traceback(tmp_path, scene, capsys):
+    """--debug adds the traceback; the exit code stays 2 (issue 25)."""
     fifo = _fifo(tmp_path / "pipe.tif")
-    with pytest.raises(OutputError):
-        cli_main(["--debug", "run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(fifo)])
+    code = cli_main(["--debug", "run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(fifo)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "OutputError" in err
 
 
 def test_out_of_memory_and_os_errors_are_one_line(tmp_path, scene, capsys, monkeypatch):
@@ -565,40 +548,10 @@ def test_nodata_substitute(nodata, dtype, expected):
 
 # --- 9. smaller ones: temporaries of killed runs, the plugin's card reader and interpreter ------------------------
 
-SLOW_RUN = (
-    "import sys, time\n"
-    "import engine.stream.accel as a\n"
-    "real = a.InferenceRunner.predict\n"
-    "def slow(self, *args):\n"
-    "    time.sleep(120)\n"
-    "    return real(self, *args)\n"
-    "a.InferenceRunner.predict = slow\n"
-    "from engine.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
-def _start_slow_run(scene: tuple[Path, Path], out: Path) -> subprocess.Popen:
-    args = ["run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(out), "--model", "identity",
-            "--tile", "32", "--overlap", "8", "--device", "cpu"]  # fmt: skip
-    return subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def _wait_for_temporary(folder: Path, child: subprocess.Popen) -> list[Path]:
-    for _ in range(600):
-        found = [p for p in folder.iterdir() if p.name.endswith(".tmp.tif") and ".probe." not in p.name]
-        if found:
-            return found
-        assert child.poll() is None, child.communicate()
-        time.sleep(0.1)
-    raise AssertionError("the run never created its temporary file")
-
-
 def test_sigterm_removes_the_temporary_and_exits_143(tmp_path, scene):
     out = tmp_path / "o.tif"
-    child = _start_slow_run(scene, out)
-    _wait_for_temporary(tmp_path, child)
+    child = start_slow_run(scene, out)
+    wait_for_temporary(tmp_path, child)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 143 and "Traceback" not in err, err
@@ -607,8 +560,8 @@ def test_sigterm_removes_the_temporary_and_exits_143(tmp_path, scene):
 
 def test_kill_9_leaves_a_temporary_that_the_next_run_removes(tmp_path, scene):
     out = tmp_path / "o.tif"
-    child = _start_slow_run(scene, out)
-    stale = _wait_for_temporary(tmp_path, child)
+    child = start_slow_run(scene, out)
+    stale = wait_for_temporary(tmp_path, child)
     child.kill()
     child.communicate()
     assert all(p.exists() for p in stale)

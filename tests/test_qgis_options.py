@@ -78,11 +78,11 @@ def test_dialog_extent_goes_as_bounds_not_as_clipped_copies(project, dlg: AlignC
     dlg.optical_combo.setLayer(opt)
     dlg.sar_combo.setLayer(sar)
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
-    assert "--bounds" not in dlg.build_request().to_args()
+    assert not any(a.startswith("--bounds") for a in dlg.build_request().to_args())
     rect = QgsRectangle(ORIGIN[0] + 10.0, ORIGIN[1] - 100.0, ORIGIN[0] + 70.0, ORIGIN[1] - 4.0)
     dlg.set_drawn_extent(rect, opt.crs())
     args = dlg.build_request().to_args()
-    bounds = [float(v) for v in args[args.index("--bounds") + 1].split(",")]
+    bounds = [float(v) for v in next(a for a in args if a.startswith("--bounds=")).split("=", 1)[1].split(",")]
     assert bounds == pytest.approx([rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()])
     assert args[args.index("--optical") + 1] == str(tmp_path / "opt.tif")  # the input itself, not a VRT
     assert args[args.index("--sar") + 1] == str(tmp_path / "sar.tif")
@@ -113,6 +113,36 @@ def test_processing_extent_runs_the_engine_on_the_window(processing_provider, tm
         assert b.crs == a.crs and b.transform.a == 3.0 and 9 <= col <= 10 and 1 <= row <= 2
         assert 20 <= b.width <= 22 and 18 <= b.height <= 20
         assert (b.read() == a.read(window=((row, row + b.height), (col, col + b.width)))).all()
+
+
+@pytest.mark.slow
+def test_processing_extent_with_negative_coordinates(processing_provider, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Issue 25: an extent whose coordinates are negative (EPSG:3857 in Chile) went to the engine as
+    "--bounds -7849970.0,…", which argparse took for an option: the run failed in QGIS. Now the whole plugin path
+    (Processing → command builder → engine) writes the window."""
+    import numpy as np
+    import processing
+    from qgis.core import QgsCoordinateReferenceSystem, QgsReferencedRectangle
+    from rasterio.transform import from_origin
+
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    opt, sar = tmp_path / "chile.tif", tmp_path / "sar.tif"
+    rng = np.random.default_rng(0)
+    with rasterio.open(opt, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:3857",
+                       transform=from_origin(-7_850_000.0, -3_920_000.0, 3.0, 3.0)) as ds:  # fmt: skip
+        ds.write(rng.integers(200, 4000, (4, 64, 64), dtype=np.uint16))
+    with rasterio.open(sar, "w", driver="GTiff", width=24, height=24, count=2, dtype="float32", crs="EPSG:3857",
+                       transform=from_origin(-7_850_030.0, -3_919_970.0, 10.0, 10.0)) as ds:  # fmt: skip
+        ds.write(rng.uniform(-20.0, -5.0, (2, 24, 24)).astype(np.float32))
+    window = QgsRectangle(-7_849_970.0, -3_920_090.0, -7_849_910.0, -3_920_030.0)  # columns 10-30, rows 10-30
+    out = tmp_path / "window.tif"
+    processing.run("aligncr:declouding", {"OPTICAL": str(opt), "SAR": str(sar), "MODEL": "identity", "TILE": 32,
+                                          "OVERLAP": 8, "OUTPUT": str(out), "EXTENT": QgsReferencedRectangle(
+                                              window, QgsCoordinateReferenceSystem("EPSG:3857"))})  # fmt: skip
+    with rasterio.open(opt) as a, rasterio.open(out) as b:
+        assert (b.width, b.height) == (20, 20) and (b.transform.c, b.transform.f) == (-7_849_970.0, -3_920_030.0)
+        assert (b.read() == a.read(window=((10, 30), (10, 30)))).all()
 
 
 def test_processing_refuses_a_geographic_optical_with_the_engine_s_words(processing_provider, tmp_path: Path,

@@ -38,3 +38,29 @@ def add_renamed_argument(parser: argparse.ArgumentParser, new: str, old: str, **
     group.add_argument(new, dest=dest, **kwargs)
     old_kwargs = {"nargs": 0} if flag_only else {k: v for k, v in kwargs.items() if k in ("type", "metavar")}
     group.add_argument(old, dest=dest, action=_Deprecated, help=argparse.SUPPRESS, **old_kwargs)
+
+
+def add_clobber_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-clobber`` (dest ``clobber``), the options table's row: every command that writes files takes it."""
+    from engine.commands.run import add_option
+    from engine.config import OPTIONS
+
+    add_option(parser, OPTIONS["clobber"])
+
+
+def check_number(flag: str, value: float | int | None, *, minimum: float | None = None, above: float | None = None,
+                 maximum: float | None = None) -> None:  # fmt: skip
+    """A numeric option's value: finite and within its bounds (``above``: strictly), else one-line
+    :class:`~engine.errors.InputError` naming the flag. Why: ``nan`` and ``inf`` parse as floats and slip past
+    ``<`` tests (issue 25: ``finetune --lr nan`` trained for 43 s, then gave a traceback)."""
+    import math
+
+    from engine.errors import InputError
+
+    if value is None:
+        return
+    bounds = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
+              f"<= {maximum:g}" if maximum is not None else ""]  # fmt: skip
+    ok = math.isfinite(value) and (minimum is None or value >= minimum) and (above is None or value > above)
+    if not ok or (maximum is not None and value > maximum):
+        raise InputError(f"{flag} must be a finite number {' and '.join(b for b in bounds if b)}, got {value}")

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.commands import add_clobber_argument
 from engine.commands.run import accel_from_args, add_accel_arguments, add_tiling_arguments, tiling_options
 
 NAME = "batch"
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=Path, help="summary CSV (default: MANIFEST.summary.csv beside it)")
     add_tiling_arguments(parser, where=" on each worker")
     add_accel_arguments(parser)
+    add_clobber_argument(parser)  # a scene whose output exists then fails, the others go on
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         workers=args.workers,
         retries=args.retries,
-        run={row.name: getattr(args, row.name) for row in tiling_options()},
+        run={**{row.name: getattr(args, row.name) for row in tiling_options()}, "clobber": args.clobber},
         accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch},
     )
     config.validate()

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.commands import add_renamed_argument
+from engine.commands import add_clobber_argument, add_renamed_argument
 from engine.commands.ndvi import parse_bands, terminal_progress
+from engine.config import as_source
 from engine.report.margin import ceiling_sentence, gamut_sentence, margin_sentence
 
 NAME = "evaluate"
@@ -27,11 +28,14 @@ HELP = ("score a declouded raster against a cloud-free reference (MAE, PSNR, SSI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optical", required=True, type=Path, help="the cloudy optical input (B,G,R,NIR)")
-    parser.add_argument("--prediction", required=True, type=Path, help="the declouded output, on the optical grid")
-    parser.add_argument("--reference", required=True, type=Path, help="the cloud-free reference, on the optical grid")
-    parser.add_argument("--landcover", type=Path, help="ESA WorldCover raster (any grid; reprojected, nearest)")
-    parser.add_argument("--mask", type=Path, help="cloud mask raster (1 = cloud, or Planet UDM2); default: detected")
+    parser.add_argument("--optical", required=True, type=as_source, help="the cloudy optical input (B,G,R,NIR)")
+    parser.add_argument("--prediction", required=True, type=as_source,
+                        help="the declouded output, on the optical grid")
+    parser.add_argument("--reference", required=True, type=as_source,
+                        help="the cloud-free reference, on the optical grid")
+    parser.add_argument("--landcover", type=as_source, help="ESA WorldCover raster (any grid; reprojected, nearest)")
+    parser.add_argument("--mask", type=as_source,
+                        help="cloud mask raster (1 = cloud, or Planet UDM2); default: detected")
     parser.add_argument("--out", required=True, type=Path, help="report folder (created if missing)")
     parser.add_argument(
         "--bands", type=parse_bands, default=(1, 2, 3, 4), help="1-based band indices of B,G,R,NIR (default 1,2,3,4)"
@@ -44,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also score the non-learned baselines flat and fill on the same pixels, and the output's margin over "
              "the best of them inside the cloud (default: on)",
     )  # fmt: skip
+    add_clobber_argument(parser)
 
 
 LABEL = 24  # width of the summary's first column ("outside_cloud off_gamut")
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             tile_size=args.tile_size,
             progress=progress,
             baselines=args.baselines,
+            clobber=args.clobber,
         )
     if args.json:
         json.dump(report, sys.stdout, indent=2)

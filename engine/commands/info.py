@@ -10,6 +10,7 @@ optical image the SAR covers once reprojected, and the SAR units (dB, linear pow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from engine.config import DEFAULT_BANDS, DEFAULT_SAR_BANDS, SAR_UNITS, RunConfig
 from engine.errors import InputError
 from engine.sources import normalise
 from engine.sources.dates import dataset_acquisition_date, days_apart
+from engine.sources.footprint import run_footprint
 from engine.sources.product import Materialised
 from engine.sources.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
 from engine.sources.resolve import resolve_run_inputs
@@ -82,6 +84,7 @@ def inspect_inputs(config: RunConfig) -> dict[str, Any]:
     plus the resolved sources and their warnings."""
     if config.sar is None and config.sar_vv is None:
         raise InputError("info needs the SAR: --sar, or --sar-vv and --sar-vh")
+    run_footprint(dataclasses.asdict(config))  # refuses a local input that reaches the network, as a run does
     with Materialised() as store:
         resolved, sources, warnings = resolve_run_inputs(config, store, grid_rules=False)
         facts = inspect_pair(resolved.optical, resolved.sar, resolved.bands, resolved.sar_bands)

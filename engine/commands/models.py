@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import RESOURCES
+from engine.commands import add_clobber_argument
 
 NAME = "models"
 HELP = "list the available models, their parameter counts and the bundled weights"
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convert an official Align-CR .pth checkpoint (needs --out)")
     parser.add_argument("--out", type=Path, help="output .safetensors for --import-official")
     parser.add_argument("--arch", default="aligncr", help="registry name of the checkpoint's network (default aligncr)")
+    add_clobber_argument(parser)
 
 
 def scan_weights(folder: Path) -> list[WeightsInfo]:
@@ -132,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
 
         if args.out is None:
             raise EngineError("--import-official needs --out FILE.safetensors")
+        from engine.outputs.guard import check_output_path
+        from engine.sources.footprint import input_footprint
+
+        check_output_path(args.out, input_footprint({"checkpoint": args.import_official}), what="--out",
+                          clobber=args.clobber)  # fmt: skip
         path = import_official(args.import_official, args.out, arch=args.arch)
         print(json.dumps({"written": str(path)}) if args.json else f"wrote {path}")
         return 0

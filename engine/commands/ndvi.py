@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.commands import add_renamed_argument
+from engine.commands import add_clobber_argument, add_renamed_argument
+from engine.config import as_source
 from engine.outputs.ndvi import NDVI_NODATA, write_ndvi
 from engine.progress import Progress
 
@@ -51,19 +52,20 @@ def terminal_progress(desc: str) -> Iterator[Progress]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_renamed_argument(parser, "--optical", "--input", required=True, type=Path, dest="input",
-                         help="optical raster with B, G, R, NIR bands")
+    add_renamed_argument(parser, "--optical", "--input", required=True, type=as_source, dest="input",
+                         help="optical raster with B, G, R, NIR bands (a file or any GDAL dataset name)")
     parser.add_argument("--out", required=True, type=Path, help="output NDVI GeoTIFF")
     parser.add_argument(
         "--bands", type=parse_bands, default=(1, 2, 3, 4), help="1-based band indices of B,G,R,NIR (default 1,2,3,4)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_clobber_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     _, _, red, nir = args.bands
     with terminal_progress("NDVI") as progress:
-        out = write_ndvi(args.input, args.out, red_band=red, nir_band=nir, progress=progress)
+        out = write_ndvi(args.input, args.out, red_band=red, nir_band=nir, progress=progress, clobber=args.clobber)
     if args.json:
         json.dump({"output": str(out), "red_band": red, "nir_band": nir, "nodata": NDVI_NODATA}, sys.stdout)
         sys.stdout.write("\n")

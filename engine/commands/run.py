@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from engine.commands import add_renamed_argument, datetime_arg
 from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, as_source, parse_band_list
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
-from engine.stream.accel import DTYPES, AccelConfig
+from engine.stream.accel import DTYPES, AccelConfig, check_threads
 
 NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
@@ -52,6 +53,13 @@ def _bounds(text: str) -> Bounds:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _file_path(text: str) -> Path:
+    """An output file's name: ``out/`` (a folder, by its trailing slash) would have become a file named ``out``."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"'{text}' ends with a slash: give a file name, e.g. {text}declouded.tif")
+    return Path(text)
+
+
 # How each kind of option is parsed (engine.config.KINDS); bool, choice and text need no type.
 _TYPES: dict[str, Any] = {"source": as_source, "path": Path, "int": int, "float": float, "bands": _bands,
                           "time": datetime_arg, "bounds": _bounds}  # fmt: skip
@@ -69,7 +77,7 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, row: O
     else:
         kwargs.update(default=row.default, required=row.required)
         if row.kind in _TYPES:
-            kwargs["type"] = _TYPES[row.kind]
+            kwargs["type"] = _file_path if row.group == "output" and row.name != "report" else _TYPES[row.kind]
         if row.choices:
             kwargs["choices"] = row.choices
         if row.metavar:
@@ -117,6 +125,8 @@ def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def accel_from_args(args: argparse.Namespace) -> AccelConfig:
+    """The speed options; ``--threads`` bounded by this machine's cores (:func:`engine.stream.accel.check_threads`)."""
+    check_threads(args.threads)
     return AccelConfig(dtype=args.dtype, compile=args.compile, threads=args.threads, prefetch=args.prefetch)
 
 

@@ -35,6 +35,7 @@ from engine import __version__ as ENGINE_VERSION
 from engine.errors import ModelError
 from engine.models.registry import config_to_dict, get_spec
 from engine.models.safetensors_header import HeaderError, SafetensorsHeader, read_header
+from engine.names import temporary_stem
 from engine.sources.normalise import NormalisationConfig
 
 CARD_KEY = "aligncr_card"
@@ -151,7 +152,7 @@ def save(model: nn.Module, path: str | os.PathLike, card: ModelCard | dict | Non
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {CARD_KEY: json.dumps(c.to_dict(), sort_keys=True), "format": "pt", "card_format": CARD_FORMAT}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{temporary_stem(path.name)}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
@@ -312,7 +313,10 @@ def import_official(
     try:
         ckpt = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - anything a restricted unpickler refuses or cannot read
-        raise ModelError(f"{src.name} is not a loadable PyTorch checkpoint of plain tensors ({exc})") from exc
+        # one line, and not torch's advice to turn weights_only off (that would run the file's code; issue 25)
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        why = f"it refers to {blocked.group(1)}" if blocked else type(exc).__name__
+        raise ModelError(f"{src} is not a plain state dict of tensors ({why}); it was not loaded") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("network"), dict):
         state, epoch = ckpt["network"], ckpt.get("epoch")
     elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

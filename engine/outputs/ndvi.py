@@ -12,16 +12,20 @@ saturated pixels.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from rasterio.windows import Window
 
+from engine.config import is_gdal_name
 from engine.errors import InputError
+from engine.outputs.guard import check_output_path
 from engine.outputs.metrics import ndvi_classes
 from engine.outputs.provenance import RasterMetadata, read_metadata
-from engine.outputs.writer import AtomicGeoTIFFWriter, check_output_path, layer_spec
+from engine.outputs.writer import AtomicGeoTIFFWriter, layer_spec
 from engine.progress import Progress
+from engine.sources.footprint import input_footprint
 from engine.sources.raster import input_read_errors, open_raster
 
 NDVI_NODATA = -9999.0
@@ -76,27 +80,30 @@ def write_ndvi(
     red_band: int,
     nir_band: int,
     progress: Progress | None = None,
+    clobber: bool = True,
 ) -> Path:
     """Write the NDVI of ``src_path`` (1-based ``red_band``/``nir_band``) as a float32 GeoTIFF on the same grid.
 
-    Windowed (memory stays bounded for any scene size) and atomic: the output appears only when complete.
+    Windowed (memory stays bounded for any scene size) and atomic: the output appears only when complete; it never
+    replaces a file the input opens, nor (``clobber`` off) an existing file (:mod:`engine.outputs.guard`).
     Source nodata (per-band nodata value or internal mask) becomes :data:`NDVI_NODATA`.
     """
-    src_path, out_path = Path(src_path), Path(out_path)
+    out_path = Path(out_path)
+    src_path = os.fspath(src_path) if is_gdal_name(src_path) else Path(src_path)
     progress = progress or Progress()
-    check_output_path(out_path, [src_path])
+    check_output_path(out_path, input_footprint({"optical": src_path}), clobber=clobber, geotiff=True)
     src = open_raster(src_path, "input raster")
     with src, input_read_errors("the input raster"):
         for b in (red_band, nir_band):
             if not 1 <= b <= src.count:
-                raise InputError(f"{src_path.name} has {src.count} band(s); band {b} does not exist")
+                raise InputError(f"{src_path} has {src.count} band(s); band {b} does not exist")
         # the scene's own tags (acquisition time, and how a declouded input was made) describe the NDVI too
         band = {"DESCRIPTION": "NDVI = (NIR - Red) / (NIR + Red)", "RED_BAND": str(red_band), "NIR_BAND": str(nir_band)}
         spec = layer_spec(width=src.width, height=src.height, crs=src.crs, transform=src.transform, dtype="float32",
                           nodata=NDVI_NODATA, descriptions=("NDVI",),
                           metadata=RasterMetadata(tags=read_metadata(src).tags, band_tags=[band]))  # fmt: skip
         windows = _windows(src.width, src.height)
-        with AtomicGeoTIFFWriter(out_path, spec) as dst:
+        with AtomicGeoTIFFWriter(out_path, spec, clobber=clobber) as dst:
             for i, win in enumerate(windows):
                 progress.check_cancelled()
                 red, nir = src.read((red_band, nir_band), window=win)

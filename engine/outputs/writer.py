@@ -1,4 +1,4 @@
-"""Atomic, windowed GeoTIFF (and Cloud-Optimized GeoTIFF) writing, and the checks on output paths.
+"""Atomic, windowed GeoTIFF (and Cloud-Optimized GeoTIFF) writing.
 
 The output is written block by block into a hidden temporary file *in the destination folder* (same file
 system, so the final ``os.replace`` is an atomic rename) and renamed only when the run succeeded: a crash, an
@@ -12,13 +12,17 @@ compared, every block's offset and length checked against the file's length, its
 before the rename. Any failure is one :class:`~engine.errors.OutputError` line ("no space left on device" when the
 file system is full), the temporary file is removed and nothing appears under the requested name.
 
-Temporary files: ``.<name>.<pid>.<tag>.tmp.tif`` (``.cog.tmp.tif`` for the COG copy; git-ignored). The first one
-is created exclusively and, on POSIX, ``flock``-ed for as long as its writer lives; the COG copy and GDAL's own
-side files (``.aux.xml``, ``.ovr.tmp``) share its ``<pid>.<tag>``. :func:`remove_stale_temporaries` (run before a
-new writer starts on the same path, and by ``engine batch`` before each attempt) removes a group only when its
-owner is gone — the lock can be taken *and* the PID is not a live process here (Windows: the file can be deleted,
-which it cannot while GDAL has it open). Names are compared literally, never as glob patterns: ``scene[1].tif``'s
-cleanup must not touch ``scene1.tif``'s temporaries.
+Temporary files: ``.<name>.<pid>.<tag>.tmp.tif`` (``.cog.tmp.tif`` for the COG copy; git-ignored; a name too long
+to carry the suffix is shortened with a hash, :mod:`engine.names`). The first one is created exclusively and, on
+POSIX, ``flock``-ed for as long as its writer lives; the COG copy and GDAL's own side files (``.aux.xml``,
+``.ovr.tmp``) share its ``<pid>.<tag>``. :func:`remove_stale_temporaries` (run before a new writer starts on the same
+path, and by ``engine batch`` before each attempt and after the cluster stops) removes a group only when its owner is
+gone — the lock can be taken *and* the PID is not a live process here (Windows: the file can be deleted, which it
+cannot while GDAL has it open) — and only names that are exactly the writer's (:func:`engine.names.temporary_pattern`:
+never a user's file that happens to contain ``tmp``; ``scene[1].tif``'s cleanup never touches ``scene1.tif``'s).
+A writer that finds another live process's temporary for the same output refuses to start: two runs writing one
+path at once cannot both report success. With ``clobber=False`` (``--no-clobber``) the final rename never replaces
+a file (a hard link, then the temporary's removal).
 
 Layout: internal tiles 512 wide and 512 (or, to match the engine's chunk rows, slightly fewer, e.g. 448) rows
 high, DEFLATE; predictor 2 (horizontal differencing) for integer data as asked for PlanetScope DN, predictor 3
@@ -26,18 +30,14 @@ high, DEFLATE; predictor 2 (horizontal differencing) for integer data as asked f
 GeoTIFF first, then lets GDAL's COG driver copy it with overviews (averaged) into a second temporary file, since a
 COG must be written in one ordered pass with its overviews first.
 
-Output paths (:func:`check_output_path`, :func:`check_output_dir`) are checked before any work: an existing path
-that is not a regular file (a device such as ``/dev/null``, a FIFO, a socket, a folder) is refused — the rename
-would replace it (as root, ``--out /dev/null`` turned the device into a regular file).
+Output paths are checked before any work by :mod:`engine.outputs.guard`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
-import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,8 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from engine.errors import OutputError, one_line
+from engine.names import temporary_name, temporary_pattern
+from engine.outputs.guard import file_kind
 from engine.outputs.provenance import RasterMetadata, folded
 from engine.outputs.provenance import apply as apply_metadata
 from engine.sources import gdal_errors
@@ -63,8 +65,6 @@ except ImportError:  # Windows: an open file cannot be deleted, which is the own
 
 BLOCK = 512
 LAYER_BLOCK = 256  # auxiliary layers (layer_spec)
-TMP_SUFFIX = ".tmp.tif"
-_GROUP = re.compile(r"(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\..*tmp.*", re.DOTALL)
 LOW_SPACE_BYTES = 16 * 2**20  # below this much free space a write failure is reported as a full disk
 
 
@@ -98,87 +98,6 @@ def layer_spec(*, width: int, height: int, crs: CRS, transform: Affine, dtype: s
         creation["predictor"] = 3
     return OutputSpec(crs=crs, transform=transform, width=width, height=height, count=count, dtype=dtype,
                       nodata=nodata, descriptions=descriptions, metadata=metadata, creation=creation)  # fmt: skip
-
-
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, in words (None for a regular file)."""
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
-        if test(mode):
-            return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
-def existing_kind(path: Path) -> str | None:
-    """None when ``path`` does not exist or is a regular file (following links), else what it is."""
-    try:
-        return _kind(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
-            return None  # reported by the folder checks below
-        raise OutputError(f"cannot inspect the output path {path}: {exc.strerror or exc}") from None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if Path(a).resolve() == Path(b).resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_output_path(out: Path, inputs: list[Path], what: str = "output") -> None:
-    """Fail early (before any work) if ``out`` cannot be created, is not a regular file, or would overwrite an
-    input (same path, or the same file through a link)."""
-    out = Path(out)
-    kind = existing_kind(out)
-    if kind == "a folder":
-        raise OutputError(f"{what} path is a folder, give a file name: {out}")
-    if kind is not None:
-        raise OutputError(f"{what} path exists and is {kind}, not a regular file; refusing to replace it: {out}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise OutputError(f"{what} folder does not exist: {parent}")
-    if not parent.is_dir():
-        raise OutputError(f"{what} folder is not a folder: {parent}")
-    for inp in inputs:
-        if inp is not None and _same_file(out, Path(inp)):
-            raise OutputError(f"{what} would overwrite an input file: {out}")
-    probe = parent / f".{out.name}.{uuid.uuid4().hex[:8]}.probe{TMP_SUFFIX}"
-    try:
-        probe.touch()
-    except OSError as exc:
-        raise OutputError(f"{what} folder is not writable: {parent} ({exc.strerror})") from None
-    probe.unlink(missing_ok=True)
-
-
-def check_output_dir(folder: Path, inputs: list[Path], files: tuple[str, ...] = (), what: str = "report") -> None:
-    """Fail early if the folder ``folder`` (created later, with its parents) cannot be made or written, if it
-    exists as something other than a folder, or if one of the ``files`` it will hold exists as a non-regular file
-    or is one of ``inputs``."""
-    folder = Path(folder)
-    kind = existing_kind(folder)
-    if kind is None and folder.exists():
-        raise OutputError(f"{what} folder path is a file, not a folder: {folder}")
-    if kind not in (None, "a folder"):
-        raise OutputError(f"{what} folder path exists and is {kind}: {folder}")
-    if kind == "a folder":
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"{what} folder is not writable: {folder}")
-        for name in files:
-            check_output_path(folder / name, inputs, what=f"{what} file")
-        return
-    ancestor = folder.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputError(f"{what} folder cannot be created: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} folder cannot be created: {ancestor} is not writable")
 
 
 def compression_threads() -> int:
@@ -256,27 +175,36 @@ def _owner_gone(owner: Path, pid: int) -> bool:
     return not _pid_alive(pid)  # a free lock (or a file system without locks) and no such process here
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Remove the temporary files an earlier, dead writer of ``path`` left beside it (see the module docstring).
-
-    Only names ``.<name>.<pid>.<tag>.…tmp…`` of exactly this ``path`` are considered (compared as strings, not as a
-    pattern), and a group only when its owner is gone. Returns what was removed."""
+def _groups(path: Path) -> dict[tuple[int, str], list[Path]]:
+    """The temporaries beside ``path`` of exactly its name (:func:`engine.names.temporary_pattern`), by writer."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    prefix = f".{path.name}."
-    groups: dict[tuple[str, str], list[Path]] = {}
+    pattern = temporary_pattern(path.name)
+    groups: dict[tuple[int, str], list[Path]] = {}
     try:
         names = [entry.name for entry in os.scandir(folder)]
     except OSError:
-        return []
+        return {}
     for name in names:
-        m = _GROUP.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+        m = pattern.fullmatch(name)
         if m is not None:
-            groups.setdefault((m["pid"], m["tag"]), []).append(folder / name)
+            groups.setdefault((int(m["pid"]), m["tag"]), []).append(folder / name)
+    return groups
+
+
+def _owner(path: Path, pid: int, tag: str) -> Path:
+    return Path(path).parent / temporary_name(Path(path).name, f"{pid}.{tag}")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files an earlier, dead writer of ``path`` left beside it (see the module docstring).
+
+    Only the names the writer gives ``path``'s temporaries are considered (:func:`engine.names.temporary_pattern`:
+    exact, the name compared literally), and a group only when its owner is gone. Returns what was removed."""
     removed: list[Path] = []
-    for (pid, tag), files in groups.items():
-        owner = folder / f"{prefix}{pid}.{tag}{TMP_SUFFIX}"
-        if not _owner_gone(owner, int(pid)):
+    for (pid, tag), files in _groups(path).items():
+        owner = _owner(path, pid, tag)
+        if not _owner_gone(owner, pid):
             continue
         for f in sorted(files, key=lambda p: p != owner):  # the owner's file first: on Windows it fails if in use
             try:
@@ -289,6 +217,18 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
                 continue
             removed.append(f)
     return removed
+
+
+def other_live_writer(path: Path) -> int | None:
+    """The PID of another live process writing ``path`` now (its temporary locked, or — without locks — its PID
+    alive), or None. Two runs writing one path at once would both report success; the second is refused."""
+    for (pid, tag), _ in _groups(path).items():
+        if pid == os.getpid():
+            continue  # this process's own writers (a colour-anchor draft beside its output)
+        owner = _owner(path, pid, tag)
+        if owner.exists() and not _owner_gone(owner, pid):
+            return pid
+    return None
 
 
 class _Claim:
@@ -383,12 +323,31 @@ def verify_geotiff(path: Path, *, width: int, height: int, count: int, dtype: st
 # The writers
 
 
+def _place(finished: Path, path: Path, clobber: bool) -> None:
+    """Rename ``finished`` to ``path``: replacing it (``clobber``), or — atomically — only if ``path`` does not exist
+    (a hard link then the temporary's removal; where links are not supported, a check then the rename)."""
+    if clobber:
+        os.replace(finished, path)
+        return
+    try:
+        os.link(finished, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(finished, path)
+        return
+    os.unlink(finished)
+
+
 class AtomicFile:
     """One output written through a claimed temporary file: finish (flush, fsync, verify), then commit (rename) or
     discard. The base of :class:`AtomicGeoTIFFWriter`."""
 
-    def __init__(self, path: Path, kind: str = "") -> None:
+    def __init__(self, path: Path, kind: str = "", clobber: bool = True) -> None:
         self.path = Path(path)
+        self.clobber = clobber  # False (--no-clobber): the rename never replaces a file that exists by then
         self._tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.tmp = self.temporary(kind)
         self.finished: Path | None = None
@@ -396,15 +355,23 @@ class AtomicFile:
         self._side: list[Path] = []
 
     def temporary(self, kind: str = "") -> Path:
-        """A temporary name of this writer's group: ``.<name>.<pid>.<tag>[.<kind>].tmp.tif``."""
-        return self.path.parent / f".{self.path.name}.{self._tag}{'.' + kind if kind else ''}{TMP_SUFFIX}"
+        """A temporary name of this writer's group: ``.<name>.<pid>.<tag>[.<kind>].tmp.tif`` (a long name shortened
+        with a hash: :func:`engine.names.temporary_stem`)."""
+        return self.path.parent / temporary_name(self.path.name, self._tag, kind)
 
     def claim(self, path: Path) -> None:
-        """Create ``path`` exclusively and lock it (the group's first claim marks the group as owned)."""
+        """Create ``path`` exclusively and lock it (the group's first claim marks the group as owned). The first
+        claim also makes sure no other live process writes the same output (else :class:`OutputError`)."""
         try:
             self._claims.append(_Claim(path))
         except OSError as exc:
             raise write_failure(self.path, "create a temporary file for", exc) from None
+        if len(self._claims) == 1:
+            other = other_live_writer(self.path)
+            if other is not None:
+                self._release()
+                raise OutputError(f"another process (PID {other}) is writing {self.path} right now; wait for it to "
+                                  "finish or choose another name")  # fmt: skip
         self._side += [Path(str(path) + ext) for ext in (".aux.xml", ".ovr.tmp", ".msk.ovr.tmp")]
 
     def fsync(self, path: Path) -> None:
@@ -420,13 +387,17 @@ class AtomicFile:
         if self.finished is None:
             return
         try:
-            kind = existing_kind(self.path)
+            kind = file_kind(self.path)
             if kind is not None:  # appeared since the up-front check
                 raise OutputError(f"cannot finish the output {self.path}: it is now {kind}, not a regular file")
             if fcntl is None:  # Windows cannot rename a file that is open: the claim's descriptor goes first
                 for claim in self._claims:
                     claim.close()
-            os.replace(self.finished, self.path)
+            _place(self.finished, self.path, self.clobber)
+        except FileExistsError:
+            self.discard()
+            raise OutputError(f"cannot finish the output {self.path}: it was created by someone else during the run "
+                              "and --no-clobber is set; it was left as it is") from None  # fmt: skip
         except OSError as err:
             self.discard()
             raise write_failure(self.path, "finish", err) from None
@@ -461,8 +432,9 @@ class AtomicGeoTIFFWriter(AtomicFile):
     The outputs of a run are committed together at its very end, so a later failure (the report) leaves none.
     """
 
-    def __init__(self, path: Path, spec: OutputSpec, cog: bool = False, defer: bool = False) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, spec: OutputSpec, cog: bool = False, defer: bool = False,
+                 clobber: bool = True) -> None:  # fmt: skip
+        super().__init__(path, clobber=clobber)
         self.spec = spec
         self.cog = cog
         self.defer = defer

@@ -156,6 +156,7 @@ class PassResult:
     baseline_metrics: dict[str, MetricAccumulator] = field(default_factory=dict)
     medians: np.ndarray | None = None  # the flat baseline's per-band values (B, G, R, NIR), when computed
     gamut: Gamut | None = None  # the cloudy input's clear-pixel gamut the off-gamut shares are taken against
+    writers: list[AtomicGeoTIFFWriter] = field(default_factory=list)  # the layers, finished, renamed by the caller
 
 
 def rows_of_blocks(rows: int, block_height: int) -> int:
@@ -299,9 +300,11 @@ def _baseline_images(
 
 def run_pass(
     src: Sources, out_dir: Path, tile_size: int, progress: Progress, quicklook_side: int = 700,
-    baselines: tuple[str, ...] = (),
+    baselines: tuple[str, ...] = (), clobber: bool = True,
 ) -> PassResult:
-    """Stream the scene once: write the layers atomically into ``out_dir`` and return the accumulated numbers.
+    """Stream the scene once: write the layers into ``out_dir`` and return the accumulated numbers. The layers are
+    finished and verified but not renamed into place: the caller commits them (:attr:`PassResult.writers`) with the
+    rest of the report, so a report that fails leaves none of its files.
 
     ``baselines`` (names from :data:`engine.refine.baselines.BASELINES`) are scored beside the output when there is a
     reference (without one there is nothing to score them against, and they are skipped).
@@ -332,26 +335,25 @@ def run_pass(
         )
 
     tiles = _tiles(grid.width, grid.height, tile_size)
+    finished = False
     dtypes = {name: "uint8" if name == "cloud_mask" else "float32" for name in layers}
     cache = block_cache_bytes(src, tile_size, list(dtypes.values()), context)
     # an int is bytes for rasterio (GDALSetCacheMax), restored on exit
     with rasterio.Env(GDAL_CACHEMAX=cache), ExitStack() as stack:
-        dst = {
-            name: stack.enter_context(
-                AtomicGeoTIFFWriter(
-                    out_dir / fname, spec(dtypes[name], MASK_NODATA if name == "cloud_mask" else NDVI_NODATA)
-                )
-            )
-            for name, fname in layers.items()
-        }
+        writers = [AtomicGeoTIFFWriter(out_dir / fname, spec(dtypes[name], MASK_NODATA if name == "cloud_mask"
+                                       else NDVI_NODATA), defer=True, clobber=clobber)
+                   for name, fname in layers.items()]  # fmt: skip
+        stack.callback(lambda: None if finished else [w.discard() for w in writers])
+        dst = {name: stack.enter_context(w) for name, w in zip(layers, writers)}
         tile_pass = _TilePass(src, dst, looks, stats, out_acc, cloudy_acc, base_acc, baselines, medians, context,
                               gamut)
         for i, (core, read, halo) in enumerate(tiles):
             progress.check_cancelled()
             tile_pass.tile(core, read, halo)
             progress.update((i + 1) / len(tiles), "report: metrics and layers")
+        finished = True
     return PassResult(stats=stats, output_metrics=out_acc, cloudy_metrics=cloudy_acc, layers=layers, quicklooks=looks,
-                      baseline_metrics=base_acc, medians=medians, gamut=gamut)  # fmt: skip
+                      baseline_metrics=base_acc, medians=medians, gamut=gamut, writers=writers)  # fmt: skip
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
+from engine.config import as_source
 from engine.errors import EngineError, OutputError
+from engine.outputs.guard import check_output_dir
 from engine.outputs.metrics import GAMUT_MARGIN, GAMUT_PERCENTILES, PSNR_CAP, SSIM_RADIUS, SSIM_SIGMA, ceiling_of
 from engine.outputs.ndvi import NDVI_CLASS_EDGES, NDVI_NODATA
-from engine.outputs.writer import check_output_dir
+from engine.outputs.writer import AtomicFile
 from engine.progress import Progress
 from engine.refine.baselines import BASELINES, DEFAULT_HALO, MEDIAN_SAMPLE_PX
 from engine.report import REPORT_FILES, plots
@@ -30,6 +31,7 @@ from engine.report.html import render_html
 from engine.report.margin import baseline_margin
 from engine.report.schema import SCHEMA_VERSION, validate_report
 from engine.report.sources import Sources, open_sources
+from engine.sources.footprint import input_footprint
 from engine.sources.landcover import CLASS_NAMES, UNKNOWN
 from engine.sources.raster import input_read_errors
 
@@ -192,14 +194,36 @@ def _make_plots(src: Sources, res: PassResult, report: dict[str, Any]) -> dict[s
     return figs
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+def _staged_text(path: Path, text: str, clobber: bool) -> AtomicFile:
+    """``text`` written into a claimed temporary beside ``path`` (fsync-ed), renamed by :meth:`AtomicFile.commit`."""
+    staged = AtomicFile(path, clobber=clobber)
+    staged.claim(staged.tmp)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        staged.tmp.write_text(text, encoding="utf-8")
+        staged.fsync(staged.tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc}") from exc
+        staged.discard()
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    staged.finished = staged.tmp
+    return staged
+
+
+def _made_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` with its parents; returns those this call created, deepest first (removed on failure)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the report folder {folder}: {exc.strerror or exc}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; a folder someone else put a file into stays
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _report_json(src: Any, res: PassResult, tile_size: int, bands: tuple[int, ...], model_card: dict | None,
@@ -262,6 +286,7 @@ def write_report(
     progress: Progress | None = None,
     baselines: bool = True,
     prediction_name: Path | None = None,
+    clobber: bool = True,
 ) -> dict:
     """Write the report into ``out_dir`` (created if missing) and return the ``report.json`` dict.
 
@@ -273,38 +298,61 @@ def write_report(
     mask, clouds are detected on the cloudy input with :func:`engine.align.cloudmask.detect_clouds`.
     ``prediction_name`` is what ``report.json`` calls the prediction when it is read from another file (the
     engine's verified temporary output, renamed only after the report). Unreadable inputs are one
-    :class:`~engine.errors.InputError` line.
+    :class:`~engine.errors.InputError` line. Every file of the report (layers, JSON, HTML) is renamed into place at
+    the very end: a report that fails leaves none of them, nor the folders it created (issue 25); none replaces a
+    file an input opens, nor, with ``clobber`` off, an existing file.
     """
     progress = progress or Progress()
     if tile_size < 2 * SSIM_RADIUS + 1:
         raise EngineError(f"tile size must be at least {2 * SSIM_RADIUS + 1} px, got {tile_size}")
     out_dir = Path(out_dir)
-    inputs = [Path(p) for p in (optical, prediction, reference, landcover, mask) if p is not None]
-    check_output_dir(out_dir, inputs, files=REPORT_FILES, what="report")
+    named = {"optical": optical, "prediction": prediction, "reference": reference, "land cover": landcover,
+             "mask": mask}  # fmt: skip
+    check_output_dir(out_dir, input_footprint(named), files=REPORT_FILES, what="report", clobber=clobber)
+    created = _made_folders(out_dir)
+    staged: list[AtomicFile] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the report folder {out_dir}: {exc}") from exc
-    bands = tuple(int(b) for b in bands)  # type: ignore[assignment]
-    with ExitStack() as stack, input_read_errors("an input of the report"):
-        src = open_sources(
-            stack, optical=Path(optical), prediction=Path(prediction),
-            reference=Path(reference) if reference is not None else None,
-            landcover=Path(landcover) if landcover is not None else None,
-            mask=Path(mask) if mask is not None else None, bands=bands,
-        )
-        res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE,
-                       baselines=BASELINES if baselines else ())
-        report = _report_json(src, res, tile_size, bands, model_card, run_settings, mask is not None,
-                              optical=optical, prediction=prediction_name or prediction, reference=reference,
-                              landcover=landcover, mask=mask)
-        progress.update(0.88, "report: plots")
-        progress.check_cancelled()
-        figs = _make_plots(src, res, report)
-    report["plots"] = list(figs)
-    validate_report(report)
-    text = json.dumps(report, indent=2, allow_nan=False)
-    _write_atomic(out_dir / "report.json", text + "\n")
-    _write_atomic(out_dir / "report.html", render_html(report, figs))
+        report, res, figs = _report(named, out_dir, bands, model_card, run_settings, tile_size, progress, baselines,
+                                    prediction_name, clobber)  # fmt: skip
+        staged = [*res.writers, _staged_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False)
+                                             + "\n", clobber)]  # fmt: skip
+        staged.append(_staged_text(out_dir / "report.html", render_html(report, figs), clobber))
+        for item in staged:
+            item.commit()
+    except BaseException:
+        for item in staged:
+            item.discard()
+        _remove_empty(created)
+        raise
     progress.update(1.0, "report written")
     return report
+
+
+def _report(named: dict[str, Any], out_dir: Path, bands: tuple[int, ...], model_card: dict | None,
+            run_settings: dict | None, tile_size: int, progress: Progress, baselines: bool,
+            prediction_name: Path | None, clobber: bool) -> tuple[dict, PassResult, dict[str, bytes]]:  # fmt: skip
+    """The streaming pass (layers finished, not yet renamed), ``report.json``'s dict, validated, and the plots."""
+    bands = tuple(int(b) for b in bands)
+    res: PassResult | None = None
+    try:
+        with ExitStack() as stack, input_read_errors("an input of the report"):
+            paths = {k: (as_source(v) if v is not None else None) for k, v in named.items()}
+            src = open_sources(stack, optical=paths["optical"], prediction=paths["prediction"],
+                               reference=paths["reference"], landcover=paths["land cover"], mask=paths["mask"],
+                               bands=bands)  # type: ignore[arg-type]  # fmt: skip
+            res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE,
+                           baselines=BASELINES if baselines else (), clobber=clobber)  # fmt: skip
+            report = _report_json(src, res, tile_size, bands, model_card, run_settings, named["mask"] is not None,
+                                  optical=named["optical"], prediction=prediction_name or named["prediction"],
+                                  reference=named["reference"], landcover=named["land cover"],
+                                  mask=named["mask"])  # fmt: skip
+            progress.update(0.88, "report: plots")
+            progress.check_cancelled()
+            figs = _make_plots(src, res, report)
+        report["plots"] = list(figs)
+        validate_report(report)
+    except BaseException:
+        for writer in res.writers if res is not None else []:
+            writer.discard()
+        raise
+    return report, res, figs

@@ -26,9 +26,10 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from engine.config import as_source
 from engine.errors import InputError
 from engine.sources.normalise import detect_optical_scale, normalise_optical
-from engine.sources.raster import open_raster
+from engine.sources.raster import has_any_valid, open_raster
 
 SAMPLE_WINDOWS = 6  # per side
 SAMPLE_WINDOW_PX = 64
@@ -37,7 +38,7 @@ SAMPLE_WINDOW_PX = 64
 def _open(stack: ExitStack, path: Path, role: str) -> rasterio.io.DatasetReader:
     """Open an input of the report, checked by :func:`engine.sources.raster.open_raster` (a truncated file fails
     here)."""
-    return stack.enter_context(open_raster(Path(path), role))
+    return stack.enter_context(open_raster(as_source(path), role))
 
 
 @dataclass
@@ -69,6 +70,9 @@ def _optical(stack: ExitStack, path: Path, role: str, bands: tuple[int, int, int
         )
     if grid is not None and not ds.transform.almost_equals(grid.transform, precision=1e-6 * abs(grid.transform.a)):
         raise InputError(f"the {role} raster is not on the optical input's grid (different geotransform)")
+    if not has_any_valid(ds, bands):  # issue 25: an all-NaN reference gave a report of "–" and exit 0
+        raise InputError(f"the {role} raster has no valid pixel in bands {','.join(map(str, bands))} (all nodata or "
+                         f"NaN): {path}")  # fmt: skip
     return OpticalSource(ds=ds, bands=bands, scale=detect_optical_scale(_sample(ds, bands)), role=role)
 
 

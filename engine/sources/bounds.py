@@ -25,16 +25,35 @@ from engine.errors import InputError
 
 def bounds_window(ds: rasterio.io.DatasetReader, bounds: Bounds) -> Window:
     """The pixels of ``ds`` that ``bounds`` touches, snapped outwards to whole pixels; InputError when none."""
-    xmin, ymin, xmax, ymax = _in_crs(bounds, ds.crs)
-    inverse = ~ds.transform
-    cols, rows = zip(*(inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
-    eps = 1e-6  # a bound on a pixel edge stays on it despite floating-point noise
-    col0, row0 = max(0, math.floor(min(cols) + eps)), max(0, math.floor(min(rows) + eps))
-    col1, row1 = min(ds.width, math.ceil(max(cols) - eps)), min(ds.height, math.ceil(max(rows) - eps))
+    col0, row0, col1, row1 = _snapped(ds, bounds)
+    col0, row0, col1, row1 = max(0, col0), max(0, row0), min(ds.width, col1), min(ds.height, row1)
     if col1 <= col0 or row1 <= row0:
         raise InputError(f"--bounds {bounds} does not cover any pixel of the optical image ({ds.width}×{ds.height} "
                          f"px, bounds {', '.join(f'{v:.6g}' for v in ds.bounds)} in its CRS)")  # fmt: skip
     return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def _snapped(ds: rasterio.io.DatasetReader, bounds: Bounds) -> tuple[int, int, int, int]:
+    """``bounds`` in ``ds``'s pixels, snapped outwards, not clipped: (col0, row0, col1, row1)."""
+    xmin, ymin, xmax, ymax = _in_crs(bounds, ds.crs)
+    inverse = ~ds.transform
+    cols, rows = zip(*(inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
+    eps = 1e-6  # a bound on a pixel edge stays on it despite floating-point noise
+    return (math.floor(min(cols) + eps), math.floor(min(rows) + eps), math.ceil(max(cols) - eps),
+            math.ceil(max(rows) - eps))  # fmt: skip
+
+
+def outside_note(ds: rasterio.io.DatasetReader, bounds: Bounds, window: Window) -> str | None:
+    """The warning for ``--bounds`` that leave the optical image by more than a pixel (the output is then only the
+    overlap, smaller than asked: issue 25 found it cut silently), else None."""
+    col0, row0, col1, row1 = _snapped(ds, bounds)
+    asked_w, asked_h = col1 - col0, row1 - row0
+    if asked_w - int(window.width) <= 1 and asked_h - int(window.height) <= 1:
+        return None
+    share = 100.0 * int(window.width) * int(window.height) / max(asked_w * asked_h, 1)
+    return (f"--bounds {bounds} reach {asked_w}×{asked_h} px but the optical image covers only "
+            f"{int(window.width)}×{int(window.height)} px of them ({share:.1f} %): the output is that overlap "
+            f"(tag ALIGNCR_BOUNDS)")  # fmt: skip
 
 
 def _in_crs(bounds: Bounds, crs: Any) -> tuple[float, float, float, float]:
@@ -54,16 +73,18 @@ def _in_crs(bounds: Bounds, crs: Any) -> tuple[float, float, float, float]:
     return transform_bounds(given, crs, *box, densify_pts=21)
 
 
-def window_vrt(name: str, window: Window) -> str:
+def window_vrt(name: str, window: Window, tags: dict[str, str] | None = None) -> str:
     """VRT XML reading ``window`` of the raster ``name``: same bands, types, nodata, descriptions, colours,
-    scales/offsets and metadata (the acquisition date and product tags the engine reads from the optical file)."""
+    scales/offsets and metadata (the acquisition date and product tags the engine reads from the optical file), plus
+    ``tags`` (the output carries the optical image's tags: ``ALIGNCR_BOUNDS``)."""
     with rasterio.open(name) as ds:
         transform = ds.window_transform(window)
         gt = ", ".join(repr(float(v)) for v in transform.to_gdal())
         head = (f'<VRTDataset rasterXSize="{int(window.width)}" rasterYSize="{int(window.height)}">'
                 f"<SRS>{escape(ds.crs.to_wkt()) if ds.crs else ''}</SRS><GeoTransform>{gt}</GeoTransform>")  # fmt: skip
         domains = [None, *[d for d in ds.tag_namespaces() if d and not d.startswith(("IMAGE_STRUCTURE", "DERIVED"))]]
-        meta = "".join(_metadata(ds.tags(ns=d), d) for d in domains)
+        meta = "".join(_metadata({**ds.tags(ns=d), **(tags or {})} if d is None else ds.tags(ns=d), d)
+                       for d in domains)  # fmt: skip
         bands = "".join(_band(ds, name, i, window) for i in range(1, ds.count + 1))
     return f"{head}{meta}{bands}</VRTDataset>"
 

@@ -93,6 +93,26 @@ def detect_sar_units(values: np.ndarray) -> str:
     return "linear" if in_linear >= 0.95 and np.percentile(v, 1) >= 0.0 else "db"
 
 
+def optical_dtype_problem(dtype: str | np.dtype, scale: float) -> str | None:
+    """Why optical values of ``dtype`` cannot be reflectance × ``scale`` — read in and written back — or None.
+
+    Decided per type (issue 25: int8 values 1..69 came out 97.5 % stuck at 127, complex64 became DN in a
+    "reflectance" file, both with exit 0): complex values are no reflectance at all; an integer type that cannot
+    hold ``scale`` (int8 and uint8 for DN × 10⁴: 127 and 255 are 1.3 % and 2.6 % reflectance) cannot carry the
+    model's output; integers are never reflectance in [0, 1] (0 or 1 only). Every other integer and float type
+    GDAL holds (u)int16/32/64, float32/64 is converted exactly as its values say."""
+    dt = np.dtype(dtype)
+    if dt.kind == "c":
+        return f"it holds complex numbers ({dt.name}), not reflectance; give the bands' real values (e.g. amplitude)"
+    if dt.kind in "ui" and scale <= 1.0:
+        return f"integer values ({dt.name}) cannot be reflectance in [0, 1]; use --optical-scale dn (DN × 10⁴)"
+    if dt.kind in "ui" and np.iinfo(dt).max < scale:
+        return (f"{dt.name} cannot hold reflectance × {scale:g} (its largest value, {np.iinfo(dt).max}, is "
+                f"{100 * np.iinfo(dt).max / scale:.1f} % reflectance); convert it to reflectance (float32) or "
+                "DN × 10⁴ (uint16)")  # fmt: skip
+    return None
+
+
 def detect_optical_scale(values: np.ndarray) -> float:
     """Return the divisor to reach [0, 1]: 1.0 for reflectance already scaled, else 10000 (DN).
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import re
 import uuid
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import ParseError
 
 import rasterio
 import rasterio.shutil
+from defusedxml import DefusedXmlException
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
@@ -82,6 +86,51 @@ class ResolvedSource:
 
     def member(self, i: int) -> int:
         return self.members[i] if self.members else 0
+
+
+# What the engine reads from one member of a product (an XML annotation), and how much more than its compressed size
+# (issue 25: a 2 MB Sentinel-1 zip whose calibration XML inflated to 1 GiB took 2.4 GB of memory, exit 0). Real
+# annotations are a few MB and compress about 10-30:1.
+MEMBER_MAX_BYTES = 64 * 2**20
+MEMBER_MAX_RATIO = 200  # uncompressed : compressed, checked above 1 MB
+MEMBER_RATIO_FROM = 2**20
+
+
+def read_member(archive: str | Path | None, member: str, given: str) -> bytes:
+    """A file of a product — ``member`` of the zip ``archive``, or the plain file ``member`` when ``archive`` is
+    None — read whole, at most :data:`MEMBER_MAX_BYTES` and, from a zip, at most :data:`MEMBER_MAX_RATIO` times its
+    compressed size (however the zip's header lies: the read stops there). Beyond: a one-line refusal."""
+    limit = MEMBER_MAX_BYTES
+    try:
+        if archive is None:
+            with open(member, "rb") as f:
+                data = f.read(limit + 1)
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                info = zf.getinfo(member)
+                if info.file_size > MEMBER_RATIO_FROM:
+                    limit = min(limit, max(MEMBER_RATIO_FROM, MEMBER_MAX_RATIO * info.compress_size))
+                with zf.open(info) as f:
+                    data = f.read(limit + 1)
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"cannot read {member} in the zip file ({one_line(exc)}): {given}") from None
+    if len(data) > limit:
+        ratio = "" if archive is None else f", or {MEMBER_MAX_RATIO}:1 compressed"
+        raise InputError(f"refused: {member} of the product is larger than the engine reads from one file "
+                         f"({limit / 2**20:.0f} MB{ratio}): {given}")  # fmt: skip
+    return data
+
+
+@contextmanager
+def xml_refusals(member: str, given: str) -> Iterator[None]:
+    """A product's XML that defusedxml refuses (entity declarations: billion laughs, external entities) or cannot
+    parse, as one :class:`InputError` line naming the member (issue 25: a traceback ending in EntitiesForbidden)."""
+    try:
+        yield
+    except DefusedXmlException:
+        raise InputError(f"refused: the product's XML {member} declares entities (unsafe): {given}") from None
+    except ParseError as exc:
+        raise InputError(f"the product's XML {member} is not well-formed ({exc}): {given}") from None
 
 
 def open_source(name: str, role: str) -> rasterio.io.DatasetReader:

@@ -108,6 +108,16 @@ def open_raster(path: Path | str, role: str) -> rasterio.io.DatasetReader:
     except (RasterioIOError, CPLE_BaseError):
         what = "GDAL dataset" if isinstance(path, str) else "file"
         raise InputError(f"{role} {what} is not a readable raster: {path}") from None
+    if ds.count == 0:  # a container (NetCDF, HDF5, GPKG with several tables): its rasters are subdatasets
+        subdatasets = list(ds.subdatasets)
+        ds.close()
+        hint = f"; give one of its {len(subdatasets)} subdatasets, e.g. {subdatasets[0]}" if subdatasets else ""
+        raise InputError(f"{role} file holds no raster band{hint}: {path}")
+    complex_bands = sorted({d for d in ds.dtypes if d.startswith("complex")})  # complex_int16: no numpy type
+    if complex_bands:  # no input of the engine is complex (issue 25: complex64 optical became DN as reflectance)
+        ds.close()
+        raise InputError(f"{role} raster holds complex values ({', '.join(complex_bands)}): the engine reads real "
+                         f"values only (convert to amplitude or intensity first): {path}")  # fmt: skip
     try:
         problem = block_layout_problem(ds)
         if problem is None:

@@ -17,6 +17,7 @@ GDAL that wrote them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from rasterio.vrt import WarpedVRT
 
 from engine.config import DEFAULT_BANDS, Bounds, as_source, is_gdal_name
 from engine.errors import InputError
-from engine.sources.bounds import bounds_window, window_vrt
+from engine.sources.bounds import bounds_window, outside_note, window_vrt
 from engine.sources.dates import dataset_acquisition_date, days_apart
 from engine.sources.metric_grid import require_metric_crs
 from engine.sources.normalise import detect_sar_units
@@ -410,17 +411,23 @@ def _lut_vrt(source: ResolvedSource) -> str:
 # ------------------------------------------------------------------------------------------------------- a run
 
 
-def optical_window(opt_name: str, config: Any, store: Materialised) -> dict[str, Any]:
+def optical_window(opt_name: str, config: Any, store: Materialised, warnings: list[str]) -> dict[str, Any]:
     """The engine's rules on the optical grid: its CRS projected in metres (:mod:`engine.sources.metric_grid`) and, with
     ``--bounds``, the optical image (and the reference, which shares its grid) read through a VRT of the window
-    (:mod:`engine.sources.bounds`); returns the config changes (none without ``--bounds``)."""
+    (:mod:`engine.sources.bounds`; bounds that leave the image are cut to it, with a warning and the output's
+    ``ALIGNCR_BOUNDS`` tag); returns the config changes (none without ``--bounds``)."""
     with open_source(opt_name, "optical") as ds:
         require_metric_crs(ds.crs)
         if config.bounds is None:
             return {}
         window = bounds_window(ds, config.bounds)
         crs, box = ds.crs, rasterio.windows.bounds(window, ds.transform)
-    changes = {"optical": store.write("optical_window", window_vrt(opt_name, window))}
+        note = outside_note(ds, config.bounds, window)
+    if note is not None:
+        warnings.append(note)
+    tag = {"ALIGNCR_BOUNDS": json.dumps({"requested": str(config.bounds), "processed": [round(v, 6) for v in box],
+                                         "cut_to_the_image": note is not None})}  # fmt: skip
+    changes = {"optical": store.write("optical_window", window_vrt(opt_name, window, tag))}
     if config.reference is not None:
         ref_name = os.fspath(config.reference)
         with open_source(ref_name, "reference") as ref:
@@ -443,7 +450,7 @@ def resolve_run_inputs(config: Any, store: Materialised, grid_rules: bool = True
                          f"{config.optical}")  # fmt: skip
     resolved = {"optical": optical}
     opt_name = materialise(optical, store)
-    changes: dict[str, Any] = optical_window(opt_name, config, store) if grid_rules else {}
+    changes: dict[str, Any] = optical_window(opt_name, config, store, warnings) if grid_rules else {}
     opt_name = changes.get("optical", opt_name)
     bands = optical.bands if optical.passthrough else tuple(range(1, len(optical.bands) + 1))
     changes.update(optical=as_source(opt_name), bands=bands)

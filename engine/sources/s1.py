@@ -30,7 +30,6 @@ from __future__ import annotations
 import re
 import uuid
 import warnings
-import zipfile
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
@@ -40,7 +39,15 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from engine.errors import InputError
-from engine.sources.product import SAR_ROLES, Materialised, ResolvedSource, SafeProduct, open_source
+from engine.sources.product import (
+    SAR_ROLES,
+    Materialised,
+    ResolvedSource,
+    SafeProduct,
+    open_source,
+    read_member,
+    xml_refusals,
+)
 
 LUT_STEP = 15  # pixels between the coarse LUT samples; odd, so its cells centre on whole pixels
 CALIBRATION = "σ⁰ = DN² / A² (sigmaNought LUT of the product's calibration annotation)"
@@ -117,7 +124,8 @@ def _polarisations(product: SafeProduct) -> list[Polarisation]:
         if not re.match(r"^annotation/[^/]+\.xml$", member):
             continue
         stem = member.split("/")[1].removesuffix(".xml")
-        root = DefusedET.fromstring(_read(product, member))
+        with xml_refusals(member, product.given):
+            root = DefusedET.fromstring(_read(product, member))
         incidence = [float(e.text) for e in root.iter("incidenceAngle") if e.text]
         calibration = f"annotation/calibration/calibration-{stem}.xml"
         measurement = f"measurement/{stem}.tiff"
@@ -135,23 +143,21 @@ def _polarisations(product: SafeProduct) -> list[Polarisation]:
 
 
 def _read(product: SafeProduct, member: str) -> bytes:
-    """A file inside the product (folder or zip) as bytes."""
+    """A file inside the product (folder or zip) as bytes, within :func:`engine.sources.product.read_member`'s caps."""
     if not product.zipped:
-        return (product.root / member).read_bytes()
+        return read_member(None, str(product.root / member), product.given)
     archive, top = str(product.root).rsplit("/", 1)
-    with zipfile.ZipFile(archive) as zf:
-        return zf.read(f"{top}/{member}")
+    return read_member(archive, f"{top}/{member}", product.given)
 
 
 def read_vsi(name: str) -> bytes:
-    """Bytes of a plain path or a ``/vsizip/`` member (the calibration LUT names :func:`resolve_grd` gives)."""
+    """Bytes of a plain path or a ``/vsizip/`` member (the calibration LUT names :func:`resolve_grd` gives), within
+    :func:`engine.sources.product.read_member`'s caps."""
     if name.startswith("/vsizip/"):
         path = name.removeprefix("/vsizip/")
         archive = path[: path.lower().index(".zip") + 4]
-        with zipfile.ZipFile(archive) as zf:
-            return zf.read(path[len(archive) + 1 :])
-    with open(name, "rb") as f:
-        return f.read()
+        return read_member(archive, path[len(archive) + 1 :], archive)
+    return read_member(None, name, name)
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -293,7 +299,8 @@ def calibrated_vrt(measurement: str, lut: str, store: Materialised) -> str:
         raise InputError(f"Sentinel-1 measurement has no GCPs to geocode it: {measurement}")
     shape = (-(-(height - 1) // LUT_STEP) + 2, -(-(width - 1) // LUT_STEP) + 2)
     lines, pixels = np.arange(shape[0]) * LUT_STEP, np.arange(shape[1]) * LUT_STEP
-    a = _coarse_raster(sigma_a(read_vsi(lut), lines, pixels), store, "sigma-lut")
+    with xml_refusals(lut.rsplit("/", 1)[-1], measurement):
+        a = _coarse_raster(sigma_a(read_vsi(lut), lines, pixels), store, "sigma-lut")
     inverse = _simple(store.write("inverse-a", _derived(width, height, "inv", _upsampled(a, shape))))
     dn = _simple(measurement, nodata=0.0)
     points = "".join(f'<GCP Id="{i}" Pixel="{g.col!r}" Line="{g.row!r}" X="{g.x!r}" Y="{g.y!r}" Z="{g.z or 0.0!r}"/>'
@@ -303,7 +310,8 @@ def calibrated_vrt(measurement: str, lut: str, store: Materialised) -> str:
     if noise is None:  # σ⁰ = DN²/A²
         return store.write("sigma0", _derived(width, height, "mul", dn + dn + inverse + inverse, gcp_list, NAN))
     signal = store.write("dn2-over-a2", _derived(width, height, "mul", dn + dn + inverse + inverse, nodata=NAN))
-    eta = _upsampled(_coarse_raster(noise_eta(noise, lines, pixels), store, "noise-lut"), shape)
+    with xml_refusals(noise_member(lut).rsplit("/", 1)[-1], measurement):
+        eta = _upsampled(_coarse_raster(noise_eta(noise, lines, pixels), store, "noise-lut"), shape)
     floor = store.write("eta-over-a2", _derived(width, height, "mul", eta + inverse + inverse))
     xml = _derived(width, height, "diff", _simple(signal) + _simple(floor), gcp_list, nodata=NAN)  # DN²/A² − η/A²
     return store.write("sigma0", xml)

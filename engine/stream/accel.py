@@ -143,6 +143,15 @@ def matmul_precision_for(device: torch.device, dtype: torch.dtype, tf32: bool = 
     return "high" if tf32 and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) else None
 
 
+def check_threads(threads: int | None, flag: str = "--threads") -> None:
+    """``threads`` (None: every core) must be 1 to this machine's core count (issue 25: ``--threads 100000`` aborted
+    the process in OpenMP and left its temporary file); one-line :class:`AccelError` before any work. Checked on the
+    command line (``run``, ``batch``, ``finetune``); the Python API may oversubscribe on purpose (tests do)."""
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise AccelError(f"{flag} must be 1 to {cores} (the CPU cores of this machine), got {threads}")
+
+
 def set_threads(threads: int | None) -> int:
     """Give torch ``threads`` CPU threads (default: every core); returns the number set."""
     n = threads or os.cpu_count() or 1

@@ -75,17 +75,19 @@ import torch
 from rasterio.windows import Window
 
 from engine.align.inputs import packed_module
-from engine.config import RunConfig, is_gdal_name
+from engine.config import RunConfig
 from engine.errors import EngineError
 from engine.models.roles import precheck
+from engine.outputs.guard import as_footprint, check_output_dir, check_output_path
 from engine.outputs.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
-from engine.outputs.writer import AtomicGeoTIFFWriter, OutputSpec, check_output_dir, check_output_path
+from engine.outputs.writer import AtomicGeoTIFFWriter, OutputSpec
 from engine.progress import Progress, record_warning
 from engine.refine import colour_anchor, prior, scene_adapt
 from engine.refine.baselines import median_stride
 from engine.refine.scene_adapt import adapt_to_scene
 from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
 from engine.sources.dates import DATE_TAGS
+from engine.sources.footprint import run_footprint
 from engine.sources.product import Materialised
 from engine.sources.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
@@ -295,29 +297,25 @@ def run(
     return result
 
 
-def _input_paths(config: RunConfig) -> list[Path]:
-    paths = [config.optical, config.sar, config.sar_vv, config.sar_vh, config.landcover, config.mask,
-             config.reference, config.weights, config.dem, *config.temporal_paths().values()]  # fmt: skip
-    return [Path(p) for p in paths if p is not None and not is_gdal_name(p)]
-
-
 def check_outputs(config: RunConfig) -> None:
-    """Every output path of a run, checked before any work (issue 15: a bad ``--report`` path failed only after
-    the run): a file name in an existing, writable folder, not an existing non-regular file (device, FIFO, socket,
-    folder), not one of the inputs; the report folder creatable and none of its files an input or a non-regular
-    file."""
-    inputs = _input_paths(config)
-    check_output_path(config.out, inputs)
-    if config.qa is not None:
-        check_output_path(config.qa, [*inputs, Path(config.out)], what="QA output (--qa)")
-    if config.confidence is not None:
-        check_output_path(config.confidence, [*inputs, Path(config.out), *([Path(config.qa)] if config.qa else [])],
-                          what="confidence output (--confidence)")
-    outputs = [Path(p) for p in (config.out, config.qa, config.confidence) if p is not None]
+    """Every output path of a run, checked before any work (issues 15, 25): a file name in an existing, writable
+    folder, not an existing non-regular file (device, FIFO, socket, folder), not a file any input opens nor a name GDAL
+    reads beside one (:func:`engine.sources.footprint.run_footprint`, which also refuses an input that reaches the
+    network), not another output, not an existing file with ``--no-clobber``; the report folder creatable and its
+    files held to the same rules."""
+    inputs = run_footprint(dataclasses.asdict(config))
+    outputs: list[Path] = []
+    for path, what in ((config.out, "output"), (config.qa, "QA output (--qa)"),
+                       (config.confidence, "confidence output (--confidence)")):  # fmt: skip
+        if path is not None:
+            check_output_path(path, inputs.add(as_footprint(outputs[-1:])), what=what, clobber=config.clobber,
+                              geotiff=True)  # fmt: skip
+            outputs.append(Path(path))
     if config.report is not None:
         from engine.report import REPORT_FILES
 
-        check_output_dir(config.report, [*inputs, *outputs], files=REPORT_FILES, what="report (--report)")
+        check_output_dir(config.report, inputs.add(as_footprint(outputs)), files=REPORT_FILES,
+                         what="report (--report)", clobber=config.clobber)  # fmt: skip
 
 
 def _decloud(
@@ -516,17 +514,18 @@ def _stream(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: In
     def read(chunk: Chunk) -> ChunkData:
         return read_chunk(chunk, config, inp, model.norm, spec, device)
 
-    writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True))
+    writers.append(AtomicGeoTIFFWriter(config.out, spec, cog=config.cog, defer=True, clobber=config.clobber))
     anchor, draft, shift = None, None, None
     if config.colour_anchor:  # the network's output goes to a draft first; the anchored copy is the output
         anchor = colour_anchor.StreamedAnchor(len(inp.band_index), median_stride(spec.width, spec.height))
         draft = AtomicGeoTIFFWriter(config.out, spec, defer=True)
     if config.qa is not None:
-        writers.append(AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog, defer=True))
+        writers.append(AtomicGeoTIFFWriter(config.qa, _qa_spec(spec), cog=config.cog, defer=True,
+                                           clobber=config.clobber))
     qa_target = writers[-1] if config.qa is not None else nullcontext()
     if config.confidence is not None:
         writers.append(AtomicGeoTIFFWriter(config.confidence, _confidence_spec(spec, config.tta), cog=config.cog,
-                                           defer=True))
+                                           defer=True, clobber=config.clobber))
     conf_target = writers[-1] if config.confidence is not None else nullcontext()
     try:
         with draft or writers[0] as writer, qa_target as qa_writer, conf_target as conf_writer, ExitStack() as io:
@@ -638,4 +637,5 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress, pred
                       "total_tiles": result.total_tiles},
         progress=progress,
         baselines=config.baselines,
+        clobber=config.clobber,
     )

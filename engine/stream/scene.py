@@ -221,8 +221,22 @@ def prepare_inputs(config: RunConfig, inp: OpenedInputs, model: LoadedModel) -> 
     """Decide what depends on the model's normalisation: the optical scale and the inputs' fills."""
     with input_read_errors("an input raster"):
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
+        _check_optical_types(config, inp)
         for item in inp.roles:
             item.prepare(model.norm)
+
+
+def _check_optical_types(config: RunConfig, inp: OpenedInputs) -> None:
+    """Every optical image's bands must hold reflectance at the scale decided, in and out
+    (:func:`engine.sources.normalise.optical_dtype_problem`): refused in one line, never a wrong scale written."""
+    images = [("optical image", inp.optical, config.optical)]
+    images += [(item.role.label, item.ds, getattr(config, item.name)) for item in inp.roles
+               if item.role.kind == "optical"]  # fmt: skip
+    for role, ds, given in images:
+        for dtype in sorted(set(ds.dtypes)):
+            problem = normalise.optical_dtype_problem(dtype, inp.optical_scale)
+            if problem is not None:
+                raise InputError(f"{role} cannot be declouded: {problem}: {given}")
 
 
 def open_aligned_readers(config: RunConfig, inp: OpenedInputs, stack: ExitStack) -> None:

@@ -97,8 +97,12 @@ def _flip(x: Array, ud: bool, lr: bool) -> Array:
 
 
 def _contiguous(x: Array) -> Array:
-    """numpy views with negative strides cannot become tensors: copy them (tensors from flip are copies)."""
-    return np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x.contiguous()
+    """numpy views with negative strides cannot become tensors: copy them (tensors from flip are copies). Not with
+    ``np.ascontiguousarray``: a flipped axis of length 1 (a 1-pixel-high tile) keeps its negative stride and numpy
+    calls the view contiguous already (issue 25: ``--tta``/``--confidence`` on a 1 × 1 image)."""
+    if not isinstance(x, np.ndarray):
+        return x.contiguous()
+    return x.copy() if any(stride < 0 for stride in x.strides) else np.ascontiguousarray(x)
 
 
 Predict = Callable[[Array, Array], np.ndarray]
