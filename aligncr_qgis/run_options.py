@@ -24,12 +24,22 @@ def _engine_importable() -> None:
 
 _engine_importable()
 
-from engine.config import OPTIONS, Option, check_options, run_arguments  # noqa: E402 - needs the path above
+from engine.config import (  # noqa: E402 - needs the path above
+    COVERAGE_WARNING,
+    DATE_TAGS,
+    EDGES,
+    OPTIONS,
+    Option,
+    check_options,
+    is_gdal_name,
+    parse_datetime,
+    run_arguments,
+)
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["OPTIONS", "InputError", "Option", "RunCommand", "check_options", "choice_items", "metric_crs_problem",
-           "run_arguments"]
+__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "OPTIONS", "InputError", "Option", "RunCommand", "check_options",
+           "choice_items", "is_gdal_name", "metric_crs_problem", "parse_datetime", "run_arguments"]
 
 
 class RunCommand:

@@ -38,7 +38,13 @@ from qgis.core import (
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
-from aligncr_qgis.layers import bounds_argument, metric_problem
+from aligncr_qgis.layers import (
+    OPTICAL_ROLES,
+    band_descriptions,
+    bounds_argument,
+    guess_bands,
+    metric_problem,
+)
 from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
 from aligncr_qgis.run_options import OPTIONS, Option, RunCommand
 from aligncr_qgis.settings import PluginSettings
@@ -170,6 +176,20 @@ class DecloudingAlgorithm(EngineAlgorithm):
         """Band numbers, the natural order 1, 2, … where a band was left unset."""
         return tuple(self.parameterAsInt(parameters, n, context) or i + 1 for i, n in enumerate(names))
 
+    def _optical_bands(self, parameters: dict[str, Any], context: QgsProcessingContext, layer: Any,
+                       feedback: QgsProcessingFeedback) -> tuple:
+        """The optical B, G, R, NIR: as given; with none given, what the dialog proposes — from the band names, or
+        B2, B3, B4, B8 of a 12/13-band Sentinel-2 stack (issue 28: it was read as coastal, blue, green, red)."""
+        if layer is None or any(parameters.get(n) not in (None, "") for n in self.BANDS):
+            return self._bands(parameters, self.BANDS, context)
+        guess = guess_bands(band_descriptions(layer), OPTICAL_ROLES)
+        bands = tuple(guess[r] for r in OPTICAL_ROLES)
+        if bands != (1, 2, 3, 4):
+            feedback.pushInfo(tr("B, G, R, NIR = bands {0}: from the band names, or B2, B3, B4, B8 of a {1}-band "
+                                 "Sentinel-2 stack (give BAND_B … to choose others)")
+                              .format(", ".join(map(str, bands)), layer.bandCount()))
+        return bands
+
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         optical_layer = self.parameterAsRasterLayer(parameters, self.OPTICAL, context)
@@ -188,7 +208,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
             out=out, qa=qa, confidence=confidence, weights=weights,
             report=self.parameterAsString(parameters, self.REPORT, context) or None,
             model=self._model_name(parameters, context, weights),
-            bands=self._bands(parameters, self.BANDS, context),
+            bands=self._optical_bands(parameters, context, optical_layer, feedback),
             sar_bands=self._bands(parameters, self.SAR_BANDS, context),
             bounds=bounds_argument(extent) if extent is not None else None,
         )  # fmt: skip

@@ -41,6 +41,7 @@ from aligncr_qgis.dialog.outputs import OutputsPanel
 from aligncr_qgis.dialog.processing import EXTENT_DRAWN, ProcessingPanel
 from aligncr_qgis.dialog.reproject import ReprojectOffer
 from aligncr_qgis.install_progress import InstallProgressDialog
+from aligncr_qgis.layer_pick import LayerPicker
 from aligncr_qgis.model_cards import TemporalInfo
 from aligncr_qgis.paths import help_url, icon_path, resolve_python
 from aligncr_qgis.run_options import InputError, check_options
@@ -75,6 +76,9 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.model_arch = ""
         self.model_entries: dict[str, dict[str, Any]] = {}  # registry name → its models --json-shaped entry
         self.auto_output = ""  # the output path the dialog proposed; it follows the optical until the user edits it
+        self.picker = LayerPicker()  # proposes the cloudy optical and the SAR layer (cloud fractions cached)
+        self.user_picked = {"optical": False, "sar": False}  # a picker the user changed keeps its choice
+        self._picking = False  # True while the dialog itself sets a picker
         self.setWindowTitle(self.tr("Align-CR — SAR-guided cloud removal"))
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
@@ -130,6 +134,8 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
     def _connect(self) -> None:
         """Wire the panels' signals to their reactions and to the live check; done after the settings are restored
         and the default layers picked (the constructor then runs each reaction once itself)."""
+        self.optical_combo.layerChanged.connect(lambda *_: self._picked_by_user("optical"))
+        self.sar_combo.layerChanged.connect(lambda *_: self._picked_by_user("sar"))
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
         QgsProject.instance().layersAdded.connect(self._on_layers_added)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
@@ -220,6 +226,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
                       .format(value))
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
             res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
+        self._check_cloudiness(res)
         self._check_extra_dates(res)
         self._check_dem(res)
         self._check_options(res)
