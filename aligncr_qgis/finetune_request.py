@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligncr_qgis.model_cards import ModelCardError, read_card
+from aligncr_qgis.run_options import absolute_path
 from engine.models.finetune_record import read_record
 
 DEFAULT_BASE = "aligncr-lite"
@@ -34,9 +35,12 @@ class FinetuneRequest:
     val_every: int = 0  # steps between validations; 0 = the engine's default
 
     def to_args(self) -> list[str]:
-        """``engine finetune`` arguments (without ``--json``, which :class:`EngineProcess` adds)."""
-        base = ["--weights", self.base] if self.base.endswith(".safetensors") else ["--base", self.base]
-        args = ["finetune", "--archive", self.archive, "--out", self.out, *base, "--minutes", f"{self.minutes:g}",
+        """``engine finetune`` arguments (without ``--json``, which :class:`EngineProcess` adds); files and folders
+        absolute, as the engine runs in the plugin's folder."""
+        base = (["--weights", absolute_path(self.base)] if self.base.endswith(".safetensors")
+                else ["--base", self.base])  # fmt: skip
+        args = ["finetune", "--archive", absolute_path(self.archive), "--out", absolute_path(self.out), *base,
+                "--minutes", f"{self.minutes:g}",
                 "--patch-size", str(self.patch_size), "--val-fraction", f"{self.val_fraction:g}",
                 "--pair-days", f"{self.pair_days:g}", "--sar-max-days", f"{self.sar_days:g}", "--device", self.device]
         for flag, value in (("--steps", self.steps), ("--lr", self.lr), ("--val-every", self.val_every)):

@@ -80,7 +80,7 @@ def layer_path(layer: QgsMapLayer | None) -> str:
     if parts.get("vsiPrefix"):
         return f"{parts['vsiPrefix']}{path}{parts.get('vsiSuffix') or ''}"
     if os.path.isfile(path):
-        return path
+        return os.path.abspath(path)  # a layer loaded by a relative name (qgis_process): the engine runs elsewhere
     if _GDAL_NAME.match(source):
         return source
     raise LayerError(tr("layer '{0}' is not a local file ({1})").format(layer.name(), path))

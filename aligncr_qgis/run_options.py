@@ -9,6 +9,7 @@ torch, numpy or rasterio. So do the engine's rules the dialog checks before a ru
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -38,18 +39,36 @@ from engine.config import (  # noqa: E402 - needs the path above
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "OPTIONS", "InputError", "Option", "RunCommand", "check_options",
-           "choice_items", "is_gdal_name", "metric_crs_problem", "parse_datetime", "run_arguments"]
+__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "OPTIONS", "InputError", "Option", "RunCommand", "absolute_path",
+           "check_options", "choice_items", "is_gdal_name", "metric_crs_problem", "parse_datetime", "run_arguments"]
+
+
+PATH_KINDS = ("source", "path")  # the options table's kinds whose values are files or folders
+KEYWORDS = ("auto",)  # source values that are no path (``--mask auto``)
+
+
+def absolute_path(value: Any) -> Any:
+    """A file or folder name made absolute against the caller's working folder — the engine runs in the plugin's
+    folder, so ``data/s12/x.tif`` from ``qgis_process`` or a typed ``out.tif`` named another file there (issue 28).
+    GDAL dataset names (``/vsizip/…``, ``DRIVER:…``) and keywords (``auto``) are left as they are."""
+    if value is None or not isinstance(value, (str, os.PathLike)):
+        return value
+    text = os.fspath(value)
+    if not text or text in KEYWORDS or is_gdal_name(text):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
 
 
 class RunCommand:
     """One ``engine run`` the plugin starts: option values by table name, as typed (text, numbers, band tuples),
     and the command line they make (:func:`engine.config.run_arguments`). An option not given reads as its
-    table default; a name that is not in the table is a ``TypeError`` at once."""
+    table default; a name that is not in the table is a ``TypeError`` at once. Every file or folder is made
+    absolute here (:func:`absolute_path`), the one door the dialog and Processing share to the engine."""
 
     def __init__(self, **values: Any) -> None:
         run_arguments(values)  # checks the names
-        self.values = values
+        self.values = {name: absolute_path(v) if OPTIONS[name].kind in PATH_KINDS else v
+                       for name, v in values.items()}  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:
         if name == "values" or name not in OPTIONS:

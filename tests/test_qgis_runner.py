@@ -7,6 +7,7 @@ the real engine with the ``identity`` model (the contract end to end). None of t
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 import time
@@ -33,9 +34,10 @@ def test_run_request_args_follow_the_cli_contract() -> None:
                      overlap=16, batch=2, cog=True, bands=(3, 2, 1, 4), sar_bands=(2, 1), sar_units="db",
                      report="rep")
     args = req.to_args()
-    assert args[:7] == ["run", "--optical", "o.tif", "--sar", "s.tif", "--out", "x.tif"]
+    here = os.path.abspath  # issue 28: every path absolute against the caller's folder (the engine runs elsewhere)
+    assert args[:7] == ["run", "--optical", here("o.tif"), "--sar", here("s.tif"), "--out", here("x.tif")]
     pairs = dict(zip(args[7::], args[8::]))
-    assert pairs["--mask"] == "m.tif" and pairs["--model"] == "identity" and pairs["--report"] == "rep"
+    assert pairs["--mask"] == here("m.tif") and pairs["--model"] == "identity" and pairs["--report"] == here("rep")
     assert pairs["--bands"] == "3,2,1,4" and pairs["--sar-bands"] == "2,1" and pairs["--sar-units"] == "db"
     assert pairs["--tile"] == "128" and "--cog" in args and "--landcover" not in args and "--weights" not in args
     # The real engine's parser accepts exactly these flags.

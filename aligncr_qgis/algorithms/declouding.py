@@ -169,8 +169,21 @@ class DecloudingAlgorithm(EngineAlgorithm):
     def _model_name(self, parameters: dict[str, Any], context: QgsProcessingContext,
                     weights: str | None) -> str | None:
         """The engine's ``--model``: none with a weights file (its card names the model) or for ``default``."""
-        name = self.parameterAsEnumString(parameters, self.MODEL, context)
+        name = self.parameterAsEnumString(self._model_by_name(parameters), self.MODEL, context)
         return None if weights or name in ("", DEFAULT) else name
+
+    def _model_by_name(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``MODEL=1`` as ``MODEL=aligncr``: ``qgis_process help`` lists the models by number, so a number is taken
+        as well as a name (issue 28: it was refused); the value stays a name for saved models and scripts."""
+        value = parameters.get(self.MODEL)
+        options = self.parameterDefinition(self.MODEL).options()
+        if isinstance(value, (int, str)) and str(value).strip().isdigit() and int(value) < len(options):
+            return {**parameters, self.MODEL: options[int(value)]}
+        return parameters
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        return super().checkParameterValues(self._model_by_name(parameters), context)
 
     def _bands(self, parameters: dict[str, Any], names: tuple[str, ...], context: QgsProcessingContext) -> tuple:
         """Band numbers, the natural order 1, 2, … where a band was left unset."""
