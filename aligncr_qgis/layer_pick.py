@@ -41,6 +41,7 @@ CLEAR_PERCENT = 0.5  # a layer with less detected cloud than this looks cloud-fr
 OVERLAP_TIE = 0.5  # percentage points: SAR overlaps closer than this are equal
 _DATE_IN_NAME = re.compile(r"(20\d{2})-?(\d{2})-?(\d{2})")
 _FLOAT_TYPES = (Qgis.DataType.Float32, Qgis.DataType.Float64)
+RESULT_PROPERTY = "aligncr/result"  # set on the layers a run adds: a result is never proposed as an input
 
 
 def _rescale(x: float, lo: float, hi: float) -> float:
@@ -144,7 +145,7 @@ class LayerPicker:
 
     def optical(self, rasters: list[QgsRasterLayer], active: QgsRasterLayer | None = None) -> QgsRasterLayer | None:
         """Rule 1: the cloudiest 4+-band layer over a SAR layer."""
-        candidates = [lyr for lyr in rasters if lyr.bandCount() >= 4 and lyr.crs().isValid()]
+        candidates = [lyr for lyr in rasters if lyr.bandCount() >= 4 and lyr.crs().isValid() and not is_result(lyr)]
         sars = sar_candidates(rasters)
         over_sar = [lyr for lyr in candidates if any(L.overlap_percent(lyr, s) > 0.0 for s in sars)]
         candidates = over_sar or candidates
@@ -166,6 +167,12 @@ class LayerPicker:
             return None
         others = [self.cloud(o) for o in rasters if o != layer and o.bandCount() >= 4]
         return mine if any(c is not None and c >= CLEAR_PERCENT for c in others) else None
+
+
+def is_result(layer: QgsRasterLayer) -> bool:
+    """A layer an Align-CR run added (the declouded image looks as cloudy as its input in the thumbnail of a
+    model that keeps the clear pixels, and must not become the next run's input)."""
+    return bool(layer.customProperty(RESULT_PROPERTY, False))
 
 
 def sar_candidates(rasters: list[QgsRasterLayer]) -> list[QgsRasterLayer]:

@@ -29,6 +29,7 @@ class EngineStep:
     module: str = "engine"  # `python -m MODULE ARGS`
     optional: bool = False  # a failure is logged and the job goes on (e.g. `models --json` on an older engine)
     python: str = ""  # the interpreter of this step; empty = the task's (Install engine… mixes two)
+    stages: Any = None  # maps the child's (fraction, message) onto the step's bar: a RunProgress, a PipProgress
 
 
 @dataclass
@@ -63,7 +64,9 @@ class EngineTask(QgsTask):
             share = step.weight / total
 
             def on_progress(fraction: float, message: str, start: float = start, share: float = share,
-                            label: str = step.label) -> None:
+                            label: str = step.label, stages: Any = step.stages) -> None:
+                if stages is not None:
+                    fraction, message = stages.update(fraction, message)
                 overall = start + share * fraction
                 self.setProgress(100.0 * overall)
                 self.progressMessage.emit(overall, f"{label}: {message}" if message else label)

@@ -174,3 +174,23 @@ def write_scene_optical(path: Path, *, cloud: float = 0.0, bands: int = 4, s2_st
         if date:
             dst.update_tags(TIFFTAG_DATETIME=date)
     return path
+
+
+def scripted_engine(folder: Path, events: list[dict], *, delay: float = 0.0, result: dict | None = None) -> Path:
+    """A stand-in ``engine`` that prints ``events`` (JSON lines, ``delay`` s apart), copies ``--optical`` to
+    ``--out`` and reports ``result`` (merged into a plain one): what a real run printed, replayed in a second."""
+    pkg = folder / "engine"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(textwrap.dedent(f"""
+        import json, shutil, sys, time
+        args = sys.argv[1:]
+        out = args[args.index("--out") + 1]
+        for event in {events!r}:
+            time.sleep({delay})
+            print(json.dumps(event), flush=True)
+        shutil.copyfile(args[args.index("--optical") + 1], out)
+        print(json.dumps({{"event": "result", "output": out, "seconds": 1.0, "model": "fake", "device": "cpu",
+                           **{result or {}!r}}}), flush=True)
+    """))
+    return folder

@@ -17,6 +17,7 @@ the other models).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -35,18 +36,22 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
 from aligncr_qgis.layers import (
     OPTICAL_ROLES,
+    LayerError,
     band_descriptions,
     bounds_argument,
     guess_bands,
     metric_problem,
 )
 from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
-from aligncr_qgis.run_options import OPTIONS, Option, RunCommand
+from aligncr_qgis.npy_mask import is_npy, npy_mask_to_geotiff
+from aligncr_qgis.run_options import OPTIONS, Option, RunCommand, absolute_path
+from aligncr_qgis.run_progress import RunProgress
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 
@@ -116,7 +121,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
             "'Replace only the cloud' keeps every clear pixel exactly as the input and blends the model's output "
             "into it over the feather width beyond the cloud (advanced); the cloud is the cloud mask's, or without "
-            "one the clouds detected on the optical image (bright, flat pixels; a real mask is better).\n"
+            "one the clouds detected on the optical image (bright, flat pixels; a real mask is better). The cloud mask "
+            "may also be a NumPy .npy array of the optical's height × width (M3R-CR's masks; non-zero = cloud).\n"
             "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
             "elevation raster in metres, any CRS (reprojected bilinearly).\n"
             "The confidence layer is the spread of the model's output over test-time flips and 90° rotations of the "
@@ -183,7 +189,24 @@ class DecloudingAlgorithm(EngineAlgorithm):
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
                              context: QgsProcessingContext) -> tuple[bool, str]:
-        return super().checkParameterValues(self._model_by_name(parameters), context)
+        """QGIS's checks, with MODEL by number and an ``.npy`` MASK (no layer QGIS can load) let through."""
+        checked = self._model_by_name(parameters)
+        if is_npy(checked.get("MASK")):
+            checked = {**checked, "MASK": None}
+        return super().checkParameterValues(checked, context)
+
+    def _npy_mask(self, parameters: dict[str, Any], optical: str, feedback: QgsProcessingFeedback) -> str | None:
+        """An ``.npy`` MASK (M3R-CR's) written as a GeoTIFF on the optical grid for the engine; None otherwise."""
+        npy = parameters.get("MASK")
+        if not is_npy(npy):
+            return None
+        out = QgsProcessingUtils.generateTempFilename(f"{Path(str(npy)).stem}_mask.tif")
+        try:
+            npy_mask_to_geotiff(absolute_path(str(npy)), optical, out)
+        except LayerError as exc:
+            raise QgsProcessingException(f"MASK: {exc}") from None
+        feedback.pushInfo(tr("MASK {0} written on the optical grid as {1}").format(npy, out))
+        return out
 
     def _bands(self, parameters: dict[str, Any], names: tuple[str, ...], context: QgsProcessingContext) -> tuple:
         """Band numbers, the natural order 1, 2, … where a band was left unset."""
@@ -216,8 +239,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         extent = (self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
                   if parameters.get(self.EXTENT) and optical_layer is not None else None)  # fmt: skip
+        values = self._option_values(parameters, context)
+        values["mask"] = self._npy_mask(parameters, values["optical"], feedback) or values["mask"]
         req = RunCommand(
-            **self._option_values(parameters, context),
+            **values,
             out=out, qa=qa, confidence=confidence, weights=weights,
             report=self.parameterAsString(parameters, self.REPORT, context) or None,
             model=self._model_name(parameters, context, weights),
@@ -227,7 +252,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
         )  # fmt: skip
         if extent is not None:
             feedback.pushInfo(f"processing extent {extent.toString(2)}")
-        result = self.run_engine(req.to_args(), feedback).result
+        pixels = optical_layer.width() * optical_layer.height() if optical_layer is not None else 0
+        result = self.run_engine(req.to_args(), feedback, stages=RunProgress.for_command(req, pixels)).result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
         if result.get("scene_check"):
             feedback.pushInfo(result["scene_check"])

@@ -35,6 +35,7 @@ from qgis.PyQt.QtGui import QDesktopServices, QIcon
 from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QSizePolicy, QVBoxLayout, QWidget
 
 from aligncr_qgis import layers as L
+from aligncr_qgis.dialog.defaults import DefaultsLine
 from aligncr_qgis.dialog.inputs import InputsPanel
 from aligncr_qgis.dialog.model import ModelPanel
 from aligncr_qgis.dialog.outputs import OutputsPanel
@@ -49,7 +50,7 @@ from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.task import LOG_TAG, EngineTask
 
 
-class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, ReprojectOffer, QDialog):
+class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, ReprojectOffer, DefaultsLine, QDialog):
     """Align-CR cloud removal dialog. ``iface`` may be a test stub; only its map canvas and message bar are used."""
 
     runFinished = pyqtSignal(bool)  # noqa: N815 - Qt signal naming; emitted after results are loaded
@@ -127,7 +128,9 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         root = QVBoxLayout(self)
         root.addWidget(self.bar)
         root.addLayout(columns)
+        root.addLayout(self._build_defaults_row())
         root.addWidget(self.progress)
+        root.addWidget(self.result_label)
         root.addLayout(buttons)
         self.resize(1060, 560)
 
@@ -152,6 +155,13 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.output_widget.fileChanged.connect(self.validate)
         for spin in (self.tile_spin, self.overlap_spin, self.batch_spin, self.feather_spin):
             spin.valueChanged.connect(self.validate)
+        for box in (self.scene_check_check, self.colour_anchor_check, self.report_check, self.qa_check,
+                    self.confidence_check, self.ndvi_check, self.cog_check, self.add_to_map_check,
+                    self.style_optical_check):
+            box.toggled.connect(self._update_defaults_line)
+        self.adapt_spin.valueChanged.connect(self._update_defaults_line)
+        self.units_combo.currentIndexChanged.connect(self._update_defaults_line)
+        self.device_combo.currentIndexChanged.connect(self._update_defaults_line)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.env_button.clicked.connect(self.check_environment)
         self.install_button.clicked.connect(lambda: self.install_engine())
@@ -175,7 +185,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.colour_anchor_check.setChecked(s.colour_anchor)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
-        self.style_inputs_check.setChecked(s.style_inputs)
+        self.style_optical_check.setChecked(s.style_optical)
         self.ndvi_check.setChecked(s.make_ndvi)
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
@@ -203,7 +213,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         s.model = value if kind in ("registry", "weights") else s.model
         s.add_to_map = self.add_to_map_check.isChecked()
-        s.style_inputs = self.style_inputs_check.isChecked()
+        s.style_optical = self.style_optical_check.isChecked()
         s.make_ndvi = self.ndvi_check.isChecked()
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
@@ -227,6 +237,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
             res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
         self._check_cloudiness(res)
+        self._check_weights_area(res)
         self._check_extra_dates(res)
         self._check_dem(res)
         self._check_options(res)
@@ -246,6 +257,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
             lines.append("<span style='color:#1a7f37'>✔ Ready to run.</span>")
         self.issues_label.setText("<br>".join(lines))
         self.reproject_button.setVisible(res.geographic_crs)
+        self._update_defaults_line()
         running = self.task is not None
         self.run_button.setEnabled(res.ok and not running)
         return res

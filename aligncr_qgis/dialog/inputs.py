@@ -12,17 +12,30 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, QgsRasterLayer
 from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
-from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QWidget
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
 
 from aligncr_qgis import layers as L
 from aligncr_qgis.dialog.widgets import option_spin
 from aligncr_qgis.layer_pick import pick_sar
 from aligncr_qgis.model_cards import temporal_info
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
+from aligncr_qgis.npy_mask import npy_mask_to_geotiff
 from aligncr_qgis.run_options import choice_items
 
 # The extra dates of temporal models: engine option (``optical_prev`` → ``--optical-prev`` …) → dialog label.
@@ -99,7 +112,15 @@ class InputsPanel:
         self.mask_combo = self._raster_combo(True)
         self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
                                            "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
-        form.addRow(self.tr("Cloud mask (optional)"), self.mask_combo)
+        mask_row = QHBoxLayout()
+        mask_row.addWidget(self.mask_combo, 1)
+        self.mask_npy_button = QPushButton(self.tr("From .npy…"), self)
+        self.mask_npy_button.setToolTip(self.tr("Load a NumPy .npy cloud mask of the optical's height × width (as "
+                                                "M3R-CR ships them; non-zero = cloud): it is saved as a GeoTIFF on "
+                                                "the optical grid beside the .npy and chosen here"))
+        self.mask_npy_button.clicked.connect(self._browse_npy_mask)
+        mask_row.addWidget(self.mask_npy_button)
+        form.addRow(self.tr("Cloud mask (optional)"), mask_row)
         keep_row = QHBoxLayout()
         self.only_cloudy_check = QCheckBox(self.tr("Replace only the cloud, keep clear pixels"), self)
         self.only_cloudy_check.setToolTip(
@@ -220,6 +241,31 @@ class InputsPanel:
         """A picker changed by the user (not by :meth:`pick_default_layers`) keeps its choice from then on."""
         if not self._picking:
             self.user_picked[role] = True
+
+    def _browse_npy_mask(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, self.tr("Cloud mask (.npy)"), "", "NumPy arrays (*.npy)")
+        if path:
+            self.load_npy_mask(path)
+
+    def load_npy_mask(self, npy: str) -> QgsRasterLayer | None:
+        """An ``.npy`` cloud mask as a GeoTIFF on the optical grid (beside it, else in QGIS's temporary folder),
+        added to the project and chosen as the mask; a wrong shape is an error in the message bar."""
+        optical = self.optical_combo.currentLayer()
+        if optical is None:
+            self._error(self.tr("Choose the cloudy optical layer first: a .npy mask takes its grid."))
+            return None
+        folder = os.path.dirname(os.path.abspath(npy))
+        out = os.path.join(folder if writable(folder) else QgsProcessingUtils.tempFolder(),
+                           f"{Path(npy).stem}_mask.tif")
+        try:
+            npy_mask_to_geotiff(npy, L.layer_path(optical), out)
+        except L.LayerError as exc:
+            self._error(str(exc))
+            return None
+        layer = QgsRasterLayer(out, f"{Path(npy).stem} (cloud mask)")
+        QgsProject.instance().addMapLayer(layer)
+        self.mask_combo.setLayer(layer)
+        return layer
 
     def _on_only_cloudy_toggled(self, *_: Any) -> None:
         """The feather only means something when only-cloudy is on."""

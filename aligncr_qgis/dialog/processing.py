@@ -213,6 +213,7 @@ class ProcessingPanel:
         plan: InstallPlan = task.context["plan"] if task is not None else None
         self.python_widget.setFilePath(str(plan.python))
         self.save_settings()
+        self.bar.clearWidgets()  # an earlier "cannot run the engine" is no longer true (issue 28)
         self.bar.pushMessage("Align-CR", self.tr("Engine installed in {0}.").format(plan.venv),
                              Qgis.MessageLevel.Success, 8)
         self.check_environment()
@@ -234,6 +235,7 @@ class ProcessingPanel:
         if isinstance(env, dict):
             self._show_env(env)
             if env.get("ok"):
+                self.bar.clearWidgets()  # the errors of an earlier check or install are stale now
                 self.bar.pushMessage("Align-CR", self.tr("The interpreter can run the engine."),
                                      Qgis.MessageLevel.Success, 5)
             else:
