@@ -165,8 +165,9 @@ def write_scene_optical(path: Path, *, cloud: float = 0.0, bands: int = 4, s2_st
         data[band - 1] = layer.astype(np.uint16)
     if s2_stack:
         data[0] = 150  # coastal aerosol: dark even under the cloud
+    transform = from_origin(ORIGIN[0] + shift_m, ORIGIN[1], 3.0, 3.0)
     with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=count, dtype="uint16",
-                       crs=CRS.from_string(UTM), transform=from_origin(ORIGIN[0] + shift_m, ORIGIN[1], 3.0, 3.0)) as dst:
+                       crs=CRS.from_string(UTM), transform=transform) as dst:
         dst.write(data)
         if not s2_stack:
             for i, name in enumerate(("blue", "green", "red", "nir")):

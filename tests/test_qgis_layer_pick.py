@@ -87,7 +87,8 @@ def test_layers_added_while_open_repick_until_the_user_chooses(project, qgis_ifa
     d = AlignCRDialog(qgis_iface)
     try:
         assert d.optical_combo.currentLayer() == layers["cloudy"] and d.sar_combo.currentLayer() == layers["third"]
-        assert any("covers only" in m and "missing along the west edge" in m for m in d.issue_messages()), d.issue_messages()
+        issues = d.issue_messages()
+        assert any("covers only" in m and "missing along the west edge" in m for m in issues), issues
         clear = QgsRasterLayer(str(files["clear"]), NAMES["clear"])
         near = QgsRasterLayer(str(files["near"]), NAMES["near"])
         project.addMapLayers([clear, near])

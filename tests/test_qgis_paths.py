@@ -21,7 +21,7 @@ from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.finetune_request import FinetuneRequest  # noqa: E402
 from aligncr_qgis.package import build  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import PYTHON, make_scene, qgis_env, wait_for  # noqa: E402
+from tests.qgis_helpers import make_scene, qgis_env, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 QGIS_PROCESS = shutil.which("qgis_process.bin")
