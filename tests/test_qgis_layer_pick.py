@@ -18,7 +18,6 @@ import rasterio  # noqa: E402
 from qgis.core import QgsRasterLayer  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
-from aligncr_qgis.layer_pick import cloud_fraction  # noqa: E402
 from tests.qgis_fixtures import processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, fake_engine, write_sar, write_scene_optical  # noqa: E402
 
@@ -58,6 +57,8 @@ def load(project, files: dict[str, Path], order: tuple[str, ...], qgis_iface) ->
 
 
 def test_thumbnail_cloud_check(files: dict[str, Path]) -> None:
+    from aligncr_qgis.layer_pick import cloud_fraction
+
     cloudy, clear, s2 = (QgsRasterLayer(str(files[k]), k) for k in ("cloudy", "clear", "s2"))
     assert cloud_fraction(cloudy) == pytest.approx(40.0, abs=3.0)
     assert cloud_fraction(clear) == 0.0

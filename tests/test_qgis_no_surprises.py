@@ -17,7 +17,6 @@ from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.dialog import outputs as dialog_outputs  # noqa: E402
 from aligncr_qgis.engine_process import EngineOutcome  # noqa: E402
 from aligncr_qgis.installer import InstallPlan  # noqa: E402
-from aligncr_qgis.styling import LIKE_RESULT_STYLE  # noqa: E402
 from aligncr_qgis.task import JobResult  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import (  # noqa: E402
@@ -174,6 +173,8 @@ def renderer_xml(layer: QgsRasterLayer) -> tuple:
 
 def test_style_option_restyles_only_this_runs_optical_reversibly(project, qgis_iface, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from aligncr_qgis.styling import LIKE_RESULT_STYLE
+
     root = fake_engine(tmp_path / "fake", tiles=2)
     monkeypatch.setattr(dialog_outputs, "engine_root", lambda: root)
     layers = scene(project, tmp_path / "scene", reference=True)
