@@ -38,7 +38,6 @@ from aligncr_qgis.finetune_request import (
     in_words,
     kept_weights,
     outcome_text,
-    patch_for_archive,
 )
 from aligncr_qgis.task import EngineStep, EngineTask
 
@@ -159,10 +158,8 @@ class FinetuneDialog(QDialog):
         req = self.request()
         if req is None:
             return None
-        chosen = ""
-        if req.patch_size == AUTO_PATCH:  # chosen now, and said, so the run and the window agree
-            req.patch_size, why = patch_for_archive(req.archive, req.block_cells)
-            chosen = self.tr(" Patch size {0}.").format(why)
+        why = req.choose_patch()
+        chosen = self.tr(" Patch size {0}.").format(why) if why else ""
         step = EngineStep(self.tr("fine-tuning"), req.to_args())
         self.task = EngineTask(f"Align-CR: train on my area → {Path(req.out).name}", self.python, self.engine_root,
                                [step], context={"request": req})

@@ -68,6 +68,14 @@ class FinetuneRequest:
         return args
 
 
+    def choose_patch(self) -> str:
+        """With :data:`AUTO_PATCH`, fix the patch size from the archive now and say why (so the run and what the
+        user reads agree); "" when a size was given."""
+        if self.patch_size != AUTO_PATCH:
+            return ""
+        self.patch_size, why = patch_for_archive(self.archive, self.block_cells)
+        return why
+
     def resolved_patch(self) -> int:
         """The patch size the run uses: as given, or (:data:`AUTO_PATCH`) the archive's (:func:`patch_for_archive`)."""
         if self.patch_size != AUTO_PATCH:

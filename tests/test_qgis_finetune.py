@@ -4,6 +4,8 @@ the real ``engine finetune`` on the tiny synthetic archive of :mod:`tests.helper
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,20 @@ from tests.qgis_helpers import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 FAST = {"PATCH_SIZE": 16, "MINUTES": 0, "LEARNING_RATE": 1e-3, "VAL_EVERY": 5}
+
+
+@contextmanager
+def finetune_window(qgis_iface, archive: Path, out: Path | str) -> Iterator[tuple[AlignCRDialog, object]]:
+    """The dialog and its *Train on my area…* window, filled with ``archive`` and ``out``; closed after."""
+    d = AlignCRDialog(qgis_iface)
+    try:
+        win = d.open_finetune()
+        win.archive_widget.setFilePath(str(archive))
+        win.output_widget.setFilePath(str(out))
+        yield d, win
+        win.close()
+    finally:
+        close_dialog(d)
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +114,8 @@ def test_dialog_train_on_my_area_runs_and_selects_the_weights(project, qgis_ifac
 
 
 def test_dialog_cancel_says_what_was_kept(project, qgis_iface, archive: Path, tmp_path: Path) -> None:
-    d = AlignCRDialog(qgis_iface)
-    try:
-        win = d.open_finetune()
-        win.archive_widget.setFilePath(str(archive))
-        out = tmp_path / "c.safetensors"
-        win.output_widget.setFilePath(str(out))
+    out = tmp_path / "c.safetensors"
+    with finetune_window(qgis_iface, archive, out) as (d, win):
         win.patch_spin.setValue(16)
         win.steps_spin.setValue(2000)
         win.start()
@@ -117,9 +129,6 @@ def test_dialog_cancel_says_what_was_kept(project, qgis_iface, archive: Path, tm
             assert d.model_combo.currentData() == ("weights", str(out))
         else:
             assert text == "Cancelled before any weights were written."
-        win.close()
-    finally:
-        close_dialog(d)
 
 
 def test_window_has_the_archive_settings_with_tooltips(project, qgis_iface, archive: Path) -> None:
@@ -128,16 +137,12 @@ def test_window_has_the_archive_settings_with_tooltips(project, qgis_iface, arch
     from qgis.gui import QgsFileWidget
     from qgis.PyQt.QtWidgets import QAbstractButton, QAbstractSpinBox, QLineEdit
 
-    d = AlignCRDialog(qgis_iface)
-    try:
-        win = d.open_finetune()
+    with finetune_window(qgis_iface, archive, "mine.safetensors") as (_d, win):
         widgets = {name: w for name, w in vars(win).items()
                    if isinstance(w, (QAbstractSpinBox, QAbstractButton, QLineEdit, QgsFileWidget))}
         assert {"pair_days_spin", "sar_days_spin", "block_spin", "val_spin", "patch_spin"} <= set(widgets)
         assert [name for name, w in widgets.items() if not w.toolTip().strip()] == []
         assert win.patch_spin.value() == 0 and win.patch_spin.specialValueText().startswith("auto")
-        win.archive_widget.setFilePath(str(archive))
-        win.output_widget.setFilePath("mine.safetensors")
         win.pair_days_spin.setValue(90)
         win.sar_days_spin.setValue(12)
         win.block_spin.setValue(2)
@@ -145,26 +150,16 @@ def test_window_has_the_archive_settings_with_tooltips(project, qgis_iface, arch
         pairs = dict(zip(args, args[1:]))
         assert (pairs["--pair-days"], pairs["--sar-max-days"], pairs["--block-cells"]) == ("90", "12", "2")
         assert pairs["--patch-size"] == "16"  # 64-px scenes: 16-px patches make 2×2 blocks of 2×2 patches
-        win.close()
-    finally:
-        close_dialog(d)
 
 
 def test_window_errors_speak_in_field_names(project, qgis_iface, archive: Path, tmp_path: Path) -> None:
     """The engine's "lower --patch-size" reaches the window as the field's name."""
-    d = AlignCRDialog(qgis_iface)
-    try:
-        win = d.open_finetune()
-        win.archive_widget.setFilePath(str(archive))
-        win.output_widget.setFilePath(str(tmp_path / "big.safetensors"))
+    with finetune_window(qgis_iface, archive, tmp_path / "big.safetensors") as (_d, win):
         win.patch_spin.setValue(256)
         assert win.start() is not None
         assert wait_for(lambda: win.task is None, 300)
         text = win.status_label.text()
         assert text.startswith("Failed:") and "lower 'Patch size'" in text and "--" not in text, text
-        win.close()
-    finally:
-        close_dialog(d)
 
 
 def test_processing_errors_name_parameters(project, processing_provider, archive: Path, tmp_path: Path) -> None:

@@ -33,7 +33,6 @@ from aligncr_qgis.finetune_request import (
     in_words,
     kept_weights,
     outcome_text,
-    patch_for_archive,
 )
 
 
@@ -115,8 +114,8 @@ class FinetuneAlgorithm(EngineAlgorithm):
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         req = self._request(parameters, context)
-        if req.patch_size == AUTO_PATCH:
-            req.patch_size, why = patch_for_archive(req.archive, req.block_cells)
+        why = req.choose_patch()
+        if why:
             feedback.pushInfo(tr("PATCH_SIZE {0}").format(why))
         started = time.time()
         try:
