@@ -137,8 +137,10 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
     def _connect(self) -> None:
         """Wire the panels' signals to their reactions and to the live check; done after the settings are restored
         and the default layers picked (the constructor then runs each reaction once itself)."""
-        self.optical_combo.layerChanged.connect(lambda *_: self._picked_by_user("optical"))
-        self.sar_combo.layerChanged.connect(lambda *_: self._picked_by_user("sar"))
+        # bound methods, not lambdas: PyQt drops them with the dialog (a lambda outlived it and crashed QGIS when the
+        # project's layers were removed after the dialog was deleted)
+        self.optical_combo.layerChanged.connect(self._optical_picked)
+        self.sar_combo.layerChanged.connect(self._sar_picked)
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
         QgsProject.instance().layersAdded.connect(self._on_layers_added)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)

@@ -242,6 +242,12 @@ class InputsPanel:
         if not self._picking:
             self.user_picked[role] = True
 
+    def _optical_picked(self, *_: Any) -> None:
+        self._picked_by_user("optical")
+
+    def _sar_picked(self, *_: Any) -> None:
+        self._picked_by_user("sar")
+
     def _browse_npy_mask(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, self.tr("Cloud mask (.npy)"), "", "NumPy arrays (*.npy)")
         if path:
