@@ -204,7 +204,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
         try:
             npy_mask_to_geotiff(absolute_path(str(npy)), optical, out)
         except LayerError as exc:
-            raise QgsProcessingException(f"MASK: {exc}") from None
+            raise QgsProcessingException(tr("MASK: {0}").format(exc)) from None
         feedback.pushInfo(tr("MASK {0} written on the optical grid as {1}").format(npy, out))
         return out
 
