@@ -11,7 +11,8 @@ One module per panel, composed here as mixins of the one dialog class — so eac
 widget stays an attribute of the dialog (tests and the screenshot script drive them by name) and the panels share
 its state (the chosen model decides which inputs show; every panel feeds the run): :mod:`.inputs` (layers, bands,
 extra dates, DEM), :mod:`.model` (model list, card, adaptation), :mod:`.processing` (device, tiling, extent, Python
-environment), :mod:`.outputs` (products, *Run*, results), :mod:`.reproject` (the UTM offer). This module lays them
+environment), :mod:`.outputs` (products, *Run*, results), :mod:`.reproject` (the UTM offer), :mod:`.defaults`
+(the line naming the remembered settings that differ from the defaults, *Restore defaults*). This module lays them
 out, wires their signals, keeps the settings and runs the live check that enables *Run*.
 """
 
