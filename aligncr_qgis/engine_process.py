@@ -86,6 +86,8 @@ class EngineProcess:
     on_log: MessageFn = _noop
     is_cancelled: Callable[[], bool] = lambda: False
     extra_env: dict[str, str] = field(default_factory=dict)
+    log_stdout: bool = False  # without --json too, every stdout line goes to on_log as it comes (pip's progress)
+    on_tick: Callable[[], None] = _noop  # called about every POLL_SECONDS while the child runs
 
     def command(self, args: Sequence[str], module: str = "engine") -> list[str]:
         return [self.python, "-m", module, *[str(a) for a in args]]
@@ -182,6 +184,7 @@ class EngineProcess:
         cancelled = False
         interrupt_at: float | None = None
         while open_streams:
+            self.on_tick()
             if not cancelled and self.is_cancelled():
                 cancelled = True
                 interrupt_at = time.monotonic()
@@ -204,7 +207,7 @@ class EngineProcess:
             event = _parse_event(line) if progress_json else None
             if event is None:
                 outcome.stdout.append(line)
-                if progress_json and line.strip():
+                if (progress_json or self.log_stdout) and line.strip():
                     self.on_log(line)
                 continue
             kind = event.get("event")

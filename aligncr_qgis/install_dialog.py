@@ -29,9 +29,10 @@ class InstallDialog(QDialog):
         self.venv = venv
         self.setWindowTitle(self.tr("Install the Align-CR engine"))
         form = QFormLayout(self)
-        form.addRow(QLabel(self.tr("Creates a Python environment in {0} and installs PyTorch, rasterio, "
-                                   "scikit-image, safetensors and tqdm into it (about 1 GB; several minutes).")
-                           .format(venv), self))
+        self.gpu = has_nvidia_gpu()
+        self.size_label = QLabel(self)
+        self.size_label.setWordWrap(True)
+        form.addRow(self.size_label)
         self.python_widget = QgsFileWidget(self)
         self.python_widget.setFilePath(qgis_python())
         self.python_widget.setToolTip(self.tr("The Python that creates the environment: QGIS's own by default"))
@@ -41,18 +42,33 @@ class InstallDialog(QDialog):
         self.wheels_widget.setToolTip(self.tr("Offline: a folder of .whl files to install from instead of PyPI"))
         form.addRow(self.tr("Wheel folder (optional)"), self.wheels_widget)
         self.cuda_check = QCheckBox(self.tr("PyTorch for NVIDIA GPUs (CUDA)"), self)
-        self.cuda_check.setChecked(has_nvidia_gpu())
-        self.cuda_check.setToolTip(self.tr("Checked when an NVIDIA GPU was found; unchecked: the smaller CPU build"))
+        self.cuda_check.setChecked(self.gpu)
+        self.cuda_check.setToolTip(self.tr("Checked when an NVIDIA GPU answered; unchecked: the CPU build only, "
+                                           "from PyTorch's CPU index (the install stops if it cannot be reached)"))
+        self.cuda_check.toggled.connect(self._show_size)
+        self.wheels_widget.fileChanged.connect(self._show_size)
         form.addRow(self.cuda_check)
         self.site_check = QCheckBox(self.tr("See QGIS's Python packages (GDAL, numpy)"), self)
         self.site_check.setChecked(True)
         self.site_check.setToolTip(self.tr("Create the environment with --system-site-packages, as QGIS's own "
                                            "packages must stay visible to its Python"))
         form.addRow(self.site_check)
+        self._show_size()
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    def _show_size(self, *_: object) -> None:
+        """What will be installed and how big, for the choices as they stand."""
+        plan = self.plan()
+        text = self.tr("Creates a Python environment in {0} and installs PyTorch ({1}), rasterio, scikit-image, "
+                       "safetensors and tqdm into it: about {2:g} GB, several minutes.").format(
+            self.venv, self.tr("CUDA build") if plan.cuda and not plan.wheel_dir else self.tr("CPU build"),
+            plan.size_gb)
+        if plan.cuda and not self.gpu:
+            text += " " + self.tr("No NVIDIA GPU answered: the CUDA build would not be used here.")
+        self.size_label.setText(text)
 
     def plan(self) -> InstallPlan:
         return InstallPlan(base_python=self.python_widget.filePath().strip(), venv=self.venv,

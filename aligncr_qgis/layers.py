@@ -24,17 +24,21 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from aligncr_qgis.run_options import metric_crs_problem
+from aligncr_qgis.run_options import COVERAGE_WARNING, EDGES, metric_crs_problem
 
 OPTICAL_ROLES = ("B", "G", "R", "NIR")
 SAR_ROLES = ("VV", "VH")
+# A Sentinel-2 band stack: 13 bands (L1C: B1…B8, B8A, B9, B10, B11, B12) or 12 (L2A, without B10). Either way B2,
+# B3, B4 and B8 are bands 2, 3, 4 and 8; bands 1–4 would be coastal aerosol, blue, green and red.
+S2_STACK_BANDS = (12, 13)
+S2_MAPPING = {"B": 2, "G": 3, "R": 4, "NIR": 8}
 
 # Band-description patterns, checked in order (NIR before R so "near infrared"/"red edge" do not read as red).
 _ROLE_PATTERNS: dict[str, list[str]] = {
-    "NIR": [r"\bnir\b", r"near[ _-]?infra", r"\bb8\b", r"\bnir\d*\b"],
-    "B": [r"\bblue\b", r"\bb\b", r"\bb2\b"],
-    "G": [r"\bgreen\b", r"\bg\b", r"\bb3\b"],
-    "R": [r"\bred\b(?![ _-]?edge)", r"\br\b", r"\bb4\b"],
+    "NIR": [r"\bnir\b", r"near[ _-]?infra", r"\bb0?8\b", r"\bnir\d*\b"],
+    "B": [r"\bblue\b", r"\bb\b", r"\bb0?2\b"],
+    "G": [r"\bgreen\b", r"\bg\b", r"\bb0?3\b"],
+    "R": [r"\bred\b(?![ _-]?edge)", r"\br\b", r"\bb0?4\b"],
     "VV": [r"\bvv\b"],
     "VH": [r"\bvh\b"],
 }
@@ -76,7 +80,7 @@ def layer_path(layer: QgsMapLayer | None) -> str:
     if parts.get("vsiPrefix"):
         return f"{parts['vsiPrefix']}{path}{parts.get('vsiSuffix') or ''}"
     if os.path.isfile(path):
-        return path
+        return os.path.abspath(path)  # a layer loaded by a relative name (qgis_process): the engine runs elsewhere
     if _GDAL_NAME.match(source):
         return source
     raise LayerError(tr("layer '{0}' is not a local file ({1})").format(layer.name(), path))
@@ -91,8 +95,9 @@ def band_descriptions(layer: QgsRasterLayer) -> list[str]:
 def guess_bands(descriptions: list[str], roles: tuple[str, ...]) -> dict[str, int]:
     """Map roles (B/G/R/NIR or VV/VH) to 1-based band numbers from band descriptions; default: bands in order.
 
-    Only a complete, unambiguous match from descriptions is used; otherwise the natural order 1, 2, 3, … (the
-    PlanetScope 4-band and Sentinel-1 GRD layouts) is proposed and the user can correct it.
+    Only a complete, unambiguous match from descriptions is used; otherwise a 12- or 13-band optical layer is read
+    as a Sentinel-2 stack (B2, B3, B4, B8: :data:`S2_MAPPING`) and any other the natural order 1, 2, 3, … (the
+    PlanetScope 4-band and Sentinel-1 GRD layouts); the user can correct it.
     """
     found: dict[str, int] = {}
     for role in roles:
@@ -107,6 +112,8 @@ def guess_bands(descriptions: list[str], roles: tuple[str, ...]) -> dict[str, in
                 break
     if len(found) == len(roles):
         return found
+    if roles == OPTICAL_ROLES and len(descriptions) in S2_STACK_BANDS:
+        return dict(S2_MAPPING)
     return {role: min(i + 1, max(len(descriptions), 1)) for i, role in enumerate(roles)}
 
 
@@ -155,18 +162,47 @@ def overlap_percent(
     Extents are compared in the target's CRS through :class:`QgsCoordinateTransform` of the other extent's
     bounding box, which is what the engine's reprojection onto the optical grid will cover.
     """
-    project = project or QgsProject.instance()
     base = QgsRectangle(area) if area is not None else target.extent()
-    other_extent = other.extent()
-    if other.crs() != target.crs():
-        xform = QgsCoordinateTransform(other.crs(), target.crs(), project)
-        other_extent = xform.transformBoundingBox(other_extent)
     if base.isEmpty() or base.area() <= 0:
         return 0.0
-    inter = base.intersect(other_extent)
+    inter = base.intersect(other_extent(target, other, project))
     if inter.isEmpty():
         return 0.0
     return 100.0 * inter.area() / base.area()
+
+
+def missing_edges(target: QgsRectangle, other: QgsRectangle) -> str:
+    """Where ``other`` leaves ``target`` uncovered, in the engine's words (``along the east edge``;
+    engine.align.reader.missing_where): the sides where it stops short by more than 1 % of the extent."""
+    inter = target.intersect(other)
+    dx, dy = 0.01 * target.width(), 0.01 * target.height()
+    short = (inter.yMaximum() < target.yMaximum() - dy, inter.yMinimum() > target.yMinimum() + dy,
+             inter.xMinimum() > target.xMinimum() + dx, inter.xMaximum() < target.xMaximum() - dx)
+    sides = [edge for edge, gap in zip(EDGES, short) if gap]
+    if not sides:
+        return "in gaps inside the image"
+    return f"along the {' and '.join(sides)} edge{'s' if len(sides) > 1 else ''}"
+
+
+def other_extent(target: QgsRasterLayer, other: QgsRasterLayer, project: QgsProject | None = None) -> QgsRectangle:
+    """``other``'s extent in ``target``'s CRS (the bounding box of its transformed extent)."""
+    extent = other.extent()
+    if other.crs() != target.crs():
+        extent = QgsCoordinateTransform(other.crs(), target.crs(), project or QgsProject.instance()
+                                        ).transformBoundingBox(extent)
+    return extent
+
+
+def partial_cover(target: QgsRasterLayer, other: QgsRasterLayer, pct: float, area: QgsRectangle | None = None,
+                  project: QgsProject | None = None) -> str | None:
+    """The "covers only …, missing along …" part of a warning when ``other`` covers less than the engine's
+    :data:`COVERAGE_WARNING` of ``area`` (default the target's extent) — no news for a sliver at an edge (issue 28);
+    None when it covers enough or nothing at all."""
+    if pct <= 0.0 or pct >= 100.0 * COVERAGE_WARNING:
+        return None
+    base = QgsRectangle(area) if area is not None else target.extent()
+    return tr("covers only {0:.1f} % of the optical area, missing {1}").format(
+        pct, missing_edges(base, other_extent(target, other, project)))
 
 
 def bounds_argument(extent: QgsRectangle) -> str:
@@ -205,10 +241,9 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
         if problem is not None:
             res.geographic_crs = True
             res.error(problem[:1].upper() + problem[1:] + ".")
+        _check_s2_stack(res, opt, inp.optical_bands)
     if sar is not None:
-        if sar.bandCount() < 2:
-            res.error(tr("SAR layer has {0} band(s); VV and VH are needed (2 bands).").format(sar.bandCount()))
-        _check_mapping(res, "SAR", inp.sar_bands, SAR_ROLES, sar.bandCount())
+        _check_sar_bands(res, sar, inp.sar_bands)
     if opt is not None and opt.crs().isValid():
         area = None
         if inp.extent is not None:
@@ -227,9 +262,9 @@ def check_inputs(inp: CheckInputs, project: QgsProject | None = None) -> CheckRe
                 # Land cover only refines the report; a mask or reference that misses the scene is a mistake.
                 report = res.warning if label == "Land cover" else res.error
                 report(f"{label} layer does not overlap the optical layer (0 % overlap).")
-            elif pct < 99.5:
-                res.warning(tr("{0} layer covers only {1:.1f} % of the optical area; the rest is filled as nodata.")
-                            .format(label, pct))
+            elif partial_cover(opt, layer, pct, area, project):
+                res.warning(tr("{0} layer {1}; the rest is filled as nodata.")
+                            .format(label, partial_cover(opt, layer, pct, area, project)))
     out = inp.output.strip()
     if not out:
         res.error(tr("Choose an output file."))
@@ -260,6 +295,30 @@ def check_layer(res: CheckResult, label: str, layer: QgsRasterLayer) -> bool:
         res.error(tr("{0} layer '{1}' has no coordinate reference system.").format(label, layer.name()))
         return False
     return True
+
+
+def _check_sar_bands(res: CheckResult, sar: QgsRasterLayer, mapping: dict[str, int]) -> None:
+    """VV and VH: two bands, or two picked from a few. A layer of 4 bands or more is an optical image chosen by
+    mistake — the engine would refuse it only after a torch import (issue 28); so would it a 3-band layer read as
+    bands 1, 2 (its rule: exactly two bands unless the SAR bands are picked)."""
+    count = sar.bandCount()
+    if count < 2:
+        res.error(tr("SAR layer has {0} band(s); VV and VH are needed (2 bands).").format(count))
+    elif count >= 4:
+        res.error(tr("SAR layer '{0}' has {1} bands: it looks like an optical image. Choose the Sentinel-1 layer "
+                     "(2 bands, VV and VH).").format(sar.name(), count))
+    elif count != 2 and tuple(mapping.get(r, i + 1) for i, r in enumerate(SAR_ROLES)) == (1, 2):
+        res.error(tr("SAR layer '{0}' has {1} bands: choose which hold VV and VH (not bands 1 and 2 by default).")
+                  .format(sar.name(), count))
+    _check_mapping(res, "SAR", mapping, SAR_ROLES, count)
+
+
+def _check_s2_stack(res: CheckResult, opt: QgsRasterLayer, mapping: dict[str, int]) -> None:
+    """A 12/13-band layer read as bands 1–4 is a Sentinel-2 stack read as coastal aerosol, blue, green, red."""
+    if opt.bandCount() in S2_STACK_BANDS and tuple(mapping.get(r, 0) for r in OPTICAL_ROLES) == (1, 2, 3, 4):
+        res.warning(tr("Optical layer has {0} bands, like a Sentinel-2 stack: bands 1–4 are then coastal aerosol, "
+                       "blue, green and red. Map B, G, R, NIR to B2, B3, B4, B8 (bands 2, 3, 4, 8) unless the layer "
+                       "is another sensor's.").format(opt.bandCount()))
 
 
 def _check_mapping(res: CheckResult, label: str, mapping: dict[str, int], roles: tuple[str, ...], count: int) -> None:

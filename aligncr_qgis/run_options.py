@@ -24,22 +24,38 @@ def _engine_importable() -> None:
 
 _engine_importable()
 
-from engine.config import OPTIONS, Option, absolute_name, check_options, run_arguments  # noqa: E402 - needs the path above
+from engine.config import (  # noqa: E402 - needs the path above
+    COVERAGE_WARNING,
+    DATE_TAGS,
+    EDGES,
+    OPTIONS,
+    Option,
+    absolute_name,
+    check_options,
+    is_gdal_name,
+    parse_datetime,
+    run_arguments,
+)
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["OPTIONS", "InputError", "Option", "RunCommand", "check_options", "choice_items", "metric_crs_problem",
-           "run_arguments"]
+__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "OPTIONS", "InputError", "Option", "RunCommand", "absolute_name",
+           "check_options", "choice_items", "is_gdal_name", "metric_crs_problem", "parse_datetime", "run_arguments"]
+
+
+PATH_KINDS = ("source", "path")  # the options table's kinds whose values are files or folders
 
 
 class RunCommand:
     """One ``engine run`` the plugin starts: option values by table name, as typed (text, numbers, band tuples),
     and the command line they make (:func:`engine.config.run_arguments`). An option not given reads as its
-    table default; a name that is not in the table is a ``TypeError`` at once."""
+    table default; a name that is not in the table is a ``TypeError`` at once. Every file or folder is made
+    absolute here (:func:`engine.config.absolute_name`), the one door the dialog and Processing share to the engine."""
 
     def __init__(self, **values: Any) -> None:
         run_arguments(values)  # checks the names
-        self.values = values
+        self.values = {name: absolute_name(v) if OPTIONS[name].kind in PATH_KINDS else v
+                       for name, v in values.items()}  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:
         if name == "values" or name not in OPTIONS:
@@ -48,8 +64,7 @@ class RunCommand:
 
     def to_args(self) -> list[str]:
         """The command line; file names absolute (the engine runs in the plugin's folder)."""
-        return run_arguments({name: absolute_name(value) if OPTIONS[name].kind in ("source", "path") else value
-                              for name, value in self.values.items()})  # fmt: skip
+        return run_arguments(self.values)
 
 
 def choice_items(name: str) -> list[tuple[str, str]]:

@@ -39,7 +39,9 @@ class PluginSettings:
     write_qa: bool = False  # the QA layer: percent of each pixel from the model
     write_confidence: bool = False  # the confidence layer: spread of the model's output over test-time flips
     add_to_map: bool = True
-    style_inputs: bool = True  # draw the inputs with the result's bands and stretch (a fair comparison)
+    # draw this run's cloudy optical with the result's bands and stretch, as a named style of the layer (reversible);
+    # off by default and a new key: the old ``style_inputs`` (on) also restyled the user's reference (issue 28)
+    style_optical: bool = False
     make_ndvi: bool = False
     write_report: bool = False
     output_dir: str = ""

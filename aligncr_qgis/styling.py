@@ -3,10 +3,12 @@
 Reflectance rasters look black with QGIS's default min/max stretch (a few bright cloud remnants or nodata
 outliers set the max), so the declouded layer gets the cumulative-cut 2–98 % stretch on its R, G and B bands. The
 NDVI layer gets a red-yellow-green ramp over its own 2–98 % range (a fixed −1…1 left most scenes in two yellowish
-shades). The inputs can be drawn with the result's band mapping and its very min/max numbers
-(:func:`style_like`), so the before/after comparison is fair. The QA layer (percent of
-each pixel from the model) is transparent where the pixel is as acquired and a translucent amber→magenta where
-the model's output is blended in → reconstructed, so it can lie over the result and show what was made up. The
+shades). The cloudy input can be drawn with the result's band mapping and its very min/max numbers
+(:func:`style_like`), so the before/after comparison is fair — as a named style of that layer only
+(:func:`restyle_like`), so its own look is one click away (issue 28: the analyst's reference turned near-black).
+The QA layer (percent of each pixel from the model) is transparent where the pixel is as acquired and a translucent
+amber→magenta where the model's output is blended in → reconstructed, so it can lie over the result and show what
+was made up. The
 confidence layer (the spread of the model's output over test-time flips/rotations, reflectance) is a Magma heat
 map stretched from 0 to its 98th percentile — a few extreme pixels would otherwise wash out the rest — and
 transparent at 0, where the pixel is as acquired, so it too can lie over the result.
@@ -86,6 +88,26 @@ def style_like(layer: QgsRasterLayer, result: QgsRasterLayer, red: int, green: i
         setter(ce)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
+
+
+LIKE_RESULT_STYLE = "like the Align-CR result"
+
+
+def restyle_like(layer: QgsRasterLayer, result: QgsRasterLayer, red: int, green: int, blue: int) -> str:
+    """:func:`style_like` as a style of its own in the layer's style manager (layer menu ▸ Styles): the style the
+    layer had stays in the list under its name and the new look becomes :data:`LIKE_RESULT_STYLE`. Returns the
+    name of the style to go back to."""
+    manager = layer.styleManager()
+    previous = manager.currentStyle()
+    if previous == LIKE_RESULT_STYLE:  # restyled by an earlier run: the user's own is the one noted then
+        previous = str(layer.customProperty("aligncr/style_before", "")) or previous
+    else:
+        manager.removeStyle(LIKE_RESULT_STYLE)
+        manager.addStyleFromLayer(LIKE_RESULT_STYLE)  # a copy of the current look, made current unchanged …
+        manager.setCurrentStyle(LIKE_RESULT_STYLE)  # … which keeps the user's own under its name
+        layer.setCustomProperty("aligncr/style_before", previous)
+    style_like(layer, result, red, green, blue)  # … then restyled
+    return previous
 
 
 def style_qa(layer: QgsRasterLayer) -> None:

@@ -9,6 +9,7 @@ A typical job is ``run`` followed by ``ndvi`` on its output; each step gets a sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ class EngineStep:
     module: str = "engine"  # `python -m MODULE ARGS`
     optional: bool = False  # a failure is logged and the job goes on (e.g. `models --json` on an older engine)
     python: str = ""  # the interpreter of this step; empty = the task's (Install engine… mixes two)
+    stages: Any = None  # maps the child's (fraction, message) onto the step's bar: a RunProgress, a PipProgress
+    log_stdout: bool = False  # every stdout line to the log as it comes (pip's "Collecting …", "Downloading …")
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of this step's child
 
 
 @dataclass
@@ -37,6 +41,7 @@ class JobResult:
     error: str = ""
     kind: str = ""
     details: str = ""
+    step: str = ""  # the label of the step that failed
 
 
 class EngineTask(QgsTask):
@@ -62,8 +67,8 @@ class EngineTask(QgsTask):
         for step in self.steps:
             share = step.weight / total
 
-            def on_progress(fraction: float, message: str, start: float = start, share: float = share,
-                            label: str = step.label) -> None:
+            def emit(fraction: float, message: str, start: float = start, share: float = share,
+                     label: str = step.label) -> None:
                 overall = start + share * fraction
                 self.setProgress(100.0 * overall)
                 self.progressMessage.emit(overall, f"{label}: {message}" if message else label)
@@ -71,10 +76,13 @@ class EngineTask(QgsTask):
             proc = EngineProcess(
                 python=step.python or self.python,
                 engine_root=self.engine_root,
-                on_progress=on_progress,
+                on_progress=_mapped(emit, step.stages),
                 on_warning=self._warn,
-                on_log=self._log,
+                on_log=_watched(self._log, emit, step.stages),
                 is_cancelled=self.isCanceled,
+                extra_env=step.env,
+                log_stdout=step.log_stdout,
+                on_tick=_ticked(emit, step.stages),
             )
             try:
                 self.job.outcomes.append(proc.run(step.args, progress_json=step.progress_json, module=step.module))
@@ -88,6 +96,7 @@ class EngineTask(QgsTask):
                     start += share
                     continue
                 self.job.error, self.job.kind, self.job.details = str(exc), exc.kind, exc.details
+                self.job.step = step.label
                 return False
             except Exception as exc:  # noqa: BLE001 - a plugin bug must reach the log, not kill the worker silently
                 self.job.error, self.job.kind = f"internal error: {type(exc).__name__}: {exc}", "InternalError"
@@ -96,6 +105,7 @@ class EngineTask(QgsTask):
         return True
 
     def _log(self, line: str) -> None:
+        """Every line the child prints: QGIS's log and the :attr:`logLine` signal (the install window)."""
         QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info)
         self.logLine.emit(line)
 
@@ -116,3 +126,40 @@ class EngineTask(QgsTask):
         except Exception as exc:  # noqa: BLE001 - a failing receiver must end in the log, not a traceback dialog
             QgsMessageLog.logMessage(f"Align-CR could not finish the run: {type(exc).__name__}: {exc}", LOG_TAG,
                                      Qgis.MessageLevel.Critical)
+
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _mapped(emit: ProgressFn, stages: Any) -> ProgressFn:
+    """The child's progress events through ``stages.update`` (a run's stages onto one bar), when a step has any."""
+    if stages is None:
+        return emit
+    return lambda fraction, message: emit(*stages.update(fraction, message))
+
+
+def _watched(log: Callable[[str], None], emit: ProgressFn, stages: Any) -> Callable[[str], None]:
+    """Log each line; a step whose progress is read from its output (pip: ``stages.line``) also moves the bar."""
+    if not hasattr(stages, "line"):
+        return log
+
+    def on_line(line: str) -> None:
+        log(line)
+        found = stages.line(line)
+        if found is not None:
+            emit(*found)
+
+    return on_line
+
+
+def _ticked(emit: ProgressFn, stages: Any) -> Callable[[], None]:
+    """Between lines, a step that can measure its progress (pip's download so far: ``stages.tick``) reports it."""
+    if not hasattr(stages, "tick"):
+        return lambda: None
+
+    def on_tick() -> None:
+        found = stages.tick()
+        if found is not None:
+            emit(*found)
+
+    return on_tick

@@ -46,6 +46,8 @@ MODES = ("best", "raw")  # --mode: what a run does by default (engine.stream.mod
 MAX_MEMORY_BUDGET_GB = 1e6  # --memory-budget: a petabyte; beyond, the byte count overflows
 MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
+COVERAGE_WARNING = 0.98  # an input covering less of the optical image is a warning (engine and plugin alike)
+EDGES = ("north", "south", "west", "east")  # how a partial coverage says where the gap is
 
 # What an option's value is; each front end maps a kind to its widget, parameter or argparse type.
 KINDS = ("source", "path", "text", "int", "float", "bool", "choice", "bands", "time", "bounds")
@@ -97,6 +99,8 @@ class Option:
 
 _DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")  # two letters at least: C:\\ is a Windows drive
 _DATE_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y%m%dT%H%M%S", "%Y%m%d", "%Y-%m-%d")
+# The raster tags an acquisition time is read from, in order (engine.sources.dates; the plugin reads them too).
+DATE_TAGS = ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "acquired")
 
 
 def is_gdal_name(name: str | os.PathLike[str]) -> bool:
@@ -114,7 +118,7 @@ def absolute_name(value: Any) -> Any:
     written) there, not where the user meant (issue 25)."""
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or os.fspath(value) == "auto":
         return value
-    return value if is_gdal_name(value) else os.path.abspath(os.fspath(value))
+    return value if is_gdal_name(value) else os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
 def as_source(value: str | os.PathLike[str]) -> Path | str:

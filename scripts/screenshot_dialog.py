@@ -109,9 +109,11 @@ def inner() -> None:  # runs inside QGIS, with the real iface
                       ("cloud_mask", "Cloud mask"), ("cloudfree", "Cloud-free reference")):
         layer = QgsRasterLayer(str(sample / f"{key}.tif"), name)
         layers[key] = layer
-    for key in ("cloudfree", "landcover", "cloud_mask", "s1", "cloudy"):
+    # The cloud-free reference last (so active), as an analyst loads it: the dialog proposes the cloudy layer and
+    # the SAR over it by its own rules (issue 28), so the picture shows its picks, not the script's.
+    for key in ("cloudy", "s1", "landcover", "cloud_mask", "cloudfree"):
         QgsProject.instance().addMapLayer(layers[key])
-    iface.setActiveLayer(layers["cloudy"])
+    iface.setActiveLayer(layers["cloudfree"])
     iface.mapCanvas().setExtent(layers["cloudy"].extent())
     dlg = plugins["aligncr_qgis"].show_dialog()
     dlg.open_report_in_browser = False
@@ -119,8 +121,9 @@ def inner() -> None:  # runs inside QGIS, with the real iface
     state["dlg"] = dlg
 
     def fill() -> None:
-        dlg.optical_combo.setLayer(layers["cloudy"])
-        dlg.sar_combo.setLayer(layers["s1"])
+        proposed = (dlg.optical_combo.currentLayer(), dlg.sar_combo.currentLayer())
+        names = [lyr.name() if lyr else None for lyr in proposed]
+        say(f"proposed: optical {names[0]}, SAR {names[1]}")
         dlg.landcover_combo.setLayer(layers["landcover"])
         dlg.mask_combo.setLayer(layers["cloud_mask"])
         dlg.only_cloudy_check.setChecked(True)

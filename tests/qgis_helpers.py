@@ -146,3 +146,52 @@ def qgis_env(plugin_path: Path, config_path: Path) -> dict[str, str]:
         ALIGNCR_PYTHON=PYTHON,
     )
     return env
+
+
+def write_scene_optical(path: Path, *, cloud: float = 0.0, bands: int = 4, s2_stack: bool = False, size: int = 64,
+                        shift_m: float = 0.0, date: str | None = None) -> Path:
+    """A vegetated 3 m scene (B, G, R, NIR ≈ 400, 700, 500, 3000 DN with texture) with a bright, flat cloud over the
+    left ``cloud`` share of the columns. ``s2_stack``: 13 Sentinel-2 bands without descriptions, the scene in B2,
+    B3, B4, B8 (bands 2, 3, 4, 8) and a dark coastal band 1 — read as bands 1–4 it shows no cloud."""
+    rng = np.random.default_rng(7)
+    ground = {"B": 400, "G": 700, "R": 500, "NIR": 3000}
+    count = 13 if s2_stack else bands
+    where = {"B": 2, "G": 3, "R": 4, "NIR": 8} if s2_stack else {"B": 1, "G": 2, "R": 3, "NIR": 4}
+    data = np.full((count, size, size), 300, dtype=np.uint16)
+    cols = int(round(cloud * size))
+    for role, band in where.items():
+        layer = ground[role] + rng.integers(-80, 80, size=(size, size))
+        layer[:, :cols] = 7000
+        data[band - 1] = layer.astype(np.uint16)
+    if s2_stack:
+        data[0] = 150  # coastal aerosol: dark even under the cloud
+    transform = from_origin(ORIGIN[0] + shift_m, ORIGIN[1], 3.0, 3.0)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=count, dtype="uint16",
+                       crs=CRS.from_string(UTM), transform=transform) as dst:
+        dst.write(data)
+        if not s2_stack:
+            for i, name in enumerate(("blue", "green", "red", "nir")):
+                dst.set_band_description(i + 1, name)
+        if date:
+            dst.update_tags(TIFFTAG_DATETIME=date)
+    return path
+
+
+def scripted_engine(folder: Path, events: list[dict], *, delay: float = 0.0, result: dict | None = None) -> Path:
+    """A stand-in ``engine`` that prints ``events`` (JSON lines, ``delay`` s apart), copies ``--optical`` to
+    ``--out`` and reports ``result`` (merged into a plain one): what a real run printed, replayed in a second."""
+    pkg = folder / "engine"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(textwrap.dedent(f"""
+        import json, shutil, sys, time
+        args = sys.argv[1:]
+        out = args[args.index("--out") + 1]
+        for event in {events!r}:
+            time.sleep({delay})
+            print(json.dumps(event), flush=True)
+        shutil.copyfile(args[args.index("--optical") + 1], out)
+        print(json.dumps({{"event": "result", "output": out, "seconds": 1.0, "model": "fake", "device": "cpu",
+                           **{result or {}!r}}}), flush=True)
+    """))
+    return folder

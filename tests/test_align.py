@@ -92,6 +92,20 @@ def test_coverage_and_bounds_overlap(tmp_path, optical):
             assert coverage_fraction(s, grid, (1, 2)) == pytest.approx(1.0)
 
 
+def test_missing_where_names_the_uncovered_edges():
+    """Issue 28: a partial coverage warning says where the gap is (and is only given below 98 %)."""
+    from engine.align.reader import missing_where
+
+    covered = np.ones((64, 64), dtype=bool)
+    covered[:, 50:] = False
+    assert missing_where(covered) == "along the east edge"
+    covered[:10, :] = False
+    assert missing_where(covered) == "along the north and east edges"
+    holes = np.ones((64, 64), dtype=bool)
+    holes[30:34, 30:34] = False
+    assert missing_where(holes) == "in gaps inside the image"
+
+
 def test_nan_inf_and_nodata_become_nan(tmp_path, optical):
     transform, w, h = footprint_transform(optical, UTM32N, 10.0)
     data = np.full((2, h, w), -10.0, dtype=np.float32)

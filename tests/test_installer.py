@@ -77,17 +77,61 @@ def test_qgis_python_linux(tmp_path: Path) -> None:
 @pytest.mark.parametrize("platform", ["win32", "darwin", "linux"])
 def test_install_commands(tmp_path: Path, platform: str) -> None:
     plan = InstallPlan(base_python="/q/python3", venv=tmp_path / "venv", platform=platform)
-    (label1, py1, mod1, args1), (label2, py2, mod2, args2) = plan.steps()
+    (label1, py1, mod1, args1), *torch, (label2, py2, mod2, args2) = plan.steps()
     assert (py1, mod1, args1) == ("/q/python3", "venv", ["--system-site-packages", str(tmp_path / "venv")])
     assert py2 == str(venv_python(tmp_path / "venv", platform)) and mod2 == "pip"
     assert args2[0] == "install" and args2[-len(REQUIREMENTS):] == REQUIREMENTS
     cpu_index = "https://download.pytorch.org/whl/cpu"
-    assert (cpu_index in args2) == (platform == "linux")  # PyPI's Linux torch bundles CUDA; elsewhere it is CPU
-    cuda = InstallPlan("/q/python3", tmp_path / "venv", cuda=True, platform=platform).pip_args()
+    assert cpu_index not in args2  # issue 28: never an *extra* index pip may fall back from to PyPI's CUDA build
+    # PyPI's Linux torch bundles CUDA; elsewhere it is CPU: on Linux torch comes first, alone, from the CPU index
+    assert bool(torch) == (platform == "linux") and plan.size_gb == 1.0
+    if torch:
+        (label, _py, module, targs), = torch
+        assert module == "pip" and targs[targs.index("--index-url") + 1] == cpu_index and "--no-deps" in targs
+        assert "--extra-index-url" not in targs and targs[-1] == REQUIREMENTS[0]
+    cuda_plan = InstallPlan("/q/python3", tmp_path / "venv", cuda=True, platform=platform)
+    cuda = cuda_plan.pip_args()
     assert f"https://download.pytorch.org/whl/{CUDA_FLAVOUR}" in cuda and cpu_index not in cuda
+    assert len(cuda_plan.steps()) == 2 and cuda_plan.size_gb == 5.8
     offline = InstallPlan("/q/python3", tmp_path / "venv", wheel_dir="/wheels", cuda=True, platform=platform)
     args = offline.pip_args()
     assert args[args.index("--find-links") + 1] == "/wheels" and "--no-index" in args
     assert not any(a.startswith("https://") for a in args)  # offline: nothing from the network
     chosen = InstallPlan("/my/python", tmp_path / "v", system_site_packages=False, platform=platform)
     assert chosen.venv_args() == [str(tmp_path / "v")]
+
+
+def test_unreachable_cpu_index_is_explained(tmp_path: Path) -> None:
+    from aligncr_qgis.installer import TORCH_STEP, explain_failure
+
+    plan = InstallPlan("/q/python3", tmp_path / "venv", platform="linux", cpu_index="http://127.0.0.1:9/whl/cpu")
+    output = ("WARNING: Retrying (Retry(total=1, connect=None)) after connection broken by 'NewConnectionError(...: "
+              "Failed to establish a new connection: [Errno 111] Connection refused')': /whl/cpu/torch/\n"
+              "ERROR: No matching distribution found for torch>=2.1")
+    text = explain_failure(plan, TORCH_STEP, output)
+    assert text is not None and "http://127.0.0.1:9/whl/cpu" in text and "5.8 GB" in text and "1 GB" in text
+    assert explain_failure(plan, "install the engine's packages", output) is None
+    assert explain_failure(plan, TORCH_STEP, "ERROR: disk full") is None
+
+
+def test_pip_progress_reads_pips_output(tmp_path: Path) -> None:
+    """Issue 28: the bar sat at 10 % for 7 minutes. pip's lines and the bytes of the download under way move it."""
+    from aligncr_qgis.installer import DOWNLOAD_SHARE, PipProgress
+
+    clock = [0.0]
+    progress = PipProgress(300.0, tmp_path, clock=lambda: clock[0])
+    assert progress.line("Collecting torch>=2.1")[0] == 0.0
+    fraction, message = progress.line("  Downloading torch-2.5.1%2Bcpu-cp311-cp311-linux_x86_64.whl (190.0 MB)")
+    assert fraction == 0.0 and "torch-2.5.1" in message and "190.0 MB" in message
+    (tmp_path / "pip-unpack-x").mkdir()
+    (tmp_path / "pip-unpack-x" / "torch.whl").write_bytes(b"0" * 95_000_000)
+    clock[0] = 1.0
+    fraction, message = progress.tick()
+    assert fraction == pytest.approx(DOWNLOAD_SHARE * 95 / 300, abs=0.01) and "95 of 190 MB" in message
+    assert progress.tick() is None  # at most twice a second
+    progress.line("Collecting numpy<2")
+    fraction, _ = progress.line("  Using cached numpy-1.26.4-cp311.whl (18.2 MB)")
+    assert fraction == pytest.approx(DOWNLOAD_SHARE * 208.2 / 300, abs=0.01)
+    assert progress.line("Installing collected packages: numpy, torch")[0] == DOWNLOAD_SHARE
+    assert progress.line("Successfully installed numpy-1.26.4 torch-2.5.1")[0] == 1.0
+    assert progress.line("Requirement already satisfied: tqdm") is None

@@ -4,6 +4,8 @@ the real ``engine finetune`` on the tiny synthetic archive of :mod:`tests.helper
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,20 @@ from tests.qgis_helpers import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 FAST = {"PATCH_SIZE": 16, "MINUTES": 0, "LEARNING_RATE": 1e-3, "VAL_EVERY": 5}
+
+
+@contextmanager
+def finetune_window(qgis_iface, archive: Path, out: Path | str) -> Iterator[tuple[AlignCRDialog, object]]:
+    """The dialog and its *Train on my area…* window, filled with ``archive`` and ``out``; closed after."""
+    d = AlignCRDialog(qgis_iface)
+    try:
+        win = d.open_finetune()
+        win.archive_widget.setFilePath(str(archive))
+        win.output_widget.setFilePath(str(out))
+        yield d, win
+        win.close()
+    finally:
+        close_dialog(d)
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +114,8 @@ def test_dialog_train_on_my_area_runs_and_selects_the_weights(project, qgis_ifac
 
 
 def test_dialog_cancel_says_what_was_kept(project, qgis_iface, archive: Path, tmp_path: Path) -> None:
-    d = AlignCRDialog(qgis_iface)
-    try:
-        win = d.open_finetune()
-        win.archive_widget.setFilePath(str(archive))
-        out = tmp_path / "c.safetensors"
-        win.output_widget.setFilePath(str(out))
+    out = tmp_path / "c.safetensors"
+    with finetune_window(qgis_iface, archive, out) as (d, win):
         win.patch_spin.setValue(16)
         win.steps_spin.setValue(2000)
         win.start()
@@ -117,6 +129,43 @@ def test_dialog_cancel_says_what_was_kept(project, qgis_iface, archive: Path, tm
             assert d.model_combo.currentData() == ("weights", str(out))
         else:
             assert text == "Cancelled before any weights were written."
-        win.close()
-    finally:
-        close_dialog(d)
+
+
+def test_window_has_the_archive_settings_with_tooltips(project, qgis_iface, archive: Path) -> None:
+    """Issue 28, item 8: pair days, Sentinel-1 days, held-out block and share are fields; the patch size is chosen
+    from the archive (a fixed 256 px failed on a small one); every field and button says what it does."""
+    from qgis.gui import QgsFileWidget
+    from qgis.PyQt.QtWidgets import QAbstractButton, QAbstractSpinBox, QLineEdit
+
+    with finetune_window(qgis_iface, archive, "mine.safetensors") as (_d, win):
+        widgets = {name: w for name, w in vars(win).items()
+                   if isinstance(w, (QAbstractSpinBox, QAbstractButton, QLineEdit, QgsFileWidget))}
+        assert {"pair_days_spin", "sar_days_spin", "block_spin", "val_spin", "patch_spin"} <= set(widgets)
+        assert [name for name, w in widgets.items() if not w.toolTip().strip()] == []
+        assert win.patch_spin.value() == 0 and win.patch_spin.specialValueText().startswith("auto")
+        win.pair_days_spin.setValue(90)
+        win.sar_days_spin.setValue(12)
+        win.block_spin.setValue(2)
+        args = win.request().to_args()
+        pairs = dict(zip(args, args[1:]))
+        assert (pairs["--pair-days"], pairs["--sar-max-days"], pairs["--block-cells"]) == ("90", "12", "2")
+        assert pairs["--patch-size"] == "16"  # 64-px scenes: 16-px patches make 2×2 blocks of 2×2 patches
+
+
+def test_window_errors_speak_in_field_names(project, qgis_iface, archive: Path, tmp_path: Path) -> None:
+    """The engine's "lower --patch-size" reaches the window as the field's name."""
+    with finetune_window(qgis_iface, archive, tmp_path / "big.safetensors") as (_d, win):
+        win.patch_spin.setValue(256)
+        assert win.start() is not None
+        assert wait_for(lambda: win.task is None, 300)
+        text = win.status_label.text()
+        assert text.startswith("Failed:") and "lower 'Patch size'" in text and "--" not in text, text
+
+
+def test_processing_errors_name_parameters(project, processing_provider, archive: Path, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="lower 'PATCH_SIZE'"):
+        processing.run("aligncr:finetune", {"ARCHIVE": str(archive), "OUTPUT": str(tmp_path / "o.safetensors"),
+                                            "STEPS": 5, **FAST, "PATCH_SIZE": 256})

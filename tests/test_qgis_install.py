@@ -36,7 +36,16 @@ def test_install_engine_offline_then_decloud(project: QgsProject, qgis_iface, tm
     try:
         plan = InstallPlan(base_python=qgis_python(), venv=tmp_path / "venv", wheel_dir=WHEELS)
         assert dlg.install_engine(plan) is not None
+        seen: list[tuple[int, str]] = []
+        window = dlg.install_progress
+        window.progress.valueChanged.connect(lambda v: seen.append((v, window.step_label.text())))
         assert wait_for(lambda: dlg.install_task is None, 900), "the install did not finish"
+        # Issue 28: pip's stdout in the window as it comes, and a bar that moves with the wheels it unpacks.
+        log = window.log.toPlainText()
+        assert "Processing " in log and "Installing collected packages" in log and "Successfully installed" in log
+        during_pip = {v for v, text in seen if "install the engine's packages" in text and v < 100}
+        assert len(during_pip) >= 5 and any(" MB" in text for _, text in seen), seen
+        assert [v for v, _ in seen] == sorted(v for v, _ in seen) and not plan.pip_tmp.exists()
         assert dlg.python_widget.filePath() == str(tmp_path / "venv" / "bin" / "python"), dlg.status_label.text()
         assert wait_for(lambda: dlg.env_task is None, 300)  # the environment check that follows the install
         assert dlg.settings.env_cache.get("ok") is True, dlg.settings.env_cache
@@ -54,6 +63,38 @@ def test_install_engine_offline_then_decloud(project: QgsProject, qgis_iface, tm
         assert wait_for(lambda: bool(finished), 300) and finished == [True], dlg.status_label.text()
         assert (tmp_path / "out.tif").is_file()
     finally:
+        close_dialog(dlg)
+
+
+def test_unreachable_cpu_index_stops_the_install_and_says_why(project: QgsProject, qgis_iface, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28: with PyTorch's CPU index unreachable, pip fell back to PyPI's CUDA build (a 5.8 GB venv). Now the
+    install stops at the PyTorch step — nothing else is fetched — and says why, with the size of the alternative.
+    The index is a closed port on this machine; pip's own configuration is left out (this machine's points at a
+    local wheel mirror that would otherwise answer)."""
+    for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    dlg = AlignCRDialog(qgis_iface)
+    before = dlg.python_widget.filePath()
+    try:
+        plan = InstallPlan(base_python=qgis_python(), venv=tmp_path / "venv", platform="linux",
+                           cpu_index="http://127.0.0.1:9/whl/cpu")
+        assert dlg.install_engine(plan) is not None
+        window = dlg.install_progress
+        assert wait_for(lambda: dlg.install_task is None, 300), "the install did not end"
+        text = window.step_label.text()
+        assert text.startswith("Failed: PyTorch's CPU index (http://127.0.0.1:9/whl/cpu) could not be reached"), text
+        assert "about 5.8 GB instead of about 1 GB" in text
+        assert any("could not be reached" in item.text() for item in dlg.bar.items())
+        log = window.log.toPlainText()
+        assert log.count("-m pip install") == 1 and "--index-url http://127.0.0.1:9/whl/cpu" in log, log
+        assert "rasterio" not in log  # the step that would reach PyPI never ran
+        assert not list((tmp_path / "venv").glob("lib/python*/site-packages/torch"))
+        assert dlg.python_widget.filePath() == before and not plan.pip_tmp.exists()
+    finally:
+        if dlg.install_progress is not None:
+            dlg.install_progress.close()
         close_dialog(dlg)
 
 

@@ -34,10 +34,10 @@ def test_run_request_args_follow_the_cli_contract() -> None:
                      overlap=16, batch=2, cog=True, bands=(3, 2, 1, 4), sar_bands=(2, 1), sar_units="db",
                      report="rep")
     args = req.to_args()
-    a = os.path.abspath  # the engine runs in the plugin's folder: file names go absolute (issue 25)
-    assert args[:7] == ["run", "--optical", a("o.tif"), "--sar", a("s.tif"), "--out", a("x.tif")]
+    here = os.path.abspath  # issue 28: every path absolute against the caller's folder (the engine runs elsewhere)
+    assert args[:7] == ["run", "--optical", here("o.tif"), "--sar", here("s.tif"), "--out", here("x.tif")]
     pairs = dict(zip(args[7::], args[8::]))
-    assert pairs["--mask"] == a("m.tif") and pairs["--model"] == "identity" and pairs["--report"] == a("rep")
+    assert pairs["--mask"] == here("m.tif") and pairs["--model"] == "identity" and pairs["--report"] == here("rep")
     assert pairs["--bands"] == "3,2,1,4" and pairs["--sar-bands"] == "2,1" and pairs["--sar-units"] == "db"
     assert pairs["--tile"] == "128" and "--cog" in args and "--landcover" not in args and "--weights" not in args
     # The real engine's parser accepts exactly these flags.

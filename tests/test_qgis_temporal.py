@@ -144,7 +144,8 @@ def test_command_line_carries_the_extra_dates(project, dlg: AlignCRDialog, scene
     half = add_layer(project, write_dated(tmp_path / "half.tif", 1000, DATES[0], shift=SIZE * 3.0 / 2), "half")
     dlg.extra_combos["optical_prev"].setLayer(half)
     levels = {i.message.split(";")[0]: i.level for i in dlg.last_check.issues}
-    assert levels.get("Optical before (t−1) layer covers only 50.0 % of the optical area") == "warning", levels
+    assert levels.get("Optical before (t−1) layer covers only 50.0 % of the optical area, missing along the west "
+                      "edge") == "warning", levels
     dlg.extra_combos["optical_prev"].setLayer(layers["prev"])
     assert not any("Optical before" in m for m in dlg.issue_messages())
 

@@ -72,7 +72,9 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"{name}: {exc}") from None
 
     def run_engine(self, args: list[str], feedback: QgsProcessingFeedback | None,
-                   progress_json: bool = True) -> EngineOutcome:
+                   progress_json: bool = True, stages: Any = None) -> EngineOutcome:
+        """Run the engine with ``args``; ``stages`` (a :class:`~aligncr_qgis.run_progress.RunProgress`) spreads
+        the child's per-stage progress over the one bar, as the dialog does."""
         feedback = feedback or QgsProcessingFeedback()
         root = engine_root()
         if root is None:
@@ -80,6 +82,8 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         python = resolve_python(_saved_python())
 
         def on_progress(fraction: float, message: str) -> None:
+            if stages is not None:
+                fraction, message = stages.update(fraction, message)
             feedback.setProgress(100.0 * fraction)
             if message:
                 feedback.setProgressText(message)

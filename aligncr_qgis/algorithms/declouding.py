@@ -17,6 +17,7 @@ the other models).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -35,12 +36,22 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
-from aligncr_qgis.layers import bounds_argument, metric_problem
+from aligncr_qgis.layers import (
+    OPTICAL_ROLES,
+    LayerError,
+    band_descriptions,
+    bounds_argument,
+    guess_bands,
+    metric_problem,
+)
 from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
-from aligncr_qgis.run_options import OPTIONS, Option, RunCommand
+from aligncr_qgis.npy_mask import is_npy, npy_mask_to_geotiff
+from aligncr_qgis.run_options import OPTIONS, Option, RunCommand, absolute_name
+from aligncr_qgis.run_progress import RunProgress
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
 
@@ -110,7 +121,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
             "'Replace only the cloud' keeps every clear pixel exactly as the input and blends the model's output "
             "into it over the feather width beyond the cloud (advanced); the cloud is the cloud mask's, or without "
-            "one the clouds detected on the optical image (bright, flat pixels; a real mask is better).\n"
+            "one the clouds detected on the optical image (bright, flat pixels; a real mask is better). The cloud mask "
+            "may also be a NumPy .npy array of the optical's height × width (M3R-CR's masks; non-zero = cloud).\n"
             "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
             "elevation raster in metres, any CRS (reprojected bilinearly).\n"
             "The confidence layer is the spread of the model's output over test-time flips and 90° rotations of the "
@@ -163,12 +175,56 @@ class DecloudingAlgorithm(EngineAlgorithm):
     def _model_name(self, parameters: dict[str, Any], context: QgsProcessingContext,
                     weights: str | None) -> str | None:
         """The engine's ``--model``: none with a weights file (its card names the model) or for ``default``."""
-        name = self.parameterAsEnumString(parameters, self.MODEL, context)
+        name = self.parameterAsEnumString(self._model_by_name(parameters), self.MODEL, context)
         return None if weights or name in ("", DEFAULT) else name
+
+    def _model_by_name(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``MODEL=1`` as ``MODEL=aligncr``: ``qgis_process help`` lists the models by number, so a number is taken
+        as well as a name (issue 28: it was refused); the value stays a name for saved models and scripts."""
+        value = parameters.get(self.MODEL)
+        options = self.parameterDefinition(self.MODEL).options()
+        if isinstance(value, (int, str)) and str(value).strip().isdigit() and int(value) < len(options):
+            return {**parameters, self.MODEL: options[int(value)]}
+        return parameters
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """QGIS's checks, with MODEL by number and an ``.npy`` MASK (no layer QGIS can load) let through."""
+        checked = self._model_by_name(parameters)
+        if is_npy(checked.get("MASK")):
+            checked = {**checked, "MASK": None}
+        return super().checkParameterValues(checked, context)
+
+    def _npy_mask(self, parameters: dict[str, Any], optical: str, feedback: QgsProcessingFeedback) -> str | None:
+        """An ``.npy`` MASK (M3R-CR's) written as a GeoTIFF on the optical grid for the engine; None otherwise."""
+        npy = parameters.get("MASK")
+        if not is_npy(npy):
+            return None
+        out = QgsProcessingUtils.generateTempFilename(f"{Path(str(npy)).stem}_mask.tif")
+        try:
+            npy_mask_to_geotiff(absolute_name(str(npy)), optical, out)
+        except LayerError as exc:
+            raise QgsProcessingException(tr("MASK: {0}").format(exc)) from None
+        feedback.pushInfo(tr("MASK {0} written on the optical grid as {1}").format(npy, out))
+        return out
 
     def _bands(self, parameters: dict[str, Any], names: tuple[str, ...], context: QgsProcessingContext) -> tuple:
         """Band numbers, the natural order 1, 2, … where a band was left unset."""
         return tuple(self.parameterAsInt(parameters, n, context) or i + 1 for i, n in enumerate(names))
+
+    def _optical_bands(self, parameters: dict[str, Any], context: QgsProcessingContext, layer: Any,
+                       feedback: QgsProcessingFeedback) -> tuple:
+        """The optical B, G, R, NIR: as given; with none given, what the dialog proposes — from the band names, or
+        B2, B3, B4, B8 of a 12/13-band Sentinel-2 stack (issue 28: it was read as coastal, blue, green, red)."""
+        if layer is None or any(parameters.get(n) not in (None, "") for n in self.BANDS):
+            return self._bands(parameters, self.BANDS, context)
+        guess = guess_bands(band_descriptions(layer), OPTICAL_ROLES)
+        bands = tuple(guess[r] for r in OPTICAL_ROLES)
+        if bands != (1, 2, 3, 4):
+            feedback.pushInfo(tr("B, G, R, NIR = bands {0}: from the band names, or B2, B3, B4, B8 of a {1}-band "
+                                 "Sentinel-2 stack (give BAND_B … to choose others)")
+                              .format(", ".join(map(str, bands)), layer.bandCount()))
+        return bands
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -183,18 +239,21 @@ class DecloudingAlgorithm(EngineAlgorithm):
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         extent = (self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
                   if parameters.get(self.EXTENT) and optical_layer is not None else None)  # fmt: skip
+        values = self._option_values(parameters, context)
+        values["mask"] = self._npy_mask(parameters, values["optical"], feedback) or values["mask"]
         req = RunCommand(
-            **self._option_values(parameters, context),
+            **values,
             out=out, qa=qa, confidence=confidence, weights=weights,
             report=self.parameterAsString(parameters, self.REPORT, context) or None,
             model=self._model_name(parameters, context, weights),
-            bands=self._bands(parameters, self.BANDS, context),
+            bands=self._optical_bands(parameters, context, optical_layer, feedback),
             sar_bands=self._bands(parameters, self.SAR_BANDS, context),
             bounds=bounds_argument(extent) if extent is not None else None,
         )  # fmt: skip
         if extent is not None:
             feedback.pushInfo(f"processing extent {extent.toString(2)}")
-        result = self.run_engine(req.to_args(), feedback).result
+        pixels = optical_layer.width() * optical_layer.height() if optical_layer is not None else 0
+        result = self.run_engine(req.to_args(), feedback, stages=RunProgress.for_command(req, pixels)).result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
         if result.get("scene_check"):
             feedback.pushInfo(result["scene_check"])

@@ -20,6 +20,7 @@ from qgis.core import (
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
+from aligncr_qgis.run_options import absolute_name
 
 
 class EvaluateAlgorithm(EngineAlgorithm):
@@ -58,7 +59,7 @@ class EvaluateAlgorithm(EngineAlgorithm):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.parameterAsString(parameters, self.OUTPUT, context)
+        out = absolute_name(self.parameterAsString(parameters, self.OUTPUT, context))
         args = [
             "evaluate",
             "--optical", str(self.raster_path(parameters, self.OPTICAL, context)),

@@ -26,13 +26,20 @@ from qgis.core import (
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
-from aligncr_qgis.finetune_request import DEFAULT_BASE, FinetuneRequest, kept_weights, outcome_text
+from aligncr_qgis.finetune_request import (
+    AUTO_PATCH,
+    DEFAULT_BASE,
+    FinetuneRequest,
+    in_words,
+    kept_weights,
+    outcome_text,
+)
 
 
 class FinetuneAlgorithm(EngineAlgorithm):
     ARCHIVE, BASE, MINUTES, STEPS, OUTPUT = "ARCHIVE", "BASE", "MINUTES", "STEPS", "OUTPUT"
     PATCH, VAL, PAIR_DAYS, SAR_DAYS, DEVICE = "PATCH_SIZE", "VAL_FRACTION", "PAIR_DAYS", "SAR_MAX_DAYS", "DEVICE"
-    LR, VAL_EVERY = "LEARNING_RATE", "VAL_EVERY"
+    LR, VAL_EVERY, BLOCK = "LEARNING_RATE", "VAL_EVERY", "BLOCK_CELLS"
     BEST_STEP, SUMMARY = "BEST_STEP", "SUMMARY"
 
     def name(self) -> str:
@@ -63,8 +70,10 @@ class FinetuneAlgorithm(EngineAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.STEPS, tr("Step budget (0 = time only)"),
                                                        QgsProcessingParameterNumber.Type.Integer, 0, minValue=0))
         advanced = [
-            QgsProcessingParameterNumber(self.PATCH, tr("Patch size (pixels)"),
-                                         QgsProcessingParameterNumber.Type.Integer, 256, minValue=16),
+            QgsProcessingParameterNumber(self.PATCH, tr("Patch size (pixels; 0 = chosen from the archive)"),
+                                         QgsProcessingParameterNumber.Type.Integer, AUTO_PATCH, minValue=0),
+            QgsProcessingParameterNumber(self.BLOCK, tr("Held-out block side (patches)"),
+                                         QgsProcessingParameterNumber.Type.Integer, 2, minValue=1),
             QgsProcessingParameterNumber(self.VAL, tr("Share of blocks held out for validation"),
                                          QgsProcessingParameterNumber.Type.Double, 0.25, minValue=0.01, maxValue=0.9),
             QgsProcessingParameterNumber(self.PAIR_DAYS, tr("Real pairs: clear image within (days)"),
@@ -99,17 +108,21 @@ class FinetuneAlgorithm(EngineAlgorithm):
             device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
             lr=self.parameterAsDouble(parameters, self.LR, context),
             val_every=self.parameterAsInt(parameters, self.VAL_EVERY, context),
+            block_cells=self.parameterAsInt(parameters, self.BLOCK, context),
         )
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         req = self._request(parameters, context)
+        why = req.choose_patch()
+        if why:
+            feedback.pushInfo(tr("PATCH_SIZE {0}").format(why))
         started = time.time()
         try:
             outcome = self.run_engine(req.to_args(), feedback)
-        except QgsProcessingException:
+        except QgsProcessingException as exc:
             if not feedback.isCanceled():
-                raise
+                raise QgsProcessingException(in_words(str(exc), processing=True)) from None
             kept = kept_weights(req.out, started)
             raise QgsProcessingException(tr("Cancelled; {0}").format(kept) if kept else
                                          tr("Cancelled before any weights were written")) from None

@@ -14,6 +14,7 @@ from qgis.core import (
 )
 
 from aligncr_qgis.algorithms.base import EngineAlgorithm, tr
+from aligncr_qgis.run_options import absolute_name
 from aligncr_qgis.styling import style_ndvi
 
 
@@ -54,8 +55,8 @@ class NdviAlgorithm(EngineAlgorithm):
         nir = self.parameterAsInt(parameters, self.BAND_NIR, context) or 4
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         # The engine's --bands is B,G,R,NIR; only R and NIR enter NDVI, B and G are placeholders.
-        self.run_engine(["ndvi", "--optical", str(src), "--out", out, "--bands", f"1,1,{red},{nir}"], feedback,
-                        progress_json=False)
+        self.run_engine(["ndvi", "--optical", str(src), "--out", absolute_name(out), "--bands", f"1,1,{red},{nir}"],
+                        feedback, progress_json=False)
         if context.willLoadLayerOnCompletion(out):
             context.layerToLoadOnCompletionDetails(out).setPostProcessor(self._styler)
         return {self.OUTPUT: out}

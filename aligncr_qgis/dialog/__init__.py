@@ -11,7 +11,8 @@ One module per panel, composed here as mixins of the one dialog class — so eac
 widget stays an attribute of the dialog (tests and the screenshot script drive them by name) and the panels share
 its state (the chosen model decides which inputs show; every panel feeds the run): :mod:`.inputs` (layers, bands,
 extra dates, DEM), :mod:`.model` (model list, card, adaptation), :mod:`.processing` (device, tiling, extent, Python
-environment), :mod:`.outputs` (products, *Run*, results), :mod:`.reproject` (the UTM offer). This module lays them
+environment), :mod:`.outputs` (products, *Run*, results), :mod:`.reproject` (the UTM offer), :mod:`.defaults`
+(the line naming the remembered settings that differ from the defaults, *Restore defaults*). This module lays them
 out, wires their signals, keeps the settings and runs the live check that enables *Run*.
 """
 
@@ -35,12 +36,14 @@ from qgis.PyQt.QtGui import QDesktopServices, QIcon
 from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QSizePolicy, QVBoxLayout, QWidget
 
 from aligncr_qgis import layers as L
+from aligncr_qgis.dialog.defaults import DefaultsLine
 from aligncr_qgis.dialog.inputs import InputsPanel
 from aligncr_qgis.dialog.model import ModelPanel
 from aligncr_qgis.dialog.outputs import OutputsPanel
 from aligncr_qgis.dialog.processing import EXTENT_DRAWN, ProcessingPanel
 from aligncr_qgis.dialog.reproject import ReprojectOffer
 from aligncr_qgis.install_progress import InstallProgressDialog
+from aligncr_qgis.layer_pick import LayerPicker
 from aligncr_qgis.model_cards import TemporalInfo
 from aligncr_qgis.paths import help_url, icon_path, resolve_python
 from aligncr_qgis.run_options import InputError, check_options
@@ -48,7 +51,7 @@ from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.task import LOG_TAG, EngineTask
 
 
-class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, ReprojectOffer, QDialog):
+class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, ReprojectOffer, DefaultsLine, QDialog):
     """Align-CR cloud removal dialog. ``iface`` may be a test stub; only its map canvas and message bar are used."""
 
     runFinished = pyqtSignal(bool)  # noqa: N815 - Qt signal naming; emitted after results are loaded
@@ -75,6 +78,9 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.model_arch = ""
         self.model_entries: dict[str, dict[str, Any]] = {}  # registry name → its models --json-shaped entry
         self.auto_output = ""  # the output path the dialog proposed; it follows the optical until the user edits it
+        self.picker = LayerPicker()  # proposes the cloudy optical and the SAR layer (cloud fractions cached)
+        self.user_picked = {"optical": False, "sar": False}  # a picker the user changed keeps its choice
+        self._picking = False  # True while the dialog itself sets a picker
         self.setWindowTitle(self.tr("Align-CR — SAR-guided cloud removal"))
         if icon_path():
             self.setWindowIcon(QIcon(icon_path()))
@@ -123,13 +129,19 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         root = QVBoxLayout(self)
         root.addWidget(self.bar)
         root.addLayout(columns)
+        root.addLayout(self._build_defaults_row())
         root.addWidget(self.progress)
+        root.addWidget(self.result_label)
         root.addLayout(buttons)
         self.resize(1060, 560)
 
     def _connect(self) -> None:
         """Wire the panels' signals to their reactions and to the live check; done after the settings are restored
         and the default layers picked (the constructor then runs each reaction once itself)."""
+        # bound methods, not lambdas: PyQt drops them with the dialog (a lambda outlived it and crashed QGIS when the
+        # project's layers were removed after the dialog was deleted)
+        self.optical_combo.layerChanged.connect(self._optical_picked)
+        self.sar_combo.layerChanged.connect(self._sar_picked)
         self.optical_combo.layerChanged.connect(self._on_optical_changed)
         QgsProject.instance().layersAdded.connect(self._on_layers_added)
         self.sar_combo.layerChanged.connect(self._on_sar_changed)
@@ -146,6 +158,13 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.output_widget.fileChanged.connect(self.validate)
         for spin in (self.tile_spin, self.overlap_spin, self.batch_spin, self.feather_spin):
             spin.valueChanged.connect(self.validate)
+        for box in (self.scene_check_check, self.colour_anchor_check, self.report_check, self.qa_check,
+                    self.confidence_check, self.ndvi_check, self.cog_check, self.add_to_map_check,
+                    self.style_optical_check):
+            box.toggled.connect(self._update_defaults_line)
+        self.adapt_spin.valueChanged.connect(self._update_defaults_line)
+        self.units_combo.currentIndexChanged.connect(self._update_defaults_line)
+        self.device_combo.currentIndexChanged.connect(self._update_defaults_line)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.env_button.clicked.connect(self.check_environment)
         self.install_button.clicked.connect(lambda: self.install_engine())
@@ -169,7 +188,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.colour_anchor_check.setChecked(s.colour_anchor)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
-        self.style_inputs_check.setChecked(s.style_inputs)
+        self.style_optical_check.setChecked(s.style_optical)
         self.ndvi_check.setChecked(s.make_ndvi)
         self.report_check.setChecked(s.write_report)
         self.cog_check.setChecked(s.cog)
@@ -197,7 +216,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         kind, value = self.model_combo.currentData() or ("registry", "identity")
         s.model = value if kind in ("registry", "weights") else s.model
         s.add_to_map = self.add_to_map_check.isChecked()
-        s.style_inputs = self.style_inputs_check.isChecked()
+        s.style_optical = self.style_optical_check.isChecked()
         s.make_ndvi = self.ndvi_check.isChecked()
         s.write_report = self.report_check.isChecked()
         s.cog = self.cog_check.isChecked()
@@ -220,6 +239,8 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
                       .format(value))
         if self.extent_combo.currentData() == EXTENT_DRAWN and self.drawn_extent is None:
             res.error(self.tr("Draw the processing rectangle on the map (Draw…), or choose another extent."))
+        self._check_cloudiness(res)
+        self._check_weights_area(res)
         self._check_extra_dates(res)
         self._check_dem(res)
         self._check_options(res)
@@ -239,6 +260,7 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
             lines.append("<span style='color:#1a7f37'>✔ Ready to run.</span>")
         self.issues_label.setText("<br>".join(lines))
         self.reproject_button.setVisible(res.geographic_crs)
+        self._update_defaults_line()
         running = self.task is not None
         self.run_button.setEnabled(res.ok and not running)
         return res

@@ -12,16 +12,30 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, QgsRasterLayer
 from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
-from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QWidget
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
 
 from aligncr_qgis import layers as L
 from aligncr_qgis.dialog.widgets import option_spin
+from aligncr_qgis.layer_pick import pick_sar
 from aligncr_qgis.model_cards import temporal_info
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
+from aligncr_qgis.npy_mask import npy_mask_to_geotiff
 from aligncr_qgis.run_options import choice_items
 
 # The extra dates of temporal models: engine option (``optical_prev`` → ``--optical-prev`` …) → dialog label.
@@ -57,9 +71,10 @@ class InputsPanel:
         inputs = QGroupBox(self.tr("Inputs"), self)
         form = QFormLayout(inputs)
         self.optical_combo = self._raster_combo(False)
-        self.optical_combo.setToolTip(self.tr("The cloudy optical image: 4 bands or more (B, G, R, NIR), a CRS "
-                                              "projected in metres"))
-        form.addRow(self.tr("Cloudy optical (PlanetScope)"), self.optical_combo)
+        self.optical_combo.setToolTip(self.tr("The cloudy optical image (PlanetScope, Sentinel-2, …): 4 bands or more "
+                                              "(B, G, R, NIR), a CRS projected in metres. Proposed: the cloudiest "
+                                              "4+-band layer over a SAR layer"))
+        form.addRow(self.tr("Cloudy optical"), self.optical_combo)
         band_row = QHBoxLayout()
         self.optical_band_combos: dict[str, QgsRasterBandComboBox] = {}
         for role in L.OPTICAL_ROLES:
@@ -71,7 +86,8 @@ class InputsPanel:
         form.addRow(self.tr("Bands"), band_row)
         self.sar_combo = self._raster_combo(False)
         self.sar_combo.setToolTip(self.tr("Sentinel-1 GRD image of the same place (VV and VH), any CRS: the engine "
-                                          "reprojects it onto the optical grid"))
+                                          "reprojects it onto the optical grid. Proposed: the 2-band layer covering "
+                                          "most of the optical layer (nearest date on a tie)"))
         self.sar_label = QLabel(self.tr("Sentinel-1 SAR"), self)
         form.addRow(self.sar_label, self.sar_combo)
         sar_row = QHBoxLayout()
@@ -96,7 +112,15 @@ class InputsPanel:
         self.mask_combo = self._raster_combo(True)
         self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
                                            "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
-        form.addRow(self.tr("Cloud mask (optional)"), self.mask_combo)
+        mask_row = QHBoxLayout()
+        mask_row.addWidget(self.mask_combo, 1)
+        self.mask_npy_button = QPushButton(self.tr("From .npy…"), self)
+        self.mask_npy_button.setToolTip(self.tr("Load a NumPy .npy cloud mask of the optical's height × width (as "
+                                                "M3R-CR ships them; non-zero = cloud): it is saved as a GeoTIFF on "
+                                                "the optical grid beside the .npy and chosen here"))
+        self.mask_npy_button.clicked.connect(self._browse_npy_mask)
+        mask_row.addWidget(self.mask_npy_button)
+        form.addRow(self.tr("Cloud mask (optional)"), mask_row)
         keep_row = QHBoxLayout()
         self.only_cloudy_check = QCheckBox(self.tr("Replace only the cloud, keep clear pixels"), self)
         self.only_cloudy_check.setToolTip(
@@ -153,6 +177,7 @@ class InputsPanel:
 
     def _on_optical_changed(self, *_: Any) -> None:
         layer = self.optical_combo.currentLayer()
+        self._pick_sar()  # the SAR follows the optical layer until the user picks one
         guess = L.guess_bands(L.band_descriptions(layer), L.OPTICAL_ROLES) if layer else {}
         for role, combo in self.optical_band_combos.items():
             combo.setLayer(layer)
@@ -180,22 +205,73 @@ class InputsPanel:
             self._on_sar_changed()
 
     def pick_default_layers(self) -> None:
-        """Optical: the active layer when it has ≥ 4 bands, else the first layer that has; SAR: a 2-band layer
-        (issue 16: the 2-band S1 was picked as the optical). A choice that already fits is kept."""
-        layers = [self.optical_combo.layer(i) for i in range(self.optical_combo.count())]
-        rasters = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer)]
-        current = self.optical_combo.currentLayer()
-        if current is None or current.bandCount() < 4:
-            active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
-            fits = [active] if isinstance(active, QgsRasterLayer) and active.bandCount() >= 4 else []
-            chosen = next(iter(fits + [lyr for lyr in rasters if lyr.bandCount() >= 4]), None)
-            if chosen is not None:
-                self.optical_combo.setLayer(chosen)
-        sar = self.sar_combo.currentLayer()
-        if sar is None or sar.bandCount() != 2:
-            chosen = next((lyr for lyr in rasters if lyr.bandCount() == 2), None)
-            if chosen is not None:
+        """Propose the cloudy optical and the SAR layer by the rules of :mod:`aligncr_qgis.layer_pick` (the cloudiest
+        4+-band layer over a SAR layer; the SAR covering most of it) — unless the user chose one in its picker."""
+        rasters = self._project_rasters()
+        self._picking = True
+        try:
+            if not self.user_picked["optical"]:
+                active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+                chosen = self.picker.optical(rasters, active if isinstance(active, QgsRasterLayer) else None)
+                if chosen is not None and chosen != self.optical_combo.currentLayer():
+                    self.optical_combo.setLayer(chosen)
+            self._pick_sar(rasters)
+        finally:
+            self._picking = False
+
+    def _pick_sar(self, rasters: list[QgsRasterLayer] | None = None) -> None:
+        """The SAR layer covering most of the chosen optical one, unless the user chose one."""
+        if self.user_picked["sar"]:
+            return
+        chosen = pick_sar(rasters if rasters is not None else self._project_rasters(),
+                          self.optical_combo.currentLayer())
+        if chosen is not None and chosen != self.sar_combo.currentLayer():
+            was, self._picking = self._picking, True
+            try:
                 self.sar_combo.setLayer(chosen)
+            finally:
+                self._picking = was
+
+    def _project_rasters(self) -> list[QgsRasterLayer]:
+        """The raster layers the pickers list, in their order."""
+        layers = [self.optical_combo.layer(i) for i in range(self.optical_combo.count())]
+        return [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer)]
+
+    def _picked_by_user(self, role: str) -> None:
+        """A picker changed by the user (not by :meth:`pick_default_layers`) keeps its choice from then on."""
+        if not self._picking:
+            self.user_picked[role] = True
+
+    def _optical_picked(self, *_: Any) -> None:
+        self._picked_by_user("optical")
+
+    def _sar_picked(self, *_: Any) -> None:
+        self._picked_by_user("sar")
+
+    def _browse_npy_mask(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, self.tr("Cloud mask (.npy)"), "", "NumPy arrays (*.npy)")
+        if path:
+            self.load_npy_mask(path)
+
+    def load_npy_mask(self, npy: str) -> QgsRasterLayer | None:
+        """An ``.npy`` cloud mask as a GeoTIFF on the optical grid (beside it, else in QGIS's temporary folder),
+        added to the project and chosen as the mask; a wrong shape is an error in the message bar."""
+        optical = self.optical_combo.currentLayer()
+        if optical is None:
+            self._error(self.tr("Choose the cloudy optical layer first: a .npy mask takes its grid."))
+            return None
+        folder = os.path.dirname(os.path.abspath(npy))
+        out = os.path.join(folder if writable(folder) else QgsProcessingUtils.tempFolder(),
+                           f"{Path(npy).stem}_mask.tif")
+        try:
+            npy_mask_to_geotiff(npy, L.layer_path(optical), out)
+        except L.LayerError as exc:
+            self._error(str(exc))
+            return None
+        layer = QgsRasterLayer(out, f"{Path(npy).stem} (cloud mask)")
+        QgsProject.instance().addMapLayer(layer)
+        self.mask_combo.setLayer(layer)
+        return layer
 
     def _on_only_cloudy_toggled(self, *_: Any) -> None:
         """The feather only means something when only-cloudy is on."""
@@ -255,6 +331,16 @@ class InputsPanel:
             sar_required=self.uses_sar,
         )
 
+    def _check_cloudiness(self, res: L.CheckResult) -> None:
+        """A cloud-free-looking optical layer while a cloudier one is loaded: the reference chosen as the cloudy
+        image, most likely (issue 28) — a warning, as the user may mean it."""
+        layer = self.optical_combo.currentLayer()
+        clear = self.picker.looks_clear_beside_cloudier(layer, self._project_rasters()) if layer else None
+        if clear is not None:
+            res.warning(self.tr("Optical layer '{0}' looks cloud-free ({1:.1f} % cloud in a quick thumbnail check) "
+                                "while a cloudier layer is loaded: is it the cloud-free reference?")
+                        .format(layer.name(), clear))
+
     def _check_extra_dates(self, res: L.CheckResult) -> None:
         info = self.temporal
         if info is None:
@@ -295,11 +381,12 @@ class InputsPanel:
         if opt is None or not opt.crs().isValid():
             return
         pct = L.overlap_percent(opt, layer)
+        partial = L.partial_cover(opt, layer, pct)
         if pct <= 0.0:
             res.error(self.tr("{0} layer does not overlap the optical layer (0 % overlap).").format(label))
-        elif pct < 99.5:
-            res.warning(self.tr("{0} layer covers only {1:.1f} % of the optical area; pixels without {2} are left "
-                                "as the input.").format(label, pct, without))
+        elif partial:
+            res.warning(self.tr("{0} layer {1}; pixels without {2} are left as the input.")
+                        .format(label, partial, without))
 
     def extra_dates(self) -> dict[str, str]:
         """The extra rasters (paths) and typed dates the chosen temporal model uses, by run option name."""

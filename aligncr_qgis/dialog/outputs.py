@@ -20,9 +20,11 @@ from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QGridLayout, QGroupBox, 
 
 from aligncr_qgis import layers as L
 from aligncr_qgis.dialog.widgets import AUTO_ADAPT
+from aligncr_qgis.layer_pick import RESULT_PROPERTY
 from aligncr_qgis.paths import engine_root
 from aligncr_qgis.run_options import RunCommand
-from aligncr_qgis.styling import style_confidence, style_like, style_ndvi, style_qa, style_rgb
+from aligncr_qgis.run_progress import RunProgress
+from aligncr_qgis.styling import restyle_like, style_confidence, style_ndvi, style_qa, style_rgb
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 
@@ -57,12 +59,13 @@ class OutputsPanel:
                                          "changes "
                                          "when the tile is flipped or turned (4 passes, so 4× slower; the result is "
                                          "their mean). High = the model is guessing; 0 = as acquired"))
-        self.style_inputs_check = QCheckBox(self.tr("Style the inputs like the result"), self)
-        self.style_inputs_check.setToolTip(self.tr("Draw the cloudy optical (and the reference) with the result's "
-                                                   "bands and "
-                                           "its very stretch, so before and after compare fairly"))
+        self.style_optical_check = QCheckBox(self.tr("Style the cloudy input like the result"), self)
+        self.style_optical_check.setToolTip(self.tr(
+            "Draw this run's cloudy optical layer with the result's bands and its very stretch, so before and after "
+            "compare fairly. Only that layer, and reversibly: its own look stays in its list of styles (layer menu ▸ "
+            "Styles). Other layers, such as a reference, are never restyled"))
         for i, box in enumerate((self.add_to_map_check, self.ndvi_check, self.report_check, self.cog_check,
-                                 self.qa_check, self.confidence_check, self.style_inputs_check)):
+                                 self.qa_check, self.confidence_check, self.style_optical_check)):
             checks.addWidget(box, i // 2, i % 2)
         oform.addRow(checks)
         return out_box
@@ -79,6 +82,11 @@ class OutputsPanel:
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.status_label = QLabel("", self)
+        self.result_label = QLabel("", self)  # the whole outcome of the last run (the message bar clips at two lines)
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.result_label.setToolTip(self.tr("The outcome of the last run, whole (also in the Align-CR log)"))
+        self.result_label.setVisible(False)
         self.run_button = QPushButton(self.tr("Run"), self)
         self.run_button.setDefault(True)
         self.cancel_button = QPushButton(self.tr("Cancel"), self)
@@ -143,28 +151,39 @@ class OutputsPanel:
         except (L.LayerError, RuntimeError) as exc:
             self._error(str(exc))
             return None
-        steps = [EngineStep("declouding", req.to_args(), weight=0.9)]
+        steps = [EngineStep("declouding", req.to_args(), weight=0.9, stages=self._run_stages(req))]
         ndvi_path = None
         if self.ndvi_check.isChecked():
             ndvi_path = str(Path(req.out).with_suffix("")) + "_ndvi.tif"
             bands = ",".join(str(b) for b in req.bands)
             steps.append(EngineStep("NDVI", ["ndvi", "--optical", req.out, "--out", ndvi_path, "--bands", bands],
                                     weight=0.1, progress_json=False))
-        inputs = [c.currentLayer() for c in (self.optical_combo, self.reference_combo) if c.currentLayer()]
-        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem, "inputs": [i.id() for i in inputs],
-                   "scene": self.optical_combo.currentLayer().name() if inputs else Path(req.out).stem}
+        optical = self.optical_combo.currentLayer()
+        context = {"request": req, "ndvi": ndvi_path, "name": Path(req.out).stem,
+                   "optical": optical.id() if optical else "",
+                   "scene": optical.name() if optical else Path(req.out).stem}
         self.task = EngineTask(f"Align-CR: {Path(req.out).name}", self.current_python(), str(root), steps,
                                context=context)
         self.task.progressMessage.connect(self._on_progress)
         self.task.warningMessage.connect(lambda m: self.bar.pushMessage("Align-CR", m, Qgis.MessageLevel.Warning, 8))
         self.task.done.connect(self._on_done)
         self.progress.setValue(0)
+        self.result_label.setVisible(False)
         self.status_label.setText(self.tr("Starting the engine…"))
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         QgsMessageLog.logMessage(f"running: {' '.join(req.to_args())}", LOG_TAG, Qgis.MessageLevel.Info)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    def _run_stages(self, req: RunCommand) -> RunProgress:
+        """The run's stages (scene check, adaptation, network, anchor, report) sized for the bar."""
+        layer = self.optical_combo.currentLayer()
+        pixels = layer.width() * layer.height() if layer is not None else 0
+        extent = self.processing_extent()
+        if layer is not None and extent is not None and not layer.extent().isEmpty():
+            pixels = int(pixels * min(1.0, extent.area() / layer.extent().area()))
+        return RunProgress.for_command(req, pixels)
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -204,22 +223,20 @@ class OutputsPanel:
         report = result.get("report") or req.report
         if report and self.open_report_in_browser:
             QDesktopServices.openUrl(QUrl.fromLocalFile(_report_entry(report)))
-        made = result.get("model_percent")
-        made_text = f" The model's output is in {made:.1f} % of the pixels." if made is not None else ""
-        msg = f"Declouded image written to {out} in {secs:.1f} s.{made_text}"
-        if result.get("scene_check"):
-            msg += " " + result["scene_check"][0].upper() + result["scene_check"][1:] + "."
-        if result.get("colour_anchor"):
-            msg += " " + result["colour_anchor"][0].upper() + result["colour_anchor"][1:] + "."
-        self.bar.pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
+        headline, msg = _outcome_text(result, out, secs)
+        self.result_label.setText(msg)
+        self.result_label.setVisible(True)
+        more = self.tr("{0} (the whole message is under the progress bar and in the Align-CR log)").format(headline)
+        self.bar.pushMessage("Align-CR", more if msg != headline else msg, Qgis.MessageLevel.Success, 8)
         if self.iface is not None:
-            self.iface.messageBar().pushMessage("Align-CR", msg, Qgis.MessageLevel.Success, 8)
+            self.iface.messageBar().pushMessage("Align-CR", headline, msg, Qgis.MessageLevel.Success, 8)
         QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.MessageLevel.Success)
         self.runFinished.emit(True)
 
     def _add_results(self, ctx: dict[str, Any], out: str, model: str) -> None:
         """One layer group per run, named after the scene and the run, on top of the layer tree: the RGB result
-        first and shown, NDVI / QA / confidence below it and hidden; the inputs styled like the result (option)."""
+        first and shown, NDVI / QA / confidence below it and hidden; this run's cloudy optical styled like the
+        result when asked (reversibly; no other layer is ever restyled)."""
         req: RunCommand = ctx["request"]
         blue, green, red, _nir = req.bands  # the engine keeps the optical band layout: R, G, B come from the mapping
         layers = [(out, "declouded", lambda lyr: style_rgb(lyr, red, green, blue))]
@@ -235,15 +252,28 @@ class OutputsPanel:
                 self._error(self.tr("the result {0} could not be loaded as a layer").format(path))
                 continue
             styler(layer)
+            layer.setCustomProperty(RESULT_PROPERTY, True)  # never proposed as the next run's input
             project.addMapLayer(layer, False)
             group.addLayer(layer).setItemVisibilityChecked(not self.result_layers)  # only the first is shown
             self.result_layers.append(layer)
             rgb = rgb or (layer if path == out else None)
-        if self.style_inputs_check.isChecked() and rgb is not None:
-            for layer_id in ctx.get("inputs", []):
-                layer = project.mapLayer(layer_id)
-                if isinstance(layer, QgsRasterLayer) and layer.bandCount() >= max(red, green, blue):
-                    style_like(layer, rgb, red, green, blue)
+        layer = project.mapLayer(ctx.get("optical", ""))
+        if self.style_optical_check.isChecked() and rgb is not None and isinstance(layer, QgsRasterLayer) \
+                and layer.bandCount() >= max(red, green, blue):
+            restyle_like(layer, rgb, red, green, blue)
+
+
+def _outcome_text(result: dict[str, Any], out: str, secs: float) -> tuple[str, str]:
+    """(headline, whole message) of a finished run: where and how long; then the model's share, the scene check
+    and the colour anchor, which made the message too long for the message bar's two lines (issue 28)."""
+    headline = f"Declouded image written to {out} in {secs:.1f} s."
+    parts = [headline]
+    if result.get("model_percent") is not None:
+        parts.append(f"The model's output is in {result['model_percent']:.1f} % of the pixels.")
+    for key in ("scene_check", "colour_anchor"):
+        if result.get(key):
+            parts.append(result[key][0].upper() + result[key][1:] + ".")
+    return headline, " ".join(parts)
 
 
 def _beside(out: str, suffix: str) -> str:

@@ -9,6 +9,7 @@ background tasks, so QGIS stays usable.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from qgis.core import (
@@ -27,11 +28,12 @@ from aligncr_qgis.dialog.widgets import option_spin
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError
 from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
 from aligncr_qgis.install_progress import InstallProgressDialog
-from aligncr_qgis.installer import InstallPlan
+from aligncr_qgis.installer import InstallPlan, PipProgress, explain_failure
 from aligncr_qgis.paths import engine_root
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_DRAWN = "layer", "canvas", "drawn"
+VENV_SHARE = 0.03  # of the install's bar, for making the venv (against what pip downloads)
 
 
 class ProcessingPanel:
@@ -189,10 +191,8 @@ class ProcessingPanel:
         plan = plan or ask_install_plan(self, engine_venv_dir())
         if plan is None:
             return None
-        steps = [EngineStep(label, args, weight=1.0 if module == "venv" else 9.0, progress_json=False,
-                            module=module, python=python) for label, python, module, args in plan.steps()]
-        self.install_task = EngineTask(self.tr("Align-CR: install engine"), plan.base_python, str(root), steps,
-                                       context={"plan": plan})
+        self.install_task = EngineTask(self.tr("Align-CR: install engine"), plan.base_python, str(root),
+                                       install_steps(plan), context={"plan": plan})
         self.install_task.progressMessage.connect(self._on_progress)
         self.install_task.done.connect(self._engine_installed)
         self.install_button.setEnabled(False)
@@ -206,13 +206,18 @@ class ProcessingPanel:
         task, self.install_task = self.install_task, None
         self.install_button.setEnabled(True)
         self.status_label.setText("")
+        plan: InstallPlan = task.context["plan"] if task is not None else None
+        if plan is not None:
+            shutil.rmtree(plan.pip_tmp, ignore_errors=True)  # pip's temporary folder, empty or half a download
         if not ok:
+            # connected before the install window, so the window shows this sentence too
+            job.error = explain_failure(plan, job.step, f"{job.details}\n{job.error}") or job.error
             self._error(self.tr("Installing the engine failed: {0} (pip's output is in the Align-CR log)").format(
                 job.error))
             return
-        plan: InstallPlan = task.context["plan"] if task is not None else None
         self.python_widget.setFilePath(str(plan.python))
         self.save_settings()
+        self.bar.clearWidgets()  # an earlier "cannot run the engine" is no longer true (issue 28)
         self.bar.pushMessage("Align-CR", self.tr("Engine installed in {0}.").format(plan.venv),
                              Qgis.MessageLevel.Success, 8)
         self.check_environment()
@@ -234,6 +239,7 @@ class ProcessingPanel:
         if isinstance(env, dict):
             self._show_env(env)
             if env.get("ok"):
+                self.bar.clearWidgets()  # the errors of an earlier check or install are stale now
                 self.bar.pushMessage("Align-CR", self.tr("The interpreter can run the engine."),
                                      Qgis.MessageLevel.Success, 5)
             else:
@@ -249,6 +255,24 @@ class ProcessingPanel:
     def _show_env(self, env: dict[str, Any]) -> None:
         self.env_label.setText(_env_line(env))
         self.env_label.setToolTip(_env_summary(env))
+
+
+def install_steps(plan: InstallPlan) -> list[EngineStep]:
+    """The install's commands as task steps: the venv, then pip with its output logged line by line and read for
+    progress (:class:`PipProgress`; each step's share of the bar is what it downloads), in its own temporary
+    folder, whose growth is the download under way."""
+    plan.pip_tmp.mkdir(parents=True, exist_ok=True)
+    tmp = {name: str(plan.pip_tmp) for name in ("TMPDIR", "TEMP", "TMP")}
+    commands = plan.steps()
+    pip_mb = sum(plan.expected_mb(label) for label, _, module, _ in commands if module == "pip")
+    steps = []
+    for label, python, module, args in commands:
+        pip = module == "pip"
+        mb = plan.expected_mb(label) if pip else VENV_SHARE * pip_mb
+        steps.append(EngineStep(label, args, weight=mb, progress_json=False, module=module, python=python,
+                                log_stdout=True, stages=PipProgress(mb, plan.pip_tmp) if pip else None,
+                                env=tmp if pip else {}))
+    return steps
 
 
 def _parse_json(lines: list[str]) -> Any:

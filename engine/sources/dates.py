@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.config import parse_datetime
+from engine.config import DATE_TAGS, parse_datetime
 from engine.errors import InputError
 
-DATE_TAGS = ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "acquired")
+__all__ = ["DATE_TAGS", "dataset_acquisition_date", "days_apart", "read_acquisition_date"]
 
 
 def days_apart(first: datetime, second: datetime) -> float:
