@@ -287,6 +287,24 @@ def test_processing_mode_by_name_or_number_and_the_guard_in_the_log(processing_p
     assert CHECK in log and GUARD in log and log.index(CHECK) < log.index(GUARD)
 
 
+@pytest.mark.parametrize(("adapt", "expected"), [(None, None), (0, "0"), (40, "40")])
+def test_processing_adapt_empty_is_the_mode_s_and_0_is_off(processing_provider, tmp_path: Path, monkeypatch,
+                                                           adapt, expected) -> None:  # fmt: skip
+    """The best mode adapts unless ADAPT is given: left empty the engine decides; 0 turns it off (it was read as
+    "not given", so the best mode could not be run without adaptation from Processing)."""
+    import processing
+
+    from aligncr_qgis.algorithms import base
+
+    monkeypatch.setattr(base, "engine_root", lambda: args_engine(tmp_path / "fake"))
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    opt, sar = make_scene(tmp_path)
+    params = {"OPTICAL": str(opt), "SAR": str(sar), "OUTPUT": str(tmp_path / "o.tif")}
+    processing.run("aligncr:declouding", params if adapt is None else {**params, "ADAPT": adapt})
+    args = json.loads((tmp_path / "fake" / "args.json").read_text())
+    assert (args[args.index("--adapt") + 1] if "--adapt" in args else None) == expected
+
+
 def test_processing_refuses_an_unknown_mode(processing_provider, tmp_path: Path) -> None:
     alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
     opt, sar = make_scene(tmp_path)

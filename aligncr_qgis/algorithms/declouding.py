@@ -294,13 +294,21 @@ class DecloudingAlgorithm(EngineAlgorithm):
         if row.kind == "source":
             return self.raster_path(parameters, name, context, optional=not row.required)
         if row.kind == "int":
+            if row.default is None and parameters.get(name) in (None, ""):
+                return None
             number = self.parameterAsInt(parameters, name, context)
-            return None if row.default is None and number == 0 else number
+            return None if _zero_is_unset(row) and number == 0 else number
         if row.kind == "bool":
             return self.parameterAsBool(parameters, name, context)
         if row.kind == "choice":
             return row.choices[self.parameterAsEnum(parameters, name, context)]
         return self.parameterAsString(parameters, name, context).strip() or None
+
+
+def _zero_is_unset(row: Option) -> bool:
+    """An int option whose engine default is "none" and whose values start above 0 (TTA) takes 0 for "none"; one
+    where 0 is a value (ADAPT 0 = off, empty = as the mode decides) is an optional parameter left empty instead."""
+    return row.default is None and (row.minimum or 0) > 0
 
 
 def _choices_by_number(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -323,7 +331,8 @@ def _mode_defaults(entries: list[dict[str, Any]]) -> str:
 
 def _parameter(row: Option) -> QgsProcessingParameterDefinition:
     """The Processing parameter of an options-table row: named as the option in capitals, labelled, typed and
-    bounded by the row. A number whose engine default is "none" (TTA) takes 0 for it."""
+    bounded by the row. A number whose engine default is "none" takes 0 for it (TTA), or is left empty where 0 is a
+    value of its own (ADAPT: 0 = off, empty = as the mode decides)."""
     name, label, optional = row.name.upper(), tr(row.label), row.default is None and not row.required
     if row.kind == "source":
         return QgsProcessingParameterRasterLayer(name, label, optional=optional)
@@ -332,6 +341,9 @@ def _parameter(row: Option) -> QgsProcessingParameterDefinition:
     if row.kind == "choice":
         return QgsProcessingParameterEnum(name, label, [tr(c) for c in row.choice_labels],
                                           defaultValue=row.choices.index(row.default))
+    if row.kind == "int" and row.default is None and not _zero_is_unset(row):
+        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Integer, None,
+                                            optional=True, minValue=row.minimum, maxValue=row.maximum)  # fmt: skip
     if row.kind == "int":
         unset = row.default is None
         return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Integer,
