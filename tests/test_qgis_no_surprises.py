@@ -78,9 +78,11 @@ def test_remembered_slow_settings_are_named_and_restored(project, qgis_iface, tm
         far = [m for m in d.issue_messages() if "fine-tuned on an area about" in m]
         assert far and "km from this scene" in far[0] and "lon 74.00…75.50" in far[0], d.issue_messages()
         d.restore_defaults_button.click()
+        from aligncr_qgis.dialog.widgets import AUTO_ADAPT
         from engine.config import OPTIONS
 
-        assert d.adapt_spin.value() == OPTIONS["adapt"].default and not d.confidence_check.isChecked()
+        assert d.adapt_spin.value() == AUTO_ADAPT and OPTIONS["adapt"].default is None  # as the mode decides
+        assert not d.confidence_check.isChecked()
         assert not d.qa_check.isChecked() and d.model_combo.currentData()[0] == "registry"
         assert not d.defaults_label.isVisibleTo(d) and not any("fine-tuned" in m for m in d.issue_messages())
         d.tile_spin.setValue(512)
