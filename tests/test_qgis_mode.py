@@ -234,6 +234,25 @@ def test_default_run_with_a_model_that_loses_writes_the_estimate_and_says_so(pro
     assert settings["mode"] == "best" and settings["guard"]["used"] == "estimate"
 
 
+def test_the_bar_sizes_the_best_mode_s_adaptation_from_the_engine_s_count(tmp_path: Path) -> None:
+    """The best mode's scene check and adaptation are not in the command (the steps come from the scene's size):
+    the bar counts the check from the mode and sizes the adaptation from the engine's ``step k/N`` — it sat still
+    through a minute of adaptation in the default run."""
+    from aligncr_qgis.run_options import RunCommand
+    from aligncr_qgis.run_progress import RunProgress
+
+    raw = RunProgress.for_command(RunCommand(optical=str(tmp_path / "o.tif"), out="x.tif", mode="raw"), 4096)
+    assert "check_read" not in raw.expected and "adapt" not in raw.expected
+    bar = RunProgress.for_command(RunCommand(optical=str(tmp_path / "o.tif"), out="x.tif"), 2048 * 2048)
+    assert "check_read" in bar.expected and "adapt" not in bar.expected
+    messages = ["scene check: reading window 1/1", "adapting to the scene: reading window 1/1",
+                *(f"adapting to the scene: step {k}/40" for k in range(1, 41)),
+                "scene check: scoring the model and the baselines", "tile 1/1", "writing output"]  # fmt: skip
+    seen = [bar.update(0.0, m)[0] for m in messages]
+    during = seen[2:42]
+    assert seen == sorted(seen) and len(set(during)) >= 36 and 0.5 < during[-1] < 1.0, seen
+
+
 # -------------------------------------------------------------------------------------------------- Processing
 def test_processing_mode_parameter_from_the_table(processing_provider) -> None:
     alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
