@@ -7,9 +7,9 @@ QGIS profile that enables the plugin, and starts ``xvfb-run qgis --code THIS_FIL
 ``ALIGNCR_SCREENSHOT_INNER=1``) it loads the bundled synthetic sample scene (resources/sample, no real data),
 opens the dialog from the plugin, checks the environment, picks the layers, runs the bundled ``aligncr-lite``
 weights in the default *Mode* (best: adapted to the scene, only the cloud replaced, checked on the scene's clear
-ground — its two check boxes show on and disabled), and grabs the dialog (and the whole screen, for the map with the result) once the run has finished. The
-packaged plugin, the QgsTask, the child engine process and the result styling are therefore all exercised for the
-picture.
+ground — its two check boxes show on and disabled), and grabs the dialog (and the whole screen, for the map with
+the result) once the run has finished. The packaged plugin, the QgsTask, the child engine process and the result
+styling are therefore all exercised for the picture.
 """
 
 from __future__ import annotations

@@ -16,19 +16,11 @@ from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.dialog import inputs as dialog_inputs  # noqa: E402
 from aligncr_qgis.dialog import outputs as dialog_outputs  # noqa: E402
 from aligncr_qgis.dialog.processing import EXTENT_CANVAS, EXTENT_LAYER  # noqa: E402
-from tests.qgis_fixtures import close_dialog, project  # noqa: E402, F401 (fixtures)
+from tests.qgis_fixtures import close_dialog, dlg, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, add_layer, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 
-
-
-@pytest.fixture
-def dlg(project, qgis_iface):
-    d = AlignCRDialog(qgis_iface)
-    d.open_report_in_browser = False
-    yield d
-    close_dialog(d)
 
 
 def choose(d: AlignCRDialog, optical: QgsRasterLayer, sar: QgsRasterLayer, out: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,14 +24,14 @@ from aligncr_qgis.dialog import outputs as dialog_outputs  # noqa: E402
 from aligncr_qgis.run_options import choice_items  # noqa: E402
 from aligncr_qgis.settings import PluginSettings  # noqa: E402
 from engine.config import OPTIONS  # noqa: E402
-from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
+from tests.qgis_fixtures import close_dialog, dlg, processing_provider, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import (  # noqa: E402
     PYTHON,
     add_layer,
+    enabled_plugin_env,
     make_scene,
-    qgis_env,
+    run_and_wait,
     scripted_engine,
-    wait_for,
     write_sar,
     write_scene_optical,
 )
@@ -44,14 +42,6 @@ CHECK = ("scene check: under synthetic clouds on 3 clear windows the model score
          "22.3 dB and fill 23.0 dB: the model beats both by 1.1 dB")  # fmt: skip
 GUARD = ("guard: the model scored 24.1 dB and the non-learned estimate 23.5 dB under synthetic clouds on 3 clear "
          "window(s) of this scene; the model's output is used (+0.6 dB)")  # fmt: skip
-
-
-@pytest.fixture
-def dlg(project, qgis_iface):
-    d = AlignCRDialog(qgis_iface)
-    d.open_report_in_browser = False
-    yield d
-    close_dialog(d)
 
 
 def ready(dlg: AlignCRDialog, project, folder: Path) -> None:  # noqa: ANN001
@@ -183,14 +173,6 @@ def test_engine_default_is_the_engine_s_rule_per_mode(res_bundled: Path) -> None
     assert {model_list.engine_default(lite_only, m) for m in ("best", "raw")} == {"aligncr-lite"}
 
 
-def run_and_wait(d: AlignCRDialog, timeout: float = 60.0) -> list[bool]:
-    finished: list[bool] = []
-    d.runFinished.connect(finished.append)
-    assert d.run() is not None, d.issue_messages()
-    assert wait_for(lambda: bool(finished), timeout), "the task did not finish"
-    return finished
-
-
 def test_success_message_says_what_the_guard_used_after_the_scene_check(project, dlg: AlignCRDialog, tmp_path: Path,
                                                                          monkeypatch) -> None:  # fmt: skip
     root = scripted_engine(tmp_path / "fake", [], result={"scene_check": CHECK, "mode": "best", "guard": GUARD,
@@ -267,19 +249,8 @@ def test_processing_mode_parameter_from_the_table(processing_provider) -> None:
 
 def args_engine(folder: Path) -> Path:
     """A stand-in engine that writes its command line to ``args.json`` and reports a run with a guard."""
-    pkg = folder / "engine"
-    pkg.mkdir(parents=True, exist_ok=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "__main__.py").write_text(textwrap.dedent(f"""
-        import json, shutil, sys
-        args = sys.argv[1:]
-        out = args[args.index("--out") + 1]
-        open({str(folder / "args.json")!r}, "w").write(json.dumps(args))
-        shutil.copyfile(args[args.index("--optical") + 1], out)
-        print(json.dumps({{"event": "result", "output": out, "seconds": 1.0, "model": "fake", "device": "cpu",
-                           "scene_check": {CHECK!r}, "guard": {GUARD!r}, "guard_used": "model"}}), flush=True)
-    """))
-    return folder
+    return scripted_engine(folder, [], result={"scene_check": CHECK, "guard": GUARD, "guard_used": "model"},
+                           args_file=folder / "args.json")  # fmt: skip
 
 
 @pytest.mark.parametrize("given", ["raw", 1, "1", None])
@@ -337,14 +308,7 @@ def test_processing_refuses_an_unknown_mode(processing_provider, tmp_path: Path)
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process.bin not installed")
 def test_qgis_process_takes_mode_by_name(tmp_path: Path) -> None:
     """``qgis_process … MODE=raw``: the name, as ``MODEL=identity`` (the number is QGIS's own way for an enum)."""
-    from aligncr_qgis.package import build
-
-    plugins = tmp_path / "plugins"
-    with zipfile.ZipFile(build(tmp_path / "aligncr_qgis.zip")) as zf:
-        zf.extractall(plugins)
-    env = qgis_env(plugins, tmp_path / "profile")
-    subprocess.run([QGIS_PROCESS, "plugins", "enable", "aligncr_qgis"], env=env, capture_output=True, timeout=120,
-                   check=True)  # fmt: skip
+    env = enabled_plugin_env(tmp_path)
     opt, sar = make_scene(tmp_path / "data")
     out = tmp_path / "o.tif"
     res = subprocess.run([QGIS_PROCESS, "--json", "run", "aligncr:declouding", "--", f"OPTICAL={opt}", f"SAR={sar}",

@@ -22,8 +22,8 @@ from tests.qgis_fixtures import close_dialog, processing_provider, project  # no
 from tests.qgis_helpers import (  # noqa: E402
     PYTHON,
     fake_engine,
+    run_and_wait,
     scripted_engine,
-    wait_for,
     write_sar,
     write_scene_optical,
 )
@@ -40,14 +40,6 @@ def scene(project: QgsProject, folder: Path, *, reference: bool = False) -> dict
     layers = {key: QgsRasterLayer(str(path), key) for key, path in files.items()}
     project.addMapLayers(list(layers.values()))
     return layers
-
-
-def run_and_wait(d: AlignCRDialog, timeout: float = 60.0) -> list[bool]:
-    finished: list[bool] = []
-    d.runFinished.connect(finished.append)
-    assert d.run() is not None, d.issue_messages()
-    assert wait_for(lambda: bool(finished), timeout), "the task did not finish"
-    return finished
 
 
 def far_weights(path: Path) -> Path:
