@@ -18,10 +18,12 @@ from typing import Any
 
 from aligncr_qgis.model_cards import ModelCardError, read_card
 from aligncr_qgis.paths import bundled_weights, engine_root
+from aligncr_qgis.run_options import OPTIONS, mode_model
 
 NO_WEIGHTS = "No trained weights installed for this model: browse for a .safetensors file."
 DEFAULT = "default"
-"""Processing's MODEL value for "the engine's own default" (no ``--model``: the bundled weights, else identity)."""
+"""Processing's MODEL value for "the engine's own default" (no ``--model``: the mode's bundled model, else
+another bundled one, else identity)."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,11 @@ def has_weights(entry: dict[str, Any]) -> bool:
     return not entry.get("needs_weights", True) or bool(entry.get("bundled_weights"))
 
 
-def engine_default(entries: list[dict[str, Any]]) -> str:
-    """What the engine runs without ``--model`` (``engine.stream.mode.default_model``): the bundled
-    ``aligncr-lite`` weights when installed, else ``identity``."""
-    lite = next((e for e in entries if e.get("name") == "aligncr-lite"), None)
-    return "aligncr-lite" if lite is not None and lite.get("bundled_weights") else "identity"
+def engine_default(entries: list[dict[str, Any]], mode: str = OPTIONS["mode"].default) -> str:
+    """What the engine runs in ``mode`` without ``--model`` (``engine.stream.mode.default_model``): the rule is
+    the engine's own (:func:`engine.config.mode_model`), applied to the models whose bundled weights the cards
+    name, since the plugin cannot import torch to ask."""
+    return mode_model(mode, {str(e.get("name")) for e in entries if e.get("bundled_weights")})
 
 
 def entry_html(entry: dict[str, Any]) -> str:

@@ -28,19 +28,22 @@ from engine.config import (  # noqa: E402 - needs the path above
     COVERAGE_WARNING,
     DATE_TAGS,
     EDGES,
+    MODE_SWITCHES,
     OPTIONS,
     Option,
     absolute_name,
     check_options,
     is_gdal_name,
+    mode_model,
     parse_datetime,
     run_arguments,
 )
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "OPTIONS", "InputError", "Option", "RunCommand", "absolute_name",
-           "check_options", "choice_items", "is_gdal_name", "metric_crs_problem", "parse_datetime", "run_arguments"]
+__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "MODE_SWITCHES", "OPTIONS", "InputError", "Option", "RunCommand",
+           "absolute_name", "check_options", "choice_items", "is_gdal_name", "metric_crs_problem", "mode_model",
+           "parse_datetime", "run_arguments"]
 
 
 PATH_KINDS = ("source", "path")  # the options table's kinds whose values are files or folders

@@ -7,6 +7,10 @@ share of the bar sized by its expected time — adaptation about :data:`ADAPT_ST
 own figure, ``--adapt`` help), the network by the scene's pixels — and the stage's ``k/N`` (or its fraction) moves
 the bar through that share. The bar never goes back, and once a few seconds have passed the message ends with an
 estimate of the time left (elapsed time over the share done). No Qt import: the dialog's task and the tests use it.
+
+In ``--mode best`` the engine switches the scene check on itself and picks the adaptation's steps from the scene's
+size (issue 26) — numbers the command does not carry: the scene check is a stage of every run of that mode, and the
+adaptation is sized from the engine's own ``step k/N`` when it starts (without that, the bar sat still through it).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aligncr_qgis.run_options import MODE_SWITCHES
+
 ADAPT_STEP_SECONDS = 0.7  # engine.config's --adapt help: "about 0.7 s a step on 2 CPU cores"
 PIXELS_PER_SECOND = 250_000.0  # the network on a CPU, roughly (aligncr-lite); only sizes the shares
 MIN_STAGE_SECONDS = 1.0
 ETA_AFTER_SECONDS, ETA_AFTER_FRACTION = 3.0, 0.02
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
+_STEPS = re.compile(r"step\s*\d+\s*/\s*(\d+)")  # the adaptation's "step k/N"
 
 # Stages in the order the engine runs them: (name, message prefixes).
 STAGES = (
@@ -78,7 +85,9 @@ class RunProgress:
     @classmethod
     def for_command(cls, req: Any, pixels: int) -> RunProgress:
         """The stages of a :class:`~aligncr_qgis.run_options.RunCommand` over ``pixels`` optical pixels."""
-        return cls.for_run(pixels=pixels, adapt_steps=req.adapt or 0, scene_check=bool(req.scene_check),
+        switched = MODE_SWITCHES.get(req.mode, ())  # what the mode switches on whatever the command says
+        return cls.for_run(pixels=pixels, adapt_steps=req.adapt or 0,
+                           scene_check=bool(req.scene_check) or "scene_check" in switched,
                            passes=4 if req.confidence else int(req.tta or 1), colour_anchor=bool(req.colour_anchor),
                            report=bool(req.report))
 
@@ -88,6 +97,8 @@ class RunProgress:
         if self.started < 0:
             self.started = now
         stage = stage_of(message)
+        if stage is not None and stage not in self.expected:
+            self._learn(stage, message)
         if message == "done":  # EngineProcess's last word on success
             self.last = 1.0
         elif stage in self.expected:
@@ -96,6 +107,13 @@ class RunProgress:
         if elapsed >= ETA_AFTER_SECONDS and ETA_AFTER_FRACTION <= self.last < 1.0:
             message = f"{message} — {eta_text(elapsed * (1.0 - self.last) / self.last)}"
         return self.last, message
+
+    def _learn(self, stage: str, message: str) -> None:
+        """Size a stage the command did not announce: the adaptation the mode decided, from the engine's ``N`` at
+        its first step (its reading of the scene with it, already done by then). Other stages stay unknown."""
+        steps = _STEPS.search(message)
+        if stage == "adapt" and steps:
+            self.expected.update(adapt_read=1.0, adapt=int(steps.group(1)) * ADAPT_STEP_SECONDS)
 
     def _within(self, stage: str, fraction: float, message: str) -> float:
         """How far into ``stage`` the event is: its ``k/N`` when it says one, else the engine's fraction (the

@@ -24,7 +24,8 @@ PREFIX = "aligncr/"
 @dataclass
 class PluginSettings:
     python: str = ""  # empty = automatic (see paths.default_python)
-    model: str = ""  # registry name or .safetensors path; empty = bundled weights if any, else identity
+    mode: str = OPTIONS["mode"].default  # best: what the mode switches on (engine.stream.mode); raw: plain network
+    model: str = ""  # registry name or .safetensors path; empty = the mode's bundled model, else identity
     device: str = OPTIONS["device"].default
     tile: int = OPTIONS["tile"].default
     overlap: int = OPTIONS["overlap"].default

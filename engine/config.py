@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +43,11 @@ MAX_FEATHER = 512  # --cloud-feather, pixels: the cloud mask is read with this h
 MAX_TTA = 8  # the order of D4, the flips and 90° rotations engine.stream.tta averages over
 DEFAULT_CONFIDENCE_TTA = 4  # --confidence without --tta
 MODES = ("best", "raw")  # --mode: what a run does by default (engine.stream.mode says what each means)
+# each mode's own model, and the models with bundled weights in the order a mode falls back to (mode_model)
+MODE_MODELS = {"best": "aligncr-res", "raw": "aligncr-lite"}
+BUNDLED_MODELS = ("aligncr-res", "aligncr-lite")
+# the run options each mode switches on whatever was asked (engine.stream.mode.resolve; the plugin shows them so)
+MODE_SWITCHES: dict[str, tuple[str, ...]] = {"best": ("only_cloudy", "scene_check"), "raw": ()}
 MAX_MEMORY_BUDGET_GB = 1e6  # --memory-budget: a petabyte; beyond, the byte count overflows
 MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fine-tune on an archive
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
@@ -420,6 +425,15 @@ class RunConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+def mode_model(mode: str, bundled: Container[str]) -> str:
+    """The model a run of ``mode`` uses without ``--model``/``--weights``, given the names of the models whose
+    bundled weights are present: the mode's own, else another bundled one, else the ``identity`` baseline. Here,
+    standard library only, because the engine (:func:`engine.stream.mode.default_model`, from the files) and the
+    plugin's model list (from the bundled cards, without torch) must apply the same rule."""
+    preferred = [MODE_MODELS.get(mode, MODE_MODELS["best"]), *BUNDLED_MODELS]
+    return next((name for name in preferred if name in bundled), "identity")
 
 
 def check_options(values: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ def temporary_stem(name: str) -> str:
     ``~`` and 8 hex digits of its SHA-1: unique per name, the same every time (the cleanup finds it again)."""
     if len(name.encode("utf-8")) <= STEM_MAX:
         return name
-    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:8]  # a name, not a secret
     head = name.encode("utf-8")[: STEM_MAX - 9].decode("utf-8", errors="ignore")
     return f"{head}~{digest}"
 

@@ -31,6 +31,17 @@ def processing_provider(qgis_processing: None):
     QgsApplication.processingRegistry().removeProvider(provider)
 
 
+@pytest.fixture
+def dlg(project, qgis_iface):  # noqa: ANN001, ANN201 - fixtures; an AlignCRDialog
+    """The dialog on a clean project, reports not opened in a browser; closed after the test."""
+    from aligncr_qgis.dialog import AlignCRDialog
+
+    d = AlignCRDialog(qgis_iface)
+    d.open_report_in_browser = False
+    yield d
+    close_dialog(d)
+
+
 def close_dialog(dialog) -> None:  # noqa: ANN001 - an AlignCRDialog
     """Teardown of a dialog fixture: cancel a running task (waiting for it), then close and delete the dialog."""
     if dialog.task is not None:

@@ -136,6 +136,33 @@ def wait_for(predicate, timeout: float = 60.0, step: float = 0.02) -> bool:  # n
     return bool(predicate())
 
 
+def run_and_wait(d, timeout: float = 60.0) -> list[bool]:  # noqa: ANN001 - an AlignCRDialog
+    """Start the dialog's run and spin the event loop until it finishes; ``[ok]``."""
+    finished: list[bool] = []
+    d.runFinished.connect(finished.append)
+    assert d.run() is not None, d.issue_messages()
+    assert wait_for(lambda: bool(finished), timeout), "the task did not finish"
+    return finished
+
+
+def enabled_plugin_env(folder: Path) -> dict[str, str]:
+    """The built zip unpacked under ``folder`` and enabled in an isolated profile there: the environment for
+    ``qgis_process.bin`` runs of the packaged plugin."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    from aligncr_qgis.package import build
+
+    with zipfile.ZipFile(build(folder / "aligncr_qgis.zip")) as zf:
+        zf.extractall(folder / "plugins")
+    env = qgis_env(folder / "plugins", folder / "profile")
+    enable = subprocess.run([str(shutil.which("qgis_process.bin")), "plugins", "enable", "aligncr_qgis"], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert enable.returncode == 0, enable.stderr[-2000:]
+    return env
+
+
 def qgis_env(plugin_path: Path, config_path: Path) -> dict[str, str]:
     """Environment for ``qgis_process.bin`` with the unpacked plugin and an isolated profile."""
     env = dict(os.environ)
@@ -177,15 +204,19 @@ def write_scene_optical(path: Path, *, cloud: float = 0.0, bands: int = 4, s2_st
     return path
 
 
-def scripted_engine(folder: Path, events: list[dict], *, delay: float = 0.0, result: dict | None = None) -> Path:
+def scripted_engine(folder: Path, events: list[dict], *, delay: float = 0.0, result: dict | None = None,
+                    args_file: Path | None = None) -> Path:
     """A stand-in ``engine`` that prints ``events`` (JSON lines, ``delay`` s apart), copies ``--optical`` to
-    ``--out`` and reports ``result`` (merged into a plain one): what a real run printed, replayed in a second."""
+    ``--out`` and reports ``result`` (merged into a plain one): what a real run printed, replayed in a second.
+    ``args_file``: where it writes its command line (JSON), for tests of what the plugin passes."""
     pkg = folder / "engine"
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(textwrap.dedent(f"""
         import json, shutil, sys, time
         args = sys.argv[1:]
+        if {str(args_file) if args_file else None!r}:
+            open({str(args_file)!r}, "w").write(json.dumps(args))
         out = args[args.index("--out") + 1]
         for event in {events!r}:
             time.sleep({delay})

@@ -42,6 +42,7 @@ def test_dialog_check_box_reaches_the_engine(project, qgis_iface, tmp_path: Path
         dlg.sar_combo.setLayer(add_layer(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
         dlg.mask_combo.setLayer(add_layer(project, write_mask(opt_path, tmp_path / "mask.tif"), "mask"))
+        dlg.set_mode("raw")  # the best mode replaces only the cloud itself (tests/test_qgis_mode.py)
         assert not dlg.only_cloudy_check.isChecked() and not dlg.feather_spin.isEnabled()
         dlg.only_cloudy_check.setChecked(True)
         dlg.feather_spin.setValue(5)
@@ -84,7 +85,7 @@ def test_processing_only_cloudy_keeps_the_clear_pixels(processing_provider, tmp_
     opt, sar = make_scene(tmp_path)
     mask = write_mask(opt, tmp_path / "mask.tif")
     params = {"OPTICAL": str(opt), "SAR": str(sar), "MASK": str(mask), "WEIGHTS": str(BUNDLED["aligncr-lite"]),
-              "TILE": 64, "OVERLAP": 8}  # fmt: skip
+              "TILE": 64, "OVERLAP": 8, "MODE": "raw"}  # fmt: skip (raw: the best mode keeps the clear pixels itself)
     outs = {}
     qa = tmp_path / "qa.tif"
     for name, extra in (("all", {}), ("cloudy", {"ONLY_CLOUDY": True, "CLOUD_FEATHER": 0, "QA": str(qa)})):

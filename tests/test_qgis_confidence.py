@@ -77,6 +77,7 @@ def test_dialog_run_loads_the_confidence_heat_map(project, qgis_iface, tmp_path:
         dlg.sar_combo.setLayer(add_layer(project, sar_path, "sar"))
         dlg.output_widget.setFilePath(str(out))
         assert dlg.select_model(str(weights))
+        dlg.set_mode("raw")  # the model everywhere (the best mode keeps this cloudless scene as acquired)
         dlg.confidence_check.setChecked(True)
         finished: list[bool] = []
         dlg.runFinished.connect(finished.append)
@@ -104,7 +105,7 @@ def test_processing_confidence_output_loads_styled(processing_provider, project,
     conf, out, qa = tmp_path / "conf.tif", tmp_path / "out.tif", tmp_path / "qa.tif"
     result = processing.runAndLoadResults("aligncr:declouding", {
         "OPTICAL": str(opt), "SAR": str(sar), "WEIGHTS": str(weights), "TILE": 64, "OVERLAP": 8, "TTA": 8,
-        "CONFIDENCE": str(conf), "QA": str(qa), "OUTPUT": str(out)})  # fmt: skip
+        "MODE": "raw", "CONFIDENCE": str(conf), "QA": str(qa), "OUTPUT": str(out)})  # fmt: skip
     assert result["CONFIDENCE"] == str(conf)
     loaded = {Path(lyr.source()).name: lyr for lyr in project.mapLayers().values()}
     assert loaded["qa.tif"].renderer().type() == "singlebandpseudocolor"

@@ -16,19 +16,11 @@ from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.dialog import inputs as dialog_inputs  # noqa: E402
 from aligncr_qgis.dialog import outputs as dialog_outputs  # noqa: E402
 from aligncr_qgis.dialog.processing import EXTENT_CANVAS, EXTENT_LAYER  # noqa: E402
-from tests.qgis_fixtures import close_dialog, project  # noqa: E402, F401 (fixtures)
+from tests.qgis_fixtures import close_dialog, dlg, project  # noqa: E402, F401 (fixtures)
 from tests.qgis_helpers import PYTHON, add_layer, fake_engine, wait_for, write_optical, write_sar  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 
-
-
-@pytest.fixture
-def dlg(project, qgis_iface):
-    d = AlignCRDialog(qgis_iface)
-    d.open_report_in_browser = False
-    yield d
-    close_dialog(d)
 
 
 def choose(d: AlignCRDialog, optical: QgsRasterLayer, sar: QgsRasterLayer, out: Path) -> None:
@@ -115,6 +107,7 @@ def test_run_identity_loads_styled_layer_and_ndvi(project, dlg: AlignCRDialog, t
     sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
     out = tmp_path / "declouded.tif"
     choose(dlg, opt, sar, out)
+    dlg.set_mode("raw")  # the model everywhere (the best mode keeps the clear pixels: tests/test_qgis_mode.py)
     assert dlg.select_model("identity")
     dlg.ndvi_check.setChecked(True)
     dlg.qa_check.setChecked(True)
@@ -162,6 +155,7 @@ def test_run_with_scene_check_tells_the_verdict(project, dlg: AlignCRDialog, tmp
     opt = add_layer(project, write_optical(tmp_path / "opt.tif", 192), "optical")
     sar = add_layer(project, write_sar(tmp_path / "sar.tif", 192), "sar")
     choose(dlg, opt, sar, tmp_path / "declouded.tif")
+    dlg.set_mode("raw")  # the model everywhere: the input, which loses (the best mode keeps the clear pixels)
     assert dlg.select_model("identity")
     dlg.scene_check_check.setChecked(True)
     assert run_and_wait(dlg) == [True], dlg.status_label.text()

@@ -22,8 +22,8 @@ from tests.qgis_fixtures import close_dialog, processing_provider, project  # no
 from tests.qgis_helpers import (  # noqa: E402
     PYTHON,
     fake_engine,
+    run_and_wait,
     scripted_engine,
-    wait_for,
     write_sar,
     write_scene_optical,
 )
@@ -40,14 +40,6 @@ def scene(project: QgsProject, folder: Path, *, reference: bool = False) -> dict
     layers = {key: QgsRasterLayer(str(path), key) for key, path in files.items()}
     project.addMapLayers(list(layers.values()))
     return layers
-
-
-def run_and_wait(d: AlignCRDialog, timeout: float = 60.0) -> list[bool]:
-    finished: list[bool] = []
-    d.runFinished.connect(finished.append)
-    assert d.run() is not None, d.issue_messages()
-    assert wait_for(lambda: bool(finished), timeout), "the task did not finish"
-    return finished
 
 
 def far_weights(path: Path) -> Path:
@@ -78,9 +70,11 @@ def test_remembered_slow_settings_are_named_and_restored(project, qgis_iface, tm
         far = [m for m in d.issue_messages() if "fine-tuned on an area about" in m]
         assert far and "km from this scene" in far[0] and "lon 74.00…75.50" in far[0], d.issue_messages()
         d.restore_defaults_button.click()
+        from aligncr_qgis.dialog.widgets import AUTO_ADAPT
         from engine.config import OPTIONS
 
-        assert d.adapt_spin.value() == OPTIONS["adapt"].default and not d.confidence_check.isChecked()
+        assert d.adapt_spin.value() == AUTO_ADAPT and OPTIONS["adapt"].default is None  # as the mode decides
+        assert not d.confidence_check.isChecked()
         assert not d.qa_check.isChecked() and d.model_combo.currentData()[0] == "registry"
         assert not d.defaults_label.isVisibleTo(d) and not any("fine-tuned" in m for m in d.issue_messages())
         d.tile_spin.setValue(512)

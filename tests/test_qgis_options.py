@@ -185,15 +185,17 @@ def test_scene_adaptation_from_the_dialog_and_processing(processing_provider, dl
     alg = QgsApplication.processingRegistry().algorithmById("aligncr:declouding")
     param = alg.parameterDefinition("ADAPT")
     assert (param.defaultValue(), param.minimum(), param.maximum()) == (None, row.minimum, row.maximum)
-    assert param.description() == row.label
+    assert param.description() == row.label and param.flags() & param.Flag.FlagOptional  # empty: the mode's
 
 
 @pytest.mark.parametrize("name", ["scene_check", "colour_anchor"])
 def test_switch_from_the_dialog_and_processing(processing_provider, dlg: AlignCRDialog, project, tmp_path: Path,
                                                name: str) -> None:  # fmt: skip
-    """An off-by-default run switch: its dialog check box adds the flag and is saved; Processing has it as an
-    advanced parameter labelled from the options table."""
+    """An off-by-default run switch: its dialog check box adds the flag and is saved (in the raw mode: the best mode
+    switches the scene check on itself); Processing has it as an advanced parameter labelled from the options
+    table."""
     row, box = OPTIONS[name], getattr(dlg, f"{name}_check")
+    dlg.set_mode("raw")
     flag = "--" + name.replace("_", "-")
     assert not box.isChecked()
     dlg.optical_combo.setLayer(add_layer(project, write_optical(tmp_path / "opt.tif"), "optical"))

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ from qgis.core import QgsApplication, QgsRasterLayer  # noqa: E402
 
 from aligncr_qgis.dialog import AlignCRDialog  # noqa: E402
 from aligncr_qgis.finetune_request import FinetuneRequest  # noqa: E402
-from aligncr_qgis.package import build  # noqa: E402
 from tests.qgis_fixtures import close_dialog, processing_provider, project  # noqa: E402, F401 (fixtures)
-from tests.qgis_helpers import make_scene, qgis_env, wait_for  # noqa: E402
+from tests.qgis_helpers import enabled_plugin_env, make_scene, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.qgis
 QGIS_PROCESS = shutil.which("qgis_process.bin")
@@ -37,13 +35,7 @@ def relative_scene(tmp_path: Path) -> None:
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process.bin not installed")
 def test_qgis_process_relative_paths_and_model_by_number(tmp_path: Path) -> None:
     """The issue's command, run from the folder holding ``data/``; MODEL given by its number in the help's list."""
-    plugins = tmp_path / "plugins"
-    with zipfile.ZipFile(build(tmp_path / "aligncr_qgis.zip")) as zf:
-        zf.extractall(plugins)
-    env = qgis_env(plugins, tmp_path / "profile")
-    enable = subprocess.run([QGIS_PROCESS, "plugins", "enable", "aligncr_qgis"], env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert enable.returncode == 0, enable.stderr[-2000:]
+    env = enabled_plugin_env(tmp_path)
     help_text = subprocess.run([QGIS_PROCESS, "help", "aligncr:declouding"], env=env, capture_output=True,
                                text=True, timeout=120, check=False).stdout
     number = next(line.split(":")[0].strip().lstrip("- ") for line in help_text.splitlines()

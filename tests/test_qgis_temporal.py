@@ -180,6 +180,7 @@ def test_dialog_runs_gapfill(project, dlg: AlignCRDialog, scene: dict, tmp_path:
     dlg.mask_combo.setLayer(layers["mask"])
     dlg.output_widget.setFilePath(str(out))
     assert dlg.select_model("gapfill")
+    dlg.set_mode("raw")  # the fill as the model writes it (the best mode feathers it into the clear pixels)
     dlg.extra_combos["optical_prev"].setLayer(layers["prev"])
     dlg.extra_combos["optical_next"].setLayer(layers["next"])
     dlg.date_edits["date"].setText(DATES[1])
@@ -204,7 +205,8 @@ def test_processing_declouding_with_gapfill(processing_provider, scene: dict, tm
     out = tmp_path / "filled.tif"
     params = {"OPTICAL": str(scene["optical"]), "MASK": str(scene["mask"]),  # no SAR: gapfill takes none
               "MODEL": "gapfill", "OPTICAL_PREV": str(scene["prev"]), "OPTICAL_NEXT": str(scene["next"]),
-              "DATE": DATES[1], "DATE_NEXT": DATES[2], "TILE": 64, "OVERLAP": 8, "OUTPUT": str(out)}  # fmt: skip
+              "DATE": DATES[1], "DATE_NEXT": DATES[2], "TILE": 64, "OVERLAP": 8, "OUTPUT": str(out),
+              "MODE": "raw"}  # fmt: skip (raw: the fill as the model writes it)
     res = processing.run("aligncr:declouding", params)
     assert res["OUTPUT"] == str(out)
     with rasterio.open(out) as ds:
@@ -338,7 +340,7 @@ def test_processing_declouding_with_a_dem(processing_provider, scene: dict, tmp_
     with rasterio.open(tmp_path / "dem_high.tif", "w", **profile) as dst:
         dst.write(elevation + 2000.0)
     params = {"OPTICAL": str(scene["optical"]), "SAR": str(scene["sar"]), "WEIGHTS": str(weights), "DEM": str(dem),
-              "TILE": 64, "OVERLAP": 8}  # fmt: skip
+              "TILE": 64, "OVERLAP": 8, "MODE": "raw"}  # fmt: skip (raw: the network's output everywhere)
     outs = []
     for name, dem_path in (("low", dem), ("again", dem), ("high", tmp_path / "dem_high.tif")):
         out = tmp_path / f"out_{name}.tif"

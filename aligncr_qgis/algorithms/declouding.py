@@ -13,6 +13,9 @@ empty = from the files' tags). The engine says in one line which one a model is 
 ignores them. SAR is optional: ``gapfill`` takes none, and the engine refuses any other model without it in one
 line. DEM is the elevation raster of U-Nets built with a DEM input (the engine's ``--dem``; ignored with a warning by
 the other models).
+
+MODE is the engine's ``--mode`` (best: what won on validation, with the scene check's guard, whose sentence goes to
+the log beside the check's; raw: the plain network), shown beside MODEL since it decides the default model.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from aligncr_qgis.layers import (
 )
 from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
 from aligncr_qgis.npy_mask import is_npy, npy_mask_to_geotiff
-from aligncr_qgis.run_options import OPTIONS, Option, RunCommand, absolute_name
+from aligncr_qgis.run_options import MODE_SWITCHES, OPTIONS, Option, RunCommand, absolute_name
 from aligncr_qgis.run_progress import RunProgress
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
@@ -130,8 +133,15 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "times per tile (advanced: test-time augmentation passes) and writes their mean as the result.\n"
             "The engine runs in a separate Python process (set the interpreter in the Align-CR dialog or with "
             "the ALIGNCR_PYTHON environment variable).\n"
-            "MODEL 'default' is the engine's own default model: the bundled aligncr-lite weights when installed, "
-            "else the identity baseline (returns the input). A weights file (WEIGHTS) overrides MODEL.")
+            "MODE 'Best' (the default) replaces only the cloud, adapts the model to the scene (a number of steps "
+            "scaled to its size unless ADAPT is given), checks it on the scene's own clear ground and, where it "
+            "loses there to the non-learned estimate (a smooth fill from the cloud's edge), writes that estimate "
+            "inside the cloud instead; the log says which was used and by how many dB. MODE 'Raw' is the network's "
+            "output everywhere, as in the paper, with nothing else unless asked. MODE may be given by name (best, "
+            "raw) or number.\n"
+            "MODEL 'default' is the mode's own model: the bundled aligncr-res (best) or aligncr-lite (raw) weights "
+            "when installed, else the other bundled one, else the identity baseline (returns the input). A weights "
+            "file (WEIGHTS) overrides MODEL.")
         ) + self.defaults_help()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802 - QGIS API
@@ -147,6 +157,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
                                                          optional=True))
         for name in ("sar_units", *INPUTS[2:]):
             self.addParameter(_parameter(OPTIONS[name]))
+        self.addParameter(_parameter(OPTIONS["mode"]))  # visible: it decides the model and what the run does
         self.addParameter(self._model_parameter())
         for name in EXTRA_DATES:
             self.addParameter(_parameter(OPTIONS[name]))
@@ -165,10 +176,11 @@ class DecloudingAlgorithm(EngineAlgorithm):
                                                                   optional=True, createByDefault=False))
 
     def _model_parameter(self) -> QgsProcessingParameterEnum:
-        """MODEL: ``default`` (the engine's own choice, as the dialog's first pick) or any registered model, by name
-        (static strings, so ``MODEL=identity`` reads the same in qgis_process, scripts and saved models)."""
+        """MODEL: ``default`` (the engine's own choice for the MODE, as the dialog's first pick) or any registered
+        model, by name (static strings, so ``MODEL=identity`` reads the same in qgis_process, scripts and saved
+        models)."""
         entries = registry_models(PluginSettings.load().models_cache)
-        label = tr("Model (default: the engine's default, now {0})").format(engine_default(entries))
+        label = tr("Model (default: the mode's, now {0})").format(_mode_defaults(entries))
         return QgsProcessingParameterEnum(self.MODEL, label, [DEFAULT] + [str(e["name"]) for e in entries],
                                           defaultValue=DEFAULT, usesStaticStrings=True)
 
@@ -180,12 +192,13 @@ class DecloudingAlgorithm(EngineAlgorithm):
 
     def _model_by_name(self, parameters: dict[str, Any]) -> dict[str, Any]:
         """``MODEL=1`` as ``MODEL=aligncr``: ``qgis_process help`` lists the models by number, so a number is taken
-        as well as a name (issue 28: it was refused); the value stays a name for saved models and scripts."""
+        as well as a name (issue 28: it was refused); the value stays a name for saved models and scripts. The
+        other way round for the table's choices (MODE, SAR_UNITS …), numbered enums: ``MODE=raw`` as ``MODE=1``."""
         value = parameters.get(self.MODEL)
         options = self.parameterDefinition(self.MODEL).options()
         if isinstance(value, (int, str)) and str(value).strip().isdigit() and int(value) < len(options):
-            return {**parameters, self.MODEL: options[int(value)]}
-        return parameters
+            parameters = {**parameters, self.MODEL: options[int(value)]}
+        return {**parameters, **_choices_by_number(parameters)}
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
                              context: QgsProcessingContext) -> tuple[bool, str]:
@@ -255,8 +268,9 @@ class DecloudingAlgorithm(EngineAlgorithm):
         pixels = optical_layer.width() * optical_layer.height() if optical_layer is not None else 0
         result = self.run_engine(req.to_args(), feedback, stages=RunProgress.for_command(req, pixels)).result
         feedback.pushInfo(f"{result.get('model')} on {result.get('device')}: {result.get('seconds', 0):.1f} s")
-        if result.get("scene_check"):
-            feedback.pushInfo(result["scene_check"])
+        for key in ("scene_check", "guard"):  # the best mode's guard: the model or the estimate, and the margin
+            if result.get(key):
+                feedback.pushInfo(result[key])
         if result.get("colour_anchor"):
             feedback.pushInfo(result["colour_anchor"])
         for layer, styler in ((out, _rgb_styler(req.bands)), (qa, _QA_STYLER), (confidence, _CONFIDENCE_STYLER)):
@@ -267,9 +281,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
 
     def _option_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         """The table-generated parameters' values, by option name; the feather only with ONLY_CLOUDY."""
+        parameters = self._model_by_name(parameters)
         values = {name: self._value(OPTIONS[name], parameters, context)
-                  for name in (*INPUTS, "sar_units", *EXTRA_DATES, *ADVANCED)}  # fmt: skip
-        if not values["only_cloudy"]:
+                  for name in (*INPUTS, "sar_units", "mode", *EXTRA_DATES, *ADVANCED)}  # fmt: skip
+        if not values["only_cloudy"] and "only_cloudy" not in MODE_SWITCHES.get(values["mode"], ()):
             values["cloud_feather"] = None
         return values
 
@@ -279,8 +294,10 @@ class DecloudingAlgorithm(EngineAlgorithm):
         if row.kind == "source":
             return self.raster_path(parameters, name, context, optional=not row.required)
         if row.kind == "int":
+            if row.default is None and parameters.get(name) in (None, ""):
+                return None
             number = self.parameterAsInt(parameters, name, context)
-            return None if row.default is None and number == 0 else number
+            return None if _zero_is_unset(row) and number == 0 else number
         if row.kind == "bool":
             return self.parameterAsBool(parameters, name, context)
         if row.kind == "choice":
@@ -288,9 +305,34 @@ class DecloudingAlgorithm(EngineAlgorithm):
         return self.parameterAsString(parameters, name, context).strip() or None
 
 
+def _zero_is_unset(row: Option) -> bool:
+    """An int option whose engine default is "none" and whose values start above 0 (TTA) takes 0 for "none"; one
+    where 0 is a value (ADAPT 0 = off, empty = as the mode decides) is an optional parameter left empty instead."""
+    return row.default is None and (row.minimum or 0) > 0
+
+
+def _choices_by_number(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The table's choice parameters given by value name (``MODE=raw``, ``SAR_UNITS=db``), as their numbers."""
+    found = {}
+    for row in OPTIONS.values():
+        value = parameters.get(row.name.upper())
+        if row.kind == "choice" and isinstance(value, str) and value.strip().lower() in row.choices:
+            found[row.name.upper()] = row.choices.index(value.strip().lower())
+    return found
+
+
+def _mode_defaults(entries: list[dict[str, Any]]) -> str:
+    """``aligncr-lite`` when every mode has the same default model, else ``best: aligncr-res, raw: aligncr-lite``."""
+    models = {mode: engine_default(entries, mode) for mode in OPTIONS["mode"].choices}
+    if len(set(models.values())) == 1:
+        return next(iter(models.values()))
+    return ", ".join(f"{mode}: {model}" for mode, model in models.items())
+
+
 def _parameter(row: Option) -> QgsProcessingParameterDefinition:
     """The Processing parameter of an options-table row: named as the option in capitals, labelled, typed and
-    bounded by the row. A number whose engine default is "none" (TTA) takes 0 for it."""
+    bounded by the row. A number whose engine default is "none" takes 0 for it (TTA), or is left empty where 0 is a
+    value of its own (ADAPT: 0 = off, empty = as the mode decides)."""
     name, label, optional = row.name.upper(), tr(row.label), row.default is None and not row.required
     if row.kind == "source":
         return QgsProcessingParameterRasterLayer(name, label, optional=optional)
@@ -299,6 +341,9 @@ def _parameter(row: Option) -> QgsProcessingParameterDefinition:
     if row.kind == "choice":
         return QgsProcessingParameterEnum(name, label, [tr(c) for c in row.choice_labels],
                                           defaultValue=row.choices.index(row.default))
+    if row.kind == "int" and row.default is None and not _zero_is_unset(row):
+        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Integer, None,
+                                            optional=True, minValue=row.minimum, maxValue=row.maximum)  # fmt: skip
     if row.kind == "int":
         unset = row.default is None
         return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Integer,

@@ -38,6 +38,7 @@ from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QSizePolicy, QVBoxLayout, 
 from aligncr_qgis import layers as L
 from aligncr_qgis.dialog.defaults import DefaultsLine
 from aligncr_qgis.dialog.inputs import InputsPanel
+from aligncr_qgis.dialog.mode import FORCED, ModeChoice
 from aligncr_qgis.dialog.model import ModelPanel
 from aligncr_qgis.dialog.outputs import OutputsPanel
 from aligncr_qgis.dialog.processing import EXTENT_DRAWN, ProcessingPanel
@@ -51,7 +52,8 @@ from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.task import LOG_TAG, EngineTask
 
 
-class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, ReprojectOffer, DefaultsLine, QDialog):
+class AlignCRDialog(InputsPanel, ModeChoice, ModelPanel, ProcessingPanel, OutputsPanel, ReprojectOffer, DefaultsLine,
+                    QDialog):
     """Align-CR cloud removal dialog. ``iface`` may be a test stub; only its map canvas and message bar are used."""
 
     runFinished = pyqtSignal(bool)  # noqa: N815 - Qt signal naming; emitted after results are loaded
@@ -149,6 +151,9 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
                       *self.extra_combos.values()):
             combo.layerChanged.connect(self.validate)
         self.only_cloudy_check.toggled.connect(self._on_only_cloudy_toggled)
+        for box in self._forced_boxes().values():
+            box.toggled.connect(self._remember_own_checks)
+        self.mode_combo.currentIndexChanged.connect(self._apply_mode)
         for edit in self.date_edits.values():
             edit.textChanged.connect(self.validate)
         for combo in (*self.optical_band_combos.values(), *self.sar_band_combos.values()):
@@ -184,7 +189,9 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.overlap_spin.setValue(s.overlap)
         self.batch_spin.setValue(s.batch)
         self.adapt_spin.setValue(s.adapt)
-        self.scene_check_check.setChecked(s.scene_check)
+        self.set_mode(s.mode)  # applied once the model list is filled
+        for name in FORCED:
+            self.set_own_check(name, getattr(s, name))
         self.colour_anchor_check.setChecked(s.colour_anchor)
         self.units_combo.setCurrentIndex(max(0, self.units_combo.findData(s.sar_units)))
         self.add_to_map_check.setChecked(s.add_to_map)
@@ -194,11 +201,11 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         self.cog_check.setChecked(s.cog)
         self.qa_check.setChecked(s.write_qa)
         self.confidence_check.setChecked(s.write_confidence)
-        self.only_cloudy_check.setChecked(s.only_cloudy)
         self.feather_spin.setValue(s.cloud_feather)
-        self._on_only_cloudy_toggled()
         self._fill_devices()
         self._fill_models()
+        self._apply_mode()
+        self._on_only_cloudy_toggled()
         self._on_extent_mode()
         if self.settings.env_cache:
             self._show_env(self.settings.env_cache)
@@ -209,12 +216,12 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         s.python = self.python_widget.filePath().strip()
         s.tile, s.overlap, s.batch = self.tile_spin.value(), self.overlap_spin.value(), self.batch_spin.value()
         s.adapt = self.adapt_spin.value()
-        s.scene_check = self.scene_check_check.isChecked()
+        s.mode = self.current_mode()
+        s.scene_check = self.own_check("scene_check")  # the user's own, not what the best mode shows
         s.colour_anchor = self.colour_anchor_check.isChecked()
         s.sar_units = self.units_combo.currentData()
         s.device = self.device_combo.currentData() or "auto"
-        kind, value = self.model_combo.currentData() or ("registry", "identity")
-        s.model = value if kind in ("registry", "weights") else s.model
+        s.model = self._model_to_save()
         s.add_to_map = self.add_to_map_check.isChecked()
         s.style_optical = self.style_optical_check.isChecked()
         s.make_ndvi = self.ndvi_check.isChecked()
@@ -222,11 +229,19 @@ class AlignCRDialog(InputsPanel, ModelPanel, ProcessingPanel, OutputsPanel, Repr
         s.cog = self.cog_check.isChecked()
         s.write_qa = self.qa_check.isChecked()
         s.write_confidence = self.confidence_check.isChecked()
-        s.only_cloudy = self.only_cloudy_check.isChecked()
+        s.only_cloudy = self.own_check("only_cloudy")
         s.cloud_feather = self.feather_spin.value()
         if self.output_widget.filePath():
             s.output_dir = os.path.dirname(self.output_widget.filePath())
         s.save()
+
+    def _model_to_save(self) -> str:
+        """The chosen model; empty when it is the mode's default, so the default follows the mode and the bundled
+        models installed next time (issue 26: a saved ``aligncr-lite`` would outlive a better bundled model)."""
+        kind, value = self.model_combo.currentData() or ("registry", "identity")
+        if kind not in ("registry", "weights"):
+            return self.settings.model
+        return "" if kind == "registry" and value == self.mode_default_model() else value
 
     def validate(self, *_: Any) -> L.CheckResult:
         """The live check of every panel (inputs, model weights, extent, extra dates, DEM, option values): shows the

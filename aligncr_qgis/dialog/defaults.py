@@ -23,7 +23,6 @@ from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QPushButton
 
 from aligncr_qgis import layers as L
 from aligncr_qgis.finetune_request import finetune_info
-from aligncr_qgis.model_list import engine_default
 from aligncr_qgis.settings import PluginSettings
 
 FAR_KM = 100.0  # a scene further than this from the fine-tuning area gets the warning
@@ -76,14 +75,11 @@ class DefaultsLine:
         rows: list[tuple[Callable[[Any], str], bool, tuple, Any]] = [
             (lambda v: self.tr("Adapt to this scene: {0} steps").format(v), True, spin(self.adapt_spin), d.adapt),
             (lambda v: self.tr("confidence layer (4× slower)"), True, check(self.confidence_check), d.write_confidence),
-            (lambda v: self.tr("scene check"), True, check(self.scene_check_check), d.scene_check),
             (lambda v: self.tr("colour anchor"), True, check(self.colour_anchor_check), d.colour_anchor),
             (lambda v: self.tr("report"), True, check(self.report_check), d.write_report),
             (lambda v: self.tr("QA layer"), False, check(self.qa_check), d.write_qa),
             (lambda v: self.tr("NDVI"), False, check(self.ndvi_check), d.make_ndvi),
             (lambda v: self.tr("COG"), False, check(self.cog_check), d.cog),
-            (lambda v: self.tr("replace only the cloud") if v else self.tr("model everywhere"), False,
-             check(self.only_cloudy_check), d.only_cloudy),
             (lambda v: self.tr("tile {0} px").format(v), False, spin(self.tile_spin), d.tile),
             (lambda v: self.tr("overlap {0} px").format(v), False, spin(self.overlap_spin), d.overlap),
             (lambda v: self.tr("batch {0}").format(v), False, spin(self.batch_spin), d.batch),
@@ -92,15 +88,28 @@ class DefaultsLine:
             (lambda v: self.tr("cloudy input restyled"), False, check(self.style_optical_check), d.style_optical),
         ]
         table = [Setting(text, slow, get, default, put) for text, slow, (get, put), default in rows]
+        table[2:2] = self._forced_settings(d)
         table.append(Setting(lambda v: self.tr("feather {0} px").format(v), False, self.feather_spin.value,
                              d.cloud_feather, self.feather_spin.setValue, self.only_cloudy_check.isChecked))
         table += [Setting(lambda v: self.tr("SAR units {0}").format(v), False, self.units_combo.currentData,
                           d.sar_units, self._set_combo(self.units_combo)),
                   Setting(lambda v: self.tr("device {0}").format(v), False, self.device_combo.currentData, d.device,
                           self._set_combo(self.device_combo)),
-                  Setting(self._model_text, False, self._current_model, engine_default(
-                      list(self.model_entries.values())), self.select_model)]
+                  Setting(self._model_text, False, self._current_model, self.mode_default_model(), self.select_model),
+                  # after the model: the model list follows the mode when it shows the previous mode's default
+                  Setting(lambda v: self.tr("mode {0}").format(v), False, self.current_mode, d.mode, self.set_mode)]
         return table
+
+    def _forced_settings(self, d: PluginSettings) -> list[Setting]:
+        """The scene check and *Replace only the cloud*: the user's own values (what the best mode shows is the
+        mode's doing), named only where they mean something: where the mode does not switch them on."""
+        return [self._own_setting("scene_check", lambda v: self.tr("scene check"), True, d.scene_check),
+                self._own_setting("only_cloudy", lambda v: self.tr("replace only the cloud") if v else self.tr(
+                    "model everywhere"), False, d.only_cloudy)]
+
+    def _own_setting(self, name: str, text: Callable[[Any], str], slow: bool, default: bool) -> Setting:
+        return Setting(text, slow, lambda: self.own_check(name), default, lambda v: self.set_own_check(name, v),
+                       lambda: not self.mode_forces(name))
 
     @staticmethod
     def _set_combo(combo: Any) -> Callable[[Any], None]:

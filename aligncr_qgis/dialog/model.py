@@ -1,5 +1,5 @@
-"""The dialog's Model panel: the model list, the chosen model's card, *Train on my area…*, scene adaptation, the
-scene check and the colour anchor.
+"""The dialog's Model panel: the mode (:mod:`.mode`), the model list, the chosen model's card, *Train on my area…*,
+scene adaptation, the scene check and the colour anchor.
 
 A part of :class:`aligncr_qgis.dialog.AlignCRDialog` (a mixin: its widgets are the dialog's attributes). Registry
 models are listed without torch (names from the engine's source, details from the last *Check environment*); a
@@ -46,6 +46,7 @@ class ModelPanel:
         """The Model group: the model list and its card summary."""
         model_box = QGroupBox(self.tr("Model"), self)
         mlay = QVBoxLayout(model_box)
+        mlay.addLayout(self._build_mode_row())
         self.model_combo = QComboBox(self)
         self.model_combo.setToolTip(self.tr("The network that fills the cloud; greyed-out models have no trained "
                                             "weights installed"))
@@ -125,19 +126,19 @@ class ModelPanel:
             combo.addItem(self.tr("{0} (file)").format(Path(wanted).stem), ("weights", wanted))
         combo.addItem(self.tr("Browse for .safetensors weights…"), ("browse", ""))
         if not (self._selectable(wanted) and self.select_model(wanted)):
-            if not self.select_model(engine_default(entries)):
+            if not self.select_model(engine_default(entries, self.current_mode())):
                 combo.setCurrentIndex(0)
         combo.blockSignals(False)
         self._on_model_changed()
 
     def _wanted_model(self, entries: list[dict[str, Any]]) -> str:
         """The saved choice; a bundled weights file saved by an older version is its model; nothing saved is the
-        engine's default (the bundled weights, else identity)."""
+        engine's default in the chosen mode (its bundled model, else another bundled one, else identity)."""
         wanted = self.settings.model
         for name, files in bundled_by_model().items():
             if wanted in files:
                 return name
-        return wanted or engine_default(entries)
+        return wanted or engine_default(entries, self.current_mode())
 
     def _bundled_file(self, name: str) -> str | None:
         """The bundled weights of a registry model that needs weights (the engine itself only finds

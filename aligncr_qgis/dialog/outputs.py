@@ -116,6 +116,7 @@ class OutputsPanel:
             **paths,
             **extras,
             out=out,
+            mode=self.current_mode(),
             model=value if kind == "registry" else None,
             weights=value if kind == "weights" else self._bundled_file(value),
             device=self.device_combo.currentData() or "auto",
@@ -264,13 +265,14 @@ class OutputsPanel:
 
 
 def _outcome_text(result: dict[str, Any], out: str, secs: float) -> tuple[str, str]:
-    """(headline, whole message) of a finished run: where and how long; then the model's share, the scene check
+    """(headline, whole message) of a finished run: where and how long; then the model's share, the scene check,
+    the best mode's guard (the model or the non-learned estimate inside the cloud, and the check's margin; issue 26)
     and the colour anchor, which made the message too long for the message bar's two lines (issue 28)."""
     headline = f"Declouded image written to {out} in {secs:.1f} s."
     parts = [headline]
     if result.get("model_percent") is not None:
         parts.append(f"The model's output is in {result['model_percent']:.1f} % of the pixels.")
-    for key in ("scene_check", "colour_anchor"):
+    for key in ("scene_check", "guard", "colour_anchor"):
         if result.get(key):
             parts.append(result[key][0].upper() + result[key][1:] + ".")
     return headline, " ".join(parts)

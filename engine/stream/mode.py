@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from engine import RESOURCES
-from engine.config import RunConfig
+from engine.config import BUNDLED_MODELS, MODE_SWITCHES, RunConfig, mode_model
 from engine.refine.scene_check import SceneCheck
 
 # the bundled weights of each model that has some; a mode's model falls back to another bundled one, then identity
-BUNDLED = {name: RESOURCES / "weights" / f"{name}.safetensors" for name in ("aligncr-res", "aligncr-lite")}
-MODEL = {"best": "aligncr-res", "raw": "aligncr-lite"}
+# (the names and that rule are engine.config's: the plugin reads them without torch)
+BUNDLED = {name: RESOURCES / "weights" / f"{name}.safetensors" for name in BUNDLED_MODELS}
 # scene adaptation in --mode best: steps = ADAPT_PER_MPIX × √(megapixels), within [ADAPT_MIN, ADAPT_MAX]
 ADAPT_PER_MPIX = 40.0
 ADAPT_MIN = 30
@@ -41,8 +41,7 @@ ADAPT_MAX = 120
 def default_model(mode: str = "best") -> str:
     """The model a run without ``--model``/``--weights`` uses: the mode's, when its bundled weights are present,
     else the other bundled one, else the ``identity`` baseline (a checkout without weights)."""
-    preferred = [MODEL.get(mode, MODEL["best"]), *BUNDLED]
-    return next((name for name in preferred if BUNDLED[name].is_file()), "identity")
+    return mode_model(mode, {name for name, path in BUNDLED.items() if path.is_file()})
 
 
 def adapt_steps(shape: tuple[int, int]) -> int:
@@ -55,9 +54,8 @@ def adapt_steps(shape: tuple[int, int]) -> int:
 def resolve(config: RunConfig) -> RunConfig:
     """``config`` with what its mode switches on (``best``: only the cloud replaced, the scene check); the number
     of adaptation steps needs the scene's size (:func:`adapt_for`)."""
-    if config.mode == "raw":
-        return config
-    return dataclasses.replace(config, only_cloudy=True, scene_check=True)
+    switches = MODE_SWITCHES.get(config.mode, ())
+    return dataclasses.replace(config, **dict.fromkeys(switches, True)) if switches else config
 
 
 def adapt_for(config: RunConfig, shape: tuple[int, int]) -> int:
