@@ -26,6 +26,7 @@ from engine.errors import InputError
 from engine.sources import normalise
 from engine.sources.dates import dataset_acquisition_date, days_apart
 from engine.sources.footprint import run_footprint
+from engine.sources.masks import DETECTORS
 from engine.sources.product import Materialised
 from engine.sources.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
 from engine.sources.resolve import resolve_run_inputs
@@ -109,9 +110,10 @@ def _source_lines(role: str, source: dict[str, Any]) -> list[str]:
 def _text(facts: dict[str, Any]) -> str:
     lines = []
     for role, source in facts.get("sources", {}).items():
-        lines += _source_lines(role, source)
-    if "sources" in facts and "mask" not in facts["sources"]:
-        lines.append("CLOUD MASK: none")
+        if role == "mask" and source["driver"] in DETECTORS:  # no file: which detector the run will use
+            lines.append(f"CLOUD MASK: detected by the {source['kind']}" + "".join(f"; {n}" for n in source["notes"]))
+        else:
+            lines += _source_lines(role, source)
     lines += [f"WARNING: {w}" for w in facts.get("warnings", [])]
     for role in ("optical", "sar"):
         r = facts[role]
