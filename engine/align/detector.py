@@ -19,7 +19,9 @@ normalisation on a tile grid of its own. Choices, measured in docs/measurements.
   computed from the tiles that touch it are exactly the whole scene's: :func:`classes` streams windows of
   :data:`CORE` coarse px and never holds more than one window and its tiles.
 * **shadow is cloud**: the mask raster it writes says 1 = cloud, 2 = shadow, and every non-zero value is replaced
-  (a shadowed pixel has lost its surface signal as a cloudy one has), grown by :data:`GROW_PX` px.
+  (a shadowed pixel has lost its surface signal as a cloudy one has); not grown (:data:`GROW_PX`): growing by 2 px
+  caught 0.1 % more of the visible cloud and flagged 3.5 % more unchanged ground; the only-cloudy feather blends
+  the edge instead.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ GROUND_M = 10.0  # the ground sampling the detector runs at (m)
 TILE = 256  # the model's input size
 STRIDE = 192  # tile step: 64 px of overlap, blended
 CORE = 6 * STRIDE  # coarse pixels per side of a streamed window: its boundary tiles are computed twice (≈ 1.36×)
-GROW_PX = 2  # px the detected cloud and shadow are grown by (measured: docs/measurements.md)
+GROW_PX = 0  # px the detected cloud and shadow are grown by: growing buys little and flags clear ground (measured)
 CLEAR, CLOUD, SHADOW = 0, 1, 2
 LEVEL = "l1c"  # see the module docstring: one model for every input
 
