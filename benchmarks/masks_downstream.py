@@ -31,6 +31,7 @@ from engine.cli import main as engine_main
 SOURCES = {"shipped": None, "trained": "detect", "rule": "rule"}
 TRIPLETS = ("6553", "4438", "5278", "746", "4065", "6317")  # the report split's real SEN12MS-CR scenes
 S2_BGRN = [1, 2, 3, 7]
+EXTRA: list[str] = []  # --adapt 0 (--no-adapt): the default run without its scene adaptation, for a loaded machine
 
 
 def _write(path: Path, data: np.ndarray, res: float, dtype: str, nodata: float | None = None) -> str:
@@ -87,7 +88,7 @@ def scores(out: np.ndarray, ref: np.ndarray, cloudy: np.ndarray, cloud: np.ndarr
 def run_one(paths: dict[str, str], source: str, folder: Path) -> dict:
     out, qa = folder / f"{source}.tif", folder / f"{source}_qa.tif"
     args = ["run", "--optical", paths["optical"], "--sar", paths["sar"], "--out", str(out), "--qa", str(qa),
-            "--mask", SOURCES[source] or paths["mask"], "--threads", "1", "--device", "cpu"]  # fmt: skip
+            "--mask", SOURCES[source] or paths["mask"], "--threads", "1", "--device", "cpu", *EXTRA]  # fmt: skip
     if engine_main(args) != 0:
         raise RuntimeError(" ".join(args))
     read = {k: rasterio.open(p).read().astype(np.float32) for k, p in
@@ -101,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path("runs/masks_downstream"))
+    parser.add_argument("--no-adapt", action="store_true", help="--adapt 0: skip the default run's scene adaptation")
+    parser.add_argument("--scenes", help="comma-separated scene ids (default: all)")
     args = parser.parse_args(argv)
+    EXTRA[:] = ["--adapt", "0"] if args.no_adapt else []
     rows = {}
     for sid, paths in scenes(args.data, args.out).items():
+        if args.scenes and sid not in args.scenes.split(","):
+            continue
         rows[sid] = {source: run_one(paths, source, args.out / sid) for source in SOURCES}
         print(sid, json.dumps({s: {k: round(v, 4) for k, v in r.items()} for s, r in rows[sid].items()}), flush=True)
         (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
