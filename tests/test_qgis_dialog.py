@@ -432,8 +432,8 @@ def test_layers_added_while_the_dialog_is_open_fill_the_band_mapping(project, dl
 
 
 def test_install_dialog_defaults(project, tmp_path: Path) -> None:
-    """*Install engine…* asks with QGIS's Python, no wheel folder (PyPI), CUDA only when a GPU answers, and QGIS's
-    packages visible; the venv goes to the plugin's data folder in the profile."""
+    """*Install engine…* asks with QGIS's Python, no wheel folder (PyPI), CUDA only when a GPU answers, the trained
+    cloud detector, and QGIS's packages visible; the venv goes to the plugin's data folder in the profile."""
     from qgis.core import QgsApplication
 
     from aligncr_qgis.install_dialog import InstallDialog, engine_venv_dir
@@ -445,7 +445,11 @@ def test_install_dialog_defaults(project, tmp_path: Path) -> None:
         plan = dialog.plan()
         assert plan.base_python == qgis_python() and plan.venv == tmp_path / "venv" and plan.wheel_dir == ""
         assert plan.cuda == has_nvidia_gpu() and plan.system_site_packages
+        assert plan.masks and plan.with_masks and "trained cloud detector" in dialog.size_label.text()
         dialog.wheels_widget.setFilePath(str(tmp_path))
-        assert "--no-index" in dialog.plan().pip_args()
+        assert "--no-index" in dialog.plan().pip_args() and not dialog.plan().with_masks  # no ukis-csmask wheel
+        assert "hand-made rule" in dialog.size_label.text()
+        dialog.masks_check.setChecked(False)
+        assert not dialog.plan().masks and "hand-made rule" not in dialog.size_label.text()
     finally:
         dialog.deleteLater()
