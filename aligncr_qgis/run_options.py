@@ -28,6 +28,9 @@ from engine.config import (  # noqa: E402 - needs the path above
     COVERAGE_WARNING,
     DATE_TAGS,
     EDGES,
+    MASK_AUTO,
+    MASK_RULE,
+    MASK_WORDS,
     OPTIONS,
     Option,
     absolute_name,
@@ -39,7 +42,8 @@ from engine.config import (  # noqa: E402 - needs the path above
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "OPTIONS", "InputError", "Option", "RunCommand", "absolute_name",
+__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "MASK_AUTO", "MASK_RULE", "MASK_WORDS",
+           "OPTIONS", "InputError", "Option", "RunCommand", "absolute_name",
            "check_options", "choice_items", "is_gdal_name", "metric_crs_problem", "parse_datetime", "run_arguments"]
 
 

@@ -159,3 +159,18 @@ def test_broken_model_file_is_one_line(detector_module, monkeypatch: pytest.Monk
     optical = np.full((4, 32, 32), 500, np.uint16)
     with pytest.raises(ModelError, match="cloud detector's model cannot be loaded"):
         _run(_scene(tmp_path, optical), tmp_path)
+
+
+def test_env_says_which_detector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``engine env`` (what the plugin's Check environment reads) names the cloud detector runs will use."""
+    import importlib.util
+
+    from engine.commands import env
+
+    installed = importlib.util.find_spec("ukis_csmask") is not None and importlib.util.find_spec("onnxruntime")
+    report = env.collect()
+    assert (report.cloud_detector or "").startswith("ukis-csmask ") == bool(installed)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ukis_csmask" else real(name, *a))
+    report = env.collect()
+    assert report.cloud_detector is None and "clouds       hand-made brightness rule" in env.format_text(report)

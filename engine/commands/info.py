@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sar", type=as_source, help="Sentinel-1 raster, RTC product or GRD .SAFE/.zip")
     parser.add_argument("--sar-vv", type=as_source, metavar="FILE", help="split polarisations: the VV raster")
     parser.add_argument("--sar-vh", type=as_source, metavar="FILE", help="split polarisations: the VH raster")
-    parser.add_argument("--mask", type=as_source, help="cloud mask, or 'auto' (the product's own)")
+    parser.add_argument("--mask", type=as_source, help="cloud mask, or 'auto' (the product's own, else detect), "
+                        "'detect' (the trained detector where installed, else the hand-made rule: the default), "
+                        "'rule'")  # fmt: skip
     parser.add_argument("--bands", help="optical B,G,R,NIR band indices (default: by band description, else 1,2,3,4)")
     parser.add_argument("--sar-bands", default="1,2", help="SAR VV,VH band indices (default 1,2)")
     parser.add_argument("--sar-units", choices=SAR_UNITS, default="auto", help="SAR units (default: detect)")
