@@ -1,4 +1,5 @@
-"""The *Install engine…* question: which Python makes the venv, from where the packages come, CUDA or not.
+"""The *Install engine…* question: which Python makes the venv, from where the packages come, CUDA or not, and the
+trained cloud detector (checked by default).
 
 The answers become an :class:`aligncr_qgis.installer.InstallPlan`; the venv goes to the plugin's data folder in
 the QGIS profile (:func:`engine_venv_dir`), so uninstalling the profile removes it and nothing lands in the user's
@@ -22,7 +23,8 @@ def engine_venv_dir() -> Path:
 
 
 class InstallDialog(QDialog):
-    """Python (QGIS's by default), optional wheel folder, CUDA wheels (checked when an NVIDIA GPU answers)."""
+    """Python (QGIS's by default), optional wheel folder, CUDA wheels (checked when an NVIDIA GPU answers), the
+    trained cloud detector (checked)."""
 
     def __init__(self, venv: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -48,6 +50,14 @@ class InstallDialog(QDialog):
         self.cuda_check.toggled.connect(self._show_size)
         self.wheels_widget.fileChanged.connect(self._show_size)
         form.addRow(self.cuda_check)
+        self.masks_check = QCheckBox(self.tr("Trained cloud and shadow detector (ukis-csmask)"), self)
+        self.masks_check.setChecked(True)
+        self.masks_check.setToolTip(self.tr("The default source of the cloud when no cloud mask is given: it marks "
+                                            "cloud and cloud shadow, and misses far less of the visible cloud than the "
+                                            "hand-made brightness rule used without it (about 165 MB more). "
+                                            "Offline: installed when the wheel folder holds its wheel"))
+        self.masks_check.toggled.connect(self._show_size)
+        form.addRow(self.masks_check)
         self.site_check = QCheckBox(self.tr("See QGIS's Python packages (GDAL, numpy)"), self)
         self.site_check.setChecked(True)
         self.site_check.setToolTip(self.tr("Create the environment with --system-site-packages, as QGIS's own "
@@ -63,9 +73,12 @@ class InstallDialog(QDialog):
         """What will be installed and how big, for the choices as they stand."""
         plan = self.plan()
         text = self.tr("Creates a Python environment in {0} and installs PyTorch ({1}), rasterio, scikit-image, "
-                       "safetensors and tqdm into it: about {2:g} GB, several minutes.").format(
+                       "safetensors, tqdm{3} into it: about {2:g} GB, several minutes.").format(
             self.venv, self.tr("CUDA build") if plan.cuda and not plan.wheel_dir else self.tr("CPU build"),
-            plan.size_gb)
+            plan.size_gb, self.tr(" and the trained cloud detector") if plan.with_masks else "")
+        if plan.masks and not plan.with_masks:
+            text += " " + self.tr("The wheel folder has no ukis-csmask wheel: clouds will be found by the hand-made "
+                                  "rule.")
         if plan.cuda and not self.gpu:
             text += " " + self.tr("No NVIDIA GPU answered: the CUDA build would not be used here.")
         self.size_label.setText(text)
@@ -73,7 +86,7 @@ class InstallDialog(QDialog):
     def plan(self) -> InstallPlan:
         return InstallPlan(base_python=self.python_widget.filePath().strip(), venv=self.venv,
                            wheel_dir=self.wheels_widget.filePath().strip(), cuda=self.cuda_check.isChecked(),
-                           system_site_packages=self.site_check.isChecked())
+                           system_site_packages=self.site_check.isChecked(), masks=self.masks_check.isChecked())
 
 
 def ask_install_plan(parent: QWidget | None, venv: Path) -> InstallPlan | None:

@@ -3,7 +3,8 @@
 QGIS's own Python has no torch, and a Debian system Python refuses ``pip install`` (PEP 668), so the engine gets a
 venv in the plugin's data folder: created by QGIS's Python (or one the user picks) — with
 ``--system-site-packages`` for QGIS's Python, so its GDAL and numpy stay visible as the install hint always advised
-— then ``pip install`` of :data:`REQUIREMENTS` (pyproject's dependencies; a test keeps them equal): from PyPI with
+— then ``pip install`` of :data:`REQUIREMENTS` (pyproject's dependencies; a test keeps them equal) and, unless
+unticked, :data:`MASKS_REQUIREMENTS` (the ``masks`` extra: the trained cloud detector): from PyPI with
 PyTorch's CUDA wheels when an NVIDIA GPU is present, or offline from a wheel folder (``--no-index --find-links``).
 Without a GPU on Linux, PyTorch comes first and alone from PyTorch's CPU index (``--index-url``, no PyPI): PyPI's
 Linux PyTorch bundles CUDA, and with the CPU index only an *extra* index pip fell back to it when that index could
@@ -39,6 +40,11 @@ REQUIREMENTS = [
     "rtree>=1.0",
 ]
 """What the engine needs (pyproject.toml's ``dependencies``; tests/test_installer.py checks they agree)."""
+MASKS_REQUIREMENTS = ["ukis-csmask[cpu]>=1.0,<2"]
+"""The trained cloud and shadow detector (pyproject.toml's ``masks`` extra), installed by default: without it the
+engine takes its cloud from the hand-made brightness rule and says so once per run (issue 29)."""
+MASKS_WHEEL = "ukis_csmask-*.whl"  # offline, the detector is installed only when the wheel folder holds it
+MASKS_GB, MASKS_MB = 0.25, 165.0  # installed (ukis-csmask's four ONNX models + onnxruntime) / downloaded, measured
 
 TORCH_INDEX = "https://download.pytorch.org/whl/{}"
 CUDA_FLAVOUR = "cu124"  # PyTorch's CUDA 12.4 wheels: run on any driver from CUDA 12.x
@@ -111,6 +117,7 @@ class InstallPlan:
     system_site_packages: bool = True  # QGIS's GDAL / numpy stay visible (QGIS's own Python)
     platform: str = sys.platform
     cpu_index: str = TORCH_INDEX.format("cpu")  # PyTorch's CPU wheels (Linux without a GPU)
+    masks: bool = True  # the trained cloud detector (the ``masks`` extra: ukis-csmask with onnxruntime's CPU build)
 
     @property
     def python(self) -> Path:
@@ -122,9 +129,18 @@ class InstallPlan:
         return not self.wheel_dir and not self.cuda and platform_key(self.platform) == LINUX
 
     @property
+    def with_masks(self) -> bool:
+        """Whether the trained cloud detector is installed: when asked for, and offline only when the wheel folder
+        holds its wheel (the engine works without it: the install must not fail for want of it)."""
+        if not self.masks:
+            return False
+        return not self.wheel_dir or any(Path(self.wheel_dir).glob(MASKS_WHEEL))
+
+    @property
     def size_gb(self) -> float:
         """What the installed venv will weigh, about."""
-        return CUDA_VENV_GB if self.cuda and not self.wheel_dir else CPU_VENV_GB
+        base = CUDA_VENV_GB if self.cuda and not self.wheel_dir else CPU_VENV_GB
+        return base + (MASKS_GB if self.with_masks else 0.0)
 
     @property
     def pip_tmp(self) -> Path:
@@ -144,7 +160,7 @@ class InstallPlan:
             args += ["--no-index", "--find-links", self.wheel_dir]
         elif self.cuda:
             args += ["--extra-index-url", TORCH_INDEX.format(CUDA_FLAVOUR)]
-        return args + REQUIREMENTS
+        return args + REQUIREMENTS + (MASKS_REQUIREMENTS if self.with_masks else [])
 
     def torch_args(self) -> list[str]:
         """PyTorch alone from its CPU index and nowhere else (``--index-url``: no PyPI to fall back to; its few
@@ -167,7 +183,8 @@ class InstallPlan:
             return sum(p.stat().st_size for p in Path(self.wheel_dir).glob("*.whl")) / 1e6 or OTHERS_MB
         if label == TORCH_STEP:
             return TORCH_CPU_MB
-        return CUDA_MB if self.cuda else OTHERS_MB + (0.0 if self.torch_first else TORCH_CPU_MB)
+        masks = MASKS_MB if self.with_masks else 0.0
+        return masks + (CUDA_MB if self.cuda else OTHERS_MB + (0.0 if self.torch_first else TORCH_CPU_MB))
 
 
 def explain_failure(plan: InstallPlan, step: str, output: str) -> str | None:

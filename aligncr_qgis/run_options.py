@@ -28,6 +28,9 @@ from engine.config import (  # noqa: E402 - needs the path above
     COVERAGE_WARNING,
     DATE_TAGS,
     EDGES,
+    MASK_AUTO,
+    MASK_RULE,
+    MASK_WORDS,
     MODE_SWITCHES,
     OPTIONS,
     Option,
@@ -41,9 +44,9 @@ from engine.config import (  # noqa: E402 - needs the path above
 from engine.errors import InputError  # noqa: E402
 from engine.sources.metric_grid import metric_crs_problem  # noqa: E402
 
-__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "MODE_SWITCHES", "OPTIONS", "InputError", "Option", "RunCommand",
-           "absolute_name", "check_options", "choice_items", "is_gdal_name", "metric_crs_problem", "mode_model",
-           "parse_datetime", "run_arguments"]
+__all__ = ["COVERAGE_WARNING", "DATE_TAGS", "EDGES", "MASK_AUTO", "MASK_RULE", "MASK_WORDS", "MODE_SWITCHES", "OPTIONS",
+           "InputError", "Option", "RunCommand", "absolute_name", "check_options", "choice_items", "is_gdal_name",
+           "metric_crs_problem", "mode_model", "parse_datetime", "run_arguments"]
 
 
 PATH_KINDS = ("source", "path")  # the options table's kinds whose values are files or folders

@@ -273,10 +273,10 @@ def remove_leftovers(jobs: list[SceneJob]) -> list[Path]:
 
 
 def _resolve(value: str, manifest: Path) -> Path | str:
-    """A path relative to the manifest's folder, absolute; GDAL dataset names and ``--mask auto`` as they are."""
-    from engine.config import is_gdal_name
+    """A path relative to the manifest's folder, absolute; GDAL dataset names and ``--mask``'s words as they are."""
+    from engine.config import is_gdal_name, is_mask_word
 
-    if is_gdal_name(value) or value == "auto":
+    if is_gdal_name(value) or is_mask_word(value):
         return value
     p = Path(value).expanduser()
     return (p if p.is_absolute() else manifest.parent / p).resolve()

@@ -53,6 +53,10 @@ MAX_ADAPT_STEPS = 2000  # --adapt, steps: ~0.7 s each on 2 CPU cores; beyond, fi
 CONFIDENCE_NODATA = -1.0  # the confidence raster's no-data value (a spread is never negative)
 COVERAGE_WARNING = 0.98  # an input covering less of the optical image is a warning (engine and plugin alike)
 EDGES = ("north", "south", "west", "east")  # how a partial coverage says where the gap is
+# --mask's words that name no file (engine.sources.resolve.resolve_mask decides what each gives): the product's own
+# mask (else detect), the engine's cloud detector (the trained one where installed, else the rule), the rule.
+MASK_AUTO, MASK_DETECT, MASK_RULE = "auto", "detect", "rule"
+MASK_WORDS = (MASK_AUTO, MASK_DETECT, MASK_RULE)
 
 # What an option's value is; each front end maps a kind to its widget, parameter or argparse type.
 KINDS = ("source", "path", "text", "int", "float", "bool", "choice", "bands", "time", "bounds")
@@ -117,11 +121,16 @@ def is_gdal_name(name: str | os.PathLike[str]) -> bool:
     return text.startswith("/vsi") or text.lstrip().startswith("<VRTDataset") or bool(_DRIVER_PREFIX.match(text))
 
 
+def is_mask_word(value: Any) -> bool:
+    """True for ``--mask``'s words (:data:`MASK_WORDS`): no file to open, resolve or guard."""
+    return isinstance(value, (str, os.PathLike)) and os.fspath(value) in MASK_WORDS
+
+
 def absolute_name(value: Any) -> Any:
-    """A file name made absolute against this process's current folder; GDAL names, ``auto`` and non-paths as they
-    are. Why: the plugin starts the engine in its own folder, so a relative name it passes would be read (or
-    written) there, not where the user meant (issue 25)."""
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or os.fspath(value) == "auto":
+    """A file name made absolute against this process's current folder; GDAL names, ``--mask``'s words and
+    non-paths as they are. Why: the plugin starts the engine in its own folder, so a relative name it passes would be
+    read (or written) there, not where the user meant (issue 25)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or is_mask_word(value):
         return value
     return value if is_gdal_name(value) else os.path.abspath(os.path.expanduser(os.fspath(value)))
 
@@ -250,9 +259,11 @@ class RunConfig:
     landcover: Path | str | None = option(None, "ESA WorldCover land-cover raster (for the report)", kind="source",
                                           label="Land cover (ESA WorldCover codes)")
     mask: Path | str | None = option(
-        None, "cloud mask: 1 band (1 = cloud), Planet UDM2 (8 bands), or 'auto': the mask that comes with the "
-        "optical product (UDM2 beside a PlanetScope file, L2A SCL)", kind="source",
-        label="Cloud mask (binary or Planet UDM2)")  # a file, a GDAL name, or "auto"
+        None, "cloud mask: 1 band (1 = cloud), Planet UDM2 (8 bands); or 'auto': the mask that comes with the "
+        "optical product (UDM2 beside a PlanetScope file, L2A SCL), else detect; 'detect' (the default): clouds and "
+        "their shadows found by the trained detector (ukis-csmask, the 'masks' extra), else by the hand-made rule; "
+        "'rule': the hand-made brightness rule", kind="source",
+        label="Cloud mask (binary or Planet UDM2)")  # a file, a GDAL name, or one of MASK_WORDS
     reference: Path | str | None = option(None, "cloud-free reference image (for the report's metrics)",
                                           kind="source", label="Cloud-free reference (metrics in the report)")
     mode: str = option(
@@ -454,7 +465,7 @@ def check_options(values: Mapping[str, Any]) -> None:
     if v["qa"] is not None and Path(v["qa"]).resolve() == Path(v["out"]).resolve():
         raise InputError(f"--qa must be another file than --out, got {v['qa']} for both")
     _check_tta(v)
-    if v["only_cloudy"] and v["mask"] is None and len(v["bands"]) != 4:
+    if v["only_cloudy"] and (v["mask"] is None or is_mask_word(v["mask"])) and len(v["bands"]) != 4:
         raise InputError(f"--only-cloudy without --mask detects clouds on B, G, R, NIR; --bands lists "
                          f"{len(v['bands'])} bands: give a cloud mask with --mask")  # fmt: skip
     if v["memory_budget"] is not None and not 0 < v["memory_budget"] <= MAX_MEMORY_BUDGET_GB:

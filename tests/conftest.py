@@ -53,6 +53,18 @@ def _short_default_adaptation(request, monkeypatch):
     monkeypatch.setattr(engine.stream.mode, "ADAPT_MAX", 2)
 
 
+@pytest.fixture(autouse=True)
+def _rule_unless_asked(request, monkeypatch):
+    """Runs without a mask take their cloud from the hand-made rule, as where the ``masks`` extra is absent, whether
+    or not it is installed here: the many tests about something else keep their (synthetic) clouds and their speed.
+    A test marked ``trained_detector`` sees the installed one (engine.sources.masks.trained_detector_version)."""
+    if request.node.get_closest_marker("trained_detector"):
+        return
+    import engine.sources.masks
+
+    monkeypatch.setattr(engine.sources.masks, "trained_detector_version", lambda: None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of many tiny convs: on a shared 2-core box they run ~10x faster than with

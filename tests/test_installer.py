@@ -11,6 +11,7 @@ import pytest
 
 from aligncr_qgis.installer import (
     CUDA_FLAVOUR,
+    MASKS_REQUIREMENTS,
     REQUIREMENTS,
     InstallPlan,
     qgis_python,
@@ -28,7 +29,24 @@ def touch(path: Path) -> Path:
 
 
 def test_requirements_are_pyprojects() -> None:
-    assert REQUIREMENTS == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert REQUIREMENTS == project["dependencies"]
+    assert MASKS_REQUIREMENTS == project["optional-dependencies"]["masks"]
+
+
+def test_trained_cloud_detector_by_default(tmp_path: Path) -> None:
+    """The ``masks`` extra goes with the engine's packages unless unticked; offline only when the wheel folder holds
+    its wheel (without it the engine works with the hand-made rule, so its absence must not fail the install)."""
+    plan = InstallPlan("/q/python3", tmp_path / "venv", platform="linux")
+    assert plan.pip_args()[-len(MASKS_REQUIREMENTS):] == MASKS_REQUIREMENTS
+    without = InstallPlan("/q/python3", tmp_path / "venv", platform="linux", masks=False)
+    assert not set(MASKS_REQUIREMENTS) & set(without.pip_args()) and without.size_gb < plan.size_gb
+    assert without.expected_mb("install the engine's packages") < plan.expected_mb("install the engine's packages")
+    wheels = tmp_path / "wheels"
+    touch(wheels / "torch-2.3.0-cp311-none-linux_x86_64.whl")
+    assert not set(MASKS_REQUIREMENTS) & set(InstallPlan("/q/python3", tmp_path / "v", str(wheels)).pip_args())
+    touch(wheels / "ukis_csmask-1.0.0-py3-none-any.whl")
+    assert InstallPlan("/q/python3", tmp_path / "v", str(wheels)).pip_args()[-1] == MASKS_REQUIREMENTS[-1]
 
 
 @pytest.mark.parametrize("platform, rel", [("win32", "Scripts/python.exe"), ("darwin", "bin/python"),
@@ -80,11 +98,12 @@ def test_install_commands(tmp_path: Path, platform: str) -> None:
     (label1, py1, mod1, args1), *torch, (label2, py2, mod2, args2) = plan.steps()
     assert (py1, mod1, args1) == ("/q/python3", "venv", ["--system-site-packages", str(tmp_path / "venv")])
     assert py2 == str(venv_python(tmp_path / "venv", platform)) and mod2 == "pip"
-    assert args2[0] == "install" and args2[-len(REQUIREMENTS):] == REQUIREMENTS
+    everything = REQUIREMENTS + MASKS_REQUIREMENTS
+    assert args2[0] == "install" and args2[-len(everything):] == everything
     cpu_index = "https://download.pytorch.org/whl/cpu"
     assert cpu_index not in args2  # issue 28: never an *extra* index pip may fall back from to PyPI's CUDA build
     # PyPI's Linux torch bundles CUDA; elsewhere it is CPU: on Linux torch comes first, alone, from the CPU index
-    assert bool(torch) == (platform == "linux") and plan.size_gb == 1.0
+    assert bool(torch) == (platform == "linux") and plan.size_gb == 1.25
     if torch:
         (label, _py, module, targs), = torch
         assert module == "pip" and targs[targs.index("--index-url") + 1] == cpu_index and "--no-deps" in targs
@@ -92,7 +111,7 @@ def test_install_commands(tmp_path: Path, platform: str) -> None:
     cuda_plan = InstallPlan("/q/python3", tmp_path / "venv", cuda=True, platform=platform)
     cuda = cuda_plan.pip_args()
     assert f"https://download.pytorch.org/whl/{CUDA_FLAVOUR}" in cuda and cpu_index not in cuda
-    assert len(cuda_plan.steps()) == 2 and cuda_plan.size_gb == 5.8
+    assert len(cuda_plan.steps()) == 2 and cuda_plan.size_gb == 6.05
     offline = InstallPlan("/q/python3", tmp_path / "venv", wheel_dir="/wheels", cuda=True, platform=platform)
     args = offline.pip_args()
     assert args[args.index("--find-links") + 1] == "/wheels" and "--no-index" in args

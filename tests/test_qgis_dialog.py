@@ -250,6 +250,8 @@ def test_check_environment_fills_devices(project, dlg: AlignCRDialog) -> None:
     assert [dlg.device_combo.itemData(i) for i in range(2)] == ["auto", "cpu"]
     assert dlg.device_combo.count() == 2 + len(dlg.settings.env_cache["cuda_devices"])
     assert "torch 2." in dlg.env_label.text() and "ready" in dlg.env_label.text()
+    detector = dlg.settings.env_cache["cloud_detector"]  # which cloud detector a run without a mask gets
+    assert ("clouds: trained detector (ukis-csmask" if detector else "clouds: hand-made") in dlg.env_label.toolTip()
     # `engine models --json` filled the model picker with the whole registry, sizes included.
     registry = {dlg.model_combo.itemData(i)[1]: dlg.model_combo.itemText(i) for i in range(dlg.model_combo.count())
                 if dlg.model_combo.itemData(i)[0] == "registry"}
@@ -426,8 +428,8 @@ def test_layers_added_while_the_dialog_is_open_fill_the_band_mapping(project, dl
 
 
 def test_install_dialog_defaults(project, tmp_path: Path) -> None:
-    """*Install engine…* asks with QGIS's Python, no wheel folder (PyPI), CUDA only when a GPU answers, and QGIS's
-    packages visible; the venv goes to the plugin's data folder in the profile."""
+    """*Install engine…* asks with QGIS's Python, no wheel folder (PyPI), CUDA only when a GPU answers, the trained
+    cloud detector, and QGIS's packages visible; the venv goes to the plugin's data folder in the profile."""
     from qgis.core import QgsApplication
 
     from aligncr_qgis.install_dialog import InstallDialog, engine_venv_dir
@@ -439,7 +441,32 @@ def test_install_dialog_defaults(project, tmp_path: Path) -> None:
         plan = dialog.plan()
         assert plan.base_python == qgis_python() and plan.venv == tmp_path / "venv" and plan.wheel_dir == ""
         assert plan.cuda == has_nvidia_gpu() and plan.system_site_packages
+        assert plan.masks and plan.with_masks and "trained cloud detector" in dialog.size_label.text()
         dialog.wheels_widget.setFilePath(str(tmp_path))
-        assert "--no-index" in dialog.plan().pip_args()
+        assert "--no-index" in dialog.plan().pip_args() and not dialog.plan().with_masks  # no ukis-csmask wheel
+        assert "hand-made rule" in dialog.size_label.text()
+        dialog.masks_check.setChecked(False)
+        assert not dialog.plan().masks and "hand-made rule" not in dialog.size_label.text()
     finally:
         dialog.deleteLater()
+
+
+def test_cloud_mask_picker_offers_the_trained_detector_first(project, dlg: AlignCRDialog, tmp_path: Path) -> None:
+    """The cloud-mask picker (issue 29): "detect (trained)" by default (no --mask: the engine's own default), then the
+    project's layers, then the hand-made rule and the product's own mask, each its --mask word; a layer its path."""
+    opt = add_layer(project, write_optical(tmp_path / "opt.tif"), "optical")
+    sar = add_layer(project, write_sar(tmp_path / "sar.tif"), "sar")
+    choose(dlg, opt, sar, tmp_path / "out.tif")
+    combo = dlg.mask_combo
+    assert combo.currentIndex() == 0 and combo.currentText() == "detect (trained)" and combo.currentLayer() is None
+    assert dlg.mask_word() is None and "--mask" not in dlg.build_request().to_args()
+    texts = [combo.itemText(i) for i in range(combo.count())]
+    assert texts[-2:] == ["detect (hand-made rule)", "the product's own (UDM2, SCL), else detect"]
+    for index, word in ((combo.count() - 2, "rule"), (combo.count() - 1, "auto")):
+        combo.setCurrentIndex(index)
+        args = dlg.build_request().to_args()
+        assert dlg.mask_word() == word and args[args.index("--mask") + 1] == word
+    assert dlg.last_check.ok, dlg.issue_messages()
+    combo.setLayer(opt)  # any raster layer: its file goes as the mask
+    args = dlg.build_request().to_args()
+    assert dlg.mask_word() is None and args[args.index("--mask") + 1] == str(tmp_path / "opt.tif")

@@ -305,3 +305,26 @@ def test_npy_mask_in_processing_and_the_dialog(project, processing_provider, qgi
         assert any("10×10" in item.text() for item in d.bar.items())
     finally:
         close_dialog(d)
+
+
+def test_mask_words_in_processing(project, processing_provider, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """MASK may be one of --mask's words (issue 29): passed on as it is (rule, auto), not refused as a missing layer;
+    without MASK the command has no --mask (the engine's default: the trained detector where installed)."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    from aligncr_qgis.algorithms import base
+
+    monkeypatch.setattr(base, "engine_root", lambda: fake_engine(tmp_path / "fake"))
+    monkeypatch.setenv("ALIGNCR_PYTHON", PYTHON)
+    opt, sar = write_scene_optical(tmp_path / "cloudy.tif", cloud=0.3), write_sar(tmp_path / "s1.tif")
+    for given, expected in (("rule", "rule"), ("AUTO", "auto"), (None, None)):
+        seen: list[str] = []
+        feedback = QgsProcessingFeedback()
+        feedback.pushConsoleInfo = seen.append
+        parameters = {"OPTICAL": str(opt), "SAR": str(sar), "OUTPUT": str(tmp_path / f"o_{given}.tif"),
+                      **({"MASK": given} if given else {})}  # fmt: skip
+        processing.run("aligncr:declouding", parameters, feedback=feedback)
+        command = next(line for line in seen if line.startswith("$ ")).split()
+        assert (command[command.index("--mask") + 1] if "--mask" in command else None) == expected

@@ -165,7 +165,7 @@ def test_info_says_what_each_product_resolved_to(tmp_path, capsys):
     assert any("without terrain correction" in w for w in facts["warnings"])
     assert main(["info", "--optical", str(s2), "--sar", str(s1)]) == 0
     text = capsys.readouterr().out
-    assert "resolved    Sentinel-1 GRD SAFE" in text and "CLOUD MASK: none" in text
+    assert "resolved    Sentinel-1 GRD SAFE" in text and "CLOUD MASK: detected by the hand-made brightness rule" in text
 
 
 def test_cli_run_on_the_products_and_a_refused_one(tmp_path, capsys):

@@ -53,7 +53,7 @@ from aligncr_qgis.layers import (
 )
 from aligncr_qgis.model_list import DEFAULT, engine_default, registry_models
 from aligncr_qgis.npy_mask import is_npy, npy_mask_to_geotiff
-from aligncr_qgis.run_options import MODE_SWITCHES, OPTIONS, Option, RunCommand, absolute_name
+from aligncr_qgis.run_options import MASK_WORDS, MODE_SWITCHES, OPTIONS, Option, RunCommand, absolute_name
 from aligncr_qgis.run_progress import RunProgress
 from aligncr_qgis.settings import PluginSettings
 from aligncr_qgis.styling import style_confidence, style_qa, style_rgb
@@ -124,8 +124,11 @@ class DecloudingAlgorithm(EngineAlgorithm):
             "pixels. gapfill uses no SAR: leave the SAR image empty (every other model needs it).\n"
             "'Replace only the cloud' keeps every clear pixel exactly as the input and blends the model's output "
             "into it over the feather width beyond the cloud (advanced); the cloud is the cloud mask's, or without "
-            "one the clouds detected on the optical image (bright, flat pixels; a real mask is better). The cloud mask "
-            "may also be a NumPy .npy array of the optical's height × width (M3R-CR's masks; non-zero = cloud).\n"
+            "one the clouds and cloud shadows the trained detector (ukis-csmask, installed by Install engine…) finds "
+            "on the optical image — where it is not installed, the hand-made brightness rule (bright, flat pixels; "
+            "no shadows), said in the log. The cloud mask may also be a NumPy .npy array of the optical's height × "
+            "width (M3R-CR's masks; non-zero = cloud), or one of the words detect (the default), rule (the hand-made "
+            "rule) and auto (the product's own UDM2 / SCL, else detect).\n"
             "U-Net weights built with a DEM input (ssop-unet/msop-unet, dem=True) also need the DEM: a one-band "
             "elevation raster in metres, any CRS (reprojected bilinearly).\n"
             "The confidence layer is the spread of the model's output over test-time flips and 90° rotations of the "
@@ -204,7 +207,7 @@ class DecloudingAlgorithm(EngineAlgorithm):
                              context: QgsProcessingContext) -> tuple[bool, str]:
         """QGIS's checks, with MODEL by number and an ``.npy`` MASK (no layer QGIS can load) let through."""
         checked = self._model_by_name(parameters)
-        if is_npy(checked.get("MASK")):
+        if is_npy(checked.get("MASK")) or _mask_word(checked.get("MASK")):
             checked = {**checked, "MASK": None}
         return super().checkParameterValues(checked, context)
 
@@ -253,7 +256,8 @@ class DecloudingAlgorithm(EngineAlgorithm):
         extent = (self.parameterAsExtent(parameters, self.EXTENT, context, optical_layer.crs())
                   if parameters.get(self.EXTENT) and optical_layer is not None else None)  # fmt: skip
         values = self._option_values(parameters, context)
-        values["mask"] = self._npy_mask(parameters, values["optical"], feedback) or values["mask"]
+        values["mask"] = (_mask_word(parameters.get("MASK")) or self._npy_mask(parameters, values["optical"], feedback)
+                          or values["mask"])  # fmt: skip
         req = RunCommand(
             **values,
             out=out, qa=qa, confidence=confidence, weights=weights,
@@ -327,6 +331,12 @@ def _mode_defaults(entries: list[dict[str, Any]]) -> str:
     if len(set(models.values())) == 1:
         return next(iter(models.values()))
     return ", ".join(f"{mode}: {model}" for mode, model in models.items())
+
+
+def _mask_word(value: object) -> str | None:
+    """MASK given as one of ``--mask``'s words (detect, rule, auto) rather than a layer: the word, else None."""
+    text = str(value).strip().lower() if isinstance(value, str) else ""
+    return text if text in MASK_WORDS else None
 
 
 def _parameter(row: Option) -> QgsProcessingParameterDefinition:

@@ -36,7 +36,7 @@ from aligncr_qgis.layer_pick import pick_sar
 from aligncr_qgis.model_cards import temporal_info
 from aligncr_qgis.model_cards import uses_sar as model_uses_sar
 from aligncr_qgis.npy_mask import npy_mask_to_geotiff
-from aligncr_qgis.run_options import choice_items
+from aligncr_qgis.run_options import MASK_AUTO, MASK_RULE, choice_items
 
 # The extra dates of temporal models: engine option (``optical_prev`` → ``--optical-prev`` …) → dialog label.
 EXTRA_LAYERS = {
@@ -110,8 +110,20 @@ class InputsPanel:
         self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
         form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
         self.mask_combo = self._raster_combo(True)
-        self.mask_combo.setToolTip(self.tr("Cloud mask (optional): binary (1 = cloud) or a Planet UDM2; the report "
-                                           "scores inside and outside the cloud, 'Replace only the cloud' uses it"))
+        # Where the cloud comes from: a mask layer, or (no layer) a detector the engine runs on the optical image.
+        # The default names the trained detector (issue 29); without it installed the engine uses the rule and says so.
+        self.mask_combo.setAllowEmptyLayer(True, self.tr("detect (trained)"))
+        self.mask_words = {self.tr("detect (hand-made rule)"): MASK_RULE,
+                           self.tr("the product's own (UDM2, SCL), else detect"): MASK_AUTO}
+        self.mask_combo.setAdditionalItems(list(self.mask_words))
+        self.mask_combo.setCurrentIndex(0)
+        self.mask_combo.setToolTip(self.tr(
+            "Where the cloud comes from. detect (trained), the default: the trained cloud and shadow detector "
+            "(ukis-csmask, installed by Install engine…) marks cloud and cloud shadow on the optical image; where it "
+            "is not installed the engine uses the hand-made brightness rule and says so. detect (hand-made rule): "
+            "bright, flat pixels only (no shadows; misses thin haze and fringes). The product's own: a PlanetScope "
+            "UDM2 or Sentinel-2 L2A SCL found beside the image, else detect. Or a mask layer: binary (1 = cloud) or a "
+            "Planet UDM2. The report scores inside and outside the cloud, 'Replace only the cloud' replaces it"))
         mask_row = QHBoxLayout()
         mask_row.addWidget(self.mask_combo, 1)
         self.mask_npy_button = QPushButton(self.tr("From .npy…"), self)
@@ -126,8 +138,8 @@ class InputsPanel:
         self.only_cloudy_check.setToolTip(
             self.tr("Keep every clear pixel exactly as in the input; only the cloud takes the model's output, blended "
             "into "
-            "the input over the feather width beyond the cloud's edge. The cloud is the cloud mask's when one is "
-            "chosen, else the clouds detected on the optical image (bright, flat pixels; a real mask is better). "
+            "the input over the feather width beyond the cloud's edge. The cloud is what the Cloud mask picker says: "
+            "a mask layer, the product's own mask, or the clouds (and shadows) detected on the optical image. "
             "Off: the model's output everywhere, as in the paper.")
         )
         self.feather_spin = option_spin("cloud_feather", 1, " px")
@@ -300,6 +312,13 @@ class InputsPanel:
             label.setVisible(shown)
             widget.setVisible(shown)
             widget.setEnabled(shown)
+
+    def mask_word(self) -> str | None:
+        """``--mask``'s word for the picker's choice without a layer: ``rule`` or ``auto``; None for a mask layer
+        and for the default, detect (trained), which is the engine's own default (no ``--mask``)."""
+        if self.mask_combo.currentLayer() is not None:
+            return None
+        return self.mask_words.get(self.mask_combo.currentText())
 
     def _show_sar(self, arch: str) -> None:
         """A model without SAR input (gapfill) needs no SAR layer: its row is disabled and marked unused."""

@@ -107,6 +107,8 @@ class OutputsPanel:
                            ("reference", inp.reference)):
             if layer is not None:
                 paths[key] = L.layer_path(layer)
+        if inp.mask is None and self.mask_word():  # the rule, or the product's own mask (else detect)
+            paths["mask"] = self.mask_word()
         extras = self.extra_dates()  # the extra rasters (paths) and typed dates of a temporal model
         if self.uses_dem and self.dem_combo.currentLayer() is not None:
             paths["dem"] = L.layer_path(self.dem_combo.currentLayer())

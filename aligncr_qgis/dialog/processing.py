@@ -288,6 +288,10 @@ def _env_summary(env: dict[str, Any]) -> str:
         lines.append(f"  {name}: {version or 'MISSING'}")
     devices = env.get("cuda_devices") or []
     lines.append("  GPUs: " + (", ".join(f"cuda:{d['index']} {d['name']}" for d in devices) or "none (CPU only)"))
+    if "cloud_detector" in env:  # an engine from before issue 29 does not say
+        detector = env.get("cloud_detector")
+        lines.append(f"  clouds: trained detector ({detector})" if detector else
+                     "  clouds: hand-made brightness rule (no trained detector: Install engine… adds it)")
     if not env.get("ok"):
         lines.append(f"Install: {env.get('install_command')}")
     return "\n".join(lines)

@@ -34,6 +34,10 @@ REQUIRED: dict[str, str] = {
 }
 
 
+# Without the trained cloud detector (a run says so once as well).
+CLOUD_RULE = "hand-made brightness rule (no trained detector installed: pip install 'aligncr[masks]')"
+
+
 @dataclass
 class CudaDevice:
     index: int
@@ -54,6 +58,8 @@ class EnvReport:
     cuda_version: str | None = None
     cuda_devices: list[CudaDevice] = field(default_factory=list)
     gdal: str | None = None  # GDAL bundled with rasterio (not QGIS's system GDAL)
+    # the trained cloud detector a run without a mask uses ("ukis-csmask 1.0.0"); None: the hand-made rule
+    cloud_detector: str | None = None
     ok: bool = False
     install_command: str | None = None
 
@@ -104,6 +110,7 @@ def collect() -> EnvReport:
     numpy = modules.get("numpy")
     if numpy is not None and int(str(numpy.__version__).split(".")[0]) >= 2:
         rep.errors["numpy"] = f"numpy {numpy.__version__} is too new (numpy 2 breaks the GDAL Python bindings)"
+    rep.cloud_detector = _cloud_detector()
     missing = [REQUIRED[name] for name in REQUIRED if name in rep.errors]
     rep.ok = not missing
     if missing:
@@ -119,6 +126,20 @@ def collect() -> EnvReport:
         else:
             rep.install_command = f"{shlex.quote(sys.executable)} -m pip install {reqs}"
     return rep
+
+
+def _cloud_detector() -> str | None:
+    """"ukis-csmask VERSION" when the optional ``masks`` extra is importable (found, not imported: it loads nothing
+    heavy), else None — as :func:`engine.sources.masks.trained_detector_version`, which needs numpy."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("ukis_csmask") is None or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    try:
+        return f"ukis-csmask {importlib.metadata.version('ukis-csmask')}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _externally_managed() -> bool:
@@ -147,6 +168,7 @@ def format_text(rep: EnvReport) -> str:
             lines.append("  CUDA         no usable GPU (the engine will run on the CPU)")
         if "cuda" in rep.errors:
             lines.append(f"  CUDA error   {rep.errors['cuda']}")
+    lines.append(f"  clouds       {'trained detector, ' + rep.cloud_detector if rep.cloud_detector else CLOUD_RULE}")
     if rep.ok:
         lines.append("OK: this interpreter can run the engine.")
     else:

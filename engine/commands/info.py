@@ -26,6 +26,7 @@ from engine.errors import InputError
 from engine.sources import normalise
 from engine.sources.dates import dataset_acquisition_date, days_apart
 from engine.sources.footprint import run_footprint
+from engine.sources.masks import DETECTORS
 from engine.sources.product import Materialised
 from engine.sources.raster import describe, open_raster, read_sample, require_georeferenced, valid_mask
 from engine.sources.resolve import resolve_run_inputs
@@ -40,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sar", type=as_source, help="Sentinel-1 raster, RTC product or GRD .SAFE/.zip")
     parser.add_argument("--sar-vv", type=as_source, metavar="FILE", help="split polarisations: the VV raster")
     parser.add_argument("--sar-vh", type=as_source, metavar="FILE", help="split polarisations: the VH raster")
-    parser.add_argument("--mask", type=as_source, help="cloud mask, or 'auto' (the product's own)")
+    parser.add_argument("--mask", type=as_source, help="cloud mask, or 'auto' (the product's own, else detect), "
+                        "'detect' (the trained detector where installed, else the hand-made rule: the default), "
+                        "'rule'")  # fmt: skip
     parser.add_argument("--bands", help="optical B,G,R,NIR band indices (default: by band description, else 1,2,3,4)")
     parser.add_argument("--sar-bands", default="1,2", help="SAR VV,VH band indices (default 1,2)")
     parser.add_argument("--sar-units", choices=SAR_UNITS, default="auto", help="SAR units (default: detect)")
@@ -109,9 +112,10 @@ def _source_lines(role: str, source: dict[str, Any]) -> list[str]:
 def _text(facts: dict[str, Any]) -> str:
     lines = []
     for role, source in facts.get("sources", {}).items():
-        lines += _source_lines(role, source)
-    if "sources" in facts and "mask" not in facts["sources"]:
-        lines.append("CLOUD MASK: none")
+        if role == "mask" and source["driver"] in DETECTORS:  # no file: which detector the run will use
+            lines.append(f"CLOUD MASK: detected by the {source['kind']}" + "".join(f"; {n}" for n in source["notes"]))
+        else:
+            lines += _source_lines(role, source)
     lines += [f"WARNING: {w}" for w in facts.get("warnings", [])]
     for role in ("optical", "sar"):
         r = facts[role]

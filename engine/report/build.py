@@ -33,6 +33,7 @@ from engine.report.schema import SCHEMA_VERSION, validate_report
 from engine.report.sources import Sources, open_sources
 from engine.sources.footprint import input_footprint
 from engine.sources.landcover import CLASS_NAMES, UNKNOWN
+from engine.sources.masks import RULE_KIND
 from engine.sources.raster import input_read_errors
 
 QUICKLOOK_SIDE = 700
@@ -47,13 +48,17 @@ def _pct(part: int, whole: int) -> float | None:
     return 100.0 * part / whole if whole else None
 
 
-def _scene_json(res: PassResult, src: Sources, mask_given: bool) -> dict[str, Any]:
+def _scene_json(res: PassResult, src: Sources, mask_given: bool, method: str | None = None) -> dict[str, Any]:
+    """The scene's facts; ``method`` is the run's one line on where its cloud came from (a mask the trained
+    detector wrote is read as a given one, but was detected)."""
     s = res.stats
     clear = s.valid - s.cloud
+    detected = not mask_given or (method or "").startswith("detected")
     out: dict[str, Any] = {
         "pixels": {"total": s.total, "valid": s.valid, "cloud": s.cloud, "clear": clear},
         "cloud_mask": {
-            "source": "given" if mask_given else "detected",
+            "source": "detected" if detected else "given",
+            "method": method or ("given mask" if mask_given else f"detected: {RULE_KIND}"),
             "cloud_cover_percent": _pct(s.cloud, s.valid),
         },
         "landcover": None,
@@ -227,10 +232,13 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def _report_json(src: Any, res: PassResult, tile_size: int, bands: tuple[int, ...], model_card: dict | None,
-                 run_settings: dict | None, mask_given: bool, **paths: Path | None) -> dict[str, Any]:
+                 run_settings: dict | None, mask_given: bool, cloud_mask: str | None = None,
+                 **paths: Path | None) -> dict[str, Any]:  # fmt: skip
     """``report.json`` (before the plots): inputs as named, grid, settings, scene facts and the metrics."""
     g = src.grid
     name = {k: (str(v) if v is not None else None) for k, v in paths.items()}
+    if (cloud_mask or "").startswith("detected"):  # the detector's raster lives in the run's memory only
+        name["mask"] = None
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": {"name": "aligncr engine", "version": __version__},
@@ -261,7 +269,7 @@ def _report_json(src: Any, res: PassResult, tile_size: int, bands: tuple[int, ..
             "baselines": _baseline_settings(res),
             "off_gamut": _gamut_settings(res),
         },
-        "scene": _scene_json(res, src, mask_given),
+        "scene": _scene_json(res, src, mask_given, cloud_mask),
         "metrics": _metrics_json(res),
         "layers": dict(res.layers),
         "plots": [],
@@ -287,6 +295,7 @@ def write_report(
     baselines: bool = True,
     prediction_name: Path | None = None,
     clobber: bool = True,
+    cloud_mask: str | None = None,
 ) -> dict:
     """Write the report into ``out_dir`` (created if missing) and return the ``report.json`` dict.
 
@@ -296,6 +305,7 @@ def write_report(
     with a reference, also score the non-learned baselines (:mod:`engine.refine.baselines`) and the output's margin over
     the best of them inside the cloud (:mod:`engine.report.margin`).
     mask, clouds are detected on the cloudy input with :func:`engine.align.cloudmask.detect_clouds`.
+    ``cloud_mask`` is the run's line on where its cloud came from (:func:`engine.sources.masks.describe`).
     ``prediction_name`` is what ``report.json`` calls the prediction when it is read from another file (the
     engine's verified temporary output, renamed only after the report). Unreadable inputs are one
     :class:`~engine.errors.InputError` line. Every file of the report (layers, JSON, HTML) is renamed into place at
@@ -313,7 +323,7 @@ def write_report(
     staged: list[AtomicFile] = []
     try:
         report, res, figs = _report(named, out_dir, bands, model_card, run_settings, tile_size, progress, baselines,
-                                    prediction_name, clobber)  # fmt: skip
+                                    prediction_name, clobber, cloud_mask)  # fmt: skip
         staged = [*res.writers, _staged_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False)
                                              + "\n", clobber)]  # fmt: skip
         staged.append(_staged_text(out_dir / "report.html", render_html(report, figs), clobber))
@@ -330,7 +340,8 @@ def write_report(
 
 def _report(named: dict[str, Any], out_dir: Path, bands: tuple[int, ...], model_card: dict | None,
             run_settings: dict | None, tile_size: int, progress: Progress, baselines: bool,
-            prediction_name: Path | None, clobber: bool) -> tuple[dict, PassResult, dict[str, bytes]]:  # fmt: skip
+            prediction_name: Path | None, clobber: bool,
+            cloud_mask: str | None = None) -> tuple[dict, PassResult, dict[str, bytes]]:  # fmt: skip
     """The streaming pass (layers finished, not yet renamed), ``report.json``'s dict, validated, and the plots."""
     bands = tuple(int(b) for b in bands)
     res: PassResult | None = None
@@ -343,7 +354,8 @@ def _report(named: dict[str, Any], out_dir: Path, bands: tuple[int, ...], model_
             res = run_pass(src, out_dir, tile_size, progress.scaled(0.0, 0.85), QUICKLOOK_SIDE,
                            baselines=BASELINES if baselines else (), clobber=clobber)  # fmt: skip
             report = _report_json(src, res, tile_size, bands, model_card, run_settings, named["mask"] is not None,
-                                  optical=named["optical"], prediction=prediction_name or named["prediction"],
+                                  cloud_mask, optical=named["optical"],
+                                  prediction=prediction_name or named["prediction"],
                                   reference=named["reference"], landcover=named["land cover"],
                                   mask=named["mask"])  # fmt: skip
             progress.update(0.88, "report: plots")

@@ -200,6 +200,7 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
                 "CRS": report["grid"]["crs"],
                 "valid pixels": scene["pixels"]["valid"],
                 f"cloud cover ({cm['source']} mask), %": cm["cloud_cover_percent"],
+                "cloud mask": cm.get("method", cm["source"]),
                 "mean change |output − input| (whole image)": scene["change_magnitude"]["mean"],
                 "mean change inside clouds": scene["change_magnitude"]["inside_cloud"],
                 "mean change outside clouds": scene["change_magnitude"]["outside_cloud"],

@@ -140,11 +140,14 @@ def _same_inode(a: Path, b: Path) -> bool:
 
 
 def input_footprint(inputs: Mapping[str, str | os.PathLike[str] | None]) -> Footprint:
-    """The footprint of every input (role → name as given; None and ``auto`` skipped); refuses a local input that
-    reaches the network (:meth:`Footprint.refuse_network`). The one function every command checks outputs with."""
+    """The footprint of every input (role → name as given; None and ``--mask``'s words skipped); refuses a local input
+    that reaches the network (:meth:`Footprint.refuse_network`). The one function every command checks outputs
+    with."""
+    from engine.config import is_mask_word
+
     found = Footprint()
     for role, name in inputs.items():
-        if name is None or os.fspath(name) in ("", "auto"):
+        if name is None or not os.fspath(name) or is_mask_word(name):
             continue
         found.add(dataset_footprint(os.fspath(name), role.replace("_", " ")))
     found.refuse_network()
@@ -340,10 +343,10 @@ def _existing_prefix(path: str) -> Path | None:
 def run_footprint(values: Mapping[str, object]) -> Footprint:
     """The footprint of one run's inputs — a :class:`~engine.config.RunConfig`'s or a batch scene's fields by name:
     every input raster, the weights, and with ``mask`` ``auto`` the mask found beside the optical image."""
-    from engine.config import INPUT_FIELDS
+    from engine.config import INPUT_FIELDS, MASK_AUTO
 
     named = {name: values.get(name) for name in (*INPUT_FIELDS, "weights")}
-    if named.get("mask") is not None and os.fspath(named["mask"]) == "auto" and named.get("optical") is not None:
+    if named.get("mask") is not None and os.fspath(named["mask"]) == MASK_AUTO and named.get("optical") is not None:
         from engine.sources.resolve import planet_udm2  # the product's own mask (a SAFE's is in its folder)
 
         named["mask"] = planet_udm2(os.fspath(named["optical"]))  # type: ignore[arg-type]

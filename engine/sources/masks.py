@@ -1,14 +1,25 @@
-"""Interpreting user-supplied cloud-mask rasters.
+"""Interpreting cloud-mask rasters, and the cloud detectors a run may take the cloud from instead.
 
-Accepted: a single band where non-zero = cloud (1 = cloud, as the M3R-CR ``.npy`` masks and Fmask-style
-binary masks); or a Planet UDM2 asset (8 bands: clear, snow, shadow, light haze, heavy haze, cloud,
-confidence, udm1), where cloud ∪ shadow ∪ heavy haze counts as "cloud" — those are the pixels whose surface
-signal is lost and must be reconstructed from SAR.
+Accepted rasters: a single band where non-zero = cloud (1 = cloud, as the M3R-CR ``.npy`` masks and Fmask-style
+binary masks; the trained detector's masks, 1 = cloud, 2 = shadow); or a Planet UDM2 asset (8 bands: clear, snow,
+shadow, light haze, heavy haze, cloud, confidence, udm1), where cloud ∪ shadow ∪ heavy haze counts as "cloud" —
+those are the pixels whose surface signal is lost and must be reconstructed from SAR.
+
+Without a mask raster the cloud comes from a detector (:func:`detector_source`): the trained one (``ukis-csmask``,
+the optional ``masks`` extra: :mod:`engine.align.detector`) when it is installed, else the hand-made brightness rule
+(:mod:`engine.align.cloudmask`). Whether it is installed is decided here, without importing it, because ``engine
+info`` and the resolvers must say which detector a run will use before anything heavy is loaded.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+
 import numpy as np
+
+from engine.config import MASK_RULE
+from engine.sources.product import ResolvedSource
 
 UDM2_BANDS = ("clear", "snow", "shadow", "light_haze", "heavy_haze", "cloud", "confidence", "udm1")
 UDM2_CLOUDY = ("cloud", "shadow", "heavy_haze")
@@ -33,3 +44,45 @@ def cloud_mask_from_bands(array: np.ndarray, nodata: float | None = None) -> np.
     raise ValueError(
         f"a cloud mask must have 1 band (1 = cloud) or be a Planet UDM2 asset (8 bands); this one has {a.shape[0]}"
     )
+
+
+# The ``driver`` of a mask source that is a detector rather than a raster (engine.sources.resolve.resolve_mask).
+TRAINED, RULE = "ukis-csmask", "rule"
+DETECTORS = (TRAINED, RULE)
+TRAINED_PACKAGE = "ukis_csmask"  # its ONNX models and their statistics ship inside the package
+EXTRA_HINT = "pip install 'aligncr[masks]'"
+RULE_KIND = "hand-made brightness rule (no shadows; thin haze and cloud fringes are missed)"
+
+
+def trained_detector_version() -> str | None:
+    """The installed ``ukis-csmask`` version when it and ``onnxruntime`` can both be imported, else None."""
+    if importlib.util.find_spec(TRAINED_PACKAGE) is None or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    try:
+        return importlib.metadata.version("ukis-csmask")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def detector_source(given: str | None) -> ResolvedSource:
+    """The detector a run takes the cloud from when no mask raster is used: the trained one where installed (unless
+    ``given`` is ``rule``), else the hand-made rule, whose note says how to get the trained one (the run says it
+    once, :func:`describe`)."""
+    version = None if given == MASK_RULE else trained_detector_version()
+    if version is not None:
+        return ResolvedSource("cloud mask", given or "", f"trained detector (ukis-csmask {version}: cloud and cloud "
+                              "shadow, 4-band B, G, R, NIR model at about 10 m)", (), TRAINED, ("cloud",), (1,))
+    notes = ("--mask rule",) if given == MASK_RULE else (f"no trained cloud detector installed ({EXTRA_HINT})",)
+    return ResolvedSource("cloud mask", given or "", RULE_KIND, (), RULE, ("cloud",), (1,), notes=notes)
+
+
+def describe(source: ResolvedSource) -> str:
+    """One line on where a run's cloud comes from (the run's log, ``engine info``, the output's tags, the report)."""
+    if is_detector(source):
+        return f"detected: {source.kind}" + "".join(f"; {note}" for note in source.notes)
+    return f"{source.kind}: {source.given}"
+
+
+def is_detector(source: ResolvedSource | None) -> bool:
+    """True for a mask source that is a detector (no raster to open)."""
+    return source is not None and source.driver in DETECTORS

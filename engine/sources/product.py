@@ -208,6 +208,13 @@ class Materialised:
         self.files.append(memfile)
         return memfile.name
 
+    def memory_file(self, ext: str = ".tif") -> MemoryFile:
+        """An empty in-memory file deleted with the others (a raster the run writes and reads back: a detected
+        cloud mask)."""
+        memfile = MemoryFile(ext=ext)
+        self.files.append(memfile)
+        return memfile
+
     def close(self) -> None:
         for name in reversed(self.names):
             try:

@@ -34,10 +34,11 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
 
-from engine.config import DEFAULT_BANDS, Bounds, as_source, is_gdal_name
+from engine.config import DEFAULT_BANDS, MASK_AUTO, Bounds, as_source, is_gdal_name, is_mask_word
 from engine.errors import InputError
 from engine.sources.bounds import bounds_window, outside_note, window_vrt
 from engine.sources.dates import dataset_acquisition_date, days_apart
+from engine.sources.masks import detector_source, is_detector
 from engine.sources.metric_grid import require_metric_crs
 from engine.sources.normalise import detect_sar_units
 from engine.sources.product import (
@@ -255,16 +256,24 @@ def sar_date_gap(source: ResolvedSource) -> float | None:
 # --------------------------------------------------------------------------------------------------------- mask
 
 
-def resolve_mask(given: str | os.PathLike[str] | None, optical: ResolvedSource) -> ResolvedSource | None:
-    """The cloud mask: the file given, or with ``auto`` the one that came with the optical product (UDM2 beside a
-    PlanetScope scene, a Sentinel-2 L2A's SCL) — None when there is none (the caller warns and detects)."""
-    if given is None:
-        return None
-    text = os.fspath(given)
-    if text == "auto":
+def resolve_mask(given: str | os.PathLike[str] | None, optical: ResolvedSource) -> ResolvedSource:
+    """The cloud mask of a run — the one place that decides where "the cloud" comes from, best first: the file
+    given; with ``auto`` the mask that came with the optical product (UDM2 beside a PlanetScope scene, a Sentinel-2
+    L2A's SCL); else (``auto`` without one, ``detect``, no ``--mask``) the trained detector where installed, else the
+    hand-made rule (:func:`engine.sources.masks.detector_source`); ``rule`` forces the rule. A detector is a source
+    without datasets (:func:`engine.sources.masks.is_detector`)."""
+    text = None if given is None else os.fspath(given)
+    if text is not None and not is_mask_word(text):
+        _exists_or_raise(text, "cloud mask")
+        return ResolvedSource("cloud mask", text, "raster", (text,), _driver(text, "cloud mask"), ("cloud",), (1,))
+    if text == MASK_AUTO and optical.mask is not None:
         return optical.mask
-    _exists_or_raise(text, "cloud mask")
-    return ResolvedSource("cloud mask", text, "raster", (text,), _driver(text, "cloud mask"), ("cloud",), (1,))
+    detector = detector_source(text)
+    if text != MASK_AUTO:
+        return detector
+    note = (f"--mask auto: {optical.kind} {optical.given} comes with no cloud mask; the clouds are detected on the "
+            f"optical image instead ({detector.kind})")  # fmt: skip
+    return replace(detector, warnings=(note,))
 
 
 # ----------------------------------------------------------------------------------------------- materialising
@@ -440,8 +449,9 @@ def resolve_run_inputs(config: Any, store: Materialised, grid_rules: bool = True
                        ) -> tuple[Any, dict[str, ResolvedSource], list[str]]:  # fmt: skip
     """A :class:`~engine.config.RunConfig` whose optical, SAR and mask name what the readers open (the inputs
     themselves, or VRTs in ``store``), with the band lists and SAR units the resolution decided; the resolved
-    sources by role; and the warnings to record (a split VV/VH pair far apart in time, ``--mask auto`` with no
-    mask in the product). ``grid_rules`` applies :func:`optical_window` (a run; ``engine info`` only describes)."""
+    sources by role (``mask`` always: a raster, or the detector :func:`resolve_mask` chose, whose config ``mask`` is
+    then None); and the warnings to record (a split VV/VH pair far apart in time, ``--mask auto`` with no mask in the
+    product). ``grid_rules`` applies :func:`optical_window` (a run; ``engine info`` only describes)."""
     warnings: list[str] = []
     user_bands = None if tuple(config.bands) == DEFAULT_BANDS else tuple(config.bands)
     optical = resolve_optical(config.optical, user_bands)
@@ -469,14 +479,8 @@ def resolve_run_inputs(config: Any, store: Materialised, grid_rules: bool = True
         if gap is not None and gap > SPLIT_GAP_WARN_DAYS:
             warnings.append(f"--sar-vv and --sar-vh were acquired {gap:.1f} days apart; the polarisations show "
                             "different days on the ground")  # fmt: skip
-    if config.mask is not None:
-        mask = resolve_mask(config.mask, optical)
-        if mask is None:
-            warnings.append(f"--mask auto: {optical.kind} {optical.given} comes with no cloud mask; the clouds are "
-                            "detected on the optical image instead")  # fmt: skip
-            changes["mask"] = None
-        else:
-            resolved["mask"] = mask
-            changes["mask"] = as_source(materialise(mask, store))
-            warnings += mask.warnings
+    mask = resolve_mask(config.mask, optical)
+    resolved["mask"] = mask
+    warnings += mask.warnings
+    changes["mask"] = None if is_detector(mask) else as_source(materialise(mask, store))
     return replace(config, **changes), resolved, warnings

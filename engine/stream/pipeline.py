@@ -88,7 +88,8 @@ from engine.refine.scene_adapt import adapt_to_scene
 from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
 from engine.sources.dates import DATE_TAGS
 from engine.sources.footprint import run_footprint
-from engine.sources.product import Materialised
+from engine.sources.masks import describe
+from engine.sources.product import Materialised, ResolvedSource
 from engine.sources.raster import (
     DEFAULT_OPTICAL_DESCRIPTIONS,
     input_read_errors,
@@ -108,6 +109,7 @@ from engine.stream.chunks import (
     tile_grid,
     to_output_units,
 )
+from engine.stream.detected import take_cloud_source
 from engine.stream.device import describe_device
 from engine.stream.memory import plan_memory
 from engine.stream.mode import Guard, default_model
@@ -171,10 +173,12 @@ class RunResult:
     mode: str = "best"  # --mode
     guard: Guard | None = None  # --mode best: the model or the non-learned estimate inside the cloud, and why
     colour_anchor: list[float] | None = None  # --colour-anchor: the drift taken off deep in the cloud, per band
+    cloud_mask: str | None = None  # where the cloud came from (engine.sources.masks.describe)
+    mask_read: Path | str | None = None  # the mask raster the run read (a detected one: in the run's store)
 
 
 def _output_metadata(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner,
-                     device_name: str, given: RunConfig) -> RasterMetadata:
+                     device_name: str, given: RunConfig, cloud_mask: str | None = None) -> RasterMetadata:
     """The input's metadata plus how this output was made (:mod:`engine.outputs.provenance`); the inputs are named as
     the user gave them (``given``: a SAFE, a zip, two polarisation files), not as the VRTs they resolved to."""
     settings: dict[str, object] = {
@@ -192,6 +196,8 @@ def _output_metadata(config: RunConfig, inp: OpenedInputs, model: LoadedModel, r
     if model.scene_check is not None:
         settings["scene_check"] = model.scene_check.as_tag()
     settings["mode"] = config.mode
+    if cloud_mask is not None:
+        settings["cloud_mask"] = cloud_mask
     if model.guard is not None:
         settings["guard"] = model.guard.as_tag()
     if config.colour_anchor:  # the fitted shift is its own tag, ALIGNCR_COLOUR_ANCHOR (known only after the stream)
@@ -278,10 +284,10 @@ def run(
         with Materialised() as store:  # the VRTs the products resolve to live until the report is written
             given = config
             with input_read_errors("an input raster"):
-                config, _, source_warnings = resolve_run_inputs(config, store)
+                config, sources, source_warnings = resolve_run_inputs(config, store)
             for message in source_warnings:
                 progress.warn(message)
-            result = _decloud(config, progress, on_start, accel, writers, given)
+            result = _decloud(config, progress, on_start, accel, writers, given, (sources["mask"], store))
             result.warnings[:0] = source_warnings
             if config.report is not None:
                 result.report = _write_report(config, result, outer.scaled(REPORT_START, 1.0), writers[0].finished)
@@ -325,28 +331,37 @@ def _decloud(
     accel: AccelConfig,
     writers: list[AtomicGeoTIFFWriter],
     given: RunConfig | None = None,
+    cloud: tuple[ResolvedSource, Materialised] | None = None,
 ) -> RunResult:
-    """The data path: open → (choose the scene check's windows) → (adapt the model to the scene, those held out) →
+    """The data path: open → (detect the cloud, when the trained detector is its source) → (choose the scene check's
+    windows) → (adapt the model to the scene, those held out) →
     (score the scene check) → plan → stream chunks → result. The finished
     (uncommitted) outputs are appended to ``writers``. ``config`` names what the readers open
-    (:func:`engine.sources.resolve.resolve_run_inputs`), ``given`` what the user gave (provenance)."""
+    (:func:`engine.sources.resolve.resolve_run_inputs`), ``given`` what the user gave (provenance), ``cloud`` where
+    the cloud comes from (:func:`engine.sources.resolve.resolve_mask`) and the store a detected mask is written to."""
     t0 = time.perf_counter()
     warnings: list[str] = []
+    cloud_line = describe(cloud[0]) if cloud is not None else None
     early = precheck(config, default_model(config.mode))
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp, model, device = open_scene_and_model(config, early, stack, progress, warnings)
         config = dataclasses.replace(config, adapt=mode.adapt_for(config, (inp.grid.height, inp.grid.width)))
         prepare_inputs(config, inp, model)
+        if cloud is not None:
+            config = take_cloud_source(config, inp, cloud[0], cloud[1], stack, progress, accel.threads or 1)
         open_aligned_readers(config, inp, stack)
         held = _plan_scene_check(config, inp, model, progress, warnings)
         _adapt(config, inp, model, device, progress, warnings, held)
         _scene_check(config, inp, model, device, progress, warnings, held)
         _guard(config, model, progress)
         runner, accel = _start_runner(config, inp, model, device, accel, stack)
-        spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress)
+        spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress,
+                                        cloud_line)
         counts, shift = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
         seconds = time.perf_counter() - t0
     result = _result(config, inp, model, runner, spec, grid, device_name, counts, seconds, warnings)
+    result.cloud_mask = cloud_line
+    result.mask_read = config.mask
     result.colour_anchor = None if shift is None else [float(v) for v in shift]
     if config.colour_anchor and shift is None:
         record_warning(progress, warnings, "--colour-anchor: nothing anchored (no cloud pixel written by the "
@@ -387,12 +402,12 @@ def _result(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: In
 
 
 def _plan(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner, device: torch.device,
-          given: RunConfig, on_start: Callable[[RunPlan], None] | None,
-          progress: Progress) -> tuple[OutputSpec, TileGrid, str]:  # fmt: skip
+          given: RunConfig, on_start: Callable[[RunPlan], None] | None, progress: Progress,
+          cloud_line: str | None = None) -> tuple[OutputSpec, TileGrid, str]:  # fmt: skip
     """Decide the output's spec and metadata and the tile grid; announce the plan (``on_start``). Returns the spec,
     grid and device name."""
     device_name = describe_device(device)
-    spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given))
+    spec = _output_spec(config, inp, _output_metadata(config, inp, model, runner, device_name, given, cloud_line))
     grid = tile_grid(spec, config)
     log.info(
         "%s on %s: %d×%d px, %d tiles of %d×%d px (overlap %d, batch %d), SAR %s, optical ÷%g, %s",
@@ -629,10 +644,11 @@ def _write_report(config: RunConfig, result: RunResult, progress: Progress, pred
         out_dir=Path(config.report),
         reference=config.reference,
         landcover=config.landcover,
-        mask=config.mask,
+        mask=result.mask_read,
+        cloud_mask=result.cloud_mask,
         bands=tuple(config.bands),
         model_card=result.model_card,
-        run_settings={**config.as_dict(), "sar_used": result.sar_used,
+        run_settings={**config.as_dict(), "cloud_mask": result.cloud_mask, "sar_used": result.sar_used,
                       "model_percent": round(100.0 * result.model_fraction, 2), "network_tiles": result.network_tiles,
                       "total_tiles": result.total_tiles},
         progress=progress,

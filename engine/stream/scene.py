@@ -194,9 +194,8 @@ def _check_mask(config: RunConfig, inp: OpenedInputs, progress: Progress, warnin
             checked_coverage(inp.mask, inp.grid, tuple(range(1, inp.mask.count + 1)), "cloud mask", progress,
                              warnings, without="a cloud-mask value")  # fmt: skip
     elif config.only_cloudy:
-        message = ("no --mask: --only-cloudy replaces the clouds detected on the optical image (bright, spectrally "
-                   "flat pixels; no shadows, thin haze may be missed) — a real cloud mask (Planet UDM2, Fmask) is "
-                   "better")  # fmt: skip
+        message = ("no --mask: --only-cloudy replaces the clouds detected on the optical image (the 'cloud mask' "
+                   "line says by which detector; the product's own mask: --mask auto)")  # fmt: skip
         if config.mode == "raw":  # asked for: a warning; --mode best's own choice: said once, as information
             record_warning(progress, warnings, message)
         else:
