@@ -60,6 +60,10 @@ class RegisterDieOnce(distributed.WorkerPlugin):
             register_model(DIE_ONCE, DieOnceConfig(marker=self.marker), "test", needs_weights=False)(DieOnce)
 
 
+# the batch mechanics under test, not the default mode's adaptation and guard (tests/test_mode.py)
+RUN = {"tile": 32, "overlap": 8, "device": "cpu", "mode": "raw"}
+
+
 def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -123,7 +127,7 @@ def test_qa_column_writes_the_scene_qa_and_clears_a_killed_attempts_leftovers(sc
     job.qa.parent.mkdir()
     stale = job.qa.parent / f".{job.qa.name}.{dead_pid()}.dead1234.tmp.tif"
     stale.write_bytes(b"half")
-    record = run_scene(job, {"tile": 32, "overlap": 8, "device": "cpu"}, {})
+    record = run_scene(job, RUN, {})
     assert record["status"] == "ok" and record["model_percent"] == "100.00" and record["warnings"] == "", record
     with rasterio.open(job.qa) as ds:
         assert (ds.read(1) == 100).all()
@@ -134,7 +138,7 @@ def test_qa_column_writes_the_scene_qa_and_clears_a_killed_attempts_leftovers(sc
     transform, w, h = footprint_transform(scenes / "opt0.tif", WGS84, 9e-5)
     half = write_sar(tmp_path / "half.tif", crs=WGS84, transform=transform, height=h, width=w // 2)
     record = run_scene(dataclasses.replace(job, sar=half, out=tmp_path / "b.tif", qa=None),
-                       {"tile": 32, "overlap": 8, "device": "cpu"}, {})  # fmt: skip
+                       RUN, {})  # fmt: skip
     assert record["status"] == "ok" and "SAR covers only" in record["warnings"]
     assert 30 < float(record["model_percent"]) < 70
 
@@ -214,7 +218,7 @@ def test_three_scenes_one_bad_two_ok(client, scenes: Path, tmp_path: Path) -> No
     ]  # fmt: skip
     rows[1]["sar"] = str(scenes / "missing.tif")  # the bad scene: its SAR does not exist
     jobs = read_manifest(_write_manifest(tmp_path / "m.csv", rows))
-    config = BatchConfig(retries=2, run={"tile": 32, "overlap": 8, "device": "cpu"}, accel={"threads": 1})
+    config = BatchConfig(retries=2, run=RUN, accel={"threads": 1})
     seen = []
     outcomes = run_batch(
         jobs, config, tmp_path / "summary.csv", client=client, on_outcome=lambda o, k, n: seen.append(k)
@@ -247,7 +251,7 @@ def test_gapfill_scene_with_dates_next_to_a_normal_scene(client, scenes: Path, t
          "model": "identity"},
     ]  # fmt: skip
     jobs = read_manifest(_write_manifest(tmp_path / "m.csv", rows))
-    config = BatchConfig(retries=0, run={"tile": 32, "overlap": 8, "device": "cpu"}, accel={"threads": 1})
+    config = BatchConfig(retries=0, run=RUN, accel={"threads": 1})
     outcomes = run_batch(jobs, config, tmp_path / "summary.csv", client=client)
     assert [o.status for o in outcomes] == ["ok", "ok"], outcomes
     with rasterio.open(tmp_path / "gap.tif") as ds:
@@ -260,7 +264,7 @@ def test_worker_killed_mid_scene_is_retried_without_half_written_output(client, 
     rows = [{"id": "dies", "optical": str(scenes / "opt0.tif"), "sar": str(scenes / "s1_0.tif"),
              "out": str(tmp_path / "dies.tif"), "model": DIE_ONCE}]  # fmt: skip
     jobs = read_manifest(_write_manifest(tmp_path / "m.csv", rows))
-    config = BatchConfig(retries=1, run={"tile": 32, "overlap": 8, "device": "cpu"}, accel={"threads": 1})
+    config = BatchConfig(retries=1, run=RUN, accel={"threads": 1})
     (outcome,) = run_batch(jobs, config, tmp_path / "summary.csv", client=client)
     assert outcome.status == "ok" and outcome.attempts == 2, outcome
     assert (tmp_path / "dies.tif").exists() and not list(tmp_path.glob(".*tmp*"))  # the dead attempt's temp is gone

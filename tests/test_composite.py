@@ -38,7 +38,8 @@ def scene(tmp_path):
 
 def _run(scene, out, **kw):
     opt, sar, mask = scene
-    cfg = RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", tile=32, overlap=8, **kw)
+    cfg = RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", mode="raw", tile=32, overlap=8,
+                    **kw)
     run(cfg)
     with rasterio.open(out) as ds:
         return ds.read().astype(np.int64)
@@ -96,7 +97,7 @@ def test_tiles_away_from_the_cloud_skip_the_network(tmp_path):
     corner = np.zeros((1, H, W), np.uint8)
     corner[:, :6, :6] = 1  # a small cloud in the top-left corner
     mask = write_mask(tmp_path / "corner.tif", corner, like=opt)
-    common = dict(optical=opt, sar=sar, mask=mask, model="test-brighten", tile=32, overlap=8)
+    common = dict(optical=opt, sar=sar, mask=mask, model="test-brighten", mode="raw", tile=32, overlap=8)
     every = run(RunConfig(out=tmp_path / "every.tif", **common))
     only = run(RunConfig(out=tmp_path / "only.tif", only_cloudy=True, cloud_feather=4, **common))
     assert every.network_tiles == every.total_tiles == 16
@@ -126,7 +127,7 @@ def test_udm2_mask_in_another_crs(tmp_path):
     sar = write_sar(tmp_path / "s1.tif", like=opt)
     mask = write_mask(tmp_path / "udm2.tif", like=opt, crs="EPSG:4326", res=2.7e-5, bands=8, cloud_fraction=0.5)
     out = tmp_path / "out.tif"
-    run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", tile=32, overlap=8,
+    run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", mode="raw", tile=32, overlap=8,
                   only_cloudy=True, cloud_feather=0))  # fmt: skip
     with rasterio.open(opt) as a, rasterio.open(out) as b:
         diff = b.read().astype(np.int64) - a.read().astype(np.int64)
@@ -138,8 +139,8 @@ def test_a_mask_covering_part_of_the_scene_is_a_warning(tmp_path, scene):
     half = np.ones((1, H, W // 2), np.uint8)  # on the optical grid's origin: the western half only, all cloud
     mask = write_mask(tmp_path / "half.tif", half, like=opt)
     out = tmp_path / "o.tif"
-    result = run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", tile=32, overlap=8,
-                           only_cloudy=True, cloud_feather=0))  # fmt: skip
+    result = run(RunConfig(optical=opt, sar=sar, out=out, mask=mask, model="test-brighten", mode="raw", tile=32,
+                           overlap=8, only_cloudy=True, cloud_feather=0))  # fmt: skip
     assert any(w.startswith("cloud mask covers only 50.0%") for w in result.warnings), result.warnings
     with rasterio.open(opt) as a, rasterio.open(out) as b:
         diff = b.read().astype(np.int64) - a.read().astype(np.int64)
@@ -160,8 +161,8 @@ def test_without_a_mask_the_detected_clouds_are_replaced(tmp_path):
     outs = []
     for chunk in (40, 1024):
         out = tmp_path / f"o{chunk}.tif"
-        result = run(RunConfig(optical=opt, sar=sar, out=out, model="test-brighten", tile=32, overlap=8, chunk=chunk,
-                               only_cloudy=True, cloud_feather=feather))  # fmt: skip
+        result = run(RunConfig(optical=opt, sar=sar, out=out, model="test-brighten", mode="raw", tile=32, overlap=8,
+                               chunk=chunk, only_cloudy=True, cloud_feather=feather))  # fmt: skip
         assert any(w.startswith("no --mask: --only-cloudy replaces the clouds detected") for w in result.warnings)
         with rasterio.open(out) as ds:
             outs.append(ds.read().astype(np.int64))

@@ -161,7 +161,7 @@ def test_tta_alone_outputs_the_mean_and_an_equivariant_model_is_unchanged(tmp_pa
     sar = write_sar(tmp_path / "s1.tif", like=opt)
     with rasterio.open(opt) as ds:
         original = ds.read().astype(np.float64)
-    base = dict(optical=opt, sar=sar, tile=32, overlap=8)
+    base = dict(optical=opt, sar=sar, mode="raw", tile=32, overlap=8)
     run(RunConfig(**base, out=tmp_path / "ramp.tif", model="test-ramp", tta=4))
     with rasterio.open(tmp_path / "ramp.tif") as ds:
         mean = ds.read().astype(np.float64)
@@ -181,7 +181,7 @@ def test_only_cloudy_confidence_is_zero_where_the_input_is_kept(tmp_path):
     cloud = np.zeros((1, 50, 50), np.uint8)
     cloud[:, 20:30, 20:30] = 1
     mask = write_mask(tmp_path / "mask.tif", cloud, like=opt)
-    base = dict(optical=opt, sar=sar, mask=mask, model="test-ramp", tile=32, overlap=8, cloud_feather=5)
+    base = dict(optical=opt, sar=sar, mask=mask, model="test-ramp", mode="raw", tile=32, overlap=8, cloud_feather=5)
     run(RunConfig(**base, out=tmp_path / "all.tif", confidence=tmp_path / "all_c.tif"))
     run(RunConfig(**base, out=tmp_path / "cl.tif", confidence=tmp_path / "cl_c.tif", only_cloudy=True))
     everywhere, cloudy = _read(tmp_path / "all_c.tif")[0], _read(tmp_path / "cl_c.tif")[0]

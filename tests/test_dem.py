@@ -53,7 +53,7 @@ def _read(path: Path) -> np.ndarray:
 
 def _args(scene: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["run", "--optical", str(scene["optical"]), "--sar", str(scene["sar"]), "--out", str(out),
-            "--weights", str(scene["weights"]), "--device", "cpu", "--tile", str(N), "--overlap", "0",
+            "--weights", str(scene["weights"]), "--mode", "raw", "--device", "cpu", "--tile", str(N), "--overlap", "0",
             *extra]  # fmt: skip
 
 

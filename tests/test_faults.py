@@ -43,7 +43,7 @@ from engine.stream.pipeline import run
 from engine.stream.tiling import TileGrid
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"tile": 32, "overlap": 8, "model": "identity", "device": "cpu"}
+FAST = {"tile": 32, "overlap": 8, "model": "identity", "device": "cpu", "mode": "raw"}
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

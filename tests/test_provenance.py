@@ -43,7 +43,7 @@ def scene(tmp_path):
 def test_output_keeps_the_input_metadata_and_says_how_it_was_made(tmp_path, scene):
     opt, sar = scene
     out = tmp_path / "out.tif"
-    run(RunConfig(optical=opt, sar=sar, out=out, model="test-brighten", tile=32, overlap=8))
+    run(RunConfig(optical=opt, sar=sar, out=out, model="test-brighten", mode="raw", tile=32, overlap=8))
     with rasterio.open(out) as ds:
         tags = ds.tags()
         assert tags["SATELLITE_ID"] == "2427" and tags["CUSTOM"] == "kept"

@@ -34,7 +34,8 @@ def test_qa_marks_model_pixels_kept_pixels_and_nodata(tmp_path):
     transform, w, h = footprint_transform(opt, WGS84, 9e-5)
     sar = write_sar(tmp_path / "half.tif", crs=WGS84, transform=transform, height=h, width=w // 2)
     out, qa = tmp_path / "out.tif", tmp_path / "qa.tif"
-    result = run(RunConfig(optical=opt, sar=sar, out=out, qa=qa, model="test-brighten", tile=32, overlap=8, chunk=32))
+    result = run(RunConfig(optical=opt, sar=sar, out=out, qa=qa, model="test-brighten", mode="raw", tile=32, overlap=8,
+                           chunk=32))
     share, ds = _read(qa)
     assert result.model_fraction == pytest.approx((share == 100).sum() / (share != QA_NODATA).sum())
     assert 0.35 < result.model_fraction < 0.65
@@ -69,7 +70,7 @@ def test_qa_cli_cog_errors_and_cancel(tmp_path, capsys):
     sar = write_sar(tmp_path / "s1.tif", like=opt)
     out, qa = tmp_path / "out.tif", tmp_path / "qa.tif"
     args = ["run", "--optical", str(opt), "--sar", str(sar), "--out", str(out), "--model", "test-brighten",
-            "--tile", "32", "--overlap", "8"]  # fmt: skip
+            "--mode", "raw", "--tile", "32", "--overlap", "8"]  # fmt: skip
     assert main([*args, "--qa", str(qa), "--cog"]) == 0
     share, ds = _read(qa)
     assert (share == 100).all() and ds["layout"] == "COG"

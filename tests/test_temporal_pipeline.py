@@ -87,8 +87,9 @@ def linear_scene(tmp_path: Path) -> dict:
 
 
 def _gapfill_config(scene: dict, out: Path, **kw) -> RunConfig:
-    return RunConfig(optical=scene["optical"], sar=scene["sar"], out=out, model="gapfill", device="cpu", tile=32,
-                     overlap=8, chunk=32, optical_prev=scene["prev"], optical_next=scene["next"], **kw)  # fmt: skip
+    return RunConfig(optical=scene["optical"], sar=scene["sar"], out=out, model="gapfill", mode="raw", device="cpu",
+                     tile=32, overlap=8, chunk=32, optical_prev=scene["prev"], optical_next=scene["next"],
+                     **kw)  # fmt: skip
 
 
 def _read(path: Path) -> np.ndarray:
@@ -240,7 +241,7 @@ def test_msop_unet_cli_end_to_end_and_wiring(tmp_path: Path) -> None:
     weights = _small_msop(tmp_path)
     out = tmp_path / "msop.tif"
     args = ["run", "--optical", str(opts["t"]), "--sar", str(sars["t"]), "--out", str(out), "--model", "msop-unet",
-            "--weights", str(weights), "--device", "cpu", "--tile", str(n), "--overlap", "0",
+            "--weights", str(weights), "--mode", "raw", "--device", "cpu", "--tile", str(n), "--overlap", "0",
             "--optical-prev", str(opts["prev"]), "--sar-prev", str(sars["prev"]),
             "--optical-next", str(opts["next"]), "--sar-next", str(sars["next"])]  # fmt: skip
     assert main(args) == 0

@@ -78,7 +78,7 @@ def gapfill_rasters(
     from engine.stream.pipeline import run
 
     bands = tuple(range(1, _band_count(cloudy, prev, next_) + 1))
-    config = RunConfig(optical=cloudy, out=out, model="gapfill", device="cpu", bands=bands, mask=mask,
+    config = RunConfig(optical=cloudy, out=out, model="gapfill", mode="raw", device="cpu", bands=bands, mask=mask,
                        optical_prev=prev, optical_next=next_, date_prev=dates[0], date=dates[1],
                        date_next=dates[2])  # fmt: skip
     config.validate()
