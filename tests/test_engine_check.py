@@ -52,3 +52,23 @@ def test_figure_refuses_scenes_that_may_not_be_pictured(tmp_path):
         figure(tmp_path, ["real_00", "real_01"], ["plain"], tmp_path / "refused.png", {"real_01"})
     assert not (tmp_path / "refused.png").exists()
     assert figure(tmp_path, ["real_00"], ["plain"], tmp_path / "drawn.png", {"real_01"}).exists()
+
+
+def _row(kind: str, flat: float, fill: float, model: float, offgamut: float) -> dict:
+    score = {"ssim": 0.8, "sam": 5.0, "bandr_in": 0.4, "ndvir_in": None}
+    return {"kind": kind, "flat": {**score, "psnr": flat, "offgamut_in": 0.0},
+            "fill": {**score, "psnr": fill, "offgamut_in": 0.0},
+            "model": {**score, "psnr": model, "offgamut_in": offgamut}}  # fmt: skip
+
+
+def test_summary_table_margin_is_over_the_better_baseline_per_sample():
+    """The margin is taken per sample against max(flat, fill) — not against the better mean — and 'ahead' counts
+    the samples where the model leads; off-gamut reports the worst sample."""
+    from training.engine_check import summary_table
+
+    rows = [_row("realclouds", 30.0, 28.0, 31.0, 0.001), _row("realclouds", 25.0, 27.0, 26.0, 0.02)]
+    lines = {tuple(c.strip() for c in line.strip("|").split("|"))[1]: line for line in summary_table(rows, ["model"])
+             .splitlines()[2:]}  # fmt: skip
+    cells = [c.strip() for c in lines["model"].strip("|").split("|")]
+    assert cells[:5] == ["realclouds (2)", "model", "28.50", "+0.00", "1/2"]  # +1 on one sample, −1 on the other
+    assert cells[-2:] == ["–", "2.00"]  # NDVI r undefined everywhere; the worst off-gamut share, in %

@@ -102,6 +102,31 @@ def check_agreement(rows: list[dict[str, Any]], variant: str) -> dict[str, Any] 
     return out or None
 
 
+def summary_table(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Markdown: per kind of sample, each image's mean in-cloud scores, and its margin over the better of flat and fill
+    (mean, and on how many samples it is ahead) — the default-run gate of docs/model.md. SSIM and SAM are compared with
+    the better baseline's mean (the higher SSIM, the lower SAM); off-gamut is the worst sample's share."""
+    head = ("| kind | image | PSNR dB | margin dB | ahead | SSIM | SAM ° | band r | NDVI r | off-gamut max % |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    lines = [head]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        group = [r for r in rows if r["kind"] == kind]
+        best_base = [max(r[b]["psnr"] for b in BASELINES) for r in group]
+        for name in [*BASELINES, *names]:
+            values = {k: [r[name].get(k) for r in group] for k in ("psnr", "ssim", "sam", "bandr_in", "ndvir_in",
+                                                                      "offgamut_in")}  # fmt: skip
+            mean = {k: float(np.mean([x for x in v if x is not None])) if any(x is not None for x in v) else None
+                    for k, v in values.items()}  # fmt: skip
+            margins = np.array(values["psnr"]) - np.array(best_base)
+            worst = max((x for x in values["offgamut_in"] if x is not None), default=None)
+            cells = [f"{kind} ({len(group)})", name, f"{mean['psnr']:.2f}", f"{margins.mean():+.2f}",
+                     f"{int((margins > 0).sum())}/{len(group)}", f"{mean['ssim']:.3f}", f"{mean['sam']:.2f}",
+                     *(f"{mean[k]:.2f}" if mean[k] is not None else "–" for k in ("bandr_in", "ndvir_in")),
+                     f"{100 * worst:.2f}" if worst is not None else "–"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
@@ -115,13 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", default="training/configs/aligncr_lite_report.toml")
     parser.add_argument("--weights", default="resources/weights/aligncr-lite.safetensors")
-    parser.add_argument("--variant", action="append", required=True,
+    parser.add_argument("--summarise", action="store_true",
+                        help="print the table of an earlier run's --out/rows.json (every image in it) and stop")
+    parser.add_argument("--variant", action="append", default=[],
                         help="NAME=OPTIONS: a name and the engine options, comma-separated ('plain=' for none)")
     parser.add_argument("--kinds", default="", help="comma-separated report kinds to run (default: all of them)")
     parser.add_argument("--figure", type=Path, help="also draw these scenes' quicklooks into this PNG")
     parser.add_argument("--figure-scenes", default="real_02,real_04,real_07,synthetic_05,synthetic_06,synthetic_09",
                         help="the scenes (folder names under --out) the figure shows, one row each")
     args = parser.parse_args(argv)
+    if args.summarise:
+        rows = json.loads((args.out / "rows.json").read_text())
+        names = [k for k, v in rows[0].items() if isinstance(v, dict) and "psnr" in v and k not in BASELINES]
+        print(summary_table(rows, names), end="")
+        return 0
+    if not args.variant:
+        parser.error("--variant is required (or --summarise)")
     variants = {n: [a for a in opts.split(",") if a] for n, opts in (v.split("=", 1) for v in args.variant)}
     rows: list[dict[str, Any]] = []
     start = time.time()
@@ -155,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print(kind, i, {k: round(v["psnr"], 2) for k, v in row.items() if isinstance(v, dict) and "psnr" in v},
                   f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
             (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    print(summary_table(rows, ["estimate", *variants]), end="")
     agreement = {name: check_agreement(rows, name) for name in variants}
     agreement = {k: v for k, v in agreement.items() if v}
     if agreement:
