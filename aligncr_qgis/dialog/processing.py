@@ -288,6 +288,9 @@ def _env_summary(env: dict[str, Any]) -> str:
         lines.append(f"  {name}: {version or 'MISSING'}")
     devices = env.get("cuda_devices") or []
     lines.append("  GPUs: " + (", ".join(f"cuda:{d['index']} {d['name']}" for d in devices) or "none (CPU only)"))
+    inference = env.get("inference") or {}
+    if inference.get("sentence"):  # issue 30: which backend and precision a run will use, and why
+        lines.append(f"  Network: {inference.get('model')} on a {inference.get('cpu')} CPU: {inference['sentence']}")
     if not env.get("ok"):
         lines.append(f"Install: {env.get('install_command')}")
     return "\n".join(lines)
@@ -299,4 +302,7 @@ def _env_line(env: dict[str, Any]) -> str:
     gpus = env.get("cuda_devices") or []
     where = f"{len(gpus)} GPU(s): " + ", ".join(str(d.get("name")) for d in gpus) if gpus else "CPU only"
     verdict = "✔ ready" if env.get("ok") else "✖ missing: " + ", ".join(sorted(env.get("errors") or {}))
+    inference = env.get("inference") or {}
+    if inference.get("backend") and not gpus:  # e.g. "runs onnxruntime fp32"; the reason is in the tooltip
+        where += f" · runs {inference['backend']} {inference.get('precision', '')}".rstrip()
     return f"Python {env.get('python')} · torch {pkgs.get('torch') or '—'} · {where} · {verdict}"
