@@ -105,9 +105,11 @@ def check_agreement(rows: list[dict[str, Any]], variant: str) -> dict[str, Any] 
 def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
+    from engine.outputs import metrics
+    from engine.refine import prior
     from training.evaluate import report_views
     from training.figures import shareable_items
-    from training.scoring import baseline_images, region_scores, scored
+    from training.scoring import baseline_images, region_scores, scored, shape_scores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="resources/weights/aligncr-lite.safetensors")
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=OPTIONS: a name and the engine options, comma-separated ('plain=' for none)")
+    parser.add_argument("--kinds", default="", help="comma-separated report kinds to run (default: all of them)")
     parser.add_argument("--figure", type=Path, help="also draw these scenes' quicklooks into this PNG")
     parser.add_argument("--figure-scenes", default="real_02,real_04,real_07,synthetic_05,synthetic_06,synthetic_09",
                         help="the scenes (folder names under --out) the figure shows, one row each")
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     start = time.time()
     for kind, view in report_views(args.report).items():
+        if args.kinds and kind not in args.kinds.split(","):
+            continue
         shareable = set(shareable_items(view))
         for i, batch in enumerate(DataLoader(view, batch_size=1, shuffle=False, num_workers=0)):
             sample = {k: v.numpy()[0] for k, v in batch.items() if k in ("optical", "sar", "mask", "target")}
@@ -132,16 +137,22 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.out / f"{kind}_{i:02d}"
             paths = write_scene(sample, folder)
             target = _dn(sample["target"]) / 10000.0  # as written
-            images = baseline_images(sample["optical"], cloud)
+            cloudy = _dn(sample["optical"]) / 10000.0  # as written
+            images = baseline_images(cloudy, cloud)
+            images["estimate"] = np.clip(prior.estimate(cloudy, ~cloud, None), 0.0, 1.0)  # what aligncr-res starts at
             for name, extra in variants.items():
                 images[name] = run_variant(paths, folder / f"{name}.tif", extra, args.weights)
-            row = {"kind": kind, "i": i, "cover": float(cloud.mean()), "shareable": i in shareable}
-            row.update({name: {m: region_scores(img, target, cloud)[f"{m}_in"] for m in ("psnr", "ssim", "sam")}
+            gamut = metrics.clear_gamut(cloudy, cloud)
+            row = {"kind": kind, "i": i, "id": str(batch["id"][0]), "cover": float(cloud.mean()),
+                   "shareable": i in shareable, "ceiling_psnr": metrics.date_gap_ceiling(cloudy, target, cloud)}
+            row.update({name: {**{m: region_scores(img, target, cloud)[f"{m}_in"] for m in ("psnr", "ssim", "sam")},
+                               **shape_scores(img, target, cloud, gamut)}
                         for name, img in images.items()})  # fmt: skip
+            row["reference"] = {"offgamut_in": shape_scores(target, target, cloud, gamut)["offgamut_in"]}
             for name in variants:
                 row[name]["scene_check"] = scene_check_of(folder / f"{name}.tif")
             rows.append(row)
-            print(kind, i, {k: round(v["psnr"], 2) for k, v in row.items() if isinstance(v, dict)},
+            print(kind, i, {k: round(v["psnr"], 2) for k, v in row.items() if isinstance(v, dict) and "psnr" in v},
                   f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
             (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
     agreement = {name: check_agreement(rows, name) for name in variants}
