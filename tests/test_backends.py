@@ -203,3 +203,38 @@ def test_per_pixel_filter_training_path_matches_the_loop():
     assert float((fast - loop).detach().abs().max()) < 1e-12
     for a, b in zip(grads, loop_grads):
         assert float((a - b).abs().max()) < 1e-10
+
+
+# ---- what engine env / engine info / the plugin's check say ----------------------------------------------------
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_env_info_and_the_plugins_check_say_backend_precision_and_why(tmp_path, monkeypatch, present):
+    """``engine env`` (text and JSON), ``engine info`` and the plugin's environment line and tooltip name the
+    backend, the precision and the reason, on a CPU without native bf16 (where ``--dtype auto`` is fp32)."""
+    from engine.commands import env, info
+    from engine.stream import accel
+
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(backends, "cpu_kind", lambda: "AVX2")
+    monkeypatch.setattr(backends, "installed", lambda name: ("1.31" if present else None) if name != "torch" else "2")
+    label, why = ("ONNX Runtime fp32", "measured faster") if present else ("PyTorch fp32", "no CPU backend installed")
+    rep = env.collect()
+    assert rep.inference["backend"] == ("onnxruntime" if present else "torch") and rep.inference["precision"] == "fp32"
+    text = env.format_text(rep)
+    line = next(row for row in text.splitlines() if row.strip().startswith("network"))
+    assert "on this AVX2 CPU" in line and label in line and why in line
+    assert ("not installed" in text) != present
+    opt = write_optical(tmp_path / "opt.tif", height=2048, width=2048)
+    facts = info.inference_facts(RunConfig(optical=opt, out=tmp_path / "o.tif", mode="raw"), 2048, 2048)
+    assert facts["tiles"] == 81 and facts["precision"] == "fp32" and label in facts["sentence"]
+    small = info.inference_facts(RunConfig(optical=opt, out=tmp_path / "o.tif", mode="raw"), 300, 300)
+    assert small["backend"] == "torch" and "fewer than" in small["reason"]
+    pytest.importorskip("qgis.core")
+    from dataclasses import asdict
+
+    from aligncr_qgis.dialog.processing import _env_line, _env_summary
+
+    report = asdict(rep)
+    assert f"Network: {rep.inference['model']} on this AVX2 CPU: {label}" in _env_summary(report)
+    assert _env_line(report).count(f"runs {rep.inference['backend']} fp32") == 1

@@ -28,7 +28,7 @@ from aligncr_qgis.dialog.widgets import option_spin
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError
 from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
 from aligncr_qgis.install_progress import InstallProgressDialog
-from aligncr_qgis.installer import InstallPlan, PipProgress, explain_failure
+from aligncr_qgis.installer import OPTIONAL_STEPS, InstallPlan, PipProgress, explain_failure
 from aligncr_qgis.paths import engine_root
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
@@ -271,7 +271,7 @@ def install_steps(plan: InstallPlan) -> list[EngineStep]:
         mb = plan.expected_mb(label) if pip else VENV_SHARE * pip_mb
         steps.append(EngineStep(label, args, weight=mb, progress_json=False, module=module, python=python,
                                 log_stdout=True, stages=PipProgress(mb, plan.pip_tmp) if pip else None,
-                                env=tmp if pip else {}))
+                                env=tmp if pip else {}, optional=label in OPTIONAL_STEPS))
     return steps
 
 
@@ -290,7 +290,7 @@ def _env_summary(env: dict[str, Any]) -> str:
     lines.append("  GPUs: " + (", ".join(f"cuda:{d['index']} {d['name']}" for d in devices) or "none (CPU only)"))
     inference = env.get("inference") or {}
     if inference.get("sentence"):  # issue 30: which backend and precision a run will use, and why
-        lines.append(f"  Network: {inference.get('model')} on a {inference.get('cpu')} CPU: {inference['sentence']}")
+        lines.append(f"  Network: {inference.get('model')} on this {inference.get('cpu')} CPU: {inference['sentence']}")
     if not env.get("ok"):
         lines.append(f"Install: {env.get('install_command')}")
     return "\n".join(lines)

@@ -172,7 +172,7 @@ def format_text(rep: EnvReport) -> str:
             lines.append(f"  {name:<12} {version or 'not installed (optional: faster CPU runs)'}")
         if rep.inference:
             inf = rep.inference
-            lines.append(f"  network      {inf['model']} on a {inf['cpu']} CPU: {inf['sentence']}")
+            lines.append(f"  network      {inf['model']} on this {inf['cpu']} CPU: {inf['sentence']}")
     if rep.ok:
         lines.append("OK: this interpreter can run the engine.")
     else:
