@@ -91,7 +91,7 @@ def generate(size: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 def _accel_settings(args: argparse.Namespace, mode: str) -> dict:
     if mode == "naive":
         return {"dtype": "fp32", "channels_last": "off", "compile": False, "threads": args.threads, "prefetch": False,
-                "cpu_workers": 1, "keep_freed_memory": False}
+                "cpu_workers": 1, "keep_freed_memory": False, "backend": "torch"}  # PyTorch, whatever --backend says
     return {"dtype": args.dtype, "compile": args.compile, "threads": args.threads, "prefetch": True,
             "keep_freed_memory": args.keep_freed_memory, "backend": args.backend}
 

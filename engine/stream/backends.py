@@ -137,7 +137,8 @@ def choose(requested: str, device: torch.device, dtype: torch.dtype, model: str 
         return Choice("torch", precision, f"fewer than {MIN_TILES} tiles: converting would cost more than it saves")
     for name in AUTO_ORDER:
         if installed(name) is not None:
-            return Choice(name, "fp32", "fp32 CPU, measured faster than PyTorch (benchmarks/README.md)")
+            return Choice(name, "fp32", "no native bf16 on this CPU, so fp32, where it measured faster than PyTorch "
+                          "(benchmarks/README.md, CPU backends)")  # fmt: skip
     return Choice("torch", precision, "no CPU backend installed (pip install 'aligncr[cpu]' makes CPU runs faster)")
 
 
