@@ -4,9 +4,9 @@ Why (issue 30): on a CPU without native bf16 (AVX2 only, most analysts' laptops 
 PyTorch, whose eager kernels for ``aligncr``'s many small-channel layers are far from the CPU's peak, and whose
 deformable convolution is our pure-torch sampling (:mod:`engine.models.ops.deform_conv`). Both runtimes below load
 the network as one graph, fuse its layers in their blocked memory layouts and run the modulated deformable
-convolution as one native kernel (ONNX ``DeformConv``, opset 19; OpenVINO ``DeformableConvolution``). Measured per
-256² tile on one AVX2 core (benchmarks/README.md, "CPU backends"): ``aligncr-lite`` 1.4 → 1.0 CPU s with either,
-``aligncr-res`` 0.86 → 0.55 with ONNX Runtime (0.65 with OpenVINO); outputs within 1e-6 of fp32 PyTorch.
+convolution as one native kernel (ONNX ``DeformConv``, opset 19; OpenVINO ``DeformableConvolution``). Measured end
+to end on an AVX2-only 2-core EPYC (benchmarks/README.md, "CPU backends and AVX2-only CPUs", 2048², loaded machine):
+PyTorch 33.0, OpenVINO 31.3, ONNX Runtime 27.6 CPU s per output Mpix; outputs within 1e-6 of fp32 PyTorch.
 
 The rules, each a measured fact or a safety net:
 
