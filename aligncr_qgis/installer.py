@@ -46,6 +46,13 @@ engine takes its cloud from the hand-made brightness rule and says so once per r
 MASKS_WHEEL = "ukis_csmask-*.whl"  # offline, the detector is installed only when the wheel folder holds it
 MASKS_GB, MASKS_MB = 0.25, 165.0  # installed (ukis-csmask's four ONNX models + onnxruntime) / downloaded, measured
 
+CPU_BACKEND = ["onnxruntime>=1.31"]
+"""pyproject's ``cpu`` extra (issue 30): ONNX Runtime runs the network faster than PyTorch on CPUs without native bf16
+(benchmarks/README.md, "CPU backends"). Installed as an optional last step where no CUDA build is installed (offline:
+only when the wheel folder has it): if it fails the engine is still complete and runs PyTorch."""
+BACKEND_STEP = "install ONNX Runtime (optional: faster CPU runs)"
+BACKEND_MB = 17.0  # the onnxruntime wheel, about (Linux x86-64)
+
 TORCH_INDEX = "https://download.pytorch.org/whl/{}"
 CUDA_FLAVOUR = "cu124"  # PyTorch's CUDA 12.4 wheels: run on any driver from CUDA 12.x
 WINDOWS, MACOS, LINUX = "win32", "darwin", "linux"
@@ -54,6 +61,7 @@ CPU_VENV_GB, CUDA_VENV_GB = 1.0, 5.8  # what the venv weighs once installed (mea
 TORCH_CPU_MB, OTHERS_MB, CUDA_MB = 190.0, 120.0, 2800.0
 TORCH_STEP = "install PyTorch (CPU build) from PyTorch's index"
 PIP_RETRIES, PIP_TIMEOUT = 2, 30  # an unreachable index fails in seconds, not after pip's 5 retries of 15 s
+OPTIONAL_STEPS = frozenset({BACKEND_STEP})  # a failure is logged and the install still succeeds
 UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Could not fetch URL", "ConnectTimeout", "ProxyError",
                "Temporary failure in name resolution", "Name or service not known", "Connection refused",
                "Network is unreachable", "No matching distribution found for torch")
@@ -168,13 +176,32 @@ class InstallPlan:
         return ["install", "--disable-pip-version-check", "--no-input", "--retries", str(PIP_RETRIES), "--timeout",
                 str(PIP_TIMEOUT), "--index-url", self.cpu_index, "--no-deps", REQUIREMENTS[0]]
 
+    @property
+    def cpu_backend(self) -> bool:
+        """Whether the optional CPU backend (:data:`CPU_BACKEND`) is installed: not beside PyTorch's CUDA build (a
+        GPU runs PyTorch), and offline only from a wheel folder that holds it."""
+        if self.wheel_dir:
+            return any(Path(self.wheel_dir).glob("onnxruntime-*.whl"))
+        return not self.cuda
+
+    def backend_args(self) -> list[str]:
+        """``python -m pip install`` of the optional CPU backend, from where the rest came."""
+        args = ["install", "--disable-pip-version-check", "--no-input", "--retries", str(PIP_RETRIES), "--timeout",
+                str(PIP_TIMEOUT)]
+        if self.wheel_dir:
+            args += ["--no-index", "--find-links", self.wheel_dir]
+        return args + CPU_BACKEND
+
     def steps(self) -> list[tuple[str, str, str, list[str]]]:
-        """(label, interpreter, module, arguments) of each command, in order."""
+        """(label, interpreter, module, arguments) of each command, in order; :data:`BACKEND_STEP` last, where
+        there is one, is optional (:data:`OPTIONAL_STEPS`)."""
         torch = [(TORCH_STEP, str(self.python), "pip", self.torch_args())] if self.torch_first else []
+        backend = [(BACKEND_STEP, str(self.python), "pip", self.backend_args())] if self.cpu_backend else []
         return [
             ("create the virtual environment", self.base_python, "venv", self.venv_args()),
             *torch,
             ("install the engine's packages", str(self.python), "pip", self.pip_args()),
+            *backend,
         ]
 
     def expected_mb(self, label: str) -> float:
@@ -183,6 +210,8 @@ class InstallPlan:
             return sum(p.stat().st_size for p in Path(self.wheel_dir).glob("*.whl")) / 1e6 or OTHERS_MB
         if label == TORCH_STEP:
             return TORCH_CPU_MB
+        if label == BACKEND_STEP:
+            return BACKEND_MB
         masks = MASKS_MB if self.with_masks else 0.0
         return masks + (CUDA_MB if self.cuda else OTHERS_MB + (0.0 if self.torch_first else TORCH_CPU_MB))
 

@@ -46,6 +46,7 @@ ORIGIN = (500_000.0, 5_100_000.0)
 RES = 3.0
 STRIP = 512
 SAR_STEP = 9e-5  # degrees, ≈ 10 m
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # the AVX2 emulation of issue 30, recorded when set
 
 
 def generate(size: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -90,9 +91,9 @@ def generate(size: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 def _accel_settings(args: argparse.Namespace, mode: str) -> dict:
     if mode == "naive":
         return {"dtype": "fp32", "channels_last": "off", "compile": False, "threads": args.threads, "prefetch": False,
-                "cpu_workers": 1, "keep_freed_memory": False}
+                "cpu_workers": 1, "keep_freed_memory": False, "backend": "torch"}  # PyTorch, whatever --backend says
     return {"dtype": args.dtype, "compile": args.compile, "threads": args.threads, "prefetch": True,
-            "keep_freed_memory": args.keep_freed_memory}
+            "keep_freed_memory": args.keep_freed_memory, "backend": args.backend}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -111,7 +112,7 @@ def measure(args: argparse.Namespace) -> dict:
     def config(scene: Path, out: Path) -> RunConfig:
         return RunConfig(optical=scene / "optical.tif", sar=scene / "sar.tif", out=out, model=args.model,
                          weights=args.weights, device=args.device, tile=args.tile, overlap=args.overlap,
-                         batch=batch)  # fmt: skip
+                         batch=batch, mode=args.run_mode)  # fmt: skip
 
     if args.warmup:
         run(config(folder / "warmup", folder / f"warmup-{args.mode}.tif"), accel=accel)
@@ -130,6 +131,8 @@ def measure(args: argparse.Namespace) -> dict:
         "peak_rss_mib": round(_peak_rss_mib(), 1),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "tiles": result.total_tiles,
+        "network_tiles": result.network_tiles,
+        "cpu_s_per_mpix": round((c1.user - c0.user + c1.system - c0.system) / mpix, 2),
         "batch": batch,
         "device": result.device,
         "accel": result.accel,
@@ -152,10 +155,10 @@ def _peak_rss_mib() -> float:
 
 def _child(args: argparse.Namespace, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, __file__, *extra]
-    for flag in ("model", "device", "dtype", "tile", "overlap", "batch", "threads"):
+    for flag in ("model", "device", "dtype", "tile", "overlap", "batch", "threads", "backend", "run_mode"):
         value = getattr(args, flag)
         if value is not None:
-            cmd += [f"--{flag}", str(value)]
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
     if args.weights:
         cmd += ["--weights", str(args.weights)]
     if args.compile:
@@ -193,6 +196,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="fast path tiles per forward (naive: 1)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: every core)")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile")
+    parser.add_argument("--backend", default="auto",
+                        help="fast path CPU backend: auto | torch | onnxruntime | openvino")
+    parser.add_argument("--run-mode", default="raw", choices=["raw", "best"],
+                        help="engine run --mode (default raw: the network on every tile; best: the default run, "
+                        "with adaptation, the scene check and only the cloud replaced)")
     parser.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
                         help="fast path: let glibc unmap freed memory between tiles (ablation of engine.stream.malloc)")
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive path")
@@ -216,7 +224,9 @@ def main() -> None:
         print(f"generated {args.size}² scene in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if args.weights is None:
             args.weights = _random_weights(args.model, work)
-        record: dict = {"size": args.size, "model": args.model, "tile": args.tile, "overlap": args.overlap}
+        record: dict = {"size": args.size, "model": args.model, "tile": args.tile, "overlap": args.overlap,
+                        "backend": args.backend, "mode": args.run_mode, "env": {k: os.environ[k] for k in ISA_ENV
+                                                                               if k in os.environ}}
         for mode in ("fast", "naive") if args.naive else ("fast",):
             done = _child(args, "--child", "measure", "--mode", mode, "--folder", str(work))
             record[mode] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -13,7 +13,8 @@ time because a shared machine inflates wall time. FLOPs come from :func:`engine.
 meta device (multiply-adds; ``gflops`` = 2 × G MACs). One JSON line per configuration on stdout.
 
 Usage: ``.venv/bin/python benchmarks/bench_model.py --model aligncr-lite --sizes 160 304 --batches 1 4 --dtypes
-fp32 bf16 [--device cuda] [--compile] [--channels-last on]``
+fp32 bf16 [--device cuda] [--compile] [--channels-last on] [--backends torch onnxruntime openvino]`` (one CPU
+worker: the network alone on ``--threads`` intra-op threads).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args: argparse.Namespace, size: int, batch: int, dtype: str, gmacs: float) -> dict:
+def measure(args: argparse.Namespace, size: int, batch: int, dtype: str, gmacs: float, backend: str = "torch") -> dict:
     import torch
 
     from engine.models import build_model
@@ -48,7 +49,7 @@ def measure(args: argparse.Namespace, size: int, batch: int, dtype: str, gmacs: 
     torch.manual_seed(0)
     model = build_model(args.model)
     cfg = AccelConfig(dtype=dtype, channels_last=args.channels_last, compile=args.compile, threads=args.threads,
-                      tf32=args.tf32)  # fmt: skip
+                      tf32=args.tf32, backend=backend, cpu_workers=1)  # fmt: skip
     runner = InferenceRunner(model, device, cfg)
     optical = torch.rand(batch, model.cfg.in_bands, size, size, device=device)
     sar = torch.rand(batch, 2, size, size, device=device)
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument("--no-tf32", dest="tf32", action="store_false",
                         help="CUDA bf16/fp16: deformable convs in full fp32, not TF32 (ablation)")  # fmt: skip
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    parser.add_argument("--backends", nargs="+", default=["torch"],
+                        help="CPU backends (engine.stream.backends): torch | onnxruntime | openvino; the first warm-up "
+                        "pass converts the network and is not timed")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -109,11 +113,12 @@ def main() -> None:
         gmacs = describe(args.model, size, size)["gmacs"]
         for dtype in args.dtypes:
             for batch in args.batches:
-                try:
-                    row = measure(args, size, batch, dtype, gmacs)
-                except EngineError as exc:  # e.g. fp16 on the CPU: say so and go on with the others
-                    row = {"model": args.model, "size": size, "batch": batch, "dtype": dtype, "skipped": str(exc)}
-                print(json.dumps(row), flush=True)
+                for backend in args.backends:
+                    try:
+                        row = measure(args, size, batch, dtype, gmacs, backend)
+                    except EngineError as exc:  # e.g. fp16 on the CPU: say so and go on with the others
+                        row = {"model": args.model, "size": size, "batch": batch, "dtype": dtype, "skipped": str(exc)}
+                    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,5 +23,5 @@ fi
 echo "== installing Python packages (the masks extra: the trained cloud detector, ~165 MB)"
 # torch first and pinned: 2.13.0 is the CPU wheel available locally; a later unpinned resolve would pull CUDA.
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q 'numpy<2' -e '.[report,train,scale,dataset,masks,dev]' pytest-qgis
+.venv/bin/pip install -q 'numpy<2' -e '.[report,train,scale,dataset,masks,dev,cpu]' pytest-qgis
 echo "== setup done: activate with '. .venv/bin/activate'"

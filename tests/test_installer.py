@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from aligncr_qgis.installer import (
+    BACKEND_STEP,
+    CPU_BACKEND,
     CUDA_FLAVOUR,
     MASKS_REQUIREMENTS,
+    OPTIONAL_STEPS,
     REQUIREMENTS,
     InstallPlan,
     qgis_python,
@@ -32,6 +35,7 @@ def test_requirements_are_pyprojects() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert REQUIREMENTS == project["dependencies"]
     assert MASKS_REQUIREMENTS == project["optional-dependencies"]["masks"]
+    assert CPU_BACKEND == project["optional-dependencies"]["cpu"]
 
 
 def test_trained_cloud_detector_by_default(tmp_path: Path) -> None:
@@ -95,7 +99,7 @@ def test_qgis_python_linux(tmp_path: Path) -> None:
 @pytest.mark.parametrize("platform", ["win32", "darwin", "linux"])
 def test_install_commands(tmp_path: Path, platform: str) -> None:
     plan = InstallPlan(base_python="/q/python3", venv=tmp_path / "venv", platform=platform)
-    (label1, py1, mod1, args1), *torch, (label2, py2, mod2, args2) = plan.steps()
+    (label1, py1, mod1, args1), *torch, (label2, py2, mod2, args2), backend = plan.steps()
     assert (py1, mod1, args1) == ("/q/python3", "venv", ["--system-site-packages", str(tmp_path / "venv")])
     assert py2 == str(venv_python(tmp_path / "venv", platform)) and mod2 == "pip"
     everything = REQUIREMENTS + MASKS_REQUIREMENTS
@@ -108,14 +112,24 @@ def test_install_commands(tmp_path: Path, platform: str) -> None:
         (label, _py, module, targs), = torch
         assert module == "pip" and targs[targs.index("--index-url") + 1] == cpu_index and "--no-deps" in targs
         assert "--extra-index-url" not in targs and targs[-1] == REQUIREMENTS[0]
+    # issue 30: without CUDA the CPU backend comes last, from PyPI, as its own optional step
+    assert backend[0] == BACKEND_STEP and backend[0] in OPTIONAL_STEPS and backend[2] == "pip"
+    assert backend[3][-len(CPU_BACKEND):] == CPU_BACKEND and not any(a.startswith("https://") for a in backend[3])
     cuda_plan = InstallPlan("/q/python3", tmp_path / "venv", cuda=True, platform=platform)
     cuda = cuda_plan.pip_args()
     assert f"https://download.pytorch.org/whl/{CUDA_FLAVOUR}" in cuda and cpu_index not in cuda
-    assert len(cuda_plan.steps()) == 2 and cuda_plan.size_gb == 6.05
+    assert len(cuda_plan.steps()) == 2 and cuda_plan.size_gb == 6.05  # a GPU runs PyTorch: no CPU backend
     offline = InstallPlan("/q/python3", tmp_path / "venv", wheel_dir="/wheels", cuda=True, platform=platform)
     args = offline.pip_args()
     assert args[args.index("--find-links") + 1] == "/wheels" and "--no-index" in args
     assert not any(a.startswith("https://") for a in args)  # offline: nothing from the network
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    without = InstallPlan("/q/python3", tmp_path / "venv", wheel_dir=str(wheels), platform=platform)
+    assert BACKEND_STEP not in [step[0] for step in without.steps()]  # offline: only if the folder has the wheel
+    (wheels / "onnxruntime-1.31.1-cp311-cp311-manylinux_2_27_x86_64.whl").touch()
+    label, _py, _module, bargs = without.steps()[-1]
+    assert label == BACKEND_STEP and bargs[bargs.index("--find-links") + 1] == str(wheels) and "--no-index" in bargs
     chosen = InstallPlan("/my/python", tmp_path / "v", system_site_packages=False, platform=platform)
     assert chosen.venv_args() == [str(tmp_path / "v")]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers_rasters import write_masked_scene
+from helpers_rasters import write_masked_scene, write_optical, write_sar
 
 from engine.config import RunConfig
 from engine.errors import ModelError
@@ -100,3 +100,30 @@ def test_the_streamed_run_writes_the_whole_images_estimate_whatever_the_chunking
     for got in outs:
         assert np.abs(got[:, cloud] - expected_dn[:, cloud]).max() <= 1.0
         assert np.array_equal(got[:, ~cloud], raw[:, ~cloud])
+
+
+def test_the_scenes_medians_do_not_depend_on_the_strips_with_detected_clouds(tmp_path):
+    """prior_medians reads the scene in strips; with detected clouds (no --mask) the detector reads each strip with
+    a halo, which must be cropped off before the cloud meets the strip's pixels (a 2048² scene failed with
+    'operands could not be broadcast together with shapes (512,2048) (515,2048)')."""
+    from contextlib import ExitStack
+
+    from engine.progress import Progress
+    from engine.stream.scene import open_aligned_readers, open_scene_and_model, prepare_inputs, prior_medians
+
+    rng = np.random.default_rng(3)
+    dn = rng.integers(500, 3000, (4, 150, 170)).astype(np.uint16)
+    dn[:, 40:100, 50:140] = 9000  # a bright block the detector calls cloud
+    opt = write_optical(tmp_path / "opt.tif", dn)
+    sar = write_sar(tmp_path / "s1.tif", like=opt)
+    weights = save(build_model("aligncr-res"), tmp_path / "res.safetensors")
+    config = RunConfig(optical=opt, sar=sar, out=tmp_path / "o.tif", weights=weights, mode="raw")
+    with ExitStack() as stack:
+        inp, model, _ = open_scene_and_model(config, None, stack, Progress(), [])
+        prepare_inputs(config, inp, model)
+        open_aligned_readers(config, inp, stack)
+        whole = prior_medians(inp, strip=1024)
+        strips = [prior_medians(inp, strip=s) for s in (32, 50)]
+    assert whole is not None and whole.shape == (4,)
+    for got in strips:
+        assert np.allclose(got, whole, atol=1e-6)

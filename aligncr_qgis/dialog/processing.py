@@ -28,7 +28,7 @@ from aligncr_qgis.dialog.widgets import option_spin
 from aligncr_qgis.engine_process import EngineProcess, EngineRunError
 from aligncr_qgis.install_dialog import ask_install_plan, engine_venv_dir
 from aligncr_qgis.install_progress import InstallProgressDialog
-from aligncr_qgis.installer import InstallPlan, PipProgress, explain_failure
+from aligncr_qgis.installer import OPTIONAL_STEPS, InstallPlan, PipProgress, explain_failure
 from aligncr_qgis.paths import engine_root
 from aligncr_qgis.task import LOG_TAG, EngineStep, EngineTask, JobResult
 
@@ -271,7 +271,7 @@ def install_steps(plan: InstallPlan) -> list[EngineStep]:
         mb = plan.expected_mb(label) if pip else VENV_SHARE * pip_mb
         steps.append(EngineStep(label, args, weight=mb, progress_json=False, module=module, python=python,
                                 log_stdout=True, stages=PipProgress(mb, plan.pip_tmp) if pip else None,
-                                env=tmp if pip else {}))
+                                env=tmp if pip else {}, optional=label in OPTIONAL_STEPS))
     return steps
 
 
@@ -292,6 +292,9 @@ def _env_summary(env: dict[str, Any]) -> str:
         detector = env.get("cloud_detector")
         lines.append(f"  clouds: trained detector ({detector})" if detector else
                      "  clouds: hand-made brightness rule (no trained detector: Install engine… adds it)")
+    inference = env.get("inference") or {}
+    if inference.get("sentence"):  # issue 30: which backend and precision a run will use, and why
+        lines.append(f"  Network: {inference.get('model')} on this {inference.get('cpu')} CPU: {inference['sentence']}")
     if not env.get("ok"):
         lines.append(f"Install: {env.get('install_command')}")
     return "\n".join(lines)
@@ -303,4 +306,7 @@ def _env_line(env: dict[str, Any]) -> str:
     gpus = env.get("cuda_devices") or []
     where = f"{len(gpus)} GPU(s): " + ", ".join(str(d.get("name")) for d in gpus) if gpus else "CPU only"
     verdict = "✔ ready" if env.get("ok") else "✖ missing: " + ", ".join(sorted(env.get("errors") or {}))
+    inference = env.get("inference") or {}
+    if inference.get("backend") and not gpus:  # e.g. "runs onnxruntime fp32"; the reason is in the tooltip
+        where += f" · runs {inference['backend']} {inference.get('precision', '')}".rstrip()
     return f"Python {env.get('python')} · torch {pkgs.get('torch') or '—'} · {where} · {verdict}"

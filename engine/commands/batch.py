@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         retries=args.retries,
         run={**{row.name: getattr(args, row.name) for row in tiling_options()}, "clobber": args.clobber},
-        accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch},
+        accel={"dtype": accel.dtype, "compile": accel.compile, "threads": accel.threads, "prefetch": accel.prefetch,
+               "backend": accel.backend},
     )
     config.validate()
     summary = args.summary or default_summary_path(args.manifest)

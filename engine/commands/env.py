@@ -62,6 +62,10 @@ class EnvReport:
     cloud_detector: str | None = None
     ok: bool = False
     install_command: str | None = None
+    # issue 30: the CPU inference backends installed here, and what a run of the default model on a large scene will
+    # use (backend, precision, why, the CPU's vector instructions); None where torch or the engine does not import
+    backends: dict[str, str | None] = field(default_factory=dict)
+    inference: dict[str, str] | None = None
 
 
 def _probe(name: str) -> tuple[Any | None, str | None]:
@@ -104,6 +108,8 @@ def collect() -> EnvReport:
                     rep.cuda_devices.append(CudaDevice(i, props.name, int(props.total_memory // 2**20), free_mb))
         except Exception as exc:  # noqa: BLE001 - a broken driver must not hide the rest of the report
             rep.errors["cuda"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if torch is not None:
+        _inference(rep)
     rasterio = modules.get("rasterio")
     if rasterio is not None:
         rep.gdal = str(getattr(rasterio, "__gdal_version__", None))
@@ -142,6 +148,21 @@ def _cloud_detector() -> str | None:
         return None
 
 
+def _inference(rep: EnvReport) -> None:
+    """``rep.backends`` and ``rep.inference``: which backend and precision ``engine run`` will use here and why
+    (:func:`engine.stream.accel.backend_plan`, for the default model on a scene large enough for a backend to pay)."""
+    try:
+        from engine.stream import accel, backends, mode
+
+        rep.backends = {name: backends.installed(name) for name in backends.AUTO_ORDER}
+        model = mode.default_model("best")
+        choice = accel.backend_plan(model, backends.MIN_TILES)
+        rep.inference = {"model": model, "backend": choice.backend, "precision": choice.precision,
+                         "reason": choice.reason, "cpu": backends.cpu_kind(), "sentence": choice.sentence()}
+    except Exception as exc:  # noqa: BLE001 - the report must come out whatever is broken
+        rep.errors["inference"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def _externally_managed() -> bool:
     """PEP 668: a system interpreter whose pip refuses to install packages."""
     import sysconfig
@@ -168,6 +189,11 @@ def format_text(rep: EnvReport) -> str:
             lines.append("  CUDA         no usable GPU (the engine will run on the CPU)")
         if "cuda" in rep.errors:
             lines.append(f"  CUDA error   {rep.errors['cuda']}")
+        for name, version in rep.backends.items():
+            lines.append(f"  {name:<12} {version or 'not installed (optional: faster CPU runs)'}")
+        if rep.inference:
+            inf = rep.inference
+            lines.append(f"  network      {inf['model']} on this {inf['cpu']} CPU: {inf['sentence']}")
     lines.append(f"  clouds       {'trained detector, ' + rep.cloud_detector if rep.cloud_detector else CLOUD_RULE}")
     if rep.ok:
         lines.append("OK: this interpreter can run the engine.")

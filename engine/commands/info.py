@@ -98,6 +98,22 @@ def inspect_inputs(config: RunConfig) -> dict[str, Any]:
     return facts
 
 
+def inference_facts(config: RunConfig, width: int, height: int) -> dict[str, Any]:
+    """Which backend and precision ``engine run`` will use for this scene with ``config``'s model, tile and mode, and
+    why (issue 30: the same rules as the run's, :func:`engine.stream.accel.backend_plan`). Torch is imported here
+    only; a machine without it says so instead."""
+    try:
+        from engine.stream import accel, backends, mode
+        from engine.stream.tiling import TileGrid
+    except Exception as exc:  # noqa: BLE001 - info describes inputs even where the network cannot run
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    model = config.model or mode.default_model(config.mode)
+    tiles = len(TileGrid(height, width, config.tile, config.overlap))
+    choice = accel.backend_plan(model, tiles)
+    return {"model": model, "tiles": tiles, "cpu": backends.cpu_kind(), "backend": choice.backend,
+            "precision": choice.precision, "reason": choice.reason, "sentence": choice.sentence()}  # fmt: skip
+
+
 def _source_lines(role: str, source: dict[str, Any]) -> list[str]:
     lines = [f"{role.upper()} given: {source['given']}", f"  resolved    {source['kind']} ({source['driver']})"]
     lines += [f"  dataset {k:<3} {name}" for k, name in enumerate(source["datasets"], start=1)]
@@ -131,6 +147,11 @@ def _text(facts: dict[str, Any]) -> str:
         f"SAR overlap of the optical image: {facts['sar_overlap_percent']:.1f} %",
         f"detected SAR units: {facts['sar_units']}   detected optical scale: {facts['optical_scale']}",
     ]
+    inf = facts.get("inference") or {}
+    if "sentence" in inf:
+        lines.append(f"network: {inf['model']}, {inf['tiles']} tile(s), {inf['cpu']} CPU → {inf['sentence']}")
+    elif "error" in inf:
+        lines.append(f"network: cannot tell here ({inf['error']})")
     acquired = facts["acquired"]
     if acquired["optical"] or acquired["sar"]:
         gap = "" if facts["sar_gap_days"] is None else f"   → {facts['sar_gap_days']:g} days apart"
@@ -145,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
                        out=Path(os.devnull))  # fmt: skip
     config.validate()
     facts = inspect_inputs(config)
+    facts["inference"] = inference_facts(config, facts["optical"]["width"], facts["optical"]["height"])
     if args.json:
         json.dump(facts, sys.stdout)
         sys.stdout.write("\n")

@@ -27,6 +27,7 @@ from engine.config import GROUPS, OPTIONS, Bounds, Option, RunConfig, as_source,
 from engine.errors import Cancelled, EngineError, as_user_error
 from engine.progress import Progress
 from engine.stream.accel import DTYPES, AccelConfig, check_threads
+from engine.stream.backends import BACKENDS
 
 NAME = "run"
 HELP = "remove clouds from an optical GeoTIFF using a Sentinel-1 SAR GeoTIFF"
@@ -117,6 +118,14 @@ def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="compute precision (auto: bf16 on a CUDA GPU and on CPUs with native bf16, else fp32; fp32 is exact)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="CPU inference backend (auto: ONNX Runtime, else OpenVINO, when installed, in fp32, for a measured "
+        "network and a scene of enough tiles; torch: PyTorch, the reference). A backend that fails falls back to "
+        "PyTorch with a warning",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (cached on disk)")
     parser.add_argument("--threads", type=int, help="CPU threads for the network (default: every core)")
     parser.add_argument(
@@ -127,7 +136,8 @@ def add_accel_arguments(parser: argparse.ArgumentParser) -> None:
 def accel_from_args(args: argparse.Namespace) -> AccelConfig:
     """The speed options; ``--threads`` bounded by this machine's cores (:func:`engine.stream.accel.check_threads`)."""
     check_threads(args.threads)
-    return AccelConfig(dtype=args.dtype, compile=args.compile, threads=args.threads, prefetch=args.prefetch)
+    return AccelConfig(dtype=args.dtype, compile=args.compile, threads=args.threads, prefetch=args.prefetch,
+                       backend=args.backend)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -450,7 +450,7 @@ class RDB(nn.Module):
                                                          dual)
 
     def forward(self, x: torch.Tensor, x_sar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if torch.is_grad_enabled() or x.device.type != "cpu":
+        if torch.is_grad_enabled() or x.device.type != "cpu" or torch.jit.is_tracing():
             h, hs = x, x_sar
             for layer in self.convs:
                 h, hs = layer(h, hs)
@@ -468,7 +468,9 @@ class RDB(nn.Module):
         part of an ``aligncr-lite`` SGCI block (both streams, 128² maps, bf16, one CPU core) 17.0 → 8.4 ms. The
         map takes the layers' output dtype, which is what the next conv would cast the concatenation to anyway,
         so the LFF conv sees the same values. Inference only (writing into a map that earlier convs read breaks
-        autograd), and only on the CPU, where it was measured.
+        autograd), and only on the CPU, where it was measured; not in a graph traced for another runtime
+        (:mod:`engine.stream.backends`), which concatenates without copying and whose in-place slice writes
+        (``ScatterNDUpdate``) also break its blocked layout.
         """
         convs = [getattr(layer, stream) for layer in self.convs]
         first = convs[0](x)

@@ -39,14 +39,16 @@ class PointwiseConv2d(nn.Conv2d):
     batched matmul, 32→32 / 32→128 / 96→32 about 2× — and ``aligncr-lite`` has a dozen of them per tile (the
     SLFC filter predictor's 32→800 alone was 13 % of a tile). The product is the same (equal in fp32, tested).
     Other devices and channels_last inputs (where a reshape would copy) keep the convolution; cuDNN has no such
-    gap.
+    gap. So does a graph traced for another runtime (``torch.jit.is_tracing()``: OpenVINO, ONNX Runtime,
+    :mod:`engine.stream.backends`): their optimisers fuse a 1×1 convolution in their blocked layout, whereas a
+    matmul there forces a layout reorder on each side.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.ndim != 4 or not x.is_contiguous():
+        if x.device.type != "cpu" or x.ndim != 4 or not x.is_contiguous() or torch.jit.is_tracing():
             return super().forward(x)
         n, c, h, w = x.shape
         weight = self.weight.view(self.out_channels, c).expand(n, -1, -1)
@@ -167,6 +169,13 @@ def per_pixel_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch
     n, c, h, w = feat.shape
     r = k // 2
     padded = F.pad(feat, (r, r, r, r), mode="replicate")
+    if torch.is_grad_enabled() and (feat.requires_grad or kernels.requires_grad):
+        # Training (scene adaptation): the tap loop's backward gave each of the k² slices of ``kernels`` and
+        # ``padded`` a zero-filled gradient of the whole tensor (k² fills and adds of C·k²·H·W values: 40 % of
+        # an ``aligncr-res`` adaptation step); ``unfold``'s backward is one fold. Its (c, a, b) column order is
+        # the kernels' layout.
+        cols = F.unfold(padded, k).view(n, c, k * k, h * w)
+        return (kernels.view(n, c, k * k, h * w) * cols).sum(2).view(n, c, h, w)
     kern = kernels.view(n, c, k * k, h, w)
     out = kern[:, :, 0] * padded[:, :, :h, :w]
     for tap in range(1, k * k):

@@ -43,6 +43,11 @@ the device, and every speed trick here has a failure mode that must not turn int
   cores. The runner sets ``torch.set_float32_matmul_precision("high")`` (TF32: 10-bit mantissa, finer than
   bf16's 7) for such runs and restores the previous setting in :meth:`InferenceRunner.close`. ``--dtype fp32``
   keeps full fp32 (the exact reference), and the CPU is untouched. (Not measured yet: no GPU so far.)
+* ``backend``: on the CPU the network may run in ONNX Runtime or OpenVINO instead (:mod:`engine.stream.backends`,
+  issue 30: their native deformable convolution and fused fp32 graphs run ``aligncr-lite``/``aligncr-res`` tiles
+  1.4–1.6× faster on an AVX2 CPU). ``auto`` picks one only where measured to pay (fp32 CPU, a measured network,
+  a scene of enough tiles: the pipeline says how many with ``tiles``); ``torch`` keeps this module's path. A
+  backend that fails to convert or run is one warning and the rest of the run is PyTorch's.
 * Freed memory: on the CPU the runner keeps glibc from unmapping and trimming the forward's 1–30 MB temporaries
   between tiles (:func:`engine.stream.malloc.keep_freed_memory`, ``keep_freed_memory``): ≈ 8 % faster end to end with
   one thread, neutral with two workers. :meth:`InferenceRunner.close` restores glibc's defaults and trims.
@@ -53,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +69,7 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError, ModelError
+from engine.stream import backends
 from engine.stream.malloc import keep_freed_memory
 
 log = logging.getLogger("engine")
@@ -95,6 +102,7 @@ class AccelConfig:
     cpu_workers: int = 0  # CPU forwards run at once, threads split between them; 0 = auto (min(threads, 4))
     keep_freed_memory: bool = True  # CPU: glibc keeps freed blocks for the next tile (stream.malloc) until close()
     tf32: bool = True  # CUDA bf16/fp16 runs: fp32 islands (deformable conv GEMMs) in TF32; False for the ablation
+    backend: str = "auto"  # CPU: auto | torch | onnxruntime | openvino (engine.stream.backends)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -105,6 +113,8 @@ class AccelConfig:
             raise AccelError(f"--threads must be at least 1, got {self.threads}")
         if self.cpu_workers < 0:
             raise AccelError(f"cpu_workers must be 0 (auto) or more, got {self.cpu_workers}")
+        if self.backend not in backends.BACKENDS:
+            raise AccelError(f"--backend must be one of {', '.join(backends.BACKENDS)}, got '{self.backend}'")
         if self.cpu_microbatch < 0:
             raise AccelError(f"cpu_microbatch must be 0 (whole batch) or more, got {self.cpu_microbatch}")
 
@@ -136,6 +146,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise AccelError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --dtype fp16")
     return _TORCH_DTYPES[name]
+
+
+def backend_plan(model: str | None, tiles: int | None, backend: str = "auto", dtype: str = "auto",
+                 device: torch.device | None = None) -> backends.Choice:  # fmt: skip
+    """Which backend and precision a run of ``model`` over ``tiles`` tiles will use here, and why (``engine info``,
+    ``engine env``): the same rules as the runner's."""
+    device = device or torch.device("cpu")
+    return backends.choose(backend, device, resolve_dtype(dtype, device), model, tiles)
 
 
 def matmul_precision_for(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> str | None:
@@ -200,7 +218,8 @@ class InferenceRunner:
     non-finite value of the network's (NaN, ±inf) as NaN.
     """
 
-    def __init__(self, module: nn.Module, device: torch.device, config: AccelConfig | None = None) -> None:
+    def __init__(self, module: nn.Module, device: torch.device, config: AccelConfig | None = None,
+                 tiles: int | None = None) -> None:  # fmt: skip
         self.config = config or AccelConfig()
         self.config.validate()
         self.device = device
@@ -229,6 +248,15 @@ class InferenceRunner:
             torch.set_num_threads(max(1, self.threads // self.cpu_workers))
             self._pool = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="aligncr-cpu")
         self.oom_events = 0
+        # tiles: how many tiles the run has (None: unknown, the Python API), for the backend's cost rule
+        self.backend = backends.choose(self.config.backend, device, self.dtype, backends.model_name(module), tiles,
+                                       self.compiled)  # fmt: skip
+        self._backend: backends.Backend | None = None
+        self._backend_lock = threading.Lock()
+        if self.backend.backend != "torch":
+            share = max(1, self.threads // self.cpu_workers)
+            self._backend = backends.open_backend(self.backend.backend, self.module, share, self.cpu_workers)
+        log.info("network: %s", self.backend.sentence())
         self._previous_matmul_precision: str | None = None
         precision = matmul_precision_for(device, self.dtype, self.config.tf32)
         if precision is not None and torch.get_float32_matmul_precision() != precision:
@@ -242,7 +270,9 @@ class InferenceRunner:
     def describe(self) -> dict[str, object]:
         """What the runner decided, for logs and benchmark records."""
         return {
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "backend": self.backend.backend,
+            "backend_reason": self.backend.reason,
+            "dtype": "float32" if self._backend is not None else str(self.dtype).removeprefix("torch."),
             "channels_last": self.channels_last,
             "compiled": self.compiled,
             "threads": self.threads,
@@ -271,6 +301,12 @@ class InferenceRunner:
         if pad > 0:  # one shape for the compiled graph: repeat the last tile, drop its outputs below
             o = torch.cat([o, o[-1:].expand(pad, *o.shape[1:])])
             s = torch.cat([s, s[-1:].expand(pad, *s.shape[1:])])
+        backend = self._backend
+        if backend is not None:
+            try:
+                return self._finish(backend.run(o, s), o)
+            except backends.BackendError as exc:
+                self._fall_back(backend, exc)
         with self._autocast():
             try:
                 out = self._forward(o, s)
@@ -280,12 +316,25 @@ class InferenceRunner:
                 log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
                 self._forward, self.compiled = self._eager, False
                 out = self._forward(o[:n], s[:n])
-        out = out[:n]
+        return self._finish(out[:n], o[:n])
+
+    def _finish(self, out: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The checked, float32, [0, 1]-clipped output of a forward on ``o`` (NaN for any non-finite value)."""
+        n = o.shape[0]
         if out.shape != o[:n].shape:
             raise ModelError(f"model returned shape {tuple(out.shape)} for an input of shape {tuple(o[:n].shape)}")
         out = out.float()
         out.masked_fill_(~torch.isfinite(out), float("nan"))  # inf too: the clamp would hide it as 0 or 1
         return out.clamp_(0.0, 1.0)  # NaN stays NaN: the pipeline names the tile that produced it
+
+    def _fall_back(self, backend: backends.Backend, exc: backends.BackendError) -> None:
+        """A backend failed: one warning, and PyTorch runs this tile and the rest of the run."""
+        with self._backend_lock:
+            if self._backend is backend:
+                log.warning("%s; running PyTorch instead", exc)
+                self._backend = None
+                reason = f"{backends.LABELS[self.backend.backend]} failed ({exc}); PyTorch ran instead"
+                self.backend = backends.Choice("torch", backends.precision_name(self.dtype), reason)
 
     def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
         """One forward pass on tensors already on the device (no OOM handling, no copy back): for benchmarks."""

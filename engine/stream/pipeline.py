@@ -505,11 +505,11 @@ def _start_runner(config: RunConfig, inp: OpenedInputs, model: LoadedModel, devi
     closed (and torch's thread count restored) with ``stack``."""
     assert inp.declared is not None
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
-    memory, accel = plan_memory(model.name, TileGrid(inp.grid.height, inp.grid.width, config.tile,
-                                config.overlap), config.chunk, device, accel, config.batch, config.memory_budget)
+    grid = TileGrid(inp.grid.height, inp.grid.width, config.tile, config.overlap)
+    memory, accel = plan_memory(model.name, grid, config.chunk, device, accel, config.batch, config.memory_budget)
     log.info("memory: %s", memory.describe())
     stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
-    runner = InferenceRunner(module, device, accel)
+    runner = InferenceRunner(module, device, accel, tiles=len(grid))  # tiles: whether a CPU backend pays
     stack.callback(runner.close)
     if device.type == "cuda" and memory.concurrent < config.batch:
         runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time

@@ -260,7 +260,8 @@ def prior_medians(inp: OpenedInputs, strip: int = 512) -> np.ndarray | None:
     picked = []
     for row in range(0, h, strip):
         win = Window(0, row, w, min(strip, h - row))
-        cloud, _, _ = halo_cloud(inp, win, 0)
+        cloud, inner, _ = halo_cloud(inp, win, 0)
+        cloud = cloud[inner]  # detected clouds come on the strip grown by the detector's halo
         _, x, ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
         rows, cols = sample_grid((int(win.height), w), row, 0, stride)
         clear = (ok & ~cloud)[np.ix_(rows, cols)]

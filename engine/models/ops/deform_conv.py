@@ -140,6 +140,11 @@ def deform_conv2d(
         # shape and exactly the multiply-adds of the K tap-wise 1×1 products, without grid_sample's slow meta
         # decomposition (thousands of Python-level ops per call).
         return F.conv2d(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), x.shape[1] // weight.shape[1])
+    if torch.onnx.is_in_onnx_export():  # one ONNX DeformConv node (opset 19) instead of the traced sampling
+        kh, kw = (int(v) for v in weight.shape[-2:])
+        layout = (int(x.shape[1]) // int(weight.shape[1]), int(offset.shape[1]) // (2 * kh * kw), kh, kw)
+        return _OnnxDeformConv.apply(x, offset, weight, bias, mask, _pair(stride), _pair(padding), _pair(dilation),
+                                     layout)
     if _use_torchvision(use_torchvision):
         return _tv_deform_conv2d(
             x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask
@@ -155,6 +160,29 @@ def deform_conv2d(
             out = deform_conv2d_pure(f32(x), f32(offset), f32(weight), f32(bias), stride, padding, dilation, f32(mask))
         return out.to(x.dtype)
     return deform_conv2d_pure(x, offset, weight, bias, stride, padding, dilation, mask)
+
+
+class _OnnxDeformConv(torch.autograd.Function):
+    """The pure convolution when run, ONNX's ``DeformConv`` (opset 19) when exported by the tracing exporter.
+
+    Why: traced, the pure path is a ``GridSample`` + product per layer whose columns ONNX Runtime and OpenVINO
+    reshape back and forth; their native kernels sample and reduce in one pass. Same layouts as torchvision's
+    (ONNX copied them: offsets ``(dy, dx)`` per tap and group, mask per tap and group, zeros outside).
+    """
+
+    @staticmethod
+    def forward(ctx, x, offset, weight, bias, mask, stride, padding, dilation, layout):  # noqa: ANN001, ANN205
+        return deform_conv2d_pure(x, offset, weight, bias, stride, padding, dilation, mask)
+
+    @staticmethod
+    def symbolic(g, x, offset, weight, bias, mask, stride, padding, dilation, layout):  # noqa: ANN001, ANN205
+        groups, offset_groups, kh, kw = layout
+        if bias is None:  # ONNX's inputs are positional: X, W, offset, B, mask
+            bias = g.op("Constant", value_t=torch.zeros(int(weight.type().sizes()[0]) if weight.type().sizes() else 0))
+        inputs = [x, weight, offset, bias] + ([mask] if mask is not None else [])
+        return g.op("DeformConv", *inputs, dilations_i=list(dilation), group_i=groups, offset_group_i=offset_groups,
+                    kernel_shape_i=[kh, kw], pads_i=[padding[0], padding[1], padding[0], padding[1]],
+                    strides_i=list(stride))
 
 
 class ModulatedDeformConv2d(nn.Module):
