@@ -333,7 +333,7 @@ def test_model_list_one_entry_each_disabled_without_weights(project, qgis_iface)
         assert sum("aligncr-lite" in combo.itemText(i) for i in range(combo.count())) == 1
         for (_kind, name), item in items[:-1]:
             spec = ours[name]
-            runnable = not spec.needs_weights or name == "aligncr-lite"
+            runnable = not spec.needs_weights or BUNDLED.get(name, Path("-")).is_file()
             assert item.isEnabled() == runnable, name
             assert (item.toolTip() == NO_WEIGHTS) == (not runnable), name
         assert combo.currentData() == ("registry", "aligncr-lite")
