@@ -280,12 +280,12 @@ class OpenVinoBackend(Backend):
         return ov.Core().compile_model(model, "CPU", config)
 
     def _infer(self, graph: Any, optical: np.ndarray, packed: np.ndarray) -> np.ndarray:
-        requests = getattr(self._local, "requests", None)
-        if requests is None:
-            requests = self._local.requests = {}
-        request = requests.get(id(graph))
+        per_graph = getattr(self._local, "infer_requests", None)  # one OpenVINO infer request per graph and thread
+        if per_graph is None:
+            per_graph = self._local.infer_requests = {}
+        request = per_graph.get(id(graph))
         if request is None:
-            request = requests[id(graph)] = graph.create_infer_request()
+            request = per_graph[id(graph)] = graph.create_infer_request()
         request.infer([optical, packed])
         return request.get_output_tensor(0).data.copy()
 
