@@ -5,8 +5,8 @@
 Outside QGIS (the driver) it builds the plugin zip, unpacks it into a temporary plugin folder, seeds an isolated
 QGIS profile that enables the plugin, and starts ``xvfb-run qgis --code THIS_FILE``. Inside QGIS (the same file,
 ``ALIGNCR_SCREENSHOT_INNER=1``) it loads the bundled synthetic sample scene (resources/sample, no real data),
-opens the dialog from the plugin, checks the environment, picks the layers, runs the bundled ``aligncr-lite``
-weights in the default *Mode* (best: adapted to the scene, only the cloud replaced, checked on the scene's clear
+opens the dialog from the plugin, checks the environment, picks the layers, runs the default *Mode*
+with its model (best: adapted to the scene, only the cloud replaced, checked on the scene's clear
 ground — its two check boxes show on and disabled), and grabs the dialog (and the whole screen, for the map with
 the result) once the run has finished. The packaged plugin, the QgsTask, the child engine process and the result
 styling are therefore all exercised for the picture.
@@ -129,13 +129,11 @@ def inner() -> None:  # runs inside QGIS, with the real iface
         dlg.mask_combo.setLayer(layers["cloud_mask"])
         dlg.reference_combo.setLayer(layers["cloudfree"])
         dlg.output_widget.setFilePath(str(work / "cloudy_declouded.tif"))
-        dlg.select_model("aligncr-lite")
         dlg.ndvi_check.setChecked(True)
         dlg.report_check.setChecked(True)
         dlg.qa_check.setChecked(True)
-        # the default mode replaces only the cloud and runs the scene check (its verdict, and the guard's with a
-        # model that takes the estimate, join the success message); the colour anchor is asked for here
-        dlg.colour_anchor_check.setChecked(True)  # the drift it took off joins the success message
+        # the default mode and its model (aligncr-res): only the cloud replaced, adapted, the scene check and the
+        # guard (its verdict joins the success message)
         dlg.validate()
         say(f"mode: {dlg.current_mode()}; model: {dlg.model_combo.currentData()}")
         say("issues: " + " | ".join(dlg.issue_messages()))
