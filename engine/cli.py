@@ -155,4 +155,9 @@ def _stop_on_signals() -> dict[int, object]:
     def handler(signum: int, frame: object) -> None:
         raise Terminated(signum)
 
-    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # an ignored SIGINT is inherited from the parent (a GUI, a shell's background job): the plugin's Cancel is a
+        # SIGINT, which must unwind the run like Ctrl-C and remove its temporaries, not wait for the kill after it
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous

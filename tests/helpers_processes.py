@@ -30,12 +30,16 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def start_slow_run(scene: tuple[Path, Path], out: Path) -> subprocess.Popen:
-    """A slow ``engine run`` (identity model, small tiles) of ``scene`` (optical, SAR) into ``out``."""
+def start_slow_run(scene: tuple[Path, Path], out: Path, *, sigint_ignored: bool = False) -> subprocess.Popen:
+    """A slow ``engine run`` (identity model, small tiles) of ``scene`` (optical, SAR) into ``out``;
+    ``sigint_ignored``: started with SIGINT ignored, as a child of a parent that ignores it inherits."""
+    import signal
+
     args = ["run", "--optical", str(scene[0]), "--sar", str(scene[1]), "--out", str(out), "--model", "identity",
             "--tile", "32", "--overlap", "8", "--device", "cpu"]  # fmt: skip
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore)  # noqa: PLW1509 - test only
 
 
 def wait_for_temporary(folder: Path, child: subprocess.Popen) -> list[Path]:

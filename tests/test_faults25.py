@@ -608,6 +608,17 @@ def test_sigterm_and_sighup_remove_the_temporary(tmp_path, scene, signum, code):
     assert sorted(os.listdir(tmp_path)) == ["opt.tif", "s1.tif"]
 
 
+def test_sigint_stops_the_run_even_when_inherited_ignored(tmp_path, scene):
+    """The plugin's Cancel is a SIGINT; a parent that ignores SIGINT (a GUI, a background job) hands the ignore down,
+    and the run then went on until the plugin's kill, leaving its temporary. It must unwind like Ctrl-C."""
+    child = start_slow_run(scene, tmp_path / "o.tif", sigint_ignored=True)
+    wait_for_temporary(tmp_path, child)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["opt.tif", "s1.tif"]
+
+
 SLOW_PREDICT = (  # imported by every Python process started with this folder on PYTHONPATH: the batch's workers too
     "import os\n"
     "if os.environ.get('ALIGNCR_TEST_SLOW_PREDICT'):\n"
