@@ -79,7 +79,8 @@ def fake_engine(folder: Path, *, tiles: int = 5, delay: float = 0.0, fail: str |
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(textwrap.dedent(f"""
-        import json, os, shutil, sys, time
+        import json, os, shutil, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as engine.cli: Cancel works under an ignoring parent
         args = sys.argv[1:]
         def opt(flag):
             return args[args.index(flag) + 1] if flag in args else None
