@@ -134,6 +134,9 @@ def test_a_backend_that_fails_falls_back_to_pytorch_with_one_warning(monkeypatch
         def _build(self, optical, packed):
             raise RuntimeError("no such op: DeformConv\nsecond line")
 
+        def _infer(self, graph, optical, packed):
+            raise AssertionError("never reached: the build fails")
+
     monkeypatch.setattr(backends, "open_backend", lambda name, module, threads, workers: Broken(module, 1, 1))
     monkeypatch.setattr(backends, "installed", lambda name: "1.0")
     model = _perturbed("aligncr-lite")

@@ -32,6 +32,7 @@ import io
 import logging
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,8 +143,9 @@ def choose(requested: str, device: torch.device, dtype: torch.dtype, model: str 
     return Choice("torch", precision, "no CPU backend installed (pip install 'aligncr[cpu]' makes CPU runs faster)")
 
 
-class Backend:
-    """One backend's converted graphs, one per input shape, each built once under a lock."""
+class Backend(ABC):
+    """One backend's converted graphs, one per input shape, each built once under a lock; a subclass says how a
+    graph is built (:meth:`_build`) and run (:meth:`_infer`)."""
 
     label = "backend"
 
@@ -154,11 +156,13 @@ class Backend:
         self._graphs: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
+    @abstractmethod
     def _build(self, optical: torch.Tensor, packed: torch.Tensor) -> Any:
-        raise NotImplementedError
+        """The backend's compiled graph of ``self.module`` for inputs of these shapes."""
 
+    @abstractmethod
     def _infer(self, graph: Any, optical: np.ndarray, packed: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """``graph`` run on one batch of tiles."""
 
     def run(self, optical: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         """The network's output for one batch of tiles (CPU float32 tensors in, a float32 tensor out)."""
