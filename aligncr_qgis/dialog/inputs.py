@@ -11,6 +11,7 @@ shows a DEM picker.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,34 +71,49 @@ class InputsPanel:
         """The Inputs group: optical and SAR layers with their band mapping, land cover, mask, reference."""
         inputs = QGroupBox(self.tr("Inputs"), self)
         form = QFormLayout(inputs)
+        self._add_optical_rows(form)
+        self._add_sar_rows(form)
+        self.landcover_combo = self._raster_combo(True)
+        self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
+        form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
+        self._add_mask_rows(form)
+        self._add_reference_and_dem_rows(form)
+        self.overlap_label = QLabel("", self)
+        form.addRow(self.tr("SAR overlap"), self.overlap_label)
+        return inputs
+
+    def _band_row(self, roles: Sequence[str], tip: str) -> tuple[QHBoxLayout, dict[str, QgsRasterBandComboBox]]:
+        """A row of band pickers, one per role (``tip`` formatted with the role)."""
+        row = QHBoxLayout()
+        combos: dict[str, QgsRasterBandComboBox] = {}
+        for role in roles:
+            row.addWidget(QLabel(role))
+            combo = QgsRasterBandComboBox(self)
+            combo.setToolTip(tip.format(role))
+            combos[role] = combo
+            row.addWidget(combo, 1)
+        return row, combos
+
+    def _add_optical_rows(self, form: QFormLayout) -> None:
+        """The cloudy optical layer and its B, G, R, NIR bands."""
         self.optical_combo = self._raster_combo(False)
         self.optical_combo.setToolTip(self.tr("The cloudy optical image (PlanetScope, Sentinel-2, …): 4 bands or more "
                                               "(B, G, R, NIR), a CRS projected in metres. Proposed: the cloudiest "
                                               "4+-band layer over a SAR layer"))
         form.addRow(self.tr("Cloudy optical"), self.optical_combo)
-        band_row = QHBoxLayout()
-        self.optical_band_combos: dict[str, QgsRasterBandComboBox] = {}
-        for role in L.OPTICAL_ROLES:
-            band_row.addWidget(QLabel(role))
-            combo = QgsRasterBandComboBox(self)
-            combo.setToolTip(self.tr("The optical band holding {0} (guessed from the band names)").format(role))
-            self.optical_band_combos[role] = combo
-            band_row.addWidget(combo, 1)
+        band_row, self.optical_band_combos = self._band_row(
+            L.OPTICAL_ROLES, self.tr("The optical band holding {0} (guessed from the band names)"))
         form.addRow(self.tr("Bands"), band_row)
+
+    def _add_sar_rows(self, form: QFormLayout) -> None:
+        """The Sentinel-1 layer, its VV/VH bands and their units."""
         self.sar_combo = self._raster_combo(False)
         self.sar_combo.setToolTip(self.tr("Sentinel-1 GRD image of the same place (VV and VH), any CRS: the engine "
                                           "reprojects it onto the optical grid. Proposed: the 2-band layer covering "
                                           "most of the optical layer (nearest date on a tie)"))
         self.sar_label = QLabel(self.tr("Sentinel-1 SAR"), self)
         form.addRow(self.sar_label, self.sar_combo)
-        sar_row = QHBoxLayout()
-        self.sar_band_combos: dict[str, QgsRasterBandComboBox] = {}
-        for role in L.SAR_ROLES:
-            sar_row.addWidget(QLabel(role))
-            combo = QgsRasterBandComboBox(self)
-            combo.setToolTip(self.tr("The SAR band holding {0}").format(role))
-            self.sar_band_combos[role] = combo
-            sar_row.addWidget(combo, 1)
+        sar_row, self.sar_band_combos = self._band_row(L.SAR_ROLES, self.tr("The SAR band holding {0}"))
         sar_row.addWidget(QLabel(self.tr("Units")))
         self.units_combo = QComboBox(self)
         self.units_combo.setToolTip(self.tr("Whether the SAR values are backscatter in dB or linear power; "
@@ -106,9 +122,9 @@ class InputsPanel:
             self.units_combo.addItem(self.tr(label), key)
         sar_row.addWidget(self.units_combo)
         form.addRow(self.tr("Bands"), sar_row)
-        self.landcover_combo = self._raster_combo(True)
-        self.landcover_combo.setToolTip(self.tr("ESA WorldCover classes (optional): the report's metrics per class"))
-        form.addRow(self.tr("Land cover (optional)"), self.landcover_combo)
+
+    def _add_mask_rows(self, form: QFormLayout) -> None:
+        """Where the cloud comes from (a layer, an .npy, a detector) and whether only the cloud is replaced."""
         self.mask_combo = self._raster_combo(True)
         # Where the cloud comes from: a mask layer, or (no layer) a detector the engine runs on the optical image.
         # The default names the trained detector (issue 29); without it installed the engine uses the rule and says so.
@@ -148,6 +164,9 @@ class InputsPanel:
         keep_row.addWidget(QLabel(self.tr("Feather")))
         keep_row.addWidget(self.feather_spin)
         form.addRow("", keep_row)
+
+    def _add_reference_and_dem_rows(self, form: QFormLayout) -> None:
+        """The cloud-free reference (for the report) and the DEM (hidden unless the model takes one)."""
         self.reference_combo = self._raster_combo(True)
         self.reference_combo.setToolTip(self.tr("A cloud-free acquisition of the same place (optional): the report "
                                                 "scores the result against it"))
@@ -160,9 +179,6 @@ class InputsPanel:
         form.addRow(self.dem_label, self.dem_combo)
         self.dem_label.setVisible(False)
         self.dem_combo.setVisible(False)
-        self.overlap_label = QLabel("", self)
-        form.addRow(self.tr("SAR overlap"), self.overlap_label)
-        return inputs
 
     def _build_temporal(self) -> None:
         """The Extra dates group (temporal models only; hidden until one is chosen)."""
