@@ -21,6 +21,8 @@ no torch, numpy or rasterio comes with it), and is written for Python 3.9.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import importlib.util
 import os
 import re
 from collections.abc import Container, Mapping
@@ -57,6 +59,18 @@ EDGES = ("north", "south", "west", "east")  # how a partial coverage says where 
 # mask (else detect), the engine's cloud detector (the trained one where installed, else the rule), the rule.
 MASK_AUTO, MASK_DETECT, MASK_RULE = "auto", "detect", "rule"
 MASK_WORDS = (MASK_AUTO, MASK_DETECT, MASK_RULE)
+TRAINED_PACKAGE = "ukis_csmask"  # the masks extra's trained cloud detector; its ONNX models ship inside the package
+
+
+def trained_detector_version() -> str | None:
+    """The installed ``ukis-csmask`` version when it and ``onnxruntime`` can both be imported (found, not imported:
+    nothing heavy loads), else None. Standard library only: ``engine env`` asks it in a Python without numpy."""
+    if importlib.util.find_spec(TRAINED_PACKAGE) is None or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    try:
+        return importlib.metadata.version("ukis-csmask")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 # What an option's value is; each front end maps a kind to its widget, parameter or argparse type.
 KINDS = ("source", "path", "text", "int", "float", "bool", "choice", "bands", "time", "bounds")

@@ -135,17 +135,11 @@ def collect() -> EnvReport:
 
 
 def _cloud_detector() -> str | None:
-    """"ukis-csmask VERSION" when the optional ``masks`` extra is importable (found, not imported: it loads nothing
-    heavy), else None — as :func:`engine.sources.masks.trained_detector_version`, which needs numpy."""
-    import importlib.metadata
-    import importlib.util
+    """"ukis-csmask VERSION" when the optional ``masks`` extra is installed, else None."""
+    from engine.config import trained_detector_version
 
-    if importlib.util.find_spec("ukis_csmask") is None or importlib.util.find_spec("onnxruntime") is None:
-        return None
-    try:
-        return f"ukis-csmask {importlib.metadata.version('ukis-csmask')}"
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    version = trained_detector_version()
+    return None if version is None else f"ukis-csmask {version}"
 
 
 def _inference(rep: EnvReport) -> None:

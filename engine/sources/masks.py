@@ -13,12 +13,9 @@ info`` and the resolvers must say which detector a run will use before anything 
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-
 import numpy as np
 
-from engine.config import MASK_RULE
+from engine.config import MASK_RULE, trained_detector_version
 from engine.sources.product import ResolvedSource
 
 UDM2_BANDS = ("clear", "snow", "shadow", "light_haze", "heavy_haze", "cloud", "confidence", "udm1")
@@ -49,19 +46,8 @@ def cloud_mask_from_bands(array: np.ndarray, nodata: float | None = None) -> np.
 # The ``driver`` of a mask source that is a detector rather than a raster (engine.sources.resolve.resolve_mask).
 TRAINED, RULE = "ukis-csmask", "rule"
 DETECTORS = (TRAINED, RULE)
-TRAINED_PACKAGE = "ukis_csmask"  # its ONNX models and their statistics ship inside the package
 EXTRA_HINT = "pip install 'aligncr[masks]'"
 RULE_KIND = "hand-made brightness rule (no shadows; thin haze and cloud fringes are missed)"
-
-
-def trained_detector_version() -> str | None:
-    """The installed ``ukis-csmask`` version when it and ``onnxruntime`` can both be imported, else None."""
-    if importlib.util.find_spec(TRAINED_PACKAGE) is None or importlib.util.find_spec("onnxruntime") is None:
-        return None
-    try:
-        return importlib.metadata.version("ukis-csmask")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def detector_source(given: str | None) -> ResolvedSource:
