@@ -46,12 +46,12 @@ engine takes its cloud from the hand-made brightness rule and says so once per r
 MASKS_WHEEL = "ukis_csmask-*.whl"  # offline, the detector is installed only when the wheel folder holds it
 MASKS_GB, MASKS_MB = 0.25, 165.0  # installed (ukis-csmask's four ONNX models + onnxruntime) / downloaded, measured
 
-CPU_BACKEND = ["onnxruntime>=1.31"]
+CPU_BACKEND = ["onnxruntime>=1.31", "onnx>=1.14"]
 """pyproject's ``cpu`` extra (issue 30): ONNX Runtime runs the network faster than PyTorch on CPUs without native bf16
 (benchmarks/README.md, "CPU backends"). Installed as an optional last step where no CUDA build is installed (offline:
 only when the wheel folder has it): if it fails the engine is still complete and runs PyTorch."""
 BACKEND_STEP = "install ONNX Runtime (optional: faster CPU runs)"
-BACKEND_MB = 17.0  # the onnxruntime wheel, about (Linux x86-64)
+BACKEND_MB = 34.0  # the onnxruntime and onnx wheels, about (Linux x86-64)
 
 TORCH_INDEX = "https://download.pytorch.org/whl/{}"
 CUDA_FLAVOUR = "cu124"  # PyTorch's CUDA 12.4 wheels: run on any driver from CUDA 12.x
@@ -181,7 +181,7 @@ class InstallPlan:
         """Whether the optional CPU backend (:data:`CPU_BACKEND`) is installed: not beside PyTorch's CUDA build (a
         GPU runs PyTorch), and offline only from a wheel folder that holds it."""
         if self.wheel_dir:
-            return any(Path(self.wheel_dir).glob("onnxruntime-*.whl"))
+            return all(any(Path(self.wheel_dir).glob(f"{name}-*.whl")) for name in ("onnxruntime", "onnx"))
         return not self.cuda
 
     def backend_args(self) -> list[str]:

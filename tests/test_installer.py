@@ -128,6 +128,8 @@ def test_install_commands(tmp_path: Path, platform: str) -> None:
     without = InstallPlan("/q/python3", tmp_path / "venv", wheel_dir=str(wheels), platform=platform)
     assert BACKEND_STEP not in [step[0] for step in without.steps()]  # offline: only if the folder has the wheel
     (wheels / "onnxruntime-1.31.1-cp311-cp311-manylinux_2_27_x86_64.whl").touch()
+    assert BACKEND_STEP not in [step[0] for step in without.steps()]  # the exporter's onnx wheel is needed too
+    (wheels / "onnx-1.23.2-cp311-cp311-manylinux_2_27_x86_64.whl").touch()
     label, _py, _module, bargs = without.steps()[-1]
     assert label == BACKEND_STEP and bargs[bargs.index("--find-links") + 1] == str(wheels) and "--no-index" in bargs
     chosen = InstallPlan("/my/python", tmp_path / "v", system_site_packages=False, platform=platform)

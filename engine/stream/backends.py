@@ -52,6 +52,7 @@ MEASURED = frozenset({"aligncr-lite", "aligncr-res"})  # networks whose backends
 MIN_TILES = 16  # auto: fewer tiles than this and conversion costs more than the faster tiles save
 OPSET = 19  # the first ONNX opset with DeformConv
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # import name → pip name
+REQUIRES = {"onnxruntime": ("onnx",)}  # what converting the network for a backend imports besides it (torch.onnx)
 LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
@@ -72,11 +73,14 @@ class Choice:
 
 
 def installed(name: str) -> str | None:
-    """The version of backend ``name`` when it imports here, else None (never raises)."""
+    """The version of backend ``name`` when it and what its conversion needs import here, else None (never
+    raises)."""
     if name == "torch":
         return torch.__version__
     try:
         module = importlib.import_module(PACKAGES[name])
+        for needed in REQUIRES.get(name, ()):
+            importlib.import_module(needed)
     except Exception:  # noqa: BLE001 - missing, or a broken install: not usable either way
         return None
     return str(getattr(module, "__version__", "unknown"))
