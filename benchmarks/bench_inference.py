@@ -112,7 +112,7 @@ def measure(args: argparse.Namespace) -> dict:
     def config(scene: Path, out: Path) -> RunConfig:
         return RunConfig(optical=scene / "optical.tif", sar=scene / "sar.tif", out=out, model=args.model,
                          weights=args.weights, device=args.device, tile=args.tile, overlap=args.overlap,
-                         batch=batch, mode=args.run_mode)  # fmt: skip
+                         batch=batch, mode=args.run_mode, adapt=args.adapt)  # fmt: skip
 
     if args.warmup:
         run(config(folder / "warmup", folder / f"warmup-{args.mode}.tif"), accel=accel)
@@ -155,7 +155,7 @@ def _peak_rss_mib() -> float:
 
 def _child(args: argparse.Namespace, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, __file__, *extra]
-    for flag in ("model", "device", "dtype", "tile", "overlap", "batch", "threads", "backend", "run_mode"):
+    for flag in ("model", "device", "dtype", "tile", "overlap", "batch", "threads", "backend", "run_mode", "adapt"):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--run-mode", default="raw", choices=["raw", "best"],
                         help="engine run --mode (default raw: the network on every tile; best: the default run, "
                         "with adaptation, the scene check and only the cloud replaced)")
+    parser.add_argument("--adapt", type=int,
+                        help="engine run --adapt: scene adaptation steps (default: the mode's own)")
     parser.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
                         help="fast path: let glibc unmap freed memory between tiles (ablation of engine.stream.malloc)")
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive path")
@@ -225,7 +227,7 @@ def main() -> None:
         if args.weights is None:
             args.weights = _random_weights(args.model, work)
         record: dict = {"size": args.size, "model": args.model, "tile": args.tile, "overlap": args.overlap,
-                        "backend": args.backend, "mode": args.run_mode, "env": {k: os.environ[k] for k in ISA_ENV
+                        "backend": args.backend, "mode": args.run_mode, "adapt": args.adapt, "env": {k: os.environ[k] for k in ISA_ENV
                                                                                if k in os.environ}}
         for mode in ("fast", "naive") if args.naive else ("fast",):
             done = _child(args, "--child", "measure", "--mode", mode, "--folder", str(work))
