@@ -8,9 +8,9 @@ own figure, ``--adapt`` help), the network by the scene's pixels — and the sta
 the bar through that share. The bar never goes back, and once a few seconds have passed the message ends with an
 estimate of the time left (elapsed time over the share done). No Qt import: the dialog's task and the tests use it.
 
-In ``--mode best`` the engine switches the scene check on itself and picks the adaptation's steps from the scene's
-size (issue 26) — numbers the command does not carry: the scene check is a stage of every run of that mode, and the
-adaptation is sized from the engine's own ``step k/N`` when it starts (without that, the bar sat still through it).
+In ``--mode best`` the engine switches the scene check on itself (issue 26), which the command does not carry: the
+check is a stage of every run of that mode. Adaptation runs only when the command asks for it (``--adapt N``), so
+its steps are the command's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ PIXELS_PER_SECOND = 250_000.0  # the network on a CPU, roughly (aligncr-lite); o
 MIN_STAGE_SECONDS = 1.0
 ETA_AFTER_SECONDS, ETA_AFTER_FRACTION = 3.0, 0.02
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
-_STEPS = re.compile(r"step\s*\d+\s*/\s*(\d+)")  # the adaptation's "step k/N"
 
 # Stages in the order the engine runs them: (name, message prefixes).
 STAGES = (
@@ -97,8 +96,6 @@ class RunProgress:
         if self.started < 0:
             self.started = now
         stage = stage_of(message)
-        if stage is not None and stage not in self.expected:
-            self._learn(stage, message)
         if message == "done":  # EngineProcess's last word on success
             self.last = 1.0
         elif stage in self.expected:
@@ -107,13 +104,6 @@ class RunProgress:
         if elapsed >= ETA_AFTER_SECONDS and ETA_AFTER_FRACTION <= self.last < 1.0:
             message = f"{message} — {eta_text(elapsed * (1.0 - self.last) / self.last)}"
         return self.last, message
-
-    def _learn(self, stage: str, message: str) -> None:
-        """Size a stage the command did not announce: the adaptation the mode decided, from the engine's ``N`` at
-        its first step (its reading of the scene with it, already done by then). Other stages stay unknown."""
-        steps = _STEPS.search(message)
-        if stage == "adapt" and steps:
-            self.expected.update(adapt_read=1.0, adapt=int(steps.group(1)) * ADAPT_STEP_SECONDS)
 
     def _within(self, stage: str, fraction: float, message: str) -> float:
         """How far into ``stage`` the event is: its ``k/N`` when it says one, else the engine's fraction (the

@@ -281,11 +281,11 @@ class RunConfig:
     reference: Path | str | None = option(None, "cloud-free reference image (for the report's metrics)",
                                           kind="source", label="Cloud-free reference (metrics in the report)")
     mode: str = option(
-        "best", "best (default): the bundled residual model (aligncr-res) adapted to this scene, only the cloud "
+        "best", "best (default): the bundled residual model (aligncr-res), only the cloud "
         "replaced, and a scene check on the scene's own clear ground that falls back to the non-learned estimate "
         "where the model loses there; raw: the network's output everywhere and nothing else unless asked (the "
         "paper's setting; default model aligncr-lite)", kind="choice", choices=MODES,
-        choice_labels=("Best: residual model, adapted, checked on this scene", "Raw network output everywhere"),
+        choice_labels=("Best: residual model, checked on this scene", "Raw network output everywhere"),
         label="Mode", group="model")
     model: str | None = option(None, "registry model name (default: the mode's bundled model, else identity)",
                                kind="text", label="Model", group="model")
@@ -376,9 +376,10 @@ class RunConfig:
     adapt: int | None = option(
         None, "scene adaptation: first fine-tune this run's copy of the model for STEPS steps on the scene's own "
         "clear pixels with synthetic clouds (the cloud itself never a target; the weights file is unchanged; "
-        "default: --mode best scales the steps to the scene, --mode raw 0 = off)", kind="int", group="tiling",
+        "default: off in both modes, as measured it did not pay for its time: docs/model.md)", kind="int",
+        group="tiling",
         minimum=0, maximum=MAX_ADAPT_STEPS, metavar="STEPS",
-        label="Adapt to this scene first: fine-tuning steps on its clear pixels (empty = the mode's, 0 = off)")
+        label="Adapt to this scene first: fine-tuning steps on its clear pixels (empty = the mode's: off; 0 = off)")
     scene_check: bool = option(
         False, "scene check: score the model beside a flat colour and a smooth fill under synthetic clouds laid on a "
         "few of the scene's clear windows, and say which wins (no reference needed; a few seconds; with --adapt "

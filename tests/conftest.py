@@ -41,19 +41,6 @@ def _fp32_on_every_cpu(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _short_default_adaptation(request, monkeypatch):
-    """``--mode best`` (the default) adapts the model to each scene for tens of steps first; in-process tests about
-    something else run it for 2 steps, so the default path is still exercised at the cost of a test. A test marked
-    ``full_adaptation`` sees the real step counts (engine.stream.mode)."""
-    if request.node.get_closest_marker("full_adaptation"):
-        return
-    import engine.stream.mode
-
-    monkeypatch.setattr(engine.stream.mode, "ADAPT_MIN", 2)
-    monkeypatch.setattr(engine.stream.mode, "ADAPT_MAX", 2)
-
-
-@pytest.fixture(autouse=True)
 def _rule_unless_asked(request, monkeypatch):
     """Runs without a mask take their cloud from the hand-made rule, as where the ``masks`` extra is absent, whether
     or not it is installed here: the many tests about something else keep their (synthetic) clouds and their speed.

@@ -1,5 +1,5 @@
-"""``--mode`` (engine.stream.mode): the default run is the best mode — only the cloud replaced, adaptation scaled to
-the scene, the scene check and its guard — and ``--mode raw`` is the plain network; the guard falls back to the
+"""``--mode`` (engine.stream.mode): the default run is the best mode — only the cloud replaced, no adaptation unless
+asked, the scene check and its guard — and ``--mode raw`` is the plain network; the guard falls back to the
 non-learned estimate where the model loses to it on the scene's own clear ground, and says so everywhere."""
 
 from __future__ import annotations
@@ -31,15 +31,7 @@ def test_best_switches_on_the_cloud_only_output_and_the_scene_check_raw_does_not
     best = mode.resolve(given)
     assert given.mode == "best" and best.only_cloudy and best.scene_check
     raw = mode.resolve(RunConfig(optical=tmp_path / "o.tif", out=tmp_path / "x.tif", mode="raw"))
-    assert not raw.only_cloudy and not raw.scene_check and mode.adapt_for(raw, (2048, 2048)) == 0
-
-
-@pytest.mark.full_adaptation
-def test_adaptation_steps_grow_with_the_scene_within_bounds_and_adapt_given_wins(tmp_path):
-    small, large = mode.adapt_steps((256, 256)), mode.adapt_steps((8192, 8192))
-    assert mode.ADAPT_MIN <= small < mode.adapt_steps((2048, 2048)) < large <= mode.ADAPT_MAX
-    given = RunConfig(optical=tmp_path / "o.tif", out=tmp_path / "x.tif", adapt=0)
-    assert mode.adapt_for(given, (4096, 4096)) == 0
+    assert not raw.only_cloudy and not raw.scene_check
 
 
 def test_the_default_model_falls_back_from_the_modes_own_to_another_bundled_then_identity(tmp_path, monkeypatch):
@@ -76,7 +68,8 @@ def scene(tmp_path):
 
 def test_a_default_run_that_loses_to_the_estimate_writes_the_estimate_and_says_so(tmp_path, scene, capsys):
     """A residual model whose head paints +0.3 everywhere loses to the estimate on the scene's clear ground: the
-    guard writes the estimate inside the cloud; the CLI line, --json, the output's tags say which was used."""
+    guard writes the estimate inside the cloud; the CLI line, --json, the output's tags say which was used. The
+    default run does not adapt the model to the scene (decided on the select split, docs/model.md)."""
     opt, sar, mask, cloud = scene
     model = build_model("aligncr-res")
     with torch.no_grad():
@@ -84,9 +77,10 @@ def test_a_default_run_that_loses_to_the_estimate_writes_the_estimate_and_says_s
     weights = save(model, tmp_path / "bad.safetensors")
     out = tmp_path / "out.tif"
     code = main(["run", "--optical", str(opt), "--sar", str(sar), "--mask", str(mask), "--weights", str(weights),
-                 "--out", str(out), "--adapt", "0", "--tile", "64", "--overlap", "8", "--json"])  # fmt: skip
+                 "--out", str(out), "--tile", "64", "--overlap", "8", "--json"])  # fmt: skip
     assert code == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert not any("adapting" in e.get("message", "") for e in events)
     result = next(e for e in events if e["event"] == "result")
     assert result["mode"] == "best" and result["guard_used"] == "estimate" and "estimate" in result["guard"]
     with rasterio.open(out) as ds:
@@ -95,6 +89,7 @@ def test_a_default_run_that_loses_to_the_estimate_writes_the_estimate_and_says_s
     with rasterio.open(opt) as ds:
         raw = ds.read().astype(np.float32)
     assert settings["mode"] == "best" and settings["guard"]["used"] == "estimate" and settings["only_cloudy"]
+    assert "adapt" not in settings
     x = raw / 10000.0
     expected = np.clip(np.rint(prior.estimate(x, ~cloud, np.median(x[:, ~cloud], axis=1)) * 10000.0), 1, 65535)
     assert np.abs(got[:, cloud] - expected[:, cloud]).max() <= 1.0  # the estimate, not the painted +0.3

@@ -205,7 +205,6 @@ def test_default_run_with_a_model_that_loses_writes_the_estimate_and_says_so(pro
     dlg.output_widget.setFilePath(str(tmp_path / "out.tif"))
     dlg.settings.model = str(weights)
     dlg._fill_models()
-    dlg.adapt_spin.setValue(0)  # the guard is what is tested, not the adaptation's minute
     dlg.tile_spin.setValue(64)
     dlg.overlap_spin.setValue(8)
     assert run_and_wait(dlg, 240) == [True], dlg.status_label.text()
@@ -216,17 +215,17 @@ def test_default_run_with_a_model_that_loses_writes_the_estimate_and_says_so(pro
     assert settings["mode"] == "best" and settings["guard"]["used"] == "estimate"
 
 
-def test_the_bar_sizes_the_best_mode_s_adaptation_from_the_engine_s_count(tmp_path: Path) -> None:
-    """The best mode's scene check and adaptation are not in the command (the steps come from the scene's size):
-    the bar counts the check from the mode and sizes the adaptation from the engine's ``step k/N`` — it sat still
-    through a minute of adaptation in the default run."""
+def test_the_bar_counts_the_best_mode_s_scene_check_and_only_the_adaptation_asked_for(tmp_path: Path) -> None:
+    """The best mode's scene check is not in the command (the engine switches it on): the bar counts it from the mode.
+    Adaptation is off unless ``--adapt N`` asks for it; then the bar walks through its N steps."""
     from aligncr_qgis.run_options import RunCommand
     from aligncr_qgis.run_progress import RunProgress
 
     raw = RunProgress.for_command(RunCommand(optical=str(tmp_path / "o.tif"), out="x.tif", mode="raw"), 4096)
     assert "check_read" not in raw.expected and "adapt" not in raw.expected
-    bar = RunProgress.for_command(RunCommand(optical=str(tmp_path / "o.tif"), out="x.tif"), 2048 * 2048)
-    assert "check_read" in bar.expected and "adapt" not in bar.expected
+    best = RunProgress.for_command(RunCommand(optical=str(tmp_path / "o.tif"), out="x.tif"), 2048 * 2048)
+    assert "check_read" in best.expected and "adapt" not in best.expected
+    bar = RunProgress.for_command(RunCommand(optical=str(tmp_path / "o.tif"), out="x.tif", adapt=40), 2048 * 2048)
     messages = ["scene check: reading window 1/1", "adapting to the scene: reading window 1/1",
                 *(f"adapting to the scene: step {k}/40" for k in range(1, 41)),
                 "scene check: scoring the model and the baselines", "tile 1/1", "writing output"]  # fmt: skip
@@ -280,8 +279,8 @@ def test_processing_mode_by_name_or_number_and_the_guard_in_the_log(processing_p
 @pytest.mark.parametrize(("adapt", "expected"), [(None, None), (0, "0"), (40, "40")])
 def test_processing_adapt_empty_is_the_mode_s_and_0_is_off(processing_provider, tmp_path: Path, monkeypatch,
                                                            adapt, expected) -> None:  # fmt: skip
-    """The best mode adapts unless ADAPT is given: left empty the engine decides; 0 turns it off (it was read as
-    "not given", so the best mode could not be run without adaptation from Processing)."""
+    """ADAPT left empty leaves --adapt out (the engine's mode decides: no adaptation); 0 and 40 are passed as given
+    (0 was once read as "not given")."""
     import processing
 
     from aligncr_qgis.algorithms import base

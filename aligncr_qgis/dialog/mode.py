@@ -49,7 +49,6 @@ class ModeChoice:
         return {
             "best": self.tr(
                 "Best (the default): the bundled residual model (aligncr-res when installed, else aligncr-lite), "
-                "first adapted to this scene for a number of steps scaled to its size (unless you set the steps), "
                 "replacing only the cloud and keeping every clear pixel as acquired, and checked on the scene's own "
                 "clear ground: where it loses there to the non-learned estimate (a smooth fill from the cloud's "
                 "edge), that estimate is written inside the cloud instead. The message at the end says which was "

@@ -3,22 +3,21 @@
 ``best`` (the default, the dialog's and Processing's too) is what won on the validation split (docs/model.md):
 
 * the bundled residual model ``aligncr-res`` (:mod:`engine.refine.prior`'s estimate + what the SAR adds);
-* scene adaptation for :func:`adapt_steps` steps — a fixed number per scene size, so the same scene gives the same
-  output on any machine;
+* no scene adaptation unless ``--adapt N`` asks for it: decided on the select split, where adapting 30 steps added
+  0.04 dB inside the cloud (within noise) and on the report split nothing, for 2.2× the run's time on a 2048² scene
+  (docs/model.md, benchmarks/README.md);
 * only the cloud replaced (``--only-cloudy``: the mask's, else the detected one), clear pixels kept as acquired;
 * the scene check (synthetic clouds on the scene's own clear ground) and the **guard** it feeds
   (:func:`guard_verdict`): where the model does not beat the estimate there, the output inside the cloud is the
   estimate.
 
 ``raw`` is the paper's setting: the network's output everywhere (default model ``aligncr-lite``), nothing else
-unless asked. In either mode ``--adapt``, ``--only-cloudy``, ``--scene-check`` and ``--colour-anchor`` may be given;
-``--adapt 0`` turns adaptation off in ``best``.
+unless asked. In either mode ``--adapt``, ``--only-cloudy``, ``--scene-check`` and ``--colour-anchor`` may be given.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +31,6 @@ from engine.refine.scene_check import SceneCheck
 # the bundled weights of each model that has some; a mode's model falls back to another bundled one, then identity
 # (the names and that rule are engine.config's: the plugin reads them without torch)
 BUNDLED = {name: RESOURCES / "weights" / f"{name}.safetensors" for name in BUNDLED_MODELS}
-# scene adaptation in --mode best: steps = ADAPT_PER_MPIX × √(megapixels), within [ADAPT_MIN, ADAPT_MAX]
-ADAPT_PER_MPIX = 40.0
-ADAPT_MIN = 30
-ADAPT_MAX = 120
 
 
 def default_model(mode: str = "best") -> str:
@@ -44,26 +39,10 @@ def default_model(mode: str = "best") -> str:
     return mode_model(mode, {name for name, path in BUNDLED.items() if path.is_file()})
 
 
-def adapt_steps(shape: tuple[int, int]) -> int:
-    """``--mode best``'s adaptation steps for a scene of ``shape`` (H, W): more ground to learn from on a larger
-    scene, a cost that stays a fraction of the tiles' (benchmarks/README.md gives both)."""
-    mpix = shape[0] * shape[1] / 1e6
-    return int(min(ADAPT_MAX, max(ADAPT_MIN, round(ADAPT_PER_MPIX * math.sqrt(mpix)))))
-
-
 def resolve(config: RunConfig) -> RunConfig:
-    """``config`` with what its mode switches on (``best``: only the cloud replaced, the scene check); the number
-    of adaptation steps needs the scene's size (:func:`adapt_for`)."""
+    """``config`` with what its mode switches on (``best``: only the cloud replaced, the scene check)."""
     switches = MODE_SWITCHES.get(config.mode, ())
     return dataclasses.replace(config, **dict.fromkeys(switches, True)) if switches else config
-
-
-def adapt_for(config: RunConfig, shape: tuple[int, int]) -> int:
-    """The adaptation steps of this run: ``--adapt`` when given, else the mode's (``best``: :func:`adapt_steps`,
-    ``raw``: none)."""
-    if config.adapt is not None:
-        return config.adapt
-    return adapt_steps(shape) if config.mode == "best" else 0
 
 
 @dataclass(frozen=True)

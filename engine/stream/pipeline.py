@@ -345,7 +345,6 @@ def _decloud(
     early = precheck(config, default_model(config.mode))
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp, model, device = open_scene_and_model(config, early, stack, progress, warnings)
-        config = dataclasses.replace(config, adapt=mode.adapt_for(config, (inp.grid.height, inp.grid.width)))
         prepare_inputs(config, inp, model)
         if cloud is not None:
             config = take_cloud_source(config, inp, cloud[0], cloud[1], stack, progress, accel.threads or 1)
