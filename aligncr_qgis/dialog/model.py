@@ -65,8 +65,9 @@ class ModelPanel:
         self.adapt_spin.setSpecialValueText(self.tr("as the mode decides"))
         self.adapt_spin.setToolTip(self.tr("Before declouding, fine-tune this run's copy of the model on the scene's "
                                            "own clear pixels with synthetic clouds (the cloud itself is never a "
-                                           "target; the weights file is unchanged). The default mode scales the "
-                                           "steps to the scene; 0 turns it off"))
+                                           "target; the weights file is unchanged). Off unless you set a number "
+                                           "of steps: measured, it did not pay for its time by default; on a hazy "
+                                           "real scene try 30 and read the scene check's line"))
         adapt_row.addWidget(QLabel(self.tr("Adapt to this scene first")))
         adapt_row.addWidget(self.adapt_spin, 1)
         mlay.addLayout(adapt_row)
