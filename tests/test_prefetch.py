@@ -80,6 +80,38 @@ def test_prefetcher_stops_when_the_consumer_leaves_early() -> None:
     assert len(produced) <= 5
 
 
+class _Interrupted(Exception):
+    """What engine.cli's SIGTERM handler raises in the main thread."""
+
+
+def test_prefetcher_closes_cleanly_when_a_signal_interrupts_its_thread_start(monkeypatch) -> None:
+    """SIGTERM landing while ``Thread.start`` waits for the new thread's handshake: the exception must come out of
+    the ``with`` block as raised (it came out as "cannot join thread before it is started", exit code 1)."""
+    real_start = threading.Thread.start
+
+    def interrupted_start(self: threading.Thread) -> None:
+        threading.Timer(0.05, real_start, args=(self,)).start()  # the thread comes up a moment later
+        raise _Interrupted
+
+    p = Prefetcher(range(100), lambda i: i, depth=1)
+    monkeypatch.setattr(p._thread, "start", interrupted_start.__get__(p._thread))
+    with pytest.raises(_Interrupted), p as results:
+        next(iter(results))
+    assert not p._thread.is_alive()
+
+
+def test_prefetcher_close_gives_up_on_a_thread_that_never_came_up(monkeypatch) -> None:
+    def failed_start(self: threading.Thread) -> None:
+        raise _Interrupted
+
+    p = Prefetcher(range(100), lambda i: i, depth=1)
+    monkeypatch.setattr(p._thread, "start", failed_start.__get__(p._thread))
+    t0 = time.monotonic()
+    with pytest.raises(_Interrupted), p as results:
+        next(iter(results))
+    assert time.monotonic() - t0 < 5.0
+
+
 def test_writer_writes_everything_in_order_before_close_returns() -> None:
     written: list[int] = []
 

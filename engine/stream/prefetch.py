@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +33,7 @@ T = TypeVar("T")
 
 _DONE = object()
 _POLL_S = 0.1
+_START_GRACE_S = 1.0  # how long close() waits for a thread whose start() was interrupted to say it started
 
 
 class _Failure:
@@ -50,6 +52,22 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
+
+
+def _join(thread: threading.Thread) -> None:
+    """``thread.join()``, also when the ``start()`` that launched it was interrupted before the new thread said it
+    had started — a signal handler raising in the waiting caller (``engine.cli`` turns SIGTERM into an exception)
+    left ``join`` refusing with "cannot join thread before it is started", which hid the signal behind a traceback
+    and exit code 1. The thread exists and says so within moments; if it never does, there is nothing to wait for."""
+    deadline = time.monotonic() + _START_GRACE_S
+    while True:
+        try:
+            thread.join()
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 class Prefetcher(Generic[A, T]):
@@ -96,7 +114,7 @@ class Prefetcher(Generic[A, T]):
         """Stop the thread (abandoning work not yet consumed) and wait for it."""
         self._stop.set()
         if self._started:
-            self._thread.join()
+            _join(self._thread)
 
     def __enter__(self) -> Prefetcher[A, T]:
         return self
