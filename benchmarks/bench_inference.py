@@ -226,9 +226,9 @@ def main() -> None:
         print(f"generated {args.size}² scene in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if args.weights is None:
             args.weights = _random_weights(args.model, work)
+        env = {k: os.environ[k] for k in ISA_ENV if k in os.environ}
         record: dict = {"size": args.size, "model": args.model, "tile": args.tile, "overlap": args.overlap,
-                        "backend": args.backend, "mode": args.run_mode, "adapt": args.adapt, "env": {k: os.environ[k] for k in ISA_ENV
-                                                                               if k in os.environ}}
+                        "backend": args.backend, "mode": args.run_mode, "adapt": args.adapt, "env": env}
         for mode in ("fast", "naive") if args.naive else ("fast",):
             done = _child(args, "--child", "measure", "--mode", mode, "--folder", str(work))
             record[mode] = json.loads(done.stdout.strip().splitlines()[-1])
