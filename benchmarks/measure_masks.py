@@ -1,8 +1,9 @@
 """How well each cloud-mask source marks the cloud on real data: the trained detector, the hand-made rule, and the
 mask that comes with the data, against each other and against what is *visibly* cloudy.
 
-Why a "visibly cloudy" reference: the masks shipped with SEN12MS-CR and M3R-CR were themselves made by a detector (a
-cloud score, not a hand drawing), so agreement with them (IoU) cannot say which source is right where they differ.
+Why a "visibly cloudy" reference: the masks shipped with SEN12MS-CR and M3R-CR were themselves made by a detector (the
+triplets' by s2cloudless, M3R-CR's by Planet's UDM; not hand drawn), so agreement with them (IoU) cannot say which
+source is right where they differ.
 Every sample here is a pair — the cloudy image and a cloud-free one of the same place — so the pixels the cloud
 changed can be seen: with d = mean over B, G, R of (cloudy − cloud-free) reflectance,
 
@@ -16,8 +17,13 @@ changed can be seen: with d = mean over B, G, R of (cloudy − cloud-free) refle
 The cloud-free image is another date (days to months), so land change counts too: read the shares as comparisons
 between sources on the same pixels, not as absolute truth. Scores are pooled over the pixels of each data set.
 
+The trained detector is scored with every shadow, with its cloud class alone, and with the shadows kept only within
+:data:`NEAR_M` of a cloud (the engine's filter, ``detector.SHADOW_NEAR_M``: chosen on the no-SAR pairs, reported on
+the triplets). ``--external NAME=DIR`` adds masks made elsewhere (``benchmarks/s2cloudless_masks.py``), alone and
+under the trained shadows near them.
+
 ``.venv/bin/python benchmarks/measure_masks.py --data ../shared/data --json runs/masks.json \
---figure docs/cloud_masks.png`` (CPU, one thread: about a minute). M3R-CR's PlanetScope scene is scored, never drawn
+--figure docs/cloud_masks.png`` (CPU, one thread: about 10 s). M3R-CR's PlanetScope scene is scored, never drawn
 (academic-only imagery); the figure shows SEN12MS-CR scenes (CC-BY 4.0, contains modified Copernicus Sentinel data).
 """
 
@@ -88,9 +94,10 @@ def samples(root: Path) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.n
         yield "SSL4EO-S12 L1C", SSL4EO_DATES[0], cloudy, clear, None, 10.0
 
 
-def masks_of(det: detector.TrainedDetector, cloudy: np.ndarray, shipped: np.ndarray | None,
-             pixel_m: float) -> dict[str, np.ndarray]:  # fmt: skip
-    """Every source's mask (True = replaced) for one cloudy image."""
+def masks_of(det: detector.TrainedDetector, cloudy: np.ndarray, shipped: np.ndarray | None, pixel_m: float,
+             others: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every source's mask (True = replaced) for one cloudy image; ``others`` (cloud masks made elsewhere) alone and
+    with the trained detector's shadow near their cloud."""
     f = detector.factor_for(pixel_m)
     labels = detector.detect_array(det, cloudy, f=f, grow=0, pixel_m=pixel_m, near_m=None)
     out = {"rule": detect_clouds(cloudy), "trained: cloud + shadow": labels > 0,
@@ -104,6 +111,13 @@ def masks_of(det: detector.TrainedDetector, cloudy: np.ndarray, shipped: np.ndar
         out["trained at its native 3 m (no blocks)"] = detector.detect_array(det, cloudy, f=1, grow=0, near_m=None) > 0
     if shipped is not None:
         out["mask shipped with the data"] = shipped
+    for name, cloud in (others or {}).items():
+        near = f"{detector.SHADOW_NEAR_M:g}"
+        shadow = np.where(labels == detector.SHADOW, detector.SHADOW, detector.CLEAR)
+        both = np.where(cloud, detector.CLOUD, shadow).astype(np.uint8)
+        out[name] = cloud
+        kept = detector.shadows_near_clouds(both, (pixel_m, pixel_m), f)
+        out[f"{name} + trained shadow within {near} m of it"] = kept > 0
     return out
 
 
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.process_time()
     for name, sid, cloudy, clear, shipped, pixel_m in samples(args.data):
         n[name] = n.get(name, 0) + 1
-        for source, mask in {**masks_of(det, cloudy, shipped, pixel_m), **external(folders, sid)}.items():
+        for source, mask in masks_of(det, cloudy, shipped, pixel_m, external(folders, sid)).items():
             by_source = totals.setdefault(name, {})
             by_source[source] = by_source.get(source, 0) + counts(mask, cloudy, clear, shipped)
     print(table(totals, n))

@@ -27,7 +27,10 @@ normalisation on a tile grid of its own. Choices, measured in docs/measurements.
   displacement (cloud height × tan(sun zenith)), so every true shadow pixel lies within that distance of a cloud
   pixel: shadow farther than :data:`SHADOW_NEAR_M` metres from every detected cloud is set clear, and a scene
   without cloud has no shadow. The distance is measured in metres between the centres of the blocks the model
-  decides on, so a window read with :func:`near_halo` px around it decides exactly as the whole scene.
+  decides on, so a window read with :func:`near_halo` px around it decides exactly as the whole scene. 1 km was
+  chosen on SEN12MS-CR's no-SAR pairs (false alarm 47 % → 26 %, shadow missed 7.7 % → 8.6 %; 600 m: 15 % and 9.9 %)
+  and held on the triplets (no shadow lost; 600 m lost 2.4 points). Keeping a whole connected shadow when any of it
+  is near a cloud kept nearly all the false ones: dark ground touches the real shadows.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ TILE = 256  # the model's input size
 STRIDE = 192  # tile step: 64 px of overlap, blended
 CORE = 6 * STRIDE  # coarse pixels per side of a streamed window: its boundary tiles are computed twice (≈ 1.36×)
 GROW_PX = 0  # px the detected cloud and shadow are grown by: growing buys little and flags clear ground (measured)
-SHADOW_NEAR_M: float | None = 1000.0  # shadow farther than this from every cloud is dropped (m; None: kept)
+SHADOW_NEAR_M: float | None = 1000.0  # shadow farther than this from every cloud is dropped (m; None: kept; measured)
 CLEAR, CLOUD, SHADOW = 0, 1, 2
 LEVEL = "l1c"  # see the module docstring: one model for every input
 
