@@ -144,7 +144,7 @@ def counts(mask: np.ndarray, cloudy: np.ndarray, clear: np.ndarray, shipped: np.
 def table(totals: dict[str, dict[str, np.ndarray]], n: dict[str, int]) -> str:
     """The markdown table: one row per data set and source."""
     lines = ["| data set (scenes) | mask source | IoU with the shipped mask | visibly cloudy missed | visibly shadowed "
-             "missed | unchanged flagged (false alarm) | flagged |", "|---|---|---|---|---|---|---|"]
+             "missed | unchanged flagged (false alarm) | flagged |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, by_source in totals.items():
         for source, c in by_source.items():
             iou = f"{c[6] / c[7]:.3f}" if c[7] else "–"
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the counts here")
     parser.add_argument("--figure", type=Path, help="also draw the SEN12MS-CR quicklooks with outlines here")
     parser.add_argument("--external", action="append", default=[], metavar="NAME=DIR",
-                        help="also score masks made elsewhere: DIR/<sample id>.npy (benchmarks/s2cloudless_masks.py)")
+                        help="also score masks made elsewhere: DIR/<sample id>.npy (benchmarks/s2cloudless_masks.py)",
+                        )  # fmt: skip
     args = parser.parse_args(argv)
     folders = {k: Path(v) for k, v in (item.split("=", 1) for item in args.external)}
     det = detector.TrainedDetector(threads=1)

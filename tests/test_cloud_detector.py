@@ -150,8 +150,9 @@ def test_streaming_equals_whole_scene(detector_module, monkeypatch: pytest.Monke
     second = np.zeros_like(whole)
     for window in parts:
         r0, r1, c0, c1 = window
-        second[r0:r1, c0:c1] = detector_module.filtered_window(lambda y0, y1, x0, x1: streamed[y0:y1, x0:x1],
-                                                               ok.shape, factor, (pixel_m, pixel_m), window, 300.0)
+        second[r0:r1, c0:c1] = detector_module.filtered_window(
+            lambda y0, y1, x0, x1: streamed[y0:y1, x0:x1], ok.shape, factor, (pixel_m, pixel_m), window, 300.0
+        )
     assert (second == filtered).mean() >= 0.999
 
 
