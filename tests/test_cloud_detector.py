@@ -126,13 +126,16 @@ def test_run_takes_the_trained_detector(detector_module, shared_data: Path, tmp_
 @pytest.mark.parametrize("factor", [1, 3])
 def test_streaming_equals_whole_scene(detector_module, monkeypatch: pytest.MonkeyPatch, factor: int) -> None:
     """Windows of a scene-wide tile grid give the whole scene's classes (a tolerance of 0.1 % of the pixels for
-    the floating-point order of a tile's operations; measured: identical)."""
+    the floating-point order of a tile's operations; measured: identical), and so does the shadow filter's second
+    pass over them (300 m: a halo smaller than the scene)."""
     rng = np.random.default_rng(0)
     field = rng.random((4, 30, 28)).astype(np.float32)
     image = np.kron(field, np.ones((1, 11, 11), np.float32))[:, :310, :300] * 0.5  # blobs of 11 px
     ok = np.ones(image.shape[1:], bool)
     det = detector_module.TrainedDetector()
-    whole = detector_module.detect_array(det, image, ok, f=factor)
+    pixel_m = 10.0 / factor
+    whole = detector_module.detect_array(det, image, ok, f=factor, near_m=None)
+    filtered = detector_module.shadows_near_clouds(whole, (pixel_m, pixel_m), factor, 300.0)
     monkeypatch.setattr(detector_module, "CORE", 60 if factor == 1 else 40)
 
     def read(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +147,13 @@ def test_streaming_equals_whole_scene(detector_module, monkeypatch: pytest.Monke
     for r0, r1, c0, c1 in parts:
         streamed[r0:r1, c0:c1] = detector_module.fine_classes(det, read, ok.shape, factor, (r0, r1, c0, c1))
     assert (streamed == whole).mean() >= 0.999
+    second = np.zeros_like(whole)
+    for window in parts:
+        r0, r1, c0, c1 = window
+        second[r0:r1, c0:c1] = detector_module.filtered_window(
+            lambda y0, y1, x0, x1: streamed[y0:y1, x0:x1], ok.shape, factor, (pixel_m, pixel_m), window, 300.0
+        )
+    assert (second == filtered).mean() >= 0.999
 
 
 @pytest.mark.trained_detector

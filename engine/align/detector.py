@@ -22,6 +22,15 @@ normalisation on a tile grid of its own. Choices, measured in docs/measurements.
   (a shadowed pixel has lost its surface signal as a cloudy one has); not grown (:data:`GROW_PX`): growing by 2 px
   caught 0.1 % more of the visible cloud and flagged 3.5 % more unchanged ground; the only-cloudy feather blends
   the edge instead.
+* **a shadow needs a cloud** (:func:`shadows_near_clouds`): the model's shadow class also takes dark, unchanged
+  ground (water, dark forest) for shadow. A cloud's shadow is the cloud's outline moved by the shadow's
+  displacement (cloud height × tan(sun zenith)), so every true shadow pixel lies within that distance of a cloud
+  pixel: shadow farther than :data:`SHADOW_NEAR_M` metres from every detected cloud is set clear, and a scene
+  without cloud has no shadow. The distance is measured in metres between the centres of the blocks the model
+  decides on, so a window read with :func:`near_halo` px around it decides exactly as the whole scene. 1 km was
+  chosen on SEN12MS-CR's no-SAR pairs (false alarm 47 % → 26 %, shadow missed 7.7 % → 8.6 %; 600 m: 15 % and 9.9 %)
+  and held on the triplets (no shadow lost; 600 m lost 2.4 points). Keeping a whole connected shadow when any of it
+  is near a cloud kept nearly all the false ones: dark ground touches the real shadows.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ TILE = 256  # the model's input size
 STRIDE = 192  # tile step: 64 px of overlap, blended
 CORE = 6 * STRIDE  # coarse pixels per side of a streamed window: its boundary tiles are computed twice (≈ 1.36×)
 GROW_PX = 0  # px the detected cloud and shadow are grown by: growing buys little and flags clear ground (measured)
+SHADOW_NEAR_M: float | None = 1000.0  # shadow farther than this from every cloud is dropped (m; None: kept; measured)
 CLEAR, CLOUD, SHADOW = 0, 1, 2
 LEVEL = "l1c"  # see the module docstring: one model for every input
 
@@ -177,6 +187,55 @@ def fine_classes(det: TrainedDetector, read: Reader, shape: tuple[int, int], f: 
     return fine[r0 - g0 : r1 - g0, c0 - h0 : c1 - h0]
 
 
+def _blocks_any(mask: np.ndarray, f: int) -> np.ndarray:
+    """True for each ``f`` × ``f`` block (from the array's origin; a partial block at its end too) holding a True."""
+    if f == 1:
+        return mask
+    h, w = mask.shape
+    hc, wc = -(-h // f), -(-w // f)
+    return np.pad(mask, ((0, hc * f - h), (0, wc * f - w))).reshape(hc, f, wc, f).any(axis=(1, 3))
+
+
+def shadows_near_clouds(labels: np.ndarray, pixel_m: tuple[float, float], f: int,
+                        near_m: float | None = SHADOW_NEAR_M) -> np.ndarray:  # fmt: skip
+    """``labels`` with every shadow pixel farther than ``near_m`` metres from all cloud set clear (the module
+    docstring says why). ``labels`` starts on the scene's block grid (a multiple of ``f`` px from its origin);
+    ``pixel_m`` is the (row, column) pixel size in metres. Distances run between the centres of ``f`` × ``f``
+    blocks: the grid the model decides on, and f² fewer pixels to measure."""
+    shadow = labels == SHADOW
+    if near_m is None or not shadow.any():
+        return labels
+    cloud = _blocks_any(labels == CLOUD, f)
+    if not cloud.any():
+        return np.where(shadow, CLEAR, labels).astype(np.uint8)
+    far = ndimage.distance_transform_edt(~cloud, sampling=(f * pixel_m[0], f * pixel_m[1])) > near_m
+    far = np.repeat(np.repeat(far, f, axis=0), f, axis=1)[: labels.shape[0], : labels.shape[1]]
+    return np.where(shadow & far, CLEAR, labels).astype(np.uint8)
+
+
+def near_halo(pixel_m: tuple[float, float], f: int, near_m: float | None = SHADOW_NEAR_M) -> int:
+    """Pixels of context around a window for :func:`shadows_near_clouds` to decide there as on the whole scene: a
+    whole number of blocks spanning ``near_m`` along the finer axis (0 without the filter)."""
+    if near_m is None:
+        return 0
+    return (int(near_m // (f * min(pixel_m))) + 1) * f
+
+
+# reads (row0, row1, col0, col1) of the detector's classes (uint8: CLEAR, CLOUD, SHADOW) for the whole scene
+LabelReader = Callable[[int, int, int, int], np.ndarray]
+
+
+def filtered_window(read: LabelReader, shape: tuple[int, int], f: int, pixel_m: tuple[float, float],
+                    window: tuple[int, int, int, int], near_m: float | None = SHADOW_NEAR_M) -> np.ndarray:  # fmt: skip
+    """:func:`shadows_near_clouds` on ``window`` = (row0, row1, col0, col1) of a scene's classes, read with
+    :func:`near_halo` px around it (windows start on the block grid): exactly the whole scene's there."""
+    r0, r1, c0, c1 = window
+    halo = near_halo(pixel_m, f, near_m)
+    g0, g1, h0, h1 = max(0, r0 - halo), min(shape[0], r1 + halo), max(0, c0 - halo), min(shape[1], c1 + halo)
+    labels = shadows_near_clouds(read(g0, g1, h0, h1), pixel_m, f, near_m)
+    return labels[r0 - g0 : r1 - g0, c0 - h0 : c1 - h0]
+
+
 def windows(shape: tuple[int, int], f: int) -> Iterator[tuple[int, int, int, int]]:
     """The streamed windows (row0, row1, col0, col1): :data:`CORE` coarse px a side, in scene pixels."""
     step = CORE * f
@@ -186,12 +245,15 @@ def windows(shape: tuple[int, int], f: int) -> Iterator[tuple[int, int, int, int
 
 
 def detect_array(det: TrainedDetector, reflectance: np.ndarray, ok: np.ndarray | None = None, f: int = 1,
-                 grow: int = GROW_PX) -> np.ndarray:  # fmt: skip
-    """The classes of a whole in-memory (4, H, W) reflectance image (benchmarks, tests, the measurement script)."""
+                 grow: int = GROW_PX, pixel_m: float = GROUND_M,
+                 near_m: float | None = SHADOW_NEAR_M) -> np.ndarray:  # fmt: skip
+    """The classes of a whole in-memory (4, H, W) reflectance image of square ``pixel_m`` metre pixels, shadows
+    filtered as a run's (benchmarks, tests, the measurement script)."""
     ok = np.isfinite(reflectance).all(axis=0) if ok is None else ok
 
     def read(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         return reflectance[:, y0:y1, x0:x1], ok[y0:y1, x0:x1]
 
     shape = ok.shape
-    return fine_classes(det, read, shape, f, (0, shape[0], 0, shape[1]), grow) * ok
+    labels = fine_classes(det, read, shape, f, (0, shape[0], 0, shape[1]), grow) * ok
+    return shadows_near_clouds(labels.astype(np.uint8), (pixel_m, pixel_m), f, near_m)
