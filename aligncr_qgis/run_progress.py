@@ -23,7 +23,7 @@ from typing import Any
 
 from aligncr_qgis.run_options import MODE_SWITCHES
 
-ADAPT_STEP_SECONDS = 0.7  # engine.config's --adapt help: "about 0.7 s a step on 2 CPU cores"
+ADAPT_STEP_SECONDS = 0.7  # docs/measurements.md: 0.48 s (aligncr-res) to 1.07 s (aligncr-lite) a step on 2 CPU cores
 PIXELS_PER_SECOND = 250_000.0  # the network on a CPU, roughly (aligncr-lite); only sizes the shares
 MIN_STAGE_SECONDS = 1.0
 ETA_AFTER_SECONDS, ETA_AFTER_FRACTION = 3.0, 0.02
