@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers_prior import engine_colours_and_sar
 from helpers_rasters import write_masked_scene
 
 from engine.cli import main
@@ -91,7 +92,9 @@ def test_a_default_run_that_loses_to_the_estimate_writes_the_estimate_and_says_s
     assert settings["mode"] == "best" and settings["guard"]["used"] == "estimate" and settings["only_cloudy"]
     assert "adapt" not in settings
     x = raw / 10000.0
-    expected = np.clip(np.rint(prior.estimate(x, ~cloud, np.median(x[:, ~cloud], axis=1)) * 10000.0), 1, 65535)
+    colours, sar_units = engine_colours_and_sar(RunConfig(optical=opt, sar=sar, mask=mask, out=tmp_path / "x.tif",
+                                                          weights=weights))  # fmt: skip
+    expected = np.clip(np.rint(prior.estimate(x, ~cloud, colours, sar_units) * 10000.0), 1, 65535)
     assert np.abs(got[:, cloud] - expected[:, cloud]).max() <= 1.0  # the estimate, not the painted +0.3
     far = ~np.pad(cloud, 10)[:-20, :-20] & ~np.pad(cloud, 10)[20:, 20:]  # away from the feathered edge
     assert np.array_equal(got[:, far & ~cloud], raw[:, far & ~cloud])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers_prior import engine_colours_and_sar
 from helpers_rasters import write_masked_scene, write_optical, write_sar
 
 from engine.config import RunConfig
@@ -41,7 +42,7 @@ def test_deep_inside_a_cloud_larger_than_the_reach_the_estimate_is_the_scenes_me
     cloud = np.ones((400, 400), dtype=bool)
     cloud[:, :5] = False
     medians = np.array([0.2, 0.3, 0.4, 0.5], np.float32)
-    est = prior.estimate(optical, ~cloud, medians)
+    est = prior.estimate(optical, ~cloud, prior.SceneColours(medians))
     assert np.allclose(est[:, 200, 5 + prior.REACH + 10], medians, atol=1e-6)
 
 
@@ -50,11 +51,14 @@ def test_a_window_read_with_the_reach_as_halo_gives_the_whole_images_estimate():
     optical = rng.uniform(0, 1, (4, 460, 480)).astype(np.float32)
     cloud = np.zeros((460, 480), dtype=bool)
     cloud[60:400, 80:420] = True
-    medians = np.median(optical[:, ~cloud], axis=1)
-    whole = prior.channels(optical, ~cloud, medians)
+    sar = rng.normal(0, 1, (2, 460, 480)).astype(np.float32)
+    sar[:, :, 240:] += 3.0  # two kinds of ground to the radar
+    colours = prior.window_colours(optical, ~cloud, sar)  # the scene's, fitted once
+    assert colours is not None and colours.centres is not None
+    whole = prior.channels(optical, ~cloud, colours, sar)
     y0, x0, h, w = 180, 200, 50, 60
     ys, xs = slice(y0 - prior.REACH, y0 + h + prior.REACH), slice(x0 - prior.REACH, x0 + w + prior.REACH)
-    part = prior.channels(optical[:, ys, xs], ~cloud[ys, xs], medians)
+    part = prior.channels(optical[:, ys, xs], ~cloud[ys, xs], colours, sar[:, ys, xs])
     inner = part[:, prior.REACH : prior.REACH + h, prior.REACH : prior.REACH + w]
     assert np.allclose(inner, whole[:, y0 : y0 + h, x0 : x0 + w], atol=1e-5)
 
@@ -77,9 +81,52 @@ def test_untrained_aligncr_res_is_the_estimate_and_refuses_to_run_without_it():
             model(optical, sar)
 
 
+def test_deep_inside_a_cloud_each_sar_class_takes_the_colour_of_its_clear_ground():
+    """Two kinds of ground — dark where the SAR is bright, bright where it is dark — under a cloud wider than the
+    reach: the estimate gives each its own clear colour, not the scene's one median (issue 26)."""
+    h, w = 400, 400
+    sar = np.zeros((2, h, w), np.float32)
+    sar[:, :, : w // 2] = -8.0  # left: one kind of ground to the radar
+    sar[:, :, w // 2 :] = -20.0  # right: another
+    sar += np.random.default_rng(1).normal(0, 0.5, sar.shape).astype(np.float32)
+    optical = np.empty((4, h, w), np.float32)
+    optical[:, :, : w // 2] = 0.05
+    optical[:, :, w // 2 :] = 0.30
+    cloud = np.ones((h, w), bool)
+    cloud[:20] = cloud[-20:] = False  # clear strips along the top and bottom, both kinds of ground
+    est = prior.estimate(optical, ~cloud, None, sar)
+    centre = h // 2  # farther than the reach from any clear pixel
+    assert np.allclose(est[:, centre, 60], 0.05, atol=0.01) and np.allclose(est[:, centre, w - 60], 0.30, atol=0.01)
+    flat = prior.estimate(optical, ~cloud, None)  # without SAR: the scene's median on both sides
+    assert np.allclose(flat[:, centre, 60], flat[:, centre, w - 60])
+
+
+def test_colours_are_seeded_and_fall_back_to_the_median_without_enough_clear_ground():
+    rng = np.random.default_rng(2)
+    pixels = rng.uniform(0, 1, (4, 5000)).astype(np.float32)
+    features = rng.normal(0, 1, (2, 5000)).astype(np.float32)
+    clear = np.zeros(5000, bool)
+    clear[:200] = True  # some classes get fewer than MIN_CLASS_CLEAR clear pixels
+    a, b = prior.fit_colours(pixels, clear, features), prior.fit_colours(pixels, clear, features)
+    assert a is not None and b is not None and np.array_equal(a.centres, b.centres)  # seeded
+    labels = prior._nearest(a._standard(features.T), a.centres)
+    median = np.median(pixels[:, clear], axis=1)
+    for k, colour in enumerate(a.class_medians):
+        own = clear & (labels == k)
+        if own.sum() >= prior.MIN_CLASS_CLEAR:
+            assert np.allclose(colour, np.median(pixels[:, own], axis=1))
+        else:
+            assert np.allclose(colour, median)
+    assert any((clear & (labels == k)).sum() < prior.MIN_CLASS_CLEAR for k in range(len(a.centres)))
+    features[:, :] = np.nan  # no SAR anywhere: the scene's median, no classes
+    assert prior.fit_colours(pixels, clear, features).centres is None
+    assert prior.fit_colours(pixels, np.zeros(5000, bool), features) is None
+
+
 def test_the_streamed_run_writes_the_whole_images_estimate_whatever_the_chunking(tmp_path):
     """An untrained aligncr-res through the engine (its residual is 0): inside the cloud the output is the estimate
-    of the whole image with the scene's medians, at a chunk size that cuts the cloud and at one that does not."""
+    of the whole image with the scene's colours (fitted once, SAR classes included), at a chunk size that cuts the
+    cloud and at one that does not."""
     h, w = 150, 170
     cloud = np.zeros((h, w), dtype=bool)
     cloud[30:120, 40:150] = True
@@ -95,21 +142,24 @@ def test_the_streamed_run_writes_the_whole_images_estimate_whatever_the_chunking
     with rasterio.open(opt) as ds:
         raw = ds.read().astype(np.float32)
     x = raw / 10000.0
-    expected = prior.estimate(x, ~cloud, np.median(x[:, ~cloud], axis=1))
+    colours, sar_units = engine_colours_and_sar(RunConfig(optical=opt, sar=sar, mask=mask, out=tmp_path / "x.tif",
+                                                           weights=weights, mode="raw"))  # fmt: skip
+    assert colours is not None and colours.centres is not None  # the SAR classes are in use
+    expected = prior.estimate(x, ~cloud, colours, sar_units)
     expected_dn = np.clip(np.rint(expected * 10000.0), 1, 65535)
     for got in outs:
         assert np.abs(got[:, cloud] - expected_dn[:, cloud]).max() <= 1.0
         assert np.array_equal(got[:, ~cloud], raw[:, ~cloud])
 
 
-def test_the_scenes_medians_do_not_depend_on_the_strips_with_detected_clouds(tmp_path):
-    """prior_medians reads the scene in strips; with detected clouds (no --mask) the detector reads each strip with
+def test_the_scenes_colours_do_not_depend_on_the_strips_with_detected_clouds(tmp_path):
+    """prior_colours reads the scene in strips; with detected clouds (no --mask) the detector reads each strip with
     a halo, which must be cropped off before the cloud meets the strip's pixels (a 2048² scene failed with
     'operands could not be broadcast together with shapes (512,2048) (515,2048)')."""
     from contextlib import ExitStack
 
     from engine.progress import Progress
-    from engine.stream.scene import open_aligned_readers, open_scene_and_model, prepare_inputs, prior_medians
+    from engine.stream.scene import open_aligned_readers, open_scene_and_model, prepare_inputs, prior_colours
 
     rng = np.random.default_rng(3)
     dn = rng.integers(500, 3000, (4, 150, 170)).astype(np.uint16)
@@ -122,8 +172,8 @@ def test_the_scenes_medians_do_not_depend_on_the_strips_with_detected_clouds(tmp
         inp, model, _ = open_scene_and_model(config, None, stack, Progress(), [])
         prepare_inputs(config, inp, model)
         open_aligned_readers(config, inp, stack)
-        whole = prior_medians(inp, strip=1024)
-        strips = [prior_medians(inp, strip=s) for s in (32, 50)]
-    assert whole is not None and whole.shape == (4,)
-    for got in strips:
-        assert np.allclose(got, whole, atol=1e-6)
+        whole = prior_colours(inp, strip=1024)
+        strips = [prior_colours(inp, strip=s) for s in (32, 50)]
+    assert whole is not None and whole.medians.shape == (4,)
+    for got in strips:  # the medians exactly; the SAR's smoothing sees each strip's edges, so the classes nearly
+        assert got is not None and np.allclose(got.medians, whole.medians, atol=1e-6)

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             target = _dn(sample["target"]) / 10000.0  # as written
             cloudy = _dn(sample["optical"]) / 10000.0  # as written
             images = baseline_images(cloudy, cloud)
-            images["estimate"] = np.clip(prior.estimate(cloudy, ~cloud, None), 0.0, 1.0)  # what aligncr-res starts at
+            estimate = prior.estimate(cloudy, ~cloud, None, sample["sar"])  # what aligncr-res starts at
+            images["estimate"] = np.clip(estimate, 0.0, 1.0)
             for name, extra in variants.items():
                 images[name] = run_variant(paths, folder / f"{name}.tif", extra, args.weights)
             gamut = metrics.clear_gamut(cloudy, cloud)

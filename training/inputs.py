@@ -68,7 +68,8 @@ def prior_batch(batch: Mapping[str, Any]) -> torch.Tensor:
 
     optical = batch["optical"].detach().float().cpu().numpy()
     clear = batch["mask"].detach().cpu().numpy()[:, 0] < 0.5
-    items = [prior.channels(o, c, None) for o, c in zip(optical, clear)]
+    sar = batch["sar"].detach().float().cpu().numpy() if "sar" in batch else [None] * len(optical)
+    items = [prior.channels(o, c, None, s) for o, c, s in zip(optical, clear, sar)]
     return torch.from_numpy(np.stack(items)).to(batch["optical"].device)
 
 

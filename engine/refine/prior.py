@@ -9,13 +9,17 @@ itself and hands it to the network, which only adds what the SAR tells beyond it
 The estimate is a multi-scale *normalised convolution* of the clear pixels (Knutsson & Westin 1993), blended coarse
 to fine like a push-pull fill: at each box size ``s`` (:data:`SIZES`, twice-applied box filters ≈ a triangle of
 support ``s``), the clear pixels' local mean ``Σ k·c·x / Σ k·c`` replaces the coarser estimate in proportion to how
-much clear ground the window holds, ``Σ k·c / (Σ k·c + θ)``; the coarsest estimate is the scene's clear-pixel
-median (``flat``). Near the edge the finest windows hold clear ground and the estimate follows the border (as
-``fill``); deep inside a large cloud no window reaches clear ground and the estimate is ``flat``. Clear pixels keep
+much clear ground the window holds, ``Σ k·c / (Σ k·c + θ)``. Near the edge the finest windows hold clear ground and
+the estimate follows the border (as ``fill``); deep inside a large cloud no window reaches clear ground and the
+estimate is its coarsest level, the **colour of the pixel's SAR class** (:class:`SceneColours`): the SAR, lightly
+smoothed (:data:`SAR_SMOOTH`), is split into :data:`SAR_CLASSES` classes by k-means over the scene, and each class
+takes the median colour of its clear pixels — water, forest, fields and towns scatter radar differently, so the
+ground under a cloud takes the colour of clear ground that looks alike to the SAR instead of the scene's one median
+(``flat``; still the value of a class with too few clear pixels, and of every pixel without SAR). Clear pixels keep
 their value.
 
 Every window is finite, so the estimate of a pixel depends only on the pixels within :data:`REACH` of it: a chunk
-read with that halo gives the same values as the whole scene (the scene's medians come from one pre-pass).
+read with that halo gives the same values as the whole scene (the scene's colours come from one pre-pass).
 ``distance`` (px to the nearest clear pixel, capped at :data:`REACH`) is the network's second hint: how far the
 estimate had to reach.
 """
@@ -33,14 +37,108 @@ from scipy import ndimage
 SIZES = (9, 17, 33, 65, 129)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
 THETA = 0.15  # clear share of a window at which a scale's local mean and the coarser estimate weigh the same
 REACH = 2 * (SIZES[-1] // 2)  # px: the largest window's reach, hence the halo a chunk needs
+# The SAR classes, chosen on the select split (2026-12-06, docs/model.md: 3, 5 or 8 classes, 5 or 15 px smoothing;
+# the estimate's margin over the better of flat and fill went from −0.26 to +0.55…+0.84 dB with any of them).
+SAR_CLASSES = 5  # k-means classes of the smoothed SAR
+SAR_SMOOTH = 5  # px: box filter of each SAR channel before classing (speckle)
+MIN_CLASS_CLEAR = 50  # clear (sampled) pixels a class needs for a colour of its own, else the scene's median
+FIT_SAMPLE = 20000  # at most this many sampled pixels fit the classes (k-means), taken on a regular stride
+SEED = 0  # k-means is seeded: the same scene gives the same classes on any machine
+
+
+@dataclass(frozen=True)
+class SceneColours:
+    """What the estimate falls back to deep inside a cloud: the scene's clear medians ``(bands,)`` and, with SAR,
+    the k-means centres of its SAR classes (standardised feature units) and each class's clear median."""
+
+    medians: np.ndarray
+    centres: np.ndarray | None = None  # (k, features)
+    feature_mean: np.ndarray | None = None  # (features,)
+    feature_std: np.ndarray | None = None  # (features,)
+    class_medians: np.ndarray | None = None  # (k, bands)
+
+    def fallback(self, features: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+        """(bands, H, W): each pixel's class colour, from its SAR ``features`` ((f, H, W), :func:`sar_features`;
+        NaN where there is no SAR: the scene's median); the scene's median everywhere without classes."""
+        out = np.empty((len(self.medians), *shape), np.float32)
+        out[:] = np.asarray(self.medians, np.float32)[:, None, None]
+        if self.centres is None or features is None:
+            return out
+        ok = np.isfinite(features).all(axis=0)
+        labels = _nearest(self._standard(features[:, ok].T), self.centres)
+        out[:, ok] = np.asarray(self.class_medians, np.float32)[labels].T
+        return out
+
+    def _standard(self, f: np.ndarray) -> np.ndarray:
+        return (f - self.feature_mean) / self.feature_std
 
 
 @dataclass(frozen=True)
 class PriorInput:
     """For a model that takes the estimate (``prior``) outside the tile loop — scene adaptation's crops, the scene
-    check's windows: the scene's clear medians their estimates fall back to, the channels packed after the others."""
+    check's windows: the scene's colours their estimates fall back to, and how many of the packed inputs' first
+    channels are the SAR the classes are read from."""
 
-    medians: np.ndarray | None
+    colours: SceneColours | None
+    sar_channels: int = 2
+
+
+def sar_features(sar: np.ndarray | None, ok: np.ndarray | None = None) -> np.ndarray | None:
+    """(channels, H, W) float32: each SAR channel (any affine units: the classes are fitted on standardised
+    features) box-filtered over :data:`SAR_SMOOTH` px, NaN where ``ok`` (H, W) says there is no SAR; None without."""
+    if sar is None or sar.shape[0] == 0:
+        return None
+    f = ndimage.uniform_filter(np.asarray(sar, np.float32), size=SAR_SMOOTH, axes=(1, 2), mode="nearest")
+    if ok is not None:
+        f[:, ~ok] = np.nan
+    return f
+
+
+def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of each row of ``points`` (n, f)."""
+    d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    return np.argmin(d, axis=1)
+
+
+def fit_colours(pixels: np.ndarray, clear: np.ndarray, features: np.ndarray | None) -> SceneColours | None:
+    """The scene's colours from sampled pixels: ``pixels`` (bands, n) reflectance, ``clear`` (n,) bool, ``features``
+    (f, n) their SAR features (NaN: no SAR) or None. k-means over every sampled pixel with SAR (clouds do not change
+    the SAR), each class's median over its clear ones. None when no pixel is clear."""
+    if not clear.any():
+        return None
+    medians = np.median(pixels[:, clear], axis=1).astype(np.float32)
+    if features is None:
+        return SceneColours(medians)
+    ok = np.isfinite(features).all(axis=0)
+    if ok.sum() < SAR_CLASSES * MIN_CLASS_CLEAR:
+        return SceneColours(medians)
+    f = features[:, ok].T.astype(np.float64)
+    mean, std = f.mean(axis=0), f.std(axis=0) + 1e-6
+    z = (f - mean) / std
+    step = max(1, len(z) // FIT_SAMPLE)
+    centres = _kmeans(z[::step])
+    labels = _nearest(z, centres)
+    px, cl = pixels[:, ok], clear[ok]
+    class_medians = np.stack([np.median(px[:, cl & (labels == j)], axis=1) if (cl & (labels == j)).sum()
+                              >= MIN_CLASS_CLEAR else medians for j in range(len(centres))])  # fmt: skip
+    return SceneColours(medians, centres, mean, std, class_medians.astype(np.float32))
+
+
+def _kmeans(z: np.ndarray, iterations: int = 30) -> np.ndarray:
+    """:data:`SAR_CLASSES` k-means centres of the rows of ``z``, seeded (k-means++ start, Lloyd's iterations)."""
+    from scipy.cluster.vq import kmeans2
+
+    k = min(SAR_CLASSES, len(np.unique(z, axis=0)))
+    centres, _ = kmeans2(z, k, iter=iterations, minit="++", seed=np.random.default_rng(SEED))
+    return centres
+
+
+def window_colours(optical: np.ndarray, clear: np.ndarray, sar: np.ndarray | None) -> SceneColours | None:
+    """The colours of a window fitted on the window itself (training's crops, which have no scene around them)."""
+    c = np.asarray(clear, bool) & np.isfinite(optical).all(axis=0)
+    feats = sar_features(sar)
+    flat = feats.reshape(feats.shape[0], -1) if feats is not None else None
+    return fit_colours(optical.reshape(optical.shape[0], -1), c.ravel(), flat)
 
 
 def _box(a: np.ndarray, size: int) -> np.ndarray:
@@ -51,19 +149,19 @@ def _box(a: np.ndarray, size: int) -> np.ndarray:
     return ndimage.uniform_filter(out, size=size, axes=axes, mode="constant", cval=0.0)
 
 
-def estimate(optical: np.ndarray, clear: np.ndarray, medians: np.ndarray | None,
+def estimate(optical: np.ndarray, clear: np.ndarray, colours: SceneColours | None, sar: np.ndarray | None = None,
              sizes: tuple[int, ...] = SIZES, theta: float = THETA) -> np.ndarray:  # fmt: skip
     """The estimate of every pixel of ``optical`` ((bands, H, W) float reflectance) from its ``clear`` ((H, W) bool)
-    pixels; ``medians`` ((bands,)) are the scene's clear medians (None: this window's own). Clear pixels are returned
-    as they are; without any clear pixel (and no medians) the input is returned."""
+    pixels and the scene's ``colours`` (None: this window's own, :func:`window_colours`); ``sar`` ((channels, H, W),
+    the window's SAR in any affine units) picks each pixel's class colour. Clear pixels are returned as they are;
+    without any clear pixel (and no colours) the input is returned."""
     x = np.asarray(optical, dtype=np.float32)
     c = np.asarray(clear, dtype=bool) & np.isfinite(x).all(axis=0)
-    if medians is None:
-        medians = np.median(x[:, c], axis=1) if c.any() else None
-    if medians is None:
+    if colours is None:
+        colours = window_colours(x, c, sar)
+    if colours is None:
         return x.copy()
-    est = np.empty_like(x)
-    est[:] = np.asarray(medians, dtype=np.float32)[:, None, None]
+    est = colours.fallback(sar_features(sar), c.shape)
     cf = c.astype(np.float32)
     xc = np.where(c[None], x, 0.0).astype(np.float32)
     for size in sorted(sizes, reverse=True):  # coarse → fine: each finer scale overrides where it sees ground
@@ -86,7 +184,8 @@ def distance(clear: np.ndarray, reach: int = REACH) -> np.ndarray:
     return np.minimum(ndimage.distance_transform_edt(~c), reach).astype(np.float32)
 
 
-def channels(optical: np.ndarray, clear: np.ndarray, medians: np.ndarray | None) -> np.ndarray:
+def channels(optical: np.ndarray, clear: np.ndarray, colours: SceneColours | None,
+             sar: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """The network's ``prior`` input: the estimate's bands and the distance to clear ground over :data:`REACH`
     ((bands + 1, H, W) float32) — the one packing the engine, adaptation and training share."""
-    return np.concatenate([estimate(optical, clear, medians), distance(clear)[None] / np.float32(REACH)])
+    return np.concatenate([estimate(optical, clear, colours, sar), distance(clear)[None] / np.float32(REACH)])

@@ -84,7 +84,8 @@ def training_batch(pool: Sequence[Sample], cfg: AdaptConfig, rng: np.random.Gene
         packed = crop["sar"]
         if with_prior is not None:
             clear = (real[0] < 0.5) & (clouded["mask"][0] < 0.5)
-            packed = np.concatenate([packed, prior.channels(clouded["optical"], clear, with_prior.medians)])
+            sar = crop["sar"][: with_prior.sar_channels]
+            packed = np.concatenate([packed, prior.channels(clouded["optical"], clear, with_prior.colours, sar)])
         items.append({"optical": clouded["optical"], "sar": packed, "target": crop["optical"],
                       "w": (1.0 - real) * (1.0 + cfg.cloud_weight * clouded["mask"])})  # fmt: skip
     return {k: torch.from_numpy(np.stack([np.ascontiguousarray(i[k], dtype=np.float32) for i in items]))
@@ -132,7 +133,7 @@ class SceneInputs(Protocol):
     mask: Any
     mask_reader: Any
     declared: Any  # engine.models.roles.ModelInputs: whether the model takes the prior
-    prior_medians: np.ndarray | None
+    prior_input: prior.PriorInput | None
 
 
 def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.NormalisationConfig, shape: tuple[int, int],
@@ -160,7 +161,7 @@ def adapt_to_scene(module: nn.Module, inp: SceneInputs, norm: normalise.Normalis
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # seeded, the caller's RNG kept
         torch.manual_seed(SEED)
-        with_prior = prior.PriorInput(inp.prior_medians) if inp.declared is not None and inp.declared.prior else None
+        with_prior = inp.prior_input if inp.declared is not None and inp.declared.prior else None
         fine_tune_(module, pool, cfg, seed=SEED, device=device, on_step=on_step, with_prior=with_prior)
     return None
 

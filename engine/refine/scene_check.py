@@ -177,7 +177,8 @@ def score_check(module: nn.Module, held: list[HeldOut], device: torch.device, ad
         hidden = item.cloud | item.unusable  # what the baselines may not read
         packed_np, estimate = item.packed, None
         if with_prior is not None:
-            channels = prior.channels(item.clouded, ~hidden, with_prior.medians)
+            sar = item.packed[: with_prior.sar_channels]
+            channels = prior.channels(item.clouded, ~hidden, with_prior.colours, sar)
             packed_np, estimate = np.concatenate([packed_np, channels]), np.clip(channels[:-1], 0.0, 1.0)
         packed = torch.from_numpy(np.ascontiguousarray(packed_np[None])).to(device)
         pred = module(x, packed).float().clamp(0, 1)[0].cpu().numpy()

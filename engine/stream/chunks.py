@@ -56,9 +56,10 @@ class OpenedInputs:
     roles: list[AlignedInput] = field(default_factory=list)  # its inputs, opened, in declared (packing) order
     dates: dict[str, float] = field(default_factory=dict)  # t_prev, t, t_next of a needs_dates model
     mask_reader: AlignedReader | None = None
-    # the scene's clear medians (bands,), normalised: the prior's value deep inside a cloud (engine.refine.prior);
+    norm: normalise.NormalisationConfig | None = None  # the model's, once known (the prior reads the SAR with it)
+    # the scene's colours (clear medians, SAR classes: the estimate's value deep inside a cloud, engine.refine.prior);
     # set before the tile loop for a model that takes the prior, None otherwise
-    prior_medians: np.ndarray | None = None
+    prior_input: prior.PriorInput | None = None
 
     @property
     def sar(self) -> SarInput | None:
@@ -210,7 +211,17 @@ def prior_window(inp: OpenedInputs, win: Window) -> np.ndarray:
     halo, inner = _halo(inp, win, prior.REACH + (0 if inp.mask_reader is not None else DETECTOR_HALO))
     cloud, _ = _cloud_on(inp, halo)
     _, x, ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, halo)
-    return prior.channels(x, ok & ~cloud, inp.prior_medians)[:, inner[0], inner[1]]
+    colours = inp.prior_input.colours if inp.prior_input is not None else None
+    return prior.channels(x, ok & ~cloud, colours, sar_on(inp, halo, x))[:, inner[0], inner[1]]
+
+
+def sar_on(inp: OpenedInputs, win: Window, x: np.ndarray) -> np.ndarray | None:
+    """The main SAR on ``win`` in the network's units, NaN where the file has no data (the prior's classes read it;
+    ``x`` is the optical window); None without SAR."""
+    if inp.sar is None or inp.norm is None:
+        return None
+    unit, ok = inp.sar.read(win, WindowContext(x, inp.optical_scale, inp.norm))
+    return np.where(ok[None], unit, np.nan).astype(np.float32)
 
 
 def _chunk_anchor(chunk: Chunk, config: RunConfig, inp: OpenedInputs, spec: OutputSpec) -> np.ndarray | None:

@@ -82,7 +82,7 @@ from engine.outputs.guard import as_footprint, check_output_dir, check_output_pa
 from engine.outputs.provenance import RasterMetadata, processing_tags, read_metadata, with_processing
 from engine.outputs.writer import AtomicGeoTIFFWriter, OutputSpec
 from engine.progress import Progress, record_warning
-from engine.refine import colour_anchor, prior, scene_adapt
+from engine.refine import colour_anchor, scene_adapt
 from engine.refine.baselines import median_stride
 from engine.refine.scene_adapt import adapt_to_scene
 from engine.refine.scene_check import ADAPT_SHARE, HeldOut, SceneCheck, plan_check, score_check
@@ -454,7 +454,7 @@ def _scene_check(config: RunConfig, inp: OpenedInputs, model: LoadedModel, devic
     assert inp.declared is not None
     progress.update(0.0, "scene check: scoring the model and the baselines")
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
-    with_prior = prior.PriorInput(inp.prior_medians) if inp.declared.prior else None
+    with_prior = inp.prior_input if inp.declared.prior else None
     model.scene_check = score_check(module, held, device, adapted=bool((model.card or {}).get("scene_adaptation")),
                                     anchored=config.colour_anchor, with_prior=with_prior)  # fmt: skip
     if model.scene_check.beats_baselines or (config.mode == "best" and model.scene_check.prior_db is not None):

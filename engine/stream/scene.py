@@ -27,6 +27,7 @@ from engine.config import RunConfig
 from engine.errors import InputError, ModelError
 from engine.models.roles import ModelInputs, ignored_inputs, inputs_of, require_roles
 from engine.progress import Progress, record_warning
+from engine.refine import prior
 from engine.refine.baselines import median_stride, sample_grid
 from engine.refine.scene_check import SceneCheck
 from engine.sources import normalise
@@ -43,6 +44,7 @@ from engine.stream.chunks import (
     OpenedInputs,
     composite_feather,
     halo_cloud,
+    sar_on,
 )
 from engine.stream.device import resolve_device
 from engine.stream.mode import BUNDLED, Guard, default_model
@@ -220,6 +222,7 @@ def prepare_inputs(config: RunConfig, inp: OpenedInputs, model: LoadedModel) -> 
     """Decide what depends on the model's normalisation: the optical scale and the inputs' fills."""
     with input_read_errors("an input raster"):
         inp.optical_scale = _decide_optical_scale(config, inp, model.norm)
+        inp.norm = model.norm
         _check_optical_types(config, inp)
         for item in inp.roles:
             item.prepare(model.norm)
@@ -247,24 +250,31 @@ def open_aligned_readers(config: RunConfig, inp: OpenedInputs, stack: ExitStack)
         inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
     if inp.declared is not None and inp.declared.prior:
         with input_read_errors("the optical image"):
-            inp.prior_medians = prior_medians(inp)
+            colours = prior_colours(inp)
+            sar_channels = sum(item.channels for item in inp.roles if item.name == "sar")
+            inp.prior_input = prior.PriorInput(colours, sar_channels)
 
 
-def prior_medians(inp: OpenedInputs, strip: int = 512) -> np.ndarray | None:
-    """The scene's clear-pixel medians in the model's units — the prior's value deep inside a cloud
-    (:mod:`engine.refine.prior`) — from the clear pixels (optical data, no cloud: ``--mask``'s, else detected) on the
-    report's sampling grid (:func:`engine.refine.baselines.median_stride`), read in strips; None when none is
-    clear."""
+def prior_colours(inp: OpenedInputs, strip: int = 512) -> prior.SceneColours | None:
+    """The scene's colours in the model's units — the prior's value deep inside a cloud (:mod:`engine.refine.prior`:
+    clear medians, and the SAR's classes with each one's clear median) — from the pixels of the report's sampling
+    grid (:func:`engine.refine.baselines.median_stride`), read in strips (clear: optical data, no cloud, ``--mask``'s
+    else detected); None when none is clear."""
     h, w = inp.grid.height, inp.grid.width
     stride = median_stride(w, h)
-    picked = []
+    pixels, clear, features = [], [], []
     for row in range(0, h, strip):
         win = Window(0, row, w, min(strip, h - row))
         cloud, inner, _ = halo_cloud(inp, win, 0)
         cloud = cloud[inner]  # detected clouds come on the strip grown by the detector's halo
         _, x, ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, win)
         rows, cols = sample_grid((int(win.height), w), row, 0, stride)
-        clear = (ok & ~cloud)[np.ix_(rows, cols)]
-        picked.append(x[:, rows][:, :, cols][:, clear])
-    values = np.concatenate(picked, axis=1)
-    return np.median(values, axis=1).astype(np.float32) if values.shape[1] else None
+        pick = np.ix_(rows, cols)
+        usable = ok[pick]
+        pixels.append(x[:, rows][:, :, cols][:, usable])
+        clear.append((~cloud[pick])[usable])
+        feats = prior.sar_features(sar_on(inp, win, x))
+        if feats is not None:
+            features.append(feats[:, rows][:, :, cols][:, usable])
+    values = np.concatenate(pixels, axis=1)
+    return prior.fit_colours(values, np.concatenate(clear), np.concatenate(features, axis=1) if features else None)
