@@ -83,12 +83,19 @@ class PriorInput:
     sar_channels: int = 2
 
 
-def sar_features(sar: np.ndarray | None, ok: np.ndarray | None = None) -> np.ndarray | None:
+def sar_features(sar: np.ndarray | None, ok: np.ndarray | None = None,
+                 shape: tuple[int, int] | None = None) -> np.ndarray | None:  # fmt: skip
     """(channels, H, W) float32: each SAR channel (any affine units: the classes are fitted on standardised
-    features) box-filtered over :data:`SAR_SMOOTH` px, NaN where ``ok`` (H, W) says there is no SAR; None without."""
+    features) box-filtered over :data:`SAR_SMOOTH` px, NaN where ``ok`` (H, W) says there is no SAR; None without.
+    SAR on a coarser grid than the optical (a training pair of 3 m optical and 10 m SAR) is first brought to
+    ``shape`` (bilinear); the engine's SAR is on the optical grid already."""
     if sar is None or sar.shape[0] == 0:
         return None
-    f = ndimage.uniform_filter(np.asarray(sar, np.float32), size=SAR_SMOOTH, axes=(1, 2), mode="nearest")
+    sar = np.asarray(sar, np.float32)
+    if shape is not None and tuple(sar.shape[1:]) != tuple(shape):
+        zoom = (1.0, shape[0] / sar.shape[1], shape[1] / sar.shape[2])
+        sar = ndimage.zoom(sar, zoom, order=1, mode="nearest", grid_mode=True)[:, : shape[0], : shape[1]]
+    f = ndimage.uniform_filter(sar, size=SAR_SMOOTH, axes=(1, 2), mode="nearest")
     if ok is not None:
         f[:, ~ok] = np.nan
     return f
@@ -136,7 +143,7 @@ def _kmeans(z: np.ndarray, iterations: int = 30) -> np.ndarray:
 def window_colours(optical: np.ndarray, clear: np.ndarray, sar: np.ndarray | None) -> SceneColours | None:
     """The colours of a window fitted on the window itself (training's crops, which have no scene around them)."""
     c = np.asarray(clear, bool) & np.isfinite(optical).all(axis=0)
-    feats = sar_features(sar)
+    feats = sar_features(sar, shape=c.shape)
     flat = feats.reshape(feats.shape[0], -1) if feats is not None else None
     return fit_colours(optical.reshape(optical.shape[0], -1), c.ravel(), flat)
 
@@ -161,7 +168,7 @@ def estimate(optical: np.ndarray, clear: np.ndarray, colours: SceneColours | Non
         colours = window_colours(x, c, sar)
     if colours is None:
         return x.copy()
-    est = colours.fallback(sar_features(sar), c.shape)
+    est = colours.fallback(sar_features(sar, shape=c.shape), c.shape)
     cf = c.astype(np.float32)
     xc = np.where(c[None], x, 0.0).astype(np.float32)
     for size in sorted(sizes, reverse=True):  # coarse → fine: each finer scale overrides where it sees ground
