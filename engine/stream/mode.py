@@ -61,7 +61,8 @@ class Guard:
         if self.used == "model":
             return f"guard: {scores}; the model's output is used ({self.model_db - self.estimate_db:+.1f} dB)"
         return (f"guard: {scores}; the model does not beat the estimate on this scene, so the output inside the "
-                "cloud is the estimate (a smooth fill from the cloud's edge to the clear ground's colour)")
+                "cloud is the estimate (a smooth fill from the cloud's edge towards the colour of clear ground the "
+                "SAR sees as alike)")
 
     def as_tag(self) -> dict[str, Any]:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
