@@ -2,9 +2,10 @@
 
 Why: the two baselines a model must beat (:mod:`.baselines`) are each right in one place — a harmonic ``fill`` near
 the cloud's edge, where the ground continues the border's colours, and the ``flat`` clear-pixel colour deep inside,
-where the border says little. A network that must learn both from a few dozen scenes learns neither well (issue 26:
-the bundled model painted colour casts where ``fill`` scored 7.6 dB more). So the engine computes this estimate
-itself and hands it to the network, which only adds what the SAR tells beyond it (``aligncr-res``).
+where the border says little (and the SAR, as measured since, says more). A network that must learn both from a few
+dozen scenes learns neither well (issue 26: the bundled model painted colour casts where ``fill`` scored 7.6 dB
+more). So the engine computes this estimate itself and hands it to the network, which only adds what the SAR tells
+beyond it (``aligncr-res``).
 
 The estimate is a multi-scale *normalised convolution* of the clear pixels (Knutsson & Westin 1993), blended coarse
 to fine like a push-pull fill: at each box size ``s`` (:data:`SIZES`, twice-applied box filters ≈ a triangle of
