@@ -27,6 +27,7 @@ estimate had to reach.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,7 @@ class SceneColours:
         return ndimage.uniform_filter(out, size=FALLBACK_SMOOTH, axes=(1, 2), mode="nearest")
 
     def _standard(self, f: np.ndarray) -> np.ndarray:
-        return (f - self.feature_mean) / self.feature_std
+        return ((f - self.feature_mean) / self.feature_std).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,9 @@ class PriorInput:
     sar_channels: int = 2
 
 
-def sar_features(sar: np.ndarray | None, ok: np.ndarray | None = None,
-                 shape: tuple[int, int] | None = None) -> np.ndarray | None:  # fmt: skip
+def sar_features(sar: np.ndarray | None, shape: tuple[int, int] | None = None) -> np.ndarray | None:
     """(channels, H, W) float32: each SAR channel (any affine units: the classes are fitted on standardised
-    features) box-filtered over :data:`SAR_SMOOTH` px, NaN where ``ok`` (H, W) says there is no SAR; None without.
+    features) box-filtered over :data:`SAR_SMOOTH` px (NaN, no SAR, spreads over that box); None without SAR.
     SAR on a coarser grid than the optical (a training pair of 3 m optical and 10 m SAR) is first brought to
     ``shape`` (bilinear); the engine's SAR is on the optical grid already."""
     if sar is None or sar.shape[0] == 0:
@@ -101,15 +101,12 @@ def sar_features(sar: np.ndarray | None, ok: np.ndarray | None = None,
     if shape is not None and tuple(sar.shape[1:]) != tuple(shape):
         zoom = (1.0, shape[0] / sar.shape[1], shape[1] / sar.shape[2])
         sar = ndimage.zoom(sar, zoom, order=1, mode="nearest", grid_mode=True)[:, : shape[0], : shape[1]]
-    f = ndimage.uniform_filter(sar, size=SAR_SMOOTH, axes=(1, 2), mode="nearest")
-    if ok is not None:
-        f[:, ~ok] = np.nan
-    return f
+    return ndimage.uniform_filter(sar, size=SAR_SMOOTH, axes=(1, 2), mode="nearest")
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre of each row of ``points`` (n, f)."""
-    d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    """Index of the nearest centre of each row of ``points`` (n, f), one centre at a time (memory n × k)."""
+    d = np.stack([((points - c.astype(points.dtype)) ** 2).sum(axis=1) for c in centres], axis=1)
     return np.argmin(d, axis=1)
 
 
@@ -132,9 +129,11 @@ def fit_colours(pixels: np.ndarray, clear: np.ndarray, features: np.ndarray | No
     centres = _kmeans(z[::step])
     labels = _nearest(z, centres)
     px, cl = pixels[:, ok], clear[ok]
-    class_medians = np.stack([np.median(px[:, cl & (labels == j)], axis=1) if (cl & (labels == j)).sum()
-                              >= MIN_CLASS_CLEAR else medians for j in range(len(centres))])  # fmt: skip
-    return SceneColours(medians, centres, mean, std, class_medians.astype(np.float32))
+    class_medians = np.empty((len(centres), len(medians)), np.float32)
+    for j in range(len(centres)):
+        own = cl & (labels == j)
+        class_medians[j] = np.median(px[:, own], axis=1) if own.sum() >= MIN_CLASS_CLEAR else medians
+    return SceneColours(medians, centres, mean, std, class_medians)
 
 
 def _kmeans(z: np.ndarray, iterations: int = 30) -> np.ndarray:
@@ -142,7 +141,9 @@ def _kmeans(z: np.ndarray, iterations: int = 30) -> np.ndarray:
     from scipy.cluster.vq import kmeans2
 
     k = min(SAR_CLASSES, len(np.unique(z, axis=0)))
-    centres, _ = kmeans2(z, k, iter=iterations, minit="++", seed=np.random.default_rng(SEED))
+    with warnings.catch_warnings():  # an empty cluster keeps its centre: fewer classes, no message for the user
+        warnings.simplefilter("ignore")
+        centres, _ = kmeans2(z, k, iter=iterations, minit="++", seed=np.random.default_rng(SEED))
     return centres
 
 
