@@ -33,12 +33,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-# Chosen on the select split (training/configs/aligncr_lite_bundled.toml's, 4 samples; docs/model.md): sizes from
-# 5 px and θ 0.005–0.08 followed the border too closely (−0.1 to −0.5 dB under the better baseline), θ 0.15 with
-# sizes from 9 px was best (+0.17 dB); never tuned on a report split.
-SIZES = (9, 17, 33, 65, 129)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
-THETA = 0.15  # clear share of a window at which a scale's local mean and the coarser estimate weigh the same
-REACH = 2 * (SIZES[-1] // 2)  # px: the largest window's reach, hence the halo a chunk needs
+# Chosen on the select split, never on a report split. With the scene's median as the coarsest level (first
+# version, 4 samples): sizes from 5 px and θ 0.005–0.08 followed the border too closely, θ 0.15 with sizes 9…129 px
+# was best (+0.17 dB). Once the coarsest level was the SAR classes' colour (2026-12-06, docs/model.md) the border
+# was trusted too far: margin over the better of flat and fill (generator + select-bank clouds / select-bank clouds)
+# 9…129 px θ 0.15 +0.71 / +1.05 dB, 9…33 px +1.06 / +1.53, 9 and 17 px θ 0.3 +1.17 / +1.58 (θ 0.6: +1.16 / +1.55;
+# 9 px alone +1.15 / +1.55).
+SIZES = (9, 17)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
+THETA = 0.3  # clear share of a window at which a scale's local mean and the coarser estimate weigh the same
+# px: the distance channel's cap (the network's input as aligncr-res was trained: keep it), which also bounds the
+# largest window's reach (2 × (SIZES[-1] // 2)), hence the halo a chunk needs
+REACH = 128
 # The SAR classes, chosen on the select split (2026-12-06, docs/model.md: 3, 5 or 8 classes, 5 or 15 px smoothing;
 # the estimate's margin over the better of flat and fill went from −0.26 to +0.55…+0.84 dB with any of them).
 SAR_CLASSES = 5  # k-means classes of the smoothed SAR
