@@ -114,6 +114,11 @@ def read_window(inputs: list[AlignedInput], win: Window, context: WindowContext)
     return (np.concatenate(packed, axis=0) if len(packed) > 2 else packed[-1]), ok, sar_ok
 
 
+def sar_channels(inputs: list[AlignedInput]) -> int:
+    """How many of the packed inputs' first channels are the main SAR's (:func:`read_window` packs it first)."""
+    return sum(i.channels for i in inputs if i.name == "sar")
+
+
 def packed_module(module: nn.Module, inputs: list[AlignedInput], declared: ModelInputs,
                   dates: dict[str, float]) -> nn.Module:  # fmt: skip
     """The module the runner calls: ``module`` itself when it takes exactly ``(optical, sar)``, else behind a
@@ -121,13 +126,12 @@ def packed_module(module: nn.Module, inputs: list[AlignedInput], declared: Model
     engine's ``prior`` (the optical bands + 1 channels) last when the model takes it."""
     if declared.roles == ("sar",) and not declared.prior:
         return module
-    sar_channels = sum(i.channels for i in inputs if i.name == "sar")
     extras = [i for i in inputs if i.name != "sar"]
     keys, channels = [i.name for i in extras], [i.channels for i in extras]
     if declared.prior:
         keys.append("prior")
         channels.append(int(getattr(getattr(module, "cfg", None), "in_bands", 4)) + 1)
-    return PackedInputsAdapter(module, sar_channels, keys, channels, dates)
+    return PackedInputsAdapter(module, sar_channels(inputs), keys, channels, dates)
 
 
 class PackedInputsAdapter(nn.Module):

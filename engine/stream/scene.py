@@ -20,7 +20,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from engine.align.inputs import open_roles, read_optical
+from engine.align.inputs import open_roles, read_optical, sar_channels
 from engine.align.reader import AlignedReader, Grid, bounds_overlap, checked_coverage
 from engine.align.temporal import acquisition_dates
 from engine.config import RunConfig
@@ -250,9 +250,7 @@ def open_aligned_readers(config: RunConfig, inp: OpenedInputs, stack: ExitStack)
         inp.mask_reader = stack.enter_context(AlignedReader(inp.mask, inp.grid, mask_bands, "nearest"))
     if inp.declared is not None and inp.declared.prior:
         with input_read_errors("the optical image"):
-            colours = prior_colours(inp)
-            sar_channels = sum(item.channels for item in inp.roles if item.name == "sar")
-            inp.prior_input = prior.PriorInput(colours, sar_channels)
+            inp.prior_input = prior.PriorInput(prior_colours(inp), sar_channels(inp.roles))
 
 
 def prior_colours(inp: OpenedInputs, strip: int = 512) -> prior.SceneColours | None:
