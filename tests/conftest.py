@@ -40,6 +40,21 @@ def _fp32_on_every_cpu(monkeypatch):
     monkeypatch.setattr(engine.stream.accel, "MAX_AUTO_CPU_WORKERS", 1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_cache_in_a_temporary(tmp_path_factory):
+    """Graphs exported by tests are cached in a folder of this test session, never in the user's ~/.cache
+    (engine.stream.onnx_cache); tests of the cache itself point it elsewhere."""
+    from engine.stream import onnx_cache
+
+    before = os.environ.get(onnx_cache.ENV)
+    os.environ[onnx_cache.ENV] = str(tmp_path_factory.mktemp("onnx-cache"))
+    yield
+    if before is None:
+        os.environ.pop(onnx_cache.ENV, None)
+    else:
+        os.environ[onnx_cache.ENV] = before
+
+
 @pytest.fixture(autouse=True)
 def _rule_unless_asked(request, monkeypatch):
     """Runs without a mask take their cloud from the hand-made rule, as where the ``masks`` extra is absent, whether

@@ -15,9 +15,9 @@ The rules, each a measured fact or a safety net:
   with PyTorch (a slower run, never a failed one).
 * ``auto`` uses a backend only where it was measured to pay: the CPU, fp32 (a CPU with native bf16 keeps
   PyTorch's bf16, which was measured there; the backends' bf16 was not), the networks in :data:`MEASURED`, and a
-  scene of at least :data:`MIN_TILES` tiles — converting the network costs 5–25 s per run (the network is
-  converted after scene adaptation changed its weights, so there is nothing to cache between runs), which a
-  small scene would not earn back.
+  scene of at least :data:`MIN_TILES` tiles — converting the network costs 5–25 s the first time, which a small
+  scene would not earn back (ONNX Runtime's exported graph is then kept on disk, :mod:`engine.stream.onnx_cache`,
+  and a later run of the same weights and tile shape builds its session in ≈ 0.3 s).
 * ONNX Runtime before OpenVINO under ``auto``: as fast on ``aligncr-lite``, faster on ``aligncr-res``, a quarter
   of the conversion time (export 4–8 s vs 22–30 s) and the smaller wheel.
 * One converted graph per input shape (the tiles of a run share one shape; a scene smaller than a tile has its
@@ -43,6 +43,7 @@ from torch import nn
 
 from engine.errors import EngineError
 from engine.models.ops.deform_conv import DCNv2Pack, ModulatedDeformConv2d, deform_conv2d_pure
+from engine.stream import onnx_cache
 
 log = logging.getLogger("engine")
 
@@ -185,7 +186,7 @@ class Backend(ABC):
 
     def _convert(self, optical: torch.Tensor, packed: torch.Tensor) -> Any:
         shape = "×".join(map(str, optical.shape))
-        log.info("converting the network for %s (%s tiles, once per run)", self.label, shape)
+        log.info("preparing the network for %s (%s tiles, once per run)", self.label, shape)
         try:
             # the runner predicts in inference mode, whose tensors the tracer cannot record: plain copies
             with torch.inference_mode(False), warnings.catch_warnings(), torch.no_grad():
@@ -228,8 +229,24 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores: no busy waits
         options.log_severity_level = 3
-        return ort.InferenceSession(export_onnx(self.module, optical, packed), options,
-                                    providers=["CPUExecutionProvider"])  # fmt: skip
+
+        def session(data: bytes) -> Any:
+            return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+        key = onnx_cache.graph_key(self.module, (optical, packed), OPSET)
+        cached = onnx_cache.read(key)
+        if cached is not None:
+            try:
+                graph = session(cached)
+                log.info("the network's ONNX graph came from the cache (%s)", onnx_cache.cache_dir())
+                return graph
+            except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: export again
+                log.info("the cached ONNX graph did not load (%s); exporting again", _first_line(exc))
+                onnx_cache.forget(key)
+        data = export_onnx(self.module, optical, packed)
+        graph = session(data)
+        onnx_cache.store(key, data)
+        return graph
 
     def _infer(self, graph: Any, optical: np.ndarray, packed: np.ndarray) -> np.ndarray:
         return graph.run(None, {"optical": optical, "packed": packed})[0]
