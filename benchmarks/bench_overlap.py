@@ -47,14 +47,16 @@ def _images() -> list[tuple[str, Path, Path, tuple[int, ...]]]:
     return out
 
 
-def _decloud(optical: Path, sar: Path, bands: tuple[int, ...], tile: int, overlap: int, out: Path) -> np.ndarray:
+def _decloud(optical: Path, sar: Path, bands: tuple[int, ...], tile: int, overlap: int, out: Path,
+             mode: str | None = None) -> np.ndarray:  # fmt: skip
     import rasterio
 
     from engine.config import RunConfig
     from engine.stream.accel import AccelConfig
     from engine.stream.pipeline import run
 
-    run(RunConfig(optical=optical, sar=sar, out=out, bands=bands, tile=tile, overlap=overlap),
+    extra = {} if mode is None else {"mode": mode}
+    run(RunConfig(optical=optical, sar=sar, out=out, bands=bands, tile=tile, overlap=overlap, **extra),
         accel=AccelConfig(dtype="fp32"))  # fmt: skip
     with rasterio.open(out) as ds:
         return ds.read().astype(np.float64) / 10000.0
@@ -81,6 +83,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--overlaps", type=int, nargs="+", default=[0, 8, 16, 32, 48])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mode", default=None,
+                        help="engine run --mode (default: the engine's default run); raw: the network's output "
+                             "everywhere, so its seams are measured even where the default run keeps the estimate")
     args = parser.parse_args()
     import torch
 
@@ -95,15 +100,16 @@ def main() -> None:
             with rasterio.open(optical) as ds:
                 shape = (ds.height, ds.width)
             whole = -(-max(shape) // 32) * 32  # one tile: the network sees the whole image, padded as it pads itself
-            ref = _decloud(optical, sar, bands, whole, 0, Path(tmp) / f"{name}-whole.tif")
+            ref = _decloud(optical, sar, bands, whole, 0, Path(tmp) / f"{name}-whole.tif", args.mode)
             for overlap in args.overlaps:
-                pred = _decloud(optical, sar, bands, args.tile, overlap, Path(tmp) / f"{name}-{overlap}.tif")
+                pred = _decloud(optical, sar, bands, args.tile, overlap, Path(tmp) / f"{name}-{overlap}.tif", args.mode)
                 diff = np.abs(pred - ref)
                 inner = np.zeros(shape, dtype=bool)  # the image border differs for another reason (see below)
                 inner[BORDER:-BORDER, BORDER:-BORDER] = True
                 seams = _seam_mask(shape, args.tile, overlap) & inner
                 print(json.dumps({
-                    "image": name, "size": list(shape), "tile": args.tile, "overlap": overlap,
+                    "image": name, "mode": args.mode or "default", "size": list(shape), "tile": args.tile,
+                    "overlap": overlap,
                     "mae": float(diff.mean()), "max": float(diff.max()), "inner_mae": float(diff[:, inner].mean()),
                     "inner_p999": float(np.quantile(diff[:, inner], 0.999)), "inner_max": float(diff[:, inner].max()),
                     "seam_mae": float(diff[:, seams].mean()), "seam_max": float(diff[:, seams].max()),

@@ -271,3 +271,15 @@ def test_models_command_imports_official(tmp_path, small_model, capsys):
     assert main(["models", "--import-official", str(src), "--out", str(tmp_path / "o.safetensors"),
                  "--arch", "aligncr-lite"]) == 0
     assert read_card(tmp_path / "o.safetensors").arch == "aligncr-lite"
+
+
+@pytest.mark.parametrize("name", ["aligncr", "aligncr-lite", "aligncr-res"])
+def test_the_meta_skeleton_has_the_real_models_keys_and_shapes(name):
+    # The header check builds on the meta device with a shape-only weight norm (engine.models.arch_util._maybe_wn,
+    # ≈ 1.9 s less per engine process); it must expect exactly what a real model stores.
+    with torch.device("meta"):
+        skeleton = build_model(name)
+    real = build_model(name)
+    assert {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in real.state_dict().items()
+    }

@@ -287,7 +287,8 @@ class WindowAttention(nn.Module):
         self.dual = dual
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        index = relative_position_index(window_size).to(self.relative_position_bias_table.device)
+        self.register_buffer("relative_position_index", index, persistent=False)
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         if dual:

@@ -60,7 +60,25 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 def _maybe_wn(conv: nn.Conv2d, use: bool) -> nn.Module:
-    return weight_norm(conv) if use else conv
+    if not use:
+        return conv
+    if conv.weight.is_meta:
+        # A skeleton for shapes only (the weights file's header check, engine.models.weights): the same keys and
+        # shapes without weight_norm's norm, whose first call on the meta device imports torch._dynamo — ≈ 1.9 s
+        # of every engine process (tests/test_weights.py checks the skeleton against a real model).
+        torch.nn.utils.parametrize.register_parametrization(conv, "weight", _ShapeOnlyWeightNorm(), unsafe=True)
+        return conv
+    return weight_norm(conv)
+
+
+class _ShapeOnlyWeightNorm(nn.Module):
+    """weight_norm's originals (g: one value per output channel, v: the weight) without computing g."""
+
+    def forward(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return weight.new_empty((weight.shape[0],) + (1,) * (weight.dim() - 1)), weight
 
 
 class WideActResBlock(nn.Module):
@@ -151,8 +169,11 @@ def shifted_window_mask(h: int, w: int, ws: int, shift: int, device: torch.devic
 
 
 def relative_position_index(ws: int) -> torch.Tensor:
-    """(ws², ws²) index into the (2ws−1)² relative-position bias table (Swin Transformer)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    """(ws², ws²) index into the (2ws−1)² relative-position bias table (Swin Transformer), computed on the CPU
+    whatever the default device (the meta device's first use costs ≈ 1 s of imports; the caller moves it)."""
+    cpu = torch.device("cpu")
+    coords = torch.stack(torch.meshgrid(torch.arange(ws, device=cpu), torch.arange(ws, device=cpu),
+                                        indexing="ij")).flatten(1)  # fmt: skip
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
