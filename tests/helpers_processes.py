@@ -8,18 +8,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# `python -m engine` whose network forward sleeps two minutes: a run that is surely mid-way when signalled
-SLOW_RUN = (
-    "import sys, time\n"
-    "import engine.stream.accel as a\n"
-    "real = a.InferenceRunner.predict\n"
-    "def slow(self, *args):\n"
-    "    time.sleep(120)\n"
-    "    return real(self, *args)\n"
-    "a.InferenceRunner.predict = slow\n"
-    "from engine.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
+def slowed_network(seconds: int, indent: str = "") -> str:
+    """Python lines making the engine's network calls sleep ``seconds`` in the main thread first: ``predict``, and
+    ``submit``, by which the pipeline queues a chunk's tiles."""
+    lines = ["import time", "import engine.stream.accel as a", "def slowed(real):", "    def slow(self, *args):",
+             f"        time.sleep({seconds})", "        return real(self, *args)", "    return slow",
+             "a.InferenceRunner.predict = slowed(a.InferenceRunner.predict)",
+             "a.InferenceRunner.submit = slowed(a.InferenceRunner.submit)"]  # fmt: skip
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+# `python -m engine` whose network sleeps two minutes: a run that is surely mid-way when signalled
+SLOW_RUN = "import sys\n" + slowed_network(120) + "from engine.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 def dead_pid() -> int:

@@ -292,3 +292,46 @@ def test_pipeline_restores_the_callers_torch_threads(tmp_path) -> None:
         assert result.accel["threads"] == 2 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_submitted_batches_queue_on_the_workers_and_cancel_drops_unstarted_tiles() -> None:
+    """``submit`` (the pipeline queues the next chunk's tiles before blending this one) gives predict's result; a
+    cancelled submission does not run the tiles no worker has started."""
+    import threading
+
+    gate = threading.Event()
+
+    class Gated(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+            self.lock = threading.Lock()
+
+        def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
+            with self.lock:
+                self.calls += 1
+            gate.wait(10)
+            return super().forward(optical, sar)
+
+    before = torch.get_num_threads()
+    model = Gated()
+    runner = InferenceRunner(model, CPU, AccelConfig(threads=2, cpu_workers=2))
+    try:
+        gate.set()
+        o, s = _batch(5)
+        first, second = runner.submit(o[:3], s[:3]), runner.submit(o[3:], s[3:])
+        out = np.concatenate([first.result(), second.result()])
+        np.testing.assert_allclose(out, runner.predict(o, s), atol=1e-6)
+        gate.clear()
+        model.calls = 0
+        blocked = runner.submit(o[:2], s[:2])  # both workers wait in the gate
+        queued = runner.submit(o[2:], s[2:])
+        while model.calls < 2:
+            threading.Event().wait(0.01)
+        queued.cancel()
+        gate.set()
+        assert blocked.result().shape == (2, 4, 24, 24)
+    finally:
+        runner.close()
+        torch.set_num_threads(before)
+    assert model.calls == 2  # the three queued tiles never ran

@@ -27,7 +27,7 @@ import rasterio
 import rasterio.warp
 import torch
 from helpers_models import Constant, ConstantConfig
-from helpers_processes import dead_pid, start_slow_run, wait_for_temporary
+from helpers_processes import dead_pid, slowed_network, start_slow_run, wait_for_temporary
 from helpers_rasters import optical_transform, write_optical, write_raster, write_sar
 
 from engine.cli import main as cli_main
@@ -621,14 +621,7 @@ def test_sigint_stops_the_run_even_when_inherited_ignored(tmp_path, scene):
 
 SLOW_PREDICT = (  # imported by every Python process started with this folder on PYTHONPATH: the batch's workers too
     "import os\n"
-    "if os.environ.get('ALIGNCR_TEST_SLOW_PREDICT'):\n"
-    "    import time\n"
-    "    import engine.stream.accel as a\n"
-    "    real = a.InferenceRunner.predict\n"
-    "    def slow(self, *args):\n"
-    "        time.sleep(300)\n"
-    "        return real(self, *args)\n"
-    "    a.InferenceRunner.predict = slow\n"
+    "if os.environ.get('ALIGNCR_TEST_SLOW_PREDICT'):\n" + slowed_network(300, "    ")
 )
 
 

@@ -33,7 +33,7 @@ from engine.sources.raster import (
     valid_mask,
 )
 from engine.stream import tta
-from engine.stream.accel import InferenceRunner
+from engine.stream.accel import InferenceRunner, Pending
 from engine.stream.composite import cloud_weight, halo_window, mix
 from engine.stream.prefetch import pinned
 from engine.stream.tiling import Chunk, ChunkBlender, Tile, TileGrid, reflect_pad
@@ -246,6 +246,16 @@ def composite_feather(config: RunConfig, inp: OpenedInputs) -> int | None:
     return None
 
 
+def start_chunk(data: ChunkData, config: RunConfig, runner: InferenceRunner) -> list[Pending | None]:
+    """Queue a read chunk's tiles on the network (:meth:`InferenceRunner.submit`), one entry per batch (None: no
+    tile of the batch needs the network, or ``--tta`` runs it at :func:`process_chunk`). The pipeline starts the
+    next chunk before it blends this one, so the CPU workers never wait for the main thread."""
+    if config.tta != 1:
+        return [None] * len(data.batches)
+    return [runner.submit(b.optical, b.sar) if b.run_idx and b.optical is not None and b.sar is not None else None
+            for b in data.batches]  # fmt: skip
+
+
 def process_chunk(
     data: ChunkData,
     config: RunConfig,
@@ -258,18 +268,21 @@ def process_chunk(
     progress: Progress,
     done: int,
     anchor: colour_anchor.StreamedAnchor | None = None,
+    started: list[Pending | None] | None = None,
 ) -> int:
-    """Run one read chunk's tiles in batches, blend, hand its final area to the writer (and its drift statistics to
-    ``anchor``, with ``--colour-anchor``). Returns tiles done."""
+    """Run one read chunk's tiles in batches (or take the predictions :func:`start_chunk` started), blend, hand its
+    final area to the writer (and its drift statistics to ``anchor``, with ``--colour-anchor``). Returns tiles
+    done."""
     blender.start(data.chunk)
     total = len(blender.grid)
-    for batch in data.batches:
+    started = started or [None] * len(data.batches)
+    for batch, pending in zip(data.batches, started):
         preds = list(batch.fallback)
         if config.confidence is not None:  # a tile the network skips is the input: no spread
             preds = [np.concatenate([p, np.zeros_like(p[:1])]) for p in preds]
         if batch.run_idx:
             counts["network"] += len(batch.run_idx)
-            out = _predict(runner, batch, config)
+            out = pending.result() if pending is not None else _predict(runner, batch, config)
             for j, p in zip(batch.run_idx, out):
                 _require_finite(p, batch.tiles[j], blender.grid, runner)
                 preds[j] = p

@@ -96,7 +96,7 @@ from engine.sources.raster import (
 )
 from engine.sources.resolve import resolve_run_inputs
 from engine.stream import mode
-from engine.stream.accel import AccelConfig, InferenceRunner
+from engine.stream.accel import AccelConfig, InferenceRunner, Pending
 from engine.stream.chunks import (
     QA_NODATA,
     ChunkData,
@@ -106,6 +106,7 @@ from engine.stream.chunks import (
     nodata_substitute,
     process_chunk,
     read_chunk,
+    start_chunk,
     tile_grid,
     to_output_units,
 )
@@ -558,10 +559,26 @@ def _stream(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: In
                 chunk_data = io.enter_context(Prefetcher(plan, read, depth=1))
             blender = ChunkBlender(grid, len(config.bands) + (1 if config.confidence else 0))  # + the TTA spread
             done = 0
-            for data in chunk_data:
-                progress.check_cancelled()
-                done = process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done,
-                                      anchor)
+            ahead: list[tuple[ChunkData, list[Pending | None]]] = []  # started on the network, not yet blended
+
+            def blend(started: tuple[ChunkData, list[Pending | None]], done: int) -> int:
+                data, pending = started
+                return process_chunk(data, config, inp, runner, blender, submit, spec, counts, progress, done,
+                                     anchor, pending)  # fmt: skip
+
+            try:
+                for data in chunk_data:
+                    progress.check_cancelled()
+                    ahead.append((data, start_chunk(data, config, runner)))
+                    if len(ahead) > 1:  # this chunk's tiles are queued: blend the one before while they run
+                        done = blend(ahead.pop(0), done)
+                while ahead:
+                    done = blend(ahead.pop(0), done)
+            finally:
+                for _, pending in ahead:  # a failed or cancelled run does not wait for tiles nobody will blend
+                    for p in pending:
+                        if p is not None:
+                            p.cancel()
             progress.update(1.0, "writing output" + (" (COG with overviews)" if config.cog else ""))
         if anchor is not None and draft is not None and draft.finished is not None:
             progress.update(0.0, "colour anchor: fitting the drift")
