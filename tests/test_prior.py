@@ -61,6 +61,14 @@ def test_a_window_read_with_the_reach_as_halo_gives_the_whole_images_estimate():
     part = prior.channels(optical[:, ys, xs], ~cloud[ys, xs], colours, sar[:, ys, xs])
     inner = part[:, prior.REACH : prior.REACH + h, prior.REACH : prior.REACH + w]
     assert np.allclose(inner, whole[:, y0 : y0 + h, x0 : x0 + w], atol=1e-5)
+    # the chunks' way: the estimate computed only ESTIMATE_REACH around the part kept, the same numbers
+    keep = (slice(prior.REACH, prior.REACH + h), slice(prior.REACH, prior.REACH + w))
+    within = prior.channels_within(optical[:, ys, xs], ~cloud[ys, xs], colours, sar[:, ys, xs], keep)
+    assert np.allclose(within, whole[:, y0 : y0 + h, x0 : x0 + w], atol=1e-5)
+    edge = (slice(0, h), slice(0, w))  # at the window's own edge (the scene's): nothing to grow into
+    corner = prior.channels(optical[:, :h, :w], ~cloud[:h, :w], colours, sar[:, :h, :w])
+    assert np.allclose(prior.channels_within(optical[:, :h, :w], ~cloud[:h, :w], colours, sar[:, :h, :w], edge),
+                       corner, atol=1e-6)  # fmt: skip
 
 
 def test_the_distance_channel_is_zero_on_clear_ground_and_capped():
