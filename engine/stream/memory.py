@@ -48,7 +48,9 @@ BYTES_PER_PIXEL = {  # peak bytes of one fp32 forward ÷ tile pixels, at 512² (
     "msop-unet": 3_856,
 }
 DEFAULT_BYTES_PER_PIXEL = max(BYTES_PER_PIXEL.values())  # a model not measured: the most demanding known
-PIPELINE_BYTES_PER_PIXEL = 3 * 96  # three chunks in flight × (raw + normalised + SAR + accumulator + masks)
+# four chunks in flight (read ahead, queued on the network, being blended, being written) × (raw + normalised + SAR +
+# accumulator + masks)
+PIPELINE_BYTES_PER_PIXEL = 4 * 96
 AUTO_FRACTION = 0.8
 GB = 1e9
 

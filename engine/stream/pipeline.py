@@ -571,9 +571,11 @@ def _stream(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: In
                     progress.check_cancelled()
                     ahead.append((data, start_chunk(data, config, runner)))
                     if len(ahead) > 1:  # this chunk's tiles are queued: blend the one before while they run
-                        done = blend(ahead.pop(0), done)
+                        done = blend(ahead[0], done)
+                        ahead.pop(0)
                 while ahead:
-                    done = blend(ahead.pop(0), done)
+                    done = blend(ahead[0], done)
+                    ahead.pop(0)
             finally:
                 for _, pending in ahead:  # a failed or cancelled run does not wait for tiles nobody will blend
                     for p in pending:
