@@ -19,16 +19,23 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine.models import load, save
 
-BLOCK_LISTS = ("RDBs", "SFAlign", "DF", "sar_fuse_1x1conv", "opt_distribute_1x1conv")  # one entry per block
 FUSION_1X1 = "GFF.0.weight"  # (G0, D·G0, 1, 1): its input channels are the D blocks' outputs, in block order
 
 
-def shallower_state(state: dict[str, torch.Tensor], blocks: int, features: int) -> dict[str, torch.Tensor]:
-    """``state`` of a D-block network cut to its first ``blocks`` blocks (``features`` = G0)."""
-    per_block = re.compile(rf"^({'|'.join(BLOCK_LISTS)})\.(\d+)\.")
+def block_lists(model: nn.Module) -> list[str]:
+    """The network's lists with one entry per AlignFuse block (alignment, SGCI, SLFC filters and gates)."""
+    n = model.cfg.num_blocks
+    return [name for name, m in model.named_children() if isinstance(m, nn.ModuleList) and len(m) == n]
+
+
+def shallower_state(state: dict[str, torch.Tensor], lists: list[str], blocks: int,
+                    features: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``state`` of a D-block network cut to its first ``blocks`` blocks of ``lists`` (``features`` = G0)."""
+    per_block = re.compile(rf"^({'|'.join(map(re.escape, lists))})\.(\d+)\.")
     out = {}
     for key, value in state.items():
         m = per_block.match(key)
@@ -45,7 +52,8 @@ def make_shallower(weights: Path, blocks: int, out: Path) -> Path:
     if not 1 <= blocks < cfg.num_blocks:
         raise SystemExit(f"--blocks must be between 1 and {cfg.num_blocks - 1} for this {cfg.num_blocks}-block network")
     shallow = type(model)(dataclasses.replace(cfg, num_blocks=blocks))
-    shallow.load_state_dict(shallower_state(model.state_dict(), blocks, cfg.num_feat), strict=True)
+    state = shallower_state(model.state_dict(), block_lists(model), blocks, cfg.num_feat)
+    shallow.load_state_dict(state, strict=True)
     note = f"the first {blocks} of {cfg.num_blocks} AlignFuse blocks of {weights.name} (training.shallower), untrained"
     # the card's facts (bands, units, normalisation, training data) carried over; the config is the new network's
     return save(shallow, out, dataclasses.replace(card, config={}, metrics={}, notes=note, created="",

@@ -375,7 +375,7 @@ class InferenceRunner:
             outs: list[np.ndarray] = []
             pending = list(self._pieces(o_all.shape[0]))
             if self._pool is not None and len(pending) > 1:  # CPU: no OOM to handle, pieces are independent
-                return np.concatenate(list(self._pool.map(lambda sl: self._work(o_all[sl], s_all[sl]), pending)))
+                return self._queue(o_all, s_all, pending).result()
             while pending:
                 sl = pending.pop(0)
                 try:
@@ -405,8 +405,12 @@ class InferenceRunner:
             return Pending(done=self.predict(optical, sar))
         with torch.inference_mode():
             o_all, s_all = self._to_device(optical), self._to_device(sar)
-            return Pending(futures=[self._pool.submit(self._work, o_all[sl], s_all[sl])
-                                    for sl in self._pieces(o_all.shape[0])])  # fmt: skip
+            return self._queue(o_all, s_all, list(self._pieces(o_all.shape[0])))
+
+    def _queue(self, o_all: torch.Tensor, s_all: torch.Tensor, pieces: list[slice]) -> Pending:
+        """Each piece queued on the CPU workers."""
+        assert self._pool is not None
+        return Pending(futures=[self._pool.submit(self._work, o_all[sl], s_all[sl]) for sl in pieces])
 
     def _work(self, o: torch.Tensor, s: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():  # thread-local, like autocast (entered in _run)

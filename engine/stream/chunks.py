@@ -212,9 +212,10 @@ def prior_window(inp: OpenedInputs, win: Window) -> np.ndarray:
     cloud, _ = _cloud_on(inp, halo)
     _, x, ok = read_optical(inp.optical, inp.band_index, inp.optical_scale, halo)
     colours = inp.prior_input.colours if inp.prior_input is not None else None
+    clear, sar = ok & ~cloud, sar_on(inp, halo, x)
     if colours is None:  # the window's own colours, fitted on all of it
-        return prior.channels(x, ok & ~cloud, None, sar_on(inp, halo, x))[:, inner[0], inner[1]]
-    return prior.channels_within(x, ok & ~cloud, colours, sar_on(inp, halo, x), inner)
+        return prior.channels(x, clear, None, sar)[:, inner[0], inner[1]]
+    return prior.channels_within(x, clear, colours, sar, inner)
 
 
 def sar_on(inp: OpenedInputs, win: Window, x: np.ndarray) -> np.ndarray | None:

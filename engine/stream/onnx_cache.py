@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.names import temporary_stem
+
 log = logging.getLogger("engine")
 
 ENV = "ALIGNCR_ONNX_CACHE"
@@ -86,7 +88,7 @@ def store(key: str, data: bytes) -> None:
     path = _path(key)
     if path is None:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{temporary_stem(path.name)}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
