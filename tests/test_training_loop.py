@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models import MODEL_REGISTRY, register_model
+from engine.models import MODEL_REGISTRY, build_model, register_model
 from engine.models import weights as model_weights
 from engine.models.ops.deform_conv import DCNv2Pack
 from training.config import config_from_dict
-from training.train import TrainingDiverged, load_state, main, train
+from training.train import TrainingDiverged, build_views, load_state, main, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -103,7 +103,7 @@ def _cfg(root: Path, out: Path, **sections: dict) -> object:
         "card": {"training_data": "synthetic test triplets"},
     }
     for name, values in sections.items():
-        raw[name].update(values)
+        raw.setdefault(name, {}).update(values)
     return config_from_dict(raw)
 
 
@@ -235,3 +235,24 @@ def test_exploding_offsets_stop_the_run(sen12: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingDiverged, match="offset"):
         train(cfg)
     assert (tmp_path / "state_last.pt").is_file()  # kept for inspection
+
+
+def test_a_teacher_pulls_the_student_towards_its_output(sen12: Path, tmp_path: Path) -> None:
+    """loss.teacher (distillation): a teacher that returns the cloudy input unchanged, weighted ×50, keeps the
+    student near the identity; without it the same run moves the cloud towards the truth."""
+    teacher = build_model("test-tiny")
+    nn.init.zeros_(teacher.out.weight)
+    nn.init.zeros_(teacher.out.bias)
+    model_weights.save(teacher, tmp_path / "identity.safetensors")
+    moved = {}
+    for name, loss in (("plain", {}), ("taught", {"teacher": str(tmp_path / "identity.safetensors"),
+                                                  "teacher_weight": 50.0})):
+        cfg = _cfg(sen12, tmp_path / name, loss=loss, schedule={"epochs": 20, "start_epoch": 100})
+        train(cfg)
+        model, _ = model_weights.load(tmp_path / name / "last.safetensors")
+        _, val = build_views(cfg)
+        sample = val[0]
+        with torch.no_grad():
+            out = model(sample["optical"][None], sample["sar"][None])
+        moved[name] = float((out - sample["optical"][None]).abs().mean())
+    assert moved["taught"] < 0.5 * moved["plain"]

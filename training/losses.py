@@ -126,6 +126,10 @@ class LossConfig:
     stage_weights: list[float] = field(default_factory=list)
     # > 0 adds StripePenalty (ours, not the paper's): the output's pixel-locked 2-px pattern must match the target's
     stripe_weight: float = 0.0
+    # ours (issue 30): a trained model's output as a second target, ``teacher_weight · loss(ŷ, teacher(x))`` —
+    # distillation of a deeper network into a faster one; "" = none. The ground truth term stays as it is.
+    teacher: str = ""
+    teacher_weight: float = 0.0
 
 
 STAGE_KEYS = ("target", "optical", "mask")

@@ -298,6 +298,22 @@ def _initial_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
+def _teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
+    """The frozen network whose output is the second target (``loss.teacher``, distillation), or None.
+
+    Why: a shallower network trained on ~20 scenes alone learns texture the deeper one does not paint
+    (docs/model.md, the one-block trial); the deeper one's output is a smooth, consistent target on every crop.
+    """
+    if not cfg.loss.teacher or cfg.loss.teacher_weight <= 0:
+        return None
+    from engine.models import weights
+
+    teacher, _ = weights.load(resolve_path(cfg.loss.teacher), device)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def save_weights(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
     from engine.models import weights
 
@@ -419,6 +435,9 @@ class _Trainer:
             raise EngineError(f"loss.stage_weights is set but model '{cfg.model.name}' returns one output "
                               "(deep supervision needs a multi-stage model, e.g. mmcanet-mpir2)")
         self.model = model
+        self.teacher = _teacher(cfg, self.device)
+        if self.teacher is not None and self.want_stages:
+            raise EngineError("loss.teacher cannot be combined with loss.stage_weights")
 
     def _build_data(self, rank: int) -> None:
         cfg, d = self.cfg, self.cfg.data
@@ -533,6 +552,8 @@ class _Trainer:
             pred = self.ddp_model(tensors["optical"], tensors["sar"], **kwargs)
         pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
         loss = self.loss_fn(pred, tensors)
+        if self.teacher is not None:
+            loss = loss + self.cfg.loss.teacher_weight * self.loss_fn(pred, self._teacher_batch(tensors))
         if not torch.isfinite(loss):
             self.checkpoint()
             raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}: training diverged "
@@ -553,6 +574,12 @@ class _Trainer:
             self.last_stages = list(self.loss_fn.last_terms)
             self.window_stages = ([a + b for a, b in zip(self.window_stages, self.last_stages)] if self.window_stages
                                   else list(self.last_stages))
+
+    def _teacher_batch(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """The batch with the teacher's output as its target (same cloud mask, so the same weighting)."""
+        with torch.no_grad():
+            taught = self.teacher(tensors["optical"], tensors["sar"], **model_kwargs(self.teacher, tensors))
+        return {**tensors, "target": taught.float()}
 
     def check_offsets(self) -> dict[str, float]:
         """Mean |offset| per deformable conv; stop (with a checkpoint) above ``run.offset_abort``, warn above
