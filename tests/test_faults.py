@@ -406,7 +406,14 @@ def test_a_huge_tile_shrinks_to_the_scene(tmp_path, scene, tile):
         np.testing.assert_array_equal(a.read(), b.read())
 
 
-def test_a_tile_beyond_the_memory_budget_is_refused_with_the_largest_that_fits(tmp_path):
+def test_a_tile_beyond_the_memory_budget_is_refused_with_the_largest_that_fits(tmp_path, monkeypatch):
+    """... before any work: the scene check (and adaptation, the detector) would make the user wait for nothing."""
+    from engine.stream import pipeline
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the scene check ran before the memory refusal")
+
+    monkeypatch.setattr(pipeline, "_plan_scene_check", no_work)
     opt = write_optical(tmp_path / "big.tif", height=600, width=600)
     sar = write_sar(tmp_path / "s1.tif", like=opt)
     refused = r"--tile 512 .* more than the 0\.2 GB memory budget .*use --tile (\d+) or less"

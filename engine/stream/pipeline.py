@@ -112,7 +112,7 @@ from engine.stream.chunks import (
 )
 from engine.stream.detected import take_cloud_source
 from engine.stream.device import describe_device
-from engine.stream.memory import plan_memory
+from engine.stream.memory import MemoryPlan, plan_memory
 from engine.stream.mode import Guard, default_model
 from engine.stream.prefetch import BackgroundWriter, Prefetcher
 from engine.stream.scene import (
@@ -347,6 +347,7 @@ def _decloud(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp, model, device = open_scene_and_model(config, early, stack, progress, warnings)
         prepare_inputs(config, inp, model)
+        memory, accel = _plan_memory(config, inp, model, device, accel)  # a tile that cannot fit fails here, first
         if cloud is not None:
             config = take_cloud_source(config, inp, cloud[0], cloud[1], stack, progress, accel.threads or 1)
         open_aligned_readers(config, inp, stack)
@@ -354,7 +355,7 @@ def _decloud(
         _adapt(config, inp, model, device, progress, warnings, held)
         _scene_check(config, inp, model, device, progress, warnings, held)
         _guard(config, model, progress)
-        runner, accel = _start_runner(config, inp, model, device, accel, stack)
+        runner = _start_runner(config, inp, model, device, accel, memory, stack)
         spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress,
                                         cloud_line)
         counts, shift = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
@@ -499,21 +500,29 @@ def _adapt(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: tor
     model.card = {**(model.card or {}), "scene_adaptation": f"{config.adapt} steps on this scene's clear pixels"}
 
 
-def _start_runner(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
-                  stack: ExitStack) -> tuple[InferenceRunner, AccelConfig]:
-    """The inference runner for this run, its concurrency fitted to the memory budget (:mod:`engine.stream.memory`);
-    closed (and torch's thread count restored) with ``stack``."""
-    assert inp.declared is not None
-    module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
+def _plan_memory(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device,
+                 accel: AccelConfig) -> tuple[MemoryPlan, AccelConfig]:  # fmt: skip
+    """The run's concurrency fitted to the memory budget (:mod:`engine.stream.memory`), decided before any work: a
+    tile that does not fit is refused before the detector, adaptation and the scene check, not after them."""
     grid = TileGrid(inp.grid.height, inp.grid.width, config.tile, config.overlap)
     memory, accel = plan_memory(model.name, grid, config.chunk, device, accel, config.batch, config.memory_budget)
     log.info("memory: %s", memory.describe())
+    return memory, accel
+
+
+def _start_runner(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
+                  memory: MemoryPlan, stack: ExitStack) -> InferenceRunner:  # fmt: skip
+    """The inference runner for this run with the concurrency of :func:`_plan_memory`; closed (and torch's thread
+    count restored) with ``stack``."""
+    assert inp.declared is not None
+    module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
+    tiles = len(TileGrid(inp.grid.height, inp.grid.width, config.tile, config.overlap))
     stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
-    runner = InferenceRunner(module, device, accel, tiles=len(grid))  # tiles: whether a CPU backend pays
+    runner = InferenceRunner(module, device, accel, tiles=tiles)  # tiles: whether a CPU backend pays
     stack.callback(runner.close)
     if device.type == "cuda" and memory.concurrent < config.batch:
         runner.max_batch = memory.concurrent  # the OOM halving would get there too, one failure at a time
-    return runner, accel
+    return runner
 
 
 def _stream(config: RunConfig, inp: OpenedInputs, model: LoadedModel, runner: InferenceRunner, spec: OutputSpec,
