@@ -8,7 +8,7 @@ depend on the depth (both feature extractors, the upsampler, the global fusion's
 (it reads the concatenated block outputs, D·G0 channels, block 0 first). Fine-tuning (``training.train`` with
 ``model.init_weights`` = the file written here) then adapts the rest.
 
-Usage: ``python -m training.shallower --weights resources/weights/aligncr-res.safetensors --blocks 1 --out X``
+Usage: ``python -m training.shallower --weights resources/weights/aligncr-res-d2.safetensors --blocks 1 --out X``
 """
 
 from __future__ import annotations

@@ -129,9 +129,12 @@ class AlignCRConfig:
 PAPER = AlignCRConfig()
 # The residual CPU model (issue 26): starts at the non-learned estimate (prior=True) and only learns what the SAR
 # adds; narrower and shallower than LITE because it has less to learn and runs in every default run on 2 cores.
+# ONE AlignFuse block (issue 30): the bundled weights are a one-block network distilled from a two-block one
+# (resources/weights/aligncr-res-d2.safetensors, training/configs/aligncr_res.toml): as good on the report split
+# within 0.1 dB, its network 1.6-1.8x faster on a CPU (docs/model.md).
 RES = AlignCRConfig(
     num_feat=24,
-    num_blocks=2,
+    num_blocks=1,
     rdb_layers=3,
     growth=12,
     fe_blocks=1,
@@ -526,7 +529,7 @@ class _DFResBlock(nn.Module):
 @register_model(
     "aligncr-res",
     RES,
-    "Align-CR architecture predicting a residual over the non-learned estimate of the ground (prior=True; D=2, "
+    "Align-CR architecture predicting a residual over the non-learned estimate of the ground (prior=True; D=1, "
     "G0=24): the default run's model.",
 )
 class AlignCR(nn.Module):
