@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # tree only, so benchmarks/gpu_session.sh carries the small M3R-CR sample in an ignored folder and sets it).
 SHARED_DATA = Path(os.environ.get("ALIGNCR_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
-# Two CPU cores in CI: keep torch from oversubscribing them when pytest-xdist is not used.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two CPU cores in CI: keep torch from oversubscribing them — two threads in one pytest process, one in each of
+# pytest-xdist's workers (scripts/test.sh runs one per core).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
