@@ -347,7 +347,8 @@ def _decloud(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ExitStack() as stack:
         inp, model, device = open_scene_and_model(config, early, stack, progress, warnings)
         prepare_inputs(config, inp, model)
-        memory, accel = _plan_memory(config, inp, model, device, accel)  # a tile that cannot fit fails here, first
+        tiles = TileGrid(inp.grid.height, inp.grid.width, config.tile, config.overlap)
+        memory, accel = _plan_memory(config, tiles, model, device, accel)  # a tile that cannot fit fails here, first
         if cloud is not None:
             config = take_cloud_source(config, inp, cloud[0], cloud[1], stack, progress, accel.threads or 1)
         open_aligned_readers(config, inp, stack)
@@ -355,7 +356,7 @@ def _decloud(
         _adapt(config, inp, model, device, progress, warnings, held)
         _scene_check(config, inp, model, device, progress, warnings, held)
         _guard(config, model, progress)
-        runner = _start_runner(config, inp, model, device, accel, memory, stack)
+        runner = _start_runner(config, inp, model, device, accel, memory, len(tiles), stack)
         spec, grid, device_name = _plan(config, inp, model, runner, device, given or config, on_start, progress,
                                         cloud_line)
         counts, shift = _stream(config, inp, model, runner, spec, grid, device, accel, writers, progress)
@@ -500,23 +501,22 @@ def _adapt(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: tor
     model.card = {**(model.card or {}), "scene_adaptation": f"{config.adapt} steps on this scene's clear pixels"}
 
 
-def _plan_memory(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device,
+def _plan_memory(config: RunConfig, grid: TileGrid, model: LoadedModel, device: torch.device,
                  accel: AccelConfig) -> tuple[MemoryPlan, AccelConfig]:  # fmt: skip
-    """The run's concurrency fitted to the memory budget (:mod:`engine.stream.memory`), decided before any work: a
-    tile that does not fit is refused before the detector, adaptation and the scene check, not after them."""
-    grid = TileGrid(inp.grid.height, inp.grid.width, config.tile, config.overlap)
+    """The run's concurrency on the scene's tile ``grid`` fitted to the memory budget (:mod:`engine.stream.memory`),
+    decided before any work: a tile that does not fit is refused before the detector, adaptation and the scene check,
+    not after them."""
     memory, accel = plan_memory(model.name, grid, config.chunk, device, accel, config.batch, config.memory_budget)
     log.info("memory: %s", memory.describe())
     return memory, accel
 
 
 def _start_runner(config: RunConfig, inp: OpenedInputs, model: LoadedModel, device: torch.device, accel: AccelConfig,
-                  memory: MemoryPlan, stack: ExitStack) -> InferenceRunner:  # fmt: skip
-    """The inference runner for this run with the concurrency of :func:`_plan_memory`; closed (and torch's thread
-    count restored) with ``stack``."""
+                  memory: MemoryPlan, tiles: int, stack: ExitStack) -> InferenceRunner:  # fmt: skip
+    """The inference runner for this run's ``tiles`` with the concurrency of :func:`_plan_memory`; closed (and
+    torch's thread count restored) with ``stack``."""
     assert inp.declared is not None
     module = packed_module(model.module, inp.roles, inp.declared, inp.dates)
-    tiles = len(TileGrid(inp.grid.height, inp.grid.width, config.tile, config.overlap))
     stack.callback(torch.set_num_threads, torch.get_num_threads())  # the runner sets threads for this run only
     runner = InferenceRunner(module, device, accel, tiles=tiles)  # tiles: whether a CPU backend pays
     stack.callback(runner.close)
