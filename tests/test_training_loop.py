@@ -17,7 +17,7 @@ from torch import nn
 from engine.models import MODEL_REGISTRY, build_model, register_model
 from engine.models import weights as model_weights
 from engine.models.ops.deform_conv import DCNv2Pack
-from training.config import config_from_dict
+from training.config import ConfigError, config_from_dict
 from training.train import TrainingDiverged, build_views, load_state, main, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -256,3 +256,12 @@ def test_a_teacher_pulls_the_student_towards_its_output(sen12: Path, tmp_path: P
             out = model(sample["optical"][None], sample["sar"][None])
         moved[name] = float((out - sample["optical"][None]).abs().mean())
     assert moved["taught"] < 0.5 * moved["plain"]
+
+
+@pytest.mark.parametrize("loss, words", [({"teacher_weight": 1.0}, "no loss.teacher"),
+                                         ({"teacher": "t.safetensors"}, "teacher_weight is 0"),
+                                         ({"teacher": "t.safetensors", "teacher_weight": -1.0}, "≥ 0")])
+def test_a_half_named_teacher_is_refused(loss: dict, words: str) -> None:
+    """Either half of distillation alone used to train without it, silently."""
+    with pytest.raises(ConfigError, match=words):
+        config_from_dict({"loss": loss})

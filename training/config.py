@@ -164,7 +164,18 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown recipe section(s) {sorted(unknown)}; known: {sorted([*_SECTIONS, 'card'])}")
     kwargs: dict[str, Any] = {name: _section(cls, raw.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    _check_teacher(kwargs["loss"])
     return TrainConfig(card=dict(raw.get("card", {})), **kwargs)
+
+
+def _check_teacher(loss: LossConfig) -> None:
+    """Distillation needs both a teacher and a weight: either alone would train without it and say nothing."""
+    if loss.teacher_weight < 0:
+        raise ConfigError(f"loss.teacher_weight must be ≥ 0, got {loss.teacher_weight}")
+    if loss.teacher_weight > 0 and not loss.teacher:
+        raise ConfigError(f"loss.teacher_weight = {loss.teacher_weight} but no loss.teacher (weights file) is named")
+    if loss.teacher and loss.teacher_weight == 0:
+        raise ConfigError(f"loss.teacher = '{loss.teacher}' but loss.teacher_weight is 0: give it a weight > 0")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
