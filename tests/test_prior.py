@@ -109,6 +109,23 @@ def test_deep_inside_a_cloud_each_sar_class_takes_the_colour_of_its_clear_ground
     assert np.allclose(flat[:, centre, 60], flat[:, centre, w - 60])
 
 
+def test_next_to_the_edge_ground_the_sar_calls_different_keeps_its_own_class_colour():
+    """Regression kriging (2026-12-07): the border carries its departure from its class colour into the cloud, not
+    its colour — a cloud that starts where the ground changes (dark clear fields, a bright town under the cloud, told
+    apart by the SAR) is filled with the town's colour a few pixels in, not the fields' for the windows' width."""
+    h, w = 200, 400
+    sar = np.zeros((2, h, w), np.float32)
+    sar[:, :, :200], sar[:, :, 200:] = -8.0, -20.0
+    sar += np.random.default_rng(1).normal(0, 0.5, sar.shape).astype(np.float32)
+    optical = np.empty((4, h, w), np.float32)
+    optical[:, :, :200], optical[:, :, 200:] = 0.05, 0.30
+    cloud = np.zeros((h, w), bool)
+    cloud[:, 200:340] = True  # the bright ground is clear only beyond the cloud, 140 px away
+    est = prior.estimate(optical, ~cloud, None, sar)
+    assert (est[:, 100, 206] > 0.25).all() and (est[:, 100, 215:330] > 0.28).all()
+    assert (est[:, 100, 200] > 0.1).all()  # even the first cloud pixel is past halfway
+
+
 def test_colours_are_seeded_and_fall_back_to_the_median_without_enough_clear_ground():
     rng = np.random.default_rng(2)
     pixels = rng.uniform(0, 1, (4, 5000)).astype(np.float32)
