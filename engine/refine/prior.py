@@ -128,9 +128,19 @@ def sar_features(sar: np.ndarray | None, shape: tuple[int, int] | None = None) -
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre of each row of ``points`` (n, f), one centre at a time (memory n × k)."""
-    d = np.stack([((points - c.astype(points.dtype)) ** 2).sum(axis=1) for c in centres], axis=1)
-    return np.argmin(d, axis=1)
+    """Index of the nearest centre of each row of ``points`` (n, f) (the first on a tie), one centre at a time over
+    contiguous feature columns (memory n × f; a chunk's every pixel goes through it, so it was a fifth of the
+    estimate's time as an (n, f) reduction)."""
+    columns = [np.ascontiguousarray(points[:, j]) for j in range(points.shape[1])]
+    best = np.full(len(points), np.inf, dtype=points.dtype)
+    label = np.zeros(len(points), dtype=np.intp)
+    for k, centre in enumerate(np.asarray(centres, points.dtype)):
+        d = (columns[0] - centre[0]) ** 2
+        for col, cj in zip(columns[1:], centre[1:]):
+            d += (col - cj) ** 2
+        closer = d < best
+        best[closer], label[closer] = d[closer], k
+    return label
 
 
 def fit_colours(pixels: np.ndarray, clear: np.ndarray, features: np.ndarray | None) -> SceneColours | None:
