@@ -9,6 +9,7 @@ import rasterio
 import torch
 from helpers_prior import engine_colours_and_sar
 from helpers_rasters import write_masked_scene, write_optical, write_sar
+from scipy import ndimage
 
 from engine.config import RunConfig
 from engine.errors import ModelError
@@ -124,6 +125,19 @@ def test_next_to_the_edge_ground_the_sar_calls_different_keeps_its_own_class_col
     est = prior.estimate(optical, ~cloud, None, sar)
     assert (est[:, 100, 206] > 0.25).all() and (est[:, 100, 215:330] > 0.28).all()
     assert (est[:, 100, 200] > 0.1).all()  # even the first cloud pixel is past halfway
+
+
+def test_the_haze_a_mask_leaves_around_its_cloud_is_not_carried_into_it():
+    """Clear pixels within FRINGE px of the cloud (the bright fringe real masks miss) stay as acquired but carry
+    nothing in: the cloud is filled with the ground's colour, not the haze's."""
+    optical = np.full((4, 120, 120), 0.1, np.float32)
+    cloud = np.zeros((120, 120), bool)
+    cloud[30:90, 30:90] = True
+    ring = ~cloud & (ndimage.distance_transform_edt(~cloud) <= prior.FRINGE)
+    optical[:, ring] = 0.4
+    est = prior.estimate(optical, ~cloud, None)
+    assert np.array_equal(est[:, ring], optical[:, ring])  # kept as acquired
+    assert np.abs(est[:, 32:88, 32:88] - 0.1).max() < 0.01
 
 
 def test_colours_are_seeded_and_fall_back_to_the_median_without_enough_clear_ground():
