@@ -9,7 +9,6 @@ import rasterio
 import torch
 from helpers_prior import engine_colours_and_sar
 from helpers_rasters import write_masked_scene, write_optical, write_sar
-from scipy import ndimage
 
 from engine.config import RunConfig
 from engine.errors import ModelError
@@ -110,36 +109,6 @@ def test_deep_inside_a_cloud_each_sar_class_takes_the_colour_of_its_clear_ground
     assert np.allclose(flat[:, centre, 60], flat[:, centre, w - 60])
 
 
-def test_next_to_the_edge_ground_the_sar_calls_different_keeps_its_own_class_colour():
-    """Regression kriging (2026-12-07): the border carries its departure from its class colour into the cloud, not
-    its colour — a cloud that starts where the ground changes (dark clear fields, a bright town under the cloud, told
-    apart by the SAR) is filled with the town's colour a few pixels in, not the fields' for the windows' width."""
-    h, w = 200, 400
-    sar = np.zeros((2, h, w), np.float32)
-    sar[:, :, :200], sar[:, :, 200:] = -8.0, -20.0
-    sar += np.random.default_rng(1).normal(0, 0.5, sar.shape).astype(np.float32)
-    optical = np.empty((4, h, w), np.float32)
-    optical[:, :, :200], optical[:, :, 200:] = 0.05, 0.30
-    cloud = np.zeros((h, w), bool)
-    cloud[:, 200:340] = True  # the bright ground is clear only beyond the cloud, 140 px away
-    est = prior.estimate(optical, ~cloud, None, sar)
-    assert (est[:, 100, 206] > 0.25).all() and (est[:, 100, 215:330] > 0.28).all()
-    assert (est[:, 100, 200] > 0.1).all()  # even the first cloud pixel is past halfway
-
-
-def test_the_haze_a_mask_leaves_around_its_cloud_is_not_carried_into_it():
-    """Clear pixels within FRINGE px of the cloud (the bright fringe real masks miss) stay as acquired but carry
-    nothing in: the cloud is filled with the ground's colour, not the haze's."""
-    optical = np.full((4, 120, 120), 0.1, np.float32)
-    cloud = np.zeros((120, 120), bool)
-    cloud[30:90, 30:90] = True
-    ring = ~cloud & (ndimage.distance_transform_edt(~cloud) <= prior.FRINGE)
-    optical[:, ring] = 0.4
-    est = prior.estimate(optical, ~cloud, None)
-    assert np.array_equal(est[:, ring], optical[:, ring])  # kept as acquired
-    assert np.abs(est[:, 32:88, 32:88] - 0.1).max() < 0.01
-
-
 def test_colours_are_seeded_and_fall_back_to_the_median_without_enough_clear_ground():
     rng = np.random.default_rng(2)
     pixels = rng.uniform(0, 1, (4, 5000)).astype(np.float32)
@@ -216,3 +185,12 @@ def test_the_scenes_colours_do_not_depend_on_the_strips_with_detected_clouds(tmp
     assert whole is not None and whole.medians.shape == (4,)
     for got in strips:  # the medians exactly; the SAR's smoothing sees each strip's edges, so the classes nearly
         assert got is not None and np.allclose(got.medians, whole.medians, atol=1e-6)
+
+
+def test_each_pixel_goes_to_its_nearest_class_the_first_on_a_tie():
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 1, (5, 2))
+    points = rng.normal(0, 1, (3000, 2)).astype(np.float32)
+    points[:10] = ((centres[1] + centres[3]) / 2).astype(np.float32)  # nearer neither, or tied
+    brute = np.argmin(((points[:, None, :] - centres[None].astype(np.float32)) ** 2).sum(axis=2), axis=1)
+    assert np.array_equal(prior._nearest(points, centres), brute)

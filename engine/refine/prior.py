@@ -7,20 +7,17 @@ dozen scenes learns neither well (issue 26: the bundled model painted colour cas
 more). So the engine computes this estimate itself and hands it to the network, which only adds what the SAR tells
 beyond it (``aligncr-res``).
 
-The estimate is **regression kriging** (the geostatistician's trend plus interpolated residual): a trend from the
-SAR, and the clear pixels' departure from it carried into the cloud. The trend is the **colour of the pixel's SAR
-class** (:class:`SceneColours`): the SAR, lightly smoothed (:data:`SAR_SMOOTH`), is split into :data:`SAR_CLASSES`
-classes by k-means over the scene, and each class takes the median colour of its clear pixels — water, forest,
-fields and towns scatter radar differently, so the ground under a cloud takes the colour of clear ground that looks
-alike to the SAR instead of the scene's one median (``flat``; still the value of a class with too few clear pixels,
-and of every pixel without SAR). The departure is spread by a multi-scale *normalised convolution* (Knutsson &
-Westin 1993), blended coarse to fine like a push-pull fill: at each box size ``s`` (:data:`SIZES`, twice-applied box
-filters ≈ a triangle of support ``s``), the clear pixels' local mean departure ``Σ k·c·(x − g) / Σ k·c`` replaces
-the coarser one in proportion to how much clear ground the window holds, ``Σ k·c / (Σ k·c + θ)``, and fades to 0
-where no window reaches clear ground. Near the edge the estimate follows the border (as ``fill``) where the SAR sees
-the same ground on both sides, and keeps the class's colour where it does not; deep inside a large cloud it is the
-class colour. Clear pixels keep their value. (Until 2026-12-07 the windows carried the clear colours themselves, so
-near the edge the border's colour overrode the SAR's; kriging won on 34 of 44 samples, numbers beside the constants.)
+The estimate is a multi-scale *normalised convolution* of the clear pixels (Knutsson & Westin 1993), blended coarse
+to fine like a push-pull fill: at each box size ``s`` (:data:`SIZES`, twice-applied box filters ≈ a triangle of
+support ``s``), the clear pixels' local mean ``Σ k·c·x / Σ k·c`` replaces the coarser estimate in proportion to how
+much clear ground the window holds, ``Σ k·c / (Σ k·c + θ)``. Near the edge the finest windows hold clear ground and
+the estimate follows the border (as ``fill``); deep inside a large cloud no window reaches clear ground and the
+estimate is its coarsest level, the **colour of the pixel's SAR class** (:class:`SceneColours`): the SAR, lightly
+smoothed (:data:`SAR_SMOOTH`), is split into :data:`SAR_CLASSES` classes by k-means over the scene, and each class
+takes the median colour of its clear pixels — water, forest, fields and towns scatter radar differently, so the
+ground under a cloud takes the colour of clear ground that looks alike to the SAR instead of the scene's one median
+(``flat``; still the value of a class with too few clear pixels, and of every pixel without SAR). Clear pixels keep
+their value.
 
 Every window is finite, so the estimate of a pixel depends only on the pixels within :data:`REACH` of it: a chunk
 read with that halo gives the same values as the whole scene (the scene's colours come from one pre-pass).
@@ -42,46 +39,34 @@ from scipy import ndimage
 # was trusted too far: margin over the better of flat and fill (generator + select-bank clouds / select-bank clouds)
 # 9…129 px θ 0.15 +0.71 / +1.05 dB, 9…33 px +1.06 / +1.53, 9 and 17 px θ 0.3 +1.17 / +1.58 (θ 0.6: +1.16 / +1.55;
 # 9 px alone +1.15 / +1.55).
-# Since 2026-12-07 the windows carry the clear pixels' departure from their class colour (regression kriging,
-# :func:`estimate`), not their colour, so a wide window no longer overrides the SAR's colours, and wider windows won.
-# Chosen on 44 samples: the select split's 11 and 33 of the training grounds (cloud-free, generator + train-bank
-# clouds, training.datasets) — a non-learned estimate's constants, never the report split. Mean margin (pooled;
-# select gen+real / select real / train gen+real / train real): the colour version above +0.91 (+1.17 / +1.58 /
-# +0.92 / +0.51); kriging 9 and 17 px θ 0.3 +0.95; 9…33 px θ 0.15 +1.04; 9…65 px θ 0.05 / 0.15 / 0.3 +1.05 / +1.11 /
-# +1.10; 9…129 px θ 0.15 +1.15 (its reach would outgrow a chunk's halo); with 8 classes (below) 9…65 px θ 0.15
-# **+1.15** (+1.15 / +1.72 / +1.24 / +0.76; better than the colour version on 34 of 44), 9…129 px +1.18.
-# That was on exact targets, whose clear pixels are clear. On REAL cloudy / clear pairs outside the report split
-# (SEN12MS-CR 5349 … 7264 and GLF-CR's two cloudy images with SAR, 5 scored; the 15 patches of SEN12MS-CR scene 136
-# without SAR; PSNR against the other date, change from the colour version) the wide windows carried the haze a real
-# mask leaves around its clouds deep into them (white blotches on the quicklooks): 9…65 px θ 0.15 −0.86 / −0.27 dB,
-# and through engine run on the report's real triplets −0.9 dB — refused. Leaving the clear pixels within
-# :data:`FRINGE` px of the cloud out of the windows cures it: rule — the best exact-target margin among settings that
-# lose nothing on either real set — 9…65 px, θ 0.3, 3 px: exact +1.02 (44 samples), real +0.24 / +0.26 dB (θ 0.15 and
-# 4 px: +1.02, +0.14 / +0.24; 2 px: +1.08 but −0.04 on the real pairs with SAR; 9…33 px θ 0.3 2 px +1.00; the
-# fringe left out of the windows from 33 px only, at 6 px: +1.06 but −0.23 on the real pairs with SAR).
-SIZES = (9, 17, 33, 65)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
+# Tried 2026-12-07 and refused: regression kriging (the windows carrying the clear pixels' departure from their class
+# colour instead of their colour, so wide windows keep the SAR's colours). On 44 exact-target samples outside the
+# report split (the select split's 11 and 33 of the training grounds) it was the best estimate yet: 9…65 px θ 0.15,
+# 8 classes, margin +1.15 dB against this version's +0.91 (better on 34 of 44). But on real cloudy / clear pairs
+# (SEN12MS-CR and GLF-CR images with SAR, 5 scored; scene 136's 15 patches without) it carried the haze real masks
+# leave around their clouds deep inside (white blotches): −0.86 / −0.27 dB, and −0.9 dB on the report's real
+# triplets. Leaving the clear pixels within 3 px of the cloud out of the windows (9…65 px θ 0.3, chosen as the best
+# exact margin that lost nothing on either real set: +1.02, real +0.24 / +0.26) was then run once on the report split:
+# generator clouds +0.81 dB (this version +0.64), but real cloud layers +0.36 (+0.47), the default run's SSIM there
+# under fill's (0.817 vs 0.820), real triplets 28.13 vs 28.37 dB, a greyer fill over the braided river — refused.
+# Neither a trend of per-class affine SAR fits nor an average of 5, 8 and 12 classes beat the classes' medians
+# under kriging; per-scene gradient boosting or k-NN on multi-scale SAR features was below the classes.
+SIZES = (9, 17)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
 THETA = 0.3  # clear share of a window at which a scale's local mean and the coarser estimate weigh the same
-# px: clear pixels this close to a cloud (or no-data) are kept in the output as they are but left out of the
-# windows — the thin fringe a mask misses is brighter than the ground (measured above)
-FRINGE = 3
 # px: the distance channel's cap (the network's input as aligncr-res was trained: keep it), which also bounds the
 # largest window's reach (2 × (SIZES[-1] // 2)), hence the halo a chunk needs
 REACH = 128
 # The SAR classes, chosen on the select split (2026-12-06, docs/model.md: 3, 5 or 8 classes, 5 or 15 px smoothing;
-# the estimate's margin over the better of flat and fill went from −0.26 to +0.55…+0.84 dB with any of them). With
-# kriging (2026-12-07, the 44 samples above, 9…65 px θ 0.15): 5 classes +1.11, 8 +1.15, 12 +1.07, 16 +1.05 dB.
-SAR_CLASSES = 8  # k-means classes of the smoothed SAR
+# the estimate's margin over the better of flat and fill went from −0.26 to +0.55…+0.84 dB with any of them).
+SAR_CLASSES = 5  # k-means classes of the smoothed SAR
 SAR_SMOOTH = 5  # px: box filter of each SAR channel before classing (speckle)
 # px: box filter of the class colours (a hard class edge drew a posterised patchwork; select split, margin of the
 # estimate: hard +0.68 / +0.83 dB, 5 px +0.74 / +1.02, 9 px +0.71 / +1.05, 17 px +0.59 / +0.95; soft k-means
-# memberships at any temperature were below the 5–9 px box; with kriging and 8 classes: 5 px +1.12, 9 px +1.15,
-# 17 px +1.00 dB on the 44 samples above)
+# memberships at any temperature were below the 5–9 px box)
 FALLBACK_SMOOTH = 9
-# px: how far the estimate of a pixel reaches — the largest window, applied twice, over clear pixels whose departure
-# from their class colour is read through the SAR and class-colour boxes — so a window grown by it gives the whole
-# image's estimate; a chunk's halo is REACH, which must hold it
-ESTIMATE_REACH = 2 * (max(SIZES) // 2) + max(SAR_SMOOTH // 2 + FALLBACK_SMOOTH // 2, FRINGE)
-assert ESTIMATE_REACH <= REACH, "a chunk's halo (REACH) must hold the estimate's reach"
+# px: how far the estimate of a pixel reaches (the largest window, applied twice; the SAR and class-colour boxes),
+# so a window grown by it gives the whole image's estimate; the distance channel needs REACH
+ESTIMATE_REACH = max(2 * (max(SIZES) // 2), SAR_SMOOTH // 2 + FALLBACK_SMOOTH // 2)
 MIN_CLASS_CLEAR = 50  # clear (sampled) pixels a class needs for a colour of its own, else the scene's median
 FIT_SAMPLE = 20000  # at most this many sampled pixels fit the classes (k-means), taken on a regular stride
 SEED = 0  # k-means is seeded: the same scene gives the same classes on any machine
@@ -141,8 +126,8 @@ def sar_features(sar: np.ndarray | None, shape: tuple[int, int] | None = None) -
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the nearest centre of each row of ``points`` (n, f) (the first on a tie), one centre at a time over
-    contiguous feature columns (memory n × f; a chunk's every pixel goes through it, so it was a fifth of the
-    estimate's time as an (n, f) reduction)."""
+    contiguous feature columns (memory n × f; a chunk's every pixel goes through it, and as an (n, f) reduction it
+    was 3× slower)."""
     columns = [np.ascontiguousarray(points[:, j]) for j in range(points.shape[1])]
     best = np.full(len(points), np.inf, dtype=points.dtype)
     label = np.zeros(len(points), dtype=np.intp)
@@ -213,30 +198,23 @@ def estimate(optical: np.ndarray, clear: np.ndarray, colours: SceneColours | Non
     """The estimate of every pixel of ``optical`` ((bands, H, W) float reflectance) from its ``clear`` ((H, W) bool)
     pixels and the scene's ``colours`` (None: this window's own, :func:`window_colours`); ``sar`` ((channels, H, W),
     the window's SAR in any affine units) picks each pixel's class colour. Clear pixels are returned as they are;
-    without any clear pixel (and no colours) the input is returned.
-
-    Regression kriging: the class colour ``g`` plus the clear pixels' departure from it, ``x − g``, carried into
-    the cloud by the normalised convolution and fading to 0 where no window reaches clear ground; clear pixels within
-    :data:`FRINGE` px of the cloud carry nothing (a mask's missed haze)."""
+    without any clear pixel (and no colours) the input is returned."""
     x = np.asarray(optical, dtype=np.float32)
     c = np.asarray(clear, dtype=bool) & np.isfinite(x).all(axis=0)
     if colours is None:
         colours = window_colours(x, c, sar)
     if colours is None:
         return x.copy()
-    g = colours.fallback(sar_features(sar, shape=c.shape), c.shape)
-    ground = c  # the windows' clear pixels: off the fringe (scipy's transform of an all-clear window is not 0-free)
-    if not c.all():
-        ground = c & (ndimage.distance_transform_edt(c) > FRINGE)
-    cf = ground.astype(np.float32)
-    rc = np.where(ground[None], x - g, 0.0).astype(np.float32)
-    residual = np.zeros_like(g)
+    est = colours.fallback(sar_features(sar, shape=c.shape), c.shape)
+    cf = c.astype(np.float32)
+    xc = np.where(c[None], x, 0.0).astype(np.float32)
     for size in sorted(sizes, reverse=True):  # coarse → fine: each finer scale overrides where it sees ground
         den = _box(cf, size)
-        local = _box(rc, size) / np.maximum(den, 1e-12)[None]
+        num = _box(xc, size)
+        local = num / np.maximum(den, 1e-12)[None]
         weight = (den / (den + np.float32(theta)))[None]
-        residual = weight * local + (1.0 - weight) * residual
-    return np.where(c[None], x, g + residual).astype(np.float32)
+        est = weight * local + (1.0 - weight) * est
+    return np.where(c[None], x, est).astype(np.float32)
 
 
 def distance(clear: np.ndarray, reach: int = REACH) -> np.ndarray:
