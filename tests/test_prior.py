@@ -9,6 +9,7 @@ import rasterio
 import torch
 from helpers_prior import engine_colours_and_sar
 from helpers_rasters import write_masked_scene, write_optical, write_sar
+from scipy import ndimage
 
 from engine.config import RunConfig
 from engine.errors import ModelError
@@ -107,6 +108,53 @@ def test_deep_inside_a_cloud_each_sar_class_takes_the_colour_of_its_clear_ground
     assert np.allclose(est[:, centre, 60], 0.05, atol=0.01) and np.allclose(est[:, centre, w - 60], 0.30, atol=0.01)
     flat = prior.estimate(optical, ~cloud, None)  # without SAR: the scene's median on both sides
     assert np.allclose(flat[:, centre, 60], flat[:, centre, w - 60])
+
+
+def test_next_to_the_edge_ground_the_sar_calls_different_keeps_its_own_class_colour():
+    """Regression kriging (2026-12-07): the border carries its departure from its class colour into the cloud, not
+    its colour — a cloud that starts where the ground changes (dark clear fields, a bright town under the cloud, told
+    apart by the SAR) is filled with the town's colour a few pixels in, not the fields' for the windows' width."""
+    h, w = 200, 400
+    sar = np.zeros((2, h, w), np.float32)
+    sar[:, :, :200], sar[:, :, 200:] = -8.0, -20.0
+    sar += np.random.default_rng(1).normal(0, 0.5, sar.shape).astype(np.float32)
+    optical = np.empty((4, h, w), np.float32)
+    optical[:, :, :200], optical[:, :, 200:] = 0.05, 0.30
+    cloud = np.zeros((h, w), bool)
+    cloud[:, 200:340] = True  # the bright ground is clear only beyond the cloud, 140 px away
+    est = prior.estimate(optical, ~cloud, None, sar)
+    assert (est[:, 100, 206] > 0.25).all() and (est[:, 100, 215:330] > 0.28).all()
+    assert (est[:, 100, 200] > 0.1).all()  # even the first cloud pixel is past halfway
+
+
+def _hazy_ring_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Textured fields (blue and red on one clear line) under a cloud whose mask missed a 3-px ring of haze."""
+    rng = np.random.default_rng(5)
+    red = rng.uniform(0.03, 0.15, (120, 120)).astype(np.float32)
+    optical = np.stack([0.02 + 0.5 * red, 0.04 + 0.6 * red, red, 0.3 - red])
+    cloud = np.zeros((120, 120), bool)
+    cloud[30:90, 30:90] = True
+    ring = ~cloud & (ndimage.distance_transform_edt(~cloud) <= 3)
+    return optical, cloud, ring
+
+
+def test_the_haze_a_mask_misses_is_kept_as_acquired_but_not_carried_into_the_cloud():
+    optical, cloud, ring = _hazy_ring_scene()
+    truth_mean = optical[:, ~cloud & ~ring].mean(axis=1)
+    hazy = optical.copy()
+    hazy[:3, ring] += np.array([0.25, 0.2, 0.15], np.float32)[:, None]  # haze: blue most
+    colours = prior.window_colours(hazy, ~cloud, None)
+    assert colours.haze is not None and colours.hazy(hazy)[ring].all() and not colours.hazy(hazy)[~ring].any()
+    est = prior.estimate(hazy, ~cloud, colours)
+    assert np.array_equal(est[:, ring], hazy[:, ring])
+    inside = est[:, 33:87, 33:87].reshape(4, -1).mean(axis=1)
+    assert np.abs(inside - truth_mean).max() < 0.01
+    # bright ground on the clear line is ground, not haze: it is carried in
+    bright = optical.copy()
+    bright[:3, ring] += np.array([0.05, 0.06, 0.1], np.float32)[:, None]  # redder and brighter, along the line
+    colours = prior.window_colours(bright, ~cloud, None)
+    assert not colours.hazy(bright)[ring].any()
+    assert prior.estimate(bright, ~cloud, colours)[0, 31, 60] > optical[0, ~cloud].mean() + 0.015
 
 
 def test_colours_are_seeded_and_fall_back_to_the_median_without_enough_clear_ground():
