@@ -7,17 +7,21 @@ dozen scenes learns neither well (issue 26: the bundled model painted colour cas
 more). So the engine computes this estimate itself and hands it to the network, which only adds what the SAR tells
 beyond it (``aligncr-res``).
 
-The estimate is a multi-scale *normalised convolution* of the clear pixels (Knutsson & Westin 1993), blended coarse
-to fine like a push-pull fill: at each box size ``s`` (:data:`SIZES`, twice-applied box filters ≈ a triangle of
-support ``s``), the clear pixels' local mean ``Σ k·c·x / Σ k·c`` replaces the coarser estimate in proportion to how
-much clear ground the window holds, ``Σ k·c / (Σ k·c + θ)``. Near the edge the finest windows hold clear ground and
-the estimate follows the border (as ``fill``); deep inside a large cloud no window reaches clear ground and the
-estimate is its coarsest level, the **colour of the pixel's SAR class** (:class:`SceneColours`): the SAR, lightly
-smoothed (:data:`SAR_SMOOTH`), is split into :data:`SAR_CLASSES` classes by k-means over the scene, and each class
-takes the median colour of its clear pixels — water, forest, fields and towns scatter radar differently, so the
-ground under a cloud takes the colour of clear ground that looks alike to the SAR instead of the scene's one median
-(``flat``; still the value of a class with too few clear pixels, and of every pixel without SAR). Clear pixels keep
-their value.
+The estimate is **regression kriging** (the geostatistician's trend plus interpolated residual): a trend from the
+SAR, and the clear pixels' departure from it carried into the cloud. The trend is the **colour of the pixel's SAR
+class** (:class:`SceneColours`): the SAR, lightly smoothed (:data:`SAR_SMOOTH`), is split into :data:`SAR_CLASSES`
+classes by k-means over the scene, and each class takes the median colour of its clear pixels — water, forest,
+fields and towns scatter radar differently, so the ground under a cloud takes the colour of clear ground that looks
+alike to the SAR instead of the scene's one median (``flat``; still the value of a class with too few clear pixels,
+and of every pixel without SAR). The departure is spread by a multi-scale *normalised convolution* (Knutsson &
+Westin 1993), blended coarse to fine like a push-pull fill: at each box size ``s`` (:data:`SIZES`, twice-applied box
+filters ≈ a triangle of support ``s``), the clear pixels' local mean departure ``Σ k·c·(x − g) / Σ k·c`` replaces
+the coarser one in proportion to how much clear ground the window holds, ``Σ k·c / (Σ k·c + θ)``, and fades to 0
+where no window reaches clear ground. Near the edge the estimate follows the border (as ``fill``) where the SAR sees
+the same ground on both sides and keeps the class's colour where it does not; deep inside a large cloud it is the
+class colour. Clear pixels that are **hazy** — blue above the scene's clear blue–red line (the haze-optimised
+transform), as the thin fringe a cloud mask misses is — carry nothing in. Clear pixels keep their value. (Until
+2026-12-07 the windows carried the clear colours themselves, 9 and 17 px wide; numbers beside the constants.)
 
 Every window is finite, so the estimate of a pixel depends only on the pixels within :data:`REACH` of it: a chunk
 read with that halo gives the same values as the whole scene (the scene's colours come from one pre-pass).
@@ -39,26 +43,24 @@ from scipy import ndimage
 # was trusted too far: margin over the better of flat and fill (generator + select-bank clouds / select-bank clouds)
 # 9…129 px θ 0.15 +0.71 / +1.05 dB, 9…33 px +1.06 / +1.53, 9 and 17 px θ 0.3 +1.17 / +1.58 (θ 0.6: +1.16 / +1.55;
 # 9 px alone +1.15 / +1.55).
-# Tried 2026-12-07 and refused: regression kriging (the windows carrying the clear pixels' departure from their class
-# colour instead of their colour, so wide windows keep the SAR's colours). On 44 exact-target samples outside the
-# report split (the select split's 11 and 33 of the training grounds) it was the best estimate yet: 9…65 px θ 0.15,
-# 8 classes, margin +1.15 dB against this version's +0.91 (better on 34 of 44). But on real cloudy / clear pairs
-# (SEN12MS-CR and GLF-CR images with SAR, 5 scored; scene 136's 15 patches without) it carried the haze real masks
-# leave around their clouds deep inside (white blotches): −0.86 / −0.27 dB, and −0.9 dB on the report's real
-# triplets. Leaving the clear pixels within 3 px of the cloud out of the windows (9…65 px θ 0.3, chosen as the best
-# exact margin that lost nothing on either real set: +1.02, real +0.24 / +0.26) was then run once on the report split:
-# generator clouds +0.81 dB (this version +0.64), but real cloud layers +0.36 (+0.47), the default run's SSIM there
-# under fill's (0.817 vs 0.820), real triplets 28.13 vs 28.37 dB, a greyer fill over the braided river — refused.
-# Neither a trend of per-class affine SAR fits nor an average of 5, 8 and 12 classes beat the classes' medians
-# under kriging; per-scene gradient boosting or k-NN on multi-scale SAR features was below the classes.
-# Then (same day) the clear pixels that are HAZY were left out of the kriging windows wherever they lie — blue above
-# the scene's clear blue–red line (the haze-optimised transform, Zhang et al. 2002) by more than HAZE_MADS robust
-# deviations — and kept in the output as acquired. Rule as for the fringe: the best exact margin among settings that
-# lose nothing on either real set. 9…65 px, θ 0.3, 8 classes: 3 deviations **+1.11 dB** exact (better than the colour
-# version on 32 of 44), real pairs +0.93 / +0.01 (most of the +0.93 is one image whose haze the mask missed: +4.9 dB;
-# the other four −0.4 … +0.2); 2 deviations +1.09, +0.97 / +0.08; 5 deviations +1.14 but −0.05 without SAR; θ 0.15
-# with 3 deviations +1.13 but −0.14 without SAR; a brightness rule instead (every visible band above the class colour
-# by 0.02 / 0.04) +1.03 / +1.04.
+# 2026-12-07: regression kriging (the windows carry the clear pixels' departure from their class colour instead of
+# their colour, so wide windows keep the SAR's colours). Chosen outside the report split, on 44 exact-target samples
+# (the select split's 11 and 33 of the training grounds, generator and bank clouds) and on real cloudy / clear pairs
+# (SEN12MS-CR 5349 … 7264 and GLF-CR with SAR, 5 scored; scene 136's 15 patches without SAR; PSNR against the other
+# date, change from the colour version). Kriging alone, 9…65 px θ 0.15, 8 classes: exact +1.15 dB against the colour
+# version's +0.91 (better on 34 of 44), but on the real pairs it carried the haze real masks leave around their
+# clouds deep inside (white blotches): −0.86 / −0.27 dB, and on the report split's real triplets −0.9 dB (refused).
+# The 3-px fringe left out of the windows (9…65 px θ 0.3): exact +1.02, real +0.24 / +0.26, but on the report split
+# real cloud layers +0.36 (colour +0.47) and SSIM under fill's (refused). Shipped: the HAZY clear pixels left out of
+# the windows wherever they lie — blue above the scene's clear blue–red line (the haze-optimised transform, Zhang et
+# al. 2002) by HAZE_MADS robust deviations — and kept in the output as acquired. Rule for both fixes: the best exact
+# margin among settings that lose nothing on either real set. 9…65 px, θ 0.3, 8 classes, 3 deviations: exact
+# **+1.11 dB** (better on 31 of 44), real pairs +0.93 / +0.01 (most of the +0.93 is one image whose haze the mask
+# missed, +4.9 dB; the other four −0.4 … +0.2); 2 deviations +1.09, +0.97 / +0.08; 5 deviations +1.14 but −0.05
+# without SAR; θ 0.15 +1.13 but −0.14 without SAR; a brightness rule instead (every visible band above the class
+# colour by 0.02 / 0.04) +1.03 / +1.04. Its report-split figures are in docs/model.md. Not better under kriging:
+# per-class affine SAR fits as the trend, an average of 5, 8 and 12 classes, SAR smoothing 3 or 9 px, clipped
+# departures; per-scene gradient boosting or k-NN on multi-scale SAR features was below the classes.
 SIZES = (9, 17, 33, 65)  # box sizes, fine → coarse (each applied twice: a triangle of twice the support)
 THETA = 0.3  # clear share of a window at which a scale's local mean and the coarser estimate weigh the same
 HAZE_BANDS = (0, 2)  # blue, red: the haze-optimised transform's pair (B, G, R, NIR order)
