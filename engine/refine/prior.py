@@ -67,8 +67,8 @@ HAZE_BANDS = (0, 2)  # blue, red: the haze-optimised transform's pair (B, G, R, 
 HAZE_MADS = 3.0  # robust deviations (median absolute) above the clear line at which a clear pixel counts as hazy
 HAZE_FLOOR = 0.005  # reflectance: the least excess called haze (a scene whose bands lie on one line has no spread)
 HAZE_MIN_CLEAR = 100  # clear pixels needed to fit the line
-# px: the distance channel's cap (the network's input as aligncr-res was trained: keep it), which also bounds the
-# largest window's reach (2 × (SIZES[-1] // 2)), hence the halo a chunk needs
+# px: the distance channel's cap (the network's input as aligncr-res was trained: keep it) and the halo a chunk is
+# read with, which must also hold the estimate's reach (ESTIMATE_REACH)
 REACH = 128
 # The SAR classes, chosen on the select split (2026-12-06, docs/model.md: 3, 5 or 8 classes, 5 or 15 px smoothing;
 # the estimate's margin over the better of flat and fill went from −0.26 to +0.55…+0.84 dB with any of them).
@@ -173,8 +173,9 @@ def fit_colours(pixels: np.ndarray, clear: np.ndarray, features: np.ndarray | No
     the SAR), each class's median over its clear ones. None when no pixel is clear."""
     if not clear.any():
         return None
-    medians = np.median(pixels[:, clear], axis=1).astype(np.float32)
-    haze = _clear_line(pixels[:, clear])
+    clear_pixels = pixels[:, clear]
+    medians = np.median(clear_pixels, axis=1).astype(np.float32)
+    haze = _clear_line(clear_pixels)
     if features is None:
         return SceneColours(medians, haze=haze)
     ok = np.isfinite(features).all(axis=0)
