@@ -11,9 +11,11 @@
 # Prepare here, before the first call (both folders are git-ignored and travel with `carry`):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-#     -d .whl rasterio "affine<3" cligj click-plugins      # ≈ 38 MB; the image lacks rasterio (device README);
-#     affine<3 as pyproject pins it
+#     -d .whl "rasterio==1.4.3" "affine<3" cligj click-plugins   # the image lacks rasterio (device README);
+#     affine<3 as pyproject pins it. rasterio 1.4.3 because its wheel is 22 MB and 1.5's is 39 MB: the tracked
+#     tree is 32 MB and everything that travels must stay under 64 MiB, so 1.5 does not fit beside it.
 #   mkdir -p .shared-data && cp -r ../shared/data/m3rcr_sample .shared-data/   # 1.7 MB, for the real-data test
+#   git ls-files -z | xargs -0 du -cb | tail -1; du -sb .whl .shared-data      # the sum must stay under 67108864
 # and call the device tool with carry [".whl", ".shared-data"].
 set -u
 OUT=${OUT:-/tmp/aligncr-gpu}
