@@ -7,6 +7,20 @@
 # timeout comes back. One device command may run 10 minutes, so use two calls:
 #   STAGES="tests deform model" bash benchmarks/gpu_session.sh      (≤ 8.5 min of timeouts, usually ~3)
 #   STAGES="inference" bash benchmarks/gpu_session.sh               (8192² aligncr, fast + naive, ≤ 7 min)
+#   STAGES="train" bash benchmarks/gpu_session.sh                   (issue 26: the residual design at paper size)
+#
+# The train stage trains aligncr-res's recipe (training/configs/aligncr_res.toml: its data, clouds, loss and select
+# split) with the paper's network (`aligncr`, D=6, G0=96, 45.5 M parameters, the estimate as input: prior = true)
+# for TRAIN_MINUTES (default 7; TRAIN_DEVICE=cpu rehearses the stage here) from a training pack, and brings back
+# its logs, train_log.csv and val_log.csv. val_log's margin_in is the select split's inside-cloud margin over the
+# better of flat and fill (the figure checkpoints are chosen by); the residual starts at zero, so the estimate alone
+# scores about what one step does, +0.83 dB (rehearsed on a CPU): the bigger network matters only if it climbs
+# clearly above that. Its weights (180 MB) cannot come back (16 MiB a file): the run lives in /tmp/aligncr-res-paper,
+# and the same command on the still-warm machine resumes it. It needs no .whl: training from a pack needs no GDAL.
+# Prepare:
+#   mkdir -p .training-pack && python -m training.pack --config training/configs/aligncr_res.toml \
+#     --out .training-pack/aligncr_res.npz                                      # 27 MB
+# and call the device tool with carry [".training-pack"].
 #
 # Prepare here, before the first call (both folders are git-ignored and travel with `carry`):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -53,6 +67,21 @@ if stage model; then
     timeout 60 $PY benchmarks/bench_model.py --model aligncr --device cuda --sizes 304 --batches 16 --dtypes bf16 \
         --no-tf32 >>"$OUT/model.jsonl" 2>>"$OUT/model.err"   # the TF32 ablation (fp32 deformable convs)
     echo "model rc=$?" >>"$OUT/status.txt"
+fi
+if stage train; then
+    RUN=/tmp/aligncr-res-paper  # outlives a call while the machine stays warm: the same command resumes it
+    resume=()
+    if [ -f "$RUN/state_last.pt" ]; then resume=(--resume "$RUN/state_last.pt"); fi
+    # batch 16 of 112-px crops (the recipe's crop: its smallest grounds are 120 px); validation and a checkpoint
+    # every 250 steps; the loop stops itself at TRAIN_MINUTES with a validation and a checkpoint
+    timeout -s TERM $(( ${TRAIN_MINUTES:-7} * 60 + 90 )) $PY -m training.train --config training/configs/aligncr_res.toml \
+        --pack .training-pack/aligncr_res.npz --device "${TRAIN_DEVICE:-cuda}" --out "$RUN" "${resume[@]}" \
+        --set 'model.name="aligncr"' --set 'model.overrides={ prior = true }' --set data.batch_size=16 \
+        --set data.samples_per_epoch=1600 --set data.num_workers=4 --set run.threads=0 --set run.val_every=250 \
+        --set run.ckpt_every_steps=250 --set run.ckpt_every_minutes=2 \
+        --set run.max_minutes=${TRAIN_MINUTES:-7} >"$OUT/train.txt" 2>&1
+    echo "train rc=$?" >>"$OUT/status.txt"
+    cp "$RUN/train_log.csv" "$RUN/val_log.csv" "$OUT/" 2>/dev/null
 fi
 if stage inference; then
     timeout 420 $PY benchmarks/bench_inference.py --size 8192 --model aligncr --device cuda --batch 16 \

@@ -70,7 +70,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from engine.errors import EngineError
 from training.config import TrainConfig, load_config
-from training.datasets import AugmentConfig, TrainView, build_reader, resolve_path
+from training.datasets import AugmentConfig, TrainView, build_reader, packed, resolve_path
 from training.inputs import check_inputs, model_kwargs, returns_stages, to_device
 from training.losses import StageLoss, build_loss
 from training.param_groups import (
@@ -699,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (overrides run.out_dir)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a recipe value (TOML syntax), e.g. --set optim.lr=2e-4")
+    parser.add_argument("--pack", help="read the recipe's data from this training pack (python -m training.pack), "
+                        "not from its files: a machine without the data or GDAL")  # fmt: skip
     args = parser.parse_args(argv)
     overrides = list(args.set)
     if args.max_steps is not None:
@@ -708,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         overrides.append(f'run.out_dir="{args.out}"')
     try:
+        if args.pack:
+            packed.use(args.pack)
         cfg = load_config(args.config, overrides)
         summary = train(cfg, resume=args.resume)
     except EngineError as exc:

@@ -16,8 +16,9 @@ options. ``layout`` reads a split written by ``python -m training.build_dataset`
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -25,21 +26,33 @@ from torch.utils.data import Dataset
 from engine.errors import InputError
 from engine.refine.samples import Sample, crop_sample, flip_rotate, nearest_resize
 from engine.refine.synthetic_clouds import add_clouds
-from training.datasets import cloud_bank
+from training.datasets import cloud_bank, packed
 from training.datasets.augment import AugmentConfig, add_synthetic_clouds
 from training.datasets.base import to_tensors
-from training.datasets.layout import LayoutSplit
-from training.datasets.m3rcr import M3RCR
-from training.datasets.sen12mscr import SEN12MSCR
-from training.datasets.sources import READERS as SOURCE_READERS
-from training.datasets.sources import AsClear
+
+if TYPE_CHECKING:
+    from training.datasets.layout import LayoutSplit
+    from training.datasets.m3rcr import M3RCR
+    from training.datasets.packed import PackedReader
+    from training.datasets.sen12mscr import SEN12MSCR
+    from training.datasets.sources import AsClear
+
+    Reader = M3RCR | SEN12MSCR | LayoutSplit | AsClear | PackedReader
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["M3RCR", "SEN12MSCR", "LayoutSplit", "AugmentConfig", "TrainView", "build_reader", "resolve_path"]
 
-Reader = M3RCR | SEN12MSCR | LayoutSplit | AsClear
-KINDS = ("m3rcr", "sen12mscr", "layout", *SOURCE_READERS)
+# The readers of the data's own files are imported when first used: they need rasterio (GDAL), which a machine
+# training from a pack (training.datasets.packed) may not have.
+_FILE_READERS = {"M3RCR": "training.datasets.m3rcr", "SEN12MSCR": "training.datasets.sen12mscr",
+                 "LayoutSplit": "training.datasets.layout"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FILE_READERS:
+        return getattr(importlib.import_module(_FILE_READERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -51,15 +64,20 @@ def resolve_path(path: str | Path) -> Path:
 def build_reader(spec: dict[str, Any], cache: bool = True) -> Reader:
     """A dataset reader from one ``[[data.*]]`` table of a recipe.
 
-    Two options apply to every kind: ``as_clear = true`` serves the cloud-free images (with their SAR) as clear
+    With a training pack open (:mod:`training.datasets.packed`) the reader is served from it. Two options apply to
+    every kind: ``as_clear = true`` serves the cloud-free images (with their SAR) as clear
     pairs, and ``synthetic = p`` is the probability that a sample gets synthetic clouds (default: 1 for clear
     pairs, which have no cloud of their own; else the recipe's ``data.synthetic_clouds``).
     """
+    if packed.active():
+        return packed.reader_for(spec)
     spec = dict(spec)
     as_clear = bool(spec.pop("as_clear", False))
     synthetic = spec.pop("synthetic", None)
     reader = _build_kind(spec, cache)
     if as_clear:
+        from training.datasets.sources import AsClear
+
         reader = AsClear(reader)
     if synthetic is None and getattr(reader, "kind", "real") == "clear":
         synthetic = 1.0
@@ -69,6 +87,11 @@ def build_reader(spec: dict[str, Any], cache: bool = True) -> Reader:
 
 
 def _build_kind(spec: dict[str, Any], cache: bool) -> Reader:
+    from training.datasets.layout import LayoutSplit
+    from training.datasets.m3rcr import M3RCR
+    from training.datasets.sen12mscr import SEN12MSCR
+    from training.datasets.sources import READERS as SOURCE_READERS
+
     kind = spec.pop("kind", None)
     if "root" not in spec:
         raise InputError(f"dataset spec {spec} has no 'root'")
@@ -92,7 +115,8 @@ def _build_kind(spec: dict[str, Any], cache: bool) -> Reader:
             return SOURCE_READERS[kind](root, **spec)
     except TypeError as exc:
         raise InputError(f"bad option in {kind} dataset spec: {exc}") from None
-    raise InputError(f"unknown dataset kind '{kind}' (known: {', '.join(KINDS)})")
+    known = ("m3rcr", "sen12mscr", "layout", *SOURCE_READERS)
+    raise InputError(f"unknown dataset kind '{kind}' (known: {', '.join(known)})")
 
 
 class TrainView(Dataset):

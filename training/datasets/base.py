@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 
 from engine.align.cloudmask import detect_clouds
@@ -33,9 +32,12 @@ from engine.refine.samples import Sample
 
 def read_raster(path: Path, bands: tuple[int, ...] | None = None) -> np.ndarray:
     """(bands, H, W) array of a raster; ``bands`` are 0-based indices. Georeferencing is not needed here."""
+    import warnings
+
+    import rasterio  # here: training from a pack (training.datasets.packed) runs where GDAL is not installed
+
     if not path.is_file():
         raise InputError(f"missing file {path}")
-    import warnings
 
     with warnings.catch_warnings():
         # SEN12MS-CR copies without a CRS are fine for training: every modality shares the pixel grid.

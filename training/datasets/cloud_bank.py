@@ -32,13 +32,13 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from scipy import ndimage
 from torch.utils.data import Dataset
 
 from engine.align.cloudmask import detect_clouds
 from engine.errors import InputError
 from engine.refine.samples import Sample
+from training.datasets import packed
 
 EDGE_SIGMA = 1.5  # px: the soft edge of a pasted cloud
 SHADOW_REACH = 40  # px from the cloud a shadow may lie (10 m pixels: 400 m)
@@ -114,6 +114,8 @@ def layer_from(donor_id: str, scene: str, cloudy: np.ndarray, cloud: np.ndarray,
 
 
 def _read(path: Path, bands: tuple[int, ...] | None = S2_BANDS) -> np.ndarray:
+    import rasterio  # here: training from a pack (a machine without GDAL) never reads a donor's file
+
     if not path.is_file():
         raise InputError(f"cloud donor not found: {path}")
     with rasterio.open(path) as ds:
@@ -142,11 +144,19 @@ def _donor_arrays(donor: Donor, data: Path) -> tuple[np.ndarray, np.ndarray, np.
     raise InputError(f"unknown cloud donor kind '{donor.kind}'")
 
 
-@cache
 def bank(split: str, data: Path = DATA) -> tuple[CloudLayer, ...]:
-    """Every layer of a split's donors with 5–95 % cloud (cached per process)."""
+    """Every layer of a split's donors with 5–95 % cloud: from the open training pack
+    (:mod:`training.datasets.packed`), else cut from the donors' files (cached per process)."""
     if split not in ("train", "select", "report"):
         raise InputError(f"cloud bank split must be train, select or report, got '{split}'")
+    if packed.active():
+        fields = ("id", "scene", "source", "alpha", "radiance", "darkening", "shadow")
+        return tuple(CloudLayer(*(layer[f] for f in fields)) for layer in packed.bank_layers(split))
+    return _bank_from_files(split, Path(data))
+
+
+@cache
+def _bank_from_files(split: str, data: Path) -> tuple[CloudLayer, ...]:
     layers = []
     for donor in DONORS:
         if donor.split != split:
@@ -199,6 +209,9 @@ def paste(sample: Sample, layer: CloudLayer, rng: np.random.Generator) -> Sample
 
 def source_of(reader: object) -> str:
     """The data set a training reader serves (its cloud-free images are grounds): ``sen12mscr``, ``ssl4eo``, …"""
+    packed_source = getattr(reader, "source", None)  # a training pack's reader says it
+    if isinstance(packed_source, str):
+        return packed_source
     inner = getattr(reader, "reader", reader)  # AsClear wraps the reader of the cloud-free images
     return {"SEN12MSCR": "sen12mscr", "SEN12MSCRPairs": "sen12mscr", "SSL4EO": "ssl4eo"}.get(
         type(inner).__name__, type(inner).__name__.lower())
