@@ -20,7 +20,8 @@
 # Prepare:
 #   mkdir -p .training-pack && python -m training.pack --config training/configs/aligncr_res.toml \
 #     --out .training-pack/aligncr_res.npz                                      # 27 MB
-# and call the device tool with carry [".training-pack"].
+# and call the device tool with carry [".training-pack"] — in a call of its own: the pack (27 MB) and the wheels
+# (22 MB) do not travel together beside the 32 MB tree.
 #
 # Prepare here, before the first call (both folders are git-ignored and travel with `carry`):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
