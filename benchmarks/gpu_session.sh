@@ -11,7 +11,7 @@
 #
 # The train stage trains aligncr-res's recipe (training/configs/aligncr_res.toml: its data, clouds, loss and select
 # split) with the paper's network (`aligncr`, D=6, G0=96, 45.5 M parameters, the estimate as input: prior = true)
-# for TRAIN_MINUTES (default 7; TRAIN_DEVICE=cpu rehearses the stage here) from a training pack, and brings back
+# for TRAIN_MINUTES (default 7; TRAIN_DEVICE=cpu TRAIN_BATCH=1 rehearse it here) from a training pack, and brings back
 # its logs, train_log.csv and val_log.csv. val_log's margin_in is the select split's inside-cloud margin over the
 # better of flat and fill (the figure checkpoints are chosen by); the residual starts at zero, so the estimate alone
 # scores about what one step does, +0.83 dB (rehearsed on a CPU): the bigger network matters only if it climbs
@@ -74,13 +74,14 @@ if stage train; then
     resume=()
     if [ -f "$RUN/state_last.pt" ]; then resume=(--resume "$RUN/state_last.pt"); fi
     # batch 16 of 112-px crops (the recipe's crop: its smallest grounds are 120 px); validation and a checkpoint
-    # every 250 steps; the loop stops itself at TRAIN_MINUTES with a validation and a checkpoint
-    timeout -s TERM $(( ${TRAIN_MINUTES:-7} * 60 + 90 )) $PY -m training.train --config training/configs/aligncr_res.toml \
-        --pack .training-pack/aligncr_res.npz --device "${TRAIN_DEVICE:-cuda}" --out "$RUN" "${resume[@]}" \
-        --set 'model.name="aligncr"' --set 'model.overrides={ prior = true }' --set data.batch_size=16 \
+    # every 250 steps. Stopped by SIGTERM after TRAIN_MINUTES (rc 124, the normal end): the loop finishes its step,
+    # validates and checkpoints (run.max_minutes would not do: it counts the resumed run's earlier minutes too)
+    timeout -s TERM -k 120 $(( ${TRAIN_MINUTES:-7} * 60 )) $PY -m training.train \
+        --config training/configs/aligncr_res.toml --pack .training-pack/aligncr_res.npz \
+        --device "${TRAIN_DEVICE:-cuda}" --out "$RUN" "${resume[@]}" \
+        --set 'model.name="aligncr"' --set 'model.overrides={ prior = true }' --set data.batch_size=${TRAIN_BATCH:-16} \
         --set data.samples_per_epoch=1600 --set data.num_workers=4 --set run.threads=0 --set run.val_every=250 \
-        --set run.ckpt_every_steps=250 --set run.ckpt_every_minutes=2 \
-        --set run.max_minutes=${TRAIN_MINUTES:-7} >"$OUT/train.txt" 2>&1
+        --set run.ckpt_every_steps=250 --set run.ckpt_every_minutes=2 >>"$OUT/train.txt" 2>&1
     echo "train rc=$?" >>"$OUT/status.txt"
     cp "$RUN/train_log.csv" "$RUN/val_log.csv" "$OUT/" 2>/dev/null
 fi

@@ -265,3 +265,41 @@ def test_a_half_named_teacher_is_refused(loss: dict, words: str) -> None:
     """Either half of distillation alone used to train without it, silently."""
     with pytest.raises(ConfigError, match=words):
         config_from_dict({"loss": loss})
+
+
+def test_a_stop_signal_to_the_whole_process_group_still_ends_with_a_checkpoint(sen12: Path, tmp_path: Path) -> None:
+    """``timeout`` and ``kill -- -PGID`` signal the data workers too: the run must still finish its step and write
+    its checkpoint (a worker killed by the signal used to fail the step first)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = {"model": {"name": "aligncr-lite", "overrides": TINY_LITE},
+           "data": {"train": [{"kind": "sen12mscr", "root": str(sen12), "exclude": ["3"]}], "crop": 16,
+                    "batch_size": 2, "samples_per_epoch": 400, "num_workers": 2},
+           "optim": {"alignment_modules": ["engine.models.aligncr_arch:PCDAlignment"]},
+           "run": {"out_dir": str(tmp_path), "device": "cpu", "threads": 1, "log_every": 1, "val_every": 0,
+                   "ckpt_every_steps": 0, "ckpt_every_minutes": 0, "progress": False},
+           "card": {"training_data": "synthetic test triplets"}}  # fmt: skip
+    script = ("import json, sys\nfrom training.config import config_from_dict\nfrom training.train import train\n"
+              "print(json.dumps(train(config_from_dict(json.loads(sys.argv[1]))), default=str))")  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(raw)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    log = tmp_path / "train_log.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:  # a few steps first: the workers are running
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped_by_signal"] and summary["steps"] >= 2
+    assert load_state(tmp_path / "state_last.pt")["step"] == summary["steps"]

@@ -321,6 +321,15 @@ def save_weights(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- the loop
+def _worker_ignores_stop_signals(_: int) -> None:
+    """A data worker's start: SIGTERM and SIGINT are the main process's to handle (:class:`_StopFlag`). Sent to the
+    whole process group (``timeout``, ``kill -- -PGID``, Ctrl-C in a terminal) they reached the workers too, one
+    died of it, and the step the main process was finishing failed before its checkpoint (seen rehearsing
+    benchmarks/gpu_session.sh's train stage). The workers end with the loader once the main process stops."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _StopFlag:
     """SIGTERM/SIGINT → finish the current step, validate, checkpoint and return (a killed or pre-empted run
     loses nothing). Installed only in the main thread (signal handlers cannot be set elsewhere)."""
@@ -645,7 +654,8 @@ class _Trainer:
         self.train_view.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
         return DataLoader(self.train_view, batch_size=d.batch_size, sampler=SkipSampler(self.sampler, skip),
-                          num_workers=d.num_workers, drop_last=True, pin_memory=self.device.type == "cuda")
+                          num_workers=d.num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=_worker_ignores_stop_signals if d.num_workers else None)  # fmt: skip
 
     def run(self) -> dict[str, Any]:
         run = self.run_cfg
