@@ -14,9 +14,12 @@
 # for TRAIN_MINUTES (default 7; TRAIN_DEVICE=cpu TRAIN_BATCH=1 rehearse it here) from a training pack, and brings back
 # its logs, train_log.csv and val_log.csv. val_log's margin_in is the select split's inside-cloud margin over the
 # better of flat and fill (the figure checkpoints are chosen by). On that view the estimate alone scores +1.18 dB
-# and the bundled one-block aligncr-res +1.27 (each measured with the loop at lr 0): the bigger network matters only
-# if it climbs clearly above +1.27 — then it is worth the report split through `engine run`. Its weights (180 MB) cannot come back (16 MiB a file): the run lives in /tmp/aligncr-res-paper,
-# and the same command on the still-warm machine resumes it. It needs no .whl: training from a pack needs no GDAL.
+# and the bundled one-block aligncr-res +1.27 (each measured with the loop at lr 0). The run answers one question,
+# whether capacity is what the residual lacks: its weights (180 MB) cannot come back (16 MiB a file) and could not
+# ship (45.5 M parameters on 2 CPU cores), so if it climbs clearly above +1.27 the next step is a residual network
+# whose weights come back (lite size, ~9 MB) trained the same way, then the report split through `engine run`.
+# The run lives in /tmp/aligncr-res-paper: the same command on the still-warm machine resumes it. It needs no .whl:
+# training from a pack needs no GDAL.
 # Prepare:
 #   mkdir -p .training-pack && python -m training.pack --config training/configs/aligncr_res.toml \
 #     --out .training-pack/aligncr_res.npz                                      # 27 MB
