@@ -18,7 +18,8 @@
 # whether capacity is what the residual lacks: its weights (180 MB) cannot come back (16 MiB a file) and could not
 # ship (45.5 M parameters on 2 CPU cores), so if it climbs clearly above +1.27 the next step is a residual network
 # whose weights come back (lite size, ~9 MB) trained the same way, then the report split through `engine run`.
-# The run lives in /tmp/aligncr-res-paper: the same command on the still-warm machine resumes it. It needs no .whl:
+# TRAIN_MODEL=aligncr-lite trains that size instead (its weights come back). The run lives in
+# /tmp/aligncr-res-MODEL: the same command on the still-warm machine resumes it. It needs no .whl:
 # training from a pack needs no GDAL.
 # Prepare:
 #   mkdir -p .training-pack && python -m training.pack --config training/configs/aligncr_res.toml \
@@ -73,7 +74,7 @@ if stage model; then
     echo "model rc=$?" >>"$OUT/status.txt"
 fi
 if stage train; then
-    RUN=/tmp/aligncr-res-paper  # outlives a call while the machine stays warm: the same command resumes it
+    RUN=/tmp/aligncr-res-${TRAIN_MODEL:-aligncr}  # outlives a call on the warm machine: the same command resumes it
     resume=()
     if [ -f "$RUN/state_last.pt" ]; then resume=(--resume "$RUN/state_last.pt"); fi
     # batch 16 of 112-px crops (the recipe's crop: its smallest grounds are 120 px); validation and a checkpoint
@@ -82,11 +83,16 @@ if stage train; then
     timeout -s TERM -k 120 $(( ${TRAIN_MINUTES:-7} * 60 )) $PY -m training.train \
         --config training/configs/aligncr_res.toml --pack .training-pack/aligncr_res.npz \
         --device "${TRAIN_DEVICE:-cuda}" --out "$RUN" "${resume[@]}" \
-        --set 'model.name="aligncr"' --set 'model.overrides={ prior = true }' --set data.batch_size=${TRAIN_BATCH:-16} \
+        --set "model.name=\"${TRAIN_MODEL:-aligncr}\"" --set 'model.overrides={ prior = true }' \
+        --set data.batch_size=${TRAIN_BATCH:-16} \
         --set data.samples_per_epoch=1600 --set data.num_workers=4 --set run.threads=0 --set run.val_every=250 \
         --set run.ckpt_every_steps=250 --set run.ckpt_every_minutes=2 >>"$OUT/train.txt" 2>&1
     echo "train rc=$?" >>"$OUT/status.txt"
     cp "$RUN/train_log.csv" "$RUN/val_log.csv" "$OUT/" 2>/dev/null
+    # weights that can come back do (16 MiB a file): TRAIN_MODEL=aligncr-lite's, not the paper size's
+    if [ -f "$RUN/best.safetensors" ] && [ "$(stat -c %s "$RUN/best.safetensors")" -le 16777216 ]; then
+        cp "$RUN/best.safetensors" "$OUT/"
+    fi
 fi
 if stage inference; then
     timeout 420 $PY benchmarks/bench_inference.py --size 8192 --model aligncr --device cuda --batch 16 \
