@@ -150,8 +150,7 @@ def bank(split: str, data: Path = DATA) -> tuple[CloudLayer, ...]:
     if split not in ("train", "select", "report"):
         raise InputError(f"cloud bank split must be train, select or report, got '{split}'")
     if packed.active():
-        fields = ("id", "scene", "source", "alpha", "radiance", "darkening", "shadow")
-        return tuple(CloudLayer(*(layer[f] for f in fields)) for layer in packed.bank_layers(split))
+        return tuple(CloudLayer(**layer) for layer in packed.bank_layers(split))
     return _bank_from_files(split, Path(data))
 
 

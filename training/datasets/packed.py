@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.refine.samples import Sample
+from training.datasets.base import to_tensors
 
 DN = 10000.0  # reflectance × DN = the uint16 the pack stores
 REFLECTANCE = ("optical", "target", "radiance")  # uint16 DN where exact
@@ -84,8 +85,6 @@ class PackedReader:
         return dict(self.samples[index])
 
     def __getitem__(self, index: int) -> Sample:
-        from training.datasets.base import to_tensors
-
         return to_tensors(self.read(index))
 
 
